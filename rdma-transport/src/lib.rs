@@ -1,0 +1,1 @@
+//! The replication transport and wire format shared by primary, relays and standby.

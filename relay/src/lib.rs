@@ -1,0 +1,1 @@
+//! The primary side of replication and the relay role.

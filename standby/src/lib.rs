@@ -1,0 +1,1 @@
+//! The standby role: ordered receive and apply.
