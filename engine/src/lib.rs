@@ -1,1 +1,3 @@
 //! baton runtime (being built).
+
+pub mod rpc;
