@@ -149,10 +149,7 @@ impl Client {
                     })
                 }
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if e.kind() == io::ErrorKind::WouldBlock
-                        || e.kind() == io::ErrorKind::TimedOut =>
-                {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => {
                     return Err(ClientError::Timeout(self.timeout))
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -184,9 +181,7 @@ impl Client {
         let resp = match self.recv() {
             Ok(r) => r,
             // As rpc.py: the instance may die before it answers; that is success.
-            Err(ClientError::Closed { .. }) if method == "spdk_kill_instance" => {
-                return Ok(json!({}))
-            }
+            Err(ClientError::Closed { .. }) if method == "spdk_kill_instance" => return Ok(json!({})),
             Err(e) => return Err(e),
         };
         response_result(method, id, resp)
@@ -201,8 +196,8 @@ pub fn response_result(method: &str, id: u64, mut resp: Value) -> Result<Value, 
         )));
     }
     if let Some(err) = resp.get_mut("error") {
-        let error: RpcError = serde_json::from_value(err.take())
-            .map_err(|e| ClientError::Protocol(format!("bad error object: {e}")))?;
+        let error: RpcError =
+            serde_json::from_value(err.take()).map_err(|e| ClientError::Protocol(format!("bad error object: {e}")))?;
         return Err(ClientError::Rpc {
             method: method.to_string(),
             error,
@@ -244,10 +239,7 @@ pub fn build_params(args: &[String]) -> Result<Option<Value>, ClientError> {
     let mut i = 0;
     while i < args.len() {
         let Some(key) = args[i].strip_prefix("--") else {
-            return Err(ClientError::BadParams(format!(
-                "expected --name before '{}'",
-                args[i]
-            )));
+            return Err(ClientError::BadParams(format!("expected --name before '{}'", args[i])));
         };
         let (key, value) = match key.split_once('=') {
             Some((k, v)) => (k, Some(v.to_string())),

@@ -45,10 +45,7 @@ pub struct SubsystemConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config is not valid: {0}")]
     Format(String),
     #[error("config subsystem '{subsystem}' entry {index} ({method}) failed: {error}")]
@@ -66,8 +63,7 @@ pub fn load_config(registry: &Registry, path: &Path) -> Result<(), ConfigError> 
         path: path.to_path_buf(),
         source,
     })?;
-    let value: Value =
-        serde_json::from_slice(&text).map_err(|e| ConfigError::Format(e.to_string()))?;
+    let value: Value = serde_json::from_slice(&text).map_err(|e| ConfigError::Format(e.to_string()))?;
     load_config_value(registry, value)
 }
 

@@ -14,12 +14,7 @@ pub fn methods_markdown(reg: &Registry) -> String {
         let params = if m.params.is_empty() {
             "none".to_string()
         } else {
-            let list = m
-                .params
-                .iter()
-                .map(|p| format!("`{p}`"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let list = m.params.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ");
             if m.params_optional {
                 format!("optional: {list}")
             } else {

@@ -91,9 +91,6 @@ mod tests {
     #[test]
     fn serializes_as_code_and_message() {
         let v = serde_json::to_value(RpcError::new(METHOD_NOT_FOUND, "Method not found")).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"code": -32601, "message": "Method not found"})
-        );
+        assert_eq!(v, serde_json::json!({"code": -32601, "message": "Method not found"}));
     }
 }

@@ -211,9 +211,9 @@ impl Registry {
         F: Fn(&Registry, P) -> Result<R, RpcError> + Send + Sync + 'static,
     {
         self.register_deferred(name, help, move |reg: &Registry, p: P| {
-            Reply::Ready(f(reg, p).and_then(|r| {
-                serde_json::to_value(r).map_err(|e| RpcError::internal(format!("result: {e}")))
-            }))
+            Reply::Ready(
+                f(reg, p).and_then(|r| serde_json::to_value(r).map_err(|e| RpcError::internal(format!("result: {e}")))),
+            )
         })
     }
 
@@ -224,13 +224,12 @@ impl Registry {
         F: Fn(&Registry, P) -> Reply + Send + Sync + 'static,
     {
         let (params, params_optional) = probe_params::<P>();
-        let handler: RawHandler =
-            Box::new(
-                move |reg: &Registry, raw: Option<Value>| match decode_params::<P>(raw) {
-                    Ok(p) => f(reg, p),
-                    Err(e) => Reply::Ready(Err(e)),
-                },
-            );
+        let handler: RawHandler = Box::new(
+            move |reg: &Registry, raw: Option<Value>| match decode_params::<P>(raw) {
+                Ok(p) => f(reg, p),
+                Err(e) => Reply::Ready(Err(e)),
+            },
+        );
         self.insert(
             MethodInfo {
                 name: name.to_string(),
@@ -323,10 +322,7 @@ impl Registry {
 
     /// The config entries of one subsystem, `None` if it is not registered.
     pub fn subsystem_config(&self, name: &str) -> Option<Vec<ConfigEntry>> {
-        self.subsystems
-            .iter()
-            .find(|s| s.name == name)
-            .map(|s| (s.provider)())
+        self.subsystems.iter().find(|s| s.name == name).map(|s| (s.provider)())
     }
 
     /// Run one request's method. Called on the management thread by the server and
@@ -349,9 +345,7 @@ impl Registry {
                 RpcState::Startup => {
                     format!("Method {method} may only be called after the framework is initialized")
                 }
-                RpcState::Runtime => format!(
-                    "Method {method} may only be called before the framework is initialized"
-                ),
+                RpcState::Runtime => format!("Method {method} may only be called before the framework is initialized"),
             };
             return Reply::Ready(Err(RpcError::new(INVALID_STATE, msg)));
         }
@@ -474,10 +468,7 @@ fn probe_params<P: DeserializeOwned>() -> (Vec<&'static str>, bool) {
     let fields = Cell::new(None);
     let _ = P::deserialize(Probe { fields: &fields });
     let optional = decode_params::<P>(None).is_ok();
-    (
-        fields.get().map(|f| f.to_vec()).unwrap_or_default(),
-        optional,
-    )
+    (fields.get().map(|f| f.to_vec()).unwrap_or_default(), optional)
 }
 
 struct Probe<'a> {
@@ -508,11 +499,7 @@ impl<'de> de::Deserializer<'de> for Probe<'_> {
     fn deserialize_option<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ProbeDone> {
         v.visit_some(self)
     }
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        v: V,
-    ) -> Result<V::Value, ProbeDone> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _name: &'static str, v: V) -> Result<V::Value, ProbeDone> {
         v.visit_newtype_struct(self)
     }
     fn deserialize_struct<V: Visitor<'de>>(
@@ -572,10 +559,7 @@ mod tests {
 
     #[test]
     fn absent_and_empty_params() {
-        assert_eq!(
-            decode_params::<AllOptional>(None).unwrap(),
-            AllOptional::default()
-        );
+        assert_eq!(decode_params::<AllOptional>(None).unwrap(), AllOptional::default());
         decode_params::<()>(None).unwrap();
         decode_params::<()>(Some(json!({}))).unwrap();
         decode_params::<()>(Some(json!([]))).unwrap();
@@ -599,10 +583,7 @@ mod tests {
             probe_params::<Create>(),
             (vec!["name", "num_blocks", "block_size"], false)
         );
-        assert_eq!(
-            probe_params::<Option<AllOptional>>(),
-            (vec!["current"], true)
-        );
+        assert_eq!(probe_params::<Option<AllOptional>>(), (vec!["current"], true));
         assert_eq!(probe_params::<()>(), (vec![], true));
     }
 

@@ -258,8 +258,7 @@ pub enum Incoming {
 
 /// Decode one framed top-level value.
 pub fn parse(frame: &[u8]) -> Result<Incoming, FrameError> {
-    let value: Value =
-        serde_json::from_slice(frame).map_err(|e| FrameError::Json(e.to_string()))?;
+    let value: Value = serde_json::from_slice(frame).map_err(|e| FrameError::Json(e.to_string()))?;
     Ok(match value {
         Value::Array(items) => {
             if items.is_empty() {
@@ -316,9 +315,7 @@ fn parse_call(value: Value) -> Call {
         other => {
             return Call::Invalid {
                 id: None,
-                error: InvalidRequest::NotAnObject {
-                    got: type_name(&other),
-                },
+                error: InvalidRequest::NotAnObject { got: type_name(&other) },
             }
         }
     };
@@ -342,9 +339,7 @@ fn parse_fields(mut obj: Map<String, Value>) -> Result<(String, Option<Value>), 
     // SPDK accepts a missing "jsonrpc" member; a present one must say "2.0".
     if let Some(version) = obj.remove("jsonrpc") {
         if version != Value::String("2.0".into()) {
-            return Err(InvalidRequest::BadVersion {
-                got: show(&version),
-            });
+            return Err(InvalidRequest::BadVersion { got: show(&version) });
         }
     }
     let method = match obj.remove("method") {
@@ -436,10 +431,7 @@ mod tests {
         }
         let bytes: Vec<&[u8]> = stream.chunks(1).collect();
         assert_eq!(frames(&bytes), whole);
-        assert_eq!(
-            whole[0].as_ref().unwrap(),
-            br#"{"a":"}{[\"","b":[1,{"c":2}]}"#
-        );
+        assert_eq!(whole[0].as_ref().unwrap(), br#"{"a":"}{[\"","b":[1,{"c":2}]}"#);
     }
 
     #[test]
@@ -472,10 +464,7 @@ mod tests {
         );
         // No "jsonrpc" member: accepted (SPDK does); no id: notification.
         let r = parse(br#"{"method":"m"}"#).unwrap();
-        assert!(matches!(
-            r,
-            Incoming::Single(Call::Valid(Request { id: None, .. }))
-        ));
+        assert!(matches!(r, Incoming::Single(Call::Valid(Request { id: None, .. }))));
     }
 
     #[test]
@@ -483,14 +472,9 @@ mod tests {
         let cases: &[(&[u8], InvalidRequest)] = &[
             (
                 br#"{"jsonrpc":"1.0","method":"m","id":1}"#,
-                InvalidRequest::BadVersion {
-                    got: "\"1.0\"".into(),
-                },
+                InvalidRequest::BadVersion { got: "\"1.0\"".into() },
             ),
-            (
-                br#"{"jsonrpc":"2.0","id":1}"#,
-                InvalidRequest::MissingMethod,
-            ),
+            (br#"{"jsonrpc":"2.0","id":1}"#, InvalidRequest::MissingMethod),
             (
                 br#"{"method":5,"id":1}"#,
                 InvalidRequest::MethodNotString { got: "5".into() },

@@ -18,13 +18,7 @@ use std::path::{Path, PathBuf};
 use super::registry::Registry;
 use super::session::Session;
 
-/// What one `poll()` found. Mirrors `engine::reactor::PollStatus` (swapped for it
-/// once the reactor lands on main).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PollStatus {
-    Idle,
-    Busy,
-}
+pub use crate::reactor::PollStatus;
 
 /// SPDK's default is `/var/tmp/spdk.sock`; ours sits next to it.
 pub const DEFAULT_SOCKET_PATH: &str = "/var/tmp/baton.sock";
@@ -55,10 +49,7 @@ pub enum ServerError {
 }
 
 enum Listener {
-    Unix {
-        listener: UnixListener,
-        path: PathBuf,
-    },
+    Unix { listener: UnixListener, path: PathBuf },
     Tcp(TcpListener),
 }
 
@@ -228,9 +219,7 @@ impl Server {
                 };
                 busy = true;
                 if self.conns.len() >= CONNECTIONS_MAX {
-                    log::warn!(
-                        "rpc: refusing connection on {peer}: {CONNECTIONS_MAX} already open"
-                    );
+                    log::warn!("rpc: refusing connection on {peer}: {CONNECTIONS_MAX} already open");
                     self.stats.connections_refused += 1;
                     continue; // dropping the stream closes it
                 }

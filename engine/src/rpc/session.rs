@@ -294,9 +294,7 @@ pub fn fuzz_session(data: &[u8]) {
         Err(RpcError::errno(libc::EINVAL))
     });
     let (split, body) = data.split_at(data.len().min(1));
-    let step = split
-        .first()
-        .map_or(body.len().max(1), |&s| usize::from(s).max(1));
+    let step = split.first().map_or(body.len().max(1), |&s| usize::from(s).max(1));
     let mut s = Session::new();
     for chunk in body.chunks(step) {
         s.feed(chunk);
@@ -398,16 +396,11 @@ mod tests {
         reg.register_deferred("wait", "Wait for gate", move |_, _: ()| {
             let g = g.clone();
             Reply::Later(Box::new(move || {
-                g.load(std::sync::atomic::Ordering::Relaxed)
-                    .then(|| Ok(json!(true)))
+                g.load(std::sync::atomic::Ordering::Relaxed).then(|| Ok(json!(true)))
             }))
         });
         let mut s = Session::new();
-        let out = run(
-            &mut s,
-            &reg,
-            br#"{"method":"wait","id":1}{"method":"echo","id":2}"#,
-        );
+        let out = run(&mut s, &reg, br#"{"method":"wait","id":1}{"method":"echo","id":2}"#);
         assert!(out.is_empty());
         gate.store(true, std::sync::atomic::Ordering::Relaxed);
         let out = run(&mut s, &reg, b"");

@@ -164,9 +164,8 @@ pub fn register_rpcs(reg: &mut Registry) {
         "framework_get_config",
         "Return one subsystem's configuration entries (name)",
         |reg: &Registry, p: GetConfigParams| -> Result<Vec<ConfigEntry>, RpcError> {
-            reg.subsystem_config(&p.name).ok_or_else(|| {
-                RpcError::new(INVALID_PARAMS, format!("Subsystem '{}' not found", p.name))
-            })
+            reg.subsystem_config(&p.name)
+                .ok_or_else(|| RpcError::new(INVALID_PARAMS, format!("Subsystem '{}' not found", p.name)))
         },
     );
 
