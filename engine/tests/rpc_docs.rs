@@ -13,7 +13,7 @@ fn docs_method_table_is_current() {
     let start = doc.find(BEGIN).expect("begin marker") + BEGIN.len();
     let end = doc.find(END).expect("end marker");
     let table = engine::rpc::docs::methods_markdown(&rpc_support::engine_registry());
-    if &doc[start..end] != table {
+    if doc[start..end] != table {
         if std::env::var_os("BATON_UPDATE_DOCS").is_some() {
             let new = format!("{}{}{}", &doc[..start], table, &doc[end..]);
             std::fs::write(&path, new).unwrap();

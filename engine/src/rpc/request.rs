@@ -381,11 +381,9 @@ pub fn fuzz_request(data: &[u8]) {
                     assert!(matches!(frame.last(), Some(b'}' | b']')));
                     assert!(frame.len() <= REQUEST_BYTES_MAX + body.len());
                     let frame = frame.to_vec();
-                    if let Ok(incoming) = parse(&frame) {
-                        // Re-serialise what we accepted: must be valid JSON again.
-                        if let Incoming::Single(Call::Valid(req)) = incoming {
-                            let _ = serde_json::to_vec(&req.params).expect("serialise params");
-                        }
+                    // Re-serialise what we accepted: must be valid JSON again.
+                    if let Ok(Incoming::Single(Call::Valid(req))) = parse(&frame) {
+                        let _ = serde_json::to_vec(&req.params).expect("serialise params");
                     }
                 }
                 Ok(None) => break,

@@ -396,7 +396,7 @@ mod tests {
         reg.register_deferred("wait", "Wait for gate", move |_, _: ()| {
             let g = g.clone();
             Reply::Later(Box::new(move || {
-                g.load(std::sync::atomic::Ordering::Relaxed).then(|| Ok(json!(true)))
+                g.load(std::sync::atomic::Ordering::Relaxed).then_some(Ok(json!(true)))
             }))
         });
         let mut s = Session::new();
