@@ -1,1 +1,8 @@
 //! The replication transport and wire format shared by primary, relays and standby.
+//!
+//! - [`wire`]: the frame format (parse / encode), the only code that reads network bytes.
+//! - [`transport`]: the connection interface a reactor drives by polling.
+//! - [`tcp`]: its implementation over non-blocking TCP sockets.
+//! - [`inproc`]: its in-process implementation over lock-free rings, with fault injection.
+
+pub mod wire;
