@@ -6,3 +6,12 @@
 //! - [`inproc`]: its in-process implementation over lock-free rings, with fault injection.
 
 pub mod wire;
+pub mod transport;
+pub mod tcp;
+pub mod inproc;
+pub mod handshake;
+
+pub use transport::{
+    ConnState, ConnStats, Connection, OutFrame, SendCompletion, SendError, Segs, TransportError,
+    SEGS_PER_FRAME_MAX,
+};
