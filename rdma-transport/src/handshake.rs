@@ -112,19 +112,33 @@ mod tests {
     #[test]
     fn fencing_and_resume() {
         let v = vol();
-        assert_eq!(reason(answer_hello(&hello(4), Role::Primary, Some(&v))), Some(RefuseReason::StaleGeneration));
+        assert_eq!(
+            reason(answer_hello(&hello(4), Role::Primary, Some(&v))),
+            Some(RefuseReason::StaleGeneration)
+        );
         match answer_hello(&hello(5), Role::Primary, Some(&v)) {
-            HelloReply::Accepted { resume_lsn, generation, .. } => {
+            HelloReply::Accepted {
+                resume_lsn, generation, ..
+            } => {
                 assert_eq!((resume_lsn, generation), (100, 5))
             }
             r => panic!("{r:?}"),
         }
         assert!(reason(answer_hello(&hello(6), Role::Primary, Some(&v))).is_none());
-        assert_eq!(reason(answer_hello(&hello(5), Role::Relay, Some(&v))), Some(RefuseReason::Role));
-        assert_eq!(reason(answer_hello(&hello(5), Role::Primary, None)), Some(RefuseReason::UnknownVolume));
+        assert_eq!(
+            reason(answer_hello(&hello(5), Role::Relay, Some(&v))),
+            Some(RefuseReason::Role)
+        );
+        assert_eq!(
+            reason(answer_hello(&hello(5), Role::Primary, None)),
+            Some(RefuseReason::UnknownVolume)
+        );
         let mut other = v;
         other.block_size = 512;
-        assert_eq!(reason(answer_hello(&hello(5), Role::Primary, Some(&other))), Some(RefuseReason::UnknownVolume));
+        assert_eq!(
+            reason(answer_hello(&hello(5), Role::Primary, Some(&other))),
+            Some(RefuseReason::UnknownVolume)
+        );
     }
 
     #[test]
@@ -132,7 +146,9 @@ mod tests {
         let e = TransportError::Wire(WireError::UnsupportedVersion { got: 2 });
         let h = refusal_for(&e).unwrap();
         match wire::parse(h.as_bytes()).unwrap() {
-            wire::Frame::HelloReply(HelloReply::Refused { reason, version_max, .. }) => {
+            wire::Frame::HelloReply(HelloReply::Refused {
+                reason, version_max, ..
+            }) => {
                 assert_eq!((reason, version_max), (RefuseReason::Version, WIRE_VERSION))
             }
             f => panic!("{f:?}"),

@@ -17,9 +17,7 @@ use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
 
-use crate::transport::{
-    ConnState, ConnStats, Connection, OutFrame, SendCompletion, SendError, TransportError,
-};
+use crate::transport::{ConnState, ConnStats, Connection, OutFrame, SendCompletion, SendError, TransportError};
 use crate::wire::{self, Frame, HeaderBuf, FRAME_BYTES_MAX};
 
 /// Most frames delivered per `poll_recv`.
@@ -107,9 +105,7 @@ pub struct InprocConnection<B> {
 /// Makes a connected pair (end A, end B) whose sends hold at most `capacity` frames in
 /// flight, and the handle to inject faults. Setup path: allocates the rings and two
 /// [`FRAME_BYTES_MAX`] scratch buffers.
-pub fn pair<B: Deref<Target = [u8]>>(
-    capacity: usize,
-) -> (InprocConnection<B>, InprocConnection<B>, Arc<Faults>) {
+pub fn pair<B: Deref<Target = [u8]>>(capacity: usize) -> (InprocConnection<B>, InprocConnection<B>, Arc<Faults>) {
     let cap = capacity.max(1);
     let ab = Arc::new(Pipe::new(cap));
     let ba = Arc::new(Pipe::new(cap));
@@ -193,10 +189,7 @@ impl<B: Deref<Target = [u8]>> Connection<B> for InprocConnection<B> {
         self.cap - self.in_flight
     }
 
-    fn poll_send(
-        &mut self,
-        done: &mut dyn FnMut(SendCompletion<B>),
-    ) -> Result<usize, TransportError> {
+    fn poll_send(&mut self, done: &mut dyn FnMut(SendCompletion<B>)) -> Result<usize, TransportError> {
         let mut n = 0;
         while let Some(c) = self.tx.done.pop() {
             self.in_flight -= 1;
@@ -254,7 +247,8 @@ impl<B: Deref<Target = [u8]>> Connection<B> for InprocConnection<B> {
             self.stats.recv_calls += 1;
             let closed = self.rx.sender_closed.load(Ordering::Acquire);
             let Some(f) = self.rx.frames.pop() else {
-                if closed {
+                // Frames delivered in this poll are reported first; the close at the next poll.
+                if closed && delivered == 0 {
                     return Err(self.report(TransportError::PeerClosed));
                 }
                 break;
@@ -318,5 +312,144 @@ impl<B: Deref<Target = [u8]>> Connection<B> for InprocConnection<B> {
         }
         self.close();
         sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{encode_heartbeat, BatchEncoder, Heartbeat, WireError};
+
+    type Conn = InprocConnection<Vec<u8>>;
+
+    fn hb(n: u64) -> OutFrame<Vec<u8>> {
+        OutFrame::control(
+            encode_heartbeat(&Heartbeat {
+                nonce: n,
+                time_ns: 0,
+                is_reply: false,
+            }),
+            n,
+        )
+    }
+
+    fn write(lsn: u64) -> OutFrame<Vec<u8>> {
+        let data = vec![lsn as u8; 512];
+        let mut e = BatchEncoder::ops(1, 512);
+        e.write(lsn, 0, 1, 512).unwrap();
+        let mut f = OutFrame::control(e.finish(&[&data]).unwrap(), lsn);
+        f.data.push(data);
+        f
+    }
+
+    fn nonces(c: &mut Conn) -> Result<Vec<u64>, TransportError> {
+        let mut v = Vec::new();
+        c.poll_recv(&mut |f| match f {
+            Frame::Heartbeat(h) => v.push(h.nonce),
+            Frame::Ops(b) => v.push(b.lsn_first().unwrap_or(0)),
+            _ => {}
+        })?;
+        Ok(v)
+    }
+
+    #[test]
+    fn frames_arrive_in_order_and_buffers_come_back() {
+        let (mut a, mut b, _) = pair::<Vec<u8>>(4);
+        a.send(write(1)).unwrap();
+        a.send(hb(2)).unwrap();
+        assert_eq!(nonces(&mut b).unwrap(), vec![1, 2]);
+        let mut back = Vec::new();
+        a.poll_send(&mut |c| back.push((c.user_data, c.sent, c.data.len())))
+            .unwrap();
+        assert_eq!(back, vec![(1, true, 1), (2, true, 0)]);
+        assert_eq!(a.send_capacity(), 4);
+    }
+
+    #[test]
+    fn in_flight_bound_is_back_pressure() {
+        let (mut a, mut b, _) = pair::<Vec<u8>>(2);
+        a.send(hb(1)).unwrap();
+        a.send(hb(2)).unwrap();
+        assert!(matches!(a.send(hb(3)), Err(SendError::Full(f)) if f.user_data == 3));
+        // Consumed but not yet reaped by the sender: still in flight.
+        nonces(&mut b).unwrap();
+        assert!(matches!(a.send(hb(3)), Err(SendError::Full(_))));
+        a.poll_send(&mut |_| {}).unwrap();
+        a.send(hb(3)).unwrap();
+        assert_eq!(a.stats().send_full, 2);
+    }
+
+    #[test]
+    fn corruption_is_caught_by_the_crc() {
+        let (mut a, mut b, faults) = pair::<Vec<u8>>(4);
+        faults.a_to_b.corrupt_next(10);
+        a.send(write(1)).unwrap();
+        assert!(matches!(
+            nonces(&mut b),
+            Err(TransportError::Wire(WireError::BodyCrcMismatch { .. }))
+        ));
+        let mut sent = None;
+        let r = a.poll_send(&mut |c| sent = Some(c.sent));
+        assert_eq!(sent, Some(false));
+        assert!(matches!(r, Err(TransportError::PeerClosed)));
+    }
+
+    #[test]
+    fn hold_and_delay_then_deliver() {
+        let (mut a, mut b, faults) = pair::<Vec<u8>>(4);
+        faults.a_to_b.hold(true);
+        a.send(hb(1)).unwrap();
+        assert!(nonces(&mut b).unwrap().is_empty());
+        faults.a_to_b.hold(false);
+        faults.a_to_b.delay_polls(2);
+        assert!(nonces(&mut b).unwrap().is_empty());
+        assert!(nonces(&mut b).unwrap().is_empty());
+        assert_eq!(nonces(&mut b).unwrap(), vec![1]);
+    }
+
+    #[test]
+    fn dropped_connection_fails_both_ends_and_returns_buffers() {
+        let (mut a, mut b, faults) = pair::<Vec<u8>>(4);
+        a.send(write(1)).unwrap();
+        a.send(write(2)).unwrap();
+        faults.drop_connection();
+        assert!(matches!(nonces(&mut b), Err(TransportError::InjectedDrop)));
+        let mut back = Vec::new();
+        let r = a.poll_send(&mut |c| back.push((c.user_data, c.sent)));
+        assert!(matches!(r, Err(TransportError::InjectedDrop)));
+        assert_eq!(back, vec![(1, false), (2, false)]);
+        assert!(matches!(a.send(hb(3)), Err(SendError::Closed(_))));
+        assert_eq!(a.state(), ConnState::Failed);
+    }
+
+    #[test]
+    fn peer_drop_is_peer_closed_after_queued_frames() {
+        let (mut a, mut b, _) = pair::<Vec<u8>>(4);
+        a.send(hb(1)).unwrap();
+        drop(a);
+        assert_eq!(nonces(&mut b).unwrap(), vec![1]);
+        assert!(matches!(nonces(&mut b), Err(TransportError::PeerClosed)));
+    }
+
+    #[test]
+    fn ends_run_on_two_threads() {
+        let (mut a, mut b, _) = pair::<Vec<u8>>(8);
+        let n = 2_000u64;
+        let t = std::thread::spawn(move || {
+            let mut got = Vec::with_capacity(n as usize);
+            while (got.len() as u64) < n {
+                got.extend(nonces(&mut b).unwrap());
+            }
+            got
+        });
+        let mut next = 1;
+        while next <= n {
+            a.poll_send(&mut |_| {}).unwrap();
+            if a.send(hb(next)).is_ok() {
+                next += 1;
+            }
+        }
+        let got = t.join().unwrap();
+        assert_eq!(got, (1..=n).collect::<Vec<_>>());
     }
 }

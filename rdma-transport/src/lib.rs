@@ -5,13 +5,12 @@
 //! - [`tcp`]: its implementation over non-blocking TCP sockets.
 //! - [`inproc`]: its in-process implementation over lock-free rings, with fault injection.
 
-pub mod wire;
-pub mod transport;
-pub mod tcp;
-pub mod inproc;
 pub mod handshake;
+pub mod inproc;
+pub mod tcp;
+pub mod transport;
+pub mod wire;
 
 pub use transport::{
-    ConnState, ConnStats, Connection, OutFrame, SendCompletion, SendError, Segs, TransportError,
-    SEGS_PER_FRAME_MAX,
+    ConnState, ConnStats, Connection, OutFrame, Segs, SendCompletion, SendError, TransportError, SEGS_PER_FRAME_MAX,
 };

@@ -17,9 +17,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::transport::{
-    ConnState, ConnStats, Connection, OutFrame, SendCompletion, SendError, TransportError,
-};
+use crate::transport::{ConnState, ConnStats, Connection, OutFrame, SendCompletion, SendError, TransportError};
 use crate::wire::{self, Frame, HeaderBuf, ENVELOPE_BYTES, FRAME_BYTES_MAX};
 
 /// Default bound of the send queue, in frames.
@@ -98,21 +96,14 @@ impl<B: Deref<Target = [u8]>> TcpConnection<B> {
     /// be queued before it completes.
     pub fn connect(addr: SocketAddr, cfg: TcpConfig) -> Result<Self, TransportError> {
         let err = |source| TransportError::Connect { addr, source };
-        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-            .map_err(err)?;
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
         s.set_nonblocking(true).map_err(err)?;
         s.set_nodelay(true).map_err(err)?;
         match s.connect(&addr.into()) {
-            Ok(()) => Ok(Self::with_sock(
-                Sock::Open(s.into()),
-                ConnState::Open,
-                cfg,
-            )),
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(Self::with_sock(
-                Sock::Connecting(s, addr),
-                ConnState::Connecting,
-                cfg,
-            )),
+            Ok(()) => Ok(Self::with_sock(Sock::Open(s.into()), ConnState::Open, cfg)),
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
+                Ok(Self::with_sock(Sock::Connecting(s, addr), ConnState::Connecting, cfg))
+            }
             Err(e) => Err(err(e)),
         }
     }
@@ -169,9 +160,7 @@ impl<B: Deref<Target = [u8]>> TcpConnection<B> {
         };
         let addr = *addr;
         match s.take_error() {
-            Ok(Some(source)) | Err(source) => {
-                return Err(self.report(TransportError::Connect { addr, source }))
-            }
+            Ok(Some(source)) | Err(source) => return Err(self.report(TransportError::Connect { addr, source })),
             Ok(None) => {}
         }
         match s.peer_addr() {
@@ -289,10 +278,7 @@ impl<B: Deref<Target = [u8]>> Connection<B> for TcpConnection<B> {
         }
     }
 
-    fn poll_send(
-        &mut self,
-        done: &mut dyn FnMut(SendCompletion<B>),
-    ) -> Result<usize, TransportError> {
+    fn poll_send(&mut self, done: &mut dyn FnMut(SendCompletion<B>)) -> Result<usize, TransportError> {
         if matches!(self.state, ConnState::Failed | ConnState::Closed) {
             self.drain_unsent(done);
             return Err(self.gone_error());
@@ -309,10 +295,7 @@ impl<B: Deref<Target = [u8]>> Connection<B> for TcpConnection<B> {
                 Ok(0) => break,
                 Ok(w) => completed += self.advance_sent(w, done),
                 Err(e) => {
-                    let err = if matches!(
-                        e.kind(),
-                        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-                    ) {
+                    let err = if matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset) {
                         TransportError::PeerClosed
                     } else {
                         TransportError::Io {
@@ -405,13 +388,8 @@ impl<B: Deref<Target = [u8]>> Connection<B> for TcpConnection<B> {
                     let have = self.rx_end - self.rx_start;
                     let err = match e.kind() {
                         io::ErrorKind::ConnectionReset if have == 0 => TransportError::PeerClosed,
-                        io::ErrorKind::ConnectionReset => {
-                            TransportError::PeerClosedMidFrame { have, need }
-                        }
-                        _ => TransportError::Io {
-                            op: "read",
-                            source: e,
-                        },
+                        io::ErrorKind::ConnectionReset => TransportError::PeerClosedMidFrame { have, need },
+                        _ => TransportError::Io { op: "read", source: e },
                     };
                     return Err(self.report(err));
                 }
@@ -477,10 +455,7 @@ impl TcpAcceptor {
             Ok((s, peer)) => Ok(Some((TcpConnection::from_stream(s, self.cfg)?, peer))),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
-            Err(source) => Err(TransportError::Io {
-                op: "accept",
-                source,
-            }),
+            Err(source) => Err(TransportError::Io { op: "accept", source }),
         }
     }
 }

@@ -177,6 +177,9 @@ pub struct ConnStats {
     pub send_full: u64,
 }
 
+// The frame comes back by value in `SendError` so a refused send loses no buffer and
+// allocates nothing; its ~1 KiB inline header is the price.
+#[allow(clippy::result_large_err)]
 /// A polled, message-oriented connection. Owned by one reactor: every method is called on
 /// that reactor's thread only (implementations are `Send` so the connection can be set up
 /// elsewhere and moved there, never shared).
@@ -192,10 +195,7 @@ pub trait Connection<B: Deref<Target = [u8]>> {
     /// `done` once for every frame the transport is finished with, in send order. Returns the
     /// number of completions. On a failed connection, hands back every queued frame with
     /// `sent: false` and then returns the error (`Closed` if it was already reported).
-    fn poll_send(
-        &mut self,
-        done: &mut dyn FnMut(SendCompletion<B>),
-    ) -> Result<usize, TransportError>;
+    fn poll_send(&mut self, done: &mut dyn FnMut(SendCompletion<B>)) -> Result<usize, TransportError>;
 
     /// Delivers received frames, in order, each checked by `wire::parse`, at most a bounded
     /// batch per call. The frame borrows the receive buffer only during the callback: copy

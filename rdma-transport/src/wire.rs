@@ -801,9 +801,7 @@ fn fixed_len(kind: FrameKind, body: &[u8], expected: usize) -> Result<(), WireEr
 }
 
 fn check_block_size(block_size: u32) -> Result<(), WireError> {
-    if !block_size.is_power_of_two()
-        || !(BLOCK_SIZE_MIN_BYTES..=BLOCK_SIZE_MAX_BYTES).contains(&block_size)
-    {
+    if !block_size.is_power_of_two() || !(BLOCK_SIZE_MIN_BYTES..=BLOCK_SIZE_MAX_BYTES).contains(&block_size) {
         return Err(WireError::BadBlockSize { block_size });
     }
     Ok(())
@@ -832,7 +830,11 @@ pub fn parse(buf: &[u8]) -> Result<Frame<'_>, WireError> {
 }
 
 fn parse_body(kind: FrameKind, body: &[u8]) -> Result<Frame<'_>, WireError> {
-    let mut r = Reader { kind, buf: body, pos: 0 };
+    let mut r = Reader {
+        kind,
+        buf: body,
+        pos: 0,
+    };
     match kind {
         FrameKind::Hello => {
             fixed_len(kind, body, HELLO_BODY_BYTES)?;
@@ -863,8 +865,7 @@ fn parse_body(kind: FrameKind, body: &[u8]) -> Result<Frame<'_>, WireError> {
             if pad.iter().any(|&b| b != 0) {
                 return Err(WireError::VolumeNamePadding);
             }
-            let volume_name =
-                core::str::from_utf8(name).map_err(|_| WireError::VolumeNameNotUtf8)?;
+            let volume_name = core::str::from_utf8(name).map_err(|_| WireError::VolumeNameNotUtf8)?;
             Ok(Frame::Hello(Hello {
                 role,
                 block_size,
@@ -904,8 +905,7 @@ fn parse_body(kind: FrameKind, body: &[u8]) -> Result<Frame<'_>, WireError> {
                     }))
                 }
                 1 => {
-                    let reason = RefuseReason::from_u8(reason)
-                        .ok_or(WireError::BadRefuseReason { status, reason })?;
+                    let reason = RefuseReason::from_u8(reason).ok_or(WireError::BadRefuseReason { status, reason })?;
                     // A refusal carries no session parameters.
                     reserved("hello_reply.frame_bytes_max", frame_bytes_max.into())?;
                     reserved("hello_reply.resume_lsn", resume_lsn)?;
@@ -983,10 +983,7 @@ fn parse_body(kind: FrameKind, body: &[u8]) -> Result<Frame<'_>, WireError> {
             let lsn_first = r.u64()?;
             let lsn_last = r.u64()?;
             if lsn_first == 0 || lsn_first > lsn_last {
-                return Err(WireError::BadGapRange {
-                    lsn_first,
-                    lsn_last,
-                });
+                return Err(WireError::BadGapRange { lsn_first, lsn_last });
             }
             Ok(Frame::GapRequest(GapRequest {
                 request_id,
@@ -1028,12 +1025,7 @@ fn parse_batch<'a>(kind: FrameKind, r: &mut Reader<'a>) -> Result<Batch<'a>, Wir
             2 => OpKind::WriteZeroes,
             3 => OpKind::Deallocate,
             4 => OpKind::RestartPoint,
-            _ => {
-                return Err(WireError::UnknownOpKind {
-                    index,
-                    kind: op_kind,
-                })
-            }
+            _ => return Err(WireError::UnknownOpKind { index, kind: op_kind }),
         };
         reserved("op.flags", r.u8()?.into())?;
         reserved("op.rsv", r.u16()?.into())?;
@@ -1045,10 +1037,7 @@ fn parse_batch<'a>(kind: FrameKind, r: &mut Reader<'a>) -> Result<Batch<'a>, Wir
             return Err(WireError::LsnZero { index });
         }
         if index > 0 && lsn <= prev_lsn {
-            return Err(WireError::LsnNotIncreasing {
-                prev: prev_lsn,
-                lsn,
-            });
+            return Err(WireError::LsnNotIncreasing { prev: prev_lsn, lsn });
         }
         prev_lsn = lsn;
         match op_kind {
@@ -1057,10 +1046,7 @@ fn parse_batch<'a>(kind: FrameKind, r: &mut Reader<'a>) -> Result<Batch<'a>, Wir
                     return Err(WireError::ZeroBlocks { lsn });
                 }
                 if arg1 > u64::from(u32::MAX) {
-                    return Err(WireError::NumBlocksTooLarge {
-                        lsn,
-                        num_blocks: arg1,
-                    });
+                    return Err(WireError::NumBlocksTooLarge { lsn, num_blocks: arg1 });
                 }
                 if arg0.checked_add(arg1).is_none() {
                     return Err(WireError::BlockRangeOverflow {
@@ -1088,10 +1074,7 @@ fn parse_batch<'a>(kind: FrameKind, r: &mut Reader<'a>) -> Result<Batch<'a>, Wir
                     return Err(WireError::TagTooLong { lsn, len: data_len });
                 }
                 if arg1 >= lsn {
-                    return Err(WireError::RestartCoversFuture {
-                        lsn,
-                        last_lsn: arg1,
-                    });
+                    return Err(WireError::RestartCoversFuture { lsn, last_lsn: arg1 });
                 }
             }
         }
@@ -1370,20 +1353,10 @@ impl BatchEncoder {
     }
     /// Starts a GapReply frame.
     pub fn gap_reply(request_id: u64, status: GapStatus, generation: u64, block_size: u32) -> Self {
-        Self::start(
-            FrameKind::GapReply,
-            Some((request_id, status)),
-            generation,
-            block_size,
-        )
+        Self::start(FrameKind::GapReply, Some((request_id, status)), generation, block_size)
     }
 
-    fn start(
-        kind: FrameKind,
-        gap: Option<(u64, GapStatus)>,
-        generation: u64,
-        block_size: u32,
-    ) -> Self {
+    fn start(kind: FrameKind, gap: Option<(u64, GapStatus)>, generation: u64, block_size: u32) -> Self {
         let mut hdr = HeaderBuf::new();
         if let Some((id, status)) = gap {
             let mut p = [0u8; GAP_REPLY_PREFIX_BYTES];
@@ -1558,9 +1531,7 @@ fn reencode_check(frame: &Frame<'_>, original: &[u8]) {
             let mut enc = match frame {
                 Frame::Ops(_) => BatchEncoder::ops(b.generation, b.block_size),
                 Frame::Forward(_) => BatchEncoder::forward(b.generation, b.block_size),
-                Frame::GapReply(g) => {
-                    BatchEncoder::gap_reply(g.request_id, g.status, b.generation, b.block_size)
-                }
+                Frame::GapReply(g) => BatchEncoder::gap_reply(g.request_id, g.status, b.generation, b.block_size),
                 _ => return,
             };
             for op in &b.ops {
