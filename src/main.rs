@@ -32,6 +32,9 @@ enum Cmd {
     Perf(PerfArgs),
     /// Run a storage target: reactors and bdevs until SIGINT/SIGTERM.
     Target(TargetArgs),
+    /// Measure this machine's limits (4 KiB memcpy rate, loopback TCP round
+    /// trip) to report baton's figures as ratios to them.
+    Limits,
 }
 
 #[derive(Args)]
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
         Cmd::Demo(a) => demo(a),
         Cmd::Perf(a) => perf_cmd(a),
         Cmd::Target(a) => target(a),
+        Cmd::Limits => limits(),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -300,4 +304,18 @@ fn demo(a: DemoArgs) -> Result<(), AnyErr> {
     } else {
         Err("self-check FAILED: see errors above".into())
     }
+}
+
+fn limits() -> Result<(), AnyErr> {
+    let cps = perf::limits::memcpy_4k_per_s(Duration::from_secs(2));
+    println!(
+        "4 KiB memcpy (1 GiB source, one core): {:.2} M/s ({:.3} us each)",
+        cps / 1e6,
+        1e6 / cps
+    );
+    for size in [64usize, 4096] {
+        let rtt = perf::limits::tcp_rtt_us(size, 20_000)?;
+        println!("loopback TCP round trip, busy polling, {size} B: p50 {rtt:.2} us");
+    }
+    Ok(())
 }
