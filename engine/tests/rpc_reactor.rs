@@ -63,6 +63,23 @@ fn framework_get_reactors_and_thread_get_stats() {
     let (code, _) = rpc_support::call_err(&mut c, "thread_get_stats", Some(json!({"x": 1})));
     assert_eq!(code, -32602);
     drop(srv);
+
+    // The management thread the binary runs: serves until the reactors stop,
+    // and spdk_kill_instance reaches it through the kill handler.
+    let path = rpc_support::socket_path("app");
+    let mut reg = rpc_support::engine_registry();
+    let stop = reactors.stop_flag();
+    reg.set_kill_handler(move |_sig| stop.stop());
+    let mut server = engine::rpc::Server::new(reg);
+    server.listen_unix(&path).unwrap();
+    let app = engine::rpc::server::spawn_app_thread(server, reactors.stop_flag()).unwrap();
+    let mut c = engine::rpc::client::Client::connect(&path).unwrap();
+    c.call("spdk_get_version", None).unwrap();
+    c.call("spdk_kill_instance", Some(json!({"sig_name": "SIGINT"})))
+        .unwrap();
+    let stats = app.join().unwrap();
+    assert_eq!(stats.requests, 2);
+    assert!(!path.exists(), "socket removed when the server stops");
     reactors.shutdown();
     reactors.wait();
 }

@@ -35,6 +35,10 @@ pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Top-level requests dispatched per connection per `poll()`.
 pub const REQUESTS_PER_POLL_MAX: usize = 16;
 
+/// How long the management thread naps when a `poll()` found nothing (bounds the
+/// added latency of an idle server; it is not on a data-path core).
+pub const APP_IDLE_SLEEP: std::time::Duration = std::time::Duration::from_micros(50);
+
 /// Why the server could not start listening.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -292,6 +296,23 @@ fn service(conn: &mut Conn, registry: &Registry, read_buf: &mut [u8]) -> (bool, 
         return (true, Some("done".into()));
     }
     (busy, None)
+}
+
+/// Run `server` on a new management thread named `rpc_app` until `stop` says so
+/// (e.g. `reactors.stop_flag()`), napping [`APP_IDLE_SLEEP`] whenever a poll finds
+/// nothing. Returns the thread; joining it yields the server's counters.
+pub fn spawn_app_thread(
+    mut server: Server,
+    stop: crate::reactor::StopHandle,
+) -> io::Result<std::thread::JoinHandle<ServerStats>> {
+    std::thread::Builder::new().name("rpc_app".into()).spawn(move || {
+        while !stop.is_stopping() {
+            if server.poll() == PollStatus::Idle {
+                std::thread::sleep(APP_IDLE_SLEEP);
+            }
+        }
+        server.stats()
+    })
 }
 
 impl Drop for Server {
