@@ -24,7 +24,12 @@ fn dir(base: &str, name: &str) -> PathBuf {
 fn raw_fdatasync(base: &str, n: usize) -> LatencyHistogram {
     let p = dir(base, "raw");
     std::fs::create_dir_all(&p).unwrap();
-    let f = OpenOptions::new().create(true).write(true).open(p.join("f")).unwrap();
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(p.join("f"))
+        .unwrap();
     let buf = vec![1u8; 4096];
     let mut h = LatencyHistogram::new();
     for i in 0..n {
