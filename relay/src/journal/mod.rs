@@ -7,9 +7,10 @@
 //! batches as one `IORING_OP_WRITE` linked (`IOSQE_IO_LINK`) to one
 //! `IORING_OP_FSYNC(DATASYNC)`, and reports the highest LSN made durable. The relay sends
 //! the Ack for a frame only once [`Journal::durable_lsn`] covers it (R3: an acknowledged
-//! write survives a relay crash). Forwarding reads records back with
-//! [`Journal::read_range`]; the standby's SafeUpTo leads to [`Journal::release`], which
-//! deletes whole segments.
+//! write survives a relay crash). Forwarding reads records back through io_uring with
+//! [`Journal::submit_read`] / [`Journal::poll_reads`] from a [`ReadCursor`] (the blocking
+//! [`Journal::read_range`] is for management and tests); the standby's SafeUpTo leads to
+//! [`Journal::release`], which deletes whole segments.
 //!
 //! Group commit: while one batch is being written and synced, appends fill the next
 //! staging buffer; when the first completes the next goes out whole, so under load one
@@ -22,10 +23,11 @@
 //! [`DIRECT_ALIGN_BYTES`] boundary so no acknowledged block is ever rewritten.
 //!
 //! Threads: a `Journal` is owned by one reactor; every method is called on it. `append`,
-//! `poll` and `durable_lsn` never block. `open` (recovery), segment roll-over (one file
-//! create per `segment_bytes`), `read_range` and `release` use blocking file calls: open
-//! runs before serving, the others are rare or catch-up paths (moving them to io_uring
-//! OPENAT/READ/UNLINKAT is noted in `docs/relay-journal.md`).
+//! `poll`, `submit_read`, `poll_reads` and `durable_lsn` never block. `open` (recovery),
+//! segment roll-over (one file create per `segment_bytes`), `read_range` and `release` use
+//! blocking file calls: open runs before serving, the others are rare or management paths
+//! (moving roll-over and release to io_uring OPENAT/UNLINKAT is noted in
+//! `docs/relay-journal.md`).
 
 pub mod record;
 
@@ -51,8 +53,12 @@ pub const STAGING_BUFFERS: usize = 4;
 pub const STAGING_BYTES: usize = 4 * 1024 * 1024;
 /// O_DIRECT alignment of offsets, lengths and buffers.
 pub const DIRECT_ALIGN_BYTES: usize = 4096;
-/// io_uring submission queue entries (3 per batch at most).
-pub const URING_ENTRIES: u32 = 16;
+/// Reads (forwarding) in flight at once.
+pub const READS_IN_FLIGHT_MAX: usize = 4;
+/// Smallest buffer `submit_read` takes: any record fits, whatever its alignment.
+pub const READ_BUF_BYTES_MIN: usize = STAGING_BYTES;
+/// io_uring submission queue entries: 3 per batch at most, plus the reads.
+pub const URING_ENTRIES: u32 = (STAGING_BUFFERS * 3 + READS_IN_FLIGHT_MAX) as u32;
 
 const _: () = assert!(STAGING_BYTES >= record::span(RECORD_PAYLOAD_BYTES_MAX) + DIRECT_ALIGN_BYTES + RECORD_HDR_BYTES);
 
@@ -133,6 +139,31 @@ pub enum JournalError {
     /// The journal stopped after an I/O error; reopen to recover.
     #[error("journal failed earlier: {0}")]
     Failed(String),
+    /// A read names a segment that `release` already deleted.
+    #[error("segment {segment_id:#x} was released")]
+    Released {
+        /// The segment.
+        segment_id: u64,
+    },
+    /// A read buffer below [`READ_BUF_BYTES_MIN`].
+    #[error("read buffer of {bytes} bytes below {READ_BUF_BYTES_MIN}")]
+    ReadBufTooSmall {
+        /// Capacity given.
+        bytes: usize,
+    },
+    /// [`READS_IN_FLIGHT_MAX`] reads already in flight; poll and retry.
+    #[error("{READS_IN_FLIGHT_MAX} reads already in flight")]
+    ReadsBusy,
+    /// A durable record read back fails its check: the medium lost data.
+    #[error("segment {segment_id:#x} offset {offset}: durable record unreadable: {why}")]
+    Corrupt {
+        /// Segment.
+        segment_id: u64,
+        /// Offset of the record.
+        offset: u64,
+        /// What the check said.
+        why: RecordError,
+    },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> JournalError + 'a {
@@ -245,6 +276,8 @@ struct Segment {
     /// Bytes known durable (readable by `read_range`).
     durable_len: u64,
     lsn_max: u64,
+    /// Reads in flight on this file: `release` keeps the file (and its fd) open until 0.
+    reads_in_flight: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,6 +310,85 @@ struct Slot {
 const OP_WRITE: u64 = 0;
 const OP_FSYNC: u64 = 1;
 const OP_DIRSYNC: u64 = 2;
+const OP_READ: u64 = 3;
+
+/// Where a forwarder stands in the journal: a record boundary in a segment. Advanced by
+/// [`ReadDone::for_each_record`]; moved to the next segment by [`Journal::submit_read`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadCursor {
+    segment_id: u64,
+    offset: u64,
+}
+
+struct PendingRead {
+    buf: DmaBuf,
+    user_data: u64,
+    start: ReadCursor,
+    /// Bytes before `start.offset` read only to keep O_DIRECT alignment.
+    skip: usize,
+    /// Durable bytes of the segment when the read was submitted (nothing after is trusted).
+    durable_end: u64,
+}
+
+/// A finished read: the buffer comes back with the bytes of whole and partial records from
+/// the cursor on. Parse it with [`ReadDone::for_each_record`].
+pub struct ReadDone {
+    /// From `submit_read`.
+    pub user_data: u64,
+    /// The caller's buffer, handed back.
+    pub buf: DmaBuf,
+    /// The read's outcome; on error the buffer holds nothing useful.
+    pub result: Result<(), JournalError>,
+    start: ReadCursor,
+    skip: usize,
+    valid: usize,
+}
+
+impl ReadDone {
+    /// Calls `f` with every whole frame record of the read whose LSNs reach `lsn_from` or
+    /// beyond (pads and earlier records skipped), each CRC-checked again, and returns the
+    /// cursor after the last whole record: pass it to the next `submit_read`.
+    pub fn for_each_record(
+        &self,
+        lsn_from: u64,
+        f: &mut dyn FnMut(RecordView<'_>),
+    ) -> Result<ReadCursor, JournalError> {
+        if let Err(e) = &self.result {
+            return Err(JournalError::Failed(e.to_string()));
+        }
+        let bytes = &self.buf[self.skip..self.skip + self.valid];
+        let mut off = 0usize;
+        while off < bytes.len() {
+            let rest = &bytes[off..];
+            match record::check(rest) {
+                Ok((h, payload)) => {
+                    if h.kind == RecordKind::Frame && h.lsn_last >= lsn_from {
+                        f(RecordView {
+                            seq: h.seq,
+                            lsn_first: h.lsn_first,
+                            lsn_last: h.lsn_last,
+                            payload,
+                        });
+                    }
+                    off += h.span().min(rest.len());
+                }
+                // The read ended inside a record: the next read starts at it.
+                Err(RecordError::Truncated { .. } | RecordError::PayloadTruncated { .. }) => break,
+                Err(why) => {
+                    return Err(JournalError::Corrupt {
+                        segment_id: self.start.segment_id,
+                        offset: self.start.offset + off as u64,
+                        why,
+                    })
+                }
+            }
+        }
+        Ok(ReadCursor {
+            segment_id: self.start.segment_id,
+            offset: self.start.offset + off as u64,
+        })
+    }
+}
 
 fn segment_name(id: u64) -> String {
     format!("seg-{id:016x}.bjl")
@@ -307,6 +419,8 @@ pub struct Journal {
     used_bytes: u64,
     failed: Option<String>,
     read_buf: Vec<u8>,
+    reads: Vec<Option<PendingRead>>,
+    reads_done: VecDeque<ReadDone>,
     stats: JournalStats,
 }
 
@@ -428,6 +542,7 @@ impl Journal {
                     len: valid,
                     durable_len: valid,
                     lsn_max,
+                    reads_in_flight: 0,
                 });
             } else {
                 std::fs::remove_file(&path).map_err(io_err("unlink", &path))?;
@@ -478,6 +593,8 @@ impl Journal {
             used_bytes,
             failed: None,
             read_buf: Vec::new(),
+            reads: (0..READS_IN_FLIGHT_MAX).map(|_| None).collect(),
+            reads_done: VecDeque::with_capacity(READS_IN_FLIGHT_MAX),
             stats: JournalStats::default(),
         };
         j.create_segment(next_id)?;
@@ -517,6 +634,7 @@ impl Journal {
             len: 0,
             durable_len: 0,
             lsn_max: 0,
+            reads_in_flight: 0,
         });
         Ok(())
     }
@@ -724,6 +842,10 @@ impl Journal {
         for &(ud, res) in &events[..n] {
             let i = (ud >> 8) as usize;
             let op = ud & 0xFF;
+            if op == OP_READ {
+                self.read_completed(i, res);
+                continue;
+            }
             let Some(slot) = self.slots.get_mut(i) else { continue };
             let expected = slot.len as i32;
             let SlotState::InFlight { ops_left } = slot.state else {
@@ -830,6 +952,156 @@ impl Journal {
         }
     }
 
+    /// A cursor at the start of the oldest live segment that holds LSNs from `lsn` on
+    /// (records before `lsn` in it are skipped by `for_each_record`). If the first record
+    /// read has `lsn_first > lsn`, the journal no longer (or never) held `lsn`.
+    pub fn read_cursor(&self, lsn: u64) -> ReadCursor {
+        let seg = self
+            .segments
+            .iter()
+            .find(|s| s.lsn_max >= lsn)
+            .unwrap_or_else(|| self.active());
+        ReadCursor {
+            segment_id: seg.id,
+            offset: 0,
+        }
+    }
+
+    /// Starts an io_uring read of the durable bytes after `cursor` into `buf` (capacity at
+    /// least [`READ_BUF_BYTES_MIN`]); the result comes from [`Journal::poll_reads`] after a
+    /// later `poll`. Never blocks. Moves `cursor` to the next segment when the current one is
+    /// finished. `Ok(Some(buf))`: nothing durable to read yet, buffer handed back.
+    pub fn submit_read(
+        &mut self,
+        cursor: &mut ReadCursor,
+        buf: DmaBuf,
+        user_data: u64,
+    ) -> Result<Option<DmaBuf>, (DmaBuf, JournalError)> {
+        if buf.capacity() < READ_BUF_BYTES_MIN {
+            let bytes = buf.capacity();
+            return Err((buf, JournalError::ReadBufTooSmall { bytes }));
+        }
+        let Some(ri) = self.reads.iter().position(Option::is_none) else {
+            return Err((buf, JournalError::ReadsBusy));
+        };
+        // Skip finished segments: wholly durable, not the active one.
+        let last_id = self.active().id;
+        loop {
+            let Some(seg) = self.segments.iter().find(|s| s.id == cursor.segment_id) else {
+                // Released under the cursor: continue at the oldest live segment.
+                match self.segments.front() {
+                    Some(f) if f.id > cursor.segment_id => {
+                        *cursor = ReadCursor {
+                            segment_id: f.id,
+                            offset: 0,
+                        };
+                        continue;
+                    }
+                    _ => {
+                        let segment_id = cursor.segment_id;
+                        return Err((buf, JournalError::Released { segment_id }));
+                    }
+                }
+            };
+            let finished = seg.id != last_id && seg.durable_len == seg.len;
+            if cursor.offset >= seg.durable_len && finished {
+                let next = self.segments.iter().find(|s| s.id > seg.id).map_or(last_id, |s| s.id);
+                *cursor = ReadCursor {
+                    segment_id: next,
+                    offset: 0,
+                };
+                continue;
+            }
+            break;
+        }
+        let Some(seg) = self.segments.iter_mut().find(|s| s.id == cursor.segment_id) else {
+            let segment_id = cursor.segment_id;
+            return Err((buf, JournalError::Released { segment_id }));
+        };
+        if cursor.offset >= seg.durable_len {
+            return Ok(Some(buf));
+        }
+        let align = DIRECT_ALIGN_BYTES as u64;
+        let aligned = cursor.offset / align * align;
+        let skip = (cursor.offset - aligned) as usize;
+        let want = (seg.durable_len - aligned).div_ceil(align) * align;
+        let len = want.min((buf.capacity() as u64) / align * align) as u32;
+        let fd = seg.file.as_raw_fd();
+        let mut buf = buf;
+        let ptr = buf.as_mut_ptr();
+        let sqe = opcode::Read::new(types::Fd(fd), ptr, len)
+            .offset(aligned)
+            .build()
+            .user_data(((ri as u64) << 8) | OP_READ);
+        let mut sq = self.ring.submission();
+        // SAFETY: the kernel writes up to `len` bytes into `buf` (capacity >= len, checked
+        // above), which this journal keeps in `self.reads[ri]` untouched until the read's
+        // CQE is reaped (`Drop` waits for it). The fd stays open: `release` keeps a segment
+        // while `reads_in_flight > 0`.
+        let pushed = unsafe { sq.push(&sqe) };
+        drop(sq);
+        if pushed.is_err() {
+            return Err((buf, JournalError::ReadsBusy));
+        }
+        seg.reads_in_flight += 1;
+        let durable_end = seg.durable_len;
+        self.reads[ri] = Some(PendingRead {
+            buf,
+            user_data,
+            start: *cursor,
+            skip,
+            durable_end,
+        });
+        if let Err(e) = self.ring.submit() {
+            self.fail(format!("io_uring_enter failed: {e}"));
+        }
+        Ok(None)
+    }
+
+    fn read_completed(&mut self, ri: usize, res: i32) {
+        let Some(p) = self.reads.get_mut(ri).and_then(Option::take) else {
+            return;
+        };
+        if let Some(seg) = self.segments.iter_mut().find(|s| s.id == p.start.segment_id) {
+            seg.reads_in_flight -= 1;
+        }
+        let aligned = p.start.offset - p.skip as u64;
+        let (result, valid) = if res < 0 {
+            let source = io::Error::from_raw_os_error(-res);
+            (
+                Err(JournalError::Io {
+                    op: "read",
+                    path: format!("segment {:#x}", p.start.segment_id),
+                    source,
+                }),
+                0,
+            )
+        } else {
+            // Only bytes that were durable at submission are trusted.
+            let end = (aligned + res as u64).min(p.durable_end);
+            (Ok(()), end.saturating_sub(p.start.offset) as usize)
+        };
+        // Cannot be full: at most READS_IN_FLIGHT_MAX reads exist.
+        self.reads_done.push_back(ReadDone {
+            user_data: p.user_data,
+            buf: p.buf,
+            result,
+            start: p.start,
+            skip: p.skip,
+            valid,
+        });
+    }
+
+    /// Hands over the reads that completed (reaped by `poll`), in completion order.
+    pub fn poll_reads(&mut self, f: &mut dyn FnMut(ReadDone)) -> usize {
+        let mut n = 0;
+        while let Some(d) = self.reads_done.pop_front() {
+            f(d);
+            n += 1;
+        }
+        n
+    }
+
     /// Highest LSN such that it and every LSN appended before it are durable.
     pub fn durable_lsn(&self) -> u64 {
         self.durable_lsn
@@ -865,8 +1137,8 @@ impl Journal {
 
     /// Calls `f` with every durable frame record whose LSN range meets
     /// `lsn_first..=lsn_last`, in LSN order; each record's CRC is verified again on the way.
-    /// Catch-up / forwarding path: blocking file reads (see module docs). Returns the number
-    /// of records given to `f`.
+    /// Management and test path: blocking file reads (forwarding uses `submit_read`).
+    /// Returns the number of records given to `f`.
     pub fn read_range(
         &mut self,
         lsn_first: u64,
@@ -924,7 +1196,7 @@ impl Journal {
                 .slots
                 .iter()
                 .any(|s| s.state != SlotState::Free && s.seg_id == front.id);
-            if front.lsn_max > upto || busy {
+            if front.lsn_max > upto || busy || front.reads_in_flight > 0 {
                 break;
             }
             let Some(seg) = self.segments.pop_front() else { break };
@@ -950,7 +1222,8 @@ impl Drop for Journal {
                 SlotState::InFlight { ops_left } => ops_left as usize,
                 _ => 0,
             })
-            .sum();
+            .sum::<usize>()
+            + self.reads.iter().filter(|r| r.is_some()).count();
         while left > 0 {
             if self.ring.submit_and_wait(1).is_err() {
                 break;
