@@ -96,15 +96,23 @@ impl ForwardPolicy {
         let p = match mode {
             "immediate" => ForwardPolicy::Immediate,
             "interval" => ForwardPolicy::Interval {
-                interval_ms: arg.parse().map_err(|_| format!("interval:{arg}: expected milliseconds"))?,
+                interval_ms: arg
+                    .parse()
+                    .map_err(|_| format!("interval:{arg}: expected milliseconds"))?,
             },
             "window" | "windows" => ForwardPolicy::Windows {
                 windows: arg.split(',').map(str::to_string).collect(),
             },
             "bandwidth" => ForwardPolicy::Bandwidth {
-                bytes_per_sec: arg.parse().map_err(|_| format!("bandwidth:{arg}: expected bytes per second"))?,
+                bytes_per_sec: arg
+                    .parse()
+                    .map_err(|_| format!("bandwidth:{arg}: expected bytes per second"))?,
             },
-            _ => return Err(format!("{s:?}: expected immediate, interval:MS, window:HH:MM-HH:MM or bandwidth:BPS")),
+            _ => {
+                return Err(format!(
+                    "{s:?}: expected immediate, interval:MS, window:HH:MM-HH:MM or bandwidth:BPS"
+                ))
+            }
         };
         p.check()?;
         Ok(p)
@@ -480,7 +488,10 @@ impl Relay {
             st.borrow_mut().poller = Some(id);
         })
         .map_err(|e| RelayError::Unreachable(e.to_string()))?;
-        log::info!("relay listening on {listen}, journals under {}", cfg.journal_root.display());
+        log::info!(
+            "relay listening on {listen}, journals under {}",
+            cfg.journal_root.display()
+        );
         Ok(Arc::new(Relay { shared, cfg, listen }))
     }
 
@@ -506,7 +517,8 @@ impl Relay {
 
     /// Changes the forwarding timing (management path).
     pub fn set_forward_policy(&self, p: ForwardPolicy) -> Result<(), RelayError> {
-        p.check().map_err(|why| RelayError::InvalidParam { param: "mode", why })?;
+        p.check()
+            .map_err(|why| RelayError::InvalidParam { param: "mode", why })?;
         *self.shared.forward.lock().unwrap_or_else(|e| e.into_inner()) = p.clone();
         self.shared
             .ctl
@@ -813,7 +825,10 @@ impl RelayState {
             }
             let Some((h, name)) = hello else {
                 if now.saturating_sub(p.since_ns) > HELLO_TIMEOUT_MS * 1_000_000 {
-                    log::warn!("relay: connection from {} sent no Hello in {HELLO_TIMEOUT_MS} ms", p.peer);
+                    log::warn!(
+                        "relay: connection from {} sent no Hello in {HELLO_TIMEOUT_MS} ms",
+                        p.peer
+                    );
                     self.pending.swap_remove(i);
                 } else {
                     i += 1;
@@ -879,7 +894,11 @@ impl RelayState {
                     }
                 }
                 if let Some(mut old) = v.primary.take() {
-                    log::warn!("relay: volume {name}: new primary connection from {} replaces {}", pc.peer, old.peer);
+                    log::warn!(
+                        "relay: volume {name}: new primary connection from {} replaces {}",
+                        pc.peer,
+                        old.peer
+                    );
                     old.conn.close();
                 }
                 log::info!(
@@ -1109,7 +1128,9 @@ impl RelayState {
         let v = &mut self.volumes[i];
         // Connect.
         match v.standby_phase {
-            StandbyPhase::Disconnected { retry_at_ns } | StandbyPhase::Refused { retry_at_ns } if now >= retry_at_ns => {
+            StandbyPhase::Disconnected { retry_at_ns } | StandbyPhase::Refused { retry_at_ns }
+                if now >= retry_at_ns =>
+            {
                 match TcpConnection::connect(standby_addr, TcpConfig::default()) {
                     Ok(mut c) => {
                         let hello = Hello {
@@ -1423,11 +1444,13 @@ impl RelayState {
                         .to_string(),
                         forwarded_lsn: fwd,
                         safe_lsn: v.safe_lsn,
-                        forward_lag_lsn: if self.cfg.forwarder { durable.saturating_sub(fwd) } else { 0 },
+                        forward_lag_lsn: if self.cfg.forwarder {
+                            durable.saturating_sub(fwd)
+                        } else {
+                            0
+                        },
                         forward_lag_bytes: v.bytes_appended.saturating_sub(v.bytes_forwarded),
-                        forward_lag_seconds: v
-                            .behind_since_ns
-                            .map_or(0.0, |t| now.saturating_sub(t) as f64 / 1e9),
+                        forward_lag_seconds: v.behind_since_ns.map_or(0.0, |t| now.saturating_sub(t) as f64 / 1e9),
                         gap_requests: v.gap_requests,
                         recovered_records: v.recovery.records,
                         torn_tail: v.recovery.torn_tail.map(|t| CutReport {
@@ -1496,7 +1519,11 @@ fn reencode_ops<'a>(
 fn release(v: &mut VolumeJournal) {
     match v.journal.release(v.safe_lsn) {
         Ok(0) => {}
-        Ok(n) => log::debug!("relay: volume {}: released {n} bytes up to LSN {}", v.meta.name, v.safe_lsn),
+        Ok(n) => log::debug!(
+            "relay: volume {}: released {n} bytes up to LSN {}",
+            v.meta.name,
+            v.safe_lsn
+        ),
         Err(e) => {
             v.last_error = format!("release: {e}");
             log::warn!("relay: volume {}: release: {e}", v.meta.name);
@@ -1519,7 +1546,9 @@ fn serve_gap(v: &mut VolumeJournal) -> bool {
     let mut next = g.lsn_first;
     let mut first_held: Option<u64> = None;
     let r = v.journal.read_range(g.lsn_first, g.lsn_last, &mut |rec| {
-        let Ok(Frame::Ops(batch)) = wire::parse(rec.payload) else { return };
+        let Ok(Frame::Ops(batch)) = wire::parse(rec.payload) else {
+            return;
+        };
         for op in &batch.ops {
             let lsn = op.lsn();
             if lsn < next || lsn > g.lsn_last || descs.len() >= OPS_PER_FRAME_MAX {
@@ -1532,13 +1561,19 @@ fn serve_gap(v: &mut VolumeJournal) -> bool {
             first_held.get_or_insert(lsn);
             let (kind, a0, a1) = match *op {
                 Op::Write {
-                    offset_blocks, num_blocks, ..
+                    offset_blocks,
+                    num_blocks,
+                    ..
                 } => (1, offset_blocks, u64::from(num_blocks)),
                 Op::WriteZeroes {
-                    offset_blocks, num_blocks, ..
+                    offset_blocks,
+                    num_blocks,
+                    ..
                 } => (2, offset_blocks, u64::from(num_blocks)),
                 Op::Deallocate {
-                    offset_blocks, num_blocks, ..
+                    offset_blocks,
+                    num_blocks,
+                    ..
                 } => (3, offset_blocks, u64::from(num_blocks)),
                 Op::RestartPoint { epoch, last_lsn, .. } => (4, epoch, last_lsn),
             };
@@ -1598,7 +1633,9 @@ mod tests {
         );
         assert_eq!(
             ForwardPolicy::parse("bandwidth:1000000").unwrap(),
-            ForwardPolicy::Bandwidth { bytes_per_sec: 1_000_000 }
+            ForwardPolicy::Bandwidth {
+                bytes_per_sec: 1_000_000
+            }
         );
         assert!(ForwardPolicy::parse("interval:0").is_err());
         assert!(ForwardPolicy::parse("window:25:00-01:00").is_err());

@@ -99,7 +99,10 @@ fn create_volume(p: CreateVolume) -> Result<String, RpcError> {
     let base = bdev::lookup(&p.base_bdev)
         .ok_or_else(|| RpcError::errno_detail(libc::ENODEV, format!("base_bdev: no bdev {:?}", p.base_bdev)))?;
     if bdev::lookup(&p.name).is_some() {
-        return Err(RpcError::errno_detail(libc::EEXIST, format!("bdev {:?} already exists", p.name)));
+        return Err(RpcError::errno_detail(
+            libc::EEXIST,
+            format!("bdev {:?} already exists", p.name),
+        ));
     }
     let relays = p
         .relays
@@ -111,7 +114,11 @@ fn create_volume(p: CreateVolume) -> Result<String, RpcError> {
         ("all", None) => AckPolicy::All,
         ("any", None) => AckPolicy::Any,
         ("quorum", Some(k)) => AckPolicy::Quorum(k),
-        ("quorum", None) => return Err(RpcError::invalid_params("quorum_k: required with ack_policy \"quorum\"")),
+        ("quorum", None) => {
+            return Err(RpcError::invalid_params(
+                "quorum_k: required with ack_policy \"quorum\"",
+            ))
+        }
         ("all" | "any", Some(_)) => {
             return Err(RpcError::invalid_params(
                 "quorum_k: only valid with ack_policy \"quorum\"",
@@ -287,7 +294,8 @@ pub fn register_rpcs(reg: &mut Registry) {
         |p: RestartParams| {
             let v = volume(&p.name).ok_or_else(|| no_volume(&p.name))?;
             let tag = p.tag.unwrap_or_default();
-            v.declare_restart_point_wait(tag.as_bytes(), CTL_TIMEOUT).map_err(vol_err)
+            v.declare_restart_point_wait(tag.as_bytes(), CTL_TIMEOUT)
+                .map_err(vol_err)
         },
     );
     reg.register_config_provider("replication", &["bdev"], || {

@@ -413,7 +413,10 @@ impl ReplicatedVolume {
     pub fn add_relay(&self, addr: SocketAddr) -> Result<(), VolumeError> {
         let mut r = self.shared.relays.lock().unwrap_or_else(|e| e.into_inner());
         if r.contains(&addr) {
-            return Err(VolumeError::Relay(format!("{addr} is already a relay of {}", self.shared.cfg.name)));
+            return Err(VolumeError::Relay(format!(
+                "{addr} is already a relay of {}",
+                self.shared.cfg.name
+            )));
         }
         self.ctl(Ctl::AddRelay(addr))?;
         r.push(addr);
@@ -424,7 +427,10 @@ impl ReplicatedVolume {
     pub fn remove_relay(&self, addr: SocketAddr) -> Result<(), VolumeError> {
         let mut r = self.shared.relays.lock().unwrap_or_else(|e| e.into_inner());
         let Some(i) = r.iter().position(|a| *a == addr) else {
-            return Err(VolumeError::Relay(format!("{addr} is not a relay of {}", self.shared.cfg.name)));
+            return Err(VolumeError::Relay(format!(
+                "{addr} is not a relay of {}",
+                self.shared.cfg.name
+            )));
         };
         if let AckPolicy::Quorum(k) = self.shared.cfg.ack_policy {
             if r.len() - 1 < k as usize {
@@ -637,7 +643,12 @@ impl ChannelBackend for VolChannel {
             let why = if self.shared.stopped.load(Ordering::Acquire) {
                 format!("volume {} deleted", self.shared.cfg.name)
             } else {
-                let st = self.shared.status.try_lock().map(|s| relays_down(&s)).unwrap_or_default();
+                let st = self
+                    .shared
+                    .status
+                    .try_lock()
+                    .map(|s| relays_down(&s))
+                    .unwrap_or_default();
                 format!(
                     "volume {}: acknowledgement policy cannot be met, relays down: {st}",
                     self.shared.cfg.name
@@ -776,8 +787,15 @@ use std::rc::Rc;
 
 /// Who is told when an op completes.
 enum Owner {
-    Chan { chan: Arc<ChanShared>, slot: u32 },
-    Restart { done: Option<RestartDone>, point: RestartPoint, _tag: Vec<u8> },
+    Chan {
+        chan: Arc<ChanShared>,
+        slot: u32,
+    },
+    Restart {
+        done: Option<RestartDone>,
+        point: RestartPoint,
+        _tag: Vec<u8>,
+    },
 }
 
 /// An op with an LSN. `arg0`/`arg1` as on the wire (offset/blocks, or epoch/last LSN).
@@ -1182,7 +1200,10 @@ impl LinkState {
         }
         // Channels may still submit: fail those submits too.
         while let Some(sub) = self.s.subq.pop() {
-            let _ = sub.chan.done.push((sub.slot, Err(BdevError::Io(format!("volume {name} deleted")))));
+            let _ = sub
+                .chan
+                .done
+                .push((sub.slot, Err(BdevError::Io(format!("volume {name} deleted")))));
         }
         if let Some(id) = self.poller.take() {
             reactor::unregister_poller(id);
@@ -1358,16 +1379,19 @@ impl LinkState {
                         .unwrap_or(self.next_lsn.max(1));
                     if self.next_lsn != 0 && have + 1 < oldest && have < self.completed_lsn {
                         l.phase = LinkPhase::NeedsResync;
-                        l.last_error = format!(
-                            "relay holds up to LSN {have}; the primary holds LSNs from {oldest} on only"
-                        );
+                        l.last_error =
+                            format!("relay holds up to LSN {have}; the primary holds LSNs from {oldest} on only");
                         log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
                     } else if self.next_lsn != 0 && have >= self.next_lsn {
                         l.phase = LinkPhase::NeedsResync;
                         l.last_error = format!("relay holds LSN {have}, beyond this primary's {}", self.next_lsn - 1);
                         log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
                     } else {
-                        log::info!("volume {}: relay {} up, resumes at LSN {resume_lsn}", self.s.cfg.name, l.addr);
+                        log::info!(
+                            "volume {}: relay {} up, resumes at LSN {resume_lsn}",
+                            self.s.cfg.name,
+                            l.addr
+                        );
                     }
                 }
                 RxEvent::Reply(HelloReply::Refused { reason, generation, .. }) => {
@@ -1444,7 +1468,11 @@ impl LinkState {
             self.link_failed(i, format!("send: {e}"), now);
             return true;
         }
-        if self.links[i].conn.as_ref().is_some_and(|c| c.state() == ConnState::Failed) {
+        if self.links[i]
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.state() == ConnState::Failed)
+        {
             self.link_failed(i, "connection failed".into(), now);
         }
         busy
