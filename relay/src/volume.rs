@@ -661,10 +661,11 @@ impl ChannelBackend for VolChannel {
             });
             return Ok(());
         }
-        // SAFETY: the buffer stays owned by this channel (in the local write, then in the
-        // slot) until the link reactor returns the slot, which it does only after every
-        // connection handed back its references (module docs). Write buffers are only read.
         let data = match (&io.buf, kind) {
+            // SAFETY: the buffer stays owned by this channel (in the local write, then in
+            // the slot) until the link reactor returns the slot, which it does only after
+            // every connection handed back its references (module docs). Write buffers are
+            // only read.
             (Some(b), OpKind::Write) => unsafe { DataRef::new(b) },
             _ => DataRef::EMPTY,
         };
