@@ -1276,7 +1276,7 @@ impl RelayState {
             let generation = v.meta.generation;
             let mut enc: Option<BatchEncoder> = None;
             let mut buf: Option<Vec<u8>> = None;
-            let mut capacity = v.standby.as_ref().map_or(0, |c| c.send_capacity()).min(8);
+            let capacity = v.standby.as_ref().map_or(0, |c| c.send_capacity()).min(8);
             let mut bufs = std::mem::take(&mut v.fwd_bufs);
             let mut made = v.fwd_bufs_made;
             let mut get_buf = |bufs: &mut Vec<Vec<u8>>| {
@@ -1336,8 +1336,6 @@ impl RelayState {
                     seal_into(&mut out, e, b, next - 1);
                 }
             }
-            capacity = 0;
-            let _ = capacity;
             v.fwd_bufs = bufs;
             v.fwd_bufs_made = made;
             match res {
@@ -1403,7 +1401,6 @@ impl RelayState {
             v.gaps.clear();
             busy = true;
         }
-        let _ = standby_addr;
         busy
     }
 
