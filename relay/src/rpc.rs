@@ -378,3 +378,67 @@ pub fn register_rpcs(reg: &mut Registry) {
         v
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(reg: &Registry, method: &str, params: Value) -> RpcError {
+        match reg.call_blocking(method, Some(params), 10, Duration::from_millis(1)) {
+            Ok(v) => panic!("{method} accepted: {v}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn params_are_typed_and_errors_name_the_parameter() {
+        let mut reg = Registry::new();
+        register_rpcs(&mut reg);
+        let base = engine::bdev::malloc::create("rpc_test_base", 64, 4096, None).unwrap();
+        bdev::register(base).unwrap();
+        let e = err(
+            &reg,
+            "replication_create_volume",
+            json!({"name": "v", "base_bdev": "rpc_test_base", "bogus": 1}),
+        );
+        assert!(e.message.contains("bogus"), "{e:?}");
+        let e = err(
+            &reg,
+            "replication_create_volume",
+            json!({"name": "v", "base_bdev": "nope"}),
+        );
+        assert!(e.message.contains("base_bdev") && e.code == -libc::ENODEV, "{e:?}");
+        let e = err(
+            &reg,
+            "replication_create_volume",
+            json!({"name": "v", "base_bdev": "rpc_test_base", "relays": ["127.0.0.1:1"], "ack_policy": "most"}),
+        );
+        assert!(e.message.contains("ack_policy") && e.message.contains("most"), "{e:?}");
+        let e = err(
+            &reg,
+            "replication_create_volume",
+            json!({"name": "v", "base_bdev": "rpc_test_base", "relays": ["127.0.0.1:1"], "ack_policy": "quorum", "quorum_k": 3}),
+        );
+        assert!(e.message.contains("quorum_k"), "{e:?}");
+        let e = err(
+            &reg,
+            "replication_create_volume",
+            json!({"name": "v", "base_bdev": "rpc_test_base", "relays": ["here"]}),
+        );
+        assert!(e.message.contains("relays") && e.message.contains("here"), "{e:?}");
+        let e = err(
+            &reg,
+            "replication_create_volume",
+            json!({"name": "v", "base_bdev": "rpc_test_base", "on_relay_down": "panic"}),
+        );
+        assert!(e.message.contains("on_relay_down"), "{e:?}");
+        let e = err(&reg, "replication_get_volumes", json!({"name": "ghost"}));
+        assert_eq!(e.code, -libc::ENODEV);
+        // Relay methods outside a relay process say so.
+        let e = err(&reg, "relay_get_status", json!({}));
+        assert!(e.message.contains("not a relay"), "{e:?}");
+        let e = err(&reg, "relay_set_forward_policy", json!({"mode": "sometimes"}));
+        assert!(e.message.contains("sometimes") || e.message.contains("mode"), "{e:?}");
+        let _ = bdev::unregister("rpc_test_base");
+    }
+}
