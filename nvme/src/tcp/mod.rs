@@ -1,0 +1,2 @@
+//! NVMe/TCP transport.
+pub mod pdu;
