@@ -1,1 +1,25 @@
-//! baton runtime (being built).
+//! baton's runtime, shared by every role (target, relay, standby, perf).
+//!
+//! - [`reactor`]: one pinned poller thread per core of a core mask, running a
+//!   run-to-completion loop over its message ring, active pollers and timed
+//!   pollers, with busy/idle accounting.
+//! - [`ring`]: the bounded lock-free many-producer ring reactors receive
+//!   messages through.
+//! - [`buf`]: DMA-able buffer pools allocated up front (hugepage-backed when
+//!   hugepages are reserved).
+//! - [`bdev`]: the block-device layer: per-reactor channels with polled
+//!   completion, and the `malloc`, `null` and `uring` back ends.
+//! - [`metrics`]: microsecond latency histograms over `hdrhistogram`.
+//! - [`clock`]: the monotonic nanosecond clock every timestamp uses.
+//!
+//! Nothing here knows about NVMe or replication (DESIGN.md: dependencies point
+//! from those crates into this one).
+
+pub mod bdev;
+pub mod buf;
+pub mod clock;
+pub mod cpumask;
+pub mod metrics;
+pub mod reactor;
+pub mod ring;
+mod sys;

@@ -1,0 +1,316 @@
+//! DMA-able I/O buffers, allocated up front.
+//!
+//! A [`BufPool`] maps one region at start-up (2 MiB hugepages when the
+//! machine has them reserved, plain 4 KiB pages otherwise, and it logs which)
+//! and cuts it into equal buffers, each aligned to [`BUF_ALIGN_BYTES`] so it
+//! can be used for `O_DIRECT` I/O. The free list is a bounded lock-free queue:
+//! taking and returning a buffer is two atomic operations and never allocates,
+//! and a buffer may be returned from any thread (a write's buffer is often
+//! freed on the reactor that sent it to a relay, not the one that took it).
+//!
+//! Pools live for the whole process (`&'static`): buffers are handed between
+//! layers and threads by value, and a pool that could vanish under them would
+//! need a reference count on every I/O.
+//!
+//! [`DmaBuf`] is the owned handle every layer passes: it derefs to its bytes,
+//! it returns itself to its pool on drop, and its visible length can be set
+//! below its capacity so a 128 KiB pool serves 4 KiB I/O too.
+
+use crate::sys::Mapping;
+use crossbeam_queue::ArrayQueue;
+use std::alloc::Layout;
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+use std::sync::Mutex;
+use thiserror::Error;
+
+/// Alignment of every buffer: the largest logical block size we serve.
+pub const BUF_ALIGN_BYTES: usize = 4096;
+/// At most this many pools per process (each io_uring channel registers them
+/// all as fixed buffers, and the kernel's table is small).
+pub const POOLS_MAX: usize = 16;
+
+#[derive(Debug, Error)]
+pub enum BufError {
+    #[error("buffer pool {name:?}: {count} buffers of {size} bytes is not a valid pool (count and size must be > 0, size a multiple of {BUF_ALIGN_BYTES})")]
+    BadGeometry { name: String, count: usize, size: usize },
+    #[error("buffer pool {name:?}: cannot map {bytes} bytes: {source}")]
+    Map {
+        name: String,
+        bytes: usize,
+        source: std::io::Error,
+    },
+    #[error("at most {POOLS_MAX} buffer pools may exist in one process")]
+    TooManyPools,
+}
+
+/// A fixed set of equal, aligned buffers carved from one mapping.
+pub struct BufPool {
+    name: String,
+    id: usize,
+    mapping: Mapping,
+    buf_size: usize,
+    count: usize,
+    free: ArrayQueue<u32>,
+}
+
+static POOLS: Mutex<Vec<&'static BufPool>> = Mutex::new(Vec::new());
+
+impl BufPool {
+    /// Creates a pool of `count` buffers of `buf_size` bytes. Management path:
+    /// maps memory and takes a lock; call at start-up, not per I/O.
+    pub fn new(name: &str, count: usize, buf_size: usize) -> Result<&'static BufPool, BufError> {
+        if count == 0 || buf_size == 0 || !buf_size.is_multiple_of(BUF_ALIGN_BYTES) || count > u32::MAX as usize {
+            return Err(BufError::BadGeometry {
+                name: name.to_string(),
+                count,
+                size: buf_size,
+            });
+        }
+        let bytes = count.checked_mul(buf_size).ok_or_else(|| BufError::BadGeometry {
+            name: name.to_string(),
+            count,
+            size: buf_size,
+        })?;
+        let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+        if pools.len() >= POOLS_MAX {
+            return Err(BufError::TooManyPools);
+        }
+        let want_huge = crate::sys::hugepages_reserved() > 0;
+        let mapping = Mapping::anonymous(bytes, want_huge).map_err(|source| BufError::Map {
+            name: name.to_string(),
+            bytes,
+            source,
+        })?;
+        log::info!(
+            "buffer pool {name}: {count} x {buf_size} B on {}",
+            if mapping.hugepages {
+                "2 MiB hugepages"
+            } else {
+                "4 KiB pages (no hugepages reserved)"
+            }
+        );
+        let free = ArrayQueue::new(count);
+        for i in 0..count {
+            let _ = free.push(i as u32);
+        }
+        let pool: &'static BufPool = Box::leak(Box::new(BufPool {
+            name: name.to_string(),
+            id: pools.len(),
+            mapping,
+            buf_size,
+            count,
+            free,
+        }));
+        pools.push(pool);
+        Ok(pool)
+    }
+
+    /// Takes a buffer, with its length set to the pool's buffer size; `None`
+    /// when every buffer is in use (back-pressure: retry on a later poll).
+    #[inline]
+    pub fn get(&'static self) -> Option<DmaBuf> {
+        let idx = self.free.pop()?;
+        // SAFETY: idx < count, so the offset stays inside the mapping.
+        let ptr = unsafe { self.mapping.as_ptr().add(idx as usize * self.buf_size) };
+        Some(DmaBuf {
+            ptr: NonNull::new(ptr).expect("mapping is never null"),
+            len: self.buf_size,
+            cap: self.buf_size,
+            origin: Origin::Pool(self, idx),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn buf_size(&self) -> usize {
+        self.buf_size
+    }
+    /// Total buffers in the pool.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+    /// Buffers currently free.
+    pub fn free(&self) -> usize {
+        self.free.len()
+    }
+    pub fn hugepages(&self) -> bool {
+        self.mapping.hugepages
+    }
+    /// Index of this pool among the process's pools (stable for its life).
+    pub fn id(&self) -> usize {
+        self.id
+    }
+    /// The region backing the pool, for registering with io_uring.
+    pub fn region(&self) -> (*mut u8, usize) {
+        (self.mapping.as_ptr(), self.mapping.len())
+    }
+}
+
+/// Every pool created so far, in id order (for fixed-buffer registration).
+pub fn pools() -> Vec<&'static BufPool> {
+    POOLS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+enum Origin {
+    Pool(&'static BufPool, u32),
+    Heap(Layout),
+}
+
+/// An owned, aligned I/O buffer. Moves between layers and threads by value;
+/// returns to its pool (or the heap) when dropped.
+pub struct DmaBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    cap: usize,
+    origin: Origin,
+}
+
+// SAFETY: a DmaBuf is the unique owner of its bytes (pools hand each index to
+// one DmaBuf at a time), like a Box<[u8]>, so it can move between threads.
+unsafe impl Send for DmaBuf {}
+// SAFETY: shared access only reads the bytes through `&self`.
+unsafe impl Sync for DmaBuf {}
+
+impl DmaBuf {
+    /// Allocates a zeroed, aligned buffer on the heap. This allocates: use it
+    /// for setup, management and tests, never per I/O.
+    pub fn alloc(len: usize) -> DmaBuf {
+        let cap = len.max(1).div_ceil(BUF_ALIGN_BYTES) * BUF_ALIGN_BYTES;
+        let layout = Layout::from_size_align(cap, BUF_ALIGN_BYTES).expect("aligned layout");
+        // SAFETY: layout has a non-zero size.
+        let p = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        DmaBuf {
+            ptr,
+            len,
+            cap,
+            origin: Origin::Heap(layout),
+        }
+    }
+
+    /// Capacity in bytes (the visible length can be set up to this).
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Sets the visible length. Panics if `len` exceeds the capacity: that is
+    /// a bug in the caller, not an operating error.
+    pub fn set_len(&mut self, len: usize) {
+        assert!(len <= self.cap, "DmaBuf::set_len({len}) beyond capacity {}", self.cap);
+        self.len = len;
+    }
+
+    /// The pool this buffer came from and its index there, if any.
+    pub fn pool(&self) -> Option<(&'static BufPool, u32)> {
+        match self.origin {
+            Origin::Pool(p, i) => Some((p, i)),
+            Origin::Heap(_) => None,
+        }
+    }
+
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Deref for DmaBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: ptr is valid for cap >= len bytes, initialised (pools come
+        // from zeroed mappings, heap buffers are zeroed), uniquely owned.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl DerefMut for DmaBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::fmt::Debug for DmaBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DmaBuf")
+            .field("len", &self.len)
+            .field("cap", &self.cap)
+            .field("pool", &self.pool().map(|(p, i)| (p.name.as_str(), i)))
+            .finish()
+    }
+}
+
+impl Drop for DmaBuf {
+    fn drop(&mut self) {
+        match self.origin {
+            Origin::Pool(pool, idx) => {
+                // Cannot fail: each index is in the queue at most once and the
+                // queue holds `count` slots.
+                let pushed = pool.free.push(idx);
+                debug_assert!(pushed.is_ok(), "buffer {idx} returned twice to pool {}", pool.name);
+            }
+            Origin::Heap(layout) => {
+                // SAFETY: ptr was allocated with exactly this layout in `alloc`.
+                unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_hands_out_each_buffer_once_and_takes_it_back() {
+        let pool = BufPool::new("t-once", 8, 4096).unwrap();
+        let mut bufs: Vec<DmaBuf> = (0..8).map(|_| pool.get().unwrap()).collect();
+        assert!(pool.get().is_none(), "exhausted pool must push back");
+        let mut idx: Vec<u32> = bufs.iter().map(|b| b.pool().unwrap().1).collect();
+        idx.sort();
+        assert_eq!(idx, (0..8).collect::<Vec<_>>());
+        for (i, b) in bufs.iter_mut().enumerate() {
+            assert_eq!(b.as_ptr() as usize % BUF_ALIGN_BYTES, 0);
+            b.fill(i as u8);
+        }
+        for (i, b) in bufs.iter().enumerate() {
+            assert!(b.iter().all(|&x| x == i as u8), "buffers overlap");
+        }
+        bufs.truncate(3);
+        assert_eq!(pool.free(), 5);
+        drop(bufs);
+        assert_eq!(pool.free(), 8);
+    }
+
+    #[test]
+    fn bad_geometry_is_an_error() {
+        assert!(BufPool::new("t-bad", 0, 4096).is_err());
+        assert!(BufPool::new("t-bad", 4, 1000).is_err());
+    }
+
+    #[test]
+    fn heap_buffers_are_aligned_and_sized() {
+        let mut b = DmaBuf::alloc(5000);
+        assert_eq!(b.len(), 5000);
+        assert_eq!(b.capacity(), 8192);
+        assert_eq!(b.as_ptr() as usize % BUF_ALIGN_BYTES, 0);
+        b.set_len(8192);
+        assert!(b.iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn buffers_return_from_other_threads() {
+        let pool = BufPool::new("t-threads", 4, 4096).unwrap();
+        let bufs: Vec<DmaBuf> = (0..4).map(|_| pool.get().unwrap()).collect();
+        std::thread::spawn(move || drop(bufs)).join().unwrap();
+        assert_eq!(pool.free(), 4);
+    }
+}

@@ -1,0 +1,125 @@
+//! The bounded lock-free ring a reactor receives cross-core work through.
+//!
+//! Many producers (any thread), one consumer (the owning reactor). Built on
+//! `crossbeam_queue::ArrayQueue`, a well-kept bounded MPMC queue (Vyukov's
+//! array design): each slot carries a stamp, a producer claims a slot with one
+//! CAS on the tail and publishes the value with a `Release` store of the slot's
+//! stamp, which the consumer's `Acquire` load of the same stamp pairs with, so
+//! the message's contents are visible before the consumer can see the slot as
+//! full. Head and tail live on separate cache lines inside the queue.
+//!
+//! Guarantees the reactor relies on, checked by the tests below:
+//! - bounded: a full ring refuses the message and hands it back (back-pressure;
+//!   never an unbounded queue, never a lost message);
+//! - every accepted message is popped exactly once;
+//! - messages from one producer are popped in the order it pushed them.
+//!
+//! No allocation after construction.
+
+use crossbeam_queue::ArrayQueue;
+use crossbeam_utils::CachePadded;
+
+/// A bounded many-producer ring.
+pub struct Ring<T> {
+    q: CachePadded<ArrayQueue<T>>,
+}
+
+impl<T> Ring<T> {
+    /// A ring holding at most `capacity` items (allocates once, here).
+    pub fn new(capacity: usize) -> Ring<T> {
+        assert!(capacity > 0, "a ring needs room for at least one item");
+        Ring {
+            q: CachePadded::new(ArrayQueue::new(capacity)),
+        }
+    }
+
+    /// Enqueues `item`, or hands it back when the ring is full. Any thread.
+    #[inline]
+    pub fn push(&self, item: T) -> Result<(), T> {
+        self.q.push(item)
+    }
+
+    /// Dequeues the oldest item. Meant for the single consumer; safe (but
+    /// without the per-producer order guarantee across consumers) for more.
+    #[inline]
+    pub fn pop(&self) -> Option<T> {
+        self.q.pop()
+    }
+
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.q.capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn full_ring_hands_the_item_back() {
+        let r = Ring::new(2);
+        r.push(1).unwrap();
+        r.push(2).unwrap();
+        assert_eq!(r.push(3), Err(3));
+        assert_eq!(r.pop(), Some(1));
+        r.push(3).unwrap();
+        assert_eq!(r.pop(), Some(2));
+        assert_eq!(r.pop(), Some(3));
+        assert_eq!(r.pop(), None);
+    }
+
+    /// Several producers push tagged sequence numbers into a small ring (so it
+    /// is full often), retrying on back-pressure; the consumer checks that
+    /// each producer's numbers arrive exactly once and in order.
+    #[test]
+    fn many_producers_exactly_once_in_order() {
+        const PRODUCERS: u64 = 4;
+        const PER_PRODUCER: u64 = 200_000;
+        let ring = Arc::new(Ring::<u64>::new(64));
+        let handles: Vec<_> = (0..PRODUCERS)
+            .map(|p| {
+                let ring = ring.clone();
+                std::thread::spawn(move || {
+                    let mut full = 0u64;
+                    for seq in 0..PER_PRODUCER {
+                        let mut item = (p << 32) | seq;
+                        while let Err(back) = ring.push(item) {
+                            item = back;
+                            full += 1;
+                            std::hint::spin_loop();
+                        }
+                    }
+                    full
+                })
+            })
+            .collect();
+        let mut next = [0u64; PRODUCERS as usize];
+        let mut received = 0u64;
+        while received < PRODUCERS * PER_PRODUCER {
+            match ring.pop() {
+                Some(item) => {
+                    let p = (item >> 32) as usize;
+                    let seq = item & 0xffff_ffff;
+                    assert_eq!(seq, next[p], "producer {p}: out of order or duplicated");
+                    next[p] += 1;
+                    received += 1;
+                }
+                None => std::hint::spin_loop(),
+            }
+        }
+        let full: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert!(next.iter().all(|&n| n == PER_PRODUCER));
+        assert!(ring.pop().is_none(), "no extra items");
+        // The ring was small enough that back-pressure was exercised.
+        eprintln!("producers saw the ring full {full} times");
+    }
+}

@@ -1,0 +1,136 @@
+//! The few raw OS calls the engine makes that std does not wrap: anonymous
+//! memory mappings (optionally hugepage-backed) and block-device geometry
+//! ioctls. Every `unsafe` block of the engine outside the buffer and malloc
+//! modules lives here, each with the reason it is sound.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+
+/// 2 MiB: the hugepage size this engine asks for with `MAP_HUGETLB`.
+pub const HUGEPAGE_BYTES: usize = 2 << 20;
+
+/// A private anonymous mapping, zero-filled by the kernel, unmapped on drop.
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    pub hugepages: bool,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; moving the owner
+// between threads does not invalidate it.
+unsafe impl Send for Mapping {}
+// SAFETY: `Mapping` hands out only raw pointers; whoever writes through them
+// is responsible for synchronisation (the pools hand each buffer to one owner).
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes. With `try_hugepages`, asks for 2 MiB pages first
+    /// (rounding `len` up) and falls back to 4 KiB pages if none are reserved.
+    pub fn anonymous(len: usize, try_hugepages: bool) -> io::Result<Mapping> {
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "zero-length mapping"));
+        }
+        if try_hugepages {
+            let huge_len = len.div_ceil(HUGEPAGE_BYTES) * HUGEPAGE_BYTES;
+            if let Ok(m) = Self::map(huge_len, libc::MAP_HUGETLB) {
+                return Ok(Mapping { hugepages: true, ..m });
+            }
+        }
+        Self::map(len, 0)
+    }
+
+    fn map(len: usize, extra_flags: libc::c_int) -> io::Result<Mapping> {
+        // SAFETY: a fresh private anonymous mapping at a kernel-chosen address
+        // aliases no Rust object; the result is checked against MAP_FAILED.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra_flags,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p as *mut u8).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Mapping {
+            ptr,
+            len,
+            hugepages: false,
+        })
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly what mmap returned, unmapped once here;
+        // owners guarantee no buffer into the mapping outlives it.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.len);
+        }
+    }
+}
+
+/// Number of hugepages the kernel has reserved (`/proc/sys/vm/nr_hugepages`).
+pub fn hugepages_reserved() -> u64 {
+    std::fs::read_to_string("/proc/sys/vm/nr_hugepages")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+const BLKSSZGET: libc::c_ulong = 0x1268;
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+
+/// Logical block size and byte size of an open block device.
+pub fn block_device_geometry(f: &std::fs::File) -> io::Result<(u32, u64)> {
+    let mut lbs: libc::c_int = 0;
+    let mut bytes: u64 = 0;
+    // SAFETY: BLKSSZGET writes one c_int through the pointer, which points at
+    // a live local of that type; the fd is open for the duration of the call.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), BLKSSZGET, &mut lbs as *mut libc::c_int) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at
+    // a live local of that type.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), BLKGETSIZE64, &mut bytes as *mut u64) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((lbs as u32, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapping_is_zeroed_and_writable() {
+        let m = Mapping::anonymous(1 << 20, false).unwrap();
+        assert_eq!(m.len(), 1 << 20);
+        // SAFETY: the mapping is 1 MiB, owned by this test, read/write.
+        let s = unsafe { std::slice::from_raw_parts_mut(m.as_ptr(), m.len()) };
+        assert!(s.iter().all(|&b| b == 0));
+        s[12345] = 7;
+        assert_eq!(s[12345], 7);
+    }
+
+    #[test]
+    fn zero_length_is_rejected() {
+        assert!(Mapping::anonymous(0, false).is_err());
+    }
+}
