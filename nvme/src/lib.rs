@@ -4,4 +4,5 @@
 //! - [`tcp`]: the NVMe/TCP transport: PDU codec and streaming receiver.
 
 pub mod spec;
+pub mod target;
 pub mod tcp;

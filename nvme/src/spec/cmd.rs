@@ -123,7 +123,12 @@ impl Cqe {
     }
     /// A completion for `cid` with `status` and result `dw0`.
     pub fn new(cid: u16, status: Status, dw0: u32) -> Cqe {
-        Cqe { dw0, cid, status: status.to_field(), ..Cqe::default() }
+        Cqe {
+            dw0,
+            cid,
+            status: status.to_field(),
+            ..Cqe::default()
+        }
     }
 }
 
@@ -154,7 +159,14 @@ mod tests {
 
     #[test]
     fn sqe_round_trips_through_bytes() {
-        let mut s = Sqe { opc: io_opc::READ, cid: 0x1234, nsid: 1, cdw10: 7, cdw12: 3, ..Sqe::default() };
+        let mut s = Sqe {
+            opc: io_opc::READ,
+            cid: 0x1234,
+            nsid: 1,
+            cdw10: 7,
+            cdw12: 3,
+            ..Sqe::default()
+        };
         s.set_sgl_psdt();
         let b = s.as_bytes();
         assert_eq!(b[0], 0x02);

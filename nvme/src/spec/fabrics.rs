@@ -159,14 +159,26 @@ mod tests {
     #[test]
     fn connect_fields_sit_at_spec_bytes() {
         let mut sqe = Sqe::default();
-        ConnectCmd { recfmt: 0, qid: 3, sqsize: 127, cattr: 0, kato_ms: 15000 }.to_sqe(&mut sqe);
+        ConnectCmd {
+            recfmt: 0,
+            qid: 3,
+            sqsize: 127,
+            cattr: 0,
+            kato_ms: 15000,
+        }
+        .to_sqe(&mut sqe);
         let b = crate::spec::Plain::as_bytes(&sqe);
         assert_eq!(u16::from_le_bytes([b[42], b[43]]), 3);
         assert_eq!(u16::from_le_bytes([b[44], b[45]]), 127);
         assert_eq!(u32::from_le_bytes([b[48], b[49], b[50], b[51]]), 15000);
         assert_eq!(ConnectCmd::from_sqe(&sqe).qid, 3);
         let mut p = Sqe::default();
-        PropertyCmd { size8: true, offset: prop::CAP, value: 0 }.to_sqe(&mut p);
+        PropertyCmd {
+            size8: true,
+            offset: prop::CAP,
+            value: 0,
+        }
+        .to_sqe(&mut p);
         let b = crate::spec::Plain::as_bytes(&p);
         assert_eq!(b[40], 1);
         assert_eq!(u32::from_le_bytes([b[44], b[45], b[46], b[47]]), 0);

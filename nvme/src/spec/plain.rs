@@ -13,23 +13,13 @@ pub unsafe trait Plain: Copy + Sized + 'static {
     fn as_bytes(&self) -> &[u8] {
         // SAFETY: Self is repr(C) plain data without padding (trait contract), so all
         // size_of::<Self>() bytes are initialized and readable for the borrow's lifetime.
-        unsafe {
-            core::slice::from_raw_parts(
-                (self as *const Self).cast::<u8>(),
-                core::mem::size_of::<Self>(),
-            )
-        }
+        unsafe { core::slice::from_raw_parts((self as *const Self).cast::<u8>(), core::mem::size_of::<Self>()) }
     }
 
     /// The value's bytes, mutable (used to build identify and log pages in place).
     fn as_bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in as_bytes; every bit pattern is a valid Self, so any write is fine.
-        unsafe {
-            core::slice::from_raw_parts_mut(
-                (self as *mut Self).cast::<u8>(),
-                core::mem::size_of::<Self>(),
-            )
-        }
+        unsafe { core::slice::from_raw_parts_mut((self as *mut Self).cast::<u8>(), core::mem::size_of::<Self>()) }
     }
 
     /// Reads a value from the first `size_of::<Self>()` bytes; `None` if `bytes` is shorter.

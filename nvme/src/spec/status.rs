@@ -52,7 +52,11 @@ statuses! {
 impl Status {
     /// Decodes a CQE status field (bit 0, the phase tag, is ignored).
     pub fn from_field(f: u16) -> Status {
-        Status { sc: (f >> 1) as u8, sct: ((f >> 9) & 0x7) as u8, dnr: f & 0x8000 != 0 }
+        Status {
+            sc: (f >> 1) as u8,
+            sct: ((f >> 9) & 0x7) as u8,
+            dnr: f & 0x8000 != 0,
+        }
     }
     /// Encodes into a CQE status field with phase 0.
     pub fn to_field(self) -> u16 {
@@ -69,7 +73,13 @@ impl Status {
 
 impl core::fmt::Display for Status {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "sct={:#x} sc={:#04x}{}", self.sct, self.sc, if self.dnr { " dnr" } else { "" })
+        write!(
+            f,
+            "sct={:#x} sc={:#04x}{}",
+            self.sct,
+            self.sc,
+            if self.dnr { " dnr" } else { "" }
+        )
     }
 }
 

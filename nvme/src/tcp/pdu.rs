@@ -186,15 +186,47 @@ pub struct Pdu {
 /// The typed content of each PDU type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PduKind {
-    IcReq { hpda: u8, hdgst: bool, ddgst: bool, maxr2t: u32 },
-    IcResp { cpda: u8, hdgst: bool, ddgst: bool, maxh2cdata: u32 },
+    IcReq {
+        hpda: u8,
+        hdgst: bool,
+        ddgst: bool,
+        maxr2t: u32,
+    },
+    IcResp {
+        cpda: u8,
+        hdgst: bool,
+        ddgst: bool,
+        maxh2cdata: u32,
+    },
     /// H2CTermReq or C2HTermReq (the receiving side tells which); data = offending header.
-    TermReq { fes: u16, fei: u32 },
-    CapsuleCmd { sqe: Sqe },
-    CapsuleResp { cqe: Cqe },
-    H2CData { cccid: u16, ttag: u16, datao: u32, last: bool },
-    C2HData { cccid: u16, datao: u32, last: bool, success: bool },
-    R2T { cccid: u16, ttag: u16, r2to: u32, r2tl: u32 },
+    TermReq {
+        fes: u16,
+        fei: u32,
+    },
+    CapsuleCmd {
+        sqe: Sqe,
+    },
+    CapsuleResp {
+        cqe: Cqe,
+    },
+    H2CData {
+        cccid: u16,
+        ttag: u16,
+        datao: u32,
+        last: bool,
+    },
+    C2HData {
+        cccid: u16,
+        datao: u32,
+        last: bool,
+        success: bool,
+    },
+    R2T {
+        cccid: u16,
+        ttag: u16,
+        r2to: u32,
+        r2tl: u32,
+    },
 }
 
 /// What the receiver produced from the bytes given to it.
@@ -291,11 +323,7 @@ fn expected_hlen(ty: u8) -> Option<u8> {
 fn has_hdgst(ty: u8) -> bool {
     matches!(
         ty,
-        pdu_type::CAPSULE_CMD
-            | pdu_type::CAPSULE_RESP
-            | pdu_type::H2C_DATA
-            | pdu_type::C2H_DATA
-            | pdu_type::R2T
+        pdu_type::CAPSULE_CMD | pdu_type::CAPSULE_RESP | pdu_type::H2C_DATA | pdu_type::C2H_DATA | pdu_type::R2T
     )
 }
 
@@ -320,11 +348,7 @@ fn legal_for(side: Side, ty: u8) -> bool {
         ),
         Side::Host => matches!(
             ty,
-            pdu_type::IC_RESP
-                | pdu_type::C2H_TERM_REQ
-                | pdu_type::CAPSULE_RESP
-                | pdu_type::C2H_DATA
-                | pdu_type::R2T
+            pdu_type::IC_RESP | pdu_type::C2H_TERM_REQ | pdu_type::CAPSULE_RESP | pdu_type::C2H_DATA | pdu_type::R2T
         ),
     }
 }
@@ -466,7 +490,9 @@ impl PduReceiver {
                     self.state = if have < DIGEST_BYTES {
                         RxState::DataDigest { crc, have }
                     } else {
-                        RxState::DataEnd { digest_ok: u32::from_le_bytes(self.ddgst_buf) == crc }
+                        RxState::DataEnd {
+                            digest_ok: u32::from_le_bytes(self.ddgst_buf) == crc,
+                        }
                     };
                 }
             }
@@ -485,7 +511,11 @@ impl PduReceiver {
             RxState::AwaitNegotiation
         } else if pdu.data_len > 0 {
             let digest = self.initialized && self.ddgst && has_ddgst(ty);
-            RxState::Data { remaining: pdu.data_len, digest, crc: 0 }
+            RxState::Data {
+                remaining: pdu.data_len,
+                digest,
+                crc: 0,
+            }
         } else {
             RxState::Header { need: 8 }
         };
@@ -501,10 +531,17 @@ impl PduReceiver {
             return Err(PduError::WrongDirection(ty));
         }
         if is_ic(ty) == self.initialized && !is_term(ty) {
-            return Err(PduError::OutOfSequence { ty, initialized: self.initialized });
+            return Err(PduError::OutOfSequence {
+                ty,
+                initialized: self.initialized,
+            });
         }
         if ch.hlen != expected {
-            return Err(PduError::BadHlen { ty, hlen: ch.hlen, expected });
+            return Err(PduError::BadHlen {
+                ty,
+                hlen: ch.hlen,
+                expected,
+            });
         }
         let hd = self.initialized && self.hdgst && has_hdgst(ty);
         if (ch.flags & flags::HDGSTF != 0) != hd {
@@ -516,7 +553,11 @@ impl PduReceiver {
             return Err(PduError::BadPlen { ty, plen });
         }
         if is_ic(ty) {
-            return if plen == IC_PDU_BYTES as u32 { Ok(IC_PDU_BYTES) } else { Err(PduError::BadPlen { ty, plen }) };
+            return if plen == IC_PDU_BYTES as u32 {
+                Ok(IC_PDU_BYTES)
+            } else {
+                Err(PduError::BadPlen { ty, plen })
+            };
         }
         if is_term(ty) {
             if plen - hdr_len > TERM_REQ_DATA_MAX_BYTES as u32 || ch.flags & flags::DDGSTF != 0 {
@@ -540,13 +581,21 @@ impl PduReceiver {
         }
         let pdo = u32::from(ch.pdo);
         if pdo < hdr_len || pdo >= plen {
-            return Err(PduError::BadPdo { ty, pdo: ch.pdo, hdr_len, plen });
+            return Err(PduError::BadPdo {
+                ty,
+                pdo: ch.pdo,
+                hdr_len,
+                plen,
+            });
         }
         if (ch.flags & flags::DDGSTF != 0) != dd_possible {
             return Err(PduError::BadDigestFlags { ty, flags: ch.flags });
         }
         let dd = if dd_possible { DIGEST_BYTES as u32 } else { 0 };
-        let data_len = (plen - pdo).checked_sub(dd).filter(|&l| l > 0).ok_or(PduError::BadPlen { ty, plen })?;
+        let data_len = (plen - pdo)
+            .checked_sub(dd)
+            .filter(|&l| l > 0)
+            .ok_or(PduError::BadPlen { ty, plen })?;
         let max = match ty {
             pdu_type::CAPSULE_CMD => self.limits.in_capsule_data_bytes,
             pdu_type::H2C_DATA => self.limits.h2c_data_bytes,
@@ -579,7 +628,11 @@ impl PduReceiver {
         } else if ch.plen == hdr_len {
             0
         } else {
-            let dd = if self.initialized && self.ddgst && has_ddgst(ty) { DIGEST_BYTES as u32 } else { 0 };
+            let dd = if self.initialized && self.ddgst && has_ddgst(ty) {
+                DIGEST_BYTES as u32
+            } else {
+                0
+            };
             ch.plen - u32::from(ch.pdo) - dd
         };
         let h = &self.hdr[..];
@@ -589,18 +642,31 @@ impl PduReceiver {
                 if p.pfv != 0 {
                     return Err(PduError::UnsupportedPfv(p.pfv));
                 }
-                PduKind::IcReq { hpda: p.hpda, hdgst: p.dgst & 1 != 0, ddgst: p.dgst & 2 != 0, maxr2t: p.maxr2t }
+                PduKind::IcReq {
+                    hpda: p.hpda,
+                    hdgst: p.dgst & 1 != 0,
+                    ddgst: p.dgst & 2 != 0,
+                    maxr2t: p.maxr2t,
+                }
             }
             pdu_type::IC_RESP => {
                 let p = IcRespHdr::read_from(h).ok_or(PduError::AlreadyFailed("short"))?;
                 if p.pfv != 0 {
                     return Err(PduError::UnsupportedPfv(p.pfv));
                 }
-                PduKind::IcResp { cpda: p.cpda, hdgst: p.dgst & 1 != 0, ddgst: p.dgst & 2 != 0, maxh2cdata: p.maxh2cdata }
+                PduKind::IcResp {
+                    cpda: p.cpda,
+                    hdgst: p.dgst & 1 != 0,
+                    ddgst: p.dgst & 2 != 0,
+                    maxh2cdata: p.maxh2cdata,
+                }
             }
             pdu_type::H2C_TERM_REQ | pdu_type::C2H_TERM_REQ => {
                 let p = TermReqHdr::read_from(h).ok_or(PduError::AlreadyFailed("short"))?;
-                PduKind::TermReq { fes: p.fes, fei: u32::from_le_bytes(p.fei) }
+                PduKind::TermReq {
+                    fes: p.fes,
+                    fei: u32::from_le_bytes(p.fei),
+                }
             }
             pdu_type::CAPSULE_CMD => {
                 let p = CapsuleCmdHdr::read_from(h).ok_or(PduError::AlreadyFailed("short"))?;
@@ -613,22 +679,40 @@ impl PduReceiver {
             pdu_type::H2C_DATA | pdu_type::C2H_DATA => {
                 let p = DataHdr::read_from(h).ok_or(PduError::AlreadyFailed("short"))?;
                 if p.length != data_len {
-                    return Err(PduError::DatalMismatch { datal: p.length, len: data_len });
+                    return Err(PduError::DatalMismatch {
+                        datal: p.length,
+                        len: data_len,
+                    });
                 }
                 let last = ch.flags & flags::LAST_PDU != 0;
                 if ty == pdu_type::H2C_DATA {
-                    PduKind::H2CData { cccid: p.cccid, ttag: p.ttag, datao: p.offset, last }
+                    PduKind::H2CData {
+                        cccid: p.cccid,
+                        ttag: p.ttag,
+                        datao: p.offset,
+                        last,
+                    }
                 } else {
                     let success = ch.flags & flags::SUCCESS != 0;
                     if success && !last {
                         return Err(PduError::SuccessWithoutLast);
                     }
-                    PduKind::C2HData { cccid: p.cccid, datao: p.offset, last, success }
+                    PduKind::C2HData {
+                        cccid: p.cccid,
+                        datao: p.offset,
+                        last,
+                        success,
+                    }
                 }
             }
             pdu_type::R2T => {
                 let p = DataHdr::read_from(h).ok_or(PduError::AlreadyFailed("short"))?;
-                PduKind::R2T { cccid: p.cccid, ttag: p.ttag, r2to: p.offset, r2tl: p.length }
+                PduKind::R2T {
+                    cccid: p.cccid,
+                    ttag: p.ttag,
+                    r2to: p.offset,
+                    r2tl: p.length,
+                }
             }
             other => return Err(PduError::UnknownType(other)),
         };
@@ -661,7 +745,13 @@ fn encode(out: &mut Vec<u8>, hdr: &mut [u8], extra_flags: u8, data: &[u8], d: Tx
     } else {
         hdr_len
     };
-    let data_start = if data.is_empty() { hdr_len } else if is_term(ty) { hlen } else { pdo };
+    let data_start = if data.is_empty() {
+        hdr_len
+    } else if is_term(ty) {
+        hlen
+    } else {
+        pdo
+    };
     let plen = data_start + data.len() + if dd { DIGEST_BYTES } else { 0 };
     let mut fl = extra_flags;
     if hd {
@@ -688,51 +778,105 @@ fn encode(out: &mut Vec<u8>, hdr: &mut [u8], extra_flags: u8, data: &[u8], d: Tx
 }
 
 fn ch(ty: u8) -> CommonHeader {
-    CommonHeader { pdu_type: ty, ..CommonHeader::default() }
+    CommonHeader {
+        pdu_type: ty,
+        ..CommonHeader::default()
+    }
 }
 
 /// Appends an ICReq.
 pub fn encode_ic_req(out: &mut Vec<u8>, hpda: u8, hdgst: bool, ddgst: bool, maxr2t: u32) {
-    let mut p = IcReqHdr { ch: ch(pdu_type::IC_REQ), pfv: 0, hpda, dgst: u8::from(hdgst) | (u8::from(ddgst) << 1), maxr2t, rsvd: [0; 112] };
+    let mut p = IcReqHdr {
+        ch: ch(pdu_type::IC_REQ),
+        pfv: 0,
+        hpda,
+        dgst: u8::from(hdgst) | (u8::from(ddgst) << 1),
+        maxr2t,
+        rsvd: [0; 112],
+    };
     encode(out, p.as_bytes_mut(), 0, &[], TxDigests::default());
 }
 
 /// Appends an ICResp.
 pub fn encode_ic_resp(out: &mut Vec<u8>, cpda: u8, hdgst: bool, ddgst: bool, maxh2cdata: u32) {
-    let mut p = IcRespHdr { ch: ch(pdu_type::IC_RESP), pfv: 0, cpda, dgst: u8::from(hdgst) | (u8::from(ddgst) << 1), maxh2cdata, rsvd: [0; 112] };
+    let mut p = IcRespHdr {
+        ch: ch(pdu_type::IC_RESP),
+        pfv: 0,
+        cpda,
+        dgst: u8::from(hdgst) | (u8::from(ddgst) << 1),
+        maxh2cdata,
+        rsvd: [0; 112],
+    };
     encode(out, p.as_bytes_mut(), 0, &[], TxDigests::default());
 }
 
 /// Appends a termination request from `side` (C2HTermReq from the target, H2CTermReq from
 /// the host) carrying up to 152 bytes of the offending header.
 pub fn encode_term_req(out: &mut Vec<u8>, side: Side, fes_: u16, fei: u32, offending: &[u8]) {
-    let ty = if side == Side::Target { pdu_type::C2H_TERM_REQ } else { pdu_type::H2C_TERM_REQ };
-    let mut p = TermReqHdr { ch: ch(ty), fes: fes_, fei: fei.to_le_bytes(), rsvd: [0; 10] };
+    let ty = if side == Side::Target {
+        pdu_type::C2H_TERM_REQ
+    } else {
+        pdu_type::H2C_TERM_REQ
+    };
+    let mut p = TermReqHdr {
+        ch: ch(ty),
+        fes: fes_,
+        fei: fei.to_le_bytes(),
+        rsvd: [0; 10],
+    };
     let n = offending.len().min(TERM_REQ_DATA_MAX_BYTES);
     encode(out, p.as_bytes_mut(), 0, &offending[..n], TxDigests::default());
 }
 
 /// Appends a command capsule with optional in-capsule data.
 pub fn encode_capsule_cmd(out: &mut Vec<u8>, sqe: &Sqe, data: &[u8], d: TxDigests) {
-    let mut p = CapsuleCmdHdr { ch: ch(pdu_type::CAPSULE_CMD), sqe: *sqe };
+    let mut p = CapsuleCmdHdr {
+        ch: ch(pdu_type::CAPSULE_CMD),
+        sqe: *sqe,
+    };
     encode(out, p.as_bytes_mut(), 0, data, d);
 }
 
 /// Appends a response capsule.
 pub fn encode_capsule_resp(out: &mut Vec<u8>, cqe: &Cqe, d: TxDigests) {
-    let mut p = CapsuleRespHdr { ch: ch(pdu_type::CAPSULE_RESP), cqe: *cqe };
+    let mut p = CapsuleRespHdr {
+        ch: ch(pdu_type::CAPSULE_RESP),
+        cqe: *cqe,
+    };
     encode(out, p.as_bytes_mut(), 0, &[], d);
 }
 
 /// Appends an H2CData PDU.
 pub fn encode_h2c_data(out: &mut Vec<u8>, cccid: u16, ttag: u16, datao: u32, data: &[u8], last: bool, d: TxDigests) {
-    let mut p = DataHdr { ch: ch(pdu_type::H2C_DATA), cccid, ttag, offset: datao, length: data.len() as u32, rsvd: [0; 4] };
+    let mut p = DataHdr {
+        ch: ch(pdu_type::H2C_DATA),
+        cccid,
+        ttag,
+        offset: datao,
+        length: data.len() as u32,
+        rsvd: [0; 4],
+    };
     encode(out, p.as_bytes_mut(), if last { flags::LAST_PDU } else { 0 }, data, d);
 }
 
 /// Appends a C2HData PDU; `success` (only with `last`) tells the host no response follows.
-pub fn encode_c2h_data(out: &mut Vec<u8>, cccid: u16, datao: u32, data: &[u8], last: bool, success: bool, d: TxDigests) {
-    let mut p = DataHdr { ch: ch(pdu_type::C2H_DATA), cccid, ttag: 0, offset: datao, length: data.len() as u32, rsvd: [0; 4] };
+pub fn encode_c2h_data(
+    out: &mut Vec<u8>,
+    cccid: u16,
+    datao: u32,
+    data: &[u8],
+    last: bool,
+    success: bool,
+    d: TxDigests,
+) {
+    let mut p = DataHdr {
+        ch: ch(pdu_type::C2H_DATA),
+        cccid,
+        ttag: 0,
+        offset: datao,
+        length: data.len() as u32,
+        rsvd: [0; 4],
+    };
     let mut f = if last { flags::LAST_PDU } else { 0 };
     if success && last {
         f |= flags::SUCCESS;
@@ -742,7 +886,14 @@ pub fn encode_c2h_data(out: &mut Vec<u8>, cccid: u16, datao: u32, data: &[u8], l
 
 /// Appends an R2T asking for `r2tl` bytes at offset `r2to` of command `cccid`.
 pub fn encode_r2t(out: &mut Vec<u8>, cccid: u16, ttag: u16, r2to: u32, r2tl: u32, d: TxDigests) {
-    let mut p = DataHdr { ch: ch(pdu_type::R2T), cccid, ttag, offset: r2to, length: r2tl, rsvd: [0; 4] };
+    let mut p = DataHdr {
+        ch: ch(pdu_type::R2T),
+        cccid,
+        ttag,
+        offset: r2to,
+        length: r2tl,
+        rsvd: [0; 4],
+    };
     encode(out, p.as_bytes_mut(), 0, &[], d);
 }
 
@@ -750,9 +901,15 @@ pub fn encode_r2t(out: &mut Vec<u8>, cccid: u16, ttag: u16, r2to: u32, r2tl: u32
 /// reports an error or produces well-formed events, never panics or loops. The first byte
 /// picks side, digests and chunk size. Used by `nvme/fuzz` and by a unit test.
 pub fn fuzz_pdu(data: &[u8]) {
-    let Some((&cfg, mut rest)) = data.split_first() else { return };
+    let Some((&cfg, mut rest)) = data.split_first() else {
+        return;
+    };
     let side = if cfg & 1 == 0 { Side::Target } else { Side::Host };
-    let limits = RxLimits { in_capsule_data_bytes: 8192, h2c_data_bytes: 65536, c2h_data_bytes: 131072 };
+    let limits = RxLimits {
+        in_capsule_data_bytes: 8192,
+        h2c_data_bytes: 65536,
+        c2h_data_bytes: 131072,
+    };
     let mut rx = PduReceiver::new(side, limits);
     let chunk = usize::from(cfg >> 3) + 1;
     let mut expect_data: u64 = 0;
@@ -779,7 +936,8 @@ pub fn fuzz_pdu(data: &[u8]) {
                         Some(RxEvent::Header(p)) => {
                             assert!(!in_data);
                             expect_data = u64::from(p.data_len);
-                            in_data = p.data_len > 0 && !matches!(p.kind, PduKind::IcReq { .. } | PduKind::IcResp { .. });
+                            in_data =
+                                p.data_len > 0 && !matches!(p.kind, PduKind::IcReq { .. } | PduKind::IcResp { .. });
                         }
                         Some(RxEvent::Data(d)) => {
                             assert!(in_data && !d.is_empty() && d.len() as u64 <= expect_data);

@@ -18,8 +18,16 @@ impl Rng {
     }
 }
 
-const LIMITS: RxLimits = RxLimits { in_capsule_data_bytes: 8192, h2c_data_bytes: 65536, c2h_data_bytes: 131072 };
-const DG: TxDigests = TxDigests { hdgst: true, ddgst: true, data_align: 0 };
+const LIMITS: RxLimits = RxLimits {
+    in_capsule_data_bytes: 8192,
+    h2c_data_bytes: 65536,
+    c2h_data_bytes: 131072,
+};
+const DG: TxDigests = TxDigests {
+    hdgst: true,
+    ddgst: true,
+    data_align: 0,
+};
 
 /// Feeds `bytes` in chunks of `chunk` and collects (header, data) pairs.
 fn collect(rx: &mut PduReceiver, bytes: &[u8], chunk: usize) -> Result<Vec<(Pdu, Vec<u8>, bool)>, PduError> {
@@ -47,7 +55,14 @@ fn ready(side: Side, hd: bool, dd: bool) -> PduReceiver {
 }
 
 fn sqe(cid: u16) -> Sqe {
-    Sqe { opc: 0x01, cid, nsid: 1, cdw10: 5, cdw12: 7, ..Sqe::default() }
+    Sqe {
+        opc: 0x01,
+        cid,
+        nsid: 1,
+        cdw10: 5,
+        cdw12: 7,
+        ..Sqe::default()
+    }
 }
 
 #[test]
@@ -77,29 +92,66 @@ fn ic_req_and_resp_round_trip_and_gate_on_negotiation() {
     assert_eq!(b.len(), 128);
     assert_eq!(&b[..8], &[0, 0, 128, 0, 128, 0, 0, 0]);
     // A command pipelined right behind the ICReq is not parsed until negotiation.
-    encode_capsule_cmd(&mut b, &sqe(1), &[], TxDigests { hdgst: true, ..TxDigests::default() });
+    encode_capsule_cmd(
+        &mut b,
+        &sqe(1),
+        &[],
+        TxDigests {
+            hdgst: true,
+            ..TxDigests::default()
+        },
+    );
     let mut rx = PduReceiver::new(Side::Target, LIMITS);
     let (n, ev) = rx.advance(&b).unwrap();
     assert_eq!(n, 128);
-    assert_eq!(ev, Some(RxEvent::Header(Pdu { kind: PduKind::IcReq { hpda: 0, hdgst: true, ddgst: false, maxr2t: 0 }, data_len: 0 })));
+    assert_eq!(
+        ev,
+        Some(RxEvent::Header(Pdu {
+            kind: PduKind::IcReq {
+                hpda: 0,
+                hdgst: true,
+                ddgst: false,
+                maxr2t: 0
+            },
+            data_len: 0
+        }))
+    );
     assert_eq!(rx.advance(&b[n..]).unwrap(), (0, None));
     rx.set_digests(true, false);
     let (m, ev) = rx.advance(&b[n..]).unwrap();
     assert_eq!(m, 76);
-    assert!(matches!(ev, Some(RxEvent::Header(Pdu { kind: PduKind::CapsuleCmd { .. }, data_len: 0 }))));
+    assert!(matches!(
+        ev,
+        Some(RxEvent::Header(Pdu {
+            kind: PduKind::CapsuleCmd { .. },
+            data_len: 0
+        }))
+    ));
 
     let mut r = Vec::new();
     encode_ic_resp(&mut r, 0, true, true, 131072);
     let mut hrx = PduReceiver::new(Side::Host, LIMITS);
     let got = collect(&mut hrx, &r, 7).unwrap();
-    assert_eq!(got[0].0.kind, PduKind::IcResp { cpda: 0, hdgst: true, ddgst: true, maxh2cdata: 131072 });
+    assert_eq!(
+        got[0].0.kind,
+        PduKind::IcResp {
+            cpda: 0,
+            hdgst: true,
+            ddgst: true,
+            maxh2cdata: 131072
+        }
+    );
 }
 
 #[test]
 fn every_pdu_round_trips_with_any_chunking_and_digests() {
     let mut rng = Rng(0x9E3779B97F4A7C15);
     for &(hd, dd) in &[(false, false), (true, false), (false, true), (true, true)] {
-        let d = TxDigests { hdgst: hd, ddgst: dd, data_align: 0 };
+        let d = TxDigests {
+            hdgst: hd,
+            ddgst: dd,
+            data_align: 0,
+        };
         let data: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
         let mut to_target = Vec::new();
         encode_capsule_cmd(&mut to_target, &sqe(3), &data[..4096], d);
@@ -113,19 +165,54 @@ fn every_pdu_round_trips_with_any_chunking_and_digests() {
         for chunk in [1, 2, 3, 7, 64, 1000, 100_000, (rng.below(300) + 1) as usize] {
             let got = collect(&mut ready(Side::Target, hd, dd), &to_target, chunk).unwrap();
             assert_eq!(got.len(), 4);
-            assert_eq!(got[0].0, Pdu { kind: PduKind::CapsuleCmd { sqe: sqe(3) }, data_len: 4096 });
+            assert_eq!(
+                got[0].0,
+                Pdu {
+                    kind: PduKind::CapsuleCmd { sqe: sqe(3) },
+                    data_len: 4096
+                }
+            );
             assert_eq!(got[0].1, &data[..4096]);
             assert!(got[0].2);
             assert_eq!(got[1].0.data_len, 0);
-            assert_eq!(got[2].0.kind, PduKind::H2CData { cccid: 4, ttag: 9, datao: 0, last: true });
+            assert_eq!(
+                got[2].0.kind,
+                PduKind::H2CData {
+                    cccid: 4,
+                    ttag: 9,
+                    datao: 0,
+                    last: true
+                }
+            );
             assert_eq!(got[2].1, data);
             assert_eq!(got[3].0.kind, PduKind::TermReq { fes: 1, fei: 2 });
             assert_eq!(got[3].1, &data[..30]);
             let got = collect(&mut ready(Side::Host, hd, dd), &to_host, chunk).unwrap();
             assert_eq!(got.len(), 3);
-            assert_eq!(got[0].0.kind, PduKind::CapsuleResp { cqe: Cqe::new(3, Status::LBA_OUT_OF_RANGE, 0) });
-            assert_eq!(got[1].0.kind, PduKind::R2T { cccid: 4, ttag: 9, r2to: 0, r2tl: 5000 });
-            assert_eq!(got[2].0.kind, PduKind::C2HData { cccid: 5, datao: 4096, last: true, success: true });
+            assert_eq!(
+                got[0].0.kind,
+                PduKind::CapsuleResp {
+                    cqe: Cqe::new(3, Status::LBA_OUT_OF_RANGE, 0)
+                }
+            );
+            assert_eq!(
+                got[1].0.kind,
+                PduKind::R2T {
+                    cccid: 4,
+                    ttag: 9,
+                    r2to: 0,
+                    r2tl: 5000
+                }
+            );
+            assert_eq!(
+                got[2].0.kind,
+                PduKind::C2HData {
+                    cccid: 5,
+                    datao: 4096,
+                    last: true,
+                    success: true
+                }
+            );
             assert_eq!(got[2].1, &data[..100]);
         }
     }
@@ -134,7 +221,19 @@ fn every_pdu_round_trips_with_any_chunking_and_digests() {
 #[test]
 fn data_alignment_pads_to_pdo() {
     let mut b = Vec::new();
-    encode_c2h_data(&mut b, 1, 0, &[0xAB; 10], true, false, TxDigests { hdgst: true, ddgst: false, data_align: 32 });
+    encode_c2h_data(
+        &mut b,
+        1,
+        0,
+        &[0xAB; 10],
+        true,
+        false,
+        TxDigests {
+            hdgst: true,
+            ddgst: false,
+            data_align: 32,
+        },
+    );
     assert_eq!(b[3], 32);
     assert_eq!(b.len(), 42);
     let got = collect(&mut ready(Side::Host, true, false), &b, 5).unwrap();
@@ -177,21 +276,43 @@ fn each_malformed_header_has_its_own_error() {
     let mut b = good.clone();
     b[0] = 0x0C;
     assert_eq!(first_error(Side::Target, false, false, &b), PduError::UnknownType(0x0C));
-    assert_eq!(first_error(Side::Host, false, false, &good), PduError::WrongDirection(pdu_type::CAPSULE_CMD));
+    assert_eq!(
+        first_error(Side::Host, false, false, &good),
+        PduError::WrongDirection(pdu_type::CAPSULE_CMD)
+    );
     let mut b = good.clone();
     b[2] = 71;
-    assert!(matches!(first_error(Side::Target, false, false, &b), PduError::BadHlen { hlen: 71, .. }));
-    assert!(matches!(first_error(Side::Target, true, false, &good), PduError::BadDigestFlags { .. }));
+    assert!(matches!(
+        first_error(Side::Target, false, false, &b),
+        PduError::BadHlen { hlen: 71, .. }
+    ));
+    assert!(matches!(
+        first_error(Side::Target, true, false, &good),
+        PduError::BadDigestFlags { .. }
+    ));
     let mut b = good.clone();
     b[3] = 10;
-    assert!(matches!(first_error(Side::Target, false, false, &b), PduError::BadPdo { pdo: 10, .. }));
+    assert!(matches!(
+        first_error(Side::Target, false, false, &b),
+        PduError::BadPdo { pdo: 10, .. }
+    ));
     let mut b = good.clone();
     b[4..8].copy_from_slice(&20u32.to_le_bytes());
-    assert!(matches!(first_error(Side::Target, false, false, &b), PduError::BadPlen { plen: 20, .. }));
+    assert!(matches!(
+        first_error(Side::Target, false, false, &b),
+        PduError::BadPlen { plen: 20, .. }
+    ));
     let mut big = Vec::new();
     encode_capsule_cmd(&mut big, &sqe(1), &[0; 8193], TxDigests::default());
     let e = first_error(Side::Target, false, false, &big);
-    assert_eq!(e, PduError::DataTooLong { ty: pdu_type::CAPSULE_CMD, len: 8193, max: 8192 });
+    assert_eq!(
+        e,
+        PduError::DataTooLong {
+            ty: pdu_type::CAPSULE_CMD,
+            len: 8193,
+            max: 8192
+        }
+    );
     assert_eq!(e.fes(), fes::DATA_LIMIT_EXCEEDED);
     let mut ic = Vec::new();
     encode_ic_req(&mut ic, 0, false, false, 0);
@@ -199,7 +320,10 @@ fn each_malformed_header_has_its_own_error() {
     assert!(matches!(e, PduError::OutOfSequence { initialized: true, .. }));
     assert_eq!(e.fes(), fes::PDU_SEQUENCE_ERROR);
     let mut rx = PduReceiver::new(Side::Target, LIMITS);
-    assert!(matches!(rx.advance(&good), Err(PduError::OutOfSequence { initialized: false, .. })));
+    assert!(matches!(
+        rx.advance(&good),
+        Err(PduError::OutOfSequence { initialized: false, .. })
+    ));
     let mut ic2 = ic.clone();
     ic2[8] = 1;
     let mut rx = PduReceiver::new(Side::Target, LIMITS);
@@ -207,11 +331,17 @@ fn each_malformed_header_has_its_own_error() {
     let mut h2c = Vec::new();
     encode_h2c_data(&mut h2c, 1, 1, 0, &[1; 8], false, TxDigests::default());
     h2c[16] = 9;
-    assert_eq!(first_error(Side::Target, false, false, &h2c), PduError::DatalMismatch { datal: 9, len: 8 });
+    assert_eq!(
+        first_error(Side::Target, false, false, &h2c),
+        PduError::DatalMismatch { datal: 9, len: 8 }
+    );
     let mut c2h = Vec::new();
     encode_c2h_data(&mut c2h, 1, 0, &[1; 8], true, true, TxDigests::default());
     c2h[1] &= !flags::LAST_PDU;
-    assert_eq!(first_error(Side::Host, false, false, &c2h), PduError::SuccessWithoutLast);
+    assert_eq!(
+        first_error(Side::Host, false, false, &c2h),
+        PduError::SuccessWithoutLast
+    );
 }
 
 #[test]
@@ -233,7 +363,11 @@ fn corpus(rng: &mut Rng) -> Vec<Vec<u8>> {
     let mut v = Vec::new();
     for side_host in [false, true] {
         for dg in 0..4u8 {
-            let d = TxDigests { hdgst: dg & 1 != 0, ddgst: dg & 2 != 0, data_align: 0 };
+            let d = TxDigests {
+                hdgst: dg & 1 != 0,
+                ddgst: dg & 2 != 0,
+                data_align: 0,
+            };
             let mut b = vec![u8::from(side_host) | (dg << 1) | ((rng.below(32) as u8) << 3)];
             if side_host {
                 encode_ic_resp(&mut b, 0, d.hdgst, d.ddgst, 65536);
