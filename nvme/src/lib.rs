@@ -3,6 +3,7 @@
 //! - [`spec`]: wire structs of the NVMe base and NVMe-oF specifications.
 //! - [`tcp`]: the NVMe/TCP transport: PDU codec and streaming receiver.
 
+pub mod host;
 pub mod spec;
 pub mod target;
 pub mod tcp;
