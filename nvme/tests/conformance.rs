@@ -30,7 +30,9 @@ fn connect_identify_and_basic_io() {
     assert_eq!((ns.lbaf[0] >> 16) & 0xFF, 9);
     // Inactive but valid NSID reads as zeroes; invalid NSID is an error.
     assert_eq!(c.identify_namespace(2).unwrap().nsze, 0);
-    assert!(matches!(c.identify(cns::NAMESPACE, 0xFFFF_FFFF), Err(nvme::host::HostError::Status(s)) if s.same_code(Status::INVALID_NAMESPACE)));
+    assert!(
+        matches!(c.identify(cns::NAMESPACE, 0xFFFF_FFFF), Err(nvme::host::HostError::Status(s)) if s.same_code(Status::INVALID_NAMESPACE))
+    );
     let d = c.identify(cns::NS_ID_DESCRIPTORS, 1).unwrap();
     assert_eq!(d[0], 2);
     assert_eq!(d[1], 16);
@@ -47,7 +49,11 @@ fn connect_identify_and_basic_io() {
 fn digests_all_combinations() {
     let f = fixture();
     for (hd, dd) in [(false, false), (true, false), (false, true), (true, true)] {
-        let o = HostOpts { hdgst: hd, ddgst: dd, ..opts() };
+        let o = HostOpts {
+            hdgst: hd,
+            ddgst: dd,
+            ..opts()
+        };
         let (c, mut q) = connect(&f, &o);
         assert_eq!(q.digests().hdgst, hd);
         assert_eq!(q.digests().ddgst, dd);
@@ -61,7 +67,12 @@ fn digests_all_combinations() {
 #[test]
 fn r2t_writes_with_split_h2c_data_and_forced_r2t() {
     let f = fixture();
-    let o = HostOpts { in_capsule_max: Some(0), h2c_chunk_bytes: Some(4096), ddgst: true, ..opts() };
+    let o = HostOpts {
+        in_capsule_max: Some(0),
+        h2c_chunk_bytes: Some(4096),
+        ddgst: true,
+        ..opts()
+    };
     let (c, mut q) = connect(&f, &o);
     write_read(&mut q, 0, 1, 7); // even 512 bytes via R2T
     write_read(&mut q, 10, 256, 8); // 128 KiB in 32 H2CData PDUs
@@ -73,13 +84,20 @@ fn io_errors_have_spec_statuses() {
     let f = fixture();
     let (c, mut q) = connect(&f, &opts());
     let st = |q: &mut nvme::host::Qpair, s, d| q.sync(s, d, T).unwrap().status();
-    assert!(st(&mut q, cmd::read(1, BLOCKS - 1, 2), Data::FromCtrl(DmaBuf::alloc(1024))).same_code(Status::LBA_OUT_OF_RANGE));
+    assert!(
+        st(&mut q, cmd::read(1, BLOCKS - 1, 2), Data::FromCtrl(DmaBuf::alloc(1024)))
+            .same_code(Status::LBA_OUT_OF_RANGE)
+    );
     assert!(st(&mut q, cmd::write(1, BLOCKS, 1), Data::ToCtrl(DmaBuf::alloc(512))).same_code(Status::LBA_OUT_OF_RANGE));
     assert!(st(&mut q, cmd::read(2, 0, 1), Data::FromCtrl(DmaBuf::alloc(512))).same_code(Status::INVALID_NAMESPACE));
     // Above MDTS (128 KiB).
-    assert!(st(&mut q, cmd::read(1, 0, 512), Data::FromCtrl(DmaBuf::alloc(512 * 512))).same_code(Status::INVALID_FIELD));
+    assert!(
+        st(&mut q, cmd::read(1, 0, 512), Data::FromCtrl(DmaBuf::alloc(512 * 512))).same_code(Status::INVALID_FIELD)
+    );
     // Buffer (SGL length) shorter than the blocks.
-    assert!(st(&mut q, cmd::read(1, 0, 8), Data::FromCtrl(DmaBuf::alloc(512))).same_code(Status::DATA_SGL_LENGTH_INVALID));
+    assert!(
+        st(&mut q, cmd::read(1, 0, 8), Data::FromCtrl(DmaBuf::alloc(512))).same_code(Status::DATA_SGL_LENGTH_INVALID)
+    );
     assert!(st(&mut q, raw_sqe(0x7E, 1), Data::None).same_code(Status::INVALID_OPCODE));
     assert!(st(&mut q, cmd::write_zeroes(1, BLOCKS - 2, 4), Data::None).same_code(Status::LBA_OUT_OF_RANGE));
     let r = cmd::dsm_ranges(&[(BLOCKS, 1)]);
@@ -98,19 +116,37 @@ fn flush_write_zeroes_deallocate_compare() {
     assert!(s.status().is_success());
     // Compare equal, then different.
     let same = pattern(50, 3, 2048);
-    assert!(q.sync(cmd::compare(1, 50, 4), Data::ToCtrl(buf_from(&same)), T).unwrap().status().is_success());
+    assert!(q
+        .sync(cmd::compare(1, 50, 4), Data::ToCtrl(buf_from(&same)), T)
+        .unwrap()
+        .status()
+        .is_success());
     let mut diff = same.clone();
     diff[1000] ^= 1;
-    assert!(q.sync(cmd::compare(1, 50, 4), Data::ToCtrl(buf_from(&diff)), T).unwrap().status().same_code(Status::COMPARE_FAILURE));
+    assert!(q
+        .sync(cmd::compare(1, 50, 4), Data::ToCtrl(buf_from(&diff)), T)
+        .unwrap()
+        .status()
+        .same_code(Status::COMPARE_FAILURE));
     // Write zeroes reads back zeroes.
-    assert!(q.sync(cmd::write_zeroes(1, 50, 2), Data::None, T).unwrap().status().is_success());
-    let r = q.sync(cmd::read(1, 50, 4), Data::FromCtrl(DmaBuf::alloc(2048)), T).unwrap();
+    assert!(q
+        .sync(cmd::write_zeroes(1, 50, 2), Data::None, T)
+        .unwrap()
+        .status()
+        .is_success());
+    let r = q
+        .sync(cmd::read(1, 50, 4), Data::FromCtrl(DmaBuf::alloc(2048)), T)
+        .unwrap();
     let b = r.buf.unwrap();
     assert!(b[..1024].iter().all(|&x| x == 0));
     assert_eq!(&b[1024..], &same[1024..]);
     // Deallocate two ranges (RAM bdev: deallocated blocks read as zeroes).
     let ranges = cmd::dsm_ranges(&[(52, 1), (53, 1)]);
-    assert!(q.sync(cmd::deallocate(1, 2), Data::ToCtrl(ranges), T).unwrap().status().is_success());
+    assert!(q
+        .sync(cmd::deallocate(1, 2), Data::ToCtrl(ranges), T)
+        .unwrap()
+        .status()
+        .is_success());
     let st = f.target.subsystem(&f.nqn).unwrap();
     let ns = st.namespace(1).unwrap();
     assert!(ns.bdev.io_stats().num_unmap_ops >= 2);
@@ -128,7 +164,9 @@ fn admin_features_logs_keepalive_and_abort() {
     assert_eq!(c.get_features(fid::ARBITRATION).unwrap(), 0);
     assert_eq!(c.get_features(fid::ASYNC_EVENT_CONFIG).unwrap(), 1 << 8);
     // Number of queues cannot change once an I/O queue exists.
-    assert!(matches!(c.set_features(fid::NUMBER_OF_QUEUES, 0), Err(nvme::host::HostError::Status(s)) if s.same_code(Status::COMMAND_SEQUENCE_ERROR)));
+    assert!(
+        matches!(c.set_features(fid::NUMBER_OF_QUEUES, 0), Err(nvme::host::HostError::Status(s)) if s.same_code(Status::COMMAND_SEQUENCE_ERROR))
+    );
     c.keep_alive().unwrap();
     let smart = c.get_log_page(lid::SMART, 0xFFFF_FFFF, 512, 0).unwrap();
     assert_eq!(smart[3], 100);
@@ -136,9 +174,20 @@ fn admin_features_logs_keepalive_and_abort() {
     assert_eq!(fw[0], 1);
     assert_eq!(&fw[8..13], b"0.1.0");
     assert_eq!(c.get_log_page(lid::ERROR, 0, 64, 0).unwrap(), vec![0u8; 64]);
-    assert!(matches!(c.get_log_page(0x70, 0, 1024, 0), Err(nvme::host::HostError::Status(s)) if s.same_code(Status::INVALID_LOG_PAGE)));
+    assert!(
+        matches!(c.get_log_page(0x70, 0, 1024, 0), Err(nvme::host::HostError::Status(s)) if s.same_code(Status::INVALID_LOG_PAGE))
+    );
     // Abort: never aborts, says so in DW0 bit 0.
-    let a = c.admin_sync(nvme::spec::Sqe { opc: 0x08, cdw10: 5 << 16, ..Default::default() }, Data::None).unwrap();
+    let a = c
+        .admin_sync(
+            nvme::spec::Sqe {
+                opc: 0x08,
+                cdw10: 5 << 16,
+                ..Default::default()
+            },
+            Data::None,
+        )
+        .unwrap();
     assert!(a.status().is_success());
     assert_eq!(a.cqe.dw0 & 1, 1);
     c.disconnect();
@@ -148,10 +197,23 @@ fn admin_features_logs_keepalive_and_abort() {
 fn namespace_change_raises_aen_and_changed_list() {
     let f = fixture();
     let (mut c, mut q) = connect(&f, &opts());
-    c.admin.submit(nvme::spec::Sqe { opc: 0x0C, ..Default::default() }, Data::None, 77).map_err(|e| e.0).unwrap();
+    c.admin
+        .submit(
+            nvme::spec::Sqe {
+                opc: 0x0C,
+                ..Default::default()
+            },
+            Data::None,
+            77,
+        )
+        .map_err(|e| e.0)
+        .unwrap();
     let b = engine::bdev::malloc::create(&format!("{}_b", f.bdev), 64, 4096, None).unwrap();
     engine::bdev::register(b).unwrap();
-    let nsid = f.target.add_namespace(&f.nqn, &format!("{}_b", f.bdev), Some(5), None).unwrap();
+    let nsid = f
+        .target
+        .add_namespace(&f.nqn, &format!("{}_b", f.bdev), Some(5), None)
+        .unwrap();
     assert_eq!(nsid, 5);
     let deadline = std::time::Instant::now() + T;
     let mut aen = None;
@@ -167,10 +229,14 @@ fn namespace_change_raises_aen_and_changed_list() {
     assert_eq!(&l[..8], &[5, 0, 0, 0, 0, 0, 0, 0]);
     assert_eq!(c.active_namespaces().unwrap(), vec![1, 5]);
     // The existing I/O queue sees the new namespace.
-    let r = q.sync(cmd::write(5, 3, 1), Data::ToCtrl(buf_from(&[0xAB; 4096])), T).unwrap();
+    let r = q
+        .sync(cmd::write(5, 3, 1), Data::ToCtrl(buf_from(&[0xAB; 4096])), T)
+        .unwrap();
     assert!(r.status().is_success());
     f.target.remove_namespace(&f.nqn, 5).unwrap();
-    let r = q.sync(cmd::read(5, 3, 1), Data::FromCtrl(DmaBuf::alloc(4096)), T).unwrap();
+    let r = q
+        .sync(cmd::read(5, 3, 1), Data::FromCtrl(DmaBuf::alloc(4096)), T)
+        .unwrap();
     assert!(r.status().same_code(Status::INVALID_NAMESPACE));
     c.disconnect();
 }
@@ -188,14 +254,18 @@ fn many_queues_async_qd32_and_reconnect() {
     for (i, q) in qs.iter_mut().enumerate() {
         for k in 0..32u64 {
             let lba = (i as u64 * 64 + k) * 8;
-            let c = q.sync(cmd::write(1, lba, 8), Data::ToCtrl(buf_from(&pattern(lba, 1, 4096))), T).unwrap();
+            let c = q
+                .sync(cmd::write(1, lba, 8), Data::ToCtrl(buf_from(&pattern(lba, 1, 4096))), T)
+                .unwrap();
             assert!(c.status().is_success());
         }
     }
     for (i, q) in qs.iter_mut().enumerate() {
         for k in 0..32u64 {
             let lba = (i as u64 * 64 + k) * 8;
-            q.submit(cmd::read(1, lba, 8), Data::FromCtrl(DmaBuf::alloc(4096)), lba).map_err(|e| e.0).unwrap();
+            q.submit(cmd::read(1, lba, 8), Data::FromCtrl(DmaBuf::alloc(4096)), lba)
+                .map_err(|e| e.0)
+                .unwrap();
         }
     }
     let mut left = qs.len() * 32;
@@ -212,12 +282,16 @@ fn many_queues_async_qd32_and_reconnect() {
         assert!(std::time::Instant::now() < deadline);
     }
     // Duplicate queue ID is refused.
-    assert!(matches!(c.create_io_qpair_with_qid(1), Err(nvme::host::HostError::Connect { status, .. }) if status.same_code(Status::CONNECT_INVALID_PARAMETERS)));
+    assert!(
+        matches!(c.create_io_qpair_with_qid(1), Err(nvme::host::HostError::Connect { status, .. }) if status.same_code(Status::CONNECT_INVALID_PARAMETERS))
+    );
     drop(qs);
     c.disconnect();
     // Reconnect: a new controller with a new ID, and the data is still there.
     let (c2, mut q2) = connect(&f, &opts());
-    let r = q2.sync(cmd::read(1, 0, 8), Data::FromCtrl(DmaBuf::alloc(4096)), T).unwrap();
+    let r = q2
+        .sync(cmd::read(1, 0, 8), Data::FromCtrl(DmaBuf::alloc(4096)), T)
+        .unwrap();
     assert!(r.buf.unwrap()[..] == pattern(0, 1, 4096)[..]);
     q1 = q2;
     write_read(&mut q1, 7, 1, 1);

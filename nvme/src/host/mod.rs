@@ -137,8 +137,19 @@ impl Controller {
     /// Connects the admin queue, enables the controller and identifies it. Blocks.
     pub fn connect(addr: SocketAddr, subnqn: &str, opts: &HostOpts) -> Result<Controller, HostError> {
         let kato = if subnqn == DISCOVERY_NQN { 0 } else { opts.kato_ms };
-        let o = HostOpts { kato_ms: kato, ..opts.clone() };
-        let admin = Qpair::connect(addr, subnqn, 0, opts.admin_queue_entries, 0xFFFF, qpair::ADMIN_IN_CAPSULE_BYTES, &o)?;
+        let o = HostOpts {
+            kato_ms: kato,
+            ..opts.clone()
+        };
+        let admin = Qpair::connect(
+            addr,
+            subnqn,
+            0,
+            opts.admin_queue_entries,
+            0xFFFF,
+            qpair::ADMIN_IN_CAPSULE_BYTES,
+            &o,
+        )?;
         let mut c = Controller {
             admin,
             addr,
@@ -184,56 +195,99 @@ impl Controller {
     }
 
     pub fn property_get(&mut self, offset: u32, size8: bool) -> Result<u64, HostError> {
-        let mut s = Sqe { opc: admin_opc::FABRICS, nsid: u32::from(fctype::PROPERTY_GET), ..Sqe::default() };
-        PropertyCmd { size8, offset, value: 0 }.to_sqe(&mut s);
+        let mut s = Sqe {
+            opc: admin_opc::FABRICS,
+            nsid: u32::from(fctype::PROPERTY_GET),
+            ..Sqe::default()
+        };
+        PropertyCmd {
+            size8,
+            offset,
+            value: 0,
+        }
+        .to_sqe(&mut s);
         let c = check(self.admin_sync(s, Data::None)?)?;
         Ok(u64::from(c.cqe.dw0) | (u64::from(c.cqe.dw1) << 32))
     }
 
     pub fn property_set(&mut self, offset: u32, value: u32) -> Result<(), HostError> {
-        let mut s = Sqe { opc: admin_opc::FABRICS, nsid: u32::from(fctype::PROPERTY_SET), ..Sqe::default() };
-        PropertyCmd { size8: false, offset, value: u64::from(value) }.to_sqe(&mut s);
+        let mut s = Sqe {
+            opc: admin_opc::FABRICS,
+            nsid: u32::from(fctype::PROPERTY_SET),
+            ..Sqe::default()
+        };
+        PropertyCmd {
+            size8: false,
+            offset,
+            value: u64::from(value),
+        }
+        .to_sqe(&mut s);
         check(self.admin_sync(s, Data::None)?).map(|_| ())
     }
 
     /// Identify with `cns` for `nsid`; returns the 4096-byte data.
     pub fn identify(&mut self, cns_: u8, nsid: u32) -> Result<Vec<u8>, HostError> {
-        let s = Sqe { nsid, cdw10: u32::from(cns_), ..sqe(admin_opc::IDENTIFY) };
+        let s = Sqe {
+            nsid,
+            cdw10: u32::from(cns_),
+            ..sqe(admin_opc::IDENTIFY)
+        };
         let c = check(self.admin_sync(s, Data::FromCtrl(DmaBuf::alloc(IDENTIFY_BYTES)))?)?;
         Ok(c.buf.map(|b| b.to_vec()).unwrap_or_default())
     }
 
     pub fn identify_namespace(&mut self, nsid: u32) -> Result<Box<IdentifyNamespace>, HostError> {
         let d = self.identify(cns::NAMESPACE, nsid)?;
-        Ok(Box::new(IdentifyNamespace::read_from(&d).ok_or(HostError::Protocol("short identify"))?))
+        Ok(Box::new(
+            IdentifyNamespace::read_from(&d).ok_or(HostError::Protocol("short identify"))?,
+        ))
     }
 
     /// Active namespace IDs (CNS 02h from NSID 0).
     pub fn active_namespaces(&mut self) -> Result<Vec<u32>, HostError> {
         let d = self.identify(cns::ACTIVE_NS_LIST, 0)?;
-        Ok(d.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).take_while(|&n| n != 0).collect())
+        Ok(d.chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .take_while(|&n| n != 0)
+            .collect())
     }
 
     /// Get Log Page `lid` of `len` bytes (a multiple of 4) from byte `offset`.
     pub fn get_log_page(&mut self, lid_: u8, nsid: u32, len: usize, offset: u64) -> Result<Vec<u8>, HostError> {
-        if len == 0 || len % 4 != 0 {
-            return Err(HostError::Invalid(format!("log page length {len} is not a positive multiple of 4")));
+        if len == 0 || !len.is_multiple_of(4) {
+            return Err(HostError::Invalid(format!(
+                "log page length {len} is not a positive multiple of 4"
+            )));
         }
         let numd = (len / 4 - 1) as u32;
-        let s = Sqe { nsid, cdw10: u32::from(lid_) | ((numd & 0xFFFF) << 16), cdw11: numd >> 16, cdw12: offset as u32, cdw13: (offset >> 32) as u32, ..sqe(admin_opc::GET_LOG_PAGE) };
+        let s = Sqe {
+            nsid,
+            cdw10: u32::from(lid_) | ((numd & 0xFFFF) << 16),
+            cdw11: numd >> 16,
+            cdw12: offset as u32,
+            cdw13: (offset >> 32) as u32,
+            ..sqe(admin_opc::GET_LOG_PAGE)
+        };
         let c = check(self.admin_sync(s, Data::FromCtrl(DmaBuf::alloc(len)))?)?;
         Ok(c.buf.map(|b| b.to_vec()).unwrap_or_default())
     }
 
     /// Get Features `fid`; returns DW0.
     pub fn get_features(&mut self, fid_: u8) -> Result<u32, HostError> {
-        let s = Sqe { cdw10: u32::from(fid_), ..sqe(admin_opc::GET_FEATURES) };
+        let s = Sqe {
+            cdw10: u32::from(fid_),
+            ..sqe(admin_opc::GET_FEATURES)
+        };
         Ok(check(self.admin_sync(s, Data::None)?)?.cqe.dw0)
     }
 
     /// Set Features `fid` with CDW11 `value`; returns DW0.
     pub fn set_features(&mut self, fid_: u8, value: u32) -> Result<u32, HostError> {
-        let s = Sqe { cdw10: u32::from(fid_), cdw11: value, ..sqe(admin_opc::SET_FEATURES) };
+        let s = Sqe {
+            cdw10: u32::from(fid_),
+            cdw11: value,
+            ..sqe(admin_opc::SET_FEATURES)
+        };
         Ok(check(self.admin_sync(s, Data::None)?)?.cqe.dw0)
     }
 
@@ -276,8 +330,19 @@ impl Controller {
 
     /// Opens I/O queue `qid` (tests use this to try invalid or duplicate queue IDs).
     pub fn create_io_qpair_with_qid(&mut self, qid: u16) -> Result<Qpair, HostError> {
-        let icd = self.opts.in_capsule_max.unwrap_or_else(|| (self.id.ioccsz * 16).saturating_sub(64));
-        Qpair::connect(self.addr, &self.subnqn, qid, self.opts.io_queue_entries, self.cntlid(), icd, &self.opts)
+        let icd = self
+            .opts
+            .in_capsule_max
+            .unwrap_or_else(|| (self.id.ioccsz * 16).saturating_sub(64));
+        Qpair::connect(
+            self.addr,
+            &self.subnqn,
+            qid,
+            self.opts.io_queue_entries,
+            self.cntlid(),
+            icd,
+            &self.opts,
+        )
     }
 
     /// Orderly shutdown: CC.SHN = normal, then close.
@@ -302,7 +367,9 @@ pub fn connect_discovered(discovery_addr: SocketAddr, subnqn: &str, opts: &HostO
         .iter()
         .find(|e| e.subnqn == subnqn)
         .ok_or_else(|| HostError::Invalid(format!("{subnqn} is not in the discovery log of {discovery_addr}")))?;
-    let addr = e.socket_addr().ok_or_else(|| HostError::Invalid(format!("unusable address {}:{}", e.traddr, e.trsvcid)))?;
+    let addr = e
+        .socket_addr()
+        .ok_or_else(|| HostError::Invalid(format!("unusable address {}:{}", e.traddr, e.trsvcid)))?;
     Controller::connect(addr, subnqn, opts)
 }
 
@@ -311,7 +378,14 @@ pub mod cmd {
     use super::*;
 
     fn rw(opc: u8, nsid: u32, slba: u64, nlb: u32) -> Sqe {
-        Sqe { opc, nsid, cdw10: slba as u32, cdw11: (slba >> 32) as u32, cdw12: nlb.saturating_sub(1) & 0xFFFF, ..Sqe::default() }
+        Sqe {
+            opc,
+            nsid,
+            cdw10: slba as u32,
+            cdw11: (slba >> 32) as u32,
+            cdw12: nlb.saturating_sub(1) & 0xFFFF,
+            ..Sqe::default()
+        }
     }
     /// Read `nlb` blocks at `slba` (the buffer must be `nlb * block_size` bytes).
     pub fn read(nsid: u32, slba: u64, nlb: u32) -> Sqe {
@@ -327,11 +401,21 @@ pub mod cmd {
         rw(io_opc::WRITE_ZEROES, nsid, slba, nlb)
     }
     pub fn flush(nsid: u32) -> Sqe {
-        Sqe { opc: io_opc::FLUSH, nsid, ..Sqe::default() }
+        Sqe {
+            opc: io_opc::FLUSH,
+            nsid,
+            ..Sqe::default()
+        }
     }
     /// Dataset Management with the deallocate attribute; pair with [`dsm_ranges`].
     pub fn deallocate(nsid: u32, ranges: usize) -> Sqe {
-        Sqe { opc: io_opc::DATASET_MANAGEMENT, nsid, cdw10: (ranges as u32).saturating_sub(1), cdw11: 1 << 2, ..Sqe::default() }
+        Sqe {
+            opc: io_opc::DATASET_MANAGEMENT,
+            nsid,
+            cdw10: (ranges as u32).saturating_sub(1),
+            cdw11: 1 << 2,
+            ..Sqe::default()
+        }
     }
     /// The DSM range list for `(slba, nlb)` pairs.
     pub fn dsm_ranges(ranges: &[(u64, u32)]) -> DmaBuf {

@@ -72,7 +72,9 @@ enum Dir {
 enum SlotState {
     Free,
     /// Capsule queued or sent; waiting for R2T / C2HData / response.
-    InFlight { c2h_received: u32 },
+    InFlight {
+        c2h_received: u32,
+    },
 }
 
 struct Slot {
@@ -116,12 +118,24 @@ impl Qpair {
     /// Opens a TCP connection, runs ICReq/ICResp and Fabrics Connect for queue `qid` with
     /// `entries` slots. `cntlid` is 0xFFFF for an admin queue, the admin queue's controller
     /// ID for an I/O queue. Blocks up to `opts.timeout`; management threads only.
-    pub fn connect(addr: SocketAddr, subnqn: &str, qid: u16, entries: u16, cntlid: u16, in_capsule_max: u32, opts: &HostOpts) -> Result<Qpair, HostError> {
+    pub fn connect(
+        addr: SocketAddr,
+        subnqn: &str,
+        qid: u16,
+        entries: u16,
+        cntlid: u16,
+        in_capsule_max: u32,
+        opts: &HostOpts,
+    ) -> Result<Qpair, HostError> {
         let io = |e: std::io::Error| HostError::Io(format!("{addr}: {e}"));
         let sock = TcpStream::connect_timeout(&addr, opts.timeout).map_err(io)?;
         sock.set_nodelay(true).map_err(io)?;
         sock.set_nonblocking(true).map_err(io)?;
-        let limits = RxLimits { in_capsule_data_bytes: 0, h2c_data_bytes: 0, c2h_data_bytes: C2H_DATA_MAX_BYTES };
+        let limits = RxLimits {
+            in_capsule_data_bytes: 0,
+            h2c_data_bytes: 0,
+            c2h_data_bytes: C2H_DATA_MAX_BYTES,
+        };
         let entries = entries.max(2);
         let mut q = Qpair {
             sock,
@@ -136,7 +150,15 @@ impl Qpair {
             maxh2cdata: 0,
             h2c_chunk: opts.h2c_chunk_bytes.unwrap_or(u32::MAX),
             in_capsule_max,
-            slots: (0..entries).map(|_| Slot { state: SlotState::Free, dir: Dir::None, user: 0, buf: None, data_error: false }).collect(),
+            slots: (0..entries)
+                .map(|_| Slot {
+                    state: SlotState::Free,
+                    dir: Dir::None,
+                    user: 0,
+                    buf: None,
+                    data_error: false,
+                })
+                .collect(),
             free: (0..usize::from(entries)).rev().collect(),
             sink: Sink::None,
             done: Vec::with_capacity(usize::from(entries)),
@@ -152,8 +174,19 @@ impl Qpair {
             std::thread::yield_now();
         }
         // Fabrics Connect.
-        let mut sqe = Sqe { opc: admin_opc::FABRICS, nsid: u32::from(fctype::CONNECT), ..Sqe::default() };
-        ConnectCmd { recfmt: 0, qid, sqsize: entries - 1, cattr: 0, kato_ms: if qid == 0 { opts.kato_ms } else { 0 } }.to_sqe(&mut sqe);
+        let mut sqe = Sqe {
+            opc: admin_opc::FABRICS,
+            nsid: u32::from(fctype::CONNECT),
+            ..Sqe::default()
+        };
+        ConnectCmd {
+            recfmt: 0,
+            qid,
+            sqsize: entries - 1,
+            cattr: 0,
+            kato_ms: if qid == 0 { opts.kato_ms } else { 0 },
+        }
+        .to_sqe(&mut sqe);
         let mut cd = ConnectData::zeroed();
         cd.hostid = opts.hostid;
         cd.cntlid = cntlid;
@@ -166,7 +199,10 @@ impl Qpair {
         let c = q.sync(sqe, Data::ToCtrl(b), opts.timeout)?;
         q.in_capsule_max = in_capsule_max;
         if !c.status().is_success() {
-            return Err(HostError::Connect { status: c.status(), dw0: c.cqe.dw0 });
+            return Err(HostError::Connect {
+                status: c.status(),
+                dw0: c.cqe.dw0,
+            });
         }
         q.cntlid = c.cqe.dw0 as u16;
         Ok(q)
@@ -214,7 +250,9 @@ impl Qpair {
         if let Some(e) = &self.failed {
             return Err((e.clone(), data));
         }
-        let Some(slot) = self.free.pop() else { return Err((HostError::QueueFull, data)) };
+        let Some(slot) = self.free.pop() else {
+            return Err((HostError::QueueFull, data));
+        };
         sqe.cid = slot as u16;
         sqe.set_sgl_psdt();
         let (dir, len) = match &data {
@@ -223,11 +261,26 @@ impl Qpair {
             Data::FromCtrl(b) => (Dir::FromCtrl, b.len() as u32),
         };
         let in_capsule = dir == Dir::ToCtrl && len <= self.in_capsule_max && len > 0;
-        sqe.sgl = Sgl { addr: 0, length: len, rsvd: [0; 3], sgl_type: if in_capsule { sgl_type::DATA_BLOCK_OFFSET } else { sgl_type::TRANSPORT_DATA_BLOCK } };
+        sqe.sgl = Sgl {
+            addr: 0,
+            length: len,
+            rsvd: [0; 3],
+            sgl_type: if in_capsule {
+                sgl_type::DATA_BLOCK_OFFSET
+            } else {
+                sgl_type::TRANSPORT_DATA_BLOCK
+            },
+        };
         let buf = data.into_buf();
         let payload: &[u8] = if in_capsule { buf.as_deref().unwrap_or(&[]) } else { &[] };
         pdu::encode_capsule_cmd(&mut self.tx, &sqe, payload, self.dg);
-        self.slots[slot] = Slot { state: SlotState::InFlight { c2h_received: 0 }, dir, user, buf, data_error: false };
+        self.slots[slot] = Slot {
+            state: SlotState::InFlight { c2h_received: 0 },
+            dir,
+            user,
+            buf,
+            data_error: false,
+        };
         Ok(slot as u16)
     }
 
@@ -349,11 +402,20 @@ impl Qpair {
     fn on_event(&mut self, ev: RxEvent<'_>) -> Result<(), HostError> {
         match ev {
             RxEvent::Header(p) => match p.kind {
-                PduKind::IcResp { cpda, hdgst, ddgst, maxh2cdata } => {
+                PduKind::IcResp {
+                    cpda,
+                    hdgst,
+                    ddgst,
+                    maxh2cdata,
+                } => {
                     if maxh2cdata < 4096 || maxh2cdata % 4 != 0 {
                         return Err(self.protocol("ICResp MAXH2CDATA below 4096 or unaligned"));
                     }
-                    self.dg = TxDigests { hdgst, ddgst, data_align: (usize::from(cpda) + 1) * 4 };
+                    self.dg = TxDigests {
+                        hdgst,
+                        ddgst,
+                        data_align: (usize::from(cpda) + 1) * 4,
+                    };
                     self.rx.set_digests(hdgst, ddgst);
                     self.maxh2cdata = maxh2cdata;
                     Ok(())
@@ -372,10 +434,19 @@ impl Qpair {
                     self.finish(slot, cqe);
                     Ok(())
                 }
-                PduKind::C2HData { cccid, datao, last, success } => {
+                PduKind::C2HData {
+                    cccid,
+                    datao,
+                    last,
+                    success,
+                } => {
                     let slot = usize::from(cccid);
-                    let Some(s) = self.slots.get(slot) else { return Err(self.protocol("C2HData for an unknown command")) };
-                    let SlotState::InFlight { c2h_received } = s.state else { return Err(self.protocol("C2HData for a command not in flight")) };
+                    let Some(s) = self.slots.get(slot) else {
+                        return Err(self.protocol("C2HData for an unknown command"));
+                    };
+                    let SlotState::InFlight { c2h_received } = s.state else {
+                        return Err(self.protocol("C2HData for a command not in flight"));
+                    };
                     if s.dir != Dir::FromCtrl {
                         return Err(self.protocol("C2HData for a command that reads no data"));
                     }
@@ -383,12 +454,23 @@ impl Qpair {
                     if datao != c2h_received || u64::from(datao) + u64::from(p.data_len) > cap {
                         return Err(self.protocol("C2HData outside the command's buffer"));
                     }
-                    self.sink = Sink::C2H { slot, off: datao, success: success && last };
+                    self.sink = Sink::C2H {
+                        slot,
+                        off: datao,
+                        success: success && last,
+                    };
                     Ok(())
                 }
-                PduKind::R2T { cccid, ttag, r2to, r2tl } => {
+                PduKind::R2T {
+                    cccid,
+                    ttag,
+                    r2to,
+                    r2tl,
+                } => {
                     let slot = usize::from(cccid);
-                    let Some(s) = self.slots.get(slot) else { return Err(self.protocol("R2T for an unknown command")) };
+                    let Some(s) = self.slots.get(slot) else {
+                        return Err(self.protocol("R2T for an unknown command"));
+                    };
                     if !matches!(s.state, SlotState::InFlight { .. }) || s.dir != Dir::ToCtrl {
                         return Err(self.protocol("R2T for a command with no data to send"));
                     }
@@ -402,12 +484,22 @@ impl Qpair {
                     while off < end {
                         let n = chunk.min(end - off);
                         let b = self.slots[slot].buf.as_deref().unwrap_or(&[]);
-                        pdu::encode_h2c_data(&mut self.tx, cccid, ttag, off, &b[off as usize..(off + n) as usize], off + n == end, self.dg);
+                        pdu::encode_h2c_data(
+                            &mut self.tx,
+                            cccid,
+                            ttag,
+                            off,
+                            &b[off as usize..(off + n) as usize],
+                            off + n == end,
+                            self.dg,
+                        );
                         off += n;
                     }
                     Ok(())
                 }
-                PduKind::IcReq { .. } | PduKind::CapsuleCmd { .. } | PduKind::H2CData { .. } => Err(self.protocol("controller-bound PDU received")),
+                PduKind::IcReq { .. } | PduKind::CapsuleCmd { .. } | PduKind::H2CData { .. } => {
+                    Err(self.protocol("controller-bound PDU received"))
+                }
             },
             RxEvent::Data(d) => {
                 if let Sink::C2H { slot, off, .. } = &mut self.sink {
@@ -427,8 +519,17 @@ impl Qpair {
                         }
                         self.slots[slot].state = SlotState::InFlight { c2h_received: off };
                         if success {
-                            let status = if self.slots[slot].data_error { Status::TRANSIENT_TRANSPORT_ERROR } else { Status::SUCCESS };
-                            let cqe = Cqe { cid: slot as u16, sqid: self.qid, status: status.to_field(), ..Cqe::default() };
+                            let status = if self.slots[slot].data_error {
+                                Status::TRANSIENT_TRANSPORT_ERROR
+                            } else {
+                                Status::SUCCESS
+                            };
+                            let cqe = Cqe {
+                                cid: slot as u16,
+                                sqid: self.qid,
+                                status: status.to_field(),
+                                ..Cqe::default()
+                            };
                             self.finish(slot, cqe);
                         }
                     }

@@ -139,7 +139,7 @@ pub mod fid {
 
 /// Asynchronous event: type "notice", info "namespace attribute changed", log page 04h,
 /// packed as AER completion DW0 (type 2:0, info 15:8, log page 23:16).
-pub const AEN_NS_ATTR_CHANGED_DW0: u32 = 0x02 | (0x00 << 8) | (0x04 << 16);
+pub const AEN_NS_ATTR_CHANGED_DW0: u32 = 0x02 | (0x04 << 16);
 /// Async event configuration bit enabling namespace attribute notices.
 pub const AEC_NS_ATTR_NOTICES: u32 = 1 << 8;
 

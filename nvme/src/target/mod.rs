@@ -286,7 +286,7 @@ impl Target {
         }
         if o.in_capsule_data_size < 4096
             || o.in_capsule_data_size > tcp::IN_CAPSULE_DATA_BYTES
-            || o.in_capsule_data_size % 16 != 0
+            || !o.in_capsule_data_size.is_multiple_of(16)
         {
             return bad(
                 "in_capsule_data_size",
@@ -303,7 +303,7 @@ impl Target {
                 format!("{} not a power of two in 4096..={}", o.max_io_size, tcp::MAX_IO_BYTES),
             );
         }
-        if o.io_unit_size < 4096 || o.io_unit_size > tcp::MAXH2CDATA_BYTES || o.io_unit_size % 4 != 0 {
+        if o.io_unit_size < 4096 || o.io_unit_size > tcp::MAXH2CDATA_BYTES || !o.io_unit_size.is_multiple_of(4) {
             return bad(
                 "io_unit_size",
                 format!(
@@ -510,12 +510,7 @@ impl Target {
     pub fn add_listener(self: &Arc<Self>, nqn: &str, addr: SocketAddr) -> Result<SocketAddr, TargetError> {
         let s = self.subsystem(nqn)?;
         let bound = {
-            let existing = self
-                .lock()
-                .listeners
-                .iter()
-                .find(|l| l.addr == addr || (addr.port() != 0 && l.addr == addr))
-                .map(|l| l.addr);
+            let existing = self.lock().listeners.iter().find(|l| l.addr == addr).map(|l| l.addr);
             match existing {
                 Some(a) => a,
                 None => {

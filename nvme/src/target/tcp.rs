@@ -191,7 +191,7 @@ fn accept_some(l: &TcpListener, target: &Arc<Target>, cores: &[u32], listen: Soc
 
 /// One reactor's connections.
 struct PollGroup {
-    conns: Vec<Box<Conn>>,
+    conns: Vec<Conn>,
     stats: Arc<GroupStats>,
 }
 
@@ -221,7 +221,7 @@ fn group_add(mut conn: Box<Conn>) {
         });
         conn.stats = Some(g.stats.clone());
         bump(&g.stats.connections, 1);
-        g.conns.push(conn);
+        g.conns.push(*conn);
     });
 }
 
@@ -645,7 +645,7 @@ impl Conn {
         let ReqState::AwaitH2C { received, total } = r.state else {
             log::warn!("nvmf: {}: H2CData for tag {ttag} that awaits no data", self.peer);
             return Err(Fatal {
-                fes: fes::PDU_SEQUENCE_ERROR,
+                fes: fes::INVALID_HEADER_FIELD,
                 fei: 10,
             });
         };

@@ -22,7 +22,10 @@ pub fn reactors() {
     REACTORS.get_or_init(|| {
         let mut o = ReactorOpts::new(vec![0, 1]);
         o.pin = false;
-        o.idle = IdleMode::Adaptive { idle_before_sleep_us: 2000, sleep_us_max: 200 };
+        o.idle = IdleMode::Adaptive {
+            idle_before_sleep_us: 2000,
+            sleep_us_max: 200,
+        };
         Reactors::start(o).expect("reactors start")
     });
 }
@@ -55,22 +58,38 @@ pub fn fixture_with(allow_any_host: bool) -> Fixture {
     let target = Target::new();
     let nqn = format!("nqn.2016-06.io.baton:test{n}");
     target
-        .create_subsystem(SubsystemParams { nqn: nqn.clone(), serial_number: Some(format!("SN{n}")), model_number: None, allow_any_host, max_namespaces: None })
+        .create_subsystem(SubsystemParams {
+            nqn: nqn.clone(),
+            serial_number: Some(format!("SN{n}")),
+            model_number: None,
+            allow_any_host,
+            max_namespaces: None,
+        })
         .unwrap();
     assert_eq!(target.add_namespace(&nqn, &bdev, None, None).unwrap(), 1);
     let addr = target.add_listener(&nqn, "127.0.0.1:0".parse().unwrap()).unwrap();
-    Fixture { target, nqn, addr, bdev }
+    Fixture {
+        target,
+        nqn,
+        addr,
+        bdev,
+    }
 }
 
 pub fn opts() -> HostOpts {
-    HostOpts { timeout: Duration::from_secs(20), ..HostOpts::default() }
+    HostOpts {
+        timeout: Duration::from_secs(20),
+        ..HostOpts::default()
+    }
 }
 
 pub const T: Duration = Duration::from_secs(20);
 
 /// Deterministic test pattern for block `lba`.
 pub fn pattern(lba: u64, seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (lba as usize * 31 + i * 7 + seed as usize) as u8).collect()
+    (0..len)
+        .map(|i| (lba as usize * 31 + i * 7 + seed as usize) as u8)
+        .collect()
 }
 
 pub fn buf_from(v: &[u8]) -> engine::buf::DmaBuf {
@@ -83,9 +102,17 @@ pub fn buf_from(v: &[u8]) -> engine::buf::DmaBuf {
 pub fn write_read(q: &mut Qpair, slba: u64, nlb: u32, seed: u8) {
     let len = (nlb * BLOCK) as usize;
     let data = pattern(slba, seed, len);
-    let c = q.sync(nvme::host::cmd::write(1, slba, nlb), Data::ToCtrl(buf_from(&data)), T).unwrap();
+    let c = q
+        .sync(nvme::host::cmd::write(1, slba, nlb), Data::ToCtrl(buf_from(&data)), T)
+        .unwrap();
     assert!(c.status().is_success(), "write {slba}+{nlb}: {}", c.status());
-    let c = q.sync(nvme::host::cmd::read(1, slba, nlb), Data::FromCtrl(engine::buf::DmaBuf::alloc(len)), T).unwrap();
+    let c = q
+        .sync(
+            nvme::host::cmd::read(1, slba, nlb),
+            Data::FromCtrl(engine::buf::DmaBuf::alloc(len)),
+            T,
+        )
+        .unwrap();
     assert!(c.status().is_success(), "read {slba}+{nlb}: {}", c.status());
     assert!(c.buf.unwrap()[..] == data[..], "data mismatch at {slba}+{nlb}");
 }
@@ -97,5 +124,9 @@ pub fn connect(f: &Fixture, o: &HostOpts) -> (Controller, Qpair) {
 }
 
 pub fn raw_sqe(opc: u8, nsid: u32) -> Sqe {
-    Sqe { opc, nsid, ..Sqe::default() }
+    Sqe {
+        opc,
+        nsid,
+        ..Sqe::default()
+    }
 }
