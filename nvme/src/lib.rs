@@ -4,6 +4,7 @@
 //! - [`tcp`]: the NVMe/TCP transport: PDU codec and streaming receiver.
 
 pub mod host;
+pub mod rpc;
 pub mod spec;
 pub mod target;
 pub mod tcp;

@@ -316,3 +316,98 @@ fn discovery_lists_subsystems_for_allowed_hosts() {
     assert_eq!(d.id.cntrltype, 2);
     d.disconnect();
 }
+
+#[test]
+fn rpc_methods_build_a_working_target_and_save_it() {
+    use nvme::rpc::*;
+    reactors();
+    let t = nvme::target::Target::new();
+    let b = engine::bdev::malloc::create("RpcMalloc0", 2048, 4096, None).unwrap();
+    engine::bdev::register(b).unwrap();
+    let nqn = "nqn.2016-06.io.spdk:rpc1".to_string();
+    let p = |v: serde_json::Value| v;
+    nvmf_create_transport(
+        &t,
+        serde_json::from_value(p(serde_json::json!({"trtype": "TCP", "io_unit_size": 65536}))).unwrap(),
+    )
+    .unwrap();
+    nvmf_create_subsystem(
+        &t,
+        serde_json::from_value(p(
+            serde_json::json!({"nqn": nqn, "serial_number": "SPDK001", "allow_any_host": false}),
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let nsid = nvmf_subsystem_add_ns(
+        &t,
+        serde_json::from_value(p(
+            serde_json::json!({"nqn": nqn, "namespace": {"bdev_name": "RpcMalloc0"}}),
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(nsid, 1);
+    nvmf_subsystem_add_listener(&t, serde_json::from_value(p(serde_json::json!({"nqn": nqn, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": "0"}}))).unwrap()).unwrap();
+    let subs = nvmf_get_subsystems(&t, None).unwrap();
+    let port: u16 = subs[1]["listen_addresses"][0]["trsvcid"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Not allowed yet.
+    assert!(Controller::connect(addr, &nqn, &opts()).is_err());
+    nvmf_subsystem_add_host(
+        &t,
+        serde_json::from_value(p(serde_json::json!({"nqn": nqn, "host": opts().hostnqn}))).unwrap(),
+    )
+    .unwrap();
+    let mut c = Controller::connect(addr, &nqn, &opts()).unwrap();
+    let mut q = c.create_io_qpair().unwrap();
+    let w = q
+        .sync(cmd::write(1, 1, 1), Data::ToCtrl(buf_from(&[3u8; 4096])), T)
+        .unwrap();
+    assert!(w.status().is_success());
+    assert_eq!(c.identify_namespace(1).unwrap().nsze, 2048);
+    let stats = nvmf_get_stats(&t, None).unwrap();
+    let total_io: u64 = stats["poll_groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["io_qpairs"].as_u64().unwrap())
+        .sum();
+    assert!(total_io >= 1);
+    let cfg = config_entries(&t);
+    let names: Vec<_> = cfg.iter().map(|c| c.0).collect();
+    assert_eq!(
+        names,
+        vec![
+            "nvmf_create_transport",
+            "nvmf_create_subsystem",
+            "nvmf_subsystem_add_listener",
+            "nvmf_subsystem_add_host",
+            "nvmf_subsystem_add_ns"
+        ]
+    );
+    assert_eq!(cfg[2].1["listen_address"]["trsvcid"], port.to_string());
+    // Removing the namespace over RPC is seen by the connected queue.
+    nvmf_subsystem_remove_ns(
+        &t,
+        serde_json::from_value(p(serde_json::json!({"nqn": nqn, "nsid": 1}))).unwrap(),
+    )
+    .unwrap();
+    let r = q
+        .sync(cmd::read(1, 1, 1), Data::FromCtrl(DmaBuf::alloc(4096)), T)
+        .unwrap();
+    assert!(r.status().same_code(Status::INVALID_NAMESPACE));
+    nvmf_subsystem_remove_listener(&t, serde_json::from_value(p(serde_json::json!({"nqn": nqn, "listen_address": {"trtype": "TCP", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}))).unwrap()).unwrap();
+    nvmf_delete_subsystem(&t, serde_json::from_value(p(serde_json::json!({"nqn": nqn}))).unwrap()).unwrap();
+    // Deleting the subsystem disconnects its controllers.
+    let deadline = std::time::Instant::now() + T;
+    while c.keep_alive().is_ok() {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    t.shutdown();
+}
