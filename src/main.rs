@@ -1,1 +1,321 @@
-fn main() {}
+//! `baton`: one binary, one role per process (see DESIGN.md).
+//!
+//! - `baton demo`: the one-command tour (for now: the foundation self-check,
+//!   reactors + bdevs + a verifying workload; it grows into the full
+//!   primary/relay/standby failover demo).
+//! - `baton perf`: the perf harness (`spdk_nvme_perf` / `bdevperf` flags).
+//! - `baton target`: the storage target process (reactors, bdevs).
+
+use clap::{Args, Parser, Subcommand};
+use engine::reactor::{IdleMode, ReactorOpts, Reactors};
+use perf::report::{compare_table, plot_svg, Report};
+use perf::{Pattern, WorkloadOpts};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BATON_GIT_COMMIT"), ")");
+
+#[derive(Parser)]
+#[command(name = "baton", version = VERSION, about = "Polled-mode block storage engine for disaster recovery")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the guided tour on this machine (RAM/file back ends, no setup).
+    Demo(DemoArgs),
+    /// Measure IOPS, bandwidth and latency of a bdev.
+    Perf(PerfArgs),
+    /// Run a storage target: reactors and bdevs until SIGINT/SIGTERM.
+    Target(TargetArgs),
+    /// Measure this machine's limits (4 KiB memcpy rate, loopback TCP round
+    /// trip) to report baton's figures as ratios to them.
+    Limits,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Core mask for the reactors (hex `0x3` or list `[0,1]`).
+    #[arg(short = 'm', long = "cpumask", default_value = "0x3")]
+    cpumask: String,
+    /// Seconds per workload.
+    #[arg(short = 't', long, default_value_t = 2.0)]
+    time: f64,
+}
+
+#[derive(Args, Clone)]
+struct PerfArgs {
+    /// Bdev to drive: malloc[,size=N][,bs=N] | null[,size=N] | uring:PATH[,size=N][,bs=N]
+    #[arg(long, default_value = "malloc,size=256M")]
+    bdev: String,
+    /// Compare with a second bdev run the same way (prints both and the ratio).
+    #[arg(long)]
+    compare: Option<String>,
+    /// Queue depth per core.
+    #[arg(short = 'q', long = "queue-depth", default_value_t = 32)]
+    queue_depth: u32,
+    /// I/O size in bytes.
+    #[arg(short = 'o', long = "io-size", default_value_t = 4096)]
+    io_size: u32,
+    /// Pattern: read, write, randread, randwrite, rw, randrw.
+    #[arg(short = 'w', long = "workload", default_value = "randread")]
+    workload: String,
+    /// Read percentage for rw/randrw.
+    #[arg(short = 'M', long = "rwmixread", default_value_t = 50)]
+    read_pct: u8,
+    /// Seconds to measure.
+    #[arg(short = 't', long, default_value_t = 10.0)]
+    time: f64,
+    /// Seconds of warm-up excluded from the figures.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Core mask (`-m 0x1`, `-c 0x1` both work).
+    #[arg(short = 'm', long = "cpumask", visible_short_alias = 'c', default_value = "0x1")]
+    cpumask: String,
+    /// Latency summary (-L) or full histogram (-LL).
+    #[arg(short = 'L', action = clap::ArgAction::Count)]
+    latency: u8,
+    /// Check data: stamp writes with LBA and generation, verify reads.
+    #[arg(long)]
+    verify: bool,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Write an SVG latency plot here.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
+    /// Let idle reactors nap (default: spin, for the lowest latency).
+    #[arg(long)]
+    adaptive_idle: bool,
+}
+
+#[derive(Args)]
+struct TargetArgs {
+    /// Core mask for the reactors.
+    #[arg(short = 'm', long = "cpumask", default_value = "0x1")]
+    cpumask: String,
+    /// Bdevs to create at start-up, as NAME=SPEC (see `baton perf --bdev`).
+    #[arg(long = "bdev")]
+    bdevs: Vec<String>,
+    /// Spin when idle instead of napping (lowest latency, one full core).
+    #[arg(long)]
+    busy_poll: bool,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().filter_or("BATON_LOG", "info"))
+        .format_timestamp_micros()
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Demo(a) => demo(a),
+        Cmd::Perf(a) => perf_cmd(a),
+        Cmd::Target(a) => target(a),
+        Cmd::Limits => limits(),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("baton: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type AnyErr = Box<dyn std::error::Error>;
+
+fn start_reactors(mask: &str, idle: IdleMode) -> Result<Reactors, AnyErr> {
+    let cores = engine::cpumask::parse(mask)?;
+    let available = core_count();
+    let pin = cores.iter().all(|&c| (c as usize) < available);
+    if !pin {
+        log::warn!("core mask {mask} names cores this machine lacks ({available} cores): reactors run unpinned");
+    }
+    Ok(Reactors::start(ReactorOpts { cores, pin, idle })?)
+}
+
+fn core_count() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn perf_cmd(a: PerfArgs) -> Result<(), AnyErr> {
+    let opts = WorkloadOpts {
+        queue_depth: a.queue_depth,
+        io_size_bytes: a.io_size,
+        pattern: Pattern::parse(&a.workload)?,
+        read_pct: a.read_pct,
+        time: Duration::from_secs_f64(a.time),
+        warmup: Duration::from_secs_f64(a.warmup),
+        verify: a.verify,
+        seed: 0x5eed,
+    };
+    let idle = if a.adaptive_idle {
+        IdleMode::default()
+    } else {
+        IdleMode::Poll
+    };
+    let reactors = start_reactors(&a.cpumask, idle)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        // Ctrl-C ends the measurement early and prints what was measured.
+        let stop = stop.clone();
+        let flag = Arc::new(AtomicBool::new(false));
+        signal_hook_register(flag.clone())?;
+        std::thread::spawn(move || loop {
+            if flag.load(Ordering::Relaxed) {
+                stop.store(true, Ordering::Relaxed);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        });
+    }
+    let mut reports = Vec::new();
+    for (i, spec) in std::iter::once(&a.bdev).chain(a.compare.iter()).enumerate() {
+        let b = perf::spec::create_bdev(&format!("perf{i}"), spec)?;
+        let quiet = a.json;
+        let results = perf::run_bdev(&reactors, b, &opts, stop.clone(), |el, ios| {
+            if !quiet {
+                eprint!("\r  {:>5.1} s  {:>12} I/O  ", el.as_secs_f64(), ios);
+            }
+        })?;
+        if !quiet {
+            eprint!("\r{:60}\r", "");
+        }
+        reports.push(Report::new(spec, &opts, results));
+    }
+    if a.json {
+        let v: Vec<_> = reports.iter().map(|r| r.json()).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&if v.len() == 1 { v[0].clone() } else { v.into() })?
+        );
+    } else {
+        for r in &reports {
+            println!("{}", r.table(a.latency >= 1, a.latency >= 2));
+        }
+        if reports.len() == 2 {
+            println!("{}", compare_table(&reports[0], &reports[1]));
+        }
+    }
+    if let Some(p) = &a.plot {
+        std::fs::write(p, plot_svg(&reports.iter().collect::<Vec<_>>()))?;
+        eprintln!("latency plot written to {}", p.display());
+    }
+    reactors.shutdown();
+    reactors.wait();
+    let failed = reports
+        .iter()
+        .any(|r| r.total.errors > 0 || r.total.verify_failures > 0);
+    if failed {
+        return Err("I/O errors or verification failures (see above)".into());
+    }
+    Ok(())
+}
+
+fn signal_hook_register(flag: Arc<AtomicBool>) -> std::io::Result<()> {
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, flag.clone())?;
+    }
+    Ok(())
+}
+
+fn target(a: TargetArgs) -> Result<(), AnyErr> {
+    let idle = if a.busy_poll {
+        IdleMode::Poll
+    } else {
+        IdleMode::default()
+    };
+    let reactors = start_reactors(&a.cpumask, idle)?;
+    engine::reactor::install_signal_handlers(&reactors)?;
+    for spec in &a.bdevs {
+        let (name, s) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("--bdev {spec:?}: expected NAME=SPEC, e.g. Malloc0=malloc,size=64M"))?;
+        let b = perf::spec::create_bdev(name, s)?;
+        log::info!(
+            "bdev {name}: {} x {} B ({})",
+            b.num_blocks(),
+            b.block_size(),
+            b.product_name()
+        );
+        engine::bdev::register(b)?;
+    }
+    log::info!("baton target {VERSION} running; SIGINT or SIGTERM stops it");
+    reactors.wait();
+    log::info!("baton target stopped");
+    Ok(())
+}
+
+fn demo(a: DemoArgs) -> Result<(), AnyErr> {
+    println!("baton {VERSION} — demo (foundation self-check)\n");
+    let mut mask = a.cpumask.clone();
+    if engine::cpumask::parse(&mask)?
+        .iter()
+        .any(|&c| c as usize >= core_count())
+    {
+        mask = "0x1".into();
+    }
+    let reactors = start_reactors(&mask, IdleMode::Poll)?;
+    println!("reactors on cores {:?}", reactors.cores());
+    let dir = if std::path::Path::new("/dev/shm").is_dir() {
+        "/dev/shm"
+    } else {
+        "/tmp"
+    };
+    let file = std::path::PathBuf::from(dir).join(format!("baton-demo-{}.img", std::process::id()));
+    let specs = [
+        ("Malloc0", "malloc,size=64M".to_string()),
+        ("Uring0", format!("uring:{},size=64M", file.display())),
+    ];
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut ok = true;
+    for (name, spec) in &specs {
+        let b = perf::spec::create_bdev(name, spec)?;
+        println!(
+            "\n{name}: {} ({} blocks of {} B)",
+            b.product_name(),
+            b.num_blocks(),
+            b.block_size()
+        );
+        let mut opts = WorkloadOpts::new(Pattern::RandRw, 32, 4096, Duration::from_secs_f64(a.time));
+        opts.verify = true;
+        let res = perf::run_bdev(&reactors, b.clone(), &opts, stop.clone(), |_, _| {})?;
+        let r = Report::new(&format!("{name} randrw verify"), &opts, res);
+        print!("{}", r.table(true, false));
+        let st = b.io_stats();
+        println!(
+            "bdev iostat: {} reads, {} writes, {} errors",
+            st.num_read_ops, st.num_write_ops, st.num_errors
+        );
+        if r.total.verify_failures > 0 || r.total.errors > 0 || r.total.ios == 0 {
+            ok = false;
+        }
+    }
+    let _ = std::fs::remove_file(&file);
+    reactors.shutdown();
+    reactors.wait();
+    if ok {
+        println!("\nself-check passed: every read returned the data last written to its block");
+        Ok(())
+    } else {
+        Err("self-check FAILED: see errors above".into())
+    }
+}
+
+fn limits() -> Result<(), AnyErr> {
+    let cps = perf::limits::memcpy_4k_per_s(Duration::from_secs(2));
+    println!(
+        "4 KiB memcpy (1 GiB source, one core): {:.2} M/s ({:.3} us each)",
+        cps / 1e6,
+        1e6 / cps
+    );
+    for size in [64usize, 4096] {
+        let rtt = perf::limits::tcp_rtt_us(size, 20_000)?;
+        println!("loopback TCP round trip, busy polling, {size} B: p50 {rtt:.2} us");
+    }
+    Ok(())
+}

@@ -1,1 +1,16 @@
 //! The replication transport and wire format shared by primary, relays and standby.
+//!
+//! - [`wire`]: the frame format (parse / encode), the only code that reads network bytes.
+//! - [`transport`]: the connection interface a reactor drives by polling.
+//! - [`tcp`]: its implementation over non-blocking TCP sockets.
+//! - [`inproc`]: its in-process implementation over lock-free rings, with fault injection.
+
+pub mod handshake;
+pub mod inproc;
+pub mod tcp;
+pub mod transport;
+pub mod wire;
+
+pub use transport::{
+    ConnState, ConnStats, Connection, OutFrame, Segs, SendCompletion, SendError, TransportError, SEGS_PER_FRAME_MAX,
+};

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite: what a newcomer runs, and what CI (.ci/run) runs.
+# Installs what it needs itself, then checks formatting and lints, and runs
+# every test of every crate (unit, integration, end-to-end).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Native tools the tests use; skipped when already present.
+need=()
+command -v cc >/dev/null || need+=(gcc)
+command -v python3 >/dev/null || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  else
+    echo "ci/test.sh: please install: ${need[*]}" >&2
+    exit 1
+  fi
+fi
+if ! command -v cargo >/dev/null; then
+  echo "ci/test.sh: cargo (Rust stable) is required" >&2
+  exit 1
+fi
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy 2>/dev/null || true
+
+export CARGO_TERM_COLOR=never
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test"
+# Release mode: the end-to-end tests move real data through real processes.
+cargo test --workspace --release -- --test-threads=2

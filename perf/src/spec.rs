@@ -1,0 +1,111 @@
+//! Bdev specifications on the command line: `KIND[:PATH][,size=N][,bs=N]`.
+//!
+//! - `malloc,size=64M` — a RAM bdev (default 64 MiB, 512-byte blocks)
+//! - `null,size=1G,bs=4096` — a null bdev (default 1 GiB)
+//! - `uring:/dev/shm/f,size=256M` — a file through io_uring; `size` creates
+//!   or extends the file first (default: its current size)
+//!
+//! Sizes take K/M/G/T suffixes (powers of two).
+
+use crate::PerfError;
+use engine::bdev::{self, Bdev};
+use std::sync::Arc;
+
+fn bad(why: String) -> PerfError {
+    PerfError::InvalidOption { option: "--bdev", why }
+}
+
+/// Parses `64M`-style sizes.
+pub fn parse_size(s: &str) -> Result<u64, PerfError> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M') => (&s[..s.len() - 1], 1 << 20),
+        Some('G') => (&s[..s.len() - 1], 1 << 30),
+        Some('T') => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| bad(format!("{s:?} is not a size (e.g. 4096, 64M, 1G)")))
+}
+
+/// Creates (without registering) the bdev `spec` describes, named `name`.
+pub fn create_bdev(name: &str, spec: &str) -> Result<Arc<dyn Bdev>, PerfError> {
+    let mut parts = spec.split(',');
+    let head = parts.next().unwrap_or("");
+    let (kind, path) = match head.split_once(':') {
+        Some((k, p)) => (k, Some(p)),
+        None => (head, None),
+    };
+    let mut size: Option<u64> = None;
+    let mut bs: Option<u32> = None;
+    for p in parts {
+        match p.split_once('=') {
+            Some(("size", v)) => size = Some(parse_size(v)?),
+            Some(("bs", v)) => {
+                bs = Some(
+                    parse_size(v)?
+                        .try_into()
+                        .map_err(|_| bad(format!("block size {v} too large")))?,
+                )
+            }
+            _ => return Err(bad(format!("unknown part {p:?} in {spec:?} (expected size=N or bs=N)"))),
+        }
+    }
+    let blocks = |default: u64, bs: u32| size.unwrap_or(default) / bs as u64;
+    Ok(match kind {
+        "malloc" => {
+            let bs = bs.unwrap_or(512);
+            bdev::malloc::create(name, blocks(64 << 20, bs), bs, None)?
+        }
+        "null" => {
+            let bs = bs.unwrap_or(512);
+            bdev::null::create(name, blocks(1 << 30, bs), bs, None)?
+        }
+        "uring" => {
+            let path = path
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| bad(format!("{spec:?}: uring needs a path, e.g. uring:/dev/shm/f,size=256M")))?;
+            if let Some(sz) = size {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| bad(format!("cannot create {path}: {e}")))?;
+                if f.metadata().map(|m| m.len() < sz).unwrap_or(true) {
+                    f.set_len(sz).map_err(|e| bad(format!("cannot size {path}: {e}")))?;
+                }
+            }
+            bdev::uring::create(name, std::path::Path::new(path), bs, None)?
+        }
+        _ => return Err(bad(format!("{kind:?} is not a bdev kind (malloc, null, uring)"))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn specs() {
+        let b = create_bdev("s1", "malloc,size=1M,bs=4096").unwrap();
+        assert_eq!((b.block_size(), b.num_blocks()), (4096, 256));
+        let b = create_bdev("s2", "null").unwrap();
+        assert_eq!(b.num_blocks(), (1 << 30) / 512);
+        assert!(create_bdev("s3", "uring").is_err());
+        assert!(create_bdev("s4", "floppy").is_err());
+        assert!(create_bdev("s5", "malloc,colour=red").is_err());
+    }
+}

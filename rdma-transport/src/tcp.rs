@@ -1,0 +1,461 @@
+//! TCP implementation of [`Connection`]: non-blocking std sockets, polled by one reactor.
+//!
+//! Where it sits: under the primary's relay links and the relay's standby link when the
+//! network has no RDMA. Sending: `send` appends the frame to a bounded queue
+//! (capacity fixed at connect time, so steady state allocates nothing); `poll_send` gathers
+//! the queued frames' header and data slices into one `writev` (up to [`IOV_PER_WRITEV_MAX`]
+//! slices), so frames queued during one reactor tick leave in one system call, and resumes a
+//! partially written frame where the kernel stopped. Receiving: `poll_recv` reads into one
+//! preallocated buffer of [`RX_BUF_BYTES`], peels off whole frames by their envelope length,
+//! checks each with `wire::parse` and hands it to the caller borrowed, then moves the partial
+//! tail (if any) to the front. TCP_NODELAY is set: a frame leaves as soon as it is polled.
+
+use core::ops::Deref;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::transport::{ConnState, ConnStats, Connection, OutFrame, SendCompletion, SendError, TransportError};
+use crate::wire::{self, Frame, HeaderBuf, ENVELOPE_BYTES, FRAME_BYTES_MAX};
+
+/// Default bound of the send queue, in frames.
+pub const SEND_QUEUE_FRAMES_DEFAULT: usize = 256;
+/// Most slices gathered into one `writev` (Linux allows 1024).
+pub const IOV_PER_WRITEV_MAX: usize = 64;
+/// Most `writev` calls per `poll_send` (run at our own pace; the next poll goes on).
+pub const WRITEV_PER_POLL_MAX: usize = 8;
+/// Most frames delivered per `poll_recv`.
+pub const RECV_FRAMES_PER_POLL_MAX: usize = 64;
+/// Receive buffer: one largest frame plus room to batch many small ones per `read`.
+pub const RX_BUF_BYTES: usize = FRAME_BYTES_MAX + 64 * 1024;
+
+/// Settings of a TCP connection, fixed at connect/accept time.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpConfig {
+    /// Send queue bound in frames; `send` returns `Full` beyond it.
+    pub send_queue_frames: usize,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        Self {
+            send_queue_frames: SEND_QUEUE_FRAMES_DEFAULT,
+        }
+    }
+}
+
+enum Sock {
+    /// Non-blocking connect in progress.
+    Connecting(Socket, SocketAddr),
+    /// Connected.
+    Open(TcpStream),
+    /// Failed or closed; no socket.
+    Gone,
+}
+
+/// One TCP replication connection. Owned by one reactor (see [`Connection`]).
+pub struct TcpConnection<B> {
+    sock: Sock,
+    state: ConnState,
+    /// Whether the failure was already returned from `poll_send` / `poll_recv`.
+    error_reported: bool,
+    sendq: VecDeque<OutFrame<B>>,
+    sendq_cap: usize,
+    /// Bytes of the head frame already written.
+    head_written: usize,
+    rx: Box<[u8]>,
+    rx_start: usize,
+    rx_end: usize,
+    stats: ConnStats,
+}
+
+fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> TransportError {
+    move |source| TransportError::Io { op, source }
+}
+
+impl<B: Deref<Target = [u8]>> TcpConnection<B> {
+    fn with_sock(sock: Sock, state: ConnState, cfg: TcpConfig) -> Self {
+        Self {
+            sock,
+            state,
+            error_reported: false,
+            sendq: VecDeque::with_capacity(cfg.send_queue_frames),
+            sendq_cap: cfg.send_queue_frames,
+            head_written: 0,
+            rx: vec![0u8; RX_BUF_BYTES].into_boxed_slice(),
+            rx_start: 0,
+            rx_end: 0,
+            stats: ConnStats::default(),
+        }
+    }
+
+    /// Starts a non-blocking connect to `addr` (setup path: allocates the buffers). Returns
+    /// at once in state `Connecting` (or `Open`); the polls complete the connect. Frames may
+    /// be queued before it completes.
+    pub fn connect(addr: SocketAddr, cfg: TcpConfig) -> Result<Self, TransportError> {
+        let err = |source| TransportError::Connect { addr, source };
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+        s.set_nonblocking(true).map_err(err)?;
+        s.set_nodelay(true).map_err(err)?;
+        match s.connect(&addr.into()) {
+            Ok(()) => Ok(Self::with_sock(Sock::Open(s.into()), ConnState::Open, cfg)),
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
+                Ok(Self::with_sock(Sock::Connecting(s, addr), ConnState::Connecting, cfg))
+            }
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// Wraps an accepted stream (made non-blocking, TCP_NODELAY).
+    pub fn from_stream(stream: TcpStream, cfg: TcpConfig) -> Result<Self, TransportError> {
+        stream.set_nonblocking(true).map_err(io_err("set_nonblocking"))?;
+        stream.set_nodelay(true).map_err(io_err("set_nodelay"))?;
+        Ok(Self::with_sock(Sock::Open(stream), ConnState::Open, cfg))
+    }
+
+    /// Local address, once connected.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match &self.sock {
+            Sock::Open(s) => s.local_addr().ok(),
+            _ => None,
+        }
+    }
+
+    fn fail(&mut self) {
+        if let Sock::Open(s) = &self.sock {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        self.sock = Sock::Gone;
+        if self.state != ConnState::Closed {
+            self.state = ConnState::Failed;
+        }
+    }
+
+    /// Reports an error once; afterwards the connection is failed and returns `Closed`.
+    /// After an invalid frame the socket stays open until `close`/`send_last`, so a refusal
+    /// can still be sent; after any other error it is shut at once.
+    fn report(&mut self, e: TransportError) -> TransportError {
+        if matches!(e, TransportError::Wire(_)) {
+            if self.state != ConnState::Closed {
+                self.state = ConnState::Failed;
+            }
+        } else {
+            self.fail();
+        }
+        self.error_reported = true;
+        e
+    }
+
+    fn gone_error(&mut self) -> TransportError {
+        self.error_reported = true;
+        TransportError::Closed
+    }
+
+    /// Advances a pending connect. Ok(true) when open.
+    fn advance_connect(&mut self) -> Result<bool, TransportError> {
+        let Sock::Connecting(s, addr) = &self.sock else {
+            return Ok(matches!(self.sock, Sock::Open(_)));
+        };
+        let addr = *addr;
+        match s.take_error() {
+            Ok(Some(source)) | Err(source) => return Err(self.report(TransportError::Connect { addr, source })),
+            Ok(None) => {}
+        }
+        match s.peer_addr() {
+            Ok(_) => {
+                let Sock::Connecting(s, _) = std::mem::replace(&mut self.sock, Sock::Gone) else {
+                    return Ok(false);
+                };
+                self.sock = Sock::Open(s.into());
+                self.state = ConnState::Open;
+                Ok(true)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(false),
+            Err(source) => Err(self.report(TransportError::Connect { addr, source })),
+        }
+    }
+
+    fn drain_unsent(&mut self, done: &mut dyn FnMut(SendCompletion<B>)) -> usize {
+        let n = self.sendq.len();
+        self.head_written = 0;
+        while let Some(f) = self.sendq.pop_front() {
+            done(SendCompletion {
+                user_data: f.user_data,
+                data: f.data,
+                sent: false,
+            });
+        }
+        n
+    }
+
+    /// One `writev` of as much of the queue as fits in [`IOV_PER_WRITEV_MAX`] slices.
+    /// Returns bytes written (0 on WouldBlock).
+    fn write_once(&mut self) -> io::Result<usize> {
+        let Sock::Open(stream) = &mut self.sock else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let mut iov = [IoSlice::new(&[]); IOV_PER_WRITEV_MAX];
+        let mut n = 0usize;
+        let mut skip = self.head_written;
+        'frames: for f in &self.sendq {
+            let segs = core::iter::once(f.header.as_bytes()).chain(f.data.iter().map(|d| &**d));
+            for seg in segs {
+                if skip >= seg.len() {
+                    skip -= seg.len();
+                    continue;
+                }
+                iov[n] = IoSlice::new(&seg[skip..]);
+                skip = 0;
+                n += 1;
+                if n == IOV_PER_WRITEV_MAX {
+                    break 'frames;
+                }
+            }
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        self.stats.send_calls += 1;
+        match stream.write_vectored(&iov[..n]) {
+            Ok(w) => Ok(w),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Retires the frames that `written` more bytes completed.
+    fn advance_sent(&mut self, mut written: usize, done: &mut dyn FnMut(SendCompletion<B>)) -> usize {
+        let mut completed = 0;
+        self.stats.bytes_sent += written as u64;
+        while written > 0 {
+            let Some(head) = self.sendq.front() else { break };
+            let left = head.wire_len() - self.head_written;
+            if written >= left {
+                written -= left;
+                self.head_written = 0;
+                if let Some(f) = self.sendq.pop_front() {
+                    self.stats.frames_sent += 1;
+                    completed += 1;
+                    done(SendCompletion {
+                        user_data: f.user_data,
+                        data: f.data,
+                        sent: true,
+                    });
+                }
+            } else {
+                self.head_written += written;
+                written = 0;
+            }
+        }
+        completed
+    }
+}
+
+impl<B: Deref<Target = [u8]>> Connection<B> for TcpConnection<B> {
+    fn send(&mut self, frame: OutFrame<B>) -> Result<(), SendError<B>> {
+        if matches!(self.state, ConnState::Failed | ConnState::Closed) {
+            return Err(SendError::Closed(frame));
+        }
+        if !frame.is_consistent() {
+            return Err(SendError::Inconsistent(frame));
+        }
+        if self.sendq.len() >= self.sendq_cap {
+            self.stats.send_full += 1;
+            return Err(SendError::Full(frame));
+        }
+        // Never reallocates: capacity reserved at connect, length bounded above.
+        self.sendq.push_back(frame);
+        Ok(())
+    }
+
+    fn send_capacity(&self) -> usize {
+        match self.state {
+            ConnState::Failed | ConnState::Closed => 0,
+            _ => self.sendq_cap - self.sendq.len(),
+        }
+    }
+
+    fn poll_send(&mut self, done: &mut dyn FnMut(SendCompletion<B>)) -> Result<usize, TransportError> {
+        if matches!(self.state, ConnState::Failed | ConnState::Closed) {
+            self.drain_unsent(done);
+            return Err(self.gone_error());
+        }
+        if !self.advance_connect()? {
+            return Ok(0);
+        }
+        let mut completed = 0;
+        for _ in 0..WRITEV_PER_POLL_MAX {
+            if self.sendq.is_empty() {
+                break;
+            }
+            match self.write_once() {
+                Ok(0) => break,
+                Ok(w) => completed += self.advance_sent(w, done),
+                Err(e) => {
+                    let err = if matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset) {
+                        TransportError::PeerClosed
+                    } else {
+                        TransportError::Io {
+                            op: "writev",
+                            source: e,
+                        }
+                    };
+                    let err = self.report(err);
+                    self.drain_unsent(done);
+                    return Err(err);
+                }
+            }
+        }
+        Ok(completed)
+    }
+
+    fn poll_recv(&mut self, on_frame: &mut dyn FnMut(Frame<'_>)) -> Result<usize, TransportError> {
+        if matches!(self.state, ConnState::Failed | ConnState::Closed) {
+            return Err(self.gone_error());
+        }
+        if !self.advance_connect()? {
+            return Ok(0);
+        }
+        let mut delivered = 0;
+        let mut drained = false;
+        loop {
+            // Deliver every whole frame already buffered.
+            let mut need = ENVELOPE_BYTES;
+            while delivered < RECV_FRAMES_PER_POLL_MAX {
+                let avail = &self.rx[self.rx_start..self.rx_end];
+                let env = match wire::peek_envelope(avail) {
+                    Ok(Some(env)) => env,
+                    Ok(None) => break,
+                    Err(e) => return Err(self.report(e.into())),
+                };
+                if env.frame_len > avail.len() {
+                    need = env.frame_len;
+                    break;
+                }
+                let parsed = match wire::parse(&avail[..env.frame_len]) {
+                    Ok(frame) => {
+                        on_frame(frame);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = parsed {
+                    return Err(self.report(e.into()));
+                }
+                self.rx_start += env.frame_len;
+                delivered += 1;
+                self.stats.frames_received += 1;
+                self.stats.bytes_received += env.frame_len as u64;
+            }
+            if delivered >= RECV_FRAMES_PER_POLL_MAX || drained {
+                break;
+            }
+            // Make room: the partial frame moves to the front when it would not fit.
+            if self.rx_start == self.rx_end {
+                self.rx_start = 0;
+                self.rx_end = 0;
+            } else if self.rx.len() - self.rx_start < need || self.rx_end == self.rx.len() {
+                self.rx.copy_within(self.rx_start..self.rx_end, 0);
+                self.rx_end -= self.rx_start;
+                self.rx_start = 0;
+            }
+            let Sock::Open(stream) = &mut self.sock else {
+                return Err(self.gone_error());
+            };
+            let space = self.rx.len() - self.rx_end;
+            self.stats.recv_calls += 1;
+            match stream.read(&mut self.rx[self.rx_end..]) {
+                Ok(0) => {
+                    let have = self.rx_end - self.rx_start;
+                    let e = if have == 0 {
+                        TransportError::PeerClosed
+                    } else {
+                        TransportError::PeerClosedMidFrame { have, need }
+                    };
+                    return Err(self.report(e));
+                }
+                Ok(n) => {
+                    self.rx_end += n;
+                    // A short read means the socket is empty: deliver, then stop.
+                    drained = n < space;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let have = self.rx_end - self.rx_start;
+                    let err = match e.kind() {
+                        io::ErrorKind::ConnectionReset if have == 0 => TransportError::PeerClosed,
+                        io::ErrorKind::ConnectionReset => TransportError::PeerClosedMidFrame { have, need },
+                        _ => TransportError::Io { op: "read", source: e },
+                    };
+                    return Err(self.report(err));
+                }
+            }
+        }
+        Ok(delivered)
+    }
+
+    fn state(&self) -> ConnState {
+        self.state
+    }
+
+    fn close(&mut self) {
+        self.state = ConnState::Closed;
+        self.fail();
+    }
+
+    fn stats(&self) -> ConnStats {
+        self.stats
+    }
+
+    fn send_last(&mut self, header: HeaderBuf) -> bool {
+        let mut sent = false;
+        // A partly written frame cannot be followed by another: the stream would be garbage.
+        if self.head_written == 0 {
+            if let Sock::Open(s) = &mut self.sock {
+                let b = header.as_bytes();
+                sent = matches!(s.write(b), Ok(n) if n == b.len());
+            }
+        }
+        self.close();
+        sent
+    }
+}
+
+/// A listening socket that accepts replication connections without blocking.
+pub struct TcpAcceptor {
+    listener: TcpListener,
+    cfg: TcpConfig,
+}
+
+impl TcpAcceptor {
+    /// Binds and listens on `addr` (port 0 picks one; see [`TcpAcceptor::local_addr`]).
+    pub fn bind(addr: SocketAddr, cfg: TcpConfig) -> Result<Self, TransportError> {
+        let listener = TcpListener::bind(addr).map_err(io_err("bind"))?;
+        listener.set_nonblocking(true).map_err(io_err("set_nonblocking"))?;
+        Ok(Self { listener, cfg })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound listener always has a local address; fall back to unspecified otherwise.
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Accepts one pending connection, if any (setup path: allocates its buffers).
+    pub fn poll_accept<B: Deref<Target = [u8]>>(
+        &self,
+    ) -> Result<Option<(TcpConnection<B>, SocketAddr)>, TransportError> {
+        match self.listener.accept() {
+            Ok((s, peer)) => Ok(Some((TcpConnection::from_stream(s, self.cfg)?, peer))),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
+            Err(source) => Err(TransportError::Io { op: "accept", source }),
+        }
+    }
+}
