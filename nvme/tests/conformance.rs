@@ -411,3 +411,18 @@ fn rpc_methods_build_a_working_target_and_save_it() {
     }
     t.shutdown();
 }
+
+#[test]
+fn host_tick_keeps_a_short_kato_controller_alive() {
+    let f = fixture();
+    let o = HostOpts { kato_ms: 300, ..opts() };
+    let (mut c, mut q) = connect(&f, &o);
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    while std::time::Instant::now() < until {
+        c.tick().unwrap();
+        q.poll(&mut |_| {}).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    write_read(&mut q, 3, 1, 3);
+    c.disconnect();
+}

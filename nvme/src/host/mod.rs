@@ -118,8 +118,15 @@ pub struct Controller {
     pub id: Box<IdentifyController>,
     /// I/O queues granted by Set Features (Number of Queues).
     pub io_queues_granted: u16,
+    /// Asynchronous event completions and other admin completions reaped by [`Controller::tick`].
+    pub events: Vec<HostCompletion>,
     next_qid: u16,
+    last_keep_alive: Instant,
+    keep_alive_inflight: bool,
 }
+
+/// Token of the Keep Alive commands `tick` sends.
+const KEEP_ALIVE_TOKEN: u64 = u64::MAX - 1;
 
 fn sqe(opc: u8) -> Sqe {
     Sqe { opc, ..Sqe::default() }
@@ -159,7 +166,10 @@ impl Controller {
             vs: 0,
             id: Box::new(IdentifyController::zeroed()),
             io_queues_granted: 0,
+            events: Vec::new(),
             next_qid: 1,
+            last_keep_alive: Instant::now(),
+            keep_alive_inflight: false,
         };
         c.cap = c.property_get(prop::CAP, true)?;
         c.vs = c.property_get(prop::VS, false)? as u32;
@@ -289,6 +299,31 @@ impl Controller {
             ..sqe(admin_opc::SET_FEATURES)
         };
         Ok(check(self.admin_sync(s, Data::None)?)?.cqe.dw0)
+    }
+
+    /// Keeps the controller alive without blocking: sends a Keep Alive once half the KATO
+    /// has passed since the last one, and reaps admin completions (kept in `events`). Call it
+    /// from the thread that owns the controller at least a few times per KATO.
+    pub fn tick(&mut self) -> Result<(), HostError> {
+        let kato = Duration::from_millis(u64::from(self.opts.kato_ms));
+        if !kato.is_zero() && !self.keep_alive_inflight && self.last_keep_alive.elapsed() >= kato / 2 {
+            self.admin
+                .submit(sqe(admin_opc::KEEP_ALIVE), Data::None, KEEP_ALIVE_TOKEN)
+                .map_err(|e| e.0)?;
+            self.keep_alive_inflight = true;
+            self.last_keep_alive = Instant::now();
+        }
+        let mut got = Vec::new();
+        self.admin.poll(&mut |c| got.push(c))?;
+        for c in got {
+            if c.user == KEEP_ALIVE_TOKEN {
+                self.keep_alive_inflight = false;
+                status_ok(&c.cqe)?;
+            } else {
+                self.events.push(c);
+            }
+        }
+        Ok(())
     }
 
     pub fn keep_alive(&mut self) -> Result<(), HostError> {
