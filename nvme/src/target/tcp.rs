@@ -902,12 +902,9 @@ impl Conn {
     fn io_cmd(&mut self, slot: usize) {
         let Some(c) = self.ctrlr.clone() else { return };
         let subsys = &c.subsys;
-        if subsys.ns_generation.load(Ordering::Acquire) != self.ns_gen
-            && self
-                .reqs
-                .iter()
-                .all(|r| !matches!(r.state, ReqState::Executing { pending } if pending > 0))
-        {
+        // Safe with I/O in flight: refresh_ns never removes or reorders channels, so the
+        // channel index a request holds stays valid.
+        if subsys.ns_generation.load(Ordering::Acquire) != self.ns_gen {
             self.refresh_ns(subsys);
         }
         let r = &self.reqs[slot];
