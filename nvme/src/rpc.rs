@@ -7,6 +7,7 @@
 //! management thread; they take the target's lock, never a reactor's time.
 
 use crate::target::{Subsystem, SubsystemKind, SubsystemParams, Target, TargetError, TransportOpts};
+use engine::rpc::{ConfigEntry, Registry, RpcError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
@@ -469,6 +470,96 @@ pub fn nvmf_get_stats(_t: &Target, p: Option<GetStats>) -> Result<Value, RpcFail
         })
         .collect();
     Ok(json!({ "tick_rate": 1_000_000_000u64, "poll_groups": groups }))
+}
+
+fn rpc_err(e: RpcFailure) -> RpcError {
+    RpcError::new(e.code, e.message)
+}
+
+/// Registers the `nvmf_*` methods on the process's target ([`global`]) and the "nvmf"
+/// config provider (after "bdev": namespaces need their bdevs). Call once at start-up.
+pub fn register_rpcs(reg: &mut Registry) {
+    register_rpcs_for(reg, global().clone());
+}
+
+/// Registers the `nvmf_*` methods acting on `t` (tests use their own target).
+pub fn register_rpcs_for(reg: &mut Registry, t: Arc<Target>) {
+    macro_rules! method {
+        ($name:literal, $help:literal, $f:ident) => {{
+            let t = t.clone();
+            reg.register($name, $help, move |p| $f(&t, p).map_err(rpc_err));
+        }};
+    }
+    method!("nvmf_create_transport", "Set the TCP transport's options (trtype TCP; max_queue_depth, in_capsule_data_size, max_io_size, io_unit_size, ...)", nvmf_create_transport);
+    method!(
+        "nvmf_get_transports",
+        "List transports and their options",
+        nvmf_get_transports
+    );
+    method!(
+        "nvmf_create_subsystem",
+        "Create an NVM subsystem (nqn; serial_number, model_number, allow_any_host, max_namespaces)",
+        nvmf_create_subsystem
+    );
+    method!(
+        "nvmf_delete_subsystem",
+        "Delete a subsystem and disconnect its hosts (nqn)",
+        nvmf_delete_subsystem
+    );
+    method!(
+        "nvmf_subsystem_add_ns",
+        "Add a namespace over a bdev (nqn, namespace.bdev_name; nsid, uuid, nguid); returns the NSID",
+        nvmf_subsystem_add_ns
+    );
+    method!(
+        "nvmf_subsystem_remove_ns",
+        "Remove a namespace (nqn, nsid)",
+        nvmf_subsystem_remove_ns
+    );
+    method!(
+        "nvmf_subsystem_add_listener",
+        "Listen for a subsystem on a TCP address (nqn, listen_address {trtype, adrfam, traddr, trsvcid})",
+        nvmf_subsystem_add_listener
+    );
+    method!(
+        "nvmf_subsystem_remove_listener",
+        "Stop listening for a subsystem on an address (nqn, listen_address)",
+        nvmf_subsystem_remove_listener
+    );
+    method!(
+        "nvmf_subsystem_add_host",
+        "Allow a host NQN (nqn, host)",
+        nvmf_subsystem_add_host
+    );
+    method!(
+        "nvmf_subsystem_remove_host",
+        "Disallow a host NQN and disconnect it (nqn, host)",
+        nvmf_subsystem_remove_host
+    );
+    method!(
+        "nvmf_subsystem_allow_any_host",
+        "Allow or restrict hosts (nqn, allow_any_host)",
+        nvmf_subsystem_allow_any_host
+    );
+    method!(
+        "nvmf_get_subsystems",
+        "List subsystems with listeners, hosts and namespaces (optional nqn)",
+        nvmf_get_subsystems
+    );
+    method!(
+        "nvmf_get_stats",
+        "Per-poll-group queue pair and I/O counters",
+        nvmf_get_stats
+    );
+    reg.register_config_provider("nvmf", &["bdev"], move || {
+        config_entries(&t)
+            .into_iter()
+            .map(|(m, p)| ConfigEntry {
+                method: m.to_string(),
+                params: Some(p),
+            })
+            .collect()
+    });
 }
 
 /// The calls that recreate the target's state, in replay order (for `save_config`'s

@@ -426,3 +426,79 @@ fn host_tick_keeps_a_short_kato_controller_alive() {
     write_read(&mut q, 3, 1, 3);
     c.disconnect();
 }
+
+#[test]
+fn registry_dispatches_nvmf_methods_and_saves_config() {
+    use engine::rpc::Registry;
+    use serde_json::json;
+    reactors();
+    let t = nvme::target::Target::new();
+    let mut reg = Registry::new();
+    nvme::rpc::register_rpcs_for(&mut reg, t.clone());
+    let call = |m: &str, p: serde_json::Value| reg.call_blocking(m, Some(p), 10, std::time::Duration::from_millis(1));
+    let b = engine::bdev::malloc::create("RegMalloc0", 1024, 512, None).unwrap();
+    engine::bdev::register(b).unwrap();
+    call("nvmf_create_transport", json!({"trtype": "TCP"})).unwrap();
+    call(
+        "nvmf_create_subsystem",
+        json!({"nqn": "nqn.2016-06.io.spdk:reg", "allow_any_host": true}),
+    )
+    .unwrap();
+    assert_eq!(
+        call(
+            "nvmf_subsystem_add_ns",
+            json!({"nqn": "nqn.2016-06.io.spdk:reg", "namespace": {"bdev_name": "RegMalloc0", "nsid": 7}})
+        )
+        .unwrap(),
+        json!(7)
+    );
+    let e = call(
+        "nvmf_subsystem_add_ns",
+        json!({"nqn": "nqn.2016-06.io.spdk:reg", "namespace": {"bdev": "RegMalloc0"}}),
+    )
+    .unwrap_err();
+    assert_eq!(e.code, -32602);
+    let e = call("nvmf_create_subsystem", json!({"nqn": "nqn.2016-06.io.spdk:reg"})).unwrap_err();
+    assert!(e.message.contains("already exists"), "{}", e.message);
+    call("nvmf_subsystem_add_listener", json!({"nqn": "nqn.2016-06.io.spdk:reg", "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": "0"}})).unwrap();
+    let subs = call("nvmf_get_subsystems", json!({"nqn": "nqn.2016-06.io.spdk:reg"})).unwrap();
+    assert_eq!(subs[0]["namespaces"][0]["nsid"], 7);
+    assert!(
+        reg.call_blocking("nvmf_get_transports", None, 1, std::time::Duration::ZERO)
+            .unwrap()[0]["trtype"]
+            == "TCP"
+    );
+    let cfg = reg.subsystem_config("nvmf").unwrap();
+    assert_eq!(
+        cfg.iter().map(|c| c.method.as_str()).collect::<Vec<_>>(),
+        vec![
+            "nvmf_create_transport",
+            "nvmf_create_subsystem",
+            "nvmf_subsystem_add_listener",
+            "nvmf_subsystem_add_ns"
+        ]
+    );
+    // Replaying the saved calls on a fresh target through the registry recreates it.
+    let t2 = nvme::target::Target::new();
+    let mut reg2 = Registry::new();
+    nvme::rpc::register_rpcs_for(&mut reg2, t2.clone());
+    for c in &cfg {
+        let mut p = c.params.clone();
+        if c.method == "nvmf_subsystem_add_listener" {
+            p.as_mut().unwrap()["listen_address"]["trsvcid"] = json!("0");
+        }
+        reg2.call_blocking(&c.method, p, 10, std::time::Duration::from_millis(1))
+            .unwrap();
+    }
+    assert_eq!(
+        t2.subsystem("nqn.2016-06.io.spdk:reg")
+            .unwrap()
+            .namespace(7)
+            .unwrap()
+            .bdev
+            .name(),
+        "RegMalloc0"
+    );
+    t.shutdown();
+    t2.shutdown();
+}
