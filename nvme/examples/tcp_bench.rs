@@ -102,7 +102,7 @@ fn main() {
             })
             .unwrap();
             iter += 1;
-            if iter % 4096 == 0 {
+            if iter.is_multiple_of(4096) {
                 c.tick().unwrap();
             }
             if !stopping && Instant::now() >= end {
