@@ -601,3 +601,55 @@ fn host_term_req_closes_only_that_connection() {
     assert!(matches!(q.recv(), Got::Eof));
     still_serving(&f);
 }
+
+#[test]
+fn second_icreq_is_a_sequence_error() {
+    let f = fixture();
+    let mut r = Raw::new(f.addr);
+    r.ic(false, false);
+    let mut b = Vec::new();
+    pdu::encode_ic_req(&mut b, 0, false, false, 0);
+    r.send(&b);
+    assert_eq!(r.expect_term(), (fes::PDU_SEQUENCE_ERROR, 0));
+    still_serving(&f);
+}
+
+#[test]
+fn bad_sgl_descriptors_fail_the_command_only() {
+    let f = fixture();
+    let (_a, mut q) = raw_io_queue(&f, false, false);
+    // Read with an in-capsule (offset) descriptor: type invalid for a read.
+    let mut s = Sqe {
+        opc: io_opc::READ,
+        cid: 1,
+        nsid: 1,
+        ..Sqe::default()
+    };
+    s.set_sgl_psdt();
+    s.sgl = Sgl {
+        addr: 0,
+        length: 512,
+        rsvd: [0; 3],
+        sgl_type: sgl_type::DATA_BLOCK_OFFSET,
+    };
+    assert!(q.cmd(s, &[]).0.status().same_code(Status::SGL_DESCRIPTOR_TYPE_INVALID));
+    // Keyed (RDMA) descriptor type.
+    s.sgl.sgl_type = 0x40;
+    assert!(q.cmd(s, &[]).0.status().same_code(Status::SGL_DESCRIPTOR_TYPE_INVALID));
+    // In-capsule data at a non-zero offset.
+    let mut w = write_sqe(2, 0, 1, true);
+    w.sgl.addr = 16;
+    assert!(q.cmd(w, &[0u8; 512]).0.status().same_code(Status::SGL_OFFSET_INVALID));
+    // In-capsule length disagreeing with the descriptor.
+    let mut w = write_sqe(3, 0, 1, true);
+    w.sgl.length = 1024;
+    assert!(q
+        .cmd(w, &[0u8; 512])
+        .0
+        .status()
+        .same_code(Status::DATA_SGL_LENGTH_INVALID));
+    // The queue still works.
+    let (cqe, _) = q.cmd(write_sqe(4, 0, 1, true), &[1u8; 512]);
+    assert!(cqe.status().is_success());
+    still_serving(&f);
+}
