@@ -5,7 +5,8 @@
 # In the guest, on its loopback only: start nvme/examples/nvmf_tgt, then nvme discover,
 # connect (without and with header+data digests), id-ctrl / id-ns / smart-log, fio with
 # crc32c verify, mkfs.ext4 (Write Zeroes + Dataset Management), mount, write, drop caches,
-# read back, e2fsck, disconnect; and a connect to a subsystem whose allow list excludes the
+# read back, e2fsck, disconnect; a restart of the target under a connected host (the
+# kernel reconnects, I/O verifies again); and a connect to a subsystem whose allow list excludes the
 # guest's host NQN, which must fail. Prints "nvme-tcp e2e: N passed, M failed".
 #
 # Needs root (apt-get) the first time; downloads only Debian packages. Not run by .ci/run.
@@ -96,6 +97,16 @@ for digests in "" "--hdr-digest --data-digest"; do
   check "fsck-$tag" e2fsck -n -f /dev/nvme0n1
   check "disconnect-$tag" bash -c "nvme disconnect -n $NQN && gone_dev"
 done
+# Reconnect: the target restarts under a connected host; the kernel reconnects by itself.
+check connect-reconnect bash -c "nvme connect -t tcp -n $NQN -a 127.0.0.1 -s 4420 --ctrl-loss-tmo=30 --reconnect-delay=1 && wait_dev"
+kill $TGT_PID; wait $TGT_PID 2>/dev/null
+nvmf_tgt 127.0.0.1:4420 128 > /tmp/tgt2.log 2>&1 &
+TGT_PID=$!
+live() { for i in $(seq 150); do grep -q live /sys/class/nvme/nvme0/state 2>/dev/null && dd if=/dev/nvme0n1 of=/dev/null bs=4k count=16 iflag=direct 2>/dev/null && return 0; sleep 0.2; done; return 1; }
+export -f live
+check reconnected live
+check reconnected-io fio --name=r --filename=/dev/nvme0n1 --ioengine=io_uring --direct=1 --rw=randrw --bs=4k --size=8M --iodepth=8 --verify=crc32c --verify_fatal=1
+check disconnect-reconnected bash -c "nvme disconnect -n $NQN && gone_dev"
 check target-alive kill -0 $TGT_PID
 echo "nvme-tcp e2e: $pass passed, $fail failed"
 echo "E2E-DONE fail=$fail"

@@ -31,7 +31,11 @@ fn main() {
     .enumerate()
     {
         let name = format!("Malloc{i}");
-        let b = engine::bdev::malloc::create(&name, mib * 256, 4096, None).expect("malloc bdev");
+        // Stable namespace identity across restarts: hosts refuse a namespace whose
+        // NGUID/UUID changed under the same NSID.
+        let mut uuid = *b"baton-e2e-ns-000";
+        uuid[15] = b'0' + i as u8;
+        let b = engine::bdev::malloc::create(&name, mib * 256, 4096, Some(uuid)).expect("malloc bdev");
         engine::bdev::register(b).expect("register");
         t.create_subsystem(SubsystemParams {
             nqn: nqn.into(),
