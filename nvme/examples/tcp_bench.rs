@@ -2,7 +2,7 @@
 //! library on core 1, 4 KiB random reads at QD 1 / 32 / 128, 4 KiB random writes at QD 32
 //! and 128 KiB sequential reads at QD 8. Prints IOPS, bandwidth and latency percentiles.
 //!
-//! `cargo run --release -p baton-nvme --example tcp_bench [seconds_per_case]`
+//! `cargo run --release -p baton-nvme --example tcp_bench [seconds_per_case] [digests]`
 
 use engine::buf::DmaBuf;
 use engine::metrics::LatencyHistogram;
@@ -16,6 +16,7 @@ const BLOCKS: u64 = 65536; // 256 MiB
 
 fn main() {
     let secs: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let digests = std::env::args().nth(2).is_some_and(|a| a == "digests");
     let mut o = ReactorOpts::new(vec![0]);
     o.idle = IdleMode::Poll;
     let _r = Reactors::start(o).expect("reactor on core 0");
@@ -34,7 +35,9 @@ fn main() {
     if let Some(c) = core_affinity::get_core_ids().and_then(|v| v.into_iter().find(|c| c.id == 1)) {
         core_affinity::set_for_current(c);
     }
-    let mut c = Controller::connect(addr, nqn, &HostOpts::default()).unwrap();
+    let ho = HostOpts { hdgst: digests, ddgst: digests, ..HostOpts::default() };
+    let mut c = Controller::connect(addr, nqn, &ho).unwrap();
+    println!("header and data digests: {}", if digests { "on" } else { "off" });
     let mut q = c.create_io_qpair().unwrap();
     // Fill so reads read real data.
     for lba in (0..BLOCKS).step_by(32) {
@@ -46,6 +49,7 @@ fn main() {
             )
             .unwrap();
         assert!(r.status().is_success());
+        c.tick().unwrap();
     }
     println!("case                         qd      IOPS    MB/s   p50us   p99us  p99.9us");
     for (name, write, seq, nlb, qd) in [
