@@ -35,7 +35,11 @@ fn main() {
     if let Some(c) = core_affinity::get_core_ids().and_then(|v| v.into_iter().find(|c| c.id == 1)) {
         core_affinity::set_for_current(c);
     }
-    let ho = HostOpts { hdgst: digests, ddgst: digests, ..HostOpts::default() };
+    let ho = HostOpts {
+        hdgst: digests,
+        ddgst: digests,
+        ..HostOpts::default()
+    };
     let mut c = Controller::connect(addr, nqn, &ho).unwrap();
     println!("header and data digests: {}", if digests { "on" } else { "off" });
     let mut q = c.create_io_qpair().unwrap();

@@ -281,6 +281,15 @@ fn many_queues_async_qd32_and_reconnect() {
         }
         assert!(std::time::Instant::now() < deadline);
     }
+    // Connections were spread over both reactors: each has a poll group with I/O queues.
+    let mut cores: Vec<u32> = nvme::target::tcp::group_stats()
+        .iter()
+        .filter(|g| g.io_qpairs.load(std::sync::atomic::Ordering::Relaxed) > 0)
+        .map(|g| g.core)
+        .collect();
+    cores.sort_unstable();
+    cores.dedup();
+    assert_eq!(cores, vec![0, 1]);
     // Duplicate queue ID is refused.
     assert!(
         matches!(c.create_io_qpair_with_qid(1), Err(nvme::host::HostError::Connect { status, .. }) if status.same_code(Status::CONNECT_INVALID_PARAMETERS))
