@@ -161,6 +161,8 @@ fn admin_features_logs_keepalive_and_abort() {
     let nq = c.get_features(fid::NUMBER_OF_QUEUES).unwrap();
     assert_eq!(nq & 0xFFFF, u32::from(c.io_queues_granted - 1));
     assert_eq!(c.get_features(fid::KEEP_ALIVE_TIMER).unwrap(), 10_000);
+    c.set_features(fid::KEEP_ALIVE_TIMER, 20_000).unwrap();
+    assert_eq!(c.get_features(fid::KEEP_ALIVE_TIMER).unwrap(), 20_000);
     assert_eq!(c.get_features(fid::ARBITRATION).unwrap(), 0);
     assert_eq!(c.get_features(fid::ASYNC_EVENT_CONFIG).unwrap(), 1 << 8);
     // Number of queues cannot change once an I/O queue exists.

@@ -15,7 +15,7 @@ use crate::spec::log::{self as logpage, lid, DiscoveryLogEntry, DiscoveryLogHead
 use crate::spec::{put_str, Plain, Sqe, Status};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// NVMe version reported in VS and Identify (1.3.0).
@@ -95,8 +95,8 @@ pub struct Controller {
     pub subsys: Arc<Subsystem>,
     pub hostnqn: String,
     pub hostid: [u8; 16],
-    /// Keep alive timeout in ms; 0 = disabled.
-    pub kato_ms: u32,
+    /// Keep alive timeout in ms; 0 = disabled. Set by Connect, changed by Set Features 0Fh.
+    kato_ms: AtomicU32,
     opts: TransportOpts,
     ka_deadline_ns: AtomicU64,
     failed: AtomicBool,
@@ -119,7 +119,7 @@ impl Controller {
             subsys,
             hostnqn,
             hostid,
-            kato_ms,
+            kato_ms: AtomicU32::new(kato_ms),
             opts,
             ka_deadline_ns: AtomicU64::new(u64::MAX),
             failed: AtomicBool::new(false),
@@ -164,17 +164,23 @@ impl Controller {
         }
     }
 
+    /// Keep alive timeout in ms (0 = disabled).
+    pub fn kato_ms(&self) -> u32 {
+        self.kato_ms.load(Ordering::Relaxed)
+    }
+
     /// Restarts the keep-alive timer (Keep Alive command, and at creation).
     pub fn keep_alive(&self) {
-        if self.kato_ms > 0 {
-            let deadline = engine::clock::now_ns().saturating_add(u64::from(self.kato_ms) * 1_000_000);
+        let kato = self.kato_ms();
+        if kato > 0 {
+            let deadline = engine::clock::now_ns().saturating_add(u64::from(kato) * 1_000_000);
             self.ka_deadline_ns.store(deadline, Ordering::Relaxed);
         }
     }
 
     /// Whether the keep-alive timer has expired at `now_ns`.
     pub fn keep_alive_expired(&self, now_ns: u64) -> bool {
-        self.kato_ms > 0 && now_ns > self.ka_deadline_ns.load(Ordering::Relaxed)
+        self.kato_ms() > 0 && now_ns > self.ka_deadline_ns.load(Ordering::Relaxed)
     }
 
     /// Whether the controller is enabled and ready (I/O queues may connect).
@@ -546,7 +552,7 @@ impl Controller {
                 reply_dw0(n | (n << 16))
             }
             fid::ASYNC_EVENT_CONFIG => reply_dw0(st.aec),
-            fid::KEEP_ALIVE_TIMER => reply_dw0(self.kato_ms),
+            fid::KEEP_ALIVE_TIMER => reply_dw0(self.kato_ms()),
             _ => reply(Status::INVALID_FIELD),
         }
     }
@@ -578,8 +584,12 @@ impl Controller {
                 st.aec = sqe.cdw11;
                 reply(Status::SUCCESS)
             }
-            // KATO is fixed at Connect for fabrics; changing it here is not supported.
-            fid::KEEP_ALIVE_TIMER => reply(Status::FEATURE_NOT_CHANGEABLE),
+            fid::KEEP_ALIVE_TIMER => {
+                drop(st);
+                self.kato_ms.store(sqe.cdw11, Ordering::Relaxed);
+                self.keep_alive();
+                reply(Status::SUCCESS)
+            }
             _ => reply(Status::INVALID_FIELD),
         }
     }
