@@ -10,7 +10,7 @@
 //! the admin path allocates, it is not the I/O path).
 //!
 //! One connection = one queue (admin or I/O) of one controller. A request moves through
-//! [`ReqState`]; a connection through [`Phase`].
+//! `ReqState`; a connection through `Phase`.
 
 use super::ctrlr::{data_out_len, AdminResult, Controller, AER_MAX};
 use super::io::{self, IoCmd, NsGeometry};
