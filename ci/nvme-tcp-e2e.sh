@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# End-to-end check of baton's NVMe/TCP target with an independent initiator: the Linux
+# kernel's nvme-tcp, in a QEMU guest booting Debian's own kernel (TESTING.md).
+#
+# In the guest, on its loopback only: start nvme/examples/nvmf_tgt, then nvme discover,
+# connect (without and with header+data digests), id-ctrl / id-ns / smart-log, fio with
+# crc32c verify, mkfs.ext4 (Write Zeroes + Dataset Management), mount, write, drop caches,
+# read back, e2fsck, disconnect; a restart of the target under a connected host (the
+# kernel reconnects, I/O verifies again); and a connect to a subsystem whose allow list excludes the
+# guest's host NQN, which must fail. Prints "nvme-tcp e2e: N passed, M failed".
+#
+# Needs root (apt-get) the first time; downloads only Debian packages. Not run by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+WORK=${E2E_WORK:-/tmp/baton-nvme-e2e}
+mkdir -p "$WORK"
+
+pkgs=(qemu-system-x86 busybox-static kmod cpio nvme-cli fio e2fsprogs)
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+# Debian's kernel, unpacked (not installed).
+KPKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+KVER=${KPKG#linux-image-}
+if [ ! -d "$WORK/kernel/lib/modules/$KVER" ]; then
+  (cd "$WORK" && rm -f linux-image-*.deb && apt-get download "$KPKG" >/dev/null)
+  rm -rf "$WORK/kernel" && dpkg -x "$WORK"/linux-image-*.deb "$WORK/kernel"
+fi
+KMOD="$WORK/kernel/lib/modules/$KVER"
+[ -f "$KMOD/modules.dep" ] || depmod -b "$WORK/kernel" "$KVER"
+
+# The target, built for generic x86-64 (TCG has no AVX-512).
+CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target} cargo build --release -q -p baton-nvme --example nvmf_tgt
+TGT=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/nvmf_tgt
+
+# Initramfs: busybox, bash, kmod, the tools and their libraries, the needed modules.
+IRD="$WORK/initrd"
+rm -rf "$IRD" && mkdir -p "$IRD"/{bin,sbin,etc/nvme,proc,sys,dev,tmp,mnt,run,lib/modules}
+cp /bin/busybox "$IRD/bin/"
+for a in $(/bin/busybox --list); do [ -e "$IRD/bin/$a" ] || ln -s busybox "$IRD/bin/$a"; done
+copy_bin() {
+  local src dst
+  src=$(command -v "$1")
+  dst="$IRD/bin/$(basename "$src")"
+  rm -f "$dst" && cp -L "$src" "$dst"
+  ldd "$src" 2>/dev/null | grep -o '/[^ ]*' | while read -r lib; do
+    mkdir -p "$IRD$(dirname "$lib")" && cp -Ln "$lib" "$IRD$lib" 2>/dev/null || true
+  done
+}
+for b in bash modprobe nvme fio mkfs.ext4 e2fsck md5sum; do copy_bin "$b"; done
+cp "$TGT" "$IRD/bin/nvmf_tgt"
+ldd "$TGT" | grep -o '/[^ ]*' | while read -r lib; do mkdir -p "$IRD$(dirname "$lib")" && cp -Ln "$lib" "$IRD$lib"; done
+mkdir -p "$IRD/lib/modules/$KVER"
+for m in $(modprobe -a -d "$WORK/kernel" -S "$KVER" --show-depends nvme-tcp ext4 crc32c_generic 2>/dev/null | awk '/^insmod/ {print $2}'); do
+  rel=${m#"$WORK/kernel"}
+  mkdir -p "$IRD$(dirname "$rel")" && cp "$m" "$IRD$rel"
+done
+cp "$KMOD"/modules.{order,builtin,builtin.modinfo} "$IRD/lib/modules/$KVER/" 2>/dev/null || true
+depmod -b "$IRD" "$KVER"
+echo "nqn.2014-08.org.nvmexpress:uuid:baton-e2e-host" > "$IRD/etc/nvme/hostnqn"
+echo "7b3b3e6a-1f2d-4c55-9b8e-ba7000e2e001" > "$IRD/etc/nvme/hostid"
+
+cat > "$IRD/init" <<'INIT'
+#!/bin/bash
+export PATH=/bin:/sbin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mkdir -p /dev/pts /sys/kernel/config; mount -t configfs configfs /sys/kernel/config 2>/dev/null
+ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
+for m in crc32c_generic nvme-tcp ext4; do modprobe "$m" || echo "E2E: modprobe $m failed"; done
+pass=0; fail=0
+check() { local name=$1; shift; if "$@" > /tmp/out 2>&1; then pass=$((pass+1)); echo "E2E ok   $name"; else fail=$((fail+1)); echo "E2E FAIL $name"; head -5 /tmp/out; tail -8 /tmp/out; fi; }
+NQN=nqn.2016-06.io.baton:e2e
+nvmf_tgt 127.0.0.1:4420 128 > /tmp/tgt.log 2>&1 &
+TGT_PID=$!
+for i in $(seq 50); do grep -q ready /tmp/tgt.log && break; sleep 0.2; done
+wait_dev() { for i in $(seq 100); do [ -b /dev/nvme0n1 ] && return 0; sleep 0.1; done; return 1; }
+gone_dev() { for i in $(seq 100); do [ -b /dev/nvme0n1 ] || return 0; sleep 0.1; done; return 1; }
+export -f wait_dev gone_dev
+check discover bash -c "nvme discover -t tcp -a 127.0.0.1 -s 4420 | tee /dev/stderr | grep -q $NQN"
+check restricted-refused bash -c "! nvme connect -t tcp -n nqn.2016-06.io.baton:restricted -a 127.0.0.1 -s 4420"
+for digests in "" "--hdr-digest --data-digest"; do
+  tag=${digests:+digests}; tag=${tag:-plain}
+  check "connect-$tag" bash -c "nvme connect -t tcp -n $NQN -a 127.0.0.1 -s 4420 --ctrl-loss-tmo=15 --reconnect-delay=2 $digests && wait_dev"
+  if [ ! -b /dev/nvme0n1 ]; then echo "E2E FAIL no-namespace-$tag"; fail=$((fail+1)); continue; fi
+  check "id-ctrl-$tag" bash -c "nvme id-ctrl /dev/nvme0 | tee /dev/stderr | grep -q 'baton e2e'"
+  check "id-ns-$tag" bash -c "nvme id-ns /dev/nvme0n1 | grep -q 'nsze *: 0x8000'"
+  check "smart-log-$tag" nvme smart-log /dev/nvme0
+  check "list-$tag" bash -c "nvme list | grep -q nvme0n1"
+  check "fio-verify-$tag" fio --name=v --filename=/dev/nvme0n1 --ioengine=io_uring --direct=1 --rw=randwrite --bsrange=4k-256k --bs_unaligned=0 --size=48M --iodepth=16 --verify=crc32c --verify_fatal=1 --do_verify=1
+  check "fio-seq-$tag" fio --name=s --filename=/dev/nvme0n1 --ioengine=psync --direct=1 --rw=write --bs=1M --size=16M --verify=crc32c --verify_fatal=1
+  check "mkfs-$tag" mkfs.ext4 -F -E discard /dev/nvme0n1
+  check "fs-roundtrip-$tag" bash -c "mount /dev/nvme0n1 /mnt && dd if=/dev/urandom of=/mnt/f bs=1M count=8 2>/dev/null && md5sum /mnt/f > /tmp/sum && umount /mnt && echo 3 > /proc/sys/vm/drop_caches && mount /dev/nvme0n1 /mnt && md5sum -c /tmp/sum && fstrim -v /mnt; umount /mnt"
+  check "fsck-$tag" e2fsck -n -f /dev/nvme0n1
+  check "disconnect-$tag" bash -c "nvme disconnect -n $NQN && gone_dev"
+done
+# Reconnect: the target restarts under a connected host; the kernel reconnects by itself.
+check connect-reconnect bash -c "nvme connect -t tcp -n $NQN -a 127.0.0.1 -s 4420 --ctrl-loss-tmo=30 --reconnect-delay=1 && wait_dev"
+kill $TGT_PID; wait $TGT_PID 2>/dev/null
+nvmf_tgt 127.0.0.1:4420 128 > /tmp/tgt2.log 2>&1 &
+TGT_PID=$!
+live() { for i in $(seq 150); do grep -q live /sys/class/nvme/nvme0/state 2>/dev/null && dd if=/dev/nvme0n1 of=/dev/null bs=4k count=16 iflag=direct 2>/dev/null && return 0; sleep 0.2; done; return 1; }
+export -f live
+check reconnected live
+check reconnected-io fio --name=r --filename=/dev/nvme0n1 --ioengine=io_uring --direct=1 --rw=randrw --bs=4k --size=8M --iodepth=8 --verify=crc32c --verify_fatal=1
+check disconnect-reconnected bash -c "nvme disconnect -n $NQN && gone_dev"
+check target-alive kill -0 $TGT_PID
+echo "nvme-tcp e2e: $pass passed, $fail failed"
+echo "E2E-DONE fail=$fail"
+poweroff -f
+INIT
+chmod +x "$IRD/init"
+(cd "$IRD" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initrd.gz"
+
+LOG="$WORK/console.log"
+timeout 900 qemu-system-x86_64 -machine q35,accel=tcg -cpu max -m 1024 -smp 2 -nic none -nographic -no-reboot \
+  -kernel "$WORK/kernel/boot/vmlinuz-$KVER" -initrd "$WORK/initrd.gz" \
+  -append "console=ttyS0 panic=-1 quiet loglevel=4" > "$LOG" 2>&1 || true
+grep -E "^E2E|nvme-tcp e2e|nvme nvme|nvme0" "$LOG" | tr -d '\r' || true
+grep -q "E2E-DONE fail=0" "$LOG"

@@ -1,0 +1,609 @@
+//! The NVMe-oF target: subsystems, namespaces over bdevs, listeners, allowed hosts, and the
+//! controllers hosts create with Fabrics Connect.
+//!
+//! Management (this module) runs on any thread and takes the target's lock; the data path
+//! ([`tcp`]) never does: an I/O queue copies what it needs (its namespaces' bdevs) when it
+//! connects and re-reads it only when the subsystem's namespace generation changes.
+
+pub mod ctrlr;
+pub mod io;
+pub mod tcp;
+
+use crate::spec::fabrics::DISCOVERY_NQN;
+use ctrlr::Controller;
+use engine::bdev::Bdev;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use thiserror::Error;
+
+/// Largest NQN, bytes (NVMe base spec: 223 bytes of UTF-8).
+pub const NQN_BYTES_MAX: usize = 223;
+/// Namespaces per subsystem when `max_namespaces` is not given.
+pub const NAMESPACES_DEFAULT_MAX: u32 = 32;
+/// Highest dynamic controller ID (0xFFF0..0xFFFF are reserved).
+pub const CNTLID_MAX: u16 = 0xFFEF;
+
+/// Errors of the management operations; each names the object and the value at fault.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum TargetError {
+    #[error("subsystem {0} already exists")]
+    SubsystemExists(String),
+    #[error("no subsystem with NQN {0}")]
+    NoSuchSubsystem(String),
+    #[error("invalid NQN {nqn:?}: {why}")]
+    InvalidNqn { nqn: String, why: &'static str },
+    #[error("no bdev named {0:?}")]
+    NoSuchBdev(String),
+    #[error("subsystem {nqn}: NSID {nsid} is already in use")]
+    NsidInUse { nqn: String, nsid: u32 },
+    #[error("subsystem {nqn}: NSID {nsid} is outside 1..={max}")]
+    NsidInvalid { nqn: String, nsid: u32, max: u32 },
+    #[error("subsystem {nqn}: no namespace {nsid}")]
+    NoSuchNamespace { nqn: String, nsid: u32 },
+    #[error("subsystem {nqn}: all {max} namespaces are in use")]
+    NamespacesFull { nqn: String, max: u32 },
+    #[error("subsystem {nqn} already listens on {addr}")]
+    ListenerExists { nqn: String, addr: SocketAddr },
+    #[error("subsystem {nqn} does not listen on {addr}")]
+    NoSuchListener { nqn: String, addr: SocketAddr },
+    #[error("cannot listen on {addr}: {why}")]
+    Listen { addr: SocketAddr, why: String },
+    #[error("subsystem {nqn}: host {host} is not on the allow list")]
+    NoSuchHost { nqn: String, host: String },
+    #[error("the discovery subsystem cannot be changed this way")]
+    DiscoveryImmutable,
+    #[error("no reactors are running: {0}")]
+    NoReactors(String),
+    #[error("invalid parameter {param}: {why}")]
+    InvalidParam { param: &'static str, why: String },
+}
+
+/// Options of the TCP transport (SPDK's `nvmf_create_transport` names).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportOpts {
+    /// I/O queue entries (MQES + 1).
+    pub max_queue_depth: u16,
+    /// Admin queue entries accepted at Connect.
+    pub max_aq_depth: u16,
+    pub max_io_qpairs_per_ctrlr: u16,
+    /// In-capsule data accepted per command, bytes.
+    pub in_capsule_data_size: u32,
+    /// Largest transfer per command (advertised through MDTS), bytes.
+    pub max_io_size: u32,
+    /// MAXH2CDATA: largest H2CData payload, bytes.
+    pub io_unit_size: u32,
+    /// Use the C2HData SUCCESS flag instead of a response capsule for successful reads.
+    pub c2h_success: bool,
+}
+
+impl Default for TransportOpts {
+    fn default() -> Self {
+        TransportOpts {
+            max_queue_depth: tcp::QUEUE_DEPTH_MAX,
+            max_aq_depth: tcp::ADMIN_QUEUE_DEPTH_MAX,
+            max_io_qpairs_per_ctrlr: tcp::IO_QUEUES_MAX,
+            in_capsule_data_size: tcp::IN_CAPSULE_DATA_BYTES,
+            max_io_size: tcp::MAX_IO_BYTES,
+            io_unit_size: tcp::MAXH2CDATA_BYTES,
+            c2h_success: true,
+        }
+    }
+}
+
+/// A namespace: an NSID bound to a bdev.
+#[derive(Clone)]
+pub struct Namespace {
+    pub nsid: u32,
+    pub bdev: Arc<dyn Bdev>,
+    pub uuid: [u8; 16],
+}
+
+/// Whether a subsystem serves I/O or is the discovery subsystem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubsystemKind {
+    Discovery,
+    Nvme,
+}
+
+/// Mutable part of a subsystem (management path, under the subsystem's lock).
+pub struct SubsystemState {
+    pub namespaces: BTreeMap<u32, Namespace>,
+    pub hosts: BTreeSet<String>,
+    pub allow_any_host: bool,
+    pub listeners: Vec<SocketAddr>,
+    pub controllers: Vec<Weak<Controller>>,
+}
+
+/// An NVM subsystem (or the discovery subsystem).
+pub struct Subsystem {
+    pub nqn: String,
+    pub kind: SubsystemKind,
+    pub serial_number: String,
+    pub model_number: String,
+    pub max_namespaces: u32,
+    /// Bumped on every namespace change; I/O queues compare it to refresh their view.
+    pub ns_generation: AtomicU64,
+    /// Set when the subsystem is deleted: its controllers stop.
+    pub deleted: AtomicBool,
+    state: Mutex<SubsystemState>,
+}
+
+impl Subsystem {
+    /// Locks the mutable state (management path only).
+    pub fn state(&self) -> MutexGuard<'_, SubsystemState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `hostnqn` may connect.
+    pub fn host_allowed(&self, hostnqn: &str) -> bool {
+        let s = self.state();
+        self.kind == SubsystemKind::Discovery || s.allow_any_host || s.hosts.contains(hostnqn)
+    }
+
+    /// The namespace with `nsid`, if any.
+    pub fn namespace(&self, nsid: u32) -> Option<Namespace> {
+        self.state().namespaces.get(&nsid).cloned()
+    }
+
+    fn live_controllers(&self) -> Vec<Arc<Controller>> {
+        let mut s = self.state();
+        s.controllers.retain(|w| w.strong_count() > 0);
+        s.controllers.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    fn notify_ns_changed(&self, nsid: u32) {
+        self.ns_generation.fetch_add(1, Ordering::Release);
+        for c in self.live_controllers() {
+            c.ns_changed(nsid);
+        }
+    }
+}
+
+/// Parameters of `create_subsystem` (SPDK's `nvmf_create_subsystem`).
+#[derive(Clone, Debug, Default)]
+pub struct SubsystemParams {
+    pub nqn: String,
+    pub serial_number: Option<String>,
+    pub model_number: Option<String>,
+    pub allow_any_host: bool,
+    pub max_namespaces: Option<u32>,
+}
+
+/// A listening socket shared by the subsystems that listen on its address.
+pub struct ListenerHandle {
+    pub addr: SocketAddr,
+    pub(crate) closed: Arc<AtomicBool>,
+}
+
+/// The target: every subsystem, listener and the transport options.
+pub struct Target {
+    opts: Mutex<TransportOpts>,
+    transport_created: AtomicBool,
+    state: Mutex<TargetState>,
+    next_cntlid: AtomicU16,
+    /// Discovery log generation counter.
+    genctr: AtomicU64,
+    /// Hands accepted connections to reactors round-robin.
+    pub(crate) next_core: AtomicU64,
+}
+
+struct TargetState {
+    subsystems: BTreeMap<String, Arc<Subsystem>>,
+    listeners: Vec<ListenerHandle>,
+}
+
+fn check_nqn(nqn: &str) -> Result<(), TargetError> {
+    let bad = |why| {
+        Err(TargetError::InvalidNqn {
+            nqn: nqn.to_string(),
+            why,
+        })
+    };
+    if nqn.len() > NQN_BYTES_MAX {
+        return bad("longer than 223 bytes");
+    }
+    if !nqn.starts_with("nqn.") {
+        return bad("does not start with \"nqn.\"");
+    }
+    if nqn.bytes().any(|b| b.is_ascii_control()) {
+        return bad("contains control characters");
+    }
+    Ok(())
+}
+
+impl Target {
+    /// A target with only the discovery subsystem and default TCP transport options.
+    pub fn new() -> Arc<Target> {
+        let t = Target {
+            opts: Mutex::new(TransportOpts::default()),
+            transport_created: AtomicBool::new(false),
+            state: Mutex::new(TargetState {
+                subsystems: BTreeMap::new(),
+                listeners: Vec::new(),
+            }),
+            next_cntlid: AtomicU16::new(1),
+            genctr: AtomicU64::new(1),
+            next_core: AtomicU64::new(0),
+        };
+        let disc = Subsystem {
+            nqn: DISCOVERY_NQN.to_string(),
+            kind: SubsystemKind::Discovery,
+            serial_number: String::new(),
+            model_number: "baton discovery".to_string(),
+            max_namespaces: 0,
+            ns_generation: AtomicU64::new(0),
+            deleted: AtomicBool::new(false),
+            state: Mutex::new(SubsystemState {
+                namespaces: BTreeMap::new(),
+                hosts: BTreeSet::new(),
+                allow_any_host: true,
+                listeners: Vec::new(),
+                controllers: Vec::new(),
+            }),
+        };
+        t.lock().subsystems.insert(DISCOVERY_NQN.to_string(), Arc::new(disc));
+        Arc::new(t)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TargetState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Transport options in force.
+    pub fn transport_opts(&self) -> TransportOpts {
+        self.opts.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether `nvmf_create_transport` was called (listeners work either way, with defaults).
+    pub fn transport_created(&self) -> bool {
+        self.transport_created.load(Ordering::Relaxed)
+    }
+
+    /// Sets the TCP transport options (`nvmf_create_transport`). Values are clamped to the
+    /// compiled limits; the result is returned.
+    pub fn create_transport(&self, o: TransportOpts) -> Result<TransportOpts, TargetError> {
+        let bad = |param, why: String| Err(TargetError::InvalidParam { param, why });
+        if o.max_queue_depth < 2 || o.max_queue_depth > tcp::QUEUE_DEPTH_MAX {
+            return bad(
+                "max_queue_depth",
+                format!("{} not in 2..={}", o.max_queue_depth, tcp::QUEUE_DEPTH_MAX),
+            );
+        }
+        if o.max_aq_depth < 2 || o.max_aq_depth > tcp::ADMIN_QUEUE_DEPTH_MAX {
+            return bad(
+                "max_aq_depth",
+                format!("{} not in 2..={}", o.max_aq_depth, tcp::ADMIN_QUEUE_DEPTH_MAX),
+            );
+        }
+        if o.max_io_qpairs_per_ctrlr == 0 || o.max_io_qpairs_per_ctrlr > tcp::IO_QUEUES_MAX {
+            return bad(
+                "max_io_qpairs_per_ctrlr",
+                format!("{} not in 1..={}", o.max_io_qpairs_per_ctrlr, tcp::IO_QUEUES_MAX),
+            );
+        }
+        if o.in_capsule_data_size < 4096
+            || o.in_capsule_data_size > tcp::IN_CAPSULE_DATA_BYTES
+            || !o.in_capsule_data_size.is_multiple_of(16)
+        {
+            return bad(
+                "in_capsule_data_size",
+                format!(
+                    "{} not a multiple of 16 in 4096..={}",
+                    o.in_capsule_data_size,
+                    tcp::IN_CAPSULE_DATA_BYTES
+                ),
+            );
+        }
+        if !o.max_io_size.is_power_of_two() || o.max_io_size < 4096 || o.max_io_size > tcp::MAX_IO_BYTES {
+            return bad(
+                "max_io_size",
+                format!("{} not a power of two in 4096..={}", o.max_io_size, tcp::MAX_IO_BYTES),
+            );
+        }
+        if o.io_unit_size < 4096 || o.io_unit_size > tcp::MAXH2CDATA_BYTES || !o.io_unit_size.is_multiple_of(4) {
+            return bad(
+                "io_unit_size",
+                format!(
+                    "{} not a multiple of 4 in 4096..={}",
+                    o.io_unit_size,
+                    tcp::MAXH2CDATA_BYTES
+                ),
+            );
+        }
+        *self.opts.lock().unwrap_or_else(|e| e.into_inner()) = o.clone();
+        self.transport_created.store(true, Ordering::Relaxed);
+        Ok(o)
+    }
+
+    /// All subsystems, the discovery subsystem first.
+    pub fn subsystems(&self) -> Vec<Arc<Subsystem>> {
+        let s = self.lock();
+        let mut v: Vec<_> = s
+            .subsystems
+            .values()
+            .filter(|s| s.kind == SubsystemKind::Discovery)
+            .cloned()
+            .collect();
+        v.extend(s.subsystems.values().filter(|s| s.kind == SubsystemKind::Nvme).cloned());
+        v
+    }
+
+    /// The subsystem named `nqn`.
+    pub fn subsystem(&self, nqn: &str) -> Result<Arc<Subsystem>, TargetError> {
+        self.lock()
+            .subsystems
+            .get(nqn)
+            .cloned()
+            .ok_or_else(|| TargetError::NoSuchSubsystem(nqn.to_string()))
+    }
+
+    fn nvme_subsystem(&self, nqn: &str) -> Result<Arc<Subsystem>, TargetError> {
+        let s = self.subsystem(nqn)?;
+        if s.kind == SubsystemKind::Discovery {
+            return Err(TargetError::DiscoveryImmutable);
+        }
+        Ok(s)
+    }
+
+    /// Creates an NVM subsystem (`nvmf_create_subsystem`).
+    pub fn create_subsystem(&self, p: SubsystemParams) -> Result<Arc<Subsystem>, TargetError> {
+        check_nqn(&p.nqn)?;
+        let sn = p.serial_number.unwrap_or_else(|| "00000000000000000000".to_string());
+        if sn.len() > 20 || !sn.is_ascii() {
+            return Err(TargetError::InvalidParam {
+                param: "serial_number",
+                why: format!("{sn:?} is not ASCII of at most 20 bytes"),
+            });
+        }
+        let mn = p.model_number.unwrap_or_else(|| "baton Controller".to_string());
+        if mn.len() > 40 || !mn.is_ascii() {
+            return Err(TargetError::InvalidParam {
+                param: "model_number",
+                why: format!("{mn:?} is not ASCII of at most 40 bytes"),
+            });
+        }
+        let max_ns = p.max_namespaces.filter(|&m| m > 0).unwrap_or(NAMESPACES_DEFAULT_MAX);
+        if max_ns > 1024 {
+            return Err(TargetError::InvalidParam {
+                param: "max_namespaces",
+                why: format!("{max_ns} exceeds 1024"),
+            });
+        }
+        let mut st = self.lock();
+        if st.subsystems.contains_key(&p.nqn) {
+            return Err(TargetError::SubsystemExists(p.nqn));
+        }
+        let s = Arc::new(Subsystem {
+            nqn: p.nqn.clone(),
+            kind: SubsystemKind::Nvme,
+            serial_number: sn,
+            model_number: mn,
+            max_namespaces: max_ns,
+            ns_generation: AtomicU64::new(1),
+            deleted: AtomicBool::new(false),
+            state: Mutex::new(SubsystemState {
+                namespaces: BTreeMap::new(),
+                hosts: BTreeSet::new(),
+                allow_any_host: p.allow_any_host,
+                listeners: Vec::new(),
+                controllers: Vec::new(),
+            }),
+        });
+        st.subsystems.insert(p.nqn, s.clone());
+        drop(st);
+        self.bump_genctr();
+        Ok(s)
+    }
+
+    /// Deletes a subsystem: its controllers fail and their connections close
+    /// (`nvmf_delete_subsystem`).
+    pub fn delete_subsystem(&self, nqn: &str) -> Result<(), TargetError> {
+        let s = self.nvme_subsystem(nqn)?;
+        self.lock().subsystems.remove(nqn);
+        s.deleted.store(true, Ordering::Release);
+        for c in s.live_controllers() {
+            c.fail("subsystem deleted");
+        }
+        let addrs: Vec<SocketAddr> = s.state().listeners.drain(..).collect();
+        for a in addrs {
+            self.release_listener(a);
+        }
+        self.bump_genctr();
+        Ok(())
+    }
+
+    /// Adds a namespace over bdev `bdev_name`; returns its NSID (`nvmf_subsystem_add_ns`).
+    pub fn add_namespace(
+        &self,
+        nqn: &str,
+        bdev_name: &str,
+        nsid: Option<u32>,
+        uuid: Option<[u8; 16]>,
+    ) -> Result<u32, TargetError> {
+        let s = self.nvme_subsystem(nqn)?;
+        let bdev = engine::bdev::lookup(bdev_name).ok_or_else(|| TargetError::NoSuchBdev(bdev_name.to_string()))?;
+        let nsid = {
+            let mut st = s.state();
+            let nsid = match nsid.filter(|&n| n != 0) {
+                Some(n) if n > s.max_namespaces => {
+                    return Err(TargetError::NsidInvalid {
+                        nqn: nqn.to_string(),
+                        nsid: n,
+                        max: s.max_namespaces,
+                    })
+                }
+                Some(n) if st.namespaces.contains_key(&n) => {
+                    return Err(TargetError::NsidInUse {
+                        nqn: nqn.to_string(),
+                        nsid: n,
+                    })
+                }
+                Some(n) => n,
+                None => (1..=s.max_namespaces).find(|n| !st.namespaces.contains_key(n)).ok_or(
+                    TargetError::NamespacesFull {
+                        nqn: nqn.to_string(),
+                        max: s.max_namespaces,
+                    },
+                )?,
+            };
+            let uuid = uuid.unwrap_or_else(|| bdev.uuid());
+            st.namespaces.insert(nsid, Namespace { nsid, bdev, uuid });
+            nsid
+        };
+        s.notify_ns_changed(nsid);
+        Ok(nsid)
+    }
+
+    /// Removes namespace `nsid` (`nvmf_subsystem_remove_ns`). I/O queues see it gone on their
+    /// next command; in-flight I/O to it completes normally.
+    pub fn remove_namespace(&self, nqn: &str, nsid: u32) -> Result<(), TargetError> {
+        let s = self.nvme_subsystem(nqn)?;
+        if s.state().namespaces.remove(&nsid).is_none() {
+            return Err(TargetError::NoSuchNamespace {
+                nqn: nqn.to_string(),
+                nsid,
+            });
+        }
+        s.notify_ns_changed(nsid);
+        Ok(())
+    }
+
+    /// Adds a host NQN to the allow list (`nvmf_subsystem_add_host`).
+    pub fn add_host(&self, nqn: &str, host: &str) -> Result<(), TargetError> {
+        check_nqn(host)?;
+        self.nvme_subsystem(nqn)?.state().hosts.insert(host.to_string());
+        self.bump_genctr();
+        Ok(())
+    }
+
+    /// Removes a host NQN (`nvmf_subsystem_remove_host`); its controllers are disconnected.
+    pub fn remove_host(&self, nqn: &str, host: &str) -> Result<(), TargetError> {
+        let s = self.nvme_subsystem(nqn)?;
+        if !s.state().hosts.remove(host) {
+            return Err(TargetError::NoSuchHost {
+                nqn: nqn.to_string(),
+                host: host.to_string(),
+            });
+        }
+        if !s.state().allow_any_host {
+            for c in s.live_controllers().iter().filter(|c| c.hostnqn == host) {
+                c.fail("host removed from the allow list");
+            }
+        }
+        self.bump_genctr();
+        Ok(())
+    }
+
+    /// Sets allow-any-host (`nvmf_subsystem_allow_any_host`).
+    pub fn allow_any_host(&self, nqn: &str, allow: bool) -> Result<(), TargetError> {
+        self.nvme_subsystem(nqn)?.state().allow_any_host = allow;
+        self.bump_genctr();
+        Ok(())
+    }
+
+    /// Makes `nqn` reachable on `addr` (`nvmf_subsystem_add_listener`), starting a TCP
+    /// listener if none exists on that address. Port 0 picks a free port; the address
+    /// actually bound is returned. Needs running reactors (the accept poller runs on one).
+    pub fn add_listener(self: &Arc<Self>, nqn: &str, addr: SocketAddr) -> Result<SocketAddr, TargetError> {
+        let s = self.subsystem(nqn)?;
+        let bound = {
+            let existing = self.lock().listeners.iter().find(|l| l.addr == addr).map(|l| l.addr);
+            match existing {
+                Some(a) => a,
+                None => {
+                    let h = tcp::start_listener(self.clone(), addr)?;
+                    let a = h.addr;
+                    self.lock().listeners.push(h);
+                    a
+                }
+            }
+        };
+        let mut st = s.state();
+        if st.listeners.contains(&bound) {
+            return Err(TargetError::ListenerExists {
+                nqn: nqn.to_string(),
+                addr: bound,
+            });
+        }
+        st.listeners.push(bound);
+        drop(st);
+        self.bump_genctr();
+        Ok(bound)
+    }
+
+    /// Stops `nqn` listening on `addr` (`nvmf_subsystem_remove_listener`); the socket closes
+    /// when no subsystem uses it any more. Existing connections stay.
+    pub fn remove_listener(&self, nqn: &str, addr: SocketAddr) -> Result<(), TargetError> {
+        let s = self.subsystem(nqn)?;
+        {
+            let mut st = s.state();
+            let before = st.listeners.len();
+            st.listeners.retain(|a| *a != addr);
+            if st.listeners.len() == before {
+                return Err(TargetError::NoSuchListener {
+                    nqn: nqn.to_string(),
+                    addr,
+                });
+            }
+        }
+        self.release_listener(addr);
+        self.bump_genctr();
+        Ok(())
+    }
+
+    fn release_listener(&self, addr: SocketAddr) {
+        let used = self
+            .lock()
+            .subsystems
+            .values()
+            .any(|s| s.state().listeners.contains(&addr));
+        if !used {
+            let mut st = self.lock();
+            if let Some(i) = st.listeners.iter().position(|l| l.addr == addr) {
+                let l = st.listeners.swap_remove(i);
+                l.closed.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Addresses the target listens on.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.lock().listeners.iter().map(|l| l.addr).collect()
+    }
+
+    /// Stops every listener and fails every controller (process shutdown, tests).
+    pub fn shutdown(&self) {
+        let subs: Vec<_> = self.lock().subsystems.values().cloned().collect();
+        for s in subs {
+            for c in s.live_controllers() {
+                c.fail("target shutting down");
+            }
+        }
+        for l in self.lock().listeners.drain(..) {
+            l.closed.store(true, Ordering::Release);
+        }
+    }
+
+    pub(crate) fn alloc_cntlid(&self) -> u16 {
+        loop {
+            let id = self.next_cntlid.fetch_add(1, Ordering::Relaxed);
+            if (1..=CNTLID_MAX).contains(&id) {
+                return id;
+            }
+            let _ = self
+                .next_cntlid
+                .compare_exchange(id.wrapping_add(1), 1, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn genctr(&self) -> u64 {
+        self.genctr.load(Ordering::Relaxed)
+    }
+
+    fn bump_genctr(&self) {
+        self.genctr.fetch_add(1, Ordering::Relaxed);
+    }
+}
