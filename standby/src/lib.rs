@@ -1,1 +1,3 @@
 //! The standby role: ordered receive and apply.
+
+pub mod receive;
