@@ -148,6 +148,9 @@ pub enum Offer {
     StaleGeneration { got: u64, current: u64 },
     /// The reorder window is full: not taken; offer it again after popping.
     Full,
+    /// The standby takes no more ops (primary failure declared, promoted, or
+    /// stopped on an error): not taken.
+    Closed,
 }
 
 /// A missing LSN range the caller should fetch from another relay.
