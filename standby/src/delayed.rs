@@ -158,6 +158,10 @@ pub struct DelayedStatus {
 
 /// The delayed-write engine of one standby volume. Owned by one reactor.
 pub struct Delayed {
+    /// The restart point the volume durably holds: (epoch, last LSN,
+    /// restart point LSN, tag). `sb` runs ahead of it while a marker is
+    /// being written.
+    pub(crate) shown: (u64, u64, u64, Vec<u8>),
     staging: Dev,
     volume: Dev,
     pub(crate) sb: Superblock,
@@ -253,6 +257,7 @@ impl Delayed {
             seq += 1;
         }
         let mut d = Delayed {
+            shown: (sb.applied_epoch, sb.applied_last_lsn, sb.applied_rp_lsn, sb.tag.clone()),
             staging,
             volume,
             opts,
@@ -354,6 +359,9 @@ impl Delayed {
 
     /// Takes the next op in LSN order. `Err(op)`: staging is full (or the
     /// engine stopped); offer it again after polling.
+    // The Err hands the op back by value: boxing it would allocate on every
+    // refusal (back-pressure is a hot path too).
+    #[allow(clippy::result_large_err)]
     pub(crate) fn take(&mut self, op: OwnedOp) -> Result<(), (OwnedOp, Option<StandbyError>)> {
         if self.error.is_some() || self.failed_over {
             return Err((op, None));
@@ -429,7 +437,10 @@ impl Delayed {
             ..
         } = op.body
         {
-            if offset_blocks.checked_add(num_blocks as u64).is_none_or(|e| e > self.volume.num_blocks) {
+            if offset_blocks
+                .checked_add(num_blocks as u64)
+                .is_none_or(|e| e > self.volume.num_blocks)
+            {
                 let e = StandbyError::OutOfRange {
                     lsn: op.lsn,
                     offset_blocks,
@@ -453,9 +464,12 @@ impl Delayed {
         }
         let (kind_byte, a0, a1, tag): (u8, u64, u64, &[u8]) = match &kind {
             RecKind::Write { offset, n } => (KIND_WRITE, *offset, *n as u64, &[]),
-            RecKind::Zero { offset, n, dealloc } => {
-                (if *dealloc { KIND_DEALLOC } else { KIND_ZEROES }, *offset, *n as u64, &[])
-            }
+            RecKind::Zero { offset, n, dealloc } => (
+                if *dealloc { KIND_DEALLOC } else { KIND_ZEROES },
+                *offset,
+                *n as u64,
+                &[],
+            ),
             RecKind::Rp { epoch, last_lsn, tag } => (KIND_RP, *epoch, *last_lsn, tag),
             RecKind::Pad => unreachable!("ops never become pads"),
         };
@@ -541,9 +555,12 @@ impl Delayed {
                 self.cache_bytes += added;
             }
             TAG_READ => {
+                let mut added = 0;
                 if let (Some(r), Some(buf)) = (self.rec_mut(low), c.buf) {
+                    added = buf.len();
                     r.data = Some((buf, 0));
                 }
+                self.cache_bytes += added;
                 self.phase_pending -= 1;
             }
             TAG_PHASE => self.phase_pending -= 1,
@@ -793,6 +810,7 @@ impl Delayed {
         let popped = self.rps.pop_front();
         debug_assert_eq!(popped.map(|p| p.0), Some(ep.epoch));
         self.durable_lsn = self.durable_lsn.max(ep.rp_lsn);
+        self.shown = (ep.epoch, ep.last_lsn, ep.rp_lsn, ep.tag.clone());
         self.epochs_applied += 1;
         log::debug!("standby: epoch {} applied (last LSN {})", ep.epoch, ep.last_lsn);
     }
@@ -837,6 +855,11 @@ impl Delayed {
 
     pub(crate) fn last_epoch_seen(&self) -> u64 {
         self.last_epoch_seen
+    }
+
+    /// True when nothing is in flight and no apply can start.
+    pub(crate) fn idle(&self) -> bool {
+        self.quiescent() && self.staging.inflight() == 0 && self.volume.inflight() == 0 && self.ready_epoch().is_none()
     }
 
     /// True when no apply is in progress (the volume is at a restart point).

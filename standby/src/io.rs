@@ -141,7 +141,7 @@ impl Dev {
                     source: BdevError::Io("request did not complete".into()),
                 });
             }
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 std::thread::yield_now();
             }
         }

@@ -195,7 +195,13 @@ impl Receiver {
     /// A receiver that will deliver `next_lsn` first and refuses generations
     /// below `generation`.
     pub fn new(next_lsn: u64, generation: u64) -> Receiver {
-        Receiver::with_limits(next_lsn, generation, WINDOW_OPS_MAX, WINDOW_BYTES_MAX, GAP_AGE_NS_DEFAULT)
+        Receiver::with_limits(
+            next_lsn,
+            generation,
+            WINDOW_OPS_MAX,
+            WINDOW_BYTES_MAX,
+            GAP_AGE_NS_DEFAULT,
+        )
     }
 
     /// As [`Receiver::new`] with explicit window limits and gap age.
@@ -322,10 +328,7 @@ impl Receiver {
 
     /// The highest LSN seen so far (held or delivered).
     pub fn lsn_seen_max(&self) -> u64 {
-        self.held
-            .last_key_value()
-            .map(|(&k, _)| k)
-            .unwrap_or(self.next_lsn - 1)
+        self.held.last_key_value().map(|(&k, _)| k).unwrap_or(self.next_lsn - 1)
     }
 
     pub fn generation(&self) -> u64 {
@@ -458,10 +461,7 @@ mod tests {
     fn older_generation_is_refused_newer_is_adopted() {
         let mut r = Receiver::new(1, 5);
         let d = [0u8; 512];
-        assert_eq!(
-            r.offer(4, &w(1, &d), 0),
-            Offer::StaleGeneration { got: 4, current: 5 }
-        );
+        assert_eq!(r.offer(4, &w(1, &d), 0), Offer::StaleGeneration { got: 4, current: 5 });
         assert!(!r.ready());
         assert_eq!(r.offer(6, &w(1, &d), 0), Offer::Accepted);
         assert_eq!(r.generation(), 6);

@@ -221,7 +221,10 @@ impl Alloc {
         self.free -= 1;
     }
     fn release(&mut self, b: u64) {
-        assert!(b < self.blocks && !self.is_free(b), "block {b} freed twice or out of range");
+        assert!(
+            b < self.blocks && !self.is_free(b),
+            "block {b} freed twice or out of range"
+        );
         self.bits[(b / 64) as usize] |= 1 << (b % 64);
         self.free += 1;
     }
@@ -231,8 +234,7 @@ impl Alloc {
             return None;
         }
         let words = self.bits.len() as u64;
-        let mut w = self.cursor / 64;
-        for _ in 0..=words {
+        for w in (self.cursor / 64..).take(words as usize + 1) {
             let word = self.bits[(w % words) as usize];
             if word != 0 {
                 let start = (w % words) * 64 + word.trailing_zeros() as u64;
@@ -244,7 +246,6 @@ impl Alloc {
                 self.cursor = start + len;
                 return Some((start, len));
             }
-            w += 1;
         }
         None
     }
@@ -514,6 +515,11 @@ impl Snapshot {
         self.failed_over
     }
 
+    /// True when nothing is in flight and no snapshot is being formed.
+    pub(crate) fn idle(&self) -> bool {
+        matches!(self.form, Form::Idle) && self.inflight_writes == 0 && self.phase_pending == 0
+    }
+
     pub(crate) fn declare_failure(&mut self) {
         if !self.failed_over {
             self.failing = true;
@@ -522,6 +528,9 @@ impl Snapshot {
 
     /// Takes the next op in LSN order; `Err(op)` means "not now" (a snapshot
     /// is being formed, or the data bdev is full), or an error when given.
+    // The Err hands the op back by value: boxing it would allocate on every
+    // refusal (back-pressure is a hot path too).
+    #[allow(clippy::result_large_err)]
     pub(crate) fn take(&mut self, op: OwnedOp) -> Result<(), (OwnedOp, Option<StandbyError>)> {
         if self.error.is_some() || self.failed_over || !matches!(self.form, Form::Idle) {
             return Err((op, None));
@@ -770,21 +779,24 @@ impl Snapshot {
             self.next_seq += 1;
             self.commit_snapshot(ep, formed, &entries);
             // Retention: oldest first, never the latest, never exported.
-            while self.snaps.len() > self.opts.keep_last {
-                let Some(old) = self
-                    .snaps
-                    .iter()
-                    .take(self.snaps.len() - 1)
-                    .find(|(_, s)| Arc::strong_count(&s.pin) == 1)
-                    .map(|(&e, _)| e)
-                else {
-                    break;
-                };
-                self.deletes.push(old);
+            let excess = self.snaps.len().saturating_sub(self.opts.keep_last);
+            let old: Vec<u64> = self
+                .snaps
+                .iter()
+                .take(self.snaps.len() - 1)
+                .filter(|(&e, s)| Arc::strong_count(&s.pin) == 1 && e != self.formed_epoch)
+                .map(|(&e, _)| e)
+                .take(excess)
+                .collect();
+            for e in old {
+                if !self.deletes.contains(&e) {
+                    self.deletes.push(e);
+                }
             }
         }
         for e in std::mem::take(&mut self.deletes) {
-            if !self.snaps.contains_key(&e) || Some(&e) == self.snaps.keys().next_back() {
+            // Never the snapshot shown now, nor the newest (being formed).
+            if !self.snaps.contains_key(&e) || e == self.formed_epoch || Some(&e) == self.snaps.keys().next_back() {
                 continue;
             }
             encode_delete(&mut recs, self.next_seq, e);
@@ -1340,6 +1352,7 @@ impl VChannel {
         });
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn sub(&mut self, op: IoOp, slot: usize, off_in_req: u64, pba: u64, n: u64, buf: Option<DmaBuf>, meta: bool) {
         self.reqs[slot].as_mut().expect("live slot").remaining += 1;
         self.backlog.push_back(IoRequest {

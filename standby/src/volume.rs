@@ -241,6 +241,7 @@ impl StandbyVolume {
         self.now_ns = now_ns;
         let mut busy = false;
         let mut took = 0;
+        let idle_before = each!(self, e => e.idle());
         while took < INTAKE_BATCH_MAX {
             let op = match self.parked.take() {
                 Some(o) => o,
@@ -263,7 +264,10 @@ impl StandbyVolume {
         }
         busy |= took > 0;
         busy |= each!(mut self, e => e.poll());
-        if self.failing && took == 0 && !each!(self, e => e.failed_over()) {
+        // Roll back only once every op received in order has been taken,
+        // or the engine refuses it with nothing in flight (stuck: full).
+        let drained = self.parked.is_none() && !self.recv.ready();
+        if self.failing && took == 0 && (drained || idle_before) && !each!(self, e => e.failed_over()) {
             each!(mut self, e => e.declare_failure());
         }
         if self.failing && each!(self, e => e.failed_over()) {
@@ -318,7 +322,7 @@ impl StandbyVolume {
             }
             self.poll(engine::clock::now_ns());
             spins += 1;
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 std::thread::yield_now();
             }
         }
@@ -361,12 +365,7 @@ impl StandbyVolume {
     /// volume (delayed) or latest snapshot (snapshot mode) shows.
     pub fn applied(&self) -> (u64, u64, u64, Vec<u8>) {
         match &self.engine {
-            Engine::Delayed(d) => (
-                d.sb.applied_epoch,
-                d.sb.applied_last_lsn,
-                d.sb.applied_rp_lsn,
-                d.sb.tag.clone(),
-            ),
+            Engine::Delayed(d) => d.shown.clone(),
             Engine::Snapshot(s) => s.applied(),
         }
     }
