@@ -638,6 +638,9 @@ impl Delayed {
             Apply::ReadBack(ep) => {
                 let mut reads = Vec::new();
                 for r in &self.recs {
+                    if matches!(r.kind, RecKind::Rp { .. } | RecKind::Pad) {
+                        continue;
+                    }
                     if r.lsn > ep.last_lsn {
                         break;
                     }
@@ -707,6 +710,9 @@ impl Delayed {
         }
         let mut map: BTreeMap<u64, Src> = BTreeMap::new();
         for (i, r) in self.recs.iter().enumerate() {
+            if matches!(r.kind, RecKind::Rp { .. } | RecKind::Pad) {
+                continue;
+            }
             if r.lsn > ep.last_lsn {
                 break;
             }
