@@ -32,6 +32,11 @@ enum Cmd {
     Perf(PerfArgs),
     /// Run a storage target: reactors and bdevs until SIGINT/SIGTERM.
     Target(TargetArgs),
+    /// Call a JSON-RPC method of a running baton (SPDK rpc.py compatible).
+    Rpc(RpcArgs),
+    /// Measure this machine's limits (4 KiB memcpy rate, loopback TCP round
+    /// trip) to report baton's figures as ratios to them.
+    Limits,
 }
 
 #[derive(Args)]
@@ -91,10 +96,31 @@ struct PerfArgs {
 }
 
 #[derive(Args)]
+struct RpcArgs {
+    /// Unix socket path, or HOST:PORT for TCP.
+    #[arg(short = 's', long = "server", default_value = engine::rpc::server::DEFAULT_SOCKET_PATH)]
+    server: std::path::PathBuf,
+    /// Method name, e.g. bdev_get_bdevs.
+    method: String,
+    /// Parameters: one JSON object, or --name value pairs (values parsed as JSON, else strings).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+#[derive(Args)]
 struct TargetArgs {
     /// Core mask for the reactors.
     #[arg(short = 'm', long = "cpumask", default_value = "0x1")]
     cpumask: String,
+    /// JSON-RPC Unix socket.
+    #[arg(short = 'r', long = "rpc-socket", default_value = engine::rpc::server::DEFAULT_SOCKET_PATH)]
+    rpc_socket: std::path::PathBuf,
+    /// Also serve JSON-RPC on this loopback TCP address (e.g. 127.0.0.1:5260).
+    #[arg(long)]
+    rpc_tcp: Option<std::net::SocketAddr>,
+    /// Load an SPDK-format JSON config at start-up.
+    #[arg(long = "json")]
+    json: Option<std::path::PathBuf>,
     /// Bdevs to create at start-up, as NAME=SPEC (see `baton perf --bdev`).
     #[arg(long = "bdev")]
     bdevs: Vec<String>,
@@ -112,6 +138,8 @@ fn main() -> ExitCode {
         Cmd::Demo(a) => demo(a),
         Cmd::Perf(a) => perf_cmd(a),
         Cmd::Target(a) => target(a),
+        Cmd::Limits => limits(),
+        Cmd::Rpc(a) => rpc(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -240,8 +268,24 @@ fn target(a: TargetArgs) -> Result<(), AnyErr> {
         );
         engine::bdev::register(b)?;
     }
-    log::info!("baton target {VERSION} running; SIGINT or SIGTERM stops it");
+    let mut reg = engine::rpc::Registry::new();
+    register_all_rpcs(&mut reg);
+    if let Some(f) = &a.json {
+        engine::rpc::load_config(&reg, f)?;
+        log::info!("loaded config {}", f.display());
+    }
+    let mut server = engine::rpc::Server::new(reg);
+    server.listen_unix(&a.rpc_socket)?;
+    if let Some(addr) = a.rpc_tcp {
+        server.listen_tcp(addr)?;
+    }
+    let app = engine::rpc::server::spawn_app_thread(server, reactors.stop_flag())?;
+    log::info!(
+        "baton target {VERSION} running; JSON-RPC on {}; SIGINT or SIGTERM stops it",
+        a.rpc_socket.display()
+    );
     reactors.wait();
+    let _ = app.join();
     log::info!("baton target stopped");
     Ok(())
 }
@@ -299,5 +343,35 @@ fn demo(a: DemoArgs) -> Result<(), AnyErr> {
         Ok(())
     } else {
         Err("self-check FAILED: see errors above".into())
+    }
+}
+
+fn limits() -> Result<(), AnyErr> {
+    let cps = perf::limits::memcpy_4k_per_s(Duration::from_secs(2));
+    println!(
+        "4 KiB memcpy (1 GiB source, one core): {:.2} M/s ({:.3} us each)",
+        cps / 1e6,
+        1e6 / cps
+    );
+    for size in [64usize, 4096] {
+        let rtt = perf::limits::tcp_rtt_us(size, 20_000)?;
+        println!("loopback TCP round trip, busy polling, {size} B: p50 {rtt:.2} us");
+    }
+    Ok(())
+}
+
+/// Every crate's JSON-RPC methods, in one registry.
+fn register_all_rpcs(reg: &mut engine::rpc::Registry) {
+    engine::rpc::methods::register_rpcs(reg);
+}
+
+fn rpc(a: RpcArgs) -> Result<(), AnyErr> {
+    let params = engine::rpc::client::build_params(&a.args)?;
+    let v = engine::rpc::client::run_cli(&a.server, &a.method, params)?;
+    use std::io::Write;
+    // A closed pipe (`| head`) is not an error of ours.
+    match writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&v)?) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
 }

@@ -79,3 +79,81 @@ fn target_stops_cleanly_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The management plane end to end: a target process, `baton rpc` calls,
+/// errors with non-zero exit, `save_config`, and a restart from that config.
+#[test]
+fn rpc_and_config_round_trip_through_processes() {
+    let dir = std::env::temp_dir().join(format!("baton-cli-rpc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("rpc.sock");
+    let start = |extra: &[&str]| {
+        let mut args = vec!["target", "-m", "0x1", "-r", sock.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let child = baton()
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while !sock.exists() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "no RPC socket");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    };
+    let rpc = |args: &[&str]| {
+        let mut a = vec!["rpc", "-s", sock.to_str().unwrap()];
+        a.extend_from_slice(args);
+        baton().args(&a).output().unwrap()
+    };
+    let mut child = start(&[]);
+    let out = rpc(&[
+        "bdev_malloc_create",
+        "--name",
+        "M1",
+        "--num_blocks",
+        "256",
+        "--block_size",
+        "4096",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = rpc(&[
+        "bdev_malloc_create",
+        "--name",
+        "M1",
+        "--num_blocks",
+        "256",
+        "--block_size",
+        "4096",
+    ]);
+    assert!(!out.status.success(), "duplicate name must fail");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("M1"));
+    let out = rpc(&["bdev_malloc_create", "--name", "M2", "--num_blocks", "many"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("num_blocks"));
+    let out = rpc(&["save_config"]);
+    assert!(out.status.success());
+    let cfg = dir.join("cfg.json");
+    std::fs::write(&cfg, &out.stdout).unwrap();
+    assert!(rpc(&["spdk_kill_instance", "--sig_name", "SIGTERM"]).status.success());
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_file(&sock);
+
+    let mut child = start(&["--json", cfg.to_str().unwrap()]);
+    let out = rpc(&["bdev_get_bdevs", "--name", "M1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["num_blocks"], 256);
+    assert_eq!(v[0]["block_size"], 4096);
+    let again = rpc(&["save_config"]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&again.stdout).unwrap(),
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&cfg).unwrap()).unwrap(),
+        "config does not round-trip"
+    );
+    assert!(rpc(&["spdk_kill_instance", "--sig_name", "SIGINT"]).status.success());
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -22,4 +22,5 @@ pub mod cpumask;
 pub mod metrics;
 pub mod reactor;
 pub mod ring;
+pub mod rpc;
 mod sys;

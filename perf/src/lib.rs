@@ -10,6 +10,7 @@
 //! completions reaped together share one), which is what `spdk_nvme_perf`
 //! and `bdevperf` do too.
 
+pub mod limits;
 pub mod report;
 pub mod spec;
 pub mod sys;

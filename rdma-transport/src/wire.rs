@@ -1500,11 +1500,26 @@ pub fn frame_to_vec(hdr: &HeaderBuf, data: &[&[u8]], out: &mut Vec<u8>) {
     }
 }
 
-/// Fuzz body: parses arbitrary bytes both as one frame and as a stream; must never panic, and
-/// every accepted frame must re-encode to the same bytes (batch frames) or parse identically.
+/// Fuzz body: parses arbitrary bytes as one frame, as the same bytes with length and CRCs
+/// made right (so random input reaches the field checks behind the CRCs), and as a stream.
+/// Must never panic, and every accepted frame must re-encode to exactly the same bytes.
 pub fn fuzz_frame(data: &[u8]) {
     if let Ok(frame) = parse(data) {
         reencode_check(&frame, data);
+    }
+    if (ENVELOPE_BYTES..=FRAME_BYTES_MAX).contains(&data.len()) {
+        let mut v = data.to_vec();
+        v[0] = WIRE_VERSION;
+        let len = v.len() as u32;
+        v[4..8].copy_from_slice(&len.to_le_bytes());
+        let body = crc32c::crc32c(&v[ENVELOPE_BYTES..]);
+        v[8..12].copy_from_slice(&body.to_le_bytes());
+        let env = crc32c::crc32c(&v[..12]);
+        v[12..16].copy_from_slice(&env.to_le_bytes());
+        let parsed = parse(&v);
+        if let Ok(frame) = &parsed {
+            reencode_check(frame, &v);
+        }
     }
     // As a stream: peel frames off the front the way a TCP receiver does.
     let mut rest = data;
