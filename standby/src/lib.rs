@@ -25,6 +25,7 @@
 pub mod delayed;
 mod io;
 pub mod receive;
+pub mod rpc;
 pub mod snapshot;
 pub mod superblock;
 pub mod volume;

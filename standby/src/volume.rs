@@ -333,6 +333,12 @@ impl StandbyVolume {
     /// the generation (older ops are refused from now on) and returns the
     /// writable bdev at the last restart point. Management path.
     pub fn promote(&mut self) -> Result<Arc<dyn Bdev>, StandbyError> {
+        let head = format!("{}_head", self.name);
+        self.promote_named(&head)
+    }
+
+    /// As [`StandbyVolume::promote`], naming the snapshot-mode head bdev.
+    pub fn promote_named(&mut self, head_name: &str) -> Result<Arc<dyn Bdev>, StandbyError> {
         if self.promoted {
             return Err(StandbyError::Promoted("already promoted"));
         }
@@ -340,7 +346,7 @@ impl StandbyVolume {
         let generation = self.generation.max(self.recv.generation()) + 1;
         let bdev = match &mut self.engine {
             Engine::Delayed(d) => d.promote(generation)?,
-            Engine::Snapshot(s) => s.promote(generation, &format!("{}_head", self.name))?,
+            Engine::Snapshot(s) => s.promote(generation, head_name)?,
         };
         self.generation = generation;
         self.recv.set_generation(generation);
