@@ -775,7 +775,16 @@ impl Snapshot {
             entries.sort_unstable();
             blocks = entries.len() as u64;
             let formed = unix_ms();
-            encode_snap(&mut recs, self.next_seq, ep, formed, 0, &entries, &[]);
+            encode_snap(
+                &mut recs,
+                self.meta.block_size as usize,
+                self.next_seq,
+                ep,
+                formed,
+                0,
+                &entries,
+                &[],
+            );
             self.next_seq += 1;
             self.commit_snapshot(ep, formed, &entries);
             // Retention: oldest first, never the latest, never exported.
@@ -799,7 +808,7 @@ impl Snapshot {
             if !self.snaps.contains_key(&e) || e == self.formed_epoch || Some(&e) == self.snaps.keys().next_back() {
                 continue;
             }
-            encode_delete(&mut recs, self.next_seq, e);
+            encode_delete(&mut recs, self.meta.block_size as usize, self.next_seq, e);
             self.next_seq += 1;
             limbo.extend(self.delete_mem(e));
         }
@@ -874,7 +883,16 @@ impl Snapshot {
                     FLAG_RESTORE,
                 ),
             };
-            encode_snap(out, self.next_seq, &info, formed, flags, &entries, &written);
+            encode_snap(
+                out,
+                self.meta.block_size as usize,
+                self.next_seq,
+                &info,
+                formed,
+                flags,
+                &entries,
+                &written,
+            );
             self.next_seq += 1;
         }
     }
@@ -1168,10 +1186,10 @@ fn parse_rec_header(b: &[u8], seq: u64) -> Option<(u8, usize)> {
     Some((b[4], u32::from_le_bytes(b[16..20].try_into().ok()?) as usize))
 }
 
-const META_BS: usize = 512;
-
+#[allow(clippy::too_many_arguments)]
 fn encode_snap(
     out: &mut Vec<u8>,
+    bs: usize,
     seq: u64,
     ep: &EpochRef,
     formed: u64,
@@ -1201,21 +1219,21 @@ fn encode_snap(
     for &w in written {
         p.extend_from_slice(&w.to_le_bytes());
     }
-    push_record(out, KIND_SNAP, seq, &p, META_BS);
+    push_record(out, KIND_SNAP, seq, &p, bs);
 }
 
-fn encode_delete(out: &mut Vec<u8>, seq: u64, epoch: u64) {
-    push_record(out, KIND_DELETE, seq, &epoch.to_le_bytes(), META_BS);
+fn encode_delete(out: &mut Vec<u8>, bs: usize, seq: u64, epoch: u64) {
+    push_record(out, KIND_DELETE, seq, &epoch.to_le_bytes(), bs);
 }
 
-fn encode_head(out: &mut Vec<u8>, seq: u64, entries: &[(u64, u64)]) {
+fn encode_head(out: &mut Vec<u8>, bs: usize, seq: u64, entries: &[(u64, u64)]) {
     let mut p = Vec::with_capacity(8 + entries.len() * 16);
     p.extend_from_slice(&(entries.len() as u64).to_le_bytes());
     for &(l, b) in entries {
         p.extend_from_slice(&l.to_le_bytes());
         p.extend_from_slice(&b.to_le_bytes());
     }
-    push_record(out, KIND_HEAD, seq, &p, META_BS);
+    push_record(out, KIND_HEAD, seq, &p, bs);
 }
 
 // ---------------------------------------------------------------------------
@@ -1412,7 +1430,7 @@ impl VChannel {
             }
             dedup.push(e);
         }
-        encode_head(&mut recs, st.next_seq, &dedup);
+        encode_head(&mut recs, bs, st.next_seq, &dedup);
         let nblocks = (recs.len() / bs) as u64;
         if st.log_pos + nblocks > st.area_blocks {
             st.dirty = dedup;

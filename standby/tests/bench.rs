@@ -95,7 +95,7 @@ fn offer_retry(v: &mut StandbyVolume, op: OwnedOp) {
             Offer::Full => {
                 v.poll(0);
             }
-            o => panic!("{o:?}"),
+            o => panic!("{o:?}: {:?}", v.status()),
         }
     }
 }

@@ -22,8 +22,6 @@ use standby::snapshot::SnapshotOpts;
 use standby::{ModeConfig, Offer, StandbyConfig, StandbyVolume};
 use std::sync::Arc;
 
-const BS: usize = 512;
-
 struct Setup {
     vol: StandbyVolume,
     cfg: StandbyConfig,
@@ -31,12 +29,12 @@ struct Setup {
     volume: Option<Arc<dyn Bdev>>,
 }
 
-fn make(delayed: bool, seed: u64, volume_blocks: u64, rng: &mut Rng) -> Setup {
+fn make(delayed: bool, seed: u64, volume_blocks: u64, rng: &mut Rng, bs: usize) -> Setup {
     let name = |s: &str| format!("{s}-{seed}-{delayed}");
     if delayed {
-        let volume = malloc::create(&name("vol"), volume_blocks, BS as u32, None).unwrap();
+        let volume = malloc::create(&name("vol"), volume_blocks, bs as u32, None).unwrap();
         let staging_blocks = 2 + 420 + rng.below(400);
-        let staging = malloc::create(&name("stg"), staging_blocks, BS as u32, None).unwrap();
+        let staging = malloc::create(&name("stg"), staging_blocks, bs as u32, None).unwrap();
         let cache = if rng.below(2) == 0 { 0 } else { 1 << 20 };
         let cfg = StandbyConfig {
             name: name("sb"),
@@ -54,10 +52,10 @@ fn make(delayed: bool, seed: u64, volume_blocks: u64, rng: &mut Rng) -> Setup {
             volume: Some(volume),
         }
     } else {
-        let data = malloc::create(&name("data"), volume_blocks * 8 + 400, BS as u32, None).unwrap();
+        let data = malloc::create(&name("data"), volume_blocks * 8 + 400, bs as u32, None).unwrap();
         // A small metadata bdev forces checkpoints (area switches).
         let meta_blocks = 2 + 2 * (60 + rng.below(200));
-        let meta = malloc::create(&name("meta"), meta_blocks, BS as u32, None).unwrap();
+        let meta = malloc::create(&name("meta"), meta_blocks, bs as u32, None).unwrap();
         let cfg = StandbyConfig {
             name: name("sb"),
             mode: ModeConfig::Snapshot {
@@ -76,7 +74,7 @@ fn make(delayed: bool, seed: u64, volume_blocks: u64, rng: &mut Rng) -> Setup {
 }
 
 /// What the standby shows now, and for which epoch.
-fn shown(s: &mut Setup, name: &str) -> Option<(u64, Vec<u8>)> {
+fn shown(s: &mut Setup, name: &str, bs: usize) -> Option<(u64, Vec<u8>)> {
     let epoch = s.vol.applied().0;
     match &s.volume {
         Some(v) => {
@@ -89,7 +87,7 @@ fn shown(s: &mut Setup, name: &str) -> Option<(u64, Vec<u8>)> {
             if epoch == 0 {
                 return Some((
                     0,
-                    vec![0u8; s.vol.status().snapshot.unwrap().volume_blocks as usize * BS],
+                    vec![0u8; s.vol.status().snapshot.unwrap().volume_blocks as usize * bs],
                 ));
             }
             let b = s.vol.export_snapshot(epoch, name).unwrap();
@@ -109,14 +107,18 @@ fn reopen(s: &mut Setup) {
 }
 
 fn check(s: &mut Setup, p: &Primary, what: &str) -> u64 {
-    let Some((epoch, img)) = shown(s, "check") else {
+    let bs = match &s.volume {
+        Some(v) => v.block_size() as usize,
+        None => s.vol.status().snapshot.unwrap().block_size as usize,
+    };
+    let Some((epoch, img)) = shown(s, "check", bs) else {
         return u64::MAX;
     };
     let want = &p.images[epoch as usize];
     if img != *want {
         panic!(
             "{what}: standby shows epoch {epoch} but differs from the reference at block {:?}",
-            first_diff(&img, want, BS)
+            first_diff(&img, want, bs)
         );
     }
     epoch
@@ -128,16 +130,18 @@ fn run(seed: u64, delayed: bool) {
     }
     let mut rng = Rng(seed ^ 0xabcdef);
     let volume_blocks = 16 + rng.below(100);
+    // Mostly 512-byte blocks (fast); every fourth run 4 KiB blocks.
+    let bs = if rng.below(4) == 0 { 4096 } else { 512 };
     let shape = Shape {
         volume_blocks,
-        block_size: BS,
+        block_size: bs,
         epochs: 3 + rng.below(12),
         ops_per_epoch_max: rng.below(20),
         blocks_per_write_max: 1 + rng.below(8),
         generation: 3,
     };
     let p = Primary::generate(seed, &shape);
-    let mut s = make(delayed, seed, volume_blocks, &mut rng);
+    let mut s = make(delayed, seed, volume_blocks, &mut rng, bs);
     // Relay streams: each op on >= 1 stream.
     let streams = 1 + rng.below(3) as usize;
     let mut q: Vec<Vec<usize>> = vec![Vec::new(); streams];
@@ -308,12 +312,12 @@ fn run(seed: u64, delayed: bool) {
     );
     let n = 1 + rng.below(4.min(volume_blocks));
     let off = rng.below(volume_blocks - n + 1);
-    let mut d = DmaBuf::alloc(n as usize * BS);
+    let mut d = DmaBuf::alloc(n as usize * bs);
     d.fill(0x5a);
     sync_io(&head, IoOp::Write, off, n as u32, Some(d));
     sync_io(&head, IoOp::Flush, 0, 0, None);
     let mut want = p.images[e as usize].clone();
-    want[off as usize * BS..(off + n) as usize * BS].fill(0x5a);
+    want[off as usize * bs..(off + n) as usize * bs].fill(0x5a);
     assert!(read_all(&head) == want, "seed {seed}: write to promoted volume");
     drop(pinned);
 }
