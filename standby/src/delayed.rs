@@ -150,6 +150,8 @@ pub struct DelayedStatus {
     pub staging_used_blocks: u64,
     pub staging_blocks: u64,
     pub cache_bytes: usize,
+    /// Staging and volume I/O submitted and not completed.
+    pub inflight_ios: usize,
     pub apply_phase: &'static str,
     pub applying_epoch: u64,
     pub epochs_applied: u64,
@@ -879,6 +881,7 @@ impl Delayed {
             staging_used_blocks: self.used(),
             staging_blocks: self.log_blocks,
             cache_bytes: self.cache_bytes,
+            inflight_ios: self.staging.inflight() + self.volume.inflight(),
             apply_phase: self.apply.name(),
             applying_epoch: self.sb.applying_epoch,
             epochs_applied: self.epochs_applied,

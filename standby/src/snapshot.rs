@@ -117,6 +117,8 @@ pub struct SnapshotStatus {
     /// Blocks held by snapshots (all versions) and pending writes.
     pub used_blocks: u64,
     pub pending_blocks: u64,
+    /// Data writes submitted and not completed.
+    pub inflight_writes: usize,
     pub snapshots: usize,
     pub latest_epoch: u64,
     pub form_phase: &'static str,
@@ -1063,6 +1065,7 @@ impl Snapshot {
             free_blocks: self.alloc.free,
             used_blocks: self.alloc.blocks - self.alloc.free,
             pending_blocks: self.pending.len() as u64,
+            inflight_writes: self.inflight_writes,
             snapshots: self.snaps.range(..=self.formed_epoch).count(),
             latest_epoch: self.formed_epoch,
             form_phase: self.form.name(),

@@ -178,10 +178,10 @@ fn standby_bench() {
         let mut v = StandbyVolume::open(StandbyConfig {
             name: "form".into(),
             mode: ModeConfig::Snapshot {
-                data: shm_bdev(&tag, "data", volume_blocks * 2 + 70_000),
+                data: shm_bdev(&tag, "data", volume_blocks * 2 + 200_000),
                 metadata: shm_bdev(&tag, "meta", 2 + 2 * 65_536),
                 volume_blocks,
-                opts: SnapshotOpts { keep_last: 64 },
+                opts: SnapshotOpts { keep_last: 4 },
             },
             format: true,
         })
@@ -225,6 +225,10 @@ fn standby_bench() {
         for _ in 0..32_768 {
             let op = f.write();
             offer_retry(&mut v, op);
+            v.poll(0);
+        }
+        // Let every write land first: the time below is the rollback itself.
+        while v.status().reorder_ops > 0 || v.status().snapshot.unwrap().inflight_writes > 0 {
             v.poll(0);
         }
         let st = v.status().snapshot.unwrap();
@@ -274,10 +278,13 @@ fn standby_bench() {
         offer_retry(&mut v, op);
         v.poll(0);
     }
+    while v.status().reorder_ops > 0 || v.status().delayed.unwrap().inflight_ios > 0 {
+        v.poll(0);
+    }
     let t = Instant::now();
     v.fail_over_blocking().unwrap();
     println!(
-        "discarding 32768 staged writes: {:.1} us",
+        "discarding 32768 staged writes (superblock write + flush): {:.1} us",
         t.elapsed().as_secs_f64() * 1e6
     );
     drop(v);
