@@ -889,6 +889,10 @@ impl Delayed {
         }
     }
 
+    pub(crate) fn volume_bdev(&self) -> std::sync::Arc<dyn engine::bdev::Bdev> {
+        self.volume.bdev.clone()
+    }
+
     /// Promotion (management path, after failover): persists the new
     /// generation and hands out the volume bdev.
     pub(crate) fn promote(&mut self, generation: u64) -> Result<std::sync::Arc<dyn engine::bdev::Bdev>, StandbyError> {

@@ -1038,6 +1038,7 @@ impl Snapshot {
             map,
             alloc: std::mem::replace(&mut self.alloc, Alloc::new_all_free(1)),
             dirty: Vec::new(),
+            limbo: Vec::new(),
             log_pos: self.log_pos,
             next_seq: self.next_seq,
             area_start: META_AREA_START + self.sb.meta_area as u64 * self.area_blocks,
@@ -1313,6 +1314,12 @@ struct VReq {
     /// Flush of the head: journal the dirty map after the data flush.
     flush_stage: u8,
     is_read: bool,
+    /// Head writes: new mappings, recorded for journaling only once the
+    /// request's data is on the data bdev.
+    new_maps: Vec<(u64, u64)>,
+    /// Head flush: blocks freed by the mappings it journals, reusable once
+    /// the journal record is durable.
+    release_after: Vec<u64>,
 }
 
 /// Channel of a snapshot or head bdev: splits block requests into runs on
@@ -1364,8 +1371,23 @@ impl VChannel {
     }
 
     fn finish(&mut self, slot: usize) {
-        let r = self.reqs[slot].take().expect("live slot");
+        let mut r = self.reqs[slot].take().expect("live slot");
         self.free_slots.push(slot);
+        if let Some(h) = self.head.as_mut() {
+            if !r.new_maps.is_empty() || !r.release_after.is_empty() {
+                let mut st = h.state.take_state();
+                if r.result.is_ok() {
+                    st.dirty.append(&mut r.new_maps);
+                    for b in r.release_after.drain(..) {
+                        st.alloc.release(b);
+                    }
+                } else {
+                    // Not journaled: keep the blocks out of use until a later flush.
+                    st.limbo.append(&mut r.release_after);
+                }
+                h.state.put_state(st);
+            }
+        }
         self.done.push_back(IoCompletion {
             user_data: r.user_data,
             result: r.result,
@@ -1446,7 +1468,9 @@ impl VChannel {
         let at = st.area_start + st.log_pos;
         st.log_pos += nblocks;
         st.next_seq += 1;
+        let release = std::mem::take(&mut st.limbo);
         h.state.put_state(st);
+        self.reqs[slot].as_mut().expect("live").release_after = release;
         let mut b = DmaBuf::alloc(recs.len());
         b.copy_from_slice(&recs);
         self.sub(IoOp::Write, slot, 0, at, nblocks, Some(b), true);
@@ -1468,6 +1492,8 @@ impl ChannelBackend for VChannel {
             result: Ok(()),
             flush_stage: 0,
             is_read: io.op == IoOp::Read,
+            new_maps: Vec::new(),
+            release_after: Vec::new(),
         });
         match io.op {
             IoOp::Read => {
@@ -1505,6 +1531,7 @@ impl ChannelBackend for VChannel {
                 let mut st = h.state.take_state();
                 let n = io.num_blocks as u64;
                 let mut writes = Vec::new();
+                let mut new_maps = Vec::new();
                 let mut failed = false;
                 for i in 0..n {
                     let lba = io.offset_blocks + i;
@@ -1517,7 +1544,7 @@ impl ChannelBackend for VChannel {
                                         st.alloc.release(old);
                                     }
                                 }
-                                st.dirty.push((lba, p));
+                                new_maps.push((lba, p));
                                 p
                             }
                             None => {
@@ -1529,6 +1556,7 @@ impl ChannelBackend for VChannel {
                     writes.push((i, pba));
                 }
                 h.state.put_state(st);
+                self.reqs[slot].as_mut().expect("live").new_maps = new_maps;
                 if failed {
                     self.reqs[slot].as_mut().expect("live").result =
                         Err(BdevError::Io("standby data bdev is full".into()));
@@ -1552,16 +1580,20 @@ impl ChannelBackend for VChannel {
             IoOp::WriteZeroes | IoOp::Unmap => {
                 let h = self.head.as_mut().expect("only the head accepts writes");
                 let mut st = h.state.take_state();
+                let mut new_maps = Vec::with_capacity(io.num_blocks as usize);
                 for i in 0..io.num_blocks as u64 {
                     let lba = io.offset_blocks + i;
                     if let Some((old, true)) = st.map.insert(lba, (ZERO_PBA, true)) {
                         if old != ZERO_PBA {
-                            st.alloc.release(old);
+                            // The journal may still map lba to it: reusable
+                            // only once the zero mapping is journaled.
+                            st.limbo.push(old);
                         }
                     }
-                    st.dirty.push((lba, ZERO_PBA));
+                    new_maps.push((lba, ZERO_PBA));
                 }
                 h.state.put_state(st);
+                self.reqs[slot].as_mut().expect("live").new_maps = new_maps;
             }
             IoOp::Flush => {
                 if self.head.is_some() {
@@ -1617,6 +1649,8 @@ struct HeadState {
     alloc: Alloc,
     /// Head mappings written but not yet journaled (journaled on flush).
     dirty: Vec<(u64, u64)>,
+    /// Blocks unmapped by a write-zeroes, reusable after the next journal flush.
+    limbo: Vec<u64>,
     log_pos: u64,
     next_seq: u64,
     area_start: u64,

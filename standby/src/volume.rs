@@ -354,6 +354,19 @@ impl StandbyVolume {
         Ok(bdev)
     }
 
+    /// The writable bdev of a promoted standby (also after a restart).
+    /// Management path.
+    pub fn promoted_bdev(&mut self) -> Result<Arc<dyn Bdev>, StandbyError> {
+        if !self.promoted {
+            return Err(StandbyError::NotFailedOver);
+        }
+        let head = format!("{}_head", self.name);
+        match &mut self.engine {
+            Engine::Delayed(d) => Ok(d.volume_bdev()),
+            Engine::Snapshot(s) => s.open_head(&head),
+        }
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation.max(self.recv.generation())
     }
