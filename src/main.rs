@@ -34,6 +34,8 @@ enum Cmd {
     Target(TargetArgs),
     /// Call a JSON-RPC method of a running baton (SPDK rpc.py compatible).
     Rpc(RpcArgs),
+    /// Run a relay: journal primaries' writes, forward them to the standby.
+    Relay(RelayArgs),
     /// Measure this machine's limits (4 KiB memcpy rate, loopback TCP round
     /// trip) to report baton's figures as ratios to them.
     Limits,
@@ -108,6 +110,43 @@ struct RpcArgs {
 }
 
 #[derive(Args)]
+struct RelayArgs {
+    /// Core mask for the reactors.
+    #[arg(short = 'm', long = "cpumask", default_value = "0x1")]
+    cpumask: String,
+    /// JSON-RPC Unix socket.
+    #[arg(short = 'r', long = "rpc-socket", default_value = "/var/tmp/baton-relay.sock")]
+    rpc_socket: std::path::PathBuf,
+    /// Address primaries connect to.
+    #[arg(long, default_value = "127.0.0.1:4520")]
+    listen: std::net::SocketAddr,
+    /// Directory holding one journal directory per volume.
+    #[arg(long)]
+    journal_dir: std::path::PathBuf,
+    /// Bound of each volume's journal in bytes (K/M/G suffixes).
+    #[arg(long, default_value = "1G")]
+    journal_bytes_max: String,
+    /// Journal segment size (K/M/G suffixes).
+    #[arg(long, default_value = "8M")]
+    segment_bytes: String,
+    /// The standby to forward to (IP:PORT); none: hold only.
+    #[arg(long)]
+    standby: Option<std::net::SocketAddr>,
+    /// Forwarding timing: immediate | interval:MS | window:HH:MM-HH:MM[,..] (UTC) | bandwidth:BYTES_PER_SEC.
+    #[arg(long, default_value = "immediate")]
+    forward: String,
+    /// Backup relay: journal and acknowledge, answer the standby's gap requests, never push.
+    #[arg(long)]
+    backup: bool,
+    /// Buffered journal writes instead of O_DIRECT.
+    #[arg(long)]
+    no_direct: bool,
+    /// Spin when idle instead of napping.
+    #[arg(long)]
+    busy_poll: bool,
+}
+
+#[derive(Args)]
 struct TargetArgs {
     /// Core mask for the reactors.
     #[arg(short = 'm', long = "cpumask", default_value = "0x1")]
@@ -139,6 +178,7 @@ fn main() -> ExitCode {
         Cmd::Perf(a) => perf_cmd(a),
         Cmd::Target(a) => target(a),
         Cmd::Limits => limits(),
+        Cmd::Relay(a) => relay_cmd(a),
         Cmd::Rpc(a) => rpc(a),
     };
     match r {
@@ -290,6 +330,39 @@ fn target(a: TargetArgs) -> Result<(), AnyErr> {
     Ok(())
 }
 
+fn relay_cmd(a: RelayArgs) -> Result<(), AnyErr> {
+    let idle = if a.busy_poll {
+        IdleMode::Poll
+    } else {
+        IdleMode::default()
+    };
+    let reactors = start_reactors(&a.cpumask, idle)?;
+    engine::reactor::install_signal_handlers(&reactors)?;
+    let mut cfg = relay::relay::RelayConfig::new(a.listen, &a.journal_dir);
+    cfg.journal_bytes_max = perf::spec::parse_size(&a.journal_bytes_max)?;
+    cfg.segment_bytes = perf::spec::parse_size(&a.segment_bytes)?;
+    cfg.standby = a.standby;
+    cfg.forward = relay::relay::ForwardPolicy::parse(&a.forward).map_err(|e| format!("--forward {e}"))?;
+    cfg.forwarder = !a.backup;
+    cfg.direct_io = !a.no_direct;
+    let r = relay::relay::Relay::start(cfg)?;
+    relay::rpc::set_relay(r.clone());
+    let mut reg = engine::rpc::Registry::new();
+    register_all_rpcs(&mut reg);
+    let mut server = engine::rpc::Server::new(reg);
+    server.listen_unix(&a.rpc_socket)?;
+    let app = engine::rpc::server::spawn_app_thread(server, reactors.stop_flag())?;
+    log::info!(
+        "baton relay {VERSION} listening on {}; JSON-RPC on {}",
+        r.listen_addr(),
+        a.rpc_socket.display()
+    );
+    reactors.wait();
+    let _ = app.join();
+    log::info!("baton relay stopped");
+    Ok(())
+}
+
 fn demo(a: DemoArgs) -> Result<(), AnyErr> {
     println!("baton {VERSION} — demo (foundation self-check)\n");
     let mut mask = a.cpumask.clone();
@@ -363,6 +436,7 @@ fn limits() -> Result<(), AnyErr> {
 /// Every crate's JSON-RPC methods, in one registry.
 fn register_all_rpcs(reg: &mut engine::rpc::Registry) {
     engine::rpc::methods::register_rpcs(reg);
+    relay::rpc::register_rpcs(reg);
 }
 
 fn rpc(a: RpcArgs) -> Result<(), AnyErr> {

@@ -1,6 +1,16 @@
 //! The primary side of replication and the relay role.
 //!
+//! - [`volume`]: the replicated volume bdev on the primary (fans every write out to the
+//!   relays, completes on the acknowledgement policy, catches relays up).
+//! - [`relay`]: the relay role (accepts primaries, journals before acknowledging, forwards
+//!   to the standby at its own timing, releases what the standby holds).
 //! - [`journal`]: the relay's non-volatile journal (segment files, group commit through
 //!   io_uring, crash recovery, read-back for forwarding, release once the standby has it).
+//! - [`rpc`]: the `replication_*` and `relay_*` JSON-RPC methods.
+//! - [`dataref`]: zero-copy views of write buffers shared by the local write and the sends.
 
+pub mod dataref;
 pub mod journal;
+pub mod relay;
+pub mod rpc;
+pub mod volume;

@@ -7,11 +7,10 @@
 //! zeroes (what NVMe's DLFEAT "reads return zeroes" promises).
 
 use super::{
-    check_geometry, Bdev, BdevChannel, BdevError, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, IoStats,
-    StatsSet, CHANNEL_QUEUE_DEPTH_MAX,
+    check_geometry, Bdev, BdevChannel, BdevError, ChannelBackend, DoneQueue, Geometry, IoCompletion, IoOp, IoRequest,
+    IoStats, StatsSet,
 };
 use crate::sys::Mapping;
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 pub struct MallocBdev {
@@ -91,7 +90,7 @@ impl Bdev for MallocBdev {
             Box::new(MallocChannel {
                 mem: self.mem.clone(),
                 block_size: self.block_size as usize,
-                done: VecDeque::with_capacity(CHANNEL_QUEUE_DEPTH_MAX),
+                done: DoneQueue::default(),
             }),
         ))
     }
@@ -114,13 +113,13 @@ impl Bdev for MallocBdev {
 struct MallocChannel {
     mem: Arc<Mapping>,
     block_size: usize,
-    done: VecDeque<IoCompletion>,
+    done: DoneQueue,
 }
 
 impl ChannelBackend for MallocChannel {
     #[inline]
     fn submit(&mut self, mut io: IoRequest) -> Result<(), IoRequest> {
-        if self.done.len() == self.done.capacity() {
+        if self.done.is_full() {
             return Err(io);
         }
         let off = io.offset_blocks as usize * self.block_size;
@@ -150,22 +149,12 @@ impl ChannelBackend for MallocChannel {
             }
             IoOp::Flush => {}
         }
-        self.done.push_back(IoCompletion {
-            user_data: io.user_data,
-            result: Ok(()),
-            buf: io.buf,
-        });
+        self.done.complete(io);
         Ok(())
     }
 
     #[inline]
     fn poll(&mut self, f: &mut dyn FnMut(IoCompletion)) -> usize {
-        let n = self.done.len();
-        for _ in 0..n {
-            if let Some(c) = self.done.pop_front() {
-                f(c);
-            }
-        }
-        n
+        self.done.poll(f)
     }
 }

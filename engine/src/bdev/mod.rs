@@ -142,6 +142,48 @@ pub trait ChannelBackend {
     fn poll(&mut self, f: &mut dyn FnMut(IoCompletion)) -> usize;
 }
 
+/// Completions of a back end that finishes I/O at submit time (RAM, null):
+/// held until the next poll so nothing completes inline, bounded at the
+/// channel queue depth.
+pub struct DoneQueue {
+    done: VecDeque<IoCompletion>,
+}
+
+impl Default for DoneQueue {
+    fn default() -> Self {
+        DoneQueue {
+            done: VecDeque::with_capacity(CHANNEL_QUEUE_DEPTH_MAX),
+        }
+    }
+}
+
+impl DoneQueue {
+    pub fn is_full(&self) -> bool {
+        self.done.len() == self.done.capacity()
+    }
+
+    /// Records a successful completion of `io`, handing its buffer back.
+    #[inline]
+    pub fn complete(&mut self, io: IoRequest) {
+        debug_assert!(!self.is_full(), "caller checks is_full before submitting");
+        self.done.push_back(IoCompletion {
+            user_data: io.user_data,
+            result: Ok(()),
+            buf: io.buf,
+        });
+    }
+
+    /// Reports every held completion through `f`.
+    #[inline]
+    pub fn poll(&mut self, f: &mut dyn FnMut(IoCompletion)) -> usize {
+        let n = self.done.len();
+        for c in self.done.drain(..) {
+            f(c);
+        }
+        n
+    }
+}
+
 /// I/O statistics of a bdev (SPDK `bdev_get_iostat` names). Operations are
 /// counted when accepted by a channel; errors when they complete.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

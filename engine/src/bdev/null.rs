@@ -3,10 +3,9 @@
 //! above the device (SPDK's null bdev does the same).
 
 use super::{
-    check_geometry, Bdev, BdevChannel, BdevError, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, IoStats,
-    StatsSet, CHANNEL_QUEUE_DEPTH_MAX,
+    check_geometry, Bdev, BdevChannel, BdevError, ChannelBackend, DoneQueue, Geometry, IoCompletion, IoOp, IoRequest,
+    IoStats, StatsSet,
 };
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 pub struct NullBdev {
@@ -64,7 +63,7 @@ impl Bdev for NullBdev {
             Geometry::new(self.block_size, self.num_blocks, 1, &OPS),
             self.stats.new_channel(),
             Box::new(NullChannel {
-                done: VecDeque::with_capacity(CHANNEL_QUEUE_DEPTH_MAX),
+                done: DoneQueue::default(),
             }),
         ))
     }
@@ -85,31 +84,21 @@ impl Bdev for NullBdev {
 }
 
 struct NullChannel {
-    done: VecDeque<IoCompletion>,
+    done: DoneQueue,
 }
 
 impl ChannelBackend for NullChannel {
     #[inline]
     fn submit(&mut self, io: IoRequest) -> Result<(), IoRequest> {
-        if self.done.len() == self.done.capacity() {
+        if self.done.is_full() {
             return Err(io);
         }
-        self.done.push_back(IoCompletion {
-            user_data: io.user_data,
-            result: Ok(()),
-            buf: io.buf,
-        });
+        self.done.complete(io);
         Ok(())
     }
 
     #[inline]
     fn poll(&mut self, f: &mut dyn FnMut(IoCompletion)) -> usize {
-        let n = self.done.len();
-        for _ in 0..n {
-            if let Some(c) = self.done.pop_front() {
-                f(c);
-            }
-        }
-        n
+        self.done.poll(f)
     }
 }

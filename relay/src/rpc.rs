@@ -1,0 +1,444 @@
+//! JSON-RPC methods of replication: `replication_*` on the primary (replicated volumes),
+//! `relay_*` in a relay process. Management thread only; handlers reach the reactors
+//! through the volumes' and the relay's control rings and read their status snapshots.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use engine::bdev::{self, Bdev};
+use engine::rpc::{ConfigEntry, Registry, RpcError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::relay::{ForwardPolicy, JournalSpec, Relay, RelayError};
+use crate::volume::{AckPolicy, OnRelayDown, ReplicatedVolume, VolumeConfig, VolumeError};
+
+/// Longest a management call waits for a link reactor.
+pub const CTL_TIMEOUT: Duration = Duration::from_secs(10);
+
+static VOLUMES: Mutex<BTreeMap<String, Arc<ReplicatedVolume>>> = Mutex::new(BTreeMap::new());
+static RELAY: Mutex<Option<Arc<Relay>>> = Mutex::new(None);
+
+/// Makes `relay` the process's relay (the `relay_*` methods act on it).
+pub fn set_relay(relay: Arc<Relay>) {
+    *RELAY.lock().unwrap_or_else(|e| e.into_inner()) = Some(relay);
+}
+
+/// The process's relay, if this process runs one.
+pub fn relay() -> Option<Arc<Relay>> {
+    RELAY.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// A replicated volume by name.
+pub fn volume(name: &str) -> Option<Arc<ReplicatedVolume>> {
+    VOLUMES.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+}
+
+fn vol_err(e: VolumeError) -> RpcError {
+    match e {
+        VolumeError::InvalidParam { param, why } => RpcError::invalid_params(format!("{param}: {why}")),
+        VolumeError::Relay(why) => RpcError::errno_detail(libc::EINVAL, why),
+        e => RpcError::errno_detail(libc::EIO, e.to_string()),
+    }
+}
+
+fn relay_err(e: RelayError) -> RpcError {
+    match e {
+        RelayError::InvalidParam { param, why } => RpcError::invalid_params(format!("{param}: {why}")),
+        RelayError::Exists(v) => RpcError::errno_detail(libc::EEXIST, format!("volume {v:?} already has a journal")),
+        e => RpcError::errno_detail(libc::EIO, e.to_string()),
+    }
+}
+
+fn parse_addr(param: &str, s: &str) -> Result<SocketAddr, RpcError> {
+    s.parse()
+        .map_err(|_| RpcError::invalid_params(format!("{param}: {s:?} is not an IP:PORT address")))
+}
+
+fn no_volume(name: &str) -> RpcError {
+    RpcError::errno_detail(libc::ENODEV, format!("no replicated volume {name:?}"))
+}
+
+fn no_relay() -> RpcError {
+    RpcError::new(
+        engine::rpc::error::INVALID_STATE,
+        "this process is not a relay (start it with `baton relay`)",
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateVolume {
+    name: String,
+    base_bdev: String,
+    #[serde(default)]
+    relays: Vec<String>,
+    #[serde(default)]
+    ack_policy: Option<String>,
+    #[serde(default)]
+    quorum_k: Option<u32>,
+    #[serde(default)]
+    relay_down_timeout_ms: Option<u64>,
+    #[serde(default)]
+    on_relay_down: Option<String>,
+    #[serde(default)]
+    generation: Option<u64>,
+    #[serde(default)]
+    uuid: Option<String>,
+    #[serde(default)]
+    retain_bytes_max: Option<u64>,
+    #[serde(default)]
+    relay_bytes_in_flight_max: Option<u64>,
+    #[serde(default)]
+    core: Option<u32>,
+}
+
+fn create_volume(p: CreateVolume) -> Result<String, RpcError> {
+    let base = bdev::lookup(&p.base_bdev)
+        .ok_or_else(|| RpcError::errno_detail(libc::ENODEV, format!("base_bdev: no bdev {:?}", p.base_bdev)))?;
+    if bdev::lookup(&p.name).is_some() {
+        return Err(RpcError::errno_detail(
+            libc::EEXIST,
+            format!("bdev {:?} already exists", p.name),
+        ));
+    }
+    let relays = p
+        .relays
+        .iter()
+        .map(|r| parse_addr("relays", r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut cfg = VolumeConfig::new(&p.name, relays);
+    cfg.ack_policy = match (p.ack_policy.as_deref().unwrap_or("all"), p.quorum_k) {
+        ("all", None) => AckPolicy::All,
+        ("any", None) => AckPolicy::Any,
+        ("quorum", Some(k)) => AckPolicy::Quorum(k),
+        ("quorum", None) => {
+            return Err(RpcError::invalid_params(
+                "quorum_k: required with ack_policy \"quorum\"",
+            ))
+        }
+        ("all" | "any", Some(_)) => {
+            return Err(RpcError::invalid_params(
+                "quorum_k: only valid with ack_policy \"quorum\"",
+            ))
+        }
+        (other, _) => {
+            return Err(RpcError::invalid_params(format!(
+                "ack_policy: {other:?} is not all, quorum or any"
+            )))
+        }
+    };
+    cfg.on_relay_down = match p.on_relay_down.as_deref().unwrap_or("block") {
+        "block" => OnRelayDown::Block,
+        "degraded" => OnRelayDown::Degraded,
+        other => {
+            return Err(RpcError::invalid_params(format!(
+                "on_relay_down: {other:?} is not block or degraded"
+            )))
+        }
+    };
+    if let Some(t) = p.relay_down_timeout_ms {
+        cfg.relay_down_timeout_ms = t;
+    }
+    if let Some(g) = p.generation {
+        cfg.generation = g;
+    }
+    if let Some(u) = &p.uuid {
+        cfg.volume_id = Some(bdev::uuid_parse(u).map_err(|e| RpcError::invalid_params(format!("uuid: {e}")))?);
+    }
+    if let Some(b) = p.retain_bytes_max {
+        cfg.retain_bytes_max = b;
+    }
+    if let Some(b) = p.relay_bytes_in_flight_max {
+        if b == 0 {
+            return Err(RpcError::invalid_params("relay_bytes_in_flight_max: must be > 0"));
+        }
+        cfg.relay_bytes_in_flight_max = b;
+    }
+    cfg.core = p.core;
+    let v = ReplicatedVolume::create(cfg, base).map_err(vol_err)?;
+    if let Err(e) = bdev::register(v.clone()) {
+        let _ = v.stop(CTL_TIMEOUT);
+        return Err(RpcError::errno_detail(e.errno().abs(), e.to_string()));
+    }
+    VOLUMES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(p.name.clone(), v);
+    Ok(p.name)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Named {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelayAddr {
+    name: String,
+    addr: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MaybeNamed {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestartParams {
+    name: String,
+    #[serde(default)]
+    tag: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateJournal {
+    volume: String,
+    #[serde(default)]
+    dir: Option<String>,
+    #[serde(default)]
+    journal_bytes_max: Option<u64>,
+    #[serde(default)]
+    segment_bytes: Option<u64>,
+}
+
+fn volume_config_params(v: &ReplicatedVolume) -> Value {
+    let c = v.config();
+    let mut p = json!({
+        "name": c.name,
+        "base_bdev": v.base().name(),
+        "relays": v.relays().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "ack_policy": c.ack_policy.name(),
+        "relay_down_timeout_ms": c.relay_down_timeout_ms,
+        "on_relay_down": match c.on_relay_down { OnRelayDown::Block => "block", OnRelayDown::Degraded => "degraded" },
+        "generation": c.generation,
+        "uuid": bdev::uuid_to_string(&v.volume_id()),
+        "retain_bytes_max": c.retain_bytes_max,
+        "relay_bytes_in_flight_max": c.relay_bytes_in_flight_max,
+    });
+    if let AckPolicy::Quorum(k) = c.ack_policy {
+        p["quorum_k"] = json!(k);
+    }
+    p
+}
+
+/// Registers the `replication_*` and `relay_*` methods and their config providers.
+pub fn register_rpcs(reg: &mut Registry) {
+    reg.register(
+        "replication_create_volume",
+        "Create a replicated volume over base_bdev sending every write to relays [IP:PORT...]; \
+         ack_policy all|quorum|any (quorum_k), relay_down_timeout_ms, on_relay_down block|degraded",
+        create_volume,
+    );
+    reg.register(
+        "replication_delete_volume",
+        "Delete a replicated volume (in-flight writes fail; the base bdev stays)",
+        |p: Named| {
+            let v = VOLUMES
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&p.name)
+                .ok_or_else(|| no_volume(&p.name))?;
+            let _ = bdev::unregister(&p.name);
+            v.stop(CTL_TIMEOUT).map_err(vol_err)?;
+            Ok(true)
+        },
+    );
+    reg.register(
+        "replication_add_relay",
+        "Add a relay (addr IP:PORT) to a replicated volume",
+        |p: RelayAddr| {
+            let v = volume(&p.name).ok_or_else(|| no_volume(&p.name))?;
+            v.add_relay(parse_addr("addr", &p.addr)?).map_err(vol_err)?;
+            Ok(true)
+        },
+    );
+    reg.register(
+        "replication_remove_relay",
+        "Remove a relay (addr IP:PORT) from a replicated volume",
+        |p: RelayAddr| {
+            let v = volume(&p.name).ok_or_else(|| no_volume(&p.name))?;
+            v.remove_relay(parse_addr("addr", &p.addr)?).map_err(vol_err)?;
+            Ok(true)
+        },
+    );
+    reg.register(
+        "replication_get_volumes",
+        "Replicated volumes with per-relay state (connected, down, acked LSN, bytes in flight, lag)",
+        |p: MaybeNamed| {
+            let vols = VOLUMES.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(n) = &p.name {
+                if !vols.contains_key(n) {
+                    return Err(no_volume(n));
+                }
+            }
+            Ok(vols
+                .values()
+                .filter(|v| p.name.as_deref().is_none_or(|n| n == v.name()))
+                .map(|v| v.status())
+                .collect::<Vec<_>>())
+        },
+    );
+    reg.register(
+        "replication_declare_restart_point",
+        "Declare a restart point (optional tag) on a replicated volume; returns epoch and LSN \
+         once the relays hold it",
+        |p: RestartParams| {
+            let v = volume(&p.name).ok_or_else(|| no_volume(&p.name))?;
+            let tag = p.tag.unwrap_or_default();
+            v.declare_restart_point_wait(tag.as_bytes(), CTL_TIMEOUT)
+                .map_err(vol_err)
+        },
+    );
+    reg.register_config_provider("replication", &["bdev"], || {
+        VOLUMES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|v| ConfigEntry {
+                method: "replication_create_volume".into(),
+                params: Some(volume_config_params(v)),
+            })
+            .collect()
+    });
+
+    reg.register(
+        "relay_create_journal",
+        "Set the journal of a volume before its primary connects: dir, journal_bytes_max, segment_bytes",
+        |p: CreateJournal| {
+            let r = relay().ok_or_else(no_relay)?;
+            if p.journal_bytes_max == Some(0) {
+                return Err(RpcError::invalid_params("journal_bytes_max: must be > 0"));
+            }
+            if p.segment_bytes == Some(0) {
+                return Err(RpcError::invalid_params("segment_bytes: must be > 0"));
+            }
+            r.create_journal(JournalSpec {
+                volume: p.volume,
+                dir: p.dir.map(Into::into),
+                journal_bytes_max: p.journal_bytes_max,
+                segment_bytes: p.segment_bytes,
+            })
+            .map_err(relay_err)?;
+            Ok(true)
+        },
+    );
+    reg.register(
+        "relay_get_status",
+        "Relay state: per volume journal use, durable/acked LSN, forward lag (LSN, bytes, seconds), standby link",
+        |_: ()| {
+            let r = relay().ok_or_else(no_relay)?;
+            Ok(r.status())
+        },
+    );
+    reg.register(
+        "relay_set_forward_policy",
+        "When the relay forwards: mode immediate | interval (interval_ms) | windows ([\"HH:MM-HH:MM\"], UTC) | \
+         bandwidth (bytes_per_sec)",
+        |p: ForwardPolicy| {
+            let r = relay().ok_or_else(no_relay)?;
+            r.set_forward_policy(p).map_err(relay_err)?;
+            Ok(true)
+        },
+    );
+    reg.register_config_provider("relay", &[], || {
+        let Some(r) = relay() else { return Vec::new() };
+        let mut v: Vec<ConfigEntry> = r
+            .journal_specs()
+            .into_iter()
+            .map(|s| {
+                let mut p = json!({ "volume": s.volume });
+                if let Some(d) = s.dir {
+                    p["dir"] = json!(d.display().to_string());
+                }
+                if let Some(b) = s.journal_bytes_max {
+                    p["journal_bytes_max"] = json!(b);
+                }
+                if let Some(b) = s.segment_bytes {
+                    p["segment_bytes"] = json!(b);
+                }
+                ConfigEntry {
+                    method: "relay_create_journal".into(),
+                    params: Some(p),
+                }
+            })
+            .collect();
+        v.push(ConfigEntry {
+            method: "relay_set_forward_policy".into(),
+            params: serde_json::to_value(r.forward_policy()).ok(),
+        });
+        v
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(reg: &Registry, method: &str, params: Value) -> RpcError {
+        match reg.call_blocking(method, Some(params), 10, Duration::from_millis(1)) {
+            Ok(v) => panic!("{method} accepted: {v}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn params_are_typed_and_errors_name_the_parameter() {
+        let mut reg = Registry::new();
+        register_rpcs(&mut reg);
+        let base = engine::bdev::malloc::create("rpc_test_base", 64, 4096, None).unwrap();
+        bdev::register(base).unwrap();
+        let e = err(
+            &reg,
+            "replication_create_volume",
+            json!({"name": "v", "base_bdev": "rpc_test_base", "bogus": 1}),
+        );
+        assert!(e.message.contains("bogus"), "{e:?}");
+        let e = err(
+            &reg,
+            "replication_create_volume",
+            json!({"name": "v", "base_bdev": "nope"}),
+        );
+        assert!(e.message.contains("base_bdev") && e.code == -libc::ENODEV, "{e:?}");
+        let e = err(
+            &reg,
+            "replication_create_volume",
+            json!({"name": "v", "base_bdev": "rpc_test_base", "relays": ["127.0.0.1:1"], "ack_policy": "most"}),
+        );
+        assert!(e.message.contains("ack_policy") && e.message.contains("most"), "{e:?}");
+        let e = err(
+            &reg,
+            "replication_create_volume",
+            json!({"name": "v", "base_bdev": "rpc_test_base", "relays": ["127.0.0.1:1"], "ack_policy": "quorum", "quorum_k": 3}),
+        );
+        assert!(e.message.contains("quorum_k"), "{e:?}");
+        let e = err(
+            &reg,
+            "replication_create_volume",
+            json!({"name": "v", "base_bdev": "rpc_test_base", "relays": ["here"]}),
+        );
+        assert!(e.message.contains("relays") && e.message.contains("here"), "{e:?}");
+        let e = err(
+            &reg,
+            "replication_create_volume",
+            json!({"name": "v", "base_bdev": "rpc_test_base", "on_relay_down": "panic"}),
+        );
+        assert!(e.message.contains("on_relay_down"), "{e:?}");
+        let e = err(&reg, "replication_get_volumes", json!({"name": "ghost"}));
+        assert_eq!(e.code, -libc::ENODEV);
+        // Relay methods outside a relay process say so.
+        let e = err(&reg, "relay_get_status", json!({}));
+        assert!(e.message.contains("not a relay"), "{e:?}");
+        let e = err(&reg, "relay_set_forward_policy", json!({"mode": "sometimes"}));
+        assert!(e.message.contains("sometimes") || e.message.contains("mode"), "{e:?}");
+        let _ = bdev::unregister("rpc_test_base");
+    }
+}

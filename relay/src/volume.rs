@@ -1,0 +1,1759 @@
+//! The replicated volume: a bdev stacked over a local bdev that sends every write to every
+//! configured relay at once (R1) and completes it when the local write is done and the
+//! acknowledgement policy is met (R2, invariant 1 of DESIGN.md).
+//!
+//! Where it sits: the NVMe-oF target (or `perf`) opens a channel on each of its reactors and
+//! submits I/O as to any bdev. Reads and flushes go to the local bdev. A write, write-zeroes
+//! or unmap takes a slot of the channel, starts the local write with the caller's buffer, and
+//! pushes a [`Submit`] through the volume's lock-free ring to the volume's **link reactor**,
+//! the one reactor that owns every relay connection of the volume. The link reactor assigns
+//! the LSN (so LSNs are assigned in one place, in the order ops reach it), puts the op into
+//! its in-flight table and, in the same loop iteration, into an Ops frame for every relay
+//! that is up (everything that accumulated since the last iteration goes into one frame:
+//! batching under load, none at queue depth 1). Relay Acks carry the relay's contiguous
+//! durable LSN; when an op meets the policy and no connection still holds its bytes, the link
+//! reactor returns the slot through the channel's completion ring; the channel completes the
+//! request to the caller once its local write has finished too.
+//!
+//! Zero copy: the relay frames carry [`DataRef`]s to the caller's buffer. The channel keeps
+//! the `DmaBuf` (in the local write, then in the slot) until the link reactor returns the
+//! slot, and the link reactor returns it only once every connection handed the reference
+//! back. An op that some relay has not acknowledged when it completes (a relay down, or
+//! behind under the quorum/any policies) is copied into the volume's **retention ring**, a
+//! bounded byte ring from which a relay that comes back is caught up; in steady state with
+//! every relay keeping up nothing is copied. See `docs/replication.md`.
+//!
+//! Threads: `ReplicatedVolume` is shared (`Bdev`); channels belong to the reactor that opened
+//! them; the link state belongs to the link reactor (`VolumeConfig::core`); management calls
+//! reach it through a control ring.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrayvec::ArrayVec;
+use engine::bdev::{
+    Bdev, BdevChannel, BdevError, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, IoStats, StatsSet,
+};
+use engine::buf::DmaBuf;
+use engine::clock::now_ns;
+use engine::reactor::{self, PollStatus};
+use engine::ring::Ring;
+use rdma_transport::tcp::{TcpConfig, TcpConnection};
+use rdma_transport::wire::{
+    self, BatchEncoder, Frame, Heartbeat, Hello, HelloReply, OpKind, Role, FRAME_BYTES_MAX, FRAME_DATA_BYTES_MAX,
+    OPS_PER_FRAME_MAX,
+};
+use rdma_transport::{ConnState, Connection, OutFrame, SendCompletion};
+use serde::Serialize;
+
+use crate::dataref::{DataRef, SegRef};
+
+/// Requests one channel of the volume holds in flight.
+pub const CHANNEL_SLOTS: usize = 256;
+/// Ops the submission ring of a volume holds (all channels together).
+pub const SUBMIT_RING_OPS: usize = 4096;
+/// Ops the link reactor takes from the submission ring per poll (run at our own pace).
+pub const SUBMITS_PER_POLL_MAX: usize = 512;
+/// Ops in flight (LSN assigned, not yet completed) per volume.
+pub const INFLIGHT_OPS_MAX: usize = 4096;
+/// Default bound of unacknowledged bytes sent to one relay (flow control).
+pub const RELAY_BYTES_IN_FLIGHT_MAX_DEFAULT: u64 = 16 * 1024 * 1024;
+/// Default size of the retention ring (catch-up of relays that were down).
+pub const RETAIN_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Default time without an answer after which a relay is marked down.
+pub const RELAY_DOWN_TIMEOUT_MS_DEFAULT: u64 = 3_000;
+/// Pause between reconnect attempts to a relay.
+pub const RECONNECT_DELAY_MS: u64 = 100;
+/// Pause before a relay that refused the Hello is asked again.
+pub const REFUSED_RETRY_MS: u64 = 1_000;
+/// Frames sent to one relay and not yet acknowledged that the link tracks.
+pub const LINK_FRAMES_IN_FLIGHT_MAX: usize = 1024;
+/// How often the status snapshot (read by RPC) is refreshed.
+pub const STATUS_PERIOD_NS: u64 = 10_000_000;
+/// Largest restart point tag.
+pub const RESTART_TAG_BYTES_MAX: usize = wire::RESTART_TAG_BYTES_MAX;
+
+/// How many relays must hold an op before the host sees its write complete (R2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckPolicy {
+    /// Every relay (default).
+    All,
+    /// At least k relays.
+    Quorum(u32),
+    /// Any one relay.
+    Any,
+}
+
+impl AckPolicy {
+    /// The name used in RPC parameters.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AckPolicy::All => "all",
+            AckPolicy::Quorum(_) => "quorum",
+            AckPolicy::Any => "any",
+        }
+    }
+}
+
+/// What the volume does when a relay it needs is marked down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRelayDown {
+    /// Writes wait for the relay (in-flight ones) or fail at once with
+    /// [`VolumeError::PolicyUnmet`] (new ones) while the policy cannot be met.
+    Block,
+    /// Go on with the relays that are up; a down relay is caught up when it returns.
+    Degraded,
+}
+
+/// Settings of a replicated volume.
+#[derive(Debug, Clone)]
+pub struct VolumeConfig {
+    /// Bdev name of the volume.
+    pub name: String,
+    /// Relay addresses.
+    pub relays: Vec<SocketAddr>,
+    /// Acknowledgement policy.
+    pub ack_policy: AckPolicy,
+    /// Time without an answer before a relay is marked down.
+    pub relay_down_timeout_ms: u64,
+    /// Block or go on degraded when a relay is down.
+    pub on_relay_down: OnRelayDown,
+    /// The primary's generation (fencing).
+    pub generation: u64,
+    /// Volume identity sent in the Hello (default: the base bdev's UUID).
+    pub volume_id: Option<[u8; 16]>,
+    /// Size of the retention ring.
+    pub retain_bytes_max: u64,
+    /// Unacknowledged bytes per relay before the volume stops sending to it.
+    pub relay_bytes_in_flight_max: u64,
+    /// Reactor owning the relay connections (`None`: the first reactor).
+    pub core: Option<u32>,
+}
+
+impl VolumeConfig {
+    /// Defaults for `name` with `relays`.
+    pub fn new(name: &str, relays: Vec<SocketAddr>) -> Self {
+        Self {
+            name: name.to_string(),
+            relays,
+            ack_policy: AckPolicy::All,
+            relay_down_timeout_ms: RELAY_DOWN_TIMEOUT_MS_DEFAULT,
+            on_relay_down: OnRelayDown::Block,
+            generation: 1,
+            volume_id: None,
+            retain_bytes_max: RETAIN_BYTES_MAX_DEFAULT,
+            relay_bytes_in_flight_max: RELAY_BYTES_IN_FLIGHT_MAX_DEFAULT,
+            core: None,
+        }
+    }
+}
+
+/// Errors of the replicated volume.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum VolumeError {
+    /// A parameter is invalid.
+    #[error("invalid parameter {param}: {why}")]
+    InvalidParam {
+        /// Parameter name.
+        param: &'static str,
+        /// Why.
+        why: String,
+    },
+    /// The acknowledgement policy cannot be met (block mode).
+    #[error("volume {volume}: acknowledgement policy cannot be met: {why}")]
+    PolicyUnmet {
+        /// Volume name.
+        volume: String,
+        /// Which relays are down.
+        why: String,
+    },
+    /// The volume was deleted while the operation was in flight.
+    #[error("volume {0} was deleted")]
+    Deleted(String),
+    /// A control message could not be delivered to the link reactor.
+    #[error("volume {volume}: link reactor unreachable: {why}")]
+    Unreachable {
+        /// Volume name.
+        volume: String,
+        /// Why.
+        why: String,
+    },
+    /// A relay address is already (or not) configured.
+    #[error("relay {0}")]
+    Relay(String),
+}
+
+/// A declared restart point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RestartPoint {
+    /// The epoch it closes.
+    pub epoch: u64,
+    /// LSN of the restart point op itself.
+    pub lsn: u64,
+    /// Last LSN the epoch covers.
+    pub last_lsn: u64,
+}
+
+/// Per-relay state, as `replication_get_volumes` reports it.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct RelayStatus {
+    /// Address.
+    pub addr: String,
+    /// `connecting`, `handshake`, `up`, `refused`, `needs_resync`.
+    pub state: String,
+    /// Connected and accepted.
+    pub connected: bool,
+    /// Marked down after the timeout.
+    pub down: bool,
+    /// Highest LSN the relay acknowledged as durable.
+    pub acked_lsn: u64,
+    /// Highest LSN handed to its connection.
+    pub sent_lsn: u64,
+    /// Bytes sent and not yet acknowledged.
+    pub bytes_in_flight: u64,
+    /// LSNs assigned but not acknowledged by this relay.
+    pub lag_lsn: u64,
+    /// Frames sent.
+    pub frames_sent: u64,
+    /// Last error seen on the link.
+    pub last_error: String,
+}
+
+/// Volume state, as `replication_get_volumes` reports it.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct VolumeStatus {
+    /// Volume name.
+    pub name: String,
+    /// Base bdev.
+    pub base_bdev: String,
+    /// Ack policy name.
+    pub ack_policy: String,
+    /// k of the quorum policy.
+    pub quorum_k: u32,
+    /// `block` or `degraded`.
+    pub on_relay_down: String,
+    /// Down timeout.
+    pub relay_down_timeout_ms: u64,
+    /// Generation.
+    pub generation: u64,
+    /// Next LSN to assign (0 until the first handshakes told where to start).
+    pub next_lsn: u64,
+    /// Highest LSN completed to its caller.
+    pub completed_lsn: u64,
+    /// Ops with an LSN not yet completed.
+    pub inflight_ops: usize,
+    /// Ops held in the retention ring.
+    pub retained_ops: usize,
+    /// Bytes of the retention ring in use.
+    pub retained_bytes: u64,
+    /// New writes are failing because the policy cannot be met (block mode).
+    pub writes_blocked: bool,
+    /// The relays.
+    pub relays: Vec<RelayStatus>,
+    /// Last restart point epoch declared.
+    pub epoch: u64,
+}
+
+/// A channel's completion ring, shared with the link reactor.
+struct ChanShared {
+    /// (slot, result) pushed by the link reactor; sized to the slot count, so never full.
+    done: Ring<(u32, Result<(), BdevError>)>,
+}
+
+/// An op on its way from a channel to the link reactor.
+struct Submit {
+    chan: Arc<ChanShared>,
+    slot: u32,
+    kind: OpKind,
+    offset_blocks: u64,
+    num_blocks: u32,
+    data: DataRef,
+}
+
+type RestartDone = Box<dyn FnOnce(Result<RestartPoint, VolumeError>) + Send>;
+
+enum Ctl {
+    RestartPoint { tag: Vec<u8>, done: RestartDone },
+    AddRelay(SocketAddr),
+    RemoveRelay(SocketAddr),
+    Stop(Box<dyn FnOnce() + Send>),
+}
+
+struct Shared {
+    cfg: VolumeConfig,
+    volume_id: [u8; 16],
+    base: Arc<dyn Bdev>,
+    subq: Ring<Submit>,
+    ctl: Ring<Ctl>,
+    writes_blocked: AtomicBool,
+    stopped: AtomicBool,
+    status: Mutex<VolumeStatus>,
+    relays: Mutex<Vec<SocketAddr>>,
+    stats: StatsSet,
+}
+
+/// The replicated volume bdev. See the module docs.
+pub struct ReplicatedVolume {
+    shared: Arc<Shared>,
+}
+
+impl ReplicatedVolume {
+    /// Creates the volume over `base` and starts its link reactor (`cfg.core`). Management
+    /// path: validates, then sends the link state to its reactor. The volume accepts I/O at
+    /// once; writes wait until the first handshakes have told the volume where its LSNs
+    /// resume (at most `relay_down_timeout_ms`).
+    pub fn create(cfg: VolumeConfig, base: Arc<dyn Bdev>) -> Result<Arc<ReplicatedVolume>, VolumeError> {
+        if cfg.name.is_empty() || cfg.name.len() > wire::VOLUME_NAME_BYTES_MAX {
+            return Err(VolumeError::InvalidParam {
+                param: "name",
+                why: format!("{:?} must be 1..={} bytes", cfg.name, wire::VOLUME_NAME_BYTES_MAX),
+            });
+        }
+        if let AckPolicy::Quorum(k) = cfg.ack_policy {
+            if k == 0 || k as usize > cfg.relays.len() {
+                return Err(VolumeError::InvalidParam {
+                    param: "quorum_k",
+                    why: format!("{k} must be between 1 and the number of relays ({})", cfg.relays.len()),
+                });
+            }
+        }
+        if cfg.relay_down_timeout_ms == 0 {
+            return Err(VolumeError::InvalidParam {
+                param: "relay_down_timeout_ms",
+                why: "must be greater than 0".into(),
+            });
+        }
+        if cfg.generation == 0 {
+            return Err(VolumeError::InvalidParam {
+                param: "generation",
+                why: "must be greater than 0".into(),
+            });
+        }
+        for (i, a) in cfg.relays.iter().enumerate() {
+            if cfg.relays[..i].contains(a) {
+                return Err(VolumeError::InvalidParam {
+                    param: "relays",
+                    why: format!("{a} is listed twice"),
+                });
+            }
+        }
+        let core = match cfg.core {
+            Some(c) => c,
+            None => *reactor::cores().first().ok_or_else(|| VolumeError::Unreachable {
+                volume: cfg.name.clone(),
+                why: "no reactors running".into(),
+            })?,
+        };
+        let shared = Arc::new(Shared {
+            volume_id: cfg.volume_id.unwrap_or_else(|| base.uuid()),
+            relays: Mutex::new(cfg.relays.clone()),
+            cfg,
+            base,
+            subq: Ring::new(SUBMIT_RING_OPS),
+            ctl: Ring::new(64),
+            writes_blocked: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            status: Mutex::new(VolumeStatus::default()),
+            stats: StatsSet::default(),
+        });
+        let s2 = shared.clone();
+        reactor::send_msg(core, move || {
+            let link = Rc::new(RefCell::new(LinkState::new(s2)));
+            let l2 = link.clone();
+            let id = reactor::register_poller("replication_link", None, move || l2.borrow_mut().poll());
+            link.borrow_mut().poller = Some(id);
+        })
+        .map_err(|e| VolumeError::Unreachable {
+            volume: shared.cfg.name.clone(),
+            why: e.to_string(),
+        })?;
+        Ok(Arc::new(ReplicatedVolume { shared }))
+    }
+
+    /// Declares a restart point with the application tag `tag` (R15). It is ordered after
+    /// every write that completed before this call (those have LSNs already; the point takes
+    /// the next). `done` runs on the link reactor once the point meets the acknowledgement
+    /// policy, with its epoch and LSN. Any thread; never blocks.
+    pub fn declare_restart_point(
+        &self,
+        tag: &[u8],
+        done: impl FnOnce(Result<RestartPoint, VolumeError>) + Send + 'static,
+    ) -> Result<(), VolumeError> {
+        if tag.len() > RESTART_TAG_BYTES_MAX {
+            return Err(VolumeError::InvalidParam {
+                param: "tag",
+                why: format!("{} bytes, at most {RESTART_TAG_BYTES_MAX}", tag.len()),
+            });
+        }
+        self.ctl(Ctl::RestartPoint {
+            tag: tag.to_vec(),
+            done: Box::new(done),
+        })
+    }
+
+    /// Blocking form of [`Self::declare_restart_point`] for management threads (never a
+    /// reactor): waits at most `timeout`.
+    pub fn declare_restart_point_wait(&self, tag: &[u8], timeout: Duration) -> Result<RestartPoint, VolumeError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.declare_restart_point(tag, move |r| {
+            let _ = tx.send(r);
+        })?;
+        rx.recv_timeout(timeout).map_err(|_| VolumeError::PolicyUnmet {
+            volume: self.shared.cfg.name.clone(),
+            why: format!("restart point not acknowledged within {timeout:?}"),
+        })?
+    }
+
+    /// Adds a relay (management path).
+    pub fn add_relay(&self, addr: SocketAddr) -> Result<(), VolumeError> {
+        let mut r = self.shared.relays.lock().unwrap_or_else(|e| e.into_inner());
+        if r.contains(&addr) {
+            return Err(VolumeError::Relay(format!(
+                "{addr} is already a relay of {}",
+                self.shared.cfg.name
+            )));
+        }
+        self.ctl(Ctl::AddRelay(addr))?;
+        r.push(addr);
+        Ok(())
+    }
+
+    /// Removes a relay (management path). Its acknowledgements no longer count.
+    pub fn remove_relay(&self, addr: SocketAddr) -> Result<(), VolumeError> {
+        let mut r = self.shared.relays.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(i) = r.iter().position(|a| *a == addr) else {
+            return Err(VolumeError::Relay(format!(
+                "{addr} is not a relay of {}",
+                self.shared.cfg.name
+            )));
+        };
+        if let AckPolicy::Quorum(k) = self.shared.cfg.ack_policy {
+            if r.len() - 1 < k as usize {
+                return Err(VolumeError::InvalidParam {
+                    param: "addr",
+                    why: format!("removing {addr} would leave fewer relays than quorum_k {k}"),
+                });
+            }
+        }
+        self.ctl(Ctl::RemoveRelay(addr))?;
+        r.remove(i);
+        Ok(())
+    }
+
+    /// Stops the link reactor's work for this volume: in-flight writes fail with
+    /// `Deleted`, connections close. Blocks up to `timeout` for the link to confirm.
+    pub fn stop(&self, timeout: Duration) -> Result<(), VolumeError> {
+        if self.shared.stopped.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.ctl(Ctl::Stop(Box::new(move || {
+            let _ = tx.send(());
+        })))?;
+        rx.recv_timeout(timeout).map_err(|_| VolumeError::Unreachable {
+            volume: self.shared.cfg.name.clone(),
+            why: "link reactor did not confirm the stop".into(),
+        })
+    }
+
+    fn ctl(&self, c: Ctl) -> Result<(), VolumeError> {
+        self.shared.ctl.push(c).map_err(|_| VolumeError::Unreachable {
+            volume: self.shared.cfg.name.clone(),
+            why: "control ring full".into(),
+        })
+    }
+
+    /// The latest status snapshot (refreshed by the link reactor every 10 ms).
+    pub fn status(&self) -> VolumeStatus {
+        self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The configured relays (management path).
+    pub fn relays(&self) -> Vec<SocketAddr> {
+        self.shared.relays.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The configuration it was created with.
+    pub fn config(&self) -> &VolumeConfig {
+        &self.shared.cfg
+    }
+
+    /// The base bdev.
+    pub fn base(&self) -> &Arc<dyn Bdev> {
+        &self.shared.base
+    }
+
+    /// Volume identity sent to relays.
+    pub fn volume_id(&self) -> [u8; 16] {
+        self.shared.volume_id
+    }
+}
+
+impl Bdev for ReplicatedVolume {
+    fn name(&self) -> &str {
+        &self.shared.cfg.name
+    }
+    fn product_name(&self) -> &str {
+        "Replicated volume"
+    }
+    fn driver(&self) -> &'static str {
+        "replicated"
+    }
+    fn uuid(&self) -> [u8; 16] {
+        self.shared.volume_id
+    }
+    fn block_size(&self) -> u32 {
+        self.shared.base.block_size()
+    }
+    fn num_blocks(&self) -> u64 {
+        self.shared.base.num_blocks()
+    }
+    fn supports(&self, op: IoOp) -> bool {
+        self.shared.base.supports(op)
+    }
+    fn open_channel(&self) -> Result<BdevChannel, BdevError> {
+        let base = self.shared.base.open_channel()?;
+        let ops: Vec<IoOp> = IoOp::ALL.into_iter().filter(|&o| self.supports(o)).collect();
+        let geo = base.geometry();
+        Ok(BdevChannel::new(
+            self.name(),
+            Geometry::new(geo.block_size, geo.num_blocks, geo.buf_align, &ops),
+            self.shared.stats.new_channel(),
+            Box::new(VolChannel {
+                shared: self.shared.clone(),
+                me: Arc::new(ChanShared {
+                    done: Ring::new(CHANNEL_SLOTS),
+                }),
+                base,
+                slots: (0..CHANNEL_SLOTS).map(|_| Slot::default()).collect(),
+                free: (0..CHANNEL_SLOTS as u32).rev().collect(),
+                ready: VecDeque::with_capacity(CHANNEL_SLOTS),
+                unpushed: VecDeque::with_capacity(CHANNEL_SLOTS),
+            }),
+        ))
+    }
+    fn io_stats(&self) -> IoStats {
+        self.shared.stats.sum()
+    }
+    fn config(&self) -> Option<(&'static str, serde_json::Value)> {
+        None // emitted by the "replication" config provider, after the base bdev
+    }
+    fn driver_specific(&self) -> serde_json::Value {
+        serde_json::to_value(self.status()).unwrap_or_default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Channel (any reactor)
+// ---------------------------------------------------------------------------------------
+
+/// Where one request of a channel stands.
+#[derive(Default)]
+enum SlotState {
+    /// Unused.
+    #[default]
+    Free,
+    /// Read or flush passed through to the local bdev.
+    Passthrough { user_data: u64 },
+    /// Replicated op: local write and relay acknowledgement both pending or one done.
+    Replicating {
+        user_data: u64,
+        local: Option<Result<(), BdevError>>,
+        relays: Option<Result<(), BdevError>>,
+        buf: Option<DmaBuf>,
+    },
+}
+
+#[derive(Default)]
+struct Slot {
+    state: SlotState,
+}
+
+struct VolChannel {
+    shared: Arc<Shared>,
+    me: Arc<ChanShared>,
+    base: BdevChannel,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    ready: VecDeque<IoCompletion>,
+    /// Submits the ring refused (full): pushed again at the next poll, in order.
+    unpushed: VecDeque<Submit>,
+}
+
+impl VolChannel {
+    fn try_finish(&mut self, slot: u32) {
+        let s = &mut self.slots[slot as usize];
+        let SlotState::Replicating {
+            local: Some(_),
+            relays: Some(_),
+            ..
+        } = s.state
+        else {
+            return;
+        };
+        if let SlotState::Replicating {
+            user_data,
+            local: Some(local),
+            relays: Some(relays),
+            buf,
+        } = std::mem::take(&mut s.state)
+        {
+            self.ready.push_back(IoCompletion {
+                user_data,
+                result: local.and(relays),
+                buf,
+            });
+            self.free.push(slot);
+        }
+    }
+}
+
+impl ChannelBackend for VolChannel {
+    fn submit(&mut self, mut io: IoRequest) -> Result<(), IoRequest> {
+        let Some(slot) = self.free.pop() else {
+            return Err(io);
+        };
+        let user_data = io.user_data;
+        let kind = match io.op {
+            IoOp::Read | IoOp::Flush => {
+                io.user_data = slot as u64;
+                return match self.base.submit(io) {
+                    Ok(()) => {
+                        self.slots[slot as usize].state = SlotState::Passthrough { user_data };
+                        Ok(())
+                    }
+                    Err(mut io) => {
+                        io.user_data = user_data;
+                        self.free.push(slot);
+                        Err(io)
+                    }
+                };
+            }
+            IoOp::Write => OpKind::Write,
+            IoOp::WriteZeroes => OpKind::WriteZeroes,
+            IoOp::Unmap => OpKind::Deallocate,
+        };
+        if self.shared.writes_blocked.load(Ordering::Acquire) || self.shared.stopped.load(Ordering::Acquire) {
+            self.free.push(slot);
+            let why = if self.shared.stopped.load(Ordering::Acquire) {
+                format!("volume {} deleted", self.shared.cfg.name)
+            } else {
+                let st = self
+                    .shared
+                    .status
+                    .try_lock()
+                    .map(|s| relays_down(&s))
+                    .unwrap_or_default();
+                format!(
+                    "volume {}: acknowledgement policy cannot be met, relays down: {st}",
+                    self.shared.cfg.name
+                )
+            };
+            self.ready.push_back(IoCompletion {
+                user_data,
+                result: Err(BdevError::Io(why)),
+                buf: io.buf.take(),
+            });
+            return Ok(());
+        }
+        let data = match (&io.buf, kind) {
+            // SAFETY: the buffer stays owned by this channel (in the local write, then in
+            // the slot) until the link reactor returns the slot, which it does only after
+            // every connection handed back its references (module docs). Write buffers are
+            // only read.
+            (Some(b), OpKind::Write) => unsafe { DataRef::new(b) },
+            _ => DataRef::EMPTY,
+        };
+        let (offset_blocks, num_blocks) = (io.offset_blocks, io.num_blocks);
+        io.user_data = slot as u64;
+        if let Err(mut io) = self.base.submit(io) {
+            io.user_data = user_data;
+            self.free.push(slot);
+            return Err(io);
+        }
+        self.slots[slot as usize].state = SlotState::Replicating {
+            user_data,
+            local: None,
+            relays: None,
+            buf: None,
+        };
+        let sub = Submit {
+            chan: self.me.clone(),
+            slot,
+            kind,
+            offset_blocks,
+            num_blocks,
+            data,
+        };
+        if !self.unpushed.is_empty() {
+            self.unpushed.push_back(sub);
+        } else if let Err(sub) = self.shared.subq.push(sub) {
+            self.unpushed.push_back(sub);
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self, f: &mut dyn FnMut(IoCompletion)) -> usize {
+        while let Some(s) = self.unpushed.pop_front() {
+            if let Err(s) = self.shared.subq.push(s) {
+                self.unpushed.push_front(s);
+                break;
+            }
+        }
+        let mut local = ArrayVec::<(u32, Result<(), BdevError>, Option<DmaBuf>), 64>::new();
+        loop {
+            local.clear();
+            self.base.poll(&mut |c| {
+                // The base channel never has more than CHANNEL_SLOTS in flight; collect in
+                // chunks to release the borrow of `self.base`.
+                local.push((c.user_data as u32, c.result, c.buf));
+            });
+            let n = local.len();
+            for (slot, result, buf) in local.drain(..) {
+                let s = &mut self.slots[slot as usize];
+                match &mut s.state {
+                    SlotState::Passthrough { user_data } => {
+                        self.ready.push_back(IoCompletion {
+                            user_data: *user_data,
+                            result,
+                            buf,
+                        });
+                        s.state = SlotState::Free;
+                        self.free.push(slot);
+                    }
+                    SlotState::Replicating { local, buf: b, .. } => {
+                        *local = Some(result);
+                        *b = buf;
+                        self.try_finish(slot);
+                    }
+                    SlotState::Free => debug_assert!(false, "completion for free slot {slot}"),
+                }
+            }
+            if n < 64 {
+                break;
+            }
+        }
+        while let Some((slot, result)) = self.me.done.pop() {
+            if let SlotState::Replicating { relays, .. } = &mut self.slots[slot as usize].state {
+                *relays = Some(result);
+            }
+            self.try_finish(slot);
+        }
+        let n = self.ready.len();
+        while let Some(c) = self.ready.pop_front() {
+            f(c);
+        }
+        n
+    }
+}
+
+impl Drop for VolChannel {
+    fn drop(&mut self) {
+        // A buffer whose bytes a relay connection may still read must not go back to its
+        // pool: leak it rather than let the pool hand it out while it is read.
+        let mut leaked = 0;
+        for s in &mut self.slots {
+            if let SlotState::Replicating { relays: None, buf, .. } = &mut s.state {
+                if let Some(b) = buf.take() {
+                    std::mem::forget(b);
+                    leaked += 1;
+                }
+            }
+        }
+        if leaked > 0 {
+            log::warn!(
+                "volume {}: channel closed with {leaked} writes awaiting relays; their buffers are leaked",
+                self.shared.cfg.name
+            );
+        }
+    }
+}
+
+fn relays_down(s: &VolumeStatus) -> String {
+    let v: Vec<&str> = s.relays.iter().filter(|r| r.down).map(|r| r.addr.as_str()).collect();
+    v.join(", ")
+}
+
+// ---------------------------------------------------------------------------------------
+// Link reactor
+// ---------------------------------------------------------------------------------------
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// Who is told when an op completes.
+enum Owner {
+    Chan {
+        chan: Arc<ChanShared>,
+        slot: u32,
+    },
+    Restart {
+        done: Option<RestartDone>,
+        point: RestartPoint,
+        _tag: Vec<u8>,
+    },
+}
+
+/// An op with an LSN. `arg0`/`arg1` as on the wire (offset/blocks, or epoch/last LSN).
+#[derive(Clone, Copy)]
+struct OpMeta {
+    lsn: u64,
+    kind: OpKind,
+    arg0: u64,
+    arg1: u64,
+    data: DataRef,
+}
+
+struct InFlight {
+    op: OpMeta,
+    owner: Owner,
+    /// Data references held by connections.
+    refs: u32,
+}
+
+struct Retained {
+    op: OpMeta,
+    /// Byte range in the retention ring.
+    start: usize,
+    refs: u32,
+}
+
+/// The bounded byte ring holding ops some relay still lacks after they completed.
+struct Retention {
+    buf: Vec<u8>,
+    entries: VecDeque<Retained>,
+    /// Next free byte.
+    head: usize,
+    used: u64,
+}
+
+impl Retention {
+    fn new(bytes: usize) -> Self {
+        Self {
+            buf: vec![0; bytes],
+            entries: VecDeque::new(),
+            head: 0,
+            used: 0,
+        }
+    }
+    fn first_lsn(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.op.lsn)
+    }
+    fn get_mut(&mut self, lsn: u64) -> Option<&mut Retained> {
+        let first = self.first_lsn()?;
+        let i = lsn.checked_sub(first)? as usize;
+        self.entries.get_mut(i)
+    }
+    /// Drops entries up to `lsn` that no connection references.
+    fn trim(&mut self, upto: u64) {
+        while let Some(e) = self.entries.front() {
+            if e.op.lsn > upto || e.refs > 0 {
+                break;
+            }
+            self.pop_front();
+        }
+    }
+    fn pop_front(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
+            self.used -= e.op.data.len() as u64;
+            if self.entries.is_empty() {
+                self.head = 0;
+                self.used = 0;
+            }
+        }
+    }
+    /// Where `len` contiguous bytes can go, if the ring has room without touching live
+    /// entries.
+    fn room(&self, len: usize) -> Option<usize> {
+        if len > self.buf.len() {
+            return None;
+        }
+        let Some(front) = self.entries.front() else {
+            return Some(0);
+        };
+        let tail = front.start; // oldest live byte
+        let head = self.head;
+        if self.entries.iter().all(|e| e.op.data.is_empty()) {
+            return Some(head.min(self.buf.len() - len));
+        }
+        if head > tail || (head == tail && self.used == 0) {
+            if head + len <= self.buf.len() {
+                return Some(head);
+            }
+            if len <= tail {
+                return Some(0);
+            }
+            None
+        } else if head + len <= tail {
+            Some(head)
+        } else {
+            None
+        }
+    }
+    /// Copies `op` in; drops the oldest unreferenced entries when full. Returns the LSN of
+    /// the newest entry dropped to make room (relays needing it cannot be caught up).
+    fn push(&mut self, op: &OpMeta) -> (bool, u64) {
+        let len = op.data.len();
+        let mut dropped = 0;
+        loop {
+            if let Some(at) = self.room(len) {
+                self.buf[at..at + len].copy_from_slice(&op.data);
+                // SAFETY: the ring's bytes are not written again until this entry is
+                // trimmed, which waits for `refs == 0`; `buf` is never reallocated.
+                let data = unsafe { DataRef::new(&self.buf[at..at + len]) };
+                self.entries.push_back(Retained {
+                    op: OpMeta { data, ..*op },
+                    start: at,
+                    refs: 0,
+                });
+                self.head = at + len;
+                self.used += len as u64;
+                return (true, dropped);
+            }
+            match self.entries.front() {
+                Some(e) if e.refs == 0 => {
+                    dropped = e.op.lsn;
+                    self.pop_front();
+                }
+                _ => return (false, dropped),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkPhase {
+    /// No connection; next attempt at `retry_at_ns`.
+    Disconnected { retry_at_ns: u64 },
+    /// Hello queued, waiting for the HelloReply.
+    Handshake,
+    /// Accepted: ops flow.
+    Up,
+    /// Refused by the relay (stale generation, unknown volume, ...): retried after a pause.
+    Refused,
+    /// The relay lacks ops the primary no longer holds: it needs a full resync.
+    NeedsResync,
+}
+
+struct Link {
+    addr: SocketAddr,
+    conn: Option<TcpConnection<SegRef>>,
+    phase: LinkPhase,
+    /// Marked down (timeout).
+    down: bool,
+    removed: bool,
+    acked_lsn: u64,
+    sent_lsn: u64,
+    /// (last LSN of a frame, its data bytes), oldest first: unacknowledged frames.
+    frames: VecDeque<(u64, u64)>,
+    bytes_in_flight: u64,
+    /// Last time the relay was heard from (or the link came up / was created).
+    heard_ns: u64,
+    /// Last heartbeat sent.
+    hb_sent_ns: u64,
+    frames_sent: u64,
+    last_error: String,
+}
+
+impl Link {
+    fn new(addr: SocketAddr, now: u64) -> Self {
+        Self {
+            addr,
+            conn: None,
+            phase: LinkPhase::Disconnected { retry_at_ns: now },
+            down: false,
+            removed: false,
+            acked_lsn: 0,
+            sent_lsn: 0,
+            frames: VecDeque::with_capacity(LINK_FRAMES_IN_FLIGHT_MAX),
+            bytes_in_flight: 0,
+            heard_ns: now,
+            hb_sent_ns: now,
+            frames_sent: 0,
+            last_error: String::new(),
+        }
+    }
+    fn phase_name(&self) -> &'static str {
+        match self.phase {
+            LinkPhase::Disconnected { .. } => "connecting",
+            LinkPhase::Handshake => "handshake",
+            LinkPhase::Up => "up",
+            LinkPhase::Refused => "refused",
+            LinkPhase::NeedsResync => "needs_resync",
+        }
+    }
+    fn counts(&self, degraded: bool) -> bool {
+        !self.removed && !(degraded && (self.down || self.phase == LinkPhase::NeedsResync))
+    }
+}
+
+struct LinkState {
+    s: Arc<Shared>,
+    poller: Option<reactor::PollerId>,
+    links: Vec<Link>,
+    inflight: VecDeque<InFlight>,
+    retention: Retention,
+    /// Next LSN to assign; 0 until the first handshakes said where to resume.
+    next_lsn: u64,
+    completed_lsn: u64,
+    epoch: u64,
+    created_ns: u64,
+    status_ns: u64,
+    /// Restart points waiting for an LSN (before `next_lsn` is known).
+    pending_ctl: VecDeque<Ctl>,
+    stopped: bool,
+}
+
+/// A completion of a send on link `i`: which op references come back.
+type SendDone = SendCompletion<SegRef>;
+
+impl LinkState {
+    fn new(s: Arc<Shared>) -> Self {
+        let now = now_ns();
+        let links = s.cfg.relays.iter().map(|&a| Link::new(a, now)).collect();
+        let retention = Retention::new(s.cfg.retain_bytes_max as usize);
+        Self {
+            s,
+            poller: None,
+            links,
+            inflight: VecDeque::with_capacity(INFLIGHT_OPS_MAX),
+            retention,
+            next_lsn: 0,
+            completed_lsn: 0,
+            epoch: 0,
+            created_ns: now,
+            status_ns: 0,
+            pending_ctl: VecDeque::new(),
+            stopped: false,
+        }
+    }
+
+    fn timeout_ns(&self) -> u64 {
+        self.s.cfg.relay_down_timeout_ms * 1_000_000
+    }
+
+    fn degraded(&self) -> bool {
+        self.s.cfg.on_relay_down == OnRelayDown::Degraded
+    }
+
+    fn poll(&mut self) -> PollStatus {
+        if self.stopped {
+            return PollStatus::Idle;
+        }
+        let now = now_ns();
+        let mut busy = false;
+        while let Some(c) = self.s.ctl.pop() {
+            busy = true;
+            self.pending_ctl.push_back(c);
+        }
+        self.run_ctl();
+        if self.stopped {
+            return PollStatus::Busy;
+        }
+        if self.next_lsn == 0 {
+            self.try_start(now);
+        }
+        if self.next_lsn != 0 {
+            let mut n = 0;
+            while n < SUBMITS_PER_POLL_MAX && self.inflight.len() < INFLIGHT_OPS_MAX {
+                let Some(sub) = self.s.subq.pop() else { break };
+                n += 1;
+                let lsn = self.next_lsn;
+                self.next_lsn += 1;
+                self.inflight.push_back(InFlight {
+                    op: OpMeta {
+                        lsn,
+                        kind: sub.kind,
+                        arg0: sub.offset_blocks,
+                        arg1: sub.num_blocks.into(),
+                        data: sub.data,
+                    },
+                    owner: Owner::Chan {
+                        chan: sub.chan,
+                        slot: sub.slot,
+                    },
+                    refs: 0,
+                });
+            }
+            busy |= n > 0;
+        }
+        for i in 0..self.links.len() {
+            busy |= self.drive_link(i, now);
+        }
+        busy |= self.retire();
+        self.links.retain(|l| !(l.removed && l.conn.is_none()));
+        self.update_blocked();
+        if now.saturating_sub(self.status_ns) >= STATUS_PERIOD_NS {
+            self.status_ns = now;
+            self.publish();
+        }
+        if busy {
+            PollStatus::Busy
+        } else {
+            PollStatus::Idle
+        }
+    }
+
+    /// Sets the first LSN once every relay answered its first Hello or the down timeout
+    /// passed: a primary that restarts resumes after the highest LSN any relay holds.
+    fn try_start(&mut self, now: u64) {
+        let answered = self
+            .links
+            .iter()
+            .all(|l| l.phase == LinkPhase::Up || l.phase == LinkPhase::Refused);
+        if answered || now.saturating_sub(self.created_ns) >= self.timeout_ns() {
+            let resume = self.links.iter().map(|l| l.acked_lsn).max().unwrap_or(0);
+            self.next_lsn = resume + 1;
+            self.completed_lsn = resume;
+            for l in &mut self.links {
+                if l.phase == LinkPhase::Up && l.acked_lsn < resume {
+                    // This relay missed LSNs an earlier incarnation sent to others.
+                    l.phase = LinkPhase::NeedsResync;
+                    l.last_error = format!("relay holds up to LSN {} but others hold up to {resume}", l.acked_lsn);
+                }
+                l.sent_lsn = l.sent_lsn.max(resume);
+            }
+            log::info!("volume {}: LSNs resume at {}", self.s.cfg.name, self.next_lsn);
+        }
+    }
+
+    fn run_ctl(&mut self) {
+        let mut keep = VecDeque::new();
+        while let Some(c) = self.pending_ctl.pop_front() {
+            match c {
+                Ctl::RestartPoint { tag, done } => {
+                    if self.next_lsn == 0 || self.inflight.len() >= INFLIGHT_OPS_MAX {
+                        keep.push_back(Ctl::RestartPoint { tag, done });
+                        continue;
+                    }
+                    let lsn = self.next_lsn;
+                    self.next_lsn += 1;
+                    self.epoch += 1;
+                    let point = RestartPoint {
+                        epoch: self.epoch,
+                        lsn,
+                        last_lsn: lsn - 1,
+                    };
+                    // SAFETY: the tag's heap bytes live in `Owner::Restart::_tag` until the
+                    // entry is retired, which waits for `refs == 0`; moving a Vec does not
+                    // move its heap bytes.
+                    let data = unsafe { DataRef::new(&tag) };
+                    self.inflight.push_back(InFlight {
+                        op: OpMeta {
+                            lsn,
+                            kind: OpKind::RestartPoint,
+                            arg0: point.epoch,
+                            arg1: point.last_lsn,
+                            data,
+                        },
+                        owner: Owner::Restart {
+                            done: Some(done),
+                            point,
+                            _tag: tag,
+                        },
+                        refs: 0,
+                    });
+                }
+                Ctl::AddRelay(addr) => {
+                    let mut l = Link::new(addr, now_ns());
+                    // A new relay starts at the oldest LSN the primary can still send it;
+                    // its Hello reply says what it already has.
+                    l.sent_lsn = self.completed_lsn;
+                    l.acked_lsn = 0;
+                    self.links.push(l);
+                }
+                Ctl::RemoveRelay(addr) => {
+                    for l in self.links.iter_mut().filter(|l| l.addr == addr) {
+                        l.removed = true;
+                        if let Some(c) = l.conn.as_mut() {
+                            c.close();
+                        }
+                    }
+                }
+                Ctl::Stop(done) => {
+                    self.stop();
+                    done();
+                    return;
+                }
+            }
+        }
+        self.pending_ctl = keep;
+    }
+
+    fn stop(&mut self) {
+        self.stopped = true;
+        for l in &mut self.links {
+            if let Some(c) = l.conn.as_mut() {
+                c.close();
+                // Hand back every queued frame's references.
+                let _ = c.poll_send(&mut |_| {});
+            }
+            l.conn = None;
+        }
+        let name = self.s.cfg.name.clone();
+        while let Some(e) = self.inflight.pop_front() {
+            complete(e.owner, Err(VolumeError::Deleted(name.clone())));
+        }
+        // Channels may still submit: fail those submits too.
+        while let Some(sub) = self.s.subq.pop() {
+            let _ = sub
+                .chan
+                .done
+                .push((sub.slot, Err(BdevError::Io(format!("volume {name} deleted")))));
+        }
+        if let Some(id) = self.poller.take() {
+            reactor::unregister_poller(id);
+        }
+        self.publish();
+    }
+
+    /// Finds an op with `lsn` in the in-flight table or the retention ring, taking a
+    /// reference for a connection.
+    fn take_ref(&mut self, lsn: u64) -> Option<OpMeta> {
+        if let Some(first) = self.inflight.front().map(|e| e.op.lsn) {
+            if lsn >= first {
+                let e = self.inflight.get_mut((lsn - first) as usize)?;
+                e.refs += 1;
+                return Some(e.op);
+            }
+        }
+        let r = self.retention.get_mut(lsn)?;
+        r.refs += 1;
+        Some(r.op)
+    }
+
+    fn drop_ref(&mut self, lsn: u64) {
+        if let Some(first) = self.inflight.front().map(|e| e.op.lsn) {
+            if lsn >= first {
+                if let Some(e) = self.inflight.get_mut((lsn - first) as usize) {
+                    e.refs -= 1;
+                }
+                return;
+            }
+        }
+        if let Some(r) = self.retention.get_mut(lsn) {
+            r.refs -= 1;
+        }
+    }
+
+    fn link_failed(&mut self, i: usize, why: String, now: u64) {
+        let l = &mut self.links[i];
+        if let Some(mut c) = l.conn.take() {
+            c.close();
+            let mut back: ArrayVec<u64, 1024> = ArrayVec::new();
+            let _ = c.poll_send(&mut |d: SendDone| {
+                for seg in &d.data {
+                    let _ = back.try_push(seg.lsn);
+                }
+            });
+            for lsn in back {
+                self.drop_ref(lsn);
+            }
+        }
+        let l = &mut self.links[i];
+        if !why.is_empty() && l.phase != LinkPhase::Refused {
+            log::warn!("volume {}: relay {}: {why}", self.s.cfg.name, l.addr);
+            l.last_error = why;
+        }
+        if l.phase != LinkPhase::NeedsResync && l.phase != LinkPhase::Refused {
+            l.phase = LinkPhase::Disconnected {
+                retry_at_ns: now + RECONNECT_DELAY_MS * 1_000_000,
+            };
+        }
+        l.frames.clear();
+        l.bytes_in_flight = 0;
+        l.sent_lsn = l.acked_lsn;
+    }
+
+    /// Drives link `i`: connect, handshake, acks, heartbeats, sends. Returns "did work".
+    fn drive_link(&mut self, i: usize, now: u64) -> bool {
+        let timeout = self.timeout_ns();
+        let gen = self.s.cfg.generation;
+        let bs = self.s.base.block_size();
+        let mut busy = false;
+        if self.links[i].removed {
+            if self.links[i].conn.is_some() {
+                self.link_failed(i, String::new(), now);
+            }
+            return false;
+        }
+        // Down detection: silent for the timeout while something is expected of it.
+        {
+            let l = &mut self.links[i];
+            let silent = now.saturating_sub(l.heard_ns) >= timeout;
+            if silent && !l.down && l.phase != LinkPhase::Up {
+                l.down = true;
+                log::warn!(
+                    "volume {}: relay {} marked down ({})",
+                    self.s.cfg.name,
+                    l.addr,
+                    l.phase_name()
+                );
+            }
+        }
+        if self.links[i].phase == LinkPhase::Up && now.saturating_sub(self.links[i].heard_ns) >= timeout {
+            self.links[i].down = true;
+            let why = format!("no answer for {} ms: marked down", self.s.cfg.relay_down_timeout_ms);
+            self.link_failed(i, why, now);
+        }
+        let due = match self.links[i].phase {
+            LinkPhase::Disconnected { retry_at_ns } => now >= retry_at_ns,
+            // Refusals (stale generation, unknown volume) are retried slowly.
+            LinkPhase::Refused => now >= self.links[i].heard_ns + REFUSED_RETRY_MS * 1_000_000,
+            _ => false,
+        };
+        if due {
+            let addr = self.links[i].addr;
+            match TcpConnection::connect(addr, TcpConfig::default()) {
+                Ok(mut c) => {
+                    let hello = Hello {
+                        role: Role::Primary,
+                        block_size: bs,
+                        volume_id: self.s.volume_id,
+                        volume_name: &self.s.cfg.name,
+                        generation: gen,
+                        resume_lsn: self.links[i].acked_lsn + 1,
+                        frame_bytes_max: FRAME_BYTES_MAX as u32,
+                        recv_credits: 0,
+                    };
+                    match wire::encode_hello(&hello) {
+                        Ok(h) => {
+                            let _ = c.send(OutFrame::control(h, 0));
+                            self.links[i].conn = Some(c);
+                            self.links[i].phase = LinkPhase::Handshake;
+                        }
+                        Err(e) => self.links[i].last_error = e.to_string(),
+                    }
+                }
+                Err(e) => {
+                    self.links[i].last_error = e.to_string();
+                    self.links[i].phase = LinkPhase::Disconnected {
+                        retry_at_ns: now + RECONNECT_DELAY_MS * 1_000_000,
+                    };
+                }
+            }
+            busy = true;
+        }
+        let Some(conn) = self.links[i].conn.as_mut() else {
+            return busy;
+        };
+        // Receive.
+        let mut frames: ArrayVec<RxEvent, 64> = ArrayVec::new();
+        let r = conn.poll_recv(&mut |f: Frame<'_>| {
+            let ev = match f {
+                Frame::HelloReply(r) => RxEvent::Reply(r),
+                Frame::Ack(a) => RxEvent::Ack(a.durable_lsn, a.generation),
+                Frame::Heartbeat(h) => RxEvent::Heartbeat(h),
+                other => RxEvent::Unexpected(other.kind() as u8),
+            };
+            let _ = frames.try_push(ev);
+        });
+        if let Err(e) = r {
+            self.link_failed(i, format!("receive: {e}"), now);
+            return true;
+        }
+        for ev in frames {
+            busy = true;
+            let l = &mut self.links[i];
+            l.heard_ns = now;
+            if l.down {
+                log::info!("volume {}: relay {} answers again", self.s.cfg.name, l.addr);
+                l.down = false;
+            }
+            match ev {
+                RxEvent::Reply(HelloReply::Accepted { resume_lsn, .. }) => {
+                    let have = resume_lsn.saturating_sub(1);
+                    l.acked_lsn = l.acked_lsn.max(have);
+                    l.sent_lsn = l.acked_lsn;
+                    l.phase = LinkPhase::Up;
+                    l.last_error.clear();
+                    // Can it be caught up from what the primary still holds?
+                    let oldest = self
+                        .retention
+                        .first_lsn()
+                        .or_else(|| self.inflight.front().map(|e| e.op.lsn))
+                        .unwrap_or(self.next_lsn.max(1));
+                    if self.next_lsn != 0 && have + 1 < oldest && have < self.completed_lsn {
+                        l.phase = LinkPhase::NeedsResync;
+                        l.last_error =
+                            format!("relay holds up to LSN {have}; the primary holds LSNs from {oldest} on only");
+                        log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
+                    } else if self.next_lsn != 0 && have >= self.next_lsn {
+                        l.phase = LinkPhase::NeedsResync;
+                        l.last_error = format!("relay holds LSN {have}, beyond this primary's {}", self.next_lsn - 1);
+                        log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
+                    } else {
+                        log::info!(
+                            "volume {}: relay {} up, resumes at LSN {resume_lsn}",
+                            self.s.cfg.name,
+                            l.addr
+                        );
+                    }
+                }
+                RxEvent::Reply(HelloReply::Refused { reason, generation, .. }) => {
+                    l.last_error = format!("refused: {reason:?} (relay generation {generation})");
+                    log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
+                    l.phase = LinkPhase::Refused;
+                }
+                RxEvent::Ack(durable, _gen) => {
+                    if durable > l.acked_lsn {
+                        l.acked_lsn = durable;
+                        while let Some(&(last, bytes)) = l.frames.front() {
+                            if last > durable {
+                                break;
+                            }
+                            l.bytes_in_flight -= bytes;
+                            l.frames.pop_front();
+                        }
+                    }
+                }
+                RxEvent::Heartbeat(h) => {
+                    if !h.is_reply {
+                        if let Some(c) = l.conn.as_mut() {
+                            let _ = c.send(OutFrame::control(
+                                wire::encode_heartbeat(&Heartbeat { is_reply: true, ..h }),
+                                0,
+                            ));
+                        }
+                    }
+                }
+                RxEvent::Unexpected(k) => {
+                    let why = format!("unexpected frame kind {k} from relay");
+                    self.link_failed(i, why, now);
+                    return true;
+                }
+            }
+        }
+        if self.links[i].phase == LinkPhase::Refused {
+            self.link_failed(i, String::new(), now);
+            self.links[i].phase = LinkPhase::Refused;
+            return true;
+        }
+        if self.links[i].phase == LinkPhase::Up && self.next_lsn != 0 {
+            busy |= self.pump(i);
+            let l = &mut self.links[i];
+            if now.saturating_sub(l.hb_sent_ns) >= timeout / 4 {
+                l.hb_sent_ns = now;
+                if let Some(c) = l.conn.as_mut() {
+                    let _ = c.send(OutFrame::control(
+                        wire::encode_heartbeat(&Heartbeat {
+                            nonce: now,
+                            time_ns: now,
+                            is_reply: false,
+                        }),
+                        0,
+                    ));
+                }
+            }
+        }
+        // Push bytes and take back the references of frames the transport is done with.
+        let mut back: ArrayVec<u64, 1024> = ArrayVec::new();
+        let r = match self.links[i].conn.as_mut() {
+            Some(c) => c.poll_send(&mut |d: SendDone| {
+                for seg in &d.data {
+                    let _ = back.try_push(seg.lsn);
+                }
+            }),
+            None => Ok(0),
+        };
+        busy |= !back.is_empty();
+        for lsn in back {
+            self.drop_ref(lsn);
+        }
+        if let Err(e) = r {
+            self.link_failed(i, format!("send: {e}"), now);
+            return true;
+        }
+        if self.links[i]
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.state() == ConnState::Failed)
+        {
+            self.link_failed(i, "connection failed".into(), now);
+        }
+        busy
+    }
+
+    /// Sends link `i` every op after its `sent_lsn` that is available, up to its flow
+    /// control bound, in frames of up to `OPS_PER_FRAME_MAX` ops.
+    fn pump(&mut self, i: usize) -> bool {
+        let gen = self.s.cfg.generation;
+        let bs = self.s.base.block_size();
+        let cap = self.s.cfg.relay_bytes_in_flight_max;
+        let mut sent = false;
+        loop {
+            let l = &self.links[i];
+            let Some(c) = l.conn.as_ref() else { break };
+            if c.send_capacity() == 0 || l.bytes_in_flight >= cap || l.frames.len() >= LINK_FRAMES_IN_FLIGHT_MAX {
+                break;
+            }
+            let mut lsn = l.sent_lsn + 1;
+            if lsn >= self.next_lsn {
+                break;
+            }
+            let mut enc = BatchEncoder::ops(gen, bs);
+            let mut segs: ArrayVec<SegRef, OPS_PER_FRAME_MAX> = ArrayVec::new();
+            let mut bytes = 0usize;
+            while enc.len() < OPS_PER_FRAME_MAX && lsn < self.next_lsn {
+                let Some(op) = self.peek(lsn) else { break };
+                if bytes + op.data.len() > FRAME_DATA_BYTES_MAX {
+                    break;
+                }
+                let Some(op) = self.take_ref(lsn) else { break };
+                let r = match op.kind {
+                    OpKind::Write => enc.write(lsn, op.arg0, op.arg1 as u32, op.data.len()),
+                    OpKind::WriteZeroes => enc.write_zeroes(lsn, op.arg0, op.arg1 as u32),
+                    OpKind::Deallocate => enc.deallocate(lsn, op.arg0, op.arg1 as u32),
+                    OpKind::RestartPoint => enc.restart_point(lsn, op.arg0, op.arg1, op.data.len()),
+                };
+                if let Err(e) = r {
+                    // A bug: the op was checked when it was made.
+                    self.drop_ref(lsn);
+                    log::error!("volume {}: cannot encode LSN {lsn}: {e}", self.s.cfg.name);
+                    break;
+                }
+                bytes += op.data.len();
+                // Every op gets a segment (possibly empty) so its reference comes back.
+                segs.push(SegRef { data: op.data, lsn });
+                lsn += 1;
+            }
+            if enc.is_empty() {
+                // The next LSN is neither in flight nor retained: the relay cannot be
+                // caught up by this primary.
+                let l = &mut self.links[i];
+                if l.phase == LinkPhase::Up && l.sent_lsn + 1 < self.next_lsn {
+                    l.phase = LinkPhase::NeedsResync;
+                    l.last_error = format!("LSN {} no longer held by the primary", l.sent_lsn + 1);
+                    log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
+                }
+                break;
+            }
+            let slices: ArrayVec<&[u8], OPS_PER_FRAME_MAX> = segs.iter().map(|s| &*s.data).collect();
+            let hdr = match enc.finish(&slices) {
+                Ok(h) => h,
+                Err(e) => {
+                    log::error!("volume {}: cannot seal frame: {e}", self.s.cfg.name);
+                    for s in &segs {
+                        self.drop_ref(s.lsn);
+                    }
+                    break;
+                }
+            };
+            drop(slices);
+            let last = lsn - 1;
+            let mut data = rdma_transport::Segs::new();
+            for s in segs {
+                data.push(s);
+            }
+            let l = &mut self.links[i];
+            let Some(c) = l.conn.as_mut() else { break };
+            match c.send(OutFrame {
+                header: hdr,
+                data,
+                user_data: last,
+            }) {
+                Ok(()) => {
+                    l.sent_lsn = last;
+                    l.frames.push_back((last, bytes as u64));
+                    l.bytes_in_flight += bytes as u64;
+                    l.frames_sent += 1;
+                    sent = true;
+                }
+                Err(e) => {
+                    let f = e.into_frame();
+                    let lsns: ArrayVec<u64, OPS_PER_FRAME_MAX> = f.data.iter().map(|s| s.lsn).collect();
+                    for lsn in lsns {
+                        self.drop_ref(lsn);
+                    }
+                    break;
+                }
+            }
+        }
+        sent
+    }
+
+    fn peek(&self, lsn: u64) -> Option<OpMeta> {
+        if let Some(first) = self.inflight.front().map(|e| e.op.lsn) {
+            if lsn >= first {
+                return self.inflight.get((lsn - first) as usize).map(|e| e.op);
+            }
+        }
+        let first = self.retention.first_lsn()?;
+        self.retention
+            .entries
+            .get(lsn.checked_sub(first)? as usize)
+            .map(|e| e.op)
+    }
+
+    /// (acks needed, relays that count) for the policy, or None when it cannot be met.
+    fn policy_met(&self, lsn: u64) -> bool {
+        let degraded = self.degraded();
+        let counting: Vec<&Link> = self.links.iter().filter(|l| l.counts(degraded)).collect();
+        let acks = counting.iter().filter(|l| l.acked_lsn >= lsn).count();
+        let need = self.needed(counting.len());
+        acks >= need
+    }
+
+    fn needed(&self, counting: usize) -> usize {
+        let degraded = self.degraded();
+        let want = match self.s.cfg.ack_policy {
+            AckPolicy::All => counting,
+            AckPolicy::Quorum(k) => k as usize,
+            AckPolicy::Any => 1.min(counting.max(usize::from(!degraded))),
+        };
+        if degraded {
+            want.min(counting)
+        } else {
+            want
+        }
+    }
+
+    /// Completes ops at the front that meet the policy and that no connection references,
+    /// copying into the retention ring the ones some relay still lacks.
+    fn retire(&mut self) -> bool {
+        let mut n = 0;
+        while let Some(front) = self.inflight.front() {
+            if front.refs > 0 || !self.policy_met(front.op.lsn) {
+                break;
+            }
+            let lsn = front.op.lsn;
+            let lacking = self
+                .links
+                .iter()
+                .any(|l| !l.removed && l.phase != LinkPhase::NeedsResync && l.acked_lsn < lsn);
+            if lacking {
+                let op = front.op;
+                let (ok, dropped) = self.retention.push(&op);
+                if dropped != 0 || !ok {
+                    let upto = if ok { dropped } else { lsn };
+                    for l in &mut self.links {
+                        if !l.removed && l.phase != LinkPhase::NeedsResync && l.acked_lsn < upto {
+                            l.phase = LinkPhase::NeedsResync;
+                            l.last_error = format!(
+                                "retention ring ({} bytes) overflowed: LSN {upto} dropped before the relay had it",
+                                self.s.cfg.retain_bytes_max
+                            );
+                            log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
+                            if let Some(c) = l.conn.as_mut() {
+                                c.close();
+                            }
+                        }
+                    }
+                }
+            }
+            let Some(e) = self.inflight.pop_front() else { break };
+            self.completed_lsn = lsn;
+            complete(e.owner, Ok(()));
+            n += 1;
+        }
+        // Retained ops every relay now has are no longer needed.
+        let min_acked = self
+            .links
+            .iter()
+            .filter(|l| !l.removed && l.phase != LinkPhase::NeedsResync)
+            .map(|l| l.acked_lsn)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.retention.trim(min_acked.min(self.completed_lsn));
+        n > 0
+    }
+
+    fn update_blocked(&self) {
+        let blocked = if self.degraded() {
+            false
+        } else {
+            let live = self
+                .links
+                .iter()
+                .filter(|l| !l.removed && !l.down && l.phase != LinkPhase::NeedsResync)
+                .count();
+            let counting = self.links.iter().filter(|l| !l.removed).count();
+            live < self.needed(counting)
+        };
+        if self.s.writes_blocked.swap(blocked, Ordering::AcqRel) != blocked {
+            if blocked {
+                log::error!(
+                    "volume {}: acknowledgement policy cannot be met: new writes fail",
+                    self.s.cfg.name
+                );
+            } else {
+                log::info!("volume {}: acknowledgement policy can be met again", self.s.cfg.name);
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let cfg = &self.s.cfg;
+        let st = VolumeStatus {
+            name: cfg.name.clone(),
+            base_bdev: self.s.base.name().to_string(),
+            ack_policy: cfg.ack_policy.name().to_string(),
+            quorum_k: match cfg.ack_policy {
+                AckPolicy::Quorum(k) => k,
+                _ => 0,
+            },
+            on_relay_down: match cfg.on_relay_down {
+                OnRelayDown::Block => "block",
+                OnRelayDown::Degraded => "degraded",
+            }
+            .to_string(),
+            relay_down_timeout_ms: cfg.relay_down_timeout_ms,
+            generation: cfg.generation,
+            next_lsn: self.next_lsn,
+            completed_lsn: self.completed_lsn,
+            inflight_ops: self.inflight.len(),
+            retained_ops: self.retention.entries.len(),
+            retained_bytes: self.retention.used,
+            writes_blocked: self.s.writes_blocked.load(Ordering::Acquire),
+            epoch: self.epoch,
+            relays: self
+                .links
+                .iter()
+                .filter(|l| !l.removed)
+                .map(|l| RelayStatus {
+                    addr: l.addr.to_string(),
+                    state: l.phase_name().to_string(),
+                    connected: l.phase == LinkPhase::Up,
+                    down: l.down,
+                    acked_lsn: l.acked_lsn,
+                    sent_lsn: l.sent_lsn,
+                    bytes_in_flight: l.bytes_in_flight,
+                    lag_lsn: self.next_lsn.saturating_sub(1).saturating_sub(l.acked_lsn),
+                    frames_sent: l.frames_sent,
+                    last_error: l.last_error.clone(),
+                })
+                .collect(),
+        };
+        // Never block the reactor: a reader holding the lock only delays the snapshot.
+        if let Ok(mut s) = self.s.status.try_lock() {
+            *s = st;
+        }
+    }
+}
+
+enum RxEvent {
+    Reply(HelloReply),
+    Ack(u64, u64),
+    Heartbeat(Heartbeat),
+    Unexpected(u8),
+}
+
+fn complete(owner: Owner, r: Result<(), VolumeError>) {
+    match owner {
+        Owner::Chan { chan, slot } => {
+            let r = r.map_err(|e| BdevError::Io(e.to_string()));
+            // Sized to the channel's slot count: cannot be full.
+            let _ = chan.done.push((slot, r));
+        }
+        Owner::Restart { done, point, .. } => {
+            if let Some(d) = done {
+                d(r.map(|()| point));
+            }
+        }
+    }
+}
