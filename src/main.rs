@@ -436,7 +436,9 @@ fn limits() -> Result<(), AnyErr> {
 /// Every crate's JSON-RPC methods, in one registry.
 fn register_all_rpcs(reg: &mut engine::rpc::Registry) {
     engine::rpc::methods::register_rpcs(reg);
+    nvme::rpc::register_rpcs(reg);
     relay::rpc::register_rpcs(reg);
+    standby::rpc::register_rpcs(reg);
 }
 
 fn rpc(a: RpcArgs) -> Result<(), AnyErr> {
