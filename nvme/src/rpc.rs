@@ -94,6 +94,25 @@ pub struct CreateTransport {
     pub ack_timeout: Option<u32>,
     pub data_wr_pool_size: Option<u32>,
     pub control_msg_num: Option<u32>,
+    // Sent by SPDK's rpc.py on every call (store_true flags default to false); they tune
+    // the RDMA / vfio-user transports or SPDK's iobuf layer and mean nothing for TCP here.
+    pub iobuf_small_cache_size: Option<u32>,
+    pub iobuf_large_cache_size: Option<u32>,
+    pub num_cqe: Option<u32>,
+    pub max_srq_depth: Option<u32>,
+    pub no_srq: Option<bool>,
+    pub acceptor_backlog: Option<u32>,
+    pub no_wr_batching: Option<bool>,
+    pub disable_mappable_bar0: Option<bool>,
+    pub disable_adaptive_irq: Option<bool>,
+    pub disable_shadow_doorbells: Option<bool>,
+    pub acceptor_poll_rate: Option<u32>,
+    pub disable_command_passthru: Option<bool>,
+    /// Keep-alive settings and masks of optional commands: refused unless empty.
+    pub kas: Option<u32>,
+    pub min_kato: Option<u32>,
+    pub masked_oncs: Option<Vec<String>>,
+    pub masked_fuses: Option<Vec<String>>,
 }
 
 pub fn nvmf_create_transport(t: &Target, p: CreateTransport) -> Result<bool, RpcFailure> {
@@ -101,6 +120,16 @@ pub fn nvmf_create_transport(t: &Target, p: CreateTransport) -> Result<bool, Rpc
     check_trtype(&p.trtype)?;
     if p.dif_insert_or_strip == Some(true) {
         return Err(invalid("dif_insert_or_strip: DIF is not supported"));
+    }
+    if p.kas.is_some() || p.min_kato.is_some() {
+        return Err(invalid(
+            "kas/min_kato: keep-alive granularity is fixed (KAS 1 = 100 ms)",
+        ));
+    }
+    if p.masked_oncs.as_ref().is_some_and(|m| !m.is_empty()) || p.masked_fuses.as_ref().is_some_and(|m| !m.is_empty()) {
+        return Err(invalid(
+            "masked_oncs/masked_fuses: masking optional commands is not supported",
+        ));
     }
     let d = TransportOpts::default();
     let o = TransportOpts {
@@ -164,12 +193,28 @@ pub struct CreateSubsystem {
     pub ana_reporting: Option<bool>,
     pub min_cntlid: Option<u16>,
     pub max_cntlid: Option<u16>,
+    /// Sent by SPDK's rpc.py (false by default): refused when asked for.
+    pub passthrough: Option<bool>,
+    pub enable_nssr: Option<bool>,
+    /// DSM range / write-zeroes size limits and admin queue label: refused when given.
+    pub dmrsl: Option<u32>,
+    pub wzsl: Option<u32>,
+    pub admin_label: Option<String>,
 }
 
 pub fn nvmf_create_subsystem(t: &Target, p: CreateSubsystem) -> Result<bool, RpcFailure> {
     check_tgt(&p.tgt_name)?;
     if p.ana_reporting == Some(true) {
         return Err(invalid("ana_reporting: ANA is not supported"));
+    }
+    if p.passthrough == Some(true) {
+        return Err(invalid("passthrough: NVMe passthrough subsystems are not supported"));
+    }
+    if p.enable_nssr == Some(true) {
+        return Err(invalid("enable_nssr: NVM subsystem reset is not supported"));
+    }
+    if p.dmrsl.is_some() || p.wzsl.is_some() || p.admin_label.is_some() {
+        return Err(invalid("dmrsl/wzsl/admin_label: not supported"));
     }
     if p.min_cntlid.is_some_and(|m| m != 1) || p.max_cntlid.is_some_and(|m| m != crate::target::CNTLID_MAX) {
         return Err(invalid(
@@ -210,6 +255,8 @@ pub struct NamespaceParams {
     pub ptpl_file: Option<String>,
     pub anagrpid: Option<u32>,
     pub no_auto_visible: Option<bool>,
+    /// Sent by SPDK's rpc.py (false by default); metadata is not supported at all.
+    pub hide_metadata: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -249,9 +296,14 @@ pub fn format_uuid(u: &[u8; 16]) -> String {
 pub fn nvmf_subsystem_add_ns(t: &Target, p: AddNs) -> Result<u32, RpcFailure> {
     check_tgt(&p.tgt_name)?;
     let n = p.namespace;
-    if n.ptpl_file.is_some() || n.anagrpid.is_some() || n.eui64.is_some() || n.no_auto_visible == Some(true) {
+    if n.ptpl_file.is_some()
+        || n.anagrpid.is_some()
+        || n.eui64.is_some()
+        || n.no_auto_visible == Some(true)
+        || n.hide_metadata == Some(true)
+    {
         return Err(invalid(
-            "namespace: ptpl_file, anagrpid, eui64 and no_auto_visible are not supported",
+            "namespace: ptpl_file, anagrpid, eui64, no_auto_visible and hide_metadata are not supported",
         ));
     }
     let id = match (n.uuid.as_deref(), n.nguid.as_deref()) {
@@ -333,6 +385,9 @@ pub struct ListenerParams {
     pub secure_channel: Option<bool>,
     pub ana_state: Option<String>,
     pub anagrpid: Option<u32>,
+    /// Socket implementation and NUMA node (rpc.py may send them): only the default.
+    pub sock_impl: Option<String>,
+    pub numa_id: Option<i32>,
 }
 
 /// Returns the address actually bound (trsvcid "0" picks a free port).
@@ -340,6 +395,12 @@ pub fn nvmf_subsystem_add_listener(t: &Arc<Target>, p: ListenerParams) -> Result
     check_tgt(&p.tgt_name)?;
     if p.secure_channel == Some(true) {
         return Err(invalid("secure_channel: TLS is not supported"));
+    }
+    if p.sock_impl.as_deref().is_some_and(|s| s != "posix") {
+        return Err(invalid(format!(
+            "sock_impl: {:?}: only \"posix\" sockets",
+            p.sock_impl.as_deref().unwrap_or_default()
+        )));
     }
     let a = p.listen_address.socket_addr()?;
     t.add_listener(&p.nqn, a)?;
@@ -362,6 +423,8 @@ pub struct HostParams {
     pub psk: Option<String>,
     pub dhchap_key: Option<String>,
     pub dhchap_ctrlr_key: Option<String>,
+    /// `nvmf_subsystem_remove_host`: how long to wait for the host's controllers to go.
+    pub timeout_ms: Option<u64>,
 }
 
 pub fn nvmf_subsystem_add_host(t: &Target, p: HostParams) -> Result<bool, RpcFailure> {
@@ -613,6 +676,51 @@ mod tests {
         assert_eq!(parse_uuid(&format_uuid(&u)), Some(u));
         assert!(parse_uuid("xyz").is_none());
         assert!(parse_uuid("0123456789abcdef0123456789abcdeg").is_none());
+    }
+
+    /// The exact params SPDK's `scripts/rpc.py` (2026 master) sends for these calls with
+    /// no optional flags: every store_true flag goes out as `false`.
+    #[test]
+    fn accepts_what_spdk_rpc_py_sends_and_refuses_features_by_name() {
+        let t: CreateTransport = serde_json::from_value(json!({"trtype": "TCP", "no_srq": false, "c2h_success": true,
+            "zcopy": false, "dif_insert_or_strip": false, "no_wr_batching": false, "disable_mappable_bar0": false,
+            "disable_adaptive_irq": false, "disable_shadow_doorbells": false, "disable_command_passthru": false}))
+        .unwrap();
+        assert_eq!(t.no_srq, Some(false));
+        let s: CreateSubsystem = serde_json::from_value(json!({"nqn": "nqn.2016-06.io.spdk:cnode1",
+            "serial_number": "SPDK001", "allow_any_host": true, "ana_reporting": false, "passthrough": false,
+            "enable_nssr": false}))
+        .unwrap();
+        assert_eq!(s.enable_nssr, Some(false));
+        let n: AddNs = serde_json::from_value(json!({"nqn": "nqn.a", "namespace": {"bdev_name": "Malloc0",
+            "no_auto_visible": false, "hide_metadata": false}}))
+        .unwrap();
+        assert_eq!(n.namespace.hide_metadata, Some(false));
+        let l: ListenerParams = serde_json::from_value(json!({"nqn": "nqn.a", "secure_channel": false,
+            "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": "4420"}}))
+        .unwrap();
+        assert_eq!(l.secure_channel, Some(false));
+        let tgt = Target::new();
+        let e = nvmf_create_subsystem(
+            &tgt,
+            CreateSubsystem {
+                nqn: "nqn.a".into(),
+                enable_nssr: Some(true),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.message.contains("enable_nssr"), "{}", e.message);
+        let e = nvmf_create_transport(
+            &tgt,
+            CreateTransport {
+                trtype: "TCP".into(),
+                masked_oncs: Some(vec!["write_zeroes".into()]),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.message.contains("masked_oncs"), "{}", e.message);
     }
 
     #[test]
