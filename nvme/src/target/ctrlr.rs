@@ -6,9 +6,9 @@
 //! shared state sits behind one lock that only the admin path and Connect take. The data
 //! path reads only the `failed` flag (one relaxed atomic load per poll).
 
+use super::restart::RESTART_TAG_BYTES_MAX;
 use super::tcp::{IN_CAPSULE_DATA_BYTES, MAX_IO_BYTES};
 use super::{Subsystem, SubsystemKind, Target, TransportOpts};
-use super::restart::RESTART_TAG_BYTES_MAX;
 use crate::spec::cmd::{admin_opc, io_opc, sgl_type};
 use crate::spec::fabrics::{self, cc, csts, fctype, fid, prop, PropertyCmd};
 use crate::spec::identify::{self, cns, IdentifyController, IdentifyNamespace};
@@ -730,7 +730,9 @@ mod tests {
             x ^= x << 17;
             x
         };
-        let opcodes = [0x00u8, 0x01, 0x02, 0x05, 0x06, 0x08, 0x09, 0x0A, 0x0C, 0x18, 0x7F, 0x81, 0xFF];
+        let opcodes = [
+            0x00u8, 0x01, 0x02, 0x05, 0x06, 0x08, 0x09, 0x0A, 0x0C, 0x18, 0x7F, 0x81, 0xFF,
+        ];
         for _ in 0..100_000 {
             let len = 64 + (next() % 200) as usize;
             let mut d: Vec<u8> = (0..len).map(|_| next() as u8).collect();

@@ -359,8 +359,16 @@ mod tests {
                 1 => next() as u32,
                 _ => (next() % 260) as u32,
             };
-            let sgl_len = if next() % 2 == 0 { tag_len } else { (next() % 300) as u32 };
-            let in_capsule = if next() % 2 == 0 { sgl_len } else { (next() % 300) as u32 };
+            let sgl_len = if next() % 2 == 0 {
+                tag_len
+            } else {
+                (next() % 300) as u32
+            };
+            let in_capsule = if next() % 2 == 0 {
+                sgl_len
+            } else {
+                (next() % 300) as u32
+            };
             let mut s = rp(tag_len, types[(next() % 4) as usize], sgl_len);
             s.sgl.addr = if next() % 8 == 0 { next() } else { 0 };
             if let Ok(IoCmd::RestartPoint { tag_len: n }) = parse_io(&s, G, in_capsule, 131072) {

@@ -163,7 +163,10 @@ mod tests {
             Status::NAMESPACE_NOT_READY
         );
         assert!(!Status::NAMESPACE_NOT_READY.dnr);
-        assert_eq!(RestartPointError::InvalidTag("x".into()).status(), Status::INVALID_FIELD);
+        assert_eq!(
+            RestartPointError::InvalidTag("x".into()).status(),
+            Status::INVALID_FIELD
+        );
         assert_eq!(RestartPointError::Failed("x".into()).status(), Status::INTERNAL_ERROR);
     }
 }

@@ -1211,7 +1211,11 @@ impl Conn {
     /// sink makes Flush a restart point, declare one with an empty tag first.
     fn flush_done(&mut self, slot: usize) {
         let chan = self.reqs[slot].chan;
-        if self.chans[chan].sink.as_ref().is_some_and(|s| s.flush_is_restart_point()) {
+        if self.chans[chan]
+            .sink
+            .as_ref()
+            .is_some_and(|s| s.flush_is_restart_point())
+        {
             return self.start_restart_point(slot, 0);
         }
         self.stat(|s| &s.completed_nvme_io, 1);
