@@ -162,7 +162,7 @@ mod tests {
             RestartPointError::PolicyUnmet("x".into()).status(),
             Status::NAMESPACE_NOT_READY
         );
-        assert!(!Status::NAMESPACE_NOT_READY.dnr);
+        assert!(!RestartPointError::PolicyUnmet(String::new()).status().dnr, "retryable");
         assert_eq!(
             RestartPointError::InvalidTag("x".into()).status(),
             Status::INVALID_FIELD
