@@ -93,6 +93,8 @@ struct CreateVolume {
     relay_bytes_in_flight_max: Option<u64>,
     #[serde(default)]
     core: Option<u32>,
+    #[serde(default)]
+    flush_is_restart_point: Option<bool>,
 }
 
 fn create_volume(p: CreateVolume) -> Result<String, RpcError> {
@@ -158,6 +160,7 @@ fn create_volume(p: CreateVolume) -> Result<String, RpcError> {
         cfg.relay_bytes_in_flight_max = b;
     }
     cfg.core = p.core;
+    cfg.flush_is_restart_point = p.flush_is_restart_point.unwrap_or(false);
     let v = ReplicatedVolume::create(cfg, base).map_err(vol_err)?;
     if let Err(e) = bdev::register(v.clone()) {
         let _ = v.stop(CTL_TIMEOUT);
@@ -227,6 +230,9 @@ fn volume_config_params(v: &ReplicatedVolume) -> Value {
     if let AckPolicy::Quorum(k) = c.ack_policy {
         p["quorum_k"] = json!(k);
     }
+    if c.flush_is_restart_point {
+        p["flush_is_restart_point"] = json!(true);
+    }
     p
 }
 
@@ -235,7 +241,8 @@ pub fn register_rpcs(reg: &mut Registry) {
     reg.register(
         "replication_create_volume",
         "Create a replicated volume over base_bdev sending every write to relays [IP:PORT...]; \
-         ack_policy all|quorum|any (quorum_k), relay_down_timeout_ms, on_relay_down block|degraded",
+         ack_policy all|quorum|any (quorum_k), relay_down_timeout_ms, on_relay_down block|degraded, \
+         flush_is_restart_point (an NVMe Flush also declares a restart point)",
         create_volume,
     );
     reg.register(

@@ -50,6 +50,7 @@ use rdma_transport::{ConnState, Connection, OutFrame, SendCompletion};
 use serde::Serialize;
 
 use crate::dataref::{DataRef, SegRef};
+use nvme::target::restart::{self as nvme_restart, RestartPointDone, RestartPointError, RestartPointSink, SinkToken};
 
 /// Requests one channel of the volume holds in flight.
 pub const CHANNEL_SLOTS: usize = 256;
@@ -133,6 +134,9 @@ pub struct VolumeConfig {
     pub relay_bytes_in_flight_max: u64,
     /// Reactor owning the relay connections (`None`: the first reactor).
     pub core: Option<u32>,
+    /// An NVMe Flush on this volume (through the NVMe/TCP target) also declares a restart
+    /// point with an empty tag and completes once it is replicated.
+    pub flush_is_restart_point: bool,
 }
 
 impl VolumeConfig {
@@ -149,6 +153,7 @@ impl VolumeConfig {
             retain_bytes_max: RETAIN_BYTES_MAX_DEFAULT,
             relay_bytes_in_flight_max: RELAY_BYTES_IN_FLIGHT_MAX_DEFAULT,
             core: None,
+            flush_is_restart_point: false,
         }
     }
 }
@@ -295,6 +300,8 @@ struct Shared {
     status: Mutex<VolumeStatus>,
     relays: Mutex<Vec<SocketAddr>>,
     stats: StatsSet,
+    /// Our registration as the NVMe target's restart point sink for this bdev name.
+    sink_token: Mutex<Option<SinkToken>>,
 }
 
 /// The replicated volume bdev. See the module docs.
@@ -360,6 +367,7 @@ impl ReplicatedVolume {
             stopped: AtomicBool::new(false),
             status: Mutex::new(VolumeStatus::default()),
             stats: StatsSet::default(),
+            sink_token: Mutex::new(None),
         });
         let s2 = shared.clone();
         reactor::send_msg(core, move || {
@@ -372,6 +380,10 @@ impl ReplicatedVolume {
             volume: shared.cfg.name.clone(),
             why: e.to_string(),
         })?;
+        // In-band restart points: the NVMe/TCP target's opcode 81h (and Flush, if
+        // configured) on a namespace over this bdev reaches the volume through this sink.
+        let token = nvme_restart::register(&shared.cfg.name, Arc::new(VolumeSink(shared.clone())));
+        *shared.sink_token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token);
         Ok(Arc::new(ReplicatedVolume { shared }))
     }
 
@@ -390,10 +402,9 @@ impl ReplicatedVolume {
                 why: format!("{} bytes, at most {RESTART_TAG_BYTES_MAX}", tag.len()),
             });
         }
-        self.ctl(Ctl::RestartPoint {
-            tag: tag.to_vec(),
-            done: Box::new(done),
-        })
+        self.shared
+            .declare_restart_point(tag, Box::new(done))
+            .map_err(|(e, _)| e)
     }
 
     /// Blocking form of [`Self::declare_restart_point`] for management threads (never a
@@ -450,6 +461,9 @@ impl ReplicatedVolume {
     pub fn stop(&self, timeout: Duration) -> Result<(), VolumeError> {
         if self.shared.stopped.swap(true, Ordering::AcqRel) {
             return Ok(());
+        }
+        if let Some(t) = self.shared.sink_token.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            nvme_restart::unregister(&self.shared.cfg.name, t);
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.ctl(Ctl::Stop(Box::new(move || {
@@ -545,6 +559,80 @@ impl Bdev for ReplicatedVolume {
     }
     fn driver_specific(&self) -> serde_json::Value {
         serde_json::to_value(self.status()).unwrap_or_default()
+    }
+}
+
+impl Shared {
+    /// Queues a restart point for the link reactor; on failure hands `done` back unrun.
+    fn declare_restart_point(&self, tag: &[u8], done: RestartDone) -> Result<(), (VolumeError, RestartDone)> {
+        if tag.len() > RESTART_TAG_BYTES_MAX {
+            let e = VolumeError::InvalidParam {
+                param: "tag",
+                why: format!("{} bytes, at most {RESTART_TAG_BYTES_MAX}", tag.len()),
+            };
+            return Err((e, done));
+        }
+        let c = Ctl::RestartPoint {
+            tag: tag.to_vec(),
+            done,
+        };
+        self.ctl.push(c).map_err(|c| {
+            let e = VolumeError::Unreachable {
+                volume: self.cfg.name.clone(),
+                why: "control ring full".into(),
+            };
+            match c {
+                Ctl::RestartPoint { done, .. } => (e, done),
+                _ => unreachable!("the ring hands back what was pushed"),
+            }
+        })
+    }
+}
+
+/// The volume as the NVMe/TCP target sees it for opcode 81h (`nvme::target::restart`).
+/// Unlike [`ReplicatedVolume::declare_restart_point`], it fails at once with `PolicyUnmet`
+/// while new writes would (block mode with too few relays up), as an I/O command should.
+struct VolumeSink(Arc<Shared>);
+
+impl RestartPointSink for VolumeSink {
+    fn declare(&self, tag: &[u8], done: RestartPointDone) {
+        let s = &self.0;
+        if s.stopped.load(Ordering::Acquire) {
+            return done(Err(RestartPointError::Failed(format!("volume {} deleted", s.cfg.name))));
+        }
+        if s.writes_blocked.load(Ordering::Acquire) {
+            let down = s.status.try_lock().map(|st| relays_down(&st)).unwrap_or_default();
+            return done(Err(RestartPointError::PolicyUnmet(format!(
+                "volume {}: relays down: {down}",
+                s.cfg.name
+            ))));
+        }
+        let r = s.declare_restart_point(
+            tag,
+            Box::new(move |r: Result<RestartPoint, VolumeError>| done(r.map(|p| p.epoch).map_err(sink_error))),
+        );
+        if let Err((e, d)) = r {
+            d(Err(e));
+        }
+    }
+
+    fn flush_is_restart_point(&self) -> bool {
+        self.0.cfg.flush_is_restart_point
+    }
+
+    /// Twice the relay down timeout (a relay that stops answering is marked down by then,
+    /// and a degraded volume goes on without it), between 1 s and 25 s (below the usual 30 s
+    /// host I/O timeout).
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.0.cfg.relay_down_timeout_ms.saturating_mul(2).clamp(1_000, 25_000))
+    }
+}
+
+fn sink_error(e: VolumeError) -> RestartPointError {
+    match e {
+        VolumeError::PolicyUnmet { .. } => RestartPointError::PolicyUnmet(e.to_string()),
+        VolumeError::InvalidParam { .. } => RestartPointError::InvalidTag(e.to_string()),
+        e => RestartPointError::Failed(e.to_string()),
     }
 }
 

@@ -29,6 +29,10 @@ pub mod io_opc {
     pub const COMPARE: u8 = 0x05;
     pub const WRITE_ZEROES: u8 = 0x08;
     pub const DATASET_MANAGEMENT: u8 = 0x09;
+    /// Vendor specific (baton): declare a replication restart point, ordered with the
+    /// queue's writes. Bits 1:0 = 01b: host-to-controller data (the tag, CDW10 bytes).
+    /// See `docs/restart-points.md`.
+    pub const RESTART_POINT: u8 = 0x81;
 }
 
 /// SGL descriptor type byte (type in bits 7:4, subtype in bits 3:0) as NVMe/TCP uses it.

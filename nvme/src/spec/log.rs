@@ -9,6 +9,7 @@ pub mod lid {
     pub const SMART: u8 = 0x02;
     pub const FIRMWARE_SLOT: u8 = 0x03;
     pub const CHANGED_NS_LIST: u8 = 0x04;
+    pub const COMMANDS_SUPPORTED: u8 = 0x05;
     pub const DISCOVERY: u8 = 0x70;
 }
 
@@ -83,6 +84,20 @@ unsafe impl Plain for FirmwareSlotLog {}
 /// Changed Namespace List log: up to 1024 NSIDs, zero-terminated; 0xFFFFFFFF in entry 0
 /// means "more than 1024 changed".
 pub const CHANGED_NS_LIST_BYTES: usize = 4096;
+
+/// Commands Supported and Effects log: 256 admin entries (ACS) then 256 I/O entries
+/// (IOCS), 4 bytes each, indexed by opcode; the rest reserved.
+pub const COMMANDS_SUPPORTED_BYTES: usize = 4096;
+/// Byte offset of the I/O command entries in the Commands Supported and Effects log.
+pub const COMMANDS_SUPPORTED_IOCS_OFFSET: usize = 1024;
+
+/// Bits of a Commands Supported and Effects entry.
+pub mod effects {
+    /// Command supported.
+    pub const CSUPP: u32 = 1 << 0;
+    /// Logical block content change.
+    pub const LBCC: u32 = 1 << 1;
+}
 
 /// Discovery log page header (1024 bytes); `numrec` entries of 1024 bytes follow.
 #[repr(C)]

@@ -6,9 +6,10 @@
 //! shared state sits behind one lock that only the admin path and Connect take. The data
 //! path reads only the `failed` flag (one relaxed atomic load per poll).
 
+use super::restart::RESTART_TAG_BYTES_MAX;
 use super::tcp::{IN_CAPSULE_DATA_BYTES, MAX_IO_BYTES};
 use super::{Subsystem, SubsystemKind, Target, TransportOpts};
-use crate::spec::cmd::{admin_opc, sgl_type};
+use crate::spec::cmd::{admin_opc, io_opc, sgl_type};
 use crate::spec::fabrics::{self, cc, csts, fctype, fid, prop, PropertyCmd};
 use crate::spec::identify::{self, cns, IdentifyController, IdentifyNamespace};
 use crate::spec::log::{self as logpage, lid, DiscoveryLogEntry, DiscoveryLogHeader, FirmwareSlotLog, SmartLog};
@@ -401,6 +402,11 @@ impl Controller {
             c.oacs = 0;
             c.wctemp = 343;
             c.cctemp = 373;
+            c.lpa |= 0x02; // Commands Supported and Effects log (05h)
+            c.vs[..RESTART_POINT_VS_MARKER.len()].copy_from_slice(RESTART_POINT_VS_MARKER);
+            let at = RESTART_POINT_VS_MARKER.len();
+            c.vs[at] = io_opc::RESTART_POINT;
+            c.vs[at + 1..at + 3].copy_from_slice(&(RESTART_TAG_BYTES_MAX as u16).to_le_bytes());
         }
         debug_assert!(u32::from(c.mdts) <= (MAX_IO_BYTES / 4096).trailing_zeros());
         c
@@ -450,6 +456,7 @@ impl Controller {
                 put_str(&mut f.frs[0], FIRMWARE_REVISION, b' ');
                 f.as_bytes().to_vec()
             }
+            lid::COMMANDS_SUPPORTED if !discovery => commands_supported_log(),
             lid::CHANGED_NS_LIST if !discovery => {
                 let mut d = vec![0u8; logpage::CHANGED_NS_LIST_BYTES];
                 let mut st = self.st();
@@ -595,6 +602,41 @@ impl Controller {
     }
 }
 
+/// Identify Controller vendor-specific area (bytes 3072..): this marker, then the Restart
+/// Point opcode (1 byte), then the largest tag (u16, little endian). NVM subsystems only.
+pub const RESTART_POINT_VS_MARKER: &[u8; 8] = b"BATONRP1";
+
+/// The Commands Supported and Effects log (LID 05h) of an NVM controller.
+fn commands_supported_log() -> Vec<u8> {
+    use logpage::effects::{CSUPP, LBCC};
+    let mut d = vec![0u8; logpage::COMMANDS_SUPPORTED_BYTES];
+    let mut put = |at: usize, e: u32| d[at..at + 4].copy_from_slice(&e.to_le_bytes());
+    for opc in [
+        admin_opc::GET_LOG_PAGE,
+        admin_opc::IDENTIFY,
+        admin_opc::ABORT,
+        admin_opc::SET_FEATURES,
+        admin_opc::GET_FEATURES,
+        admin_opc::ASYNC_EVENT_REQUEST,
+        admin_opc::KEEP_ALIVE,
+    ] {
+        put(usize::from(opc) * 4, CSUPP);
+    }
+    let io = logpage::COMMANDS_SUPPORTED_IOCS_OFFSET;
+    for (opc, e) in [
+        (io_opc::FLUSH, CSUPP),
+        (io_opc::WRITE, CSUPP | LBCC),
+        (io_opc::READ, CSUPP),
+        (io_opc::COMPARE, CSUPP),
+        (io_opc::WRITE_ZEROES, CSUPP | LBCC),
+        (io_opc::DATASET_MANAGEMENT, CSUPP | LBCC),
+        (io_opc::RESTART_POINT, CSUPP),
+    ] {
+        put(io + usize::from(opc) * 4, e);
+    }
+    d
+}
+
 /// Checks that an admin command that returns data has a transport SGL; returns how many
 /// bytes the host can take.
 pub fn data_out_len(sqe: &Sqe) -> Result<usize, Status> {
@@ -688,7 +730,9 @@ mod tests {
             x ^= x << 17;
             x
         };
-        let opcodes = [0x00u8, 0x01, 0x02, 0x05, 0x06, 0x08, 0x09, 0x0A, 0x0C, 0x18, 0x7F, 0xFF];
+        let opcodes = [
+            0x00u8, 0x01, 0x02, 0x05, 0x06, 0x08, 0x09, 0x0A, 0x0C, 0x18, 0x7F, 0x81, 0xFF,
+        ];
         for _ in 0..100_000 {
             let len = 64 + (next() % 200) as usize;
             let mut d: Vec<u8> = (0..len).map(|_| next() as u8).collect();

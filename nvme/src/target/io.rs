@@ -1,8 +1,10 @@
 //! NVM I/O commands: the typed form of Read, Write, Flush, Write Zeroes, Dataset Management
-//! and Compare after validation against the namespace, and the bdev-error to NVMe-status map.
+//! and Compare after validation against the namespace, the vendor-specific Restart Point
+//! (81h, `docs/restart-points.md`), and the bdev-error to NVMe-status map.
 
 use crate::spec::cmd::{io_opc, sgl_type};
 use crate::spec::{Sqe, Status};
+use crate::target::restart::RESTART_TAG_BYTES_MAX;
 use engine::bdev::{BdevError, IoOp};
 
 /// Bytes per Dataset Management range descriptor.
@@ -38,6 +40,11 @@ pub enum IoCmd {
         ranges: u32,
         deallocate: bool,
     },
+    /// Vendor specific 81h: declare a restart point; `tag_len` bytes of tag follow as host
+    /// data (CDW10; at most [`RESTART_TAG_BYTES_MAX`]).
+    RestartPoint {
+        tag_len: u32,
+    },
 }
 
 impl IoCmd {
@@ -46,6 +53,7 @@ impl IoCmd {
         match *self {
             IoCmd::Write { bytes, .. } | IoCmd::Compare { bytes, .. } => bytes,
             IoCmd::Dsm { ranges, .. } => ranges * DSM_RANGE_BYTES,
+            IoCmd::RestartPoint { tag_len } => tag_len,
             _ => 0,
         }
     }
@@ -95,6 +103,14 @@ pub fn parse_io(sqe: &Sqe, g: NsGeometry, in_capsule: u32, max_io_bytes: u32) ->
             ranges: (sqe.cdw10 & 0xFF) + 1,
             deallocate: sqe.cdw11 & DSM_AD != 0,
         },
+        io_opc::RESTART_POINT => {
+            if sqe.cdw10 > RESTART_TAG_BYTES_MAX {
+                return Err(Status::INVALID_FIELD);
+            }
+            let cmd = IoCmd::RestartPoint { tag_len: sqe.cdw10 };
+            check_tag_sgl(sqe, sqe.cdw10, in_capsule)?;
+            return Ok(cmd);
+        }
         _ => return Err(Status::INVALID_OPCODE),
     };
     check_sgl(sqe, &cmd, in_capsule)?;
@@ -133,6 +149,37 @@ fn check_sgl(sqe: &Sqe, cmd: &IoCmd, in_capsule: u32) -> Result<(), Status> {
             }
             if sqe.sgl.length < need {
                 return Err(Status::DATA_SGL_LENGTH_INVALID);
+            }
+            Ok(())
+        }
+        _ => Err(Status::SGL_DESCRIPTOR_TYPE_INVALID),
+    }
+}
+
+/// The Restart Point's data descriptor must describe exactly the tag: in-capsule (offset 0,
+/// SGL length = data in the capsule = CDW10) or by R2T (SGL length = CDW10); no data at all
+/// for an empty tag. Anything else is Invalid Field (the tag length does not match the data).
+fn check_tag_sgl(sqe: &Sqe, tag_len: u32, in_capsule: u32) -> Result<(), Status> {
+    match sqe.sgl.sgl_type {
+        sgl_type::DATA_BLOCK_OFFSET if in_capsule > 0 || tag_len > 0 => {
+            if sqe.sgl.addr != 0 {
+                return Err(Status::SGL_OFFSET_INVALID);
+            }
+            if sqe.sgl.length != in_capsule || in_capsule != tag_len {
+                return Err(Status::INVALID_FIELD);
+            }
+            Ok(())
+        }
+        _ if in_capsule != 0 => Err(Status::INVALID_FIELD),
+        _ if tag_len == 0 => {
+            if sqe.sgl.length != 0 {
+                return Err(Status::INVALID_FIELD);
+            }
+            Ok(())
+        }
+        sgl_type::TRANSPORT_DATA_BLOCK => {
+            if sqe.sgl.length != tag_len {
+                return Err(Status::INVALID_FIELD);
             }
             Ok(())
         }
@@ -251,5 +298,85 @@ mod tests {
                 deallocate: true
             })
         );
+    }
+
+    fn rp(tag_len: u32, sgl_type_: u8, sgl_len: u32) -> Sqe {
+        Sqe {
+            opc: io_opc::RESTART_POINT,
+            nsid: 1,
+            cdw10: tag_len,
+            sgl: Sgl {
+                addr: 0,
+                length: sgl_len,
+                rsvd: [0; 3],
+                sgl_type: sgl_type_,
+            },
+            ..Sqe::default()
+        }
+    }
+
+    #[test]
+    fn restart_point_parses_and_checks_the_tag_length() {
+        let (t, ic) = (sgl_type::TRANSPORT_DATA_BLOCK, sgl_type::DATA_BLOCK_OFFSET);
+        let p = |s: &Sqe, in_capsule| parse_io(s, G, in_capsule, 131072);
+        assert_eq!(p(&rp(5, ic, 5), 5), Ok(IoCmd::RestartPoint { tag_len: 5 }));
+        assert_eq!(p(&rp(256, t, 256), 0), Ok(IoCmd::RestartPoint { tag_len: 256 }));
+        assert_eq!(p(&rp(0, t, 0), 0), Ok(IoCmd::RestartPoint { tag_len: 0 }));
+        assert_eq!(p(&rp(0, ic, 0), 0), Ok(IoCmd::RestartPoint { tag_len: 0 }));
+        assert_eq!(IoCmd::RestartPoint { tag_len: 9 }.host_bytes(), 9);
+        // Oversize tag.
+        assert_eq!(p(&rp(257, t, 257), 0), Err(Status::INVALID_FIELD));
+        assert_eq!(p(&rp(u32::MAX, t, 0), 0), Err(Status::INVALID_FIELD));
+        // Tag length does not match the data.
+        assert_eq!(p(&rp(5, ic, 6), 6), Err(Status::INVALID_FIELD));
+        assert_eq!(p(&rp(5, ic, 5), 4), Err(Status::INVALID_FIELD));
+        assert_eq!(p(&rp(5, ic, 0), 0), Err(Status::INVALID_FIELD));
+        assert_eq!(p(&rp(5, t, 4), 0), Err(Status::INVALID_FIELD));
+        assert_eq!(p(&rp(5, t, 6), 0), Err(Status::INVALID_FIELD));
+        assert_eq!(p(&rp(0, t, 8), 0), Err(Status::INVALID_FIELD));
+        assert_eq!(p(&rp(0, ic, 4), 4), Err(Status::INVALID_FIELD));
+        assert_eq!(p(&rp(5, t, 5), 5), Err(Status::INVALID_FIELD));
+        // Other descriptor problems keep their statuses.
+        let mut off = rp(5, ic, 5);
+        off.sgl.addr = 8;
+        assert_eq!(p(&off, 5), Err(Status::SGL_OFFSET_INVALID));
+        assert_eq!(p(&rp(5, 0x00, 5), 0), Err(Status::SGL_DESCRIPTOR_TYPE_INVALID));
+    }
+
+    #[test]
+    fn parse_io_survives_random_restart_points() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let types = [sgl_type::TRANSPORT_DATA_BLOCK, sgl_type::DATA_BLOCK_OFFSET, 0x00, 0xFF];
+        for _ in 0..100_000 {
+            let tag_len = match next() % 4 {
+                0 => (next() % 300) as u32,
+                1 => next() as u32,
+                _ => (next() % 260) as u32,
+            };
+            let sgl_len = if next() % 2 == 0 {
+                tag_len
+            } else {
+                (next() % 300) as u32
+            };
+            let in_capsule = if next() % 2 == 0 {
+                sgl_len
+            } else {
+                (next() % 300) as u32
+            };
+            let mut s = rp(tag_len, types[(next() % 4) as usize], sgl_len);
+            s.sgl.addr = if next() % 8 == 0 { next() } else { 0 };
+            if let Ok(IoCmd::RestartPoint { tag_len: n }) = parse_io(&s, G, in_capsule, 131072) {
+                assert!(n <= RESTART_TAG_BYTES_MAX);
+                assert_eq!(n, s.cdw10);
+                assert!(in_capsule == 0 || in_capsule == n, "in-capsule data is exactly the tag");
+                assert_eq!(s.sgl.length, n, "descriptor is exactly the tag");
+            }
+        }
     }
 }

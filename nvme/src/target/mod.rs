@@ -7,6 +7,7 @@
 
 pub mod ctrlr;
 pub mod io;
+pub mod restart;
 pub mod tcp;
 
 use crate::spec::fabrics::DISCOVERY_NQN;

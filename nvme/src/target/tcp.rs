@@ -14,8 +14,9 @@
 
 use super::ctrlr::{data_out_len, AdminResult, Controller, AER_MAX};
 use super::io::{self, IoCmd, NsGeometry};
+use super::restart::{self, RestartPointError, RestartPointSink};
 use super::{ListenerHandle, Subsystem, SubsystemKind, Target, TargetError, TransportOpts};
-use crate::spec::cmd::{admin_opc, sgl_type};
+use crate::spec::cmd::{admin_opc, io_opc, sgl_type};
 use crate::spec::fabrics::{self, fctype, ConnectCmd, ConnectData};
 use crate::spec::{get_str, Cqe, Plain, Sqe, Status};
 use crate::tcp::pdu::{self, fes, PduError, PduKind, PduReceiver, RxEvent, RxLimits, Side, TxDigests};
@@ -220,6 +221,7 @@ fn group_add(mut conn: Box<Conn>) {
             }
         });
         conn.stats = Some(g.stats.clone());
+        conn.core = reactor::current_core().unwrap_or(0);
         bump(&g.stats.connections, 1);
         g.conns.push(*conn);
     });
@@ -255,6 +257,20 @@ fn group_poll() -> PollStatus {
     })
 }
 
+/// Runs on the reactor of connection `conn` (a message from the sink's `done`): completes
+/// its restart point in `slot` if the connection and the request are still there.
+fn restart_point_answer(conn: u64, slot: usize, seq: u64, res: Result<u64, RestartPointError>) {
+    GROUP.with(|g| {
+        let Ok(mut g) = g.try_borrow_mut() else {
+            log::error!("nvmf: restart point answer arrived inside the poll group; dropped");
+            return;
+        };
+        if let Some(c) = g.as_mut().and_then(|g| g.conns.iter_mut().find(|c| c.id == conn)) {
+            c.on_restart_point(slot, seq, res);
+        }
+    });
+}
+
 /// Lifecycle of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -277,6 +293,9 @@ enum ReqState {
     AwaitH2C { received: u32, total: u32 },
     /// Submitted to the bdev: `pending` bdev operations outstanding.
     Executing { pending: u32 },
+    /// Handed to the namespace's restart point sink; waiting for its answer number `seq`
+    /// of this connection (a late answer for an earlier use of the slot is ignored).
+    AwaitRestartPoint { seq: u64 },
 }
 
 struct Req {
@@ -293,6 +312,8 @@ struct Req {
     chan: usize,
     /// First error seen (data digest, bdev error).
     status: Status,
+    /// AwaitRestartPoint: when the command gives up waiting (`engine::clock` ns).
+    deadline_ns: u64,
 }
 
 impl Req {
@@ -306,6 +327,7 @@ impl Req {
             cmd: IoCmd::Flush,
             chan: 0,
             status: Status::SUCCESS,
+            deadline_ns: 0,
         }
     }
 }
@@ -351,10 +373,15 @@ struct ChanEntry {
     bdev: Arc<dyn Bdev>,
     chan: BdevChannel,
     used: bool,
+    /// The bdev's restart point sink (replicated volumes), as of `Conn::sink_gen`.
+    sink: Option<Arc<dyn RestartPointSink>>,
 }
 
 /// User data bit marking the compare read (lands in `buf2`).
 const UD_BUF2: u64 = 1 << 32;
+
+/// Connection identities (restart point answers find their connection by it).
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 struct Conn {
     target: Arc<Target>,
@@ -384,6 +411,16 @@ struct Conn {
     retry: VecDeque<(usize, IoRequest)>,
     done: Vec<IoCompletion>,
     stats: Option<Arc<GroupStats>>,
+    /// Unique per process: restart point answers come back to it by message.
+    id: u64,
+    /// The reactor running this connection (set when it joins a poll group).
+    core: u32,
+    /// Restart points handed out so far (tags the answers).
+    rp_seq: u64,
+    /// Requests in AwaitRestartPoint.
+    rp_pending: u32,
+    /// `restart::generation()` the channels' sinks were looked up at.
+    sink_gen: u64,
 }
 
 impl Conn {
@@ -421,6 +458,11 @@ impl Conn {
             retry: VecDeque::new(),
             done: Vec::with_capacity(usize::from(QUEUE_DEPTH_MAX)),
             stats: None,
+            id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+            core: 0,
+            rp_seq: 0,
+            rp_pending: 0,
+            sink_gen: 0,
         })
     }
 
@@ -471,6 +513,9 @@ impl Conn {
             }
         }
         busy |= self.poll_bdev();
+        if self.rp_pending > 0 {
+            busy |= self.expire_restart_points(now);
+        }
         if !self.aers.is_empty() {
             if let Some(c) = self.ctrlr.clone() {
                 while !self.aers.is_empty() {
@@ -878,6 +923,7 @@ impl Conn {
                             bdev: ns.bdev.clone(),
                             chan,
                             used: false,
+                            sink: None,
                         });
                         self.chans.len() - 1
                     }
@@ -897,6 +943,15 @@ impl Conn {
                 chan: idx,
             });
         }
+        self.refresh_sinks();
+    }
+
+    /// Looks up every channel's restart point sink again (after a registry change).
+    fn refresh_sinks(&mut self) {
+        self.sink_gen = restart::generation();
+        for c in self.chans.iter_mut() {
+            c.sink = restart::lookup(c.bdev.name());
+        }
     }
 
     fn io_cmd(&mut self, slot: usize) {
@@ -907,8 +962,8 @@ impl Conn {
         if subsys.ns_generation.load(Ordering::Acquire) != self.ns_gen {
             self.refresh_ns(subsys);
         }
-        let r = &self.reqs[slot];
-        let sqe = r.sqe;
+        let sqe = self.reqs[slot].sqe;
+        let in_capsule = self.reqs[slot].in_capsule;
         if sqe.opc == admin_opc::FABRICS {
             return self.complete(slot, Status::INVALID_OPCODE, 0, 0);
         }
@@ -916,7 +971,16 @@ impl Conn {
             return self.complete(slot, Status::INVALID_NAMESPACE, 0, 0);
         };
         let (geo, chan) = (ns.geo, ns.chan);
-        let cmd = match io::parse_io(&sqe, geo, r.in_capsule, self.opts.max_io_size) {
+        if sqe.opc == io_opc::RESTART_POINT || sqe.opc == io_opc::FLUSH {
+            if restart::generation() != self.sink_gen {
+                self.refresh_sinks();
+            }
+            if sqe.opc == io_opc::RESTART_POINT && self.chans[chan].sink.is_none() {
+                // Only replicated volumes take restart points.
+                return self.complete(slot, Status::INVALID_OPCODE, 0, 0);
+            }
+        }
+        let cmd = match io::parse_io(&sqe, geo, in_capsule, self.opts.max_io_size) {
             Ok(cmd) => cmd,
             Err(s) => return self.complete(slot, s, 0, 0),
         };
@@ -973,9 +1037,10 @@ impl Conn {
                     user_data: ud | UD_BUF2,
                 });
             }
+            IoCmd::RestartPoint { tag_len } => return self.start_restart_point(slot, tag_len),
             IoCmd::Flush => {
                 if !supports(IoOp::Flush) {
-                    return self.complete(slot, Status::SUCCESS, 0, 0);
+                    return self.flush_done(slot);
                 }
                 ios[0] = Some(IoRequest {
                     op: IoOp::Flush,
@@ -1088,7 +1153,7 @@ impl Conn {
                 IoCmd::WriteZeroes { .. } => IoOp::WriteZeroes,
                 IoCmd::Dsm { .. } => IoOp::Unmap,
                 IoCmd::Flush => IoOp::Flush,
-                IoCmd::Write { .. } => IoOp::Write,
+                IoCmd::Write { .. } | IoCmd::RestartPoint { .. } => IoOp::Write,
             };
             if r.status.is_success() {
                 log::debug!("nvmf: bdev {op:?} failed: {e}");
@@ -1109,10 +1174,13 @@ impl Conn {
 
     /// Every bdev operation of the request finished: send data and the response.
     fn finish(&mut self, slot: usize) {
-        self.stat(|s| &s.completed_nvme_io, 1);
         let r = &self.reqs[slot];
         let status = r.status;
         let cid = r.sqe.cid;
+        if status.is_success() && r.cmd == IoCmd::Flush {
+            return self.flush_done(slot);
+        }
+        self.stat(|s| &s.completed_nvme_io, 1);
         if !status.is_success() {
             return self.complete(slot, status, 0, 0);
         }
@@ -1137,6 +1205,95 @@ impl Conn {
             }
             _ => self.complete(slot, Status::SUCCESS, 0, 0),
         }
+    }
+
+    /// The local flush is done (or the bdev has none): complete, or, on a namespace whose
+    /// sink makes Flush a restart point, declare one with an empty tag first.
+    fn flush_done(&mut self, slot: usize) {
+        let chan = self.reqs[slot].chan;
+        if self.chans[chan]
+            .sink
+            .as_ref()
+            .is_some_and(|s| s.flush_is_restart_point())
+        {
+            return self.start_restart_point(slot, 0);
+        }
+        self.stat(|s| &s.completed_nvme_io, 1);
+        self.complete(slot, Status::SUCCESS, 0, 0)
+    }
+
+    /// Hands the request's tag (its data, `tag_len` bytes) to the namespace's sink. The
+    /// answer comes back to this reactor by message ([`restart_point_answer`]); the command
+    /// completes then, or at its deadline with Namespace Not Ready.
+    ///
+    /// Ordering: every write this queue completed before the command arrived has been
+    /// completed by the bdev, so the sink has already ordered it (a replicated volume gave it
+    /// an LSN); writes still outstanding on the queue are not ordered against the point, as
+    /// NVMe orders no outstanding commands.
+    fn start_restart_point(&mut self, slot: usize, tag_len: u32) {
+        let chan = self.reqs[slot].chan;
+        let Some(sink) = self.chans[chan].sink.clone() else {
+            return self.complete(slot, Status::INVALID_OPCODE, 0, 0);
+        };
+        self.rp_seq += 1;
+        self.rp_pending += 1;
+        let seq = self.rp_seq;
+        let r = &mut self.reqs[slot];
+        let tag = r.buf.take();
+        let tag = tag.as_deref().unwrap_or(&[]);
+        let tag = &tag[..(tag_len as usize).min(tag.len())];
+        r.state = ReqState::AwaitRestartPoint { seq };
+        let timeout = u64::try_from(sink.timeout().as_nanos()).unwrap_or(u64::MAX);
+        r.deadline_ns = engine::clock::now_ns().saturating_add(timeout);
+        let (core, conn) = (self.core, self.id);
+        sink.declare(
+            tag,
+            Box::new(move |res| {
+                if let Err(e) = reactor::send_msg(core, move || restart_point_answer(conn, slot, seq, res)) {
+                    log::warn!("nvmf: restart point answer for reactor {core} lost: {e:?}");
+                }
+            }),
+        );
+    }
+
+    /// The sink answered restart point `seq` of `slot`.
+    fn on_restart_point(&mut self, slot: usize, seq: u64, res: Result<u64, RestartPointError>) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        let Some(r) = self.reqs.get(slot) else { return };
+        if r.state != (ReqState::AwaitRestartPoint { seq }) {
+            return; // timed out already; the slot may be in use again
+        }
+        self.rp_pending -= 1;
+        self.stat(|s| &s.completed_nvme_io, 1);
+        match res {
+            Ok(epoch) => self.complete(slot, Status::SUCCESS, epoch as u32, (epoch >> 32) as u32),
+            Err(e) => {
+                log::info!("nvmf: {}: restart point failed: {e}", self.peer);
+                self.complete(slot, e.status(), 0, 0)
+            }
+        }
+    }
+
+    /// Completes restart points whose sink did not answer in time.
+    fn expire_restart_points(&mut self, now: u64) -> bool {
+        let mut any = false;
+        for slot in 0..self.reqs.len() {
+            let r = &self.reqs[slot];
+            if matches!(r.state, ReqState::AwaitRestartPoint { .. }) && now >= r.deadline_ns {
+                log::warn!(
+                    "nvmf: {}: restart point (command {}) not replicated in time",
+                    self.peer,
+                    r.sqe.cid
+                );
+                self.rp_pending -= 1;
+                self.stat(|s| &s.completed_nvme_io, 1);
+                self.complete(slot, Status::NAMESPACE_NOT_READY, 0, 0);
+                any = true;
+            }
+        }
+        any
     }
 
     fn respond(&mut self, cid: u16, status: Status, dw0: u32, dw1: u32) {

@@ -31,6 +31,9 @@ pub struct Delivered {
     pub offset_blocks: u64,
     /// First 8 bytes of the data (the write's stamp), 0 for ops without data.
     pub stamp: u64,
+    /// Restart point: its tag and the last LSN it covers (empty / 0 otherwise).
+    pub tag: Vec<u8>,
+    pub last_lsn: u64,
 }
 
 #[derive(Default)]
@@ -258,24 +261,37 @@ fn delivered(op: &Op<'_>) -> Delivered {
             kind: 1,
             offset_blocks,
             stamp: stamp(data),
+            tag: Vec::new(),
+            last_lsn: 0,
         },
         Op::WriteZeroes { lsn, offset_blocks, .. } => Delivered {
             lsn,
             kind: 2,
             offset_blocks,
             stamp: 0,
+            tag: Vec::new(),
+            last_lsn: 0,
         },
         Op::Deallocate { lsn, offset_blocks, .. } => Delivered {
             lsn,
             kind: 3,
             offset_blocks,
             stamp: 0,
+            tag: Vec::new(),
+            last_lsn: 0,
         },
-        Op::RestartPoint { lsn, epoch, .. } => Delivered {
+        Op::RestartPoint {
+            lsn,
+            epoch,
+            last_lsn,
+            tag,
+        } => Delivered {
             lsn,
             kind: 4,
             offset_blocks: epoch,
             stamp: 0,
+            tag: tag.to_vec(),
+            last_lsn,
         },
     }
 }
