@@ -230,7 +230,8 @@ impl Detector {
 
     fn alive(&self, v: &VolumeLiveness, now_ns: u64) -> bool {
         let fresh = |t: Option<u64>, ms: u64| t.is_some_and(|t| now_ns.saturating_sub(t) < ms * 1_000_000);
-        fresh(v.direct_ns, self.cfg.timeout_ms) || v.relays.values().any(|r| fresh(r.heard_ns, self.cfg.relay_timeout_ms))
+        fresh(v.direct_ns, self.cfg.timeout_ms)
+            || v.relays.values().any(|r| fresh(r.heard_ns, self.cfg.relay_timeout_ms))
     }
 
     fn armed(&self) -> bool {
@@ -357,7 +358,9 @@ mod tests {
         assert!(d.relay_report(relay(1), "vol", 5, true, 1_000 * MS));
         assert_eq!(d.poll(1_500 * MS), None);
         assert_eq!(d.poll(1_999 * MS), None, "just under the timeout");
-        let dec = d.poll(2_001 * MS).expect("failure after 1000 ms of silence on both paths");
+        let dec = d
+            .poll(2_001 * MS)
+            .expect("failure after 1000 ms of silence on both paths");
         assert_eq!(dec.cause, FailureCause::Timeout);
         assert_eq!(dec.silence, vec![("vol".to_string(), Some(1_001), Some(1_006))]);
         assert_eq!(d.poll(3_000 * MS), None, "decided once");

@@ -488,13 +488,15 @@ impl StandbyHost {
         };
         // 1. Declare failure on every volume, then wait until each has rolled back.
         for v in &self.cfg.volumes {
-            crate::rpc::with_standby(&v.standby, |s| s.declare_failure()).map_err(|e| vol_err(&v.standby, e.message))?;
+            crate::rpc::with_standby(&v.standby, |s| s.declare_failure())
+                .map_err(|e| vol_err(&v.standby, e.message))?;
         }
         let deadline = Instant::now() + Duration::from_millis(self.cfg.rollback_timeout_ms);
         for v in &self.cfg.volumes {
             loop {
-                let (done, err) = crate::rpc::with_standby(&v.standby, |s| (s.failed_over(), s.error().map(str::to_string)))
-                    .map_err(|e| vol_err(&v.standby, e.message))?;
+                let (done, err) =
+                    crate::rpc::with_standby(&v.standby, |s| (s.failed_over(), s.error().map(str::to_string)))
+                        .map_err(|e| vol_err(&v.standby, e.message))?;
                 if let Some(e) = err {
                     return Err(vol_err(&v.standby, format!("stopped on an error: {e}")));
                 }
@@ -573,7 +575,14 @@ impl StandbyHost {
             }
             let mut nsids = Vec::new();
             for (v, (bdev, ..)) in &promoted {
-                let existing = self.target.subsystem(&x.nqn)?.state().namespaces.values().find(|n| n.bdev.name() == bdev).map(|n| n.nsid);
+                let existing = self
+                    .target
+                    .subsystem(&x.nqn)?
+                    .state()
+                    .namespaces
+                    .values()
+                    .find(|n| n.bdev.name() == bdev)
+                    .map(|n| n.nsid);
                 let nsid = match existing {
                     Some(n) => n,
                     None => self.target.add_namespace(&x.nqn, bdev, v.nsid, None)?,
