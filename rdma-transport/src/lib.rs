@@ -4,9 +4,11 @@
 //! - [`transport`]: the connection interface a reactor drives by polling.
 //! - [`tcp`]: its implementation over non-blocking TCP sockets.
 //! - [`inproc`]: its in-process implementation over lock-free rings, with fault injection.
+//! - [`liveness`]: the direct primary -> standby-host heartbeat datagram.
 
 pub mod handshake;
 pub mod inproc;
+pub mod liveness;
 pub mod tcp;
 pub mod transport;
 pub mod wire;

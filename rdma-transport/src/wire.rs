@@ -54,6 +54,10 @@ pub const HEARTBEAT_BODY_BYTES: usize = 24;
 pub const SAFE_UP_TO_BODY_BYTES: usize = 16;
 /// See [`HELLO_BODY_BYTES`].
 pub const GAP_REQUEST_BODY_BYTES: usize = 24;
+/// See [`HELLO_BODY_BYTES`].
+pub const PRIMARY_LIVENESS_BODY_BYTES: usize = 24;
+/// `primary_age_ms` of a [`PrimaryLiveness`] from a relay that never heard the primary.
+pub const PRIMARY_AGE_NEVER: u64 = u64::MAX;
 
 /// The envelope as it lies on the wire (all fields little-endian). Parsing reads the fields
 /// with explicit `from_le_bytes`, never by casting, so this struct documents the layout and
@@ -117,6 +121,9 @@ pub enum FrameKind {
     GapRequest = 8,
     /// Relay -> standby: the operations of a requested range.
     GapReply = 9,
+    /// Relay -> standby: when the relay last heard the volume's primary (failure detection,
+    /// `docs/failover.md`).
+    PrimaryLiveness = 10,
 }
 
 impl FrameKind {
@@ -131,6 +138,7 @@ impl FrameKind {
             7 => Self::SafeUpTo,
             8 => Self::GapRequest,
             9 => Self::GapReply,
+            10 => Self::PrimaryLiveness,
             _ => return None,
         })
     }
@@ -354,6 +362,19 @@ pub struct Heartbeat {
     pub is_reply: bool,
 }
 
+/// Parsed relay report on the primary's liveness (relay -> standby, on the link of one
+/// volume: the volume is the one named in that link's Hello).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrimaryLiveness {
+    /// Milliseconds since the relay last received anything from the volume's primary, as
+    /// measured by the relay when it sent this; [`PRIMARY_AGE_NEVER`] if it never did.
+    pub primary_age_ms: u64,
+    /// Highest LSN the relay holds from the primary (journal appended).
+    pub primary_lsn: u64,
+    /// The relay has a primary connection for the volume right now.
+    pub connected: bool,
+}
+
 /// Parsed standby confirmation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SafeUpTo {
@@ -406,6 +427,8 @@ pub enum Frame<'a> {
     GapRequest(GapRequest),
     /// See [`FrameKind::GapReply`].
     GapReply(GapReply<'a>),
+    /// See [`FrameKind::PrimaryLiveness`].
+    PrimaryLiveness(PrimaryLiveness),
 }
 
 impl Frame<'_> {
@@ -421,6 +444,7 @@ impl Frame<'_> {
             Frame::SafeUpTo(_) => FrameKind::SafeUpTo,
             Frame::GapRequest(_) => FrameKind::GapRequest,
             Frame::GapReply(_) => FrameKind::GapReply,
+            Frame::PrimaryLiveness(_) => FrameKind::PrimaryLiveness,
         }
     }
 }
@@ -668,6 +692,12 @@ pub enum WireError {
     /// Heartbeat reply flag not 0 or 1.
     #[error("heartbeat reply flag {value} not 0 or 1")]
     BadHeartbeatFlag {
+        /// Value received.
+        value: u8,
+    },
+    /// PrimaryLiveness connected flag not 0 or 1.
+    #[error("primary liveness connected flag {value} not 0 or 1")]
+    BadLivenessFlag {
         /// Value received.
         value: u8,
     },
@@ -968,6 +998,25 @@ fn parse_body(kind: FrameKind, body: &[u8]) -> Result<Frame<'_>, WireError> {
                 nonce,
                 time_ns,
                 is_reply,
+            }))
+        }
+        FrameKind::PrimaryLiveness => {
+            fixed_len(kind, body, PRIMARY_LIVENESS_BODY_BYTES)?;
+            let primary_age_ms = r.u64()?;
+            let primary_lsn = r.u64()?;
+            let connected = match r.u8()? {
+                0 => false,
+                1 => true,
+                value => return Err(WireError::BadLivenessFlag { value }),
+            };
+            let rsv = r.array::<7>()?;
+            let mut rsv8 = [0u8; 8];
+            rsv8[..7].copy_from_slice(&rsv);
+            reserved("primary_liveness.rsv", u64::from_le_bytes(rsv8))?;
+            Ok(Frame::PrimaryLiveness(PrimaryLiveness {
+                primary_age_ms,
+                primary_lsn,
+                connected,
             }))
         }
         FrameKind::SafeUpTo => {
@@ -1313,6 +1362,15 @@ pub fn encode_heartbeat(hb: &Heartbeat) -> HeaderBuf {
     control(FrameKind::Heartbeat, &b)
 }
 
+/// Encodes a PrimaryLiveness.
+pub fn encode_primary_liveness(p: &PrimaryLiveness) -> HeaderBuf {
+    let mut b = [0u8; PRIMARY_LIVENESS_BODY_BYTES];
+    b[0..8].copy_from_slice(&p.primary_age_ms.to_le_bytes());
+    b[8..16].copy_from_slice(&p.primary_lsn.to_le_bytes());
+    b[16] = u8::from(p.connected);
+    control(FrameKind::PrimaryLiveness, &b)
+}
+
 /// Encodes a SafeUpTo.
 pub fn encode_safe_up_to(s: &SafeUpTo) -> HeaderBuf {
     let mut b = [0u8; SAFE_UP_TO_BODY_BYTES];
@@ -1542,6 +1600,7 @@ fn reencode_check(frame: &Frame<'_>, original: &[u8]) {
         Frame::Heartbeat(h) => Some(encode_heartbeat(h)),
         Frame::SafeUpTo(s) => Some(encode_safe_up_to(s)),
         Frame::GapRequest(g) => Some(encode_gap_request(g)),
+        Frame::PrimaryLiveness(p) => Some(encode_primary_liveness(p)),
         Frame::Ops(b) | Frame::Forward(b) | Frame::GapReply(GapReply { batch: b, .. }) => {
             let mut enc = match frame {
                 Frame::Ops(_) => BatchEncoder::ops(b.generation, b.block_size),

@@ -60,6 +60,9 @@ pub const GAP_QUEUE_MAX: usize = 16;
 pub const FWD_BUFS_MAX: usize = 64;
 /// Pause between reconnect attempts to the standby.
 pub const STANDBY_RECONNECT_MS: u64 = 200;
+/// How often a relay tells the standby when it last heard each volume's primary
+/// (`PrimaryLiveness`, `docs/failover.md`).
+pub const LIVENESS_REPORT_MS: u64 = 100;
 /// Status snapshot period.
 pub const STATUS_PERIOD_NS: u64 = 10_000_000;
 /// Name of the per-volume metadata file in a journal directory.
@@ -623,6 +626,10 @@ struct VolumeJournal {
     tokens: f64,
     tokens_ns: u64,
     last_error: String,
+    /// `now_ns()` when the primary was last heard (Hello or any frame); 0: never.
+    primary_heard_ns: u64,
+    /// Last `PrimaryLiveness` sent to the standby.
+    liveness_sent_ns: u64,
 }
 
 impl VolumeJournal {
@@ -682,6 +689,8 @@ impl VolumeJournal {
             tokens: 0.0,
             tokens_ns: now_ns(),
             last_error: String::new(),
+            primary_heard_ns: 0,
+            liveness_sent_ns: 0,
             meta,
         })
     }
@@ -906,6 +915,7 @@ impl RelayState {
                     pc.peer,
                     hello.generation
                 );
+                v.primary_heard_ns = now_ns();
                 v.primary = Some(PrimaryConn {
                     conn: pc.conn,
                     peer: pc.peer,
@@ -1012,6 +1022,9 @@ impl RelayState {
         });
         v.bytes_appended += appended;
         busy |= appended > 0;
+        if matches!(r, Ok(n) if n > 0) {
+            v.primary_heard_ns = now_ns();
+        }
         for e in errors {
             log::error!("relay: volume {}: {e}", v.meta.name);
             v.last_error = e;
@@ -1227,6 +1240,7 @@ impl RelayState {
         }
         if v.standby_phase == StandbyPhase::Up {
             busy |= serve_gap(v);
+            busy |= report_liveness(v, now);
         }
         // Forward.
         let gate = if v.standby_phase == StandbyPhase::Up && self.cfg.forwarder {
@@ -1511,6 +1525,35 @@ fn reencode_ops<'a>(
     }
     let hdr = enc.finish(&data)?;
     Ok((hdr, data))
+}
+
+/// Tells the standby, every [`LIVENESS_REPORT_MS`], when this relay last heard the
+/// volume's primary (its failure detector needs it to tell a dead primary from a cut
+/// standby-primary link).
+fn report_liveness(v: &mut VolumeJournal, now: u64) -> bool {
+    if now.saturating_sub(v.liveness_sent_ns) < LIVENESS_REPORT_MS * 1_000_000 {
+        return false;
+    }
+    let Some(c) = v.standby.as_mut() else {
+        return false;
+    };
+    if c.send_capacity() == 0 {
+        return false;
+    }
+    let p = wire::PrimaryLiveness {
+        primary_age_ms: if v.primary_heard_ns == 0 {
+            wire::PRIMARY_AGE_NEVER
+        } else {
+            now.saturating_sub(v.primary_heard_ns) / 1_000_000
+        },
+        primary_lsn: v.journal.appended_lsn(),
+        connected: v.primary.is_some(),
+    };
+    if c.send(OutFrame::control(wire::encode_primary_liveness(&p), 0)).is_ok() {
+        v.liveness_sent_ns = now;
+        return true;
+    }
+    false
 }
 
 fn release(v: &mut VolumeJournal) {

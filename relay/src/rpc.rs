@@ -95,6 +95,11 @@ struct CreateVolume {
     core: Option<u32>,
     #[serde(default)]
     flush_is_restart_point: Option<bool>,
+    /// Standby host address (IP:PORT) for direct UDP heartbeats.
+    #[serde(default)]
+    standby_heartbeat: Option<String>,
+    #[serde(default)]
+    standby_heartbeat_interval_ms: Option<u64>,
 }
 
 fn create_volume(p: CreateVolume) -> Result<String, RpcError> {
@@ -161,6 +166,15 @@ fn create_volume(p: CreateVolume) -> Result<String, RpcError> {
     }
     cfg.core = p.core;
     cfg.flush_is_restart_point = p.flush_is_restart_point.unwrap_or(false);
+    if let Some(a) = &p.standby_heartbeat {
+        cfg.standby_heartbeat = Some(parse_addr("standby_heartbeat", a)?);
+    }
+    if let Some(i) = p.standby_heartbeat_interval_ms {
+        if i == 0 {
+            return Err(RpcError::invalid_params("standby_heartbeat_interval_ms: must be > 0"));
+        }
+        cfg.standby_heartbeat_interval_ms = i;
+    }
     let v = ReplicatedVolume::create(cfg, base).map_err(vol_err)?;
     if let Err(e) = bdev::register(v.clone()) {
         let _ = v.stop(CTL_TIMEOUT);
@@ -233,6 +247,10 @@ fn volume_config_params(v: &ReplicatedVolume) -> Value {
     if c.flush_is_restart_point {
         p["flush_is_restart_point"] = json!(true);
     }
+    if let Some(a) = c.standby_heartbeat {
+        p["standby_heartbeat"] = json!(a.to_string());
+        p["standby_heartbeat_interval_ms"] = json!(c.standby_heartbeat_interval_ms);
+    }
     p
 }
 
@@ -242,7 +260,8 @@ pub fn register_rpcs(reg: &mut Registry) {
         "replication_create_volume",
         "Create a replicated volume over base_bdev sending every write to relays [IP:PORT...]; \
          ack_policy all|quorum|any (quorum_k), relay_down_timeout_ms, on_relay_down block|degraded, \
-         flush_is_restart_point (an NVMe Flush also declares a restart point)",
+         flush_is_restart_point (an NVMe Flush also declares a restart point), \
+         standby_heartbeat IP:PORT (direct UDP heartbeats, standby_heartbeat_interval_ms)",
         create_volume,
     );
     reg.register(
@@ -439,6 +458,21 @@ mod tests {
             json!({"name": "v", "base_bdev": "rpc_test_base", "on_relay_down": "panic"}),
         );
         assert!(e.message.contains("on_relay_down"), "{e:?}");
+        let e = err(
+            &reg,
+            "replication_create_volume",
+            json!({"name": "v", "base_bdev": "rpc_test_base", "standby_heartbeat": "nowhere"}),
+        );
+        assert!(
+            e.message.contains("standby_heartbeat") && e.message.contains("nowhere"),
+            "{e:?}"
+        );
+        let e = err(
+            &reg,
+            "replication_create_volume",
+            json!({"name": "v", "base_bdev": "rpc_test_base", "standby_heartbeat": "127.0.0.1:9", "standby_heartbeat_interval_ms": 0}),
+        );
+        assert!(e.message.contains("standby_heartbeat_interval_ms"), "{e:?}");
         let e = err(&reg, "replication_get_volumes", json!({"name": "ghost"}));
         assert_eq!(e.code, -libc::ENODEV);
         // Relay methods outside a relay process say so.

@@ -29,7 +29,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,6 +51,7 @@ use serde::Serialize;
 
 use crate::dataref::{DataRef, SegRef};
 use nvme::target::restart::{self as nvme_restart, RestartPointDone, RestartPointError, RestartPointSink, SinkToken};
+use crate::liveness::{HeartbeatSender, HeartbeatState};
 
 /// Requests one channel of the volume holds in flight.
 pub const CHANNEL_SLOTS: usize = 256;
@@ -74,6 +75,8 @@ pub const REFUSED_RETRY_MS: u64 = 1_000;
 pub const LINK_FRAMES_IN_FLIGHT_MAX: usize = 1024;
 /// How often the status snapshot (read by RPC) is refreshed.
 pub const STATUS_PERIOD_NS: u64 = 10_000_000;
+/// Shortest staleness of the link reactor's status after which direct heartbeats stop.
+pub const HEARTBEAT_STALE_MS_MIN: u64 = 250;
 /// Largest restart point tag.
 pub const RESTART_TAG_BYTES_MAX: usize = wire::RESTART_TAG_BYTES_MAX;
 
@@ -137,6 +140,10 @@ pub struct VolumeConfig {
     /// An NVMe Flush on this volume (through the NVMe/TCP target) also declares a restart
     /// point with an empty tag and completes once it is replicated.
     pub flush_is_restart_point: bool,
+    /// Standby host to send direct heartbeats to (UDP, `docs/failover.md`); `None`: none.
+    pub standby_heartbeat: Option<SocketAddr>,
+    /// Interval of those heartbeats.
+    pub standby_heartbeat_interval_ms: u64,
 }
 
 impl VolumeConfig {
@@ -154,6 +161,8 @@ impl VolumeConfig {
             relay_bytes_in_flight_max: RELAY_BYTES_IN_FLIGHT_MAX_DEFAULT,
             core: None,
             flush_is_restart_point: false,
+            standby_heartbeat: None,
+            standby_heartbeat_interval_ms: crate::liveness::HEARTBEAT_INTERVAL_MS_DEFAULT,
         }
     }
 }
@@ -297,6 +306,8 @@ struct Shared {
     ctl: Ring<Ctl>,
     writes_blocked: AtomicBool,
     stopped: AtomicBool,
+    /// `now_ns()` of the link reactor's last status publish (liveness of the reactor).
+    published_ns: AtomicU64,
     status: Mutex<VolumeStatus>,
     relays: Mutex<Vec<SocketAddr>>,
     stats: StatsSet,
@@ -307,6 +318,8 @@ struct Shared {
 /// The replicated volume bdev. See the module docs.
 pub struct ReplicatedVolume {
     shared: Arc<Shared>,
+    /// Direct heartbeats to the standby host (`standby_heartbeat`).
+    heartbeat: Mutex<Option<HeartbeatSender>>,
 }
 
 impl ReplicatedVolume {
@@ -341,6 +354,12 @@ impl ReplicatedVolume {
                 why: "must be greater than 0".into(),
             });
         }
+        if cfg.standby_heartbeat_interval_ms == 0 {
+            return Err(VolumeError::InvalidParam {
+                param: "standby_heartbeat_interval_ms",
+                why: "must be greater than 0".into(),
+            });
+        }
         for (i, a) in cfg.relays.iter().enumerate() {
             if cfg.relays[..i].contains(a) {
                 return Err(VolumeError::InvalidParam {
@@ -365,10 +384,19 @@ impl ReplicatedVolume {
             ctl: Ring::new(64),
             writes_blocked: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
+            published_ns: AtomicU64::new(0),
             status: Mutex::new(VolumeStatus::default()),
             stats: StatsSet::default(),
             sink_token: Mutex::new(None),
         });
+        // Before the link reactor starts: a failure here leaves nothing running.
+        let heartbeat = match shared.cfg.standby_heartbeat {
+            Some(addr) => Some(start_heartbeat(&shared, addr).map_err(|e| VolumeError::InvalidParam {
+                param: "standby_heartbeat",
+                why: format!("{addr}: {e}"),
+            })?),
+            None => None,
+        };
         let s2 = shared.clone();
         reactor::send_msg(core, move || {
             let link = Rc::new(RefCell::new(LinkState::new(s2)));
@@ -384,7 +412,10 @@ impl ReplicatedVolume {
         // configured) on a namespace over this bdev reaches the volume through this sink.
         let token = nvme_restart::register(&shared.cfg.name, Arc::new(VolumeSink(shared.clone())));
         *shared.sink_token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token);
-        Ok(Arc::new(ReplicatedVolume { shared }))
+        Ok(Arc::new(ReplicatedVolume {
+            shared,
+            heartbeat: Mutex::new(heartbeat),
+        }))
     }
 
     /// Declares a restart point with the application tag `tag` (R15). It is ordered after
@@ -459,6 +490,9 @@ impl ReplicatedVolume {
     /// Stops the link reactor's work for this volume: in-flight writes fail with
     /// `Deleted`, connections close. Blocks up to `timeout` for the link to confirm.
     pub fn stop(&self, timeout: Duration) -> Result<(), VolumeError> {
+        if let Some(mut h) = self.heartbeat.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            h.stop();
+        }
         if self.shared.stopped.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
@@ -506,6 +540,41 @@ impl ReplicatedVolume {
     pub fn volume_id(&self) -> [u8; 16] {
         self.shared.volume_id
     }
+
+    /// Heartbeats sent to the standby host so far (0 without `standby_heartbeat`).
+    pub fn heartbeats_sent(&self) -> u64 {
+        self.heartbeat
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, |h| h.stats().sent.load(Ordering::Relaxed))
+    }
+}
+
+/// Starts the direct heartbeat of a volume. Its source reads the published status and
+/// answers nothing once the volume stopped or its link reactor has not published for
+/// [`HEARTBEAT_STALE_MS_MIN`] or 5 intervals, whichever is longer (a stuck reactor is
+/// as good as dead to the standby host).
+fn start_heartbeat(shared: &Arc<Shared>, addr: SocketAddr) -> std::io::Result<HeartbeatSender> {
+    let weak = Arc::downgrade(shared);
+    let interval = shared.cfg.standby_heartbeat_interval_ms;
+    let stale_ns = (interval * 5).max(HEARTBEAT_STALE_MS_MIN) * 1_000_000;
+    HeartbeatSender::start(&shared.cfg.name, addr, interval, move || {
+        let s = weak.upgrade()?;
+        if s.stopped.load(Ordering::Acquire) {
+            return None;
+        }
+        let published = s.published_ns.load(Ordering::Acquire);
+        if published == 0 || now_ns().saturating_sub(published) > stale_ns {
+            return None;
+        }
+        let st = s.status.lock().unwrap_or_else(|e| e.into_inner());
+        Some(HeartbeatState {
+            generation: s.cfg.generation,
+            last_lsn: st.next_lsn.saturating_sub(1),
+            epoch: st.epoch,
+        })
+    })
 }
 
 impl Bdev for ReplicatedVolume {
@@ -1821,6 +1890,7 @@ impl LinkState {
         if let Ok(mut s) = self.s.status.try_lock() {
             *s = st;
         }
+        self.s.published_ns.store(now_ns().max(1), Ordering::Release);
     }
 }
 

@@ -71,12 +71,18 @@ fn replication_scenarios() {
     let sink = Sink::start();
     let r1 = start_relay(&root.0.join("r1"), Some(sink.addr), true, 0);
     let r2 = start_relay(&root.0.join("r2"), Some(sink.addr), false, 0);
-    let v = volume(
-        "vol1",
-        vec![r1.listen_addr(), r2.listen_addr()],
-        AckPolicy::All,
-        OnRelayDown::Block,
-    );
+    // vol1 also sends direct heartbeats to a "standby host" (a UDP socket here).
+    let hb_rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    hb_rx.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let v = {
+        let base = engine::bdev::malloc::create("vol1_base", 4096, 4096, None).unwrap();
+        let mut cfg = VolumeConfig::new("vol1", vec![r1.listen_addr(), r2.listen_addr()]);
+        cfg.relay_down_timeout_ms = 300;
+        cfg.core = Some(VOLUME_CORE);
+        cfg.standby_heartbeat = Some(hb_rx.local_addr().unwrap());
+        cfg.standby_heartbeat_interval_ms = 10;
+        ReplicatedVolume::create(cfg, base).expect("volume")
+    };
     const N: u64 = 2000;
     let rx = drive_writes(VOLUME_CORE, v.clone(), 8, N, Arc::new(AtomicBool::new(false)));
     let res = collect(&rx, N, WAIT, "vol1 writes");
@@ -105,6 +111,27 @@ fn replication_scenarios() {
         // The backup pushes nothing: the long-distance link does not carry every byte twice.
         assert!(s.duplicates < N / 2, "{} duplicates for {N} ops", s.duplicates);
         assert!(s.errors.is_empty(), "{:?}", s.errors);
+    }
+    // Direct heartbeats carry the volume's state: restart point epoch 1, LSN N + 1.
+    let mut buf = [0u8; 256];
+    wait_until(WAIT, "a direct heartbeat at epoch 1 / LSN N+1", || {
+        let Ok((n, _)) = hb_rx.recv_from(&mut buf) else {
+            return false;
+        };
+        let hb = rdma_transport::liveness::decode(&buf[..n]).expect("valid heartbeat");
+        assert_eq!((hb.volume, hb.generation, hb.interval_ms), ("vol1", 1, 10));
+        hb.epoch == 1 && hb.last_lsn == N + 1
+    });
+    assert!(v.heartbeats_sent() > 0);
+    // The relays tell the standby they hear the primary.
+    sink.wait_delivered(
+        |s| s.liveness_reports >= 2 && s.last_liveness.is_some_and(|l| l.connected && l.primary_lsn > N),
+        WAIT,
+        "PrimaryLiveness reports from the relays",
+    );
+    {
+        let l = sink.state.lock().unwrap().last_liveness.unwrap();
+        assert_ne!(l.primary_age_ms, rdma_transport::wire::PRIMARY_AGE_NEVER);
     }
     wait_until(WAIT, "status shows both relays acked the restart point", || {
         let st = v.status();

@@ -99,7 +99,41 @@ fn seeds() -> Vec<Vec<u8>> {
     v.push(whole(&f.finish(&[&d]).unwrap(), &[&d]));
     let g = BatchEncoder::gap_reply(9, GapStatus::NotHeld, 3, 4096);
     v.push(whole(&g.finish(&[]).unwrap(), &[]));
+    v.push(whole(
+        &encode_primary_liveness(&PrimaryLiveness {
+            primary_age_ms: 250,
+            primary_lsn: 99,
+            connected: true,
+        }),
+        &[],
+    ));
     v
+}
+
+#[test]
+fn primary_liveness_round_trip_and_rejections() {
+    let p = PrimaryLiveness {
+        primary_age_ms: PRIMARY_AGE_NEVER,
+        primary_lsn: 0,
+        connected: false,
+    };
+    let f = whole(&encode_primary_liveness(&p), &[]);
+    assert_eq!(f.len(), ENVELOPE_BYTES + PRIMARY_LIVENESS_BODY_BYTES);
+    assert_eq!(f[1], FrameKind::PrimaryLiveness as u8);
+    assert_eq!(parse(&f), Ok(Frame::PrimaryLiveness(p)));
+    assert_eq!(
+        parse(&edited(&f, 16, |b| *b = 2)),
+        Err(WireError::BadLivenessFlag { value: 2 })
+    );
+    assert!(matches!(
+        parse(&edited(&f, 23, |b| *b = 1)),
+        Err(WireError::ReservedNonZero { .. })
+    ));
+    let mut short = f[..f.len() - 8].to_vec();
+    let len = short.len() as u32;
+    short[4..8].copy_from_slice(&len.to_le_bytes());
+    reseal(&mut short);
+    assert!(matches!(parse(&short), Err(WireError::BodyLength { .. })));
 }
 
 #[test]

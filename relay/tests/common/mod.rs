@@ -44,6 +44,9 @@ pub struct SinkState {
     pub forward_frames: u64,
     pub gap_replies: u64,
     pub errors: Vec<String>,
+    /// PrimaryLiveness reports received (from any relay) and the latest one.
+    pub liveness_reports: u64,
+    pub last_liveness: Option<wire::PrimaryLiveness>,
 }
 
 pub struct Sink {
@@ -135,6 +138,8 @@ fn sink_loop(acc: TcpAcceptor, state: Arc<Mutex<SinkState>>, stop: Arc<AtomicBoo
             let mut hello: Option<(u64, bool)> = None;
             let mut bad: Option<String> = None;
             let (mut fwd, mut gaprep) = (0, 0);
+            let mut live: Option<wire::PrimaryLiveness> = None;
+            let mut lives = 0u64;
             let r = conns[i].conn.poll_recv(&mut |f: Frame<'_>| match f {
                 Frame::Hello(h) => hello = Some((h.generation, h.role == Role::Relay)),
                 Frame::Forward(b) => {
@@ -146,6 +151,10 @@ fn sink_loop(acc: TcpAcceptor, state: Arc<Mutex<SinkState>>, stop: Arc<AtomicBoo
                     ops.extend(g.batch.ops.iter().map(delivered));
                 }
                 Frame::Heartbeat(_) | Frame::Ack(_) => {}
+                Frame::PrimaryLiveness(p) => {
+                    lives += 1;
+                    live = Some(p);
+                }
                 other => bad = Some(format!("unexpected {:?}", other.kind())),
             });
             if let Some((generation, role_ok)) = hello {
@@ -173,6 +182,10 @@ fn sink_loop(acc: TcpAcceptor, state: Arc<Mutex<SinkState>>, stop: Arc<AtomicBoo
                 let mut s = state.lock().unwrap();
                 s.forward_frames += fwd;
                 s.gap_replies += gaprep;
+                s.liveness_reports += lives;
+                if live.is_some() {
+                    s.last_liveness = live;
+                }
                 if let Some(b) = bad {
                     s.errors.push(b);
                 }
