@@ -17,12 +17,14 @@
 //! - [`snapshot`]: snapshot mode (claims 20, 22, 23), snapshot and head bdevs.
 //! - [`volume`]: [`StandbyVolume`], the one object the network side drives.
 //! - [`rpc`]: typed JSON-RPC handlers and the process's standby registry.
+//! - [`image`]: execution images: transfer from the primary host, store, restore.
 //!
 //! Invariant 2 of DESIGN.md (what the standby shows is exactly the primary's
 //! image at some restart point) and 3 (after failover it is at the newest
 //! restart point fully received) are what the tests in `tests/` check.
 
 pub mod delayed;
+pub mod image;
 mod io;
 pub mod receive;
 pub mod rpc;
