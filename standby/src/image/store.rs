@@ -398,39 +398,52 @@ impl ImageStore {
                 rep.bytes_freed += p.bytes;
                 continue;
             }
-            let mut w = PackWriter::create(&a)?;
-            let mut buf = vec![0u8; CHUNK_SIZE];
-            for (h, off, len) in &keep {
-                let d = &mut buf[..*len as usize];
-                p.file
-                    .read_exact_at(d, *off)
-                    .map_err(|e| ImageError::io(format!("read {}", p.path.display()), e))?;
-                w.append(h, d)?;
-            }
-            let id = st.next_pack;
-            st.next_pack += 1;
-            let np = Arc::new(w.finish(&a, id)?);
-            for (h, off, len) in &np.records {
-                st.index.insert(
-                    *h,
-                    Loc {
-                        pack: np.clone(),
-                        offset: *off,
-                        len: *len,
-                    },
-                );
-            }
-            st.packs.insert(id, np.clone());
-            st.packs.remove(&p.id);
-            // Readers holding the old pack keep its open file; unlink only.
-            fs::remove_file(&p.path)
-                .map_err(|e| ImageError::io(format!("remove {}", p.path.display()), e))?;
+            let np = rewrite_pack(&a, &mut st, &p, &keep)?;
             rep.packs_compacted += 1;
             rep.bytes_freed += p.bytes.saturating_sub(np.bytes);
         }
         sync_dir(&a.dir.join("packs"))?;
         Ok(rep)
     }
+}
+
+/// Replaces pack `p` by a new pack holding only `keep` of its records (new
+/// id, fsync, rename), points the index at the new copies, drops the old
+/// pack from the map and unlinks its file (readers holding it keep reading
+/// the open file).
+fn rewrite_pack(
+    a: &AppShared,
+    st: &mut AppState,
+    p: &Arc<Pack>,
+    keep: &[(Hash, u64, u32)],
+) -> Result<Arc<Pack>, ImageError> {
+    let mut w = PackWriter::create(a)?;
+    let mut buf = vec![0u8; CHUNK_SIZE];
+    for (h, off, len) in keep {
+        let d = &mut buf[..*len as usize];
+        p.file
+            .read_exact_at(d, *off)
+            .map_err(|e| ImageError::io(format!("read {}", p.path.display()), e))?;
+        w.append(h, d)?;
+    }
+    let id = st.next_pack;
+    st.next_pack += 1;
+    let np = Arc::new(w.finish(a, id)?);
+    for (h, off, len) in &np.records {
+        st.index.insert(
+            *h,
+            Loc {
+                pack: np.clone(),
+                offset: *off,
+                len: *len,
+            },
+        );
+    }
+    st.packs.insert(id, np.clone());
+    st.packs.remove(&p.id);
+    fs::remove_file(&p.path)
+        .map_err(|e| ImageError::io(format!("remove {}", p.path.display()), e))?;
+    Ok(np)
 }
 
 /// Locations of each chunk of `m`, in order.
@@ -542,21 +555,53 @@ impl AppShared {
         }
     }
 
+    /// Drops a chunk found corrupt: removes it from the index and rewrites
+    /// its pack without it (so a restart does not index it again); the next
+    /// transfer that needs its content is asked for it.
     fn evict(&self, h: &Hash, at: &Loc) {
         let mut st = lock(&self.state);
-        if st
+        let indexed = st
             .index
             .get(h)
-            .is_some_and(|l| Arc::ptr_eq(&l.pack, &at.pack) && l.offset == at.offset)
-        {
+            .is_some_and(|l| Arc::ptr_eq(&l.pack, &at.pack) && l.offset == at.offset);
+        if !indexed {
+            return;
+        }
+        log::error!(
+            "image store {}: chunk {} in {} at {} is corrupt; dropping it",
+            self.name,
+            hex(h),
+            at.pack.path.display(),
+            at.offset
+        );
+        st.index.remove(h);
+        let p = at.pack.clone();
+        if !st.packs.get(&p.id).is_some_and(|q| Arc::ptr_eq(q, &p)) {
+            return;
+        }
+        let keep: Vec<(Hash, u64, u32)> = p
+            .records
+            .iter()
+            .filter(|(rh, off, _)| {
+                st.index
+                    .get(rh)
+                    .is_some_and(|l| Arc::ptr_eq(&l.pack, &p) && l.offset == *off)
+            })
+            .copied()
+            .collect();
+        let r = if keep.is_empty() {
+            st.packs.remove(&p.id);
+            fs::remove_file(&p.path)
+                .map_err(|e| ImageError::io(format!("remove {}", p.path.display()), e))
+        } else {
+            rewrite_pack(self, &mut st, &p, &keep).map(|_| ())
+        };
+        if let Err(e) = r.and_then(|_| sync_dir(&self.dir.join("packs"))) {
             log::error!(
-                "image store {}: chunk {} in {} at {} is corrupt; dropped",
+                "image store {}: rewriting {} without the corrupt chunk: {e}",
                 self.name,
-                hex(h),
-                at.pack.path.display(),
-                at.offset
+                p.path.display()
             );
-            st.index.remove(h);
         }
     }
 }
