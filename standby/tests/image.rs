@@ -3,8 +3,7 @@
 
 use standby::image::wire::{self, Base, Msg, Propose};
 use standby::image::{
-    chunk_hashes, parse_restart_tag, restart_tag, ImageClient, ImageError, ImageServer,
-    ImageStore, CHUNK_SIZE,
+    chunk_hashes, parse_restart_tag, restart_tag, ImageClient, ImageError, ImageServer, ImageStore, CHUNK_SIZE,
 };
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -97,10 +96,7 @@ fn first_sends_all_then_only_changed_pages_then_nothing() {
     assert_eq!(r1.data_bytes_sent, img.len() as u64);
     assert_eq!(r1.hash, hash(&img));
     // Propose + 1 Entries frame of 256 entries + 1 Chunks frame (exactly 1 MiB).
-    assert_eq!(
-        r1.wire_bytes_sent,
-        (16 + 93) + (16 + 4 + 36 * 256) + (16 + 256 * 4096)
-    );
+    assert_eq!(r1.wire_bytes_sent, (16 + 93) + (16 + 4 + 36 * 256) + (16 + 256 * 4096));
     let v1 = img.clone();
 
     let changed = rng.change_pages(&mut img, 7);
@@ -120,10 +116,7 @@ fn first_sends_all_then_only_changed_pages_then_nothing() {
     assert!(r3.wire_bytes_sent <= delta_wire_bytes(0), "{r3:?}");
 
     let store = srv.store();
-    assert_eq!(
-        store.list("db"),
-        vec![(1, hash(&v1)), (2, hash(&img)), (3, hash(&img))]
-    );
+    assert_eq!(store.list("db"), vec![(1, hash(&v1)), (2, hash(&img)), (3, hash(&img))]);
     assert_eq!(restored(&store, "db", 1, &v1), v1);
     assert_eq!(restored(&store, "db", 2, &img), img);
     assert_eq!(restored(&store, "db", 3, &img), img);
@@ -245,10 +238,7 @@ fn corrupt_stored_chunk_fails_restore_naming_it_and_is_resent() {
     }
     assert!(err.to_string().contains("chunk 3"), "{err}");
     // No file was left where the restored image would be.
-    assert_eq!(
-        std::fs::read_dir(dir.join("apps/c/restore")).unwrap().count(),
-        0
-    );
+    assert_eq!(std::fs::read_dir(dir.join("apps/c/restore")).unwrap().count(), 0);
     drop(store);
 
     // The corrupt chunk was dropped: a new transfer (fresh client, full
@@ -432,7 +422,16 @@ fn disconnect_mid_transfer_leaves_no_visible_image_and_server_keeps_serving() {
     let _ = g.read_to_end(&mut got);
     if !got.is_empty() {
         let (m, _) = wire::parse_frame(&got).unwrap();
-        assert!(matches!(m, Msg::Error { code: wire::code::PROTOCOL, .. }), "{m:?}");
+        assert!(
+            matches!(
+                m,
+                Msg::Error {
+                    code: wire::code::PROTOCOL,
+                    ..
+                }
+            ),
+            "{m:?}"
+        );
     }
 
     // The server still serves: a real transfer of the same image works.

@@ -95,16 +95,12 @@ impl ImageClient {
         let _ = s.set_nodelay(true);
         s.set_read_timeout(Some(REPLY_TIMEOUT))
             .map_err(|e| ImageError::io("set read timeout", e))?;
-        let rd = FrameReader::new(
-            s.try_clone()
-                .map_err(|e| ImageError::io("clone socket", e))?,
-        );
+        let rd = FrameReader::new(s.try_clone().map_err(|e| ImageError::io("clone socket", e))?);
         let mut c = Conn {
             rd,
             wr: FrameWriter::new(s),
         };
-        wire::encode_hello(&mut c.wr.out, &self.app)
-            .map_err(|e| ImageError::Protocol(e.to_string()))?;
+        wire::encode_hello(&mut c.wr.out, &self.app).map_err(|e| ImageError::Protocol(e.to_string()))?;
         c.wr.send()?;
         c.wr.flush()?;
         match c.rd.next()? {
@@ -113,10 +109,7 @@ impl ImageClient {
                 code,
                 message: message.to_owned(),
             }),
-            m => Err(ImageError::Protocol(format!(
-                "expected HelloOk, got {:?}",
-                m.kind()
-            ))),
+            m => Err(ImageError::Protocol(format!("expected HelloOk, got {:?}", m.kind()))),
         }
     }
 
@@ -178,12 +171,7 @@ impl ImageClient {
         }
     }
 
-    fn attempt(
-        &mut self,
-        image: &[u8],
-        chunks: &[Hash],
-        rep: &mut TransferReport,
-    ) -> Result<(), ImageError> {
+    fn attempt(&mut self, image: &[u8], chunks: &[Hash], rep: &mut TransferReport) -> Result<(), ImageError> {
         if self.conn.is_none() {
             let c = self.open()?;
             rep.wire_bytes_sent += c.wr.bytes();
@@ -216,11 +204,7 @@ fn exchange(
                 .filter(|(i, h)| b.chunks.get(*i) != Some(h))
                 .map(|(i, h)| (i as u32, *h))
                 .collect(),
-            None => chunks
-                .iter()
-                .enumerate()
-                .map(|(i, h)| (i as u32, *h))
-                .collect(),
+            None => chunks.iter().enumerate().map(|(i, h)| (i as u32, *h)).collect(),
         };
         wire::encode_propose(
             &mut c.wr.out,
@@ -255,12 +239,7 @@ fn exchange(
                     message: message.to_owned(),
                 })
             }
-            m => {
-                return Err(ImageError::Protocol(format!(
-                    "expected Need, got {:?}",
-                    m.kind()
-                )))
-            }
+            m => return Err(ImageError::Protocol(format!("expected Need, got {:?}", m.kind()))),
         };
         rep.base = base.map(|b| b.seq);
         let n = chunk_count(len);
@@ -285,12 +264,7 @@ fn exchange(
                         }
                     }
                 }
-                m => {
-                    return Err(ImageError::Protocol(format!(
-                        "expected NeedRuns, got {:?}",
-                        m.kind()
-                    )))
-                }
+                m => return Err(ImageError::Protocol(format!("expected NeedRuns, got {:?}", m.kind()))),
             }
         }
         if runs_seen != runs_total as u64 || need.len() != chunks_total as usize {
@@ -306,8 +280,7 @@ fn exchange(
             let at = i as usize * CHUNK_SIZE;
             let l = chunk_len(len, i as u64);
             if in_frame + l > BODY_MAX {
-                wire::encode_chunks(&mut c.wr.out, &parts)
-                    .map_err(|e| ImageError::Protocol(e.to_string()))?;
+                wire::encode_chunks(&mut c.wr.out, &parts).map_err(|e| ImageError::Protocol(e.to_string()))?;
                 c.wr.send()?;
                 parts.clear();
                 in_frame = 0;
@@ -317,8 +290,7 @@ fn exchange(
             rep.data_bytes_sent += l as u64;
         }
         if !parts.is_empty() {
-            wire::encode_chunks(&mut c.wr.out, &parts)
-                .map_err(|e| ImageError::Protocol(e.to_string()))?;
+            wire::encode_chunks(&mut c.wr.out, &parts).map_err(|e| ImageError::Protocol(e.to_string()))?;
             c.wr.send()?;
         }
         c.wr.flush()?;
@@ -335,10 +307,7 @@ fn exchange(
                 code,
                 message: message.to_owned(),
             }),
-            m => Err(ImageError::Protocol(format!(
-                "expected Saved, got {:?}",
-                m.kind()
-            ))),
+            m => Err(ImageError::Protocol(format!("expected Saved, got {:?}", m.kind()))),
         };
     }
 }

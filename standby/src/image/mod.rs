@@ -90,10 +90,7 @@ pub fn chunk_len(len: u64, index: u64) -> usize {
 
 /// BLAKE3 of each chunk of `image`, in order.
 pub fn chunk_hashes(image: &[u8]) -> Vec<Hash> {
-    image
-        .chunks(CHUNK_SIZE)
-        .map(|c| *blake3::hash(c).as_bytes())
-        .collect()
+    image.chunks(CHUNK_SIZE).map(|c| *blake3::hash(c).as_bytes()).collect()
 }
 
 /// Lower-case hex of a hash (file names, error messages).
@@ -146,10 +143,7 @@ pub fn check_app_name(app: &str) -> Result<(), ImageError> {
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    Io { what: String, source: std::io::Error },
     #[error("wire: {0}")]
     Wire(#[from] wire::WireError),
     #[error("protocol: {0}")]
@@ -168,9 +162,7 @@ pub enum ImageError {
     BadTag { len: usize },
     #[error("app {app}: no image seq {seq} with hash {hash}")]
     NotFound { app: String, seq: u64, hash: String },
-    #[error(
-        "app {app} image seq {seq}: chunk {index} (hash {hash}) is corrupt in pack {pack} at offset {offset}"
-    )]
+    #[error("app {app} image seq {seq}: chunk {index} (hash {hash}) is corrupt in pack {pack} at offset {offset}")]
     CorruptChunk {
         app: String,
         seq: u64,
@@ -189,11 +181,7 @@ pub enum ImageError {
     #[error("chunk {index} of image seq {seq} does not match its manifest hash {hash}")]
     ChunkMismatch { seq: u64, index: u64, hash: String },
     #[error("image seq {seq}: whole-image BLAKE3 is {actual}, the manifest says {expected}")]
-    ImageHashMismatch {
-        seq: u64,
-        expected: String,
-        actual: String,
-    },
+    ImageHashMismatch { seq: u64, expected: String, actual: String },
     #[error("{path}: {why}")]
     CorruptFile { path: PathBuf, why: String },
     #[error("server: {0}")]

@@ -45,11 +45,8 @@ impl ImageServer {
     /// Serves an already open store (which the caller may also use, e.g.
     /// to restore or prune).
     pub fn with_store(listen: SocketAddr, store: Arc<ImageStore>) -> Result<ImageServer, ImageError> {
-        let l = TcpListener::bind(listen)
-            .map_err(|e| ImageError::io(format!("bind {listen}"), e))?;
-        let addr = l
-            .local_addr()
-            .map_err(|e| ImageError::io("local address", e))?;
+        let l = TcpListener::bind(listen).map_err(|e| ImageError::io(format!("bind {listen}"), e))?;
+        let addr = l.local_addr().map_err(|e| ImageError::io("local address", e))?;
         l.set_nonblocking(true)
             .map_err(|e| ImageError::io("set listener non-blocking", e))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -182,10 +179,7 @@ fn error_code(e: &ImageError) -> u16 {
 /// Serves one connection until the client closes it or an error; an error
 /// is reported to the client in an `Error` frame before closing.
 fn serve(store: &ImageStore, s: TcpStream) -> Result<(), ImageError> {
-    let mut rd = FrameReader::new(
-        s.try_clone()
-            .map_err(|e| ImageError::io("clone socket", e))?,
-    );
+    let mut rd = FrameReader::new(s.try_clone().map_err(|e| ImageError::io("clone socket", e))?);
     let mut wr = FrameWriter::new(s);
     let r = serve_inner(store, &mut rd, &mut wr);
     if let Err(e) = &r {
@@ -198,11 +192,7 @@ fn serve(store: &ImageStore, s: TcpStream) -> Result<(), ImageError> {
     r
 }
 
-fn serve_inner(
-    store: &ImageStore,
-    rd: &mut FrameReader,
-    wr: &mut FrameWriter,
-) -> Result<(), ImageError> {
+fn serve_inner(store: &ImageStore, rd: &mut FrameReader, wr: &mut FrameWriter) -> Result<(), ImageError> {
     let set_timeout = |rd: &FrameReader, t: Option<Duration>| {
         rd.stream()
             .set_read_timeout(t)
@@ -211,12 +201,7 @@ fn serve_inner(
     set_timeout(rd, Some(TRANSFER_READ_TIMEOUT))?;
     let app = match rd.next()? {
         Msg::Hello { app } => store.app(app)?,
-        m => {
-            return Err(ImageError::Protocol(format!(
-                "expected Hello, got {:?}",
-                m.kind()
-            )))
-        }
+        m => return Err(ImageError::Protocol(format!("expected Hello, got {:?}", m.kind()))),
     };
     wire::encode_empty(&mut wr.out, wire::Kind::HelloOk).expect("HelloOk has no body");
     wr.send()?;
@@ -228,12 +213,7 @@ fn serve_inner(
         let p = match rd.next_or_eof()? {
             None => return Ok(()),
             Some(Msg::Propose(p)) => p,
-            Some(m) => {
-                return Err(ImageError::Protocol(format!(
-                    "expected Propose, got {:?}",
-                    m.kind()
-                )))
-            }
+            Some(m) => return Err(ImageError::Protocol(format!("expected Propose, got {:?}", m.kind()))),
         };
         set_timeout(rd, Some(TRANSFER_READ_TIMEOUT))?;
         transfer(&app, rd, wr, p)?;
@@ -262,12 +242,7 @@ fn transfer(
                 }
                 entries.extend(e.iter());
             }
-            m => {
-                return Err(ImageError::Protocol(format!(
-                    "expected Entries, got {:?}",
-                    m.kind()
-                )))
-            }
+            m => return Err(ImageError::Protocol(format!("expected Entries, got {:?}", m.kind()))),
         }
     }
     let base = match p.base {
@@ -307,12 +282,7 @@ fn transfer(
         while k < plan.need.len() {
             let data = match rd.next()? {
                 Msg::Chunks(d) => d,
-                m => {
-                    return Err(ImageError::Protocol(format!(
-                        "expected Chunks, got {:?}",
-                        m.kind()
-                    )))
-                }
+                m => return Err(ImageError::Protocol(format!("expected Chunks, got {:?}", m.kind()))),
             };
             let mut d = data;
             while !d.is_empty() {

@@ -157,8 +157,7 @@ impl ImageStore {
         let apps_dir = dir.join("apps");
         mkdirs(&apps_dir)?;
         let mut apps = HashMap::new();
-        let rd = fs::read_dir(&apps_dir)
-            .map_err(|e| ImageError::io(format!("read {}", apps_dir.display()), e))?;
+        let rd = fs::read_dir(&apps_dir).map_err(|e| ImageError::io(format!("read {}", apps_dir.display()), e))?;
         for ent in rd {
             let ent = ent.map_err(|e| ImageError::io(format!("read {}", apps_dir.display()), e))?;
             let Some(name) = ent.file_name().to_str().map(str::to_owned) else {
@@ -253,8 +252,7 @@ impl ImageStore {
             (m, locs)
         };
         let tmp = a.tmp_path("img");
-        let out = File::create(&tmp)
-            .map_err(|e| ImageError::io(format!("create {}", tmp.display()), e))?;
+        let out = File::create(&tmp).map_err(|e| ImageError::io(format!("create {}", tmp.display()), e))?;
         let cleanup = TmpFile(Some(tmp.clone()));
         let mut w = BufWriter::with_capacity(READ_RUN_MAX, out);
         let mut whole = blake3::Hasher::new();
@@ -302,8 +300,7 @@ impl ImageStore {
             .dir
             .join("restore")
             .join(format!("{}.img", image_file_stem(seq, hash)));
-        fs::rename(&tmp, &dst)
-            .map_err(|e| ImageError::io(format!("rename to {}", dst.display()), e))?;
+        fs::rename(&tmp, &dst).map_err(|e| ImageError::io(format!("rename to {}", dst.display()), e))?;
         cleanup.keep();
         sync_dir(&a.dir.join("restore"))?;
         Ok(dst)
@@ -333,16 +330,11 @@ impl ImageStore {
         };
         let mut st = lock(&a.state);
         let mut rep = PruneReport::default();
-        let old: Vec<(u64, Hash)> = st
-            .images
-            .range(..(keep_from_seq, [0u8; 32]))
-            .map(|(k, _)| *k)
-            .collect();
+        let old: Vec<(u64, Hash)> = st.images.range(..(keep_from_seq, [0u8; 32])).map(|(k, _)| *k).collect();
         for (seq, hash) in &old {
             let stem = image_file_stem(*seq, hash);
             let mf = a.dir.join("images").join(format!("{stem}.manifest"));
-            fs::remove_file(&mf)
-                .map_err(|e| ImageError::io(format!("remove {}", mf.display()), e))?;
+            fs::remove_file(&mf).map_err(|e| ImageError::io(format!("remove {}", mf.display()), e))?;
             let rf = a.dir.join("restore").join(format!("{stem}.img"));
             match fs::remove_file(&rf) {
                 Ok(()) => {}
@@ -363,11 +355,7 @@ impl ImageStore {
         for p in packs {
             // A record is live if referenced and it is the copy the index serves.
             let is_live = |st: &AppState, h: &Hash, off: u64| {
-                live.contains(h)
-                    && st
-                        .index
-                        .get(h)
-                        .is_some_and(|l| l.pack.id == p.id && l.offset == off)
+                live.contains(h) && st.index.get(h).is_some_and(|l| l.pack.id == p.id && l.offset == off)
             };
             let keep: Vec<(Hash, u64, u32)> = p
                 .records
@@ -380,20 +368,14 @@ impl ImageStore {
             }
             let dead = p.records.len() - keep.len();
             for (h, off, _) in &p.records {
-                if st
-                    .index
-                    .get(h)
-                    .is_some_and(|l| l.pack.id == p.id && l.offset == *off)
-                    && !live.contains(h)
-                {
+                if st.index.get(h).is_some_and(|l| l.pack.id == p.id && l.offset == *off) && !live.contains(h) {
                     st.index.remove(h);
                 }
             }
             rep.chunks_removed += dead;
             if keep.is_empty() {
                 st.packs.remove(&p.id);
-                fs::remove_file(&p.path)
-                    .map_err(|e| ImageError::io(format!("remove {}", p.path.display()), e))?;
+                fs::remove_file(&p.path).map_err(|e| ImageError::io(format!("remove {}", p.path.display()), e))?;
                 rep.packs_deleted += 1;
                 rep.bytes_freed += p.bytes;
                 continue;
@@ -441,8 +423,7 @@ fn rewrite_pack(
     }
     st.packs.insert(id, np.clone());
     st.packs.remove(&p.id);
-    fs::remove_file(&p.path)
-        .map_err(|e| ImageError::io(format!("remove {}", p.path.display()), e))?;
+    fs::remove_file(&p.path).map_err(|e| ImageError::io(format!("remove {}", p.path.display()), e))?;
     Ok(np)
 }
 
@@ -464,10 +445,7 @@ fn locate(st: &AppState, app: &str, m: &Manifest) -> Result<Vec<Loc>, ImageError
 
 /// Reads the chunks at `locs` in order, calling `f(index, data)` for each;
 /// adjacent chunks of one pack are read together, up to 1 MiB at a time.
-fn read_chunks(
-    locs: &[Loc],
-    mut f: impl FnMut(usize, &[u8]) -> Result<(), ImageError>,
-) -> Result<(), ImageError> {
+fn read_chunks(locs: &[Loc], mut f: impl FnMut(usize, &[u8]) -> Result<(), ImageError>) -> Result<(), ImageError> {
     let mut buf = vec![0u8; READ_RUN_MAX];
     let mut i = 0;
     while i < locs.len() {
@@ -520,9 +498,7 @@ impl AppShared {
 
     fn tmp_path(&self, ext: &str) -> PathBuf {
         let n = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
-        self.dir
-            .join("tmp")
-            .join(format!("{}-{n}.{ext}", std::process::id()))
+        self.dir.join("tmp").join(format!("{}-{n}.{ext}", std::process::id()))
     }
 
     /// The manifest of a saved image, if held.
@@ -591,8 +567,7 @@ impl AppShared {
             .collect();
         let r = if keep.is_empty() {
             st.packs.remove(&p.id);
-            fs::remove_file(&p.path)
-                .map_err(|e| ImageError::io(format!("remove {}", p.path.display()), e))
+            fs::remove_file(&p.path).map_err(|e| ImageError::io(format!("remove {}", p.path.display()), e))
         } else {
             rewrite_pack(self, &mut st, &p, &keep).map(|_| ())
         };
@@ -691,16 +666,14 @@ impl Plan {
         let tmp = a.tmp_path("manifest");
         let guard = TmpFile(Some(tmp.clone()));
         let bytes = encode_manifest(m);
-        let mut f = File::create(&tmp)
-            .map_err(|e| ImageError::io(format!("create {}", tmp.display()), e))?;
+        let mut f = File::create(&tmp).map_err(|e| ImageError::io(format!("create {}", tmp.display()), e))?;
         f.write_all(&bytes)
             .and_then(|_| f.sync_all())
             .map_err(|e| ImageError::io(format!("write {}", tmp.display()), e))?;
         let dst = a.dir.join("images").join(format!("{stem}.manifest"));
         // Under the lock: prune never sees a manifest file without its entry.
         let mut st = lock(&a.state);
-        fs::rename(&tmp, &dst)
-            .map_err(|e| ImageError::io(format!("rename to {}", dst.display()), e))?;
+        fs::rename(&tmp, &dst).map_err(|e| ImageError::io(format!("rename to {}", dst.display()), e))?;
         guard.keep();
         sync_dir(&a.dir.join("images"))?;
         st.images.insert((m.seq, m.hash), m.clone());
@@ -772,8 +745,7 @@ impl PackWriter {
         f.sync_all()
             .map_err(|e| ImageError::io(format!("fsync {}", self.path.display()), e))?;
         let dst = a.dir.join("packs").join(format!("{id:016}.pack"));
-        fs::rename(&self.path, &dst)
-            .map_err(|e| ImageError::io(format!("rename to {}", dst.display()), e))?;
+        fs::rename(&self.path, &dst).map_err(|e| ImageError::io(format!("rename to {}", dst.display()), e))?;
         self.tmp.keep();
         sync_dir(&a.dir.join("packs"))?;
         Ok(Pack {
@@ -892,10 +864,7 @@ fn decode_manifest(path: &Path, b: &[u8]) -> Result<Manifest, ImageError> {
     let crc = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
     let computed = crc32c::crc32c(body);
     if crc != computed {
-        return Err(corrupt(
-            path,
-            format!("CRC32C {crc:#010x}, computed {computed:#010x}"),
-        ));
+        return Err(corrupt(path, format!("CRC32C {crc:#010x}, computed {computed:#010x}")));
     }
     if &body[..8] != MANIFEST_MAGIC {
         return Err(corrupt(path, "bad manifest magic"));
@@ -915,10 +884,7 @@ fn decode_manifest(path: &Path, b: &[u8]) -> Result<Manifest, ImageError> {
     let hash: Hash = body[32..64].try_into().expect("32 bytes");
     let count = u32_at(64) as u64;
     if len > super::IMAGE_BYTES_MAX || count != chunk_count(len) {
-        return Err(corrupt(
-            path,
-            format!("{count} chunks for an image of {len} bytes"),
-        ));
+        return Err(corrupt(path, format!("{count} chunks for an image of {len} bytes")));
     }
     if body.len() as u64 != MANIFEST_FIXED_BYTES as u64 + 32 * count {
         return Err(corrupt(path, "length does not match the chunk count"));
@@ -927,12 +893,7 @@ fn decode_manifest(path: &Path, b: &[u8]) -> Result<Manifest, ImageError> {
         .chunks_exact(32)
         .map(|c| c.try_into().expect("32 bytes"))
         .collect();
-    Ok(Manifest {
-        seq,
-        len,
-        hash,
-        chunks,
-    })
+    Ok(Manifest { seq, len, hash, chunks })
 }
 
 fn set_aside(path: &Path, e: &ImageError) {
@@ -1060,12 +1021,7 @@ pub(crate) fn apply_delta(
         .enumerate()
         .map(|(i, h)| h.ok_or_else(|| format!("chunk {i} is past the base and has no entry")))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Manifest {
-        seq,
-        len,
-        hash,
-        chunks,
-    })
+    Ok(Manifest { seq, len, hash, chunks })
 }
 
 #[cfg(test)]

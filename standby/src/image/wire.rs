@@ -110,11 +110,7 @@ pub enum WireError {
     #[error("body CRC32C {found:#010x}, computed {computed:#010x}")]
     BodyCrc { found: u32, computed: u32 },
     #[error("{kind:?} body of {len} bytes: {rule}")]
-    BodyLength {
-        kind: Kind,
-        len: usize,
-        rule: &'static str,
-    },
+    BodyLength { kind: Kind, len: usize, rule: &'static str },
     #[error("{kind:?}: field {field} is {value}: {rule}")]
     Field {
         kind: Kind,
@@ -356,11 +352,7 @@ pub fn parse_body<'a>(h: &Header, body: &'a [u8]) -> Result<Msg<'a>, WireError> 
                 }
                 1 => {
                     if entry_count as u64 > chunks {
-                        return Err(field(
-                            "entry count",
-                            entry_count as u64,
-                            "more entries than chunks",
-                        ));
+                        return Err(field("entry count", entry_count as u64, "more entries than chunks"));
                     }
                     Some(Base {
                         seq: base_seq,
@@ -399,8 +391,7 @@ pub fn parse_body<'a>(h: &Header, body: &'a [u8]) -> Result<Msg<'a>, WireError> 
             Msg::Need { runs, chunks }
         }
         Kind::NeedRuns => {
-            counted(body, RUN_BYTES, RUNS_PER_FRAME)
-                .ok_or(len_rule("must be 4 + 8 * count, count 1..=131071"))?;
+            counted(body, RUN_BYTES, RUNS_PER_FRAME).ok_or(len_rule("must be 4 + 8 * count, count 1..=131071"))?;
             let r = Runs(&body[4..]);
             for (start, count) in r.iter() {
                 if count == 0 {
@@ -516,11 +507,7 @@ fn frame(out: &mut Vec<u8>, kind: Kind, body: impl FnOnce(&mut Vec<u8>)) {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
     #[error("{what}: {len} items, at most {max} fit one frame")]
-    TooMany {
-        what: &'static str,
-        len: usize,
-        max: usize,
-    },
+    TooMany { what: &'static str, len: usize, max: usize },
     #[error("{0}")]
     Invalid(String),
 }
@@ -813,10 +800,7 @@ mod tests {
         assert_eq!(parse_frame(&bad).unwrap_err(), WireError::BadVersion(2));
         let mut bad = o.clone();
         bad[5] ^= 0x10;
-        assert!(matches!(
-            parse_frame(&bad),
-            Err(WireError::HeaderCrc { .. })
-        ));
+        assert!(matches!(parse_frame(&bad), Err(WireError::HeaderCrc { .. })));
         let mut bad = o.clone();
         bad[HEADER_BYTES] ^= 1;
         assert!(matches!(parse_frame(&bad), Err(WireError::BodyCrc { .. })));
@@ -846,10 +830,7 @@ mod tests {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         for s in &samples {
             for cut in 0..s.len() {
-                assert!(
-                    parse_frame(&s[..cut]).is_err(),
-                    "truncated at {cut} accepted"
-                );
+                assert!(parse_frame(&s[..cut]).is_err(), "truncated at {cut} accepted");
                 fuzz_frames(&s[..cut]);
             }
         }
