@@ -184,8 +184,6 @@ pub enum ImageError {
     ImageHashMismatch { seq: u64, expected: String, actual: String },
     #[error("{path}: {why}")]
     CorruptFile { path: PathBuf, why: String },
-    #[error("server: {0}")]
-    Server(String),
 }
 
 impl ImageError {
