@@ -19,6 +19,7 @@
 //! - [`rpc`]: typed JSON-RPC handlers and the process's standby registry.
 //! - [`failover`]: the primary-failure detector (pure logic).
 //! - [`host`]: the standby host: heartbeat listener, failover sequence, its RPC.
+//! - [`image`]: execution images: transfer from the primary host, store, restore.
 //!
 //! Invariant 2 of DESIGN.md (what the standby shows is exactly the primary's
 //! image at some restart point) and 3 (after failover it is at the newest
@@ -27,6 +28,7 @@
 pub mod delayed;
 pub mod failover;
 pub mod host;
+pub mod image;
 mod io;
 pub mod receive;
 pub mod rpc;
