@@ -16,6 +16,7 @@
 //! - [`delayed`]: delayed-write mode (claims 17-19).
 //! - [`snapshot`]: snapshot mode (claims 20, 22, 23), snapshot and head bdevs.
 //! - [`volume`]: [`StandbyVolume`], the one object the network side drives.
+//! - [`net`]: the network receive side (relay links: Hello, SafeUpTo, GapRequest).
 //! - [`rpc`]: typed JSON-RPC handlers and the process's standby registry.
 //!
 //! Invariant 2 of DESIGN.md (what the standby shows is exactly the primary's
@@ -24,6 +25,7 @@
 
 pub mod delayed;
 mod io;
+pub mod net;
 pub mod receive;
 pub mod rpc;
 pub mod snapshot;
