@@ -624,6 +624,11 @@ impl VolNet {
         let mut busy = false;
         for l in &mut self.links {
             busy |= drive_link(name, l, v, now);
+            if v.promoted() {
+                // Relays reconnect and are refused: their generation is older now.
+                l.close
+                    .get_or_insert_with(|| format!("the standby was promoted (generation {})", v.generation()));
+            }
         }
         let durable = v.durable_lsn();
         let mut i = 0;
