@@ -5,6 +5,8 @@
 //!   primary/relay/standby failover demo).
 //! - `baton perf`: the perf harness (`spdk_nvme_perf` / `bdevperf` flags).
 //! - `baton target`: the storage target process (reactors, bdevs).
+//! - `baton relay`: journal primaries' writes, forward them to the standby.
+//! - `baton standby`: receive relays' streams into standby volumes.
 
 use clap::{Args, Parser, Subcommand};
 use engine::reactor::{IdleMode, ReactorOpts, Reactors};
@@ -36,6 +38,8 @@ enum Cmd {
     Rpc(RpcArgs),
     /// Run a relay: journal primaries' writes, forward them to the standby.
     Relay(RelayArgs),
+    /// Run a standby: receive relays' streams into delayed-write or snapshot volumes.
+    Standby(StandbyArgs),
     /// Measure this machine's limits (4 KiB memcpy rate, loopback TCP round
     /// trip) to report baton's figures as ratios to them.
     Limits,
@@ -147,6 +151,28 @@ struct RelayArgs {
 }
 
 #[derive(Args)]
+struct StandbyArgs {
+    /// Core mask for the reactors.
+    #[arg(short = 'm', long = "cpumask", default_value = "0x1")]
+    cpumask: String,
+    /// JSON-RPC Unix socket.
+    #[arg(short = 'r', long = "rpc-socket", default_value = "/var/tmp/baton-standby.sock")]
+    rpc_socket: std::path::PathBuf,
+    /// Address relays connect to.
+    #[arg(long, default_value = standby::net::LISTEN_DEFAULT)]
+    listen: std::net::SocketAddr,
+    /// Load an SPDK-format JSON config at start-up (bdevs, standby_create, ...).
+    #[arg(long = "json")]
+    json: Option<std::path::PathBuf>,
+    /// Bdevs to create at start-up, as NAME=SPEC (see `baton perf --bdev`).
+    #[arg(long = "bdev")]
+    bdevs: Vec<String>,
+    /// Spin when idle instead of napping.
+    #[arg(long)]
+    busy_poll: bool,
+}
+
+#[derive(Args)]
 struct TargetArgs {
     /// Core mask for the reactors.
     #[arg(short = 'm', long = "cpumask", default_value = "0x1")]
@@ -179,6 +205,7 @@ fn main() -> ExitCode {
         Cmd::Target(a) => target(a),
         Cmd::Limits => limits(),
         Cmd::Relay(a) => relay_cmd(a),
+        Cmd::Standby(a) => standby_cmd(a),
         Cmd::Rpc(a) => rpc(a),
     };
     match r {
@@ -295,19 +322,7 @@ fn target(a: TargetArgs) -> Result<(), AnyErr> {
     };
     let reactors = start_reactors(&a.cpumask, idle)?;
     engine::reactor::install_signal_handlers(&reactors)?;
-    for spec in &a.bdevs {
-        let (name, s) = spec
-            .split_once('=')
-            .ok_or_else(|| format!("--bdev {spec:?}: expected NAME=SPEC, e.g. Malloc0=malloc,size=64M"))?;
-        let b = perf::spec::create_bdev(name, s)?;
-        log::info!(
-            "bdev {name}: {} x {} B ({})",
-            b.num_blocks(),
-            b.block_size(),
-            b.product_name()
-        );
-        engine::bdev::register(b)?;
-    }
+    create_bdevs(&a.bdevs)?;
     let mut reg = engine::rpc::Registry::new();
     register_all_rpcs(&mut reg);
     if let Some(f) = &a.json {
@@ -327,6 +342,59 @@ fn target(a: TargetArgs) -> Result<(), AnyErr> {
     reactors.wait();
     let _ = app.join();
     log::info!("baton target stopped");
+    Ok(())
+}
+
+/// `--bdev NAME=SPEC` arguments: create and register each.
+fn create_bdevs(specs: &[String]) -> Result<(), AnyErr> {
+    for spec in specs {
+        let (name, s) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("--bdev {spec:?}: expected NAME=SPEC, e.g. Malloc0=malloc,size=64M"))?;
+        let b = perf::spec::create_bdev(name, s)?;
+        log::info!(
+            "bdev {name}: {} x {} B ({})",
+            b.num_blocks(),
+            b.block_size(),
+            b.product_name()
+        );
+        engine::bdev::register(b)?;
+    }
+    Ok(())
+}
+
+/// `baton standby`: bdevs, then the config (standby volumes recover), then the
+/// relay listener, so relays of configured volumes are never refused.
+fn standby_cmd(a: StandbyArgs) -> Result<(), AnyErr> {
+    let idle = if a.busy_poll {
+        IdleMode::Poll
+    } else {
+        IdleMode::default()
+    };
+    let reactors = start_reactors(&a.cpumask, idle)?;
+    engine::reactor::install_signal_handlers(&reactors)?;
+    create_bdevs(&a.bdevs)?;
+    let mut reg = engine::rpc::Registry::new();
+    register_all_rpcs(&mut reg);
+    if let Some(f) = &a.json {
+        engine::rpc::load_config(&reg, f)?;
+        log::info!("loaded config {}", f.display());
+    }
+    let net = standby::net::StandbyNet::start(standby::net::NetConfig {
+        listen: a.listen,
+        core: None,
+    })?;
+    let mut server = engine::rpc::Server::new(reg);
+    server.listen_unix(&a.rpc_socket)?;
+    let app = engine::rpc::server::spawn_app_thread(server, reactors.stop_flag())?;
+    log::info!(
+        "baton standby {VERSION} listening for relays on {}; JSON-RPC on {}",
+        net.listen_addr(),
+        a.rpc_socket.display()
+    );
+    reactors.wait();
+    let _ = app.join();
+    log::info!("baton standby stopped");
     Ok(())
 }
 

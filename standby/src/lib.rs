@@ -16,6 +16,7 @@
 //! - [`delayed`]: delayed-write mode (claims 17-19).
 //! - [`snapshot`]: snapshot mode (claims 20, 22, 23), snapshot and head bdevs.
 //! - [`volume`]: [`StandbyVolume`], the one object the network side drives.
+//! - [`net`]: the network receive side (relay links: Hello, SafeUpTo, GapRequest).
 //! - [`rpc`]: typed JSON-RPC handlers and the process's standby registry.
 //! - [`failover`]: the primary-failure detector (pure logic).
 //! - [`host`]: the standby host: heartbeat listener, failover sequence, its RPC.
@@ -30,6 +31,7 @@ pub mod failover;
 pub mod host;
 pub mod image;
 mod io;
+pub mod net;
 pub mod receive;
 pub mod rpc;
 pub mod snapshot;

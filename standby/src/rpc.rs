@@ -149,6 +149,16 @@ fn owner(name: &str) -> Result<u32, RpcError> {
         .ok_or_else(|| RpcError::errno_detail(libc::ENODEV, format!("no standby named {name:?}")))
 }
 
+/// The core that owns standby `name`, if it exists (any thread).
+pub(crate) fn owner_core(name: &str) -> Option<u32> {
+    OWNERS.lock().unwrap_or_else(|e| e.into_inner()).get(name).map(|o| o.0)
+}
+
+/// The standby `name` if the calling reactor owns it.
+pub(crate) fn local_volume(name: &str) -> Option<Rc<RefCell<StandbyVolume>>> {
+    VOLUMES.with(|v| v.borrow().get(name).map(|o| o.vol.clone()))
+}
+
 /// Runs `f` on the standby's reactor; the answer comes back through the server's poll.
 fn on_volume(name: &str, f: impl FnOnce(&mut StandbyVolume) -> RpcResult + Send + 'static) -> Reply {
     let core = match owner(name) {
@@ -337,7 +347,16 @@ fn status(p: StatusParams) -> Reply {
             .collect(),
     };
     // One request per volume, gathered in order.
-    let mut pending: Vec<Reply> = names.iter().map(|n| on_volume(n, |v| to_value(v.status()))).collect();
+    let mut pending: Vec<Reply> = names
+        .iter()
+        .map(|n| {
+            on_volume(n, |v| {
+                let mut val = to_value(v.status())?;
+                crate::net::annotate_status(v, &mut val);
+                Ok(val)
+            })
+        })
+        .collect();
     let mut out: Vec<Option<Value>> = vec![None; pending.len()];
     Reply::Later(Box::new(move || {
         for (i, r) in pending.iter_mut().enumerate() {

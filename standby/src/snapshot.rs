@@ -490,6 +490,10 @@ impl Snapshot {
 
     /// The LSN the receiver should deliver next after open: pending writes
     /// were not journaled, so everything after the last snapshot comes again.
+    pub(crate) fn block_size(&self) -> u32 {
+        self.data.block_size
+    }
+
     pub(crate) fn resume_lsn(&self) -> u64 {
         self.snaps.get(&self.formed_epoch).map(|s| s.last_lsn).unwrap_or(0) + 1
     }

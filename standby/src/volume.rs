@@ -212,6 +212,50 @@ impl StandbyVolume {
         (batch.ops.len(), None)
     }
 
+    /// As [`StandbyVolume::offer_owned`], but a refused op comes back with
+    /// the refusal, so the caller can offer it again later (back-pressure).
+    pub fn try_offer_owned(&mut self, op: OwnedOp, now_ns: u64) -> Result<Offer, (Offer, OwnedOp)> {
+        if !self.intake_open() {
+            return Err((Offer::Closed, op));
+        }
+        let rp = match op.body {
+            crate::OpBody::RestartPoint { epoch, .. } => Some(epoch),
+            _ => None,
+        };
+        match self.recv.offer_owned(op, now_ns) {
+            Ok(()) => {
+                if let Some(e) = rp {
+                    if self.rp_times.len() < RP_TIMES_MAX {
+                        self.rp_times.push_back((e, now_ns));
+                    }
+                }
+                Ok(Offer::Accepted)
+            }
+            Err((Offer::Duplicate, _)) => Ok(Offer::Duplicate),
+            Err(r) => Err(r),
+        }
+    }
+
+    /// True while the standby takes ops: no primary failure being handled,
+    /// not promoted, not stopped on an error.
+    pub fn intake_open(&self) -> bool {
+        !self.failing && !self.promoted && self.error().is_none()
+    }
+
+    /// The next LSN the receiver will deliver in order (everything below it
+    /// was received). What a relay is asked to resume from.
+    pub fn next_lsn(&self) -> u64 {
+        self.recv.next_lsn()
+    }
+
+    /// Block size of the volume in bytes.
+    pub fn block_size(&self) -> u32 {
+        match &self.engine {
+            Engine::Delayed(d) => d.sb.block_size,
+            Engine::Snapshot(s) => s.block_size(),
+        }
+    }
+
     /// Offers an owned op (tests and gap replies).
     pub fn offer_owned(&mut self, op: OwnedOp, now_ns: u64) -> Offer {
         if self.failing || self.promoted || self.error().is_some() {

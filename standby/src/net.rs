@@ -1,0 +1,948 @@
+//! The standby's network receive side (what `baton standby` runs): relays
+//! connect, say which volume they carry in their Hello, and stream `Forward`
+//! frames; the standby confirms with `SafeUpTo` and fetches what it lacks with
+//! `GapRequest`s.
+//!
+//! Threads (the choice documented in `docs/standby.md`):
+//! - one **listener** poller, on the reactor given to [`StandbyNet::start`]
+//!   (default the first), accepts without blocking and reads each new
+//!   connection's Hello. It refuses what it can decide alone (wrong role, no
+//!   standby of that name) and hands every other connection, with its Hello,
+//!   to the reactor that owns the named volume by message
+//!   ([`engine::reactor::send_msg`]; a [`TcpConnection`] is `Send`);
+//! - on the owning reactor the Hello is answered ([`answer_hello`]: block
+//!   size, generation fencing, resume at [`StandbyVolume::next_lsn`]) and the
+//!   connection becomes a **link** of that volume, driven by one "standby_net"
+//!   poller per reactor, next to the volume's own poller. Every call into a
+//!   [`StandbyVolume`] is therefore made on its reactor; nothing blocks there.
+//!
+//! Per volume, on every poll of its links:
+//! 1. `Forward` and `GapReply` batches go to [`StandbyVolume::offer_batch`];
+//!    the receiver de-duplicates and orders. A batch refused with
+//!    [`Offer::Full`] is kept (copied) and offered again before the link is
+//!    read further, so back-pressure reaches the relay through TCP and no op
+//!    is dropped. A stale generation or a closed intake closes the link with
+//!    the reason logged.
+//! 2. When [`StandbyVolume::durable_lsn`] advances, `SafeUpTo` goes to every
+//!    connected relay of the volume, so all of them release.
+//! 3. A hole reported by [`StandbyVolume::gaps`] is requested from one relay,
+//!    preferring relays that are not currently forwarding (a backup), in turn;
+//!    a request not answered is retried on the next relay after
+//!    [`GAP_RETRY_NS`].
+//! 4. When the next LSN has not moved for [`STALL_NS`] (the forwarder died or
+//!    stalled), every relay is asked for `next .. next + PULL_SPAN_LSN`; a
+//!    reply that carried ops is followed at once by a request for what comes
+//!    after it (a backup relay sends one frame per request), so a backup
+//!    streams at one round trip per frame until it has nothing more. With no
+//!    progress, the pull interval doubles up to [`PULL_INTERVAL_MAX_NS`].
+//!
+//! A relay's role is not in its Hello: a link is shown as `forwarder` once it
+//! sent a `Forward` frame, `backup` once it answered gap requests without ever
+//! forwarding. Heartbeats and every other frame kind go to
+//! [`on_other_frame`]; kinds a relay must not send close the link.
+
+use crate::rpc;
+use crate::{Offer, OwnedOp, StandbyVolume};
+use engine::clock::now_ns;
+use engine::reactor::{self, PollStatus};
+use rdma_transport::handshake::{answer_hello, refusal_for, LocalVolume};
+use rdma_transport::tcp::{TcpAcceptor, TcpConfig, TcpConnection};
+use rdma_transport::wire::{
+    self, Batch, Frame, GapRequest, GapStatus, Heartbeat, Hello, HelloReply, RefuseReason, Role, SafeUpTo,
+    FRAME_BYTES_MAX, WIRE_VERSION,
+};
+use rdma_transport::{ConnState, Connection, OutFrame, TransportError};
+use serde::Serialize;
+use serde_json::Value;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Default address relays connect to.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:4620";
+/// Connections waiting for their Hello.
+pub const PENDING_CONNS_MAX: usize = 64;
+/// Time a new connection has to send its Hello.
+pub const HELLO_TIMEOUT_MS: u64 = 5_000;
+/// Relay links per volume; more are refused with `Busy`.
+pub const LINKS_PER_VOLUME_MAX: usize = 16;
+/// No progress of the next LSN for this long: pull from every relay.
+pub const STALL_NS: u64 = 200_000_000;
+/// Longest pause between pulls while nothing progresses.
+pub const PULL_INTERVAL_MAX_NS: u64 = 1_000_000_000;
+/// LSNs asked for by one pull request (a relay answers one frame of it).
+pub const PULL_SPAN_LSN: u64 = 4096;
+/// A hole is asked for again (from the next relay) after this long.
+pub const GAP_RETRY_NS: u64 = 200_000_000;
+/// A gap request without an answer after this long is forgotten.
+pub const GAP_REQUEST_TIMEOUT_NS: u64 = 2_000_000_000;
+/// Closed links kept per volume for the status.
+pub const CLOSED_LINKS_KEPT: usize = 8;
+/// Holes looked at per poll.
+const GAPS_PER_POLL: usize = 4;
+/// Period of the listener poller.
+const ACCEPT_PERIOD: Duration = Duration::from_millis(1);
+
+type Conn = TcpConnection<Vec<u8>>;
+
+/// Errors of the network side (setup).
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: TransportError },
+    #[error("standby network reactor unreachable: {0}")]
+    Unreachable(String),
+}
+
+/// Settings of the listener.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Address relays connect to (port 0 picks one).
+    pub listen: SocketAddr,
+    /// Reactor running the listener (`None`: the first).
+    pub core: Option<u32>,
+}
+
+/// The running listener.
+#[derive(Debug, Clone)]
+pub struct StandbyNet {
+    listen: SocketAddr,
+    core: u32,
+}
+
+static LISTEN: Mutex<Option<SocketAddr>> = Mutex::new(None);
+
+impl StandbyNet {
+    /// Binds the listening socket and starts its poller. Relays of volumes
+    /// that exist (now or later, by `standby_create`) are served from then on.
+    pub fn start(cfg: NetConfig) -> Result<StandbyNet, NetError> {
+        let acceptor = TcpAcceptor::bind(cfg.listen, TcpConfig::default()).map_err(|source| NetError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+        let listen = acceptor.local_addr();
+        let core = match cfg.core {
+            Some(c) => c,
+            None => *reactor::cores()
+                .first()
+                .ok_or_else(|| NetError::Unreachable("no reactor is running".into()))?,
+        };
+        let holder = Mutex::new(Some(acceptor));
+        reactor::send_msg(core, move || {
+            let Some(acceptor) = holder.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+                return;
+            };
+            let mut l = Listener {
+                acceptor,
+                pending: Vec::with_capacity(PENDING_CONNS_MAX),
+            };
+            reactor::register_poller("standby_listen", Some(ACCEPT_PERIOD), move || l.poll(now_ns()));
+        })
+        .map_err(|e| NetError::Unreachable(e.to_string()))?;
+        *LISTEN.lock().unwrap_or_else(|e| e.into_inner()) = Some(listen);
+        log::info!("standby: listening for relays on {listen}");
+        Ok(StandbyNet { listen, core })
+    }
+
+    /// The bound address.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The reactor running the listener.
+    pub fn core(&self) -> u32 {
+        self.core
+    }
+}
+
+/// Where every frame from a relay that is not a `Forward` or `GapReply` goes
+/// (heartbeats, acks, and kinds a relay must not send, which then close the
+/// link). Called on the volume's reactor. The hook for a primary-failure
+/// detector.
+pub fn on_other_frame(volume: &str, relay: SocketAddr, frame: &Frame<'_>) {
+    log::debug!("standby {volume}: relay {relay}: {:?} frame", frame.kind());
+}
+
+// ---------------------------------------------------------------------------
+// Listener
+// ---------------------------------------------------------------------------
+
+struct Pending {
+    conn: Conn,
+    peer: SocketAddr,
+    since_ns: u64,
+}
+
+/// What the owning reactor needs of a Hello.
+struct HelloOwned {
+    role: Role,
+    block_size: u32,
+    volume_id: [u8; 16],
+    name: String,
+    generation: u64,
+    resume_lsn: u64,
+}
+
+impl HelloOwned {
+    fn hello(&self) -> Hello<'_> {
+        Hello {
+            role: self.role,
+            block_size: self.block_size,
+            volume_id: self.volume_id,
+            volume_name: &self.name,
+            generation: self.generation,
+            resume_lsn: self.resume_lsn,
+            frame_bytes_max: FRAME_BYTES_MAX as u32,
+            recv_credits: 0,
+        }
+    }
+}
+
+struct Listener {
+    acceptor: TcpAcceptor,
+    pending: Vec<Pending>,
+}
+
+fn refused(reason: RefuseReason, generation: u64) -> HelloReply {
+    HelloReply::Refused {
+        reason,
+        generation,
+        version_max: WIRE_VERSION,
+    }
+}
+
+impl Listener {
+    fn poll(&mut self, now: u64) -> PollStatus {
+        let mut busy = false;
+        while self.pending.len() < PENDING_CONNS_MAX {
+            match self.acceptor.poll_accept::<Vec<u8>>() {
+                Ok(Some((conn, peer))) => {
+                    busy = true;
+                    self.pending.push(Pending {
+                        conn,
+                        peer,
+                        since_ns: now,
+                    });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    log::warn!("standby: accept: {e}");
+                    break;
+                }
+            }
+        }
+        let mut i = 0;
+        while i < self.pending.len() {
+            let mut hello: Option<HelloOwned> = None;
+            let mut bad: Option<String> = None;
+            let p = &mut self.pending[i];
+            let r = p.conn.poll_recv(&mut |f: Frame<'_>| {
+                if bad.is_some() {
+                    return;
+                }
+                match f {
+                    Frame::Hello(h) if hello.is_none() => {
+                        hello = Some(HelloOwned {
+                            role: h.role,
+                            block_size: h.block_size,
+                            volume_id: h.volume_id,
+                            name: h.volume_name.to_string(),
+                            generation: h.generation,
+                            resume_lsn: h.resume_lsn,
+                        })
+                    }
+                    Frame::Hello(_) => bad = Some("a second frame before the HelloReply".into()),
+                    other => bad = Some(format!("first frame is {:?}, not Hello", other.kind())),
+                }
+            });
+            let _ = p.conn.poll_send(&mut |_| {});
+            if let Err(e) = r {
+                if let Some(h) = refusal_for(&e) {
+                    p.conn.send_last(h);
+                }
+                log::warn!("standby: connection from {}: {e}", p.peer);
+                self.pending.swap_remove(i);
+                continue;
+            }
+            if let Some(why) = bad {
+                log::warn!("standby: connection from {}: {why}", p.peer);
+                p.conn.close();
+                self.pending.swap_remove(i);
+                continue;
+            }
+            let Some(h) = hello else {
+                if now.saturating_sub(p.since_ns) > HELLO_TIMEOUT_MS * 1_000_000 {
+                    log::warn!(
+                        "standby: connection from {} sent no Hello in {HELLO_TIMEOUT_MS} ms",
+                        p.peer
+                    );
+                    p.conn.close();
+                    self.pending.swap_remove(i);
+                } else {
+                    i += 1;
+                }
+                continue;
+            };
+            busy = true;
+            let mut pc = self.pending.swap_remove(i);
+            if h.role != Role::Relay {
+                log::warn!(
+                    "standby: connection from {} for volume {:?}: role {:?}, only relays connect here",
+                    pc.peer,
+                    h.name,
+                    h.role
+                );
+                pc.conn
+                    .send_last(wire::encode_hello_reply(&refused(RefuseReason::Role, 0)));
+                continue;
+            }
+            let Some(core) = rpc::owner_core(&h.name) else {
+                log::warn!(
+                    "standby: relay {} asks for volume {:?}: no such standby volume",
+                    pc.peer,
+                    h.name
+                );
+                pc.conn
+                    .send_last(wire::encode_hello_reply(&refused(RefuseReason::UnknownVolume, 0)));
+                continue;
+            };
+            let (conn, peer) = (pc.conn, pc.peer);
+            if let Err(e) = reactor::send_msg(core, move || adopt(conn, peer, h, now_ns())) {
+                log::warn!("standby: cannot hand the connection from {peer} to reactor {core}: {e}");
+            }
+        }
+        if busy {
+            PollStatus::Busy
+        } else {
+            PollStatus::Idle
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Links, on the volume's reactor
+// ---------------------------------------------------------------------------
+
+/// One relay link as `standby_get_status` shows it (`links`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LinkStatus {
+    /// The relay's address (its outgoing socket).
+    pub addr: String,
+    pub connected: bool,
+    /// `forwarder` (it sent Forward frames), `backup` (only gap replies) or `unknown`.
+    pub role: &'static str,
+    /// Generation in the relay's Hello.
+    pub generation: u64,
+    /// Seconds since the link was accepted (or until it closed).
+    pub connected_seconds: f64,
+    pub frames_received: u64,
+    pub bytes_received: u64,
+    pub forward_frames: u64,
+    pub gap_replies: u64,
+    pub gap_requests_sent: u64,
+    /// Ops taken (or recognised as duplicates) from this relay.
+    pub ops_offered: u64,
+    /// Highest LSN this relay sent.
+    pub lsn_offered_max: u64,
+    /// `lsn_offered_max` minus the standby's durable LSN.
+    pub lag_lsn: u64,
+    /// Last `SafeUpTo` sent.
+    pub safe_lsn_sent: u64,
+    /// Ops refused for back-pressure and held until the receiver takes them.
+    pub held_ops: usize,
+    pub last_error: String,
+}
+
+struct Pull {
+    id: u64,
+    sent_ns: u64,
+    /// A stall pull: follow a reply that carried ops with the next request.
+    chain: bool,
+}
+
+struct Link {
+    conn: Conn,
+    peer: SocketAddr,
+    generation: u64,
+    since_ns: u64,
+    forward_frames: u64,
+    gap_replies: u64,
+    gap_requests_sent: u64,
+    ops_offered: u64,
+    lsn_offered_max: u64,
+    last_forward_ns: u64,
+    safe_sent: u64,
+    /// Ops refused with `Full`, offered again before the link is read again.
+    held: VecDeque<OwnedOp>,
+    pull: Option<Pull>,
+    close: Option<String>,
+}
+
+impl Link {
+    fn role(&self) -> &'static str {
+        if self.forward_frames > 0 {
+            "forwarder"
+        } else if self.gap_replies > 0 {
+            "backup"
+        } else {
+            "unknown"
+        }
+    }
+
+    fn forwarding(&self, now: u64) -> bool {
+        self.forward_frames > 0 && now.saturating_sub(self.last_forward_ns) < STALL_NS
+    }
+
+    fn status(&self, durable: u64, now: u64, connected: bool) -> LinkStatus {
+        let st = self.conn.stats();
+        LinkStatus {
+            addr: self.peer.to_string(),
+            connected,
+            role: self.role(),
+            generation: self.generation,
+            connected_seconds: now.saturating_sub(self.since_ns) as f64 / 1e9,
+            frames_received: st.frames_received,
+            bytes_received: st.bytes_received,
+            forward_frames: self.forward_frames,
+            gap_replies: self.gap_replies,
+            gap_requests_sent: self.gap_requests_sent,
+            ops_offered: self.ops_offered,
+            lsn_offered_max: self.lsn_offered_max,
+            lag_lsn: self.lsn_offered_max.saturating_sub(durable),
+            safe_lsn_sent: self.safe_sent,
+            held_ops: self.held.len(),
+            last_error: self.close.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Queues a GapRequest; false when the send queue is full or closed.
+    fn request(&mut self, id: u64, first: u64, last: u64, chain: bool, now: u64) -> bool {
+        let g = GapRequest {
+            request_id: id,
+            lsn_first: first,
+            lsn_last: last,
+        };
+        if self
+            .conn
+            .send(OutFrame::control(wire::encode_gap_request(&g), 0))
+            .is_err()
+        {
+            return false;
+        }
+        self.gap_requests_sent += 1;
+        self.pull = Some(Pull {
+            id,
+            sent_ns: now,
+            chain,
+        });
+        true
+    }
+}
+
+/// Why an offer refusal closes a link.
+fn refusal_reason(o: Offer) -> Option<String> {
+    match o {
+        Offer::StaleGeneration { got, current } => Some(format!(
+            "fenced: ops of generation {got}, the standby is at generation {current}"
+        )),
+        Offer::Closed => Some("the standby takes no more ops (failure declared, promoted or stopped)".into()),
+        Offer::Accepted | Offer::Duplicate | Offer::Full => None,
+    }
+}
+
+/// Offers `batch`; a back-pressure refusal keeps the rest (copied) in `held`.
+fn offer(
+    v: &mut StandbyVolume,
+    batch: &Batch<'_>,
+    held: &mut VecDeque<OwnedOp>,
+    ops_offered: &mut u64,
+    now: u64,
+) -> Option<String> {
+    let taken = if held.is_empty() {
+        let (n, refusal) = v.offer_batch(batch, now);
+        if let Some(o) = refusal {
+            if let Some(why) = refusal_reason(o) {
+                return Some(why);
+            }
+        }
+        n
+    } else {
+        0
+    };
+    *ops_offered += taken as u64;
+    for op in &batch.ops[taken..] {
+        held.push_back(OwnedOp::from_wire(batch.generation, op));
+    }
+    None
+}
+
+/// What a link's receive produced besides offers.
+enum Event {
+    Echo(Heartbeat),
+    Reply {
+        id: u64,
+        status: GapStatus,
+        last: Option<u64>,
+    },
+}
+
+/// Receives and offers what one link sent. Returns whether anything happened.
+fn drive_link(name: &str, l: &mut Link, v: &mut StandbyVolume, now: u64) -> bool {
+    let mut busy = false;
+    // Back-pressure first: nothing more is read while ops wait.
+    while let Some(op) = l.held.pop_front() {
+        match v.try_offer_owned(op, now) {
+            Ok(_) => {
+                l.ops_offered += 1;
+                busy = true;
+            }
+            Err((Offer::Full, op)) => {
+                l.held.push_front(op);
+                break;
+            }
+            Err((o, _)) => {
+                l.close = refusal_reason(o).or_else(|| Some(format!("refused: {o:?}")));
+                return true;
+            }
+        }
+    }
+    if l.held.is_empty() {
+        let mut events: Vec<Event> = Vec::new();
+        let Link {
+            conn,
+            peer,
+            held,
+            ops_offered,
+            lsn_offered_max,
+            forward_frames,
+            gap_replies,
+            last_forward_ns,
+            close,
+            ..
+        } = l;
+        let peer = *peer;
+        let r = conn.poll_recv(&mut |f: Frame<'_>| {
+            if close.is_some() {
+                return;
+            }
+            match &f {
+                Frame::Forward(b) => {
+                    *forward_frames += 1;
+                    *last_forward_ns = now;
+                    *lsn_offered_max = (*lsn_offered_max).max(b.lsn_last().unwrap_or(0));
+                    *close = offer(v, b, held, ops_offered, now);
+                }
+                Frame::GapReply(g) => {
+                    *gap_replies += 1;
+                    *lsn_offered_max = (*lsn_offered_max).max(g.batch.lsn_last().unwrap_or(0));
+                    *close = offer(v, &g.batch, held, ops_offered, now);
+                    events.push(Event::Reply {
+                        id: g.request_id,
+                        status: g.status,
+                        last: g.batch.lsn_last(),
+                    });
+                }
+                other => {
+                    on_other_frame(name, peer, other);
+                    match other {
+                        Frame::Heartbeat(h) if !h.is_reply => events.push(Event::Echo(*h)),
+                        Frame::Heartbeat(_) | Frame::Ack(_) => {}
+                        // The relay says when it last heard the primary: the standby
+                        // host's failure detector wants it (10 Hz per relay; a short
+                        // uncontended lock, control frames only).
+                        Frame::PrimaryLiveness(p) => {
+                            if let Some(h) = crate::host::global() {
+                                h.relay_report(peer, name, p.primary_age_ms, p.connected);
+                            }
+                        }
+                        _ => *close = Some(format!("unexpected {:?} frame from a relay", other.kind())),
+                    }
+                }
+            }
+        });
+        match r {
+            Ok(n) => busy |= n > 0,
+            Err(e) => {
+                close.get_or_insert_with(|| e.to_string());
+            }
+        }
+        for ev in events {
+            match ev {
+                Event::Echo(h) => {
+                    let _ = l.conn.send(OutFrame::control(
+                        wire::encode_heartbeat(&Heartbeat { is_reply: true, ..h }),
+                        0,
+                    ));
+                }
+                Event::Reply { id, status, last } => {
+                    let Some(p) = l.pull.take_if(|p| p.id == id) else {
+                        continue;
+                    };
+                    if let (true, GapStatus::Complete | GapStatus::Partial, Some(last)) = (p.chain, status, last) {
+                        // More may follow: ask for it at once, one round trip per frame.
+                        let first = v.next_lsn().max(last + 1);
+                        l.request(id.wrapping_add(1 << 32), first, first + PULL_SPAN_LSN - 1, true, now);
+                    }
+                }
+            }
+        }
+    }
+    if let Err(e) = l.conn.poll_send(&mut |_| {}) {
+        l.close.get_or_insert_with(|| e.to_string());
+    }
+    if l.conn.state() == ConnState::Failed {
+        l.close.get_or_insert_with(|| "connection failed".into());
+    }
+    busy
+}
+
+#[derive(Default)]
+struct VolNet {
+    links: Vec<Link>,
+    closed: VecDeque<LinkStatus>,
+    /// Volume identity pinned by the first accepted relay (this process).
+    volume_id: Option<[u8; 16]>,
+    next_req_id: u64,
+    progress_lsn: u64,
+    progress_ns: u64,
+    last_pull_ns: u64,
+    pull_interval_ns: u64,
+    /// (first LSN of a hole, when it was asked for).
+    gap_asked: Vec<(u64, u64)>,
+    rr: usize,
+}
+
+impl VolNet {
+    fn remember_closed(&mut self, s: LinkStatus) {
+        if self.closed.len() >= CLOSED_LINKS_KEPT {
+            self.closed.pop_front();
+        }
+        self.closed.push_back(s);
+    }
+
+    fn req_id(&mut self) -> u64 {
+        self.next_req_id = self.next_req_id.wrapping_add(1) & 0xffff_ffff;
+        self.next_req_id
+    }
+
+    fn poll(&mut self, name: &str, v: &mut StandbyVolume, now: u64) -> bool {
+        let mut busy = false;
+        for l in &mut self.links {
+            busy |= drive_link(name, l, v, now);
+            if v.promoted() {
+                // Relays reconnect and are refused: their generation is older now.
+                l.close
+                    .get_or_insert_with(|| format!("the standby was promoted (generation {})", v.generation()));
+            }
+        }
+        let durable = v.durable_lsn();
+        let mut i = 0;
+        while i < self.links.len() {
+            if let Some(why) = self.links[i].close.clone() {
+                let mut l = self.links.swap_remove(i);
+                log::warn!("standby {name}: relay {}: link closed: {why}", l.peer);
+                l.conn.close();
+                let _ = l.conn.poll_send(&mut |_| {});
+                self.remember_closed(l.status(durable, now, false));
+                busy = true;
+                continue;
+            }
+            i += 1;
+        }
+        let next = v.next_lsn();
+        if next != self.progress_lsn || self.progress_ns == 0 {
+            self.progress_lsn = next;
+            self.progress_ns = now;
+            self.pull_interval_ns = STALL_NS;
+        }
+        // Every relay of the volume learns what is safe.
+        let generation = v.generation();
+        for l in &mut self.links {
+            if durable > l.safe_sent {
+                let s = SafeUpTo {
+                    lsn: durable,
+                    generation,
+                };
+                if l.conn.send(OutFrame::control(wire::encode_safe_up_to(&s), 0)).is_ok() {
+                    l.safe_sent = durable;
+                    busy = true;
+                }
+            }
+            if l.pull
+                .as_ref()
+                .is_some_and(|p| now.saturating_sub(p.sent_ns) > GAP_REQUEST_TIMEOUT_NS)
+            {
+                l.pull = None;
+            }
+        }
+        if v.intake_open() && !self.links.is_empty() {
+            busy |= self.fetch_holes(v, now);
+            busy |= self.pull_on_stall(v, now);
+        }
+        for l in &mut self.links {
+            if let Err(e) = l.conn.poll_send(&mut |_| {}) {
+                l.close.get_or_insert_with(|| e.to_string());
+            }
+        }
+        busy
+    }
+
+    /// Asks one relay (backups first, in turn) for each hole `gaps()` reports.
+    fn fetch_holes(&mut self, v: &StandbyVolume, now: u64) -> bool {
+        self.gap_asked.retain(|&(_, at)| now.saturating_sub(at) < GAP_RETRY_NS);
+        let mut busy = false;
+        for g in v.gaps(now, GAPS_PER_POLL) {
+            if self.gap_asked.iter().any(|&(f, _)| f == g.lsn_first) {
+                continue;
+            }
+            let Some(li) = pick_link(&self.links, self.rr, now) else {
+                break;
+            };
+            self.rr = li + 1;
+            let id = self.req_id();
+            if self.links[li].request(id, g.lsn_first, g.lsn_last, false, now) {
+                self.gap_asked.push((g.lsn_first, now));
+                busy = true;
+            }
+        }
+        busy
+    }
+
+    /// No progress for a while: ask every free relay for what follows.
+    fn pull_on_stall(&mut self, v: &StandbyVolume, now: u64) -> bool {
+        if now.saturating_sub(self.progress_ns) < STALL_NS
+            || now.saturating_sub(self.last_pull_ns) < self.pull_interval_ns
+        {
+            return false;
+        }
+        self.last_pull_ns = now;
+        self.pull_interval_ns = (self.pull_interval_ns * 2).min(PULL_INTERVAL_MAX_NS);
+        let first = v.next_lsn();
+        let mut busy = false;
+        for i in 0..self.links.len() {
+            if self.links[i].pull.is_some() {
+                continue;
+            }
+            let id = self.req_id();
+            busy |= self.links[i].request(id, first, first + PULL_SPAN_LSN - 1, true, now);
+        }
+        busy
+    }
+}
+
+/// The link to ask for a hole: the first without a request outstanding from
+/// `start` on (wrapping), preferring links that are not forwarding now.
+fn pick_link(links: &[Link], start: usize, now: u64) -> Option<usize> {
+    let n = links.len();
+    let free = |i: &usize| links[*i].pull.is_none();
+    let mut order = (0..n).map(|k| (start + k) % n);
+    order
+        .clone()
+        .filter(free)
+        .find(|&i| !links[i].forwarding(now))
+        .or_else(|| order.find(free))
+}
+
+struct ReactorNet {
+    vols: BTreeMap<String, VolNet>,
+}
+
+impl ReactorNet {
+    fn poll(&mut self) -> PollStatus {
+        let now = now_ns();
+        let mut busy = false;
+        let mut gone: Vec<String> = Vec::new();
+        for (name, vn) in self.vols.iter_mut() {
+            let Some(vol) = rpc::local_volume(name) else {
+                gone.push(name.clone());
+                continue;
+            };
+            let Ok(mut v) = vol.try_borrow_mut() else {
+                continue;
+            };
+            busy |= vn.poll(name, &mut v, now);
+        }
+        for name in gone {
+            if let Some(vn) = self.vols.remove(&name) {
+                for mut l in vn.links {
+                    log::warn!(
+                        "standby {name}: relay {}: link closed: the standby volume was deleted",
+                        l.peer
+                    );
+                    l.conn.close();
+                }
+            }
+        }
+        if busy {
+            PollStatus::Busy
+        } else {
+            PollStatus::Idle
+        }
+    }
+}
+
+thread_local! {
+    static NET: RefCell<Option<Rc<RefCell<ReactorNet>>>> = const { RefCell::new(None) };
+}
+
+/// This reactor's link table, created (with its poller) on first use.
+fn reactor_net() -> Rc<RefCell<ReactorNet>> {
+    NET.with(|n| {
+        n.borrow_mut()
+            .get_or_insert_with(|| {
+                let rn = Rc::new(RefCell::new(ReactorNet { vols: BTreeMap::new() }));
+                let r2 = rn.clone();
+                reactor::register_poller("standby_net", None, move || match r2.try_borrow_mut() {
+                    Ok(mut r) => r.poll(),
+                    Err(_) => PollStatus::Idle,
+                });
+                rn
+            })
+            .clone()
+    })
+}
+
+/// On the volume's reactor: answers the Hello and adopts the connection.
+fn adopt(mut conn: Conn, peer: SocketAddr, h: HelloOwned, now: u64) {
+    let rn = reactor_net();
+    let mut rn = rn.borrow_mut();
+    let Some(vol) = rpc::local_volume(&h.name) else {
+        log::warn!(
+            "standby: relay {peer} asks for volume {:?}: no such standby volume",
+            h.name
+        );
+        conn.send_last(wire::encode_hello_reply(&refused(RefuseReason::UnknownVolume, 0)));
+        return;
+    };
+    let v = vol.borrow();
+    let vn = rn.vols.entry(h.name.clone()).or_default();
+    let local = LocalVolume {
+        volume_id: vn.volume_id.unwrap_or(h.volume_id),
+        block_size: v.block_size(),
+        generation: v.generation(),
+        durable_lsn: v.next_lsn().saturating_sub(1),
+        frame_bytes_max: FRAME_BYTES_MAX as u32,
+        recv_credits: 0,
+    };
+    let mut reply = answer_hello(&h.hello(), Role::Relay, Some(&local));
+    let mut why = match reply {
+        HelloReply::Refused { reason, generation, .. } => match reason {
+            RefuseReason::StaleGeneration => format!(
+                "generation {} is older than the standby's {generation} (fenced)",
+                h.generation
+            ),
+            RefuseReason::UnknownVolume => format!(
+                "volume id or block size ({} B) differs from the standby's ({} B)",
+                h.block_size, local.block_size
+            ),
+            r => format!("{r:?}"),
+        },
+        HelloReply::Accepted { .. } => String::new(),
+    };
+    if why.is_empty() && !v.intake_open() {
+        reply = refused(RefuseReason::Busy, local.generation);
+        why = "the standby takes no ops now (failure declared, promoted or stopped)".into();
+    }
+    if why.is_empty() && vn.links.len() >= LINKS_PER_VOLUME_MAX {
+        reply = refused(RefuseReason::Busy, local.generation);
+        why = format!("already {LINKS_PER_VOLUME_MAX} relay links");
+    }
+    if !why.is_empty() {
+        log::warn!("standby {}: refused relay {peer}: {why}", h.name);
+        conn.send_last(wire::encode_hello_reply(&reply));
+        vn.remember_closed(LinkStatus {
+            addr: peer.to_string(),
+            connected: false,
+            role: "unknown",
+            generation: h.generation,
+            connected_seconds: 0.0,
+            frames_received: 0,
+            bytes_received: 0,
+            forward_frames: 0,
+            gap_replies: 0,
+            gap_requests_sent: 0,
+            ops_offered: 0,
+            lsn_offered_max: 0,
+            lag_lsn: 0,
+            safe_lsn_sent: 0,
+            held_ops: 0,
+            last_error: format!("refused: {why}"),
+        });
+        return;
+    }
+    if conn
+        .send(OutFrame::control(wire::encode_hello_reply(&reply), 0))
+        .is_err()
+    {
+        log::warn!("standby {}: relay {peer}: cannot queue the HelloReply", h.name);
+        return;
+    }
+    vn.volume_id.get_or_insert(h.volume_id);
+    log::info!(
+        "standby {}: relay {peer} connected (generation {}, holds from LSN {}); resume at LSN {}",
+        h.name,
+        h.generation,
+        h.resume_lsn,
+        local.durable_lsn + 1
+    );
+    vn.links.push(Link {
+        conn,
+        peer,
+        generation: h.generation,
+        since_ns: now,
+        forward_frames: 0,
+        gap_replies: 0,
+        gap_requests_sent: 0,
+        ops_offered: 0,
+        lsn_offered_max: 0,
+        last_forward_ns: 0,
+        // The relay takes resume - 1 as safe from the HelloReply.
+        safe_sent: local.durable_lsn,
+        held: VecDeque::new(),
+        pull: None,
+        close: None,
+    });
+}
+
+/// Status of the links of `volume` (open ones first, then recently closed).
+/// Call on the volume's reactor.
+pub fn link_status(volume: &str, durable_lsn: u64) -> Vec<LinkStatus> {
+    let now = now_ns();
+    NET.with(|n| {
+        let n = n.borrow();
+        let Some(rn) = n.as_ref() else { return Vec::new() };
+        let Ok(rn) = rn.try_borrow() else { return Vec::new() };
+        let Some(vn) = rn.vols.get(volume) else {
+            return Vec::new();
+        };
+        vn.links
+            .iter()
+            .map(|l| l.status(durable_lsn, now, true))
+            .chain(vn.closed.iter().cloned())
+            .collect()
+    })
+}
+
+/// Adds the network side to a `standby_get_status` object: `listen`,
+/// `links`, and `relay_lsn_max` / `relay_lag_lsn` (highest LSN a connected
+/// relay sent, and how far the durable LSN is behind it).
+pub fn annotate_status(v: &StandbyVolume, status: &mut Value) {
+    let durable = v.durable_lsn();
+    let links = link_status(v.name(), durable);
+    let relay_max = links
+        .iter()
+        .filter(|l| l.connected)
+        .map(|l| l.lsn_offered_max)
+        .max()
+        .unwrap_or(0);
+    if let Value::Object(m) = status {
+        let listen = *LISTEN.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert("listen".into(), listen.map(|a| a.to_string()).into());
+        m.insert("relay_lsn_max".into(), relay_max.into());
+        m.insert("relay_lag_lsn".into(), relay_max.saturating_sub(durable).into());
+        m.insert("links".into(), serde_json::to_value(links).unwrap_or(Value::Null));
+    }
+}
