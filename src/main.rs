@@ -170,6 +170,41 @@ struct StandbyArgs {
     /// Spin when idle instead of napping.
     #[arg(long)]
     busy_poll: bool,
+    /// Standby host: UDP address the primaries' direct heartbeats arrive on.
+    #[arg(long)]
+    heartbeat_listen: Option<std::net::SocketAddr>,
+    /// Primary declared failed after this long unheard directly AND through every relay.
+    #[arg(long, default_value_t = standby::failover::PRIMARY_TIMEOUT_MS_DEFAULT)]
+    primary_timeout_ms: u64,
+    /// Age after which a relay's report of the primary no longer counts (default: --primary-timeout-ms).
+    #[arg(long)]
+    relay_timeout_ms: Option<u64>,
+    /// Volume to fail over: PRIMARY=STANDBY[:HEAD][@NSID], or NAME when both are named alike
+    /// (repeatable; the first one's restart point names the execution image).
+    #[arg(long = "failover-volume")]
+    failover_volumes: Vec<String>,
+    /// NQN of the subsystem the promoted volumes are exported in.
+    #[arg(long, default_value = "nqn.2016-06.io.baton:standby")]
+    failover_nqn: String,
+    /// NVMe/TCP address the promoted volumes are exported on (none: promote only).
+    #[arg(long)]
+    failover_listen: Option<std::net::SocketAddr>,
+    /// Shell command that restarts the application after failover (BATON_IMAGE, BATON_TRADDR,
+    /// BATON_TRSVCID, BATON_SUBNQN, BATON_NSID, BATON_EPOCH, BATON_RESTART_TAG are set).
+    #[arg(long)]
+    on_failover: Option<String>,
+    /// Detect and report only; fail over when `standby_host_declare_failure` is called.
+    #[arg(long)]
+    no_auto_failover: bool,
+    /// Execution-image server address (the primary host's application sends images here).
+    #[arg(long)]
+    image_listen: Option<std::net::SocketAddr>,
+    /// Directory of the execution-image store.
+    #[arg(long, default_value = "/var/tmp/baton-images")]
+    image_dir: std::path::PathBuf,
+    /// Application name whose image is restored on failover.
+    #[arg(long, default_value = "ledger")]
+    image_app: String,
 }
 
 #[derive(Args)]
@@ -384,6 +419,15 @@ fn standby_cmd(a: StandbyArgs) -> Result<(), AnyErr> {
         listen: a.listen,
         core: None,
     })?;
+    let images = match a.image_listen {
+        Some(addr) => {
+            let s = standby::image::ImageServer::start(addr, &a.image_dir)?;
+            log::info!("execution images: listening on {}, store {}", s.addr(), a.image_dir.display());
+            Some(s)
+        }
+        None => None,
+    };
+    let host = start_standby_host(&a, images.as_ref().map(|s| s.store()))?;
     let mut server = engine::rpc::Server::new(reg);
     server.listen_unix(&a.rpc_socket)?;
     let app = engine::rpc::server::spawn_app_thread(server, reactors.stop_flag())?;
@@ -393,9 +437,98 @@ fn standby_cmd(a: StandbyArgs) -> Result<(), AnyErr> {
         a.rpc_socket.display()
     );
     reactors.wait();
+    if let Some(h) = host {
+        h.stop();
+    }
+    drop(images);
     let _ = app.join();
     log::info!("baton standby stopped");
     Ok(())
+}
+
+/// Parses `PRIMARY=STANDBY[:HEAD][@NSID]` (or `NAME`).
+fn parse_failover_volume(s: &str) -> Result<standby::host::FailoverVolume, AnyErr> {
+    let (rest, nsid) = match s.rsplit_once('@') {
+        Some((r, n)) => (
+            r,
+            Some(n.parse::<u32>().map_err(|e| format!("--failover-volume {s:?}: NSID {n:?}: {e}"))?),
+        ),
+        None => (s, None),
+    };
+    let (primary, standby_part) = rest.split_once('=').unwrap_or((rest, rest));
+    let (standby, head) = match standby_part.split_once(':') {
+        Some((v, h)) => (v, Some(h.to_string())),
+        None => (standby_part, None),
+    };
+    if primary.is_empty() || standby.is_empty() {
+        return Err(format!("--failover-volume {s:?}: expected PRIMARY=STANDBY[:HEAD][@NSID]").into());
+    }
+    Ok(standby::host::FailoverVolume {
+        primary_volume: primary.into(),
+        standby: standby.into(),
+        head_bdev: head,
+        nsid,
+    })
+}
+
+/// The standby host (failure detection, failover, application restart), when volumes
+/// to fail over are configured. A background thread prunes execution images below the
+/// restart point the first volume has applied: failover never returns further back.
+fn start_standby_host(
+    a: &StandbyArgs,
+    store: Option<std::sync::Arc<standby::image::ImageStore>>,
+) -> Result<Option<std::sync::Arc<standby::host::StandbyHost>>, AnyErr> {
+    if a.failover_volumes.is_empty() {
+        if a.heartbeat_listen.is_some() || a.on_failover.is_some() || a.failover_listen.is_some() {
+            return Err("--heartbeat-listen/--on-failover/--failover-listen need --failover-volume".into());
+        }
+        return Ok(None);
+    }
+    let volumes = a
+        .failover_volumes
+        .iter()
+        .map(|v| parse_failover_volume(v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let first = volumes[0].standby.clone();
+    let mut cfg = standby::host::StandbyHostConfig::new(volumes);
+    cfg.heartbeat_listen = a.heartbeat_listen;
+    cfg.timeout_ms = a.primary_timeout_ms;
+    cfg.relay_timeout_ms = a.relay_timeout_ms;
+    cfg.export = a.failover_listen.map(|listen| standby::host::ExportConfig {
+        nqn: a.failover_nqn.clone(),
+        listen,
+        allow_any_host: true,
+    });
+    cfg.restart_cmd = a.on_failover.clone();
+    cfg.auto_failover = !a.no_auto_failover;
+    let resolver: Option<standby::host::ImageResolver> = store.clone().map(|st| {
+        let app = a.image_app.clone();
+        Box::new(move |tag: &[u8]| st.restore_tag(&app, tag).map_err(|e| e.to_string())) as standby::host::ImageResolver
+    });
+    let host = standby::host::StandbyHost::start(cfg, resolver)?;
+    if let Some(st) = store {
+        let app = a.image_app.clone();
+        std::thread::Builder::new().name("image-prune".into()).spawn(move || {
+            let mut pruned_below = 0;
+            loop {
+                std::thread::sleep(Duration::from_secs(2));
+                let v = first.clone();
+                let Ok(tag) = standby::rpc::with_standby(&v, |sv| sv.applied().3) else {
+                    continue;
+                };
+                if let Some((seq, _)) = standby::image::parse_restart_tag(&tag) {
+                    if seq > pruned_below {
+                        match st.prune(&app, seq) {
+                            Ok(r) => log::debug!("images of {app} below {seq} pruned: {r:?}"),
+                            Err(e) => log::warn!("pruning images of {app}: {e}"),
+                        }
+                        pruned_below = seq;
+                    }
+                }
+            }
+        })?;
+    }
+    Ok(Some(host))
 }
 
 fn relay_cmd(a: RelayArgs) -> Result<(), AnyErr> {
@@ -507,6 +640,7 @@ fn register_all_rpcs(reg: &mut engine::rpc::Registry) {
     nvme::rpc::register_rpcs(reg);
     relay::rpc::register_rpcs(reg);
     standby::rpc::register_rpcs(reg);
+    standby::host::register_rpcs(reg);
 }
 
 fn rpc(a: RpcArgs) -> Result<(), AnyErr> {
