@@ -1,12 +1,17 @@
 //! `baton`: one binary, one role per process (see DESIGN.md).
 //!
-//! - `baton demo`: the one-command tour (for now: the foundation self-check,
-//!   reactors + bdevs + a verifying workload; it grows into the full
-//!   primary/relay/standby failover demo).
+//! - `baton demo`: the one-command tour: primary, two relays and the standby as
+//!   processes on loopback, the ledger application, a kill of the primary site,
+//!   failover and restart from the execution image (`demo.rs`).
+//! - `baton ledger`: the demo application (`ledger.rs`).
+//! - `baton selfcheck`: reactors + bdevs + a verifying workload.
 //! - `baton perf`: the perf harness (`spdk_nvme_perf` / `bdevperf` flags).
 //! - `baton target`: the storage target process (reactors, bdevs).
 //! - `baton relay`: journal primaries' writes, forward them to the standby.
 //! - `baton standby`: receive relays' streams into standby volumes.
+
+mod demo;
+mod ledger;
 
 use clap::{Args, Parser, Subcommand};
 use engine::reactor::{IdleMode, ReactorOpts, Reactors};
@@ -28,8 +33,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the guided tour on this machine (RAM/file back ends, no setup).
-    Demo(DemoArgs),
+    /// The whole mission on this machine: primary, relays, standby, the ledger
+    /// application, a primary failure, failover and restart (RAM back ends, no setup).
+    Demo(demo::DemoArgs),
+    /// The demo application: a bank ledger over NVMe/TCP with restart points and
+    /// incremental execution images.
+    Ledger(ledger::LedgerArgs),
+    /// Start reactors and bdevs and run a short verifying workload on each.
+    Selfcheck(SelfcheckArgs),
     /// Measure IOPS, bandwidth and latency of a bdev.
     Perf(PerfArgs),
     /// Run a storage target: reactors and bdevs until SIGINT/SIGTERM.
@@ -46,7 +57,7 @@ enum Cmd {
 }
 
 #[derive(Args)]
-struct DemoArgs {
+struct SelfcheckArgs {
     /// Core mask for the reactors (hex `0x3` or list `[0,1]`).
     #[arg(short = 'm', long = "cpumask", default_value = "0x3")]
     cpumask: String,
@@ -235,7 +246,9 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Demo(a) => demo(a),
+        Cmd::Demo(a) => demo::run(a),
+        Cmd::Ledger(a) => ledger::run(a).map_err(|e| e.into()),
+        Cmd::Selfcheck(a) => selfcheck(a),
         Cmd::Perf(a) => perf_cmd(a),
         Cmd::Target(a) => target(a),
         Cmd::Limits => limits(),
@@ -564,8 +577,8 @@ fn relay_cmd(a: RelayArgs) -> Result<(), AnyErr> {
     Ok(())
 }
 
-fn demo(a: DemoArgs) -> Result<(), AnyErr> {
-    println!("baton {VERSION} — demo (foundation self-check)\n");
+fn selfcheck(a: SelfcheckArgs) -> Result<(), AnyErr> {
+    println!("baton {VERSION} — self-check\n");
     let mut mask = a.cpumask.clone();
     if engine::cpumask::parse(&mask)?
         .iter()

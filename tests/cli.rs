@@ -8,12 +8,12 @@ fn baton() -> Command {
 }
 
 #[test]
-fn demo_self_check_passes() {
-    let out = baton().args(["demo", "-t", "0.3"]).output().unwrap();
+fn selfcheck_passes() {
+    let out = baton().args(["selfcheck", "-t", "0.3"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "demo failed:\n{stdout}\n{}",
+        "selfcheck failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("self-check passed"), "{stdout}");
