@@ -164,7 +164,11 @@ struct PrimarySeen {
 
 pub fn run(a: DemoArgs) -> Result<(), AnyErr> {
     let mut seed = a.seed.unwrap_or_else(|| unix_ms() ^ u64::from(std::process::id())) | 1;
-    let base = if Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
+    let base = if Path::new("/dev/shm").is_dir() {
+        "/dev/shm"
+    } else {
+        "/tmp"
+    };
     let dir = PathBuf::from(base).join(format!("baton-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let out = |s: String| {
@@ -226,8 +230,16 @@ fn run_in(a: &DemoArgs, dir: &Path, seed: &mut u64, out: &dyn Fn(String)) -> Res
     let ss = sock("standby");
     match a.mode.as_str() {
         "delayed" => {
-            rpc(&ss, "bdev_malloc_create", json!({"name": "SbVol", "num_blocks": vol_mb * 256, "block_size": 4096}))?;
-            rpc(&ss, "bdev_malloc_create", json!({"name": "SbStage", "num_blocks": 128 * 256, "block_size": 4096}))?;
+            rpc(
+                &ss,
+                "bdev_malloc_create",
+                json!({"name": "SbVol", "num_blocks": vol_mb * 256, "block_size": 4096}),
+            )?;
+            rpc(
+                &ss,
+                "bdev_malloc_create",
+                json!({"name": "SbStage", "num_blocks": 128 * 256, "block_size": 4096}),
+            )?;
             rpc(
                 &ss,
                 "standby_create",
@@ -235,8 +247,16 @@ fn run_in(a: &DemoArgs, dir: &Path, seed: &mut u64, out: &dyn Fn(String)) -> Res
             )?;
         }
         _ => {
-            rpc(&ss, "bdev_malloc_create", json!({"name": "SbData", "num_blocks": 4 * vol_mb * 256, "block_size": 4096}))?;
-            rpc(&ss, "bdev_malloc_create", json!({"name": "SbMeta", "num_blocks": 64 * 256, "block_size": 4096}))?;
+            rpc(
+                &ss,
+                "bdev_malloc_create",
+                json!({"name": "SbData", "num_blocks": 4 * vol_mb * 256, "block_size": 4096}),
+            )?;
+            rpc(
+                &ss,
+                "bdev_malloc_create",
+                json!({"name": "SbMeta", "num_blocks": 64 * 256, "block_size": 4096}),
+            )?;
             rpc(
                 &ss,
                 "standby_create",
@@ -245,7 +265,12 @@ fn run_in(a: &DemoArgs, dir: &Path, seed: &mut u64, out: &dyn Fn(String)) -> Res
             )?;
         }
     }
-    out(format!("standby   up: relays -> {}, images on {}, heartbeats on {}", addr(p_standby), addr(p_img), addr(p_hb)));
+    out(format!(
+        "standby   up: relays -> {}, images on {}, heartbeats on {}",
+        addr(p_standby),
+        addr(p_img),
+        addr(p_hb)
+    ));
 
     // --- relay site ---
     let mut relays = Vec::new();
@@ -263,7 +288,11 @@ fn run_in(a: &DemoArgs, dir: &Path, seed: &mut u64, out: &dyn Fn(String)) -> Res
         if backup {
             c.arg("--backup");
         }
-        let mut p = Proc::spawn(if i == 1 { "relay1" } else { "relay2" }, &mut c, &dir.join(format!("{name}.log")))?;
+        let mut p = Proc::spawn(
+            if i == 1 { "relay1" } else { "relay2" },
+            &mut c,
+            &dir.join(format!("{name}.log")),
+        )?;
         wait_rpc(&mut p, &sock(name), Duration::from_secs(20))?;
         relays.push(p);
     }
@@ -280,7 +309,7 @@ fn run_in(a: &DemoArgs, dir: &Path, seed: &mut u64, out: &dyn Fn(String)) -> Res
         baton()?
             .args(["target", "-m", "0x1", "-r"])
             .arg(sock("primary"))
-            .args(["--bdev", &format!("Base0=malloc,size={vol_mb}M")]),
+            .args(["--bdev", &format!("Base0=malloc,size={vol_mb}M,bs=4096")]),
         &dir.join("primary.log"),
     )?;
     let ps = sock("primary");
@@ -293,22 +322,46 @@ fn run_in(a: &DemoArgs, dir: &Path, seed: &mut u64, out: &dyn Fn(String)) -> Res
                "standby_heartbeat": addr(p_hb).to_string()}),
     )?;
     rpc(&ps, "nvmf_create_transport", json!({"trtype": "TCP"}))?;
-    rpc(&ps, "nvmf_create_subsystem", json!({"nqn": nqn, "allow_any_host": true, "serial_number": "BATON0001"}))?;
-    rpc(&ps, "nvmf_subsystem_add_ns", json!({"nqn": nqn, "namespace": {"bdev_name": "Vol0"}}))?;
+    rpc(
+        &ps,
+        "nvmf_create_subsystem",
+        json!({"nqn": nqn, "allow_any_host": true, "serial_number": "BATON0001"}),
+    )?;
+    rpc(
+        &ps,
+        "nvmf_subsystem_add_ns",
+        json!({"nqn": nqn, "namespace": {"bdev_name": "Vol0"}}),
+    )?;
     rpc(
         &ps,
         "nvmf_subsystem_add_listener",
         json!({"nqn": nqn, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1",
                "trsvcid": p_target.to_string()}}),
     )?;
-    out(format!("primary   up: Vol0 (RAM, {vol_mb} MiB) replicated to both relays, NVMe/TCP {nqn} on {}", addr(p_target)));
+    out(format!(
+        "primary   up: Vol0 (RAM, {vol_mb} MiB) replicated to both relays, NVMe/TCP {nqn} on {}",
+        addr(p_target)
+    ));
 
     // --- the application on the primary host ---
     let mut ledger_cmd = baton()?;
     ledger_cmd
-        .args(["ledger", "--traddr", "127.0.0.1", "--trsvcid", &p_target.to_string(), "--subnqn", nqn])
+        .args([
+            "ledger",
+            "--traddr",
+            "127.0.0.1",
+            "--trsvcid",
+            &p_target.to_string(),
+            "--subnqn",
+            nqn,
+        ])
         .args(["--image-server", &addr(p_img).to_string(), "--app", "ledger"])
-        .args(["--accounts", &a.accounts.to_string(), "--image-mib", &a.image_mib.to_string()])
+        .args([
+            "--accounts",
+            &a.accounts.to_string(),
+            "--image-mib",
+            &a.image_mib.to_string(),
+        ])
         .args(["--group", &a.group.to_string(), "--initial", "1000"])
         .args(["--seed", &(rand(seed) % 1_000_000).to_string()])
         .stdout(Stdio::piped())
@@ -320,8 +373,10 @@ fn run_in(a: &DemoArgs, dir: &Path, seed: &mut u64, out: &dyn Fn(String)) -> Res
         child: ledger_child,
     };
     let (tx, rx) = mpsc::channel::<String>();
+    let mut lines_log = std::fs::File::create(dir.join("ledger-progress.log"))?;
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = writeln!(lines_log, "{line}");
             if tx.send(line).is_err() {
                 return;
             }
@@ -399,8 +454,9 @@ fn run_in(a: &DemoArgs, dir: &Path, seed: &mut u64, out: &dyn Fn(String)) -> Res
             ledger.kill9();
             primary.kill9();
             kill_ms = unix_ms();
-            // Lines the ledger wrote before it died.
-            while let Ok(l) = rx.try_recv() {
+            // Every line the ledger wrote before it died (the reader ends at EOF).
+            let drain_until = Instant::now() + Duration::from_secs(5);
+            while let Ok(l) = rx.recv_timeout(drain_until.saturating_duration_since(Instant::now())) {
                 if l.starts_with("POINT ") {
                     seen.points += 1;
                     seen.last_point_seq = field(&l, "seq");
@@ -463,18 +519,28 @@ fn run_in(a: &DemoArgs, dir: &Path, seed: &mut u64, out: &dyn Fn(String)) -> Res
     }
     if let Some(p) = seen.last_pointing_seq {
         if restored_seq > p {
-            problems.push(format!("standby restored group {restored_seq}, beyond any restart point declared ({p})"));
+            problems.push(format!(
+                "standby restored group {restored_seq}, beyond any restart point declared ({p})"
+            ));
         }
     }
     let rto_ms = serving_ms.saturating_sub(kill_ms);
-    let after_detect_ms = if detected_ms > 0 { serving_ms.saturating_sub(detected_ms) } else { 0 };
+    let after_detect_ms = if detected_ms > 0 {
+        serving_ms.saturating_sub(detected_ms)
+    } else {
+        0
+    };
     let share: Vec<f64> = seen
         .delta_wire
         .iter()
         .skip(1)
         .map(|&(w, b)| w as f64 / b.max(1) as f64)
         .collect();
-    let avg_share = if share.is_empty() { 0.0 } else { share.iter().sum::<f64>() / share.len() as f64 };
+    let avg_share = if share.is_empty() {
+        0.0
+    } else {
+        share.iter().sum::<f64>() / share.len() as f64
+    };
     let pct = |h: &LatencyHistogram| {
         json!({"p50_us": h.percentile_us(50.0), "p99_us": h.percentile_us(99.0),
                "max_us": h.max_us(), "count": h.count()})
@@ -507,8 +573,15 @@ fn run_in(a: &DemoArgs, dir: &Path, seed: &mut u64, out: &dyn Fn(String)) -> Res
         let mut o = std::io::stdout().lock();
         writeln!(o, "\n== report ({} mode)", a.mode)?;
         writeln!(o, "transfers at the primary      {}", seen.last_wrote_tx)?;
-        writeln!(o, "restart points completed      {} (last: group {last_point})", seen.points)?;
-        writeln!(o, "restored at the standby       group {restored_seq} ({restored_tx} transfers), verified: {verified}")?;
+        writeln!(
+            o,
+            "restart points completed      {} (last: group {last_point})",
+            seen.points
+        )?;
+        writeln!(
+            o,
+            "restored at the standby       group {restored_seq} ({restored_tx} transfers), verified: {verified}"
+        )?;
         writeln!(
             o,
             "RPO                           {} transfers after the last restart point were lost",
@@ -526,7 +599,11 @@ fn run_in(a: &DemoArgs, dir: &Path, seed: &mut u64, out: &dyn Fn(String)) -> Res
             seen.image_bytes,
             avg_share * 100.0
         )?;
-        for (n, h) in [("group writes", &seen.write_us), ("image transfer", &seen.image_us), ("restart point", &seen.point_us)] {
+        for (n, h) in [
+            ("group writes", &seen.write_us),
+            ("image transfer", &seen.image_us),
+            ("restart point", &seen.point_us),
+        ] {
             writeln!(
                 o,
                 "latency {n:<15}       p50 {:>8.0} us  p99 {:>8.0} us  max {:>8.0} us  ({} samples)",

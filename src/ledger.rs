@@ -196,7 +196,11 @@ impl Ledger {
             l.counts.push(u32_at(IMG_HEADER_BYTES + n * 8 + i * 4));
         }
         if l.total() != u64_at(48) {
-            return Err(bad(format!("balances sum to {}, header says {}", l.total(), u64_at(48))));
+            return Err(bad(format!(
+                "balances sum to {}, header says {}",
+                l.total(),
+                u64_at(48)
+            )));
         }
         Ok(l)
     }
@@ -248,7 +252,9 @@ pub fn parse_header(b: &[u8]) -> Result<VolHeader, LedgerError> {
     let stored = u32::from_le_bytes(c[12..16].try_into().unwrap_or_default());
     c[12..16].fill(0);
     if crc32c::crc32c(&c) != stored {
-        return Err(LedgerError::Volume("header CRC mismatch (torn or corrupt block 0)".into()));
+        return Err(LedgerError::Volume(
+            "header CRC mismatch (torn or corrupt block 0)".into(),
+        ));
     }
     let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or_default());
     Ok(VolHeader {
@@ -331,7 +337,9 @@ impl Volume {
 
     pub fn read_block(&mut self, lba: u64) -> Result<Vec<u8>, LedgerError> {
         let buf = engine::buf::DmaBuf::alloc(self.bs);
-        let c = self.q.sync(cmd::read(self.nsid, lba, 1), Data::FromCtrl(buf), IO_TIMEOUT)?;
+        let c = self
+            .q
+            .sync(cmd::read(self.nsid, lba, 1), Data::FromCtrl(buf), IO_TIMEOUT)?;
         nvme::host::status_ok(&c.cqe)?;
         Ok(c.buf.map(|b| b.to_vec()).unwrap_or_default())
     }
@@ -593,9 +601,9 @@ pub fn run(a: LedgerArgs) -> Result<(), LedgerError> {
         (l, vol, total, false)
     };
     let mut images = match a.image_server {
-        Some(addr) => Some(
-            standby::image::ImageClient::connect(addr, &a.app).map_err(|e| LedgerError::Image(e.to_string()))?,
-        ),
+        Some(addr) => {
+            Some(standby::image::ImageClient::connect(addr, &a.app).map_err(|e| LedgerError::Image(e.to_string()))?)
+        }
         None => None,
     };
     emit(&format!(
@@ -616,13 +624,20 @@ pub fn run(a: LedgerArgs) -> Result<(), LedgerError> {
         let touched = l.run_group(a.group);
         vol.write_group(&l, &touched)?;
         let write_us = t0.elapsed().as_micros();
-        emit(&format!("WROTE seq={} tx={} write_us={write_us}", l.group_seq, l.tx_count));
+        emit(&format!(
+            "WROTE seq={} tx={} write_us={write_us}",
+            l.group_seq, l.tx_count
+        ));
         if let Some(img) = images.as_mut() {
             restart_point(&mut vol, img, &l, write_us)?;
         }
         done += 1;
         if restored && done == 1 {
-            emit(&format!("SERVING seq={} since_start_ms={}", l.group_seq, now_unix_ms() - started_ms));
+            emit(&format!(
+                "SERVING seq={} since_start_ms={}",
+                l.group_seq,
+                now_unix_ms() - started_ms
+            ));
             write_result(&a, started_ms, &l, true, None)?;
         }
         if a.pace_ms > 0 {

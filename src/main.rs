@@ -435,7 +435,11 @@ fn standby_cmd(a: StandbyArgs) -> Result<(), AnyErr> {
     let images = match a.image_listen {
         Some(addr) => {
             let s = standby::image::ImageServer::start(addr, &a.image_dir)?;
-            log::info!("execution images: listening on {}, store {}", s.addr(), a.image_dir.display());
+            log::info!(
+                "execution images: listening on {}, store {}",
+                s.addr(),
+                a.image_dir.display()
+            );
             Some(s)
         }
         None => None,
@@ -464,7 +468,10 @@ fn parse_failover_volume(s: &str) -> Result<standby::host::FailoverVolume, AnyEr
     let (rest, nsid) = match s.rsplit_once('@') {
         Some((r, n)) => (
             r,
-            Some(n.parse::<u32>().map_err(|e| format!("--failover-volume {s:?}: NSID {n:?}: {e}"))?),
+            Some(
+                n.parse::<u32>()
+                    .map_err(|e| format!("--failover-volume {s:?}: NSID {n:?}: {e}"))?,
+            ),
         ),
         None => (s, None),
     };

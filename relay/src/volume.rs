@@ -50,8 +50,8 @@ use rdma_transport::{ConnState, Connection, OutFrame, SendCompletion};
 use serde::Serialize;
 
 use crate::dataref::{DataRef, SegRef};
-use nvme::target::restart::{self as nvme_restart, RestartPointDone, RestartPointError, RestartPointSink, SinkToken};
 use crate::liveness::{HeartbeatSender, HeartbeatState};
+use nvme::target::restart::{self as nvme_restart, RestartPointDone, RestartPointError, RestartPointSink, SinkToken};
 
 /// Requests one channel of the volume holds in flight.
 pub const CHANNEL_SLOTS: usize = 256;
