@@ -172,7 +172,7 @@ impl Ledger {
         }
         let n = u32_at(12) as usize;
         let hist_bytes = u64_at(40) as usize;
-        if n == 0 || hist_bytes == 0 || hist_bytes % HIST_RECORD_BYTES != 0 {
+        if n == 0 || hist_bytes == 0 || !hist_bytes.is_multiple_of(HIST_RECORD_BYTES) {
             return Err(bad(format!("accounts {n}, history bytes {hist_bytes}")));
         }
         let want = n
