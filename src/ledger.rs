@@ -589,16 +589,18 @@ pub fn run(a: LedgerArgs) -> Result<(), LedgerError> {
             }
         ));
         if !ok {
-            write_result(&a, started_ms, &l, false, res.as_ref().err().map(|e| e.to_string()))?;
+            let err = res.as_ref().err().map(|e| e.to_string());
+            write_result(&a, started_ms, (l.group_seq, l.tx_count), &l, false, err)?;
             return res.map(|_| ());
         }
-        (l, vol, total, true)
+        let from = (l.group_seq, l.tx_count);
+        (l, vol, total, Some(from))
     } else {
         let l = Ledger::new(a.accounts, a.initial, a.image_mib << 20, a.seed);
         let mut vol = Volume::connect(&t)?;
         vol.write_all(&l)?;
         let total = l.total();
-        (l, vol, total, false)
+        (l, vol, total, None)
     };
     let mut images = match a.image_server {
         Some(addr) => {
@@ -612,7 +614,7 @@ pub fn run(a: LedgerArgs) -> Result<(), LedgerError> {
         initial_total,
         l.encode().len(),
         vol.bs,
-        restored
+        restored.is_some()
     ));
     // Restart point 0: the formatted ledger, so a failure before the first group restores it.
     if let Some(img) = images.as_mut() {
@@ -632,20 +634,20 @@ pub fn run(a: LedgerArgs) -> Result<(), LedgerError> {
             restart_point(&mut vol, img, &l, write_us)?;
         }
         done += 1;
-        if restored && done == 1 {
+        if let (Some(from), 1) = (restored, done) {
             emit(&format!(
                 "SERVING seq={} since_start_ms={}",
                 l.group_seq,
                 now_unix_ms() - started_ms
             ));
-            write_result(&a, started_ms, &l, true, None)?;
+            write_result(&a, started_ms, from, &l, true, None)?;
         }
         if a.pace_ms > 0 {
             std::thread::sleep(Duration::from_millis(a.pace_ms));
         }
     }
-    if restored && done == 0 {
-        write_result(&a, started_ms, &l, true, None)?;
+    if let (Some(from), 0) = (restored, done) {
+        write_result(&a, started_ms, from, &l, true, None)?;
     }
     vol.ctrl.tick()?;
     Ok(())
@@ -684,9 +686,12 @@ fn restart_point(
     Ok(())
 }
 
+/// `restored` is the (group, transfers) the image held, before the restarted
+/// ledger ran on; `l` is the state at the moment of writing.
 fn write_result(
     a: &LedgerArgs,
     started_ms: u64,
+    restored: (u64, u64),
     l: &Ledger,
     ok: bool,
     error: Option<String>,
@@ -695,8 +700,9 @@ fn write_result(
     let v = serde_json::json!({
         "verified": ok,
         "error": error,
-        "restored_seq": l.group_seq,
-        "restored_tx": l.tx_count,
+        "restored_seq": restored.0,
+        "restored_tx": restored.1,
+        "serving_seq": l.group_seq,
         "total": l.total(),
         "started_unix_ms": started_ms,
         "serving_unix_ms": now_unix_ms(),
