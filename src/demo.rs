@@ -29,7 +29,7 @@ pub struct DemoArgs {
     /// Standby mode: delayed (staged epochs) or snapshot (copy-on-write snapshots).
     #[arg(long, default_value = "delayed", value_parser = ["delayed", "snapshot"])]
     pub mode: String,
-    /// When to kill the primary: random, writes (in the middle of a group's writes),
+    /// When to kill the primary: random, writes (a group written, its restart point not yet declared: while its image is sent),
     /// point (while a restart point is being declared), after-point (right after one).
     #[arg(long, default_value = "random", value_parser = ["random", "writes", "point", "after-point"])]
     pub kill_at: String,
@@ -426,8 +426,8 @@ fn run_in(a: &DemoArgs, dir: &Path, seed: &mut u64, out: &dyn Fn(String)) -> Res
                 trigger = kill_at == "after-point";
             }
             if l.starts_with("WROTE") && kill_at == "writes" {
-                // The next group's writes start right after this group's restart point:
-                // kill a few ms into them.
+                // This group's writes are done; its image is on its way to the standby
+                // host and its restart point not yet declared: kill a few ms into that.
                 trigger = true;
             }
         }
