@@ -573,9 +573,19 @@ fn run_in(a: &DemoArgs, dir: &Path, seed: &mut u64, out: &dyn Fn(String)) -> Res
         let mut o = std::io::stdout().lock();
         writeln!(o, "\n== report ({} mode)", a.mode)?;
         writeln!(o, "transfers at the primary      {}", seen.last_wrote_tx)?;
+        let sb0 = sb.get(0).unwrap_or(&sb);
         writeln!(
             o,
-            "restart points completed      {} (last: group {last_point})",
+            "writes replicated             {} reached the standby through the relays; {} applied{} up to its last restart point",
+            sb0.get("durable_lsn").and_then(Value::as_u64).unwrap_or(0),
+            sb0.get("applied_last_lsn").and_then(Value::as_u64).unwrap_or(0),
+            sb0.pointer("/delayed/bytes_applied")
+                .and_then(Value::as_u64)
+                .map_or(String::new(), |b| format!(" ({b} bytes)")),
+        )?;
+        writeln!(
+            o,
+            "restart points completed      {} (groups 0..={last_point}, group 0 the formatted ledger)",
             seen.points
         )?;
         writeln!(

@@ -47,7 +47,10 @@ fn check(r: &Value, mode: &str, kill_at: &str) {
     assert!(restored >= last, "{ctx}");
     assert!(restored <= last + 1, "{ctx}");
     assert_eq!(r["rpo_restart_points_lost"], 0, "{ctx}");
-    assert!(r["restart_points_completed"].as_u64().unwrap() >= 2, "ran too briefly: {ctx}");
+    assert!(
+        r["restart_points_completed"].as_u64().unwrap() >= 2,
+        "ran too briefly: {ctx}"
+    );
     // The standby volume was promoted at exactly the restored restart point.
     let rto = r["rto_ms"].as_u64().unwrap();
     let detection = r["detection_ms"].as_u64().unwrap();
@@ -117,7 +120,11 @@ fn rpc(sock: &Path, method: &str, params: &str) -> Result<Value, String> {
 fn wait_rpc(sock: &Path) {
     let t = Instant::now();
     while rpc(sock, "spdk_get_version", "").is_err() {
-        assert!(t.elapsed() < Duration::from_secs(30), "{} never answered", sock.display());
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{} never answered",
+            sock.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -143,7 +150,14 @@ fn epoch(primary: &Path) -> u64 {
 fn ledger(dir: &Path, port: u16, images: SocketAddr, groups: u64) -> std::process::Output {
     baton()
         .args(["ledger", "--traddr", "127.0.0.1", "--trsvcid", &port.to_string()])
-        .args(["--subnqn", "nqn.2016-06.io.baton:imgtest", "--accounts", "64", "--group", "8"])
+        .args([
+            "--subnqn",
+            "nqn.2016-06.io.baton:imgtest",
+            "--accounts",
+            "64",
+            "--group",
+            "8",
+        ])
         .args(["--image-mib", "1", "--groups", &groups.to_string()])
         .arg("--image-server")
         .arg(images.to_string())
@@ -221,7 +235,11 @@ fn a_restart_point_is_never_declared_before_its_image_is_saved() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "ledger must fail without its images:\n{stderr}");
     assert!(stderr.to_lowercase().contains("image"), "{stderr}");
-    assert_eq!(epoch(&ps), 0, "a restart point was declared without its image:\n{stderr}");
+    assert_eq!(
+        epoch(&ps),
+        0,
+        "a restart point was declared without its image:\n{stderr}"
+    );
 
     // 2. A real image store: point 0 (the formatted ledger) and one per group.
     let images: SocketAddr = format!("127.0.0.1:{ip}").parse().unwrap();
@@ -242,10 +260,18 @@ fn a_restart_point_is_never_declared_before_its_image_is_saved() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(stdout.matches("\nPOINT ").count() + stdout.starts_with("POINT ") as usize, 4, "{stdout}");
+    assert_eq!(
+        stdout.matches("\nPOINT ").count() + stdout.starts_with("POINT ") as usize,
+        4,
+        "{stdout}"
+    );
     let t = Instant::now();
     while epoch(&ps) != 4 {
-        assert!(t.elapsed() < Duration::from_secs(10), "epoch {} after 4 points: {stdout}", epoch(&ps));
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "epoch {} after 4 points: {stdout}",
+            epoch(&ps)
+        );
     }
     let after_ok = 4;
 

@@ -96,7 +96,10 @@ pub struct StandbyStatus {
     pub applied_epoch: u64,
     pub applied_last_lsn: u64,
     pub applied_rp_lsn: u64,
+    /// The restart tag of the applied epoch as text (lossy: tags are bytes).
     pub applied_tag: String,
+    /// The same tag, exact, in lowercase hex.
+    pub applied_tag_hex: String,
     pub epoch_received_max: u64,
     pub lsn_received_max: u64,
     pub next_lsn: u64,
@@ -479,6 +482,7 @@ impl StandbyVolume {
             applied_last_lsn,
             applied_rp_lsn,
             applied_tag: String::from_utf8_lossy(&tag).into_owned(),
+            applied_tag_hex: tag.iter().map(|b| format!("{b:02x}")).collect(),
             epoch_received_max: each!(self, e => e.last_epoch_seen()),
             lsn_received_max: lsn_max,
             next_lsn: self.recv.next_lsn(),
