@@ -406,11 +406,18 @@ fn perf_cmd(a: PerfArgs) -> Result<(), AnyErr> {
         for (i, t) in targets.iter().enumerate() {
             let built = perf_targets::build(t, i, workers.len(), a.queue_depth, &ro)?;
             let quiet = a.json;
-            let results = perf::run_bdev_on(&reactors, &workers, built.bdev.clone(), &opts, stop.clone(), |el, ios| {
-                if !quiet {
-                    eprint!("\r  {:>5.1} s  {:>12} I/O  ", el.as_secs_f64(), ios);
-                }
-            });
+            let results = perf::run_bdev_on(
+                &reactors,
+                &workers,
+                built.bdev.clone(),
+                &opts,
+                stop.clone(),
+                |el, ios| {
+                    if !quiet {
+                        eprint!("\r  {:>5.1} s  {:>12} I/O  ", el.as_secs_f64(), ios);
+                    }
+                },
+            );
             if !quiet {
                 eprint!("\r{:60}\r", "");
             }

@@ -59,12 +59,7 @@ fn parse_replicate(v: &str) -> Result<usize, String> {
     v.parse::<usize>()
         .ok()
         .filter(|n| (1..=RELAYS_MAX).contains(n))
-        .ok_or_else(|| {
-            format!(
-                "replicate={v}: expected a relay count 1..={}",
-                RELAYS_MAX
-            )
-        })
+        .ok_or_else(|| format!("replicate={v}: expected a relay count 1..={}", RELAYS_MAX))
 }
 
 /// Parses a TARGET (not the `--compare`-only forms).
@@ -86,7 +81,9 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
         }
     }
     if parts.is_empty() || parts[0].is_empty() {
-        return Err(format!("{s:?}: no bdev kind (malloc, null, uring:PATH) before the options"));
+        return Err(format!(
+            "{s:?}: no bdev kind (malloc, null, uring:PATH) before the options"
+        ));
     }
     Ok(Target {
         base: Base::Bdev(parts.join(",")),
@@ -190,7 +187,8 @@ pub fn build(t: &Target, i: usize, workers: usize, qd: u32, ro: &ReplOpts) -> Re
             };
             let b: Arc<NvmeHostBdev> =
                 nvme::host::bdev::connect(&name, trid, &opts).map_err(|e| format!("-r {trid}: {e}"))?;
-            b.preconnect(workers).map_err(|e| format!("-r {trid}: I/O queue: {e}"))?;
+            b.preconnect(workers)
+                .map_err(|e| format!("-r {trid}: I/O queue: {e}"))?;
             log::info!(
                 "{}: namespace {} of {} at {} ({} blocks of {} B, {} entries per queue)",
                 name,
@@ -342,7 +340,9 @@ mod tests {
         assert_eq!(t.replicate, 2);
         let t = parse_target("trtype:TCP traddr:127.0.0.1 trsvcid:4420").unwrap();
         assert!(matches!(t.base, Base::Nvme(_)));
-        assert!(parse_target("TrType:tcp traddr:1.2.3.4 bogus:1").unwrap_err().contains("bogus"));
+        assert!(parse_target("TrType:tcp traddr:1.2.3.4 bogus:1")
+            .unwrap_err()
+            .contains("bogus"));
         assert!(parse_target("malloc,replicate=0").is_err());
         assert!(parse_target("malloc,replicate=x").is_err());
         assert!(parse_target(",size=1G").is_err());

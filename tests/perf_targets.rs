@@ -59,7 +59,14 @@ fn perf(args: &[&str]) -> (Output, serde_json::Value) {
     (out, v)
 }
 
-fn nvme_target(tag: &str) -> (std::sync::Arc<nvme::target::Target>, String, SocketAddr, std::sync::Arc<dyn engine::bdev::Bdev>) {
+fn nvme_target(
+    tag: &str,
+) -> (
+    std::sync::Arc<nvme::target::Target>,
+    String,
+    SocketAddr,
+    std::sync::Arc<dyn engine::bdev::Bdev>,
+) {
     reactors();
     let name = format!("PerfT{}_{tag}", std::process::id());
     let b = engine::bdev::malloc::create(&name, 8192, 4096, None).unwrap();
@@ -214,7 +221,13 @@ fn perf_replicated_writes_reach_every_relay_journal() {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        assert_eq!(appended, (writes, writes), "relay {}: {:?}", r.listen_addr(), r.status());
+        assert_eq!(
+            appended,
+            (writes, writes),
+            "relay {}: {:?}",
+            r.listen_addr(),
+            r.status()
+        );
     }
     for r in &relays {
         r.stop(Duration::from_secs(10)).unwrap();

@@ -535,7 +535,10 @@ pub fn run_on(
     if cores.is_empty() || cores.iter().any(|c| !reactors.cores().contains(c)) {
         return Err(PerfError::InvalidOption {
             option: "-m",
-            why: format!("worker cores {cores:?} are not all among the reactors {:?}", reactors.cores()),
+            why: format!(
+                "worker cores {cores:?} are not all among the reactors {:?}",
+                reactors.cores()
+            ),
         });
     }
     let (tx, rx) = mpsc::channel::<(u32, Result<CoreResult, PerfError>)>();

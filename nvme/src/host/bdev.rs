@@ -129,7 +129,11 @@ pub fn connect(name: &str, trid: &TransportId, opts: &HostBdevOpts) -> Result<Ar
             .spawn(move || {
                 let mut failed = false;
                 while !stop.load(Ordering::Relaxed) {
-                    let r = ctrlr.lock().unwrap_or_else(|e| e.into_inner()).as_mut().map(|c| c.tick());
+                    let r = ctrlr
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_mut()
+                        .map(|c| c.tick());
                     if let Some(Err(e)) = r {
                         if !failed {
                             log::warn!("bdev {name}: admin queue: {e}");
@@ -245,7 +249,8 @@ impl Bdev for NvmeHostBdev {
             Some(q) => q,
             None => {
                 log::info!("bdev {}: connecting an I/O queue pair inline", self.name);
-                self.new_qpair().map_err(|e| BdevError::Channel(format!("{}: {e}", self.subnqn)))?
+                self.new_qpair()
+                    .map_err(|e| BdevError::Channel(format!("{}: {e}", self.subnqn)))?
             }
         };
         let depth = q.depth();

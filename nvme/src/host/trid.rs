@@ -35,7 +35,9 @@ pub enum TridError {
     TooLong,
     #[error("transport ID part {0:?} is not key:value")]
     NotKeyValue(String),
-    #[error("unknown transport ID key {0:?} (expected trtype, adrfam, traddr, trsvcid, subnqn, hostnqn, ns, priority)")]
+    #[error(
+        "unknown transport ID key {0:?} (expected trtype, adrfam, traddr, trsvcid, subnqn, hostnqn, ns, priority)"
+    )]
     UnknownKey(String),
     #[error("transport ID key {0:?} is given twice")]
     Duplicate(String),
@@ -73,7 +75,10 @@ fn bad(key: &'static str, why: impl Into<String>) -> TridError {
 
 fn nqn(key: &'static str, v: &str) -> Result<String, TridError> {
     if v.is_empty() || v.len() > NQN_BYTES_MAX {
-        return Err(bad(key, format!("an NQN is 1 to {NQN_BYTES_MAX} bytes, got {}", v.len())));
+        return Err(bad(
+            key,
+            format!("an NQN is 1 to {NQN_BYTES_MAX} bytes, got {}", v.len()),
+        ));
     }
     Ok(v.to_string())
 }
@@ -253,14 +258,20 @@ mod tests {
         assert_eq!(p("trtype:TCP trsvcid:4420"), Err(TridError::Missing("traddr")));
         assert!(p("trtype:TCP trsvcid:4420").unwrap_err().to_string().contains("traddr"));
         assert_eq!(p("traddr:127.0.0.1"), Err(TridError::Missing("trtype")));
-        assert_eq!(p("trtype:RDMA traddr:1.2.3.4"), Err(TridError::Unsupported("RDMA".into())));
+        assert_eq!(
+            p("trtype:RDMA traddr:1.2.3.4"),
+            Err(TridError::Unsupported("RDMA".into()))
+        );
         assert_eq!(p(""), Err(TridError::Empty));
         assert_eq!(
             p("trtype:TCP traddr:1.2.3.4 traddr:1.2.3.5"),
             Err(TridError::Duplicate("traddr".into()))
         );
         assert!(matches!(p("trtype:TCP traddr"), Err(TridError::NotKeyValue(_))));
-        assert!(matches!(p("trtype:TCP :x traddr:1.1.1.1"), Err(TridError::NotKeyValue(_))));
+        assert!(matches!(
+            p("trtype:TCP :x traddr:1.1.1.1"),
+            Err(TridError::NotKeyValue(_))
+        ));
         for s in [
             "trtype:TCP traddr:1.2.3.4 trsvcid:0",
             "trtype:TCP traddr:1.2.3.4 trsvcid:70000",
