@@ -12,6 +12,7 @@
 
 mod demo;
 mod ledger;
+mod perf_targets;
 
 use clap::{Args, Parser, Subcommand};
 use engine::reactor::{IdleMode, ReactorOpts, Reactors};
@@ -68,12 +69,41 @@ struct SelfcheckArgs {
 
 #[derive(Args, Clone)]
 struct PerfArgs {
-    /// Bdev to drive: malloc[,size=N][,bs=N] | null[,size=N] | uring:PATH[,size=N][,bs=N]
+    /// Bdev to drive: malloc[,size=N][,bs=N] | null[,size=N] | uring:PATH[,size=N][,bs=N],
+    /// optionally with ,replicate=N (see docs/perf.md).
     #[arg(long, default_value = "malloc,size=256M")]
     bdev: String,
-    /// Compare with a second bdev run the same way (prints both and the ratio).
+    /// Drive a remote NVMe/TCP namespace instead of --bdev: a transport ID as
+    /// spdk_nvme_perf takes it, 'trtype:TCP adrfam:IPv4 traddr:IP trsvcid:PORT [subnqn:NQN] [ns:N]'.
+    #[arg(short = 'r', long = "transport-id")]
+    trid: Option<String>,
+    /// Replicate the target (--bdev or -r) over N relays.
+    #[arg(long)]
+    replicate: Option<usize>,
+    /// Compare with a second target run the same way (prints both and the ratio): a bdev spec
+    /// [,replicate=N], a transport ID, `plain` (the first target unreplicated) or
+    /// `replicate=N` (the first target's base over N relays).
     #[arg(long)]
     compare: Option<String>,
+    /// Relays' journal directory (in-process relays; default a temporary dir under /dev/shm).
+    #[arg(long)]
+    journal_dir: Option<std::path::PathBuf>,
+    /// Acknowledgement policy of the replicated volume: all | quorum:K | any.
+    #[arg(long, default_value = "all")]
+    ack: String,
+    /// Use running relays (`baton relay`) HOST:PORT,... instead of starting them in-process.
+    #[arg(long, value_delimiter = ',')]
+    relays: Vec<String>,
+    /// Cores of in-process relays (default: the -m cores); reactors start on both masks,
+    /// workers only on -m.
+    #[arg(long)]
+    relay_cpumask: Option<String>,
+    /// Bound of each in-process relay journal (K/M/G suffixes).
+    #[arg(long, default_value = "8G")]
+    journal_bytes_max: String,
+    /// Buffered journal writes for in-process relays instead of O_DIRECT.
+    #[arg(long)]
+    journal_no_direct: bool,
     /// Queue depth per core.
     #[arg(short = 'q', long = "queue-depth", default_value_t = 32)]
     queue_depth: u32,
@@ -282,6 +312,7 @@ fn core_count() -> usize {
 }
 
 fn perf_cmd(a: PerfArgs) -> Result<(), AnyErr> {
+    use perf_targets::{parse_ack, parse_compare, parse_target, ReplOpts};
     let opts = WorkloadOpts {
         queue_depth: a.queue_depth,
         io_size_bytes: a.io_size,
@@ -292,12 +323,69 @@ fn perf_cmd(a: PerfArgs) -> Result<(), AnyErr> {
         verify: a.verify,
         seed: 0x5eed,
     };
+    let mut first = parse_target(a.trid.as_deref().unwrap_or(&a.bdev))?;
+    if let Some(n) = a.replicate {
+        if n == 0 || n > perf_targets::RELAYS_MAX {
+            return Err(format!("--replicate {n}: expected 1..={}", perf_targets::RELAYS_MAX).into());
+        }
+        first.replicate = n;
+    }
+    let mut targets = vec![first.clone()];
+    if let Some(c) = &a.compare {
+        targets.push(parse_compare(c)?.resolve(&first));
+    }
+    let relays = a
+        .relays
+        .iter()
+        .map(|s| {
+            s.parse::<std::net::SocketAddr>()
+                .map_err(|e| format!("--relays {s}: {e} (expected HOST:PORT)"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let workers = engine::cpumask::parse(&a.cpumask)?;
+    let relay_cores = match &a.relay_cpumask {
+        Some(m) => engine::cpumask::parse(m)?,
+        None => workers.clone(),
+    };
+    let mut all = workers.clone();
+    for c in &relay_cores {
+        if !all.contains(c) {
+            all.push(*c);
+        }
+    }
+    all.sort_unstable();
+    let (journal_dir, journal_dir_is_temp) = match &a.journal_dir {
+        Some(d) => (d.clone(), false),
+        None => {
+            let root = if std::path::Path::new("/dev/shm").is_dir() {
+                "/dev/shm"
+            } else {
+                "/tmp"
+            };
+            (
+                std::path::PathBuf::from(root).join(format!("baton-perf-{}", std::process::id())),
+                true,
+            )
+        }
+    };
+    let ro = ReplOpts {
+        journal_dir,
+        journal_dir_is_temp,
+        ack: parse_ack(&a.ack)?,
+        relays,
+        relay_cores,
+        link_core: workers[0],
+        journal_bytes_max: perf::spec::parse_size(&a.journal_bytes_max)?,
+        segment_bytes: 256 << 20,
+        no_direct: a.journal_no_direct,
+    };
     let idle = if a.adaptive_idle {
         IdleMode::default()
     } else {
         IdleMode::Poll
     };
-    let reactors = start_reactors(&a.cpumask, idle)?;
+    let mask = format!("[{}]", all.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","));
+    let reactors = start_reactors(&mask, idle)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         // Ctrl-C ends the measurement early and prints what was measured.
@@ -313,21 +401,50 @@ fn perf_cmd(a: PerfArgs) -> Result<(), AnyErr> {
         });
     }
     let mut reports = Vec::new();
-    for (i, spec) in std::iter::once(&a.bdev).chain(a.compare.iter()).enumerate() {
-        let b = perf::spec::create_bdev(&format!("perf{i}"), spec)?;
-        let quiet = a.json;
-        let results = perf::run_bdev(&reactors, b, &opts, stop.clone(), |el, ios| {
+    let mut infos = Vec::new();
+    let mut run = || -> Result<(), AnyErr> {
+        for (i, t) in targets.iter().enumerate() {
+            let built = perf_targets::build(t, i, workers.len(), a.queue_depth, &ro)?;
+            let quiet = a.json;
+            let results = perf::run_bdev_on(
+                &reactors,
+                &workers,
+                built.bdev.clone(),
+                &opts,
+                stop.clone(),
+                |el, ios| {
+                    if !quiet {
+                        eprint!("\r  {:>5.1} s  {:>12} I/O  ", el.as_secs_f64(), ios);
+                    }
+                },
+            );
             if !quiet {
-                eprint!("\r  {:>5.1} s  {:>12} I/O  ", el.as_secs_f64(), ios);
+                eprint!("\r{:60}\r", "");
             }
-        })?;
-        if !quiet {
-            eprint!("\r{:60}\r", "");
+            let info = built.json();
+            let label = built.label.clone();
+            built.finish(&ro)?;
+            reports.push(Report::new(&label, &opts, results?));
+            infos.push(info);
         }
-        reports.push(Report::new(spec, &opts, results));
+        Ok(())
+    };
+    let r = run();
+    if let Err(e) = r {
+        reactors.shutdown();
+        reactors.wait();
+        return Err(e);
     }
     if a.json {
-        let v: Vec<_> = reports.iter().map(|r| r.json()).collect();
+        let v: Vec<_> = reports
+            .iter()
+            .zip(&infos)
+            .map(|(r, info)| {
+                let mut j = r.json();
+                j["target"] = info.clone();
+                j
+            })
+            .collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&if v.len() == 1 { v[0].clone() } else { v.into() })?

@@ -17,7 +17,7 @@ pub mod sys;
 pub mod workload;
 
 pub use report::{CoreResult, Report};
-pub use workload::{run_bdev, IoQueue, Pattern, WorkloadOpts};
+pub use workload::{run_bdev, run_bdev_on, run_on, IoQueue, Pattern, WorkloadOpts};
 
 use thiserror::Error;
 

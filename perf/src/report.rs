@@ -331,7 +331,7 @@ pub fn compare_table(a: &Report, b: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<14} {:>16} {:>16} {:>10}",
+        "{:<14} {:>24} {:>24} {:>10}",
         "",
         trunc(&a.label),
         trunc(&b.label),
@@ -360,11 +360,11 @@ pub fn compare_table(a: &Report, b: &Report) -> String {
     ];
     for (name, x, y) in rows {
         let ratio = if x > 0.0 { y / x } else { f64::NAN };
-        let _ = writeln!(s, "{name:<14} {x:>16.2} {y:>16.2} {ratio:>10.3}");
+        let _ = writeln!(s, "{name:<14} {x:>24.2} {y:>24.2} {ratio:>10.3}");
     }
     s
 }
 
 fn trunc(s: &str) -> String {
-    s.chars().take(16).collect()
+    s.chars().take(24).collect()
 }

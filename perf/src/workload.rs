@@ -516,9 +516,31 @@ pub fn run(
     open: QueueOpener,
     opts: &WorkloadOpts,
     stop: Arc<AtomicBool>,
+    progress: impl FnMut(Duration, u64),
+) -> Result<Vec<CoreResult>, PerfError> {
+    run_on(reactors, &reactors.cores(), open, opts, stop, progress)
+}
+
+/// [`run`] on a subset of the reactors' cores (the others stay free for
+/// what the workload drives: a target, relays).
+pub fn run_on(
+    reactors: &Reactors,
+    cores: &[u32],
+    open: QueueOpener,
+    opts: &WorkloadOpts,
+    stop: Arc<AtomicBool>,
     mut progress: impl FnMut(Duration, u64),
 ) -> Result<Vec<CoreResult>, PerfError> {
-    let cores = reactors.cores();
+    let cores = cores.to_vec();
+    if cores.is_empty() || cores.iter().any(|c| !reactors.cores().contains(c)) {
+        return Err(PerfError::InvalidOption {
+            option: "-m",
+            why: format!(
+                "worker cores {cores:?} are not all among the reactors {:?}",
+                reactors.cores()
+            ),
+        });
+    }
     let (tx, rx) = mpsc::channel::<(u32, Result<CoreResult, PerfError>)>();
     let counters: Vec<Arc<AtomicU64>> = cores.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
     for (idx, &core) in cores.iter().enumerate() {
@@ -667,10 +689,22 @@ pub fn run_bdev(
     stop: Arc<AtomicBool>,
     progress: impl FnMut(Duration, u64),
 ) -> Result<Vec<CoreResult>, PerfError> {
+    run_bdev_on(reactors, &reactors.cores(), bdev, opts, stop, progress)
+}
+
+/// Runs `opts` against `bdev` on `cores` (a subset of the reactors' cores).
+pub fn run_bdev_on(
+    reactors: &Reactors,
+    cores: &[u32],
+    bdev: Arc<dyn Bdev>,
+    opts: &WorkloadOpts,
+    stop: Arc<AtomicBool>,
+    progress: impl FnMut(Duration, u64),
+) -> Result<Vec<CoreResult>, PerfError> {
     let open: QueueOpener = Arc::new(move |_| {
         Ok(Box::new(BdevQueue {
             ch: bdev.open_channel()?,
         }) as Box<dyn IoQueue>)
     });
-    run(reactors, open, opts, stop, progress)
+    run_on(reactors, cores, open, opts, stop, progress)
 }

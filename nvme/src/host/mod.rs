@@ -5,9 +5,12 @@
 //! Used by the tests, the perf harness and the primary host. Connecting and the `*_sync`
 //! helpers block (management threads); [`Qpair::submit`] / [`Qpair::poll`] never do.
 
+pub mod bdev;
 pub mod qpair;
+pub mod trid;
 
 pub use qpair::{Data, HostCompletion, Qpair};
+pub use trid::{TransportId, TridError};
 
 use crate::spec::cmd::{admin_opc, io_opc};
 use crate::spec::fabrics::{self, cc, csts, fctype, fid, prop, PropertyCmd, DISCOVERY_NQN};

@@ -314,6 +314,29 @@ impl Qpair {
         }
     }
 
+    /// Ends every command in flight with Aborted - SQ Deletion and reports it through `f`
+    /// with its buffer, after the queue pair failed (the target will never answer them).
+    /// Commands that finished but were not yet reported are reported too. Returns how many
+    /// completions `f` saw.
+    pub fn abort_outstanding(&mut self, f: &mut dyn FnMut(HostCompletion)) -> usize {
+        for slot in 0..self.slots.len() {
+            if matches!(self.slots[slot].state, SlotState::InFlight { .. }) {
+                let cqe = Cqe {
+                    cid: slot as u16,
+                    sqid: self.qid,
+                    status: Status::ABORTED_SQ_DELETION.to_field(),
+                    ..Cqe::default()
+                };
+                self.finish(slot, cqe);
+            }
+        }
+        let n = self.done.len();
+        for c in self.done.drain(..) {
+            f(c);
+        }
+        n
+    }
+
     /// Closes the connection.
     pub fn close(self) {
         let _ = self.sock.shutdown(Shutdown::Both);

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Issue 5's replication figures with `baton perf`: 4 KiB randwrite at QD1 and QD32 on a
+# RAM bdev, unreplicated and replicated over 1, 2 and 3 in-process relays on loopback TCP,
+# journals on /dev/shm (tmpfs) and /var/tmp (the root file system, O_DIRECT), ack policy all.
+#
+# Pinning: the harness's worker and the volume's link reactor on core $HARNESS_CORE (default
+# 1), the relays on core $RELAY_CORE (default 0). Each run measures $T s after $WARM s of
+# warm-up (defaults 3 and 0.5): the whole script takes about two minutes.
+#
+# Prints a Markdown table; ratios are against the unreplicated run at the same QD, and
+# "QD1 p50 / (2 x plain + RTT)" compares a replicated QD1 write with two local writes plus
+# one loopback TCP round trip of a 4 KiB message (`baton limits`, perf::limits::tcp_rtt_us).
+#
+#   ci/bench-replication.sh [path/to/baton]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BATON=${1:-${CARGO_TARGET_DIR:-target}/release/baton}
+if [ ! -x "$BATON" ]; then
+  cargo build --release -q -p baton
+fi
+T=${T:-3}
+WARM=${WARM:-0.5}
+HARNESS_CORE=${HARNESS_CORE:-1}
+RELAY_CORE=${RELAY_CORE:-0}
+BDEV=${BDEV:-malloc,size=1G,bs=4096}
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
+export BATON_LOG=${BATON_LOG:-warn}
+
+hmask=$(printf '0x%x' $((1 << HARNESS_CORE)))
+rmask=$(printf '0x%x' $((1 << RELAY_CORE)))
+RTT=$("$BATON" limits | awk '/loopback TCP round trip.* 4096 B/ {print $(NF-1)}')
+
+run() { # name qd extra-args...
+  local name=$1 qd=$2
+  shift 2
+  "$BATON" perf --bdev "$BDEV" -w randwrite -o 4096 -q "$qd" -t "$T" --warmup "$WARM" \
+    -m "$hmask" --relay-cpumask "$rmask" --json "$@" >"$OUT/$name-qd$qd.json"
+}
+
+for qd in 1 32; do
+  run plain "$qd"
+  for fs in /dev/shm /var/tmp; do
+    tag=$(basename "$fs")
+    for n in 1 2 3; do
+      d="$fs/baton-bench-repl-$$"
+      mkdir -p "$d"
+      run "$tag-r$n" "$qd" --replicate "$n" --journal-dir "$d"
+      rm -rf "$d"
+    done
+  done
+done
+
+python3 - "$OUT" "$RTT" "$BDEV" "$T" <<'PY'
+import json, sys, os
+out, rtt, bdev, t = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
+def get(name, qd):
+    j = json.load(open(os.path.join(out, f"{name}-qd{qd}.json")))
+    tot = j["total"]
+    assert tot["errors"] == 0, name
+    return tot["iops"], tot["latency_us"]["p50"], tot["latency_us"]["p99"]
+print(f"base {bdev}, 4 KiB randwrite, {t} s per run, ack all; loopback RTT (4 KiB, p50) {rtt:.2f} us\n")
+print("| journal | relays | QD | IOPS | p50 us | p99 us | IOPS / plain | p50 / plain | QD1 p50 / (2 x plain + RTT) |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for qd in (1, 32):
+    pi, pp50, pp99 = get("plain", qd)
+    print(f"| none | 0 | {qd} | {pi:.0f} | {pp50:.2f} | {pp99:.2f} | 1.00 | 1.00 | |")
+for fs in ("shm", "tmp"):
+    for n in (1, 2, 3):
+        for qd in (1, 32):
+            pi, pp50, _ = get("plain", qd)
+            i, p50, p99 = get(f"{fs}-r{n}", qd)
+            bound = f"{p50 / (2 * pp50 + rtt):.2f}" if qd == 1 else ""
+            print(f"| /{'dev/shm' if fs == 'shm' else 'var/tmp'} | {n} | {qd} | {i:.0f} | {p50:.2f} | {p99:.2f} | {i / pi:.3f} | {p50 / pp50:.1f} | {bound} |")
+i2, _, _ = get("shm-r2", 32)
+pi, _, _ = get("plain", 32)
+print(f"\nQD32, 2 relays (/dev/shm) vs unreplicated: {i2 / pi:.3f} of the IOPS")
+PY

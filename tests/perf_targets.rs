@@ -1,0 +1,238 @@
+//! `baton perf` against the targets beside local bdevs: a baton NVMe/TCP target (in this
+//! test process, on loopback) through `-r`, and a replicated volume whose relays run in this
+//! test process (`--relays`), so what the harness reports is checked against what the far
+//! side counted, not against the harness's own figures.
+
+use engine::reactor::{IdleMode, ReactorOpts, Reactors};
+use relay::relay::{Relay, RelayConfig};
+use std::net::SocketAddr;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+static REACTORS: OnceLock<Reactors> = OnceLock::new();
+
+fn reactors() {
+    REACTORS.get_or_init(|| {
+        let mut o = ReactorOpts::new(vec![0]);
+        o.pin = false;
+        o.idle = IdleMode::Adaptive {
+            idle_before_sleep_us: 2000,
+            sleep_us_max: 200,
+        };
+        Reactors::start(o).expect("reactors start")
+    });
+}
+
+/// Runs `baton perf ARGS --json` (bounded: the run itself is `-t` long; a hung harness is
+/// killed after 120 s).
+fn perf(args: &[&str]) -> (Output, serde_json::Value) {
+    let child = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .arg("perf")
+        .args(args)
+        .args(["--json", "--adaptive-idle"])
+        .env("BATON_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Read the pipes on a thread (a JSON report is larger than a pipe's buffer).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(o) => o.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            panic!("baton perf {args:?} did not finish in 120 s");
+        }
+    };
+    assert!(
+        out.status.success(),
+        "baton perf {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("JSON: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+    (out, v)
+}
+
+fn nvme_target(
+    tag: &str,
+) -> (
+    std::sync::Arc<nvme::target::Target>,
+    String,
+    SocketAddr,
+    std::sync::Arc<dyn engine::bdev::Bdev>,
+) {
+    reactors();
+    let name = format!("PerfT{}_{tag}", std::process::id());
+    let b = engine::bdev::malloc::create(&name, 8192, 4096, None).unwrap();
+    engine::bdev::register(b.clone()).unwrap();
+    let t = nvme::target::Target::new();
+    let nqn = format!("nqn.2016-06.io.baton:perf-{tag}");
+    t.create_subsystem(nvme::target::SubsystemParams {
+        nqn: nqn.clone(),
+        serial_number: None,
+        model_number: None,
+        allow_any_host: true,
+        max_namespaces: None,
+    })
+    .unwrap();
+    t.add_namespace(&nqn, &name, None, None).unwrap();
+    let addr = t.add_listener(&nqn, "127.0.0.1:0".parse().unwrap()).unwrap();
+    (t, nqn, addr, b)
+}
+
+#[test]
+fn perf_drives_nvme_tcp_target_with_verify() {
+    let (t, nqn, addr, b) = nvme_target("verify");
+    let trid = format!(
+        "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{} subnqn:{nqn} ns:1",
+        addr.port()
+    );
+    let (_, v) = perf(&[
+        "-r", &trid, "-w", "randrw", "--verify", "-q", "16", "-t", "1", "--warmup", "0", "-m", "0x1",
+    ]);
+    let total = &v["total"];
+    let ios = total["ios"].as_u64().unwrap();
+    assert!(ios > 0, "{v}");
+    assert_eq!(total["errors"], 0, "{v}");
+    assert_eq!(total["verify_failures"], 0, "{v}");
+    let st = b.io_stats();
+    assert_eq!(
+        st.num_read_ops + st.num_write_ops,
+        ios,
+        "the target's bdev counted {st:?}, the harness {ios} I/Os"
+    );
+    assert_eq!(st.num_read_ops, total["reads"].as_u64().unwrap());
+    assert_eq!(st.num_write_ops, total["writes"].as_u64().unwrap());
+    assert_eq!(v["target"]["block_size"], 4096);
+    assert_eq!(v["target"]["num_blocks"], 8192);
+
+    // Without subnqn and ns: the discovery service picks the subsystem, Identify the
+    // namespace. Compared against a local bdev in the same command.
+    let before = b.io_stats();
+    let trid = format!("trtype:tcp traddr:127.0.0.1 trsvcid:{}", addr.port());
+    let (_, v) = perf(&[
+        "-r",
+        &trid,
+        "--compare",
+        "malloc,size=32M,bs=4096",
+        "-w",
+        "randread",
+        "-q",
+        "4",
+        "-t",
+        "0.5",
+        "--warmup",
+        "0",
+    ]);
+    let runs = v.as_array().expect("two reports");
+    assert_eq!(runs.len(), 2);
+    let ios = runs[0]["total"]["ios"].as_u64().unwrap();
+    assert!(ios > 0 && runs[1]["total"]["ios"].as_u64().unwrap() > 0);
+    assert_eq!(b.io_stats().num_read_ops - before.num_read_ops, ios);
+    assert_eq!(runs[1]["target"]["driver"], "malloc");
+    t.shutdown();
+}
+
+#[test]
+fn perf_rejects_bad_transport_ids() {
+    for (trid, word) in [
+        ("trtype:TCP trsvcid:4420", "traddr"),
+        ("trtype:TCP traddr:127.0.0.1 colour:red", "colour"),
+        ("trtype:RDMA traddr:127.0.0.1", "RDMA"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["perf", "-r", trid, "-t", "0.1"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{trid}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(word), "{trid}: {err}");
+    }
+}
+
+#[test]
+fn perf_replicated_writes_reach_every_relay_journal() {
+    reactors();
+    let dirs: Vec<std::path::PathBuf> = (0..2)
+        .map(|k| {
+            let d = std::env::temp_dir().join(format!("baton-perf-test-{}-{k}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        })
+        .collect();
+    let relays: Vec<_> = dirs
+        .iter()
+        .map(|d| {
+            let mut c = RelayConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), d);
+            c.core = Some(0);
+            c.direct_io = false;
+            Relay::start(c).unwrap()
+        })
+        .collect();
+    let list = relays
+        .iter()
+        .map(|r| r.listen_addr().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let (_, v) = perf(&[
+        "--bdev",
+        "malloc,size=32M,bs=4096",
+        "--replicate",
+        "2",
+        "--relays",
+        &list,
+        "-w",
+        "randrw",
+        "--verify",
+        "-q",
+        "8",
+        "-t",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    let total = &v["total"];
+    let writes = total["writes"].as_u64().unwrap();
+    assert!(writes > 0, "{v}");
+    assert_eq!(total["errors"], 0);
+    assert_eq!(total["verify_failures"], 0);
+    let vol = v["target"]["replication"]["volume"].as_str().unwrap().to_string();
+    // Every write completed only once both relays held it (ack policy all): each journal
+    // must hold exactly the writes issued, no more, no less.
+    for r in &relays {
+        let t0 = Instant::now();
+        let appended = loop {
+            let st = r.status();
+            let a = st
+                .volumes
+                .iter()
+                .find(|x| x.name == vol)
+                .map(|x| (x.appended_lsn, x.durable_lsn))
+                .unwrap_or((0, 0));
+            if a.1 >= writes || t0.elapsed() > Duration::from_secs(10) {
+                break a;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(
+            appended,
+            (writes, writes),
+            "relay {}: {:?}",
+            r.listen_addr(),
+            r.status()
+        );
+    }
+    for r in &relays {
+        r.stop(Duration::from_secs(10)).unwrap();
+    }
+    for d in &dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
