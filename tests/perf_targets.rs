@@ -236,3 +236,55 @@ fn perf_replicated_writes_reach_every_relay_journal() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// `--replicate N` without `--relays`: the harness starts the relays itself (journals
+/// under `--journal-dir`), and each of its relays' journals holds exactly the writes
+/// issued; `--compare plain` runs the same workload on the bare base.
+#[test]
+fn perf_replicate_starts_its_own_relays_and_compares_with_plain() {
+    let dir = std::env::temp_dir().join(format!("baton-perf-inproc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_, v) = perf(&[
+        "--bdev",
+        "malloc,size=32M,bs=4096",
+        "--replicate",
+        "2",
+        "--journal-dir",
+        dir.to_str().unwrap(),
+        "--compare",
+        "plain",
+        "-w",
+        "randwrite",
+        "--verify",
+        "-q",
+        "4",
+        "-t",
+        "0.5",
+        "--warmup",
+        "0",
+    ]);
+    let reports = v.as_array().unwrap_or_else(|| panic!("two reports expected: {v}"));
+    assert_eq!(reports.len(), 2, "{v}");
+    let (repl, plain) = (&reports[0], &reports[1]);
+    assert!(plain["target"].get("replication").is_none(), "{plain}");
+    for r in [repl, plain] {
+        assert_eq!(r["total"]["errors"], 0, "{r}");
+        assert_eq!(r["total"]["verify_failures"], 0, "{r}");
+        assert!(r["total"]["writes"].as_u64().unwrap() > 0, "{r}");
+    }
+    let writes = repl["total"]["writes"].as_u64().unwrap();
+    let rep = &repl["target"]["replication"];
+    let relays = rep["in_process_relays"].as_array().unwrap();
+    assert_eq!(relays.len(), 2, "{rep}");
+    for r in relays {
+        let vols = r["volumes"].as_array().unwrap();
+        assert_eq!(vols.len(), 1, "{r}");
+        assert_eq!(vols[0]["durable_lsn"], writes, "{r}");
+        assert_eq!(vols[0]["appended_lsn"], writes, "{r}");
+    }
+    for r in rep["relays"].as_array().unwrap() {
+        assert_eq!(r["acked_lsn"], writes, "{rep}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
