@@ -21,7 +21,7 @@ use relay::volume::{AckPolicy, ReplicatedVolume, VolumeConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 type AnyErr = Box<dyn std::error::Error>;
 
@@ -264,6 +264,22 @@ pub fn build(t: &Target, i: usize, workers: usize, qd: u32, ro: &ReplOpts) -> Re
     })
 }
 
+/// An in-process relay's status once its published snapshot (refreshed every
+/// `STATUS_PERIOD_NS`) has caught up with the writes the volume completed; under the
+/// ack policy `all` those are durable on the relay already, only the snapshot lags.
+/// Waits a few periods at most, then reports what the relay published.
+fn settled_status(r: &Relay, completed_lsn: u64) -> relay::relay::RelayStatus {
+    let deadline = Instant::now() + Duration::from_nanos(20 * relay::relay::STATUS_PERIOD_NS);
+    loop {
+        let s = r.status();
+        let caught_up = s.volumes.iter().all(|v| v.durable_lsn >= completed_lsn);
+        if caught_up || Instant::now() >= deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_nanos(relay::relay::STATUS_PERIOD_NS / 2));
+    }
+}
+
 impl Built {
     /// What the JSON report says about the target besides the figures.
     pub fn json(&self) -> serde_json::Value {
@@ -275,6 +291,9 @@ impl Built {
             "base_iostat": iostat_json(&self.base.io_stats()),
         });
         if let Some(v) = &self.volume {
+            // The run is over; the volume and relays publish status every
+            // STATUS_PERIOD_NS, so let a few periods pass for the snapshots to show it.
+            std::thread::sleep(Duration::from_nanos(3 * relay::relay::STATUS_PERIOD_NS));
             let st = v.status();
             j["replication"] = serde_json::json!({
                 "volume": st.name,
@@ -286,7 +305,7 @@ impl Built {
                 })).collect::<Vec<_>>(),
                 "relay_addrs": self.relay_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                 "in_process_relays": self.relays.iter().map(|r| {
-                    let s = r.status();
+                    let s = settled_status(r, st.completed_lsn);
                     serde_json::json!({
                         "listen": s.listen,
                         "volumes": s.volumes.iter().map(|vs| serde_json::json!({
