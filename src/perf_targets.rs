@@ -311,6 +311,8 @@ impl Built {
                         "volumes": s.volumes.iter().map(|vs| serde_json::json!({
                             "name": vs.name, "appended_lsn": vs.appended_lsn,
                             "durable_lsn": vs.durable_lsn, "journal_used_bytes": vs.journal_used_bytes,
+                            "journal_records": vs.journal_records, "journal_commits": vs.journal_commits,
+                            "memory_media": vs.memory_media,
                         })).collect::<Vec<_>>(),
                     })
                 }).collect::<Vec<_>>(),

@@ -425,10 +425,19 @@ impl<B: Deref<Target = [u8]>> Connection<B> for TcpConnection<B> {
     }
 }
 
+/// How long a [`TcpAcceptor`] that found no connection waits before it asks the kernel
+/// again. An `accept4` on an empty queue is not cheap: Linux allocates a socket, an inode
+/// and a file descriptor before it finds the queue empty and frees them again (~2 µs
+/// here); a relay polled it on every reactor iteration, which put that cost on every hop
+/// of every replicated write. A new connection now waits at most this long.
+pub const ACCEPT_POLL_PERIOD_NS: u64 = 200_000;
+
 /// A listening socket that accepts replication connections without blocking.
 pub struct TcpAcceptor {
     listener: TcpListener,
     cfg: TcpConfig,
+    /// No `accept4` before this time (`engine::clock::now_ns`); 0 = ask now.
+    next_poll_ns: core::sync::atomic::AtomicU64,
 }
 
 impl TcpAcceptor {
@@ -436,7 +445,11 @@ impl TcpAcceptor {
     pub fn bind(addr: SocketAddr, cfg: TcpConfig) -> Result<Self, TransportError> {
         let listener = TcpListener::bind(addr).map_err(io_err("bind"))?;
         listener.set_nonblocking(true).map_err(io_err("set_nonblocking"))?;
-        Ok(Self { listener, cfg })
+        Ok(Self {
+            listener,
+            cfg,
+            next_poll_ns: core::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     /// The bound address.
@@ -447,13 +460,23 @@ impl TcpAcceptor {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// Accepts one pending connection, if any (setup path: allocates its buffers).
+    /// Accepts one pending connection, if any (setup path: allocates its buffers). Cheap to
+    /// call on every reactor iteration: after finding the queue empty it answers `None`
+    /// without a system call for [`ACCEPT_POLL_PERIOD_NS`].
     pub fn poll_accept<B: Deref<Target = [u8]>>(
         &self,
     ) -> Result<Option<(TcpConnection<B>, SocketAddr)>, TransportError> {
+        use core::sync::atomic::Ordering::Relaxed;
+        let now = engine::clock::now_ns();
+        if now < self.next_poll_ns.load(Relaxed) {
+            return Ok(None);
+        }
         match self.listener.accept() {
             Ok((s, peer)) => Ok(Some((TcpConnection::from_stream(s, self.cfg)?, peer))),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.next_poll_ns.store(now + ACCEPT_POLL_PERIOD_NS, Relaxed);
+                Ok(None)
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
             Err(source) => Err(TransportError::Io { op: "accept", source }),
         }

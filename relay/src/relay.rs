@@ -353,6 +353,14 @@ pub struct RelayVolumeStatus {
     pub segments: usize,
     /// O_DIRECT in use.
     pub direct_io: bool,
+    /// The journal is on a memory file system (tmpfs): stored by inline pwrite, no
+    /// fdatasync; it does not survive power loss.
+    pub memory_media: bool,
+    /// Frame records appended to the journal (one per Ops frame received).
+    pub journal_records: u64,
+    /// Group commits (one write, plus one fdatasync off memory media): records per commit
+    /// is `journal_records / journal_commits`.
+    pub journal_commits: u64,
     /// Appends refused because the journal was full (back-pressure events).
     pub journal_full_events: u64,
     /// The primary connection is not being read because the journal is full.
@@ -1443,6 +1451,9 @@ impl RelayState {
                         journal_bytes_max: v.journal.bytes_max(),
                         segments: v.journal.segment_count(),
                         direct_io: v.journal.direct_io(),
+                        memory_media: v.journal.memory_media(),
+                        journal_records: v.journal.stats().records_appended,
+                        journal_commits: v.journal.stats().batches_committed,
                         journal_full_events: v.journal.stats().full,
                         backpressure: v.primary.as_ref().is_some_and(|p| !p.stashed.is_empty()),
                         standby: match v.standby_phase {

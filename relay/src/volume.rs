@@ -73,6 +73,13 @@ pub const RECONNECT_DELAY_MS: u64 = 100;
 pub const REFUSED_RETRY_MS: u64 = 1_000;
 /// Frames sent to one relay and not yet acknowledged that the link tracks.
 pub const LINK_FRAMES_IN_FLIGHT_MAX: usize = 1024;
+/// Data bytes after which `pump` closes a frame (a frame holds at least one op, so larger
+/// writes still go one per frame). Under load the ops a queue depth's worth of
+/// completions frees arrive together; packed into one frame they cross the socket, the
+/// relay's journal and its Ack as one unit, stop-and-wait. Frames of 16 KiB let the relay
+/// journal the first while the next is on the wire: 4 KiB randwrite QD 32, one relay on
+/// /dev/shm, 47 K -> 63 K IOPS (three runs each; 64 KiB gave 59 K). QD 1 is unchanged.
+const FRAME_BYTES_TARGET: usize = 16 * 1024;
 /// How often the status snapshot (read by RPC) is refreshed.
 pub const STATUS_PERIOD_NS: u64 = 10_000_000;
 /// Shortest staleness of the link reactor's status after which direct heartbeats stop.
@@ -1658,7 +1665,8 @@ impl LinkState {
             let mut bytes = 0usize;
             while enc.len() < OPS_PER_FRAME_MAX && lsn < self.next_lsn {
                 let Some(op) = self.peek(lsn) else { break };
-                if bytes + op.data.len() > FRAME_DATA_BYTES_MAX {
+                let len = bytes + op.data.len();
+                if len > FRAME_DATA_BYTES_MAX || (bytes > 0 && len > FRAME_BYTES_TARGET) {
                     break;
                 }
                 let Some(op) = self.take_ref(lsn) else { break };

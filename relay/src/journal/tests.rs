@@ -231,3 +231,44 @@ fn forwarding_reads_through_io_uring_cross_segments() {
         assert_eq!(after.last().unwrap().0, 300);
     }
 }
+
+#[test]
+fn on_tmpfs_a_batch_is_stored_inline_and_survives_reopen() {
+    let d = TempDir::new("/dev/shm", "memory");
+    let (mut j, rep) = Journal::open(cfg(&d)).unwrap();
+    assert!(rep.memory_media && j.memory_media(), "/dev/shm is tmpfs");
+    assert!(!j.direct_io(), "no O_DIRECT (and no 4 KiB padding) on memory media");
+    for lsn in 1..=10 {
+        j.append(lsn, lsn, &[&payload(lsn, 4096 + 48)]).unwrap();
+    }
+    // No fdatasync and no io_uring round trip: durable by the end of the first poll.
+    assert_eq!(j.poll().unwrap(), 10);
+    assert_eq!(j.stats().batches_committed, 1);
+    j.append(11, 11, &[&payload(11, 100)]).unwrap();
+    assert_eq!(j.poll().unwrap(), 11);
+    drop(j);
+    let (mut j, rep) = Journal::open(cfg(&d)).unwrap();
+    assert_eq!((rep.records, rep.lsn_first, rep.lsn_last), (11, 1, 11));
+    assert!(rep.torn_tail.is_none());
+    let mut seen = Vec::new();
+    j.read_range(1, 11, &mut |r| {
+        let len = if r.lsn_first == 11 { 100 } else { 4096 + 48 };
+        assert_eq!(r.payload, &payload(r.lsn_first, len)[..]);
+        seen.push(r.lsn_first);
+    })
+    .unwrap();
+    assert_eq!(seen, (1..=11).collect::<Vec<_>>());
+    // The reopened journal goes on appending where it was.
+    j.append(12, 12, &[&payload(12, 64)]).unwrap();
+    assert_eq!(j.poll().unwrap(), 12);
+}
+
+#[test]
+fn off_tmpfs_the_journal_still_syncs() {
+    let d = TempDir::new("/var/tmp", "disk");
+    let (j, rep) = Journal::open(cfg(&d)).unwrap();
+    if media::is_memory_fs(&File::open(&d.0).unwrap()) {
+        return; // /var/tmp on tmpfs: nothing to check here
+    }
+    assert!(!rep.memory_media && !j.memory_media());
+}
