@@ -23,4 +23,4 @@ pub mod metrics;
 pub mod reactor;
 pub mod ring;
 pub mod rpc;
-mod sys;
+pub mod sys;

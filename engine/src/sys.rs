@@ -134,3 +134,51 @@ mod tests {
         assert!(Mapping::anonymous(0, false).is_err());
     }
 }
+
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+/// Whether `f` lives on a memory file system (tmpfs, ramfs); `false` when unsure.
+///
+/// There a write into the page cache *is* the store: `fdatasync` is the kernel's
+/// `noop_fsync`, O_DIRECT is emulated by buffered copies, and tmpfs has no non-blocking
+/// path for io_uring, which therefore hands every read and write to an io-wq kernel
+/// worker. Callers that poll (the uring bdev, the relay journal) copy inline instead.
+pub fn is_memory_fs(f: &std::fs::File) -> bool {
+    // SAFETY: `statfs` is plain old data, so an all-zero value is valid; `fstatfs` writes
+    // at most `size_of::<statfs>()` bytes into it; the fd is open for the call because
+    // `f` is borrowed.
+    let (rc, st) = unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        let rc = libc::fstatfs(f.as_raw_fd(), &mut st);
+        (rc, st)
+    };
+    #[allow(clippy::unnecessary_cast)] // f_type is i64 on x86_64, narrower elsewhere
+    let t = st.f_type as i64;
+    rc == 0 && (t == TMPFS_MAGIC || t == RAMFS_MAGIC)
+}
+
+/// `fallocate(2)` on `f` (e.g. `PUNCH_HOLE | KEEP_SIZE`), for callers that do it inline.
+pub fn fallocate(f: &std::fs::File, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate takes the fd and three integers and touches no memory of ours.
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), mode, offset as libc::off_t, len as libc::off_t) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod fs_tests {
+    #[test]
+    fn dev_shm_is_memory_and_the_source_tree_is_not() {
+        if let Ok(f) = std::fs::File::open("/dev/shm") {
+            assert!(super::is_memory_fs(&f), "/dev/shm is tmpfs on Debian");
+        }
+        let src = env!("CARGO_MANIFEST_DIR");
+        if !src.starts_with("/dev/shm") && !src.starts_with("/tmp") {
+            assert!(!super::is_memory_fs(&std::fs::File::open(src).unwrap()));
+        }
+    }
+}

@@ -264,3 +264,18 @@ fn concurrent_io_from_several_reactors() {
         assert_eq!(pool.free(), pool.len(), "{label}: every pool buffer came back");
     }
 }
+
+/// A uring bdev on tmpfs copies inline (no io_uring, whose every tmpfs request would go
+/// through an io-wq worker); on the root file system it goes through io_uring. Both are
+/// covered by every data test above (`common::data_bdevs` makes one of each).
+#[test]
+fn uring_on_tmpfs_copies_inline_and_says_so() {
+    let shm = TempFile::new("/dev/shm", "inline", 1 << 20);
+    let b = bdev::uring::create("inline-shm", &shm.0, Some(4096), None).unwrap();
+    assert_eq!(b.driver_specific()["uring"]["memory_fs_inline"], true);
+    let disk = TempFile::new("/var/tmp", "inline", 1 << 20);
+    let b = bdev::uring::create("inline-disk", &disk.0, Some(4096), None).unwrap();
+    if !engine::sys::is_memory_fs(&std::fs::File::open(&disk.0).unwrap()) {
+        assert_eq!(b.driver_specific()["uring"]["memory_fs_inline"], false);
+    }
+}

@@ -15,6 +15,17 @@
 //!
 //! A channel closed with I/O in flight waits for the kernel to finish it
 //! before its buffers are released (the kernel may still be writing them).
+//!
+//! **Memory file systems** (tmpfs, ramfs: [`crate::sys::is_memory_fs`]) get no
+//! io_uring at all. tmpfs has no non-blocking read or write path, so io_uring
+//! hands every request to an io-wq kernel worker, which must then preempt the
+//! busy-polling reactor on its core: on this machine 7 µs p50 and 2.7 ms p99 at
+//! QD 1, and fewer IOPS than `fio --ioengine=io_uring`, whose thread sleeps in
+//! `io_uring_enter` and lets the worker run. A page-cache copy waits for no
+//! device (like a `send` on a non-blocking socket), so the channel does it
+//! inline with `pread`/`pwrite` at submission, punches holes with an inline
+//! `fallocate`, treats Flush as done (fsync is a no-op there), and completes
+//! each request at its next poll, on the submitting reactor as always.
 
 use super::{
     check_geometry, Bdev, BdevChannel, BdevError, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, IoStats,
@@ -44,6 +55,8 @@ pub struct UringBdev {
     num_blocks: u64,
     block_size_given: bool,
     direct: bool,
+    /// On tmpfs/ramfs: inline copies instead of io_uring (module docs).
+    memory: bool,
     file: Arc<File>,
     stats: StatsSet,
 }
@@ -83,6 +96,13 @@ pub fn create(
         }
         Err(e) => return Err(open_err(e)),
     };
+    let memory = crate::sys::is_memory_fs(&file);
+    if memory {
+        log::info!(
+            "bdev {name}: {} is on a memory file system: inline page-cache copies, no io_uring",
+            filename.display()
+        );
+    }
     let meta = file.metadata().map_err(open_err)?;
     let (dev_lbs, bytes) = if meta.file_type().is_block_device() {
         crate::sys::block_device_geometry(&file).map_err(open_err)?
@@ -122,6 +142,7 @@ pub fn create(
         num_blocks,
         block_size_given: block_size.is_some(),
         direct,
+        memory,
         file: Arc::new(file),
         stats: StatsSet::default(),
     }))
@@ -152,13 +173,18 @@ impl Bdev for UringBdev {
         OPS.contains(&op)
     }
     fn open_channel(&self) -> Result<BdevChannel, BdevError> {
-        let ch = UringChannel::new(self.file.clone(), self.block_size as usize)?;
         let align = if self.direct { self.block_size as usize } else { 1 };
+        let geometry = Geometry::new(self.block_size, self.num_blocks, align, &OPS);
+        let backend: Box<dyn ChannelBackend> = if self.memory {
+            Box::new(MemoryFileChannel::new(self.file.clone(), self.block_size as usize))
+        } else {
+            Box::new(UringChannel::new(self.file.clone(), self.block_size as usize)?)
+        };
         Ok(BdevChannel::new(
             &self.name,
-            Geometry::new(self.block_size, self.num_blocks, align, &OPS),
+            geometry,
             self.stats.new_channel(),
-            Box::new(ch),
+            backend,
         ))
     }
     fn io_stats(&self) -> IoStats {
@@ -176,7 +202,11 @@ impl Bdev for UringBdev {
         Some(("bdev_uring_create", p))
     }
     fn driver_specific(&self) -> serde_json::Value {
-        serde_json::json!({ "uring": { "filename": self.path.display().to_string(), "o_direct": self.direct } })
+        serde_json::json!({ "uring": {
+            "filename": self.path.display().to_string(),
+            "o_direct": self.direct,
+            "memory_fs_inline": self.memory,
+        } })
     }
 }
 
@@ -487,6 +517,76 @@ impl ChannelBackend for UringChannel {
             }
         }
         reaped
+    }
+}
+
+/// The channel of a uring bdev whose file is on a memory file system: every request is
+/// done at submission with one page-cache copy (see the module docs) and completes at
+/// the next poll. Holds at most [`URING_QUEUE_DEPTH`] finished requests, allocated once.
+struct MemoryFileChannel {
+    file: Arc<File>,
+    block_size: usize,
+    done: std::collections::VecDeque<IoCompletion>,
+}
+
+impl MemoryFileChannel {
+    fn new(file: Arc<File>, block_size: usize) -> MemoryFileChannel {
+        MemoryFileChannel {
+            file,
+            block_size,
+            done: std::collections::VecDeque::with_capacity(URING_QUEUE_DEPTH as usize),
+        }
+    }
+
+    fn run(&self, io: &mut IoRequest) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let offset = io.offset_blocks * self.block_size as u64;
+        let len = io.num_blocks as u64 * self.block_size as u64;
+        match io.op {
+            IoOp::Read => {
+                let buf = io.buf.as_mut().expect("validated: reads carry a buffer");
+                self.file.read_exact_at(&mut buf[..len as usize], offset)
+            }
+            IoOp::Write => {
+                let buf = io.buf.as_ref().expect("validated: writes carry a buffer");
+                self.file.write_all_at(&buf[..len as usize], offset)
+            }
+            // fsync on tmpfs/ramfs does nothing: the page cache is the medium.
+            IoOp::Flush => Ok(()),
+            IoOp::WriteZeroes | IoOp::Unmap => {
+                crate::sys::fallocate(&self.file, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len)
+            }
+        }
+    }
+}
+
+impl ChannelBackend for MemoryFileChannel {
+    fn submit(&mut self, mut io: IoRequest) -> Result<(), IoRequest> {
+        if self.done.len() == self.done.capacity() {
+            return Err(io);
+        }
+        let result = self.run(&mut io).map_err(|e| {
+            BdevError::Io(match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => format!("short {}: end of file", io.op.name()),
+                _ => format!("{}: {e}", io.op.name()),
+            })
+        });
+        self.done.push_back(IoCompletion {
+            user_data: io.user_data,
+            result,
+            buf: io.buf,
+        });
+        Ok(())
+    }
+
+    fn poll(&mut self, f: &mut dyn FnMut(IoCompletion)) -> usize {
+        let n = self.done.len();
+        for _ in 0..n {
+            if let Some(c) = self.done.pop_front() {
+                f(c);
+            }
+        }
+        n
     }
 }
 
