@@ -23,4 +23,6 @@ pub mod metrics;
 pub mod reactor;
 pub mod ring;
 pub mod rpc;
-pub mod sys;
+mod sys;
+/// Whether a file is on tmpfs/ramfs (see `sys`): the uring bdev and the relay journal copy inline there.
+pub use sys::is_memory_fs;

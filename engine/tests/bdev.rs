@@ -275,7 +275,7 @@ fn uring_on_tmpfs_copies_inline_and_says_so() {
     assert_eq!(b.driver_specific()["uring"]["memory_fs_inline"], true);
     let disk = TempFile::new("/var/tmp", "inline", 1 << 20);
     let b = bdev::uring::create("inline-disk", &disk.0, Some(4096), None).unwrap();
-    if !engine::sys::is_memory_fs(&std::fs::File::open(&disk.0).unwrap()) {
+    if !engine::is_memory_fs(&std::fs::File::open(&disk.0).unwrap()) {
         assert_eq!(b.driver_specific()["uring"]["memory_fs_inline"], false);
     }
 }

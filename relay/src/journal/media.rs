@@ -9,4 +9,4 @@
 //! and tmpfs has no non-blocking buffered-write path either, which on a machine whose
 //! cores are all busy polling cost ~50 µs per commit for calls that do nothing.
 
-pub use engine::sys::is_memory_fs;
+pub use engine::is_memory_fs;
