@@ -13,6 +13,13 @@ T=${1:-10}
 OUT=${OUT:-target/bench-foundation}
 mkdir -p "$OUT"
 command -v fio >/dev/null || { apt-get update -qq && apt-get install -y -qq fio; }
+# Hugepages for the buffer pools and the malloc bdev, as SPDK's setup.sh reserves them
+# (HUGEPAGES=0 to measure on 4 KiB pages); given back at exit.
+HP=/proc/sys/vm/nr_hugepages
+HP_BEFORE=$(cat $HP)
+HUGEPAGES=${HUGEPAGES:-1100}
+if [ -w $HP ]; then echo "$HUGEPAGES" > $HP 2>/dev/null || true; fi
+echo "nr_hugepages: $(cat $HP) (was $HP_BEFORE)"
 cargo build --release -q
 B=target/release/baton
 SHM=/dev/shm/baton-bench.img
@@ -21,7 +28,7 @@ truncate -s 1G "$SHM"; truncate -s 1G "$ROOTF"
 # Fill the root-fs file so reads hit real blocks, not holes.
 [ "$(du -k "$ROOTF" | cut -f1)" -ge 1000000 ] || dd if=/dev/zero of="$ROOTF" bs=1M count=1024 oflag=direct status=none
 dd if=/dev/zero of="$SHM" bs=1M count=1024 status=none
-trap 'rm -f "$SHM"' EXIT
+trap 'rm -f "$SHM"; echo "$HP_BEFORE" > $HP 2>/dev/null || true' EXIT
 
 printf "%-14s %-10s %4s %12s %9s %9s %9s %10s %12s %7s\n" bdev op qd IOPS p50us p99us p99.9us maxus fio_IOPS ratio
 for spec in "null,size=1G" "malloc,size=1G" "uring:$SHM" "uring:$ROOTF"; do

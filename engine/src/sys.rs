@@ -34,8 +34,12 @@ impl Mapping {
         }
         if try_hugepages {
             let huge_len = len.div_ceil(HUGEPAGE_BYTES) * HUGEPAGE_BYTES;
-            if let Ok(m) = Self::map(huge_len, libc::MAP_HUGETLB) {
-                return Ok(Mapping { hugepages: true, ..m });
+            if let Ok(mut m) = Self::map(huge_len, libc::MAP_HUGETLB) {
+                // Set the flag on `m` itself: `Mapping { hugepages: true, ..m }` would copy
+                // ptr and len out of `m` and then drop (munmap) it, handing out a mapping
+                // that no longer exists.
+                m.hugepages = true;
+                return Ok(m);
             }
         }
         Self::map(len, 0)
@@ -166,6 +170,30 @@ pub fn fallocate(f: &std::fs::File, mode: i32, offset: u64, len: u64) -> io::Res
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod mapping_tests {
+    use super::*;
+
+    /// Both paths: 4 KiB pages always, hugepages when some are reserved (`ci/test.sh`
+    /// runs the engine's tests a second time with hugepages reserved for this).
+    #[test]
+    fn a_mapping_is_usable_over_its_whole_length_until_dropped() {
+        for try_huge in [false, true] {
+            let m = Mapping::anonymous(HUGEPAGE_BYTES + 4096, try_huge).unwrap();
+            assert!(m.len() >= HUGEPAGE_BYTES + 4096);
+            if try_huge && hugepages_reserved() > 1 {
+                assert!(m.hugepages, "hugepages are reserved but were not used");
+                assert_eq!(m.len() % HUGEPAGE_BYTES, 0);
+            }
+            // SAFETY: the mapping is m.len() bytes, owned here and not shared.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(m.as_ptr(), m.len()) };
+            assert!(bytes.iter().all(|&b| b == 0), "anonymous memory starts zeroed");
+            bytes.fill(0xA5);
+            assert!(bytes.iter().all(|&b| b == 0xA5));
+        }
     }
 }
 
