@@ -75,7 +75,7 @@ struct PerfArgs {
     bdev: String,
     /// Drive a remote NVMe/TCP namespace instead of --bdev: a transport ID as
     /// spdk_nvme_perf takes it, 'trtype:TCP adrfam:IPv4 traddr:IP trsvcid:PORT [subnqn:NQN] [ns:N]'.
-    #[arg(short = 'r', long = "transport-id")]
+    #[arg(short = 'r', long = "transport-id", conflicts_with = "bdev")]
     trid: Option<String>,
     /// Replicate the target (--bdev or -r) over N relays.
     #[arg(long)]

@@ -156,6 +156,26 @@ fn perf_rejects_bad_transport_ids() {
     }
 }
 
+/// `-r` and `--bdev` name two different targets: refused, not one silently ignored.
+#[test]
+fn perf_refuses_a_transport_id_and_a_bdev_together() {
+    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args([
+            "perf",
+            "-r",
+            "trtype:TCP traddr:127.0.0.1 trsvcid:4420",
+            "--bdev",
+            "null",
+            "-t",
+            "0.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--bdev") && err.contains("--transport-id"), "{err}");
+}
+
 #[test]
 fn perf_replicated_writes_reach_every_relay_journal() {
     reactors();

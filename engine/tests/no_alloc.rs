@@ -75,11 +75,14 @@ fn run(ch: &mut engine::bdev::BdevChannel, pool: &'static BufPool, ios: u64, num
 #[test]
 fn data_path_makes_no_allocation() {
     let pool = BufPool::new("no-alloc", 64, 4096).unwrap();
-    let file = common::TempFile::new("/dev/shm", "noalloc", 16 << 20);
+    // tmpfs: the uring bdev's inline copy path; /var/tmp: its io_uring path.
+    let shm = common::TempFile::new("/dev/shm", "noalloc", 16 << 20);
+    let disk = common::TempFile::new("/var/tmp", "noalloc", 16 << 20);
     let bdevs = vec![
         engine::bdev::null::create("na-null", 32768, 512, None).unwrap(),
         engine::bdev::malloc::create("na-malloc", 32768, 512, None).unwrap(),
-        engine::bdev::uring::create("na-uring", &file.0, Some(512), None).unwrap(),
+        engine::bdev::uring::create("na-uring-shm", &shm.0, Some(512), None).unwrap(),
+        engine::bdev::uring::create("na-uring-disk", &disk.0, Some(512), None).unwrap(),
     ];
     for b in bdevs {
         let mut ch = b.open_channel().unwrap();
