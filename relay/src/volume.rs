@@ -1757,11 +1757,14 @@ impl LinkState {
 
     /// (acks needed, relays that count) for the policy, or None when it cannot be met.
     fn policy_met(&self, lsn: u64) -> bool {
+        // Called on every poll while an op waits: counts in place (no collected Vec).
         let degraded = self.degraded();
-        let counting: Vec<&Link> = self.links.iter().filter(|l| l.counts(degraded)).collect();
-        let acks = counting.iter().filter(|l| l.acked_lsn >= lsn).count();
-        let need = self.needed(counting.len());
-        acks >= need
+        let (mut counting, mut acks) = (0, 0);
+        for l in self.links.iter().filter(|l| l.counts(degraded)) {
+            counting += 1;
+            acks += usize::from(l.acked_lsn >= lsn);
+        }
+        acks >= self.needed(counting)
     }
 
     fn needed(&self, counting: usize) -> usize {
