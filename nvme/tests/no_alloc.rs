@@ -45,7 +45,7 @@ static GLOBAL: Counting = Counting;
 /// Keeps `qd` 4 KiB I/O in flight (alternating writes and reads) for `dur`; returns the
 /// I/O completed. Buffers are taken once and reused.
 fn run(ch: &mut BdevChannel, bufs: &mut Vec<DmaBuf>, qd: usize, dur: Duration) -> u64 {
-    let blocks = (BLOCKS / 8) as u64;
+    let blocks = BLOCKS / 8;
     let (mut seq, mut in_flight, mut done) = (0u64, 0usize, 0u64);
     let end = Instant::now() + dur;
     loop {
