@@ -184,8 +184,9 @@ mod mapping_tests {
         for try_huge in [false, true] {
             let m = Mapping::anonymous(HUGEPAGE_BYTES + 4096, try_huge).unwrap();
             assert!(m.len() >= HUGEPAGE_BYTES + 4096);
-            if try_huge && hugepages_reserved() > 1 {
-                assert!(m.hugepages, "hugepages are reserved but were not used");
+            // Other tests running at the same time may hold every reserved hugepage, so
+            // the 4 KiB fallback is legitimate here; a hugepage mapping must be whole pages.
+            if m.hugepages {
                 assert_eq!(m.len() % HUGEPAGE_BYTES, 0);
             }
             // SAFETY: the mapping is m.len() bytes, owned here and not shared.

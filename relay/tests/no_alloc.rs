@@ -1,6 +1,8 @@
 //! The replicated write path allocates nothing per write: primary volume, link, loopback
 //! TCP, relay, journal (on /dev/shm and on /var/tmp) and the Ack back, all in this process.
 //!
+//! (On /var/tmp at QD 32 only: at QD 1 its fdatasync leaves too few writes to measure.)
+//!
 //! A counting global allocator counts every allocation of every thread. The process does
 //! allocate in the background (each volume and relay publishes a status snapshot every
 //! 10 ms), so the test counts an idle stretch and a stretch of writes of the same length
@@ -63,7 +65,10 @@ fn replicated_writes_allocate_nothing_per_write() {
         let mut cfg = VolumeConfig::new(&format!("na{}", fs.len()), vec![relay.listen_addr()]);
         cfg.core = Some(0);
         let v = ReplicatedVolume::create(cfg, base).unwrap();
-        for qd in [1usize, 32] {
+        // On the root file system QD 1 is bound by fdatasync (0.2-8 ms on a virtual disk):
+        // too few writes to tell one per write from the background; QD 32 group-commits.
+        let depths: &[usize] = if fs == "/dev/shm" { &[1, 32] } else { &[32] };
+        for &qd in depths {
             // Warm up: connections, lazily sized queues, the first segment.
             let (_, _, _, errors) = bench_writes(0, v.clone(), qd, Duration::ZERO, Duration::from_millis(300));
             assert_eq!(errors, 0);
@@ -80,7 +85,7 @@ fn replicated_writes_allocate_nothing_per_write() {
             let busy = ALLOCS.load(Ordering::Relaxed) - before;
             assert_eq!(errors, 0);
             let writes = (iops * span.as_secs_f64()) as u64;
-            assert!(writes > 100, "{fs} QD {qd}: only {writes} writes");
+            assert!(writes >= 500, "{fs} QD {qd}: only {writes} writes, too few to measure");
             let per_write = busy.saturating_sub(idle) as f64 / writes as f64;
             println!(
                 "{fs} QD {qd}: {writes} writes, {busy} allocations (idle stretch: {idle}): {per_write:.4} per write"
