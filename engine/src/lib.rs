@@ -15,6 +15,7 @@
 //! Nothing here knows about NVMe or replication (DESIGN.md: dependencies point
 //! from those crates into this one).
 
+pub mod alloc_count;
 pub mod bdev;
 pub mod buf;
 pub mod clock;

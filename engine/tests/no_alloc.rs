@@ -4,43 +4,12 @@
 
 mod common;
 
+use engine::alloc_count::{thread_allocations, CountingAllocator};
 use engine::bdev::{IoOp, IoRequest};
 use engine::buf::BufPool;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: delegates to the system allocator; the counters are thread-local
-// Cells touched without allocating.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if COUNTING.with(|c| c.get()) {
-            ALLOCS.with(|a| a.set(a.get() + 1));
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        if COUNTING.with(|c| c.get()) {
-            ALLOCS.with(|a| a.set(a.get() + 1));
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 fn run(ch: &mut engine::bdev::BdevChannel, pool: &'static BufPool, ios: u64, num_blocks: u64) -> u64 {
     let mut done = 0u64;
@@ -87,11 +56,9 @@ fn data_path_makes_no_allocation() {
     for b in bdevs {
         let mut ch = b.open_channel().unwrap();
         run(&mut ch, pool, 1000, b.num_blocks()); // warm-up: lazily sized state settles
-        ALLOCS.with(|a| a.set(0));
-        COUNTING.with(|c| c.set(true));
+        let before = thread_allocations();
         let done = run(&mut ch, pool, 20_000, b.num_blocks());
-        COUNTING.with(|c| c.set(false));
-        let allocs = ALLOCS.with(|a| a.get());
+        let allocs = thread_allocations() - before;
         assert_eq!(done, 20_000);
         assert_eq!(allocs, 0, "{}: {allocs} allocations in 20000 I/O", b.name());
     }

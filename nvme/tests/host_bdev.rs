@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use engine::bdev::{BdevChannel, IoCompletion, IoOp, IoRequest};
 use engine::buf::DmaBuf;
-use nvme::host::bdev::{connect, HostBdevOpts};
+use nvme::host::bdev::connect;
 use nvme::host::TransportId;
 use std::time::Instant;
 
@@ -35,23 +35,10 @@ fn io(ch: &mut BdevChannel, op: IoOp, lba: u64, nlb: u32, buf: Option<DmaBuf>) -
     c
 }
 
-fn hopts() -> HostBdevOpts {
-    HostBdevOpts {
-        host: opts(),
-        queue_entries: 32,
-    }
-}
-
 #[test]
 fn host_bdev_round_trips_and_fails_cleanly() {
     let f = fixture();
-    let trid = TransportId::parse(&format!(
-        "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{} subnqn:{} ns:1",
-        f.addr.port(),
-        f.nqn
-    ))
-    .unwrap();
-    let b = connect("hb0", &trid, &hopts()).unwrap();
+    let b = connect("hb0", &trid(&f), &host_bdev_opts()).unwrap();
     use engine::bdev::Bdev;
     assert_eq!((b.block_size(), b.num_blocks()), (BLOCK, BLOCKS));
     assert_eq!(b.queue_entries(), 32);
@@ -86,7 +73,7 @@ fn host_bdev_round_trips_and_fails_cleanly() {
 
     // Without subnqn and ns: discovery, then the first active namespace.
     let trid = TransportId::parse(&format!("trtype:tcp traddr:127.0.0.1 trsvcid:{}", f.addr.port())).unwrap();
-    let d = connect("hb1", &trid, &hopts()).unwrap();
+    let d = connect("hb1", &trid, &host_bdev_opts()).unwrap();
     assert_eq!((d.subnqn(), d.nsid()), (f.nqn.as_str(), 1));
     let mut ch2 = d.open_channel().unwrap();
     let c = io(&mut ch2, IoOp::Read, 100, 4, Some(DmaBuf::alloc(data.len())));
@@ -115,12 +102,12 @@ fn host_bdev_refuses_a_missing_subsystem_and_namespace() {
         f.addr.port()
     ))
     .unwrap();
-    assert!(connect("hb2", &bad, &hopts()).is_err());
+    assert!(connect("hb2", &bad, &host_bdev_opts()).is_err());
     let bad = TransportId::parse(&format!(
         "trtype:TCP traddr:127.0.0.1 trsvcid:{} subnqn:{} ns:9",
         f.addr.port(),
         f.nqn
     ))
     .unwrap();
-    assert!(connect("hb3", &bad, &hopts()).is_err());
+    assert!(connect("hb3", &bad, &host_bdev_opts()).is_err());
 }

@@ -10,37 +10,14 @@
 mod common;
 
 use common::*;
+use engine::alloc_count::{allocations, CountingAllocator};
 use engine::bdev::{Bdev, BdevChannel, IoOp, IoRequest};
 use engine::buf::DmaBuf;
-use nvme::host::bdev::{connect, HostBdevOpts};
-use nvme::host::TransportId;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
+use nvme::host::bdev::connect;
 use std::time::{Duration, Instant};
 
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: defers to the system allocator; the counter has no effect on memory.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// Keeps `qd` 4 KiB I/O in flight (alternating writes and reads) for `dur`; returns the
 /// I/O completed. Buffers are taken once and reused.
@@ -86,33 +63,19 @@ fn run(ch: &mut BdevChannel, bufs: &mut Vec<DmaBuf>, qd: usize, dur: Duration) -
 #[test]
 fn nvme_tcp_io_allocates_nothing_per_io() {
     let f = fixture();
-    let trid = TransportId::parse(&format!(
-        "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{} subnqn:{} ns:1",
-        f.addr.port(),
-        f.nqn
-    ))
-    .unwrap();
-    let b = connect(
-        "na0",
-        &trid,
-        &HostBdevOpts {
-            host: opts(),
-            queue_entries: 32,
-        },
-    )
-    .unwrap();
+    let b = connect("na0", &trid(&f), &host_bdev_opts()).unwrap();
     b.preconnect(1).unwrap();
     let mut ch = b.open_channel().unwrap();
     let mut bufs: Vec<DmaBuf> = (0..16).map(|_| DmaBuf::alloc(8 * BLOCK as usize)).collect();
     let span = Duration::from_millis(500);
     for qd in [1usize, 16] {
         run(&mut ch, &mut bufs, qd, Duration::from_millis(200)); // warm-up
-        let before = ALLOCS.load(Ordering::Relaxed);
+        let before = allocations();
         std::thread::sleep(span);
-        let idle = ALLOCS.load(Ordering::Relaxed) - before;
-        let before = ALLOCS.load(Ordering::Relaxed);
+        let idle = allocations() - before;
+        let before = allocations();
         let ios = run(&mut ch, &mut bufs, qd, span);
-        let busy = ALLOCS.load(Ordering::Relaxed) - before;
+        let busy = allocations() - before;
         assert!(ios > 100, "QD {qd}: only {ios} I/O");
         let per_io = busy.saturating_sub(idle) as f64 / ios as f64;
         println!("QD {qd}: {ios} I/O, {busy} allocations (idle stretch: {idle}): {per_io:.4} per I/O");

@@ -1,45 +1,15 @@
 //! The TCP transport's steady state allocates nothing: a counting global allocator watches
 //! 1000 write-frame / ack exchanges over loopback (both ends polled on this thread).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::time::{Duration, Instant};
 
+use engine::alloc_count::{thread_allocations, CountingAllocator};
 use rdma_transport::tcp::{TcpAcceptor, TcpConfig, TcpConnection};
 use rdma_transport::wire::{self, Frame};
 use rdma_transport::{ConnState, Connection, OutFrame};
 
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts on the side.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCS.with(|a| a.set(a.get() + 1));
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCS.with(|a| a.set(a.get() + 1));
-        }
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 type Conn = TcpConnection<Vec<u8>>;
 
@@ -100,16 +70,17 @@ fn steady_state_send_and_receive_allocate_nothing() {
         exchange(&mut c, &mut s, lsn, &mut buf);
     }
     // The counter itself works: one allocation is seen.
-    COUNTING.with(|x| x.set(true));
+    let before = thread_allocations();
     drop(std::hint::black_box(Box::new(5u64)));
-    COUNTING.with(|x| x.set(false));
-    assert_eq!(ALLOCS.with(Cell::get), 1);
-    ALLOCS.with(|a| a.set(0));
-    COUNTING.with(|x| x.set(true));
+    assert_eq!(thread_allocations() - before, 1);
+    let before = thread_allocations();
     for lsn in 101..=1100 {
         exchange(&mut c, &mut s, lsn, &mut buf);
     }
-    COUNTING.with(|x| x.set(false));
-    assert_eq!(ALLOCS.with(Cell::get), 0, "allocations in 1000 steady-state exchanges");
+    assert_eq!(
+        thread_allocations() - before,
+        0,
+        "allocations in 1000 steady-state exchanges"
+    );
     assert_eq!(c.stats().frames_sent, 1100);
 }

@@ -11,9 +11,8 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use engine::alloc_count::{allocations, CountingAllocator};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -21,29 +20,8 @@ use engine::reactor::{IdleMode, ReactorOpts, Reactors};
 use relay::relay::{Relay, RelayConfig};
 use relay::volume::{ReplicatedVolume, VolumeConfig};
 
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: defers to the system allocator; the counter has no effect on memory.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 #[test]
 fn replicated_writes_allocate_nothing_per_write() {
@@ -74,15 +52,15 @@ fn replicated_writes_allocate_nothing_per_write() {
             assert_eq!(errors, 0);
             // bench_writes allocates a fixed amount per call (its channel, buffers and
             // latency vector), the same for both calls below; only the writes differ.
-            let before = ALLOCS.load(Ordering::Relaxed);
+            let before = allocations();
             let t = Instant::now();
             let (_, _, _, _) = bench_writes(0, v.clone(), qd, Duration::ZERO, Duration::from_millis(1));
             std::thread::sleep(span.saturating_sub(t.elapsed()));
-            let idle = ALLOCS.load(Ordering::Relaxed) - before;
+            let idle = allocations() - before;
 
-            let before = ALLOCS.load(Ordering::Relaxed);
+            let before = allocations();
             let (iops, _, _, errors) = bench_writes(0, v.clone(), qd, Duration::ZERO, span);
-            let busy = ALLOCS.load(Ordering::Relaxed) - before;
+            let busy = allocations() - before;
             assert_eq!(errors, 0);
             let writes = (iops * span.as_secs_f64()) as u64;
             assert!(writes >= 500, "{fs} QD {qd}: only {writes} writes, too few to measure");

@@ -76,6 +76,24 @@ pub fn fixture_with(allow_any_host: bool) -> Fixture {
     }
 }
 
+/// The fixture's namespace 1 as a transport ID (what `baton perf -r` takes).
+pub fn trid(f: &Fixture) -> nvme::host::TransportId {
+    nvme::host::TransportId::parse(&format!(
+        "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{} subnqn:{} ns:1",
+        f.addr.port(),
+        f.nqn
+    ))
+    .unwrap()
+}
+
+/// Host bdev options with the test timeouts and a 32-entry queue.
+pub fn host_bdev_opts() -> nvme::host::bdev::HostBdevOpts {
+    nvme::host::bdev::HostBdevOpts {
+        host: opts(),
+        queue_entries: 32,
+    }
+}
+
 pub fn opts() -> HostOpts {
     HostOpts {
         timeout: Duration::from_secs(20),

@@ -267,7 +267,7 @@ fn on_tmpfs_a_batch_is_stored_inline_and_survives_reopen() {
 fn off_tmpfs_the_journal_still_syncs() {
     let d = TempDir::new("/var/tmp", "disk");
     let (j, rep) = Journal::open(cfg(&d)).unwrap();
-    if media::is_memory_fs(&File::open(&d.0).unwrap()) {
+    if engine::is_memory_fs(&File::open(&d.0).unwrap()) {
         return; // /var/tmp on tmpfs: nothing to check here
     }
     assert!(!rep.memory_media && !j.memory_media());
