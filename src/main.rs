@@ -104,6 +104,11 @@ struct PerfArgs {
     /// Buffered journal writes for in-process relays instead of O_DIRECT.
     #[arg(long)]
     journal_no_direct: bool,
+    /// Bytes of segment files each in-process relay journal creates before the run
+    /// (K/M/G; 0: none): the run measures relays whose journals write into allocated
+    /// pages/blocks, as a relay in service does once its released segments are reused.
+    #[arg(long, default_value = "0")]
+    journal_preallocate: String,
     /// Queue depth per core.
     #[arg(short = 'q', long = "queue-depth", default_value_t = 32)]
     queue_depth: u32,
@@ -174,6 +179,13 @@ struct RelayArgs {
     /// Journal segment size (K/M/G suffixes).
     #[arg(long, default_value = "8M")]
     segment_bytes: String,
+    /// Released segment files each journal keeps and reuses instead of creating new ones.
+    #[arg(long, default_value_t = relay::journal::SPARE_SEGMENTS_DEFAULT)]
+    spare_segments: usize,
+    /// Bytes of segment files each journal creates (zero-filled) when opened: space
+    /// reserved up front, appends into allocated pages/blocks from the start (K/M/G).
+    #[arg(long, default_value = "0")]
+    journal_preallocate: String,
     /// The standby to forward to (IP:PORT); none: hold only.
     #[arg(long)]
     standby: Option<std::net::SocketAddr>,
@@ -378,6 +390,7 @@ fn perf_cmd(a: PerfArgs) -> Result<(), AnyErr> {
         journal_bytes_max: perf::spec::parse_size(&a.journal_bytes_max)?,
         segment_bytes: 256 << 20,
         no_direct: a.journal_no_direct,
+        preallocate_bytes: perf::spec::parse_size(&a.journal_preallocate)?,
     };
     let idle = if a.adaptive_idle {
         IdleMode::default()
@@ -679,6 +692,8 @@ fn relay_cmd(a: RelayArgs) -> Result<(), AnyErr> {
     let mut cfg = relay::relay::RelayConfig::new(a.listen, &a.journal_dir);
     cfg.journal_bytes_max = perf::spec::parse_size(&a.journal_bytes_max)?;
     cfg.segment_bytes = perf::spec::parse_size(&a.segment_bytes)?;
+    cfg.spare_segments = a.spare_segments;
+    cfg.journal_preallocate_bytes = perf::spec::parse_size(&a.journal_preallocate)?;
     cfg.standby = a.standby;
     cfg.forward = relay::relay::ForwardPolicy::parse(&a.forward).map_err(|e| format!("--forward {e}"))?;
     cfg.forwarder = !a.backup;

@@ -154,6 +154,8 @@ pub struct ReplOpts {
     pub segment_bytes: u64,
     /// Buffered journal writes (no O_DIRECT).
     pub no_direct: bool,
+    /// Bytes each in-process relay journal preallocates.
+    pub preallocate_bytes: u64,
 }
 
 /// A target ready to drive, with what must be torn down after.
@@ -215,6 +217,7 @@ pub fn build(t: &Target, i: usize, workers: usize, qd: u32, ro: &ReplOpts) -> Re
         });
     }
     let n = t.replicate;
+    let vname = format!("perfvol{i}-{}", std::process::id());
     let mut relays = Vec::new();
     let mut journal_dirs = Vec::new();
     let addrs: Vec<SocketAddr> = if ro.relays.is_empty() {
@@ -228,6 +231,10 @@ pub fn build(t: &Target, i: usize, workers: usize, qd: u32, ro: &ReplOpts) -> Re
             c.journal_bytes_max = ro.journal_bytes_max;
             c.segment_bytes = ro.segment_bytes;
             c.direct_io = !ro.no_direct;
+            c.journal_preallocate_bytes = ro.preallocate_bytes;
+            if ro.preallocate_bytes > 0 {
+                prepare_journal(&c, &vname)?;
+            }
             journal_dirs.push(dir);
             relays.push(Relay::start(c)?);
         }
@@ -238,7 +245,6 @@ pub fn build(t: &Target, i: usize, workers: usize, qd: u32, ro: &ReplOpts) -> Re
         }
         ro.relays[..n].to_vec()
     };
-    let vname = format!("perfvol{i}-{}", std::process::id());
     let mut cfg = VolumeConfig::new(&vname, addrs.clone());
     cfg.ack_policy = ro.ack;
     cfg.core = Some(ro.link_core);
@@ -262,6 +268,29 @@ pub fn build(t: &Target, i: usize, workers: usize, qd: u32, ro: &ReplOpts) -> Re
         relay_addrs: addrs,
         journal_dirs,
     })
+}
+
+/// Opens the journal relay `c` will give volume `vname` (its default directory) once
+/// before the relay serves it, so the preallocation runs here and not on the relay's
+/// reactor when the primary's Hello arrives (where it would hold up the handshake past the
+/// volume's down timeout). The relay adopts the spare files when it opens the journal.
+fn prepare_journal(c: &RelayConfig, vname: &str) -> Result<(), AnyErr> {
+    let dir = c.journal_root.join(vname);
+    let mut jc = relay::journal::JournalConfig::new(&dir);
+    jc.journal_bytes_max = c.journal_bytes_max;
+    jc.segment_bytes = c.segment_bytes;
+    jc.direct_io = c.direct_io;
+    jc.spare_segments = c.spare_segments;
+    jc.preallocate_bytes = c.journal_preallocate_bytes;
+    let started = Instant::now();
+    let (j, _) = relay::journal::Journal::open(jc).map_err(|e| format!("journal {}: {e}", dir.display()))?;
+    log::info!(
+        "{vname}: journal {} prepared with {} spare segments in {:.2} s",
+        dir.display(),
+        j.spare_count(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// An in-process relay's status once its published snapshot (refreshed every

@@ -179,6 +179,11 @@ pub struct RelayConfig {
     pub segment_bytes: u64,
     /// Try O_DIRECT.
     pub direct_io: bool,
+    /// Released segment files each volume's journal keeps for reuse.
+    pub spare_segments: usize,
+    /// Bytes of spare segments each volume's journal creates when it is opened (space
+    /// reserved up front, and appends into allocated pages/blocks from the first one).
+    pub journal_preallocate_bytes: u64,
     /// The standby to forward to (none: hold only).
     pub standby: Option<SocketAddr>,
     /// Forwarding timing.
@@ -198,6 +203,8 @@ impl RelayConfig {
             journal_bytes_max: crate::journal::JOURNAL_BYTES_MAX_DEFAULT,
             segment_bytes: RELAY_SEGMENT_BYTES_DEFAULT,
             direct_io: true,
+            spare_segments: crate::journal::SPARE_SEGMENTS_DEFAULT,
+            journal_preallocate_bytes: 0,
             standby: None,
             forward: ForwardPolicy::Immediate,
             forwarder: true,
@@ -351,6 +358,12 @@ pub struct RelayVolumeStatus {
     pub journal_bytes_max: u64,
     /// Live segments.
     pub segments: usize,
+    /// Spare segment files ready for reuse.
+    pub spare_segments: usize,
+    /// Segments started in a reused (spare) file, and in a new file.
+    pub segments_recycled: u64,
+    /// See `segments_recycled`.
+    pub segments_created: u64,
     /// O_DIRECT in use.
     pub direct_io: bool,
     /// The journal is on a memory file system (tmpfs): stored by inline pwrite, no
@@ -646,6 +659,8 @@ impl VolumeJournal {
         jc.journal_bytes_max = spec.and_then(|s| s.journal_bytes_max).unwrap_or(cfg.journal_bytes_max);
         jc.segment_bytes = spec.and_then(|s| s.segment_bytes).unwrap_or(cfg.segment_bytes);
         jc.direct_io = cfg.direct_io;
+        jc.spare_segments = cfg.spare_segments;
+        jc.preallocate_bytes = cfg.journal_preallocate_bytes;
         let (journal, recovery) = Journal::open(jc).map_err(|source| RelayError::Journal {
             volume: meta.name.clone(),
             source,
@@ -1450,6 +1465,9 @@ impl RelayState {
                         journal_used_bytes: v.journal.used_bytes(),
                         journal_bytes_max: v.journal.bytes_max(),
                         segments: v.journal.segment_count(),
+                        spare_segments: v.journal.spare_count(),
+                        segments_recycled: v.journal.stats().segments_recycled,
+                        segments_created: v.journal.stats().segments_created,
                         direct_io: v.journal.direct_io(),
                         memory_media: v.journal.memory_media(),
                         journal_records: v.journal.stats().records_appended,

@@ -55,6 +55,10 @@ use record::{RecordError, RecordHeader, RecordKind, RECORD_HDR_BYTES, RECORD_PAY
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 /// Default bound of the bytes all live segments may hold (`JOURNAL_BYTES_MAX`).
 pub const JOURNAL_BYTES_MAX_DEFAULT: u64 = 1024 * 1024 * 1024;
+/// Released segment files kept for reuse by default (see [`JournalConfig::spare_segments`]).
+pub const SPARE_SEGMENTS_DEFAULT: usize = 4;
+/// Bytes of zeroes written per call while preallocating a spare segment.
+const PREALLOCATE_CHUNK_BYTES: usize = 1024 * 1024;
 /// Staging buffers: one filling, the rest in flight.
 pub const STAGING_BUFFERS: usize = 4;
 /// Bytes of one staging buffer: the largest record plus its padding fits.
@@ -81,6 +85,17 @@ pub struct JournalConfig {
     pub segment_bytes: u64,
     /// Try O_DIRECT (falls back to buffered where the file system refuses it).
     pub direct_io: bool,
+    /// Released segment files kept (renamed `spare-*.bjs`) and reused at roll-over instead
+    /// of deleting them and creating new ones: appends then land in pages and blocks the
+    /// file system has already allocated (no page allocation on tmpfs, no extent allocation
+    /// or size change to journal on ext4/xfs). Spares are kept only while live segments
+    /// plus spares stay within `journal_bytes_max`.
+    pub spare_segments: usize,
+    /// Bytes of spare segments `open` creates and fills with zeroes before serving, so the
+    /// first appends are reuses too and the space is reserved up front (0: none). Blocks
+    /// `open` for as long as writing that much takes. Rounded up to whole segments, bounded
+    /// by `journal_bytes_max`.
+    pub preallocate_bytes: u64,
 }
 
 impl JournalConfig {
@@ -91,6 +106,8 @@ impl JournalConfig {
             journal_bytes_max: JOURNAL_BYTES_MAX_DEFAULT,
             segment_bytes: SEGMENT_BYTES_DEFAULT,
             direct_io: true,
+            spare_segments: SPARE_SEGMENTS_DEFAULT,
+            preallocate_bytes: 0,
         }
     }
 }
@@ -242,6 +259,11 @@ pub struct RecoveryReport {
     pub direct_io: bool,
     /// Whether the journal is on a memory file system (no fdatasync: see the module docs).
     pub memory_media: bool,
+    /// Spare segment files ready for reuse after open (found, or preallocated).
+    pub spare_segments: usize,
+    /// Bytes left by a previous use of recycled segment files after their last record
+    /// (the normal end of a reused file: not a torn tail, not replayed).
+    pub recycled_tail_bytes: u64,
 }
 
 /// Counters.
@@ -259,8 +281,12 @@ pub struct JournalStats {
     pub full: u64,
     /// Appends refused with `Busy`.
     pub busy: u64,
-    /// Segments deleted by `release`.
+    /// Segments given up by `release` (deleted or kept as spares).
     pub segments_released: u64,
+    /// Segments started by creating a new file.
+    pub segments_created: u64,
+    /// Segments started by reusing a spare file.
+    pub segments_recycled: u64,
 }
 
 /// A record read back.
@@ -404,12 +430,35 @@ impl ReadDone {
     }
 }
 
-fn segment_name(id: u64) -> String {
-    format!("seg-{id:016x}.bjl")
+/// `seg-<id>.bjl` for a segment in a new file, `seg-<id>-r.bjl` for one in a reused file
+/// (whose bytes after the last record may be a previous use's: recovery must know).
+fn segment_name(id: u64, recycled: bool) -> String {
+    if recycled {
+        format!("seg-{id:016x}-r.bjl")
+    } else {
+        format!("seg-{id:016x}.bjl")
+    }
 }
 
-fn parse_segment_name(name: &str) -> Option<u64> {
-    let hex = name.strip_prefix("seg-")?.strip_suffix(".bjl")?;
+/// (id, recycled) of a segment file name.
+fn parse_segment_name(name: &str) -> Option<(u64, bool)> {
+    let stem = name.strip_prefix("seg-")?.strip_suffix(".bjl")?;
+    let (hex, recycled) = match stem.strip_suffix("-r") {
+        Some(h) => (h, true),
+        None => (stem, false),
+    };
+    if hex.len() != 16 {
+        return None;
+    }
+    Some((u64::from_str_radix(hex, 16).ok()?, recycled))
+}
+
+fn spare_name(n: u64) -> String {
+    format!("spare-{n:016x}.bjs")
+}
+
+fn parse_spare_name(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix("spare-")?.strip_suffix(".bjs")?;
     if hex.len() != 16 {
         return None;
     }
@@ -424,6 +473,10 @@ pub struct Journal {
     /// The directory is on tmpfs/ramfs (checked once at open): segments get no fdatasync.
     memory: bool,
     segments: VecDeque<Segment>,
+    /// Spare segment files (released or preallocated), reused at roll-over; newest last.
+    spares: Vec<PathBuf>,
+    /// Number of the next spare file name.
+    next_spare: u64,
     slots: Vec<Slot>,
     /// Slots in batch order (Filling / Sealed / InFlight / Done), oldest first.
     order: VecDeque<usize>,
@@ -449,14 +502,20 @@ impl Journal {
     pub fn open(cfg: JournalConfig) -> Result<(Journal, RecoveryReport), JournalError> {
         std::fs::create_dir_all(&cfg.dir).map_err(io_err("create_dir", &cfg.dir))?;
         let dir = File::open(&cfg.dir).map_err(io_err("open dir", &cfg.dir))?;
-        let mut ids = Vec::new();
+        let mut ids: Vec<(u64, bool)> = Vec::new();
+        let mut spare_ids = Vec::new();
         for e in std::fs::read_dir(&cfg.dir).map_err(io_err("read_dir", &cfg.dir))? {
             let e = e.map_err(io_err("read_dir", &cfg.dir))?;
-            if let Some(id) = e.file_name().to_str().and_then(parse_segment_name) {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(id) = parse_segment_name(name) {
                 ids.push(id);
+            } else if let Some(n) = parse_spare_name(name) {
+                spare_ids.push(n);
             }
         }
         ids.sort_unstable();
+        spare_ids.sort_unstable();
 
         let mut report = RecoveryReport {
             segments: 0,
@@ -466,6 +525,8 @@ impl Journal {
             torn_tail: None,
             direct_io: false,
             memory_media: false,
+            spare_segments: 0,
+            recycled_tail_bytes: 0,
         };
         let mut segments = VecDeque::new();
         let mut expect_seq: Option<u64> = None;
@@ -473,8 +534,9 @@ impl Journal {
         let mut prev_lsn = 0u64;
         let mut buf = Vec::new();
         let mut cut_at: Option<usize> = None;
-        for (index, &id) in ids.iter().enumerate() {
-            let path = cfg.dir.join(segment_name(id));
+        let mut empty_reused = Vec::new();
+        for (index, &(id, recycled)) in ids.iter().enumerate() {
+            let path = cfg.dir.join(segment_name(id, recycled));
             buf.clear();
             File::open(&path)
                 .and_then(|mut f| f.read_to_end(&mut buf))
@@ -482,14 +544,27 @@ impl Journal {
             let mut off = 0usize;
             let mut lsn_max = 0u64;
             let mut cut: Option<CutReason> = None;
+            // A reused file holds a previous use's bytes after its last record: its records
+            // end at the first bytes that do not claim this segment. Bytes that claim it but
+            // fail the check are a torn record, cut as in a new file.
+            let stale_end = |b: &[u8]| recycled && !record::claims_segment(b, id);
+            let mut stale = false;
             while off < buf.len() {
                 let (h, _) = match record::check(&buf[off..]) {
                     Ok(r) => r,
+                    Err(_) if stale_end(&buf[off..]) => {
+                        stale = true;
+                        break;
+                    }
                     Err(e) => {
                         cut = Some(CutReason::Record(e));
                         break;
                     }
                 };
+                if h.segment_id != id && stale_end(&buf[off..]) {
+                    stale = true;
+                    break;
+                }
                 if h.segment_id != id {
                     cut = Some(CutReason::SegmentId {
                         expected: id,
@@ -524,6 +599,11 @@ impl Journal {
             }
             // The span may round past the end of a file cut exactly at a record's end.
             let valid = off.min(buf.len()) as u64;
+            if stale {
+                // Kept as it is (its pages and blocks are what reuse is for); `len` bounds
+                // every read, so the bytes after are never parsed again.
+                report.recycled_tail_bytes += buf.len() as u64 - valid;
+            }
             if let Some(reason) = cut {
                 let file = OpenOptions::new()
                     .write(true)
@@ -562,6 +642,9 @@ impl Journal {
                     lsn_max,
                     reads_in_flight: 0,
                 });
+            } else if recycled && cut.is_none() {
+                // A reused file nothing was written to yet: a spare again.
+                empty_reused.push(path);
             } else {
                 std::fs::remove_file(&path).map_err(io_err("unlink", &path))?;
             }
@@ -570,8 +653,30 @@ impl Journal {
             }
         }
         if let Some(index) = cut_at {
-            for &id in &ids[index + 1..] {
-                let path = cfg.dir.join(segment_name(id));
+            for &(id, recycled) in &ids[index + 1..] {
+                let path = cfg.dir.join(segment_name(id, recycled));
+                std::fs::remove_file(&path).map_err(io_err("unlink", &path))?;
+            }
+        }
+        // Spares beyond what the configuration keeps go (the configuration may have changed).
+        let spare_keep = cfg.spare_segments.max(preallocate_segments(&cfg));
+        let mut next_spare = spare_ids.last().map_or(1, |&n| n + 1);
+        let mut spares = Vec::new();
+        for &n in &spare_ids {
+            let path = cfg.dir.join(spare_name(n));
+            if spares.len() < spare_keep {
+                spares.push(path);
+            } else {
+                std::fs::remove_file(&path).map_err(io_err("unlink", &path))?;
+            }
+        }
+        for path in empty_reused {
+            if spares.len() < spare_keep {
+                let to = cfg.dir.join(spare_name(next_spare));
+                next_spare += 1;
+                std::fs::rename(&path, &to).map_err(io_err("rename", &path))?;
+                spares.push(to);
+            } else {
                 std::fs::remove_file(&path).map_err(io_err("unlink", &path))?;
             }
         }
@@ -596,13 +701,15 @@ impl Journal {
             })
             .collect();
         let used_bytes = segments.iter().map(|s| s.len).sum();
-        let next_id = ids.last().map_or(1, |&l| l + 1);
+        let next_id = ids.last().map_or(1, |&(l, _)| l + 1);
         let mut j = Journal {
             cfg,
             ring,
             memory: engine::is_memory_fs(&dir),
             dir,
             segments,
+            spares,
+            next_spare,
             slots,
             order: VecDeque::with_capacity(STAGING_BUFFERS),
             filling: None,
@@ -617,6 +724,8 @@ impl Journal {
             reads_done: VecDeque::with_capacity(READS_IN_FLIGHT_MAX),
             stats: JournalStats::default(),
         };
+        j.preallocate()?;
+        report.spare_segments = j.spares.len();
         j.create_segment(next_id)?;
         report.direct_io = j.segments.back().is_some_and(|s| s.direct);
         report.memory_media = j.memory_media();
@@ -630,12 +739,26 @@ impl Journal {
         Ok((j, report))
     }
 
-    /// Creates segment `id` as the active one (blocking open; once per `segment_bytes`).
+    /// Creates segment `id` as the active one (blocking open; once per `segment_bytes`),
+    /// in a spare file when there is one (renamed `seg-<id>-r.bjl`), else in a new file.
     fn create_segment(&mut self, id: u64) -> Result<(), JournalError> {
-        let path = self.cfg.dir.join(segment_name(id));
+        let spare = self.spares.pop();
+        let recycled = spare.is_some();
+        let path = self.cfg.dir.join(segment_name(id, recycled));
+        if let Some(from) = &spare {
+            std::fs::rename(from, &path).map_err(io_err("rename spare", from))?;
+            self.stats.segments_recycled += 1;
+        } else {
+            self.stats.segments_created += 1;
+        }
         let open = |direct: bool| {
             let mut o = OpenOptions::new();
-            o.read(true).write(true).create_new(true);
+            o.read(true).write(true);
+            if recycled {
+                o.create(false);
+            } else {
+                o.create_new(true);
+            }
             if direct {
                 o.custom_flags(libc::O_DIRECT);
             }
@@ -647,7 +770,9 @@ impl Journal {
                 Ok(f) => (f, true),
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     // tmpfs and some others refuse O_DIRECT: buffered + fdatasync.
-                    let _ = std::fs::remove_file(&path);
+                    if !recycled {
+                        let _ = std::fs::remove_file(&path);
+                    }
                     (open(false).map_err(io_err("create segment", &path))?, false)
                 }
                 Err(e) => return Err(io_err("create segment", &path)(e)),
@@ -666,6 +791,56 @@ impl Journal {
             lsn_max: 0,
             reads_in_flight: 0,
         });
+        Ok(())
+    }
+
+    /// Spares kept at most: live segments plus spares stay within `journal_bytes_max`.
+    fn spare_room(&self) -> bool {
+        let keep = self.cfg.spare_segments.max(preallocate_segments(&self.cfg));
+        let spare_bytes = (self.spares.len() as u64 + 1) * self.cfg.segment_bytes;
+        self.spares.len() < keep && self.used_bytes + spare_bytes <= self.cfg.journal_bytes_max
+    }
+
+    /// Creates spare files of `segment_bytes` zeroes until `preallocate_bytes` worth exist
+    /// (setup path: blocking writes, synced before `open` returns).
+    fn preallocate(&mut self) -> Result<(), JournalError> {
+        let want = preallocate_segments(&self.cfg);
+        if self.spares.len() >= want {
+            return Ok(());
+        }
+        let zeroes = vec![0u8; PREALLOCATE_CHUNK_BYTES];
+        let started = std::time::Instant::now();
+        let mut made = 0;
+        while self.spares.len() < want && self.spare_room() {
+            use std::io::Write;
+            let path = self.cfg.dir.join(spare_name(self.next_spare));
+            self.next_spare += 1;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(io_err("create spare", &path))?;
+            let mut left = self.cfg.segment_bytes as usize;
+            while left > 0 {
+                let n = left.min(zeroes.len());
+                f.write_all(&zeroes[..n]).map_err(io_err("preallocate", &path))?;
+                left -= n;
+            }
+            if !self.memory {
+                f.sync_all().map_err(io_err("fsync", &path))?;
+            }
+            self.spares.push(path);
+            made += 1;
+        }
+        if made > 0 {
+            self.dir.sync_all().map_err(io_err("fsync dir", &self.cfg.dir))?;
+            log::info!(
+                "journal {}: preallocated {made} segments of {} bytes in {:.2} s",
+                self.cfg.dir.display(),
+                self.cfg.segment_bytes,
+                started.elapsed().as_secs_f64()
+            );
+        }
         Ok(())
     }
 
@@ -1179,6 +1354,10 @@ impl Journal {
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }
+    /// Spare segment files ready for reuse.
+    pub fn spare_count(&self) -> usize {
+        self.spares.len()
+    }
     /// Whether the active segment uses O_DIRECT.
     pub fn direct_io(&self) -> bool {
         self.active().direct
@@ -1248,7 +1427,9 @@ impl Journal {
 
     /// Reclaims every whole segment (other than the active one) whose records all have
     /// LSN <= `upto_lsn` and are durable: called when the standby confirmed `upto_lsn`.
-    /// Deletes the files (blocking unlink). Returns the bytes reclaimed.
+    /// Keeps the file as a spare for the next roll-over while there is room
+    /// ([`JournalConfig::spare_segments`]), else deletes it (blocking rename or unlink).
+    /// Returns the bytes reclaimed.
     pub fn release(&mut self, upto_lsn: u64) -> Result<u64, JournalError> {
         let upto = upto_lsn.min(self.durable_lsn);
         let mut freed = 0;
@@ -1262,13 +1443,28 @@ impl Journal {
                 break;
             }
             let Some(seg) = self.segments.pop_front() else { break };
-            std::fs::remove_file(&seg.path).map_err(io_err("unlink", &seg.path))?;
             self.used_bytes -= seg.len;
+            if self.spare_room() {
+                let to = self.cfg.dir.join(spare_name(self.next_spare));
+                self.next_spare += 1;
+                std::fs::rename(&seg.path, &to).map_err(io_err("rename", &seg.path))?;
+                self.spares.push(to);
+            } else {
+                std::fs::remove_file(&seg.path).map_err(io_err("unlink", &seg.path))?;
+            }
             freed += seg.len;
             self.stats.segments_released += 1;
         }
         Ok(freed)
     }
+}
+
+/// `preallocate_bytes` in whole segments.
+fn preallocate_segments(cfg: &JournalConfig) -> usize {
+    if cfg.segment_bytes == 0 {
+        return 0;
+    }
+    cfg.preallocate_bytes.div_ceil(cfg.segment_bytes) as usize
 }
 
 /// Payload of pad records (never more than two alignment units).

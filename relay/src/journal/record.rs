@@ -123,6 +123,14 @@ fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_le_bytes(a)
 }
 
+/// Whether `buf` starts with what a record of segment `segment_id` would begin with: the
+/// magic and that segment id. Recovery of a recycled segment file uses it to tell a torn
+/// record of this segment (it claims the segment, but fails [`check`]) from the bytes a
+/// previous use of the file left after the last record (anything else).
+pub fn claims_segment(buf: &[u8], segment_id: u64) -> bool {
+    buf.len() >= RECORD_HDR_BYTES && u32_at(buf, 0) == RECORD_MAGIC && u64_at(buf, 40) == segment_id
+}
+
 /// Checks the record at the start of `buf`; returns its header and payload.
 pub fn check(buf: &[u8]) -> Result<(RecordHeader, &[u8]), RecordError> {
     let Some(hdr) = buf.get(..RECORD_HDR_BYTES) else {

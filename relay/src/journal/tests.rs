@@ -272,3 +272,142 @@ fn off_tmpfs_the_journal_still_syncs() {
     }
     assert!(!rep.memory_media && !j.memory_media());
 }
+
+fn append_retry(j: &mut Journal, lsn: u64, len: usize) {
+    let start = Instant::now();
+    loop {
+        match j.append(lsn, lsn, &[&payload(lsn, len)]) {
+            Ok(_) => return,
+            Err(JournalError::Busy) => {
+                j.poll().unwrap();
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "append of {lsn} stuck");
+    }
+}
+
+fn files(dir: &Path, prefix: &str, suffix: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().into_string().ok())
+        .filter(|n| n.starts_with(prefix) && n.ends_with(suffix))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Appends `from..=to` with payloads of varied sizes, polling as a reactor does.
+fn fill(j: &mut Journal, from: u64, to: u64) {
+    for lsn in from..=to {
+        append_retry(j, lsn, 500 + (lsn as usize * 977) % 7000);
+        if lsn % 4 == 0 {
+            j.poll().unwrap();
+        }
+    }
+    wait_durable(j, to);
+}
+
+fn assert_range(j: &mut Journal, from: u64, to: u64) {
+    let mut seen = Vec::new();
+    j.read_range(from, to, &mut |r| {
+        assert_eq!(
+            r.payload,
+            &payload(r.lsn_first, 500 + (r.lsn_first as usize * 977) % 7000)[..]
+        );
+        seen.push(r.lsn_first);
+    })
+    .unwrap();
+    assert_eq!(seen, (from..=to).collect::<Vec<_>>());
+}
+
+#[test]
+fn released_segments_are_reused_and_recovery_stops_at_their_old_bytes() {
+    for base in ["/dev/shm", "/var/tmp"] {
+        let d = TempDir::new(base, "recycle");
+        let mut c = cfg(&d);
+        c.segment_bytes = 64 * 1024;
+        c.spare_segments = 16;
+        let (mut j, _) = Journal::open(c.clone()).unwrap();
+        fill(&mut j, 1, 100);
+        let segs = j.segment_count();
+        assert!(segs >= 5, "{base}: several segments");
+        // The standby confirmed everything so far: the old segments become spares.
+        j.release(100).unwrap();
+        assert_eq!(j.spare_count(), segs - 1, "{base}: all but the active one kept");
+        assert_eq!(files(&d.0, "spare-", ".bjs").len(), segs - 1);
+        // The next segments reuse them; their old bytes lie after the new records.
+        let created = j.stats().segments_created;
+        fill(&mut j, 101, 180);
+        let st = j.stats();
+        assert!(st.segments_recycled >= 3, "{base}: {st:?}");
+        assert_eq!(st.segments_created, created, "{base}: no new file while spares last");
+        assert!(!files(&d.0, "seg-", "-r.bjl").is_empty());
+        assert_range(&mut j, 101, 180);
+        drop(j);
+        // Reopen: every record is found, none of the old bytes is taken for one, and the
+        // end of a reused file is not reported as a torn tail.
+        let (mut j, rep) = Journal::open(c.clone()).unwrap();
+        assert!(rep.torn_tail.is_none(), "{base}: {rep:?}");
+        assert!(rep.recycled_tail_bytes > 0, "{base}: {rep:?}");
+        assert_eq!(rep.lsn_last, 180, "{base}");
+        assert_range(&mut j, 101, 180);
+        // And it goes on after the reopen.
+        fill(&mut j, 181, 200);
+        drop(j);
+        let (mut j, rep) = Journal::open(c).unwrap();
+        assert!(rep.torn_tail.is_none());
+        assert_range(&mut j, 101, 200);
+    }
+}
+
+#[test]
+fn a_torn_record_in_a_reused_segment_is_still_cut_and_reported() {
+    let d = TempDir::new("/dev/shm", "recycle-torn");
+    let mut c = cfg(&d);
+    c.segment_bytes = 64 * 1024;
+    let (mut j, _) = Journal::open(c.clone()).unwrap();
+    fill(&mut j, 1, 40);
+    j.release(40).unwrap();
+    fill(&mut j, 41, 60);
+    let last = j.active().path.clone();
+    assert!(last.to_str().unwrap().ends_with("-r.bjl"), "{last:?}");
+    drop(j);
+    // Flip a payload byte of the last record of the newest (reused) segment.
+    let mut bytes = std::fs::read(&last).unwrap();
+    let pos = (0..bytes.len() - RECORD_HDR_BYTES)
+        .rev()
+        .find(|&i| record::check(&bytes[i..]).is_ok_and(|(h, _)| h.kind == RecordKind::Frame && h.lsn_first == 60))
+        .unwrap();
+    bytes[pos + RECORD_HDR_BYTES + 10] ^= 0x40;
+    std::fs::write(&last, &bytes).unwrap();
+    let (mut j, rep) = Journal::open(c).unwrap();
+    let torn = rep.torn_tail.expect("a torn record of this segment is reported");
+    assert_eq!(torn.offset, pos as u64);
+    assert!(matches!(torn.reason, CutReason::Record(RecordError::Crc { .. })));
+    assert_eq!(rep.lsn_last, 59);
+    assert_range(&mut j, 41, 59);
+}
+
+#[test]
+fn preallocated_spares_are_made_once_adopted_at_reopen_and_bounded() {
+    let d = TempDir::new("/dev/shm", "prealloc");
+    let mut c = cfg(&d);
+    c.segment_bytes = 64 * 1024;
+    c.preallocate_bytes = 5 * 64 * 1024 - 1; // rounds up to 5 segments
+    c.journal_bytes_max = 4 * 64 * 1024; // but only 4 fit
+    let (mut j, rep) = Journal::open(c.clone()).unwrap();
+    // One of the four became the active segment.
+    assert_eq!(rep.spare_segments, 4);
+    assert_eq!(j.spare_count(), 3);
+    assert_eq!(j.stats().segments_recycled, 1);
+    for f in files(&d.0, "spare-", ".bjs") {
+        assert_eq!(std::fs::metadata(d.0.join(f)).unwrap().len(), 64 * 1024);
+    }
+    fill(&mut j, 1, 20);
+    assert_eq!(j.stats().segments_created, 0, "appends went to preallocated files only");
+    drop(j);
+    let (mut j, rep) = Journal::open(c).unwrap();
+    assert!(rep.torn_tail.is_none(), "{rep:?}");
+    assert_range(&mut j, 1, 20);
+}
