@@ -5,10 +5,12 @@
 //! - [`tcp`]: its implementation over non-blocking TCP sockets.
 //! - [`inproc`]: its in-process implementation over lock-free rings, with fault injection.
 //! - [`liveness`]: the direct primary -> standby-host heartbeat datagram.
+//! - [`readiness`]: which of many sockets have bytes to read, in one call (epoll).
 
 pub mod handshake;
 pub mod inproc;
 pub mod liveness;
+pub mod readiness;
 pub mod tcp;
 pub mod transport;
 pub mod wire;

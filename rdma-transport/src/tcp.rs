@@ -115,6 +115,28 @@ impl<B: Deref<Target = [u8]>> TcpConnection<B> {
         Ok(Self::with_sock(Sock::Open(stream), ConnState::Open, cfg))
     }
 
+    /// The socket's descriptor while there is one (for [`crate::readiness::Readiness`]).
+    pub fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        match &self.sock {
+            Sock::Connecting(s, _) => Some(s.as_raw_fd()),
+            Sock::Open(s) => Some(s.as_raw_fd()),
+            Sock::Gone => None,
+        }
+    }
+
+    /// Whether a whole received frame (or a malformed one, to report) waits in the buffer (a
+    /// poll stops at its frame limit): `poll_recv` has work even if the socket has nothing
+    /// new. A partial frame does not count: the rest makes the socket readable.
+    pub fn has_buffered(&self) -> bool {
+        let avail = &self.rx[self.rx_start..self.rx_end];
+        match wire::peek_envelope(avail) {
+            Ok(Some(env)) => env.frame_len <= avail.len(),
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
     /// Local address, once connected.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         match &self.sock {

@@ -325,6 +325,13 @@ pub struct Batch<'a> {
     pub block_size: u32,
     /// The operations, in LSN order.
     pub ops: ArrayVec<Op<'a>, OPS_PER_FRAME_MAX>,
+    /// The frame's body as received, up to the data (batch header and descriptors).
+    pub wire_header: &'a [u8],
+    /// The frame's data bytes as received (every op's data, in order).
+    pub wire_data: &'a [u8],
+    /// CRC32C of the whole body as received (verified by [`parse`]; 0 from [`parse_body`]
+    /// callers that did not compute it).
+    pub body_crc: u32,
 }
 
 impl Batch<'_> {
@@ -856,7 +863,11 @@ pub fn parse(buf: &[u8]) -> Result<Frame<'_>, WireError> {
             computed,
         });
     }
-    parse_body(env.kind, body)
+    let mut f = parse_body(env.kind, body)?;
+    if let Frame::Ops(b) | Frame::Forward(b) | Frame::GapReply(GapReply { batch: b, .. }) = &mut f {
+        b.body_crc = computed;
+    }
+    Ok(f)
 }
 
 fn parse_body(kind: FrameKind, body: &[u8]) -> Result<Frame<'_>, WireError> {
@@ -1185,6 +1196,9 @@ fn parse_batch<'a>(kind: FrameKind, r: &mut Reader<'a>) -> Result<Batch<'a>, Wir
         generation,
         block_size,
         ops,
+        wire_header: &r.buf[..r.buf.len() - data.len()],
+        wire_data: data,
+        body_crc: 0,
     })
 }
 
@@ -1221,11 +1235,16 @@ impl HeaderBuf {
     }
     /// Writes the envelope: kind, length, body CRC over header body + `data`, envelope CRC.
     fn seal(&mut self, kind: FrameKind, data: &[&[u8]], data_len: usize) {
-        let frame_len = self.len + data_len;
         let mut crc = crc32c::crc32c(&self.bytes[ENVELOPE_BYTES..self.len]);
         for d in data {
             crc = crc32c::crc32c_append(crc, d);
         }
+        self.seal_with_crc(kind, data_len, crc);
+    }
+
+    /// `seal` with the body CRC already known.
+    fn seal_with_crc(&mut self, kind: FrameKind, data_len: usize, crc: u32) {
+        let frame_len = self.len + data_len;
         self.bytes[0] = WIRE_VERSION;
         self.bytes[1] = kind as u8;
         self.bytes[2..4].copy_from_slice(&0u16.to_le_bytes());
@@ -1547,6 +1566,38 @@ impl BatchEncoder {
         self.hdr.seal(self.kind, data, given);
         Ok(self.hdr)
     }
+}
+
+impl BatchEncoder {
+    /// [`BatchEncoder::finish`] for a frame that re-encodes a received `batch` (a relay
+    /// journaling what it received, minus ops it already holds): when the header built is
+    /// byte for byte the received one and `data` is exactly the received data (the same
+    /// memory, in order), the body is the received body, so its verified CRC is reused
+    /// instead of computing it over the data again. Otherwise the same as `finish`.
+    pub fn finish_as_received(mut self, data: &[&[u8]], batch: &Batch<'_>) -> Result<HeaderBuf, EncodeError> {
+        let given: usize = data.iter().map(|d| d.len()).sum();
+        let at = self.count_at;
+        self.hdr.bytes[at..at + 2].copy_from_slice(&self.count.to_le_bytes());
+        let same_header = self.hdr.bytes[ENVELOPE_BYTES..self.hdr.len] == *batch.wire_header;
+        let empty = self.count == 0 && self.kind != FrameKind::GapReply;
+        if empty || batch.body_crc == 0 || !same_header || given != self.data_bytes || !covers(data, batch.wire_data) {
+            return self.finish(data);
+        }
+        self.hdr.seal_with_crc(self.kind, given, batch.body_crc);
+        Ok(self.hdr)
+    }
+}
+
+/// Whether the slices are `whole`'s memory, contiguous and in order, all of it.
+fn covers(parts: &[&[u8]], whole: &[u8]) -> bool {
+    let mut at = whole.as_ptr() as usize;
+    for p in parts {
+        if p.as_ptr() as usize != at {
+            return false;
+        }
+        at += p.len();
+    }
+    at == whole.as_ptr() as usize + whole.len()
 }
 
 /// Encodes a whole frame (header then data) into `out`: tests, fuzzing and the journal use it.

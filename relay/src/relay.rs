@@ -1552,7 +1552,8 @@ fn reencode_ops<'a>(
             data.push(d);
         }
     }
-    let hdr = enc.finish(&data)?;
+    // The common case, nothing already held: the received frame's CRC stands.
+    let hdr = enc.finish_as_received(&data, batch)?;
     Ok((hdr, data))
 }
 

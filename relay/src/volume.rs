@@ -41,6 +41,7 @@ use engine::buf::DmaBuf;
 use engine::clock::now_ns;
 use engine::reactor::{self, PollStatus};
 use engine::ring::Ring;
+use rdma_transport::readiness::{Readiness, READY_EVENTS_MAX};
 use rdma_transport::tcp::{TcpConfig, TcpConnection};
 use rdma_transport::wire::{
     self, BatchEncoder, Frame, Heartbeat, Hello, HelloReply, OpKind, Role, FRAME_BYTES_MAX, FRAME_DATA_BYTES_MAX,
@@ -80,6 +81,9 @@ pub const LINK_FRAMES_IN_FLIGHT_MAX: usize = 1024;
 /// journal the first while the next is on the wire: 4 KiB randwrite QD 32, one relay on
 /// /dev/shm, 47 K -> 63 K IOPS (three runs each; 64 KiB gave 59 K). QD 1 is unchanged.
 const FRAME_BYTES_TARGET: usize = 16 * 1024;
+/// A link whose socket is watched for readiness is read when the socket is readable, and
+/// at least this often regardless (a safety net: a lost readiness costs latency, not a stall).
+const RECV_UNREADY_PERIOD_NS: u64 = 1_000_000;
 /// How often the status snapshot (read by RPC) is refreshed.
 pub const STATUS_PERIOD_NS: u64 = 10_000_000;
 /// Shortest staleness of the link reactor's status after which direct heartbeats stop.
@@ -1122,12 +1126,21 @@ struct Link {
     hb_sent_ns: u64,
     frames_sent: u64,
     last_error: String,
+    /// Readiness token of this link's socket.
+    token: u64,
+    /// The socket is in the link reactor's readiness set.
+    watched: bool,
+    /// Last `poll_recv`.
+    recv_ns: u64,
 }
 
 impl Link {
-    fn new(addr: SocketAddr, now: u64) -> Self {
+    fn new(addr: SocketAddr, now: u64, token: u64) -> Self {
         Self {
             addr,
+            token,
+            watched: false,
+            recv_ns: 0,
             conn: None,
             phase: LinkPhase::Disconnected { retry_at_ns: now },
             down: false,
@@ -1171,6 +1184,12 @@ struct LinkState {
     /// Restart points waiting for an LSN (before `next_lsn` is known).
     pending_ctl: VecDeque<Ctl>,
     stopped: bool,
+    /// Which links' sockets are readable (None: epoll unavailable, every link is read on
+    /// every poll).
+    readiness: Option<Readiness>,
+    /// Tokens found readable by this poll.
+    ready: ArrayVec<u64, READY_EVENTS_MAX>,
+    next_token: u64,
 }
 
 /// A completion of a send on link `i`: which op references come back.
@@ -1179,7 +1198,22 @@ type SendDone = SendCompletion<SegRef>;
 impl LinkState {
     fn new(s: Arc<Shared>) -> Self {
         let now = now_ns();
-        let links = s.cfg.relays.iter().map(|&a| Link::new(a, now)).collect();
+        let links: Vec<Link> = s
+            .cfg
+            .relays
+            .iter()
+            .enumerate()
+            .map(|(k, &a)| Link::new(a, now, k as u64))
+            .collect();
+        let next_token = links.len() as u64;
+        let readiness = Readiness::new()
+            .map_err(|e| {
+                log::warn!(
+                    "volume {}: no epoll ({e}): every link is read on every poll",
+                    s.cfg.name
+                )
+            })
+            .ok();
         let retention = Retention::new(s.cfg.retain_bytes_max as usize);
         Self {
             s,
@@ -1194,6 +1228,9 @@ impl LinkState {
             status_ns: 0,
             pending_ctl: VecDeque::new(),
             stopped: false,
+            readiness,
+            ready: ArrayVec::new(),
+            next_token,
         }
     }
 
@@ -1245,6 +1282,22 @@ impl LinkState {
                 });
             }
             busy |= n > 0;
+        }
+        self.ready.clear();
+        if let Some(r) = self.readiness.as_mut() {
+            let ready = &mut self.ready;
+            if let Err(e) = r.poll(&mut |t| {
+                let _ = ready.try_push(t);
+            }) {
+                log::warn!(
+                    "volume {}: epoll_wait: {e}; reading every link on every poll",
+                    self.s.cfg.name
+                );
+                self.readiness = None;
+                for l in &mut self.links {
+                    l.watched = false;
+                }
+            }
         }
         for i in 0..self.links.len() {
             busy |= self.drive_link(i, now);
@@ -1324,7 +1377,8 @@ impl LinkState {
                     });
                 }
                 Ctl::AddRelay(addr) => {
-                    let mut l = Link::new(addr, now_ns());
+                    let mut l = Link::new(addr, now_ns(), self.next_token);
+                    self.next_token += 1;
                     // A new relay starts at the oldest LSN the primary can still send it;
                     // its Hello reply says what it already has.
                     l.sent_lsn = self.completed_lsn;
@@ -1407,6 +1461,12 @@ impl LinkState {
 
     fn link_failed(&mut self, i: usize, why: String, now: u64) {
         let l = &mut self.links[i];
+        if l.watched {
+            l.watched = false;
+            if let (Some(r), Some(fd)) = (self.readiness.as_mut(), l.conn.as_ref().and_then(|c| c.raw_fd())) {
+                r.remove(fd);
+            }
+        }
         if let Some(mut c) = l.conn.take() {
             c.close();
             let mut back: ArrayVec<u64, 1024> = ArrayVec::new();
@@ -1488,6 +1548,10 @@ impl LinkState {
                     match wire::encode_hello(&hello) {
                         Ok(h) => {
                             let _ = c.send(OutFrame::control(h, 0));
+                            let l = &mut self.links[i];
+                            if let (Some(r), Some(fd)) = (self.readiness.as_mut(), c.raw_fd()) {
+                                l.watched = r.add(fd, l.token).is_ok();
+                            }
                             self.links[i].conn = Some(c);
                             self.links[i].phase = LinkPhase::Handshake;
                         }
@@ -1503,20 +1567,34 @@ impl LinkState {
             }
             busy = true;
         }
-        let Some(conn) = self.links[i].conn.as_mut() else {
+        let l = &mut self.links[i];
+        let Some(conn) = l.conn.as_mut() else {
             return busy;
         };
-        // Receive.
+        // Receive: a watched socket only when it is readable (or bytes wait in the buffer),
+        // and every RECV_UNREADY_PERIOD_NS regardless.
+        let read = !l.watched
+            || l.phase != LinkPhase::Up
+            || self.ready.contains(&l.token)
+            || conn.has_buffered()
+            || now.saturating_sub(l.recv_ns) >= RECV_UNREADY_PERIOD_NS;
+        if read {
+            l.recv_ns = now;
+        }
         let mut frames: ArrayVec<RxEvent, 64> = ArrayVec::new();
-        let r = conn.poll_recv(&mut |f: Frame<'_>| {
-            let ev = match f {
-                Frame::HelloReply(r) => RxEvent::Reply(r),
-                Frame::Ack(a) => RxEvent::Ack(a.durable_lsn, a.generation),
-                Frame::Heartbeat(h) => RxEvent::Heartbeat(h),
-                other => RxEvent::Unexpected(other.kind() as u8),
-            };
-            let _ = frames.try_push(ev);
-        });
+        let r = if !read {
+            Ok(0)
+        } else {
+            conn.poll_recv(&mut |f: Frame<'_>| {
+                let ev = match f {
+                    Frame::HelloReply(r) => RxEvent::Reply(r),
+                    Frame::Ack(a) => RxEvent::Ack(a.durable_lsn, a.generation),
+                    Frame::Heartbeat(h) => RxEvent::Heartbeat(h),
+                    other => RxEvent::Unexpected(other.kind() as u8),
+                };
+                let _ = frames.try_push(ev);
+            })
+        };
         if let Err(e) = r {
             self.link_failed(i, format!("receive: {e}"), now);
             return true;

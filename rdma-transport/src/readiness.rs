@@ -1,0 +1,136 @@
+//! Readiness of several connections' sockets in one call: a reactor that owns many TCP
+//! connections asks the kernel once per poll which ones have bytes to read (level-triggered
+//! epoll, zero timeout) and calls `recv` on those only, as SPDK's sock groups do. An empty
+//! `recv` on a TCP socket takes the socket lock and walks the receive path (~1 µs on this
+//! VM, measured as 20 % of a replicating primary's link reactor with two relays); an
+//! `epoll_wait` that finds nothing checks a list without taking a socket lock.
+//!
+//! Where it sits: the replicated volume's link reactor (`relay::volume`) registers each
+//! relay connection's socket with a token; its poll calls [`Readiness::poll`] once, then
+//! drives only the links that are ready (and any link every so often regardless, so a
+//! missed registration can only cost latency, never stall a link).
+//!
+//! Threads: owned by one reactor; never blocks (timeout 0).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Events one [`Readiness::poll`] can report.
+pub const READY_EVENTS_MAX: usize = 64;
+
+/// An epoll set of sockets, each with a caller-chosen token.
+pub struct Readiness {
+    epfd: OwnedFd,
+    events: [libc::epoll_event; READY_EVENTS_MAX],
+}
+
+impl Readiness {
+    /// Creates an empty set (setup path).
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: epoll_create1 takes no pointers; the result is checked before use.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor this function owns and nothing else refers to.
+        let epfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self {
+            epfd,
+            events: [libc::epoll_event { events: 0, u64: 0 }; READY_EVENTS_MAX],
+        })
+    }
+
+    /// Watches `fd` for bytes to read, end of stream and errors, reported with `token`.
+    pub fn add(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLERR | libc::EPOLLHUP) as u32,
+            u64: token,
+        };
+        // SAFETY: `ev` is a valid epoll_event for the duration of the call; the kernel copies it.
+        let r = unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Stops watching `fd` (call before closing it). Errors (not watched, closed) are ignored:
+    /// a closed descriptor leaves the set by itself.
+    pub fn remove(&mut self, fd: RawFd) {
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: as in `add`; EPOLL_CTL_DEL ignores the event but old kernels want a pointer.
+        let _ = unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut ev) };
+    }
+
+    /// Calls `f` with the token of every watched socket that is readable (or at end of
+    /// stream, or failed) now; returns how many. Never blocks.
+    pub fn poll(&mut self, f: &mut dyn FnMut(u64)) -> io::Result<usize> {
+        // SAFETY: the kernel writes at most READY_EVENTS_MAX entries into `self.events`,
+        // which lives as long as `self`; timeout 0 returns at once.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epfd.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                READY_EVENTS_MAX as i32,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(0);
+            }
+            return Err(e);
+        }
+        for ev in &self.events[..n as usize] {
+            let token = ev.u64;
+            f(token);
+        }
+        Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn reports_readable_sockets_only_until_drained() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (d, _) = l.accept().unwrap();
+        let mut r = Readiness::new().unwrap();
+        r.add(b.as_raw_fd(), 1).unwrap();
+        r.add(d.as_raw_fd(), 2).unwrap();
+        let ready = |r: &mut Readiness| {
+            let mut v = Vec::new();
+            r.poll(&mut |t| v.push(t)).unwrap();
+            v.sort();
+            v
+        };
+        assert!(ready(&mut r).is_empty(), "nothing sent yet");
+        a.write_all(b"x").unwrap();
+        let start = std::time::Instant::now();
+        while ready(&mut r).is_empty() {
+            assert!(start.elapsed().as_secs() < 5);
+        }
+        assert_eq!(ready(&mut r), vec![1], "level-triggered: still readable");
+        let mut buf = [0u8; 8];
+        use std::io::Read;
+        assert_eq!((&b).read(&mut buf).unwrap(), 1);
+        assert!(ready(&mut r).is_empty(), "drained");
+        // End of stream counts as ready (the reader must see it).
+        drop(c.flush());
+        drop(c);
+        let start = std::time::Instant::now();
+        while ready(&mut r) != vec![2] {
+            assert!(start.elapsed().as_secs() < 5);
+        }
+        r.remove(d.as_raw_fd());
+        assert!(ready(&mut r).is_empty(), "removed");
+    }
+}
