@@ -1057,7 +1057,7 @@ impl RelayState {
             log::warn!("relay: volume {}: primary {}: {e}", v.meta.name, p.peer);
             close = true;
         }
-        for ev in events {
+        for ev in events.drain(..) {
             busy = true;
             match ev {
                 PrimaryEvent::Heartbeat(h) if !h.is_reply => {
@@ -1217,7 +1217,7 @@ impl RelayState {
             Ok(0)
         };
         let mut failed = r.err().map(|e| e.to_string());
-        for ev in replies {
+        for ev in replies.drain(..) {
             busy = true;
             match ev {
                 StandbyEvent::Reply(HelloReply::Accepted { resume_lsn, .. }) => {
@@ -1384,7 +1384,7 @@ impl RelayState {
                 }
             }
             v.read_buf = Some(d.buf);
-            for (hdr, data, last) in out {
+            for (hdr, data, last) in out.drain(..) {
                 let len = data.len();
                 let mut segs = rdma_transport::Segs::new();
                 segs.push(data);

@@ -1475,7 +1475,7 @@ impl LinkState {
                     let _ = back.try_push(seg.lsn);
                 }
             });
-            for lsn in back {
+            for lsn in back.drain(..) {
                 self.drop_ref(lsn);
             }
         }
@@ -1599,7 +1599,7 @@ impl LinkState {
             self.link_failed(i, format!("receive: {e}"), now);
             return true;
         }
-        for ev in frames {
+        for ev in frames.drain(..) {
             busy = true;
             let l = &mut self.links[i];
             l.heard_ns = now;
@@ -1704,7 +1704,7 @@ impl LinkState {
             None => Ok(0),
         };
         busy |= !back.is_empty();
-        for lsn in back {
+        for lsn in back.drain(..) {
             self.drop_ref(lsn);
         }
         if let Err(e) = r {
@@ -1790,7 +1790,7 @@ impl LinkState {
             drop(slices);
             let last = lsn - 1;
             let mut data = rdma_transport::Segs::new();
-            for s in segs {
+            for s in segs.drain(..) {
                 data.push(s);
             }
             let l = &mut self.links[i];

@@ -2,8 +2,8 @@
 //! through io_uring, holding every frame a relay acknowledges until the standby has it.
 //!
 //! Where it sits: the relay's reactor receives a primary's Ops frame, calls
-//! [`Journal::append`] (which copies the frame into a staging buffer: the one copy on this
-//! path), and keeps polling; [`Journal::poll`] reaps io_uring completions, submits staged
+//! [`Journal::append`] (which copies the frame into a staging buffer, or on memory media into
+//! the mapped segment: the one copy on this path), and keeps polling; [`Journal::poll`] reaps io_uring completions, submits staged
 //! batches as one `IORING_OP_WRITE` linked (`IOSQE_IO_LINK`) to one
 //! `IORING_OP_FSYNC(DATASYNC)`, and reports the highest LSN made durable. The relay sends
 //! the Ack for a frame only once [`Journal::durable_lsn`] covers it (R3: an acknowledged
@@ -21,14 +21,12 @@
 //! Files are opened with O_DIRECT where the file system allows it; with O_DIRECT every
 //! batch is padded with a pad record to a [`DIRECT_ALIGN_BYTES`] boundary so no
 //! acknowledged block is ever rewritten. On a memory file system (tmpfs, ramfs:
-//! [`engine::is_memory_fs`]) a batch is stored by one `pwrite` on the reactor
-//! ([`Journal::poll`] reports it durable in the same call), with no fdatasync and no
-//! O_DIRECT padding. Both are no-ops there, so no guarantee changes (tmpfs holds nothing
-//! across power loss either way; `/dev/shm` stands in for the relay's NVRAM), and it
-//! takes the io-wq worker hops out of every group commit: io_uring always runs
-//! `IORING_OP_FSYNC` on a kernel worker thread, and tmpfs has no non-blocking
-//! buffered-write path either, which on a machine whose cores are all busy polling cost
-//! ~50 µs per commit for calls that do nothing.
+//! [`engine::is_memory_fs`]) segments are mapped and `append` encodes each record straight
+//! into the mapping (no staging copy, no fdatasync, no io_uring); the next
+//! [`Journal::poll`] reports it durable. fdatasync and O_DIRECT are no-ops there, so no
+//! guarantee changes (tmpfs holds nothing across power loss either way; `/dev/shm` stands
+//! in for the relay's NVRAM), and it takes the io-wq worker hops and the kernel's
+//! page-by-page write path out of every record (docs/relay-journal.md, memory media).
 //!
 //! Threads: a `Journal` is owned by one reactor; every method is called on it. `append`,
 //! `poll`, `submit_read`, `poll_reads` and `durable_lsn` never block. `open` (recovery),
@@ -37,6 +35,7 @@
 //! (moving roll-over and release to io_uring OPENAT/UNLINKAT is noted in
 //! `docs/relay-journal.md`).
 
+mod map;
 pub mod record;
 
 use std::collections::VecDeque;
@@ -302,6 +301,13 @@ pub struct RecordView<'a> {
     pub payload: &'a [u8],
 }
 
+/// A spare segment file. On memory media it stays open and mapped (page tables filled), so
+/// reusing it costs a rename: no page fault, no `mmap`.
+struct Spare {
+    path: PathBuf,
+    open: Option<(File, map::SegmentMap)>,
+}
+
 struct Segment {
     id: u64,
     path: PathBuf,
@@ -316,6 +322,9 @@ struct Segment {
     lsn_max: u64,
     /// Reads in flight on this file: `release` keeps the file (and its fd) open until 0.
     reads_in_flight: u32,
+    /// Memory media: the file mapped, records are encoded into it (`None` for segments
+    /// recovered at open, which are only read).
+    map: Option<map::SegmentMap>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -474,9 +483,15 @@ pub struct Journal {
     memory: bool,
     segments: VecDeque<Segment>,
     /// Spare segment files (released or preallocated), reused at roll-over; newest last.
-    spares: Vec<PathBuf>,
+    spares: Vec<Spare>,
     /// Number of the next spare file name.
     next_spare: u64,
+    /// Memory media: (sequence, last LSN) of the newest record encoded into a mapping and
+    /// not yet reported durable (the next `poll` does).
+    mem_pending: Option<(u64, u64)>,
+    /// Memory media: bytes and records appended since the last poll.
+    mem_unpolled: usize,
+    mem_unpolled_records: u32,
     slots: Vec<Slot>,
     /// Slots in batch order (Filling / Sealed / InFlight / Done), oldest first.
     order: VecDeque<usize>,
@@ -641,6 +656,7 @@ impl Journal {
                     durable_len: valid,
                     lsn_max,
                     reads_in_flight: 0,
+                    map: None,
                 });
             } else if recycled && cut.is_none() {
                 // A reused file nothing was written to yet: a spare again.
@@ -665,7 +681,7 @@ impl Journal {
         for &n in &spare_ids {
             let path = cfg.dir.join(spare_name(n));
             if spares.len() < spare_keep {
-                spares.push(path);
+                spares.push(Spare { path, open: None });
             } else {
                 std::fs::remove_file(&path).map_err(io_err("unlink", &path))?;
             }
@@ -675,7 +691,7 @@ impl Journal {
                 let to = cfg.dir.join(spare_name(next_spare));
                 next_spare += 1;
                 std::fs::rename(&path, &to).map_err(io_err("rename", &path))?;
-                spares.push(to);
+                spares.push(Spare { path: to, open: None });
             } else {
                 std::fs::remove_file(&path).map_err(io_err("unlink", &path))?;
             }
@@ -710,6 +726,9 @@ impl Journal {
             segments,
             spares,
             next_spare,
+            mem_pending: None,
+            mem_unpolled: 0,
+            mem_unpolled_records: 0,
             slots,
             order: VecDeque::with_capacity(STAGING_BUFFERS),
             filling: None,
@@ -725,8 +744,9 @@ impl Journal {
             stats: JournalStats::default(),
         };
         j.preallocate()?;
+        j.map_spares()?;
         report.spare_segments = j.spares.len();
-        j.create_segment(next_id)?;
+        j.create_segment(next_id, 0)?;
         report.direct_io = j.segments.back().is_some_and(|s| s.direct);
         report.memory_media = j.memory_media();
         if report.memory_media {
@@ -740,16 +760,39 @@ impl Journal {
     }
 
     /// Creates segment `id` as the active one (blocking open; once per `segment_bytes`),
-    /// in a spare file when there is one (renamed `seg-<id>-r.bjl`), else in a new file.
-    fn create_segment(&mut self, id: u64) -> Result<(), JournalError> {
+    /// in a spare file when there is one (renamed `seg-<id>-r.bjl`), else in a new file. On
+    /// memory media the file is sized to `segment_bytes` (or `min_bytes`, for a record
+    /// larger than that) and mapped, and named `-r` too: its bytes after the records are
+    /// zeroes, not records.
+    fn create_segment(&mut self, id: u64, min_bytes: usize) -> Result<(), JournalError> {
         let spare = self.spares.pop();
         let recycled = spare.is_some();
-        let path = self.cfg.dir.join(segment_name(id, recycled));
-        if let Some(from) = &spare {
-            std::fs::rename(from, &path).map_err(io_err("rename spare", from))?;
+        let memory = self.memory;
+        let path = self.cfg.dir.join(segment_name(id, recycled || memory));
+        let mut kept = None;
+        if let Some(sp) = spare {
+            std::fs::rename(&sp.path, &path).map_err(io_err("rename spare", &sp.path))?;
             self.stats.segments_recycled += 1;
+            kept = sp.open;
         } else {
             self.stats.segments_created += 1;
+        }
+        let want = (self.cfg.segment_bytes as usize).max(min_bytes);
+        if let Some((file, map)) = kept.filter(|(_, m)| m.len() >= want) {
+            // Memory media, a spare still mapped: nothing to open, map or fault in.
+            self.segments.push_back(Segment {
+                id,
+                path,
+                file,
+                direct: false,
+                sync: false,
+                len: 0,
+                durable_len: 0,
+                lsn_max: 0,
+                reads_in_flight: 0,
+                map: Some(map),
+            });
+            return Ok(());
         }
         let open = |direct: bool| {
             let mut o = OpenOptions::new();
@@ -764,7 +807,6 @@ impl Journal {
             }
             o.open(&path)
         };
-        let memory = self.memory;
         let (file, direct) = if self.cfg.direct_io && !memory {
             match open(true) {
                 Ok(f) => (f, true),
@@ -780,6 +822,13 @@ impl Journal {
         } else {
             (open(false).map_err(io_err("create segment", &path))?, false)
         };
+        let map = if memory {
+            // A reused file's pages exist: fault them in with one call. A new file's are
+            // allocated by the writes, page by page.
+            Some(Self::map_segment(&file, &path, want, recycled)?)
+        } else {
+            None
+        };
         self.segments.push_back(Segment {
             id,
             path,
@@ -790,7 +839,37 @@ impl Journal {
             durable_len: 0,
             lsn_max: 0,
             reads_in_flight: 0,
+            map,
         });
+        Ok(())
+    }
+
+    /// Sizes a memory-media segment file to at least `bytes` and maps that much (prefaulted
+    /// when the file is reused: its pages exist).
+    fn map_segment(file: &File, path: &Path, bytes: usize, populate: bool) -> Result<map::SegmentMap, JournalError> {
+        let have = file.metadata().map_err(io_err("stat segment", path))?.len();
+        if have < bytes as u64 {
+            file.set_len(bytes as u64).map_err(io_err("size segment", path))?;
+        }
+        map::SegmentMap::new(file, bytes, populate).map_err(io_err("mmap segment", path))
+    }
+
+    /// Memory media: opens and maps (prefaulted) every spare not mapped yet, so reusing one
+    /// on the reactor costs a rename only (setup path).
+    fn map_spares(&mut self) -> Result<(), JournalError> {
+        if !self.memory {
+            return Ok(());
+        }
+        let bytes = self.cfg.segment_bytes as usize;
+        for sp in self.spares.iter_mut().filter(|sp| sp.open.is_none()) {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&sp.path)
+                .map_err(io_err("open spare", &sp.path))?;
+            let map = Self::map_segment(&file, &sp.path, bytes, true)?;
+            sp.open = Some((file, map));
+        }
         Ok(())
     }
 
@@ -829,7 +908,7 @@ impl Journal {
             if !self.memory {
                 f.sync_all().map_err(io_err("fsync", &path))?;
             }
-            self.spares.push(path);
+            self.spares.push(Spare { path, open: None });
             made += 1;
         }
         if made > 0 {
@@ -882,6 +961,9 @@ impl Journal {
                 max_bytes: self.cfg.journal_bytes_max,
             });
         }
+        if self.memory {
+            return self.append_mapped(lsn_first, lsn_last, payload, len);
+        }
         let roll = self.active().len > 0 && self.active().len + need as u64 > self.cfg.segment_bytes;
         let fits = self.filling.is_some_and(|i| self.slots[i].len + need <= STAGING_BYTES);
         let needs_slot = roll || !fits;
@@ -896,7 +978,7 @@ impl Journal {
         }
         if roll {
             let id = self.active().id + 1;
-            self.create_segment(id)?;
+            self.create_segment(id, 0)?;
         }
         let i = match self.filling {
             Some(i) => i,
@@ -927,6 +1009,72 @@ impl Journal {
             seg.len += used as u64;
             seg.lsn_max = lsn_last;
         }
+        Ok(seq)
+    }
+
+    /// `append` on memory media: the record is encoded straight into the active segment's
+    /// mapping (the one copy of the payload on this path) and reported durable by the next
+    /// `poll`. Appends between two polls are bounded like the staging buffers
+    /// (`STAGING_BUFFERS * STAGING_BYTES`, then `Busy`).
+    fn append_mapped(
+        &mut self,
+        lsn_first: u64,
+        lsn_last: u64,
+        payload: &[&[u8]],
+        len: usize,
+    ) -> Result<u64, JournalError> {
+        let span = record::span(len);
+        if self.mem_unpolled + span > STAGING_BUFFERS * STAGING_BYTES {
+            self.stats.busy += 1;
+            return Err(JournalError::Busy);
+        }
+        let (active_len, mapped) = {
+            let a = self.active();
+            (a.len as usize, a.map.as_ref().map_or(0, |m| m.len()))
+        };
+        if active_len + span > mapped {
+            if active_len == 0 {
+                // An empty segment too small for this record: map it larger.
+                let Some(seg) = self.segments.back_mut() else {
+                    return Err(JournalError::Failed("no active segment".into()));
+                };
+                seg.map = None;
+                seg.map = Some(Self::map_segment(&seg.file, &seg.path, span, false)?);
+            } else {
+                let id = self.active().id + 1;
+                self.create_segment(id, span)?;
+            }
+        }
+        let seq = self.next_seq;
+        let Some(seg) = self.segments.back_mut() else {
+            return Err(JournalError::Failed("no active segment".into()));
+        };
+        let h = RecordHeader {
+            kind: RecordKind::Frame,
+            payload_len: len as u32,
+            seq,
+            lsn_first,
+            lsn_last,
+            segment_id: seg.id,
+        };
+        let at = seg.len as usize;
+        let Some(out) = seg.map.as_mut().and_then(|m| m.slice_mut(at, span)) else {
+            // create_segment maps every memory segment at least `span` bytes long.
+            return Err(JournalError::Failed(format!(
+                "segment {:#x} not mapped at {at}+{span}",
+                seg.id
+            )));
+        };
+        let used = record::encode_into(out, &h, payload);
+        seg.len += used as u64;
+        seg.lsn_max = lsn_last;
+        self.next_seq += 1;
+        self.lsn_appended = lsn_last;
+        self.used_bytes += used as u64;
+        self.stats.records_appended += 1;
+        self.mem_pending = Some((seq, lsn_last));
+        self.mem_unpolled += used;
+        self.mem_unpolled_records += 1;
         Ok(seq)
     }
 
@@ -1006,6 +1154,22 @@ impl Journal {
         if let Some(why) = &self.failed {
             return Err(JournalError::Failed(why.clone()));
         }
+        if let Some((seq, lsn)) = self.mem_pending.take() {
+            // Memory media: what the appends since the last poll copied is stored.
+            self.durable_lsn = lsn;
+            self.durable_seq = seq;
+            for seg in self.segments.iter_mut().rev() {
+                if seg.durable_len == seg.len {
+                    break;
+                }
+                seg.durable_len = seg.len;
+            }
+            self.stats.batches_committed += 1;
+            self.stats.records_committed += u64::from(self.mem_unpolled_records);
+            self.stats.bytes_written += self.mem_unpolled as u64;
+            self.mem_unpolled = 0;
+            self.mem_unpolled_records = 0;
+        }
         self.reap();
         self.advance_durable();
         // Group commit: the filling batch goes out when nothing is in flight.
@@ -1022,8 +1186,6 @@ impl Journal {
             }
         }
         self.submit_sealed();
-        // Memory-media batches were stored inline by `submit_sealed`.
-        self.advance_durable();
         if let Some(why) = &self.failed {
             return Err(JournalError::Failed(why.clone()));
         }
@@ -1107,10 +1269,6 @@ impl Journal {
                 continue;
             }
             let s = &self.slots[i];
-            if !s.sync {
-                self.store_inline(i);
-                continue;
-            }
             let ops = if s.sync_dir { 3 } else { 2 };
             // Room for the whole chain, or wait for the next poll.
             let room = {
@@ -1161,26 +1319,6 @@ impl Journal {
             if let Err(e) = self.ring.submit() {
                 self.fail(format!("io_uring_enter failed: {e}"));
             }
-        }
-    }
-
-    /// Stores a sealed batch of a memory-media segment with one `pwrite` on the calling
-    /// reactor: on tmpfs that is a copy into the page cache that waits for no device, like
-    /// a `send` on a non-blocking socket. Going through io_uring instead costs an io-wq
-    /// worker hop per batch (tmpfs has no non-blocking buffered-write path, so io_uring
-    /// punts it), ~20 µs against ~2 µs on this machine (`relay/tests/bench.rs`). The batch
-    /// is durable, as far as the medium can be, when the call returns.
-    fn store_inline(&mut self, i: usize) {
-        use std::os::unix::fs::FileExt;
-        let s = &self.slots[i];
-        let r = match self.segments.iter().find(|g| g.id == s.seg_id) {
-            Some(seg) => seg.file.write_all_at(&s.buf[..s.len], s.file_off),
-            None => Err(io::Error::other("segment gone")),
-        };
-        self.slots[i].state = SlotState::Done;
-        if let Err(e) = r {
-            let seg_id = self.slots[i].seg_id;
-            self.fail(format!("write of segment {seg_id:#x} failed: {e}"));
         }
     }
 
@@ -1373,7 +1511,7 @@ impl Journal {
     }
     /// True when nothing appended waits to become durable.
     pub fn is_idle(&self) -> bool {
-        self.order.is_empty()
+        self.order.is_empty() && self.mem_pending.is_none()
     }
 
     /// Calls `f` with every durable frame record whose LSN range meets
@@ -1448,7 +1586,15 @@ impl Journal {
                 let to = self.cfg.dir.join(spare_name(self.next_spare));
                 self.next_spare += 1;
                 std::fs::rename(&seg.path, &to).map_err(io_err("rename", &seg.path))?;
-                self.spares.push(to);
+                freed += seg.len;
+                self.stats.segments_released += 1;
+                // Memory media: keep the file open and mapped for its next use.
+                let open = match seg.map {
+                    Some(map) => Some((seg.file, map)),
+                    None => None,
+                };
+                self.spares.push(Spare { path: to, open });
+                continue;
             } else {
                 std::fs::remove_file(&seg.path).map_err(io_err("unlink", &seg.path))?;
             }
