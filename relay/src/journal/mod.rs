@@ -2,10 +2,10 @@
 //! through io_uring, holding every frame a relay acknowledges until the standby has it.
 //!
 //! Where it sits: the relay's reactor receives a primary's Ops frame, calls
-//! [`Journal::append`] (which copies the frame into a staging buffer, or on memory media into
-//! the mapped segment: the one copy on this path), and keeps polling; [`Journal::poll`] reaps io_uring completions, submits staged
-//! batches as one `IORING_OP_WRITE` linked (`IOSQE_IO_LINK`) to one
-//! `IORING_OP_FSYNC(DATASYNC)`, and reports the highest LSN made durable. The relay sends
+//! [`Journal::append`] (which copies the frame into a staging buffer, or on memory media
+//! into the mapped segment: the one copy on this path), and keeps polling;
+//! [`Journal::poll`] reaps io_uring completions, submits staged batches as one
+//! `IORING_OP_WRITE` linked (`IOSQE_IO_LINK`) to one `IORING_OP_FSYNC(DATASYNC)`, and reports the highest LSN made durable. The relay sends
 //! the Ack for a frame only once [`Journal::durable_lsn`] covers it (R3: an acknowledged
 //! write survives a relay crash). Forwarding reads records back through io_uring with
 //! [`Journal::submit_read`] / [`Journal::poll_reads`] from a [`ReadCursor`] (the blocking
