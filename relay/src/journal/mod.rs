@@ -5,12 +5,13 @@
 //! [`Journal::append`] (which copies the frame into a staging buffer, or on memory media
 //! into the mapped segment: the one copy on this path), and keeps polling;
 //! [`Journal::poll`] reaps io_uring completions, submits staged batches as one
-//! `IORING_OP_WRITE` linked (`IOSQE_IO_LINK`) to one `IORING_OP_FSYNC(DATASYNC)`, and reports the highest LSN made durable. The relay sends
-//! the Ack for a frame only once [`Journal::durable_lsn`] covers it (R3: an acknowledged
+//! `IORING_OP_WRITE` linked (`IOSQE_IO_LINK`) to one `IORING_OP_FSYNC(DATASYNC)`, and
+//! reports the highest LSN made durable. The relay sends the Ack for a frame only once
+//! [`Journal::durable_lsn`] covers it (R3: an acknowledged
 //! write survives a relay crash). Forwarding reads records back through io_uring with
 //! [`Journal::submit_read`] / [`Journal::poll_reads`] from a [`ReadCursor`] (the blocking
 //! [`Journal::read_range`] is for management and tests); the standby's SafeUpTo leads to
-//! [`Journal::release`], which deletes whole segments.
+//! [`Journal::release`], which gives up whole segments (kept as spares for reuse, or deleted).
 //!
 //! Group commit: while one batch is being written and synced, appends fill the next
 //! staging buffer; when the first completes the next goes out whole, so under load one
