@@ -36,6 +36,9 @@ use engine::clock::now_ns;
 use engine::reactor::{self, PollStatus};
 use engine::ring::Ring;
 use rdma_transport::handshake::{answer_hello, refusal_for, LocalVolume};
+use rdma_transport::readiness::{Readiness, READY_EVENTS_MAX};
+
+use crate::volume::RECV_UNREADY_PERIOD_NS;
 use rdma_transport::tcp::{TcpAcceptor, TcpConfig, TcpConnection, RX_BUF_BYTES};
 use rdma_transport::wire::{
     self, Ack, Batch, BatchEncoder, Frame, GapRequest, GapStatus, Heartbeat, Hello, HelloReply, Op, Role,
@@ -499,6 +502,11 @@ impl Relay {
             status_ns: 0,
             poller: None,
             stopped: false,
+            readiness: Readiness::new()
+                .map_err(|e| log::warn!("relay: no epoll ({e}): every primary connection is read on every poll"))
+                .ok(),
+            ready: ArrayVec::new(),
+            next_token: 0,
         };
         state.publish();
         let holder = Arc::new(Mutex::new(Some(state)));
@@ -611,6 +619,11 @@ struct PrimaryConn {
     stashed: VecDeque<(usize, usize, u64, u64)>,
     /// Highest LSN acknowledged on this connection.
     acked: u64,
+    /// Readiness token; `watched` when the socket is in the relay's readiness set.
+    token: u64,
+    watched: bool,
+    /// Last `poll_recv`.
+    recv_ns: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -739,6 +752,12 @@ struct RelayState {
     status_ns: u64,
     poller: Option<reactor::PollerId>,
     stopped: bool,
+    /// Which primary connections are readable (None: epoll unavailable, all read every
+    /// poll). A busy `recv` loop on a socket also contends for the socket's lock with the
+    /// primary's side delivering into it (loopback delivery runs in the sender's context).
+    readiness: Option<Readiness>,
+    ready: ArrayVec<u64, READY_EVENTS_MAX>,
+    next_token: u64,
 }
 
 /// What a primary connection's receive produced.
@@ -784,8 +803,21 @@ impl RelayState {
         }
         busy |= self.accept(now);
         busy |= self.handshakes(now);
+        self.ready.clear();
+        if let Some(r) = self.readiness.as_mut() {
+            let ready = &mut self.ready;
+            if let Err(e) = r.poll(&mut |t| {
+                let _ = ready.try_push(t);
+            }) {
+                log::warn!("relay: epoll_wait: {e}; reading every primary connection on every poll");
+                self.readiness = None;
+                for p in self.volumes.iter_mut().filter_map(|v| v.primary.as_mut()) {
+                    p.watched = false;
+                }
+            }
+        }
         for i in 0..self.volumes.len() {
-            busy |= self.drive_primary(i);
+            busy |= self.drive_primary(i, now);
             busy |= self.drive_journal(i);
             busy |= self.drive_standby(i, now);
         }
@@ -939,12 +971,21 @@ impl RelayState {
                     hello.generation
                 );
                 v.primary_heard_ns = now_ns();
+                let token = self.next_token;
+                self.next_token += 1;
+                let watched = match (self.readiness.as_mut(), pc.conn.raw_fd()) {
+                    (Some(r), Some(fd)) => r.add(fd, token).is_ok(),
+                    _ => false,
+                };
                 v.primary = Some(PrimaryConn {
                     conn: pc.conn,
                     peer: pc.peer,
                     stash: Vec::with_capacity(RX_BUF_BYTES),
                     stashed: VecDeque::with_capacity(64),
                     acked: resume_lsn - 1,
+                    token,
+                    watched,
+                    recv_ns: 0,
                 });
             }
             (r, _) => {
@@ -955,7 +996,7 @@ impl RelayState {
     }
 
     /// Reads the primary's frames into the journal (stash first; not read while stashed).
-    fn drive_primary(&mut self, i: usize) -> bool {
+    fn drive_primary(&mut self, i: usize, now: u64) -> bool {
         let v = &mut self.volumes[i];
         let Some(p) = v.primary.as_mut() else {
             return false;
@@ -983,6 +1024,16 @@ impl RelayState {
             let _ = v.journal.poll();
             return busy;
         }
+        // Read a watched socket only when it is readable (or a whole frame waits in the
+        // buffer), and at least every RECV_UNREADY_PERIOD_NS regardless.
+        let read = !p.watched
+            || self.ready.contains(&p.token)
+            || p.conn.has_buffered()
+            || now.saturating_sub(p.recv_ns) >= RECV_UNREADY_PERIOD_NS;
+        if !read {
+            return busy;
+        }
+        p.recv_ns = now;
         let mut events: ArrayVec<PrimaryEvent, 64> = ArrayVec::new();
         let generation = v.meta.generation;
         let bs = v.meta.block_size;

@@ -83,7 +83,7 @@ pub const LINK_FRAMES_IN_FLIGHT_MAX: usize = 1024;
 const FRAME_BYTES_TARGET: usize = 16 * 1024;
 /// A link whose socket is watched for readiness is read when the socket is readable, and
 /// at least this often regardless (a safety net: a lost readiness costs latency, not a stall).
-const RECV_UNREADY_PERIOD_NS: u64 = 1_000_000;
+pub(crate) const RECV_UNREADY_PERIOD_NS: u64 = 1_000_000;
 /// How often the status snapshot (read by RPC) is refreshed.
 pub const STATUS_PERIOD_NS: u64 = 10_000_000;
 /// Shortest staleness of the link reactor's status after which direct heartbeats stop.
