@@ -26,6 +26,11 @@ if [ ! -x "$BATON" ]; then
   cargo build --release -q -p baton
 fi
 T=${T:-3}
+# Runs per configuration: this VM's runs are bimodal from minute to minute, so RUNS=3
+# reports the median run (IOPS) of each and prints every run's IOPS beside it.
+RUNS=${RUNS:-1}
+# Journal file systems measured (FS="/dev/shm" for the memory rows only).
+FS=${FS:-/dev/shm /var/tmp}
 WARM=${WARM:-0.5}
 HARNESS_CORE=${HARNESS_CORE:-1}
 RELAY_CORE=${RELAY_CORE:-0}
@@ -48,16 +53,18 @@ hmask=$(printf '0x%x' $((1 << HARNESS_CORE)))
 rmask=$(printf '0x%x' $((1 << RELAY_CORE)))
 RTT=$("$BATON" limits | awk '/loopback TCP round trip.* 4096 B/ {print $(NF-1)}')
 
-run() { # name qd extra-args...
-  local name=$1 qd=$2
+run() { # name qd extra-args...  ($RUNS times; the table takes the run of median IOPS)
+  local name=$1 qd=$2 k
   shift 2
-  "$BATON" perf --bdev "$BDEV" -w randwrite -o 4096 -q "$qd" -t "$T" --warmup "$WARM" \
-    -m "$hmask" --relay-cpumask "$rmask" --json "$@" >"$OUT/$name-qd$qd.json"
+  for k in $(seq 1 "$RUNS"); do
+    "$BATON" perf --bdev "$BDEV" -w randwrite -o 4096 -q "$qd" -t "$T" --warmup "$WARM" \
+      -m "$hmask" --relay-cpumask "$rmask" --json "$@" >"$OUT/$name-qd$qd.$k.json"
+  done
 }
 
 for qd in 1 32; do
   run plain "$qd"
-  for fs in /dev/shm /var/tmp; do
+  for fs in $FS; do
     tag=$(basename "$fs")
     pre=$PREALLOC_SHM
     [ "$tag" = tmp ] && pre=$PREALLOC_TMP
@@ -78,26 +85,37 @@ echo "nr_hugepages: $(cat $HP) (was $HP_BEFORE)"
 python3 - "$OUT" "$RTT" "$BDEV" "$T" "$PREALLOC_SHM" "$PREALLOC_TMP" <<'PY'
 import json, sys, os
 out, rtt, bdev, t, pre_shm, pre_tmp = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+import glob
+def runs(name, qd):
+    tots = []
+    for f in sorted(glob.glob(os.path.join(out, f"{name}-qd{qd}.*.json"))):
+        tot = json.load(open(f))["total"]
+        assert tot["errors"] == 0, f
+        tots.append(tot)
+    return sorted(tots, key=lambda t: t["iops"])
 def get(name, qd):
-    j = json.load(open(os.path.join(out, f"{name}-qd{qd}.json")))
-    tot = j["total"]
-    assert tot["errors"] == 0, name
+    tot = runs(name, qd)[len(runs(name, qd)) // 2]
     return tot["iops"], tot["latency_us"]["p50"], tot["latency_us"]["p99"]
+def spread(name, qd):
+    r = runs(name, qd)
+    return "" if len(r) < 2 else " / ".join(f"{t['iops'] / 1000:.0f}K" for t in r)
 print(f"base {bdev}, 4 KiB randwrite, {t} s per run, ack all; loopback RTT (4 KiB, p50) {rtt:.2f} us")
 print(f"journals preallocated: /dev/shm {pre_shm}, /var/tmp {pre_tmp} per relay (cold: none)\n")
-print("| journal | relays | QD | IOPS | p50 us | p99 us | IOPS / plain | p50 / plain | QD1 p50 / (2 x plain + RTT) |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| journal | relays | QD | IOPS | p50 us | p99 us | IOPS / plain | p50 / plain | QD1 p50 / (2 x plain + RTT) | runs (IOPS) |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 for qd in (1, 32):
     pi, pp50, pp99 = get("plain", qd)
-    print(f"| none | 0 | {qd} | {pi:.0f} | {pp50:.2f} | {pp99:.2f} | 1.00 | 1.00 | |")
+    print(f"| none | 0 | {qd} | {pi:.0f} | {pp50:.2f} | {pp99:.2f} | 1.00 | 1.00 | | {spread('plain', qd)} |")
 rows = [("shm", n) for n in (1, 2, 3)] + [("shm-cold", 2)] + [("tmp", n) for n in (1, 2, 3)]
 for fs, n in rows:
+    if not runs(f"{fs}-r{n}", 1):
+        continue
     for qd in (1, 32):
         pi, pp50, _ = get("plain", qd)
         i, p50, p99 = get(f"{fs}-r{n}", qd)
         bound = f"{p50 / (2 * pp50 + rtt):.2f}" if qd == 1 else ""
         where = {"shm": "/dev/shm", "shm-cold": "/dev/shm (cold)", "tmp": "/var/tmp"}[fs]
-        print(f"| {where} | {n} | {qd} | {i:.0f} | {p50:.2f} | {p99:.2f} | {i / pi:.3f} | {p50 / pp50:.1f} | {bound} |")
+        print(f"| {where} | {n} | {qd} | {i:.0f} | {p50:.2f} | {p99:.2f} | {i / pi:.3f} | {p50 / pp50:.1f} | {bound} | {spread(f'{fs}-r{n}', qd)} |")
 i2, _, _ = get("shm-r2", 32)
 pi, _, _ = get("plain", 32)
 print(f"\nQD32, 2 relays (/dev/shm) vs unreplicated: {i2 / pi:.3f} of the IOPS")
