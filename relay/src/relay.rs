@@ -381,6 +381,9 @@ pub struct RelayVolumeStatus {
     pub journal_full_events: u64,
     /// The primary connection is not being read because the journal is full.
     pub backpressure: bool,
+    /// Receives from the primary that found frames readiness had not reported (see the
+    /// volume side's `late_reads`).
+    pub primary_late_reads: u64,
     /// Standby link state: `none`, `connecting`, `handshake`, `up`, `refused`.
     pub standby: String,
     /// Highest LSN forwarded.
@@ -651,6 +654,8 @@ struct VolumeJournal {
     fwd_bufs: Vec<Vec<u8>>,
     fwd_bufs_made: usize,
     safe_lsn: u64,
+    /// Receives from the primary that found frames readiness had not reported.
+    primary_late_reads: u64,
     gaps: VecDeque<GapRequest>,
     gap_requests: u64,
     bytes_appended: u64,
@@ -716,6 +721,7 @@ impl VolumeJournal {
             fwd_bufs: Vec::with_capacity(FWD_BUFS_MAX),
             fwd_bufs_made: 0,
             safe_lsn: 0,
+            primary_late_reads: 0,
             gaps: VecDeque::with_capacity(GAP_QUEUE_MAX),
             gap_requests: 0,
             bytes_appended: 0,
@@ -1026,10 +1032,8 @@ impl RelayState {
         }
         // Read a watched socket only when it is readable (or a whole frame waits in the
         // buffer), and at least every RECV_UNREADY_PERIOD_NS regardless.
-        let read = !p.watched
-            || self.ready.contains(&p.token)
-            || p.conn.has_buffered()
-            || now.saturating_sub(p.recv_ns) >= RECV_UNREADY_PERIOD_NS;
+        let expected = !p.watched || self.ready.contains(&p.token) || p.conn.has_buffered();
+        let read = expected || now.saturating_sub(p.recv_ns) >= RECV_UNREADY_PERIOD_NS;
         if !read {
             return busy;
         }
@@ -1098,6 +1102,9 @@ impl RelayState {
         busy |= appended > 0;
         if matches!(r, Ok(n) if n > 0) {
             v.primary_heard_ns = now_ns();
+            if !expected {
+                v.primary_late_reads += 1;
+            }
         }
         for e in errors {
             log::error!("relay: volume {}: {e}", v.meta.name);
@@ -1525,6 +1532,7 @@ impl RelayState {
                         journal_commits: v.journal.stats().batches_committed,
                         journal_full_events: v.journal.stats().full,
                         backpressure: v.primary.as_ref().is_some_and(|p| !p.stashed.is_empty()),
+                        primary_late_reads: v.primary_late_reads,
                         standby: match v.standby_phase {
                             StandbyPhase::None => "none",
                             StandbyPhase::Disconnected { .. } => "connecting",

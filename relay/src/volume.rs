@@ -245,6 +245,10 @@ pub struct RelayStatus {
     pub lag_lsn: u64,
     /// Frames sent.
     pub frames_sent: u64,
+    /// Receives that found frames although readiness had not reported the socket (the
+    /// 1 ms safety net caught them): a handful from races, many would mean readiness is
+    /// broken and every Ack waits up to a millisecond.
+    pub late_reads: u64,
     /// Last error seen on the link.
     pub last_error: String,
 }
@@ -1132,6 +1136,8 @@ struct Link {
     watched: bool,
     /// Last `poll_recv`.
     recv_ns: u64,
+    /// See [`RelayStatus::late_reads`].
+    late_reads: u64,
 }
 
 impl Link {
@@ -1141,6 +1147,7 @@ impl Link {
             token,
             watched: false,
             recv_ns: 0,
+            late_reads: 0,
             conn: None,
             phase: LinkPhase::Disconnected { retry_at_ns: now },
             down: false,
@@ -1573,11 +1580,8 @@ impl LinkState {
         };
         // Receive: a watched socket only when it is readable (or bytes wait in the buffer),
         // and every RECV_UNREADY_PERIOD_NS regardless.
-        let read = !l.watched
-            || l.phase != LinkPhase::Up
-            || self.ready.contains(&l.token)
-            || conn.has_buffered()
-            || now.saturating_sub(l.recv_ns) >= RECV_UNREADY_PERIOD_NS;
+        let expected = !l.watched || l.phase != LinkPhase::Up || self.ready.contains(&l.token) || conn.has_buffered();
+        let read = expected || now.saturating_sub(l.recv_ns) >= RECV_UNREADY_PERIOD_NS;
         if read {
             l.recv_ns = now;
         }
@@ -1595,6 +1599,9 @@ impl LinkState {
                 let _ = frames.try_push(ev);
             })
         };
+        if !expected && !frames.is_empty() {
+            self.links[i].late_reads += 1;
+        }
         if let Err(e) = r {
             self.link_failed(i, format!("receive: {e}"), now);
             return true;
@@ -1971,6 +1978,7 @@ impl LinkState {
                     bytes_in_flight: l.bytes_in_flight,
                     lag_lsn: self.next_lsn.saturating_sub(1).saturating_sub(l.acked_lsn),
                     frames_sent: l.frames_sent,
+                    late_reads: l.late_reads,
                     last_error: l.last_error.clone(),
                 })
                 .collect(),

@@ -95,6 +95,28 @@ fn replication_scenarios() {
     wait_until(WAIT, "both relays durable to N", || {
         relay_durable(&r1, "vol1") >= N && relay_durable(&r2, "vol1") >= N
     });
+    // Acks and frames are read when epoll reports the socket, not by the 1 ms safety net:
+    // a broken readiness set would still pass every other check here, only slowly.
+    std::thread::sleep(Duration::from_millis(50)); // status snapshots are 10 ms old at most
+    for l in &v.status().relays {
+        assert!(
+            l.late_reads * 4 <= l.frames_sent + 8,
+            "relay {}: {} of {} frames' acks read late",
+            l.addr,
+            l.late_reads,
+            l.frames_sent
+        );
+    }
+    for r in [&r1, &r2] {
+        let st = r.status();
+        let vs = st.volumes.iter().find(|x| x.name == "vol1").unwrap();
+        assert!(
+            vs.primary_late_reads * 4 <= vs.journal_records + 8,
+            "{} of {} frames read late",
+            vs.primary_late_reads,
+            vs.journal_records
+        );
+    }
     let rp = v.declare_restart_point_wait(b"app-state-1", WAIT).unwrap();
     assert_eq!((rp.epoch, rp.lsn, rp.last_lsn), (1, N + 1, N));
     sink.wait_delivered(|s| s.delivered.len() as u64 > N, WAIT, "N writes + restart point");
