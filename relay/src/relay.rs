@@ -1010,7 +1010,7 @@ impl RelayState {
         let mut busy = false;
         // Stashed frames first, in order.
         while let Some(&(off, len, first, last)) = p.stashed.front() {
-            match v.journal.append(first, last, &[&p.stash[off..off + len]]) {
+            match v.journal.append_frame(first, last, &[&p.stash[off..off + len]]) {
                 Ok(_) => {
                     v.bytes_appended += len as u64;
                     p.stashed.pop_front();
@@ -1073,7 +1073,7 @@ impl RelayState {
                 }
                 let len: usize = parts.iter().map(|p| p.len()).sum();
                 if stashed.is_empty() {
-                    match journal.append(first, last, &parts) {
+                    match journal.append_frame(first, last, &parts) {
                         Ok(_) => {
                             appended += len as u64;
                             return;

@@ -36,6 +36,7 @@
 //! (moving roll-over and release to io_uring OPENAT/UNLINKAT is noted in
 //! `docs/relay-journal.md`).
 
+mod crc;
 mod map;
 pub mod record;
 
@@ -935,6 +936,30 @@ impl Journal {
     /// [`Journal::durable_lsn`] reaches `lsn_last`, after some later [`Journal::poll`].
     /// `Full` / `Busy` are back-pressure: nothing was appended.
     pub fn append(&mut self, lsn_first: u64, lsn_last: u64, payload: &[&[u8]]) -> Result<u64, JournalError> {
+        self.append_known(lsn_first, lsn_last, payload, None)
+    }
+
+    /// [`Journal::append`] of one whole replication frame (envelope first, as
+    /// `rdma_transport::wire` encodes it): the record CRC is derived from the body CRC the
+    /// frame's envelope carries (verified when the frame was received, or computed when it
+    /// was encoded) instead of a second pass over the frame's bytes. Payloads that are not
+    /// one whole frame are appended as by `append`.
+    pub fn append_frame(&mut self, lsn_first: u64, lsn_last: u64, frame: &[&[u8]]) -> Result<u64, JournalError> {
+        let len: usize = frame.iter().map(|p| p.len()).sum();
+        let tail = match frame.first().map(|f| rdma_transport::wire::peek_envelope(f)) {
+            Some(Ok(Some(env))) if env.frame_len == len => Some((rdma_transport::wire::ENVELOPE_BYTES, env.body_crc)),
+            _ => None,
+        };
+        self.append_known(lsn_first, lsn_last, frame, tail)
+    }
+
+    fn append_known(
+        &mut self,
+        lsn_first: u64,
+        lsn_last: u64,
+        payload: &[&[u8]],
+        tail: Option<(usize, u32)>,
+    ) -> Result<u64, JournalError> {
         if let Some(why) = &self.failed {
             return Err(JournalError::Failed(why.clone()));
         }
@@ -963,7 +988,7 @@ impl Journal {
             });
         }
         if self.memory {
-            return self.append_mapped(lsn_first, lsn_last, payload, len);
+            return self.append_mapped(lsn_first, lsn_last, payload, len, tail);
         }
         let roll = self.active().len > 0 && self.active().len + need as u64 > self.cfg.segment_bytes;
         let fits = self.filling.is_some_and(|i| self.slots[i].len + need <= STAGING_BYTES);
@@ -997,7 +1022,7 @@ impl Journal {
         };
         let slot = &mut self.slots[i];
         let at = slot.len;
-        let used = record::encode_into(&mut slot.buf[at..], &h, payload);
+        let used = record::encode_into_known_tail(&mut slot.buf[at..], &h, payload, tail);
         slot.len += used;
         slot.seq_last = seq;
         slot.lsn_last = lsn_last;
@@ -1023,6 +1048,7 @@ impl Journal {
         lsn_last: u64,
         payload: &[&[u8]],
         len: usize,
+        tail: Option<(usize, u32)>,
     ) -> Result<u64, JournalError> {
         let span = record::span(len);
         if self.mem_unpolled + span > STAGING_BUFFERS * STAGING_BYTES {
@@ -1066,7 +1092,7 @@ impl Journal {
                 seg.id
             )));
         };
-        let used = record::encode_into(out, &h, payload);
+        let used = record::encode_into_known_tail(out, &h, payload, tail);
         seg.len += used as u64;
         seg.lsn_max = lsn_last;
         self.next_seq += 1;

@@ -190,6 +190,22 @@ pub fn check(buf: &[u8]) -> Result<(RecordHeader, &[u8]), RecordError> {
 /// Writes a record (header, payload gathered from `payload`, zero alignment) at the start of
 /// `out`, which must hold [`span`] bytes. Returns the bytes used.
 pub fn encode_into(out: &mut [u8], h: &RecordHeader, payload: &[&[u8]]) -> usize {
+    encode_into_known_tail(out, h, payload, None)
+}
+
+/// [`encode_into`] for a payload whose bytes from `tail.0` on are known to have CRC32C
+/// `tail.1` (a replication frame's body, whose CRC its envelope carries): the record CRC is
+/// combined from the CRC of the header and the payload's head with that, without reading
+/// the tail again ([`super::crc::combine`]). The bytes written are the same as with
+/// `encode_into`, provided `tail.1` is right; if it is not, the record fails its check
+/// when read back (cut at recovery, reported as corrupt when forwarded), never taken for
+/// good.
+pub fn encode_into_known_tail(
+    out: &mut [u8],
+    h: &RecordHeader,
+    payload: &[&[u8]],
+    tail: Option<(usize, u32)>,
+) -> usize {
     let len = h.payload_len as usize;
     let total = span(len);
     let (hdr, rest) = out[..total].split_at_mut(RECORD_HDR_BYTES);
@@ -209,7 +225,13 @@ pub fn encode_into(out: &mut [u8], h: &RecordHeader, payload: &[&[u8]]) -> usize
     }
     debug_assert_eq!(at, len, "payload slices do not add up to payload_len");
     rest[len..].fill(0);
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&hdr[8..]), &rest[..len]);
+    let crc = match tail {
+        Some((from, tail_crc)) if from <= len => {
+            let head = crc32c::crc32c_append(crc32c::crc32c(&hdr[8..]), &rest[..from]);
+            super::crc::combine(head, tail_crc, (len - from) as u64)
+        }
+        _ => crc32c::crc32c_append(crc32c::crc32c(&hdr[8..]), &rest[..len]),
+    };
     hdr[4..8].copy_from_slice(&crc.to_le_bytes());
     total
 }
