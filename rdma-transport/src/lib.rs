@@ -1,12 +1,14 @@
 //! The replication transport and wire format shared by primary, relays and standby.
 //!
 //! - [`wire`]: the frame format (parse / encode), the only code that reads network bytes.
+//! - [`crc`]: CRC32C of a concatenation from its parts' CRCs (frames sealed without re-reading data).
 //! - [`transport`]: the connection interface a reactor drives by polling.
 //! - [`tcp`]: its implementation over non-blocking TCP sockets.
 //! - [`inproc`]: its in-process implementation over lock-free rings, with fault injection.
 //! - [`liveness`]: the direct primary -> standby-host heartbeat datagram.
 //! - [`readiness`]: which of many sockets have bytes to read, in one call (epoll).
 
+pub mod crc;
 pub mod handshake;
 pub mod inproc;
 pub mod liveness;

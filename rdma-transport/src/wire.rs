@@ -1588,6 +1588,34 @@ impl BatchEncoder {
     }
 }
 
+impl BatchEncoder {
+    /// [`BatchEncoder::finish`] with the CRC32C of every data slice already known
+    /// (`crcs[i]` of `data[i]`): the body CRC is combined from them
+    /// ([`crate::crc::combine`]) instead of read from the data. A primary sending the same
+    /// op to several relays computes its CRC once. A wrong CRC given here makes a frame the
+    /// receiver refuses (body CRC mismatch), never one it takes for good.
+    pub fn finish_with_crcs(mut self, data: &[&[u8]], crcs: &[u32]) -> Result<HeaderBuf, EncodeError> {
+        if self.count == 0 && self.kind != FrameKind::GapReply {
+            return Err(EncodeError::EmptyBatch);
+        }
+        let given: usize = data.iter().map(|d| d.len()).sum();
+        if given != self.data_bytes || crcs.len() != data.len() {
+            return Err(EncodeError::DataLengthMismatch {
+                declared: self.data_bytes,
+                given,
+            });
+        }
+        let at = self.count_at;
+        self.hdr.bytes[at..at + 2].copy_from_slice(&self.count.to_le_bytes());
+        let mut crc = crc32c::crc32c(&self.hdr.bytes[ENVELOPE_BYTES..self.hdr.len]);
+        for (d, &c) in data.iter().zip(crcs) {
+            crc = crate::crc::combine(crc, c, d.len() as u64);
+        }
+        self.hdr.seal_with_crc(self.kind, given, crc);
+        Ok(self.hdr)
+    }
+}
+
 /// Whether the slices are `whole`'s memory, contiguous and in order, all of it.
 fn covers(parts: &[&[u8]], whole: &[u8]) -> bool {
     let mut at = whole.as_ptr() as usize;

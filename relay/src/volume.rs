@@ -979,6 +979,9 @@ struct OpMeta {
     arg0: u64,
     arg1: u64,
     data: DataRef,
+    /// CRC32C of `data`, computed once when the op gets its LSN: every relay's frame is
+    /// sealed from it (`BatchEncoder::finish_with_crcs`) instead of each reading the data.
+    crc: u32,
 }
 
 struct InFlight {
@@ -1273,6 +1276,7 @@ impl LinkState {
                 n += 1;
                 let lsn = self.next_lsn;
                 self.next_lsn += 1;
+                let crc = crc32c::crc32c(&sub.data);
                 self.inflight.push_back(InFlight {
                     op: OpMeta {
                         lsn,
@@ -1280,6 +1284,7 @@ impl LinkState {
                         arg0: sub.offset_blocks,
                         arg1: sub.num_blocks.into(),
                         data: sub.data,
+                        crc,
                     },
                     owner: Owner::Chan {
                         chan: sub.chan,
@@ -1373,6 +1378,7 @@ impl LinkState {
                             kind: OpKind::RestartPoint,
                             arg0: point.epoch,
                             arg1: point.last_lsn,
+                            crc: crc32c::crc32c(&data),
                             data,
                         },
                         owner: Owner::Restart {
@@ -1747,6 +1753,7 @@ impl LinkState {
             }
             let mut enc = BatchEncoder::ops(gen, bs);
             let mut segs: ArrayVec<SegRef, OPS_PER_FRAME_MAX> = ArrayVec::new();
+            let mut crcs: ArrayVec<u32, OPS_PER_FRAME_MAX> = ArrayVec::new();
             let mut bytes = 0usize;
             while enc.len() < OPS_PER_FRAME_MAX && lsn < self.next_lsn {
                 let Some(op) = self.peek(lsn) else { break };
@@ -1770,6 +1777,7 @@ impl LinkState {
                 bytes += op.data.len();
                 // Every op gets a segment (possibly empty) so its reference comes back.
                 segs.push(SegRef { data: op.data, lsn });
+                crcs.push(op.crc);
                 lsn += 1;
             }
             if enc.is_empty() {
@@ -1784,7 +1792,7 @@ impl LinkState {
                 break;
             }
             let slices: ArrayVec<&[u8], OPS_PER_FRAME_MAX> = segs.iter().map(|s| &*s.data).collect();
-            let hdr = match enc.finish(&slices) {
+            let hdr = match enc.finish_with_crcs(&slices, &crcs) {
                 Ok(h) => h,
                 Err(e) => {
                     log::error!("volume {}: cannot seal frame: {e}", self.s.cfg.name);

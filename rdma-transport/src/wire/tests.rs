@@ -534,3 +534,34 @@ fn re_encoding_a_received_batch_reuses_its_crc_only_when_the_bytes_are_the_same(
     assert!(parse(&out).is_ok(), "a CRC computed over the bytes given");
     assert_ne!(out, frame);
 }
+
+#[test]
+fn sealing_from_per_slice_crcs_gives_the_same_frame() {
+    let a = vec![0x11u8; 4096];
+    let b: Vec<u8> = (0..8192u32).map(|i| (i * 7) as u8).collect();
+    let tag = b"rp-1";
+    let build = || {
+        let mut e = BatchEncoder::ops(2, 4096);
+        e.write(5, 0, 1, a.len()).unwrap();
+        e.write_zeroes(6, 3, 2).unwrap();
+        e.write(7, 9, 2, b.len()).unwrap();
+        e.restart_point(8, 1, 7, tag.len()).unwrap();
+        e
+    };
+    let data: [&[u8]; 3] = [&a, &b, tag];
+    let crcs: Vec<u32> = data.iter().map(|d| crc32c::crc32c(d)).collect();
+    let fast = build().finish_with_crcs(&data, &crcs).unwrap();
+    let slow = build().finish(&data).unwrap();
+    assert_eq!(fast.as_bytes(), slow.as_bytes());
+    assert!(parse(&whole(&fast, &data)).is_ok());
+    // A wrong CRC: the receiver refuses the frame.
+    let mut bad = crcs.clone();
+    bad[1] ^= 1;
+    let lie = build().finish_with_crcs(&data, &bad).unwrap();
+    assert!(matches!(
+        parse(&whole(&lie, &data)),
+        Err(WireError::BodyCrcMismatch { .. })
+    ));
+    // Mismatched counts are refused.
+    assert!(build().finish_with_crcs(&data, &crcs[..2]).is_err());
+}

@@ -36,7 +36,6 @@
 //! (moving roll-over and release to io_uring OPENAT/UNLINKAT is noted in
 //! `docs/relay-journal.md`).
 
-mod crc;
 mod map;
 pub mod record;
 

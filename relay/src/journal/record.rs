@@ -196,7 +196,7 @@ pub fn encode_into(out: &mut [u8], h: &RecordHeader, payload: &[&[u8]]) -> usize
 /// [`encode_into`] for a payload whose bytes from `tail.0` on are known to have CRC32C
 /// `tail.1` (a replication frame's body, whose CRC its envelope carries): the record CRC is
 /// combined from the CRC of the header and the payload's head with that, without reading
-/// the tail again ([`super::crc::combine`]). The bytes written are the same as with
+/// the tail again ([`rdma_transport::crc::combine`]). The bytes written are the same as with
 /// `encode_into`, provided `tail.1` is right; if it is not, the record fails its check
 /// when read back (cut at recovery, reported as corrupt when forwarded), never taken for
 /// good.
@@ -228,7 +228,7 @@ pub fn encode_into_known_tail(
     let crc = match tail {
         Some((from, tail_crc)) if from <= len => {
             let head = crc32c::crc32c_append(crc32c::crc32c(&hdr[8..]), &rest[..from]);
-            super::crc::combine(head, tail_crc, (len - from) as u64)
+            rdma_transport::crc::combine(head, tail_crc, (len - from) as u64)
         }
         _ => crc32c::crc32c_append(crc32c::crc32c(&hdr[8..]), &rest[..len]),
     };

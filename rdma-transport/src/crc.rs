@@ -1,5 +1,7 @@
-//! CRC32C of a concatenation from the CRCs of its parts, in a few hundred nanoseconds: lets
-//! the journal seal a record around a replication frame whose body CRC is already known
+//! CRC32C of a concatenation from the CRCs of its parts, in tens to hundreds of
+//! nanoseconds: a primary sending one op to several relays computes the op's data CRC once
+//! and seals each relay's frame from it ([`crate::wire::BatchEncoder::finish_with_crcs`]);
+//! the relay journal seals a record around a frame whose body CRC is already known
 //! (verified on receive) without reading the frame's bytes again.
 //!
 //! CRC32C (reflected, init and final XOR all ones) is linear over GF(2): for byte strings
