@@ -35,7 +35,11 @@ WARM=${WARM:-0.5}
 HARNESS_CORE=${HARNESS_CORE:-1}
 RELAY_CORE=${RELAY_CORE:-0}
 BDEV=${BDEV:-malloc,size=1G,bs=4096}
-PREALLOC_SHM=${PREALLOC_SHM:-1536M}
+# Enough for a run's appends at the rates seen here (QD 32: up to ~200 K x 4.2 KB x 3.5 s);
+# the "new segs" column says when a run outgrew it anyway (journal writes into new memory
+# from then on, ~10x slower per page on this VM).
+PREALLOC_SHM=${PREALLOC_SHM:-2G}
+export PREALLOC_SHM_QD1=${PREALLOC_SHM_QD1:-1G}
 PREALLOC_TMP=${PREALLOC_TMP:-1G}
 OUT=$(mktemp -d)
 export BATON_LOG=${BATON_LOG:-warn}
@@ -67,6 +71,7 @@ for qd in 1 32; do
   for fs in $FS; do
     tag=$(basename "$fs")
     pre=$PREALLOC_SHM
+    [ "$qd" = 1 ] && pre=$PREALLOC_SHM_QD1
     [ "$tag" = tmp ] && pre=$PREALLOC_TMP
     for n in 1 2 3; do
       d="$fs/baton-bench-repl-$$"
@@ -96,16 +101,25 @@ def runs(name, qd):
 def get(name, qd):
     tot = runs(name, qd)[len(runs(name, qd)) // 2]
     return tot["iops"], tot["latency_us"]["p50"], tot["latency_us"]["p99"]
+def new_segs(name, qd):
+    # Most segments any in-process relay started in a new file, over the runs.
+    most = 0
+    for f in glob.glob(os.path.join(out, f"{name}-qd{qd}.*.json")):
+        rep = json.load(open(f)).get("target", {}).get("replication", {})
+        for r in rep.get("in_process_relays", []):
+            for v in r.get("volumes", []):
+                most = max(most, v.get("segments_created", 0))
+    return most
 def spread(name, qd):
     r = runs(name, qd)
     return "" if len(r) < 2 else " / ".join(f"{t['iops'] / 1000:.0f}K" for t in r)
 print(f"base {bdev}, 4 KiB randwrite, {t} s per run, ack all; loopback RTT (4 KiB, p50) {rtt:.2f} us")
-print(f"journals preallocated: /dev/shm {pre_shm}, /var/tmp {pre_tmp} per relay (cold: none)\n")
-print("| journal | relays | QD | IOPS | p50 us | p99 us | IOPS / plain | p50 / plain | QD1 p50 / (2 x plain + RTT) | runs (IOPS) |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+print(f"journals preallocated per relay: /dev/shm {pre_shm} (QD 1: {os.environ.get('PREALLOC_SHM_QD1', '1G')}), /var/tmp {pre_tmp} (cold: none)\n")
+print("| journal | relays | QD | IOPS | p50 us | p99 us | IOPS / plain | p50 / plain | QD1 p50 / (2 x plain + RTT) | runs (IOPS) | new segs |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
 for qd in (1, 32):
     pi, pp50, pp99 = get("plain", qd)
-    print(f"| none | 0 | {qd} | {pi:.0f} | {pp50:.2f} | {pp99:.2f} | 1.00 | 1.00 | | {spread('plain', qd)} |")
+    print(f"| none | 0 | {qd} | {pi:.0f} | {pp50:.2f} | {pp99:.2f} | 1.00 | 1.00 | | {spread('plain', qd)} | |")
 rows = [("shm", n) for n in (1, 2, 3)] + [("shm-cold", 2)] + [("tmp", n) for n in (1, 2, 3)]
 for fs, n in rows:
     if not runs(f"{fs}-r{n}", 1):
@@ -115,7 +129,7 @@ for fs, n in rows:
         i, p50, p99 = get(f"{fs}-r{n}", qd)
         bound = f"{p50 / (2 * pp50 + rtt):.2f}" if qd == 1 else ""
         where = {"shm": "/dev/shm", "shm-cold": "/dev/shm (cold)", "tmp": "/var/tmp"}[fs]
-        print(f"| {where} | {n} | {qd} | {i:.0f} | {p50:.2f} | {p99:.2f} | {i / pi:.3f} | {p50 / pp50:.1f} | {bound} | {spread(f'{fs}-r{n}', qd)} |")
+        print(f"| {where} | {n} | {qd} | {i:.0f} | {p50:.2f} | {p99:.2f} | {i / pi:.3f} | {p50 / pp50:.1f} | {bound} | {spread(f'{fs}-r{n}', qd)} | {new_segs(f'{fs}-r{n}', qd)} |")
 i2, _, _ = get("shm-r2", 32)
 pi, _, _ = get("plain", 32)
 print(f"\nQD32, 2 relays (/dev/shm) vs unreplicated: {i2 / pi:.3f} of the IOPS")

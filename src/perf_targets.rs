@@ -342,6 +342,10 @@ impl Built {
                             "durable_lsn": vs.durable_lsn, "journal_used_bytes": vs.journal_used_bytes,
                             "journal_records": vs.journal_records, "journal_commits": vs.journal_commits,
                             "memory_media": vs.memory_media,
+                            // Segments started in new files: a run that outgrew its
+                            // preallocated journal measured new memory from then on.
+                            "segments_created": vs.segments_created,
+                            "segments_recycled": vs.segments_recycled,
                         })).collect::<Vec<_>>(),
                     })
                 }).collect::<Vec<_>>(),
