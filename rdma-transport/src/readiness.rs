@@ -12,6 +12,7 @@
 //!
 //! Threads: owned by one reactor; never blocks (timeout 0).
 
+use arrayvec::ArrayVec;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -62,9 +63,10 @@ impl Readiness {
         let _ = unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut ev) };
     }
 
-    /// Calls `f` with the token of every watched socket that is readable (or at end of
-    /// stream, or failed) now; returns how many. Never blocks.
-    pub fn poll(&mut self, f: &mut dyn FnMut(u64)) -> io::Result<usize> {
+    /// Replaces `ready` with the tokens of the watched sockets that are readable (or at end
+    /// of stream, or failed) now. Never blocks.
+    pub fn poll(&mut self, ready: &mut ArrayVec<u64, READY_EVENTS_MAX>) -> io::Result<()> {
+        ready.clear();
         // SAFETY: the kernel writes at most READY_EVENTS_MAX entries into `self.events`,
         // which lives as long as `self`; timeout 0 returns at once.
         let n = unsafe {
@@ -78,15 +80,13 @@ impl Readiness {
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
-                return Ok(0);
+                return Ok(());
             }
             return Err(e);
         }
-        for ev in &self.events[..n as usize] {
-            let token = ev.u64;
-            f(token);
-        }
-        Ok(n as usize)
+        // At most READY_EVENTS_MAX events, the capacity of `ready`.
+        ready.extend(self.events[..n as usize].iter().map(|ev| ev.u64));
+        Ok(())
     }
 }
 
@@ -107,10 +107,10 @@ mod tests {
         r.add(b.as_raw_fd(), 1).unwrap();
         r.add(d.as_raw_fd(), 2).unwrap();
         let ready = |r: &mut Readiness| {
-            let mut v = Vec::new();
-            r.poll(&mut |t| v.push(t)).unwrap();
+            let mut v = ArrayVec::new();
+            r.poll(&mut v).unwrap();
             v.sort();
-            v
+            v.to_vec()
         };
         assert!(ready(&mut r).is_empty(), "nothing sent yet");
         a.write_all(b"x").unwrap();

@@ -1551,6 +1551,53 @@ impl BatchEncoder {
 
     /// Seals the header; `data` are the ops' data bytes in op order, cut into any slices.
     pub fn finish(mut self, data: &[&[u8]]) -> Result<HeaderBuf, EncodeError> {
+        let given = self.close(data)?;
+        self.hdr.seal(self.kind, data, given);
+        Ok(self.hdr)
+    }
+
+    /// [`BatchEncoder::finish`] for a frame that re-encodes a received `batch` (a relay
+    /// journaling what it received, minus ops it already holds): when the header built is
+    /// byte for byte the received one and `data` is exactly the received data (the same
+    /// memory, in order), the body is the received body, so its verified CRC is reused
+    /// instead of computing it over the data again. Otherwise the same as `finish`.
+    pub fn finish_as_received(mut self, data: &[&[u8]], batch: &Batch<'_>) -> Result<HeaderBuf, EncodeError> {
+        let given = self.close(data)?;
+        let same = batch.body_crc != 0
+            && self.hdr.bytes[ENVELOPE_BYTES..self.hdr.len] == *batch.wire_header
+            && covers(data, batch.wire_data);
+        if same {
+            self.hdr.seal_with_crc(self.kind, given, batch.body_crc);
+        } else {
+            self.hdr.seal(self.kind, data, given);
+        }
+        Ok(self.hdr)
+    }
+
+    /// [`BatchEncoder::finish`] with the CRC32C of every data slice already known
+    /// (`crcs[i]` of `data[i]`): the body CRC is combined from them
+    /// ([`crate::crc::combine`]) instead of read from the data. A primary sending the same
+    /// op to several relays computes its CRC once. A wrong CRC given here makes a frame the
+    /// receiver refuses (body CRC mismatch), never one it takes for good.
+    pub fn finish_with_crcs(mut self, data: &[&[u8]], crcs: &[u32]) -> Result<HeaderBuf, EncodeError> {
+        let given = self.close(data)?;
+        if crcs.len() != data.len() {
+            return Err(EncodeError::DataLengthMismatch {
+                declared: self.data_bytes,
+                given,
+            });
+        }
+        let mut crc = crc32c::crc32c(&self.hdr.bytes[ENVELOPE_BYTES..self.hdr.len]);
+        for (d, &c) in data.iter().zip(crcs) {
+            crc = crate::crc::combine(crc, c, d.len() as u64);
+        }
+        self.hdr.seal_with_crc(self.kind, given, crc);
+        Ok(self.hdr)
+    }
+
+    /// The checks every `finish*` makes (a batch with ops, data of the declared length),
+    /// then the op count written into the header. Returns the data bytes.
+    fn close(&mut self, data: &[&[u8]]) -> Result<usize, EncodeError> {
         if self.count == 0 && self.kind != FrameKind::GapReply {
             return Err(EncodeError::EmptyBatch);
         }
@@ -1563,56 +1610,7 @@ impl BatchEncoder {
         }
         let at = self.count_at;
         self.hdr.bytes[at..at + 2].copy_from_slice(&self.count.to_le_bytes());
-        self.hdr.seal(self.kind, data, given);
-        Ok(self.hdr)
-    }
-}
-
-impl BatchEncoder {
-    /// [`BatchEncoder::finish`] for a frame that re-encodes a received `batch` (a relay
-    /// journaling what it received, minus ops it already holds): when the header built is
-    /// byte for byte the received one and `data` is exactly the received data (the same
-    /// memory, in order), the body is the received body, so its verified CRC is reused
-    /// instead of computing it over the data again. Otherwise the same as `finish`.
-    pub fn finish_as_received(mut self, data: &[&[u8]], batch: &Batch<'_>) -> Result<HeaderBuf, EncodeError> {
-        let given: usize = data.iter().map(|d| d.len()).sum();
-        let at = self.count_at;
-        self.hdr.bytes[at..at + 2].copy_from_slice(&self.count.to_le_bytes());
-        let same_header = self.hdr.bytes[ENVELOPE_BYTES..self.hdr.len] == *batch.wire_header;
-        let empty = self.count == 0 && self.kind != FrameKind::GapReply;
-        if empty || batch.body_crc == 0 || !same_header || given != self.data_bytes || !covers(data, batch.wire_data) {
-            return self.finish(data);
-        }
-        self.hdr.seal_with_crc(self.kind, given, batch.body_crc);
-        Ok(self.hdr)
-    }
-}
-
-impl BatchEncoder {
-    /// [`BatchEncoder::finish`] with the CRC32C of every data slice already known
-    /// (`crcs[i]` of `data[i]`): the body CRC is combined from them
-    /// ([`crate::crc::combine`]) instead of read from the data. A primary sending the same
-    /// op to several relays computes its CRC once. A wrong CRC given here makes a frame the
-    /// receiver refuses (body CRC mismatch), never one it takes for good.
-    pub fn finish_with_crcs(mut self, data: &[&[u8]], crcs: &[u32]) -> Result<HeaderBuf, EncodeError> {
-        if self.count == 0 && self.kind != FrameKind::GapReply {
-            return Err(EncodeError::EmptyBatch);
-        }
-        let given: usize = data.iter().map(|d| d.len()).sum();
-        if given != self.data_bytes || crcs.len() != data.len() {
-            return Err(EncodeError::DataLengthMismatch {
-                declared: self.data_bytes,
-                given,
-            });
-        }
-        let at = self.count_at;
-        self.hdr.bytes[at..at + 2].copy_from_slice(&self.count.to_le_bytes());
-        let mut crc = crc32c::crc32c(&self.hdr.bytes[ENVELOPE_BYTES..self.hdr.len]);
-        for (d, &c) in data.iter().zip(crcs) {
-            crc = crate::crc::combine(crc, c, d.len() as u64);
-        }
-        self.hdr.seal_with_crc(self.kind, given, crc);
-        Ok(self.hdr)
+        Ok(given)
     }
 }
 

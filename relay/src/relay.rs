@@ -811,10 +811,7 @@ impl RelayState {
         busy |= self.handshakes(now);
         self.ready.clear();
         if let Some(r) = self.readiness.as_mut() {
-            let ready = &mut self.ready;
-            if let Err(e) = r.poll(&mut |t| {
-                let _ = ready.try_push(t);
-            }) {
+            if let Err(e) = r.poll(&mut self.ready) {
                 log::warn!("relay: epoll_wait: {e}; reading every primary connection on every poll");
                 self.readiness = None;
                 for p in self.volumes.iter_mut().filter_map(|v| v.primary.as_mut()) {

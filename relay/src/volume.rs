@@ -1297,10 +1297,7 @@ impl LinkState {
         }
         self.ready.clear();
         if let Some(r) = self.readiness.as_mut() {
-            let ready = &mut self.ready;
-            if let Err(e) = r.poll(&mut |t| {
-                let _ = ready.try_push(t);
-            }) {
+            if let Err(e) = r.poll(&mut self.ready) {
                 log::warn!(
                     "volume {}: epoll_wait: {e}; reading every link on every poll",
                     self.s.cfg.name

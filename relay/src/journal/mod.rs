@@ -1010,15 +1010,7 @@ impl Journal {
             None => self.start_batch(),
         };
         let seq = self.next_seq;
-        let seg_id = self.active().id;
-        let h = RecordHeader {
-            kind: RecordKind::Frame,
-            payload_len: len as u32,
-            seq,
-            lsn_first,
-            lsn_last,
-            segment_id: seg_id,
-        };
+        let h = frame_header(seq, lsn_first, lsn_last, len, self.active().id);
         let slot = &mut self.slots[i];
         let at = slot.len;
         let used = record::encode_into_known_tail(&mut slot.buf[at..], &h, payload, tail);
@@ -1026,6 +1018,13 @@ impl Journal {
         slot.seq_last = seq;
         slot.lsn_last = lsn_last;
         slot.frames += 1;
+        self.appended(used, lsn_last);
+        Ok(seq)
+    }
+
+    /// Accounts a record of `used` bytes ending at `lsn_last` just encoded into the active
+    /// segment (staged or mapped).
+    fn appended(&mut self, used: usize, lsn_last: u64) {
         self.next_seq += 1;
         self.lsn_appended = lsn_last;
         self.used_bytes += used as u64;
@@ -1034,7 +1033,6 @@ impl Journal {
             seg.len += used as u64;
             seg.lsn_max = lsn_last;
         }
-        Ok(seq)
     }
 
     /// `append` on memory media: the record is encoded straight into the active segment's
@@ -1075,14 +1073,7 @@ impl Journal {
         let Some(seg) = self.segments.back_mut() else {
             return Err(JournalError::Failed("no active segment".into()));
         };
-        let h = RecordHeader {
-            kind: RecordKind::Frame,
-            payload_len: len as u32,
-            seq,
-            lsn_first,
-            lsn_last,
-            segment_id: seg.id,
-        };
+        let h = frame_header(seq, lsn_first, lsn_last, len, seg.id);
         let at = seg.len as usize;
         let Some(out) = seg.map.as_mut().and_then(|m| m.slice_mut(at, span)) else {
             // create_segment maps every memory segment at least `span` bytes long.
@@ -1092,12 +1083,7 @@ impl Journal {
             )));
         };
         let used = record::encode_into_known_tail(out, &h, payload, tail);
-        seg.len += used as u64;
-        seg.lsn_max = lsn_last;
-        self.next_seq += 1;
-        self.lsn_appended = lsn_last;
-        self.used_bytes += used as u64;
-        self.stats.records_appended += 1;
+        self.appended(used, lsn_last);
         self.mem_pending = Some((seq, lsn_last));
         self.mem_unpolled += used;
         self.mem_unpolled_records += 1;
@@ -1628,6 +1614,18 @@ impl Journal {
             self.stats.segments_released += 1;
         }
         Ok(freed)
+    }
+}
+
+/// The header of a frame record.
+fn frame_header(seq: u64, lsn_first: u64, lsn_last: u64, payload_len: usize, segment_id: u64) -> RecordHeader {
+    RecordHeader {
+        kind: RecordKind::Frame,
+        payload_len: payload_len as u32,
+        seq,
+        lsn_first,
+        lsn_last,
+        segment_id,
     }
 }
 
