@@ -15,10 +15,20 @@
 //! [`DmaBuf`] is the owned handle every layer passes: it derefs to its bytes,
 //! it returns itself to its pool on drop, and its visible length can be set
 //! below its capacity so a 128 KiB pool serves 4 KiB I/O too.
+//!
+//! Where the sizes vary per I/O and no pool fits (the standby copies ops of
+//! any size out of its receive buffers and stages them), [`DmaBuf::recycled`]
+//! takes a heap buffer from a per-thread cache of freed buffers, one free
+//! list per power-of-two size class. A recycled buffer goes back to the cache
+//! of the thread that drops it, up to [`RECYCLE_IDLE_BYTES_MAX`] idle bytes
+//! per thread; only a cold cache or a size above [`RECYCLE_BYTES_MAX`]
+//! reaches the allocator. Its bytes are whatever its last user left: callers
+//! write before they read.
 
 use crate::sys::Mapping;
 use crossbeam_queue::ArrayQueue;
 use std::alloc::Layout;
+use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 use std::sync::Mutex;
@@ -26,6 +36,15 @@ use thiserror::Error;
 
 /// Alignment of every buffer: the largest logical block size we serve.
 pub const BUF_ALIGN_BYTES: usize = 4096;
+/// Smallest size class of [`DmaBuf::recycled`] buffers.
+pub const RECYCLE_BYTES_MIN: usize = BUF_ALIGN_BYTES;
+/// Size classes: `RECYCLE_BYTES_MIN << k` for `k < RECYCLE_CLASSES`.
+pub const RECYCLE_CLASSES: usize = 11;
+/// Largest recycled buffer (4 MiB); larger ones come from the heap and go
+/// back to it.
+pub const RECYCLE_BYTES_MAX: usize = RECYCLE_BYTES_MIN << (RECYCLE_CLASSES - 1);
+/// Idle bytes one thread's cache keeps; buffers dropped beyond it are freed.
+pub const RECYCLE_IDLE_BYTES_MAX: usize = 256 << 20;
 /// At most this many pools per process (each io_uring channel registers them
 /// all as fixed buffers, and the kernel's table is small).
 pub const POOLS_MAX: usize = 16;
@@ -159,6 +178,64 @@ pub fn pools() -> Vec<&'static BufPool> {
 enum Origin {
     Pool(&'static BufPool, u32),
     Heap(Layout),
+    /// From a thread's recycling cache; the size class.
+    Recycled(u8),
+}
+
+fn class_layout(class: usize) -> Layout {
+    Layout::from_size_align(RECYCLE_BYTES_MIN << class, BUF_ALIGN_BYTES).expect("aligned layout")
+}
+
+/// One thread's idle recycled buffers. Each list's capacity is reserved on
+/// its first use, for as many buffers as the idle bound allows, so keeping a
+/// buffer never allocates.
+struct Recycler {
+    lists: [Vec<NonNull<u8>>; RECYCLE_CLASSES],
+    idle_bytes: usize,
+}
+
+impl Recycler {
+    fn take(&mut self, class: usize) -> Option<NonNull<u8>> {
+        let p = self.lists[class].pop()?;
+        self.idle_bytes -= RECYCLE_BYTES_MIN << class;
+        Some(p)
+    }
+
+    /// Keeps `p` (of `class`), or hands it back when the cache is full.
+    fn keep(&mut self, class: usize, p: NonNull<u8>) -> Result<(), NonNull<u8>> {
+        let bytes = RECYCLE_BYTES_MIN << class;
+        if self.idle_bytes + bytes > RECYCLE_IDLE_BYTES_MAX {
+            return Err(p);
+        }
+        let list = &mut self.lists[class];
+        if list.capacity() == 0 {
+            list.reserve_exact(RECYCLE_IDLE_BYTES_MAX / bytes);
+        }
+        list.push(p);
+        self.idle_bytes += bytes;
+        Ok(())
+    }
+}
+
+impl Drop for Recycler {
+    fn drop(&mut self) {
+        for (class, list) in self.lists.iter_mut().enumerate() {
+            for p in list.drain(..) {
+                // SAFETY: every cached pointer was allocated with this class's layout
+                // and is owned by the cache alone.
+                unsafe { std::alloc::dealloc(p.as_ptr(), class_layout(class)) }
+            }
+        }
+    }
+}
+
+thread_local! {
+    static RECYCLER: RefCell<Recycler> = const {
+        RefCell::new(Recycler {
+            lists: [const { Vec::new() }; RECYCLE_CLASSES],
+            idle_bytes: 0,
+        })
+    };
 }
 
 /// An owned, aligned I/O buffer. Moves between layers and threads by value;
@@ -193,6 +270,35 @@ impl DmaBuf {
         }
     }
 
+    /// An aligned buffer of `len` bytes from this thread's recycling cache (see
+    /// the module docs): allocation-free once the cache is warm, for per-I/O
+    /// buffers whose sizes vary. The contents are NOT zeroed: they are what
+    /// the buffer's previous user left (a fresh one is zeroed). Sizes above
+    /// [`RECYCLE_BYTES_MAX`] fall back to [`DmaBuf::alloc`].
+    pub fn recycled(len: usize) -> DmaBuf {
+        if len > RECYCLE_BYTES_MAX {
+            return DmaBuf::alloc(len);
+        }
+        let class = len
+            .max(1)
+            .div_ceil(RECYCLE_BYTES_MIN)
+            .next_power_of_two()
+            .trailing_zeros() as usize;
+        let cached = RECYCLER.try_with(|r| r.borrow_mut().take(class)).ok().flatten();
+        let ptr = cached.unwrap_or_else(|| {
+            let layout = class_layout(class);
+            // SAFETY: layout has a non-zero size.
+            let p = unsafe { std::alloc::alloc_zeroed(layout) };
+            NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
+        });
+        DmaBuf {
+            ptr,
+            len,
+            cap: RECYCLE_BYTES_MIN << class,
+            origin: Origin::Recycled(class as u8),
+        }
+    }
+
     /// Capacity in bytes (the visible length can be set up to this).
     pub fn capacity(&self) -> usize {
         self.cap
@@ -209,7 +315,7 @@ impl DmaBuf {
     pub fn pool(&self) -> Option<(&'static BufPool, u32)> {
         match self.origin {
             Origin::Pool(p, i) => Some((p, i)),
-            Origin::Heap(_) => None,
+            Origin::Heap(_) | Origin::Recycled(_) => None,
         }
     }
 
@@ -261,6 +367,21 @@ impl Drop for DmaBuf {
                 // SAFETY: ptr was allocated with exactly this layout in `alloc`.
                 unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) }
             }
+            Origin::Recycled(class) => {
+                let class = class as usize;
+                // A thread that is exiting has no cache any more: free.
+                let kept = RECYCLER
+                    .try_with(|r| {
+                        r.try_borrow_mut()
+                            .map_or(Err(self.ptr), |mut r| r.keep(class, self.ptr))
+                    })
+                    .unwrap_or(Err(self.ptr));
+                if let Err(p) = kept {
+                    // SAFETY: recycled buffers are allocated with their class's layout in
+                    // `recycled`, and this DmaBuf was their only owner.
+                    unsafe { std::alloc::dealloc(p.as_ptr(), class_layout(class)) }
+                }
+            }
         }
     }
 }
@@ -304,6 +425,43 @@ mod tests {
         assert_eq!(b.as_ptr() as usize % BUF_ALIGN_BYTES, 0);
         b.set_len(8192);
         assert!(b.iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn recycled_buffers_are_reused_by_size_class() {
+        let a = DmaBuf::recycled(4096);
+        assert_eq!((a.len(), a.capacity()), (4096, 4096));
+        assert_eq!(a.as_ptr() as usize % BUF_ALIGN_BYTES, 0);
+        let pa = a.as_ptr();
+        drop(a);
+        // Same class (4 KiB): the same memory comes back.
+        let b = DmaBuf::recycled(512);
+        assert_eq!((b.len(), b.capacity()), (512, 4096));
+        assert_eq!(b.as_ptr(), pa);
+        // 5000 bytes is the 8 KiB class: another buffer.
+        let c = DmaBuf::recycled(5000);
+        assert_eq!(c.capacity(), 8192);
+        assert_ne!(c.as_ptr(), pa);
+        // Above the largest class: a plain heap buffer.
+        let d = DmaBuf::recycled(RECYCLE_BYTES_MAX + 1);
+        assert!(d.capacity() > RECYCLE_BYTES_MAX);
+        drop((b, c, d));
+    }
+
+    #[test]
+    fn recycled_cache_is_bounded() {
+        std::thread::spawn(|| {
+            let n = RECYCLE_IDLE_BYTES_MAX / RECYCLE_BYTES_MAX + 4;
+            let bufs: Vec<DmaBuf> = (0..n).map(|_| DmaBuf::recycled(RECYCLE_BYTES_MAX)).collect();
+            drop(bufs);
+            let idle = RECYCLER.with(|r| r.borrow().idle_bytes);
+            assert_eq!(
+                idle, RECYCLE_IDLE_BYTES_MAX,
+                "the cache keeps up to its bound and frees the rest"
+            );
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

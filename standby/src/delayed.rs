@@ -43,7 +43,7 @@ use crate::superblock::{Mode, Superblock};
 use crate::StandbyError;
 use engine::bdev::IoCompletion;
 use engine::buf::DmaBuf;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 /// First block of the staging log (blocks 0 and 1 hold the superblock).
 pub const LOG_START_BLOCK: u64 = 2;
@@ -191,6 +191,19 @@ pub struct Delayed {
     error: Option<String>,
     epochs_applied: u64,
     bytes_applied: u64,
+    /// Completions of one poll (kept for its capacity).
+    done: Vec<IoCompletion>,
+    /// The block map of the epoch being written (kept for its capacity).
+    epoch_map: Vec<EpochBlock>,
+}
+
+/// Where one volume block of an epoch comes from: `(lba, record index, src)`.
+type EpochBlock = (u64, usize, EpochSrc);
+
+#[derive(Clone, Copy, PartialEq)]
+enum EpochSrc {
+    Data { i: usize, blk: u64 },
+    Zero { dealloc: bool },
 }
 
 impl Delayed {
@@ -282,6 +295,8 @@ impl Delayed {
             error: None,
             epochs_applied: 0,
             bytes_applied: 0,
+            done: Vec::new(),
+            epoch_map: Vec::new(),
             recs,
             sb,
         };
@@ -460,7 +475,7 @@ impl Delayed {
         };
         if need > rec_blocks {
             // Pad to the start of the log.
-            let mut b = DmaBuf::alloc(bs);
+            let mut b = DmaBuf::recycled(bs);
             encode_header(&mut b, KIND_PAD, self.sb.incarnation, self.next_seq, 0, 0, 0, 0, &[]);
             self.push_rec(0, to_end, RecKind::Pad, b);
         }
@@ -475,7 +490,7 @@ impl Delayed {
             RecKind::Rp { epoch, last_lsn, tag } => (KIND_RP, *epoch, *last_lsn, tag),
             RecKind::Pad => unreachable!("ops never become pads"),
         };
-        let mut b = DmaBuf::alloc(rec_blocks as usize * bs);
+        let mut b = DmaBuf::recycled(rec_blocks as usize * bs);
         let mut data_crc = 0;
         if let OpBody::Write { data, .. } = &op.body {
             b[bs..].copy_from_slice(&data.0);
@@ -520,12 +535,13 @@ impl Delayed {
     /// Moves I/O forward; returns true when something happened.
     pub(crate) fn poll(&mut self) -> bool {
         let mut busy = false;
-        let mut done: Vec<IoCompletion> = Vec::new();
+        let mut done = std::mem::take(&mut self.done);
         busy |= self.staging.poll(&mut |c| done.push(c)) > 0;
         busy |= self.volume.poll(&mut |c| done.push(c)) > 0;
-        for c in done {
+        for c in done.drain(..) {
             self.complete(c);
         }
+        self.done = done;
         self.advance_staged();
         if self.bg_flush_lsn.is_none() && self.staged_lsn > self.durable_lsn {
             self.bg_flush_lsn = Some(self.staged_lsn);
@@ -703,14 +719,11 @@ impl Delayed {
         }
     }
 
-    /// Writes epoch `ep` to the volume: per block the last write wins.
+    /// Writes epoch `ep` to the volume: per block the last write wins, and
+    /// runs of blocks that follow each other in one source become one write.
     fn write_epoch(&mut self, ep: &EpochRef) {
-        #[derive(Clone, Copy, PartialEq)]
-        enum Src {
-            Data { i: usize, blk: u64 },
-            Zero { dealloc: bool },
-        }
-        let mut map: BTreeMap<u64, Src> = BTreeMap::new();
+        let mut map = std::mem::take(&mut self.epoch_map);
+        map.clear();
         for (i, r) in self.recs.iter().enumerate() {
             if matches!(r.kind, RecKind::Rp { .. } | RecKind::Pad) {
                 continue;
@@ -723,28 +736,31 @@ impl Delayed {
             }
             match r.kind {
                 RecKind::Write { offset, n } => {
-                    for b in 0..n as u64 {
-                        map.insert(offset + b, Src::Data { i, blk: b });
-                    }
+                    map.extend((0..n as u64).map(|b| (offset + b, i, EpochSrc::Data { i, blk: b })));
                 }
                 RecKind::Zero { offset, n, dealloc } => {
-                    for b in 0..n as u64 {
-                        map.insert(offset + b, Src::Zero { dealloc });
-                    }
+                    map.extend((0..n as u64).map(|b| (offset + b, i, EpochSrc::Zero { dealloc })));
                 }
                 RecKind::Rp { .. } | RecKind::Pad => {}
             }
         }
+        // By block, then by record: the last entry of each block is its last write.
+        map.sort_unstable_by_key(|&(lba, i, _)| (lba, i));
+        let last_writes = map
+            .iter()
+            .enumerate()
+            .filter(|&(k, e)| map.get(k + 1).is_none_or(|n| n.0 != e.0))
+            .map(|(_, &(lba, _, src))| (lba, src));
         let bs = self.volume.block_size as usize;
-        let mut it = map.into_iter().peekable();
+        let mut it = last_writes.peekable();
         while let Some((lba, src)) = it.next() {
             let mut len = 1u64;
             let mut last = src;
             while let Some(&(l2, s2)) = it.peek() {
                 let follows = l2 == lba + len
                     && match (last, s2) {
-                        (Src::Data { i, blk }, Src::Data { i: i2, blk: b2 }) => i == i2 && b2 == blk + 1,
-                        (Src::Zero { dealloc }, Src::Zero { dealloc: d2 }) => dealloc == d2,
+                        (EpochSrc::Data { i, blk }, EpochSrc::Data { i: i2, blk: b2 }) => i == i2 && b2 == blk + 1,
+                        (EpochSrc::Zero { dealloc }, EpochSrc::Zero { dealloc: d2 }) => dealloc == d2,
                         _ => false,
                     };
                 if !follows || len >= u32::MAX as u64 {
@@ -755,18 +771,19 @@ impl Delayed {
                 it.next();
             }
             match src {
-                Src::Data { i, blk } => {
+                EpochSrc::Data { i, blk } => {
                     let (d, off) = self.recs[i].data.as_ref().expect("read back before the volume writes");
                     let start = off + blk as usize * bs;
-                    let mut b = DmaBuf::alloc(len as usize * bs);
+                    let mut b = DmaBuf::recycled(len as usize * bs);
                     b.copy_from_slice(&d[start..start + len as usize * bs]);
                     self.volume.write(lba, b, TAG_PHASE);
                 }
-                Src::Zero { dealloc } => self.volume.zero(lba, len as u32, dealloc, TAG_PHASE),
+                EpochSrc::Zero { dealloc } => self.volume.zero(lba, len as u32, dealloc, TAG_PHASE),
             }
             self.bytes_applied += len * bs as u64;
             self.phase_pending += 1;
         }
+        self.epoch_map = map;
     }
 
     /// Runs the state machine as far as finished I/O allows.
@@ -946,7 +963,8 @@ struct Header {
 
 #[allow(clippy::too_many_arguments)]
 fn encode_header(b: &mut [u8], kind: u8, incarnation: u64, seq: u64, lsn: u64, a0: u64, a1: u64, crc: u32, tag: &[u8]) {
-    b[..HDR_CRC_AT + 4].fill(0);
+    // The whole block: a recycled buffer holds what its last user left.
+    b.fill(0);
     b[0..4].copy_from_slice(&REC_MAGIC.to_le_bytes());
     b[4] = kind;
     b[6..8].copy_from_slice(&(tag.len() as u16).to_le_bytes());

@@ -65,7 +65,7 @@ impl Dev {
     }
 
     pub fn read(&mut self, offset_blocks: u64, num_blocks: u32, user_data: u64) {
-        let buf = DmaBuf::alloc(num_blocks as usize * self.block_size as usize);
+        let buf = DmaBuf::recycled(num_blocks as usize * self.block_size as usize);
         self.submit(IoRequest {
             op: IoOp::Read,
             offset_blocks,

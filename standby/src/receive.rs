@@ -8,9 +8,10 @@
 //!
 //! - an op below the next LSN to deliver, or already held, is a duplicate and
 //!   is dropped (and counted);
-//! - an op above the next LSN waits in a bounded reorder window
-//!   ([`WINDOW_OPS_MAX`], [`WINDOW_BYTES_MAX`]); a full window refuses the op
-//!   with [`Offer::Full`] (back-pressure: the caller keeps it, or does not
+//! - an op above the next LSN waits in a bounded reorder window: a ring of
+//!   [`WINDOW_OPS_MAX`] slots indexed by LSN from the next one, holding at
+//!   most [`WINDOW_BYTES_MAX`] bytes. An op past the window's end, or one
+//!   that would exceed its bytes, is refused with [`Offer::Full`] (back-pressure: the caller keeps it, or does not
 //!   acknowledge it, and offers it again later), never drops it. The op that
 //!   fills the lowest hole is always accepted, so a full window cannot
 //!   deadlock;
@@ -20,14 +21,16 @@
 //!   primary that was cut off by a failover cannot write any more).
 //!
 //! Pure logic: no I/O, no clock reads (the caller passes `now_ns`), owned by
-//! the reactor that owns the standby volume. The only allocation is the copy
-//! of an op's data out of the receive buffer (the wire [`Op`] borrows it).
+//! the reactor that owns the standby volume. Nothing allocates per op: the
+//! ring is reserved up front and an op's data is copied out of the receive
+//! buffer (the wire [`Op`] borrows it) into a [`DmaBuf::recycled`] buffer.
 
 use engine::buf::DmaBuf;
 use rdma_transport::wire::{Op, RESTART_TAG_BYTES_MAX};
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 
-/// Most ops the reorder window holds (delivered-but-not-popped included).
+/// Slots of the reorder window: an op more than this many LSNs past the next
+/// one to deliver waits (is refused with `Full`) until the window moves.
 pub const WINDOW_OPS_MAX: usize = 16 * 1024;
 /// Most data bytes the reorder window holds.
 pub const WINDOW_BYTES_MAX: usize = 256 * 1024 * 1024;
@@ -63,7 +66,7 @@ impl PartialEq for DmaBufEq {
 impl Eq for DmaBufEq {}
 impl Clone for DmaBufEq {
     fn clone(&self) -> Self {
-        let mut b = DmaBuf::alloc(self.0.len());
+        let mut b = DmaBuf::recycled(self.0.len());
         b.copy_from_slice(&self.0);
         DmaBufEq(b)
     }
@@ -79,7 +82,8 @@ pub struct OwnedOp {
 }
 
 impl OwnedOp {
-    /// Copies a wire op. Allocates the data buffer (see the module docs).
+    /// Copies a wire op; the data goes into a recycled buffer (see the module
+    /// docs). A restart point's tag is the one allocation (once per epoch).
     pub fn from_wire(generation: u64, op: &Op<'_>) -> OwnedOp {
         let body = match *op {
             Op::Write {
@@ -88,7 +92,7 @@ impl OwnedOp {
                 data,
                 ..
             } => {
-                let mut b = DmaBuf::alloc(data.len());
+                let mut b = DmaBuf::recycled(data.len());
                 b.copy_from_slice(data);
                 OpBody::Write {
                     offset_blocks,
@@ -183,7 +187,9 @@ pub struct Receiver {
     /// The next LSN [`Receiver::pop`] will deliver.
     next_lsn: u64,
     generation: u64,
-    held: BTreeMap<u64, Held>,
+    /// Slot `i` holds LSN `next_lsn + i`; empty, or its last slot is full.
+    held: VecDeque<Option<Held>>,
+    held_ops: usize,
     held_bytes: usize,
     ops_max: usize,
     bytes_max: usize,
@@ -211,7 +217,8 @@ impl Receiver {
         Receiver {
             next_lsn,
             generation,
-            held: BTreeMap::new(),
+            held: VecDeque::with_capacity(ops_max),
+            held_ops: 0,
             held_bytes: 0,
             ops_max,
             bytes_max,
@@ -252,7 +259,7 @@ impl Receiver {
                 current: self.generation,
             };
         }
-        if lsn < self.next_lsn || self.held.contains_key(&lsn) {
+        if lsn < self.next_lsn || self.slot(lsn).is_some_and(|h| h.is_some()) {
             self.stats.duplicates += 1;
             return Offer::Duplicate;
         }
@@ -260,7 +267,9 @@ impl Receiver {
         // leave a full window that never drains. (Only while nothing is
         // deliverable, so the window never exceeds its bound by more than one.)
         let fills_lowest_hole = lsn == self.next_lsn;
-        if !fills_lowest_hole && (self.held.len() >= self.ops_max || self.held_bytes + bytes > self.bytes_max) {
+        if !fills_lowest_hole
+            && (lsn - self.next_lsn >= self.ops_max as u64 || self.held_bytes + bytes > self.bytes_max)
+        {
             self.stats.refused_full += 1;
             return Offer::Full;
         }
@@ -272,20 +281,31 @@ impl Receiver {
         Offer::Accepted
     }
 
+    /// The slot of `lsn` (>= next_lsn), if the ring reaches that far.
+    fn slot(&self, lsn: u64) -> Option<&Option<Held>> {
+        self.held.get(usize::try_from(lsn - self.next_lsn).ok()?)
+    }
+
     fn insert(&mut self, op: OwnedOp, now_ns: u64) {
         self.stats.accepted += 1;
+        self.held_ops += 1;
         self.held_bytes += op.data_bytes();
-        self.held.insert(op.lsn, Held { op, arrived_ns: now_ns });
+        // `check` keeps the index below ops_max (the ring's reserved capacity), so
+        // growing the ring to it never allocates.
+        let i = (op.lsn - self.next_lsn) as usize;
+        while self.held.len() <= i {
+            self.held.push_back(None);
+        }
+        self.held[i] = Some(Held { op, arrived_ns: now_ns });
     }
 
     /// The next op in LSN order, if it has arrived.
     pub fn pop(&mut self) -> Option<OwnedOp> {
-        let e = self.held.first_entry()?;
-        if *e.key() != self.next_lsn {
-            debug_assert!(*e.key() > self.next_lsn, "held op below next_lsn");
+        if !self.ready() {
             return None;
         }
-        let h = e.remove();
+        let h = self.held.pop_front().flatten().expect("ready: the first slot is full");
+        self.held_ops -= 1;
         self.held_bytes -= h.op.data_bytes();
         self.next_lsn += 1;
         self.stats.delivered += 1;
@@ -294,7 +314,7 @@ impl Receiver {
 
     /// True when [`Receiver::pop`] would return an op.
     pub fn ready(&self) -> bool {
-        self.held.first_key_value().is_some_and(|(&k, _)| k == self.next_lsn)
+        self.held.front().is_some_and(|h| h.is_some())
     }
 
     /// Holes in the LSN sequence whose next held op has waited at least the
@@ -302,7 +322,12 @@ impl Receiver {
     pub fn gaps(&self, now_ns: u64, max: usize) -> Vec<Gap> {
         let mut out = Vec::new();
         let mut expect = self.next_lsn;
-        for (&lsn, h) in &self.held {
+        let held = self
+            .held
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| Some((self.next_lsn + i as u64, h.as_ref()?)));
+        for (lsn, h) in held {
             if out.len() >= max {
                 break;
             }
@@ -328,7 +353,7 @@ impl Receiver {
 
     /// The highest LSN seen so far (held or delivered).
     pub fn lsn_seen_max(&self) -> u64 {
-        self.held.last_key_value().map(|(&k, _)| k).unwrap_or(self.next_lsn - 1)
+        self.next_lsn + self.held.len() as u64 - 1
     }
 
     pub fn generation(&self) -> u64 {
@@ -344,13 +369,14 @@ impl Receiver {
     /// primary failure, or when the consumer rewinds after a restart).
     pub fn reset(&mut self, next_lsn: u64) {
         self.held.clear();
+        self.held_ops = 0;
         self.held_bytes = 0;
         self.next_lsn = next_lsn.max(1);
     }
 
     /// Ops and bytes held.
     pub fn held(&self) -> (usize, usize) {
-        (self.held.len(), self.held_bytes)
+        (self.held_ops, self.held_bytes)
     }
 
     pub fn stats(&self) -> ReceiveStats {
@@ -477,27 +503,36 @@ mod tests {
 
     #[test]
     fn full_window_pushes_back_but_lowest_hole_always_fits() {
-        let mut r = Receiver::with_limits(1, 1, 3, 4096, 0);
+        // A window of 4 slots (LSNs next..next+3) and 4096 bytes.
+        let mut r = Receiver::with_limits(1, 1, 4, 4096, 0);
         let d = [0u8; 1024];
-        for lsn in [5, 6, 7] {
+        for lsn in [2, 3, 4] {
             assert_eq!(r.offer(1, &w(lsn, &d), 0), Offer::Accepted);
         }
-        assert_eq!(r.offer(1, &w(8, &d), 0), Offer::Full, "count limit");
-        assert_eq!(r.offer(1, &w(2, &d), 0), Offer::Full, "not the lowest hole");
-        assert_eq!(r.offer(1, &w(1, &d), 0), Offer::Accepted, "lowest hole");
-        assert_eq!(r.offer(1, &w(2, &d), 0), Offer::Full, "1 is deliverable: pop first");
-        assert_eq!(drain(&mut r), vec![1]);
-        assert_eq!(r.offer(1, &w(2, &d), 0), Offer::Accepted, "now the lowest hole");
-        assert_eq!(drain(&mut r), vec![2]);
-        // Byte limit: 4096 bytes, three held ops of 1024 bytes.
+        assert_eq!(r.offer(1, &w(5, &d), 0), Offer::Full, "past the window's end");
         assert_eq!(r.held(), (3, 3072));
-        assert_eq!(r.offer(1, &w(4, &[0u8; 2048]), 0), Offer::Full, "count limit still");
-        assert_eq!(r.offer(1, &w(3, &d), 0), Offer::Accepted);
-        assert_eq!(drain(&mut r), vec![3]);
-        assert_eq!(r.offer(1, &w(9, &[0u8; 2048]), 0), Offer::Full, "byte limit");
-        assert_eq!(r.offer(1, &w(4, &[0u8; 2048]), 0), Offer::Accepted);
-        assert_eq!(drain(&mut r), vec![4, 5, 6, 7]);
-        assert_eq!(r.stats().refused_full, 5);
+        assert_eq!(
+            r.offer(1, &w(1, &[0u8; 2048]), 0),
+            Offer::Accepted,
+            "the lowest hole, even over the byte bound"
+        );
+        assert_eq!(r.offer(1, &w(5, &d), 0), Offer::Full, "1 is deliverable: pop first");
+        assert_eq!(drain(&mut r), vec![1, 2, 3, 4]);
+        // The window moved on: LSNs 5..=8.
+        assert_eq!(r.offer(1, &w(6, &[0u8; 2048]), 0), Offer::Accepted);
+        assert_eq!(
+            r.offer(1, &w(7, &[0u8; 2048]), 0),
+            Offer::Accepted,
+            "exactly at the byte bound"
+        );
+        assert_eq!(r.offer(1, &w(8, &d), 0), Offer::Full, "byte limit");
+        assert_eq!(r.offer(1, &w(9, &d), 0), Offer::Full, "past the window's end");
+        assert_eq!(r.lsn_seen_max(), 7);
+        assert_eq!(r.offer(1, &w(5, &d), 0), Offer::Accepted, "now the lowest hole");
+        assert_eq!(drain(&mut r), vec![5, 6, 7]);
+        assert_eq!(r.held(), (0, 0));
+        assert_eq!(r.lsn_seen_max(), 7);
+        assert_eq!(r.stats().refused_full, 4);
     }
 
     #[test]

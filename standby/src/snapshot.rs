@@ -280,6 +280,8 @@ pub struct Snapshot {
     last_form_ns: u64,
     last_form_blocks: u64,
     head: Option<Arc<HeadBdev>>,
+    /// Completions of one poll (kept for its capacity).
+    done: Vec<IoCompletion>,
 }
 
 impl Snapshot {
@@ -328,6 +330,7 @@ impl Snapshot {
             last_form_ns: 0,
             last_form_blocks: 0,
             head: None,
+            done: Vec::new(),
             meta: Dev::open(meta.bdev.clone())?,
             sb,
         };
@@ -505,6 +508,10 @@ impl Snapshot {
         }
     }
 
+    pub(crate) fn formed_epoch(&self) -> u64 {
+        self.formed_epoch
+    }
+
     pub(crate) fn durable_lsn(&self) -> u64 {
         self.snaps.get(&self.formed_epoch).map(|s| s.last_lsn).unwrap_or(0)
     }
@@ -615,7 +622,7 @@ impl Snapshot {
                         whole.take().expect("whole buffer used once")
                     } else {
                         let src = whole.as_ref().expect("split writes copy from the whole buffer");
-                        let mut b = DmaBuf::alloc(len as usize * bs);
+                        let mut b = DmaBuf::recycled(len as usize * bs);
                         b.copy_from_slice(&src[done as usize * bs..(done + len) as usize * bs]);
                         b
                     };
@@ -674,10 +681,10 @@ impl Snapshot {
     }
 
     pub(crate) fn poll(&mut self) -> bool {
-        let mut done: Vec<IoCompletion> = Vec::new();
+        let mut done = std::mem::take(&mut self.done);
         let mut busy = self.data.poll(&mut |c| done.push(c)) > 0;
         busy |= self.meta.poll(&mut |c| done.push(c)) > 0;
-        for c in done {
+        for c in done.drain(..) {
             if let Err(e) = &c.result {
                 self.error = Some(format!("I/O failed: {e}"));
             }
@@ -687,6 +694,7 @@ impl Snapshot {
                 _ => log::error!("standby: completion with unknown tag {:#x}", c.user_data),
             }
         }
+        self.done = done;
         busy |= self.advance();
         busy
     }
@@ -841,7 +849,7 @@ impl Snapshot {
         let area_start = META_AREA_START + self.sb.meta_area as u64 * self.area_blocks;
         if !recs.is_empty() {
             let nblocks = (recs.len() / bs) as u64;
-            let mut b = DmaBuf::alloc(recs.len());
+            let mut b = DmaBuf::recycled(recs.len());
             b.copy_from_slice(&recs);
             self.meta.write(area_start + self.log_pos, b, TAG_PHASE);
             self.phase_pending += 1;
@@ -1475,7 +1483,7 @@ impl VChannel {
         let release = std::mem::take(&mut st.limbo);
         h.state.put_state(st);
         self.reqs[slot].as_mut().expect("live").release_after = release;
-        let mut b = DmaBuf::alloc(recs.len());
+        let mut b = DmaBuf::recycled(recs.len());
         b.copy_from_slice(&recs);
         self.sub(IoOp::Write, slot, 0, at, nblocks, Some(b), true);
         // Write then flush: queue order on one channel is not completion
@@ -1525,7 +1533,7 @@ impl ChannelBackend for VChannel {
                 }
                 self.reqs[slot].as_mut().expect("just set").buf = Some(buf);
                 for (i, p, len) in subs {
-                    let b = DmaBuf::alloc(len as usize * self.bs);
+                    let b = DmaBuf::recycled(len as usize * self.bs);
                     self.sub(IoOp::Read, slot, i, p, len, Some(b), false);
                 }
             }
@@ -1573,7 +1581,7 @@ impl ChannelBackend for VChannel {
                         while k + (len as usize) < writes.len() && writes[k + len as usize].1 == p0 + len {
                             len += 1;
                         }
-                        let mut b = DmaBuf::alloc(len as usize * self.bs);
+                        let mut b = DmaBuf::recycled(len as usize * self.bs);
                         b.copy_from_slice(&buf[i0 as usize * self.bs..(i0 + len) as usize * self.bs]);
                         self.sub(IoOp::Write, slot, i0, p0, len, Some(b), false);
                         k += len as usize;

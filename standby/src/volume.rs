@@ -323,7 +323,7 @@ impl StandbyVolume {
             let resume = each!(self, e => e.resume_lsn());
             self.recv.reset(resume);
         }
-        let applied = self.applied().0;
+        let applied = self.applied_epoch();
         while self.rp_times.front().is_some_and(|&(e, _)| e <= applied) {
             self.rp_times.pop_front();
         }
@@ -433,6 +433,14 @@ impl StandbyVolume {
         match &self.engine {
             Engine::Delayed(d) => d.shown.clone(),
             Engine::Snapshot(s) => s.applied(),
+        }
+    }
+
+    /// The epoch of [`StandbyVolume::applied`] alone (no copy of the tag).
+    pub fn applied_epoch(&self) -> u64 {
+        match &self.engine {
+            Engine::Delayed(d) => d.shown.0,
+            Engine::Snapshot(s) => s.formed_epoch(),
         }
     }
 
