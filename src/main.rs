@@ -334,6 +334,7 @@ fn perf_cmd(a: PerfArgs) -> Result<(), AnyErr> {
         warmup: Duration::from_secs_f64(a.warmup),
         verify: a.verify,
         seed: 0x5eed,
+        drain_timeout: perf::DRAIN_TIMEOUT_DEFAULT,
     };
     let mut first = parse_target(a.trid.as_deref().unwrap_or(&a.bdev))?;
     if let Some(n) = a.replicate {
@@ -487,6 +488,9 @@ fn perf_cmd(a: PerfArgs) -> Result<(), AnyErr> {
 
 fn signal_hook_register(flag: Arc<AtomicBool>) -> std::io::Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // The first signal asks for an orderly stop; a second one, while that stop waits
+        // (for I/O a broken target never completes), ends the process at once.
+        signal_hook::flag::register_conditional_shutdown(sig, 1, flag.clone())?;
         signal_hook::flag::register(sig, flag.clone())?;
     }
     Ok(())

@@ -17,7 +17,7 @@ pub mod sys;
 pub mod workload;
 
 pub use report::{CoreResult, Report};
-pub use workload::{run_bdev, run_bdev_on, run_on, IoQueue, Pattern, WorkloadOpts};
+pub use workload::{run_bdev, run_bdev_on, run_on, IoQueue, Pattern, WorkloadOpts, DRAIN_TIMEOUT_DEFAULT};
 
 use thiserror::Error;
 
@@ -33,4 +33,10 @@ pub enum PerfError {
     Buf(#[from] engine::buf::BufError),
     #[error("a worker stopped without reporting (core {0})")]
     WorkerLost(u32),
+    #[error("core {core}: {in_flight} I/O still outstanding {waited_ms} ms after the run ended (the target stopped completing them)")]
+    DrainTimeout {
+        core: u32,
+        in_flight: usize,
+        waited_ms: u64,
+    },
 }

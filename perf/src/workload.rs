@@ -30,6 +30,8 @@ use std::time::Duration;
 pub const QUEUE_DEPTH_MAX: u32 = 1024;
 /// Largest I/O size the harness issues.
 pub const IO_SIZE_BYTES_MAX: u32 = 4 << 20;
+/// How long the drain after a run waits for outstanding I/O before the run fails.
+pub const DRAIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 const VERIFY_MAGIC: u64 = u64::from_le_bytes(*b"BATONPRF");
 
 /// What a worker needs from the thing under test. A bdev channel is one; the
@@ -133,6 +135,9 @@ pub struct WorkloadOpts {
     pub warmup: Duration,
     pub verify: bool,
     pub seed: u64,
+    /// The drain waits this long for outstanding I/O; then the run fails with
+    /// [`PerfError::DrainTimeout`] instead of waiting for ever.
+    pub drain_timeout: Duration,
 }
 
 impl WorkloadOpts {
@@ -146,6 +151,7 @@ impl WorkloadOpts {
             warmup: Duration::ZERO,
             verify: false,
             seed: 0x5eed,
+            drain_timeout: DRAIN_TIMEOUT_DEFAULT,
         }
     }
 
@@ -198,6 +204,8 @@ enum Phase {
     Warmup,
     Measure,
     Drain,
+    /// The drain timed out; the error was reported. Keeps reaping, never submits.
+    Stuck,
     Done,
 }
 
@@ -401,9 +409,12 @@ impl Worker {
                 self.phase = Phase::Done;
                 return PollStatus::Busy;
             }
+            Phase::Drain if now.saturating_sub(self.measure_end_ns) >= self.opts.drain_timeout.as_nanos() as u64 => {
+                self.phase = Phase::Stuck;
+            }
             _ => {}
         }
-        if matches!(self.phase, Phase::Drain | Phase::Done) {
+        if matches!(self.phase, Phase::Drain | Phase::Stuck | Phase::Done) {
             return if n > 0 { PollStatus::Busy } else { PollStatus::Idle };
         }
 
@@ -637,6 +648,16 @@ pub fn run_on(
                         return PollStatus::Idle;
                     }
                     let r = w.poll();
+                    if w.phase == Phase::Stuck {
+                        if let Some(tx) = tx.take() {
+                            let e = PerfError::DrainTimeout {
+                                core: w.core,
+                                in_flight: w.slots.len() - w.free.len(),
+                                waited_ms: w.opts.drain_timeout.as_millis() as u64,
+                            };
+                            let _ = tx.send((w.core, Err(e)));
+                        }
+                    }
                     if w.phase == Phase::Done {
                         if let Some(tx) = tx.take() {
                             let _ = tx.send((w.core, Ok(w.result())));

@@ -60,16 +60,20 @@ fn warmup_is_excluded() {
     );
 }
 
-/// A bdev that sends every `every`-th write one I/O further than asked.
+/// A bdev that sends every `every`-th write one I/O further than asked, and from the
+/// `swallow_from`-th write on takes writes and never completes them.
 struct Misplacing {
     inner: Arc<dyn Bdev>,
     every: u64,
+    swallow_from: u64,
     stats: StatsSet,
 }
 
 struct MisplacingChannel {
     inner: BdevChannel,
     every: u64,
+    swallow_from: u64,
+    swallowed: Vec<IoRequest>,
     writes: u64,
     limit: u64,
 }
@@ -78,6 +82,10 @@ impl ChannelBackend for MisplacingChannel {
     fn submit(&mut self, mut io: IoRequest) -> Result<(), IoRequest> {
         if io.op == IoOp::Write {
             self.writes += 1;
+            if self.writes >= self.swallow_from {
+                self.swallowed.push(io);
+                return Ok(());
+            }
             if self.writes.is_multiple_of(self.every) && io.offset_blocks + 2 * io.num_blocks as u64 <= self.limit {
                 io.offset_blocks += io.num_blocks as u64;
             }
@@ -119,6 +127,8 @@ impl Bdev for Misplacing {
             Box::new(MisplacingChannel {
                 inner: self.inner.open_channel()?,
                 every: self.every,
+                swallow_from: self.swallow_from,
+                swallowed: Vec::new(),
                 writes: 0,
                 limit: self.num_blocks(),
             }),
@@ -140,6 +150,7 @@ fn verify_catches_a_misplaced_write() {
     let b: Arc<dyn Bdev> = Arc::new(Misplacing {
         inner,
         every: 500,
+        swallow_from: u64::MAX,
         stats: StatsSet::default(),
     });
     let mut o = opts(Pattern::RandRw, 8, 500);
@@ -156,6 +167,27 @@ fn verify_catches_a_misplaced_write() {
     let rep = Report::new("honest", &o, res);
     assert_eq!(rep.total.verify_failures, 0, "{:?}", rep.total.first_error);
     assert!(rep.total.reads > 0 && rep.total.writes > 0);
+}
+
+#[test]
+fn a_target_that_stops_completing_fails_the_run_instead_of_hanging() {
+    let r = reactors(1);
+    let inner = bdev::malloc::create("h-stall-inner", 2048, 512, None).unwrap();
+    let b: Arc<dyn Bdev> = Arc::new(Misplacing {
+        inner,
+        every: u64::MAX,
+        swallow_from: 1000,
+        stats: StatsSet::default(),
+    });
+    let mut o = opts(Pattern::RandWrite, 4, 200);
+    o.drain_timeout = Duration::from_millis(300);
+    let Err(e) = perf::run_bdev(&r, b, &o, Arc::new(AtomicBool::new(false)), |_, _| {}) else {
+        panic!("the run reported success although 4 writes never completed");
+    };
+    assert!(matches!(e, perf::PerfError::DrainTimeout { in_flight: 4, .. }), "{e}");
+    assert!(e.to_string().contains("outstanding"), "{e}");
+    r.shutdown();
+    r.wait();
 }
 
 #[test]

@@ -170,6 +170,9 @@ pub enum RefuseReason {
     Role = 4,
     /// The responder has no room for another connection.
     Busy = 5,
+    /// The responder holds that volume but cannot take its writes now (a relay whose
+    /// journal failed: it stays so until the relay is restarted and recovers it).
+    Unavailable = 6,
 }
 
 impl RefuseReason {
@@ -180,6 +183,7 @@ impl RefuseReason {
             3 => Self::Version,
             4 => Self::Role,
             5 => Self::Busy,
+            6 => Self::Unavailable,
             _ => return None,
         })
     }

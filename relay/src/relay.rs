@@ -41,8 +41,8 @@ use rdma_transport::readiness::{Readiness, READY_EVENTS_MAX};
 use crate::volume::RECV_UNREADY_PERIOD_NS;
 use rdma_transport::tcp::{TcpAcceptor, TcpConfig, TcpConnection, RX_BUF_BYTES};
 use rdma_transport::wire::{
-    self, Ack, Batch, BatchEncoder, Frame, GapRequest, GapStatus, Heartbeat, Hello, HelloReply, Op, Role,
-    FRAME_BYTES_MAX, FRAME_DATA_BYTES_MAX, OPS_PER_FRAME_MAX,
+    self, Ack, Batch, BatchEncoder, Frame, GapRequest, GapStatus, Heartbeat, Hello, HelloReply, Op, RefuseReason, Role,
+    FRAME_BYTES_MAX, FRAME_DATA_BYTES_MAX, OPS_PER_FRAME_MAX, WIRE_VERSION,
 };
 use rdma_transport::{ConnState, Connection, OutFrame, TransportError};
 use serde::{Deserialize, Serialize};
@@ -404,6 +404,9 @@ pub struct RelayVolumeStatus {
     pub torn_tail: Option<CutReport>,
     /// Last error.
     pub last_error: String,
+    /// The journal failed (see `last_error`): primaries are refused until the relay
+    /// restarts and recovers it.
+    pub journal_failed: bool,
 }
 
 /// `relay_get_status` result.
@@ -665,10 +668,24 @@ struct VolumeJournal {
     tokens: f64,
     tokens_ns: u64,
     last_error: String,
+    /// The journal failed to append or to make records durable (not back-pressure): the
+    /// primary is disconnected and refused (`Unavailable`) from then on, so it resends
+    /// from the last durable LSN to a relay that can hold it, and its liveness policy
+    /// (block or go on degraded) applies instead of waiting for Acks that never come.
+    journal_failed: Option<String>,
     /// `now_ns()` when the primary was last heard (Hello or any frame); 0: never.
     primary_heard_ns: u64,
     /// Last `PrimaryLiveness` sent to the standby.
     liveness_sent_ns: u64,
+}
+
+/// Marks a volume's journal failed (logged once) and keeps `why` as its last error.
+fn fail_journal(failed: &mut Option<String>, last_error: &mut String, volume: &str, why: String) {
+    if failed.is_none() {
+        log::error!("relay: volume {volume}: {why}; primaries are refused until the relay restarts");
+        *failed = Some(why.clone());
+    }
+    *last_error = why;
 }
 
 impl VolumeJournal {
@@ -731,6 +748,7 @@ impl VolumeJournal {
             tokens: 0.0,
             tokens_ns: now_ns(),
             last_error: String::new(),
+            journal_failed: None,
             primary_heard_ns: 0,
             liveness_sent_ns: 0,
             meta,
@@ -948,7 +966,17 @@ impl RelayState {
             }
         }
         let local = vi.map(|i| self.volumes[i].local());
-        let reply = answer_hello(&hello, expected, local.as_ref());
+        let mut reply = answer_hello(&hello, expected, local.as_ref());
+        if let (HelloReply::Accepted { generation, .. }, Some(i)) = (&reply, vi) {
+            if let Some(why) = &self.volumes[i].journal_failed {
+                log::warn!("relay: volume {name}: refusing primary {}: {why}", pc.peer);
+                reply = HelloReply::Refused {
+                    reason: RefuseReason::Unavailable,
+                    generation: *generation,
+                    version_max: WIRE_VERSION,
+                };
+            }
+        }
         let _ = pc.conn.send(OutFrame::control(wire::encode_hello_reply(&reply), 0));
         let _ = pc.conn.poll_send(&mut |_| {});
         match (reply, vi) {
@@ -1015,9 +1043,11 @@ impl RelayState {
                 }
                 Err(JournalError::Full { .. } | JournalError::Busy) => break,
                 Err(e) => {
-                    v.last_error = e.to_string();
-                    log::error!("relay: volume {}: append: {e}", v.meta.name);
-                    p.stashed.pop_front();
+                    let why = format!("journal append failed: {e}");
+                    fail_journal(&mut v.journal_failed, &mut v.last_error, &v.meta.name, why);
+                    p.conn.close();
+                    v.primary = None;
+                    return true;
                 }
             }
         }
@@ -1042,7 +1072,9 @@ impl RelayState {
         let stash = &mut p.stash;
         let stashed = &mut p.stashed;
         let mut appended = 0u64;
-        let mut errors: ArrayVec<String, 4> = ArrayVec::new();
+        // (journal failure, what): a frame that could not be re-encoded is the primary's
+        // fault (close); one the journal could not take is the relay's (fail the journal).
+        let mut errors: ArrayVec<(bool, String), 4> = ArrayVec::new();
         let r = p.conn.poll_recv(&mut |f: Frame<'_>| match f {
             Frame::Ops(batch) => {
                 if batch.generation < generation {
@@ -1058,7 +1090,7 @@ impl RelayState {
                 let (hdr, data) = match reencode_ops(&batch, &new, bs) {
                     Ok(x) => x,
                     Err(e) => {
-                        let _ = errors.try_push(format!("re-encode: {e}"));
+                        let _ = errors.try_push((false, format!("re-encode: {e}")));
                         return;
                     }
                 };
@@ -1077,7 +1109,7 @@ impl RelayState {
                         }
                         Err(JournalError::Full { .. } | JournalError::Busy) => {}
                         Err(e) => {
-                            let _ = errors.try_push(e.to_string());
+                            let _ = errors.try_push((true, e.to_string()));
                             return;
                         }
                     }
@@ -1103,11 +1135,19 @@ impl RelayState {
                 v.primary_late_reads += 1;
             }
         }
-        for e in errors {
-            log::error!("relay: volume {}: {e}", v.meta.name);
-            v.last_error = e;
-        }
         let mut close = false;
+        for (journal, e) in errors {
+            // Frames this relay could not journal must not be skipped over: close, and the
+            // primary resends from the journal's end (or, if the journal failed, elsewhere).
+            if journal {
+                let why = format!("journal append failed: {e}");
+                fail_journal(&mut v.journal_failed, &mut v.last_error, &v.meta.name, why);
+            } else {
+                log::error!("relay: volume {}: primary {}: {e}", v.meta.name, p.peer);
+                v.last_error = e;
+            }
+            close = true;
+        }
         if let Err(e) = r {
             log::warn!("relay: volume {}: primary {}: {e}", v.meta.name, p.peer);
             close = true;
@@ -1149,10 +1189,12 @@ impl RelayState {
         let durable = match v.journal.poll() {
             Ok(d) => d,
             Err(e) => {
-                if v.last_error.is_empty() {
-                    log::error!("relay: volume {}: journal: {e}", v.meta.name);
+                let why = format!("journal commit failed: {e}");
+                fail_journal(&mut v.journal_failed, &mut v.last_error, &v.meta.name, why);
+                if let Some(mut p) = v.primary.take() {
+                    p.conn.close();
+                    return true;
                 }
-                v.last_error = e.to_string();
                 return false;
             }
         };
@@ -1557,6 +1599,7 @@ impl RelayState {
                             reason: format!("{:?}", t.reason),
                         }),
                         last_error: v.last_error.clone(),
+                        journal_failed: v.journal_failed.is_some(),
                     }
                 })
                 .collect(),

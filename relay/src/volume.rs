@@ -1141,6 +1141,8 @@ struct Link {
     recv_ns: u64,
     /// See [`RelayStatus::late_reads`].
     late_reads: u64,
+    /// `now_ns()` of the last refusal of this link's Hello (for the slow retry).
+    refused_ns: u64,
 }
 
 impl Link {
@@ -1151,6 +1153,7 @@ impl Link {
             watched: false,
             recv_ns: 0,
             late_reads: 0,
+            refused_ns: 0,
             conn: None,
             phase: LinkPhase::Disconnected { retry_at_ns: now },
             down: false,
@@ -1269,6 +1272,7 @@ impl LinkState {
         if self.next_lsn == 0 {
             self.try_start(now);
         }
+        let mut took_new = false;
         if self.next_lsn != 0 {
             let mut n = 0;
             while n < SUBMITS_PER_POLL_MAX && self.inflight.len() < INFLIGHT_OPS_MAX {
@@ -1293,7 +1297,17 @@ impl LinkState {
                     refs: 0,
                 });
             }
-            busy |= n > 0;
+            took_new = n > 0;
+            busy |= took_new;
+        }
+        if took_new {
+            // New ops go out before the readiness check: at QD 1 the write the last Ack
+            // released is on the wire one epoll_wait sooner.
+            for i in 0..self.links.len() {
+                if self.links[i].phase == LinkPhase::Up && self.pump(i) {
+                    self.flush_link(i, now);
+                }
+            }
         }
         self.ready.clear();
         if let Some(r) = self.readiness.as_mut() {
@@ -1538,7 +1552,7 @@ impl LinkState {
         let due = match self.links[i].phase {
             LinkPhase::Disconnected { retry_at_ns } => now >= retry_at_ns,
             // Refusals (stale generation, unknown volume) are retried slowly.
-            LinkPhase::Refused => now >= self.links[i].heard_ns + REFUSED_RETRY_MS * 1_000_000,
+            LinkPhase::Refused => now >= self.links[i].refused_ns + REFUSED_RETRY_MS * 1_000_000,
             _ => false,
         };
         if due {
@@ -1612,10 +1626,16 @@ impl LinkState {
         for ev in frames.drain(..) {
             busy = true;
             let l = &mut self.links[i];
-            l.heard_ns = now;
-            if l.down {
-                log::info!("volume {}: relay {} answers again", self.s.cfg.name, l.addr);
-                l.down = false;
+            if matches!(ev, RxEvent::Reply(HelloReply::Refused { .. })) {
+                // A relay that refuses this volume holds none of its writes: not an answer
+                // for down detection, so the volume's policy applies once the timeout passes.
+                l.refused_ns = now;
+            } else {
+                l.heard_ns = now;
+                if l.down {
+                    log::info!("volume {}: relay {} answers again", self.s.cfg.name, l.addr);
+                    l.down = false;
+                }
             }
             match ev {
                 RxEvent::Reply(HelloReply::Accepted { resume_lsn, .. }) => {
@@ -1703,7 +1723,12 @@ impl LinkState {
                 }
             }
         }
-        // Push bytes and take back the references of frames the transport is done with.
+        busy | self.flush_link(i, now)
+    }
+
+    /// Pushes link `i`'s queued bytes to its socket and takes back the references of
+    /// frames the transport is done with. Returns whether anything happened.
+    fn flush_link(&mut self, i: usize, now: u64) -> bool {
         let mut back: ArrayVec<u64, 1024> = ArrayVec::new();
         let r = match self.links[i].conn.as_mut() {
             Some(c) => c.poll_send(&mut |d: SendDone| {
@@ -1713,7 +1738,7 @@ impl LinkState {
             }),
             None => Ok(0),
         };
-        busy |= !back.is_empty();
+        let busy = !back.is_empty();
         for lsn in back.drain(..) {
             self.drop_ref(lsn);
         }

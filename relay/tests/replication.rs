@@ -216,10 +216,45 @@ fn replication_scenarios() {
     wait_until(WAIT, "r3 journal holds vol5", || relay_durable(&r3, "vol5") >= 600);
     wait_until(WAIT, "retention trimmed", || v5.status().retained_ops == 0);
 
-    for v in [&v, &v2, &v3, &v4, &v5] {
+    // 6. A relay whose journal fails (its directory removed: the next segment cannot be
+    //    made) does not leave the primary waiting for Acks that never come: it closes the
+    //    connection and refuses the volume (`Unavailable`), the primary marks it down, and
+    //    in degraded mode the writes go on with the other relay holding every one.
+    let r4_dir = root.0.join("r4");
+    let r4 = start_relay(&r4_dir, None, false, 0);
+    let v6 = volume(
+        "vol6",
+        vec![r1.listen_addr(), r4.listen_addr()],
+        AckPolicy::All,
+        OnRelayDown::Degraded,
+    );
+    let rx = drive_writes(VOLUME_CORE, v6.clone(), 4, 100, Arc::new(AtomicBool::new(false)));
+    assert_eq!(oks(&collect(&rx, 100, WAIT, "vol6 first writes")), 100);
+    std::fs::remove_dir_all(r4_dir.join("vol6")).unwrap();
+    // 4 KiB writes: 600 of them roll the 1 MiB segment over at least twice.
+    let rx = drive_writes(VOLUME_CORE, v6.clone(), 4, 600, Arc::new(AtomicBool::new(false)));
+    assert_eq!(
+        oks(&collect(&rx, 600, WAIT, "vol6 writes with r4's journal failed")),
+        600
+    );
+    let st = r4.status();
+    let j = st.volumes.iter().find(|v| v.name == "vol6").expect("r4 has vol6");
+    assert!(j.journal_failed, "r4 reports its failed journal: {j:?}");
+    assert!(j.last_error.contains("journal"), "{}", j.last_error);
+    let r4_link = v6
+        .status()
+        .relays
+        .into_iter()
+        .find(|r| r.addr == r4.listen_addr().to_string())
+        .unwrap();
+    assert!(r4_link.down, "the primary marked r4 down: {r4_link:?}");
+    assert!(r4_link.last_error.contains("Unavailable"), "{}", r4_link.last_error);
+    wait_until(WAIT, "r1 holds every vol6 write", || relay_durable(&r1, "vol6") >= 700);
+
+    for v in [&v, &v2, &v3, &v4, &v5, &v6] {
         v.stop(WAIT).unwrap();
     }
-    for r in [&r1, &r2, &r3] {
+    for r in [&r1, &r2, &r3, &r4] {
         r.stop(WAIT).unwrap();
     }
     drop(sink);
