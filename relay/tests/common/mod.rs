@@ -421,7 +421,9 @@ pub fn wait_until(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// A directory removed on drop.
+/// A directory removed on drop, with the `<dir>.sock` RPC socket beside it that the
+/// end-to-end tests give the process using the directory (a process killed with -9
+/// cannot remove its socket itself).
 pub struct TempDir(pub std::path::PathBuf);
 impl TempDir {
     pub fn new(base: &str, name: &str) -> Self {
@@ -434,6 +436,7 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(self.0.with_extension("sock"));
     }
 }
 
