@@ -679,13 +679,14 @@ struct VolumeJournal {
     liveness_sent_ns: u64,
 }
 
-/// Marks a volume's journal failed (logged once) and keeps `why` as its last error.
+/// Marks a volume's journal failed, logged and kept as its last error. The first failure
+/// is the one kept: it is the cause, what follows are its echoes.
 fn fail_journal(failed: &mut Option<String>, last_error: &mut String, volume: &str, why: String) {
     if failed.is_none() {
         log::error!("relay: volume {volume}: {why}; primaries are refused until the relay restarts");
-        *failed = Some(why.clone());
+        *last_error = why.clone();
+        *failed = Some(why);
     }
-    *last_error = why;
 }
 
 impl VolumeJournal {
@@ -1189,8 +1190,11 @@ impl RelayState {
         let durable = match v.journal.poll() {
             Ok(d) => d,
             Err(e) => {
-                let why = format!("journal commit failed: {e}");
-                fail_journal(&mut v.journal_failed, &mut v.last_error, &v.meta.name, why);
+                // A failed journal fails every poll: say so once (no string per poll).
+                if v.journal_failed.is_none() {
+                    let why = format!("journal commit failed: {e}");
+                    fail_journal(&mut v.journal_failed, &mut v.last_error, &v.meta.name, why);
+                }
                 if let Some(mut p) = v.primary.take() {
                     p.conn.close();
                     return true;

@@ -10,6 +10,8 @@
 //! hypervisor's. Apply throughput offers wire ops, as the network side does:
 //! it includes the copy out of the receive buffer.
 
+mod common;
+
 use engine::bdev::{uring, Bdev};
 use engine::buf::DmaBuf;
 use rdma_transport::wire::Op;
@@ -175,15 +177,7 @@ fn apply_throughput(delayed: bool, writes: u64, epoch_writes: u64) -> f64 {
     let last = f.epoch;
     let t = Instant::now();
     for op in &ops {
-        loop {
-            match v.offer(1, op, 0) {
-                Offer::Accepted => break,
-                Offer::Full => {
-                    v.poll(0);
-                }
-                o => panic!("{o:?}: {:?}", v.status()),
-            }
-        }
+        common::offer_wire(&mut v, op);
         v.poll(0);
     }
     settle(&mut v, last);

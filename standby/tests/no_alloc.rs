@@ -12,12 +12,15 @@
 //! One allocation per op on the data path (a receive copy, a staging record, a volume
 //! write's buffer) adds at least one per write and fails the bounds.
 
+mod common;
+
+use common::offer_wire;
 use engine::alloc_count::{thread_allocations, CountingAllocator};
 use engine::bdev::malloc;
 use rdma_transport::wire::Op;
 use standby::delayed::DelayedOpts;
 use standby::snapshot::SnapshotOpts;
-use standby::{ModeConfig, Offer, StandbyConfig, StandbyVolume};
+use standby::{ModeConfig, StandbyConfig, StandbyVolume};
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
@@ -34,18 +37,6 @@ struct Feed {
 }
 
 impl Feed {
-    fn offer(v: &mut StandbyVolume, op: &Op<'_>) {
-        loop {
-            match v.offer(1, op, 0) {
-                Offer::Accepted => return,
-                Offer::Full => {
-                    v.poll(0);
-                }
-                o => panic!("{o:?}: {:?}", v.error()),
-            }
-        }
-    }
-
     /// `epochs` epochs of `EPOCH_WRITES` one-block writes (some two-block) each,
     /// over the working set, then waits until the last one is applied or formed.
     fn run(&mut self, v: &mut StandbyVolume, epochs: u64) -> u64 {
@@ -64,7 +55,7 @@ impl Feed {
                     num_blocks: n,
                     data: d,
                 };
-                Feed::offer(v, &op);
+                offer_wire(v, &op);
                 v.poll(0);
                 writes += 1;
             }
@@ -76,7 +67,7 @@ impl Feed {
                 last_lsn: self.lsn - 1,
                 tag: b"rp",
             };
-            Feed::offer(v, &rp);
+            offer_wire(v, &rp);
         }
         while v.applied_epoch() < self.epoch {
             v.poll(0);

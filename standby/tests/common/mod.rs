@@ -5,7 +5,8 @@
 
 use engine::bdev::{Bdev, IoCompletion, IoOp, IoRequest};
 use engine::buf::DmaBuf;
-use standby::{OpBody, OwnedOp};
+use rdma_transport::wire::Op;
+use standby::{Offer, OpBody, OwnedOp, StandbyVolume};
 use std::sync::Arc;
 
 /// SplitMix64.
@@ -219,4 +220,18 @@ pub fn sync_io(b: &Arc<dyn Bdev>, op: IoOp, off: u64, n: u32, buf: Option<DmaBuf
 /// First differing block, for readable failures.
 pub fn first_diff(a: &[u8], b: &[u8], bs: usize) -> Option<usize> {
     a.chunks(bs).zip(b.chunks(bs)).position(|(x, y)| x != y)
+}
+
+/// Offers a wire op (generation 1) as the network side does, polling the volume while its
+/// window is full, until the op is taken. Anything else than `Accepted`/`Full` is a bug.
+pub fn offer_wire(v: &mut StandbyVolume, op: &Op<'_>) {
+    loop {
+        match v.offer(1, op, 0) {
+            Offer::Accepted => return,
+            Offer::Full => {
+                v.poll(0);
+            }
+            o => panic!("{o:?}: {:?}", v.status()),
+        }
+    }
 }
