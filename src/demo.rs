@@ -12,16 +12,15 @@
 //! writes replicated, restart points, RPO, RTO and latency percentiles.
 
 use std::io::{BufRead, BufReader, Write as _};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use engine::metrics::LatencyHistogram;
 use serde_json::{json, Value};
 
-type AnyErr = Box<dyn std::error::Error>;
+use crate::procs::{addr, baton, free_port, rand, rpc, unix_ms, wait_rpc, work_base, AnyErr, Proc};
 
 /// `baton demo` options.
 #[derive(clap::Args, Debug, Clone)]
@@ -59,92 +58,11 @@ pub struct DemoArgs {
     pub keep: bool,
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn free_port() -> Result<u16, AnyErr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// A child process killed on drop.
-struct Proc {
-    name: &'static str,
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, cmd: &mut Command, log: &Path) -> Result<Proc, AnyErr> {
-        let f = std::fs::File::create(log)?;
-        let child = cmd
-            .stdout(Stdio::from(f.try_clone()?))
-            .stderr(Stdio::from(f))
-            .spawn()
-            .map_err(|e| format!("starting {name}: {e}"))?;
-        Ok(Proc { name, child })
-    }
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-    fn check_alive(&mut self) -> Result<(), AnyErr> {
-        if let Ok(Some(st)) = self.child.try_wait() {
-            return Err(format!("{} exited unexpectedly: {st}", self.name).into());
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn baton() -> Result<Command, AnyErr> {
-    Ok(Command::new(std::env::current_exe()?))
-}
-
-fn rpc(sock: &Path, method: &str, params: Value) -> Result<Value, AnyErr> {
-    let p = if params.is_null() { None } else { Some(params) };
-    engine::rpc::client::run_cli(sock, method, p).map_err(|e| format!("{method}: {e}").into())
-}
-
-/// Waits until the process's RPC socket answers.
-fn wait_rpc(p: &mut Proc, sock: &Path, within: Duration) -> Result<(), AnyErr> {
-    let start = Instant::now();
-    loop {
-        if rpc(sock, "spdk_get_version", Value::Null).is_ok() {
-            return Ok(());
-        }
-        p.check_alive()?;
-        if start.elapsed() > within {
-            return Err(format!("{} never answered on {}", p.name, sock.display()).into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Parses `KEY=VALUE` words of a ledger progress line.
 fn field(line: &str, key: &str) -> Option<u64> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
         .and_then(|v| v.parse().ok())
-}
-
-/// Xorshift for the kill moment.
-fn rand(seed: &mut u64) -> u64 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    *seed
 }
 
 /// What the primary-side ledger said before it died.
@@ -164,12 +82,7 @@ struct PrimarySeen {
 
 pub fn run(a: DemoArgs) -> Result<(), AnyErr> {
     let mut seed = a.seed.unwrap_or_else(|| unix_ms() ^ u64::from(std::process::id())) | 1;
-    let base = if Path::new("/dev/shm").is_dir() {
-        "/dev/shm"
-    } else {
-        "/tmp"
-    };
-    let dir = PathBuf::from(base).join(format!("baton-demo-{}", std::process::id()));
+    let dir = PathBuf::from(work_base()).join(format!("baton-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let out = |s: String| {
         if !a.json {

@@ -3,6 +3,8 @@
 //! - `baton demo`: the one-command tour: primary, two relays and the standby as
 //!   processes on loopback, the ledger application, a kill of the primary site,
 //!   failover and restart from the execution image (`demo.rs`).
+//! - `baton chaos`: kill -9 rounds on the whole setup with a self-checking
+//!   writer (`chaos.rs`, `chaos_writer.rs`).
 //! - `baton ledger`: the demo application (`ledger.rs`).
 //! - `baton selfcheck`: reactors + bdevs + a verifying workload.
 //! - `baton perf`: the perf harness (`spdk_nvme_perf` / `bdevperf` flags).
@@ -10,9 +12,12 @@
 //! - `baton relay`: journal primaries' writes, forward them to the standby.
 //! - `baton standby`: receive relays' streams into standby volumes.
 
+mod chaos;
+mod chaos_writer;
 mod demo;
 mod ledger;
 mod perf_targets;
+mod procs;
 
 use clap::{Args, Parser, Subcommand};
 use engine::reactor::{IdleMode, ReactorOpts, Reactors};
@@ -37,6 +42,9 @@ enum Cmd {
     /// The whole mission on this machine: primary, relays, standby, the ledger
     /// application, a primary failure, failover and restart (RAM back ends, no setup).
     Demo(demo::DemoArgs),
+    /// Chaos rounds on the whole setup: SIGKILL a random role (primary, relays, standby)
+    /// at a random moment, restart or fail over, and check a self-checking writer's record.
+    Chaos(chaos::ChaosArgs),
     /// The demo application: a bank ledger over NVMe/TCP with restart points and
     /// incremental execution images.
     Ledger(ledger::LedgerArgs),
@@ -289,6 +297,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Demo(a) => demo::run(a),
+        Cmd::Chaos(a) => chaos::run(a),
         Cmd::Ledger(a) => ledger::run(a).map_err(|e| e.into()),
         Cmd::Selfcheck(a) => selfcheck(a),
         Cmd::Perf(a) => perf_cmd(a),
