@@ -471,6 +471,7 @@ fn run_in(a: &DemoArgs, dir: &Path, seed: &mut u64, out: &dyn Fn(String)) -> Res
         "detection_ms": detected_ms.saturating_sub(kill_ms),
         "after_detection_ms": after_detect_ms,
         "detection_timeout_ms": a.timeout_ms,
+        "relay_drain": host.pointer("/failover/drain").cloned().unwrap_or(Value::Null),
         "image_bytes": seen.image_bytes,
         "image_share_sent_per_point": avg_share,
         "latency": {"group_writes": pct(&seen.write_us), "image_transfer": pct(&seen.image_us),
@@ -517,6 +518,27 @@ fn run_in(a: &DemoArgs, dir: &Path, seed: &mut u64, out: &dyn Fn(String)) -> Res
             detected_ms.saturating_sub(kill_ms),
             a.timeout_ms
         )?;
+        if let Some(d) = host.pointer("/failover/drain/0") {
+            let n = |k: &str| d.get(k).and_then(Value::as_u64).unwrap_or(0);
+            writeln!(
+                o,
+                "relay drain                   {} of {} relays drained in {} us: LSN {} -> {} ({} bytes), {} restart points gained{}",
+                n("relays_drained"),
+                n("relays"),
+                n("elapsed_us"),
+                n("lsn_start"),
+                n("lsn_reached"),
+                n("bytes_drained"),
+                n("restart_points_gained"),
+                if d.get("timed_out") == Some(&Value::Bool(true)) {
+                    " (TIMED OUT)"
+                } else if d.get("relays_unreachable") == Some(&Value::Bool(true)) {
+                    " (relays unreachable)"
+                } else {
+                    ""
+                }
+            )?;
+        }
         writeln!(
             o,
             "execution image               {} bytes; {:.2}% of it sent per restart point (average after the first)",

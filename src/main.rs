@@ -257,6 +257,13 @@ struct StandbyArgs {
     /// Detect and report only; fail over when `standby_host_declare_failure` is called.
     #[arg(long)]
     no_auto_failover: bool,
+    /// At failover, bound on draining the relays (taking in what they hold and the
+    /// standby lacks) before rolling back; 0 disables the drain.
+    #[arg(long, default_value_t = standby::host::DRAIN_TIMEOUT_MS_DEFAULT)]
+    drain_timeout_ms: u64,
+    /// At failover, bound on the rollback of each volume.
+    #[arg(long, default_value_t = standby::host::ROLLBACK_TIMEOUT_MS_DEFAULT)]
+    rollback_timeout_ms: u64,
     /// Execution-image server address (the primary host's application sends images here).
     #[arg(long)]
     image_listen: Option<std::net::SocketAddr>,
@@ -664,6 +671,8 @@ fn start_standby_host(
     });
     cfg.restart_cmd = a.on_failover.clone();
     cfg.auto_failover = !a.no_auto_failover;
+    cfg.drain_timeout_ms = a.drain_timeout_ms;
+    cfg.rollback_timeout_ms = a.rollback_timeout_ms;
     let resolver: Option<standby::host::ImageResolver> = store.clone().map(|st| {
         let app = a.image_app.clone();
         Box::new(move |tag: &[u8]| st.restore_tag(&app, tag).map_err(|e| e.to_string())) as standby::host::ImageResolver

@@ -131,6 +131,10 @@ struct StandbyProc {
 
 impl StandbyProc {
     fn start(dir: &Path, port: u16) -> StandbyProc {
+        StandbyProc::start_with(dir, port, &[])
+    }
+    /// As [`StandbyProc::start`] with more `baton standby` arguments (the standby host's).
+    fn start_with(dir: &Path, port: u16, extra: &[&str]) -> StandbyProc {
         let cfg = json!({"subsystems": [{"subsystem": "standby", "config": [
             {"method": "standby_create", "params": {"name": "vold", "mode": "delayed",
                 "volume_bdev": "dvol", "staging_bdev": "dstg"}},
@@ -152,6 +156,7 @@ impl StandbyProc {
             .args(["--bdev", &bdev("dstg", "dstg.img", "32M")])
             .args(["--bdev", &bdev("sdata", "sdata.img", "24M")])
             .args(["--bdev", &bdev("smeta", "smeta.img", "4M")])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -664,4 +669,102 @@ fn standby_process_follows_relays_through_forwarder_and_standby_kill9() {
         "the refusal is in the status: {st}"
     );
     drop(r2);
+}
+
+/// `relay_reports` of each relay the standby host's detector heard about for `vol`.
+fn relay_reports(sb: &StandbyProc, vol: &str) -> Vec<u64> {
+    let Ok(h) = rpc(&sb.sock, "standby_host_get_status", None) else {
+        return Vec::new();
+    };
+    h["detector"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["volume"] == vol)
+        .flat_map(|v| v["relays"].as_array().cloned().unwrap_or_default())
+        .map(|r| r["reports"].as_u64().unwrap_or(0))
+        .collect()
+}
+
+/// A forwarder that holds ops back by policy is not fetched around (the standby stays
+/// behind, no gap request goes to either relay), and at failover the standby host drains
+/// both relays first, so the promoted volume is at the last acknowledged restart point,
+/// not at what the standby happened to hold.
+#[test]
+fn standby_lagging_by_policy_is_not_fetched_around_and_failover_drains_the_relays() {
+    let sd = TempDir::new("/dev/shm", "drain-s");
+    let d1 = TempDir::new("/dev/shm", "drain-r1");
+    let d2 = TempDir::new("/dev/shm", "drain-r2");
+    let host = ["--failover-volume", "vold", "--primary-timeout-ms", "500"];
+    let sb = StandbyProc::start_with(&sd.0, free_port(), &host);
+    let sa = sb.addr();
+    // The forwarder forwards its first read, then holds everything for ten minutes.
+    let r1 = RelayProc::start(&d1.0, free_port(), sa, &["--forward", "interval:600000"]);
+    let r2 = RelayProc::start(&d2.0, free_port(), sa, &["--backup"]);
+    let mut p = Primary::start(&[r1.addr(), r2.addr()]);
+    let mut m = Model::new("vold");
+    m.write(&mut p, 300);
+    assert_eq!(m.restart_point(&mut p, "rp1"), 1);
+    m.write(&mut p, 300);
+    assert_eq!(m.restart_point(&mut p, "rp2"), 2);
+    let at_rp2 = m.img.clone();
+    // Not covered by a restart point: must not show after failover.
+    m.write(&mut p, 100);
+
+    // Ten reports from each relay (a second of them) after the last write: the old
+    // standby pulled around a stalled forwarder after 200 ms.
+    let base = relay_reports(&sb, "vold");
+    wait_for(
+        "ten more reports from both relays",
+        || {
+            let now = relay_reports(&sb, "vold");
+            (now.len() == 2 && base.len() == 2 && now.iter().zip(&base).all(|(n, b)| *n >= b + 10)).then_some(())
+        },
+        || format!("{:?}", rpc(&sb.sock, "standby_host_get_status", None)),
+    );
+    let st = sb.status("vold").unwrap();
+    let up: Vec<Value> = links(&st).into_iter().filter(|l| l["connected"] == true).collect();
+    assert_eq!(up.len(), 2, "both relays linked: {st}");
+    for l in &up {
+        assert_eq!(l["gap_requests_sent"], 0, "nothing fetched around the policy: {st}");
+    }
+    assert!(
+        up.iter().any(|l| l["forward_state"] == "holding"),
+        "the forwarder reports holding by policy: {st}"
+    );
+    assert!(
+        st["applied_epoch"].as_u64() < Some(2),
+        "the standby lags by policy (restart point 2 not forwarded): {st}"
+    );
+
+    // The primary dies; the standby host detects it, drains both relays, rolls back to
+    // the newest restart point that arrived in full (2), promotes.
+    drop(p);
+    let rep = wait_for(
+        "failover done",
+        || {
+            let h = rpc(&sb.sock, "standby_host_get_status", None).ok()?;
+            let f = h["failover"].clone();
+            (f["state"] == "done" || f["state"] == "failed").then_some(f)
+        },
+        || format!("{:?}", rpc(&sb.sock, "standby_host_get_status", None)),
+    );
+    assert_eq!(rep["state"], "done", "{rep}");
+    assert_eq!(
+        rep["volumes"][0]["epoch"], 2,
+        "promoted at the last acknowledged restart point: {rep}"
+    );
+    let d = &rep["drain"][0];
+    assert_eq!(d["relays"], 2, "{rep}");
+    assert_eq!(d["relays_drained"], 2, "{rep}");
+    assert!(d["restart_points_gained"].as_u64() >= Some(1), "{rep}");
+    assert!(d["lsn_reached"].as_u64() > d["lsn_start"].as_u64(), "{rep}");
+    assert!(rep["drained_us"].as_u64().is_some(), "{rep}");
+    let want = Model {
+        name: "vold",
+        img: at_rp2,
+        next_seq: 0,
+    };
+    assert_image(&read_delayed(&sb), &want, "promoted volume at restart point 2");
+    drop((r1, r2));
 }

@@ -384,6 +384,34 @@ pub struct PrimaryLiveness {
     pub primary_lsn: u64,
     /// The relay has a primary connection for the volume right now.
     pub connected: bool,
+    /// What the relay does with what it holds for this standby (forward policies: the
+    /// standby does not fetch around a forwarder that holds ops back by policy).
+    pub forward: ForwardState,
+}
+
+/// A relay's forwarding state as it reports it in [`PrimaryLiveness`] (byte 17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardState {
+    /// Forwards nothing by itself (`--backup`): answers gap requests only.
+    #[default]
+    Backup = 0,
+    /// Forwarder, delivering what is durable as its policy lets it (nothing held back).
+    Forwarding = 1,
+    /// Forwarder holding durable ops back by policy right now (closed window, interval
+    /// not due, bandwidth bucket empty).
+    Holding = 2,
+}
+
+impl ForwardState {
+    /// The state for a wire byte; `None` for values this version does not know.
+    pub fn from_u8(v: u8) -> Option<ForwardState> {
+        match v {
+            0 => Some(ForwardState::Backup),
+            1 => Some(ForwardState::Forwarding),
+            2 => Some(ForwardState::Holding),
+            _ => None,
+        }
+    }
 }
 
 /// Parsed standby confirmation.
@@ -712,6 +740,12 @@ pub enum WireError {
         /// Value received.
         value: u8,
     },
+    /// PrimaryLiveness forward state not 0, 1 or 2.
+    #[error("primary liveness forward state {value} not 0 (backup), 1 (forwarding) or 2 (holding)")]
+    BadForwardState {
+        /// Value received.
+        value: u8,
+    },
 }
 
 /// What the envelope says, once checked: enough to reassemble a frame from a byte stream.
@@ -1024,14 +1058,17 @@ fn parse_body(kind: FrameKind, body: &[u8]) -> Result<Frame<'_>, WireError> {
                 1 => true,
                 value => return Err(WireError::BadLivenessFlag { value }),
             };
-            let rsv = r.array::<7>()?;
+            let fwd = r.u8()?;
+            let forward = ForwardState::from_u8(fwd).ok_or(WireError::BadForwardState { value: fwd })?;
+            let rsv = r.array::<6>()?;
             let mut rsv8 = [0u8; 8];
-            rsv8[..7].copy_from_slice(&rsv);
+            rsv8[..6].copy_from_slice(&rsv);
             reserved("primary_liveness.rsv", u64::from_le_bytes(rsv8))?;
             Ok(Frame::PrimaryLiveness(PrimaryLiveness {
                 primary_age_ms,
                 primary_lsn,
                 connected,
+                forward,
             }))
         }
         FrameKind::SafeUpTo => {
@@ -1391,6 +1428,7 @@ pub fn encode_primary_liveness(p: &PrimaryLiveness) -> HeaderBuf {
     b[0..8].copy_from_slice(&p.primary_age_ms.to_le_bytes());
     b[8..16].copy_from_slice(&p.primary_lsn.to_le_bytes());
     b[16] = u8::from(p.connected);
+    b[17] = p.forward as u8;
     control(FrameKind::PrimaryLiveness, &b)
 }
 

@@ -677,6 +677,9 @@ struct VolumeJournal {
     primary_heard_ns: u64,
     /// Last `PrimaryLiveness` sent to the standby.
     liveness_sent_ns: u64,
+    /// What the last forwarding pass did, reported to the standby in `PrimaryLiveness` so
+    /// it does not fetch around ops held back by policy.
+    fwd_state: wire::ForwardState,
 }
 
 /// Marks a volume's journal failed, logged and kept as its last error. The first failure
@@ -752,6 +755,7 @@ impl VolumeJournal {
             journal_failed: None,
             primary_heard_ns: 0,
             liveness_sent_ns: 0,
+            fwd_state: wire::ForwardState::Backup,
             meta,
         })
     }
@@ -1376,7 +1380,14 @@ impl RelayState {
             } else {
                 v.behind_since_ns = None;
             }
-            behind && v.read_buf.is_some() && self.forward_gate(i, now)
+            let ready = behind && v.read_buf.is_some();
+            let open = ready && self.forward_gate(i, now);
+            self.volumes[i].fwd_state = if ready && !open {
+                wire::ForwardState::Holding
+            } else {
+                wire::ForwardState::Forwarding
+            };
+            open
         } else {
             false
         };
@@ -1681,6 +1692,7 @@ fn report_liveness(v: &mut VolumeJournal, now: u64) -> bool {
         },
         primary_lsn: v.journal.appended_lsn(),
         connected: v.primary.is_some(),
+        forward: v.fwd_state,
     };
     if c.send(OutFrame::control(wire::encode_primary_liveness(&p), 0)).is_ok() {
         v.liveness_sent_ns = now;

@@ -104,6 +104,7 @@ fn seeds() -> Vec<Vec<u8>> {
             primary_age_ms: 250,
             primary_lsn: 99,
             connected: true,
+            forward: ForwardState::Holding,
         }),
         &[],
     ));
@@ -116,14 +117,26 @@ fn primary_liveness_round_trip_and_rejections() {
         primary_age_ms: PRIMARY_AGE_NEVER,
         primary_lsn: 0,
         connected: false,
+        forward: ForwardState::Backup,
     };
     let f = whole(&encode_primary_liveness(&p), &[]);
+    for fs in [ForwardState::Forwarding, ForwardState::Holding] {
+        let q = PrimaryLiveness { forward: fs, ..p };
+        assert_eq!(
+            parse(&whole(&encode_primary_liveness(&q), &[])),
+            Ok(Frame::PrimaryLiveness(q))
+        );
+    }
     assert_eq!(f.len(), ENVELOPE_BYTES + PRIMARY_LIVENESS_BODY_BYTES);
     assert_eq!(f[1], FrameKind::PrimaryLiveness as u8);
     assert_eq!(parse(&f), Ok(Frame::PrimaryLiveness(p)));
     assert_eq!(
         parse(&edited(&f, 16, |b| *b = 2)),
         Err(WireError::BadLivenessFlag { value: 2 })
+    );
+    assert_eq!(
+        parse(&edited(&f, 17, |b| *b = 3)),
+        Err(WireError::BadForwardState { value: 3 })
     );
     assert!(matches!(
         parse(&edited(&f, 23, |b| *b = 1)),

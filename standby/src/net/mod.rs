@@ -34,12 +34,22 @@
 //!    reply that carried ops is followed at once by a request for what comes
 //!    after it (a backup relay sends one frame per request), so a backup
 //!    streams at one round trip per frame until it has nothing more. With no
-//!    progress, the pull interval doubles up to [`PULL_INTERVAL_MAX_NS`].
+//!    progress, the pull interval doubles up to [`PULL_INTERVAL_MAX_NS`]. Not
+//!    when a forwarder reports it holds what is missing back by policy
+//!    ([`pull::stall_pull_wanted`]): the WAN carries each byte once, at the
+//!    policy's pace.
+//! 5. While a failover drain runs ([`start_drain`]), every relay is pulled
+//!    that way until it answers `not_held`, whatever its policy.
 //!
 //! A relay's role is not in its Hello: a link is shown as `forwarder` once it
 //! sent a `Forward` frame, `backup` once it answered gap requests without ever
 //! forwarding. Heartbeats and every other frame kind go to
 //! [`on_other_frame`]; kinds a relay must not send close the link.
+
+mod drain;
+pub mod pull;
+
+pub use drain::{drain_progress, start_drain, DrainProgress};
 
 use crate::rpc;
 use crate::{Offer, OwnedOp, StandbyVolume};
@@ -48,8 +58,8 @@ use engine::reactor::{self, PollStatus};
 use rdma_transport::handshake::{answer_hello, refusal_for, LocalVolume};
 use rdma_transport::tcp::{TcpAcceptor, TcpConfig, TcpConnection};
 use rdma_transport::wire::{
-    self, Batch, Frame, GapRequest, GapStatus, Heartbeat, Hello, HelloReply, RefuseReason, Role, SafeUpTo,
-    FRAME_BYTES_MAX, WIRE_VERSION,
+    self, Batch, ForwardState, Frame, GapRequest, GapStatus, Heartbeat, Hello, HelloReply, RefuseReason, Role,
+    SafeUpTo, FRAME_BYTES_MAX, WIRE_VERSION,
 };
 use rdma_transport::{ConnState, Connection, OutFrame, TransportError};
 use serde::Serialize;
@@ -79,6 +89,8 @@ pub const PULL_SPAN_LSN: u64 = 4096;
 pub const GAP_RETRY_NS: u64 = 200_000_000;
 /// A gap request without an answer after this long is forgotten.
 pub const GAP_REQUEST_TIMEOUT_NS: u64 = 2_000_000_000;
+/// A relay's `PrimaryLiveness` (sent every 100 ms) counts this long.
+pub const REPORT_FRESH_NS: u64 = 500_000_000;
 /// Closed links kept per volume for the status.
 pub const CLOSED_LINKS_KEPT: usize = 8;
 /// Holes looked at per poll.
@@ -353,6 +365,11 @@ pub struct LinkStatus {
     pub safe_lsn_sent: u64,
     /// Ops refused for back-pressure and held until the receiver takes them.
     pub held_ops: usize,
+    /// The relay's own report: `backup`, `forwarding`, `holding` (ops held back by its
+    /// forward policy) or `unknown` (no report within the last 500 ms).
+    pub forward_state: &'static str,
+    /// Highest LSN the relay reports holding (its journal).
+    pub relay_held_lsn: u64,
     pub last_error: String,
 }
 
@@ -379,10 +396,24 @@ struct Link {
     held: VecDeque<OwnedOp>,
     pull: Option<Pull>,
     close: Option<String>,
+    /// The relay's last `PrimaryLiveness` forward state and when it arrived.
+    fwd: Option<(ForwardState, u64)>,
+    /// Highest LSN the relay said it holds (its journal), from `PrimaryLiveness`.
+    held_lsn: u64,
+    /// Failover drain: the relay answered that it holds nothing from the next LSN on.
+    drained: bool,
+    /// `bytes_received` when a drain started (what the drain brought from this relay).
+    drain_bytes0: u64,
 }
 
 impl Link {
     fn role(&self) -> &'static str {
+        if let Some((f, _)) = self.fwd {
+            return match f {
+                ForwardState::Backup => "backup",
+                ForwardState::Forwarding | ForwardState::Holding => "forwarder",
+            };
+        }
         if self.forward_frames > 0 {
             "forwarder"
         } else if self.gap_replies > 0 {
@@ -394,6 +425,13 @@ impl Link {
 
     fn forwarding(&self, now: u64) -> bool {
         self.forward_frames > 0 && now.saturating_sub(self.last_forward_ns) < STALL_NS
+    }
+
+    /// The relay's forward state, if it reported one within [`REPORT_FRESH_NS`].
+    fn fresh_fwd(&self, now: u64) -> Option<ForwardState> {
+        self.fwd
+            .filter(|&(_, at)| now.saturating_sub(at) < REPORT_FRESH_NS)
+            .map(|(f, _)| f)
     }
 
     fn status(&self, durable: u64, now: u64, connected: bool) -> LinkStatus {
@@ -414,6 +452,8 @@ impl Link {
             lag_lsn: self.lsn_offered_max.saturating_sub(durable),
             safe_lsn_sent: self.safe_sent,
             held_ops: self.held.len(),
+            forward_state: forward_state_name(self.fresh_fwd(now)),
+            relay_held_lsn: self.held_lsn,
             last_error: self.close.clone().unwrap_or_default(),
         }
     }
@@ -439,6 +479,15 @@ impl Link {
             chain,
         });
         true
+    }
+}
+
+fn forward_state_name(f: Option<ForwardState>) -> &'static str {
+    match f {
+        None => "unknown",
+        Some(ForwardState::Backup) => "backup",
+        Some(ForwardState::Forwarding) => "forwarding",
+        Some(ForwardState::Holding) => "holding",
     }
 }
 
@@ -521,6 +570,8 @@ fn drive_link(name: &str, l: &mut Link, v: &mut StandbyVolume, now: u64) -> bool
             gap_replies,
             last_forward_ns,
             close,
+            fwd,
+            held_lsn,
             ..
         } = l;
         let peer = *peer;
@@ -554,6 +605,8 @@ fn drive_link(name: &str, l: &mut Link, v: &mut StandbyVolume, now: u64) -> bool
                         // host's failure detector wants it (10 Hz per relay; a short
                         // uncontended lock, control frames only).
                         Frame::PrimaryLiveness(p) => {
+                            *fwd = Some((p.forward, now));
+                            *held_lsn = p.primary_lsn;
                             if let Some(h) = crate::host::global() {
                                 h.relay_report(peer, name, p.primary_age_ms, p.connected);
                             }
@@ -581,6 +634,10 @@ fn drive_link(name: &str, l: &mut Link, v: &mut StandbyVolume, now: u64) -> bool
                     let Some(p) = l.pull.take_if(|p| p.id == id) else {
                         continue;
                     };
+                    if p.chain && (status == GapStatus::NotHeld || last.is_none()) {
+                        // Nothing from the next LSN on: a drain is done with this relay.
+                        l.drained = true;
+                    }
                     if let (true, GapStatus::Complete | GapStatus::Partial, Some(last)) = (p.chain, status, last) {
                         // More may follow: ask for it at once, one round trip per frame.
                         let first = v.next_lsn().max(last + 1);
@@ -613,6 +670,10 @@ struct VolNet {
     /// (first LSN of a hole, when it was asked for).
     gap_asked: Vec<(u64, u64)>,
     rr: usize,
+    /// A failover drain in progress (or its result, until the next one).
+    drain: Option<drain::Drain>,
+    /// Stall pulls skipped because a forwarder reported holding ops back by policy.
+    policy_holds: u64,
 }
 
 impl VolNet {
@@ -680,12 +741,32 @@ impl VolNet {
         }
         if v.intake_open() && !self.links.is_empty() {
             busy |= self.fetch_holes(v, now);
-            busy |= self.pull_on_stall(v, now);
+            if self.drain.as_ref().is_some_and(|d| d.active()) {
+                busy |= self.pull_drain(v, now);
+            } else {
+                busy |= self.pull_on_stall(v, now);
+            }
         }
         for l in &mut self.links {
             if let Err(e) = l.conn.poll_send(&mut |_| {}) {
                 l.close.get_or_insert_with(|| e.to_string());
             }
+        }
+        busy
+    }
+
+    /// Failover drain: every relay not yet drained and without a request outstanding is
+    /// asked for what follows the next LSN, whatever its forward policy; replies that
+    /// carry ops are chained (one round trip per frame) until it answers `not_held`.
+    fn pull_drain(&mut self, v: &StandbyVolume, now: u64) -> bool {
+        let first = v.next_lsn();
+        let mut busy = false;
+        for i in 0..self.links.len() {
+            if self.links[i].drained || self.links[i].pull.is_some() {
+                continue;
+            }
+            let id = self.req_id();
+            busy |= self.links[i].request(id, first, first + PULL_SPAN_LSN - 1, true, now);
         }
         busy
     }
@@ -711,12 +792,32 @@ impl VolNet {
         busy
     }
 
-    /// No progress for a while: ask every free relay for what follows.
+    /// No progress for a while: ask every free relay for what follows, unless that is
+    /// the forwarder's policy at work (see [`pull::stall_pull_wanted`]).
     fn pull_on_stall(&mut self, v: &StandbyVolume, now: u64) -> bool {
         if now.saturating_sub(self.progress_ns) < STALL_NS
             || now.saturating_sub(self.last_pull_ns) < self.pull_interval_ns
         {
             return false;
+        }
+        let reports: Vec<pull::RelayReport> = self
+            .links
+            .iter()
+            .map(|l| pull::RelayReport {
+                forward: l.fresh_fwd(now),
+                held_lsn: l.held_lsn,
+            })
+            .collect();
+        match pull::stall_pull_wanted(&reports, v.next_lsn(), now.saturating_sub(self.progress_ns)) {
+            pull::StallVerdict::Pull => {}
+            verdict => {
+                if verdict == pull::StallVerdict::PolicyHold {
+                    self.policy_holds += 1;
+                }
+                // Look again after one more stall period.
+                self.last_pull_ns = now;
+                return false;
+            }
         }
         self.last_pull_ns = now;
         self.pull_interval_ns = (self.pull_interval_ns * 2).min(PULL_INTERVAL_MAX_NS);
@@ -869,6 +970,8 @@ fn adopt(mut conn: Conn, peer: SocketAddr, h: HelloOwned, now: u64) {
             lag_lsn: 0,
             safe_lsn_sent: 0,
             held_ops: 0,
+            forward_state: "unknown",
+            relay_held_lsn: 0,
             last_error: format!("refused: {why}"),
         });
         return;
@@ -904,6 +1007,10 @@ fn adopt(mut conn: Conn, peer: SocketAddr, h: HelloOwned, now: u64) {
         held: VecDeque::new(),
         pull: None,
         close: None,
+        fwd: None,
+        held_lsn: 0,
+        drained: false,
+        drain_bytes0: 0,
     });
 }
 

@@ -17,6 +17,10 @@
 //! The relays' `PrimaryLiveness` reports arrive on the standby's relay connections (the
 //! network side, `standby::net`); it calls [`StandbyHost::relay_report`] for each.
 
+mod drain;
+
+pub use drain::{VolumeDrain, DRAIN_NO_RELAY_GRACE_MS, DRAIN_TIMEOUT_MS_DEFAULT};
+
 use crate::failover::{Detector, DetectorConfig, DetectorStatus, FailureCause, FailureDecision};
 use engine::clock::now_ns;
 use engine::rpc::{Registry, RpcError};
@@ -91,6 +95,9 @@ pub struct StandbyHostConfig {
     pub auto_failover: bool,
     /// Bound on the rollback of each volume.
     pub rollback_timeout_ms: u64,
+    /// Bound on the relay drain before the rollback (0: no drain; restart points held only
+    /// at the relays are then lost whenever the standby lags them).
+    pub drain_timeout_ms: u64,
 }
 
 impl StandbyHostConfig {
@@ -105,6 +112,7 @@ impl StandbyHostConfig {
             restart_cmd: None,
             auto_failover: true,
             rollback_timeout_ms: ROLLBACK_TIMEOUT_MS_DEFAULT,
+            drain_timeout_ms: DRAIN_TIMEOUT_MS_DEFAULT,
         }
     }
 }
@@ -173,6 +181,10 @@ pub struct FailoverReport {
     pub cause: FailureCause,
     /// Wall clock of the detection, ms since the UNIX epoch.
     pub detected_unix_ms: u64,
+    /// The relays were drained (or the drain gave up), µs after detection.
+    pub drained_us: Option<u64>,
+    /// Per volume: what the drain brought (`docs/failover.md`); empty when disabled.
+    pub drain: Vec<VolumeDrain>,
     pub rolled_back_us: Option<u64>,
     pub promoted_us: Option<u64>,
     pub exported_us: Option<u64>,
@@ -445,6 +457,8 @@ impl StandbyHost {
             state: FailoverState::Running,
             cause: d.cause.clone(),
             detected_unix_ms: unix_ms(),
+            drained_us: None,
+            drain: Vec::new(),
             rolled_back_us: None,
             promoted_us: None,
             exported_us: None,
@@ -486,6 +500,38 @@ impl StandbyHost {
             standby: standby.to_string(),
             why,
         };
+        // 0. Drain the relays: what they hold and the standby lacks is taken in first.
+        if self.cfg.drain_timeout_ms > 0 {
+            let drains = self.drain_relays()?;
+            let t = us();
+            self.update(|r| {
+                r.drained_us = Some(t);
+                for d in &drains {
+                    if d.relays_unreachable {
+                        r.warnings.push(format!(
+                            "{}: relays unreachable: restart points held only there may be lost",
+                            d.standby
+                        ));
+                    } else if d.timed_out {
+                        r.warnings.push(format!(
+                            "{}: relay drain timed out after {} ms ({} of {} relays drained, LSN {} of {}): restart points held only there may be lost",
+                            d.standby,
+                            self.cfg.drain_timeout_ms,
+                            d.progress.relays_drained,
+                            d.progress.relays,
+                            d.progress.lsn_reached,
+                            d.progress.relay_lsn_max
+                        ));
+                    }
+                }
+                r.drain = drains;
+            });
+        } else {
+            self.update(|r| {
+                r.warnings
+                    .push("relay drain disabled (drain_timeout_ms 0): the standby rolled back to what it held".into())
+            });
+        }
         // 1. Declare failure on every volume, then wait until each has rolled back.
         for v in &self.cfg.volumes {
             crate::rpc::with_standby(&v.standby, |s| s.declare_failure())
@@ -540,6 +586,11 @@ impl StandbyHost {
         let tags: Vec<Vec<u8>> = promoted.iter().map(|(_, r)| r.4.clone()).collect();
         self.update(|rep| {
             rep.promoted_us = Some(t);
+            for d in &mut rep.drain {
+                if let Some((_, r)) = promoted.iter().find(|(v, _)| v.standby == d.standby) {
+                    d.restart_points_gained = r.2.saturating_sub(d.progress.epoch_start);
+                }
+            }
             rep.volumes = promoted
                 .iter()
                 .map(|(v, (bdev, generation, epoch, last_lsn, tag))| PromotedVolume {

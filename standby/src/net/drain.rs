@@ -1,0 +1,115 @@
+//! Failover drain: before the standby host rolls a volume back, the standby asks every
+//! relay it is connected to for everything they hold past its next LSN, whatever their
+//! forward policy (a failover is not the moment to save WAN bytes). A standby lagging its
+//! relays is the normal state under forward policies; without the drain, restart points
+//! that were acknowledged (durable at the relays) but not yet forwarded would be lost at
+//! failover.
+//!
+//! Mechanics (in [`super::VolNet::poll`]): while a drain is active, every link that is not
+//! yet drained and has no request outstanding is sent `GapRequest(next .. next + span)`;
+//! a reply that carried ops is chained at once (one round trip per frame); a relay that
+//! answers `not_held` from the next LSN on is drained. The drain is complete when every
+//! connected relay is drained. The caller (the standby host's failover thread) bounds it
+//! with its drain timeout and decides what no relay at all means.
+//!
+//! Both functions run on the volume's reactor (`crate::rpc::with_standby`).
+
+use super::{reactor_net, NET};
+use crate::StandbyVolume;
+use engine::clock::now_ns;
+use rdma_transport::Connection;
+use serde::Serialize;
+
+/// One volume's drain (kept after it ends, for the status).
+#[derive(Debug, Clone)]
+pub(super) struct Drain {
+    started_ns: u64,
+    lsn_start: u64,
+    epoch_start: u64,
+    active: bool,
+}
+
+impl Drain {
+    pub(super) fn active(&self) -> bool {
+        self.active
+    }
+}
+
+/// Where a drain stands (`standby_host_get_status` → `failover.drain`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DrainProgress {
+    /// Relay links connected now.
+    pub relays: usize,
+    /// Of them, those that answered they hold nothing past the standby's next LSN.
+    pub relays_drained: usize,
+    /// Highest LSN received in order when the drain started.
+    pub lsn_start: u64,
+    /// Highest LSN received in order now.
+    pub lsn_reached: u64,
+    /// Highest LSN any connected relay reported holding.
+    pub relay_lsn_max: u64,
+    /// Bytes received from the relays since the drain started (frames, all links).
+    pub bytes_drained: u64,
+    /// Newest restart point the standby had taken in when the drain started.
+    pub epoch_start: u64,
+    /// Every connected relay is drained (false while there is no relay link at all).
+    pub done: bool,
+    /// µs since the drain started.
+    pub elapsed_us: u64,
+}
+
+/// Starts (or restarts) the drain of `v`'s relays.
+pub fn start_drain(v: &StandbyVolume) {
+    let rn = reactor_net();
+    let mut rn = rn.borrow_mut();
+    let vn = rn.vols.entry(v.name().to_string()).or_default();
+    for l in &mut vn.links {
+        l.drained = false;
+        l.drain_bytes0 = l.conn.stats().bytes_received;
+    }
+    vn.drain = Some(Drain {
+        started_ns: now_ns(),
+        lsn_start: v.next_lsn().saturating_sub(1),
+        epoch_start: v.status().epoch_received_max,
+        active: true,
+    });
+    log::info!(
+        "standby {}: draining {} relay link(s) from LSN {}",
+        v.name(),
+        vn.links.len(),
+        v.next_lsn()
+    );
+}
+
+/// Progress of `v`'s drain; `finish` ends it (the links go back to their steady-state
+/// behaviour). `None` when no drain was started.
+pub fn drain_progress(v: &StandbyVolume, finish: bool) -> Option<DrainProgress> {
+    let now = now_ns();
+    NET.with(|n| {
+        let n = n.borrow();
+        let rn = n.as_ref()?;
+        let mut rn = rn.try_borrow_mut().ok()?;
+        let vn = rn.vols.get_mut(v.name())?;
+        let d = vn.drain.as_mut()?;
+        if finish {
+            d.active = false;
+        }
+        let relays = vn.links.len();
+        let relays_drained = vn.links.iter().filter(|l| l.drained).count();
+        Some(DrainProgress {
+            relays,
+            relays_drained,
+            lsn_start: d.lsn_start,
+            lsn_reached: v.next_lsn().saturating_sub(1),
+            relay_lsn_max: vn.links.iter().map(|l| l.held_lsn).max().unwrap_or(0),
+            bytes_drained: vn
+                .links
+                .iter()
+                .map(|l| l.conn.stats().bytes_received.saturating_sub(l.drain_bytes0))
+                .sum(),
+            epoch_start: d.epoch_start,
+            done: relays > 0 && relays_drained == relays,
+            elapsed_us: now.saturating_sub(d.started_ns) / 1_000,
+        })
+    })
+}
