@@ -1730,17 +1730,22 @@ fn serve_gap(v: &mut VolumeJournal) -> bool {
     let mut descs: Vec<(u8, u64, u64, u64, u32)> = Vec::new();
     let mut next = g.lsn_first;
     let mut first_held: Option<u64> = None;
+    // The reply is contiguous: it ends at the first op that does not fit. (Skipping that op
+    // and taking smaller ones after it, such as restart points, sent the standby points
+    // without their writes; its drain chained past the hole and rolled back before it.)
+    let mut full = false;
     let r = v.journal.read_range(g.lsn_first, g.lsn_last, &mut |rec| {
         let Ok(Frame::Ops(batch)) = wire::parse(rec.payload) else {
             return;
         };
         for op in &batch.ops {
             let lsn = op.lsn();
-            if lsn < next || lsn > g.lsn_last || descs.len() >= OPS_PER_FRAME_MAX {
+            if full || lsn < next || lsn > g.lsn_last {
                 continue;
             }
             let d = op_data(op);
-            if data.len() + d.len() > FRAME_DATA_BYTES_MAX {
+            if descs.len() >= OPS_PER_FRAME_MAX || data.len() + d.len() > FRAME_DATA_BYTES_MAX {
+                full = true;
                 continue;
             }
             first_held.get_or_insert(lsn);
