@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::chaos_report::{drain_fields, hex_text, moment_name, progress_json, round_line};
 use crate::chaos_writer::{self as cw, Ctl, Moment, Note, Progress, Record, WriterCfg};
 use crate::procs::{addr, baton, free_port, rand, rpc, unix_ms, wait_rpc, work_base, AnyErr, Proc};
 
@@ -69,11 +70,19 @@ pub struct ChaosArgs {
     #[arg(long, default_value_t = 32)]
     pub vol_mib: u64,
     /// Bound of each relay journal, MiB (how far the standby may fall behind).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 1024)]
     pub journal_mib: u64,
+    /// The primary marks a relay down after this long without an answer (it then goes
+    /// on without it: `degraded`).
+    #[arg(long, default_value_t = 3000)]
+    pub relay_down_ms: u64,
     /// Primary-failure detection timeout, ms.
     #[arg(long, default_value_t = 1000)]
     pub timeout_ms: u64,
+    /// The standby host's bound on draining the relays at failover (its default when not
+    /// given; 0 disables the drain, so a lagging standby loses what only the relays hold).
+    #[arg(long)]
+    pub drain_timeout_ms: Option<u64>,
     /// A wait fails after this many seconds without progress.
     #[arg(long, default_value_t = 60)]
     pub wait_secs: u64,
@@ -147,19 +156,6 @@ fn pick_moment(a: &ChaosArgs, rng: &mut u64) -> Moment {
         "after-point" => Moment::AfterPoint(n),
         _ => Moment::Writes(n),
     }
-}
-
-fn moment_name(m: Moment) -> String {
-    match m {
-        Moment::Writes(n) => format!("writes (after write {n} of the round)"),
-        Moment::Point(n) => format!("point (a restart point in flight, after {n}+ writes)"),
-        Moment::AfterPoint(n) => format!("after-point (a restart point just acknowledged, after {n}+ writes)"),
-    }
-}
-
-fn progress_json(p: &Progress) -> Value {
-    json!({"writes_acked": p.acked, "writes_failed": p.failed, "rp_submitted": p.rp_submitted,
-           "rp_acked": p.rp_acked, "epoch_acked": p.last_epoch})
 }
 
 /// Polls `f` until it gives `Ok(Some)`; `marker` must change while things move: the wait
@@ -337,7 +333,10 @@ impl<'a> Cluster<'a> {
         wait_until(
             &format!("both relays acknowledge LSN {lsn} after the {} restart", role.name()),
             self.quiet(),
-            || self.relays_hold(lsn),
+            || {
+                self.no_false_failover()?;
+                self.relays_hold(lsn)
+            },
             || self.relay_volume(0)["durable_lsn"].to_string() + "/" + &self.relay_volume(1)["durable_lsn"].to_string(),
         )?;
         let epoch = after.last_epoch;
@@ -349,6 +348,7 @@ impl<'a> Cluster<'a> {
                 if let Some(e) = s["error"].as_str() {
                     return Err(format!("the standby stopped: {e}").into());
                 }
+                self.no_false_failover()?;
                 Ok((s["applied_epoch"].as_u64().unwrap_or(0) >= epoch).then_some(s))
             },
             || self.standby_status()["durable_lsn"].to_string(),
@@ -360,6 +360,20 @@ impl<'a> Cluster<'a> {
                           "standby_applied_epoch": sb["applied_epoch"], "standby_durable_lsn": sb["durable_lsn"]},
             "problems": [],
         }))
+    }
+
+    /// An error if the standby host failed over although the primary was never killed
+    /// (a stalled primary looks dead; the old primary goes on acknowledging writes).
+    fn no_false_failover(&self) -> Result<(), AnyErr> {
+        let f = &self.host_status()["failover"];
+        if f.is_object() {
+            return Err(format!(
+                "the standby host failed over while the primary was alive (cause {}, {} generation)",
+                f["cause"], f["volumes"][0]["generation"]
+            )
+            .into());
+        }
+        Ok(())
     }
 
     /// Both relays up at the primary with `lsn` acknowledged; an error if one needs a resync.
@@ -402,6 +416,7 @@ impl<'a> Cluster<'a> {
         r["writer_end"] = progress_json(&end);
         r["lag_at_kill"] = lag;
         r["standby_links"] = self.link_summary();
+        r["standby_after"] = self.standby_status();
         Ok(r)
     }
 
@@ -565,45 +580,6 @@ impl Drop for Cluster<'_> {
     }
 }
 
-/// Text of a hex string (lossy; not hex: as is).
-fn hex_text(h: &str) -> String {
-    let bytes: Option<Vec<u8>> = (0..h.len() / 2)
-        .map(|i| h.get(2 * i..2 * i + 2).and_then(|x| u8::from_str_radix(x, 16).ok()))
-        .collect();
-    match bytes {
-        Some(b) if h.len().is_multiple_of(2) => String::from_utf8_lossy(&b).into_owned(),
-        _ => h.to_string(),
-    }
-}
-
-/// Every field of the failover report whose name mentions draining (the figures of the
-/// drain of the relays before the rollback, when the standby host reports them).
-fn drain_fields(v: &Value) -> Value {
-    fn walk(v: &Value, path: &str, out: &mut serde_json::Map<String, Value>) {
-        if let Value::Object(m) = v {
-            for (k, x) in m {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                if k.contains("drain") {
-                    out.insert(p, x.clone());
-                } else {
-                    walk(x, &p, out);
-                }
-            }
-        } else if let Value::Array(a) = v {
-            for (i, x) in a.iter().enumerate() {
-                walk(x, &format!("{path}[{i}]"), out);
-            }
-        }
-    }
-    let mut out = serde_json::Map::new();
-    walk(v, "", &mut out);
-    Value::Object(out)
-}
-
 fn write_standby_config(a: &ChaosArgs, dir: &Path) -> Result<(), AnyErr> {
     let params = if a.mode == "delayed" {
         json!({"name": VOL, "mode": "delayed", "volume_bdev": "SbVol", "staging_bdev": "SbStage"})
@@ -644,6 +620,9 @@ fn spawn_standby(a: &ChaosArgs, dir: &Path, p: &Ports) -> Result<Proc, AnyErr> {
         .args(["--primary-timeout-ms", &a.timeout_ms.to_string()])
         .args(["--failover-volume", VOL, "--failover-nqn", STANDBY_NQN])
         .args(["--failover-listen", &addr(p.export).to_string()]);
+    if let Some(ms) = a.drain_timeout_ms {
+        c.args(["--drain-timeout-ms", &ms.to_string()]);
+    }
     let mut proc = Proc::spawn("standby", &mut c, &dir.join("standby.log"))?;
     wait_rpc(&mut proc, &sock, Duration::from_secs(a.wait_secs))?;
     Ok(proc)
@@ -690,7 +669,7 @@ fn spawn_primary(a: &ChaosArgs, dir: &Path, p: &Ports) -> Result<Proc, AnyErr> {
         &ps,
         "replication_create_volume",
         json!({"name": VOL, "base_bdev": "Base0", "relays": relays, "on_relay_down": "degraded",
-               "relay_down_timeout_ms": 1000, "retain_bytes_max": 1u64 << 30,
+               "relay_down_timeout_ms": a.relay_down_ms, "retain_bytes_max": 1u64 << 30,
                "standby_heartbeat": addr(p.hb).to_string()}),
     )?;
     rpc(&ps, "nvmf_create_transport", json!({"trtype": "TCP"}))?;
@@ -711,58 +690,6 @@ fn spawn_primary(a: &ChaosArgs, dir: &Path, p: &Ports) -> Result<Proc, AnyErr> {
                "trsvcid": p.target.to_string()}}),
     )?;
     Ok(proc)
-}
-
-/// One line for a round's report.
-fn round_line(r: &Value) -> String {
-    let mut s = format!(
-        "round {}/{} (cluster {}): {} killed at {}",
-        r["round"],
-        r["rounds"],
-        r["cluster"],
-        r["role"].as_str().unwrap_or("?"),
-        r["moment"].as_str().unwrap_or("-")
-    );
-    let at = &r["at_kill"];
-    if at.is_object() {
-        s += &format!(
-            " [{} writes acked, rp {} acked (epoch {}), rp {} submitted]",
-            at["writes_acked"], at["rp_acked"], at["epoch_acked"], at["rp_submitted"]
-        );
-    }
-    if r["caught_up"].is_object() {
-        let c = &r["caught_up"];
-        s += &format!(
-            "; restarted after {} more writes; caught up: rp {} (epoch {}) applied at the standby, relays hold LSN {}",
-            r["restarted_after_writes"], c["rp"], c["epoch"], c["primary_completed_lsn"]
-        );
-    }
-    if r["promoted_epoch"].is_u64() {
-        let lag = &r["lag_at_kill"];
-        if lag.is_object() {
-            s += &format!(
-                "; at the kill the standby had applied epoch {} and was {} LSN / {} bytes behind relay 1",
-                lag["standby_applied_epoch"], lag["relay1_forward_lag_lsn"], lag["relay1_forward_lag_bytes"]
-            );
-        }
-        s += &format!(
-            "; last acknowledged rp {} (epoch {}), promoted rp {} (epoch {}); {} of {} blocks mismatched; detection {} ms",
-            r["last_acked_rp"], r["last_acked_epoch"], r["promoted_rp"], r["promoted_epoch"],
-            r["blocks_mismatched"], r["blocks_checked"], r["detection_ms"]
-        );
-        if r["drain"].as_object().is_some_and(|m| !m.is_empty()) {
-            s += &format!("; drain {}", r["drain"]);
-        }
-    }
-    let problems = r["problems"].as_array().cloned().unwrap_or_default();
-    if problems.is_empty() {
-        s += ": ok";
-    } else {
-        for p in problems {
-            s += &format!("\n  PROBLEM: {}", p.as_str().unwrap_or(""));
-        }
-    }
-    s
 }
 
 pub fn run(a: ChaosArgs) -> Result<(), AnyErr> {

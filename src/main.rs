@@ -13,6 +13,7 @@
 //! - `baton standby`: receive relays' streams into standby volumes.
 
 mod chaos;
+mod chaos_report;
 mod chaos_writer;
 mod demo;
 mod ledger;
