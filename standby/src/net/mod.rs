@@ -89,8 +89,9 @@ pub const PULL_SPAN_LSN: u64 = 4096;
 pub const GAP_RETRY_NS: u64 = 200_000_000;
 /// A gap request without an answer after this long is forgotten.
 pub const GAP_REQUEST_TIMEOUT_NS: u64 = 2_000_000_000;
-/// A relay's `PrimaryLiveness` (sent every 100 ms) counts this long.
-pub const REPORT_FRESH_NS: u64 = 500_000_000;
+/// A relay's `PrimaryLiveness` (sent every 100 ms) counts this long (20 reports: a
+/// loaded relay's reports arrive late, not lost).
+pub const REPORT_FRESH_NS: u64 = 2_000_000_000;
 /// Closed links kept per volume for the status.
 pub const CLOSED_LINKS_KEPT: usize = 8;
 /// Holes looked at per poll.
@@ -366,7 +367,7 @@ pub struct LinkStatus {
     /// Ops refused for back-pressure and held until the receiver takes them.
     pub held_ops: usize,
     /// The relay's own report: `backup`, `forwarding`, `holding` (ops held back by its
-    /// forward policy) or `unknown` (no report within the last 500 ms).
+    /// forward policy) or `unknown` (no report within the last 2 s).
     pub forward_state: &'static str,
     /// Highest LSN the relay reports holding (its journal).
     pub relay_held_lsn: u64,
@@ -672,8 +673,9 @@ struct VolNet {
     rr: usize,
     /// A failover drain in progress (or its result, until the next one).
     drain: Option<drain::Drain>,
-    /// Stall pulls skipped because a forwarder reported holding ops back by policy.
-    policy_holds: u64,
+    /// Stall verdicts (`pull::StallVerdict`) taken, by kind: pulled, policy hold,
+    /// nothing more held, waiting on a delivering forwarder.
+    stall_verdicts: [u64; 4],
 }
 
 impl VolNet {
@@ -808,27 +810,35 @@ impl VolNet {
                 held_lsn: l.held_lsn,
             })
             .collect();
-        match pull::stall_pull_wanted(&reports, v.next_lsn(), now.saturating_sub(self.progress_ns)) {
-            pull::StallVerdict::Pull => {}
-            verdict => {
-                if verdict == pull::StallVerdict::PolicyHold {
-                    self.policy_holds += 1;
-                }
-                // Look again after one more stall period.
-                self.last_pull_ns = now;
-                return false;
-            }
+        let verdict = pull::stall_pull_wanted(&reports, v.next_lsn(), now.saturating_sub(self.progress_ns));
+        self.stall_verdicts[verdict as usize] += 1;
+        if verdict != pull::StallVerdict::Pull {
+            // Look again after one more stall period.
+            self.last_pull_ns = now;
+            return false;
         }
         self.last_pull_ns = now;
         self.pull_interval_ns = (self.pull_interval_ns * 2).min(PULL_INTERVAL_MAX_NS);
         let first = v.next_lsn();
+        // One relay carries it over the WAN: the one reporting the most past `first`
+        // (the next one in turn on a tie). Relays that never reported are all asked, as
+        // before reports existed.
+        let best = (0..self.links.len())
+            .map(|k| (self.rr + k) % self.links.len())
+            .filter(|&i| self.links[i].pull.is_none() && self.links[i].fresh_fwd(now).is_some())
+            .filter(|&i| self.links[i].held_lsn >= first)
+            .max_by_key(|&i| self.links[i].held_lsn);
         let mut busy = false;
         for i in 0..self.links.len() {
-            if self.links[i].pull.is_some() {
+            let silent = self.links[i].fresh_fwd(now).is_none();
+            if self.links[i].pull.is_some() || (Some(i) != best && !silent) {
                 continue;
             }
             let id = self.req_id();
             busy |= self.links[i].request(id, first, first + PULL_SPAN_LSN - 1, true, now);
+        }
+        if let Some(b) = best {
+            self.rr = b + 1;
         }
         busy
     }
@@ -1039,6 +1049,11 @@ pub fn link_status(volume: &str, durable_lsn: u64) -> Vec<LinkStatus> {
 pub fn annotate_status(v: &StandbyVolume, status: &mut Value) {
     let durable = v.durable_lsn();
     let links = link_status(v.name(), durable);
+    let verdicts = NET.with(|n| {
+        let n = n.borrow();
+        let rn = n.as_ref()?.try_borrow().ok()?;
+        rn.vols.get(v.name()).map(|vn| vn.stall_verdicts)
+    });
     let relay_max = links
         .iter()
         .filter(|l| l.connected)
@@ -1051,5 +1066,11 @@ pub fn annotate_status(v: &StandbyVolume, status: &mut Value) {
         m.insert("relay_lsn_max".into(), relay_max.into());
         m.insert("relay_lag_lsn".into(), relay_max.saturating_sub(durable).into());
         m.insert("links".into(), serde_json::to_value(links).unwrap_or(Value::Null));
+        let [pulls, holds, nothing, waits] = verdicts.unwrap_or_default();
+        m.insert(
+            "stall_verdicts".into(),
+            serde_json::json!({"pulled": pulls, "policy_hold": holds, "nothing_more": nothing,
+                               "forwarder_delivering": waits}),
+        );
     }
 }

@@ -25,7 +25,7 @@ pub struct RelayReport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StallVerdict {
     /// Pull from every relay: the forwarder is gone, silent, or delivering nothing.
-    Pull,
+    Pull = 0,
     /// A forwarder holds what is missing back by policy: wait for it.
     PolicyHold,
     /// Every relay reported and none holds anything past what the standby has.
