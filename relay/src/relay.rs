@@ -47,7 +47,9 @@ use rdma_transport::wire::{
 use rdma_transport::{ConnState, Connection, OutFrame, TransportError};
 use serde::{Deserialize, Serialize};
 
+use crate::journal::lock::DirLock;
 use crate::journal::{Journal, JournalConfig, JournalError, ReadCursor, RecoveryReport, READ_BUF_BYTES_MIN};
+use crate::limits::{LimitError, FORWARD_INTERVAL_MS_MAX};
 
 /// Default segment size of relay journals (smaller than the journal's own default so
 /// gap replies, which read whole segments, stay cheap).
@@ -128,7 +130,9 @@ impl ForwardPolicy {
     pub fn check(&self) -> Result<(), String> {
         match self {
             ForwardPolicy::Immediate => Ok(()),
-            ForwardPolicy::Interval { interval_ms } if *interval_ms == 0 => Err("interval_ms must be > 0".into()),
+            ForwardPolicy::Interval { interval_ms } if !(1..=FORWARD_INTERVAL_MS_MAX).contains(interval_ms) => Err(
+                format!("interval_ms ({interval_ms}) must be between 1 and {FORWARD_INTERVAL_MS_MAX} (one day)"),
+            ),
             ForwardPolicy::Interval { .. } => Ok(()),
             ForwardPolicy::Bandwidth { bytes_per_sec } if *bytes_per_sec == 0 => {
                 Err("bytes_per_sec must be > 0".into())
@@ -139,7 +143,10 @@ impl ForwardPolicy {
                     return Err("windows must name at least one HH:MM-HH:MM window".into());
                 }
                 for w in windows {
-                    parse_window(w)?;
+                    let (start, end) = parse_window(w)?;
+                    if start == end {
+                        return Err(format!("windows: {w:?} is empty (start = end): it would never open"));
+                    }
                 }
                 Ok(())
             }
@@ -257,6 +264,12 @@ pub enum RelayError {
     /// The volume exists already.
     #[error("volume {0} already has a journal")]
     Exists(String),
+    /// A setting is out of range ([`crate::limits`]).
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    /// The journal directory is another relay's (its lock is held), or cannot be locked.
+    #[error(transparent)]
+    DirLock(JournalError),
 }
 
 /// What the relay keeps about a volume across restarts, next to its journal.
@@ -460,18 +473,19 @@ impl Relay {
     /// Binds the listener, opens (recovers) every volume journal under the root, and
     /// starts the relay poller on its reactor. Setup path: blocks for recovery.
     pub fn start(cfg: RelayConfig) -> Result<Arc<Relay>, RelayError> {
-        if let Err(why) = cfg.forward.check() {
-            return Err(RelayError::InvalidParam { param: "forward", why });
-        }
+        cfg.validate()?;
+        std::fs::create_dir_all(&cfg.journal_root).map_err(|e| RelayError::Meta {
+            path: cfg.journal_root.display().to_string(),
+            why: e.to_string(),
+        })?;
+        // Before listening or recovering anything: a second relay on this directory would
+        // recover the live relay's journals and collide with its next segments.
+        let root_lock = DirLock::acquire(&cfg.journal_root).map_err(RelayError::DirLock)?;
         let acceptor = TcpAcceptor::bind(cfg.listen, TcpConfig::default()).map_err(|source| RelayError::Listen {
             addr: cfg.listen,
             source,
         })?;
         let listen = acceptor.local_addr();
-        std::fs::create_dir_all(&cfg.journal_root).map_err(|e| RelayError::Meta {
-            path: cfg.journal_root.display().to_string(),
-            why: e.to_string(),
-        })?;
         let mut volumes = Vec::new();
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(&cfg.journal_root)
             .map_err(|e| RelayError::Meta {
@@ -484,7 +498,7 @@ impl Relay {
         dirs.sort();
         for dir in dirs {
             let meta = VolumeMeta::load(&dir)?;
-            let v = VolumeJournal::open(&cfg, meta, dir, None)?;
+            let v = VolumeJournal::open(&cfg, meta, dir, None, false)?;
             volumes.push(v);
         }
         let shared = Arc::new(RelayShared {
@@ -513,6 +527,7 @@ impl Relay {
                 .ok(),
             ready: ArrayVec::new(),
             next_token: 0,
+            root_lock: Some(root_lock),
         };
         state.publish();
         let holder = Arc::new(Mutex::new(Some(state)));
@@ -572,8 +587,20 @@ impl Relay {
                 why: format!("{:?}: 1..=64 bytes, no '/'", spec.volume),
             });
         }
+        let mut jc = JournalConfig::new(spec.dir.clone().unwrap_or_default());
+        jc.journal_bytes_max = spec.journal_bytes_max.unwrap_or(self.cfg.journal_bytes_max);
+        jc.segment_bytes = spec.segment_bytes.unwrap_or(self.cfg.segment_bytes);
+        jc.preallocate_bytes = self.cfg.journal_preallocate_bytes;
+        jc.validate()?;
         if self.status().volumes.iter().any(|v| v.name == spec.volume) {
             return Err(RelayError::Exists(spec.volume));
+        }
+        if let Some(dir) = spec.dir.as_deref().filter(|d| d.is_dir()) {
+            // Early word when another process journals there (the lock is taken for good
+            // when the primary's Hello opens the journal).
+            if let Err(e @ JournalError::InUse { .. }) = DirLock::acquire(dir) {
+                return Err(RelayError::DirLock(e));
+            }
         }
         let mut specs = self.shared.specs.lock().unwrap_or_else(|e| e.into_inner());
         if specs.iter().any(|s| s.volume == spec.volume) {
@@ -693,7 +720,15 @@ fn fail_journal(failed: &mut Option<String>, last_error: &mut String, volume: &s
 }
 
 impl VolumeJournal {
-    fn open(cfg: &RelayConfig, meta: VolumeMeta, dir: PathBuf, spec: Option<&JournalSpec>) -> Result<Self, RelayError> {
+    /// Opens (recovers) the volume's journal; `save_meta`: a new volume, whose
+    /// `volume.json` is written once the journal (and so the directory's lock) is open.
+    fn open(
+        cfg: &RelayConfig,
+        meta: VolumeMeta,
+        dir: PathBuf,
+        spec: Option<&JournalSpec>,
+        save_meta: bool,
+    ) -> Result<Self, RelayError> {
         let mut jc = JournalConfig::new(&dir);
         jc.journal_bytes_max = spec.and_then(|s| s.journal_bytes_max).unwrap_or(cfg.journal_bytes_max);
         jc.segment_bytes = spec.and_then(|s| s.segment_bytes).unwrap_or(cfg.segment_bytes);
@@ -704,6 +739,9 @@ impl VolumeJournal {
             volume: meta.name.clone(),
             source,
         })?;
+        if save_meta {
+            meta.save(&dir)?;
+        }
         if let Some(t) = &recovery.torn_tail {
             log::warn!(
                 "volume {}: journal tail cut at segment {:#x} offset {} ({} bytes, {} later segments dropped): {:?}",
@@ -787,6 +825,9 @@ struct RelayState {
     readiness: Option<Readiness>,
     ready: ArrayVec<u64, READY_EVENTS_MAX>,
     next_token: u64,
+    /// The lock of `journal_root`, held until the relay stops (each volume's journal holds
+    /// its own directory's).
+    root_lock: Option<DirLock>,
 }
 
 /// What a primary connection's receive produced.
@@ -821,6 +862,7 @@ impl RelayState {
                         }
                     }
                     self.volumes.clear();
+                    self.root_lock = None;
                     self.pending.clear();
                     if let Some(id) = self.poller.take() {
                         reactor::unregister_poller(id);
@@ -959,9 +1001,7 @@ impl RelayState {
                 block_size: hello.block_size,
                 generation: hello.generation,
             };
-            let opened = meta
-                .save(&dir)
-                .and_then(|()| VolumeJournal::open(&self.cfg, meta, dir, spec.as_ref()));
+            let opened = VolumeJournal::open(&self.cfg, meta, dir, spec.as_ref(), true);
             match opened {
                 Ok(v) => {
                     self.volumes.push(v);

@@ -47,6 +47,7 @@ fn vol_err(e: VolumeError) -> RpcError {
 fn relay_err(e: RelayError) -> RpcError {
     match e {
         RelayError::InvalidParam { param, why } => RpcError::invalid_params(format!("{param}: {why}")),
+        RelayError::Limit(e) => RpcError::invalid_params(e),
         RelayError::Exists(v) => RpcError::errno_detail(libc::EEXIST, format!("volume {v:?} already has a journal")),
         e => RpcError::errno_detail(libc::EIO, e.to_string()),
     }
@@ -341,12 +342,6 @@ pub fn register_rpcs(reg: &mut Registry) {
         "Set the journal of a volume before its primary connects: dir, journal_bytes_max, segment_bytes",
         |p: CreateJournal| {
             let r = relay().ok_or_else(no_relay)?;
-            if p.journal_bytes_max == Some(0) {
-                return Err(RpcError::invalid_params("journal_bytes_max: must be > 0"));
-            }
-            if p.segment_bytes == Some(0) {
-                return Err(RpcError::invalid_params("segment_bytes: must be > 0"));
-            }
             r.create_journal(JournalSpec {
                 volume: p.volume,
                 dir: p.dir.map(Into::into),
