@@ -66,6 +66,10 @@ pub fn start_drain(v: &StandbyVolume) {
     for l in &mut vn.links {
         l.drained = false;
         l.drain_bytes0 = l.conn.stats().bytes_received;
+        // A request sent before the drain may be answered `not_held` for an LSN below
+        // what the relay holds now: its answer must not count as drained (the reply is
+        // dropped as unknown; the drain asks again at once).
+        l.pull = None;
     }
     vn.drain = Some(Drain {
         started_ns: now_ns(),

@@ -181,7 +181,10 @@ pub(super) fn adopt(mut conn: Conn, peer: SocketAddr, h: HelloOwned, now: u64) {
         volume_id: vn.volume_id.unwrap_or(h.volume_id),
         block_size: v.block_size(),
         generation: v.generation(),
-        durable_lsn: v.next_lsn().saturating_sub(1),
+        // What is durable here, not what was received: the relay resumes after it and
+        // takes it as safe to release. Ops received but still being staged would be lost
+        // with both copies if the relay released them and the standby then crashed.
+        durable_lsn: v.durable_lsn().min(v.next_lsn().saturating_sub(1)),
         frame_bytes_max: FRAME_BYTES_MAX as u32,
         recv_credits: 0,
     };
