@@ -54,6 +54,9 @@ use crate::dataref::{DataRef, SegRef};
 use crate::liveness::{HeartbeatSender, HeartbeatState};
 use nvme::target::restart::{self as nvme_restart, RestartPointDone, RestartPointError, RestartPointSink, SinkToken};
 
+mod resync;
+pub use resync::ResyncStatus;
+
 /// Requests one channel of the volume holds in flight.
 pub const CHANNEL_SLOTS: usize = 256;
 /// Ops the submission ring of a volume holds (all channels together).
@@ -229,7 +232,7 @@ pub struct RestartPoint {
 pub struct RelayStatus {
     /// Address.
     pub addr: String,
-    /// `connecting`, `handshake`, `up`, `refused`, `needs_resync`.
+    /// `connecting`, `handshake`, `up`, `resyncing`, `refused`, `needs_resync`.
     pub state: String,
     /// Connected and accepted.
     pub connected: bool,
@@ -251,6 +254,12 @@ pub struct RelayStatus {
     pub late_reads: u64,
     /// Last error seen on the link.
     pub last_error: String,
+    /// The resync in progress (state `resyncing`), with its progress.
+    pub resync: Option<ResyncStatus>,
+    /// Resyncs started and completed on this link.
+    pub resyncs: u64,
+    /// See `resyncs`.
+    pub resyncs_done: u64,
 }
 
 /// Volume state, as `replication_get_volumes` reports it.
@@ -1143,6 +1152,12 @@ struct Link {
     late_reads: u64,
     /// `now_ns()` of the last refusal of this link's Hello (for the slow retry).
     refused_ns: u64,
+    /// Resync in progress (`volume/resync.rs`).
+    resync: Option<resync::Resync>,
+    resyncs: u64,
+    resyncs_done: u64,
+    /// The primary dropped ops this relay lacks (said once; cleared when a resync starts).
+    beyond_retention: bool,
 }
 
 impl Link {
@@ -1154,6 +1169,10 @@ impl Link {
             recv_ns: 0,
             late_reads: 0,
             refused_ns: 0,
+            resync: None,
+            resyncs: 0,
+            resyncs_done: 0,
+            beyond_retention: false,
             conn: None,
             phase: LinkPhase::Disconnected { retry_at_ns: now },
             down: false,
@@ -1172,13 +1191,14 @@ impl Link {
         match self.phase {
             LinkPhase::Disconnected { .. } => "connecting",
             LinkPhase::Handshake => "handshake",
+            LinkPhase::Up if self.resync.is_some() => "resyncing",
             LinkPhase::Up => "up",
             LinkPhase::Refused => "refused",
             LinkPhase::NeedsResync => "needs_resync",
         }
     }
     fn counts(&self, degraded: bool) -> bool {
-        !self.removed && !(degraded && (self.down || self.phase == LinkPhase::NeedsResync))
+        !self.removed && !(degraded && (self.down || self.phase == LinkPhase::NeedsResync || self.resyncing()))
     }
 }
 
@@ -1350,13 +1370,14 @@ impl LinkState {
             let resume = self.links.iter().map(|l| l.acked_lsn).max().unwrap_or(0);
             self.next_lsn = resume + 1;
             self.completed_lsn = resume;
-            for l in &mut self.links {
+            for i in 0..self.links.len() {
+                let l = &mut self.links[i];
+                l.sent_lsn = l.sent_lsn.max(resume);
                 if l.phase == LinkPhase::Up && l.acked_lsn < resume {
                     // This relay missed LSNs an earlier incarnation sent to others.
-                    l.phase = LinkPhase::NeedsResync;
-                    l.last_error = format!("relay holds up to LSN {} but others hold up to {resume}", l.acked_lsn);
+                    let why = format!("relay holds up to LSN {} but others hold up to {resume}", l.acked_lsn);
+                    self.start_resync(i, resume + 1, &why, now);
                 }
-                l.sent_lsn = l.sent_lsn.max(resume);
             }
             log::info!("volume {}: LSNs resume at {}", self.s.cfg.name, self.next_lsn);
         }
@@ -1623,6 +1644,8 @@ impl LinkState {
             self.link_failed(i, format!("receive: {e}"), now);
             return true;
         }
+        let mut resync_at: Option<(u64, String)> = None;
+        let mut acked_bytes = 0u64;
         for ev in frames.drain(..) {
             busy = true;
             let l = &mut self.links[i];
@@ -1644,17 +1667,15 @@ impl LinkState {
                     l.sent_lsn = l.acked_lsn;
                     l.phase = LinkPhase::Up;
                     l.last_error.clear();
-                    // Can it be caught up from what the primary still holds?
-                    let oldest = self
-                        .retention
-                        .first_lsn()
-                        .or_else(|| self.inflight.front().map(|e| e.op.lsn))
-                        .unwrap_or(self.next_lsn.max(1));
+                    // Can it be caught up from what the primary still holds? If not, its
+                    // history restarts at the oldest LSN the primary holds (resync).
+                    let oldest = self.oldest_held();
+                    let l = &mut self.links[i];
                     if self.next_lsn != 0 && have + 1 < oldest && have < self.completed_lsn {
-                        l.phase = LinkPhase::NeedsResync;
-                        l.last_error =
-                            format!("relay holds up to LSN {have}; the primary holds LSNs from {oldest} on only");
-                        log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
+                        resync_at = Some((
+                            oldest,
+                            format!("relay holds up to LSN {have}; the primary holds LSNs from {oldest} on only"),
+                        ));
                     } else if self.next_lsn != 0 && have >= self.next_lsn {
                         l.phase = LinkPhase::NeedsResync;
                         l.last_error = format!("relay holds LSN {have}, beyond this primary's {}", self.next_lsn - 1);
@@ -1680,8 +1701,10 @@ impl LinkState {
                                 break;
                             }
                             l.bytes_in_flight -= bytes;
+                            acked_bytes += bytes;
                             l.frames.pop_front();
                         }
+                        l.resync_acked(std::mem::take(&mut acked_bytes), &self.s.cfg.name);
                     }
                 }
                 RxEvent::Heartbeat(h) => {
@@ -1697,6 +1720,11 @@ impl LinkState {
                 RxEvent::Unexpected(k) => {
                     let why = format!("unexpected frame kind {k} from relay");
                     self.link_failed(i, why, now);
+                    return true;
+                }
+            }
+            if let Some((base, why)) = resync_at.take() {
+                if !self.start_resync(i, base, &why, now) {
                     return true;
                 }
             }
@@ -1807,9 +1835,8 @@ impl LinkState {
                 // caught up by this primary.
                 let l = &mut self.links[i];
                 if l.phase == LinkPhase::Up && l.sent_lsn + 1 < self.next_lsn {
-                    l.phase = LinkPhase::NeedsResync;
-                    l.last_error = format!("LSN {} no longer held by the primary", l.sent_lsn + 1);
-                    log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
+                    let why = format!("LSN {} no longer held by the primary", l.sent_lsn + 1);
+                    l.lost_history(why, &self.s.cfg.name);
                 }
                 break;
             }
@@ -1916,15 +1943,11 @@ impl LinkState {
                     let upto = if ok { dropped } else { lsn };
                     for l in &mut self.links {
                         if !l.removed && l.phase != LinkPhase::NeedsResync && l.acked_lsn < upto {
-                            l.phase = LinkPhase::NeedsResync;
-                            l.last_error = format!(
+                            let why = format!(
                                 "retention ring ({} bytes) overflowed: LSN {upto} dropped before the relay had it",
                                 self.s.cfg.retain_bytes_max
                             );
-                            log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
-                            if let Some(c) = l.conn.as_mut() {
-                                c.close();
-                            }
+                            l.lost_history(why, &self.s.cfg.name);
                         }
                     }
                 }
@@ -2010,6 +2033,9 @@ impl LinkState {
                     frames_sent: l.frames_sent,
                     late_reads: l.late_reads,
                     last_error: l.last_error.clone(),
+                    resync: l.resync.map(|r| r.status(l.acked_lsn)),
+                    resyncs: l.resyncs,
+                    resyncs_done: l.resyncs_done,
                 })
                 .collect(),
         };

@@ -36,6 +36,7 @@
 //! (moving roll-over and release to io_uring OPENAT/UNLINKAT is noted in
 //! `docs/relay-journal.md`).
 
+mod base;
 mod map;
 pub mod record;
 
@@ -264,6 +265,9 @@ pub struct RecoveryReport {
     /// Bytes left by a previous use of recycled segment files after their last record
     /// (the normal end of a reused file: not a torn tail, not replayed).
     pub recycled_tail_bytes: u64,
+    /// The newest history base recovered (a base record: "nothing held below this LSN
+    /// after the records before it"), 0 when none; see [`Journal::append_frame`].
+    pub base_lsn: u64,
 }
 
 /// Counters.
@@ -507,6 +511,8 @@ pub struct Journal {
     reads: Vec<Option<PendingRead>>,
     reads_done: VecDeque<ReadDone>,
     stats: JournalStats,
+    /// See [`Journal::base_lsn`].
+    base_lsn: u64,
 }
 
 impl Journal {
@@ -543,6 +549,7 @@ impl Journal {
             memory_media: false,
             spare_segments: 0,
             recycled_tail_bytes: 0,
+            base_lsn: 0,
         };
         let mut segments = VecDeque::new();
         let mut expect_seq: Option<u64> = None;
@@ -566,7 +573,7 @@ impl Journal {
             let stale_end = |b: &[u8]| recycled && !record::claims_segment(b, id);
             let mut stale = false;
             while off < buf.len() {
-                let (h, _) = match record::check(&buf[off..]) {
+                let (h, payload) = match record::check(&buf[off..]) {
                     Ok(r) => r,
                     Err(_) if stale_end(&buf[off..]) => {
                         stale = true;
@@ -607,6 +614,7 @@ impl Journal {
                     prev_lsn = h.lsn_last;
                     lsn_max = h.lsn_last;
                     report.records += 1;
+                    base::note_recovered(&mut report, payload, h.lsn_last);
                     if report.lsn_first == 0 {
                         report.lsn_first = h.lsn_first;
                     }
@@ -743,6 +751,7 @@ impl Journal {
             reads: (0..READS_IN_FLIGHT_MAX).map(|_| None).collect(),
             reads_done: VecDeque::with_capacity(READS_IN_FLIGHT_MAX),
             stats: JournalStats::default(),
+            base_lsn: report.base_lsn,
         };
         j.preallocate()?;
         j.map_spares()?;
@@ -949,7 +958,9 @@ impl Journal {
             Some(Ok(Some(env))) if env.frame_len == len => Some((rdma_transport::wire::ENVELOPE_BYTES, env.body_crc)),
             _ => None,
         };
-        self.append_known(lsn_first, lsn_last, frame, tail)
+        let seq = self.append_known(lsn_first, lsn_last, frame, tail)?;
+        self.note_appended_base(frame, lsn_last);
+        Ok(seq)
     }
 
     fn append_known(
