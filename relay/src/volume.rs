@@ -1663,7 +1663,9 @@ impl LinkState {
             match ev {
                 RxEvent::Reply(HelloReply::Accepted { resume_lsn, .. }) => {
                     let have = resume_lsn.saturating_sub(1);
-                    l.acked_lsn = l.acked_lsn.max(have);
+                    // What the relay holds now: less than it acknowledged before if its
+                    // journal lost a tail (recovery cut it), which then needs a resync.
+                    l.acked_lsn = have;
                     l.sent_lsn = l.acked_lsn;
                     l.phase = LinkPhase::Up;
                     l.last_error.clear();
