@@ -54,7 +54,9 @@ use crate::dataref::{DataRef, SegRef};
 use crate::liveness::{HeartbeatSender, HeartbeatState};
 use nvme::target::restart::{self as nvme_restart, RestartPointDone, RestartPointError, RestartPointSink, SinkToken};
 
+mod dirty;
 mod resync;
+pub use dirty::{DirtyError, DirtyStatus};
 pub use resync::ResyncStatus;
 
 /// Requests one channel of the volume holds in flight.
@@ -158,6 +160,8 @@ pub struct VolumeConfig {
     pub standby_heartbeat: Option<SocketAddr>,
     /// Interval of those heartbeats.
     pub standby_heartbeat_interval_ms: u64,
+    /// File persisting the dirty-block record (`volume/dirty.rs`); `None`: memory only.
+    pub dirty_map: Option<std::path::PathBuf>,
 }
 
 impl VolumeConfig {
@@ -177,6 +181,7 @@ impl VolumeConfig {
             flush_is_restart_point: false,
             standby_heartbeat: None,
             standby_heartbeat_interval_ms: crate::liveness::HEARTBEAT_INTERVAL_MS_DEFAULT,
+            dirty_map: None,
         }
     }
 }
@@ -295,6 +300,8 @@ pub struct VolumeStatus {
     pub relays: Vec<RelayStatus>,
     /// Last restart point epoch declared.
     pub epoch: u64,
+    /// The dirty-block record (regions written by LSNs not every relay confirmed).
+    pub dirty: DirtyStatus,
 }
 
 /// A channel's completion ring, shared with the link reactor.
@@ -337,6 +344,8 @@ struct Shared {
     stats: StatsSet,
     /// Our registration as the NVMe target's restart point sink for this bdev name.
     sink_token: Mutex<Option<SinkToken>>,
+    /// The dirty-block record's bits (written by the link reactor).
+    dirty: Arc<dirty::DirtyShared>,
 }
 
 /// The replicated volume bdev. See the module docs.
@@ -344,6 +353,8 @@ pub struct ReplicatedVolume {
     shared: Arc<Shared>,
     /// Direct heartbeats to the standby host (`standby_heartbeat`).
     heartbeat: Mutex<Option<HeartbeatSender>>,
+    /// Writer of the persisted dirty-block record (`dirty_map`).
+    dirty_flusher: Mutex<Option<dirty::DirtyFlusher>>,
 }
 
 impl ReplicatedVolume {
@@ -399,7 +410,14 @@ impl ReplicatedVolume {
                 why: "no reactors running".into(),
             })?,
         };
+        let dirty_map = dirty::DirtyMap::open(base.num_blocks(), cfg.dirty_map.clone(), &cfg.name);
+        let dirty_flusher =
+            dirty::DirtyFlusher::start(&dirty_map.shared, &cfg.name).map_err(|e| VolumeError::InvalidParam {
+                param: "dirty_map",
+                why: e.to_string(),
+            })?;
         let shared = Arc::new(Shared {
+            dirty: dirty_map.shared.clone(),
             volume_id: cfg.volume_id.unwrap_or_else(|| base.uuid()),
             relays: Mutex::new(cfg.relays.clone()),
             cfg,
@@ -423,7 +441,7 @@ impl ReplicatedVolume {
         };
         let s2 = shared.clone();
         reactor::send_msg(core, move || {
-            let link = Rc::new(RefCell::new(LinkState::new(s2)));
+            let link = Rc::new(RefCell::new(LinkState::new(s2, dirty_map)));
             let l2 = link.clone();
             let id = reactor::register_poller("replication_link", None, move || l2.borrow_mut().poll());
             link.borrow_mut().poller = Some(id);
@@ -439,6 +457,7 @@ impl ReplicatedVolume {
         Ok(Arc::new(ReplicatedVolume {
             shared,
             heartbeat: Mutex::new(heartbeat),
+            dirty_flusher: Mutex::new(dirty_flusher),
         }))
     }
 
@@ -527,10 +546,15 @@ impl ReplicatedVolume {
         self.ctl(Ctl::Stop(Box::new(move || {
             let _ = tx.send(());
         })))?;
-        rx.recv_timeout(timeout).map_err(|_| VolumeError::Unreachable {
+        let r = rx.recv_timeout(timeout).map_err(|_| VolumeError::Unreachable {
             volume: self.shared.cfg.name.clone(),
             why: "link reactor did not confirm the stop".into(),
-        })
+        });
+        // A last flush of the dirty-block record, once no op marks it any more.
+        if let Some(mut f) = self.dirty_flusher.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            f.stop();
+        }
+        r
     }
 
     fn ctl(&self, c: Ctl) -> Result<(), VolumeError> {
@@ -542,7 +566,15 @@ impl ReplicatedVolume {
 
     /// The latest status snapshot (refreshed by the link reactor every 10 ms).
     pub fn status(&self) -> VolumeStatus {
-        self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut st = self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        st.dirty = self.shared.dirty.status();
+        st
+    }
+
+    /// The dirty-block record as (first block, blocks) runs: what was written by LSNs not
+    /// every relay confirmed (the input of a block-level resync; management path).
+    pub fn dirty_runs(&self) -> Vec<(u64, u64)> {
+        self.shared.dirty.runs(self.shared.base.num_blocks())
     }
 
     /// The configured relays (management path).
@@ -998,6 +1030,8 @@ struct InFlight {
     owner: Owner,
     /// Data references held by connections.
     refs: u32,
+    /// Dirty-record mark the op waits to see persisted before it completes (0: none).
+    dirty_mark: u64,
 }
 
 struct Retained {
@@ -1158,6 +1192,9 @@ struct Link {
     resyncs_done: u64,
     /// The primary dropped ops this relay lacks (said once; cleared when a resync starts).
     beyond_retention: bool,
+    /// A resync base skipped LSNs from here on: the relay never confirms their writes, so
+    /// the dirty-block record keeps them (until a block-level resync fills the hole).
+    hole_from: Option<u64>,
 }
 
 impl Link {
@@ -1173,6 +1210,7 @@ impl Link {
             resyncs: 0,
             resyncs_done: 0,
             beyond_retention: false,
+            hole_from: None,
             conn: None,
             phase: LinkPhase::Disconnected { retry_at_ns: now },
             down: false,
@@ -1223,13 +1261,15 @@ struct LinkState {
     /// Tokens found readable by this poll.
     ready: ArrayVec<u64, READY_EVENTS_MAX>,
     next_token: u64,
+    /// The dirty-block record (`volume/dirty.rs`).
+    dirty: dirty::DirtyMap,
 }
 
 /// A completion of a send on link `i`: which op references come back.
 type SendDone = SendCompletion<SegRef>;
 
 impl LinkState {
-    fn new(s: Arc<Shared>) -> Self {
+    fn new(s: Arc<Shared>, dirty: dirty::DirtyMap) -> Self {
         let now = now_ns();
         let links: Vec<Link> = s
             .cfg
@@ -1264,6 +1304,7 @@ impl LinkState {
             readiness,
             ready: ArrayVec::new(),
             next_token,
+            dirty,
         }
     }
 
@@ -1301,7 +1342,9 @@ impl LinkState {
                 let lsn = self.next_lsn;
                 self.next_lsn += 1;
                 let crc = crc32c::crc32c(&sub.data);
+                let dirty_mark = self.dirty.mark(sub.offset_blocks, sub.num_blocks.into());
                 self.inflight.push_back(InFlight {
+                    dirty_mark,
                     op: OpMeta {
                         lsn,
                         kind: sub.kind,
@@ -1370,6 +1413,7 @@ impl LinkState {
             let resume = self.links.iter().map(|l| l.acked_lsn).max().unwrap_or(0);
             self.next_lsn = resume + 1;
             self.completed_lsn = resume;
+            self.dirty.begin(self.next_lsn);
             for i in 0..self.links.len() {
                 let l = &mut self.links[i];
                 l.sent_lsn = l.sent_lsn.max(resume);
@@ -1419,6 +1463,7 @@ impl LinkState {
                             _tag: tag,
                         },
                         refs: 0,
+                        dirty_mark: 0,
                     });
                 }
                 Ctl::AddRelay(addr) => {
@@ -1930,7 +1975,7 @@ impl LinkState {
     fn retire(&mut self) -> bool {
         let mut n = 0;
         while let Some(front) = self.inflight.front() {
-            if front.refs > 0 || !self.policy_met(front.op.lsn) {
+            if front.refs > 0 || front.dirty_mark > self.dirty.flushed() || !self.policy_met(front.op.lsn) {
                 break;
             }
             let lsn = front.op.lsn;
@@ -1968,6 +2013,19 @@ impl LinkState {
             .min()
             .unwrap_or(u64::MAX);
         self.retention.trim(min_acked.min(self.completed_lsn));
+        // Writes every relay confirmed (a skipped hole never is) leave the dirty record.
+        let confirmed = self
+            .links
+            .iter()
+            .filter(|l| !l.removed)
+            .map(|l| {
+                l.hole_from
+                    .map_or(l.acked_lsn, |h| h.saturating_sub(1).min(l.acked_lsn))
+            })
+            .min()
+            .unwrap_or(self.completed_lsn)
+            .min(self.completed_lsn);
+        self.dirty.rotate(confirmed, self.next_lsn, now_ns());
         n > 0
     }
 
@@ -2019,6 +2077,9 @@ impl LinkState {
             retained_bytes: self.retention.used,
             writes_blocked: self.s.writes_blocked.load(Ordering::Acquire),
             epoch: self.epoch,
+            // Read by `ReplicatedVolume::status` off the reactor (its error string is
+            // behind a lock the reactor never takes).
+            dirty: DirtyStatus::default(),
             relays: self
                 .links
                 .iter()

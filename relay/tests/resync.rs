@@ -48,13 +48,20 @@ fn start_relay(dir: &Path, standby: Option<SocketAddr>, forwarder: bool, port: u
     }
 }
 
-fn volume(name: &str, relays: Vec<SocketAddr>, down: OnRelayDown, retain: u64) -> Arc<ReplicatedVolume> {
+fn volume(
+    name: &str,
+    relays: Vec<SocketAddr>,
+    down: OnRelayDown,
+    retain: u64,
+    dirty_map: Option<PathBuf>,
+) -> Arc<ReplicatedVolume> {
     let base = engine::bdev::malloc::create(&format!("{name}_base"), 4096, 4096, None).unwrap();
     let mut cfg = VolumeConfig::new(name, relays);
     cfg.ack_policy = AckPolicy::All;
     cfg.on_relay_down = down;
     cfg.relay_down_timeout_ms = 300;
     cfg.retain_bytes_max = retain;
+    cfg.dirty_map = dirty_map;
     cfg.core = Some(VOLUME_CORE);
     ReplicatedVolume::create(cfg, base).expect("volume")
 }
@@ -211,7 +218,13 @@ fn resync_scenarios() {
     let r1 = start_relay(&r1_dir, Some(sink.addr), true, 0);
     let r1_addr = r1.listen_addr();
     let r2 = start_relay(&root.0.join("r2"), Some(sink.addr), false, 0);
-    let v1 = volume("rs1", vec![r1_addr, r2.listen_addr()], OnRelayDown::Block, RETAIN_SMALL);
+    let v1 = volume(
+        "rs1",
+        vec![r1_addr, r2.listen_addr()],
+        OnRelayDown::Block,
+        RETAIN_SMALL,
+        None,
+    );
     write_n(&v1, 300, "rs1 first writes");
     r1.stop(WAIT).unwrap();
     drop(r1);
@@ -227,6 +240,7 @@ fn resync_scenarios() {
     let l = link(&v1, r1_addr);
     assert_eq!(l.resyncs, 1, "{l:?}");
     write_n(&v1, 100, "rs1 writes after the resync");
+    wait_until(WAIT, "r1 shows its base", || journal_status(&r1, "rs1").base_lsn != 0);
     let j = journal_status(&r1, "rs1");
     assert_eq!(
         j.base_lsn, 301,
@@ -245,7 +259,7 @@ fn resync_scenarios() {
     // 2. A relay added to a live volume, after the retention ring moved on: resynced from
     //    the oldest LSN the primary holds, and counted by `all` + `block` from then on.
     let r3 = start_relay(&root.0.join("r3"), None, false, 0);
-    let v2 = volume("rs2", vec![r3.listen_addr()], OnRelayDown::Block, RETAIN_SMALL);
+    let v2 = volume("rs2", vec![r3.listen_addr()], OnRelayDown::Block, RETAIN_SMALL, None);
     write_n(&v2, 100, "rs2 first writes");
     let r5_dir = root.0.join("r5");
     let r5 = start_relay(&r5_dir, None, false, 0);
@@ -265,11 +279,13 @@ fn resync_scenarios() {
     let r6_dir = root.0.join("r6");
     let r6 = start_relay(&r6_dir, None, false, 0);
     let r6_addr = r6.listen_addr();
+    let dirty_file = root.0.join("rs3.dirty");
     let v3 = volume(
         "rs3",
         vec![r3.listen_addr(), r6_addr],
         OnRelayDown::Degraded,
         RETAIN_SMALL,
+        Some(dirty_file.clone()),
     );
     write_n(&v3, 100, "rs3 first writes");
     r6.stop(WAIT).unwrap();
@@ -280,6 +296,8 @@ fn resync_scenarios() {
         let l = link(&v3, r6_addr);
         l.resyncs_done >= 1 && l.acked_lsn >= 400 && l.state == "up"
     });
+    // The relay's status snapshot follows the primary's view within its refresh period.
+    wait_until(WAIT, "r6 shows its base", || journal_status(&r6, "rs3").base_lsn != 0);
     let base = journal_status(&r6, "rs3").base_lsn;
     assert!(
         base > 101 && base <= 400,
@@ -289,6 +307,13 @@ fn resync_scenarios() {
     wait_until(WAIT, "r6 holds the new writes", || {
         journal_status(&r6, "rs3").durable_lsn >= 450
     });
+    // The writes r6 skipped stay in the persisted dirty-block record (a block-level resync
+    // would send those regions); every write that completed had its regions flushed first.
+    let d = v3.status().dirty;
+    assert!(d.dirty_regions > 0 && d.start_lsn <= 101, "{d:?}");
+    assert!(d.marks > 0 && d.flushed_marks == d.marks, "{d:?}");
+    assert!(!v3.dirty_runs().is_empty());
+    assert!(dirty_file.exists(), "the record is persisted");
 
     // 4. Restarted after the marker, r1 recovers its base: GapRequests for what it skipped
     //    are answered `not_held`, and what it holds from the base on is served.

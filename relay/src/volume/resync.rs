@@ -154,6 +154,7 @@ impl LinkState {
         l.phase = LinkPhase::Up;
         l.sent_lsn = base - 1;
         l.beyond_retention = false;
+        l.hole_from = Some(l.hole_from.map_or(from + 1, |h| h.min(from + 1)));
         l.resyncs += 1;
         l.last_error = format!("resyncing from LSN {base}: {why}");
         l.resync = Some(Resync {
