@@ -1711,6 +1711,7 @@ impl LinkState {
                     // What the relay holds now: less than it acknowledged before if its
                     // journal lost a tail (recovery cut it), which then needs a resync.
                     l.acked_lsn = have;
+                    l.beyond_retention = false;
                     l.sent_lsn = l.acked_lsn;
                     l.phase = LinkPhase::Up;
                     l.last_error.clear();

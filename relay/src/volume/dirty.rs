@@ -282,10 +282,10 @@ impl DirtyMap {
                 Ok(None) => {}
                 Err(e) => {
                     log::error!("volume {volume}: {e}; every region counts as dirty");
-                    for w in 0..words {
+                    for (w, word) in maps[1].iter().enumerate() {
                         let bits = (regions - 64 * w as u64).min(64);
                         let v = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
-                        maps[1][w].store(v, Ordering::Relaxed);
+                        word.store(v, Ordering::Relaxed);
                     }
                 }
             }
