@@ -420,6 +420,9 @@ pub struct RelayVolumeStatus {
     /// The journal failed (see `last_error`): primaries are refused until the relay
     /// restarts and recovers it.
     pub journal_failed: bool,
+    /// The journal's history base (resync): it holds no op between its records before
+    /// the base record and this LSN; 0 when it never had one.
+    pub base_lsn: u64,
 }
 
 /// `relay_get_status` result.
@@ -1165,6 +1168,34 @@ impl RelayState {
                 }
                 stashed.push_back((off, len, first, last));
             }
+            // The primary no longer holds the LSNs between this journal's end and the base:
+            // journal the frame as the record covering them (resync, journal/base.rs), in
+            // order with the Ops frames around it, then the ops from the base on follow.
+            Frame::Base(b) => {
+                if b.generation < generation {
+                    let _ = events.try_push(PrimaryEvent::Fenced(b.generation));
+                    return;
+                }
+                let have = journal.appended_lsn().max(stashed.back().map_or(0, |s| s.3));
+                if b.lsn <= have + 1 {
+                    return;
+                }
+                let hdr = wire::encode_base(&b);
+                let (first, last) = (have + 1, b.lsn - 1);
+                if stashed.is_empty() {
+                    match journal.append_frame(first, last, &[hdr.as_bytes()]) {
+                        Ok(_) => return,
+                        Err(JournalError::Full { .. } | JournalError::Busy) => {}
+                        Err(e) => {
+                            let _ = errors.try_push((true, e.to_string()));
+                            return;
+                        }
+                    }
+                }
+                let off = stash.len();
+                stash.extend_from_slice(hdr.as_bytes());
+                stashed.push_back((off, hdr.as_bytes().len(), first, last));
+            }
             Frame::Heartbeat(h) => {
                 let _ = events.try_push(PrimaryEvent::Heartbeat(h));
             }
@@ -1461,6 +1492,9 @@ impl RelayState {
             let mut out: ArrayVec<(wire::HeaderBuf, Vec<u8>, u64), 8> = ArrayVec::new();
             let mut stopped_early = false;
             let mut next = v.fwd_next;
+            // A base record (resync) declares the LSNs it covers not held: forwarding moves
+            // past them; the standby fetches them from another relay.
+            let mut base_skip = 0u64;
             let block_size = v.meta.block_size;
             let generation = v.meta.generation;
             let mut enc: Option<BatchEncoder> = None;
@@ -1480,9 +1514,17 @@ impl RelayState {
                 if stopped_early {
                     return;
                 }
-                let Ok(Frame::Ops(batch)) = wire::parse(rec.payload) else {
-                    log::error!("relay: journal record {} is not an Ops frame", rec.seq);
-                    return;
+                let batch = match wire::parse(rec.payload) {
+                    Ok(Frame::Ops(batch)) => batch,
+                    Ok(Frame::Base(_)) => {
+                        base_skip = rec.lsn_last + 1;
+                        next = next.max(base_skip);
+                        return;
+                    }
+                    _ => {
+                        log::error!("relay: journal record {} is not an Ops frame", rec.seq);
+                        return;
+                    }
                 };
                 for op in batch.ops.iter() {
                     if op.lsn() < next {
@@ -1527,6 +1569,7 @@ impl RelayState {
             }
             v.fwd_bufs = bufs;
             v.fwd_bufs_made = made;
+            let skip_base = res.is_ok() && !stopped_early && base_skip > v.fwd_next;
             match res {
                 Ok(c) if !stopped_early => v.fwd_cursor = Some(c),
                 Ok(_) => v.fwd_cursor = None,
@@ -1555,10 +1598,14 @@ impl RelayState {
                             let mut f = e.into_frame();
                             v.fwd_bufs.extend(f.data.drain(..));
                             v.fwd_cursor = None;
+                            base_skip = 0;
                             break;
                         }
                     }
                 }
+            }
+            if skip_base && base_skip > v.fwd_next {
+                v.fwd_next = base_skip;
             }
         }
         // Push bytes; buffers come back for reuse.
@@ -1655,6 +1702,7 @@ impl RelayState {
                         }),
                         last_error: v.last_error.clone(),
                         journal_failed: v.journal_failed.is_some(),
+                        base_lsn: v.journal.base_lsn(),
                     }
                 })
                 .collect(),
@@ -1777,6 +1825,11 @@ fn serve_gap(v: &mut VolumeJournal) -> bool {
         for op in &batch.ops {
             let lsn = op.lsn();
             if lsn < next || lsn > g.lsn_last || descs.len() >= OPS_PER_FRAME_MAX {
+                continue;
+            }
+            // A reply is one contiguous run: a journal with a base (resync) holds nothing
+            // between its older records and the base; the standby asks again from there.
+            if first_held.is_some() && lsn != next {
                 continue;
             }
             let d = op_data(op);

@@ -37,6 +37,7 @@
 //! `docs/relay-journal.md`).
 
 pub mod lock;
+mod base;
 mod map;
 pub mod record;
 
@@ -283,6 +284,9 @@ pub struct RecoveryReport {
     /// Bytes left by a previous use of recycled segment files after their last record
     /// (the normal end of a reused file: not a torn tail, not replayed).
     pub recycled_tail_bytes: u64,
+    /// The newest history base recovered (a base record: "nothing held below this LSN
+    /// after the records before it"), 0 when none; see [`Journal::append_frame`].
+    pub base_lsn: u64,
 }
 
 /// Counters.
@@ -526,6 +530,8 @@ pub struct Journal {
     reads: Vec<Option<PendingRead>>,
     reads_done: VecDeque<ReadDone>,
     stats: JournalStats,
+    /// See [`Journal::base_lsn`].
+    base_lsn: u64,
     /// The directory's lock, held for the journal's life (last field: dropped after the
     /// files are closed).
     _lock: lock::DirLock,
@@ -567,6 +573,7 @@ impl Journal {
             memory_media: false,
             spare_segments: 0,
             recycled_tail_bytes: 0,
+            base_lsn: 0,
         };
         let mut segments = VecDeque::new();
         let mut expect_seq: Option<u64> = None;
@@ -590,7 +597,7 @@ impl Journal {
             let stale_end = |b: &[u8]| recycled && !record::claims_segment(b, id);
             let mut stale = false;
             while off < buf.len() {
-                let (h, _) = match record::check(&buf[off..]) {
+                let (h, payload) = match record::check(&buf[off..]) {
                     Ok(r) => r,
                     Err(_) if stale_end(&buf[off..]) => {
                         stale = true;
@@ -631,6 +638,7 @@ impl Journal {
                     prev_lsn = h.lsn_last;
                     lsn_max = h.lsn_last;
                     report.records += 1;
+                    base::note_recovered(&mut report, payload, h.lsn_last);
                     if report.lsn_first == 0 {
                         report.lsn_first = h.lsn_first;
                     }
@@ -767,6 +775,7 @@ impl Journal {
             reads: (0..READS_IN_FLIGHT_MAX).map(|_| None).collect(),
             reads_done: VecDeque::with_capacity(READS_IN_FLIGHT_MAX),
             stats: JournalStats::default(),
+            base_lsn: report.base_lsn,
             _lock: lock,
         };
         j.preallocate()?;
@@ -974,7 +983,9 @@ impl Journal {
             Some(Ok(Some(env))) if env.frame_len == len => Some((rdma_transport::wire::ENVELOPE_BYTES, env.body_crc)),
             _ => None,
         };
-        self.append_known(lsn_first, lsn_last, frame, tail)
+        let seq = self.append_known(lsn_first, lsn_last, frame, tail)?;
+        self.note_appended_base(frame, lsn_last);
+        Ok(seq)
     }
 
     fn append_known(
