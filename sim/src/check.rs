@@ -63,8 +63,7 @@ pub fn after_step(w: &mut World) {
             return;
         }
         let contiguous = r.ops.is_empty()
-            || (r.ops.back().map(|o| o.lsn) == Some(r.appended)
-                && r.first() + r.ops.len() as u64 - 1 == r.appended);
+            || (r.ops.back().map(|o| o.lsn) == Some(r.appended) && r.first() + r.ops.len() as u64 - 1 == r.appended);
         if !contiguous {
             w.fail = Some(format!("relay {i}: journal not contiguous up to {}", r.appended));
             return;
@@ -91,8 +90,8 @@ pub fn stall_pulls(w: &mut World) {
             && f.rs_up
             && f.fwd_state == ForwardState::Holding
             && f.holding_since.is_some_and(|s| s + 600 * MS <= now);
-        let told = matches!(l.fwd, Some((ForwardState::Holding, at)) if now - at < REPORT_FRESH_NS)
-            && l.held_lsn >= sp.next;
+        let told =
+            matches!(l.fwd, Some((ForwardState::Holding, at)) if now - at < REPORT_FRESH_NS) && l.held_lsn >= sp.next;
         if holding_long && told {
             w.fail = Some(format!(
                 "invariant 5: stall pull from LSN {} while the forwarder holds by policy (holds to {})",
@@ -116,7 +115,11 @@ pub fn at_promotion(w: &mut World) {
     let mut want = (epoch_upto(&w.p.rp_lsn, prefix), None);
     let mut reachable = vec![false; w.r.len()];
     for (i, s) in w.fo.relays.iter().enumerate() {
-        let bound = if s.first <= prefix + 1 { prefix.max(s.durable) } else { prefix };
+        let bound = if s.first <= prefix + 1 {
+            prefix.max(s.durable)
+        } else {
+            prefix
+        };
         let held = epoch_upto(&w.p.rp_lsn, bound);
         let r = &w.r[i];
         reachable[i] = s.alive && s.linked && r.alive && r.inc == s.inc && w.rs[i].open && w.rs[i].since <= d;
@@ -145,7 +148,9 @@ pub fn at_promotion(w: &mut World) {
         }
     }
     if w.p.images.get(promoted as usize) != Some(&w.sv.image) {
-        w.fail = Some(format!("invariant 2: promoted image differs from the primary's at restart point {promoted}"));
+        w.fail = Some(format!(
+            "invariant 2: promoted image differs from the primary's at restart point {promoted}"
+        ));
     }
 }
 

@@ -93,6 +93,9 @@ pub struct Outcome {
     /// A relay alive at the decision whose standby link was down then held a newer
     /// restart point than the promoted one (the drain does not wait for reconnects).
     pub missed_reconnecting: bool,
+    /// A relay released below the standby's resume point while that point was past the
+    /// standby's durable LSN (the release-on-resume hazard; see `docs/simulation.md`).
+    pub released_past_durable: u64,
 }
 
 /// Runs one seed to its end.

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         return soak(&args, cfg);
     }
     let Some(seed) = arg(&args, "--seed") else {
-        eprintln!("usage: baton-sim --seed N | --soak --seeds N [--from N] [--no-drain]");
+        eprintln!("usage: baton-sim --seed N | --soak --seeds N [--from N] [--max-failures N] [--no-drain]");
         return ExitCode::from(2);
     };
     let w = baton_sim::World::new(seed, cfg);
@@ -41,21 +41,27 @@ fn main() -> ExitCode {
 fn soak(args: &[String], cfg: SimConfig) -> ExitCode {
     let seeds = arg(args, "--seeds").unwrap_or(1_000_000);
     let from = arg(args, "--from").unwrap_or(0);
+    let max_failures = arg(args, "--max-failures").unwrap_or(20);
     let t0 = Instant::now();
     let (mut failovers, mut gained, mut holds, mut missed, mut failures) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut ran = 0u64;
+    let (mut relabelled, mut past_durable) = (0u64, 0u64);
     for (k, seed) in (from..from + seeds).enumerate() {
+        ran += 1;
         match run(seed, cfg) {
             Ok(o) => {
                 failovers += u64::from(o.failed_over);
                 gained += u64::from(o.drain_gained > 0);
                 holds += o.policy_holds;
                 missed += u64::from(o.missed_reconnecting);
+                relabelled += u64::from(o.relabelled > 0);
+                past_durable += u64::from(o.released_past_durable > 0);
             }
             Err(v) => {
                 failures += 1;
                 println!("FAIL {v}");
-                if failures >= 20 {
-                    println!("stopping after 20 failures");
+                if failures >= max_failures {
+                    println!("stopping after {failures} failures");
                     break;
                 }
             }
@@ -67,8 +73,8 @@ fn soak(args: &[String], cfg: SimConfig) -> ExitCode {
     }
     let s = t0.elapsed().as_secs_f64();
     println!(
-        "{seeds} seeds from {from} in {s:.1} s: {:.0} seeds/s; {failovers} failovers, {gained} where the drain gained restart points, {holds} policy holds, {missed} with a relay missed while reconnecting; {failures} failing",
-        seeds as f64 / s
+        "{ran} seeds from {from} in {s:.1} s: {:.0} seeds/s; {failovers} failovers, {gained} where the drain gained restart points, {holds} policy holds, {missed} with a relay missed while reconnecting, {relabelled} with ops relabelled to a newer generation, {past_durable} with a release on resume past the standby's durable LSN; {failures} failing",
+        ran as f64 / s
     );
     if failures > 0 {
         ExitCode::FAILURE

@@ -41,7 +41,11 @@ pub enum Ev {
     Tick(Node),
     Workload,
     /// Relay `relay`'s group commit covering LSNs up to `upto` completes.
-    Commit { relay: usize, inc: u64, upto: u64 },
+    Commit {
+        relay: usize,
+        inc: u64,
+        upto: u64,
+    },
     RelayCrash(usize),
     RelayRestart(usize),
     StandbyCrash,

@@ -183,7 +183,8 @@ impl Relay {
         } else {
             out.close_primary = true;
         }
-        out.to_primary.push(wire::encode_hello_reply(&reply).as_bytes().to_vec());
+        out.to_primary
+            .push(wire::encode_hello_reply(&reply).as_bytes().to_vec());
     }
 
     /// An Ops frame: journal the ops not held yet as one record.
@@ -241,7 +242,11 @@ impl Relay {
     /// exact release here is harsher).
     pub fn release(&mut self, upto: u64) {
         self.safe = self.safe.max(upto);
-        while self.ops.front().is_some_and(|o| o.lsn <= self.safe && o.lsn <= self.durable) {
+        while self
+            .ops
+            .front()
+            .is_some_and(|o| o.lsn <= self.safe && o.lsn <= self.durable)
+        {
             self.ops.pop_front();
         }
         self.released = self.released.max(self.first() - 1);
@@ -348,10 +353,8 @@ impl Relay {
             let Some(last) = batch.last().map(|o| o.lsn) else { break };
             let bytes: usize = batch.iter().map(|o| o.data.len()).sum();
             let relabelled = batch.iter().filter(|o| o.gen < self.gen).count() as u64;
-            out.to_standby.push(ops::encode(
-                BatchEncoder::forward(self.gen, ops::BLOCK as u32),
-                &batch,
-            ));
+            out.to_standby
+                .push(ops::encode(BatchEncoder::forward(self.gen, ops::BLOCK as u32), &batch));
             self.relabelled += relabelled;
             self.tokens -= bytes as f64;
             next = last + 1;

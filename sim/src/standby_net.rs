@@ -8,11 +8,13 @@ use crate::ops;
 use crate::standby::SVol;
 use rdma_transport::handshake::{answer_hello, LocalVolume};
 use rdma_transport::wire::{
-    self, Batch, ForwardState, GapRequest, GapStatus, Hello, HelloReply, RefuseReason, Role, SafeUpTo,
-    FRAME_BYTES_MAX, WIRE_VERSION,
+    self, Batch, ForwardState, GapRequest, GapStatus, Hello, HelloReply, RefuseReason, Role, SafeUpTo, FRAME_BYTES_MAX,
+    WIRE_VERSION,
 };
 use standby::net::pull::{self, StallVerdict};
-use standby::net::{GAP_REQUEST_TIMEOUT_NS, GAP_RETRY_NS, PULL_INTERVAL_MAX_NS, PULL_SPAN_LSN, REPORT_FRESH_NS, STALL_NS};
+use standby::net::{
+    GAP_REQUEST_TIMEOUT_NS, GAP_RETRY_NS, PULL_INTERVAL_MAX_NS, PULL_SPAN_LSN, REPORT_FRESH_NS, STALL_NS,
+};
 use standby::{Offer, OwnedOp};
 use std::collections::VecDeque;
 
@@ -126,7 +128,11 @@ impl SNet {
         };
         self.out.push((i, wire::encode_gap_request(&g).as_bytes().to_vec()));
         if let Some(l) = self.links[i].as_mut() {
-            l.pull = Some(Pull { id, sent_ns: now, chain });
+            l.pull = Some(Pull {
+                id,
+                sent_ns: now,
+                chain,
+            });
         }
     }
 
@@ -137,7 +143,11 @@ impl SNet {
         let mut taken = 0;
         if l.held.is_empty() {
             for op in &b.ops {
-                let o = if v.intake_open() { v.recv.offer(b.generation, op, now) } else { Offer::Closed };
+                let o = if v.intake_open() {
+                    v.recv.offer(b.generation, op, now)
+                } else {
+                    Offer::Closed
+                };
                 seen.push(o);
                 match o {
                     Offer::Accepted | Offer::Duplicate => taken += 1,
@@ -158,7 +168,9 @@ impl SNet {
     /// The reply-handling half of `drive_link` for a GapReply.
     pub fn on_reply(&mut self, i: usize, v: &SVol, id: u64, status: GapStatus, last: Option<u64>, now: u64) {
         let Some(l) = self.links[i].as_mut() else { return };
-        let Some(p) = l.pull.take_if(|p| p.id == id) else { return };
+        let Some(p) = l.pull.take_if(|p| p.id == id) else {
+            return;
+        };
         if p.chain && (status == GapStatus::NotHeld || last.is_none()) {
             l.drained = true;
         }
@@ -220,7 +232,9 @@ impl SNet {
                 };
                 self.out.push((i, wire::encode_safe_up_to(&s).as_bytes().to_vec()));
             }
-            if l.pull.is_some_and(|p| now.saturating_sub(p.sent_ns) > GAP_REQUEST_TIMEOUT_NS) {
+            if l.pull
+                .is_some_and(|p| now.saturating_sub(p.sent_ns) > GAP_REQUEST_TIMEOUT_NS)
+            {
                 l.pull = None;
             }
         }
@@ -274,7 +288,8 @@ impl SNet {
 
     /// `pull_on_stall`, with the real `stall_pull_wanted`.
     fn pull_on_stall(&mut self, v: &SVol, now: u64) {
-        if now.saturating_sub(self.progress_ns) < STALL_NS || now.saturating_sub(self.last_pull_ns) < self.pull_interval_ns
+        if now.saturating_sub(self.progress_ns) < STALL_NS
+            || now.saturating_sub(self.last_pull_ns) < self.pull_interval_ns
         {
             return;
         }

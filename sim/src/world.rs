@@ -120,15 +120,28 @@ pub struct World {
     blocks: usize,
     /// `BATON_SIM_TRACE` set: every event is printed (replays).
     pub trace: bool,
+    released_past_durable: u64,
 }
 
 fn trace(now: u64, ev: &Ev, next: u64, epoch: u64) {
     let head = format!("{:>10.3} ms [standby next {next} epoch {epoch}]", now as f64 / 1e6);
     match ev {
-        Ev::Deliver { relay, side, to, inc, bytes } => {
+        Ev::Deliver {
+            relay,
+            side,
+            to,
+            inc,
+            bytes,
+        } => {
             let what = match wire::parse(bytes) {
                 Ok(Frame::Ops(b)) | Ok(Frame::Forward(b)) => {
-                    format!("{:?} gen {} {:?}..{:?}", FrameKind::Ops, b.generation, b.lsn_first(), b.lsn_last())
+                    format!(
+                        "{:?} gen {} {:?}..{:?}",
+                        FrameKind::Ops,
+                        b.generation,
+                        b.lsn_first(),
+                        b.lsn_last()
+                    )
                 }
                 Ok(Frame::GapReply(g)) => format!(
                     "GapReply id {} {:?} gen {} {:?}..{:?}",
@@ -185,6 +198,7 @@ impl World {
             last_fault_at: 0,
             blocks,
             trace: std::env::var_os("BATON_SIM_TRACE").is_some(),
+            released_past_durable: 0,
         };
         w.schedule();
         w
@@ -264,9 +278,8 @@ impl World {
         if let Some(k) = self.par.kill_at {
             return now > k + DRAIN_TIMEOUT_NS + 10_000 * MS;
         }
-        let converged = self.p.ops_left == 0
-            && self.sv.applied_epoch == self.p.epoch()
-            && now > self.last_fault_at + 2_000 * MS;
+        let converged =
+            self.p.ops_left == 0 && self.sv.applied_epoch == self.p.epoch() && now > self.last_fault_at + 2_000 * MS;
         converged || now > CONVERGE_NS
     }
 
@@ -280,6 +293,7 @@ impl World {
             relabelled: self.r.iter().map(|r| r.relabelled).sum(),
             fenced: self.r.iter().map(|r| r.fenced_frames).sum::<u64>() + self.fo.fenced_offers,
             missed_reconnecting: self.fo.missed_reconnecting,
+            released_past_durable: self.released_past_durable,
         }
     }
 
@@ -378,7 +392,16 @@ impl World {
         if data && self.cfg.reorder_in_link && self.rng.chance(self.par.reorder) {
             // Overtakes or falls behind its neighbours: not FIFO.
             let at = now + delay + self.rng.below(100 * MS);
-            self.q.at(at, Ev::Deliver { relay: i, side, to, inc, bytes });
+            self.q.at(
+                at,
+                Ev::Deliver {
+                    relay: i,
+                    side,
+                    to,
+                    inc,
+                    bytes,
+                },
+            );
             return;
         }
         let at = (now + delay).max(link.last[dir]);
@@ -386,9 +409,27 @@ impl World {
         if data && self.rng.chance(self.par.dup) {
             let again = at + self.rng.below(50 * MS);
             let copy = bytes.clone();
-            self.q.at(again, Ev::Deliver { relay: i, side, to, inc, bytes: copy });
+            self.q.at(
+                again,
+                Ev::Deliver {
+                    relay: i,
+                    side,
+                    to,
+                    inc,
+                    bytes: copy,
+                },
+            );
         }
-        self.q.at(at, Ev::Deliver { relay: i, side, to, inc, bytes });
+        self.q.at(
+            at,
+            Ev::Deliver {
+                relay: i,
+                side,
+                to,
+                inc,
+                bytes,
+            },
+        );
     }
 
     fn send_ops(&mut self, i: usize) {
@@ -648,13 +689,16 @@ impl World {
         for i in 0..self.par.relays {
             let d = self.par.lat[i].0 + self.rng.below(MS);
             let bytes = b.clone();
-            self.q.after(d, Ev::Deliver {
-                relay: i,
-                side: Side::Primary,
-                to: Node::Relay(i),
-                inc: 0,
-                bytes,
-            });
+            self.q.after(
+                d,
+                Ev::Deliver {
+                    relay: i,
+                    side: Side::Primary,
+                    to: Node::Relay(i),
+                    inc: 0,
+                    bytes,
+                },
+            );
         }
         check::at_promotion(self);
     }
@@ -709,12 +753,17 @@ impl World {
     fn relay_from_standby(&mut self, i: usize, f: &Frame<'_>) {
         let mut out = Out::default();
         match f {
-            Frame::HelloReply(r) => self.r[i].on_standby_reply(r, self.cfg.release_on_resume, &mut out),
-            Frame::SafeUpTo(s) => self.r[i].release(s.lsn),
-            Frame::GapRequest(g) => {
-                if self.r[i].gaps.len() < crate::relay::GAP_QUEUE_MAX {
-                    self.r[i].gaps.push_back(*g);
+            Frame::HelloReply(r) => {
+                if let HelloReply::Accepted { resume_lsn, .. } = r {
+                    if self.cfg.release_on_resume && resume_lsn.saturating_sub(1) > self.sv.durable_lsn() {
+                        self.released_past_durable += 1;
+                    }
                 }
+                self.r[i].on_standby_reply(r, self.cfg.release_on_resume, &mut out)
+            }
+            Frame::SafeUpTo(s) => self.r[i].release(s.lsn),
+            Frame::GapRequest(g) if self.r[i].gaps.len() < crate::relay::GAP_QUEUE_MAX => {
+                self.r[i].gaps.push_back(*g);
             }
             _ => {}
         }

@@ -4,8 +4,8 @@
 
 use baton_sim::{run, SimConfig};
 
-/// Seeds run with the drain on (CI budget: a few seconds in release).
-const CI_SEEDS: u64 = 3_000;
+/// Seeds run with the drain on (CI budget: about 2.5 s in release; fewer in a debug build).
+const CI_SEEDS: u64 = if cfg!(debug_assertions) { 500 } else { 3_000 };
 /// Seeds within which the drain-disabled run must find the defect.
 const NO_DRAIN_SEEDS: u64 = 500;
 
@@ -39,12 +39,19 @@ fn drain_disabled_finds_the_lost_restart_point() {
         "expected the lost restart point, got: {v}"
     );
     // The same seed passes with the drain.
-    assert!(run(v.seed, SimConfig::default()).is_ok(), "seed {} fails with the drain too", v.seed);
+    assert!(
+        run(v.seed, SimConfig::default()).is_ok(),
+        "seed {} fails with the drain too",
+        v.seed
+    );
 }
 
 #[test]
 fn a_seed_replays_exactly() {
-    let seed = std::env::var("BATON_SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
+    let seed = std::env::var("BATON_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
     let a = baton_sim::World::new(seed, SimConfig::default()).run();
     let b = baton_sim::World::new(seed, SimConfig::default()).run();
     assert_eq!(a, b, "seed {seed} ran differently twice");

@@ -61,7 +61,7 @@ pub fn stall_pull_wanted(relays: &[RelayReport], next: u64, stalled_ns: u64) -> 
     if !relays.iter().any(|r| has_more(&r)) {
         return StallVerdict::NothingMore;
     }
-    if forwarders().filter(has_more).next().is_some() && stalled_ns < FORWARDER_STALL_NS {
+    if forwarders().any(|r| has_more(&r)) && stalled_ns < FORWARDER_STALL_NS {
         return StallVerdict::Wait;
     }
     StallVerdict::Pull
