@@ -57,6 +57,13 @@ pub struct SimConfig {
     /// real transports (TCP, RDMA RC) keep a connection's order, and with it on the
     /// standby's per-link back-pressure queue can deadlock (`docs/simulation.md`).
     pub reorder_in_link: bool,
+    /// `start_drain` drops requests outstanding from before the drain, so only answers to
+    /// requests made during it mark a relay drained (the real code since the simulation
+    /// found seed 551013; off replays the defect).
+    pub drain_drops_stale_pulls: bool,
+    /// `adopt` resumes a relay after the standby's durable LSN, not its received one (the
+    /// real code; off replays what the relays released before the fix).
+    pub resume_at_durable: bool,
 }
 
 impl Default for SimConfig {
@@ -65,6 +72,8 @@ impl Default for SimConfig {
             drain: true,
             release_on_resume: true,
             reorder_in_link: false,
+            drain_drops_stale_pulls: true,
+            resume_at_durable: true,
         }
     }
 }

@@ -88,12 +88,17 @@ impl SNet {
     }
 
     /// `adopt`: answers a relay's Hello; an accepted relay becomes a link.
-    pub fn on_hello(&mut self, i: usize, h: &Hello<'_>, v: &SVol) -> Vec<u8> {
+    pub fn on_hello(&mut self, i: usize, h: &Hello<'_>, v: &SVol, resume_at_durable: bool) -> Vec<u8> {
+        let received = v.next_lsn().saturating_sub(1);
         let local = LocalVolume {
             volume_id: crate::primary::VOLUME_ID,
             block_size: ops::BLOCK as u32,
             generation: v.gen.max(v.recv.generation()),
-            durable_lsn: v.next_lsn().saturating_sub(1),
+            durable_lsn: if resume_at_durable {
+                v.durable_lsn().min(received)
+            } else {
+                received
+            },
             frame_bytes_max: FRAME_BYTES_MAX as u32,
             recv_credits: 0,
         };
@@ -325,10 +330,13 @@ impl SNet {
     }
 
     /// `start_drain`.
-    pub fn start_drain(&mut self) {
+    pub fn start_drain(&mut self, drop_stale_pulls: bool) {
         self.draining = true;
         for l in self.links.iter_mut().flatten() {
             l.drained = false;
+            if drop_stale_pulls {
+                l.pull = None;
+            }
         }
     }
 

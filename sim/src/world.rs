@@ -669,7 +669,7 @@ impl World {
             self.q.after(dt, Ev::KillPrimary);
         }
         if self.cfg.drain {
-            self.sn.start_drain();
+            self.sn.start_drain(self.cfg.drain_drops_stale_pulls);
         } else {
             self.promote(now);
         }
@@ -802,7 +802,7 @@ impl World {
         }
         match f {
             Frame::Hello(h) => {
-                let reply = self.sn.on_hello(i, h, &self.sv);
+                let reply = self.sn.on_hello(i, h, &self.sv, self.cfg.resume_at_durable);
                 self.send(i, Side::Standby, false, reply);
             }
             Frame::Forward(b) => {

@@ -75,3 +75,40 @@ fn replay() {
         Err(v) => panic!("{v}"),
     }
 }
+
+/// The defect the soak found in the real drain (`start_drain` kept a request sent before
+/// the drain, whose `not_held` then marked the relay drained): the seed fails with the old
+/// behaviour and passes with the fix.
+#[test]
+fn seed_551013_drain_counts_only_answers_to_its_own_requests() {
+    let old = SimConfig {
+        drain_drops_stale_pulls: false,
+        ..SimConfig::default()
+    };
+    let v = run(551_013, old).expect_err("seed 551013 shows the stale not_held with the old drain");
+    println!("old drain: {v}");
+    if let Err(v) = run(551_013, SimConfig::default()) {
+        panic!("seed 551013 fails with the fixed drain: {v}");
+    }
+}
+
+/// A relay reconnecting to the standby releases its journal below the resume point of the
+/// standby's HelloReply. Answering with the received LSN let it release ops the standby had
+/// not made durable yet; answering with the durable LSN never does.
+#[test]
+fn relays_never_release_past_what_the_standby_made_durable() {
+    let count = |cfg: SimConfig| -> u64 {
+        (0..CI_SEEDS / 3)
+            .filter_map(|seed| run(seed, cfg).ok())
+            .map(|o| o.released_past_durable)
+            .sum()
+    };
+    let old = SimConfig {
+        resume_at_durable: false,
+        ..SimConfig::default()
+    };
+    let before = count(old);
+    assert!(before > 0, "the received-LSN resume released past durable in no seed");
+    assert_eq!(count(SimConfig::default()), 0);
+    println!("releases past the standby's durable LSN: {before} with the old resume point, 0 with the fix");
+}

@@ -36,8 +36,8 @@
 //! (moving roll-over and release to io_uring OPENAT/UNLINKAT is noted in
 //! `docs/relay-journal.md`).
 
-pub mod lock;
 mod base;
+pub mod lock;
 mod map;
 pub mod record;
 
