@@ -95,6 +95,8 @@ pub const GAP_REQUEST_TIMEOUT_NS: u64 = 2_000_000_000;
 /// A relay's `PrimaryLiveness` (sent every 100 ms) counts this long (20 reports: a
 /// loaded relay's reports arrive late, not lost).
 pub const REPORT_FRESH_NS: u64 = 2_000_000_000;
+/// A link count seen this recently is what a drain expects to find.
+pub const PEAK_LINKS_WINDOW_NS: u64 = 10_000_000_000;
 /// Closed links kept per volume for the status.
 pub const CLOSED_LINKS_KEPT: usize = 8;
 /// Holes looked at per poll.
@@ -520,6 +522,10 @@ struct VolNet {
     /// Stall verdicts (`pull::StallVerdict`) taken, by kind: pulled, policy hold,
     /// nothing more held, waiting on a delivering forwarder.
     stall_verdicts: [u64; 4],
+    /// Most relay links connected at once lately, and when that was last true: a drain
+    /// waits (briefly) for relays that were connected a moment ago to come back.
+    peak_links: usize,
+    peak_ns: u64,
 }
 
 impl VolNet {
@@ -558,6 +564,10 @@ impl VolNet {
                 continue;
             }
             i += 1;
+        }
+        if self.links.len() >= self.peak_links || now.saturating_sub(self.peak_ns) > PEAK_LINKS_WINDOW_NS {
+            self.peak_links = self.links.len();
+            self.peak_ns = now;
         }
         let next = v.next_lsn();
         if next != self.progress_lsn || self.progress_ns == 0 {
