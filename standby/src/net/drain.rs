@@ -69,6 +69,7 @@ pub fn start_drain(v: &StandbyVolume) {
     let vn = rn.vols.entry(v.name().to_string()).or_default();
     for l in &mut vn.links {
         l.drained = false;
+        l.drain_rescanned = false;
         l.drain_bytes0 = l.conn.stats().bytes_received;
         // A request sent before the drain may be answered `not_held` for an LSN below
         // what the relay holds now: its answer must not count as drained (the reply is

@@ -270,6 +270,7 @@ pub(super) fn adopt(mut conn: Conn, peer: SocketAddr, h: HelloOwned, now: u64) {
         fwd: None,
         held_lsn: 0,
         drained: false,
+        drain_rescanned: false,
         drain_bytes0: 0,
     });
 }

@@ -225,6 +225,8 @@ struct Pull {
     sent_ns: u64,
     /// A stall pull: follow a reply that carried ops with the next request.
     chain: bool,
+    /// First LSN asked for.
+    first: u64,
 }
 
 struct Link {
@@ -249,6 +251,9 @@ struct Link {
     held_lsn: u64,
     /// Failover drain: the relay answered that it holds nothing from the next LSN on.
     drained: bool,
+    /// This drain asked the relay again from the standby's next LSN after a `not_held`
+    /// past it (once per drain: a relay that lacks the hole answers the same again).
+    drain_rescanned: bool,
     /// `bytes_received` when a drain started (what the drain brought from this relay).
     drain_bytes0: u64,
 }
@@ -324,6 +329,7 @@ impl Link {
             id,
             sent_ns: now,
             chain,
+            first,
         });
         true
     }
@@ -482,8 +488,16 @@ fn drive_link(name: &str, l: &mut Link, v: &mut StandbyVolume, now: u64) -> bool
                         continue;
                     };
                     if p.chain && (status == GapStatus::NotHeld || last.is_none()) {
-                        // Nothing from the next LSN on: a drain is done with this relay.
-                        l.drained = true;
+                        let next = v.next_lsn();
+                        if p.first <= next || l.drain_rescanned {
+                            // Nothing from the next LSN on: a drain is done with this relay.
+                            l.drained = true;
+                        } else {
+                            // Nothing past what it sent, but the standby is still below
+                            // that (a hole): ask once more from the next LSN.
+                            l.drain_rescanned = true;
+                            l.request(id.wrapping_add(1 << 32), next, next + PULL_SPAN_LSN - 1, true, now);
+                        }
                     }
                     if let (true, GapStatus::Complete | GapStatus::Partial, Some(last)) = (p.chain, status, last) {
                         // More may follow: ask for it at once, one round trip per frame.
