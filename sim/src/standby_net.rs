@@ -26,6 +26,7 @@ pub struct Pull {
     pub id: u64,
     pub sent_ns: u64,
     pub chain: bool,
+    pub first: u64,
 }
 
 /// The standby's side of one relay connection (`Link`).
@@ -35,6 +36,7 @@ pub struct SLink {
     pub held_lsn: u64,
     pub pull: Option<Pull>,
     pub drained: bool,
+    pub drain_rescanned: bool,
     pub forward_frames: u64,
     pub last_forward_ns: u64,
     pub safe_sent: u64,
@@ -137,6 +139,7 @@ impl SNet {
                 id,
                 sent_ns: now,
                 chain,
+                first,
             });
         }
     }
@@ -177,7 +180,13 @@ impl SNet {
             return;
         };
         if p.chain && (status == GapStatus::NotHeld || last.is_none()) {
-            l.drained = true;
+            let next = v.next_lsn();
+            if p.first <= next || l.drain_rescanned {
+                l.drained = true;
+            } else {
+                l.drain_rescanned = true;
+                self.request(i, id.wrapping_add(1 << 32), next, next + PULL_SPAN_LSN - 1, true, now);
+            }
         }
         if let (true, GapStatus::Complete | GapStatus::Partial, Some(last)) = (p.chain, status, last) {
             let first = v.next_lsn().max(last + 1);
@@ -334,6 +343,7 @@ impl SNet {
         self.draining = true;
         for l in self.links.iter_mut().flatten() {
             l.drained = false;
+            l.drain_rescanned = false;
             if drop_stale_pulls {
                 l.pull = None;
             }
