@@ -710,8 +710,6 @@ fn relay_cmd(a: RelayArgs) -> Result<(), AnyErr> {
     } else {
         IdleMode::default()
     };
-    let reactors = start_reactors(&a.cpumask, idle)?;
-    engine::reactor::install_signal_handlers(&reactors)?;
     let mut cfg = relay::relay::RelayConfig::new(a.listen, &a.journal_dir);
     cfg.journal_bytes_max = perf::spec::parse_size(&a.journal_bytes_max)?;
     cfg.segment_bytes = perf::spec::parse_size(&a.segment_bytes)?;
@@ -721,6 +719,11 @@ fn relay_cmd(a: RelayArgs) -> Result<(), AnyErr> {
     cfg.forward = relay::relay::ForwardPolicy::parse(&a.forward).map_err(|e| format!("--forward {e}"))?;
     cfg.forwarder = !a.backup;
     cfg.direct_io = !a.no_direct;
+    // Out-of-range settings stop here, before any reactor or file (Relay::start checks
+    // again for in-process relays).
+    cfg.validate()?;
+    let reactors = start_reactors(&a.cpumask, idle)?;
+    engine::reactor::install_signal_handlers(&reactors)?;
     let r = relay::relay::Relay::start(cfg)?;
     relay::rpc::set_relay(r.clone());
     let mut reg = engine::rpc::Registry::new();

@@ -282,6 +282,7 @@ fn prepare_journal(c: &RelayConfig, vname: &str) -> Result<(), AnyErr> {
     jc.direct_io = c.direct_io;
     jc.spare_segments = c.spare_segments;
     jc.preallocate_bytes = c.journal_preallocate_bytes;
+    jc.validate()?;
     let started = Instant::now();
     let (j, _) = relay::journal::Journal::open(jc).map_err(|e| format!("journal {}: {e}", dir.display()))?;
     log::info!(

@@ -422,3 +422,118 @@ fn full_journal_pushes_back_and_loses_nothing_acknowledged() {
     let (stamps, _) = journal_stamps(&r.dir, "vol");
     assert_all_in(&p.acked, &stamps, "full journal");
 }
+
+/// Runs `baton relay` expecting it to refuse to start: waits (bounded) for its exit and
+/// returns its stderr; panics if it is still running after `WAIT` (then it served).
+fn relay_refused(dir: &Path, sock: &Path, extra: &[&str]) -> String {
+    let mut child = baton()
+        .args(["relay", "-m", "0x1", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("-r")
+        .arg(sock)
+        .arg("--journal-dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > WAIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(sock);
+            panic!("baton relay {extra:?} on {} started instead of refusing", dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let _ = std::fs::remove_file(sock);
+    assert!(!status.success(), "refused start must exit non-zero: {status}\n{err}");
+    err
+}
+
+#[test]
+fn a_second_relay_on_a_live_journal_dir_refuses_to_start_and_the_first_keeps_serving() {
+    let d = TempDir::new("/dev/shm", "lock");
+    // Small segments: the live relay rolls over many times after the refused start (the
+    // roll-over is where a second relay's segment file used to break it).
+    let mut r1 = RelayProc::start(&d.0, free_port(), &["--segment-bytes", "256K"]);
+    let mut p = Primary::start(&[r1.addr()], "all", "block", 1_000_000);
+    p.until("200 acks", |p| p.acked.len() >= 200);
+    let segments_before: Vec<_> = std::fs::read_dir(d.0.join("vol")).unwrap().collect();
+    assert!(!segments_before.is_empty());
+
+    let err = relay_refused(&d.0, &d.0.with_extension("sock2"), &["--segment-bytes", "256K"]);
+    let pid = r1.child.id();
+    assert!(
+        err.contains(&format!(
+            "journal directory {} is in use by another relay (pid {pid})",
+            d.0.display()
+        )),
+        "stderr names the directory and the holder: {err}"
+    );
+    assert!(err.contains("--journal-dir"), "{err}");
+
+    // The first relay goes on: 2000 more writes of 4 KiB (30 and more segments of 256 KiB).
+    let n = p.acked.len() + 2000;
+    p.until("2000 more acks", |p| p.acked.len() >= n);
+    assert!(
+        r1.child.try_wait().unwrap().is_none(),
+        "the live relay is still running"
+    );
+    let v = r1.volume_status("vol").expect("the live relay still answers");
+    assert_eq!(v["journal_failed"], false, "{v}");
+    p.kill9();
+    r1.kill9();
+    assert!(
+        p.failed.is_empty(),
+        "writes failed: {:?}",
+        &p.failed[..p.failed.len().min(5)]
+    );
+    let (stamps, rep) = journal_stamps(&d.0, "vol");
+    assert!(rep.torn_tail.is_none(), "{rep:?}");
+    assert_all_in(&p.acked, &stamps, "live relay");
+    // SIGKILL released the lock with the process: a new relay starts on the directory.
+    let r2 = RelayProc::start(&d.0, free_port(), &["--segment-bytes", "256K"]);
+    assert!(r2.volume_status("vol").is_some());
+}
+
+#[test]
+fn out_of_range_relay_settings_are_refused_at_start_naming_them() {
+    let d = TempDir::new("/var/tmp", "limits");
+    let root = d.0.join("root");
+    let sock = d.0.with_extension("sock");
+    let err = relay_refused(&root, &sock, &["--segment-bytes", "0"]);
+    assert!(
+        err.contains("segment_bytes (0 bytes) must be between 64 KiB and 1 GiB"),
+        "{err}"
+    );
+    let err = relay_refused(&root, &sock, &["--journal-bytes-max", "2M", "--segment-bytes", "8M"]);
+    assert!(
+        err.contains("journal_bytes_max (2 MiB) must hold at least 2 segments of segment_bytes (8 MiB)"),
+        "{err}"
+    );
+    let err = relay_refused(&root, &sock, &["--forward", "interval:0"]);
+    assert!(err.contains("interval_ms"), "{err}");
+    assert!(!root.exists(), "nothing created before the settings were checked");
+
+    // Over JSON-RPC: invalid params (-32602) with the same message.
+    let r = RelayProc::start(&root, free_port(), &[]);
+    let out = baton()
+        .args(["rpc", "-s"])
+        .arg(&r.sock)
+        .args(["relay_create_journal", r#"{"volume": "v2", "segment_bytes": 0}"#])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("-32602") && err.contains("segment_bytes (0 bytes) must be between 64 KiB and 1 GiB"),
+        "{err}"
+    );
+}

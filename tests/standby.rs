@@ -728,6 +728,7 @@ fn standby_lagging_by_policy_is_not_fetched_around_and_failover_drains_the_relay
     for l in &up {
         assert_eq!(l["gap_requests_sent"], 0, "nothing fetched around the policy: {st}");
     }
+    assert_eq!(st["stall_verdicts"]["pulled"], 0, "{st}");
     assert!(
         up.iter().any(|l| l["forward_state"] == "holding"),
         "the forwarder reports holding by policy: {st}"

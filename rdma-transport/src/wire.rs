@@ -56,6 +56,8 @@ pub const SAFE_UP_TO_BODY_BYTES: usize = 16;
 pub const GAP_REQUEST_BODY_BYTES: usize = 24;
 /// See [`HELLO_BODY_BYTES`].
 pub const PRIMARY_LIVENESS_BODY_BYTES: usize = 24;
+/// See [`HELLO_BODY_BYTES`].
+pub const BASE_BODY_BYTES: usize = 16;
 /// `primary_age_ms` of a [`PrimaryLiveness`] from a relay that never heard the primary.
 pub const PRIMARY_AGE_NEVER: u64 = u64::MAX;
 
@@ -124,6 +126,9 @@ pub enum FrameKind {
     /// Relay -> standby: when the relay last heard the volume's primary (failure detection,
     /// `docs/failover.md`).
     PrimaryLiveness = 10,
+    /// Primary -> relay: the relay's history restarts at an LSN (it holds nothing between
+    /// its journal's end and that LSN: resync, `docs/replication.md`).
+    Base = 11,
 }
 
 impl FrameKind {
@@ -139,6 +144,7 @@ impl FrameKind {
             8 => Self::GapRequest,
             9 => Self::GapReply,
             10 => Self::PrimaryLiveness,
+            11 => Self::Base,
             _ => return None,
         })
     }
@@ -414,6 +420,17 @@ impl ForwardState {
     }
 }
 
+/// Parsed history base (primary -> relay): the primary no longer holds the LSNs between
+/// the relay's journal end and `lsn`; the relay records that it holds nothing below `lsn`
+/// after its journal end, and the primary sends ops from `lsn` on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Base {
+    /// First LSN of the relay's new history (>= 2: at least LSN 1 is skipped).
+    pub lsn: u64,
+    /// The primary's generation.
+    pub generation: u64,
+}
+
 /// Parsed standby confirmation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SafeUpTo {
@@ -468,6 +485,8 @@ pub enum Frame<'a> {
     GapReply(GapReply<'a>),
     /// See [`FrameKind::PrimaryLiveness`].
     PrimaryLiveness(PrimaryLiveness),
+    /// See [`FrameKind::Base`].
+    Base(Base),
 }
 
 impl Frame<'_> {
@@ -484,6 +503,7 @@ impl Frame<'_> {
             Frame::GapRequest(_) => FrameKind::GapRequest,
             Frame::GapReply(_) => FrameKind::GapReply,
             Frame::PrimaryLiveness(_) => FrameKind::PrimaryLiveness,
+            Frame::Base(_) => FrameKind::Base,
         }
     }
 }
@@ -745,6 +765,12 @@ pub enum WireError {
     BadForwardState {
         /// Value received.
         value: u8,
+    },
+    /// Base LSN below 2 (a base of 1 skips nothing).
+    #[error("base LSN {lsn} must be at least 2")]
+    BadBaseLsn {
+        /// Value received.
+        lsn: u64,
     },
 }
 
@@ -1069,6 +1095,17 @@ fn parse_body(kind: FrameKind, body: &[u8]) -> Result<Frame<'_>, WireError> {
                 primary_lsn,
                 connected,
                 forward,
+            }))
+        }
+        FrameKind::Base => {
+            fixed_len(kind, body, BASE_BODY_BYTES)?;
+            let lsn = r.u64()?;
+            if lsn < 2 {
+                return Err(WireError::BadBaseLsn { lsn });
+            }
+            Ok(Frame::Base(Base {
+                lsn,
+                generation: r.u64()?,
             }))
         }
         FrameKind::SafeUpTo => {
@@ -1432,6 +1469,14 @@ pub fn encode_primary_liveness(p: &PrimaryLiveness) -> HeaderBuf {
     control(FrameKind::PrimaryLiveness, &b)
 }
 
+/// Encodes a Base.
+pub fn encode_base(b: &Base) -> HeaderBuf {
+    let mut body = [0u8; BASE_BODY_BYTES];
+    body[0..8].copy_from_slice(&b.lsn.to_le_bytes());
+    body[8..16].copy_from_slice(&b.generation.to_le_bytes());
+    control(FrameKind::Base, &body)
+}
+
 /// Encodes a SafeUpTo.
 pub fn encode_safe_up_to(s: &SafeUpTo) -> HeaderBuf {
     let mut b = [0u8; SAFE_UP_TO_BODY_BYTES];
@@ -1720,6 +1765,7 @@ fn reencode_check(frame: &Frame<'_>, original: &[u8]) {
         Frame::SafeUpTo(s) => Some(encode_safe_up_to(s)),
         Frame::GapRequest(g) => Some(encode_gap_request(g)),
         Frame::PrimaryLiveness(p) => Some(encode_primary_liveness(p)),
+        Frame::Base(b) => Some(encode_base(b)),
         Frame::Ops(b) | Frame::Forward(b) | Frame::GapReply(GapReply { batch: b, .. }) => {
             let mut enc = match frame {
                 Frame::Ops(_) => BatchEncoder::ops(b.generation, b.block_size),

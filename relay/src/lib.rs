@@ -6,12 +6,14 @@
 //!   to the standby at its own timing, releases what the standby holds).
 //! - [`journal`]: the relay's non-volatile journal (segment files, group commit through
 //!   io_uring, crash recovery, read-back for forwarding, release once the standby has it).
+//! - [`limits`]: the ranges of the relay's settings, checked before anything is opened.
 //! - [`liveness`]: the direct heartbeat a replicated volume sends to its standby host.
 //! - [`rpc`]: the `replication_*` and `relay_*` JSON-RPC methods.
 //! - [`dataref`]: zero-copy views of write buffers shared by the local write and the sends.
 
 pub mod dataref;
 pub mod journal;
+pub mod limits;
 pub mod liveness;
 pub mod relay;
 pub mod rpc;

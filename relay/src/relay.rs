@@ -47,7 +47,9 @@ use rdma_transport::wire::{
 use rdma_transport::{ConnState, Connection, OutFrame, TransportError};
 use serde::{Deserialize, Serialize};
 
+use crate::journal::lock::DirLock;
 use crate::journal::{Journal, JournalConfig, JournalError, ReadCursor, RecoveryReport, READ_BUF_BYTES_MIN};
+use crate::limits::{LimitError, FORWARD_INTERVAL_MS_MAX};
 
 /// Default segment size of relay journals (smaller than the journal's own default so
 /// gap replies, which read whole segments, stay cheap).
@@ -128,7 +130,9 @@ impl ForwardPolicy {
     pub fn check(&self) -> Result<(), String> {
         match self {
             ForwardPolicy::Immediate => Ok(()),
-            ForwardPolicy::Interval { interval_ms } if *interval_ms == 0 => Err("interval_ms must be > 0".into()),
+            ForwardPolicy::Interval { interval_ms } if !(1..=FORWARD_INTERVAL_MS_MAX).contains(interval_ms) => Err(
+                format!("interval_ms ({interval_ms}) must be between 1 and {FORWARD_INTERVAL_MS_MAX} (one day)"),
+            ),
             ForwardPolicy::Interval { .. } => Ok(()),
             ForwardPolicy::Bandwidth { bytes_per_sec } if *bytes_per_sec == 0 => {
                 Err("bytes_per_sec must be > 0".into())
@@ -139,7 +143,10 @@ impl ForwardPolicy {
                     return Err("windows must name at least one HH:MM-HH:MM window".into());
                 }
                 for w in windows {
-                    parse_window(w)?;
+                    let (start, end) = parse_window(w)?;
+                    if start == end {
+                        return Err(format!("windows: {w:?} is empty (start = end): it would never open"));
+                    }
                 }
                 Ok(())
             }
@@ -257,6 +264,12 @@ pub enum RelayError {
     /// The volume exists already.
     #[error("volume {0} already has a journal")]
     Exists(String),
+    /// A setting is out of range ([`crate::limits`]).
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    /// The journal directory is another relay's (its lock is held), or cannot be locked.
+    #[error(transparent)]
+    DirLock(JournalError),
 }
 
 /// What the relay keeps about a volume across restarts, next to its journal.
@@ -407,6 +420,9 @@ pub struct RelayVolumeStatus {
     /// The journal failed (see `last_error`): primaries are refused until the relay
     /// restarts and recovers it.
     pub journal_failed: bool,
+    /// The journal's history base (resync): it holds no op between its records before
+    /// the base record and this LSN; 0 when it never had one.
+    pub base_lsn: u64,
 }
 
 /// `relay_get_status` result.
@@ -460,18 +476,19 @@ impl Relay {
     /// Binds the listener, opens (recovers) every volume journal under the root, and
     /// starts the relay poller on its reactor. Setup path: blocks for recovery.
     pub fn start(cfg: RelayConfig) -> Result<Arc<Relay>, RelayError> {
-        if let Err(why) = cfg.forward.check() {
-            return Err(RelayError::InvalidParam { param: "forward", why });
-        }
+        cfg.validate()?;
+        std::fs::create_dir_all(&cfg.journal_root).map_err(|e| RelayError::Meta {
+            path: cfg.journal_root.display().to_string(),
+            why: e.to_string(),
+        })?;
+        // Before listening or recovering anything: a second relay on this directory would
+        // recover the live relay's journals and collide with its next segments.
+        let root_lock = DirLock::acquire(&cfg.journal_root).map_err(RelayError::DirLock)?;
         let acceptor = TcpAcceptor::bind(cfg.listen, TcpConfig::default()).map_err(|source| RelayError::Listen {
             addr: cfg.listen,
             source,
         })?;
         let listen = acceptor.local_addr();
-        std::fs::create_dir_all(&cfg.journal_root).map_err(|e| RelayError::Meta {
-            path: cfg.journal_root.display().to_string(),
-            why: e.to_string(),
-        })?;
         let mut volumes = Vec::new();
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(&cfg.journal_root)
             .map_err(|e| RelayError::Meta {
@@ -484,7 +501,7 @@ impl Relay {
         dirs.sort();
         for dir in dirs {
             let meta = VolumeMeta::load(&dir)?;
-            let v = VolumeJournal::open(&cfg, meta, dir, None)?;
+            let v = VolumeJournal::open(&cfg, meta, dir, None, false)?;
             volumes.push(v);
         }
         let shared = Arc::new(RelayShared {
@@ -513,6 +530,7 @@ impl Relay {
                 .ok(),
             ready: ArrayVec::new(),
             next_token: 0,
+            root_lock: Some(root_lock),
         };
         state.publish();
         let holder = Arc::new(Mutex::new(Some(state)));
@@ -572,8 +590,20 @@ impl Relay {
                 why: format!("{:?}: 1..=64 bytes, no '/'", spec.volume),
             });
         }
+        let mut jc = JournalConfig::new(spec.dir.clone().unwrap_or_default());
+        jc.journal_bytes_max = spec.journal_bytes_max.unwrap_or(self.cfg.journal_bytes_max);
+        jc.segment_bytes = spec.segment_bytes.unwrap_or(self.cfg.segment_bytes);
+        jc.preallocate_bytes = self.cfg.journal_preallocate_bytes;
+        jc.validate()?;
         if self.status().volumes.iter().any(|v| v.name == spec.volume) {
             return Err(RelayError::Exists(spec.volume));
+        }
+        if let Some(dir) = spec.dir.as_deref().filter(|d| d.is_dir()) {
+            // Early word when another process journals there (the lock is taken for good
+            // when the primary's Hello opens the journal).
+            if let Err(e @ JournalError::InUse { .. }) = DirLock::acquire(dir) {
+                return Err(RelayError::DirLock(e));
+            }
         }
         let mut specs = self.shared.specs.lock().unwrap_or_else(|e| e.into_inner());
         if specs.iter().any(|s| s.volume == spec.volume) {
@@ -693,7 +723,15 @@ fn fail_journal(failed: &mut Option<String>, last_error: &mut String, volume: &s
 }
 
 impl VolumeJournal {
-    fn open(cfg: &RelayConfig, meta: VolumeMeta, dir: PathBuf, spec: Option<&JournalSpec>) -> Result<Self, RelayError> {
+    /// Opens (recovers) the volume's journal; `save_meta`: a new volume, whose
+    /// `volume.json` is written once the journal (and so the directory's lock) is open.
+    fn open(
+        cfg: &RelayConfig,
+        meta: VolumeMeta,
+        dir: PathBuf,
+        spec: Option<&JournalSpec>,
+        save_meta: bool,
+    ) -> Result<Self, RelayError> {
         let mut jc = JournalConfig::new(&dir);
         jc.journal_bytes_max = spec.and_then(|s| s.journal_bytes_max).unwrap_or(cfg.journal_bytes_max);
         jc.segment_bytes = spec.and_then(|s| s.segment_bytes).unwrap_or(cfg.segment_bytes);
@@ -704,6 +742,9 @@ impl VolumeJournal {
             volume: meta.name.clone(),
             source,
         })?;
+        if save_meta {
+            meta.save(&dir)?;
+        }
         if let Some(t) = &recovery.torn_tail {
             log::warn!(
                 "volume {}: journal tail cut at segment {:#x} offset {} ({} bytes, {} later segments dropped): {:?}",
@@ -787,6 +828,9 @@ struct RelayState {
     readiness: Option<Readiness>,
     ready: ArrayVec<u64, READY_EVENTS_MAX>,
     next_token: u64,
+    /// The lock of `journal_root`, held until the relay stops (each volume's journal holds
+    /// its own directory's).
+    root_lock: Option<DirLock>,
 }
 
 /// What a primary connection's receive produced.
@@ -821,6 +865,7 @@ impl RelayState {
                         }
                     }
                     self.volumes.clear();
+                    self.root_lock = None;
                     self.pending.clear();
                     if let Some(id) = self.poller.take() {
                         reactor::unregister_poller(id);
@@ -959,9 +1004,7 @@ impl RelayState {
                 block_size: hello.block_size,
                 generation: hello.generation,
             };
-            let opened = meta
-                .save(&dir)
-                .and_then(|()| VolumeJournal::open(&self.cfg, meta, dir, spec.as_ref()));
+            let opened = VolumeJournal::open(&self.cfg, meta, dir, spec.as_ref(), true);
             match opened {
                 Ok(v) => {
                     self.volumes.push(v);
@@ -1124,6 +1167,34 @@ impl RelayState {
                     stash.extend_from_slice(p);
                 }
                 stashed.push_back((off, len, first, last));
+            }
+            // The primary no longer holds the LSNs between this journal's end and the base:
+            // journal the frame as the record covering them (resync, journal/base.rs), in
+            // order with the Ops frames around it, then the ops from the base on follow.
+            Frame::Base(b) => {
+                if b.generation < generation {
+                    let _ = events.try_push(PrimaryEvent::Fenced(b.generation));
+                    return;
+                }
+                let have = journal.appended_lsn().max(stashed.back().map_or(0, |s| s.3));
+                if b.lsn <= have + 1 {
+                    return;
+                }
+                let hdr = wire::encode_base(&b);
+                let (first, last) = (have + 1, b.lsn - 1);
+                if stashed.is_empty() {
+                    match journal.append_frame(first, last, &[hdr.as_bytes()]) {
+                        Ok(_) => return,
+                        Err(JournalError::Full { .. } | JournalError::Busy) => {}
+                        Err(e) => {
+                            let _ = errors.try_push((true, e.to_string()));
+                            return;
+                        }
+                    }
+                }
+                let off = stash.len();
+                stash.extend_from_slice(hdr.as_bytes());
+                stashed.push_back((off, hdr.as_bytes().len(), first, last));
             }
             Frame::Heartbeat(h) => {
                 let _ = events.try_push(PrimaryEvent::Heartbeat(h));
@@ -1421,6 +1492,9 @@ impl RelayState {
             let mut out: ArrayVec<(wire::HeaderBuf, Vec<u8>, u64), 8> = ArrayVec::new();
             let mut stopped_early = false;
             let mut next = v.fwd_next;
+            // A base record (resync) declares the LSNs it covers not held: forwarding moves
+            // past them; the standby fetches them from another relay.
+            let mut base_skip = 0u64;
             let block_size = v.meta.block_size;
             let generation = v.meta.generation;
             let mut enc: Option<BatchEncoder> = None;
@@ -1440,9 +1514,17 @@ impl RelayState {
                 if stopped_early {
                     return;
                 }
-                let Ok(Frame::Ops(batch)) = wire::parse(rec.payload) else {
-                    log::error!("relay: journal record {} is not an Ops frame", rec.seq);
-                    return;
+                let batch = match wire::parse(rec.payload) {
+                    Ok(Frame::Ops(batch)) => batch,
+                    Ok(Frame::Base(_)) => {
+                        base_skip = rec.lsn_last + 1;
+                        next = next.max(base_skip);
+                        return;
+                    }
+                    _ => {
+                        log::error!("relay: journal record {} is not an Ops frame", rec.seq);
+                        return;
+                    }
                 };
                 for op in batch.ops.iter() {
                     if op.lsn() < next {
@@ -1487,6 +1569,7 @@ impl RelayState {
             }
             v.fwd_bufs = bufs;
             v.fwd_bufs_made = made;
+            let skip_base = res.is_ok() && !stopped_early && base_skip > v.fwd_next;
             match res {
                 Ok(c) if !stopped_early => v.fwd_cursor = Some(c),
                 Ok(_) => v.fwd_cursor = None,
@@ -1515,10 +1598,14 @@ impl RelayState {
                             let mut f = e.into_frame();
                             v.fwd_bufs.extend(f.data.drain(..));
                             v.fwd_cursor = None;
+                            base_skip = 0;
                             break;
                         }
                     }
                 }
+            }
+            if skip_base && base_skip > v.fwd_next {
+                v.fwd_next = base_skip;
             }
         }
         // Push bytes; buffers come back for reuse.
@@ -1615,6 +1702,7 @@ impl RelayState {
                         }),
                         last_error: v.last_error.clone(),
                         journal_failed: v.journal_failed.is_some(),
+                        base_lsn: v.journal.base_lsn(),
                     }
                 })
                 .collect(),
@@ -1741,6 +1829,11 @@ fn serve_gap(v: &mut VolumeJournal) -> bool {
         for op in &batch.ops {
             let lsn = op.lsn();
             if full || lsn < next || lsn > g.lsn_last {
+                continue;
+            }
+            // A reply is one contiguous run: a journal with a base (resync) holds nothing
+            // between its older records and the base; the standby asks again from there.
+            if first_held.is_some() && lsn != next {
                 continue;
             }
             let d = op_data(op);

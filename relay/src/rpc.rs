@@ -47,6 +47,7 @@ fn vol_err(e: VolumeError) -> RpcError {
 fn relay_err(e: RelayError) -> RpcError {
     match e {
         RelayError::InvalidParam { param, why } => RpcError::invalid_params(format!("{param}: {why}")),
+        RelayError::Limit(e) => RpcError::invalid_params(e),
         RelayError::Exists(v) => RpcError::errno_detail(libc::EEXIST, format!("volume {v:?} already has a journal")),
         e => RpcError::errno_detail(libc::EIO, e.to_string()),
     }
@@ -100,6 +101,9 @@ struct CreateVolume {
     standby_heartbeat: Option<String>,
     #[serde(default)]
     standby_heartbeat_interval_ms: Option<u64>,
+    /// File persisting the dirty-block record (default: kept in memory only).
+    #[serde(default)]
+    dirty_map: Option<String>,
 }
 
 fn create_volume(p: CreateVolume) -> Result<String, RpcError> {
@@ -175,6 +179,7 @@ fn create_volume(p: CreateVolume) -> Result<String, RpcError> {
         }
         cfg.standby_heartbeat_interval_ms = i;
     }
+    cfg.dirty_map = p.dirty_map.as_ref().map(std::path::PathBuf::from);
     let v = ReplicatedVolume::create(cfg, base).map_err(vol_err)?;
     if let Err(e) = bdev::register(v.clone()) {
         let _ = v.stop(CTL_TIMEOUT);
@@ -251,6 +256,9 @@ fn volume_config_params(v: &ReplicatedVolume) -> Value {
         p["standby_heartbeat"] = json!(a.to_string());
         p["standby_heartbeat_interval_ms"] = json!(c.standby_heartbeat_interval_ms);
     }
+    if let Some(d) = &c.dirty_map {
+        p["dirty_map"] = json!(d.display().to_string());
+    }
     p
 }
 
@@ -261,7 +269,8 @@ pub fn register_rpcs(reg: &mut Registry) {
         "Create a replicated volume over base_bdev sending every write to relays [IP:PORT...]; \
          ack_policy all|quorum|any (quorum_k), relay_down_timeout_ms, on_relay_down block|degraded, \
          flush_is_restart_point (an NVMe Flush also declares a restart point), \
-         standby_heartbeat IP:PORT (direct UDP heartbeats, standby_heartbeat_interval_ms)",
+         standby_heartbeat IP:PORT (direct UDP heartbeats, standby_heartbeat_interval_ms), \
+         dirty_map FILE (persisted dirty-block record)",
         create_volume,
     );
     reg.register(
@@ -341,12 +350,6 @@ pub fn register_rpcs(reg: &mut Registry) {
         "Set the journal of a volume before its primary connects: dir, journal_bytes_max, segment_bytes",
         |p: CreateJournal| {
             let r = relay().ok_or_else(no_relay)?;
-            if p.journal_bytes_max == Some(0) {
-                return Err(RpcError::invalid_params("journal_bytes_max: must be > 0"));
-            }
-            if p.segment_bytes == Some(0) {
-                return Err(RpcError::invalid_params("segment_bytes: must be > 0"));
-            }
             r.create_journal(JournalSpec {
                 volume: p.volume,
                 dir: p.dir.map(Into::into),

@@ -54,6 +54,11 @@ use crate::dataref::{DataRef, SegRef};
 use crate::liveness::{HeartbeatSender, HeartbeatState};
 use nvme::target::restart::{self as nvme_restart, RestartPointDone, RestartPointError, RestartPointSink, SinkToken};
 
+mod dirty;
+mod resync;
+pub use dirty::{DirtyError, DirtyStatus};
+pub use resync::ResyncStatus;
+
 /// Requests one channel of the volume holds in flight.
 pub const CHANNEL_SLOTS: usize = 256;
 /// Ops the submission ring of a volume holds (all channels together).
@@ -155,6 +160,8 @@ pub struct VolumeConfig {
     pub standby_heartbeat: Option<SocketAddr>,
     /// Interval of those heartbeats.
     pub standby_heartbeat_interval_ms: u64,
+    /// File persisting the dirty-block record (`volume/dirty.rs`); `None`: memory only.
+    pub dirty_map: Option<std::path::PathBuf>,
 }
 
 impl VolumeConfig {
@@ -174,6 +181,7 @@ impl VolumeConfig {
             flush_is_restart_point: false,
             standby_heartbeat: None,
             standby_heartbeat_interval_ms: crate::liveness::HEARTBEAT_INTERVAL_MS_DEFAULT,
+            dirty_map: None,
         }
     }
 }
@@ -229,7 +237,7 @@ pub struct RestartPoint {
 pub struct RelayStatus {
     /// Address.
     pub addr: String,
-    /// `connecting`, `handshake`, `up`, `refused`, `needs_resync`.
+    /// `connecting`, `handshake`, `up`, `resyncing`, `refused`, `needs_resync`.
     pub state: String,
     /// Connected and accepted.
     pub connected: bool,
@@ -251,6 +259,12 @@ pub struct RelayStatus {
     pub late_reads: u64,
     /// Last error seen on the link.
     pub last_error: String,
+    /// The resync in progress (state `resyncing`), with its progress.
+    pub resync: Option<ResyncStatus>,
+    /// Resyncs started and completed on this link.
+    pub resyncs: u64,
+    /// See `resyncs`.
+    pub resyncs_done: u64,
 }
 
 /// Volume state, as `replication_get_volumes` reports it.
@@ -286,6 +300,8 @@ pub struct VolumeStatus {
     pub relays: Vec<RelayStatus>,
     /// Last restart point epoch declared.
     pub epoch: u64,
+    /// The dirty-block record (regions written by LSNs not every relay confirmed).
+    pub dirty: DirtyStatus,
 }
 
 /// A channel's completion ring, shared with the link reactor.
@@ -328,6 +344,8 @@ struct Shared {
     stats: StatsSet,
     /// Our registration as the NVMe target's restart point sink for this bdev name.
     sink_token: Mutex<Option<SinkToken>>,
+    /// The dirty-block record's bits (written by the link reactor).
+    dirty: Arc<dirty::DirtyShared>,
 }
 
 /// The replicated volume bdev. See the module docs.
@@ -335,6 +353,8 @@ pub struct ReplicatedVolume {
     shared: Arc<Shared>,
     /// Direct heartbeats to the standby host (`standby_heartbeat`).
     heartbeat: Mutex<Option<HeartbeatSender>>,
+    /// Writer of the persisted dirty-block record (`dirty_map`).
+    dirty_flusher: Mutex<Option<dirty::DirtyFlusher>>,
 }
 
 impl ReplicatedVolume {
@@ -390,7 +410,14 @@ impl ReplicatedVolume {
                 why: "no reactors running".into(),
             })?,
         };
+        let dirty_map = dirty::DirtyMap::open(base.num_blocks(), cfg.dirty_map.clone(), &cfg.name);
+        let dirty_flusher =
+            dirty::DirtyFlusher::start(&dirty_map.shared, &cfg.name).map_err(|e| VolumeError::InvalidParam {
+                param: "dirty_map",
+                why: e.to_string(),
+            })?;
         let shared = Arc::new(Shared {
+            dirty: dirty_map.shared.clone(),
             volume_id: cfg.volume_id.unwrap_or_else(|| base.uuid()),
             relays: Mutex::new(cfg.relays.clone()),
             cfg,
@@ -414,7 +441,7 @@ impl ReplicatedVolume {
         };
         let s2 = shared.clone();
         reactor::send_msg(core, move || {
-            let link = Rc::new(RefCell::new(LinkState::new(s2)));
+            let link = Rc::new(RefCell::new(LinkState::new(s2, dirty_map)));
             let l2 = link.clone();
             let id = reactor::register_poller("replication_link", None, move || l2.borrow_mut().poll());
             link.borrow_mut().poller = Some(id);
@@ -430,6 +457,7 @@ impl ReplicatedVolume {
         Ok(Arc::new(ReplicatedVolume {
             shared,
             heartbeat: Mutex::new(heartbeat),
+            dirty_flusher: Mutex::new(dirty_flusher),
         }))
     }
 
@@ -518,10 +546,15 @@ impl ReplicatedVolume {
         self.ctl(Ctl::Stop(Box::new(move || {
             let _ = tx.send(());
         })))?;
-        rx.recv_timeout(timeout).map_err(|_| VolumeError::Unreachable {
+        let r = rx.recv_timeout(timeout).map_err(|_| VolumeError::Unreachable {
             volume: self.shared.cfg.name.clone(),
             why: "link reactor did not confirm the stop".into(),
-        })
+        });
+        // A last flush of the dirty-block record, once no op marks it any more.
+        if let Some(mut f) = self.dirty_flusher.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            f.stop();
+        }
+        r
     }
 
     fn ctl(&self, c: Ctl) -> Result<(), VolumeError> {
@@ -533,7 +566,15 @@ impl ReplicatedVolume {
 
     /// The latest status snapshot (refreshed by the link reactor every 10 ms).
     pub fn status(&self) -> VolumeStatus {
-        self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut st = self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        st.dirty = self.shared.dirty.status();
+        st
+    }
+
+    /// The dirty-block record as (first block, blocks) runs: what was written by LSNs not
+    /// every relay confirmed (the input of a block-level resync; management path).
+    pub fn dirty_runs(&self) -> Vec<(u64, u64)> {
+        self.shared.dirty.runs(self.shared.base.num_blocks())
     }
 
     /// The configured relays (management path).
@@ -989,6 +1030,8 @@ struct InFlight {
     owner: Owner,
     /// Data references held by connections.
     refs: u32,
+    /// Dirty-record mark the op waits to see persisted before it completes (0: none).
+    dirty_mark: u64,
 }
 
 struct Retained {
@@ -1143,6 +1186,15 @@ struct Link {
     late_reads: u64,
     /// `now_ns()` of the last refusal of this link's Hello (for the slow retry).
     refused_ns: u64,
+    /// Resync in progress (`volume/resync.rs`).
+    resync: Option<resync::Resync>,
+    resyncs: u64,
+    resyncs_done: u64,
+    /// The primary dropped ops this relay lacks (said once; cleared when a resync starts).
+    beyond_retention: bool,
+    /// A resync base skipped LSNs from here on: the relay never confirms their writes, so
+    /// the dirty-block record keeps them (until a block-level resync fills the hole).
+    hole_from: Option<u64>,
 }
 
 impl Link {
@@ -1154,6 +1206,11 @@ impl Link {
             recv_ns: 0,
             late_reads: 0,
             refused_ns: 0,
+            resync: None,
+            resyncs: 0,
+            resyncs_done: 0,
+            beyond_retention: false,
+            hole_from: None,
             conn: None,
             phase: LinkPhase::Disconnected { retry_at_ns: now },
             down: false,
@@ -1172,13 +1229,14 @@ impl Link {
         match self.phase {
             LinkPhase::Disconnected { .. } => "connecting",
             LinkPhase::Handshake => "handshake",
+            LinkPhase::Up if self.resync.is_some() => "resyncing",
             LinkPhase::Up => "up",
             LinkPhase::Refused => "refused",
             LinkPhase::NeedsResync => "needs_resync",
         }
     }
     fn counts(&self, degraded: bool) -> bool {
-        !self.removed && !(degraded && (self.down || self.phase == LinkPhase::NeedsResync))
+        !self.removed && !(degraded && (self.down || self.phase == LinkPhase::NeedsResync || self.resyncing()))
     }
 }
 
@@ -1203,13 +1261,15 @@ struct LinkState {
     /// Tokens found readable by this poll.
     ready: ArrayVec<u64, READY_EVENTS_MAX>,
     next_token: u64,
+    /// The dirty-block record (`volume/dirty.rs`).
+    dirty: dirty::DirtyMap,
 }
 
 /// A completion of a send on link `i`: which op references come back.
 type SendDone = SendCompletion<SegRef>;
 
 impl LinkState {
-    fn new(s: Arc<Shared>) -> Self {
+    fn new(s: Arc<Shared>, dirty: dirty::DirtyMap) -> Self {
         let now = now_ns();
         let links: Vec<Link> = s
             .cfg
@@ -1244,6 +1304,7 @@ impl LinkState {
             readiness,
             ready: ArrayVec::new(),
             next_token,
+            dirty,
         }
     }
 
@@ -1281,7 +1342,9 @@ impl LinkState {
                 let lsn = self.next_lsn;
                 self.next_lsn += 1;
                 let crc = crc32c::crc32c(&sub.data);
+                let dirty_mark = self.dirty.mark(sub.offset_blocks, sub.num_blocks.into());
                 self.inflight.push_back(InFlight {
+                    dirty_mark,
                     op: OpMeta {
                         lsn,
                         kind: sub.kind,
@@ -1350,13 +1413,15 @@ impl LinkState {
             let resume = self.links.iter().map(|l| l.acked_lsn).max().unwrap_or(0);
             self.next_lsn = resume + 1;
             self.completed_lsn = resume;
-            for l in &mut self.links {
+            self.dirty.begin(self.next_lsn);
+            for i in 0..self.links.len() {
+                let l = &mut self.links[i];
+                l.sent_lsn = l.sent_lsn.max(resume);
                 if l.phase == LinkPhase::Up && l.acked_lsn < resume {
                     // This relay missed LSNs an earlier incarnation sent to others.
-                    l.phase = LinkPhase::NeedsResync;
-                    l.last_error = format!("relay holds up to LSN {} but others hold up to {resume}", l.acked_lsn);
+                    let why = format!("relay holds up to LSN {} but others hold up to {resume}", l.acked_lsn);
+                    self.start_resync(i, resume + 1, &why, now);
                 }
-                l.sent_lsn = l.sent_lsn.max(resume);
             }
             log::info!("volume {}: LSNs resume at {}", self.s.cfg.name, self.next_lsn);
         }
@@ -1398,6 +1463,7 @@ impl LinkState {
                             _tag: tag,
                         },
                         refs: 0,
+                        dirty_mark: 0,
                     });
                 }
                 Ctl::AddRelay(addr) => {
@@ -1623,6 +1689,8 @@ impl LinkState {
             self.link_failed(i, format!("receive: {e}"), now);
             return true;
         }
+        let mut resync_at: Option<(u64, String)> = None;
+        let mut acked_bytes = 0u64;
         for ev in frames.drain(..) {
             busy = true;
             let l = &mut self.links[i];
@@ -1640,21 +1708,22 @@ impl LinkState {
             match ev {
                 RxEvent::Reply(HelloReply::Accepted { resume_lsn, .. }) => {
                     let have = resume_lsn.saturating_sub(1);
-                    l.acked_lsn = l.acked_lsn.max(have);
+                    // What the relay holds now: less than it acknowledged before if its
+                    // journal lost a tail (recovery cut it), which then needs a resync.
+                    l.acked_lsn = have;
+                    l.beyond_retention = false;
                     l.sent_lsn = l.acked_lsn;
                     l.phase = LinkPhase::Up;
                     l.last_error.clear();
-                    // Can it be caught up from what the primary still holds?
-                    let oldest = self
-                        .retention
-                        .first_lsn()
-                        .or_else(|| self.inflight.front().map(|e| e.op.lsn))
-                        .unwrap_or(self.next_lsn.max(1));
+                    // Can it be caught up from what the primary still holds? If not, its
+                    // history restarts at the oldest LSN the primary holds (resync).
+                    let oldest = self.oldest_held();
+                    let l = &mut self.links[i];
                     if self.next_lsn != 0 && have + 1 < oldest && have < self.completed_lsn {
-                        l.phase = LinkPhase::NeedsResync;
-                        l.last_error =
-                            format!("relay holds up to LSN {have}; the primary holds LSNs from {oldest} on only");
-                        log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
+                        resync_at = Some((
+                            oldest,
+                            format!("relay holds up to LSN {have}; the primary holds LSNs from {oldest} on only"),
+                        ));
                     } else if self.next_lsn != 0 && have >= self.next_lsn {
                         l.phase = LinkPhase::NeedsResync;
                         l.last_error = format!("relay holds LSN {have}, beyond this primary's {}", self.next_lsn - 1);
@@ -1680,8 +1749,10 @@ impl LinkState {
                                 break;
                             }
                             l.bytes_in_flight -= bytes;
+                            acked_bytes += bytes;
                             l.frames.pop_front();
                         }
+                        l.resync_acked(std::mem::take(&mut acked_bytes), &self.s.cfg.name);
                     }
                 }
                 RxEvent::Heartbeat(h) => {
@@ -1697,6 +1768,11 @@ impl LinkState {
                 RxEvent::Unexpected(k) => {
                     let why = format!("unexpected frame kind {k} from relay");
                     self.link_failed(i, why, now);
+                    return true;
+                }
+            }
+            if let Some((base, why)) = resync_at.take() {
+                if !self.start_resync(i, base, &why, now) {
                     return true;
                 }
             }
@@ -1807,9 +1883,8 @@ impl LinkState {
                 // caught up by this primary.
                 let l = &mut self.links[i];
                 if l.phase == LinkPhase::Up && l.sent_lsn + 1 < self.next_lsn {
-                    l.phase = LinkPhase::NeedsResync;
-                    l.last_error = format!("LSN {} no longer held by the primary", l.sent_lsn + 1);
-                    log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
+                    let why = format!("LSN {} no longer held by the primary", l.sent_lsn + 1);
+                    l.lost_history(why, &self.s.cfg.name);
                 }
                 break;
             }
@@ -1901,7 +1976,7 @@ impl LinkState {
     fn retire(&mut self) -> bool {
         let mut n = 0;
         while let Some(front) = self.inflight.front() {
-            if front.refs > 0 || !self.policy_met(front.op.lsn) {
+            if front.refs > 0 || front.dirty_mark > self.dirty.flushed() || !self.policy_met(front.op.lsn) {
                 break;
             }
             let lsn = front.op.lsn;
@@ -1916,15 +1991,11 @@ impl LinkState {
                     let upto = if ok { dropped } else { lsn };
                     for l in &mut self.links {
                         if !l.removed && l.phase != LinkPhase::NeedsResync && l.acked_lsn < upto {
-                            l.phase = LinkPhase::NeedsResync;
-                            l.last_error = format!(
+                            let why = format!(
                                 "retention ring ({} bytes) overflowed: LSN {upto} dropped before the relay had it",
                                 self.s.cfg.retain_bytes_max
                             );
-                            log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
-                            if let Some(c) = l.conn.as_mut() {
-                                c.close();
-                            }
+                            l.lost_history(why, &self.s.cfg.name);
                         }
                     }
                 }
@@ -1943,6 +2014,19 @@ impl LinkState {
             .min()
             .unwrap_or(u64::MAX);
         self.retention.trim(min_acked.min(self.completed_lsn));
+        // Writes every relay confirmed (a skipped hole never is) leave the dirty record.
+        let confirmed = self
+            .links
+            .iter()
+            .filter(|l| !l.removed)
+            .map(|l| {
+                l.hole_from
+                    .map_or(l.acked_lsn, |h| h.saturating_sub(1).min(l.acked_lsn))
+            })
+            .min()
+            .unwrap_or(self.completed_lsn)
+            .min(self.completed_lsn);
+        self.dirty.rotate(confirmed, self.next_lsn, now_ns());
         n > 0
     }
 
@@ -1994,6 +2078,9 @@ impl LinkState {
             retained_bytes: self.retention.used,
             writes_blocked: self.s.writes_blocked.load(Ordering::Acquire),
             epoch: self.epoch,
+            // Read by `ReplicatedVolume::status` off the reactor (its error string is
+            // behind a lock the reactor never takes).
+            dirty: DirtyStatus::default(),
             relays: self
                 .links
                 .iter()
@@ -2010,6 +2097,9 @@ impl LinkState {
                     frames_sent: l.frames_sent,
                     late_reads: l.late_reads,
                     last_error: l.last_error.clone(),
+                    resync: l.resync.map(|r| r.status(l.acked_lsn)),
+                    resyncs: l.resyncs,
+                    resyncs_done: l.resyncs_done,
                 })
                 .collect(),
         };

@@ -108,7 +108,31 @@ fn seeds() -> Vec<Vec<u8>> {
         }),
         &[],
     ));
+    v.push(whole(
+        &encode_base(&Base {
+            lsn: 2005,
+            generation: 3,
+        }),
+        &[],
+    ));
     v
+}
+
+#[test]
+fn base_round_trip_and_rejections() {
+    let b = Base { lsn: 2, generation: 7 };
+    let f = whole(&encode_base(&b), &[]);
+    assert_eq!(f.len(), ENVELOPE_BYTES + BASE_BODY_BYTES);
+    assert_eq!(f[1], FrameKind::Base as u8);
+    assert_eq!(parse(&f), Ok(Frame::Base(b)));
+    // A base of 1 (or 0) skips nothing: refused.
+    assert_eq!(parse(&edited(&f, 0, |b| *b = 1)), Err(WireError::BadBaseLsn { lsn: 1 }));
+    assert_eq!(parse(&edited(&f, 0, |b| *b = 0)), Err(WireError::BadBaseLsn { lsn: 0 }));
+    let mut short = f[..f.len() - 8].to_vec();
+    let len = short.len() as u32;
+    short[4..8].copy_from_slice(&len.to_le_bytes());
+    reseal(&mut short);
+    assert!(matches!(parse(&short), Err(WireError::BodyLength { .. })));
 }
 
 #[test]

@@ -36,6 +36,8 @@
 //! (moving roll-over and release to io_uring OPENAT/UNLINKAT is noted in
 //! `docs/relay-journal.md`).
 
+mod base;
+pub mod lock;
 mod map;
 pub mod record;
 
@@ -161,6 +163,21 @@ pub enum JournalError {
         /// OS error.
         source: io::Error,
     },
+    /// Another journal (another relay, or another journal of this one) holds the
+    /// directory's lock ([`lock::DirLock`]).
+    #[error(
+        "journal directory {dir} is in use by another relay ({}); each relay needs its own --journal-dir",
+        lock::holder(.pid)
+    )]
+    InUse {
+        /// The directory.
+        dir: String,
+        /// The holder's PID, as it wrote it in the lock file (`None`: not written yet).
+        pid: Option<u32>,
+    },
+    /// The configuration is out of range (checked by [`JournalConfig::validate`]).
+    #[error(transparent)]
+    Limit(#[from] crate::limits::LimitError),
     /// The journal stopped after an I/O error; reopen to recover.
     #[error("journal failed earlier: {0}")]
     Failed(String),
@@ -234,7 +251,10 @@ pub struct TornTail {
     pub segment_id: u64,
     /// Offset in that segment where the valid log ends.
     pub offset: u64,
-    /// Bytes cut from that segment.
+    /// Bytes cut from that segment that were written: from `offset` to the segment's
+    /// last non-zero byte. Zeroes at the end of the file are space never written (a memory
+    /// segment sized and mapped whole, a preallocated spare), not cut data, although the
+    /// file is truncated at `offset` all the same.
     pub bytes_cut: u64,
     /// Whole segments after it that were deleted (0 unless the damage was not at the end).
     pub segments_dropped: usize,
@@ -264,6 +284,9 @@ pub struct RecoveryReport {
     /// Bytes left by a previous use of recycled segment files after their last record
     /// (the normal end of a reused file: not a torn tail, not replayed).
     pub recycled_tail_bytes: u64,
+    /// The newest history base recovered (a base record: "nothing held below this LSN
+    /// after the records before it"), 0 when none; see [`Journal::append_frame`].
+    pub base_lsn: u64,
 }
 
 /// Counters.
@@ -507,6 +530,11 @@ pub struct Journal {
     reads: Vec<Option<PendingRead>>,
     reads_done: VecDeque<ReadDone>,
     stats: JournalStats,
+    /// See [`Journal::base_lsn`].
+    base_lsn: u64,
+    /// The directory's lock, held for the journal's life (last field: dropped after the
+    /// files are closed).
+    _lock: lock::DirLock,
 }
 
 impl Journal {
@@ -517,6 +545,8 @@ impl Journal {
     /// allocates the staging buffers and the io_uring.
     pub fn open(cfg: JournalConfig) -> Result<(Journal, RecoveryReport), JournalError> {
         std::fs::create_dir_all(&cfg.dir).map_err(io_err("create_dir", &cfg.dir))?;
+        // Before anything is read or changed: a live journal's files are its own.
+        let lock = lock::DirLock::acquire(&cfg.dir)?;
         let dir = File::open(&cfg.dir).map_err(io_err("open dir", &cfg.dir))?;
         let mut ids: Vec<(u64, bool)> = Vec::new();
         let mut spare_ids = Vec::new();
@@ -543,6 +573,7 @@ impl Journal {
             memory_media: false,
             spare_segments: 0,
             recycled_tail_bytes: 0,
+            base_lsn: 0,
         };
         let mut segments = VecDeque::new();
         let mut expect_seq: Option<u64> = None;
@@ -566,7 +597,7 @@ impl Journal {
             let stale_end = |b: &[u8]| recycled && !record::claims_segment(b, id);
             let mut stale = false;
             while off < buf.len() {
-                let (h, _) = match record::check(&buf[off..]) {
+                let (h, payload) = match record::check(&buf[off..]) {
                     Ok(r) => r,
                     Err(_) if stale_end(&buf[off..]) => {
                         stale = true;
@@ -607,6 +638,7 @@ impl Journal {
                     prev_lsn = h.lsn_last;
                     lsn_max = h.lsn_last;
                     report.records += 1;
+                    base::note_recovered(&mut report, payload, h.lsn_last);
                     if report.lsn_first == 0 {
                         report.lsn_first = h.lsn_first;
                     }
@@ -621,6 +653,7 @@ impl Journal {
                 report.recycled_tail_bytes += buf.len() as u64 - valid;
             }
             if let Some(reason) = cut {
+                let cut_bytes = written_after(&buf, valid);
                 let file = OpenOptions::new()
                     .write(true)
                     .open(&path)
@@ -629,14 +662,13 @@ impl Journal {
                 file.sync_all().map_err(io_err("fsync", &path))?;
                 let dropped = ids.len() - index - 1;
                 log::warn!(
-                    "journal {}: segment {id:#x} invalid at offset {valid} ({reason:?}); cut {} bytes and {dropped} later segments",
+                    "journal {}: segment {id:#x} invalid at offset {valid} ({reason:?}); cut {cut_bytes} bytes and {dropped} later segments",
                     cfg.dir.display(),
-                    buf.len() as u64 - valid
                 );
                 report.torn_tail = Some(TornTail {
                     segment_id: id,
                     offset: valid,
-                    bytes_cut: buf.len() as u64 - valid,
+                    bytes_cut: cut_bytes,
                     segments_dropped: dropped,
                     reason,
                 });
@@ -743,6 +775,8 @@ impl Journal {
             reads: (0..READS_IN_FLIGHT_MAX).map(|_| None).collect(),
             reads_done: VecDeque::with_capacity(READS_IN_FLIGHT_MAX),
             stats: JournalStats::default(),
+            base_lsn: report.base_lsn,
+            _lock: lock,
         };
         j.preallocate()?;
         j.map_spares()?;
@@ -949,7 +983,9 @@ impl Journal {
             Some(Ok(Some(env))) if env.frame_len == len => Some((rdma_transport::wire::ENVELOPE_BYTES, env.body_crc)),
             _ => None,
         };
-        self.append_known(lsn_first, lsn_last, frame, tail)
+        let seq = self.append_known(lsn_first, lsn_last, frame, tail)?;
+        self.note_appended_base(frame, lsn_last);
+        Ok(seq)
     }
 
     fn append_known(
@@ -1630,6 +1666,13 @@ fn frame_header(seq: u64, lsn_first: u64, lsn_last: u64, payload_len: usize, seg
 }
 
 /// `preallocate_bytes` in whole segments.
+/// Bytes of `buf` from `valid` up to its last non-zero byte: what a cut at `valid` removes
+/// that was ever written (trailing zeroes are space sized or preallocated, never written).
+fn written_after(buf: &[u8], valid: u64) -> u64 {
+    let start = (valid as usize).min(buf.len());
+    buf[start..].iter().rposition(|&b| b != 0).map_or(0, |i| i as u64 + 1)
+}
+
 fn preallocate_segments(cfg: &JournalConfig) -> usize {
     if cfg.segment_bytes == 0 {
         return 0;

@@ -527,3 +527,99 @@ fn a_frame_whose_envelope_crc_lies_is_never_taken_for_good() {
     assert_eq!(rep.lsn_last, 1);
     assert_eq!(j.read_range(1, 2, &mut |_| {}).unwrap(), 1);
 }
+
+#[test]
+fn a_torn_record_on_tmpfs_reports_exactly_the_bytes_written() {
+    // Records of 4280 bytes of 0xA5: span 4328, no padding, last byte non-zero.
+    const LEN: usize = 4280;
+    let span = record::span(LEN) as u64;
+    assert_eq!(span, 4328);
+    /// Name, how the last record is torn, bytes of it still written after the tear.
+    type Tear = (&'static str, fn(&mut [u8]), u64);
+    let tears: [Tear; 2] = [
+        // Written whole, one payload byte flipped (a bad medium, or a copy torn in place).
+        ("flipped", |r| r[RECORD_HDR_BYTES + 10] ^= 0x40, span),
+        // The copy stopped half-way through the payload (kill -9 during `append`): the rest
+        // of the record is still the fresh mapping's zeroes.
+        (
+            "half",
+            |r| r[RECORD_HDR_BYTES + LEN / 2..].fill(0),
+            (RECORD_HDR_BYTES + LEN / 2) as u64,
+        ),
+    ];
+    for (name, tear, expect_cut) in tears {
+        let d = TempDir::new("/dev/shm", &format!("torn-exact-{name}"));
+        let mut c = cfg(&d);
+        c.segment_bytes = 1 << 20;
+        let (mut j, rep) = Journal::open(c.clone()).unwrap();
+        assert!(rep.memory_media, "/dev/shm is a memory file system");
+        for lsn in 1..=10u64 {
+            j.append(lsn, lsn, &[&[0xA5; LEN]]).unwrap();
+        }
+        assert_eq!(j.poll().unwrap(), 10);
+        let path = j.active().path.clone();
+        drop(j);
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 1 << 20, "{name}: the segment is sized whole");
+        let at = 9 * span as usize; // the tenth record
+        assert!(record::check(&bytes[at..]).is_ok_and(|(h, _)| h.lsn_first == 10));
+        tear(&mut bytes[at..at + span as usize]);
+        std::fs::write(&path, &bytes).unwrap();
+        let (mut j, rep) = Journal::open(c).unwrap();
+        let torn = rep.torn_tail.expect("the torn record is cut");
+        assert_eq!(torn.offset, at as u64, "{name}");
+        assert_eq!(
+            torn.bytes_cut, expect_cut,
+            "{name}: only written bytes count, not the segment's unwritten zeroes"
+        );
+        assert_eq!(torn.segments_dropped, 0);
+        assert_eq!(rep.lsn_last, 9, "{name}");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            at as u64,
+            "{name}: truncated at the cut"
+        );
+        let mut seen = Vec::new();
+        j.read_range(1, 10, &mut |r| {
+            assert_eq!(r.payload, &[0xA5; LEN][..]);
+            seen.push(r.lsn_first);
+        })
+        .unwrap();
+        assert_eq!(seen, (1..=9).collect::<Vec<_>>(), "{name}");
+    }
+}
+
+#[test]
+fn a_journal_directory_is_opened_by_one_journal_at_a_time() {
+    let d = TempDir::new("/dev/shm", "locked");
+    let (mut j, _) = Journal::open(cfg(&d)).unwrap();
+    j.append(1, 1, &[b"first"]).unwrap();
+    assert_eq!(j.poll().unwrap(), 1);
+    let segments = files(&d.0, "seg-", ".bjl");
+    // A second open (a second relay, or two volumes given one directory) is refused before
+    // it recovers, cuts or creates anything; flock locks belong to the open file
+    // description, so this conflicts inside one process as between two.
+    match Journal::open(cfg(&d)) {
+        Err(e @ JournalError::InUse { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+            assert!(msg.contains(&d.0.display().to_string()), "{msg}");
+        }
+        Err(e) => panic!("second open: {e}"),
+        Ok(_) => panic!("a second journal opened a live journal's directory"),
+    }
+    assert_eq!(
+        files(&d.0, "seg-", ".bjl"),
+        segments,
+        "nothing created by the refused open"
+    );
+    // The first goes on, then frees the directory when dropped.
+    j.append(2, 2, &[b"second"]).unwrap();
+    assert_eq!(j.poll().unwrap(), 2);
+    drop(j);
+    let (mut j, rep) = Journal::open(cfg(&d)).unwrap();
+    assert_eq!(rep.lsn_last, 2);
+    let mut seen = Vec::new();
+    j.read_range(1, 2, &mut |r| seen.push(r.payload.to_vec())).unwrap();
+    assert_eq!(seen, [b"first".to_vec(), b"second".to_vec()]);
+}

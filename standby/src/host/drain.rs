@@ -70,8 +70,10 @@ impl StandbyHost {
                     continue;
                 };
                 let unreachable = p.relays == 0 && elapsed >= grace;
-                let timed_out = !p.done && elapsed >= timeout;
-                if p.done || unreachable || timed_out {
+                // Relays that were connected a moment ago get the grace to come back.
+                let present_drained = p.relays > 0 && p.relays_drained == p.relays && elapsed >= grace;
+                let timed_out = !p.done && !present_drained && elapsed >= timeout;
+                if p.done || present_drained || unreachable || timed_out {
                     let p = crate::rpc::with_standby(&v.standby, |s| drain_progress(s, true))
                         .map_err(|e| vol_err(&v.standby, e.message))?
                         .unwrap_or(p);

@@ -512,6 +512,14 @@ impl StandbyHost {
                             "{}: relays unreachable: restart points held only there may be lost",
                             d.standby
                         ));
+                    } else if !d.timed_out && d.progress.relays < d.progress.relays_expected {
+                        r.warnings.push(format!(
+                            "{}: {} of {} relays connected lately did not come back within {} ms: restart points held only there may be lost",
+                            d.standby,
+                            d.progress.relays_expected - d.progress.relays,
+                            d.progress.relays_expected,
+                            DRAIN_NO_RELAY_GRACE_MS.min(self.cfg.drain_timeout_ms)
+                        ));
                     } else if d.timed_out {
                         r.warnings.push(format!(
                             "{}: relay drain timed out after {} ms ({} of {} relays drained, LSN {} of {}): restart points held only there may be lost",

@@ -24,6 +24,7 @@ use serde::Serialize;
 #[derive(Debug, Clone)]
 pub(super) struct Drain {
     started_ns: u64,
+    expected: usize,
     lsn_start: u64,
     epoch_start: u64,
     active: bool,
@@ -42,6 +43,9 @@ pub struct DrainProgress {
     pub relays: usize,
     /// Of them, those that answered they hold nothing past the standby's next LSN.
     pub relays_drained: usize,
+    /// Relay links connected at once within the 10 s before the drain (a relay that was
+    /// reconnecting when the primary died is waited for, briefly).
+    pub relays_expected: usize,
     /// Highest LSN received in order when the drain started.
     pub lsn_start: u64,
     /// Highest LSN received in order now.
@@ -52,7 +56,7 @@ pub struct DrainProgress {
     pub bytes_drained: u64,
     /// Newest restart point the standby had taken in when the drain started.
     pub epoch_start: u64,
-    /// Every connected relay is drained (false while there is no relay link at all).
+    /// Every relay expected is connected and drained (false with no relay link at all).
     pub done: bool,
     /// µs since the drain started.
     pub elapsed_us: u64,
@@ -65,10 +69,22 @@ pub fn start_drain(v: &StandbyVolume) {
     let vn = rn.vols.entry(v.name().to_string()).or_default();
     for l in &mut vn.links {
         l.drained = false;
+        l.drain_rescanned = false;
         l.drain_bytes0 = l.conn.stats().bytes_received;
+        // A request sent before the drain may be answered `not_held` for an LSN below
+        // what the relay holds now: its answer must not count as drained (the reply is
+        // dropped as unknown; the drain asks again at once).
+        l.pull = None;
     }
+    let now = now_ns();
+    let expected = if now.saturating_sub(vn.peak_ns) <= super::PEAK_LINKS_WINDOW_NS {
+        vn.peak_links.max(vn.links.len())
+    } else {
+        vn.links.len()
+    };
     vn.drain = Some(Drain {
-        started_ns: now_ns(),
+        started_ns: now,
+        expected,
         lsn_start: v.next_lsn().saturating_sub(1),
         epoch_start: v.status().epoch_received_max,
         active: true,
@@ -99,6 +115,7 @@ pub fn drain_progress(v: &StandbyVolume, finish: bool) -> Option<DrainProgress> 
         Some(DrainProgress {
             relays,
             relays_drained,
+            relays_expected: d.expected,
             lsn_start: d.lsn_start,
             lsn_reached: v.next_lsn().saturating_sub(1),
             relay_lsn_max: vn.links.iter().map(|l| l.held_lsn).max().unwrap_or(0),
@@ -108,7 +125,7 @@ pub fn drain_progress(v: &StandbyVolume, finish: bool) -> Option<DrainProgress> 
                 .map(|l| l.conn.stats().bytes_received.saturating_sub(l.drain_bytes0))
                 .sum(),
             epoch_start: d.epoch_start,
-            done: relays > 0 && relays_drained == relays,
+            done: relays > 0 && relays_drained == relays && relays >= d.expected,
             elapsed_us: now.saturating_sub(d.started_ns) / 1_000,
         })
     })

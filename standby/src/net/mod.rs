@@ -47,7 +47,10 @@
 //! [`on_other_frame`]; kinds a relay must not send close the link.
 
 mod drain;
+mod listen;
 pub mod pull;
+
+use listen::Listener;
 
 pub use drain::{drain_progress, start_drain, DrainProgress};
 
@@ -89,8 +92,11 @@ pub const PULL_SPAN_LSN: u64 = 4096;
 pub const GAP_RETRY_NS: u64 = 200_000_000;
 /// A gap request without an answer after this long is forgotten.
 pub const GAP_REQUEST_TIMEOUT_NS: u64 = 2_000_000_000;
-/// A relay's `PrimaryLiveness` (sent every 100 ms) counts this long.
-pub const REPORT_FRESH_NS: u64 = 500_000_000;
+/// A relay's `PrimaryLiveness` (sent every 100 ms) counts this long (20 reports: a
+/// loaded relay's reports arrive late, not lost).
+pub const REPORT_FRESH_NS: u64 = 2_000_000_000;
+/// A link count seen this recently is what a drain expects to find.
+pub const PEAK_LINKS_WINDOW_NS: u64 = 10_000_000_000;
 /// Closed links kept per volume for the status.
 pub const CLOSED_LINKS_KEPT: usize = 8;
 /// Holes looked at per poll.
@@ -147,10 +153,7 @@ impl StandbyNet {
             let Some(acceptor) = holder.lock().unwrap_or_else(|e| e.into_inner()).take() else {
                 return;
             };
-            let mut l = Listener {
-                acceptor,
-                pending: Vec::with_capacity(PENDING_CONNS_MAX),
-            };
+            let mut l = Listener::new(acceptor);
             reactor::register_poller("standby_listen", Some(ACCEPT_PERIOD), move || l.poll(now_ns()));
         })
         .map_err(|e| NetError::Unreachable(e.to_string()))?;
@@ -176,162 +179,6 @@ impl StandbyNet {
 /// detector.
 pub fn on_other_frame(volume: &str, relay: SocketAddr, frame: &Frame<'_>) {
     log::debug!("standby {volume}: relay {relay}: {:?} frame", frame.kind());
-}
-
-// ---------------------------------------------------------------------------
-// Listener
-// ---------------------------------------------------------------------------
-
-struct Pending {
-    conn: Conn,
-    peer: SocketAddr,
-    since_ns: u64,
-}
-
-/// What the owning reactor needs of a Hello.
-struct HelloOwned {
-    role: Role,
-    block_size: u32,
-    volume_id: [u8; 16],
-    name: String,
-    generation: u64,
-    resume_lsn: u64,
-}
-
-impl HelloOwned {
-    fn hello(&self) -> Hello<'_> {
-        Hello {
-            role: self.role,
-            block_size: self.block_size,
-            volume_id: self.volume_id,
-            volume_name: &self.name,
-            generation: self.generation,
-            resume_lsn: self.resume_lsn,
-            frame_bytes_max: FRAME_BYTES_MAX as u32,
-            recv_credits: 0,
-        }
-    }
-}
-
-struct Listener {
-    acceptor: TcpAcceptor,
-    pending: Vec<Pending>,
-}
-
-fn refused(reason: RefuseReason, generation: u64) -> HelloReply {
-    HelloReply::Refused {
-        reason,
-        generation,
-        version_max: WIRE_VERSION,
-    }
-}
-
-impl Listener {
-    fn poll(&mut self, now: u64) -> PollStatus {
-        let mut busy = false;
-        while self.pending.len() < PENDING_CONNS_MAX {
-            match self.acceptor.poll_accept::<Vec<u8>>() {
-                Ok(Some((conn, peer))) => {
-                    busy = true;
-                    self.pending.push(Pending {
-                        conn,
-                        peer,
-                        since_ns: now,
-                    });
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    log::warn!("standby: accept: {e}");
-                    break;
-                }
-            }
-        }
-        let mut i = 0;
-        while i < self.pending.len() {
-            let mut hello: Option<HelloOwned> = None;
-            let mut bad: Option<String> = None;
-            let p = &mut self.pending[i];
-            let r = p.conn.poll_recv(&mut |f: Frame<'_>| {
-                if bad.is_some() {
-                    return;
-                }
-                match f {
-                    Frame::Hello(h) if hello.is_none() => {
-                        hello = Some(HelloOwned {
-                            role: h.role,
-                            block_size: h.block_size,
-                            volume_id: h.volume_id,
-                            name: h.volume_name.to_string(),
-                            generation: h.generation,
-                            resume_lsn: h.resume_lsn,
-                        })
-                    }
-                    Frame::Hello(_) => bad = Some("a second frame before the HelloReply".into()),
-                    other => bad = Some(format!("first frame is {:?}, not Hello", other.kind())),
-                }
-            });
-            let _ = p.conn.poll_send(&mut |_| {});
-            if let Err(e) = r {
-                if let Some(h) = refusal_for(&e) {
-                    p.conn.send_last(h);
-                }
-                log::warn!("standby: connection from {}: {e}", p.peer);
-                self.pending.swap_remove(i);
-                continue;
-            }
-            if let Some(why) = bad {
-                log::warn!("standby: connection from {}: {why}", p.peer);
-                p.conn.close();
-                self.pending.swap_remove(i);
-                continue;
-            }
-            let Some(h) = hello else {
-                if now.saturating_sub(p.since_ns) > HELLO_TIMEOUT_MS * 1_000_000 {
-                    log::warn!(
-                        "standby: connection from {} sent no Hello in {HELLO_TIMEOUT_MS} ms",
-                        p.peer
-                    );
-                    p.conn.close();
-                    self.pending.swap_remove(i);
-                } else {
-                    i += 1;
-                }
-                continue;
-            };
-            busy = true;
-            let mut pc = self.pending.swap_remove(i);
-            if h.role != Role::Relay {
-                log::warn!(
-                    "standby: connection from {} for volume {:?}: role {:?}, only relays connect here",
-                    pc.peer,
-                    h.name,
-                    h.role
-                );
-                pc.conn
-                    .send_last(wire::encode_hello_reply(&refused(RefuseReason::Role, 0)));
-                continue;
-            }
-            let Some(core) = rpc::owner_core(&h.name) else {
-                log::warn!(
-                    "standby: relay {} asks for volume {:?}: no such standby volume",
-                    pc.peer,
-                    h.name
-                );
-                pc.conn
-                    .send_last(wire::encode_hello_reply(&refused(RefuseReason::UnknownVolume, 0)));
-                continue;
-            };
-            let (conn, peer) = (pc.conn, pc.peer);
-            if let Err(e) = reactor::send_msg(core, move || adopt(conn, peer, h, now_ns())) {
-                log::warn!("standby: cannot hand the connection from {peer} to reactor {core}: {e}");
-            }
-        }
-        if busy {
-            PollStatus::Busy
-        } else {
-            PollStatus::Idle
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -366,7 +213,7 @@ pub struct LinkStatus {
     /// Ops refused for back-pressure and held until the receiver takes them.
     pub held_ops: usize,
     /// The relay's own report: `backup`, `forwarding`, `holding` (ops held back by its
-    /// forward policy) or `unknown` (no report within the last 500 ms).
+    /// forward policy) or `unknown` (no report within the last 2 s).
     pub forward_state: &'static str,
     /// Highest LSN the relay reports holding (its journal).
     pub relay_held_lsn: u64,
@@ -378,6 +225,8 @@ struct Pull {
     sent_ns: u64,
     /// A stall pull: follow a reply that carried ops with the next request.
     chain: bool,
+    /// First LSN asked for.
+    first: u64,
 }
 
 struct Link {
@@ -402,6 +251,9 @@ struct Link {
     held_lsn: u64,
     /// Failover drain: the relay answered that it holds nothing from the next LSN on.
     drained: bool,
+    /// This drain asked the relay again from the standby's next LSN after a `not_held`
+    /// past it (once per drain: a relay that lacks the hole answers the same again).
+    drain_rescanned: bool,
     /// `bytes_received` when a drain started (what the drain brought from this relay).
     drain_bytes0: u64,
 }
@@ -477,6 +329,7 @@ impl Link {
             id,
             sent_ns: now,
             chain,
+            first,
         });
         true
     }
@@ -635,8 +488,16 @@ fn drive_link(name: &str, l: &mut Link, v: &mut StandbyVolume, now: u64) -> bool
                         continue;
                     };
                     if p.chain && (status == GapStatus::NotHeld || last.is_none()) {
-                        // Nothing from the next LSN on: a drain is done with this relay.
-                        l.drained = true;
+                        let next = v.next_lsn();
+                        if p.first <= next || l.drain_rescanned {
+                            // Nothing from the next LSN on: a drain is done with this relay.
+                            l.drained = true;
+                        } else {
+                            // Nothing past what it sent, but the standby is still below
+                            // that (a hole): ask once more from the next LSN.
+                            l.drain_rescanned = true;
+                            l.request(id.wrapping_add(1 << 32), next, next + PULL_SPAN_LSN - 1, true, now);
+                        }
                     }
                     if let (true, GapStatus::Complete | GapStatus::Partial, Some(last)) = (p.chain, status, last) {
                         // More may follow: ask for it at once, one round trip per frame.
@@ -672,8 +533,13 @@ struct VolNet {
     rr: usize,
     /// A failover drain in progress (or its result, until the next one).
     drain: Option<drain::Drain>,
-    /// Stall pulls skipped because a forwarder reported holding ops back by policy.
-    policy_holds: u64,
+    /// Stall verdicts (`pull::StallVerdict`) taken, by kind: pulled, policy hold,
+    /// nothing more held, waiting on a delivering forwarder.
+    stall_verdicts: [u64; 4],
+    /// Most relay links connected at once lately, and when that was last true: a drain
+    /// waits (briefly) for relays that were connected a moment ago to come back.
+    peak_links: usize,
+    peak_ns: u64,
 }
 
 impl VolNet {
@@ -712,6 +578,10 @@ impl VolNet {
                 continue;
             }
             i += 1;
+        }
+        if self.links.len() >= self.peak_links || now.saturating_sub(self.peak_ns) > PEAK_LINKS_WINDOW_NS {
+            self.peak_links = self.links.len();
+            self.peak_ns = now;
         }
         let next = v.next_lsn();
         if next != self.progress_lsn || self.progress_ns == 0 {
@@ -808,27 +678,35 @@ impl VolNet {
                 held_lsn: l.held_lsn,
             })
             .collect();
-        match pull::stall_pull_wanted(&reports, v.next_lsn(), now.saturating_sub(self.progress_ns)) {
-            pull::StallVerdict::Pull => {}
-            verdict => {
-                if verdict == pull::StallVerdict::PolicyHold {
-                    self.policy_holds += 1;
-                }
-                // Look again after one more stall period.
-                self.last_pull_ns = now;
-                return false;
-            }
+        let verdict = pull::stall_pull_wanted(&reports, v.next_lsn(), now.saturating_sub(self.progress_ns));
+        self.stall_verdicts[verdict as usize] += 1;
+        if verdict != pull::StallVerdict::Pull {
+            // Look again after one more stall period.
+            self.last_pull_ns = now;
+            return false;
         }
         self.last_pull_ns = now;
         self.pull_interval_ns = (self.pull_interval_ns * 2).min(PULL_INTERVAL_MAX_NS);
         let first = v.next_lsn();
+        // One relay carries it over the WAN: the one reporting the most past `first`
+        // (the next one in turn on a tie). Relays that never reported are all asked, as
+        // before reports existed.
+        let best = (0..self.links.len())
+            .map(|k| (self.rr + k) % self.links.len())
+            .filter(|&i| self.links[i].pull.is_none() && self.links[i].fresh_fwd(now).is_some())
+            .filter(|&i| self.links[i].held_lsn >= first)
+            .max_by_key(|&i| self.links[i].held_lsn);
         let mut busy = false;
         for i in 0..self.links.len() {
-            if self.links[i].pull.is_some() {
+            let silent = self.links[i].fresh_fwd(now).is_none();
+            if self.links[i].pull.is_some() || (Some(i) != best && !silent) {
                 continue;
             }
             let id = self.req_id();
             busy |= self.links[i].request(id, first, first + PULL_SPAN_LSN - 1, true, now);
+        }
+        if let Some(b) = best {
+            self.rr = b + 1;
         }
         busy
     }
@@ -906,114 +784,6 @@ fn reactor_net() -> Rc<RefCell<ReactorNet>> {
     })
 }
 
-/// On the volume's reactor: answers the Hello and adopts the connection.
-fn adopt(mut conn: Conn, peer: SocketAddr, h: HelloOwned, now: u64) {
-    let rn = reactor_net();
-    let mut rn = rn.borrow_mut();
-    let Some(vol) = rpc::local_volume(&h.name) else {
-        log::warn!(
-            "standby: relay {peer} asks for volume {:?}: no such standby volume",
-            h.name
-        );
-        conn.send_last(wire::encode_hello_reply(&refused(RefuseReason::UnknownVolume, 0)));
-        return;
-    };
-    let v = vol.borrow();
-    let vn = rn.vols.entry(h.name.clone()).or_default();
-    let local = LocalVolume {
-        volume_id: vn.volume_id.unwrap_or(h.volume_id),
-        block_size: v.block_size(),
-        generation: v.generation(),
-        durable_lsn: v.next_lsn().saturating_sub(1),
-        frame_bytes_max: FRAME_BYTES_MAX as u32,
-        recv_credits: 0,
-    };
-    let mut reply = answer_hello(&h.hello(), Role::Relay, Some(&local));
-    let mut why = match reply {
-        HelloReply::Refused { reason, generation, .. } => match reason {
-            RefuseReason::StaleGeneration => format!(
-                "generation {} is older than the standby's {generation} (fenced)",
-                h.generation
-            ),
-            RefuseReason::UnknownVolume => format!(
-                "volume id or block size ({} B) differs from the standby's ({} B)",
-                h.block_size, local.block_size
-            ),
-            r => format!("{r:?}"),
-        },
-        HelloReply::Accepted { .. } => String::new(),
-    };
-    if why.is_empty() && !v.intake_open() {
-        reply = refused(RefuseReason::Busy, local.generation);
-        why = "the standby takes no ops now (failure declared, promoted or stopped)".into();
-    }
-    if why.is_empty() && vn.links.len() >= LINKS_PER_VOLUME_MAX {
-        reply = refused(RefuseReason::Busy, local.generation);
-        why = format!("already {LINKS_PER_VOLUME_MAX} relay links");
-    }
-    if !why.is_empty() {
-        log::warn!("standby {}: refused relay {peer}: {why}", h.name);
-        conn.send_last(wire::encode_hello_reply(&reply));
-        vn.remember_closed(LinkStatus {
-            addr: peer.to_string(),
-            connected: false,
-            role: "unknown",
-            generation: h.generation,
-            connected_seconds: 0.0,
-            frames_received: 0,
-            bytes_received: 0,
-            forward_frames: 0,
-            gap_replies: 0,
-            gap_requests_sent: 0,
-            ops_offered: 0,
-            lsn_offered_max: 0,
-            lag_lsn: 0,
-            safe_lsn_sent: 0,
-            held_ops: 0,
-            forward_state: "unknown",
-            relay_held_lsn: 0,
-            last_error: format!("refused: {why}"),
-        });
-        return;
-    }
-    if conn
-        .send(OutFrame::control(wire::encode_hello_reply(&reply), 0))
-        .is_err()
-    {
-        log::warn!("standby {}: relay {peer}: cannot queue the HelloReply", h.name);
-        return;
-    }
-    vn.volume_id.get_or_insert(h.volume_id);
-    log::info!(
-        "standby {}: relay {peer} connected (generation {}, holds from LSN {}); resume at LSN {}",
-        h.name,
-        h.generation,
-        h.resume_lsn,
-        local.durable_lsn + 1
-    );
-    vn.links.push(Link {
-        conn,
-        peer,
-        generation: h.generation,
-        since_ns: now,
-        forward_frames: 0,
-        gap_replies: 0,
-        gap_requests_sent: 0,
-        ops_offered: 0,
-        lsn_offered_max: 0,
-        last_forward_ns: 0,
-        // The relay takes resume - 1 as safe from the HelloReply.
-        safe_sent: local.durable_lsn,
-        held: VecDeque::new(),
-        pull: None,
-        close: None,
-        fwd: None,
-        held_lsn: 0,
-        drained: false,
-        drain_bytes0: 0,
-    });
-}
-
 /// Status of the links of `volume` (open ones first, then recently closed).
 /// Call on the volume's reactor.
 pub fn link_status(volume: &str, durable_lsn: u64) -> Vec<LinkStatus> {
@@ -1039,6 +809,11 @@ pub fn link_status(volume: &str, durable_lsn: u64) -> Vec<LinkStatus> {
 pub fn annotate_status(v: &StandbyVolume, status: &mut Value) {
     let durable = v.durable_lsn();
     let links = link_status(v.name(), durable);
+    let verdicts = NET.with(|n| {
+        let n = n.borrow();
+        let rn = n.as_ref()?.try_borrow().ok()?;
+        rn.vols.get(v.name()).map(|vn| vn.stall_verdicts)
+    });
     let relay_max = links
         .iter()
         .filter(|l| l.connected)
@@ -1051,5 +826,11 @@ pub fn annotate_status(v: &StandbyVolume, status: &mut Value) {
         m.insert("relay_lsn_max".into(), relay_max.into());
         m.insert("relay_lag_lsn".into(), relay_max.saturating_sub(durable).into());
         m.insert("links".into(), serde_json::to_value(links).unwrap_or(Value::Null));
+        let [pulls, holds, nothing, waits] = verdicts.unwrap_or_default();
+        m.insert(
+            "stall_verdicts".into(),
+            serde_json::json!({"pulled": pulls, "policy_hold": holds, "nothing_more": nothing,
+                               "forwarder_delivering": waits}),
+        );
     }
 }

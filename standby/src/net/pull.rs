@@ -25,7 +25,7 @@ pub struct RelayReport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StallVerdict {
     /// Pull from every relay: the forwarder is gone, silent, or delivering nothing.
-    Pull,
+    Pull = 0,
     /// A forwarder holds what is missing back by policy: wait for it.
     PolicyHold,
     /// Every relay reported and none holds anything past what the standby has.
@@ -61,7 +61,7 @@ pub fn stall_pull_wanted(relays: &[RelayReport], next: u64, stalled_ns: u64) -> 
     if !relays.iter().any(|r| has_more(&r)) {
         return StallVerdict::NothingMore;
     }
-    if forwarders().filter(has_more).next().is_some() && stalled_ns < FORWARDER_STALL_NS {
+    if forwarders().find(has_more).is_some() && stalled_ns < FORWARDER_STALL_NS {
         return StallVerdict::Wait;
     }
     StallVerdict::Pull

@@ -1,0 +1,358 @@
+//! Model of the standby's network side (`standby/src/net/mod.rs`, `net/drain.rs`): one
+//! link per relay, Hello answered with the real `answer_hello`, batches offered to the real
+//! `Receiver` with back-pressure, `SafeUpTo`, hole fetches from `Receiver::gaps`, stall
+//! pulls decided by the real `stall_pull_wanted`, and the failover drain. Each function
+//! names the real one it mirrors.
+
+use crate::ops;
+use crate::standby::SVol;
+use rdma_transport::handshake::{answer_hello, LocalVolume};
+use rdma_transport::wire::{
+    self, Batch, ForwardState, GapRequest, GapStatus, Hello, HelloReply, RefuseReason, Role, SafeUpTo, FRAME_BYTES_MAX,
+    WIRE_VERSION,
+};
+use standby::net::pull::{self, StallVerdict};
+use standby::net::{
+    GAP_REQUEST_TIMEOUT_NS, GAP_RETRY_NS, PULL_INTERVAL_MAX_NS, PULL_SPAN_LSN, REPORT_FRESH_NS, STALL_NS,
+};
+use standby::{Offer, OwnedOp};
+use std::collections::VecDeque;
+
+/// Holes looked at per poll (`GAPS_PER_POLL`).
+const GAPS_PER_POLL: usize = 4;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Pull {
+    pub id: u64,
+    pub sent_ns: u64,
+    pub chain: bool,
+    pub first: u64,
+}
+
+/// The standby's side of one relay connection (`Link`).
+#[derive(Default)]
+pub struct SLink {
+    pub fwd: Option<(ForwardState, u64)>,
+    pub held_lsn: u64,
+    pub pull: Option<Pull>,
+    pub drained: bool,
+    pub drain_rescanned: bool,
+    pub forward_frames: u64,
+    pub last_forward_ns: u64,
+    pub safe_sent: u64,
+    pub held: VecDeque<OwnedOp>,
+    /// Set when the link must close (fenced, refused offer).
+    pub close: Option<String>,
+}
+
+impl SLink {
+    fn fresh_fwd(&self, now: u64) -> Option<ForwardState> {
+        self.fwd
+            .filter(|&(_, at)| now.saturating_sub(at) < REPORT_FRESH_NS)
+            .map(|(f, _)| f)
+    }
+    fn forwarding(&self, now: u64) -> bool {
+        self.forward_frames > 0 && now.saturating_sub(self.last_forward_ns) < STALL_NS
+    }
+}
+
+/// A stall pull sent while the checker should look at the forwarder (invariant 5).
+#[derive(Debug, Clone, Copy)]
+pub struct StallPull {
+    pub next: u64,
+}
+
+/// `VolNet`, plus the drain.
+#[derive(Default)]
+pub struct SNet {
+    pub links: Vec<Option<SLink>>,
+    progress_lsn: u64,
+    progress_ns: u64,
+    last_pull_ns: u64,
+    pull_interval_ns: u64,
+    gap_asked: Vec<(u64, u64)>,
+    rr: usize,
+    next_req_id: u64,
+    pub policy_holds: u64,
+    pub draining: bool,
+    /// Frames to send: (relay, bytes).
+    pub out: Vec<(usize, Vec<u8>)>,
+    /// Stall pulls sent this poll (for the checker).
+    pub stall_pulls: Vec<StallPull>,
+}
+
+impl SNet {
+    pub fn new(relays: usize) -> SNet {
+        SNet {
+            links: (0..relays).map(|_| None).collect(),
+            ..SNet::default()
+        }
+    }
+
+    /// `adopt`: answers a relay's Hello; an accepted relay becomes a link.
+    pub fn on_hello(&mut self, i: usize, h: &Hello<'_>, v: &SVol, resume_at_durable: bool) -> Vec<u8> {
+        let received = v.next_lsn().saturating_sub(1);
+        let local = LocalVolume {
+            volume_id: crate::primary::VOLUME_ID,
+            block_size: ops::BLOCK as u32,
+            generation: v.gen.max(v.recv.generation()),
+            durable_lsn: if resume_at_durable {
+                v.durable_lsn().min(received)
+            } else {
+                received
+            },
+            frame_bytes_max: FRAME_BYTES_MAX as u32,
+            recv_credits: 0,
+        };
+        let mut reply = answer_hello(h, Role::Relay, Some(&local));
+        if matches!(reply, HelloReply::Accepted { .. }) && !v.intake_open() {
+            reply = HelloReply::Refused {
+                reason: RefuseReason::Busy,
+                generation: local.generation,
+                version_max: WIRE_VERSION,
+            };
+        }
+        if matches!(reply, HelloReply::Accepted { .. }) {
+            self.links[i] = Some(SLink::default());
+        }
+        wire::encode_hello_reply(&reply).as_bytes().to_vec()
+    }
+
+    pub fn link_down(&mut self, i: usize) {
+        self.links[i] = None;
+    }
+
+    fn req_id(&mut self) -> u64 {
+        self.next_req_id = self.next_req_id.wrapping_add(1) & 0xffff_ffff;
+        self.next_req_id
+    }
+
+    fn request(&mut self, i: usize, id: u64, first: u64, last: u64, chain: bool, now: u64) {
+        let g = GapRequest {
+            request_id: id,
+            lsn_first: first,
+            lsn_last: last,
+        };
+        self.out.push((i, wire::encode_gap_request(&g).as_bytes().to_vec()));
+        if let Some(l) = self.links[i].as_mut() {
+            l.pull = Some(Pull {
+                id,
+                sent_ns: now,
+                chain,
+                first,
+            });
+        }
+    }
+
+    /// `offer`: offers a batch; a back-pressure refusal keeps the rest.
+    pub fn offer(&mut self, i: usize, v: &mut SVol, b: &Batch<'_>, now: u64) -> Vec<Offer> {
+        let mut seen = Vec::new();
+        let Some(l) = self.links[i].as_mut() else { return seen };
+        let mut taken = 0;
+        if l.held.is_empty() {
+            for op in &b.ops {
+                let o = if v.intake_open() {
+                    v.recv.offer(b.generation, op, now)
+                } else {
+                    Offer::Closed
+                };
+                seen.push(o);
+                match o {
+                    Offer::Accepted | Offer::Duplicate => taken += 1,
+                    Offer::Full => break,
+                    Offer::StaleGeneration { .. } | Offer::Closed => {
+                        l.close = Some(format!("refused: {o:?}"));
+                        return seen;
+                    }
+                }
+            }
+        }
+        for op in &b.ops[taken..] {
+            l.held.push_back(OwnedOp::from_wire(b.generation, op));
+        }
+        seen
+    }
+
+    /// The reply-handling half of `drive_link` for a GapReply.
+    pub fn on_reply(&mut self, i: usize, v: &SVol, id: u64, status: GapStatus, last: Option<u64>, now: u64) {
+        let Some(l) = self.links[i].as_mut() else { return };
+        let Some(p) = l.pull.take_if(|p| p.id == id) else {
+            return;
+        };
+        if p.chain && (status == GapStatus::NotHeld || last.is_none()) {
+            let next = v.next_lsn();
+            if p.first <= next || l.drain_rescanned {
+                l.drained = true;
+            } else {
+                l.drain_rescanned = true;
+                self.request(i, id.wrapping_add(1 << 32), next, next + PULL_SPAN_LSN - 1, true, now);
+            }
+        }
+        if let (true, GapStatus::Complete | GapStatus::Partial, Some(last)) = (p.chain, status, last) {
+            let first = v.next_lsn().max(last + 1);
+            self.request(i, id.wrapping_add(1 << 32), first, first + PULL_SPAN_LSN - 1, true, now);
+        }
+    }
+
+    /// Back-pressure first (`drive_link`): ops held for a link are offered again.
+    fn offer_held(&mut self, v: &mut SVol, now: u64) {
+        for l in self.links.iter_mut().flatten() {
+            while let Some(op) = l.held.pop_front() {
+                if !v.intake_open() {
+                    l.held.clear();
+                    break;
+                }
+                match v.recv.offer_owned(op, now) {
+                    Ok(()) => {}
+                    Err((Offer::Duplicate, _)) => {}
+                    Err((Offer::Full, op)) => {
+                        l.held.push_front(op);
+                        break;
+                    }
+                    Err((o, _)) => {
+                        l.close = Some(format!("refused: {o:?}"));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `VolNet::poll` (after the links were read). Returns links closed this poll.
+    pub fn poll(&mut self, v: &mut SVol, now: u64) -> Vec<usize> {
+        self.offer_held(v, now);
+        v.poll();
+        let mut closed = Vec::new();
+        for (i, slot) in self.links.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(|l| l.close.is_some()) {
+                *slot = None;
+                closed.push(i);
+            }
+        }
+        let next = v.next_lsn();
+        if next != self.progress_lsn || self.progress_ns == 0 {
+            self.progress_lsn = next;
+            self.progress_ns = now;
+            self.pull_interval_ns = STALL_NS;
+        }
+        let durable = v.durable_lsn();
+        for i in 0..self.links.len() {
+            let Some(l) = self.links[i].as_mut() else { continue };
+            if durable > l.safe_sent {
+                l.safe_sent = durable;
+                let s = SafeUpTo {
+                    lsn: durable,
+                    generation: v.gen,
+                };
+                self.out.push((i, wire::encode_safe_up_to(&s).as_bytes().to_vec()));
+            }
+            if l.pull
+                .is_some_and(|p| now.saturating_sub(p.sent_ns) > GAP_REQUEST_TIMEOUT_NS)
+            {
+                l.pull = None;
+            }
+        }
+        if v.intake_open() && self.links.iter().any(Option::is_some) {
+            self.fetch_holes(v, now);
+            if self.draining {
+                self.pull_drain(v, now);
+            } else {
+                self.pull_on_stall(v, now);
+            }
+        }
+        closed
+    }
+
+    /// `pull_drain`.
+    fn pull_drain(&mut self, v: &SVol, now: u64) {
+        let first = v.next_lsn();
+        for i in 0..self.links.len() {
+            if self.links[i].as_ref().is_some_and(|l| !l.drained && l.pull.is_none()) {
+                let id = self.req_id();
+                self.request(i, id, first, first + PULL_SPAN_LSN - 1, true, now);
+            }
+        }
+    }
+
+    /// `fetch_holes` with `pick_link`.
+    fn fetch_holes(&mut self, v: &SVol, now: u64) {
+        self.gap_asked.retain(|&(_, at)| now.saturating_sub(at) < GAP_RETRY_NS);
+        for g in v.recv.gaps(now, GAPS_PER_POLL) {
+            if self.gap_asked.iter().any(|&(f, _)| f == g.lsn_first) {
+                continue;
+            }
+            let Some(li) = self.pick_link(now) else { break };
+            self.rr = li + 1;
+            let id = self.req_id();
+            self.request(li, id, g.lsn_first, g.lsn_last, false, now);
+            self.gap_asked.push((g.lsn_first, now));
+        }
+    }
+
+    fn pick_link(&self, now: u64) -> Option<usize> {
+        let n = self.links.len();
+        let free = |i: &usize| self.links[*i].as_ref().is_some_and(|l| l.pull.is_none());
+        let mut order = (0..n).map(|k| (self.rr + k) % n);
+        order
+            .clone()
+            .filter(free)
+            .find(|&i| !self.links[i].as_ref().is_some_and(|l| l.forwarding(now)))
+            .or_else(|| order.find(free))
+    }
+
+    /// `pull_on_stall`, with the real `stall_pull_wanted`.
+    fn pull_on_stall(&mut self, v: &SVol, now: u64) {
+        if now.saturating_sub(self.progress_ns) < STALL_NS
+            || now.saturating_sub(self.last_pull_ns) < self.pull_interval_ns
+        {
+            return;
+        }
+        let reports: Vec<pull::RelayReport> = self
+            .links
+            .iter()
+            .flatten()
+            .map(|l| pull::RelayReport {
+                forward: l.fresh_fwd(now),
+                held_lsn: l.held_lsn,
+            })
+            .collect();
+        match pull::stall_pull_wanted(&reports, v.next_lsn(), now.saturating_sub(self.progress_ns)) {
+            StallVerdict::Pull => {}
+            verdict => {
+                if verdict == StallVerdict::PolicyHold {
+                    self.policy_holds += 1;
+                }
+                self.last_pull_ns = now;
+                return;
+            }
+        }
+        self.last_pull_ns = now;
+        self.pull_interval_ns = (self.pull_interval_ns * 2).min(PULL_INTERVAL_MAX_NS);
+        let first = v.next_lsn();
+        self.stall_pulls.push(StallPull { next: first });
+        for i in 0..self.links.len() {
+            if self.links[i].as_ref().is_some_and(|l| l.pull.is_none()) {
+                let id = self.req_id();
+                self.request(i, id, first, first + PULL_SPAN_LSN - 1, true, now);
+            }
+        }
+    }
+
+    /// `start_drain`.
+    pub fn start_drain(&mut self, drop_stale_pulls: bool) {
+        self.draining = true;
+        for l in self.links.iter_mut().flatten() {
+            l.drained = false;
+            l.drain_rescanned = false;
+            if drop_stale_pulls {
+                l.pull = None;
+            }
+        }
+    }
+
+    /// `drain_progress(..).done`: every connected relay drained (false with none).
+    pub fn drain_done(&self) -> bool {
+        let n = self.links.iter().flatten().count();
+        n > 0 && self.links.iter().flatten().all(|l| l.drained)
+    }
+}
