@@ -4,6 +4,8 @@
 //!   relays, completes on the acknowledgement policy, catches relays up).
 //! - [`relay`]: the relay role (accepts primaries, journals before acknowledging, forwards
 //!   to the standby at its own timing, releases what the standby holds).
+//! - [`forward_policy`]: when a forwarder relay may forward (the `--forward` policies,
+//!   pure, with explicit clocks).
 //! - [`journal`]: the relay's non-volatile journal (segment files, group commit through
 //!   io_uring, crash recovery, read-back for forwarding, release once the standby has it).
 //! - [`limits`]: the ranges of the relay's settings, checked before anything is opened.
@@ -12,6 +14,7 @@
 //! - [`dataref`]: zero-copy views of write buffers shared by the local write and the sends.
 
 pub mod dataref;
+pub mod forward_policy;
 pub mod journal;
 pub mod limits;
 pub mod liveness;

@@ -47,9 +47,11 @@ use rdma_transport::wire::{
 use rdma_transport::{ConnState, Connection, OutFrame, TransportError};
 use serde::{Deserialize, Serialize};
 
+use crate::forward_policy::ForwardGate;
+pub use crate::forward_policy::{in_window, parse_window, ForwardPolicy};
 use crate::journal::lock::DirLock;
 use crate::journal::{Journal, JournalConfig, JournalError, ReadCursor, RecoveryReport, READ_BUF_BYTES_MIN};
-use crate::limits::{LimitError, FORWARD_INTERVAL_MS_MAX};
+use crate::limits::LimitError;
 
 /// Default segment size of relay journals (smaller than the journal's own default so
 /// gap replies, which read whole segments, stay cheap).
@@ -72,109 +74,6 @@ pub const LIVENESS_REPORT_MS: u64 = 100;
 pub const STATUS_PERIOD_NS: u64 = 10_000_000;
 /// Name of the per-volume metadata file in a journal directory.
 pub const VOLUME_META_FILE: &str = "volume.json";
-
-/// When the relay forwards (R4).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ForwardPolicy {
-    /// As soon as a record is durable.
-    Immediate,
-    /// Everything durable, every `interval_ms`.
-    Interval {
-        /// Period.
-        interval_ms: u64,
-    },
-    /// Only inside the daily UTC windows `"HH:MM-HH:MM"` (a window may wrap midnight).
-    Windows {
-        /// The windows.
-        windows: Vec<String>,
-    },
-    /// At most `bytes_per_sec` (token bucket, one second of burst).
-    Bandwidth {
-        /// Cap.
-        bytes_per_sec: u64,
-    },
-}
-
-impl ForwardPolicy {
-    /// Parses the command-line form: `immediate`, `interval:MS`, `window:HH:MM-HH:MM[,...]`,
-    /// `bandwidth:BYTES_PER_SEC`.
-    pub fn parse(s: &str) -> Result<ForwardPolicy, String> {
-        let (mode, arg) = s.split_once(':').unwrap_or((s, ""));
-        let p = match mode {
-            "immediate" => ForwardPolicy::Immediate,
-            "interval" => ForwardPolicy::Interval {
-                interval_ms: arg
-                    .parse()
-                    .map_err(|_| format!("interval:{arg}: expected milliseconds"))?,
-            },
-            "window" | "windows" => ForwardPolicy::Windows {
-                windows: arg.split(',').map(str::to_string).collect(),
-            },
-            "bandwidth" => ForwardPolicy::Bandwidth {
-                bytes_per_sec: arg
-                    .parse()
-                    .map_err(|_| format!("bandwidth:{arg}: expected bytes per second"))?,
-            },
-            _ => {
-                return Err(format!(
-                    "{s:?}: expected immediate, interval:MS, window:HH:MM-HH:MM or bandwidth:BPS"
-                ))
-            }
-        };
-        p.check()?;
-        Ok(p)
-    }
-
-    /// Checks the values (named in the error).
-    pub fn check(&self) -> Result<(), String> {
-        match self {
-            ForwardPolicy::Immediate => Ok(()),
-            ForwardPolicy::Interval { interval_ms } if !(1..=FORWARD_INTERVAL_MS_MAX).contains(interval_ms) => Err(
-                format!("interval_ms ({interval_ms}) must be between 1 and {FORWARD_INTERVAL_MS_MAX} (one day)"),
-            ),
-            ForwardPolicy::Interval { .. } => Ok(()),
-            ForwardPolicy::Bandwidth { bytes_per_sec } if *bytes_per_sec == 0 => {
-                Err("bytes_per_sec must be > 0".into())
-            }
-            ForwardPolicy::Bandwidth { .. } => Ok(()),
-            ForwardPolicy::Windows { windows } => {
-                if windows.is_empty() {
-                    return Err("windows must name at least one HH:MM-HH:MM window".into());
-                }
-                for w in windows {
-                    let (start, end) = parse_window(w)?;
-                    if start == end {
-                        return Err(format!("windows: {w:?} is empty (start = end): it would never open"));
-                    }
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-fn parse_hhmm(s: &str) -> Option<u32> {
-    let (h, m) = s.split_once(':')?;
-    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
-    (h < 24 && m < 60).then_some(h * 60 + m)
-}
-
-/// `"HH:MM-HH:MM"` to minutes of the day (start, end).
-pub fn parse_window(w: &str) -> Result<(u32, u32), String> {
-    let bad = || format!("windows: {w:?} is not HH:MM-HH:MM");
-    let (a, b) = w.split_once('-').ok_or_else(bad)?;
-    Ok((parse_hhmm(a).ok_or_else(bad)?, parse_hhmm(b).ok_or_else(bad)?))
-}
-
-/// True when `minute` of the day lies in the window (end exclusive; wraps midnight).
-pub fn in_window(minute: u32, (start, end): (u32, u32)) -> bool {
-    if start <= end {
-        (start..end).contains(&minute)
-    } else {
-        minute >= start || minute < end
-    }
-}
 
 /// Settings of a relay process.
 #[derive(Debug, Clone)]
@@ -694,9 +593,8 @@ struct VolumeJournal {
     bytes_appended: u64,
     bytes_forwarded: u64,
     behind_since_ns: Option<u64>,
-    last_interval_ns: u64,
-    tokens: f64,
-    tokens_ns: u64,
+    /// The forward policy's state (interval openings, bandwidth bucket).
+    gate: ForwardGate,
     last_error: String,
     /// The journal failed to append or to make records durable (not back-pressure): the
     /// primary is disconnected and refused (`Unavailable`) from then on, so it resends
@@ -789,9 +687,7 @@ impl VolumeJournal {
             bytes_appended: 0,
             bytes_forwarded: 0,
             behind_since_ns: None,
-            last_interval_ns: 0,
-            tokens: 0.0,
-            tokens_ns: now_ns(),
+            gate: ForwardGate::new(now_ns()),
             last_error: String::new(),
             journal_failed: None,
             primary_heard_ns: 0,
@@ -1298,37 +1194,16 @@ impl RelayState {
         busy
     }
 
+    /// Whether volume `i` may start a forwarding read now (`forward_policy.rs`).
     fn forward_gate(&mut self, i: usize, now: u64) -> bool {
-        let v = &mut self.volumes[i];
-        match &self.cfg.forward {
-            ForwardPolicy::Immediate => true,
-            ForwardPolicy::Interval { interval_ms } => {
-                if now.saturating_sub(v.last_interval_ns) >= interval_ms * 1_000_000 {
-                    v.last_interval_ns = now;
-                    true
-                } else {
-                    false
-                }
-            }
-            ForwardPolicy::Windows { windows } => {
-                let secs = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                let minute = ((secs % 86_400) / 60) as u32;
-                windows
-                    .iter()
-                    .filter_map(|w| parse_window(w).ok())
-                    .any(|w| in_window(minute, w))
-            }
-            ForwardPolicy::Bandwidth { bytes_per_sec } => {
-                let rate = *bytes_per_sec as f64;
-                let dt = now.saturating_sub(v.tokens_ns) as f64 / 1e9;
-                v.tokens_ns = now;
-                v.tokens = (v.tokens + dt * rate).min(rate);
-                v.tokens > 0.0
-            }
-        }
+        let unix_secs = if matches!(self.cfg.forward, ForwardPolicy::Windows { .. }) {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        } else {
+            0
+        };
+        self.volumes[i].gate.open(&self.cfg.forward, now, unix_secs)
     }
 
     fn drive_standby(&mut self, i: usize, now: u64) -> bool {
@@ -1592,7 +1467,7 @@ impl RelayState {
                         Ok(()) => {
                             v.fwd_next = last + 1;
                             v.bytes_forwarded += len as u64;
-                            v.tokens -= len as f64;
+                            v.gate.spent(len as u64);
                         }
                         Err(e) => {
                             let mut f = e.into_frame();
@@ -1906,28 +1781,6 @@ fn serve_gap(v: &mut VolumeJournal) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn forward_policy_parse_and_windows() {
-        assert_eq!(ForwardPolicy::parse("immediate").unwrap(), ForwardPolicy::Immediate);
-        assert_eq!(
-            ForwardPolicy::parse("interval:50").unwrap(),
-            ForwardPolicy::Interval { interval_ms: 50 }
-        );
-        assert_eq!(
-            ForwardPolicy::parse("bandwidth:1000000").unwrap(),
-            ForwardPolicy::Bandwidth {
-                bytes_per_sec: 1_000_000
-            }
-        );
-        assert!(ForwardPolicy::parse("interval:0").is_err());
-        assert!(ForwardPolicy::parse("window:25:00-01:00").is_err());
-        assert!(ForwardPolicy::parse("sometimes").is_err());
-        let w = parse_window("22:00-02:30").unwrap();
-        assert!(in_window(23 * 60, w) && in_window(60, w) && !in_window(3 * 60, w));
-        let w = parse_window("01:00-02:00").unwrap();
-        assert!(in_window(60, w) && !in_window(120, w) && !in_window(59, w));
-    }
 
     #[test]
     fn meta_round_trip_and_hex() {
