@@ -256,8 +256,8 @@ fn standby_lagging_by_policy_is_not_fetched_around_and_failover_drains_the_relay
     let host = ["--failover-volume", "vold", "--primary-timeout-ms", "500"];
     let sb = StandbyProc::start_with(&sd.0, free_port(), &host);
     let sa = sb.addr();
-    // The forwarder holds everything: its first interval opening comes when the relay
-    // process is ten minutes old (its clock counts from its start), then every ten minutes.
+    // The forwarder holds everything: its first interval opening comes ten minutes after
+    // it took the volume on.
     let r1 = RelayProc::start(&d1.0, free_port(), sa, &["--forward", "interval:600000"]);
     let r2 = RelayProc::start(&d2.0, free_port(), sa, &["--backup"]);
     let mut p = Primary::start(&[r1.addr(), r2.addr()]);

@@ -124,6 +124,7 @@ pub fn utc_minute(unix_secs: u64) -> u32 {
 /// bandwidth bucket.
 #[derive(Debug, Clone)]
 pub struct ForwardGate {
+    /// When the last interval opened (at first: when the gate was made).
     last_interval_ns: u64,
     /// Bytes the bucket holds (negative after a read overdrew it).
     tokens: f64,
@@ -132,12 +133,12 @@ pub struct ForwardGate {
 
 impl ForwardGate {
     /// A gate created at `now_ns`: the bucket starts empty (it fills at the policy's rate,
-    /// up to one second's worth). The first interval opens once `now_ns` reaches
-    /// `interval_ms` (the relay's clock counts from process start: a relay younger than its
-    /// interval holds everything until then; an older one opens at once).
+    /// up to one second's worth). The first interval opens `interval_ms` after the gate
+    /// was made (when the relay took the volume on), the next ones every `interval_ms` after
+    /// the previous opening, whatever the relay process's age.
     pub fn new(now_ns: u64) -> ForwardGate {
         ForwardGate {
-            last_interval_ns: 0,
+            last_interval_ns: now_ns,
             tokens: 0.0,
             tokens_ns: now_ns,
         }
@@ -174,9 +175,13 @@ impl ForwardGate {
         }
     }
 
-    /// `bytes` of op data were forwarded: they come out of the bucket.
-    pub fn spent(&mut self, bytes: u64) {
-        self.tokens -= bytes as f64;
+    /// `bytes` of op data were forwarded under `policy`: under a bandwidth cap they come
+    /// out of the bucket (bytes forwarded under another policy leave no debt behind for a
+    /// later switch to a cap).
+    pub fn spent(&mut self, policy: &ForwardPolicy, bytes: u64) {
+        if matches!(policy, ForwardPolicy::Bandwidth { .. }) {
+            self.tokens -= bytes as f64;
+        }
     }
 }
 
@@ -214,7 +219,7 @@ mod tests {
         let mut g = ForwardGate::new(5 * SEC);
         for t in [0, 5 * SEC, 5 * SEC + 1, 3600 * SEC] {
             assert!(g.open(&ForwardPolicy::Immediate, t, 0));
-            g.spent(4 << 20);
+            g.spent(&ForwardPolicy::Immediate, 4 << 20);
         }
     }
 
@@ -222,11 +227,8 @@ mod tests {
     fn interval_opens_once_per_period() {
         let p = ForwardPolicy::Interval { interval_ms: 250 };
         let t0 = 10 * SEC;
-        let mut g = ForwardGate::new(t0);
-        assert!(
-            g.open(&p, t0, 0),
-            "a clock past the interval: the first opening is at once"
-        );
+        let mut g = ForwardGate::new(t0 - 250 * MS);
+        assert!(g.open(&p, t0, 0), "one interval after the gate was made");
         assert!(!g.open(&p, t0, 0), "an opening is taken by the call that sees it");
         assert!(!g.open(&p, t0 + 249 * MS, 0));
         assert!(g.open(&p, t0 + 250 * MS, 0));
@@ -235,10 +237,10 @@ mod tests {
         assert!(g.open(&p, t0 + 900 * MS, 0));
         assert!(!g.open(&p, t0 + 1149 * MS, 0));
         assert!(g.open(&p, t0 + 1150 * MS, 0));
-        // A clock younger than the interval: the first opening comes when it reaches it.
-        let mut g = ForwardGate::new(0);
-        assert!(!g.open(&p, 249 * MS, 0));
-        assert!(g.open(&p, 250 * MS, 0));
+        // The process's age plays no part: a gate made late waits its interval all the same.
+        let mut g = ForwardGate::new(3600 * SEC);
+        assert!(!g.open(&p, 3600 * SEC + 249 * MS, 0));
+        assert!(g.open(&p, 3600 * SEC + 250 * MS, 0));
         // Over a simulated minute polled every millisecond: 240 openings, no more.
         let mut g = ForwardGate::new(0);
         let opened = (1..=60_000u64).filter(|ms| g.open(&p, ms * MS, 0)).count();
@@ -281,7 +283,7 @@ mod tests {
         assert!(!g.open(&p, t0, 0), "empty at start");
         assert!(g.open(&p, t0 + MS, 0), "2000 bytes after a millisecond");
         // A 4 MiB read overdraws it: closed until the debt is paid back.
-        g.spent(4 << 20);
+        g.spent(&p, 4 << 20);
         let debt_s = ((4u64 << 20) - 2000) as f64 / rate as f64;
         let paid = t0 + MS + (debt_s * 1e9) as u64;
         assert!(!g.open(&p, paid - MS, 0));
@@ -295,7 +297,7 @@ mod tests {
         let mut g = ForwardGate::new(0);
         // An hour idle still leaves one second of burst: `rate` bytes, then closed.
         assert!(g.open(&p, 3600 * SEC, 0));
-        g.spent(rate);
+        g.spent(&p, rate);
         assert!(!g.open(&p, 3600 * SEC, 0));
     }
 
@@ -313,7 +315,7 @@ mod tests {
         for k in 1..=100_000u64 {
             let now = k * step;
             if g.open(&p, now, 0) {
-                g.spent(read);
+                g.spent(&p, read);
                 sent += read;
             }
             let secs = now / SEC;
@@ -321,5 +323,19 @@ mod tests {
         }
         assert!(sent >= rate * 10 - read, "{sent} bytes in 10 s at {rate} B/s");
         assert!(sent <= rate * 10 + read);
+    }
+
+    #[test]
+    fn bytes_forwarded_under_another_policy_leave_no_bandwidth_debt() {
+        let mut g = ForwardGate::new(0);
+        assert!(g.open(&ForwardPolicy::Immediate, SEC, 0));
+        g.spent(&ForwardPolicy::Immediate, 64 << 20);
+        let p = ForwardPolicy::Bandwidth {
+            bytes_per_sec: 1_000_000,
+        };
+        assert!(
+            g.open(&p, SEC + MS, 0),
+            "a switch to a cap starts with the cap's own bucket"
+        );
     }
 }

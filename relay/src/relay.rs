@@ -1467,7 +1467,7 @@ impl RelayState {
                         Ok(()) => {
                             v.fwd_next = last + 1;
                             v.bytes_forwarded += len as u64;
-                            v.gate.spent(len as u64);
+                            v.gate.spent(&self.cfg.forward, len as u64);
                         }
                         Err(e) => {
                             let mut f = e.into_frame();
