@@ -13,7 +13,8 @@ use rdma_transport::wire::{
 };
 use standby::net::pull::{self, StallVerdict};
 use standby::net::{
-    GAP_REQUEST_TIMEOUT_NS, GAP_RETRY_NS, PULL_INTERVAL_MAX_NS, PULL_SPAN_LSN, REPORT_FRESH_NS, STALL_NS,
+    GAP_REQUEST_TIMEOUT_NS, GAP_RETRY_NS, PEAK_LINKS_WINDOW_NS, PULL_INTERVAL_MAX_NS, PULL_SPAN_LSN, REPORT_FRESH_NS,
+    STALL_NS,
 };
 use standby::{Offer, OwnedOp};
 use std::collections::VecDeque;
@@ -75,6 +76,11 @@ pub struct SNet {
     next_req_id: u64,
     pub policy_holds: u64,
     pub draining: bool,
+    /// `VolNet::peak_links` / `peak_ns`: most links at once lately.
+    peak_links: usize,
+    peak_ns: u64,
+    /// `Drain::expected`, set by `start_drain`.
+    pub expected: usize,
     /// Frames to send: (relay, bytes).
     pub out: Vec<(usize, Vec<u8>)>,
     /// Stall pulls sent this poll (for the checker).
@@ -229,6 +235,11 @@ impl SNet {
                 closed.push(i);
             }
         }
+        let n = self.links.iter().flatten().count();
+        if n >= self.peak_links || now.saturating_sub(self.peak_ns) > PEAK_LINKS_WINDOW_NS {
+            self.peak_links = n;
+            self.peak_ns = now;
+        }
         let next = v.next_lsn();
         if next != self.progress_lsn || self.progress_ns == 0 {
             self.progress_lsn = next;
@@ -339,8 +350,14 @@ impl SNet {
     }
 
     /// `start_drain`.
-    pub fn start_drain(&mut self, drop_stale_pulls: bool) {
+    pub fn start_drain(&mut self, drop_stale_pulls: bool, now: u64) {
         self.draining = true;
+        let n = self.links.iter().flatten().count();
+        self.expected = if now.saturating_sub(self.peak_ns) <= PEAK_LINKS_WINDOW_NS {
+            self.peak_links.max(n)
+        } else {
+            n
+        };
         for l in self.links.iter_mut().flatten() {
             l.drained = false;
             l.drain_rescanned = false;
@@ -352,6 +369,11 @@ impl SNet {
 
     /// `drain_progress(..).done`: every connected relay drained (false with none).
     pub fn drain_done(&self) -> bool {
+        self.present_drained() && self.links.iter().flatten().count() >= self.expected
+    }
+
+    /// Every connected relay drained (the host's end after the grace).
+    pub fn present_drained(&self) -> bool {
         let n = self.links.iter().flatten().count();
         n > 0 && self.links.iter().flatten().all(|l| l.drained)
     }

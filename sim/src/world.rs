@@ -639,8 +639,10 @@ impl World {
         } else if self.fo.promoted_at.is_none() {
             let started = self.fo.decided_at.unwrap_or(now);
             let links = self.sn.links.iter().flatten().count();
-            let grace = links == 0 && now >= started + DRAIN_NO_RELAY_GRACE_NS;
-            if self.sn.drain_done() || grace || now >= started + DRAIN_TIMEOUT_NS {
+            let past_grace = now >= started + DRAIN_NO_RELAY_GRACE_NS;
+            let grace = links == 0 && past_grace;
+            let present = self.sn.present_drained() && past_grace;
+            if self.sn.drain_done() || present || grace || now >= started + DRAIN_TIMEOUT_NS {
                 self.fo.warned_unreachable = grace;
                 self.promote(now);
             }
@@ -669,7 +671,7 @@ impl World {
             self.q.after(dt, Ev::KillPrimary);
         }
         if self.cfg.drain {
-            self.sn.start_drain(self.cfg.drain_drops_stale_pulls);
+            self.sn.start_drain(self.cfg.drain_drops_stale_pulls, now);
         } else {
             self.promote(now);
         }
