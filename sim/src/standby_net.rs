@@ -338,14 +338,36 @@ impl SNet {
             }
         }
         self.last_pull_ns = now;
+        let streaming = self
+            .links
+            .iter()
+            .flatten()
+            .any(|l| l.fresh_fwd(now).is_some() && l.pull.as_ref().is_some_and(|p| p.chain));
+        if streaming {
+            return;
+        }
         self.pull_interval_ns = (self.pull_interval_ns * 2).min(PULL_INTERVAL_MAX_NS);
         let first = v.next_lsn();
         self.stall_pulls.push(StallPull { next: first });
-        for i in 0..self.links.len() {
-            if self.links[i].as_ref().is_some_and(|l| l.pull.is_none()) {
-                let id = self.req_id();
-                self.request(i, id, first, first + PULL_SPAN_LSN - 1, true, now);
+        // One relay, the one reporting the most past `first` (in turn on a tie); relays
+        // without a fresh report are all asked.
+        let n = self.links.len();
+        let free_reported = |l: &SLink| l.pull.is_none() && l.fresh_fwd(now).is_some() && l.held_lsn >= first;
+        let best = (0..n)
+            .map(|k| (self.rr + k) % n)
+            .filter(|&i| self.links[i].as_ref().is_some_and(free_reported))
+            .max_by_key(|&i| self.links[i].as_ref().map_or(0, |l| l.held_lsn));
+        for i in 0..n {
+            let Some(l) = self.links[i].as_ref() else { continue };
+            let silent = l.fresh_fwd(now).is_none();
+            if l.pull.is_some() || (Some(i) != best && !silent) {
+                continue;
             }
+            let id = self.req_id();
+            self.request(i, id, first, first + PULL_SPAN_LSN - 1, true, now);
+        }
+        if let Some(b) = best {
+            self.rr = b + 1;
         }
     }
 

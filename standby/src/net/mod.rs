@@ -686,6 +686,15 @@ impl VolNet {
             return false;
         }
         self.last_pull_ns = now;
+        if self
+            .links
+            .iter()
+            .any(|l| l.fresh_fwd(now).is_some() && l.pull.as_ref().is_some_and(|p| p.chain))
+        {
+            // A relay is already streaming it (a chained pull, forgotten after
+            // GAP_REQUEST_TIMEOUT_NS if it hangs): asking another would carry it twice.
+            return false;
+        }
         self.pull_interval_ns = (self.pull_interval_ns * 2).min(PULL_INTERVAL_MAX_NS);
         let first = v.next_lsn();
         // One relay carries it over the WAN: the one reporting the most past `first`
