@@ -11,7 +11,7 @@ use rdma_transport::wire::{
     self, Batch, ForwardState, GapRequest, GapStatus, Hello, HelloReply, RefuseReason, Role, SafeUpTo, FRAME_BYTES_MAX,
     WIRE_VERSION,
 };
-use standby::net::pull::{self, StallVerdict};
+use standby::net::pull::{self, ReplyStep, StallVerdict};
 use standby::net::{
     GAP_REQUEST_TIMEOUT_NS, GAP_RETRY_NS, PEAK_LINKS_WINDOW_NS, PULL_INTERVAL_MAX_NS, PULL_SPAN_LSN, REPORT_FRESH_NS,
     STALL_NS,
@@ -185,19 +185,21 @@ impl SNet {
         let Some(p) = l.pull.take_if(|p| p.id == id) else {
             return;
         };
-        if p.chain && (status == GapStatus::NotHeld || last.is_none()) {
-            let next = v.next_lsn();
-            if p.first <= next || l.drain_rescanned {
+        if !p.chain {
+            return;
+        }
+        let first = match pull::after_chain_reply(p.first, status, last, v.next_lsn(), l.drain_rescanned) {
+            ReplyStep::Drained => {
                 l.drained = true;
-            } else {
-                l.drain_rescanned = true;
-                self.request(i, id.wrapping_add(1 << 32), next, next + PULL_SPAN_LSN - 1, true, now);
+                return;
             }
-        }
-        if let (true, GapStatus::Complete | GapStatus::Partial, Some(last)) = (p.chain, status, last) {
-            let first = v.next_lsn().max(last + 1);
-            self.request(i, id.wrapping_add(1 << 32), first, first + PULL_SPAN_LSN - 1, true, now);
-        }
+            ReplyStep::Rescan(first) => {
+                l.drain_rescanned = true;
+                first
+            }
+            ReplyStep::Continue(first) => first,
+        };
+        self.request(i, id.wrapping_add(1 << 32), first, first + PULL_SPAN_LSN - 1, true, now);
     }
 
     /// Back-pressure first (`drive_link`): ops held for a link are offered again.
@@ -338,35 +340,36 @@ impl SNet {
             }
         }
         self.last_pull_ns = now;
-        let streaming = self
+        let first = v.next_lsn();
+        let view: Vec<pull::StallLink> = self
             .links
             .iter()
-            .flatten()
-            .any(|l| l.fresh_fwd(now).is_some() && l.pull.as_ref().is_some_and(|p| p.chain));
-        if streaming {
+            .map(|l| match l {
+                Some(l) => pull::StallLink {
+                    free: l.pull.is_none(),
+                    chain_pull: l.pull.as_ref().is_some_and(|p| p.chain),
+                    reported: l.fresh_fwd(now).is_some(),
+                    held_lsn: l.held_lsn,
+                },
+                // No link: never asked.
+                None => pull::StallLink {
+                    free: false,
+                    chain_pull: false,
+                    reported: true,
+                    held_lsn: 0,
+                },
+            })
+            .collect();
+        let Some(t) = pull::stall_targets(&view, self.rr, first) else {
             return;
-        }
+        };
         self.pull_interval_ns = (self.pull_interval_ns * 2).min(PULL_INTERVAL_MAX_NS);
-        let first = v.next_lsn();
         self.stall_pulls.push(StallPull { next: first });
-        // One relay, the one reporting the most past `first` (in turn on a tie); relays
-        // without a fresh report are all asked.
-        let n = self.links.len();
-        let free_reported = |l: &SLink| l.pull.is_none() && l.fresh_fwd(now).is_some() && l.held_lsn >= first;
-        let best = (0..n)
-            .map(|k| (self.rr + k) % n)
-            .filter(|&i| self.links[i].as_ref().is_some_and(free_reported))
-            .max_by_key(|&i| self.links[i].as_ref().map_or(0, |l| l.held_lsn));
-        for i in 0..n {
-            let Some(l) = self.links[i].as_ref() else { continue };
-            let silent = l.fresh_fwd(now).is_none();
-            if l.pull.is_some() || (Some(i) != best && !silent) {
-                continue;
-            }
+        for i in t.ask {
             let id = self.req_id();
             self.request(i, id, first, first + PULL_SPAN_LSN - 1, true, now);
         }
-        if let Some(b) = best {
+        if let Some(b) = t.best {
             self.rr = b + 1;
         }
     }

@@ -487,23 +487,22 @@ fn drive_link(name: &str, l: &mut Link, v: &mut StandbyVolume, now: u64) -> bool
                     let Some(p) = l.pull.take_if(|p| p.id == id) else {
                         continue;
                     };
-                    if p.chain && (status == GapStatus::NotHeld || last.is_none()) {
-                        let next = v.next_lsn();
-                        if p.first <= next || l.drain_rescanned {
-                            // Nothing from the next LSN on: a drain is done with this relay.
+                    if !p.chain {
+                        continue;
+                    }
+                    let rescanned = l.drain_rescanned;
+                    let first = match pull::after_chain_reply(p.first, status, last, v.next_lsn(), rescanned) {
+                        pull::ReplyStep::Drained => {
                             l.drained = true;
-                        } else {
-                            // Nothing past what it sent, but the standby is still below
-                            // that (a hole): ask once more from the next LSN.
-                            l.drain_rescanned = true;
-                            l.request(id.wrapping_add(1 << 32), next, next + PULL_SPAN_LSN - 1, true, now);
+                            continue;
                         }
-                    }
-                    if let (true, GapStatus::Complete | GapStatus::Partial, Some(last)) = (p.chain, status, last) {
-                        // More may follow: ask for it at once, one round trip per frame.
-                        let first = v.next_lsn().max(last + 1);
-                        l.request(id.wrapping_add(1 << 32), first, first + PULL_SPAN_LSN - 1, true, now);
-                    }
+                        pull::ReplyStep::Rescan(first) => {
+                            l.drain_rescanned = true;
+                            first
+                        }
+                        pull::ReplyStep::Continue(first) => first,
+                    };
+                    l.request(id.wrapping_add(1 << 32), first, first + PULL_SPAN_LSN - 1, true, now);
                 }
             }
         }
@@ -686,35 +685,27 @@ impl VolNet {
             return false;
         }
         self.last_pull_ns = now;
-        if self
+        let first = v.next_lsn();
+        let view: Vec<pull::StallLink> = self
             .links
             .iter()
-            .any(|l| l.fresh_fwd(now).is_some() && l.pull.as_ref().is_some_and(|p| p.chain))
-        {
-            // A relay is already streaming it (a chained pull, forgotten after
-            // GAP_REQUEST_TIMEOUT_NS if it hangs): asking another would carry it twice.
+            .map(|l| pull::StallLink {
+                free: l.pull.is_none(),
+                chain_pull: l.pull.as_ref().is_some_and(|p| p.chain),
+                reported: l.fresh_fwd(now).is_some(),
+                held_lsn: l.held_lsn,
+            })
+            .collect();
+        let Some(t) = pull::stall_targets(&view, self.rr, first) else {
             return false;
-        }
+        };
         self.pull_interval_ns = (self.pull_interval_ns * 2).min(PULL_INTERVAL_MAX_NS);
-        let first = v.next_lsn();
-        // One relay carries it over the WAN: the one reporting the most past `first`
-        // (the next one in turn on a tie). Relays that never reported are all asked, as
-        // before reports existed.
-        let best = (0..self.links.len())
-            .map(|k| (self.rr + k) % self.links.len())
-            .filter(|&i| self.links[i].pull.is_none() && self.links[i].fresh_fwd(now).is_some())
-            .filter(|&i| self.links[i].held_lsn >= first)
-            .max_by_key(|&i| self.links[i].held_lsn);
         let mut busy = false;
-        for i in 0..self.links.len() {
-            let silent = self.links[i].fresh_fwd(now).is_none();
-            if self.links[i].pull.is_some() || (Some(i) != best && !silent) {
-                continue;
-            }
+        for i in t.ask {
             let id = self.req_id();
             busy |= self.links[i].request(id, first, first + PULL_SPAN_LSN - 1, true, now);
         }
-        if let Some(b) = best {
+        if let Some(b) = t.best {
             self.rr = b + 1;
         }
         busy

@@ -11,7 +11,7 @@
 //! Genuine holes (an LSN missing while later ones arrived) are fetched regardless; that is
 //! the receiver's `gaps()`, not this. A failover drain pulls regardless too.
 
-use rdma_transport::wire::ForwardState;
+use rdma_transport::wire::{ForwardState, GapStatus};
 
 /// What one relay link last reported (`forward` is `None` when no report is fresh).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +65,76 @@ pub fn stall_pull_wanted(relays: &[RelayReport], next: u64, stalled_ns: u64) -> 
         return StallVerdict::Wait;
     }
     StallVerdict::Pull
+}
+
+/// One relay link as a stall pull sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StallLink {
+    /// No request outstanding on the link.
+    pub free: bool,
+    /// The request outstanding is a chained pull (the relay is streaming).
+    pub chain_pull: bool,
+    /// The relay's report is fresh.
+    pub reported: bool,
+    /// Highest LSN the relay reported holding.
+    pub held_lsn: u64,
+}
+
+/// Whom a stall pull from `first` asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StallTargets {
+    /// The reporting relay that holds the most past `first` (the next one from `rr` on a
+    /// tie): the one that carries it over the WAN.
+    pub best: Option<usize>,
+    /// `best`, and every free relay without a fresh report (asked as before reports
+    /// existed).
+    pub ask: Vec<usize>,
+}
+
+/// The links a stall pull asks, or `None` while a reporting relay is already streaming
+/// the range (a chained pull in flight): asking another would carry it twice.
+pub fn stall_targets(links: &[StallLink], rr: usize, first: u64) -> Option<StallTargets> {
+    if links.iter().any(|l| l.reported && l.chain_pull) {
+        return None;
+    }
+    let n = links.len();
+    let best = (0..n)
+        .map(|k| (rr + k) % n)
+        .filter(|&i| links[i].free && links[i].reported && links[i].held_lsn >= first)
+        .max_by_key(|&i| links[i].held_lsn);
+    let ask = (0..n)
+        .filter(|&i| links[i].free && (Some(i) == best || !links[i].reported))
+        .collect();
+    Some(StallTargets { best, ask })
+}
+
+/// What follows the reply to a chained pull (stall pull or drain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyStep {
+    /// The reply carried ops: ask for what follows, from this LSN.
+    Continue(u64),
+    /// Nothing held from the standby's next LSN on: a drain is done with this relay.
+    Drained,
+    /// Nothing past what was asked, but the standby is still below that (a hole): ask
+    /// once more from its next LSN (once per drain: a relay that lacks the hole answers
+    /// the same again).
+    Rescan(u64),
+}
+
+/// The step after a chained pull from `first_asked` got `status` with ops up to `last`,
+/// the standby's next LSN being `next`; `rescanned`: this drain already asked again.
+pub fn after_chain_reply(
+    first_asked: u64,
+    status: GapStatus,
+    last: Option<u64>,
+    next: u64,
+    rescanned: bool,
+) -> ReplyStep {
+    match (status, last) {
+        (GapStatus::Complete | GapStatus::Partial, Some(last)) => ReplyStep::Continue(next.max(last + 1)),
+        _ if first_asked <= next || rescanned => ReplyStep::Drained,
+        _ => ReplyStep::Rescan(next),
+    }
 }
 
 #[cfg(test)]
@@ -129,5 +199,62 @@ mod tests {
     fn no_reports_at_all_pulls_as_before() {
         let relays = [r(None, 0), r(None, 0)];
         assert_eq!(stall_pull_wanted(&relays, 100, 300_000_000), StallVerdict::Pull);
+    }
+
+    fn link(free: bool, chain_pull: bool, reported: bool, held_lsn: u64) -> StallLink {
+        StallLink {
+            free,
+            chain_pull,
+            reported,
+            held_lsn,
+        }
+    }
+
+    #[test]
+    fn a_stall_pull_asks_the_relay_holding_the_most_and_the_silent_ones() {
+        let links = [
+            link(true, false, true, 300),
+            link(true, false, true, 500),
+            link(true, false, false, 0),
+            link(false, false, false, 0),
+        ];
+        let t = stall_targets(&links, 0, 100).unwrap();
+        assert_eq!(t.best, Some(1));
+        assert_eq!(t.ask, vec![1, 2], "the best reporter and the free silent one");
+        // Nobody reporting holds past `first`: only the silent ones.
+        let t = stall_targets(&links, 0, 600).unwrap();
+        assert_eq!((t.best, t.ask), (None, vec![2]));
+        // A tie goes to the next one from `rr` on.
+        let tie = [link(true, false, true, 500), link(true, false, true, 500)];
+        assert_eq!(stall_targets(&tie, 1, 100).unwrap().best, Some(0));
+    }
+
+    #[test]
+    fn no_stall_pull_while_a_reporting_relay_streams() {
+        let links = [link(false, true, true, 500), link(true, false, true, 500)];
+        assert_eq!(stall_targets(&links, 0, 100), None);
+        // A silent relay's chained pull does not count (it may be an older relay).
+        let links = [link(false, true, false, 0), link(true, false, true, 500)];
+        assert!(stall_targets(&links, 0, 100).is_some());
+    }
+
+    #[test]
+    fn chained_replies_continue_finish_or_rescan_once() {
+        use GapStatus::*;
+        assert_eq!(
+            after_chain_reply(100, Complete, Some(131), 120, false),
+            ReplyStep::Continue(132)
+        );
+        assert_eq!(
+            after_chain_reply(100, Partial, Some(110), 120, false),
+            ReplyStep::Continue(120)
+        );
+        assert_eq!(after_chain_reply(120, NotHeld, None, 120, false), ReplyStep::Drained);
+        // Asked past a hole at 120: ask again from 120, once.
+        assert_eq!(
+            after_chain_reply(150, NotHeld, None, 120, false),
+            ReplyStep::Rescan(120)
+        );
+        assert_eq!(after_chain_reply(150, NotHeld, None, 120, true), ReplyStep::Drained);
     }
 }
