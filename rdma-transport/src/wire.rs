@@ -207,6 +207,68 @@ pub enum OpKind {
     Deallocate = 3,
     /// Restart point closing an epoch.
     RestartPoint = 4,
+    /// Block-sync marker: where a block-level sync of the volume begins or ends
+    /// (`docs/replication.md`, "Block sync").
+    Sync = 5,
+}
+
+/// Which end of a block sync an [`Op::Sync`] marks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMark {
+    /// The sync begins at this op's LSN. Every block written by an op with an LSN in
+    /// `covers_from..lsn` is sent again (as an ordinary write, at a later LSN) or
+    /// overwritten by a later op before the matching `End`, so a standby that lacks
+    /// some of those LSNs may skip them and is consistent again at the first restart
+    /// point after the `End`. `full`: every block of the volume is sent.
+    Begin {
+        /// First LSN whose written blocks the sync covers.
+        covers_from: u64,
+        /// A full copy (every block), not a delta.
+        full: bool,
+    },
+    /// The sync that began at `begin_lsn` sent its last block before this op.
+    End {
+        /// LSN of the matching `Begin`.
+        begin_lsn: u64,
+    },
+}
+
+/// `arg1` of a sync marker: the phase in bits 0..8, flags above.
+const SYNC_PHASE_BEGIN: u64 = 1;
+const SYNC_PHASE_END: u64 = 2;
+const SYNC_FLAG_FULL: u64 = 1 << 8;
+
+impl SyncMark {
+    /// `(arg0, arg1)` of the op descriptor.
+    pub fn args(&self) -> (u64, u64) {
+        match *self {
+            SyncMark::Begin { covers_from, full } => {
+                (covers_from, SYNC_PHASE_BEGIN | if full { SYNC_FLAG_FULL } else { 0 })
+            }
+            SyncMark::End { begin_lsn } => (begin_lsn, SYNC_PHASE_END),
+        }
+    }
+
+    /// Parses the descriptor's arguments of the op at `lsn`.
+    pub fn from_args(lsn: u64, arg0: u64, arg1: u64) -> Result<SyncMark, WireError> {
+        let bad = |why: &'static str| WireError::BadSyncMark { lsn, arg0, arg1, why };
+        let m = match (arg1 & 0xff, arg1 & !0xff) {
+            (SYNC_PHASE_BEGIN, f) if f & !SYNC_FLAG_FULL == 0 => SyncMark::Begin {
+                covers_from: arg0,
+                full: f & SYNC_FLAG_FULL != 0,
+            },
+            (SYNC_PHASE_END, 0) => SyncMark::End { begin_lsn: arg0 },
+            _ => return Err(bad("unknown phase or flags")),
+        };
+        let first = match m {
+            SyncMark::Begin { covers_from, .. } => covers_from,
+            SyncMark::End { begin_lsn } => begin_lsn,
+        };
+        if first == 0 || first >= lsn {
+            return Err(bad("the LSN it names must be between 1 and the marker's own LSN"));
+        }
+        Ok(m)
+    }
 }
 
 /// How much of a requested gap range a relay could send.
@@ -312,6 +374,13 @@ pub enum Op<'a> {
         /// Opaque application tag (may be empty).
         tag: &'a [u8],
     },
+    /// Block-sync marker (no data).
+    Sync {
+        /// LSN of the marker.
+        lsn: u64,
+        /// Which end.
+        mark: SyncMark,
+    },
 }
 
 impl Op<'_> {
@@ -321,7 +390,8 @@ impl Op<'_> {
             Op::Write { lsn, .. }
             | Op::WriteZeroes { lsn, .. }
             | Op::Deallocate { lsn, .. }
-            | Op::RestartPoint { lsn, .. } => lsn,
+            | Op::RestartPoint { lsn, .. }
+            | Op::Sync { lsn, .. } => lsn,
         }
     }
 }
@@ -725,6 +795,18 @@ pub enum WireError {
         lsn: u64,
         /// Value received.
         last_lsn: u64,
+    },
+    /// A block-sync marker whose arguments make no sense.
+    #[error("sync marker at LSN {lsn} (arg0 {arg0}, arg1 {arg1:#x}): {why}")]
+    BadSyncMark {
+        /// The op's LSN.
+        lsn: u64,
+        /// First argument received.
+        arg0: u64,
+        /// Second argument received.
+        arg1: u64,
+        /// What is wrong.
+        why: &'static str,
     },
     /// Sum of op data lengths differs from the data bytes present.
     #[error("ops declare {declared} data bytes, frame carries {actual}")]
@@ -1163,6 +1245,7 @@ fn parse_batch<'a>(kind: FrameKind, r: &mut Reader<'a>) -> Result<Batch<'a>, Wir
             2 => OpKind::WriteZeroes,
             3 => OpKind::Deallocate,
             4 => OpKind::RestartPoint,
+            5 => OpKind::Sync,
             _ => return Err(WireError::UnknownOpKind { index, kind: op_kind }),
         };
         reserved("op.flags", r.u8()?.into())?;
@@ -1215,6 +1298,16 @@ fn parse_batch<'a>(kind: FrameKind, r: &mut Reader<'a>) -> Result<Batch<'a>, Wir
                     return Err(WireError::RestartCoversFuture { lsn, last_lsn: arg1 });
                 }
             }
+            OpKind::Sync => {
+                if data_len != 0 {
+                    return Err(WireError::OpDataLength {
+                        lsn,
+                        expected: 0,
+                        got: data_len,
+                    });
+                }
+                SyncMark::from_args(lsn, arg0, arg1)?;
+            }
         }
         data_total = data_total
             .checked_add(data_len.into())
@@ -1266,6 +1359,11 @@ fn parse_batch<'a>(kind: FrameKind, r: &mut Reader<'a>) -> Result<Batch<'a>, Wir
                 epoch: d.arg0,
                 last_lsn: d.arg1,
                 tag: bytes,
+            },
+            OpKind::Sync => Op::Sync {
+                lsn: d.lsn,
+                // Checked by the descriptor pass above.
+                mark: SyncMark::from_args(d.lsn, d.arg0, d.arg1)?,
             },
         };
         ops.push(op);
@@ -1342,6 +1440,12 @@ impl core::fmt::Debug for HeaderBuf {
 /// Why an encoder refused to build a frame (a bug in the caller, reported instead of sent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
+    /// A sync marker's arguments are not a valid [`SyncMark`].
+    #[error("sync marker at LSN {lsn} has invalid arguments")]
+    BadSyncMark {
+        /// The op's LSN.
+        lsn: u64,
+    },
     /// More than [`OPS_PER_FRAME_MAX`] ops.
     #[error("batch full: at most {OPS_PER_FRAME_MAX} ops")]
     BatchFull,
@@ -1608,6 +1712,17 @@ impl BatchEncoder {
         }
         self.push(OpKind::RestartPoint, tag_len, lsn, epoch, last_lsn)
     }
+    /// Adds a block-sync marker.
+    pub fn sync_mark(&mut self, lsn: u64, mark: SyncMark) -> Result<(), EncodeError> {
+        let (a0, a1) = mark.args();
+        self.sync_args(lsn, a0, a1)
+    }
+    /// Adds a block-sync marker from its descriptor arguments (as journaled), checked as
+    /// the receiver checks them.
+    pub fn sync_args(&mut self, lsn: u64, a0: u64, a1: u64) -> Result<(), EncodeError> {
+        SyncMark::from_args(lsn, a0, a1).map_err(|_| EncodeError::BadSyncMark { lsn })?;
+        self.push(OpKind::Sync, 0, lsn, a0, a1)
+    }
     /// Adds any parsed op (its data or tag goes to `finish`): used to forward what was received.
     pub fn op(&mut self, op: &Op<'_>) -> Result<(), EncodeError> {
         match *op {
@@ -1633,6 +1748,7 @@ impl BatchEncoder {
                 last_lsn,
                 tag,
             } => self.restart_point(lsn, epoch, last_lsn, tag.len()),
+            Op::Sync { lsn, mark } => self.sync_mark(lsn, mark),
         }
     }
 

@@ -1734,6 +1734,10 @@ fn serve_gap(v: &mut VolumeJournal) -> bool {
                     ..
                 } => (3, offset_blocks, u64::from(num_blocks)),
                 Op::RestartPoint { epoch, last_lsn, .. } => (4, epoch, last_lsn),
+                Op::Sync { mark, .. } => {
+                    let (a0, a1) = mark.args();
+                    (5, a0, a1)
+                }
             };
             descs.push((kind, lsn, a0, a1, d.len() as u32));
             data.extend_from_slice(d);
@@ -1754,6 +1758,7 @@ fn serve_gap(v: &mut VolumeJournal) -> bool {
             1 => enc.write(lsn, a0, a1 as u32, len as usize),
             2 => enc.write_zeroes(lsn, a0, a1 as u32),
             3 => enc.deallocate(lsn, a0, a1 as u32),
+            5 => enc.sync_args(lsn, a0, a1),
             _ => enc.restart_point(lsn, a0, a1, len as usize),
         };
         if r.is_err() {

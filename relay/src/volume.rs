@@ -1865,6 +1865,7 @@ impl LinkState {
                     OpKind::WriteZeroes => enc.write_zeroes(lsn, op.arg0, op.arg1 as u32),
                     OpKind::Deallocate => enc.deallocate(lsn, op.arg0, op.arg1 as u32),
                     OpKind::RestartPoint => enc.restart_point(lsn, op.arg0, op.arg1, op.data.len()),
+                    OpKind::Sync => enc.sync_args(lsn, op.arg0, op.arg1),
                 };
                 if let Err(e) = r {
                     // A bug: the op was checked when it was made.

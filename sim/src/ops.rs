@@ -14,10 +14,28 @@ pub const BLOCK: usize = 512;
 /// What an op does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    Write { off: u64, n: u32 },
-    Zero { off: u64, n: u32 },
-    Dealloc { off: u64, n: u32 },
-    Rp { epoch: u64, last_lsn: u64 },
+    Write {
+        off: u64,
+        n: u32,
+    },
+    Zero {
+        off: u64,
+        n: u32,
+    },
+    Dealloc {
+        off: u64,
+        n: u32,
+    },
+    Rp {
+        epoch: u64,
+        last_lsn: u64,
+    },
+    /// Block-sync marker (arguments as on the wire). The simulated primary sends none;
+    /// it is here so every wire op has a model.
+    Sync {
+        a0: u64,
+        a1: u64,
+    },
 }
 
 /// An op with its LSN and the generation of the primary that produced it, and its data
@@ -60,7 +78,7 @@ pub fn apply(image: &mut [u64], lsn: u64, k: Kind) {
     match k {
         Kind::Write { off, n } => image[off as usize..off as usize + n as usize].fill(lsn),
         Kind::Zero { off, n } | Kind::Dealloc { off, n } => image[off as usize..off as usize + n as usize].fill(0),
-        Kind::Rp { .. } => {}
+        Kind::Rp { .. } | Kind::Sync { .. } => {}
     }
 }
 
@@ -104,6 +122,10 @@ pub fn from_wire(gen: u64, op: &Op<'_>) -> JOp {
         Op::RestartPoint {
             epoch, last_lsn, tag, ..
         } => (Kind::Rp { epoch, last_lsn }, tag.to_vec()),
+        Op::Sync { mark, .. } => {
+            let (a0, a1) = mark.args();
+            (Kind::Sync { a0, a1 }, Vec::new())
+        }
     };
     JOp {
         lsn: op.lsn(),
@@ -119,6 +141,7 @@ fn push(enc: &mut BatchEncoder, o: &JOp) -> bool {
         Kind::Zero { off, n } => enc.write_zeroes(o.lsn, off, n),
         Kind::Dealloc { off, n } => enc.deallocate(o.lsn, off, n),
         Kind::Rp { epoch, last_lsn } => enc.restart_point(o.lsn, epoch, last_lsn, o.data.len()),
+        Kind::Sync { a0, a1 } => enc.sync_args(o.lsn, a0, a1),
     };
     r.is_ok()
 }

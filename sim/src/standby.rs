@@ -177,7 +177,7 @@ fn apply_owned(image: &mut [u64], op: &OwnedOp) -> Result<(), String> {
             off: *offset_blocks,
             n: *num_blocks,
         },
-        OpBody::RestartPoint { .. } => return Ok(()),
+        OpBody::RestartPoint { .. } | OpBody::Sync { .. } => return Ok(()),
     };
     ops::apply(image, op.lsn, kind);
     Ok(())

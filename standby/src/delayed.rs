@@ -40,9 +40,11 @@
 use crate::io::Dev;
 use crate::receive::{OpBody, OwnedOp};
 use crate::superblock::{Mode, Superblock};
+use crate::sync_skip::{self, MarkVerdict, RpVerdict, SyncSkip};
 use crate::StandbyError;
 use engine::bdev::IoCompletion;
 use engine::buf::DmaBuf;
+use rdma_transport::wire::SyncMark;
 use std::collections::VecDeque;
 
 /// First block of the staging log (blocks 0 and 1 hold the superblock).
@@ -57,6 +59,8 @@ const KIND_ZEROES: u8 = 2;
 const KIND_DEALLOC: u8 = 3;
 const KIND_RP: u8 = 4;
 const KIND_PAD: u8 = 5;
+/// A block-sync marker the standby acted on (`crate::sync_skip`); a0/a1 as on the wire.
+const KIND_SYNC: u8 = 6;
 
 const TAG_MASK: u64 = 0xff << 56;
 const TAG_STAGE: u64 = 1 << 56;
@@ -70,6 +74,7 @@ enum RecKind {
     Zero { offset: u64, n: u32, dealloc: bool },
     Rp { epoch: u64, last_lsn: u64, tag: Vec<u8> },
     Pad,
+    Sync { mark: SyncMark },
 }
 
 /// One staged record in the index.
@@ -183,6 +188,10 @@ pub struct Delayed {
     rps: VecDeque<(u64, u64)>,
     last_epoch_seen: u64,
     last_rp_last_lsn: u64,
+    /// A skipped hole and the block sync covering it (`crate::sync_skip`).
+    skip: SyncSkip,
+    /// Restart points dropped inside a skipped sync.
+    rps_dropped: u64,
     cache_bytes: usize,
     apply: Apply,
     phase_pending: usize,
@@ -287,6 +296,8 @@ impl Delayed {
             rps: VecDeque::new(),
             last_epoch_seen: sb.applied_epoch,
             last_rp_last_lsn: sb.applied_last_lsn,
+            skip: SyncSkip::None,
+            rps_dropped: 0,
             cache_bytes,
             apply: Apply::Idle,
             phase_pending: 0,
@@ -306,11 +317,16 @@ impl Delayed {
                 d.staged_lsn = r.lsn;
             }
             if let RecKind::Rp { epoch, last_lsn, .. } = r.kind {
+                d.skip.on_rp();
                 if epoch > d.sb.applied_epoch {
                     d.rps.push_back((epoch, r.seq));
                     d.last_epoch_seen = epoch;
                     d.last_rp_last_lsn = last_lsn;
                 }
+            }
+            if let RecKind::Sync { mark } = r.kind {
+                // Only markers that changed the state were staged (a Begin only if skipped).
+                d.skip.on_mark(mark, r.lsn, matches!(mark, SyncMark::Begin { .. }));
             }
         }
         d.staged_lsn = d.staged_lsn.max(d.sb.applied_rp_lsn);
@@ -419,6 +435,12 @@ impl Delayed {
                 n: num_blocks,
                 dealloc: true,
             },
+            OpBody::Sync { mark, skipped } => {
+                if self.skip.on_mark(mark, op.lsn, skipped) == MarkVerdict::Ignore {
+                    return Ok(());
+                }
+                RecKind::Sync { mark }
+            }
             OpBody::RestartPoint {
                 epoch,
                 last_lsn,
@@ -428,7 +450,13 @@ impl Delayed {
                     // Delivered again after a restart: already staged or applied.
                     return Ok(());
                 }
-                if epoch != self.last_epoch_seen + 1 || last_lsn < self.last_rp_last_lsn {
+                let verdict = self.skip.on_rp();
+                if verdict == RpVerdict::Drop {
+                    // Inside a skipped sync: not an image of the primary's (sync_skip.rs).
+                    self.rps_dropped += 1;
+                    return Ok(());
+                }
+                if !sync_skip::epoch_in_order(verdict, epoch, last_lsn, self.last_epoch_seen, self.last_rp_last_lsn) {
                     let e = StandbyError::EpochOrder {
                         epoch,
                         expected: self.last_epoch_seen + 1,
@@ -488,6 +516,10 @@ impl Delayed {
                 &[],
             ),
             RecKind::Rp { epoch, last_lsn, tag } => (KIND_RP, *epoch, *last_lsn, tag),
+            RecKind::Sync { mark } => {
+                let (a0, a1) = mark.args();
+                (KIND_SYNC, a0, a1, &[])
+            }
             RecKind::Pad => unreachable!("ops never become pads"),
         };
         let mut b = DmaBuf::recycled(rec_blocks as usize * bs);
@@ -608,7 +640,8 @@ impl Delayed {
     /// The next epoch whose restart point and everything before it is staged.
     fn ready_epoch(&self) -> Option<EpochRef> {
         let &(epoch, seq) = self.rps.front()?;
-        debug_assert_eq!(epoch, self.sb.applied_epoch + 1);
+        // Consecutive, except past a skipped sync's dropped points (sync_skip.rs).
+        debug_assert!(epoch > self.sb.applied_epoch);
         if seq >= self.staged_seq {
             return None;
         }
@@ -656,7 +689,7 @@ impl Delayed {
             Apply::ReadBack(ep) => {
                 let mut reads = Vec::new();
                 for r in &self.recs {
-                    if matches!(r.kind, RecKind::Rp { .. } | RecKind::Pad) {
+                    if matches!(r.kind, RecKind::Rp { .. } | RecKind::Pad | RecKind::Sync { .. }) {
                         continue;
                     }
                     if r.lsn > ep.last_lsn {
@@ -725,7 +758,7 @@ impl Delayed {
         let mut map = std::mem::take(&mut self.epoch_map);
         map.clear();
         for (i, r) in self.recs.iter().enumerate() {
-            if matches!(r.kind, RecKind::Rp { .. } | RecKind::Pad) {
+            if matches!(r.kind, RecKind::Rp { .. } | RecKind::Pad | RecKind::Sync { .. }) {
                 continue;
             }
             if r.lsn > ep.last_lsn {
@@ -741,7 +774,7 @@ impl Delayed {
                 RecKind::Zero { offset, n, dealloc } => {
                     map.extend((0..n as u64).map(|b| (offset + b, i, EpochSrc::Zero { dealloc })));
                 }
-                RecKind::Rp { .. } | RecKind::Pad => {}
+                RecKind::Rp { .. } | RecKind::Pad | RecKind::Sync { .. } => {}
             }
         }
         // By block, then by record: the last entry of each block is its last write.
@@ -863,6 +896,11 @@ impl Delayed {
         if !self.failed_over {
             self.failing = true;
         }
+    }
+
+    /// The skipped-hole state and the restart points it dropped.
+    pub(crate) fn sync_skip(&self) -> (SyncSkip, u64) {
+        (self.skip, self.rps_dropped)
     }
 
     pub(crate) fn failed_over(&self) -> bool {
@@ -1012,6 +1050,9 @@ fn parse_header(b: &[u8], incarnation: u64, seq: u64) -> Option<Header> {
             tag: b[56..56 + tag_len].to_vec(),
         },
         KIND_PAD => RecKind::Pad,
+        KIND_SYNC => RecKind::Sync {
+            mark: SyncMark::from_args(lsn, a0, a1).ok()?,
+        },
         _ => return None,
     };
     Some(Header {

@@ -16,6 +16,7 @@
 //! - [`delayed`]: delayed-write mode (claims 17-19).
 //! - [`snapshot`]: snapshot mode (claims 20, 22, 23), snapshot and head bdevs.
 //! - [`volume`]: [`StandbyVolume`], the one object the network side drives.
+//! - [`sync_skip`]: skipping a hole no relay holds when a block sync covers it.
 //! - [`net`]: the network receive side (relay links: Hello, SafeUpTo, GapRequest).
 //! - [`rpc`]: typed JSON-RPC handlers and the process's standby registry.
 //! - [`failover`]: the primary-failure detector (pure logic).
@@ -36,6 +37,7 @@ pub mod receive;
 pub mod rpc;
 pub mod snapshot;
 pub mod superblock;
+pub mod sync_skip;
 pub mod volume;
 
 pub use receive::{Gap, Offer, OpBody, OwnedOp, Receiver};

@@ -26,7 +26,7 @@
 //! buffer (the wire [`Op`] borrows it) into a [`DmaBuf::recycled`] buffer.
 
 use engine::buf::DmaBuf;
-use rdma_transport::wire::{Op, RESTART_TAG_BYTES_MAX};
+use rdma_transport::wire::{Op, SyncMark, RESTART_TAG_BYTES_MAX};
 use std::collections::VecDeque;
 
 /// Slots of the reorder window: an op more than this many LSNs past the next
@@ -52,6 +52,9 @@ pub enum OpBody {
     Deallocate { offset_blocks: u64, num_blocks: u32 },
     /// Restart point closing `epoch`, covering every LSN up to `last_lsn`.
     RestartPoint { epoch: u64, last_lsn: u64, tag: Vec<u8> },
+    /// Block-sync marker (`crate::sync_skip`). `skipped`: the standby skipped a hole no
+    /// relay held to reach this `Begin` (set by the volume, never on the wire).
+    Sync { mark: SyncMark, skipped: bool },
 }
 
 /// A [`DmaBuf`] compared by content (tests compare ops).
@@ -123,6 +126,7 @@ impl OwnedOp {
                 last_lsn,
                 tag: tag[..tag.len().min(RESTART_TAG_BYTES_MAX)].to_vec(),
             },
+            Op::Sync { mark, .. } => OpBody::Sync { mark, skipped: false },
         };
         OwnedOp {
             lsn: op.lsn(),
@@ -365,6 +369,22 @@ impl Receiver {
         self.generation = self.generation.max(generation);
     }
 
+    /// Moves delivery forward to `lsn` (a hole no relay holds, covered by a block sync:
+    /// `crate::sync_skip`), dropping what was held below it. Returns the LSNs passed over.
+    pub fn skip_to(&mut self, lsn: u64) -> u64 {
+        if lsn <= self.next_lsn {
+            return 0;
+        }
+        let skipped = lsn - self.next_lsn;
+        let n = usize::try_from(skipped).unwrap_or(usize::MAX).min(self.held.len());
+        for h in self.held.drain(..n).flatten() {
+            self.held_ops -= 1;
+            self.held_bytes -= h.op.data_bytes();
+        }
+        self.next_lsn = lsn;
+        skipped
+    }
+
     /// Drops everything held and restarts delivery at `next_lsn` (after a
     /// primary failure, or when the consumer rewinds after a restart).
     pub fn reset(&mut self, next_lsn: u64) {
@@ -589,6 +609,24 @@ mod tests {
         assert_eq!(r.offer(1, &w(9, &d), 0), Offer::Duplicate);
         assert_eq!(r.offer(1, &w(10, &d), 0), Offer::Accepted);
         assert_eq!(drain(&mut r), vec![10]);
+    }
+
+    #[test]
+    fn skip_to_drops_what_is_below_and_keeps_the_rest() {
+        let mut r = Receiver::new(5, 1);
+        let d = [0u8; 512];
+        for lsn in [7, 8, 12, 13] {
+            assert_eq!(r.offer(1, &w(lsn, &d), 0), Offer::Accepted);
+        }
+        assert_eq!(r.skip_to(12), 7);
+        assert_eq!(r.held(), (2, 1024));
+        assert_eq!(drain(&mut r), vec![12, 13]);
+        // Past everything held, and backwards: nothing breaks.
+        assert_eq!(r.skip_to(100), 86);
+        assert_eq!(r.skip_to(50), 0);
+        assert_eq!(r.held(), (0, 0));
+        assert_eq!(r.offer(1, &w(100, &d), 0), Offer::Accepted);
+        assert_eq!(drain(&mut r), vec![100]);
     }
 
     /// Several streams, each an in-order copy of the same sequence with

@@ -51,6 +51,7 @@
 use crate::io::Dev;
 use crate::receive::{OpBody, OwnedOp};
 use crate::superblock::{Mode, Superblock};
+use crate::sync_skip::{self, RpVerdict, SyncSkip};
 use crate::StandbyError;
 use engine::bdev::{
     Bdev, BdevChannel, BdevError, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, IoStats, StatsSet,
@@ -271,6 +272,10 @@ pub struct Snapshot {
     deletes: Vec<u64>,
     last_epoch_seen: u64,
     last_rp_last_lsn: u64,
+    /// A skipped hole and the block sync covering it (`crate::sync_skip`).
+    skip: SyncSkip,
+    /// Restart points dropped inside a skipped sync.
+    rps_dropped: u64,
     area_blocks: u64,
     log_pos: u64,
     next_seq: u64,
@@ -320,6 +325,8 @@ impl Snapshot {
             phase_pending: 0,
             deletes: Vec::new(),
             last_epoch_seen: 0,
+            skip: SyncSkip::None,
+            rps_dropped: 0,
             last_rp_last_lsn: 0,
             area_blocks,
             log_pos: 0,
@@ -576,7 +583,7 @@ impl Snapshot {
                     return Err((op, Some(e)));
                 }
             }
-            OpBody::RestartPoint { .. } => {}
+            OpBody::RestartPoint { .. } | OpBody::Sync { .. } => {}
         }
         match op.body {
             OpBody::Write {
@@ -657,7 +664,14 @@ impl Snapshot {
                 if epoch <= self.last_epoch_seen {
                     return Ok(()); // delivered again after a restart
                 }
-                if epoch != self.last_epoch_seen + 1 || last_lsn < self.last_rp_last_lsn {
+                let verdict = self.skip.on_rp();
+                if verdict == RpVerdict::Drop {
+                    // Inside a skipped sync: no snapshot of an image that is not the
+                    // primary's (sync_skip.rs); the writes stay pending.
+                    self.rps_dropped += 1;
+                    return Ok(());
+                }
+                if !sync_skip::epoch_in_order(verdict, epoch, last_lsn, self.last_epoch_seen, self.last_rp_last_lsn) {
                     let e = StandbyError::EpochOrder {
                         epoch,
                         expected: self.last_epoch_seen + 1,
@@ -677,7 +691,18 @@ impl Snapshot {
                 });
                 Ok(())
             }
+            OpBody::Sync { mark, skipped } => {
+                // Kept in memory only: a restart resumes at the last snapshot, before the
+                // hole, and skips it again.
+                self.skip.on_mark(mark, op.lsn, skipped);
+                Ok(())
+            }
         }
+    }
+
+    /// The skipped-hole state and the restart points it dropped.
+    pub(crate) fn sync_skip(&self) -> (SyncSkip, u64) {
+        (self.skip, self.rps_dropped)
     }
 
     pub(crate) fn poll(&mut self) -> bool {

@@ -21,10 +21,11 @@ use crate::io::Dev;
 use crate::receive::{Gap, Offer, OwnedOp, Receiver};
 use crate::snapshot::{Snapshot, SnapshotInfo, SnapshotOpts, SnapshotStatus};
 use crate::superblock::{Mode, Superblock};
+use crate::sync_skip::SyncSkipStatus;
 use crate::StandbyError;
 use engine::bdev::Bdev;
 use engine::reactor::PollStatus;
-use rdma_transport::wire::{Batch, Op};
+use rdma_transport::wire::{Batch, Op, SyncMark};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -32,6 +33,8 @@ use std::sync::Arc;
 pub const INTAKE_BATCH_MAX: usize = 256;
 /// Restart-point arrival times kept for the lag in seconds.
 const RP_TIMES_MAX: usize = 4096;
+/// Block-sync `Begin` markers remembered ahead of the next LSN.
+const SYNCS_SEEN_MAX: usize = 16;
 
 /// Which mode and which bdevs.
 #[derive(Clone)]
@@ -114,6 +117,10 @@ pub struct StandbyStatus {
     pub refused_full: u64,
     pub delayed: Option<DelayedStatus>,
     pub snapshot: Option<SnapshotStatus>,
+    /// A hole no relay held, skipped under a block sync (`crate::sync_skip`): while
+    /// `state` is not "none" the image is not a valid failover target past
+    /// `applied_epoch`.
+    pub sync_skip: SyncSkipStatus,
 }
 
 /// One standby volume; see the module docs.
@@ -129,6 +136,12 @@ pub struct StandbyVolume {
     /// (epoch, arrival ns) of restart points received and not yet applied.
     rp_times: VecDeque<(u64, u64)>,
     now_ns: u64,
+    /// Block-sync `Begin` markers received ahead of the next LSN: (LSN, covers_from).
+    syncs_seen: VecDeque<(u64, u64)>,
+    /// The `Begin` a hole was skipped to (marked `skipped` when it is taken).
+    skip_at: Option<u64>,
+    holes_skipped: u64,
+    lsns_skipped: u64,
 }
 
 impl StandbyVolume {
@@ -181,6 +194,10 @@ impl StandbyVolume {
             generation,
             rp_times: VecDeque::new(),
             now_ns: 0,
+            syncs_seen: VecDeque::with_capacity(SYNCS_SEEN_MAX),
+            skip_at: None,
+            holes_skipped: 0,
+            lsns_skipped: 0,
         })
     }
 
@@ -192,6 +209,13 @@ impl StandbyVolume {
     pub fn offer(&mut self, generation: u64, op: &Op<'_>, now_ns: u64) -> Offer {
         if self.failing || self.promoted || self.error().is_some() {
             return Offer::Closed;
+        }
+        if let Op::Sync {
+            lsn,
+            mark: SyncMark::Begin { covers_from, .. },
+        } = *op
+        {
+            self.note_sync(lsn, covers_from);
         }
         let o = self.recv.offer(generation, op, now_ns);
         if let (Offer::Accepted, Op::RestartPoint { epoch, .. }) = (o, op) {
@@ -223,6 +247,13 @@ impl StandbyVolume {
         }
         let rp = match op.body {
             crate::OpBody::RestartPoint { epoch, .. } => Some(epoch),
+            crate::OpBody::Sync {
+                mark: SyncMark::Begin { covers_from, .. },
+                ..
+            } => {
+                self.note_sync(op.lsn, covers_from);
+                None
+            }
             _ => None,
         };
         match self.recv.offer_owned(op, now_ns) {
@@ -237,6 +268,44 @@ impl StandbyVolume {
             Err((Offer::Duplicate, _)) => Ok(Offer::Duplicate),
             Err(r) => Err(r),
         }
+    }
+
+    /// Remembers a block sync's `Begin` seen ahead of the next LSN.
+    fn note_sync(&mut self, lsn: u64, covers_from: u64) {
+        let next = self.recv.next_lsn();
+        self.syncs_seen.retain(|&(s, _)| s >= next && s != lsn);
+        if lsn < next {
+            return;
+        }
+        if self.syncs_seen.len() >= SYNCS_SEEN_MAX {
+            self.syncs_seen.pop_front();
+        }
+        self.syncs_seen.push_back((lsn, covers_from));
+    }
+
+    /// Every relay said it does not hold the next LSN: if a block sync seen ahead covers
+    /// it (its `Begin` at S with `covers_from` at or below the next LSN), skip to S and
+    /// return S. The image is then not the primary's until the first restart point after
+    /// the sync's `End` (`crate::sync_skip`). `None`: no sync covers the hole, it stays.
+    pub fn skip_unheld_hole(&mut self) -> Option<u64> {
+        let next = self.recv.next_lsn();
+        if !self.intake_open() || self.recv.ready() || self.parked.is_some() {
+            return None;
+        }
+        let &(begin, covers_from) = self
+            .syncs_seen
+            .iter()
+            .filter(|&&(s, f)| f <= next && s > next)
+            .min_by_key(|&&(s, _)| s)?;
+        let n = self.recv.skip_to(begin);
+        self.skip_at = Some(begin);
+        self.holes_skipped += 1;
+        self.lsns_skipped += n;
+        log::warn!(
+            "standby {}: no relay holds LSN {next}: skipping {n} LSNs to the block sync at {begin} (covers writes from LSN {covers_from}); the image is not a restart point again until that sync ends",
+            self.name
+        );
+        Some(begin)
     }
 
     /// True while the standby takes ops: no primary failure being handled,
@@ -290,13 +359,19 @@ impl StandbyVolume {
         let mut took = 0;
         let idle_before = each!(self, e => e.idle());
         while took < INTAKE_BATCH_MAX {
-            let op = match self.parked.take() {
+            let mut op = match self.parked.take() {
                 Some(o) => o,
                 None => match self.recv.pop() {
                     Some(o) => o,
                     None => break,
                 },
             };
+            if self.skip_at == Some(op.lsn) {
+                if let crate::OpBody::Sync { skipped, .. } = &mut op.body {
+                    *skipped = true;
+                }
+                self.skip_at = None;
+            }
             let r = each!(mut self, e => e.take(op));
             match r {
                 Ok(()) => took += 1,
@@ -505,6 +580,20 @@ impl StandbyVolume {
             refused_full: rs.refused_full,
             delayed,
             snapshot,
+            sync_skip: self.sync_skip_status(),
+        }
+    }
+
+    fn sync_skip_status(&self) -> SyncSkipStatus {
+        let (skip, dropped) = each!(self, e => e.sync_skip());
+        let (state, begin_lsn, end_lsn) = skip.status();
+        SyncSkipStatus {
+            state,
+            begin_lsn,
+            end_lsn,
+            holes_skipped: self.holes_skipped,
+            lsns_skipped: self.lsns_skipped,
+            restart_points_dropped: dropped,
         }
     }
 

@@ -32,8 +32,11 @@ pub struct Delivered {
     /// First 8 bytes of the data (the write's stamp), 0 for ops without data.
     pub stamp: u64,
     /// Restart point: its tag and the last LSN it covers (empty / 0 otherwise).
+    /// Sync marker: `offset_blocks` and `last_lsn` are its two arguments.
     pub tag: Vec<u8>,
     pub last_lsn: u64,
+    /// Writes: the first 8 bytes of every block (one stamp per block).
+    pub stamps: Vec<u64>,
 }
 
 #[derive(Default)]
@@ -267,8 +270,8 @@ fn delivered(op: &Op<'_>) -> Delivered {
         Op::Write {
             lsn,
             offset_blocks,
+            num_blocks,
             data,
-            ..
         } => Delivered {
             lsn,
             kind: 1,
@@ -276,6 +279,10 @@ fn delivered(op: &Op<'_>) -> Delivered {
             stamp: stamp(data),
             tag: Vec::new(),
             last_lsn: 0,
+            stamps: data
+                .chunks(data.len() / num_blocks.max(1) as usize)
+                .map(stamp)
+                .collect(),
         },
         Op::WriteZeroes { lsn, offset_blocks, .. } => Delivered {
             lsn,
@@ -284,6 +291,7 @@ fn delivered(op: &Op<'_>) -> Delivered {
             stamp: 0,
             tag: Vec::new(),
             last_lsn: 0,
+            stamps: Vec::new(),
         },
         Op::Deallocate { lsn, offset_blocks, .. } => Delivered {
             lsn,
@@ -292,6 +300,7 @@ fn delivered(op: &Op<'_>) -> Delivered {
             stamp: 0,
             tag: Vec::new(),
             last_lsn: 0,
+            stamps: Vec::new(),
         },
         Op::RestartPoint {
             lsn,
@@ -305,7 +314,20 @@ fn delivered(op: &Op<'_>) -> Delivered {
             stamp: 0,
             tag: tag.to_vec(),
             last_lsn,
+            stamps: Vec::new(),
         },
+        Op::Sync { lsn, mark } => {
+            let (a0, a1) = mark.args();
+            Delivered {
+                lsn,
+                kind: 5,
+                offset_blocks: a0,
+                stamp: 0,
+                tag: Vec::new(),
+                last_lsn: a1,
+                stamps: Vec::new(),
+            }
+        }
     }
 }
 

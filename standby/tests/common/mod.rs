@@ -161,7 +161,7 @@ pub fn apply(img: &mut [u8], op: &OwnedOp, bs: usize) {
             let at = *offset_blocks as usize * bs;
             img[at..at + *num_blocks as usize * bs].fill(0);
         }
-        OpBody::RestartPoint { .. } => {}
+        OpBody::RestartPoint { .. } | OpBody::Sync { .. } => {}
     }
 }
 
