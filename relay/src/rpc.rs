@@ -200,6 +200,16 @@ struct Named {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct SyncParams {
+    name: String,
+    #[serde(default)]
+    full: bool,
+    #[serde(default)]
+    bytes_per_sec: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RelayAddr {
     name: String,
     addr: String,
@@ -293,6 +303,16 @@ pub fn register_rpcs(reg: &mut Registry) {
         |p: RelayAddr| {
             let v = volume(&p.name).ok_or_else(|| no_volume(&p.name))?;
             v.add_relay(parse_addr("addr", &p.addr)?).map_err(vol_err)?;
+            Ok(true)
+        },
+    );
+    reg.register(
+        "replication_sync_volume",
+        "Start a block sync of a replicated volume: the blocks in the dirty-block record (or every block with full: true) sent again through the relays, capped at bytes_per_sec (0: no cap)",
+        |p: SyncParams| {
+            let v = volume(&p.name).ok_or_else(|| no_volume(&p.name))?;
+            v.start_sync(p.full, p.bytes_per_sec, Duration::from_secs(5))
+                .map_err(vol_err)?;
             Ok(true)
         },
     );

@@ -56,8 +56,10 @@ use nvme::target::restart::{self as nvme_restart, RestartPointDone, RestartPoint
 
 mod dirty;
 mod resync;
+mod sync;
 pub use dirty::{DirtyError, DirtyStatus};
 pub use resync::ResyncStatus;
+pub use sync::{SyncStatus, SYNC_CHUNK_BYTES};
 
 /// Requests one channel of the volume holds in flight.
 pub const CHANNEL_SLOTS: usize = 256;
@@ -302,12 +304,37 @@ pub struct VolumeStatus {
     pub epoch: u64,
     /// The dirty-block record (regions written by LSNs not every relay confirmed).
     pub dirty: DirtyStatus,
+    /// The current or last block sync (`docs/replication.md`, "Block sync").
+    pub sync: Option<SyncStatus>,
 }
 
 /// A channel's completion ring, shared with the link reactor.
 struct ChanShared {
     /// (slot, result) pushed by the link reactor; sized to the slot count, so never full.
     done: Ring<(u32, Result<(), BdevError>)>,
+    /// Per slot: the block range its write is writing to the base bdev ([`pack_busy`]),
+    /// 0 when none. Written by the channel's reactor only (set before the local write
+    /// starts, cleared when it completes); read by a block sync (`volume/sync.rs`).
+    busy: Box<[AtomicU64]>,
+}
+
+/// A slot's range in flight as one word: offset in the high 40 bits, blocks (1..2^24) in
+/// the low 24 (a larger range is recorded as the largest, which only widens the check's
+/// overlap test for the sync; never narrower).
+fn pack_busy(offset: u64, blocks: u64) -> u64 {
+    (offset.min((1 << 40) - 1) << 24) | blocks.clamp(1, (1 << 24) - 1)
+}
+
+fn unpack_busy(v: u64) -> (u64, u64) {
+    let (o, n) = (v >> 24, v & ((1 << 24) - 1));
+    // An offset that did not fit was clamped: cover everything from there.
+    if o == (1 << 40) - 1 {
+        (0, u64::MAX / 2)
+    } else if n == (1 << 24) - 1 {
+        (o, u64::MAX / 2)
+    } else {
+        (o, n)
+    }
 }
 
 /// An op on its way from a channel to the link reactor.
@@ -322,8 +349,18 @@ struct Submit {
 
 type RestartDone = Box<dyn FnOnce(Result<RestartPoint, VolumeError>) + Send>;
 
+type SyncDone = Box<dyn FnOnce(Result<(), String>) + Send>;
+
 enum Ctl {
-    RestartPoint { tag: Vec<u8>, done: RestartDone },
+    RestartPoint {
+        tag: Vec<u8>,
+        done: RestartDone,
+    },
+    Sync {
+        full: bool,
+        bytes_per_sec: u64,
+        done: SyncDone,
+    },
     AddRelay(SocketAddr),
     RemoveRelay(SocketAddr),
     Stop(Box<dyn FnOnce() + Send>),
@@ -346,6 +383,9 @@ struct Shared {
     sink_token: Mutex<Option<SinkToken>>,
     /// The dirty-block record's bits (written by the link reactor).
     dirty: Arc<dirty::DirtyShared>,
+    /// Every channel opened (their `busy` slots, for a block sync). Locked when a channel
+    /// opens and tried (never waited for) by the link reactor.
+    chans: Mutex<Vec<std::sync::Weak<ChanShared>>>,
 }
 
 /// The replicated volume bdev. See the module docs.
@@ -430,6 +470,7 @@ impl ReplicatedVolume {
             status: Mutex::new(VolumeStatus::default()),
             stats: StatsSet::default(),
             sink_token: Mutex::new(None),
+            chans: Mutex::new(Vec::new()),
         });
         // Before the link reactor starts: a failure here leaves nothing running.
         let heartbeat = match shared.cfg.standby_heartbeat {
@@ -492,6 +533,26 @@ impl ReplicatedVolume {
             volume: self.shared.cfg.name.clone(),
             why: format!("restart point not acknowledged within {timeout:?}"),
         })?
+    }
+
+    /// Starts a block sync (`volume/sync.rs`): every block written since the dirty-block
+    /// record's first LSN, or every block when `full`, sent again through every relay;
+    /// `bytes_per_sec` caps it (0: no cap). Management path: waits for the link reactor
+    /// to accept it (refused while another runs); progress is in [`Self::status`].
+    pub fn start_sync(&self, full: bool, bytes_per_sec: u64, timeout: Duration) -> Result<(), VolumeError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.ctl(Ctl::Sync {
+            full,
+            bytes_per_sec,
+            done: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        })?;
+        let r = rx.recv_timeout(timeout).map_err(|_| VolumeError::Unreachable {
+            volume: self.shared.cfg.name.clone(),
+            why: format!("the link reactor did not answer within {timeout:?}"),
+        })?;
+        r.map_err(|why| VolumeError::Relay(format!("volume {}: block sync: {why}", self.shared.cfg.name)))
     }
 
     /// Adds a relay (management path).
@@ -659,15 +720,22 @@ impl Bdev for ReplicatedVolume {
         let base = self.shared.base.open_channel()?;
         let ops: Vec<IoOp> = IoOp::ALL.into_iter().filter(|&o| self.supports(o)).collect();
         let geo = base.geometry();
+        let me = Arc::new(ChanShared {
+            done: Ring::new(CHANNEL_SLOTS),
+            busy: (0..CHANNEL_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        });
+        {
+            let mut chans = self.shared.chans.lock().unwrap_or_else(|e| e.into_inner());
+            chans.retain(|w| w.strong_count() > 0);
+            chans.push(Arc::downgrade(&me));
+        }
         Ok(BdevChannel::new(
             self.name(),
             Geometry::new(geo.block_size, geo.num_blocks, geo.buf_align, &ops),
             self.shared.stats.new_channel(),
             Box::new(VolChannel {
                 shared: self.shared.clone(),
-                me: Arc::new(ChanShared {
-                    done: Ring::new(CHANNEL_SLOTS),
-                }),
+                me,
                 base,
                 slots: (0..CHANNEL_SLOTS).map(|_| Slot::default()).collect(),
                 free: (0..CHANNEL_SLOTS as u32).rev().collect(),
@@ -884,7 +952,11 @@ impl ChannelBackend for VolChannel {
         };
         let (offset_blocks, num_blocks) = (io.offset_blocks, io.num_blocks);
         io.user_data = slot as u64;
+        // Published before the local write starts: a block sync does not read these blocks
+        // until it has landed (`volume/sync.rs`, (a)).
+        self.me.busy[slot as usize].store(pack_busy(offset_blocks, num_blocks.into()), Ordering::Release);
         if let Err(mut io) = self.base.submit(io) {
+            self.me.busy[slot as usize].store(0, Ordering::Release);
             io.user_data = user_data;
             self.free.push(slot);
             return Err(io);
@@ -942,6 +1014,7 @@ impl ChannelBackend for VolChannel {
                     SlotState::Replicating { local, buf: b, .. } => {
                         *local = Some(result);
                         *b = buf;
+                        self.me.busy[slot as usize].store(0, Ordering::Release);
                         self.try_finish(slot);
                     }
                     SlotState::Free => debug_assert!(false, "completion for free slot {slot}"),
@@ -1009,6 +1082,14 @@ enum Owner {
         done: Option<RestartDone>,
         point: RestartPoint,
         _tag: Vec<u8>,
+    },
+    /// A block sync's Begin or End marker.
+    SyncMark {
+        end: bool,
+    },
+    /// A block sync's write: owns the data it read.
+    SyncWrite {
+        _buf: DmaBuf,
     },
 }
 
@@ -1263,6 +1344,8 @@ struct LinkState {
     next_token: u64,
     /// The dirty-block record (`volume/dirty.rs`).
     dirty: dirty::DirtyMap,
+    /// The current or last block sync (`volume/sync.rs`).
+    sync: Option<sync::BlockSync>,
 }
 
 /// A completion of a send on link `i`: which op references come back.
@@ -1305,6 +1388,7 @@ impl LinkState {
             ready: ArrayVec::new(),
             next_token,
             dirty,
+            sync: None,
         }
     }
 
@@ -1343,6 +1427,9 @@ impl LinkState {
                 self.next_lsn += 1;
                 let crc = crc32c::crc32c(&sub.data);
                 let dirty_mark = self.dirty.mark(sub.offset_blocks, sub.num_blocks.into());
+                if let Some(s) = self.sync.as_mut() {
+                    s.on_write(sub.offset_blocks, sub.num_blocks.into());
+                }
                 self.inflight.push_back(InFlight {
                     dirty_mark,
                     op: OpMeta {
@@ -1361,6 +1448,7 @@ impl LinkState {
                 });
             }
             took_new = n > 0;
+            took_new |= self.drive_sync(now);
             busy |= took_new;
         }
         if took_new {
@@ -1465,6 +1553,14 @@ impl LinkState {
                         refs: 0,
                         dirty_mark: 0,
                     });
+                }
+                Ctl::Sync {
+                    full,
+                    bytes_per_sec,
+                    done,
+                } => {
+                    let r = self.start_block_sync(full, bytes_per_sec, "requested".into());
+                    done(r);
                 }
                 Ctl::AddRelay(addr) => {
                     let mut l = Link::new(addr, now_ns(), self.next_token);
@@ -2003,6 +2099,15 @@ impl LinkState {
             }
             let Some(e) = self.inflight.pop_front() else { break };
             self.completed_lsn = lsn;
+            match e.owner {
+                Owner::SyncWrite { .. } => {
+                    if let Some(s) = self.sync.as_mut() {
+                        s.retired();
+                    }
+                }
+                Owner::SyncMark { end: true } => self.sync_ended(lsn),
+                _ => {}
+            }
             complete(e.owner, Ok(()));
             n += 1;
         }
@@ -2082,6 +2187,7 @@ impl LinkState {
             // Read by `ReplicatedVolume::status` off the reactor (its error string is
             // behind a lock the reactor never takes).
             dirty: DirtyStatus::default(),
+            sync: self.sync.as_ref().map(|s| s.status()),
             relays: self
                 .links
                 .iter()
@@ -2131,5 +2237,6 @@ fn complete(owner: Owner, r: Result<(), VolumeError>) {
                 d(r.map(|()| point));
             }
         }
+        Owner::SyncMark { .. } | Owner::SyncWrite { .. } => {}
     }
 }

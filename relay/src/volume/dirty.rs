@@ -319,6 +319,18 @@ impl DirtyMap {
         }
     }
 
+    /// The lowest LSN whose writes the record covers (what a block sync of its regions
+    /// covers: `volume/sync.rs`).
+    pub(super) fn covers_from(&self) -> u64 {
+        self.starts
+            .iter()
+            .copied()
+            .filter(|&s| s != u64::MAX)
+            .min()
+            .unwrap_or(1)
+            .max(1)
+    }
+
     /// Marks blocks `offset..offset + blocks` as written by the op getting its LSN now.
     /// Returns the mark the op must see flushed before it completes (0: none). Hot path:
     /// no allocation, no lock; an atomic OR only for words that lack a bit.

@@ -36,6 +36,11 @@ pub(super) struct Resync {
     pub bytes_total: u64,
     /// Data bytes of those it acknowledged.
     pub bytes_done: u64,
+    /// No other relay was known to hold what the base skips: done only after a block sync
+    /// (`volume/sync.rs`) ended and the relay acknowledged its End.
+    pub wait_sync: bool,
+    /// The block sync it waited for covers writes from this LSN on.
+    pub sync_covers: Option<u64>,
 }
 
 /// A resync as `replication_get_volumes` shows it (the relay's `state` is `resyncing`).
@@ -55,6 +60,8 @@ pub struct ResyncStatus {
     pub bytes_done: u64,
     /// Data bytes of the ops `base_lsn..=target_lsn`.
     pub bytes_total: u64,
+    /// Waiting for a block sync to end (no other relay holds what the base skipped).
+    pub waiting_for_sync: bool,
 }
 
 impl Resync {
@@ -69,6 +76,7 @@ impl Resync {
             lsn_total: total,
             bytes_done: self.bytes_done.min(self.bytes_total),
             bytes_total: self.bytes_total,
+            waiting_for_sync: self.wait_sync,
         }
     }
 }
@@ -79,7 +87,13 @@ impl Link {
     pub(super) fn resync_acked(&mut self, bytes: u64, volume: &str) {
         let Some(r) = self.resync.as_mut() else { return };
         r.bytes_done += bytes;
-        if self.acked_lsn >= r.target {
+        if !r.wait_sync && self.acked_lsn >= r.target {
+            if let (Some(c), Some(h)) = (r.sync_covers, self.hole_from) {
+                if c <= h {
+                    // The block sync sent every block the skipped LSNs wrote.
+                    self.hole_from = None;
+                }
+            }
             log::info!(
                 "volume {volume}: relay {} resynced: history from LSN {} (held up to {} before), caught up to {}",
                 self.addr,
@@ -163,8 +177,82 @@ impl LinkState {
             target,
             bytes_total,
             bytes_done: 0,
+            wait_sync: false,
+            sync_covers: None,
         });
+        self.sync_for_resync(i, base, from, now);
         true
+    }
+
+    /// After a resync base: when no other relay is known to hold what the base skips
+    /// (`from + 1 .. base`), a block sync covers it (`volume/sync.rs`) and the resync ends
+    /// only after it: from the dirty-block record if it reaches back far enough, else a
+    /// full copy.
+    fn sync_for_resync(&mut self, i: usize, base: u64, from: u64, _now: u64) {
+        let covered = self.links.iter().enumerate().any(|(j, l)| {
+            j != i
+                && !l.removed
+                && l.phase == LinkPhase::Up
+                && l.resync.is_none()
+                && l.acked_lsn + 1 >= base
+                && l.hole_from.is_none_or(|h| h >= base)
+        });
+        if covered || base <= from + 1 {
+            return;
+        }
+        let name = self.s.cfg.name.clone();
+        let running = self.sync.as_ref().map(|s| s.status());
+        let wait = match running {
+            Some(st) if st.state == "reading" || st.state == "ending" => {
+                if st.covers_from_lsn > from + 1 {
+                    log::warn!(
+                        "volume {name}: relay {}: the running block sync covers writes from LSN {} only, not its hole from {}",
+                        self.links[i].addr,
+                        st.covers_from_lsn,
+                        from + 1
+                    );
+                    false
+                } else {
+                    true
+                }
+            }
+            _ => {
+                let full = self.dirty.covers_from() > from + 1;
+                let why = format!(
+                    "relay {} lacks LSNs {}..{} and no other relay is known to hold them",
+                    self.links[i].addr,
+                    from + 1,
+                    base - 1
+                );
+                match self.start_block_sync(full, 0, why) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        log::error!("volume {name}: cannot start a block sync: {e}");
+                        false
+                    }
+                }
+            }
+        };
+        if let Some(r) = self.links[i].resync.as_mut() {
+            r.wait_sync = wait;
+        }
+    }
+
+    /// A block sync's End met the acknowledgement policy: resyncs that waited for it end
+    /// once their relay acknowledged it.
+    pub(super) fn sync_ended(&mut self, end_lsn: u64) {
+        let Some(s) = self.sync.as_mut() else { return };
+        s.ended();
+        let covers = s.status().covers_from_lsn;
+        let name = self.s.cfg.name.clone();
+        for l in &mut self.links {
+            if let Some(r) = l.resync.as_mut().filter(|r| r.wait_sync) {
+                r.wait_sync = false;
+                r.target = r.target.max(end_lsn);
+                r.sync_covers = Some(covers);
+                l.resync_acked(0, &name);
+            }
+        }
     }
 
     /// Data bytes of the held ops `first..=last`.

@@ -50,6 +50,8 @@ pub struct SinkState {
     /// PrimaryLiveness reports received (from any relay) and the latest one.
     pub liveness_reports: u64,
     pub last_liveness: Option<wire::PrimaryLiveness>,
+    /// Every op received, by LSN, in order or not (a hole does not hide what follows it).
+    pub received: std::collections::BTreeMap<u64, Delivered>,
 }
 
 pub struct Sink {
@@ -194,6 +196,7 @@ fn sink_loop(acc: TcpAcceptor, state: Arc<Mutex<SinkState>>, stop: Arc<AtomicBoo
                 }
                 for d in ops {
                     any = true;
+                    s.received.entry(d.lsn).or_insert_with(|| d.clone());
                     if d.lsn < next || window.contains_key(&d.lsn) {
                         s.duplicates += 1;
                     } else if window.len() < SINK_WINDOW_OPS_MAX {
@@ -349,13 +352,28 @@ pub fn drive_writes(
     count: u64,
     stop: Arc<AtomicBool>,
 ) -> mpsc::Receiver<WriteResult> {
+    drive_writes_from(core, bdev, qd, 1, count, stop)
+}
+
+/// As [`drive_writes`], numbering the writes from `first` (write `seq` goes to block
+/// `seq % blocks`, stamped `seq`): `first` past the volume's blocks overwrites earlier
+/// writes' blocks with new contents. Writes `first..first + count`.
+pub fn drive_writes_from(
+    core: u32,
+    bdev: Arc<dyn Bdev>,
+    qd: usize,
+    first: u64,
+    count: u64,
+    stop: Arc<AtomicBool>,
+) -> mpsc::Receiver<WriteResult> {
+    let count = first + count - 1;
     let (tx, rx) = mpsc::channel();
     reactor::send_msg(core, move || {
         let mut ch = bdev.open_channel().expect("open channel");
         let bs = bdev.block_size() as usize;
         let blocks = bdev.num_blocks();
         let mut free: Vec<DmaBuf> = (0..qd).map(|_| DmaBuf::alloc(bs)).collect();
-        let mut next_seq = 1u64;
+        let mut next_seq = first;
         let mut in_flight = 0usize;
         let id = std::rc::Rc::new(std::cell::Cell::new(None));
         let id2 = id.clone();

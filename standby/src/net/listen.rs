@@ -272,5 +272,6 @@ pub(super) fn adopt(mut conn: Conn, peer: SocketAddr, h: HelloOwned, now: u64) {
         drained: false,
         drain_rescanned: false,
         drain_bytes0: 0,
+        lacks: 0,
     });
 }

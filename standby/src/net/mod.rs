@@ -227,6 +227,8 @@ struct Pull {
     chain: bool,
     /// First LSN asked for.
     first: u64,
+    /// Last LSN asked for.
+    last: u64,
 }
 
 struct Link {
@@ -256,6 +258,10 @@ struct Link {
     drain_rescanned: bool,
     /// `bytes_received` when a drain started (what the drain brought from this relay).
     drain_bytes0: u64,
+    /// The standby's next LSN when this relay last answered that it does not hold it
+    /// (0: never). When every relay says so, a block sync may cover the hole
+    /// (`crate::sync_skip`).
+    lacks: u64,
 }
 
 impl Link {
@@ -330,6 +336,7 @@ impl Link {
             sent_ns: now,
             chain,
             first,
+            last,
         });
         true
     }
@@ -387,6 +394,7 @@ enum Event {
     Reply {
         id: u64,
         status: GapStatus,
+        first: Option<u64>,
         last: Option<u64>,
     },
 }
@@ -446,6 +454,7 @@ fn drive_link(name: &str, l: &mut Link, v: &mut StandbyVolume, now: u64) -> bool
                     events.push(Event::Reply {
                         id: g.request_id,
                         status: g.status,
+                        first: g.batch.ops.first().map(|o| o.lsn()),
                         last: g.batch.lsn_last(),
                     });
                 }
@@ -483,10 +492,20 @@ fn drive_link(name: &str, l: &mut Link, v: &mut StandbyVolume, now: u64) -> bool
                         0,
                     ));
                 }
-                Event::Reply { id, status, last } => {
+                Event::Reply {
+                    id,
+                    status,
+                    first,
+                    last,
+                } => {
                     let Some(p) = l.pull.take_if(|p| p.id == id) else {
                         continue;
                     };
+                    let next = v.next_lsn();
+                    let asked = p.first <= next && next <= p.last;
+                    if asked && (status == GapStatus::NotHeld || first.is_some_and(|f| f > next)) {
+                        l.lacks = next;
+                    }
                     if !p.chain {
                         continue;
                     }
@@ -577,6 +596,10 @@ impl VolNet {
                 continue;
             }
             i += 1;
+        }
+        let next = v.next_lsn();
+        if !self.links.is_empty() && self.links.iter().all(|l| l.lacks == next) && v.skip_unheld_hole().is_some() {
+            busy = true;
         }
         if self.links.len() >= self.peak_links || now.saturating_sub(self.peak_ns) > PEAK_LINKS_WINDOW_NS {
             self.peak_links = self.links.len();

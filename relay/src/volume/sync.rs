@@ -1,0 +1,443 @@
+//! Block sync: the primary sends blocks' current contents again, so a history that lost
+//! LSNs everywhere becomes whole again (`docs/replication.md`, "Block sync").
+//!
+//! Why: a resync base (`volume/resync.rs`) gives a relay a new history from the oldest
+//! LSN the primary still holds; what it skipped is held by the other relays. When no
+//! other relay is known to hold it (one relay, or every relay lost it), or on request
+//! (`replication_sync_volume`), the primary sends every block written since `covers_from`
+//! (from the dirty-block record, `volume/dirty.rs`) or every block of the volume (`full`):
+//!
+//! 1. a `Sync Begin { covers_from }` marker op at LSN S;
+//! 2. the blocks, read from the base bdev in chunks and sent as **ordinary writes**, each
+//!    at the LSN it gets when its read completes and holding the block's content as of
+//!    that LSN (below); a write to a chunk from S on sends it itself and takes the chunk
+//!    off the list when it covers it whole;
+//! 3. a `Sync End { begin_lsn: S }` marker op once every chunk was sent.
+//!
+//! Every relay gets these ops like any other (the same LSNs, the same content
+//! everywhere): the history stays the primary's one LSN sequence. A standby that has every
+//! LSN applies them as writes; one stuck at a hole no relay holds inside `covers_from..S`
+//! skips it and is consistent again at the first restart point after the End
+//! (`standby/src/sync_skip.rs`).
+//!
+//! **Content as of its LSN.** A chunk's read is sent at LSN L (assigned when the read
+//! completes) only if (a) when it was issued no write overlapping the chunk was still
+//! being written to the base bdev (each channel publishes its slots' ranges in flight,
+//! [`super::ChanShared::busy`]), and (b) no write overlapping it got an LSN while it was
+//! read. Then every write with an LSN below L that touches the chunk had landed before
+//! the read (a write that got its LSN before the read was issued landed by (a); none got
+//! one during it by (b)), so the content includes all of them; a write that lands during
+//! the read gets its LSN after L and overwrites its blocks after the sync write, so the
+//! end state is the same (the sync write may show it early: the write was in flight, not
+//! acknowledged). A read that fails (b) is thrown away and the chunk read again.
+
+use engine::bdev::{BdevChannel, IoCompletion, IoOp, IoRequest};
+use engine::buf::DmaBuf;
+use serde::Serialize;
+use std::sync::atomic::Ordering;
+
+use super::{InFlight, LinkState, OpMeta, Owner, INFLIGHT_OPS_MAX};
+use crate::dataref::DataRef;
+use rdma_transport::wire::{OpKind, SyncMark};
+
+/// Bytes read and sent per sync write.
+pub const SYNC_CHUNK_BYTES: u64 = 64 * 1024;
+/// Sync writes with an LSN and not yet retired (bounds the sync's share of the
+/// in-flight table and of the retention ring).
+pub const SYNC_OPS_IN_FLIGHT_MAX: u64 = 64;
+
+/// What `replication_get_volumes` shows of the current (or last) block sync.
+#[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
+pub struct SyncStatus {
+    /// "reading", "ending" (End sent, not yet acknowledged), "done", or "failed".
+    pub state: &'static str,
+    /// Every block of the volume, not only the dirty ones.
+    pub full: bool,
+    /// Why it started.
+    pub reason: String,
+    /// Blocks written from this LSN on are covered.
+    pub covers_from_lsn: u64,
+    /// LSN of the Begin marker.
+    pub begin_lsn: u64,
+    /// LSN of the End marker (0 until sent).
+    pub end_lsn: u64,
+    /// Chunks to send in all, and sent or made unnecessary by later writes.
+    pub chunks_total: u64,
+    pub chunks_done: u64,
+    /// Bytes sent as sync writes.
+    pub bytes_sent: u64,
+    /// Reads thrown away because a write to the chunk got its LSN meanwhile.
+    pub reads_discarded: u64,
+    /// Times a chunk waited for a write to it to land on the base bdev.
+    pub busy_waits: u64,
+    /// The last error (the sync stops on a read error).
+    pub last_error: String,
+}
+
+/// A read of one run of chunks, in flight on the base bdev.
+struct Reading {
+    offset: u64,
+    blocks: u64,
+    /// A write overlapping it got an LSN while it was read: throw it away.
+    touched: bool,
+}
+
+/// What a sync sends and how fast.
+pub(super) struct SyncPlan {
+    /// Every block of the volume (else the dirty `runs`).
+    pub full: bool,
+    /// The dirty record covers writes from this LSN on.
+    pub covers_from: u64,
+    /// Bandwidth cap (0: none).
+    pub bytes_per_sec: u64,
+    /// Why it runs (for status and logs).
+    pub reason: String,
+}
+
+/// A block sync in progress on the link reactor.
+pub(super) struct BlockSync {
+    st: SyncStatus,
+    chunk_blocks: u64,
+    num_blocks: u64,
+    /// One bit per chunk still to send.
+    todo: Vec<u64>,
+    /// Next chunk to look at (a pass goes round the volume; busy chunks wait for the next).
+    cursor: u64,
+    chan: BdevChannel,
+    reading: Option<Reading>,
+    /// Sync writes not yet retired.
+    unretired: u64,
+    /// Bandwidth cap (0: none) and its token bucket.
+    bytes_per_sec: u64,
+    tokens: f64,
+    tokens_ns: u64,
+}
+
+impl BlockSync {
+    /// A sync of the dirty `runs` (or of every block when `full`).
+    pub(super) fn new(
+        chan: BdevChannel,
+        block_size: u32,
+        num_blocks: u64,
+        runs: &[(u64, u64)],
+        plan: SyncPlan,
+    ) -> BlockSync {
+        let SyncPlan {
+            full,
+            covers_from,
+            bytes_per_sec,
+            reason,
+        } = plan;
+        let chunk_blocks = (SYNC_CHUNK_BYTES / u64::from(block_size)).max(1);
+        let chunks = num_blocks.div_ceil(chunk_blocks);
+        let mut todo = vec![0u64; chunks.div_ceil(64) as usize];
+        let mut set = |c: u64| todo[(c / 64) as usize] |= 1 << (c % 64);
+        if full {
+            (0..chunks).for_each(&mut set);
+        } else {
+            for &(first, n) in runs {
+                let last = (first + n.max(1) - 1).min(num_blocks.saturating_sub(1));
+                (first / chunk_blocks..=last / chunk_blocks).for_each(&mut set);
+            }
+        }
+        let total = todo.iter().map(|w| u64::from(w.count_ones())).sum();
+        BlockSync {
+            st: SyncStatus {
+                state: "reading",
+                full,
+                reason,
+                covers_from_lsn: covers_from.max(1),
+                chunks_total: total,
+                ..SyncStatus::default()
+            },
+            chunk_blocks,
+            num_blocks,
+            todo,
+            cursor: 0,
+            chan,
+            reading: None,
+            unretired: 0,
+            bytes_per_sec,
+            tokens: 0.0,
+            tokens_ns: 0,
+        }
+    }
+
+    pub(super) fn status(&self) -> SyncStatus {
+        self.st.clone()
+    }
+
+    fn is_todo(&self, c: u64) -> bool {
+        self.todo[(c / 64) as usize] & (1 << (c % 64)) != 0
+    }
+
+    fn done_chunk(&mut self, c: u64) {
+        let w = &mut self.todo[(c / 64) as usize];
+        if *w & (1 << (c % 64)) != 0 {
+            *w &= !(1 << (c % 64));
+            self.st.chunks_done += 1;
+        }
+    }
+
+    /// A write (or zeroes / unmap) of `offset..offset + blocks` got an LSN after the Begin:
+    /// it sends the chunks it covers whole itself, and spoils a read it overlaps.
+    pub(super) fn on_write(&mut self, offset: u64, blocks: u64) {
+        if blocks == 0 {
+            return;
+        }
+        let end = offset.saturating_add(blocks);
+        if let Some(r) = self.reading.as_mut() {
+            if offset < r.offset + r.blocks && r.offset < end {
+                r.touched = true;
+            }
+        }
+        let first = offset.div_ceil(self.chunk_blocks);
+        let last_end = if end >= self.num_blocks {
+            self.num_blocks.div_ceil(self.chunk_blocks)
+        } else {
+            end / self.chunk_blocks
+        };
+        for c in first..last_end {
+            self.done_chunk(c);
+        }
+    }
+
+    /// A sync write retired.
+    pub(super) fn retired(&mut self) {
+        self.unretired = self.unretired.saturating_sub(1);
+    }
+
+    /// The End marker was acknowledged under the policy.
+    pub(super) fn ended(&mut self) {
+        self.st.state = "done";
+    }
+
+    fn refill(&mut self, now: u64) {
+        if self.bytes_per_sec == 0 {
+            return;
+        }
+        let cap = (self.bytes_per_sec as f64).max(SYNC_CHUNK_BYTES as f64);
+        if self.tokens_ns == 0 {
+            self.tokens = SYNC_CHUNK_BYTES as f64;
+        } else {
+            let dt = now.saturating_sub(self.tokens_ns) as f64 / 1e9;
+            self.tokens = (self.tokens + dt * self.bytes_per_sec as f64).min(cap);
+        }
+        self.tokens_ns = now;
+    }
+}
+
+impl LinkState {
+    /// Starts a block sync (one at a time: a request while one runs widens nothing and is
+    /// refused by the caller). Returns false if the base bdev cannot be read here.
+    pub(super) fn start_block_sync(&mut self, full: bool, bytes_per_sec: u64, reason: String) -> Result<(), String> {
+        if self
+            .sync
+            .as_ref()
+            .is_some_and(|s| s.st.state != "done" && s.st.state != "failed")
+        {
+            return Err("a block sync is already running".into());
+        }
+        let chan = self.s.base.open_channel().map_err(|e| format!("base bdev: {e}"))?;
+        let covers_from = if full { 1 } else { self.dirty.covers_from() };
+        let runs = if full {
+            Vec::new()
+        } else {
+            self.s.dirty.runs(self.s.base.num_blocks())
+        };
+        let bs = self.s.base.block_size();
+        let plan = SyncPlan {
+            full,
+            covers_from,
+            bytes_per_sec,
+            reason,
+        };
+        let s = BlockSync::new(chan, bs, self.s.base.num_blocks(), &runs, plan);
+        log::warn!(
+            "volume {}: block sync ({}): {} chunks of {} KiB, covering writes from LSN {}",
+            self.s.cfg.name,
+            s.st.reason,
+            s.st.chunks_total,
+            SYNC_CHUNK_BYTES / 1024,
+            s.st.covers_from_lsn
+        );
+        self.sync = Some(s);
+        Ok(())
+    }
+
+    /// Pushes a marker op at the next LSN.
+    fn push_mark(&mut self, mark: SyncMark) -> u64 {
+        let lsn = self.next_lsn;
+        self.next_lsn += 1;
+        let (arg0, arg1) = mark.args();
+        self.inflight.push_back(InFlight {
+            op: OpMeta {
+                lsn,
+                kind: OpKind::Sync,
+                arg0,
+                arg1,
+                data: DataRef::EMPTY,
+                crc: crc32c::crc32c(&[]),
+            },
+            owner: Owner::SyncMark {
+                end: matches!(mark, SyncMark::End { .. }),
+            },
+            refs: 0,
+            dirty_mark: 0,
+        });
+        lsn
+    }
+
+    /// Moves the block sync forward: Begin, reads, sync writes, End. Link reactor.
+    pub(super) fn drive_sync(&mut self, now: u64) -> bool {
+        let Some(mut s) = self.sync.take() else { return false };
+        let busy = self.drive_sync_inner(&mut s, now);
+        self.sync = Some(s);
+        busy
+    }
+
+    fn drive_sync_inner(&mut self, s: &mut BlockSync, now: u64) -> bool {
+        if matches!(s.st.state, "done" | "failed" | "ending") || self.next_lsn == 0 {
+            return false;
+        }
+        let room = |ls: &LinkState| ls.inflight.len() < INFLIGHT_OPS_MAX / 2;
+        if s.st.begin_lsn == 0 {
+            if !room(self) {
+                return false;
+            }
+            s.st.begin_lsn = self.push_mark(SyncMark::Begin {
+                covers_from: s.st.covers_from_lsn,
+                full: s.st.full,
+            });
+            return true;
+        }
+        let mut busy = false;
+        let mut done: Option<IoCompletion> = None;
+        s.chan.poll(&mut |c| done = Some(c));
+        if let Some(c) = done {
+            busy = true;
+            let r = s.reading.take().expect("a completion means a read was in flight");
+            match (c.result, c.buf) {
+                (Ok(()), Some(buf)) if !r.touched => self.push_sync_write(s, r, buf),
+                (Ok(()), _) => s.st.reads_discarded += 1,
+                (Err(e), _) => {
+                    s.st.last_error = format!("read of blocks {}+{}: {e}", r.offset, r.blocks);
+                    s.st.state = "failed";
+                    log::error!("volume {}: block sync stopped: {}", self.s.cfg.name, s.st.last_error);
+                    return true;
+                }
+            }
+        }
+        if s.reading.is_some() {
+            return busy;
+        }
+        if s.st.chunks_done >= s.st.chunks_total {
+            if room(self) {
+                s.st.end_lsn = self.push_mark(SyncMark::End {
+                    begin_lsn: s.st.begin_lsn,
+                });
+                s.st.state = "ending";
+                log::info!(
+                    "volume {}: block sync sent {} bytes in LSNs {}..{}",
+                    self.s.cfg.name,
+                    s.st.bytes_sent,
+                    s.st.begin_lsn,
+                    s.st.end_lsn
+                );
+                return true;
+            }
+            return busy;
+        }
+        if s.unretired >= SYNC_OPS_IN_FLIGHT_MAX || !room(self) {
+            return busy;
+        }
+        s.refill(now);
+        if s.bytes_per_sec != 0 && s.tokens < (s.chunk_blocks * u64::from(self.s.base.block_size())) as f64 {
+            return busy;
+        }
+        busy | self.issue_read(s)
+    }
+
+    /// Issues the read of the next chunk to send whose blocks no write is landing on.
+    fn issue_read(&mut self, s: &mut BlockSync) -> bool {
+        let chunks = s.num_blocks.div_ceil(s.chunk_blocks);
+        for _ in 0..chunks.min(64) {
+            let c = s.cursor;
+            s.cursor = (s.cursor + 1) % chunks;
+            if !s.is_todo(c) {
+                continue;
+            }
+            let offset = c * s.chunk_blocks;
+            let blocks = s.chunk_blocks.min(s.num_blocks - offset);
+            if self.landing(offset, blocks) {
+                s.st.busy_waits += 1;
+                continue;
+            }
+            let bs = u64::from(self.s.base.block_size());
+            let req = IoRequest {
+                op: IoOp::Read,
+                offset_blocks: offset,
+                num_blocks: blocks as u32,
+                buf: Some(DmaBuf::recycled((blocks * bs) as usize)),
+                user_data: c,
+            };
+            if s.chan.submit(req).is_err() {
+                return false;
+            }
+            s.tokens -= (blocks * bs) as f64;
+            s.reading = Some(Reading {
+                offset,
+                blocks,
+                touched: false,
+            });
+            return true;
+        }
+        false
+    }
+
+    /// Whether a channel's write overlapping `offset..offset + blocks` is still being
+    /// written to the base bdev (see the module docs, (a)). The registry's lock is only
+    /// tried: when a channel is being opened, the chunk waits for the next poll.
+    fn landing(&self, offset: u64, blocks: u64) -> bool {
+        let Ok(chans) = self.s.chans.try_lock() else {
+            return true;
+        };
+        chans.iter().filter_map(|w| w.upgrade()).any(|c| {
+            c.busy.iter().any(|b| {
+                let v = b.load(Ordering::Acquire);
+                v != 0 && {
+                    let (o, n) = super::unpack_busy(v);
+                    o < offset + blocks && offset < o + n
+                }
+            })
+        })
+    }
+
+    /// The read was clean: its blocks go out as a write at the next LSN.
+    fn push_sync_write(&mut self, s: &mut BlockSync, r: Reading, buf: DmaBuf) {
+        let lsn = self.next_lsn;
+        self.next_lsn += 1;
+        // SAFETY: the buffer's heap bytes live in `Owner::SyncWrite` until the entry is
+        // retired, which waits for `refs == 0`; moving a DmaBuf does not move its bytes.
+        let data = unsafe { DataRef::new(&buf) };
+        let crc = crc32c::crc32c(&data);
+        let dirty_mark = self.dirty.mark(r.offset, r.blocks);
+        self.inflight.push_back(InFlight {
+            op: OpMeta {
+                lsn,
+                kind: OpKind::Write,
+                arg0: r.offset,
+                arg1: r.blocks,
+                data,
+                crc,
+            },
+            owner: Owner::SyncWrite { _buf: buf },
+            refs: 0,
+            dirty_mark,
+        });
+        s.unretired += 1;
+        s.st.bytes_sent += r.blocks * u64::from(self.s.base.block_size());
+        let c = r.offset / s.chunk_blocks;
+        s.done_chunk(c);
+    }
+}
