@@ -633,7 +633,7 @@ impl ReplicatedVolume {
     }
 
     /// The dirty-block record as (first block, blocks) runs: what was written by LSNs not
-    /// every relay confirmed (the input of a block-level resync; management path).
+    /// every relay confirmed (what a block sync sends; management path).
     pub fn dirty_runs(&self) -> Vec<(u64, u64)> {
         self.shared.dirty.runs(self.shared.base.num_blocks())
     }
@@ -1274,7 +1274,7 @@ struct Link {
     /// The primary dropped ops this relay lacks (said once; cleared when a resync starts).
     beyond_retention: bool,
     /// A resync base skipped LSNs from here on: the relay never confirms their writes, so
-    /// the dirty-block record keeps them (until a block-level resync fills the hole).
+    /// the dirty-block record keeps them (until a block sync that covers them ended).
     hole_from: Option<u64>,
 }
 

@@ -1,8 +1,7 @@
 //! The dirty-block record: which regions of the volume were written by LSNs that not every
-//! relay has confirmed (acknowledged, and not skipped by a resync base). It is the input a
-//! block-level (delta) resync of a relay needs; this module maintains and persists it, the
-//! resync itself (`volume/resync.rs`) restarts a relay's history at a base and does not
-//! send block contents (`docs/replication.md`, "Resync", says why).
+//! relay has confirmed (acknowledged, and not skipped by a resync base). It is what a block
+//! sync (`volume/sync.rs`) sends; this module maintains and persists it
+//! (`docs/replication.md`, "The dirty-block record" and "Block sync").
 //!
 //! Shape: two bitmaps of `regions` bits, one bit per `2^region_shift` blocks, sized so a
 //! bitmap is at most [`DIRTY_BITS_MAX`] bits (128 KiB) whatever the volume size: bounded
@@ -119,7 +118,7 @@ impl DirtyShared {
             .sum()
     }
 
-    /// The union as (first block, blocks) runs (management path: a future block resync).
+    /// The union as (first block, blocks) runs (what a block sync sends).
     pub(super) fn runs(&self, num_blocks: u64) -> Vec<(u64, u64)> {
         let mut out: Vec<(u64, u64)> = Vec::new();
         for r in 0..self.regions {
