@@ -328,3 +328,47 @@ fn standby_lagging_by_policy_is_not_fetched_around_and_failover_drains_the_relay
     assert_image(&read_delayed(&sb), &want, "promoted volume at restart point 2");
     drop((r1, r2));
 }
+
+/// One relay whose journal loses its tail before the standby had it: no relay holds the
+/// hole. The primary resyncs the relay with a base and a block sync; the real standby,
+/// answered `not_held` for the hole, skips to the sync's Begin, drops nothing it applied,
+/// and at the first restart point after the sync shows exactly the primary's image.
+#[test]
+fn a_hole_no_relay_holds_is_covered_by_a_block_sync() {
+    let sd = TempDir::new("/dev/shm", "bsync-s");
+    let d1 = TempDir::new("/dev/shm", "bsync-r1");
+    let sb = StandbyProc::start(&sd.0, free_port());
+    let sa = sb.addr();
+    // The relay holds everything back (its first forward opening is ten minutes away), so
+    // the standby has nothing of what the relay is about to lose.
+    let port = free_port();
+    let mut r1 = RelayProc::start(&d1.0, port, sa, &["--forward", "interval:600000"]);
+    let mut p = Primary::start(&[r1.addr()]);
+    let mut m = Model::new("vold");
+    m.write(&mut p, 200);
+    assert_eq!(m.restart_point(&mut p, "rp1"), 1);
+    m.write(&mut p, 200);
+    r1.kill9();
+    common::corrupt_last_record(&d1.0.join("vold"));
+    // The primary goes on without it (degraded), then it comes back, forwarding at once.
+    m.write(&mut p, 100);
+    let r1 = RelayProc::start(&d1.0, port, sa, &[]);
+    let st = wait_for(
+        "the relay's block sync ended",
+        || {
+            let l = p.cmd("SYNC vold");
+            (l == "OK SYNC done 1").then_some(l)
+        },
+        String::new,
+    );
+    // Writes after the sync, then the restart point that makes the standby consistent.
+    m.write(&mut p, 50);
+    let e = m.restart_point(&mut p, "rp-after-sync");
+    let s = sb.wait_epoch("vold", e);
+    assert_image(&read_delayed(&sb), &m, "standby after the block sync");
+    assert_eq!(s["sync_skip"]["holes_skipped"], 1, "{s} ({st})");
+    assert_eq!(s["sync_skip"]["state"], "none", "{s}");
+    let rs = r1.volume_status("vold").unwrap();
+    assert!(rs["base_lsn"].as_u64() > Some(0), "the relay has a history base: {rs}");
+    drop(p);
+}

@@ -17,7 +17,7 @@ use engine::reactor::{IdleMode, ReactorOpts, Reactors};
 use rdma_transport::tcp::{TcpAcceptor, TcpConfig, TcpConnection};
 use rdma_transport::wire::{self, Frame, GapRequest, GapStatus, HelloReply};
 use rdma_transport::{Connection, OutFrame};
-use relay::journal::{record, Journal, JournalConfig};
+use relay::journal::{Journal, JournalConfig};
 use relay::relay::{Relay, RelayConfig, RelayVolumeStatus};
 use relay::volume::{AckPolicy, OnRelayDown, RelayStatus, ReplicatedVolume, VolumeConfig};
 
@@ -97,34 +97,6 @@ fn journal_ops(dir: &Path, first: u64, last: u64) -> Vec<u64> {
     })
     .expect("read back");
     lsns
-}
-
-/// Flips a payload byte of the last record of the newest segment holding records: the
-/// relay's next recovery cuts it (a lost tail).
-fn corrupt_last_record(dir: &Path) {
-    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "bjl"))
-        .collect();
-    segs.sort();
-    for p in segs.iter().rev() {
-        let mut b = std::fs::read(p).unwrap();
-        let (mut off, mut last) = (0usize, None);
-        while off < b.len() {
-            let Ok((h, _)) = record::check(&b[off..]) else { break };
-            if h.kind == record::RecordKind::Frame {
-                last = Some((off, h.payload_len as usize));
-            }
-            off += h.span();
-        }
-        if let Some((at, len)) = last {
-            b[at + record::RECORD_HDR_BYTES + len / 2] ^= 0x5a;
-            std::fs::write(p, &b).unwrap();
-            return;
-        }
-    }
-    panic!("no record to corrupt in {}", dir.display());
 }
 
 /// A standby that only asks for gaps: accepts one relay, lets it resume at LSN 1 (nothing

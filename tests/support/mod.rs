@@ -369,7 +369,8 @@ pub fn read_delayed(s: &StandbyProc) -> Vec<u8> {
 /// The primary's body when this binary runs as the child (ignored otherwise). Commands on
 /// stdin: `W <vol> <first_seq> <n>` writes stamps first_seq.. to blocks seq % BLOCKS and
 /// answers `OK W` once all completed; `RP <vol> <tag>` declares a restart point and answers
-/// `OK RP <epoch> <lsn> <last_lsn>`. Each test binary that starts a [`Primary`] calls it
+/// `OK RP <epoch> <lsn> <last_lsn>`; `SYNC <vol>` answers `OK SYNC <block sync state>
+/// <relay resyncs done>`. Each test binary that starts a [`Primary`] calls it
 /// from its own `#[test] #[ignore] fn standby_primary_child()`.
 pub fn primary_child_main() {
     use engine::reactor::{IdleMode, ReactorOpts, Reactors};
@@ -410,6 +411,13 @@ pub fn primary_child_main() {
                     Ok(()) => "OK W".to_string(),
                     Err(e) => format!("FAIL {e}"),
                 }
+            }
+            ["SYNC", vol] => {
+                // The block sync's state and the relays' resyncs done (`OK SYNC done 1`).
+                let st = vols[*vol].status();
+                let state = st.sync.map_or("none", |s| s.state);
+                let done: u64 = st.relays.iter().map(|r| r.resyncs_done).sum();
+                format!("OK SYNC {state} {done}")
             }
             ["RP", vol, tag] => match vols[*vol].declare_restart_point_wait(tag.as_bytes(), WAIT) {
                 Ok(rp) => format!("OK RP {} {} {}", rp.epoch, rp.lsn, rp.last_lsn),

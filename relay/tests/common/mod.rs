@@ -567,3 +567,32 @@ pub fn bench_writes(
     rx.recv_timeout(warmup + dur + Duration::from_secs(60))
         .expect("bench finished")
 }
+
+/// Flips a payload byte of the last record of the newest segment holding records: the
+/// relay's next recovery cuts it (a lost tail).
+pub fn corrupt_last_record(dir: &std::path::Path) {
+    use relay::journal::record;
+    let mut segs: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "bjl"))
+        .collect();
+    segs.sort();
+    for p in segs.iter().rev() {
+        let mut b = std::fs::read(p).unwrap();
+        let (mut off, mut last) = (0usize, None);
+        while off < b.len() {
+            let Ok((h, _)) = record::check(&b[off..]) else { break };
+            if h.kind == record::RecordKind::Frame {
+                last = Some((off, h.payload_len as usize));
+            }
+            off += h.span();
+        }
+        if let Some((at, len)) = last {
+            b[at + record::RECORD_HDR_BYTES + len / 2] ^= 0x5a;
+            std::fs::write(p, &b).unwrap();
+            return;
+        }
+    }
+    panic!("no record to corrupt in {}", dir.display());
+}
