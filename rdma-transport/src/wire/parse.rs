@@ -106,6 +106,13 @@ impl<'a> Reader<'a> {
     fn u64(&mut self) -> Result<u64, WireError> {
         Ok(u64::from_le_bytes(self.array()?))
     }
+    /// `N` (at most 8) reserved bytes, which must all be zero.
+    fn reserved_bytes<const N: usize>(&mut self, field: &'static str) -> Result<(), WireError> {
+        let rsv = self.array::<N>()?;
+        let mut rsv8 = [0u8; 8];
+        rsv8[..N].copy_from_slice(&rsv);
+        reserved(field, u64::from_le_bytes(rsv8))
+    }
     fn rest(&mut self) -> &'a [u8] {
         let s = &self.buf[self.pos..];
         self.pos = self.buf.len();
@@ -164,6 +171,8 @@ pub fn parse(buf: &[u8]) -> Result<Frame<'_>, WireError> {
     Ok(f)
 }
 
+/// The body of a frame of `kind`: fixed-size bodies are checked for their exact length
+/// first, then each kind's fields in wire order.
 fn parse_body(kind: FrameKind, body: &[u8]) -> Result<Frame<'_>, WireError> {
     let mut r = Reader {
         kind,
@@ -173,109 +182,15 @@ fn parse_body(kind: FrameKind, body: &[u8]) -> Result<Frame<'_>, WireError> {
     match kind {
         FrameKind::Hello => {
             fixed_len(kind, body, HELLO_BODY_BYTES)?;
-            let role = r.u8()?;
-            let role = match role {
-                1 => Role::Primary,
-                2 => Role::Relay,
-                3 => Role::Standby,
-                _ => return Err(WireError::UnknownRole { role }),
-            };
-            let name_len = r.u8()?;
-            reserved("hello.rsv", r.u16()?.into())?;
-            let block_size = r.u32()?;
-            check_block_size(block_size)?;
-            let volume_id = r.array::<16>()?;
-            let generation = r.u64()?;
-            let resume_lsn = r.u64()?;
-            let frame_bytes_max = r.u32()?;
-            let recv_credits = r.u32()?;
-            let name_field = r.take(VOLUME_NAME_BYTES_MAX)?;
-            if name_len as usize > VOLUME_NAME_BYTES_MAX {
-                return Err(WireError::VolumeNameTooLong { len: name_len });
-            }
-            if name_len == 0 {
-                return Err(WireError::VolumeNameEmpty);
-            }
-            let (name, pad) = name_field.split_at(name_len as usize);
-            if pad.iter().any(|&b| b != 0) {
-                return Err(WireError::VolumeNamePadding);
-            }
-            let volume_name = core::str::from_utf8(name).map_err(|_| WireError::VolumeNameNotUtf8)?;
-            Ok(Frame::Hello(Hello {
-                role,
-                block_size,
-                volume_id,
-                volume_name,
-                generation,
-                resume_lsn,
-                frame_bytes_max,
-                recv_credits,
-            }))
+            parse_hello(&mut r)
         }
         FrameKind::HelloReply => {
             fixed_len(kind, body, HELLO_REPLY_BODY_BYTES)?;
-            let status = r.u8()?;
-            let reason = r.u8()?;
-            let version_max = r.u16()?;
-            let version_max = u8::try_from(version_max).map_err(|_| WireError::ReservedNonZero {
-                field: "hello_reply.version_max.high",
-                value: u64::from(version_max >> 8),
-            })?;
-            let frame_bytes_max = r.u32()?;
-            let generation = r.u64()?;
-            let resume_lsn = r.u64()?;
-            let recv_credits = r.u32()?;
-            reserved("hello_reply.rsv", r.u32()?.into())?;
-            match status {
-                0 => {
-                    if reason != 0 {
-                        return Err(WireError::BadRefuseReason { status, reason });
-                    }
-                    Ok(Frame::HelloReply(HelloReply::Accepted {
-                        version_max,
-                        generation,
-                        resume_lsn,
-                        frame_bytes_max,
-                        recv_credits,
-                    }))
-                }
-                1 => {
-                    let reason = RefuseReason::from_u8(reason).ok_or(WireError::BadRefuseReason { status, reason })?;
-                    // A refusal carries no session parameters.
-                    reserved("hello_reply.frame_bytes_max", frame_bytes_max.into())?;
-                    reserved("hello_reply.resume_lsn", resume_lsn)?;
-                    reserved("hello_reply.recv_credits", recv_credits.into())?;
-                    Ok(Frame::HelloReply(HelloReply::Refused {
-                        reason,
-                        generation,
-                        version_max,
-                    }))
-                }
-                _ => Err(WireError::UnknownReplyStatus { status }),
-            }
+            parse_hello_reply(&mut r)
         }
         FrameKind::Ops => Ok(Frame::Ops(parse_batch(kind, &mut r)?)),
         FrameKind::Forward => Ok(Frame::Forward(parse_batch(kind, &mut r)?)),
-        FrameKind::GapReply => {
-            let request_id = r.u64()?;
-            let status = r.u8()?;
-            let status = match status {
-                0 => GapStatus::Complete,
-                1 => GapStatus::Partial,
-                2 => GapStatus::NotHeld,
-                _ => return Err(WireError::UnknownGapStatus { status }),
-            };
-            let rsv = r.array::<7>()?;
-            let mut rsv8 = [0u8; 8];
-            rsv8[..7].copy_from_slice(&rsv);
-            reserved("gap_reply.rsv", u64::from_le_bytes(rsv8))?;
-            let batch = parse_batch(kind, &mut r)?;
-            Ok(Frame::GapReply(GapReply {
-                request_id,
-                status,
-                batch,
-            }))
-        }
+        FrameKind::GapReply => parse_gap_reply(&mut r),
         FrameKind::Ack => {
             fixed_len(kind, body, ACK_BODY_BYTES)?;
             Ok(Frame::Ack(Ack {
@@ -287,45 +202,11 @@ fn parse_body(kind: FrameKind, body: &[u8]) -> Result<Frame<'_>, WireError> {
         }
         FrameKind::Heartbeat => {
             fixed_len(kind, body, HEARTBEAT_BODY_BYTES)?;
-            let nonce = r.u64()?;
-            let time_ns = r.u64()?;
-            let flag = r.u8()?;
-            let is_reply = match flag {
-                0 => false,
-                1 => true,
-                value => return Err(WireError::BadHeartbeatFlag { value }),
-            };
-            let rsv = r.array::<7>()?;
-            let mut rsv8 = [0u8; 8];
-            rsv8[..7].copy_from_slice(&rsv);
-            reserved("heartbeat.rsv", u64::from_le_bytes(rsv8))?;
-            Ok(Frame::Heartbeat(Heartbeat {
-                nonce,
-                time_ns,
-                is_reply,
-            }))
+            parse_heartbeat(&mut r)
         }
         FrameKind::PrimaryLiveness => {
             fixed_len(kind, body, PRIMARY_LIVENESS_BODY_BYTES)?;
-            let primary_age_ms = r.u64()?;
-            let primary_lsn = r.u64()?;
-            let connected = match r.u8()? {
-                0 => false,
-                1 => true,
-                value => return Err(WireError::BadLivenessFlag { value }),
-            };
-            let fwd = r.u8()?;
-            let forward = ForwardState::from_u8(fwd).ok_or(WireError::BadForwardState { value: fwd })?;
-            let rsv = r.array::<6>()?;
-            let mut rsv8 = [0u8; 8];
-            rsv8[..6].copy_from_slice(&rsv);
-            reserved("primary_liveness.rsv", u64::from_le_bytes(rsv8))?;
-            Ok(Frame::PrimaryLiveness(PrimaryLiveness {
-                primary_age_ms,
-                primary_lsn,
-                connected,
-                forward,
-            }))
+            parse_primary_liveness(&mut r)
         }
         FrameKind::Base => {
             fixed_len(kind, body, BASE_BODY_BYTES)?;
@@ -347,19 +228,160 @@ fn parse_body(kind: FrameKind, body: &[u8]) -> Result<Frame<'_>, WireError> {
         }
         FrameKind::GapRequest => {
             fixed_len(kind, body, GAP_REQUEST_BODY_BYTES)?;
-            let request_id = r.u64()?;
-            let lsn_first = r.u64()?;
-            let lsn_last = r.u64()?;
-            if lsn_first == 0 || lsn_first > lsn_last {
-                return Err(WireError::BadGapRange { lsn_first, lsn_last });
-            }
-            Ok(Frame::GapRequest(GapRequest {
-                request_id,
-                lsn_first,
-                lsn_last,
-            }))
+            parse_gap_request(&mut r)
         }
     }
+}
+
+fn parse_hello<'a>(r: &mut Reader<'a>) -> Result<Frame<'a>, WireError> {
+    let role = r.u8()?;
+    let role = match role {
+        1 => Role::Primary,
+        2 => Role::Relay,
+        3 => Role::Standby,
+        _ => return Err(WireError::UnknownRole { role }),
+    };
+    let name_len = r.u8()?;
+    reserved("hello.rsv", r.u16()?.into())?;
+    let block_size = r.u32()?;
+    check_block_size(block_size)?;
+    let volume_id = r.array::<16>()?;
+    let generation = r.u64()?;
+    let resume_lsn = r.u64()?;
+    let frame_bytes_max = r.u32()?;
+    let recv_credits = r.u32()?;
+    let name_field = r.take(VOLUME_NAME_BYTES_MAX)?;
+    if name_len as usize > VOLUME_NAME_BYTES_MAX {
+        return Err(WireError::VolumeNameTooLong { len: name_len });
+    }
+    if name_len == 0 {
+        return Err(WireError::VolumeNameEmpty);
+    }
+    let (name, pad) = name_field.split_at(name_len as usize);
+    if pad.iter().any(|&b| b != 0) {
+        return Err(WireError::VolumeNamePadding);
+    }
+    let volume_name = core::str::from_utf8(name).map_err(|_| WireError::VolumeNameNotUtf8)?;
+    Ok(Frame::Hello(Hello {
+        role,
+        block_size,
+        volume_id,
+        volume_name,
+        generation,
+        resume_lsn,
+        frame_bytes_max,
+        recv_credits,
+    }))
+}
+
+fn parse_hello_reply<'a>(r: &mut Reader<'a>) -> Result<Frame<'a>, WireError> {
+    let status = r.u8()?;
+    let reason = r.u8()?;
+    let version_max = r.u16()?;
+    let version_max = u8::try_from(version_max).map_err(|_| WireError::ReservedNonZero {
+        field: "hello_reply.version_max.high",
+        value: u64::from(version_max >> 8),
+    })?;
+    let frame_bytes_max = r.u32()?;
+    let generation = r.u64()?;
+    let resume_lsn = r.u64()?;
+    let recv_credits = r.u32()?;
+    reserved("hello_reply.rsv", r.u32()?.into())?;
+    match status {
+        0 => {
+            if reason != 0 {
+                return Err(WireError::BadRefuseReason { status, reason });
+            }
+            Ok(Frame::HelloReply(HelloReply::Accepted {
+                version_max,
+                generation,
+                resume_lsn,
+                frame_bytes_max,
+                recv_credits,
+            }))
+        }
+        1 => {
+            let reason = RefuseReason::from_u8(reason).ok_or(WireError::BadRefuseReason { status, reason })?;
+            // A refusal carries no session parameters.
+            reserved("hello_reply.frame_bytes_max", frame_bytes_max.into())?;
+            reserved("hello_reply.resume_lsn", resume_lsn)?;
+            reserved("hello_reply.recv_credits", recv_credits.into())?;
+            Ok(Frame::HelloReply(HelloReply::Refused {
+                reason,
+                generation,
+                version_max,
+            }))
+        }
+        _ => Err(WireError::UnknownReplyStatus { status }),
+    }
+}
+
+fn parse_gap_reply<'a>(r: &mut Reader<'a>) -> Result<Frame<'a>, WireError> {
+    let request_id = r.u64()?;
+    let status = r.u8()?;
+    let status = match status {
+        0 => GapStatus::Complete,
+        1 => GapStatus::Partial,
+        2 => GapStatus::NotHeld,
+        _ => return Err(WireError::UnknownGapStatus { status }),
+    };
+    r.reserved_bytes::<7>("gap_reply.rsv")?;
+    let batch = parse_batch(FrameKind::GapReply, r)?;
+    Ok(Frame::GapReply(GapReply {
+        request_id,
+        status,
+        batch,
+    }))
+}
+
+fn parse_heartbeat<'a>(r: &mut Reader<'a>) -> Result<Frame<'a>, WireError> {
+    let nonce = r.u64()?;
+    let time_ns = r.u64()?;
+    let flag = r.u8()?;
+    let is_reply = match flag {
+        0 => false,
+        1 => true,
+        value => return Err(WireError::BadHeartbeatFlag { value }),
+    };
+    r.reserved_bytes::<7>("heartbeat.rsv")?;
+    Ok(Frame::Heartbeat(Heartbeat {
+        nonce,
+        time_ns,
+        is_reply,
+    }))
+}
+
+fn parse_primary_liveness<'a>(r: &mut Reader<'a>) -> Result<Frame<'a>, WireError> {
+    let primary_age_ms = r.u64()?;
+    let primary_lsn = r.u64()?;
+    let connected = match r.u8()? {
+        0 => false,
+        1 => true,
+        value => return Err(WireError::BadLivenessFlag { value }),
+    };
+    let fwd = r.u8()?;
+    let forward = ForwardState::from_u8(fwd).ok_or(WireError::BadForwardState { value: fwd })?;
+    r.reserved_bytes::<6>("primary_liveness.rsv")?;
+    Ok(Frame::PrimaryLiveness(PrimaryLiveness {
+        primary_age_ms,
+        primary_lsn,
+        connected,
+        forward,
+    }))
+}
+
+fn parse_gap_request<'a>(r: &mut Reader<'a>) -> Result<Frame<'a>, WireError> {
+    let request_id = r.u64()?;
+    let lsn_first = r.u64()?;
+    let lsn_last = r.u64()?;
+    if lsn_first == 0 || lsn_first > lsn_last {
+        return Err(WireError::BadGapRange { lsn_first, lsn_last });
+    }
+    Ok(Frame::GapRequest(GapRequest {
+        request_id,
+        lsn_first,
+        lsn_last,
+    }))
 }
 
 /// A checked op descriptor before its data is attached.
@@ -371,6 +393,8 @@ struct Desc {
     arg1: u64,
 }
 
+/// A batch (Ops, Forward, or the part of a GapReply after its prefix): the batch header,
+/// `count` descriptors, then their data back to back.
 fn parse_batch<'a>(kind: FrameKind, r: &mut Reader<'a>) -> Result<Batch<'a>, WireError> {
     let generation = r.u64()?;
     let block_size = r.u32()?;
@@ -387,28 +411,78 @@ fn parse_batch<'a>(kind: FrameKind, r: &mut Reader<'a>) -> Result<Batch<'a>, Wir
     let mut data_total: u64 = 0;
     let mut prev_lsn: u64 = 0;
     for index in 0..count as usize {
-        let op_kind = r.u8()?;
-        let op_kind = match op_kind {
-            1 => OpKind::Write,
-            2 => OpKind::WriteZeroes,
-            3 => OpKind::Deallocate,
-            4 => OpKind::RestartPoint,
-            _ => return Err(WireError::UnknownOpKind { index, kind: op_kind }),
-        };
-        reserved("op.flags", r.u8()?.into())?;
-        reserved("op.rsv", r.u16()?.into())?;
-        let data_len = r.u32()?;
-        let lsn = r.u64()?;
-        let arg0 = r.u64()?;
-        let arg1 = r.u64()?;
-        if lsn == 0 {
-            return Err(WireError::LsnZero { index });
-        }
-        if index > 0 && lsn <= prev_lsn {
-            return Err(WireError::LsnNotIncreasing { prev: prev_lsn, lsn });
-        }
-        prev_lsn = lsn;
-        match op_kind {
+        let d = parse_desc(r, index, prev_lsn)?;
+        d.check(block_size)?;
+        prev_lsn = d.lsn;
+        data_total = data_total
+            .checked_add(d.data_len.into())
+            .ok_or(WireError::DataLengthMismatch {
+                declared: u64::MAX,
+                actual: 0,
+            })?;
+        descs.push(d);
+    }
+    let data = r.rest();
+    if data_total != data.len() as u64 {
+        return Err(WireError::DataLengthMismatch {
+            declared: data_total,
+            actual: data.len(),
+        });
+    }
+    Ok(Batch {
+        generation,
+        block_size,
+        ops: attach_data(descs, data),
+        wire_header: &r.buf[..r.buf.len() - data.len()],
+        wire_data: data,
+        body_crc: 0,
+    })
+}
+
+/// Descriptor `index` of a batch: its kind, reserved fields and LSN (non-zero, above
+/// `prev_lsn`, the previous descriptor's).
+fn parse_desc(r: &mut Reader<'_>, index: usize, prev_lsn: u64) -> Result<Desc, WireError> {
+    let op_kind = r.u8()?;
+    let op_kind = match op_kind {
+        1 => OpKind::Write,
+        2 => OpKind::WriteZeroes,
+        3 => OpKind::Deallocate,
+        4 => OpKind::RestartPoint,
+        _ => return Err(WireError::UnknownOpKind { index, kind: op_kind }),
+    };
+    reserved("op.flags", r.u8()?.into())?;
+    reserved("op.rsv", r.u16()?.into())?;
+    let data_len = r.u32()?;
+    let lsn = r.u64()?;
+    let arg0 = r.u64()?;
+    let arg1 = r.u64()?;
+    if lsn == 0 {
+        return Err(WireError::LsnZero { index });
+    }
+    if index > 0 && lsn <= prev_lsn {
+        return Err(WireError::LsnNotIncreasing { prev: prev_lsn, lsn });
+    }
+    Ok(Desc {
+        kind: op_kind,
+        data_len,
+        lsn,
+        arg0,
+        arg1,
+    })
+}
+
+impl Desc {
+    /// The rules of the op's own kind: a block range that exists and data of exactly its
+    /// size (writes), or a bounded tag and a last LSN before the point (restart points).
+    fn check(&self, block_size: u32) -> Result<(), WireError> {
+        let Desc {
+            kind,
+            data_len,
+            lsn,
+            arg0,
+            arg1,
+        } = *self;
+        match kind {
             OpKind::Write | OpKind::WriteZeroes | OpKind::Deallocate => {
                 if arg1 == 0 {
                     return Err(WireError::ZeroBlocks { lsn });
@@ -423,7 +497,7 @@ fn parse_batch<'a>(kind: FrameKind, r: &mut Reader<'a>) -> Result<Batch<'a>, Wir
                         num_blocks: arg1,
                     });
                 }
-                let expected = if op_kind == OpKind::Write {
+                let expected = if kind == OpKind::Write {
                     // Cannot overflow: both factors fit in 32 bits.
                     arg1 * u64::from(block_size)
                 } else {
@@ -446,31 +520,17 @@ fn parse_batch<'a>(kind: FrameKind, r: &mut Reader<'a>) -> Result<Batch<'a>, Wir
                 }
             }
         }
-        data_total = data_total
-            .checked_add(data_len.into())
-            .ok_or(WireError::DataLengthMismatch {
-                declared: u64::MAX,
-                actual: 0,
-            })?;
-        descs.push(Desc {
-            kind: op_kind,
-            data_len,
-            lsn,
-            arg0,
-            arg1,
-        });
+        Ok(())
     }
-    let data = r.rest();
-    if data_total != data.len() as u64 {
-        return Err(WireError::DataLengthMismatch {
-            declared: data_total,
-            actual: data.len(),
-        });
-    }
+}
+
+/// The typed ops, each with its slice of `data` (whose length the descriptors' data
+/// lengths sum to exactly: checked by the caller).
+fn attach_data<'a>(descs: ArrayVec<Desc, OPS_PER_FRAME_MAX>, data: &'a [u8]) -> ArrayVec<Op<'a>, OPS_PER_FRAME_MAX> {
     let mut ops = ArrayVec::new();
     let mut pos = 0usize;
     for d in descs {
-        // In bounds: the data lengths sum to exactly data.len() (checked above).
+        // In bounds: the data lengths sum to exactly data.len() (checked by the caller).
         let end = pos + d.data_len as usize;
         let bytes = &data[pos..end];
         pos = end;
@@ -500,12 +560,5 @@ fn parse_batch<'a>(kind: FrameKind, r: &mut Reader<'a>) -> Result<Batch<'a>, Wir
         };
         ops.push(op);
     }
-    Ok(Batch {
-        generation,
-        block_size,
-        ops,
-        wire_header: &r.buf[..r.buf.len() - data.len()],
-        wire_data: data,
-        body_crc: 0,
-    })
+    ops
 }
