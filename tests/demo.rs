@@ -113,13 +113,11 @@ fn ledger(dir: &Path, port: u16, images: SocketAddr, groups: u64) -> std::proces
         .unwrap()
 }
 
-#[test]
-fn a_restart_point_is_never_declared_before_its_image_is_saved() {
-    let tmp = temp_dir("imgorder");
-    let dir = &tmp.0;
-    let (rp, tp, ip, sp) = (free_port(), free_port(), free_port(), free_port());
-
-    let _relay = Proc::spawn(
+/// A relay, and a primary target (`primary.sock` in `dir`) whose replicated volume `Vol0`
+/// (16 MiB of RAM, replicated to the relay) is exported over NVMe/TCP on port `tp`.
+fn start_primary(dir: &Path, tp: u16) -> (Proc, Proc) {
+    let rp = free_port();
+    let relay = Proc::spawn(
         baton()
             .args(["relay", "--listen", &format!("127.0.0.1:{rp}"), "-r"])
             .arg(dir.join("relay.sock"))
@@ -129,7 +127,7 @@ fn a_restart_point_is_never_declared_before_its_image_is_saved() {
     );
     wait_rpc(&dir.join("relay.sock"));
     let ps = dir.join("primary.sock");
-    let _primary = Proc::spawn(
+    let primary = Proc::spawn(
         baton()
             .args(["target", "-r"])
             .arg(&ps)
@@ -157,6 +155,16 @@ fn a_restart_point_is_never_declared_before_its_image_is_saved() {
     ] {
         rpc(&ps, method, Some(params)).unwrap_or_else(|e| panic!("{method}: {e}"));
     }
+    (relay, primary)
+}
+
+#[test]
+fn a_restart_point_is_never_declared_before_its_image_is_saved() {
+    let tmp = temp_dir("imgorder");
+    let dir = &tmp.0;
+    let (tp, ip, sp) = (free_port(), free_port(), free_port());
+    let (_relay, _primary) = start_primary(dir, tp);
+    let ps = dir.join("primary.sock");
     assert_eq!(epoch(&ps), 0);
 
     // 1. An image server that accepts and hangs up (a standby host that cannot save):

@@ -206,8 +206,14 @@ fn standby_process_follows_relays_through_forwarder_and_standby_kill9() {
         "restart point 3, after the standby restart",
     );
 
-    // Fencing: a relay of an older generation is refused (vold's id is its base bdev's
-    // UUID, [1; 16]), and so are another volume id and an unknown volume.
+    assert_fencing(&sb);
+    drop(r2);
+}
+
+/// Fencing: a relay of an older generation is refused (vold's id is its base bdev's UUID,
+/// [1; 16]), and so are another volume id and an unknown volume; the refusal shows in the
+/// standby's status.
+fn assert_fencing(sb: &StandbyProc) {
     use rdma_transport::wire::{HelloReply, RefuseReason};
     match hello_reply(sb.addr(), "vold", [1; 16], 0) {
         HelloReply::Refused {
@@ -238,7 +244,6 @@ fn standby_process_follows_relays_through_forwarder_and_standby_kill9() {
             .any(|l| l["connected"] == false && l["last_error"].as_str().unwrap_or("").contains("fenced")),
         "the refusal is in the status: {st}"
     );
-    drop(r2);
 }
 
 /// A forwarder that holds ops back by policy is not fetched around (the standby stays
