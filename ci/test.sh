@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: what a newcomer runs, and what CI (.ci/run) runs.
-# Installs what it needs itself, then checks formatting and lints, and runs
-# every test of every crate (unit, integration, end-to-end).
+# Installs what it needs itself, then checks formatting and lints, runs
+# every test of every crate (unit, integration, end-to-end), and gives every
+# fuzz target a short run (ci/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v cc >/dev/null || need+=(gcc)
 command -v python3 >/dev/null || need+=(python3)
+command -v c++ >/dev/null || need+=(g++) # libFuzzer, built by the fuzz targets' libfuzzer-sys
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
@@ -31,6 +33,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 # Release mode: the end-to-end tests move real data through real processes.
 cargo test --workspace --release --no-fail-fast -- --test-threads=2
+
+# Every parser of network input has a cargo-fuzz target; each gets a short
+# coverage-guided run (stable Rust, no cargo-fuzz needed; docs/fuzzing.md).
+echo "== ci/fuzz.sh"
+bash ci/fuzz.sh
 
 # The buffer pools and the malloc bdev map 2 MiB hugepages when some are reserved and
 # 4 KiB pages otherwise; the run above took whichever this machine has. Run the engine's

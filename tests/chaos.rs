@@ -3,13 +3,16 @@
 //! round; restart or failover; every acknowledged write and restart point checked against
 //! the writer's synced record). Short runs here; `ci/chaos.sh` runs long ones.
 
-use std::process::{Command, Stdio};
+mod support;
+
+use std::process::Stdio;
 
 use serde_json::Value;
+use support::baton;
 
 /// Runs `baton chaos` with `args`; returns its JSON report and whether it passed.
 fn run(args: &[&str]) -> (Value, bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+    let out = baton()
         .arg("chaos")
         .args(args)
         .args(["--json", "--vol-mib", "16"])

@@ -1,11 +1,11 @@
 //! End-to-end: the real `baton` binary, as a newcomer runs it.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
-fn baton() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_baton"))
-}
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
 
 #[test]
 fn selfcheck_passes() {
@@ -66,26 +66,16 @@ fn target_stops_cleanly_on_sigterm() {
     assert!(child.try_wait().unwrap().is_none(), "target exited early");
     let pid = child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let t0 = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            assert!(st.success(), "target exit status {st}");
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "target did not stop after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let st = wait_exit(&mut child, Duration::from_secs(20)).expect("target did not stop after SIGTERM");
+    assert!(st.success(), "target exit status {st}");
 }
 
 /// The management plane end to end: a target process, `baton rpc` calls,
 /// errors with non-zero exit, `save_config`, and a restart from that config.
 #[test]
 fn rpc_and_config_round_trip_through_processes() {
-    let dir = std::env::temp_dir().join(format!("baton-cli-rpc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = temp_dir("cli-rpc");
+    let dir = &tmp.0;
     let sock = dir.join("rpc.sock");
     let start = |extra: &[&str]| {
         let mut args = vec!["target", "-m", "0x1", "-r", sock.to_str().unwrap()];
@@ -96,11 +86,7 @@ fn rpc_and_config_round_trip_through_processes() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let t0 = Instant::now();
-        while !sock.exists() {
-            assert!(t0.elapsed() < Duration::from_secs(20), "no RPC socket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(Duration::from_secs(20), "RPC socket", || sock.exists());
         child
     };
     let rpc = |args: &[&str]| {
@@ -155,5 +141,4 @@ fn rpc_and_config_round_trip_through_processes() {
     );
     assert!(rpc(&["spdk_kill_instance", "--sig_name", "SIGINT"]).status.success());
     assert!(child.wait().unwrap().success());
-    let _ = std::fs::remove_dir_all(&dir);
 }

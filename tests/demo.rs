@@ -4,16 +4,15 @@
 //! makes every restart point usable: the ledger never declares a restart point
 //! whose execution image the standby host has not saved.
 
+mod support;
+
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
 
-use serde_json::Value;
-
-fn baton() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_baton"))
-}
+use serde_json::{json, Value};
+use support::*;
 
 fn run_demo(mode: &str, kill_at: &str, seed: u64) -> Value {
     let out = baton()
@@ -84,65 +83,12 @@ fn demo_snapshot_mode_fails_over_at_every_kill_point() {
 
 // --- restart points and their images ---
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(c: &mut Command, log: &Path) -> Proc {
-    let f = std::fs::File::create(log).unwrap();
-    Proc(c.stdout(Stdio::null()).stderr(f).spawn().unwrap())
-}
-
-fn rpc(sock: &Path, method: &str, params: &str) -> Result<Value, String> {
-    let out = baton()
-        .arg("rpc")
-        .arg("-s")
-        .arg(sock)
-        .arg(method)
-        .args((!params.is_empty()).then_some(params))
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn wait_rpc(sock: &Path) {
-    let t = Instant::now();
-    while rpc(sock, "spdk_get_version", "").is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "{} never answered",
-            sock.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn wait_port(addr: SocketAddr) {
-    let t = Instant::now();
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(30), "{addr} never listened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The primary's restart-point count as the replicated volume reports it: its
 /// status is a snapshot the link reactor republishes every 10 ms, so let a few
 /// refreshes pass first.
 fn epoch(primary: &Path) -> u64 {
     std::thread::sleep(Duration::from_millis(100));
-    let v = rpc(primary, "replication_get_volumes", r#"{"name":"Vol0"}"#).unwrap();
+    let v = rpc(primary, "replication_get_volumes", Some(json!({"name": "Vol0"}))).unwrap();
     let e = &v[0]["epoch"];
     e.as_u64().unwrap_or_else(|| panic!("no epoch in {v}"))
 }
@@ -167,14 +113,11 @@ fn ledger(dir: &Path, port: u16, images: SocketAddr, groups: u64) -> std::proces
         .unwrap()
 }
 
-#[test]
-fn a_restart_point_is_never_declared_before_its_image_is_saved() {
-    let dir: PathBuf = std::env::temp_dir().join(format!("baton-imgorder-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let (rp, tp, ip, sp) = (free_port(), free_port(), free_port(), free_port());
-
-    let _relay = spawn(
+/// A relay, and a primary target (`primary.sock` in `dir`) whose replicated volume `Vol0`
+/// (16 MiB of RAM, replicated to the relay) is exported over NVMe/TCP on port `tp`.
+fn start_primary(dir: &Path, tp: u16) -> (Proc, Proc) {
+    let rp = free_port();
+    let relay = Proc::spawn(
         baton()
             .args(["relay", "--listen", &format!("127.0.0.1:{rp}"), "-r"])
             .arg(dir.join("relay.sock"))
@@ -184,7 +127,7 @@ fn a_restart_point_is_never_declared_before_its_image_is_saved() {
     );
     wait_rpc(&dir.join("relay.sock"));
     let ps = dir.join("primary.sock");
-    let _primary = spawn(
+    let primary = Proc::spawn(
         baton()
             .args(["target", "-r"])
             .arg(&ps)
@@ -192,33 +135,36 @@ fn a_restart_point_is_never_declared_before_its_image_is_saved() {
         &dir.join("primary.log"),
     );
     wait_rpc(&ps);
-    rpc(
-        &ps,
-        "replication_create_volume",
-        &format!(r#"{{"name":"Vol0","base_bdev":"Base0","relays":["127.0.0.1:{rp}"]}}"#),
-    )
-    .unwrap();
-    rpc(&ps, "nvmf_create_transport", r#"{"trtype":"TCP"}"#).unwrap();
-    rpc(
-        &ps,
-        "nvmf_create_subsystem",
-        r#"{"nqn":"nqn.2016-06.io.baton:imgtest","allow_any_host":true}"#,
-    )
-    .unwrap();
-    rpc(
-        &ps,
-        "nvmf_subsystem_add_ns",
-        r#"{"nqn":"nqn.2016-06.io.baton:imgtest","namespace":{"bdev_name":"Vol0"}}"#,
-    )
-    .unwrap();
-    rpc(
-        &ps,
-        "nvmf_subsystem_add_listener",
-        &format!(
-            r#"{{"nqn":"nqn.2016-06.io.baton:imgtest","listen_address":{{"trtype":"TCP","adrfam":"IPv4","traddr":"127.0.0.1","trsvcid":"{tp}"}}}}"#
+    let nqn = "nqn.2016-06.io.baton:imgtest";
+    for (method, params) in [
+        (
+            "replication_create_volume",
+            json!({"name": "Vol0", "base_bdev": "Base0", "relays": [format!("127.0.0.1:{rp}")]}),
         ),
-    )
-    .unwrap();
+        ("nvmf_create_transport", json!({"trtype": "TCP"})),
+        ("nvmf_create_subsystem", json!({"nqn": nqn, "allow_any_host": true})),
+        (
+            "nvmf_subsystem_add_ns",
+            json!({"nqn": nqn, "namespace": {"bdev_name": "Vol0"}}),
+        ),
+        (
+            "nvmf_subsystem_add_listener",
+            json!({"nqn": nqn, "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1",
+                   "trsvcid": tp.to_string()}}),
+        ),
+    ] {
+        rpc(&ps, method, Some(params)).unwrap_or_else(|e| panic!("{method}: {e}"));
+    }
+    (relay, primary)
+}
+
+#[test]
+fn a_restart_point_is_never_declared_before_its_image_is_saved() {
+    let tmp = temp_dir("imgorder");
+    let dir = &tmp.0;
+    let (tp, ip, sp) = (free_port(), free_port(), free_port());
+    let (_relay, _primary) = start_primary(dir, tp);
+    let ps = dir.join("primary.sock");
     assert_eq!(epoch(&ps), 0);
 
     // 1. An image server that accepts and hangs up (a standby host that cannot save):
@@ -230,7 +176,7 @@ fn a_restart_point_is_never_declared_before_its_image_is_saved() {
             drop(c);
         }
     });
-    let out = ledger(&dir, tp, refusing_addr, 3);
+    let out = ledger(dir, tp, refusing_addr, 3);
     hangup.join().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "ledger must fail without its images:\n{stderr}");
@@ -243,7 +189,7 @@ fn a_restart_point_is_never_declared_before_its_image_is_saved() {
 
     // 2. A real image store: point 0 (the formatted ledger) and one per group.
     let images: SocketAddr = format!("127.0.0.1:{ip}").parse().unwrap();
-    let mut standby = spawn(
+    let mut standby = Proc::spawn(
         baton()
             .args(["standby", "--listen", &format!("127.0.0.1:{sp}"), "-r"])
             .arg(dir.join("standby.sock"))
@@ -252,8 +198,10 @@ fn a_restart_point_is_never_declared_before_its_image_is_saved() {
             .arg(dir.join("images")),
         &dir.join("standby.log"),
     );
-    wait_port(images);
-    let out = ledger(&dir, tp, images, 3);
+    wait_until(WAIT, "the image store listens", || {
+        std::net::TcpStream::connect(images).is_ok()
+    });
+    let out = ledger(dir, tp, images, 3);
     assert!(
         out.status.success(),
         "ledger with a working image store:\n{}",
@@ -265,21 +213,16 @@ fn a_restart_point_is_never_declared_before_its_image_is_saved() {
         4,
         "{stdout}"
     );
-    let t = Instant::now();
-    while epoch(&ps) != 4 {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "epoch {} after 4 points: {stdout}",
-            epoch(&ps)
-        );
-    }
+    wait_for(
+        "epoch 4 after 4 points",
+        || (epoch(&ps) == 4).then_some(()),
+        || format!("epoch {}: {stdout}", epoch(&ps)),
+    );
     let after_ok = 4;
 
     // 3. The store goes away mid-life: the next point is not declared.
-    let _ = standby.0.kill();
-    let _ = standby.0.wait();
-    let out = ledger(&dir, tp, images, 2);
+    standby.kill9();
+    let out = ledger(dir, tp, images, 2);
     assert!(!out.status.success());
     assert_eq!(epoch(&ps), after_ok, "{}", String::from_utf8_lossy(&out.stderr));
-    let _ = std::fs::remove_dir_all(&dir);
 }

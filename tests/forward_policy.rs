@@ -18,13 +18,10 @@
 //! the standby host's detector, so the hold tests run the host (`--failover-volume`) with
 //! automatic failover off.
 
-#[path = "../relay/tests/common/mod.rs"]
-mod common;
 mod support;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::TempDir;
 use rdma_transport::wire::{
     BATCH_HDR_BYTES, ENVELOPE_BYTES, HEARTBEAT_BODY_BYTES, HELLO_BODY_BYTES, OP_DESC_BYTES,
     PRIMARY_LIVENESS_BODY_BYTES, RESTART_TAG_BYTES_MAX,
@@ -67,7 +64,7 @@ impl Rig {
         let mut relays = Vec::new();
         for (k, args) in relay_args.iter().enumerate() {
             let d = TempDir::new("/dev/shm", &format!("fp-{tag}-r{k}"));
-            relays.push(RelayProc::start(&d.0, free_port(), sb.addr(), args));
+            relays.push(RelayProc::for_standby(&d.0, free_port(), sb.addr(), args));
             dirs.push(d);
         }
         let addrs: Vec<String> = relays.iter().map(RelayProc::addr).collect();

@@ -3,12 +3,15 @@
 //! test process (`--relays`), so what the harness reports is checked against what the far
 //! side counted, not against the harness's own figures.
 
+mod support;
+
 use engine::reactor::{IdleMode, ReactorOpts, Reactors};
 use relay::relay::{Relay, RelayConfig};
 use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use support::baton;
 
 static REACTORS: OnceLock<Reactors> = OnceLock::new();
 
@@ -27,7 +30,7 @@ fn reactors() {
 /// Runs `baton perf ARGS --json` (bounded: the run itself is `-t` long; a hung harness is
 /// killed after 120 s).
 fn perf(args: &[&str]) -> (Output, serde_json::Value) {
-    let child = Command::new(env!("CARGO_BIN_EXE_baton"))
+    let child = baton()
         .arg("perf")
         .args(args)
         .args(["--json", "--adaptive-idle"])
@@ -146,10 +149,7 @@ fn perf_rejects_bad_transport_ids() {
         ("trtype:TCP traddr:127.0.0.1 colour:red", "colour"),
         ("trtype:RDMA traddr:127.0.0.1", "RDMA"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(["perf", "-r", trid, "-t", "0.1"])
-            .output()
-            .unwrap();
+        let out = baton().args(["perf", "-r", trid, "-t", "0.1"]).output().unwrap();
         assert!(!out.status.success(), "{trid}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(word), "{trid}: {err}");
@@ -159,7 +159,7 @@ fn perf_rejects_bad_transport_ids() {
 /// `-r` and `--bdev` name two different targets: refused, not one silently ignored.
 #[test]
 fn perf_refuses_a_transport_id_and_a_bdev_together() {
-    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+    let out = baton()
         .args([
             "perf",
             "-r",

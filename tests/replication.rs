@@ -3,10 +3,8 @@
 //! write driver printing `ACK <seq>` for every acknowledged write), and the test sink as
 //! the standby. Processes are killed with SIGKILL; every wait is bounded.
 
-#[path = "../relay/tests/common/mod.rs"]
-mod common;
+mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,92 +12,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use common::*;
 use rdma_transport::wire::{self, Frame, Op};
 use relay::journal::{Journal, JournalConfig};
-
-const WAIT: Duration = Duration::from_secs(60);
-
-fn baton() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_baton"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `baton relay` process, killed on drop.
-struct RelayProc {
-    child: Child,
-    port: u16,
-    sock: PathBuf,
-    dir: PathBuf,
-}
-
-impl RelayProc {
-    fn start(dir: &Path, port: u16, extra: &[&str]) -> RelayProc {
-        let sock = dir.with_extension("sock");
-        let child = baton()
-            .args(["relay", "-m", "0x1", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("-r")
-            .arg(&sock)
-            .arg("--journal-dir")
-            .arg(dir)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut r = RelayProc {
-            child,
-            port,
-            sock,
-            dir: dir.to_path_buf(),
-        };
-        let start = Instant::now();
-        while r.try_status().is_none() {
-            if let Ok(Some(st)) = r.child.try_wait() {
-                panic!("relay on port {port} exited at start: {st}");
-            }
-            assert!(start.elapsed() < WAIT, "relay on port {port} never answered RPC");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        r
-    }
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-    fn try_status(&self) -> Option<serde_json::Value> {
-        let out = baton()
-            .args(["rpc", "-s"])
-            .arg(&self.sock)
-            .arg("relay_get_status")
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    }
-    fn volume_status(&self, vol: &str) -> Option<serde_json::Value> {
-        let st = self.try_status()?;
-        st["volumes"].as_array()?.iter().find(|v| v["name"] == vol).cloned()
-    }
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RelayProc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
+use support::common::*;
+use support::*;
 
 /// The primary child: this binary, running `primary_child`.
 struct Primary {
@@ -129,15 +45,7 @@ impl Primary {
             .spawn()
             .unwrap();
         let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines() {
-                let Ok(l) = l else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines_of(out);
         Primary {
             child,
             lines,
@@ -326,18 +234,16 @@ fn relay_kill9_under_load_catches_up_and_sink_gets_every_write_once_in_order() {
     assert!(p.failed.is_empty(), "degraded mode failed writes: {}", p.failed.len());
     assert_eq!(p.acked.len() as u64, N);
     // The restarted relay holds everything again.
-    let start = Instant::now();
-    loop {
-        let d = r1b
-            .volume_status("vol")
+    let durable = || {
+        r1b.volume_status("vol")
             .and_then(|v| v["durable_lsn"].as_u64())
-            .unwrap_or(0);
-        if d >= N {
-            break;
-        }
-        assert!(start.elapsed() < WAIT, "restarted relay durable only to {d}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            .unwrap_or(0)
+    };
+    wait_for(
+        "the restarted relay holds every write",
+        || (durable() >= N).then_some(()),
+        || format!("durable to {}", durable()),
+    );
     // The sink got every acknowledged write exactly once, in LSN order.
     sink.wait_delivered(|s| s.delivered.len() as u64 >= N, WAIT, "every write at the sink");
     let s = sink.state.lock().unwrap();
@@ -400,18 +306,14 @@ fn full_journal_pushes_back_and_loses_nothing_acknowledged() {
     );
     // 4000 x 4 KiB cannot fit in 2 MiB and nothing releases (no standby).
     let mut p = Primary::start(&[r.addr()], "all", "block", 4000);
-    let start = Instant::now();
-    loop {
-        let v = r.volume_status("vol");
-        let full = v
-            .as_ref()
-            .is_some_and(|v| v["journal_full_events"].as_u64().unwrap_or(0) > 0 && v["backpressure"] == true);
-        if full {
-            break;
-        }
-        assert!(start.elapsed() < WAIT, "relay never reported a full journal: {v:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(
+        "relay reports a full journal",
+        || {
+            let v = r.volume_status("vol")?;
+            (v["journal_full_events"].as_u64().unwrap_or(0) > 0 && v["backpressure"] == true).then_some(())
+        },
+        || format!("{:?}", r.volume_status("vol")),
+    );
     p.kill9();
     r.kill9();
     assert!(p.failed.is_empty(), "writes failed instead of waiting");
@@ -437,18 +339,11 @@ fn relay_refused(dir: &Path, sock: &Path, extra: &[&str]) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if start.elapsed() > WAIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = std::fs::remove_file(sock);
-            panic!("baton relay {extra:?} on {} started instead of refusing", dir.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = wait_exit(&mut child, WAIT) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_file(sock);
+        panic!("baton relay {extra:?} on {} started instead of refusing", dir.display());
     };
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
@@ -524,14 +419,12 @@ fn out_of_range_relay_settings_are_refused_at_start_naming_them() {
 
     // Over JSON-RPC: invalid params (-32602) with the same message.
     let r = RelayProc::start(&root, free_port(), &[]);
-    let out = baton()
-        .args(["rpc", "-s"])
-        .arg(&r.sock)
-        .args(["relay_create_journal", r#"{"volume": "v2", "segment_bytes": 0}"#])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = rpc(
+        &r.sock,
+        "relay_create_journal",
+        Some(serde_json::json!({"volume": "v2", "segment_bytes": 0})),
+    )
+    .unwrap_err();
     assert!(
         err.contains("-32602") && err.contains("segment_bytes (0 bytes) must be between 64 KiB and 1 GiB"),
         "{err}"

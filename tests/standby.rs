@@ -11,15 +11,12 @@
 //! recovers and the relays resend from its resume LSN), and a relay presenting an older
 //! generation is refused. Every wait is bounded.
 
-#[path = "../relay/tests/common/mod.rs"]
-mod common;
 mod support;
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::TempDir;
 use serde_json::{json, Value};
 use support::*;
 
@@ -121,8 +118,8 @@ fn standby_process_follows_relays_through_forwarder_and_standby_kill9() {
     let mut sb = StandbyProc::start(&sd.0, free_port());
     let sa = sb.addr();
     let port1 = free_port();
-    let mut r1 = RelayProc::start(&d1.0, port1, sa, &[]);
-    let r2 = RelayProc::start(&d2.0, free_port(), sa, &["--backup"]);
+    let mut r1 = RelayProc::for_standby(&d1.0, port1, sa, &[]);
+    let r2 = RelayProc::for_standby(&d2.0, free_port(), sa, &["--backup"]);
     let mut p = Primary::start(&[r1.addr(), r2.addr()]);
     let mut models = [Model::new("vold"), Model::new("vols")];
     let mut nvme_transport = false;
@@ -183,7 +180,7 @@ fn standby_process_follows_relays_through_forwarder_and_standby_kill9() {
     }
 
     // The forwarder comes back; the standby is killed, writes go on, it restarts.
-    let _r1b = RelayProc::start(&d1.0, port1, sa, &[]);
+    let _r1b = RelayProc::for_standby(&d1.0, port1, sa, &[]);
     sb.kill9();
     for m in &mut models {
         m.write(&mut p, 500);
@@ -209,8 +206,14 @@ fn standby_process_follows_relays_through_forwarder_and_standby_kill9() {
         "restart point 3, after the standby restart",
     );
 
-    // Fencing: a relay of an older generation is refused (vold's id is its base bdev's
-    // UUID, [1; 16]), and so are another volume id and an unknown volume.
+    assert_fencing(&sb);
+    drop(r2);
+}
+
+/// Fencing: a relay of an older generation is refused (vold's id is its base bdev's UUID,
+/// [1; 16]), and so are another volume id and an unknown volume; the refusal shows in the
+/// standby's status.
+fn assert_fencing(sb: &StandbyProc) {
     use rdma_transport::wire::{HelloReply, RefuseReason};
     match hello_reply(sb.addr(), "vold", [1; 16], 0) {
         HelloReply::Refused {
@@ -241,7 +244,6 @@ fn standby_process_follows_relays_through_forwarder_and_standby_kill9() {
             .any(|l| l["connected"] == false && l["last_error"].as_str().unwrap_or("").contains("fenced")),
         "the refusal is in the status: {st}"
     );
-    drop(r2);
 }
 
 /// A forwarder that holds ops back by policy is not fetched around (the standby stays
@@ -258,8 +260,8 @@ fn standby_lagging_by_policy_is_not_fetched_around_and_failover_drains_the_relay
     let sa = sb.addr();
     // The forwarder holds everything: its first interval opening comes ten minutes after
     // it took the volume on.
-    let r1 = RelayProc::start(&d1.0, free_port(), sa, &["--forward", "interval:600000"]);
-    let r2 = RelayProc::start(&d2.0, free_port(), sa, &["--backup"]);
+    let r1 = RelayProc::for_standby(&d1.0, free_port(), sa, &["--forward", "interval:600000"]);
+    let r2 = RelayProc::for_standby(&d2.0, free_port(), sa, &["--backup"]);
     let mut p = Primary::start(&[r1.addr(), r2.addr()]);
     let mut m = Model::new("vold");
     m.write(&mut p, 300);
@@ -342,7 +344,7 @@ fn a_hole_no_relay_holds_is_covered_by_a_block_sync() {
     // The relay holds everything back (its first forward opening is ten minutes away), so
     // the standby has nothing of what the relay is about to lose.
     let port = free_port();
-    let mut r1 = RelayProc::start(&d1.0, port, sa, &["--forward", "interval:600000"]);
+    let mut r1 = RelayProc::for_standby(&d1.0, port, sa, &["--forward", "interval:600000"]);
     let mut p = Primary::start(&[r1.addr()]);
     let mut m = Model::new("vold");
     m.write(&mut p, 200);
@@ -352,7 +354,7 @@ fn a_hole_no_relay_holds_is_covered_by_a_block_sync() {
     common::corrupt_last_record(&d1.0.join("vold"));
     // The primary goes on without it (degraded), then it comes back, forwarding at once.
     m.write(&mut p, 100);
-    let r1 = RelayProc::start(&d1.0, port, sa, &[]);
+    let r1 = RelayProc::for_standby(&d1.0, port, sa, &[]);
     let st = wait_for(
         "the relay's block sync ended",
         || {
