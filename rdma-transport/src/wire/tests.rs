@@ -602,3 +602,67 @@ fn sealing_from_per_slice_crcs_gives_the_same_frame() {
     // Mismatched counts are refused.
     assert!(build().finish_with_crcs(&data, &crcs[..2]).is_err());
 }
+
+#[test]
+fn sync_markers_round_trip_and_rejections() {
+    let begin = SyncMark::Begin {
+        covers_from: 7,
+        full: true,
+    };
+    let end = SyncMark::End { begin_lsn: 20 };
+    let mut e = BatchEncoder::ops(3, 4096);
+    e.sync_mark(20, begin).unwrap();
+    e.write_zeroes(21, 0, 16).unwrap();
+    e.sync_mark(22, end).unwrap();
+    let frame = whole(&e.finish(&[]).unwrap(), &[]);
+    let Ok(Frame::Ops(b)) = parse(&frame) else {
+        panic!("parses")
+    };
+    assert_eq!(b.ops[0], Op::Sync { lsn: 20, mark: begin });
+    assert_eq!(b.ops[2], Op::Sync { lsn: 22, mark: end });
+    // Forwarded as received.
+    let mut f = BatchEncoder::forward(3, 4096);
+    for op in &b.ops {
+        f.op(op).unwrap();
+    }
+    let again = whole(&f.finish(&[]).unwrap(), &[]);
+    let Ok(Frame::Forward(b2)) = parse(&again) else {
+        panic!("forward parses")
+    };
+    assert_eq!(b2.ops, b.ops);
+    // Descriptor 0 at body 16: kind(1) flags(1) rsv(2) len(4) lsn(8) arg0(8) arg1(8).
+    let arg0 = BATCH_HDR_BYTES + 16;
+    let arg1 = BATCH_HDR_BYTES + 24;
+    for (what, at, v) in [
+        ("covers_from 0", arg0, 0u8),
+        ("covers_from at its own LSN", arg0, 20),
+        ("unknown phase", arg1, 3),
+        ("unknown flag", arg1 + 2, 1),
+    ] {
+        let bad = edited(&frame, at, |x| *x = v);
+        assert!(
+            matches!(parse(&bad), Err(WireError::BadSyncMark { lsn: 20, .. })),
+            "{what}: {:?}",
+            parse(&bad)
+        );
+    }
+    // Data on a marker.
+    let mut e = BatchEncoder::ops(3, 4096);
+    e.sync_mark(20, begin).unwrap();
+    let mut bad = whole(&e.finish(&[]).unwrap(), &[]);
+    bad.extend_from_slice(&[0; 4]);
+    let at = ENVELOPE_BYTES + BATCH_HDR_BYTES + 4;
+    bad[at] = 4;
+    let len = bad.len() as u32;
+    bad[4..8].copy_from_slice(&len.to_le_bytes());
+    reseal(&mut bad);
+    assert!(
+        matches!(parse(&bad), Err(WireError::OpDataLength { lsn: 20, .. })),
+        "{:?}",
+        parse(&bad)
+    );
+    // The encoder refuses what the parser would.
+    let mut e = BatchEncoder::ops(3, 4096);
+    assert_eq!(e.sync_args(5, 5, 1), Err(EncodeError::BadSyncMark { lsn: 5 }));
+    assert_eq!(e.sync_args(5, 1, 0x201), Err(EncodeError::BadSyncMark { lsn: 5 }));
+}
