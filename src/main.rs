@@ -176,6 +176,13 @@ struct RelayArgs {
     /// JSON-RPC Unix socket.
     #[arg(short = 'r', long = "rpc-socket", default_value = "/var/tmp/baton-relay.sock")]
     rpc_socket: std::path::PathBuf,
+    /// Mode of the JSON-RPC Unix socket, octal (owner read+write required, nothing for
+    /// others): 600 by default whatever the umask; e.g. 660 with --rpc-socket-group.
+    #[arg(long, default_value = "600")]
+    rpc_socket_mode: String,
+    /// Group (name or GID) given the JSON-RPC socket, for --rpc-socket-mode 660.
+    #[arg(long)]
+    rpc_socket_group: Option<String>,
     /// Address primaries connect to.
     #[arg(long, default_value = "127.0.0.1:4520")]
     listen: std::net::SocketAddr,
@@ -220,6 +227,13 @@ struct StandbyArgs {
     /// JSON-RPC Unix socket.
     #[arg(short = 'r', long = "rpc-socket", default_value = "/var/tmp/baton-standby.sock")]
     rpc_socket: std::path::PathBuf,
+    /// Mode of the JSON-RPC Unix socket, octal (owner read+write required, nothing for
+    /// others): 600 by default whatever the umask; e.g. 660 with --rpc-socket-group.
+    #[arg(long, default_value = "600")]
+    rpc_socket_mode: String,
+    /// Group (name or GID) given the JSON-RPC socket, for --rpc-socket-mode 660.
+    #[arg(long)]
+    rpc_socket_group: Option<String>,
     /// Address relays connect to.
     #[arg(long, default_value = standby::net::LISTEN_DEFAULT)]
     listen: std::net::SocketAddr,
@@ -284,6 +298,13 @@ struct TargetArgs {
     /// JSON-RPC Unix socket.
     #[arg(short = 'r', long = "rpc-socket", default_value = engine::rpc::server::DEFAULT_SOCKET_PATH)]
     rpc_socket: std::path::PathBuf,
+    /// Mode of the JSON-RPC Unix socket, octal (owner read+write required, nothing for
+    /// others): 600 by default whatever the umask; e.g. 660 with --rpc-socket-group.
+    #[arg(long, default_value = "600")]
+    rpc_socket_mode: String,
+    /// Group (name or GID) given the JSON-RPC socket, for --rpc-socket-mode 660.
+    #[arg(long)]
+    rpc_socket_group: Option<String>,
     /// Also serve JSON-RPC on this loopback TCP address (e.g. 127.0.0.1:5260).
     #[arg(long)]
     rpc_tcp: Option<std::net::SocketAddr>,
@@ -529,7 +550,10 @@ fn target(a: TargetArgs) -> Result<(), AnyErr> {
         log::info!("loaded config {}", f.display());
     }
     let mut server = engine::rpc::Server::new(reg);
-    server.listen_unix(&a.rpc_socket)?;
+    server.listen_unix_with(
+        &a.rpc_socket,
+        rpc_access(&a.rpc_socket_mode, a.rpc_socket_group.as_deref())?,
+    )?;
     if let Some(addr) = a.rpc_tcp {
         server.listen_tcp(addr)?;
     }
@@ -542,6 +566,33 @@ fn target(a: TargetArgs) -> Result<(), AnyErr> {
     let _ = app.join();
     log::info!("baton target stopped");
     Ok(())
+}
+
+/// `--rpc-socket-mode` / `--rpc-socket-group`: who may connect to the management socket.
+fn rpc_access(mode: &str, group: Option<&str>) -> Result<engine::rpc::server::SocketAccess, AnyErr> {
+    let mode = u32::from_str_radix(mode.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("--rpc-socket-mode {mode:?}: expected an octal mode such as 600 or 660"))?;
+    let gid = match group {
+        None => None,
+        Some(g) => Some(match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => group_id(g).ok_or_else(|| format!("--rpc-socket-group {g:?}: no such group"))?,
+        }),
+    };
+    let access = engine::rpc::server::SocketAccess { mode, gid };
+    access.check()?;
+    Ok(access)
+}
+
+/// The GID of group `name` from /etc/group (management path; a group known only to a
+/// directory service is given by number instead).
+fn group_id(name: &str) -> Option<u32> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then_some(())?;
+        f.nth(1)?.parse().ok()
+    })
 }
 
 /// `--bdev NAME=SPEC` arguments: create and register each.
@@ -597,7 +648,10 @@ fn standby_cmd(a: StandbyArgs) -> Result<(), AnyErr> {
     };
     let host = start_standby_host(&a, images.as_ref().map(|s| s.store()))?;
     let mut server = engine::rpc::Server::new(reg);
-    server.listen_unix(&a.rpc_socket)?;
+    server.listen_unix_with(
+        &a.rpc_socket,
+        rpc_access(&a.rpc_socket_mode, a.rpc_socket_group.as_deref())?,
+    )?;
     let app = engine::rpc::server::spawn_app_thread(server, reactors.stop_flag())?;
     log::info!(
         "baton standby {VERSION} listening for relays on {}; JSON-RPC on {}",
@@ -729,7 +783,10 @@ fn relay_cmd(a: RelayArgs) -> Result<(), AnyErr> {
     let mut reg = engine::rpc::Registry::new();
     register_all_rpcs(&mut reg);
     let mut server = engine::rpc::Server::new(reg);
-    server.listen_unix(&a.rpc_socket)?;
+    server.listen_unix_with(
+        &a.rpc_socket,
+        rpc_access(&a.rpc_socket_mode, a.rpc_socket_group.as_deref())?,
+    )?;
     let app = engine::rpc::server::spawn_app_thread(server, reactors.stop_flag())?;
     log::info!(
         "baton relay {VERSION} listening on {}; JSON-RPC on {}",

@@ -142,3 +142,40 @@ fn rpc_and_config_round_trip_through_processes() {
     assert!(rpc(&["spdk_kill_instance", "--sig_name", "SIGINT"]).status.success());
     assert!(child.wait().unwrap().success());
 }
+
+/// The management socket of a real process is the owner's only by default; a group mode
+/// is taken; a mode that lets others in is refused at start with a message naming it.
+#[test]
+fn rpc_socket_is_owner_only_and_a_world_mode_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = temp_dir("cli-mode");
+    let sock = tmp.0.join("rpc.sock");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["target", "-m", "0x1", "-r", sock.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        baton()
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    for (extra, want) in [
+        (&[][..], 0o600),
+        (&["--rpc-socket-mode", "660", "--rpc-socket-group", "0"][..], 0o660),
+    ] {
+        let mut child = run(extra);
+        wait_until(Duration::from_secs(20), "RPC socket", || sock.exists());
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, want, "{extra:?}");
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_file(&sock);
+    }
+    let child = run(&["--rpc-socket-mode", "666"]);
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "a world-writable socket must be refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("others must have no access"), "{err}");
+    assert!(!sock.exists());
+}

@@ -419,3 +419,55 @@ fn large_responses_are_delivered_whole() {
     assert_eq!(arr.len(), 20_000);
     assert!(arr[19_999].as_str().unwrap().starts_with("item-00019999-"));
 }
+
+/// The socket is the owner's only, whatever the umask (bound under a temporary name and
+/// renamed once its mode is set); a group mode is honoured; a mode that lets others in,
+/// or leaves the owner out, is refused before anything is created.
+#[test]
+fn socket_mode_is_owner_only_whatever_the_umask() {
+    use engine::rpc::server::SocketAccess;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: umask only changes the process's file-creation mask; restored below.
+    let old = unsafe { libc::umask(0) };
+    let path = socket_path("mode");
+    let mut s = Server::new(engine_registry());
+    s.listen_unix(&path).unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "umask 000 must not open it up"
+    );
+    drop(s);
+    assert!(!path.exists(), "removed on drop");
+
+    let gid = meta.gid();
+    let mut s = Server::new(engine_registry());
+    s.listen_unix_with(
+        &path,
+        SocketAccess {
+            mode: 0o660,
+            gid: Some(gid),
+        },
+    )
+    .unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), gid);
+    let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "no temporary socket left behind");
+    drop(s);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+
+    for mode in [0o666, 0o604, 0o400, 0o4600, 0o1600] {
+        let mut s = Server::new(engine_registry());
+        let e = s.listen_unix_with(&path, SocketAccess { mode, gid: None }).unwrap_err();
+        assert!(matches!(e, ServerError::BadMode { .. }), "{mode:o}: {e}");
+        assert!(!path.exists(), "{mode:o}: nothing created");
+    }
+}

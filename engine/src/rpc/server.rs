@@ -50,6 +50,56 @@ pub enum ServerError {
     NotASocket { path: PathBuf },
     #[error("TCP address {addr} is not a loopback address")]
     NotLoopback { addr: SocketAddr },
+    #[error("socket mode {mode:#o}: {why}")]
+    BadMode { mode: u32, why: &'static str },
+    #[error("cannot set the owner group or mode of {path}: {source}")]
+    Permissions { path: PathBuf, source: io::Error },
+}
+
+fn set_access(path: &Path, access: SocketAccess) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(gid) = access.gid {
+        std::os::unix::fs::chown(path, None, Some(gid))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(access.mode))
+}
+
+/// Mode of the JSON-RPC Unix socket unless told otherwise: the owner only (whoever can
+/// connect can delete a volume or promote a standby).
+pub const SOCKET_MODE_DEFAULT: u32 = 0o600;
+
+/// Who may connect to the Unix socket: its mode (permission bits, no setuid/setgid/sticky
+/// and no bits for others: management must not be world-reachable) and an optional group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketAccess {
+    pub mode: u32,
+    pub gid: Option<u32>,
+}
+
+impl Default for SocketAccess {
+    fn default() -> Self {
+        SocketAccess {
+            mode: SOCKET_MODE_DEFAULT,
+            gid: None,
+        }
+    }
+}
+
+impl SocketAccess {
+    /// Checks the mode: owner read+write needed, nothing for others, permission bits only.
+    pub fn check(&self) -> Result<(), ServerError> {
+        let bad = |why| Err(ServerError::BadMode { mode: self.mode, why });
+        if self.mode & !0o777 != 0 {
+            return bad("only permission bits (at most 0o770) may be set");
+        }
+        if self.mode & 0o007 != 0 {
+            return bad("others must have no access to the management socket");
+        }
+        if self.mode & 0o600 != 0o600 {
+            return bad("the owner needs read and write");
+        }
+        Ok(())
+    }
 }
 
 enum Listener {
@@ -114,9 +164,18 @@ impl Server {
         }
     }
 
-    /// Listen on a Unix domain socket at `path`. A stale socket file left by a dead
-    /// server is replaced; a live one is an error. The file is removed on drop.
+    /// Listen on a Unix domain socket at `path`, mode 0600 (see [`Server::listen_unix_with`]).
     pub fn listen_unix(&mut self, path: &Path) -> Result<(), ServerError> {
+        self.listen_unix_with(path, SocketAccess::default())
+    }
+
+    /// Listen on a Unix domain socket at `path` that only `access` may connect to,
+    /// whatever the umask: the socket is bound under a temporary name beside `path`, given
+    /// its group and mode, then renamed into place, so it is never reachable with looser
+    /// permissions. A stale socket file left by a dead server is replaced; a live one is an
+    /// error. The file is removed on drop.
+    pub fn listen_unix_with(&mut self, path: &Path, access: SocketAccess) -> Result<(), ServerError> {
+        access.check()?;
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
                 return Err(ServerError::NotASocket {
@@ -134,7 +193,22 @@ impl Server {
             addr: path.display().to_string(),
             source,
         };
-        let listener = UnixListener::bind(path).map_err(bind_err)?;
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
+        let listener = UnixListener::bind(&tmp).map_err(bind_err)?;
+        let perm_err = |source| ServerError::Permissions {
+            path: path.to_path_buf(),
+            source,
+        };
+        let placed = set_access(&tmp, access)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(perm_err);
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         listener.set_nonblocking(true).map_err(bind_err)?;
         self.listeners.push(Listener::Unix {
             listener,
