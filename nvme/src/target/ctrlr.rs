@@ -6,6 +6,7 @@
 //! shared state sits behind one lock that only the admin path and Connect take. The data
 //! path reads only the `failed` flag (one relaxed atomic load per poll).
 
+use super::keepalive::KeepAlive;
 use super::restart::RESTART_TAG_BYTES_MAX;
 use super::tcp::{IN_CAPSULE_DATA_BYTES, MAX_IO_BYTES};
 use super::{Subsystem, SubsystemKind, Target, TransportOpts};
@@ -16,7 +17,7 @@ use crate::spec::log::{self as logpage, lid, DiscoveryLogEntry, DiscoveryLogHead
 use crate::spec::{put_str, Plain, Sqe, Status};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// NVMe version reported in VS and Identify (1.3.0).
@@ -27,8 +28,11 @@ pub const AER_MAX: usize = 4;
 pub const ABORT_MAX: u8 = 4;
 /// CAP.TO: worst-case time to ready, in 500 ms units.
 const CAP_TO_500MS: u64 = 30;
-/// Keep alive granularity reported in KAS, 100 ms units.
-const KAS_100MS: u16 = 10;
+/// Keep alive granularity reported in KAS, 100 ms units: the timer is checked on every poll
+/// of the admin queue, so KATO is used as given (no rounding).
+const KAS_100MS: u16 = 1;
+/// CTRATT bit 6: Traffic Based Keep Alive Support (commands restart the keep-alive timer).
+pub const CTRATT_TBKAS: u32 = 1 << 6;
 /// Firmware revision string.
 const FIRMWARE_REVISION: &str = "0.1.0";
 
@@ -96,10 +100,10 @@ pub struct Controller {
     pub subsys: Arc<Subsystem>,
     pub hostnqn: String,
     pub hostid: [u8; 16],
-    /// Keep alive timeout in ms; 0 = disabled. Set by Connect, changed by Set Features 0Fh.
-    kato_ms: AtomicU32,
+    /// Keep-alive timer: KATO from Connect (changed by Set Features 0Fh), restarted by Keep
+    /// Alive and by commands on any queue.
+    pub(crate) ka: KeepAlive,
     opts: TransportOpts,
-    ka_deadline_ns: AtomicU64,
     failed: AtomicBool,
     events_pending: AtomicBool,
     st: Mutex<CtrlState>,
@@ -120,9 +124,8 @@ impl Controller {
             subsys,
             hostnqn,
             hostid,
-            kato_ms: AtomicU32::new(kato_ms),
+            ka: KeepAlive::new(kato_ms, engine::clock::now_ns()),
             opts,
-            ka_deadline_ns: AtomicU64::new(u64::MAX),
             failed: AtomicBool::new(false),
             events_pending: AtomicBool::new(false),
             st: Mutex::new(CtrlState {
@@ -137,7 +140,6 @@ impl Controller {
                 ns_notice_masked: false,
             }),
         };
-        c.keep_alive();
         c
     }
 
@@ -167,21 +169,35 @@ impl Controller {
 
     /// Keep alive timeout in ms (0 = disabled).
     pub fn kato_ms(&self) -> u32 {
-        self.kato_ms.load(Ordering::Relaxed)
+        self.ka.kato_ms()
     }
 
-    /// Restarts the keep-alive timer (Keep Alive command, and at creation).
-    pub fn keep_alive(&self) {
-        let kato = self.kato_ms();
-        if kato > 0 {
-            let deadline = engine::clock::now_ns().saturating_add(u64::from(kato) * 1_000_000);
-            self.ka_deadline_ns.store(deadline, Ordering::Relaxed);
-        }
+    /// Restarts the keep-alive timer at `now_ns` (Keep Alive command; commands on any queue
+    /// do it through [`super::keepalive::TrafficNote`]).
+    pub fn keep_alive(&self, now_ns: u64) {
+        self.ka.alive(now_ns);
     }
 
-    /// Whether the keep-alive timer has expired at `now_ns`.
+    /// Whether KATO plus the grace ([`super::keepalive::grace_ms`]) has passed at `now_ns`
+    /// without a Keep Alive or any command.
     pub fn keep_alive_expired(&self, now_ns: u64) -> bool {
-        self.kato_ms() > 0 && now_ns > self.ka_deadline_ns.load(Ordering::Relaxed)
+        self.ka.expired(now_ns)
+    }
+
+    /// The last sign of life (Connect, Keep Alive, command), `engine::clock` ns.
+    pub fn last_alive_ns(&self) -> u64 {
+        self.ka.last_alive_ns()
+    }
+
+    /// CC and CSTS as last set / reported (management queries).
+    pub fn registers(&self) -> (u32, u32) {
+        let st = self.st();
+        (st.cc, st.csts)
+    }
+
+    /// Bitmap of connected I/O queue IDs (bit n = queue n).
+    pub fn io_qids(&self) -> u128 {
+        self.st().io_qids
     }
 
     /// Whether the controller is enabled and ready (I/O queues may connect).
@@ -258,7 +274,7 @@ impl Controller {
             admin_opc::IDENTIFY => self.identify(sqe),
             admin_opc::GET_LOG_PAGE => self.get_log_page(target, sqe, listen),
             admin_opc::KEEP_ALIVE => {
-                self.keep_alive();
+                self.keep_alive(engine::clock::now_ns());
                 reply(Status::SUCCESS)
             }
             admin_opc::ASYNC_EVENT_REQUEST => AdminResult::ParkAer,
@@ -382,6 +398,7 @@ impl Controller {
         c.lpa = 0x04; // extended Get Log Page (NUMDU, LPO)
         c.elpe = 0;
         c.kas = KAS_100MS;
+        c.ctratt = CTRATT_TBKAS;
         c.sqes = 0x66;
         c.cqes = 0x44;
         c.maxcmd = self.opts.max_queue_depth;
@@ -593,8 +610,7 @@ impl Controller {
             }
             fid::KEEP_ALIVE_TIMER => {
                 drop(st);
-                self.kato_ms.store(sqe.cdw11, Ordering::Relaxed);
-                self.keep_alive();
+                self.ka.set_kato(sqe.cdw11, engine::clock::now_ns());
                 reply(Status::SUCCESS)
             }
             _ => reply(Status::INVALID_FIELD),

@@ -7,6 +7,7 @@
 
 pub mod ctrlr;
 pub mod io;
+pub mod keepalive;
 pub mod restart;
 pub mod tcp;
 

@@ -14,6 +14,7 @@
 
 use super::ctrlr::{data_out_len, AdminResult, Controller, AER_MAX};
 use super::io::{self, IoCmd, NsGeometry};
+use super::keepalive::TrafficNote;
 use super::restart::{self, RestartPointError, RestartPointSink};
 use super::{ListenerHandle, Subsystem, SubsystemKind, Target, TargetError, TransportOpts};
 use crate::spec::cmd::{admin_opc, io_opc, sgl_type};
@@ -421,6 +422,10 @@ struct Conn {
     rp_pending: u32,
     /// `restart::generation()` the channels' sinks were looked up at.
     sink_gen: u64,
+    /// Commands arrived since the last poll (traffic-based keep-alive).
+    traffic: bool,
+    /// When this queue last restarted its controller's keep-alive timer.
+    ka_note: TrafficNote,
 }
 
 impl Conn {
@@ -463,6 +468,8 @@ impl Conn {
             rp_seq: 0,
             rp_pending: 0,
             sink_gen: 0,
+            traffic: false,
+            ka_note: TrafficNote::default(),
         })
     }
 
@@ -471,16 +478,9 @@ impl Conn {
             return self.poll_closing();
         }
         let mut busy = false;
-        if let Some(c) = &self.ctrlr {
-            if c.failed() {
-                self.close("controller failed");
-                return ConnPoll::Busy;
-            }
-            if self.qid == 0 && c.keep_alive_expired(now) {
-                c.fail("keep alive timeout");
-                self.close("keep alive timeout");
-                return ConnPoll::Busy;
-            }
+        if self.ctrlr.as_ref().is_some_and(|c| c.failed()) {
+            self.close("controller failed");
+            return ConnPoll::Busy;
         }
         if self.tx.len() - self.tx_pos < TX_HIGH_WATER_BYTES {
             for _ in 0..RX_READS_PER_POLL {
@@ -510,6 +510,18 @@ impl Conn {
                         return ConnPoll::Busy;
                     }
                 }
+            }
+        }
+        // Keep-alive after reading: commands (a Keep Alive among them) that waited in the
+        // socket while this process was not scheduled count before the timer is judged.
+        if let Some(c) = &self.ctrlr {
+            if std::mem::take(&mut self.traffic) {
+                self.ka_note.note(&c.ka, now);
+            }
+            if self.qid == 0 && c.keep_alive_expired(now) {
+                c.fail("keep alive timeout (KATO + grace without a command)");
+                self.close("keep alive timeout");
+                return ConnPoll::Busy;
             }
         }
         busy |= self.poll_bdev();
@@ -649,6 +661,7 @@ impl Conn {
     }
 
     fn on_capsule(&mut self, sqe: Sqe, data_len: u32) {
+        self.traffic = true;
         self.sqhd = (self.sqhd + 1) % self.sq_entries.max(1);
         let Some(slot) = self.free.pop() else {
             log::warn!(
