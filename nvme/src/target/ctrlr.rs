@@ -459,7 +459,7 @@ impl Controller {
         let numd = u64::from((sqe.cdw10 >> 16) | ((sqe.cdw11 & 0xFFFF) << 16)) + 1;
         let len = numd * 4;
         let lpo = u64::from(sqe.cdw12) | (u64::from(sqe.cdw13) << 32);
-        if lpo % 4 != 0 || len > u64::from(MAX_IO_BYTES) {
+        if lpo % 4 != 0 || len > u64::from(self.opts.max_io_size) {
             return reply(Status::INVALID_FIELD);
         }
         let discovery = self.subsys.kind == SubsystemKind::Discovery;

@@ -88,7 +88,7 @@ impl Default for TransportOpts {
             max_aq_depth: tcp::ADMIN_QUEUE_DEPTH_MAX,
             max_io_qpairs_per_ctrlr: tcp::IO_QUEUES_MAX,
             in_capsule_data_size: tcp::IN_CAPSULE_DATA_BYTES,
-            max_io_size: tcp::MAX_IO_BYTES,
+            max_io_size: tcp::DEFAULT_MAX_IO_BYTES,
             io_unit_size: tcp::MAXH2CDATA_BYTES,
             c2h_success: true,
         }

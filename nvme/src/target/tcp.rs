@@ -41,8 +41,13 @@ pub const ADMIN_QUEUE_DEPTH_MAX: u16 = 128;
 pub const IO_QUEUES_MAX: u16 = 64;
 /// In-capsule data per command, bytes (Linux sends up to 8 KiB in-capsule on the admin queue).
 pub const IN_CAPSULE_DATA_BYTES: u32 = 8192;
-/// Largest transfer per command, bytes (MDTS = 5 with 4 KiB pages).
-pub const MAX_IO_BYTES: u32 = 128 * 1024;
+/// Largest transfer per command `max_io_size` may set, bytes (MDTS 10 with 4 KiB pages).
+pub const MAX_IO_BYTES: u32 = 4 * 1024 * 1024;
+/// Default largest transfer per command, bytes (MDTS 8 with 4 KiB pages): what nvme-cli and
+/// the kernel send as one command without splitting (`nvme read/write --data-size=1M`).
+pub const DEFAULT_MAX_IO_BYTES: u32 = 1024 * 1024;
+/// Largest C2HData payload the target sends; longer reads go out in several PDUs.
+const C2H_PDU_BYTES: usize = 128 * 1024;
 /// MAXH2CDATA announced in ICResp, bytes.
 pub const MAXH2CDATA_BYTES: u32 = 128 * 1024;
 /// Socket read size per call, bytes.
@@ -58,27 +63,35 @@ const ACCEPTS_PER_POLL: usize = 16;
 /// How often the accept poller runs.
 const ACCEPT_POLL_PERIOD_US: u64 = 1000;
 /// Buffer pools shared by all poll groups: small buffers for in-capsule and admin data,
-/// large ones for I/O up to MAX_IO_BYTES.
+/// large ones for I/O up to 128 KiB, huge ones up to the default MDTS. Transfers above that
+/// (only with a larger `max_io_size`) come from the heap.
 const SMALL_BUF_BYTES: usize = IN_CAPSULE_DATA_BYTES as usize;
 const SMALL_BUF_COUNT: usize = 4096;
-const LARGE_BUF_BYTES: usize = MAX_IO_BYTES as usize;
+const LARGE_BUF_BYTES: usize = 128 * 1024;
 const LARGE_BUF_COUNT: usize = 512;
+const HUGE_BUF_BYTES: usize = DEFAULT_MAX_IO_BYTES as usize;
+const HUGE_BUF_COUNT: usize = 32;
 
-static POOLS: OnceLock<(Option<&'static BufPool>, Option<&'static BufPool>)> = OnceLock::new();
+type Pools = [Option<&'static BufPool>; 3];
+static POOLS: OnceLock<Pools> = OnceLock::new();
 
 /// Takes a buffer of `len` bytes from the shared pools (falls back to the heap when a
 /// pool is exhausted, so a burst degrades to allocation instead of stalling).
 pub(crate) fn get_buf(len: u32) -> DmaBuf {
-    let (small, large) = *POOLS.get_or_init(|| {
-        let s = BufPool::new("nvmf_tcp_small", SMALL_BUF_COUNT, SMALL_BUF_BYTES).ok();
-        let l = BufPool::new("nvmf_tcp_large", LARGE_BUF_COUNT, LARGE_BUF_BYTES).ok();
-        (s, l)
+    let [small, large, huge] = *POOLS.get_or_init(|| {
+        [
+            BufPool::new("nvmf_tcp_small", SMALL_BUF_COUNT, SMALL_BUF_BYTES).ok(),
+            BufPool::new("nvmf_tcp_large", LARGE_BUF_COUNT, LARGE_BUF_BYTES).ok(),
+            BufPool::new("nvmf_tcp_huge", HUGE_BUF_COUNT, HUGE_BUF_BYTES).ok(),
+        ]
     });
     let len = len as usize;
     let pool = if len <= SMALL_BUF_BYTES {
         small
     } else if len <= LARGE_BUF_BYTES {
         large
+    } else if len <= HUGE_BUF_BYTES {
+        huge
     } else {
         None
     };
@@ -1201,7 +1214,15 @@ impl Conn {
             IoCmd::Read { bytes, .. } => {
                 let success = self.opts.c2h_success;
                 if let Some(b) = r.buf.as_deref() {
-                    pdu::encode_c2h_data(&mut self.tx, cid, 0, &b[..bytes as usize], true, success, self.dg);
+                    // One C2HData PDU per 128 KiB: hosts size their receive limits for
+                    // that, whatever MDTS allows.
+                    let mut chunks = b[..bytes as usize].chunks(C2H_PDU_BYTES).peekable();
+                    let mut off = 0u32;
+                    while let Some(d) = chunks.next() {
+                        let last = chunks.peek().is_none();
+                        pdu::encode_c2h_data(&mut self.tx, cid, off, d, last, success && last, self.dg);
+                        off += d.len() as u32;
+                    }
                 }
                 if success {
                     self.release(slot);
