@@ -299,9 +299,15 @@ struct TargetArgs {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().filter_or("BATON_LOG", "info"))
+    // Without BATON_LOG the logger passes everything up to debug and the level is capped at
+    // info, so `log_set_level DEBUG` (JSON-RPC) can raise it at run time.
+    let explicit = std::env::var_os("BATON_LOG").is_some();
+    env_logger::Builder::from_env(env_logger::Env::default().filter_or("BATON_LOG", "debug"))
         .format_timestamp_micros()
         .init();
+    if !explicit {
+        log::set_max_level(log::LevelFilter::Info);
+    }
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Demo(a) => demo::run(a),

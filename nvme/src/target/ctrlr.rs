@@ -92,6 +92,21 @@ struct CtrlState {
     events: VecDeque<u32>,
     /// A namespace-changed notice was sent and the host has not read log 04h yet.
     ns_notice_masked: bool,
+    /// The connected queues (admin and I/O), for management queries.
+    queues: Vec<QueueInfo>,
+}
+
+/// One connected queue of a controller, as management reports it
+/// (`nvmf_subsystem_get_qpairs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueInfo {
+    pub qid: u16,
+    /// The listener address the queue connected to.
+    pub listen: SocketAddr,
+    /// The host's address.
+    pub peer: SocketAddr,
+    /// The reactor (poll group) serving it.
+    pub core: u32,
 }
 
 /// One controller. Shared (`Arc`) by the connections of its admin and I/O queues.
@@ -138,6 +153,7 @@ impl Controller {
                 changed_ns_overflow: false,
                 events: VecDeque::new(),
                 ns_notice_masked: false,
+                queues: Vec::new(),
             }),
         };
         c
@@ -198,6 +214,23 @@ impl Controller {
     /// Bitmap of connected I/O queue IDs (bit n = queue n).
     pub fn io_qids(&self) -> u128 {
         self.st().io_qids
+    }
+
+    /// The connected queues, admin first (management path).
+    pub fn queues(&self) -> Vec<QueueInfo> {
+        let mut q = self.st().queues.clone();
+        q.sort_by_key(|q| q.qid);
+        q
+    }
+
+    /// Records a queue that finished its Connect (connect path, not per I/O).
+    pub(crate) fn add_queue(&self, q: QueueInfo) {
+        self.st().queues.push(q);
+    }
+
+    /// Forgets queue `qid` from `peer` when its connection closes.
+    pub(crate) fn remove_queue(&self, qid: u16, peer: SocketAddr) {
+        self.st().queues.retain(|q| !(q.qid == qid && q.peer == peer));
     }
 
     /// Whether the controller is enabled and ready (I/O queues may connect).
@@ -525,32 +558,32 @@ impl Controller {
         s
     }
 
-    /// Discovery log: one entry per (subsystem this host may use, listener it has).
+    /// Discovery log: one entry per (subsystem this host may use, listener it has), then
+    /// one per referral.
     fn discovery_log(&self, target: &Target, _listen: SocketAddr) -> Vec<u8> {
         let asqsz = target.transport_opts().max_aq_depth;
+        let not_required = logpage::TREQ_SECURE_CHANNEL_NOT_REQUIRED;
         let mut entries: Vec<DiscoveryLogEntry> = Vec::new();
         for s in target.subsystems() {
             if s.kind != SubsystemKind::Nvme || !s.host_allowed(&self.hostnqn) {
                 continue;
             }
             for addr in s.state().listeners.iter() {
-                let mut e = DiscoveryLogEntry::zeroed();
-                e.trtype = logpage::TRTYPE_TCP;
-                e.adrfam = if addr.is_ipv4() {
-                    logpage::ADRFAM_IPV4
-                } else {
-                    logpage::ADRFAM_IPV6
-                };
-                e.subtype = logpage::SUBTYPE_NVME;
-                e.treq = logpage::TREQ_SECURE_CHANNEL_NOT_REQUIRED;
-                e.portid = addr.port();
-                e.cntlid = logpage::CNTLID_DYNAMIC;
-                e.asqsz = asqsz;
-                put_str(&mut e.trsvcid, &addr.port().to_string(), b' ');
-                put_str(&mut e.subnqn, &s.nqn, 0);
-                put_str(&mut e.traddr, &addr.ip().to_string(), b' ');
-                entries.push(e);
+                entries.push(log_entry(*addr, logpage::SUBTYPE_NVME, not_required, &s.nqn, asqsz));
             }
+        }
+        for r in target.referrals() {
+            let subtype = if r.subnqn == fabrics::DISCOVERY_NQN {
+                logpage::SUBTYPE_DISCOVERY
+            } else {
+                logpage::SUBTYPE_NVME
+            };
+            let treq = if r.secure_channel {
+                logpage::TREQ_SECURE_CHANNEL_REQUIRED
+            } else {
+                not_required
+            };
+            entries.push(log_entry(r.addr, subtype, treq, &r.subnqn, asqsz));
         }
         let mut h = DiscoveryLogHeader::zeroed();
         h.genctr = target.genctr();
@@ -616,6 +649,26 @@ impl Controller {
             _ => reply(Status::INVALID_FIELD),
         }
     }
+}
+
+/// One discovery log entry for a TCP address.
+fn log_entry(addr: SocketAddr, subtype: u8, treq: u8, subnqn: &str, asqsz: u16) -> DiscoveryLogEntry {
+    let mut e = DiscoveryLogEntry::zeroed();
+    e.trtype = logpage::TRTYPE_TCP;
+    e.adrfam = if addr.is_ipv4() {
+        logpage::ADRFAM_IPV4
+    } else {
+        logpage::ADRFAM_IPV6
+    };
+    e.subtype = subtype;
+    e.treq = treq;
+    e.portid = addr.port();
+    e.cntlid = logpage::CNTLID_DYNAMIC;
+    e.asqsz = asqsz;
+    put_str(&mut e.trsvcid, &addr.port().to_string(), b' ');
+    put_str(&mut e.subnqn, subnqn, 0);
+    put_str(&mut e.traddr, &addr.ip().to_string(), b' ');
+    e
 }
 
 /// Identify Controller vendor-specific area (bytes 3072..): this marker, then the Restart

@@ -12,7 +12,7 @@
 //! One connection = one queue (admin or I/O) of one controller. A request moves through
 //! `ReqState`; a connection through `Phase`.
 
-use super::ctrlr::{data_out_len, AdminResult, Controller, AER_MAX};
+use super::ctrlr::{data_out_len, AdminResult, Controller, QueueInfo, AER_MAX};
 use super::io::{self, IoCmd, NsGeometry};
 use super::keepalive::TrafficNote;
 use super::restart::{self, RestartPointError, RestartPointSink};
@@ -886,6 +886,14 @@ impl Conn {
             limits.in_capsule_data_bytes = IN_CAPSULE_DATA_BYTES;
         }
         self.rx.set_limits(limits);
+        if let Some(c) = &self.ctrlr {
+            c.add_queue(QueueInfo {
+                qid: self.qid,
+                listen: self.listen,
+                peer: self.peer,
+                core: self.core,
+            });
+        }
         Ok(self.ctrlr.as_ref().map(|c| c.cntlid).unwrap_or(0))
     }
 
@@ -1414,6 +1422,7 @@ impl Conn {
         self.flush();
         let _ = self.sock.shutdown(Shutdown::Both);
         if let Some(c) = &self.ctrlr {
+            c.remove_queue(self.qid, self.peer);
             if self.qid == 0 {
                 c.fail("admin queue disconnected");
                 self.stat(|s| &s.current_admin_qpairs, -1);
