@@ -823,53 +823,9 @@ impl Conn {
         }
         let entries = u32::from(cmd.sqsize) + 1;
         if cmd.qid == 0 {
-            if cmd.sqsize == 0 || entries > u32::from(self.opts.max_aq_depth) {
-                return Err(invalid(false, 44));
-            }
-            if data.cntlid != 0xFFFF {
-                return Err(invalid(true, 16));
-            }
-            let c = Arc::new(Controller::new(
-                self.target.alloc_cntlid(),
-                subsys.clone(),
-                hostnqn,
-                data.hostid,
-                cmd.kato_ms,
-                self.opts.clone(),
-            ));
-            subsys.state().controllers.push(Arc::downgrade(&c));
-            log::info!(
-                "nvmf: {}: controller {} of {} for host {} (KATO {} ms)",
-                self.peer,
-                c.cntlid,
-                subsys.nqn,
-                c.hostnqn,
-                cmd.kato_ms
-            );
-            self.stat(|s| &s.admin_qpairs, 1);
-            self.stat(|s| &s.current_admin_qpairs, 1);
-            self.ctrlr = Some(c);
-            self.qid = 0;
+            self.connect_admin(&subsys, &cmd, &data, hostnqn)?;
         } else {
-            let c = subsys
-                .state()
-                .controllers
-                .iter()
-                .filter_map(std::sync::Weak::upgrade)
-                .find(|c| c.cntlid == data.cntlid && c.hostnqn == hostnqn && !c.failed())
-                .ok_or(invalid(true, 16))?;
-            if !c.ready() {
-                return Err((Status::COMMAND_SEQUENCE_ERROR, 0));
-            }
-            if cmd.sqsize == 0 || entries > u32::from(self.opts.max_queue_depth) {
-                return Err(invalid(false, 44));
-            }
-            c.claim_io_qid(cmd.qid).map_err(|_| invalid(false, 42))?;
-            self.stat(|s| &s.io_qpairs, 1);
-            self.stat(|s| &s.current_io_qpairs, 1);
-            self.qid = cmd.qid;
-            self.ctrlr = Some(c);
-            self.refresh_ns(&subsys);
+            self.connect_io(&subsys, &cmd, &data, &hostnqn)?;
         }
         // Size the request table to the queue (setup path: allocates once).
         self.sq_entries = entries as u16;
@@ -895,6 +851,87 @@ impl Conn {
             });
         }
         Ok(self.ctrlr.as_ref().map(|c| c.cntlid).unwrap_or(0))
+    }
+
+    /// Admin queue Connect: a new controller.
+    fn connect_admin(
+        &mut self,
+        subsys: &Arc<Subsystem>,
+        cmd: &ConnectCmd,
+        data: &ConnectData,
+        hostnqn: String,
+    ) -> Result<(), (Status, u32)> {
+        let invalid = |in_data, off| {
+            (
+                Status::CONNECT_INVALID_PARAMETERS,
+                fabrics::connect_invalid_param_dw0(in_data, off),
+            )
+        };
+        if cmd.sqsize == 0 || u32::from(cmd.sqsize) + 1 > u32::from(self.opts.max_aq_depth) {
+            return Err(invalid(false, 44));
+        }
+        if data.cntlid != 0xFFFF {
+            return Err(invalid(true, 16));
+        }
+        let c = Arc::new(Controller::new(
+            self.target.alloc_cntlid(),
+            subsys.clone(),
+            hostnqn,
+            data.hostid,
+            cmd.kato_ms,
+            self.opts.clone(),
+        ));
+        subsys.state().controllers.push(Arc::downgrade(&c));
+        log::info!(
+            "nvmf: {}: controller {} of {} for host {} (KATO {} ms)",
+            self.peer,
+            c.cntlid,
+            subsys.nqn,
+            c.hostnqn,
+            cmd.kato_ms
+        );
+        self.stat(|s| &s.admin_qpairs, 1);
+        self.stat(|s| &s.current_admin_qpairs, 1);
+        self.ctrlr = Some(c);
+        self.qid = 0;
+        Ok(())
+    }
+
+    /// I/O queue Connect: joins the live controller the Connect data names.
+    fn connect_io(
+        &mut self,
+        subsys: &Arc<Subsystem>,
+        cmd: &ConnectCmd,
+        data: &ConnectData,
+        hostnqn: &str,
+    ) -> Result<(), (Status, u32)> {
+        let invalid = |in_data, off| {
+            (
+                Status::CONNECT_INVALID_PARAMETERS,
+                fabrics::connect_invalid_param_dw0(in_data, off),
+            )
+        };
+        // A controller that failed (keep-alive timeout, ...) is gone for new queues.
+        let c = subsys
+            .state()
+            .controllers
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .find(|c| c.cntlid == data.cntlid && c.hostnqn == hostnqn && !c.failed())
+            .ok_or(invalid(true, 16))?;
+        if !c.ready() {
+            return Err((Status::COMMAND_SEQUENCE_ERROR, 0));
+        }
+        if cmd.sqsize == 0 || u32::from(cmd.sqsize) + 1 > u32::from(self.opts.max_queue_depth) {
+            return Err(invalid(false, 44));
+        }
+        c.claim_io_qid(cmd.qid).map_err(|_| invalid(false, 42))?;
+        self.stat(|s| &s.io_qpairs, 1);
+        self.stat(|s| &s.current_io_qpairs, 1);
+        self.qid = cmd.qid;
+        self.ctrlr = Some(c);
+        self.refresh_ns(subsys);
+        Ok(())
     }
 
     fn stat(&self, f: impl Fn(&GroupStats) -> &AtomicU64, d: i64) {
