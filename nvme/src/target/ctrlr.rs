@@ -134,7 +134,7 @@ impl Controller {
         opts: TransportOpts,
     ) -> Controller {
         let io_queues = opts.max_io_qpairs_per_ctrlr;
-        let c = Controller {
+        Controller {
             cntlid,
             subsys,
             hostnqn,
@@ -155,8 +155,7 @@ impl Controller {
                 ns_notice_masked: false,
                 queues: Vec::new(),
             }),
-        };
-        c
+        }
     }
 
     fn st(&self) -> MutexGuard<'_, CtrlState> {
