@@ -181,3 +181,65 @@ fn bad_reconnect_options_are_refused_by_name() {
     let b = connect("hbr3", &trid(&f), &opts(-1, 1, 0)).unwrap();
     assert_eq!(b.block_size(), BLOCK);
 }
+
+#[test]
+fn queue_depth_16_keeps_flowing_across_a_restart() {
+    let f = fixture();
+    let b = connect("hbr4", &trid(&f), &opts(30, 1, 0)).unwrap();
+    b.preconnect(1).unwrap();
+    let mut ch = b.open_channel().unwrap();
+    let bs = BLOCK as usize;
+    let mut next = 0u64;
+    let mut outstanding = 0usize;
+    let mut done = 0u64;
+    let mut errors = 0u64;
+    let mut restarted: Option<Arc<Target>> = None;
+    let t0 = Instant::now();
+    // 16 reads in flight all along; the target goes down after 500 completions and comes
+    // back; the run ends 2000 completions after the reconnect.
+    let mut after = 0u64;
+    let mut base: Option<u64> = None;
+    while after < 2000 {
+        assert!(
+            t0.elapsed() < T * 2,
+            "stalled: {done} done, {outstanding} outstanding, {after} after the restart"
+        );
+        while outstanding < 16 {
+            submit(&mut ch, IoOp::Read, next % 1000, 1, DmaBuf::alloc(bs), next);
+            next += 1;
+            outstanding += 1;
+        }
+        ch.poll(&mut |c| {
+            outstanding -= 1;
+            done += 1;
+            if c.result.is_err() {
+                errors += 1;
+            }
+        });
+        if done >= 500 && restarted.is_none() {
+            f.target.shutdown();
+            restarted = Some(restart(&f));
+        }
+        if b.reconnects() > 0 {
+            after = done - *base.get_or_insert(done);
+        }
+    }
+    // Drain: every submitted request is reported exactly once.
+    while outstanding > 0 {
+        assert!(t0.elapsed() < T * 2, "{outstanding} never completed");
+        ch.poll(&mut |c| {
+            outstanding -= 1;
+            done += 1;
+            if c.result.is_err() {
+                errors += 1;
+            }
+        });
+    }
+    assert_eq!(done, next, "completions vs submissions");
+    assert_eq!(ch.outstanding(), 0);
+    assert_eq!(errors, 0);
+    assert_eq!(b.reconnects(), 1);
+    drop(ch);
+    drop(b);
+    restarted.unwrap().shutdown();
+}

@@ -148,7 +148,9 @@ impl HostChannel {
         log::warn!("NVMe/TCP queue pair {} failed: {e}", q.qid);
         let (held, inflight, waiting) = (&mut self.held, &mut self.inflight, &mut self.waiting);
         let reconnect = self.reconnect;
-        let n = q.abort_outstanding(&mut |c| {
+        // Only what reaches `f` counts: requeued commands are still outstanding.
+        let mut n = 0;
+        q.abort_outstanding(&mut |c| {
             let cid = usize::from(c.cqe.cid);
             let aborted = c.status().same_code(Status::ABORTED_SQ_DELETION);
             match inflight.get_mut(cid).and_then(Option::take) {
@@ -167,7 +169,10 @@ impl HostChannel {
                         user_data: p.user,
                     });
                 }
-                _ => Self::complete(held, inflight, c, f),
+                _ => {
+                    n += 1;
+                    Self::complete(held, inflight, c, f);
+                }
             }
         });
         q.close();
