@@ -142,14 +142,15 @@ impl HostChannel {
         None
     }
 
-    /// The queue pair failed with `e`: requeue what it never answered (reconnect) or fail it.
-    fn lost(&mut self, e: &HostError, f: &mut dyn FnMut(IoCompletion)) -> usize {
-        let Some(mut q) = self.q.take() else { return 0 };
+    /// The queue pair failed with `e`: requeue what it never answered (reconnect) or fail
+    /// it. What completes goes to `errors` (preallocated), reported by the next poll;
+    /// requeued commands stay outstanding.
+    fn lost(&mut self, e: &HostError) {
+        let Some(mut q) = self.q.take() else { return };
         log::warn!("NVMe/TCP queue pair {} failed: {e}", q.qid);
-        let (held, inflight, waiting) = (&mut self.held, &mut self.inflight, &mut self.waiting);
+        let (held, inflight, waiting, errors) =
+            (&mut self.held, &mut self.inflight, &mut self.waiting, &mut self.errors);
         let reconnect = self.reconnect;
-        // Only what reaches `f` counts: requeued commands are still outstanding.
-        let mut n = 0;
         q.abort_outstanding(&mut |c| {
             let cid = usize::from(c.cqe.cid);
             let aborted = c.status().same_code(Status::ABORTED_SQ_DELETION);
@@ -169,21 +170,27 @@ impl HostChannel {
                         user_data: p.user,
                     });
                 }
-                _ => {
-                    n += 1;
-                    Self::complete(held, inflight, c, f);
-                }
+                _ => Self::complete(held, inflight, c, &mut |done| errors.push_back(done)),
             }
         });
         q.close();
         if !self.reconnect {
             self.failed = Some(e.to_string());
-            return n;
+            return;
         }
         if self.gen == self.shared.generation.load(Ordering::Acquire) {
             self.shared.qpair_failed.store(true, Ordering::Release);
         }
         self.shared.wanted.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Reports the queued error completions through `f`; returns how many.
+    fn drain_errors(&mut self, f: &mut dyn FnMut(IoCompletion)) -> usize {
+        let mut n = 0;
+        while let Some(c) = self.errors.pop_front() {
+            f(c);
+            n += 1;
+        }
         n
     }
 
@@ -268,9 +275,7 @@ impl HostChannel {
                 if e == HostError::QueueFull {
                     return Err(io);
                 }
-                let mut sink = Vec::new();
-                self.lost(&e, &mut |c| sink.push(c));
-                self.errors.extend(sink);
+                self.lost(&e);
                 if self.reconnect {
                     self.waiting.push_back(io);
                 } else {
@@ -307,11 +312,7 @@ impl ChannelBackend for HostChannel {
     }
 
     fn poll(&mut self, f: &mut dyn FnMut(IoCompletion)) -> usize {
-        let mut n = 0;
-        while let Some(c) = self.errors.pop_front() {
-            f(c);
-            n += 1;
-        }
+        let n = self.drain_errors(f);
         if self.failed.is_some() {
             return n;
         }
@@ -320,11 +321,7 @@ impl ChannelBackend for HostChannel {
                 while let Some(mut io) = self.waiting.pop_front() {
                     self.error(&mut io, why.clone());
                 }
-                while let Some(c) = self.errors.pop_front() {
-                    f(c);
-                    n += 1;
-                }
-                return n;
+                return n + self.drain_errors(f);
             }
             self.try_resume();
         }
@@ -332,7 +329,10 @@ impl ChannelBackend for HostChannel {
         let (held, inflight) = (&mut self.held, &mut self.inflight);
         match q.poll(&mut |c| Self::complete(held, inflight, c, f)) {
             Ok(k) => n + k,
-            Err(e) => n + self.lost(&e, f),
+            Err(e) => {
+                self.lost(&e);
+                n + self.drain_errors(f)
+            }
         }
     }
 }
