@@ -38,6 +38,15 @@ cargo test --workspace --release --no-fail-fast -- --test-threads=2
 # coverage-guided run (stable Rust, no cargo-fuzz needed; docs/fuzzing.md).
 echo "== ci/fuzz.sh"
 bash ci/fuzz.sh
+# SPDK's own rpc.py (PyPI `spdk`, in a virtualenv) against `baton target`.
+echo "== ci/spdk-rpc.sh"
+bash ci/spdk-rpc.sh
+# The Linux kernel's NVMe/TCP initiator against baton's target in a QEMU/TCG guest
+# (about 3 minutes here; BATON_SKIP_GUEST=1 skips it on a machine without QEMU or root).
+if [ "${BATON_SKIP_GUEST:-0}" != 1 ]; then
+  echo "== ci/nvme-tcp-e2e.sh"
+  bash ci/nvme-tcp-e2e.sh
+fi
 
 # The buffer pools and the malloc bdev map 2 MiB hugepages when some are reserved and
 # 4 KiB pages otherwise; the run above took whichever this machine has. Run the engine's

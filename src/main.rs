@@ -145,6 +145,17 @@ struct PerfArgs {
     /// Check data: stamp writes with LBA and generation, verify reads.
     #[arg(long)]
     verify: bool,
+    /// With -r: keep reconnecting a lost target for this many seconds (-1 forever, 0 never),
+    /// SPDK bdev_nvme's ctrlr_loss_timeout_sec.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    ctrlr_loss_timeout_sec: i32,
+    /// With -r: seconds between reconnect attempts (SPDK's reconnect_delay_sec).
+    #[arg(long, default_value_t = 0)]
+    reconnect_delay_sec: u32,
+    /// With -r: seconds after which I/O waiting for a reconnect fails (0: it waits);
+    /// SPDK's fast_io_fail_timeout_sec.
+    #[arg(long, default_value_t = 0)]
+    fast_io_fail_timeout_sec: u32,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -320,9 +331,15 @@ struct TargetArgs {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().filter_or("BATON_LOG", "info"))
+    // Without BATON_LOG the logger passes everything up to debug and the level is capped at
+    // info, so `log_set_level DEBUG` (JSON-RPC) can raise it at run time.
+    let explicit = std::env::var_os("BATON_LOG").is_some();
+    env_logger::Builder::from_env(env_logger::Env::default().filter_or("BATON_LOG", "debug"))
         .format_timestamp_micros()
         .init();
+    if !explicit {
+        log::set_max_level(log::LevelFilter::Info);
+    }
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Demo(a) => demo::run(a),
@@ -456,7 +473,12 @@ fn perf_cmd(a: PerfArgs) -> Result<(), AnyErr> {
     let mut infos = Vec::new();
     let mut run = || -> Result<(), AnyErr> {
         for (i, t) in targets.iter().enumerate() {
-            let built = perf_targets::build(t, i, workers.len(), a.queue_depth, &ro)?;
+            let reconnect = nvme::host::bdev::ReconnectOpts {
+                ctrlr_loss_timeout_sec: a.ctrlr_loss_timeout_sec,
+                reconnect_delay_sec: a.reconnect_delay_sec,
+                fast_io_fail_timeout_sec: a.fast_io_fail_timeout_sec,
+            };
+            let built = perf_targets::build(t, i, workers.len(), a.queue_depth, &ro, reconnect)?;
             let quiet = a.json;
             let results = perf::run_bdev_on(
                 &reactors,

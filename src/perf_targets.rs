@@ -178,13 +178,21 @@ fn base_label(b: &Base) -> String {
 
 /// Creates target `t` as bdev number `i` for a workload of `workers` cores at queue depth
 /// `qd`. Blocks (connects, starts relays).
-pub fn build(t: &Target, i: usize, workers: usize, qd: u32, ro: &ReplOpts) -> Result<Built, AnyErr> {
+pub fn build(
+    t: &Target,
+    i: usize,
+    workers: usize,
+    qd: u32,
+    ro: &ReplOpts,
+    reconnect: nvme::host::bdev::ReconnectOpts,
+) -> Result<Built, AnyErr> {
     let name = format!("perf{i}");
     let base: Arc<dyn Bdev> = match &t.base {
         Base::Bdev(spec) => perf::spec::create_bdev(&name, spec)?,
         Base::Nvme(trid) => {
             let opts = HostBdevOpts {
                 queue_entries: u16::try_from(qd.max(2)).unwrap_or(u16::MAX),
+                reconnect,
                 ..HostBdevOpts::default()
             };
             let b: Arc<NvmeHostBdev> =

@@ -142,6 +142,92 @@ fn perf_drives_nvme_tcp_target_with_verify() {
     t.shutdown();
 }
 
+/// A new target on `addr` serving `nqn` over the same bdev (its data survives, as a
+/// restarted target's would on persistent storage).
+fn restart_target(nqn: &str, bdev: &str, addr: SocketAddr) -> std::sync::Arc<nvme::target::Target> {
+    let t = nvme::target::Target::new();
+    t.create_subsystem(nvme::target::SubsystemParams {
+        nqn: nqn.to_string(),
+        allow_any_host: true,
+        ..Default::default()
+    })
+    .unwrap();
+    t.add_namespace(nqn, bdev, None, None).unwrap();
+    let t0 = Instant::now();
+    while let Err(e) = t.add_listener(nqn, addr) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "cannot listen on {addr} again: {e}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t
+}
+
+#[test]
+fn perf_rides_through_a_target_restart_with_reconnect() {
+    let (t, nqn, addr, b) = nvme_target("restart");
+    let trid = format!(
+        "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{} subnqn:{nqn} ns:1",
+        addr.port()
+    );
+    let restarter = {
+        let (nqn, bdev, b) = (nqn.clone(), b.name().to_string(), b.clone());
+        std::thread::spawn(move || {
+            // Once perf has I/O going, take the target down and bring it back.
+            let t0 = Instant::now();
+            while b.io_stats().num_write_ops < 2000 {
+                assert!(t0.elapsed() < Duration::from_secs(60), "perf never started");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            t.shutdown();
+            let t2 = restart_target(&nqn, &bdev, addr);
+            // The host reconnects: a live controller appears on the new target.
+            let t0 = Instant::now();
+            loop {
+                let live = t2
+                    .subsystem(&nqn)
+                    .unwrap()
+                    .state()
+                    .controllers
+                    .iter()
+                    .any(|c| c.strong_count() > 0);
+                if live {
+                    break;
+                }
+                assert!(t0.elapsed() < Duration::from_secs(60), "the host never reconnected");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            t2
+        })
+    };
+    let (_, v) = perf(&[
+        "-r",
+        &trid,
+        "-w",
+        "randrw",
+        "--verify",
+        "-q",
+        "16",
+        "-t",
+        "4",
+        "--warmup",
+        "0",
+        "-m",
+        "0x1",
+        "--ctrlr-loss-timeout-sec",
+        "30",
+        "--reconnect-delay-sec",
+        "1",
+    ]);
+    let t2 = restarter.join().expect("restart thread");
+    let total = &v["total"];
+    assert!(total["ios"].as_u64().unwrap() > 2000, "{v}");
+    assert_eq!(total["errors"], 0, "{v}");
+    assert_eq!(total["verify_failures"], 0, "{v}");
+    t2.shutdown();
+}
+
 #[test]
 fn perf_rejects_bad_transport_ids() {
     for (trid, word) in [

@@ -41,7 +41,7 @@ fn connect_identify_and_basic_io() {
     write_read(&mut q, 100, 8, 2);
     write_read(&mut q, BLOCKS - 16, 16, 3); // 8 KiB: in-capsule
     write_read(&mut q, 1000, 64, 4); // 32 KiB: R2T
-    write_read(&mut q, 2000, 256, 5); // 128 KiB: MDTS
+    write_read(&mut q, 2000, 256, 5); // 128 KiB: one large buffer
     c.disconnect();
 }
 
@@ -90,9 +90,9 @@ fn io_errors_have_spec_statuses() {
     );
     assert!(st(&mut q, cmd::write(1, BLOCKS, 1), Data::ToCtrl(DmaBuf::alloc(512))).same_code(Status::LBA_OUT_OF_RANGE));
     assert!(st(&mut q, cmd::read(2, 0, 1), Data::FromCtrl(DmaBuf::alloc(512))).same_code(Status::INVALID_NAMESPACE));
-    // Above MDTS (128 KiB).
+    // Above MDTS (1 MiB by default; the edges are in tests/mdts.rs).
     assert!(
-        st(&mut q, cmd::read(1, 0, 512), Data::FromCtrl(DmaBuf::alloc(512 * 512))).same_code(Status::INVALID_FIELD)
+        st(&mut q, cmd::read(1, 0, 4096), Data::FromCtrl(DmaBuf::alloc(4096 * 512))).same_code(Status::INVALID_FIELD)
     );
     // Buffer (SGL length) shorter than the blocks.
     assert!(

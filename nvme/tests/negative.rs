@@ -538,12 +538,13 @@ fn connect_errors_name_the_bad_field() {
     assert!(c.status().same_code(Status::CONNECT_INVALID_HOST));
     let c = r.connect("nqn.2016-06.io.baton:nope", &default_host(), 0, 0xFFFF);
     assert!(c.status().same_code(Status::CONNECT_INVALID_PARAMETERS));
-    assert_eq!(c.dw0, (256 << 16) | 1);
+    // IPO in bits 15:0, IATTR in bit 16, as the Linux target and SPDK answer.
+    assert_eq!(c.dw0, (1 << 16) | 256);
     // I/O queue for a controller that does not exist.
     f.target.allow_any_host(&f.nqn, true).unwrap();
     let c = r.connect(&f.nqn, &default_host(), 1, 0x1234);
     assert!(c.status().same_code(Status::CONNECT_INVALID_PARAMETERS));
-    assert_eq!(c.dw0, (16 << 16) | 1);
+    assert_eq!(c.dw0, (1 << 16) | 16);
     // Via the host library: not allowed.
     f.target.allow_any_host(&f.nqn, false).unwrap();
     let e = Controller::connect(f.addr, &f.nqn, &opts()).err().unwrap();

@@ -11,19 +11,22 @@
 //! channel on a reactor does not block it; a channel opened without one connects inline
 //! (blocking that reactor for the handshake, logged).
 //!
-//! A queue pair that fails (target gone, protocol error) completes everything in flight with
-//! an I/O error and every later request too; it does not reconnect.
+//! A lost controller (admin queue or an I/O queue pair failed: target gone, killed,
+//! starved) is reconnected by the keep-alive thread as SPDK's `bdev_nvme` does, under
+//! [`ReconnectOpts`] (`ctrlr_loss_timeout_sec`, `reconnect_delay_sec`,
+//! `fast_io_fail_timeout_sec`; the rules are in `reconnect.rs`); the channels keep the
+//! I/O the dead queue pairs never answered and resubmit it on new queue pairs
+//! (`channel.rs`). With the default (`ctrlr_loss_timeout_sec` 0) a failed queue pair
+//! completes everything in flight with an I/O error and every later request too.
 
+use super::channel::{HostChannel, Shared};
+pub use super::reconnect::ReconnectOpts;
+use super::reconnect::{Recovery, Step};
 use super::trid::TransportId;
-use super::{cmd, Controller, Data, HostCompletion, HostError, HostOpts, Qpair};
+use super::{Controller, HostError, HostOpts, Qpair};
+use crate::spec::fabrics;
 use crate::spec::log::SUBTYPE_NVME;
-use crate::spec::{fabrics, Sqe, Status};
-use engine::bdev::{
-    Bdev, BdevChannel, BdevError, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, IoStats, StatsSet,
-    CHANNEL_QUEUE_DEPTH_MAX,
-};
-use engine::buf::DmaBuf;
-use std::collections::VecDeque;
+use engine::bdev::{Bdev, BdevChannel, BdevError, Geometry, IoOp, IoStats, StatsSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,6 +44,8 @@ pub struct HostBdevOpts {
     pub host: HostOpts,
     /// Entries per I/O queue pair (capped at the controller's MQES + 1).
     pub queue_entries: u16,
+    /// Reconnecting a lost controller (default: never, as in SPDK).
+    pub reconnect: ReconnectOpts,
 }
 
 impl Default for HostBdevOpts {
@@ -48,6 +53,7 @@ impl Default for HostBdevOpts {
         HostBdevOpts {
             host: HostOpts::default(),
             queue_entries: 1024,
+            reconnect: ReconnectOpts::default(),
         }
     }
 }
@@ -67,6 +73,8 @@ pub struct NvmeHostBdev {
     stats: StatsSet,
     stop: Arc<AtomicBool>,
     ka: Mutex<Option<std::thread::JoinHandle<()>>>,
+    shared: Arc<Shared>,
+    reconnect: ReconnectOpts,
 }
 
 /// Connects to the namespace `trid` names (through the discovery service when it names no
@@ -78,6 +86,9 @@ pub fn connect(name: &str, trid: &TransportId, opts: &HostBdevOpts) -> Result<Ar
         host.hostnqn = h.clone();
     }
     let addr = trid.socket_addr().map_err(|e| HostError::Invalid(e.to_string()))?;
+    opts.reconnect
+        .validate()
+        .map_err(|e| HostError::Invalid(e.to_string()))?;
     let (addr, subnqn) = match &trid.subnqn {
         Some(n) => (addr, n.clone()),
         None => {
@@ -119,30 +130,25 @@ pub fn connect(name: &str, trid: &TransportId, opts: &HostBdevOpts) -> Result<Ar
     if uuid == [0; 16] {
         uuid = engine::bdev::new_uuid();
     }
+    let queue_entries = c.opts.io_queue_entries;
     let ctrlr = Arc::new(Mutex::new(Some(c)));
     let stop = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(Shared::default());
     let ka = {
-        let (ctrlr, stop) = (ctrlr.clone(), stop.clone());
-        let name = name.to_string();
+        let x = Keeper {
+            name: name.to_string(),
+            addr,
+            subnqn: subnqn.clone(),
+            host,
+            queue_entries,
+            ctrlr: ctrlr.clone(),
+            shared: shared.clone(),
+            stop: stop.clone(),
+            opts: opts.reconnect,
+        };
         std::thread::Builder::new()
             .name(format!("{name}-ka"))
-            .spawn(move || {
-                let mut failed = false;
-                while !stop.load(Ordering::Relaxed) {
-                    let r = ctrlr
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .as_mut()
-                        .map(|c| c.tick());
-                    if let Some(Err(e)) = r {
-                        if !failed {
-                            log::warn!("bdev {name}: admin queue: {e}");
-                        }
-                        failed = true;
-                    }
-                    std::thread::sleep(TICK);
-                }
-            })
+            .spawn(move || x.run())
             .map_err(|e| HostError::Io(format!("keep-alive thread: {e}")))?
     };
     Ok(Arc::new(NvmeHostBdev {
@@ -158,7 +164,126 @@ pub fn connect(name: &str, trid: &TransportId, opts: &HostBdevOpts) -> Result<Ar
         stats: StatsSet::default(),
         stop,
         ka: Mutex::new(Some(ka)),
+        shared,
+        reconnect: opts.reconnect,
     }))
+}
+
+/// The keep-alive thread: ticks the admin queue, notices a lost controller, reconnects it
+/// under the [`ReconnectOpts`], and connects queue pairs for the channels waiting for one.
+struct Keeper {
+    name: String,
+    addr: SocketAddr,
+    subnqn: String,
+    host: HostOpts,
+    queue_entries: u16,
+    ctrlr: Arc<Mutex<Option<Controller>>>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    opts: ReconnectOpts,
+}
+
+impl Keeper {
+    fn run(self) {
+        let mut rec = Recovery::new(self.opts);
+        let mut warned = false;
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = engine::clock::now_ns();
+            if rec.is_lost() {
+                self.recover(&mut rec, now);
+            } else if let Err(why) = self.tick() {
+                if self.opts.reconnects() {
+                    log::warn!(
+                        "bdev {}: controller lost ({why}); reconnecting every {} s for up to {} s",
+                        self.name,
+                        self.opts.reconnect_delay_sec,
+                        self.opts.ctrlr_loss_timeout_sec
+                    );
+                    if let Some(c) = self.ctrlr.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                        c.admin.close(); // no CC.SHN: the controller is gone
+                    }
+                    self.drop_replacements();
+                    rec.lost(now);
+                } else if !warned {
+                    log::warn!("bdev {}: admin queue: {why}", self.name);
+                    warned = true;
+                }
+            }
+            std::thread::sleep(TICK);
+        }
+    }
+
+    /// Keep-alive and AENs; connects queue pairs for waiting channels. Err: the controller
+    /// is lost (admin queue failed, or a channel's queue pair of this controller did).
+    fn tick(&self) -> Result<(), String> {
+        let mut g = self.ctrlr.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(c) = g.as_mut() else { return Ok(()) };
+        c.tick().map_err(|e| e.to_string())?;
+        if self.shared.qpair_failed.swap(false, Ordering::AcqRel) {
+            return Err("an I/O queue pair failed".into());
+        }
+        let gen = self.shared.generation.load(Ordering::Acquire);
+        let wanted = self.shared.wanted.load(Ordering::Acquire);
+        let have = self.shared.replacements.lock().unwrap_or_else(|e| e.into_inner()).len();
+        for _ in have..wanted {
+            let q = c
+                .create_io_qpair()
+                .map_err(|e| format!("I/O queue pair connect: {e}"))?;
+            self.shared
+                .replacements
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((gen, q));
+        }
+        Ok(())
+    }
+
+    fn drop_replacements(&self) {
+        let old: Vec<_> = std::mem::take(&mut *self.shared.replacements.lock().unwrap_or_else(|e| e.into_inner()));
+        for (_, q) in old {
+            q.close();
+        }
+    }
+
+    /// Lost: attempt, wait or give up, and tell the channels whether I/O may wait.
+    fn recover(&self, rec: &mut Recovery, now: u64) {
+        match rec.step(now) {
+            Step::Wait => {}
+            Step::GiveUp => {
+                if !self.shared.dead.swap(true, Ordering::AcqRel) {
+                    log::error!(
+                        "bdev {}: controller {} at {} not back within ctrlr_loss_timeout_sec ({} s): failing its I/O",
+                        self.name,
+                        self.subnqn,
+                        self.addr,
+                        self.opts.ctrlr_loss_timeout_sec
+                    );
+                }
+            }
+            Step::Attempt => match Controller::connect(self.addr, &self.subnqn, &self.host) {
+                Ok(mut c) => {
+                    c.opts.io_queue_entries = self.queue_entries;
+                    *self.ctrlr.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+                    self.shared.qpair_failed.store(false, Ordering::Release);
+                    self.shared.generation.fetch_add(1, Ordering::AcqRel);
+                    self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                    log::info!(
+                        "bdev {}: reconnected to {} after {} failed attempt(s)",
+                        self.name,
+                        self.subnqn,
+                        rec.attempts
+                    );
+                    rec.reconnected();
+                }
+                Err(e) => {
+                    rec.attempt_failed(now);
+                    log::info!("bdev {}: reconnect attempt {} failed: {e}", self.name, rec.attempts);
+                }
+            },
+        }
+        let dead = self.shared.dead.load(Ordering::Acquire);
+        self.shared.fail_io.store(dead || rec.fail_io(now), Ordering::Release);
+    }
 }
 
 impl NvmeHostBdev {
@@ -195,6 +320,21 @@ impl NvmeHostBdev {
         self.addr
     }
 
+    /// Whether the controller is connected now (false while reconnecting or given up).
+    pub fn connected(&self) -> bool {
+        self.ctrlr.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// Successful reconnects of the controller so far.
+    pub fn reconnects(&self) -> u64 {
+        self.shared.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// The reconnect options in force.
+    pub fn reconnect_opts(&self) -> ReconnectOpts {
+        self.reconnect
+    }
+
     /// Entries of each I/O queue pair.
     pub fn queue_entries(&self) -> u16 {
         self.ctrlr
@@ -212,6 +352,15 @@ impl Drop for NvmeHostBdev {
             let _ = h.join();
         }
         for q in self.spare.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            q.close();
+        }
+        for (_, q) in self
+            .shared
+            .replacements
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             q.close();
         }
         // Orderly shutdown (CC.SHN); open channels keep their own connections until closed.
@@ -246,25 +395,27 @@ impl Bdev for NvmeHostBdev {
     fn open_channel(&self) -> Result<BdevChannel, BdevError> {
         let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let q = match spare {
-            Some(q) => q,
+            Some(q) => Some(q),
             None => {
                 log::info!("bdev {}: connecting an I/O queue pair inline", self.name);
-                self.new_qpair()
-                    .map_err(|e| BdevError::Channel(format!("{}: {e}", self.subnqn)))?
+                match self.new_qpair() {
+                    Ok(q) => Some(q),
+                    // Reconnecting: the channel waits for a queue pair from the keep-alive thread.
+                    Err(_) if self.reconnect.reconnects() && !self.shared.dead.load(Ordering::Acquire) => None,
+                    Err(e) => return Err(BdevError::Channel(format!("{}: {e}", self.subnqn))),
+                }
             }
         };
-        let depth = q.depth();
         Ok(BdevChannel::new(
             &self.name,
             Geometry::new(self.block_size, self.num_blocks, 1, &OPS),
             self.stats.new_channel(),
-            Box::new(HostChannel {
+            Box::new(HostChannel::new(
                 q,
-                nsid: self.nsid,
-                failed: None,
-                errors: VecDeque::with_capacity(CHANNEL_QUEUE_DEPTH_MAX),
-                held: (0..depth).map(|_| None).collect(),
-            }),
+                self.nsid,
+                self.shared.clone(),
+                self.reconnect.reconnects(),
+            )),
         ))
     }
     fn io_stats(&self) -> IoStats {
@@ -282,145 +433,5 @@ impl Bdev for NvmeHostBdev {
                 "nsid": self.nsid,
             }
         })
-    }
-}
-
-/// One reactor's queue pair.
-struct HostChannel {
-    q: Qpair,
-    nsid: u32,
-    /// Why the queue pair failed; every request from then on completes with an error.
-    failed: Option<String>,
-    /// Error completions waiting for the next poll (never inline).
-    errors: VecDeque<IoCompletion>,
-    /// Caller buffers of commands that carry none on the wire (flush, write zeroes) or
-    /// another (unmap's range list), by CID, handed back at completion.
-    held: Vec<Option<DmaBuf>>,
-}
-
-fn io_error(s: Status) -> BdevError {
-    BdevError::Io(format!("NVMe status {s}"))
-}
-
-impl HostChannel {
-    fn fail(&mut self, e: &HostError) {
-        if self.failed.is_none() {
-            log::warn!("NVMe/TCP queue pair {} failed: {e}", self.q.qid);
-            self.failed = Some(e.to_string());
-        }
-    }
-
-    fn complete(held: &mut [Option<DmaBuf>], c: HostCompletion, f: &mut dyn FnMut(IoCompletion)) {
-        let st = c.status();
-        let buf = match held.get_mut(usize::from(c.cqe.cid)).and_then(Option::take) {
-            Some(b) => Some(b),
-            None if c.user & UNMAP_TAG != 0 => None,
-            None => c.buf,
-        };
-        f(IoCompletion {
-            user_data: c.user & !UNMAP_TAG,
-            result: if st.is_success() { Ok(()) } else { Err(io_error(st)) },
-            buf,
-        })
-    }
-}
-
-/// Marks tokens of commands whose wire buffer is ours (unmap ranges), not the caller's.
-/// The engine's callers use small slot indices as tokens; a token with this bit set is
-/// refused up front (see `submit`).
-const UNMAP_TAG: u64 = 1 << 63;
-
-impl ChannelBackend for HostChannel {
-    fn submit(&mut self, mut io: IoRequest) -> Result<(), IoRequest> {
-        if self.failed.is_some() || io.user_data & UNMAP_TAG != 0 {
-            if self.errors.len() == self.errors.capacity() {
-                return Err(io);
-            }
-            let why = match &self.failed {
-                Some(f) => format!("queue pair failed: {f}"),
-                None => "user_data with bit 63 set is reserved by the NVMe/TCP bdev".into(),
-            };
-            self.errors.push_back(IoCompletion {
-                user_data: io.user_data,
-                result: Err(BdevError::Io(why)),
-                buf: io.buf.take(),
-            });
-            return Ok(());
-        }
-        let (slba, nlb) = (io.offset_blocks, io.num_blocks);
-        let (sqe, data, keep, token): (Sqe, Data, Option<DmaBuf>, u64) = match io.op {
-            // The channel wrapper checked that reads and writes carry a buffer.
-            IoOp::Read => (
-                cmd::read(self.nsid, slba, nlb),
-                io.buf.take().map_or(Data::None, Data::FromCtrl),
-                None,
-                io.user_data,
-            ),
-            IoOp::Write => (
-                cmd::write(self.nsid, slba, nlb),
-                io.buf.take().map_or(Data::None, Data::ToCtrl),
-                None,
-                io.user_data,
-            ),
-            IoOp::Flush => (cmd::flush(self.nsid), Data::None, io.buf.take(), io.user_data),
-            IoOp::WriteZeroes => (
-                cmd::write_zeroes(self.nsid, slba, nlb),
-                Data::None,
-                io.buf.take(),
-                io.user_data,
-            ),
-            IoOp::Unmap => (
-                cmd::deallocate(self.nsid, 1),
-                // Management-rate op: the 16-byte range list is allocated here.
-                Data::ToCtrl(cmd::dsm_ranges(&[(slba, nlb)])),
-                io.buf.take(),
-                io.user_data | UNMAP_TAG,
-            ),
-        };
-        match self.q.submit(sqe, data, token) {
-            Ok(cid) => {
-                if let Some(slot) = self.held.get_mut(usize::from(cid)) {
-                    *slot = keep;
-                }
-                Ok(())
-            }
-            Err((e, data)) => {
-                let buf = match data {
-                    Data::ToCtrl(b) | Data::FromCtrl(b) if io.op != IoOp::Unmap => Some(b),
-                    _ => keep,
-                };
-                if e == HostError::QueueFull {
-                    io.buf = buf;
-                    return Err(io);
-                }
-                self.fail(&e);
-                self.errors.push_back(IoCompletion {
-                    user_data: io.user_data,
-                    result: Err(BdevError::Io(e.to_string())),
-                    buf,
-                });
-                Ok(())
-            }
-        }
-    }
-
-    fn poll(&mut self, f: &mut dyn FnMut(IoCompletion)) -> usize {
-        let mut n = 0;
-        while let Some(c) = self.errors.pop_front() {
-            f(c);
-            n += 1;
-        }
-        if self.failed.is_some() {
-            return n;
-        }
-        let held = &mut self.held;
-        match self.q.poll(&mut |c| Self::complete(held, c, f)) {
-            Ok(k) => n + k,
-            Err(e) => {
-                self.fail(&e);
-                let held = &mut self.held;
-                n + self.q.abort_outstanding(&mut |c| Self::complete(held, c, f))
-            }
-        }
     }
 }

@@ -6,7 +6,9 @@
 //! helpers block (management threads); [`Qpair::submit`] / [`Qpair::poll`] never do.
 
 pub mod bdev;
+mod channel;
 pub mod qpair;
+pub mod reconnect;
 pub mod trid;
 
 pub use qpair::{Data, HostCompletion, Qpair};

@@ -63,10 +63,16 @@ impl ConnectCmd {
     }
 }
 
-/// In Connect's error completion, DW0 says where the bad parameter was:
-/// IATTR bit 0 (1 = in the Connect data, 0 = in the SQE), IPO in bits 31:16 (byte offset).
+/// In Connect's error completion, DW0 says where the bad parameter was: IPO (the byte
+/// offset) in bits 15:0, IATTR in bit 16 (1 = in the Connect data, 0 = in the SQE). A bad
+/// SUBNQN is IATTR 1, IPO 256; an unknown CNTLID IATTR 1, IPO 16.
 pub fn connect_invalid_param_dw0(in_data: bool, offset: u16) -> u32 {
-    (u32::from(offset) << 16) | u32::from(in_data)
+    (u32::from(in_data) << 16) | u32::from(offset)
+}
+
+/// Splits a Connect "Invalid Parameters" DW0 into (IATTR set, IPO).
+pub fn connect_invalid_param_fields(dw0: u32) -> (bool, u16) {
+    (dw0 & (1 << 16) != 0, dw0 as u16)
 }
 
 /// Property offsets (controller "registers" on fabrics).
@@ -154,6 +160,15 @@ mod tests {
         assert_eq!(offset_of!(ConnectData, cntlid), 16);
         assert_eq!(offset_of!(ConnectData, subnqn), 256);
         assert_eq!(offset_of!(ConnectData, hostnqn), 512);
+    }
+
+    #[test]
+    fn invalid_param_dw0_has_ipo_low_and_iattr_at_bit_16() {
+        // What the Linux target and SPDK answer for a bad SUBNQN: IATTR 1, IPO 256.
+        assert_eq!(connect_invalid_param_dw0(true, 256), 0x0001_0100);
+        assert_eq!(connect_invalid_param_dw0(false, 44), 44);
+        assert_eq!(connect_invalid_param_fields(0x0001_0010), (true, 16));
+        assert_eq!(connect_invalid_param_fields(42), (false, 42));
     }
 
     #[test]

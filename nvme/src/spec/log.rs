@@ -122,6 +122,8 @@ pub const SUBTYPE_DISCOVERY: u8 = 1;
 pub const SUBTYPE_NVME: u8 = 2;
 /// TREQ: secure channel not required.
 pub const TREQ_SECURE_CHANNEL_NOT_REQUIRED: u8 = 0x02;
+/// TREQ: a secure channel is required.
+pub const TREQ_SECURE_CHANNEL_REQUIRED: u8 = 0x01;
 /// CNTLID meaning "dynamic controller model".
 pub const CNTLID_DYNAMIC: u16 = 0xFFFF;
 

@@ -6,6 +6,7 @@
 //! shared state sits behind one lock that only the admin path and Connect take. The data
 //! path reads only the `failed` flag (one relaxed atomic load per poll).
 
+use super::keepalive::KeepAlive;
 use super::restart::RESTART_TAG_BYTES_MAX;
 use super::tcp::{IN_CAPSULE_DATA_BYTES, MAX_IO_BYTES};
 use super::{Subsystem, SubsystemKind, Target, TransportOpts};
@@ -16,7 +17,7 @@ use crate::spec::log::{self as logpage, lid, DiscoveryLogEntry, DiscoveryLogHead
 use crate::spec::{put_str, Plain, Sqe, Status};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// NVMe version reported in VS and Identify (1.3.0).
@@ -27,8 +28,11 @@ pub const AER_MAX: usize = 4;
 pub const ABORT_MAX: u8 = 4;
 /// CAP.TO: worst-case time to ready, in 500 ms units.
 const CAP_TO_500MS: u64 = 30;
-/// Keep alive granularity reported in KAS, 100 ms units.
-const KAS_100MS: u16 = 10;
+/// Keep alive granularity reported in KAS, 100 ms units: the timer is checked on every poll
+/// of the admin queue, so KATO is used as given (no rounding).
+const KAS_100MS: u16 = 1;
+/// CTRATT bit 6: Traffic Based Keep Alive Support (commands restart the keep-alive timer).
+pub const CTRATT_TBKAS: u32 = 1 << 6;
 /// Firmware revision string.
 const FIRMWARE_REVISION: &str = "0.1.0";
 
@@ -88,6 +92,21 @@ struct CtrlState {
     events: VecDeque<u32>,
     /// A namespace-changed notice was sent and the host has not read log 04h yet.
     ns_notice_masked: bool,
+    /// The connected queues (admin and I/O), for management queries.
+    queues: Vec<QueueInfo>,
+}
+
+/// One connected queue of a controller, as management reports it
+/// (`nvmf_subsystem_get_qpairs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueInfo {
+    pub qid: u16,
+    /// The listener address the queue connected to.
+    pub listen: SocketAddr,
+    /// The host's address.
+    pub peer: SocketAddr,
+    /// The reactor (poll group) serving it.
+    pub core: u32,
 }
 
 /// One controller. Shared (`Arc`) by the connections of its admin and I/O queues.
@@ -96,10 +115,10 @@ pub struct Controller {
     pub subsys: Arc<Subsystem>,
     pub hostnqn: String,
     pub hostid: [u8; 16],
-    /// Keep alive timeout in ms; 0 = disabled. Set by Connect, changed by Set Features 0Fh.
-    kato_ms: AtomicU32,
+    /// Keep-alive timer: KATO from Connect (changed by Set Features 0Fh), restarted by Keep
+    /// Alive and by commands on any queue.
+    pub(crate) ka: KeepAlive,
     opts: TransportOpts,
-    ka_deadline_ns: AtomicU64,
     failed: AtomicBool,
     events_pending: AtomicBool,
     st: Mutex<CtrlState>,
@@ -115,14 +134,13 @@ impl Controller {
         opts: TransportOpts,
     ) -> Controller {
         let io_queues = opts.max_io_qpairs_per_ctrlr;
-        let c = Controller {
+        Controller {
             cntlid,
             subsys,
             hostnqn,
             hostid,
-            kato_ms: AtomicU32::new(kato_ms),
+            ka: KeepAlive::new(kato_ms, engine::clock::now_ns()),
             opts,
-            ka_deadline_ns: AtomicU64::new(u64::MAX),
             failed: AtomicBool::new(false),
             events_pending: AtomicBool::new(false),
             st: Mutex::new(CtrlState {
@@ -135,10 +153,9 @@ impl Controller {
                 changed_ns_overflow: false,
                 events: VecDeque::new(),
                 ns_notice_masked: false,
+                queues: Vec::new(),
             }),
-        };
-        c.keep_alive();
-        c
+        }
     }
 
     fn st(&self) -> MutexGuard<'_, CtrlState> {
@@ -167,21 +184,52 @@ impl Controller {
 
     /// Keep alive timeout in ms (0 = disabled).
     pub fn kato_ms(&self) -> u32 {
-        self.kato_ms.load(Ordering::Relaxed)
+        self.ka.kato_ms()
     }
 
-    /// Restarts the keep-alive timer (Keep Alive command, and at creation).
-    pub fn keep_alive(&self) {
-        let kato = self.kato_ms();
-        if kato > 0 {
-            let deadline = engine::clock::now_ns().saturating_add(u64::from(kato) * 1_000_000);
-            self.ka_deadline_ns.store(deadline, Ordering::Relaxed);
-        }
+    /// Restarts the keep-alive timer at `now_ns` (Keep Alive command; commands on any queue
+    /// do it through [`super::keepalive::TrafficNote`]).
+    pub fn keep_alive(&self, now_ns: u64) {
+        self.ka.alive(now_ns);
     }
 
-    /// Whether the keep-alive timer has expired at `now_ns`.
+    /// Whether KATO plus the grace ([`super::keepalive::grace_ms`]) has passed at `now_ns`
+    /// without a Keep Alive or any command.
     pub fn keep_alive_expired(&self, now_ns: u64) -> bool {
-        self.kato_ms() > 0 && now_ns > self.ka_deadline_ns.load(Ordering::Relaxed)
+        self.ka.expired(now_ns)
+    }
+
+    /// The last sign of life (Connect, Keep Alive, command), `engine::clock` ns.
+    pub fn last_alive_ns(&self) -> u64 {
+        self.ka.last_alive_ns()
+    }
+
+    /// CC and CSTS as last set / reported (management queries).
+    pub fn registers(&self) -> (u32, u32) {
+        let st = self.st();
+        (st.cc, st.csts)
+    }
+
+    /// Bitmap of connected I/O queue IDs (bit n = queue n).
+    pub fn io_qids(&self) -> u128 {
+        self.st().io_qids
+    }
+
+    /// The connected queues, admin first (management path).
+    pub fn queues(&self) -> Vec<QueueInfo> {
+        let mut q = self.st().queues.clone();
+        q.sort_by_key(|q| q.qid);
+        q
+    }
+
+    /// Records a queue that finished its Connect (connect path, not per I/O).
+    pub(crate) fn add_queue(&self, q: QueueInfo) {
+        self.st().queues.push(q);
+    }
+
+    /// Forgets queue `qid` from `peer` when its connection closes.
+    pub(crate) fn remove_queue(&self, qid: u16, peer: SocketAddr) {
+        self.st().queues.retain(|q| !(q.qid == qid && q.peer == peer));
     }
 
     /// Whether the controller is enabled and ready (I/O queues may connect).
@@ -258,7 +306,7 @@ impl Controller {
             admin_opc::IDENTIFY => self.identify(sqe),
             admin_opc::GET_LOG_PAGE => self.get_log_page(target, sqe, listen),
             admin_opc::KEEP_ALIVE => {
-                self.keep_alive();
+                self.keep_alive(engine::clock::now_ns());
                 reply(Status::SUCCESS)
             }
             admin_opc::ASYNC_EVENT_REQUEST => AdminResult::ParkAer,
@@ -382,6 +430,7 @@ impl Controller {
         c.lpa = 0x04; // extended Get Log Page (NUMDU, LPO)
         c.elpe = 0;
         c.kas = KAS_100MS;
+        c.ctratt = CTRATT_TBKAS;
         c.sqes = 0x66;
         c.cqes = 0x44;
         c.maxcmd = self.opts.max_queue_depth;
@@ -442,7 +491,7 @@ impl Controller {
         let numd = u64::from((sqe.cdw10 >> 16) | ((sqe.cdw11 & 0xFFFF) << 16)) + 1;
         let len = numd * 4;
         let lpo = u64::from(sqe.cdw12) | (u64::from(sqe.cdw13) << 32);
-        if lpo % 4 != 0 || len > u64::from(MAX_IO_BYTES) {
+        if lpo % 4 != 0 || len > u64::from(self.opts.max_io_size) {
             return reply(Status::INVALID_FIELD);
         }
         let discovery = self.subsys.kind == SubsystemKind::Discovery;
@@ -508,32 +557,32 @@ impl Controller {
         s
     }
 
-    /// Discovery log: one entry per (subsystem this host may use, listener it has).
+    /// Discovery log: one entry per (subsystem this host may use, listener it has), then
+    /// one per referral.
     fn discovery_log(&self, target: &Target, _listen: SocketAddr) -> Vec<u8> {
         let asqsz = target.transport_opts().max_aq_depth;
+        let not_required = logpage::TREQ_SECURE_CHANNEL_NOT_REQUIRED;
         let mut entries: Vec<DiscoveryLogEntry> = Vec::new();
         for s in target.subsystems() {
             if s.kind != SubsystemKind::Nvme || !s.host_allowed(&self.hostnqn) {
                 continue;
             }
             for addr in s.state().listeners.iter() {
-                let mut e = DiscoveryLogEntry::zeroed();
-                e.trtype = logpage::TRTYPE_TCP;
-                e.adrfam = if addr.is_ipv4() {
-                    logpage::ADRFAM_IPV4
-                } else {
-                    logpage::ADRFAM_IPV6
-                };
-                e.subtype = logpage::SUBTYPE_NVME;
-                e.treq = logpage::TREQ_SECURE_CHANNEL_NOT_REQUIRED;
-                e.portid = addr.port();
-                e.cntlid = logpage::CNTLID_DYNAMIC;
-                e.asqsz = asqsz;
-                put_str(&mut e.trsvcid, &addr.port().to_string(), b' ');
-                put_str(&mut e.subnqn, &s.nqn, 0);
-                put_str(&mut e.traddr, &addr.ip().to_string(), b' ');
-                entries.push(e);
+                entries.push(log_entry(*addr, logpage::SUBTYPE_NVME, not_required, &s.nqn, asqsz));
             }
+        }
+        for r in target.referrals() {
+            let subtype = if r.subnqn == fabrics::DISCOVERY_NQN {
+                logpage::SUBTYPE_DISCOVERY
+            } else {
+                logpage::SUBTYPE_NVME
+            };
+            let treq = if r.secure_channel {
+                logpage::TREQ_SECURE_CHANNEL_REQUIRED
+            } else {
+                not_required
+            };
+            entries.push(log_entry(r.addr, subtype, treq, &r.subnqn, asqsz));
         }
         let mut h = DiscoveryLogHeader::zeroed();
         h.genctr = target.genctr();
@@ -593,13 +642,32 @@ impl Controller {
             }
             fid::KEEP_ALIVE_TIMER => {
                 drop(st);
-                self.kato_ms.store(sqe.cdw11, Ordering::Relaxed);
-                self.keep_alive();
+                self.ka.set_kato(sqe.cdw11, engine::clock::now_ns());
                 reply(Status::SUCCESS)
             }
             _ => reply(Status::INVALID_FIELD),
         }
     }
+}
+
+/// One discovery log entry for a TCP address.
+fn log_entry(addr: SocketAddr, subtype: u8, treq: u8, subnqn: &str, asqsz: u16) -> DiscoveryLogEntry {
+    let mut e = DiscoveryLogEntry::zeroed();
+    e.trtype = logpage::TRTYPE_TCP;
+    e.adrfam = if addr.is_ipv4() {
+        logpage::ADRFAM_IPV4
+    } else {
+        logpage::ADRFAM_IPV6
+    };
+    e.subtype = subtype;
+    e.treq = treq;
+    e.portid = addr.port();
+    e.cntlid = logpage::CNTLID_DYNAMIC;
+    e.asqsz = asqsz;
+    put_str(&mut e.trsvcid, &addr.port().to_string(), b' ');
+    put_str(&mut e.subnqn, subnqn, 0);
+    put_str(&mut e.traddr, &addr.ip().to_string(), b' ');
+    e
 }
 
 /// Identify Controller vendor-specific area (bytes 3072..): this marker, then the Restart

@@ -7,6 +7,7 @@
 
 pub mod ctrlr;
 pub mod io;
+pub mod keepalive;
 pub mod restart;
 pub mod tcp;
 
@@ -59,6 +60,10 @@ pub enum TargetError {
     NoReactors(String),
     #[error("invalid parameter {param}: {why}")]
     InvalidParam { param: &'static str, why: String },
+    #[error("a referral to {addr} ({subnqn}) already exists")]
+    ReferralExists { addr: SocketAddr, subnqn: String },
+    #[error("no referral to {addr} ({subnqn})")]
+    NoSuchReferral { addr: SocketAddr, subnqn: String },
 }
 
 /// Options of the TCP transport (SPDK's `nvmf_create_transport` names).
@@ -87,7 +92,7 @@ impl Default for TransportOpts {
             max_aq_depth: tcp::ADMIN_QUEUE_DEPTH_MAX,
             max_io_qpairs_per_ctrlr: tcp::IO_QUEUES_MAX,
             in_capsule_data_size: tcp::IN_CAPSULE_DATA_BYTES,
-            max_io_size: tcp::MAX_IO_BYTES,
+            max_io_size: tcp::DEFAULT_MAX_IO_BYTES,
             io_unit_size: tcp::MAXH2CDATA_BYTES,
             c2h_success: true,
         }
@@ -194,6 +199,17 @@ pub struct Target {
 struct TargetState {
     subsystems: BTreeMap<String, Arc<Subsystem>>,
     listeners: Vec<ListenerHandle>,
+    referrals: Vec<Referral>,
+}
+
+/// A discovery referral: another discovery service (or an NVM subsystem) at another
+/// address, listed in this target's discovery log (`nvmf_discovery_add_referral`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Referral {
+    pub addr: SocketAddr,
+    /// The discovery NQN for a referral to a discovery service, else an NVM subsystem.
+    pub subnqn: String,
+    pub secure_channel: bool,
 }
 
 fn check_nqn(nqn: &str) -> Result<(), TargetError> {
@@ -224,6 +240,7 @@ impl Target {
             state: Mutex::new(TargetState {
                 subsystems: BTreeMap::new(),
                 listeners: Vec::new(),
+                referrals: Vec::new(),
             }),
             next_cntlid: AtomicU16::new(1),
             genctr: AtomicU64::new(1),
@@ -568,6 +585,48 @@ impl Target {
                 l.closed.store(true, Ordering::Release);
             }
         }
+    }
+
+    /// Adds a discovery referral; `subnqn` None means the discovery NQN.
+    pub fn add_referral(
+        &self,
+        addr: SocketAddr,
+        subnqn: Option<&str>,
+        secure_channel: bool,
+    ) -> Result<(), TargetError> {
+        let subnqn = subnqn.unwrap_or(DISCOVERY_NQN).to_string();
+        check_nqn(&subnqn)?;
+        let mut st = self.lock();
+        if st.referrals.iter().any(|r| r.addr == addr && r.subnqn == subnqn) {
+            return Err(TargetError::ReferralExists { addr, subnqn });
+        }
+        st.referrals.push(Referral {
+            addr,
+            subnqn,
+            secure_channel,
+        });
+        drop(st);
+        self.bump_genctr();
+        Ok(())
+    }
+
+    /// Removes a discovery referral; `subnqn` None means the discovery NQN.
+    pub fn remove_referral(&self, addr: SocketAddr, subnqn: Option<&str>) -> Result<(), TargetError> {
+        let subnqn = subnqn.unwrap_or(DISCOVERY_NQN).to_string();
+        let mut st = self.lock();
+        let before = st.referrals.len();
+        st.referrals.retain(|r| !(r.addr == addr && r.subnqn == subnqn));
+        if st.referrals.len() == before {
+            return Err(TargetError::NoSuchReferral { addr, subnqn });
+        }
+        drop(st);
+        self.bump_genctr();
+        Ok(())
+    }
+
+    /// The discovery referrals, in the order they were added.
+    pub fn referrals(&self) -> Vec<Referral> {
+        self.lock().referrals.clone()
     }
 
     /// Addresses the target listens on.

@@ -12,8 +12,9 @@
 //! One connection = one queue (admin or I/O) of one controller. A request moves through
 //! `ReqState`; a connection through `Phase`.
 
-use super::ctrlr::{data_out_len, AdminResult, Controller, AER_MAX};
+use super::ctrlr::{data_out_len, AdminResult, Controller, QueueInfo, AER_MAX};
 use super::io::{self, IoCmd, NsGeometry};
+use super::keepalive::TrafficNote;
 use super::restart::{self, RestartPointError, RestartPointSink};
 use super::{ListenerHandle, Subsystem, SubsystemKind, Target, TargetError, TransportOpts};
 use crate::spec::cmd::{admin_opc, io_opc, sgl_type};
@@ -40,8 +41,13 @@ pub const ADMIN_QUEUE_DEPTH_MAX: u16 = 128;
 pub const IO_QUEUES_MAX: u16 = 64;
 /// In-capsule data per command, bytes (Linux sends up to 8 KiB in-capsule on the admin queue).
 pub const IN_CAPSULE_DATA_BYTES: u32 = 8192;
-/// Largest transfer per command, bytes (MDTS = 5 with 4 KiB pages).
-pub const MAX_IO_BYTES: u32 = 128 * 1024;
+/// Largest transfer per command `max_io_size` may set, bytes (MDTS 10 with 4 KiB pages).
+pub const MAX_IO_BYTES: u32 = 4 * 1024 * 1024;
+/// Default largest transfer per command, bytes (MDTS 8 with 4 KiB pages): what nvme-cli and
+/// the kernel send as one command without splitting (`nvme read/write --data-size=1M`).
+pub const DEFAULT_MAX_IO_BYTES: u32 = 1024 * 1024;
+/// Largest C2HData payload the target sends; longer reads go out in several PDUs.
+const C2H_PDU_BYTES: usize = 128 * 1024;
 /// MAXH2CDATA announced in ICResp, bytes.
 pub const MAXH2CDATA_BYTES: u32 = 128 * 1024;
 /// Socket read size per call, bytes.
@@ -57,27 +63,35 @@ const ACCEPTS_PER_POLL: usize = 16;
 /// How often the accept poller runs.
 const ACCEPT_POLL_PERIOD_US: u64 = 1000;
 /// Buffer pools shared by all poll groups: small buffers for in-capsule and admin data,
-/// large ones for I/O up to MAX_IO_BYTES.
+/// large ones for I/O up to 128 KiB, huge ones up to the default MDTS. Transfers above that
+/// (only with a larger `max_io_size`) come from the heap.
 const SMALL_BUF_BYTES: usize = IN_CAPSULE_DATA_BYTES as usize;
 const SMALL_BUF_COUNT: usize = 4096;
-const LARGE_BUF_BYTES: usize = MAX_IO_BYTES as usize;
+const LARGE_BUF_BYTES: usize = 128 * 1024;
 const LARGE_BUF_COUNT: usize = 512;
+const HUGE_BUF_BYTES: usize = DEFAULT_MAX_IO_BYTES as usize;
+const HUGE_BUF_COUNT: usize = 32;
 
-static POOLS: OnceLock<(Option<&'static BufPool>, Option<&'static BufPool>)> = OnceLock::new();
+type Pools = [Option<&'static BufPool>; 3];
+static POOLS: OnceLock<Pools> = OnceLock::new();
 
 /// Takes a buffer of `len` bytes from the shared pools (falls back to the heap when a
 /// pool is exhausted, so a burst degrades to allocation instead of stalling).
 pub(crate) fn get_buf(len: u32) -> DmaBuf {
-    let (small, large) = *POOLS.get_or_init(|| {
-        let s = BufPool::new("nvmf_tcp_small", SMALL_BUF_COUNT, SMALL_BUF_BYTES).ok();
-        let l = BufPool::new("nvmf_tcp_large", LARGE_BUF_COUNT, LARGE_BUF_BYTES).ok();
-        (s, l)
+    let [small, large, huge] = *POOLS.get_or_init(|| {
+        [
+            BufPool::new("nvmf_tcp_small", SMALL_BUF_COUNT, SMALL_BUF_BYTES).ok(),
+            BufPool::new("nvmf_tcp_large", LARGE_BUF_COUNT, LARGE_BUF_BYTES).ok(),
+            BufPool::new("nvmf_tcp_huge", HUGE_BUF_COUNT, HUGE_BUF_BYTES).ok(),
+        ]
     });
     let len = len as usize;
     let pool = if len <= SMALL_BUF_BYTES {
         small
     } else if len <= LARGE_BUF_BYTES {
         large
+    } else if len <= HUGE_BUF_BYTES {
+        huge
     } else {
         None
     };
@@ -421,6 +435,10 @@ struct Conn {
     rp_pending: u32,
     /// `restart::generation()` the channels' sinks were looked up at.
     sink_gen: u64,
+    /// Commands arrived since the last poll (traffic-based keep-alive).
+    traffic: bool,
+    /// When this queue last restarted its controller's keep-alive timer.
+    ka_note: TrafficNote,
 }
 
 impl Conn {
@@ -463,6 +481,8 @@ impl Conn {
             rp_seq: 0,
             rp_pending: 0,
             sink_gen: 0,
+            traffic: false,
+            ka_note: TrafficNote::default(),
         })
     }
 
@@ -471,16 +491,9 @@ impl Conn {
             return self.poll_closing();
         }
         let mut busy = false;
-        if let Some(c) = &self.ctrlr {
-            if c.failed() {
-                self.close("controller failed");
-                return ConnPoll::Busy;
-            }
-            if self.qid == 0 && c.keep_alive_expired(now) {
-                c.fail("keep alive timeout");
-                self.close("keep alive timeout");
-                return ConnPoll::Busy;
-            }
+        if self.ctrlr.as_ref().is_some_and(|c| c.failed()) {
+            self.close("controller failed");
+            return ConnPoll::Busy;
         }
         if self.tx.len() - self.tx_pos < TX_HIGH_WATER_BYTES {
             for _ in 0..RX_READS_PER_POLL {
@@ -510,6 +523,18 @@ impl Conn {
                         return ConnPoll::Busy;
                     }
                 }
+            }
+        }
+        // Keep-alive after reading: commands (a Keep Alive among them) that waited in the
+        // socket while this process was not scheduled count before the timer is judged.
+        if let Some(c) = &self.ctrlr {
+            if std::mem::take(&mut self.traffic) {
+                self.ka_note.note(&c.ka, now);
+            }
+            if self.qid == 0 && c.keep_alive_expired(now) {
+                c.fail("keep alive timeout (KATO + grace without a command)");
+                self.close("keep alive timeout");
+                return ConnPoll::Busy;
             }
         }
         busy |= self.poll_bdev();
@@ -649,6 +674,7 @@ impl Conn {
     }
 
     fn on_capsule(&mut self, sqe: Sqe, data_len: u32) {
+        self.traffic = true;
         self.sqhd = (self.sqhd + 1) % self.sq_entries.max(1);
         let Some(slot) = self.free.pop() else {
             log::warn!(
@@ -797,53 +823,9 @@ impl Conn {
         }
         let entries = u32::from(cmd.sqsize) + 1;
         if cmd.qid == 0 {
-            if cmd.sqsize == 0 || entries > u32::from(self.opts.max_aq_depth) {
-                return Err(invalid(false, 44));
-            }
-            if data.cntlid != 0xFFFF {
-                return Err(invalid(true, 16));
-            }
-            let c = Arc::new(Controller::new(
-                self.target.alloc_cntlid(),
-                subsys.clone(),
-                hostnqn,
-                data.hostid,
-                cmd.kato_ms,
-                self.opts.clone(),
-            ));
-            subsys.state().controllers.push(Arc::downgrade(&c));
-            log::info!(
-                "nvmf: {}: controller {} of {} for host {} (KATO {} ms)",
-                self.peer,
-                c.cntlid,
-                subsys.nqn,
-                c.hostnqn,
-                cmd.kato_ms
-            );
-            self.stat(|s| &s.admin_qpairs, 1);
-            self.stat(|s| &s.current_admin_qpairs, 1);
-            self.ctrlr = Some(c);
-            self.qid = 0;
+            self.connect_admin(&subsys, &cmd, &data, hostnqn)?;
         } else {
-            let c = subsys
-                .state()
-                .controllers
-                .iter()
-                .filter_map(std::sync::Weak::upgrade)
-                .find(|c| c.cntlid == data.cntlid && c.hostnqn == hostnqn && !c.failed())
-                .ok_or(invalid(true, 16))?;
-            if !c.ready() {
-                return Err((Status::COMMAND_SEQUENCE_ERROR, 0));
-            }
-            if cmd.sqsize == 0 || entries > u32::from(self.opts.max_queue_depth) {
-                return Err(invalid(false, 44));
-            }
-            c.claim_io_qid(cmd.qid).map_err(|_| invalid(false, 42))?;
-            self.stat(|s| &s.io_qpairs, 1);
-            self.stat(|s| &s.current_io_qpairs, 1);
-            self.qid = cmd.qid;
-            self.ctrlr = Some(c);
-            self.refresh_ns(&subsys);
+            self.connect_io(&subsys, &cmd, &data, &hostnqn)?;
         }
         // Size the request table to the queue (setup path: allocates once).
         self.sq_entries = entries as u16;
@@ -860,7 +842,96 @@ impl Conn {
             limits.in_capsule_data_bytes = IN_CAPSULE_DATA_BYTES;
         }
         self.rx.set_limits(limits);
+        if let Some(c) = &self.ctrlr {
+            c.add_queue(QueueInfo {
+                qid: self.qid,
+                listen: self.listen,
+                peer: self.peer,
+                core: self.core,
+            });
+        }
         Ok(self.ctrlr.as_ref().map(|c| c.cntlid).unwrap_or(0))
+    }
+
+    /// Admin queue Connect: a new controller.
+    fn connect_admin(
+        &mut self,
+        subsys: &Arc<Subsystem>,
+        cmd: &ConnectCmd,
+        data: &ConnectData,
+        hostnqn: String,
+    ) -> Result<(), (Status, u32)> {
+        let invalid = |in_data, off| {
+            (
+                Status::CONNECT_INVALID_PARAMETERS,
+                fabrics::connect_invalid_param_dw0(in_data, off),
+            )
+        };
+        if cmd.sqsize == 0 || u32::from(cmd.sqsize) + 1 > u32::from(self.opts.max_aq_depth) {
+            return Err(invalid(false, 44));
+        }
+        if data.cntlid != 0xFFFF {
+            return Err(invalid(true, 16));
+        }
+        let c = Arc::new(Controller::new(
+            self.target.alloc_cntlid(),
+            subsys.clone(),
+            hostnqn,
+            data.hostid,
+            cmd.kato_ms,
+            self.opts.clone(),
+        ));
+        subsys.state().controllers.push(Arc::downgrade(&c));
+        log::info!(
+            "nvmf: {}: controller {} of {} for host {} (KATO {} ms)",
+            self.peer,
+            c.cntlid,
+            subsys.nqn,
+            c.hostnqn,
+            cmd.kato_ms
+        );
+        self.stat(|s| &s.admin_qpairs, 1);
+        self.stat(|s| &s.current_admin_qpairs, 1);
+        self.ctrlr = Some(c);
+        self.qid = 0;
+        Ok(())
+    }
+
+    /// I/O queue Connect: joins the live controller the Connect data names.
+    fn connect_io(
+        &mut self,
+        subsys: &Arc<Subsystem>,
+        cmd: &ConnectCmd,
+        data: &ConnectData,
+        hostnqn: &str,
+    ) -> Result<(), (Status, u32)> {
+        let invalid = |in_data, off| {
+            (
+                Status::CONNECT_INVALID_PARAMETERS,
+                fabrics::connect_invalid_param_dw0(in_data, off),
+            )
+        };
+        // A controller that failed (keep-alive timeout, ...) is gone for new queues.
+        let c = subsys
+            .state()
+            .controllers
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .find(|c| c.cntlid == data.cntlid && c.hostnqn == hostnqn && !c.failed())
+            .ok_or(invalid(true, 16))?;
+        if !c.ready() {
+            return Err((Status::COMMAND_SEQUENCE_ERROR, 0));
+        }
+        if cmd.sqsize == 0 || u32::from(cmd.sqsize) + 1 > u32::from(self.opts.max_queue_depth) {
+            return Err(invalid(false, 44));
+        }
+        c.claim_io_qid(cmd.qid).map_err(|_| invalid(false, 42))?;
+        self.stat(|s| &s.io_qpairs, 1);
+        self.stat(|s| &s.current_io_qpairs, 1);
+        self.qid = cmd.qid;
+        self.ctrlr = Some(c);
+        self.refresh_ns(subsys);
+        Ok(())
     }
 
     fn stat(&self, f: impl Fn(&GroupStats) -> &AtomicU64, d: i64) {
@@ -1188,7 +1259,15 @@ impl Conn {
             IoCmd::Read { bytes, .. } => {
                 let success = self.opts.c2h_success;
                 if let Some(b) = r.buf.as_deref() {
-                    pdu::encode_c2h_data(&mut self.tx, cid, 0, &b[..bytes as usize], true, success, self.dg);
+                    // One C2HData PDU per 128 KiB: hosts size their receive limits for
+                    // that, whatever MDTS allows.
+                    let mut chunks = b[..bytes as usize].chunks(C2H_PDU_BYTES).peekable();
+                    let mut off = 0u32;
+                    while let Some(d) = chunks.next() {
+                        let last = chunks.peek().is_none();
+                        pdu::encode_c2h_data(&mut self.tx, cid, off, d, last, success && last, self.dg);
+                        off += d.len() as u32;
+                    }
                 }
                 if success {
                     self.release(slot);
@@ -1380,6 +1459,7 @@ impl Conn {
         self.flush();
         let _ = self.sock.shutdown(Shutdown::Both);
         if let Some(c) = &self.ctrlr {
+            c.remove_queue(self.qid, self.peer);
             if self.qid == 0 {
                 c.fail("admin queue disconnected");
                 self.stat(|s| &s.current_admin_qpairs, -1);

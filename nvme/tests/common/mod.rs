@@ -91,6 +91,7 @@ pub fn host_bdev_opts() -> nvme::host::bdev::HostBdevOpts {
     nvme::host::bdev::HostBdevOpts {
         host: opts(),
         queue_entries: 32,
+        reconnect: Default::default(),
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod bdev;
 pub mod framework;
+pub mod logging;
 pub mod reactor;
 
 use super::registry::Registry;
@@ -10,6 +11,7 @@ use super::registry::Registry;
 /// Register every engine method on `reg`.
 pub fn register_rpcs(reg: &mut Registry) {
     framework::register_rpcs(reg);
+    logging::register_rpcs(reg);
     reactor::register_rpcs(reg);
     bdev::register_rpcs(reg);
 }

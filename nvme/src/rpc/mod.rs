@@ -6,6 +6,13 @@
 //! `deny_unknown_fields` so a misspelt parameter is an error naming it. Handlers run on the
 //! management thread; they take the target's lock, never a reactor's time.
 
+pub mod query;
+
+pub use query::{
+    nvmf_discovery_add_referral, nvmf_discovery_get_referrals, nvmf_discovery_remove_referral,
+    nvmf_subsystem_get_controllers, nvmf_subsystem_get_listeners, nvmf_subsystem_get_qpairs,
+};
+
 use crate::target::{Subsystem, SubsystemKind, SubsystemParams, Target, TargetError, TransportOpts};
 use engine::rpc::{ConfigEntry, Registry, RpcError};
 use serde::{Deserialize, Serialize};
@@ -341,7 +348,7 @@ pub struct ListenAddress {
 }
 
 impl ListenAddress {
-    fn socket_addr(&self) -> Result<SocketAddr, RpcFailure> {
+    pub(crate) fn socket_addr(&self) -> Result<SocketAddr, RpcFailure> {
         check_trtype(&self.trtype)?;
         let ip: IpAddr = self
             .traddr
@@ -366,7 +373,7 @@ impl ListenAddress {
         Ok(SocketAddr::new(ip, port))
     }
 
-    fn of(a: &SocketAddr) -> ListenAddress {
+    pub(crate) fn of(a: &SocketAddr) -> ListenAddress {
         ListenAddress {
             trtype: "TCP".into(),
             adrfam: Some(if a.is_ipv4() { "IPv4" } else { "IPv6" }.into()),
@@ -614,6 +621,36 @@ pub fn register_rpcs_for(reg: &mut Registry, t: Arc<Target>) {
         "Per-poll-group queue pair and I/O counters",
         nvmf_get_stats
     );
+    method!(
+        "nvmf_subsystem_get_controllers",
+        "List a subsystem's controllers (nqn): cntlid, cntrltype, hostnqn, hostid, num_io_qpairs",
+        nvmf_subsystem_get_controllers
+    );
+    method!(
+        "nvmf_subsystem_get_qpairs",
+        "List a subsystem's connected queue pairs (nqn): cntlid, qid, state, thread, addresses",
+        nvmf_subsystem_get_qpairs
+    );
+    method!(
+        "nvmf_subsystem_get_listeners",
+        "List a subsystem's listeners (nqn)",
+        nvmf_subsystem_get_listeners
+    );
+    method!(
+        "nvmf_discovery_add_referral",
+        "Add a discovery referral (address {trtype, adrfam, traddr, trsvcid}; subnqn, secure_channel)",
+        nvmf_discovery_add_referral
+    );
+    method!(
+        "nvmf_discovery_remove_referral",
+        "Remove a discovery referral (address; subnqn)",
+        nvmf_discovery_remove_referral
+    );
+    method!(
+        "nvmf_discovery_get_referrals",
+        "List the discovery referrals",
+        nvmf_discovery_get_referrals
+    );
     reg.register_config_provider("nvmf", &["bdev"], move || {
         config_entries(&t)
             .into_iter()
@@ -635,6 +672,12 @@ pub fn config_entries(t: &Target) -> Vec<(&'static str, Value)> {
             o.remove("dif_insert_or_strip");
         }
         v.push(("nvmf_create_transport", tr));
+    }
+    for r in t.referrals() {
+        v.push((
+            "nvmf_discovery_add_referral",
+            json!({ "address": ListenAddress::of(&r.addr), "subnqn": r.subnqn, "secure_channel": r.secure_channel }),
+        ));
     }
     for s in t.subsystems() {
         if s.kind == SubsystemKind::Discovery {
