@@ -175,7 +175,9 @@ fn failover_end_to_end() {
         nsid: None,
     }]);
     cfg.heartbeat_listen = Some("127.0.0.1:0".parse().unwrap());
-    cfg.timeout_ms = 200;
+    // Long enough that a test thread starved by a loaded machine (the relay reports come
+    // from it every 20 ms) does not look like a silent relay.
+    cfg.timeout_ms = 1000;
     let nqn = "nqn.2016-06.io.baton:failover-test";
     cfg.export = Some(ExportConfig {
         nqn: nqn.into(),
@@ -212,13 +214,13 @@ fn failover_end_to_end() {
     });
     assert_eq!(host.status().detector.volumes[0].epoch, 2);
 
-    // 1. The standby<->primary link is cut; the relay still hears the primary. Run for 5x
+    // 1. The standby<->primary link is cut; the relay still hears the primary. Run for 3x
     //    the timeout: no failover (the detector's rule, not a timing check).
     stop_hb.store(true, Ordering::Release);
     let sent = hb.join().unwrap();
     assert!(sent > 0);
     let cut = Instant::now();
-    while cut.elapsed() < Duration::from_millis(1000) {
+    while cut.elapsed() < Duration::from_millis(3000) {
         host.relay_report(relay, "pvol", 5, true);
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -226,7 +228,7 @@ fn failover_end_to_end() {
     assert!(st.failover.is_none(), "failed over while a relay hears the primary");
     assert!(st.detector.primary_alive);
     assert!(
-        st.detector.volumes[0].direct_age_ms.unwrap() >= 200,
+        st.detector.volumes[0].direct_age_ms.unwrap() >= 1000,
         "{:?}",
         st.detector
     );
