@@ -104,6 +104,12 @@ struct CreateVolume {
     /// File persisting the dirty-block record (default: kept in memory only).
     #[serde(default)]
     dirty_map: Option<String>,
+    /// The base bdev holds data: copy every block through the relays once LSNs start.
+    #[serde(default)]
+    initial_sync: Option<bool>,
+    /// Rate cap of that copy in bytes per second (0 or absent: none).
+    #[serde(default)]
+    initial_sync_bytes_per_sec: Option<u64>,
 }
 
 fn create_volume(p: CreateVolume) -> Result<String, RpcError> {
@@ -180,6 +186,10 @@ fn create_volume(p: CreateVolume) -> Result<String, RpcError> {
         cfg.standby_heartbeat_interval_ms = i;
     }
     cfg.dirty_map = p.dirty_map.as_ref().map(std::path::PathBuf::from);
+    // Not kept by save_config: a restart from the saved config does not copy again (a
+    // sync cut short is finished with `replication_sync_volume` and `full`).
+    cfg.initial_sync = p.initial_sync.unwrap_or(false);
+    cfg.initial_sync_bytes_per_sec = p.initial_sync_bytes_per_sec.unwrap_or(0);
     let v = ReplicatedVolume::create(cfg, base).map_err(vol_err)?;
     if let Err(e) = bdev::register(v.clone()) {
         let _ = v.stop(CTL_TIMEOUT);

@@ -168,6 +168,12 @@ pub struct VolumeConfig {
     pub standby_heartbeat_interval_ms: u64,
     /// File persisting the dirty-block record (`volume/dirty.rs`); `None`: memory only.
     pub dirty_map: Option<std::path::PathBuf>,
+    /// The base bdev holds data no LSN wrote: once LSNs start, copy every block through
+    /// the relays (an initial sync, `volume/sync.rs`) so the standby's image becomes the
+    /// primary's. Start-up only (a restart does not copy again).
+    pub initial_sync: bool,
+    /// Rate cap of that copy (0: none).
+    pub initial_sync_bytes_per_sec: u64,
 }
 
 impl VolumeConfig {
@@ -188,6 +194,8 @@ impl VolumeConfig {
             standby_heartbeat: None,
             standby_heartbeat_interval_ms: crate::liveness::HEARTBEAT_INTERVAL_MS_DEFAULT,
             dirty_map: None,
+            initial_sync: false,
+            initial_sync_bytes_per_sec: 0,
         }
     }
 }
@@ -1160,6 +1168,17 @@ impl LinkState {
             self.next_lsn = resume + 1;
             self.completed_lsn = resume;
             self.dirty.begin(self.next_lsn);
+            if self.s.cfg.initial_sync {
+                let rate = self.s.cfg.initial_sync_bytes_per_sec;
+                match self.start_sync_of(true, true, rate, "initial sync of the base bdev's data".into()) {
+                    // Its marker takes the first LSN, ahead of any write waiting to be
+                    // numbered: no restart point precedes it.
+                    Ok(()) => {
+                        self.drive_sync(now);
+                    }
+                    Err(e) => log::error!("volume {}: cannot start the initial sync: {e}", self.s.cfg.name),
+                }
+            }
             for i in 0..self.links.len() {
                 let l = &mut self.links[i];
                 l.sent_lsn = l.sent_lsn.max(resume);

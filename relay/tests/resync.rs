@@ -275,6 +275,77 @@ fn block_sync_scenario(root: &TempDir) {
     r7.stop(WAIT).unwrap();
 }
 
+/// 6. A replicated volume created over a bdev that already holds data, with
+///    `initial_sync`: the first op every relay gets is the Initial marker, then every block
+///    of the base (writes overwriting some of them meanwhile), then the End. A standby that
+///    applies the stream from LSN 1 ends with exactly the primary's image.
+fn initial_sync_scenario(root: &TempDir) {
+    use engine::bdev::{IoOp, IoRequest};
+    let base = engine::bdev::malloc::create("rs6_base", 4096, 4096, None).unwrap();
+    {
+        // Data written before replication existed: stamps 100001.. on every 3rd block.
+        let mut ch = base.open_channel().unwrap();
+        for b in (0..4096u64).step_by(3) {
+            let mut buf = engine::buf::DmaBuf::alloc(4096);
+            fill(&mut buf, 100_000 + b);
+            ch.submit(IoRequest {
+                op: IoOp::Write,
+                offset_blocks: b,
+                num_blocks: 1,
+                buf: Some(buf),
+                user_data: b,
+            })
+            .unwrap();
+            let mut done = false;
+            while !done {
+                ch.poll(&mut |c| {
+                    c.result.unwrap();
+                    done = true;
+                });
+            }
+        }
+    }
+    let sink = Sink::start();
+    let r8 = start_relay(&root.0.join("r8"), Some(sink.addr), true, 0);
+    let mut cfg = VolumeConfig::new("rs6", vec![r8.listen_addr()]);
+    cfg.relay_down_timeout_ms = 300;
+    cfg.core = Some(VOLUME_CORE);
+    cfg.initial_sync = true;
+    let v = ReplicatedVolume::create(cfg, base).expect("volume");
+    let rx = drive_writes_from(VOLUME_CORE, v.clone(), 8, 8193, 300, Arc::new(AtomicBool::new(false)));
+    let res = collect(&rx, 300, WAIT, "rs6 writes during the initial sync");
+    assert!(res.iter().all(|r| matches!(r, WriteResult::Ok(_))), "{res:?}");
+    wait_until(WAIT, "the initial sync ended", || {
+        v.status().sync.as_ref().is_some_and(|s| s.state == "done")
+    });
+    let st = v.status().sync.unwrap();
+    assert!(st.initial && st.full && st.chunks_done == st.chunks_total, "{st:?}");
+    let last = 300 + 2 + st.bytes_sent / relay::volume::SYNC_CHUNK_BYTES;
+    sink.wait_delivered(|s| s.delivered.len() as u64 >= last, WAIT, "rs6 at the sink");
+    let want = read_stamps(v.base());
+    let s = sink.state.lock().unwrap();
+    assert_eq!(s.delivered.len() as u64, last, "nothing after the End's writes");
+    assert_eq!(
+        (s.delivered[0].lsn, s.delivered[0].kind, s.delivered[0].last_lsn),
+        (1, 5, 3),
+        "Initial first"
+    );
+    let mut img = vec![0u64; want.len()];
+    for d in s.delivered.iter().filter(|d| d.kind == 1) {
+        for (k, stamp) in d.stamps.iter().enumerate() {
+            img[d.offset_blocks as usize + k] = *stamp;
+        }
+    }
+    let diff: Vec<usize> = (0..img.len()).filter(|&b| img[b] != want[b]).take(5).collect();
+    assert!(
+        diff.is_empty(),
+        "standby image differs from the primary at blocks {diff:?}"
+    );
+    drop(s);
+    v.stop(WAIT).unwrap();
+    r8.stop(WAIT).unwrap();
+}
+
 #[test]
 fn resync_scenarios() {
     let reactors = Reactors::start(ReactorOpts {
@@ -428,6 +499,7 @@ fn resync_scenarios() {
     drop(sink);
 
     block_sync_scenario(&root);
+    initial_sync_scenario(&root);
     reactors.shutdown();
     reactors.wait();
 }

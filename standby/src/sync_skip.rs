@@ -88,6 +88,18 @@ impl SyncSkip {
                 *self = SyncSkip::Syncing { begin: lsn };
                 MarkVerdict::Keep
             }
+            // The volume held data no LSN wrote: nobody's image is the primary's until the
+            // End, whether or not a hole was skipped.
+            (SyncMark::Initial, _) => {
+                *self = SyncSkip::Syncing { begin: lsn };
+                MarkVerdict::Keep
+            }
+            // A full sync covers every block: its End makes any syncing image whole (how a
+            // sync cut short, e.g. by a primary restart, is finished).
+            (SyncMark::Begin { full: true, .. }, SyncSkip::Syncing { .. } | SyncSkip::Ending { .. }) => {
+                *self = SyncSkip::Syncing { begin: lsn };
+                MarkVerdict::Keep
+            }
             (SyncMark::End { begin_lsn }, SyncSkip::Syncing { begin }) if begin_lsn == begin => {
                 *self = SyncSkip::Ending { begin, end: lsn };
                 MarkVerdict::Keep
@@ -185,6 +197,29 @@ mod tests {
         assert_eq!(s.on_rp(), RpVerdict::Drop);
         s.on_mark(SyncMark::End { begin_lsn: 70 }, 90, false);
         assert_eq!(s.on_rp(), RpVerdict::CloseJump);
+    }
+
+    #[test]
+    fn an_initial_sync_drops_points_even_without_a_skip_and_a_full_sync_finishes_it() {
+        let mut s = SyncSkip::None;
+        assert_eq!(s.on_mark(SyncMark::Initial, 1, false), MarkVerdict::Keep);
+        assert_eq!(s.on_rp(), RpVerdict::Drop);
+        // Cut short (no End); a later full sync's End makes the image whole.
+        let full = SyncMark::Begin {
+            covers_from: 1,
+            full: true,
+        };
+        assert_eq!(s.on_mark(full, 40, false), MarkVerdict::Keep);
+        assert_eq!(
+            s.on_mark(SyncMark::End { begin_lsn: 1 }, 50, false),
+            MarkVerdict::Ignore
+        );
+        assert_eq!(s.on_rp(), RpVerdict::Drop);
+        assert_eq!(s.on_mark(SyncMark::End { begin_lsn: 40 }, 60, false), MarkVerdict::Keep);
+        assert_eq!(s.on_rp(), RpVerdict::CloseJump);
+        // A full sync when nothing is syncing changes nothing.
+        assert_eq!(s.on_mark(full, 70, false), MarkVerdict::Ignore);
+        assert_eq!(s.on_rp(), RpVerdict::Normal);
     }
 
     #[test]

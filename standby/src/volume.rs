@@ -210,12 +210,8 @@ impl StandbyVolume {
         if self.failing || self.promoted || self.error().is_some() {
             return Offer::Closed;
         }
-        if let Op::Sync {
-            lsn,
-            mark: SyncMark::Begin { covers_from, .. },
-        } = *op
-        {
-            self.note_sync(lsn, covers_from);
+        if let Op::Sync { lsn, mark } = *op {
+            self.note_sync(lsn, mark);
         }
         let o = self.recv.offer(generation, op, now_ns);
         if let (Offer::Accepted, Op::RestartPoint { epoch, .. }) = (o, op) {
@@ -247,11 +243,8 @@ impl StandbyVolume {
         }
         let rp = match op.body {
             crate::OpBody::RestartPoint { epoch, .. } => Some(epoch),
-            crate::OpBody::Sync {
-                mark: SyncMark::Begin { covers_from, .. },
-                ..
-            } => {
-                self.note_sync(op.lsn, covers_from);
+            crate::OpBody::Sync { mark, .. } => {
+                self.note_sync(op.lsn, mark);
                 None
             }
             _ => None,
@@ -270,8 +263,14 @@ impl StandbyVolume {
         }
     }
 
-    /// Remembers a block sync's `Begin` seen ahead of the next LSN.
-    fn note_sync(&mut self, lsn: u64, covers_from: u64) {
+    /// Remembers a block sync's `Begin` (or `Initial`, which covers everything) seen ahead
+    /// of the next LSN.
+    fn note_sync(&mut self, lsn: u64, mark: SyncMark) {
+        let covers_from = match mark {
+            SyncMark::Begin { covers_from, .. } => covers_from,
+            SyncMark::Initial => 1,
+            SyncMark::End { .. } => return,
+        };
         let next = self.recv.next_lsn();
         self.syncs_seen.retain(|&(s, _)| s >= next && s != lsn);
         if lsn < next {

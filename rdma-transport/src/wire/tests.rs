@@ -661,6 +661,22 @@ fn sync_markers_round_trip_and_rejections() {
         "{:?}",
         parse(&bad)
     );
+    // An initial sync's marker names no LSN and may be the volume's first op.
+    let mut e = BatchEncoder::ops(3, 4096);
+    e.sync_mark(1, SyncMark::Initial).unwrap();
+    let f = whole(&e.finish(&[]).unwrap(), &[]);
+    let Ok(Frame::Ops(b)) = parse(&f) else { panic!("parses") };
+    assert_eq!(
+        b.ops[0],
+        Op::Sync {
+            lsn: 1,
+            mark: SyncMark::Initial
+        }
+    );
+    assert!(matches!(
+        parse(&edited(&f, arg0, |x| *x = 1)),
+        Err(WireError::BadSyncMark { lsn: 1, .. })
+    ));
     // The encoder refuses what the parser would.
     let mut e = BatchEncoder::ops(3, 4096);
     assert_eq!(e.sync_args(5, 5, 1), Err(EncodeError::BadSyncMark { lsn: 5 }));

@@ -216,6 +216,11 @@ pub enum SyncMark {
         /// A full copy (every block), not a delta.
         full: bool,
     },
+    /// An initial sync begins at this op's LSN: the volume held data no LSN wrote (a
+    /// replicated volume created over a bdev with data), and every block of it is sent
+    /// before the matching `End`. Until then no standby's image is the primary's at any
+    /// restart point, whatever it received.
+    Initial,
     /// The sync that began at `begin_lsn` sent its last block before this op.
     End {
         /// LSN of the matching `Begin`.
@@ -226,6 +231,7 @@ pub enum SyncMark {
 /// `arg1` of a sync marker: the phase in bits 0..8, flags above.
 const SYNC_PHASE_BEGIN: u64 = 1;
 const SYNC_PHASE_END: u64 = 2;
+const SYNC_PHASE_INITIAL: u64 = 3;
 const SYNC_FLAG_FULL: u64 = 1 << 8;
 
 impl SyncMark {
@@ -236,25 +242,28 @@ impl SyncMark {
                 (covers_from, SYNC_PHASE_BEGIN | if full { SYNC_FLAG_FULL } else { 0 })
             }
             SyncMark::End { begin_lsn } => (begin_lsn, SYNC_PHASE_END),
+            SyncMark::Initial => (0, SYNC_PHASE_INITIAL),
         }
     }
 
     /// Parses the descriptor's arguments of the op at `lsn`.
     pub fn from_args(lsn: u64, arg0: u64, arg1: u64) -> Result<SyncMark, WireError> {
         let bad = |why: &'static str| WireError::BadSyncMark { lsn, arg0, arg1, why };
-        let m = match (arg1 & 0xff, arg1 & !0xff) {
-            (SYNC_PHASE_BEGIN, f) if f & !SYNC_FLAG_FULL == 0 => SyncMark::Begin {
-                covers_from: arg0,
-                full: f & SYNC_FLAG_FULL != 0,
-            },
-            (SYNC_PHASE_END, 0) => SyncMark::End { begin_lsn: arg0 },
+        let (m, names) = match (arg1 & 0xff, arg1 & !0xff) {
+            (SYNC_PHASE_BEGIN, f) if f & !SYNC_FLAG_FULL == 0 => (
+                SyncMark::Begin {
+                    covers_from: arg0,
+                    full: f & SYNC_FLAG_FULL != 0,
+                },
+                true,
+            ),
+            (SYNC_PHASE_END, 0) => (SyncMark::End { begin_lsn: arg0 }, true),
+            (SYNC_PHASE_INITIAL, 0) if arg0 == 0 => (SyncMark::Initial, false),
+            (SYNC_PHASE_INITIAL, 0) => return Err(bad("an initial sync names no LSN (arg0 must be 0)")),
             _ => return Err(bad("unknown phase or flags")),
         };
-        let first = match m {
-            SyncMark::Begin { covers_from, .. } => covers_from,
-            SyncMark::End { begin_lsn } => begin_lsn,
-        };
-        if first == 0 || first >= lsn {
+        // Begin and End name an LSN below their own.
+        if names && (arg0 == 0 || arg0 >= lsn) {
             return Err(bad("the LSN it names must be between 1 and the marker's own LSN"));
         }
         Ok(m)

@@ -53,6 +53,9 @@ pub struct SyncStatus {
     pub state: &'static str,
     /// Every block of the volume, not only the dirty ones.
     pub full: bool,
+    /// An initial sync (the base held data no LSN wrote): no standby is a valid failover
+    /// target until it ended.
+    pub initial: bool,
     /// Why it started.
     pub reason: String,
     /// Blocks written from this LSN on are covered.
@@ -231,6 +234,18 @@ impl LinkState {
     /// Starts a block sync (one at a time: a request while one runs widens nothing and is
     /// refused by the caller). Returns false if the base bdev cannot be read here.
     pub(super) fn start_block_sync(&mut self, full: bool, bytes_per_sec: u64, reason: String) -> Result<(), String> {
+        self.start_sync_of(full, false, bytes_per_sec, reason)
+    }
+
+    /// As [`Self::start_block_sync`]; `initial` marks it with an `Initial` marker (every
+    /// standby treats its image as not the primary's until the End).
+    pub(super) fn start_sync_of(
+        &mut self,
+        full: bool,
+        initial: bool,
+        bytes_per_sec: u64,
+        reason: String,
+    ) -> Result<(), String> {
         if self
             .sync
             .as_ref()
@@ -252,7 +267,8 @@ impl LinkState {
             bytes_per_sec,
             reason,
         };
-        let s = BlockSync::new(chan, bs, self.s.base.num_blocks(), &runs, plan);
+        let mut s = BlockSync::new(chan, bs, self.s.base.num_blocks(), &runs, plan);
+        s.st.initial = initial;
         log::warn!(
             "volume {}: block sync ({}): {} chunks of {} KiB, covering writes from LSN {}",
             self.s.cfg.name,
@@ -305,9 +321,13 @@ impl LinkState {
             if !room(self) {
                 return false;
             }
-            s.st.begin_lsn = self.push_mark(SyncMark::Begin {
-                covers_from: s.st.covers_from_lsn,
-                full: s.st.full,
+            s.st.begin_lsn = self.push_mark(if s.st.initial {
+                SyncMark::Initial
+            } else {
+                SyncMark::Begin {
+                    covers_from: s.st.covers_from_lsn,
+                    full: s.st.full,
+                }
             });
             return true;
         }
