@@ -180,7 +180,7 @@ impl LinkState {
             wait_sync: false,
             sync_covers: None,
         });
-        self.sync_for_resync(i, base, from, now);
+        self.sync_for_resync(i, base, from);
         true
     }
 
@@ -188,7 +188,7 @@ impl LinkState {
     /// (`from + 1 .. base`), a block sync covers it (`volume/sync.rs`) and the resync ends
     /// only after it: from the dirty-block record if it reaches back far enough, else a
     /// full copy.
-    fn sync_for_resync(&mut self, i: usize, base: u64, from: u64, _now: u64) {
+    fn sync_for_resync(&mut self, i: usize, base: u64, from: u64) {
         let covered = self.links.iter().enumerate().any(|(j, l)| {
             j != i
                 && !l.removed

@@ -185,7 +185,9 @@ impl BlockSync {
     /// A write (or zeroes / unmap) of `offset..offset + blocks` got an LSN after the Begin:
     /// it sends the chunks it covers whole itself, and spoils a read it overlaps.
     pub(super) fn on_write(&mut self, offset: u64, blocks: u64) {
-        if blocks == 0 {
+        // Only writes numbered after the Begin count (one before it may be skipped with the
+        // hole), and nothing is left to do once every chunk is sent: no work per write then.
+        if blocks == 0 || self.st.begin_lsn == 0 || self.st.state != "reading" {
             return;
         }
         let end = offset.saturating_add(blocks);
@@ -459,5 +461,59 @@ impl LinkState {
         s.st.bytes_sent += r.blocks * u64::from(self.s.base.block_size());
         let c = r.offset / s.chunk_blocks;
         s.done_chunk(c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sync(name: &str) -> BlockSync {
+        let b = engine::bdev::malloc::create(name, 64, 4096, None).unwrap();
+        let plan = SyncPlan {
+            full: true,
+            covers_from: 1,
+            bytes_per_sec: 0,
+            reason: "test".into(),
+        };
+        BlockSync::new(b.open_channel().unwrap(), 4096, 64, &[], plan)
+    }
+
+    #[test]
+    fn only_writes_numbered_after_the_begin_take_chunks_off_the_list() {
+        let mut s = sync("sync_unit_a");
+        assert_eq!(s.st.chunks_total, 4, "64 blocks of 4 KiB in 64 KiB chunks");
+        // Before the Begin has its LSN a write may be skipped with the hole: it counts for nothing.
+        s.on_write(0, 16);
+        assert_eq!(s.st.chunks_done, 0);
+        s.st.begin_lsn = 5;
+        // Partly covered chunks stay; a whole one goes.
+        s.on_write(8, 16);
+        assert_eq!(s.st.chunks_done, 0);
+        s.on_write(16, 20);
+        assert_eq!(s.st.chunks_done, 1);
+        assert!(!s.is_todo(1) && s.is_todo(2));
+        // The tail chunk is covered by a write reaching the volume's end.
+        s.on_write(48, 16);
+        assert_eq!(s.st.chunks_done, 2);
+        // Once every chunk is sent, writes cost nothing here.
+        s.st.state = "ending";
+        s.on_write(0, 64);
+        assert_eq!(s.st.chunks_done, 2);
+    }
+
+    #[test]
+    fn a_write_overlapping_the_chunk_being_read_spoils_the_read() {
+        let mut s = sync("sync_unit_b");
+        s.st.begin_lsn = 5;
+        s.reading = Some(Reading {
+            offset: 16,
+            blocks: 16,
+            touched: false,
+        });
+        s.on_write(40, 1);
+        assert!(!s.reading.as_ref().unwrap().touched);
+        s.on_write(31, 2);
+        assert!(s.reading.as_ref().unwrap().touched);
     }
 }
