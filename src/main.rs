@@ -287,6 +287,11 @@ struct StandbyArgs {
     /// standby lacks) before rolling back; 0 disables the drain.
     #[arg(long, default_value_t = standby::host::DRAIN_TIMEOUT_MS_DEFAULT)]
     drain_timeout_ms: u64,
+    /// At failover, what to do with a standby whose initial sync is not complete (not a
+    /// valid failover target): refuse (default; `standby_host_declare_failure` with force
+    /// overrides) or warn (promote anyway, loudly).
+    #[arg(long, default_value = "refuse")]
+    syncing_failover: standby::host::SyncingFailover,
     /// At failover, bound on the rollback of each volume.
     #[arg(long, default_value_t = standby::host::ROLLBACK_TIMEOUT_MS_DEFAULT)]
     rollback_timeout_ms: u64,
@@ -749,6 +754,7 @@ fn start_standby_host(
     cfg.restart_cmd = a.on_failover.clone();
     cfg.auto_failover = !a.no_auto_failover;
     cfg.drain_timeout_ms = a.drain_timeout_ms;
+    cfg.syncing_failover = a.syncing_failover;
     cfg.rollback_timeout_ms = a.rollback_timeout_ms;
     let resolver: Option<standby::host::ImageResolver> = store.clone().map(|st| {
         let app = a.image_app.clone();

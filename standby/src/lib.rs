@@ -41,7 +41,7 @@ pub mod sync_skip;
 pub mod volume;
 
 pub use receive::{Gap, Offer, OpBody, OwnedOp, Receiver};
-pub use volume::{ModeConfig, StandbyConfig, StandbyStatus, StandbyVolume};
+pub use volume::{ModeConfig, Readiness, StandbyConfig, StandbyStatus, StandbyVolume};
 
 use engine::bdev::BdevError;
 

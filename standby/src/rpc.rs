@@ -115,6 +115,10 @@ pub struct PromoteParams {
     /// Snapshot mode: name of the writable head bdev (default `<name>_head`).
     #[serde(default)]
     pub bdev_name: Option<String>,
+    /// Promote even a standby that is not a valid failover target (initial sync not
+    /// complete: the image is no restart point of the primary's).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// Which core owns each standby, and how it was created (for save_config).
@@ -446,6 +450,15 @@ pub fn register_rpcs(reg: &mut Registry) {
         |_: &Registry, p: PromoteParams| {
             on_volume(&p.name.clone(), move |v| {
                 let head = p.bdev_name.clone().unwrap_or_else(|| format!("{}_head", p.name));
+                if let crate::Readiness::NotValid(why) = v.failover_readiness() {
+                    if !p.force {
+                        return Err(RpcError::errno_detail(
+                            libc::EBUSY,
+                            format!("{}: {why} (force: true promotes it anyway)", p.name),
+                        ));
+                    }
+                    log::error!("standby {}: promoted by force although {why}", p.name);
+                }
                 let b = v.promote_named(&head).map_err(err)?;
                 let name = b.name().to_string();
                 // Delayed mode hands back the (already registered) volume bdev.

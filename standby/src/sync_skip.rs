@@ -33,11 +33,13 @@ pub enum SyncSkip {
     /// No hole skipped: restart points close epochs as usual.
     #[default]
     None,
-    /// A hole was skipped; the sync that began at `begin` has not ended.
-    Syncing { begin: u64 },
+    /// A hole was skipped (or an initial sync began); the sync that began at `begin` has
+    /// not ended. `initial`: an initial sync is under way, so no restart point was ever
+    /// applied from the primary's whole image.
+    Syncing { begin: u64, initial: bool },
     /// The sync that began at `begin` ended at `end`; the next restart point closes the
     /// epoch that makes the image consistent again.
-    Ending { begin: u64, end: u64 },
+    Ending { begin: u64, end: u64, initial: bool },
 }
 
 /// What an engine does with a restart point.
@@ -76,6 +78,9 @@ pub struct SyncSkipStatus {
     pub lsns_skipped: u64,
     /// Restart points dropped because they fell inside a skipped sync.
     pub restart_points_dropped: u64,
+    /// The sync is an initial sync: no restart point of the primary's whole image was
+    /// ever applied (not a valid failover target).
+    pub initial: bool,
 }
 
 impl SyncSkip {
@@ -85,23 +90,32 @@ impl SyncSkip {
         match (mark, *self) {
             (SyncMark::Begin { .. }, _) if skipped => {
                 // A second skip inside a sync restarts the wait at the newer sync.
-                *self = SyncSkip::Syncing { begin: lsn };
+                let initial = self.initial();
+                *self = SyncSkip::Syncing { begin: lsn, initial };
                 MarkVerdict::Keep
             }
             // The volume held data no LSN wrote: nobody's image is the primary's until the
             // End, whether or not a hole was skipped.
             (SyncMark::Initial, _) => {
-                *self = SyncSkip::Syncing { begin: lsn };
+                *self = SyncSkip::Syncing {
+                    begin: lsn,
+                    initial: true,
+                };
                 MarkVerdict::Keep
             }
             // A full sync covers every block: its End makes any syncing image whole (how a
             // sync cut short, e.g. by a primary restart, is finished).
             (SyncMark::Begin { full: true, .. }, SyncSkip::Syncing { .. } | SyncSkip::Ending { .. }) => {
-                *self = SyncSkip::Syncing { begin: lsn };
+                let initial = self.initial();
+                *self = SyncSkip::Syncing { begin: lsn, initial };
                 MarkVerdict::Keep
             }
-            (SyncMark::End { begin_lsn }, SyncSkip::Syncing { begin }) if begin_lsn == begin => {
-                *self = SyncSkip::Ending { begin, end: lsn };
+            (SyncMark::End { begin_lsn }, SyncSkip::Syncing { begin, initial }) if begin_lsn == begin => {
+                *self = SyncSkip::Ending {
+                    begin,
+                    end: lsn,
+                    initial,
+                };
                 MarkVerdict::Keep
             }
             _ => MarkVerdict::Ignore,
@@ -126,12 +140,21 @@ impl SyncSkip {
         *self != SyncSkip::None
     }
 
+    /// True while an initial sync has not made the image whole: the standby never held
+    /// the primary's image at a restart point, so it is not a valid failover target.
+    pub fn initial(&self) -> bool {
+        matches!(
+            *self,
+            SyncSkip::Syncing { initial: true, .. } | SyncSkip::Ending { initial: true, .. }
+        )
+    }
+
     /// The status fields this state fills.
     pub fn status(&self) -> (&'static str, u64, u64) {
         match *self {
             SyncSkip::None => ("none", 0, 0),
-            SyncSkip::Syncing { begin } => ("syncing", begin, 0),
-            SyncSkip::Ending { begin, end } => ("ending", begin, end),
+            SyncSkip::Syncing { begin, .. } => ("syncing", begin, 0),
+            SyncSkip::Ending { begin, end, .. } => ("ending", begin, end),
         }
     }
 }
@@ -172,6 +195,7 @@ mod tests {
     fn skipped_sync_drops_points_until_after_its_end() {
         let mut s = SyncSkip::None;
         assert_eq!(s.on_mark(BEGIN, 50, true), MarkVerdict::Keep);
+        assert!(!s.initial(), "a skipped hole leaves the last applied point valid");
         assert_eq!(s.on_rp(), RpVerdict::Drop);
         // An End of another sync does not end this one.
         assert_eq!(
@@ -203,6 +227,7 @@ mod tests {
     fn an_initial_sync_drops_points_even_without_a_skip_and_a_full_sync_finishes_it() {
         let mut s = SyncSkip::None;
         assert_eq!(s.on_mark(SyncMark::Initial, 1, false), MarkVerdict::Keep);
+        assert!(s.initial());
         assert_eq!(s.on_rp(), RpVerdict::Drop);
         // Cut short (no End); a later full sync's End makes the image whole.
         let full = SyncMark::Begin {
@@ -216,7 +241,12 @@ mod tests {
         );
         assert_eq!(s.on_rp(), RpVerdict::Drop);
         assert_eq!(s.on_mark(SyncMark::End { begin_lsn: 40 }, 60, false), MarkVerdict::Keep);
+        assert!(
+            s.initial(),
+            "still not whole between the End and the next restart point"
+        );
         assert_eq!(s.on_rp(), RpVerdict::CloseJump);
+        assert!(!s.initial());
         // A full sync when nothing is syncing changes nothing.
         assert_eq!(s.on_mark(full, 70, false), MarkVerdict::Ignore);
         assert_eq!(s.on_rp(), RpVerdict::Normal);

@@ -121,6 +121,41 @@ pub struct StandbyStatus {
     /// `state` is not "none" the image is not a valid failover target past
     /// `applied_epoch`.
     pub sync_skip: SyncSkipStatus,
+    /// "valid", "stale" or "not_valid" ([`Readiness`]).
+    pub failover_target: &'static str,
+    /// Why the standby is not plainly a valid failover target ("" when it is).
+    pub failover_note: String,
+}
+
+/// Whether a standby may be failed over to ([`StandbyVolume::failover_readiness`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// At a restart point of the primary's image.
+    Valid,
+    /// At an older restart point than the stream reached (a block sync is covering a
+    /// hole): valid, but more is lost than the relays held.
+    Stale(String),
+    /// Never held the primary's image at a restart point (initial sync under way).
+    NotValid(String),
+}
+
+impl Readiness {
+    /// "valid", "stale" or "not_valid", as `standby_get_status` shows it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Readiness::Valid => "valid",
+            Readiness::Stale(_) => "stale",
+            Readiness::NotValid(_) => "not_valid",
+        }
+    }
+
+    /// Why it is not plainly valid ("" when valid).
+    pub fn why(&self) -> &str {
+        match self {
+            Readiness::Valid => "",
+            Readiness::Stale(w) | Readiness::NotValid(w) => w,
+        }
+    }
 }
 
 /// One standby volume; see the module docs.
@@ -532,6 +567,7 @@ impl StandbyVolume {
         let rs = self.recv.stats();
         let (held_ops, held_bytes) = self.recv.held();
         let lsn_max = self.recv.lsn_seen_max();
+        let readiness = self.failover_readiness();
         let (delayed, snapshot, engine_lag_bytes) = match &self.engine {
             Engine::Delayed(d) => {
                 let s = d.status();
@@ -580,6 +616,8 @@ impl StandbyVolume {
             delayed,
             snapshot,
             sync_skip: self.sync_skip_status(),
+            failover_target: readiness.label(),
+            failover_note: readiness.why().to_string(),
         }
     }
 
@@ -593,6 +631,27 @@ impl StandbyVolume {
             holes_skipped: self.holes_skipped,
             lsns_skipped: self.lsns_skipped,
             restart_points_dropped: dropped,
+            initial: skip.initial(),
+        }
+    }
+
+    /// Whether this standby is a valid failover target now (`docs/failover.md`,
+    /// "Syncing standbys").
+    pub fn failover_readiness(&self) -> Readiness {
+        let (skip, _) = each!(self, e => e.sync_skip());
+        if skip.initial() {
+            Readiness::NotValid(format!(
+                "syncing: not a valid failover target (initial sync from LSN {} not complete; the volume holds no restart point of the primary)",
+                skip.status().1
+            ))
+        } else if skip.active() {
+            Readiness::Stale(format!(
+                "a block sync covers a skipped hole (from LSN {}): failover returns to epoch {}, the last restart point before the hole",
+                skip.status().1,
+                self.applied_epoch()
+            ))
+        } else {
+            Readiness::Valid
         }
     }
 

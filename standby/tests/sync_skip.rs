@@ -25,7 +25,7 @@ use rdma_transport::wire::SyncMark;
 use standby::delayed::DelayedOpts;
 use standby::receive::DmaBufEq;
 use standby::snapshot::SnapshotOpts;
-use standby::{ModeConfig, Offer, OpBody, OwnedOp, StandbyConfig, StandbyVolume};
+use standby::{ModeConfig, Offer, OpBody, OwnedOp, Readiness, StandbyConfig, StandbyVolume};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -328,6 +328,11 @@ fn run(seed: u64, delayed: bool, case: Case) {
             // Everything up to just before the End is taken; nothing after the hole shows.
             settle(&mut s.vol);
             assert_eq!(s.vol.status().sync_skip.state, "syncing", "{:?}", s.vol.status());
+            assert!(
+                matches!(s.vol.failover_readiness(), Readiness::Stale(_)),
+                "a skipped hole leaves an older but valid target"
+            );
+            assert_eq!(s.vol.status().failover_target, "stale");
             let (epoch, img) = shown(&mut s);
             assert_eq!(epoch, st.before.0);
             assert!(img == st.before.1, "a point inside the sync was shown");
@@ -372,6 +377,7 @@ fn run(seed: u64, delayed: bool, case: Case) {
         first_diff(&img, &final_img, BS)
     );
     assert_eq!(status.sync_skip.state, "none");
+    assert_eq!(status.failover_target, "valid");
     if case == Case::Skip {
         assert_eq!(status.sync_skip.restart_points_dropped, st.after.len() as u64 - 1);
         assert_eq!(status.sync_skip.holes_skipped, 1);
@@ -407,5 +413,54 @@ fn restart_inside_the_sync_recovers_the_skip() {
     for seed in 0..6 {
         run(seed, true, Case::ReopenInside);
         run(seed, false, Case::ReopenInside);
+    }
+}
+
+/// An initial sync (the primary's volume held data no LSN wrote): the standby is not a
+/// valid failover target until the first restart point after the sync's End, in both
+/// modes and across a restart of the standby; promotion by RPC refuses it without force.
+#[test]
+fn an_initial_sync_is_not_a_failover_target_until_its_closing_point() {
+    for delayed in [true, false] {
+        let name = format!("initial-ready-{delayed}");
+        let mut s = make(delayed, &name);
+        let blk = |b: u8| vec![b; BS * 4];
+        let mut ops = vec![mark(1, SyncMark::Initial)];
+        // Sync chunks and ordinary writes interleaved, a restart point inside the sync.
+        for (i, lsn) in (2..10).enumerate() {
+            ops.push(write_op(lsn, (i as u64) * 4, &blk(i as u8 + 1)));
+        }
+        ops.push(rp(10, 1));
+        ops.push(write_op(11, 40, &blk(0xEE)));
+        ops.push(mark(12, SyncMark::End { begin_lsn: 1 }));
+        ops.push(write_op(13, 44, &blk(0xDD)));
+        ops.push(rp(14, 2));
+        let st = Stream {
+            ops,
+            hole: (u64::MAX, u64::MAX),
+            sync_begin: 1,
+            sync_end: 12,
+            before: (0, Vec::new()),
+            after: Vec::new(),
+        };
+        feed(&mut s.vol, &st, 11, true);
+        let r = s.vol.failover_readiness();
+        assert!(matches!(r, Readiness::NotValid(_)), "{r:?}");
+        assert_eq!(s.vol.status().failover_target, "not_valid");
+        assert!(s.vol.status().sync_skip.initial);
+        // A restart of the standby inside the sync keeps it invalid.
+        drop(s.vol);
+        let mut cfg = s.cfg.clone();
+        cfg.format = false;
+        s.vol = StandbyVolume::open(cfg).unwrap();
+        feed(&mut s.vol, &st, 13, true);
+        assert!(
+            matches!(s.vol.failover_readiness(), Readiness::NotValid(_)),
+            "between the End and the closing point: {:?}",
+            s.vol.status()
+        );
+        feed(&mut s.vol, &st, 14, true);
+        assert_eq!(s.vol.failover_readiness(), Readiness::Valid, "{:?}", s.vol.status());
+        assert_eq!(s.vol.applied().0, 2, "the closing point is shown");
     }
 }

@@ -98,6 +98,32 @@ pub struct StandbyHostConfig {
     /// Bound on the relay drain before the rollback (0: no drain; restart points held only
     /// at the relays are then lost whenever the standby lags them).
     pub drain_timeout_ms: u64,
+    /// What a failover does with a standby that is not a valid failover target (an
+    /// initial sync not complete).
+    pub syncing_failover: SyncingFailover,
+}
+
+/// Policy for failing over to a standby whose initial sync is not complete
+/// (`docs/failover.md`, "Syncing standbys").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncingFailover {
+    /// Refuse: the failover fails with the reason; a declaration with `force` overrides.
+    #[default]
+    Refuse,
+    /// Promote anyway, with a warning in the report and the log.
+    Warn,
+}
+
+impl std::str::FromStr for SyncingFailover {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "refuse" => Ok(SyncingFailover::Refuse),
+            "warn" => Ok(SyncingFailover::Warn),
+            _ => Err(format!("{s:?}: expected refuse or warn")),
+        }
+    }
 }
 
 impl StandbyHostConfig {
@@ -113,6 +139,7 @@ impl StandbyHostConfig {
             auto_failover: true,
             rollback_timeout_ms: ROLLBACK_TIMEOUT_MS_DEFAULT,
             drain_timeout_ms: DRAIN_TIMEOUT_MS_DEFAULT,
+            syncing_failover: SyncingFailover::Refuse,
         }
     }
 }
@@ -216,6 +243,8 @@ pub struct HostStatus {
 struct HostState {
     pending: Option<FailureDecision>,
     forced: bool,
+    /// The operator overrode the syncing refusal (`force`).
+    force_syncing: bool,
     ran: bool,
     report: Option<FailoverReport>,
     child: Option<Child>,
@@ -316,6 +345,7 @@ impl StandbyHost {
             state: Mutex::new(HostState {
                 pending: None,
                 forced: false,
+                force_syncing: false,
                 ran: false,
                 report: None,
                 child: None,
@@ -368,13 +398,20 @@ impl StandbyHost {
     }
 
     /// Declares the primary failed now (operator, RPC): the failover runs even with
-    /// `auto_failover` off. Err if a failover already ran.
-    pub fn declare_failure(&self, reason: &str) -> Result<(), HostError> {
+    /// `auto_failover` off. `force` also fails over to standbys that are not valid
+    /// targets (initial sync not complete), and may retry a failover that failed. Err if a
+    /// failover already ran (and did not fail, or `force` is off).
+    pub fn declare_failure(&self, reason: &str, force: bool) -> Result<(), HostError> {
         let mut st = lock(&self.state);
         if st.ran {
-            return Err(HostError::AlreadyFailedOver);
+            let failed = st.report.as_ref().is_some_and(|r| r.state == FailoverState::Failed);
+            if !(failed && force) {
+                return Err(HostError::AlreadyFailedOver);
+            }
+            st.ran = false;
         }
         st.forced = true;
+        st.force_syncing |= force;
         drop(st);
         lock(&self.detector).declare(reason);
         Ok(())
@@ -495,6 +532,41 @@ impl StandbyHost {
         }
     }
 
+    /// Refuses (by policy) a failover to a standby that never held the primary's image at a
+    /// restart point; warns about one returning to a point older than the relays reached.
+    fn check_readiness(&self) -> Result<(), HostError> {
+        let force = lock(&self.state).force_syncing;
+        for v in &self.cfg.volumes {
+            let r =
+                crate::rpc::with_standby(&v.standby, |s| s.failover_readiness()).map_err(|e| HostError::Volume {
+                    standby: v.standby.clone(),
+                    why: e.message,
+                })?;
+            match r {
+                crate::Readiness::Valid => {}
+                crate::Readiness::Stale(why) => self.update(|rep| rep.warnings.push(format!("{}: {why}", v.standby))),
+                crate::Readiness::NotValid(why) => {
+                    if !force && self.cfg.syncing_failover == SyncingFailover::Refuse {
+                        return Err(HostError::Volume {
+                            standby: v.standby.clone(),
+                            why: format!(
+                                "{why}: failover refused (syncing_failover refuse); declare again with force to promote it anyway"
+                            ),
+                        });
+                    }
+                    log::error!("standby host: {}: {why}: FAILING OVER ANYWAY", v.standby);
+                    self.update(|rep| {
+                        rep.warnings.push(format!(
+                            "{}: {why}: promoted anyway (the image is no restart point of the primary's)",
+                            v.standby
+                        ))
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn sequence(&self, us: &dyn Fn() -> u64) -> Result<(), HostError> {
         let vol_err = |standby: &str, why: String| HostError::Volume {
             standby: standby.to_string(),
@@ -540,6 +612,8 @@ impl StandbyHost {
                     .push("relay drain disabled (drain_timeout_ms 0): the standby rolled back to what it held".into())
             });
         }
+        // Only now, with everything the relays held taken in: is each standby a valid target?
+        self.check_readiness()?;
         // 1. Declare failure on every volume, then wait until each has rolled back.
         for v in &self.cfg.volumes {
             crate::rpc::with_standby(&v.standby, |s| s.declare_failure())
@@ -814,6 +888,9 @@ fn monitor_loop(host: std::sync::Weak<StandbyHost>) {
 pub struct DeclareParams {
     #[serde(default)]
     pub reason: Option<String>,
+    /// Fail over even to standbys that are not valid targets, and retry a failed failover.
+    #[serde(default)]
+    pub force: bool,
 }
 
 fn no_host() -> RpcError {
@@ -836,7 +913,7 @@ fn host_methods(reg: &mut Registry, get: impl Fn() -> Option<Arc<StandbyHost>> +
         "Declare the primary failed (optional reason): roll back, promote, export and restart the application",
         move |p: DeclareParams| {
             let h = get().ok_or_else(no_host)?;
-            h.declare_failure(p.reason.as_deref().unwrap_or("declared by RPC"))
+            h.declare_failure(p.reason.as_deref().unwrap_or("declared by RPC"), p.force)
                 .map_err(|e| RpcError::errno_detail(libc::EALREADY, e))?;
             Ok(true)
         },
