@@ -320,6 +320,14 @@ fn initial_sync_scenario(root: &TempDir) {
     });
     let st = v.status().sync.unwrap();
     assert!(st.initial && st.full && st.chunks_done == st.chunks_total, "{st:?}");
+    // Progress as an operator sees it: all of it, nothing left, a rate.
+    assert_eq!(
+        st.bytes_total,
+        st.chunks_total * relay::volume::SYNC_CHUNK_BYTES,
+        "{st:?}"
+    );
+    assert!(st.percent == 100.0 && st.eta_ms == Some(0), "{st:?}");
+    assert!(st.bytes_sent > 0 && st.rate_bytes_per_sec > 0, "{st:?}");
     let last = 300 + 2 + st.bytes_sent / relay::volume::SYNC_CHUNK_BYTES;
     sink.wait_delivered(|s| s.delivered.len() as u64 >= last, WAIT, "rs6 at the sink");
     let want = read_stamps(v.base());

@@ -47,7 +47,7 @@ pub const SYNC_CHUNK_BYTES: u64 = 64 * 1024;
 pub const SYNC_OPS_IN_FLIGHT_MAX: u64 = 64;
 
 /// What `replication_get_volumes` shows of the current (or last) block sync.
-#[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
 pub struct SyncStatus {
     /// "reading", "ending" (End sent, not yet acknowledged), "done", or "failed".
     pub state: &'static str,
@@ -75,6 +75,16 @@ pub struct SyncStatus {
     pub busy_waits: u64,
     /// The last error (the sync stops on a read error).
     pub last_error: String,
+    /// Bytes the sync has to send in all (chunks × chunk size, the last chunk clipped).
+    pub bytes_total: u64,
+    /// Chunks done over chunks in all, in percent (100 once done).
+    pub percent: f64,
+    /// Time since the sync started (until it ended, once done or failed), ms.
+    pub elapsed_ms: u64,
+    /// Average rate of sync bytes sent since the start, bytes per second.
+    pub rate_bytes_per_sec: u64,
+    /// Time left at the average rate (0 once done; absent before a first chunk).
+    pub eta_ms: Option<u64>,
 }
 
 /// A read of one run of chunks, in flight on the base bdev.
@@ -114,6 +124,10 @@ pub(super) struct BlockSync {
     bytes_per_sec: u64,
     tokens: f64,
     tokens_ns: u64,
+    /// Monotonic start, and end once done or failed (0: running).
+    started_ns: u64,
+    ended_ns: u64,
+    chunk_bytes: u64,
 }
 
 impl BlockSync {
@@ -163,11 +177,41 @@ impl BlockSync {
             bytes_per_sec,
             tokens: 0.0,
             tokens_ns: 0,
+            started_ns: engine::clock::now_ns(),
+            ended_ns: 0,
+            chunk_bytes: chunk_blocks * u64::from(block_size),
         }
     }
 
     pub(super) fn status(&self) -> SyncStatus {
-        self.st.clone()
+        let mut st = self.st.clone();
+        let end = match st.state {
+            "done" | "failed" if self.ended_ns != 0 => self.ended_ns,
+            _ => engine::clock::now_ns(),
+        };
+        let elapsed_ns = end.saturating_sub(self.started_ns).max(1);
+        st.bytes_total = st.chunks_total * self.chunk_bytes;
+        st.percent = if st.state == "done" || st.chunks_total == 0 {
+            100.0
+        } else {
+            (st.chunks_done as f64 * 100.0 / st.chunks_total as f64).min(100.0)
+        };
+        st.elapsed_ms = elapsed_ns / 1_000_000;
+        st.rate_bytes_per_sec = (st.bytes_sent as u128 * 1_000_000_000 / u128::from(elapsed_ns)) as u64;
+        let left = st.chunks_total.saturating_sub(st.chunks_done) * self.chunk_bytes;
+        st.eta_ms = match st.state {
+            "done" => Some(0),
+            _ if st.rate_bytes_per_sec > 0 => Some(left.saturating_mul(1000) / st.rate_bytes_per_sec),
+            _ => None,
+        };
+        st
+    }
+
+    /// Marks the end time (done or failed).
+    fn stamp_end(&mut self) {
+        if self.ended_ns == 0 {
+            self.ended_ns = engine::clock::now_ns();
+        }
     }
 
     fn is_todo(&self, c: u64) -> bool {
@@ -215,6 +259,7 @@ impl BlockSync {
     /// The End marker was acknowledged under the policy.
     pub(super) fn ended(&mut self) {
         self.st.state = "done";
+        self.stamp_end();
     }
 
     fn refill(&mut self, now: u64) {
@@ -345,6 +390,7 @@ impl LinkState {
                 (Err(e), _) => {
                     s.st.last_error = format!("read of blocks {}+{}: {e}", r.offset, r.blocks);
                     s.st.state = "failed";
+                    s.stamp_end();
                     log::error!("volume {}: block sync stopped: {}", self.s.cfg.name, s.st.last_error);
                     return true;
                 }
