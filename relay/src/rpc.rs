@@ -40,6 +40,7 @@ fn vol_err(e: VolumeError) -> RpcError {
     match e {
         VolumeError::InvalidParam { param, why } => RpcError::invalid_params(format!("{param}: {why}")),
         VolumeError::Relay(why) => RpcError::errno_detail(libc::EINVAL, why),
+        e @ (VolumeError::Busy(_) | VolumeError::Demoted(_)) => RpcError::errno_detail(libc::EBUSY, e.to_string()),
         e => RpcError::errno_detail(libc::EIO, e.to_string()),
     }
 }
@@ -210,6 +211,16 @@ struct Named {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct DemoteParams {
+    name: String,
+    #[serde(default)]
+    tag: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SyncParams {
     name: String,
     #[serde(default)]
@@ -361,6 +372,31 @@ pub fn register_rpcs(reg: &mut Registry) {
             let tag = p.tag.unwrap_or_default();
             v.declare_restart_point_wait(tag.as_bytes(), CTL_TIMEOUT)
                 .map_err(vol_err)
+        },
+    );
+    reg.register(
+        "replication_demote",
+        "Demote a replicated volume for a planned switchover: refuse new writes, order every \
+         numbered write before a final restart point (optional tag), return it once the \
+         relays hold it (timeout_ms, default 10000)",
+        |p: DemoteParams| {
+            let v = volume(&p.name).ok_or_else(|| no_volume(&p.name))?;
+            let tag = p.tag.unwrap_or_else(|| "switchover".into());
+            let timeout = Duration::from_millis(p.timeout_ms.unwrap_or(10_000));
+            let rp = v.demote(tag.as_bytes(), timeout).map_err(vol_err)?;
+            Ok(
+                serde_json::json!({"epoch": rp.epoch, "lsn": rp.lsn, "last_lsn": rp.last_lsn,
+                                  "reused": v.fence_reused()}),
+            )
+        },
+    );
+    reg.register(
+        "replication_resume",
+        "Lift a demotion (an aborted switchover): writes are accepted again",
+        |p: Named| {
+            let v = volume(&p.name).ok_or_else(|| no_volume(&p.name))?;
+            v.resume(CTL_TIMEOUT).map_err(vol_err)?;
+            Ok(true)
         },
     );
     reg.register_config_provider("replication", &["bdev"], || {

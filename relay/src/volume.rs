@@ -55,6 +55,7 @@ use crate::liveness::{HeartbeatSender, HeartbeatState};
 use nvme::target::restart::{self as nvme_restart, RestartPointDone, RestartPointError, RestartPointSink, SinkToken};
 
 mod channel;
+mod demote;
 mod dirty;
 mod resync;
 mod retention;
@@ -233,6 +234,12 @@ pub enum VolumeError {
     /// A relay address is already (or not) configured.
     #[error("relay {0}")]
     Relay(String),
+    /// The volume is demoted (switchover): writes are refused.
+    #[error("volume {0} is demoted (switchover): writes are refused")]
+    Demoted(String),
+    /// The volume cannot do that now (a block sync runs, a demote is under way).
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// A declared restart point.
@@ -318,6 +325,10 @@ pub struct VolumeStatus {
     pub dirty: DirtyStatus,
     /// The current or last block sync (`docs/replication.md`, "Block sync").
     pub sync: Option<SyncStatus>,
+    /// Demoted for a switchover: new writes fail (`docs/switchover.md`).
+    pub demoted: bool,
+    /// LSN of the final restart point behind which writes are fenced (0: none).
+    pub fence_lsn: u64,
 }
 
 /// A channel's completion ring, shared with the link reactor.
@@ -376,6 +387,13 @@ enum Ctl {
     AddRelay(SocketAddr),
     RemoveRelay(SocketAddr),
     Stop(Box<dyn FnOnce() + Send>),
+    /// Fence writes behind a final restart point (`volume/demote.rs`).
+    Demote {
+        tag: Vec<u8>,
+        done: RestartDone,
+    },
+    /// Lift the fence.
+    Resume(Box<dyn FnOnce(Result<(), String>) + Send>),
 }
 
 struct Shared {
@@ -386,6 +404,10 @@ struct Shared {
     ctl: Ring<Ctl>,
     writes_blocked: AtomicBool,
     stopped: AtomicBool,
+    /// Demoted for a switchover: new writes fail (`volume/demote.rs`).
+    demoted: AtomicBool,
+    /// The demote's final restart point is the last one declared (nothing written since).
+    fence_reused: AtomicBool,
     /// `now_ns()` of the link reactor's last status publish (liveness of the reactor).
     published_ns: AtomicU64,
     status: Mutex<VolumeStatus>,
@@ -478,6 +500,8 @@ impl ReplicatedVolume {
             ctl: Ring::new(64),
             writes_blocked: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
+            demoted: AtomicBool::new(false),
+            fence_reused: AtomicBool::new(false),
             published_ns: AtomicU64::new(0),
             status: Mutex::new(VolumeStatus::default()),
             stats: StatsSet::default(),
@@ -565,6 +589,58 @@ impl ReplicatedVolume {
             why: format!("the link reactor did not answer within {timeout:?}"),
         })?;
         r.map_err(|why| VolumeError::Relay(format!("volume {}: block sync: {why}", self.shared.cfg.name)))
+    }
+
+    /// Demotes the volume for a planned switchover (`volume/demote.rs`): new writes fail
+    /// from now on, and every write that got an LSN is ordered before a final restart
+    /// point tagged `tag`, returned once it meets the acknowledgement policy. Refused while
+    /// a block sync runs. Management path: waits at most `timeout` (on a timeout the volume
+    /// stays demoted; [`Self::resume`] lifts it).
+    pub fn demote(&self, tag: &[u8], timeout: Duration) -> Result<RestartPoint, VolumeError> {
+        if tag.len() > RESTART_TAG_BYTES_MAX {
+            return Err(VolumeError::InvalidParam {
+                param: "tag",
+                why: format!("{} bytes, at most {RESTART_TAG_BYTES_MAX}", tag.len()),
+            });
+        }
+        self.shared.demoted.store(true, Ordering::SeqCst);
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let done: RestartDone = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        self.ctl(Ctl::Demote {
+            tag: tag.to_vec(),
+            done,
+        })?;
+        rx.recv_timeout(timeout).map_err(|_| VolumeError::PolicyUnmet {
+            volume: self.shared.cfg.name.clone(),
+            why: format!("final restart point not acknowledged within {timeout:?} (the volume stays demoted)"),
+        })?
+    }
+
+    /// Lifts a demotion: writes are accepted again (an aborted switchover).
+    pub fn resume(&self, timeout: Duration) -> Result<(), VolumeError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.ctl(Ctl::Resume(Box::new(move |r| {
+            let _ = tx.send(r);
+        })))?;
+        rx.recv_timeout(timeout)
+            .map_err(|_| VolumeError::Unreachable {
+                volume: self.shared.cfg.name.clone(),
+                why: format!("the link reactor did not answer within {timeout:?}"),
+            })?
+            .map_err(VolumeError::Relay)
+    }
+
+    /// True when the last [`Self::demote`] reused the last restart point (nothing was
+    /// written after it) rather than declaring a new one.
+    pub fn fence_reused(&self) -> bool {
+        self.shared.fence_reused.load(Ordering::Acquire)
+    }
+
+    /// True while demoted.
+    pub fn demoted(&self) -> bool {
+        self.shared.demoted.load(Ordering::Acquire)
     }
 
     /// Adds a relay (management path).
@@ -1012,6 +1088,10 @@ struct LinkState {
     dirty: dirty::DirtyMap,
     /// The current or last block sync (`volume/sync.rs`).
     sync: Option<sync::BlockSync>,
+    /// The switchover fence (`volume/demote.rs`).
+    fence: demote::Fence,
+    /// The last restart point numbered (since this process started).
+    last_rp: Option<RestartPoint>,
 }
 
 /// A completion of a send on link `i`: which op references come back.
@@ -1055,6 +1135,8 @@ impl LinkState {
             next_token,
             dirty,
             sync: None,
+            fence: demote::Fence::None,
+            last_rp: None,
         }
     }
 
@@ -1084,7 +1166,9 @@ impl LinkState {
             self.try_start(now);
         }
         let mut took_new = false;
-        if self.next_lsn != 0 {
+        if self.fence.fenced() {
+            self.fail_fenced_submits();
+        } else if self.next_lsn != 0 {
             let mut n = 0;
             while n < SUBMITS_PER_POLL_MAX && self.inflight.len() < INFLIGHT_OPS_MAX {
                 let Some(sub) = self.s.subq.pop() else { break };
@@ -1115,6 +1199,7 @@ impl LinkState {
             }
             took_new = n > 0;
             took_new |= self.drive_sync(now);
+            took_new |= self.try_fence();
             busy |= took_new;
         }
         if took_new {
@@ -1196,40 +1281,22 @@ impl LinkState {
         let mut keep = VecDeque::new();
         while let Some(c) = self.pending_ctl.pop_front() {
             match c {
+                Ctl::RestartPoint { done, .. } if self.fence.active() => {
+                    done(Err(VolumeError::Demoted(self.s.cfg.name.clone())));
+                }
                 Ctl::RestartPoint { tag, done } => {
-                    if self.next_lsn == 0 || self.inflight.len() >= INFLIGHT_OPS_MAX {
+                    if let Err((tag, done)) = self.issue_restart_point(tag, done) {
                         keep.push_back(Ctl::RestartPoint { tag, done });
-                        continue;
                     }
-                    let lsn = self.next_lsn;
-                    self.next_lsn += 1;
-                    self.epoch += 1;
-                    let point = RestartPoint {
-                        epoch: self.epoch,
-                        lsn,
-                        last_lsn: lsn - 1,
-                    };
-                    // SAFETY: the tag's heap bytes live in `Owner::Restart::_tag` until the
-                    // entry is retired, which waits for `refs == 0`; moving a Vec does not
-                    // move its heap bytes.
-                    let data = unsafe { DataRef::new(&tag) };
-                    self.inflight.push_back(InFlight {
-                        op: OpMeta {
-                            lsn,
-                            kind: OpKind::RestartPoint,
-                            arg0: point.epoch,
-                            arg1: point.last_lsn,
-                            crc: crc32c::crc32c(&data),
-                            data,
-                        },
-                        owner: Owner::Restart {
-                            done: Some(done),
-                            point,
-                            _tag: tag,
-                        },
-                        refs: 0,
-                        dirty_mark: 0,
-                    });
+                }
+                Ctl::Demote { tag, done } => {
+                    if let Err((tag, done)) = self.start_demote(tag, done) {
+                        keep.push_back(Ctl::Demote { tag, done });
+                    }
+                }
+                Ctl::Resume(done) => done(self.resume_writes()),
+                Ctl::Sync { done, .. } if self.fence.active() => {
+                    done(Err(format!("volume {} is demoted", self.s.cfg.name)));
                 }
                 Ctl::Sync {
                     full,
@@ -1264,6 +1331,45 @@ impl LinkState {
             }
         }
         self.pending_ctl = keep;
+    }
+
+    /// Numbers a restart point now, or hands it back when it must wait (no LSN known yet,
+    /// in-flight table full).
+    fn issue_restart_point(&mut self, tag: Vec<u8>, done: RestartDone) -> Result<(), (Vec<u8>, RestartDone)> {
+        if self.next_lsn == 0 || self.inflight.len() >= INFLIGHT_OPS_MAX {
+            return Err((tag, done));
+        }
+        let lsn = self.next_lsn;
+        self.next_lsn += 1;
+        self.epoch += 1;
+        let point = RestartPoint {
+            epoch: self.epoch,
+            lsn,
+            last_lsn: lsn - 1,
+        };
+        self.last_rp = Some(point);
+        // SAFETY: the tag's heap bytes live in `Owner::Restart::_tag` until the
+        // entry is retired, which waits for `refs == 0`; moving a Vec does not
+        // move its heap bytes.
+        let data = unsafe { DataRef::new(&tag) };
+        self.inflight.push_back(InFlight {
+            op: OpMeta {
+                lsn,
+                kind: OpKind::RestartPoint,
+                arg0: point.epoch,
+                arg1: point.last_lsn,
+                crc: crc32c::crc32c(&data),
+                data,
+            },
+            owner: Owner::Restart {
+                done: Some(done),
+                point,
+                _tag: tag,
+            },
+            refs: 0,
+            dirty_mark: 0,
+        });
+        Ok(())
     }
 
     fn stop(&mut self) {
@@ -1865,6 +1971,8 @@ impl LinkState {
             // behind a lock the reactor never takes).
             dirty: DirtyStatus::default(),
             sync: self.sync.as_ref().map(|s| s.status()),
+            demoted: self.s.demoted.load(Ordering::Acquire),
+            fence_lsn: self.fence.lsn(),
             relays: self
                 .links
                 .iter()

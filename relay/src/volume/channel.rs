@@ -91,10 +91,15 @@ impl ChannelBackend for VolChannel {
             IoOp::WriteZeroes => OpKind::WriteZeroes,
             IoOp::Unmap => OpKind::Deallocate,
         };
-        if self.shared.writes_blocked.load(Ordering::Acquire) || self.shared.stopped.load(Ordering::Acquire) {
+        if self.shared.writes_blocked.load(Ordering::Acquire)
+            || self.shared.stopped.load(Ordering::Acquire)
+            || self.shared.demoted.load(Ordering::Acquire)
+        {
             self.free.push(slot);
             let why = if self.shared.stopped.load(Ordering::Acquire) {
                 format!("volume {} deleted", self.shared.cfg.name)
+            } else if self.shared.demoted.load(Ordering::Acquire) {
+                super::VolumeError::Demoted(self.shared.cfg.name.clone()).to_string()
             } else {
                 let st = self
                     .shared
