@@ -19,6 +19,7 @@ mod demo;
 mod ledger;
 mod perf_targets;
 mod procs;
+mod switchover;
 
 use clap::{Args, Parser, Subcommand};
 use engine::reactor::{IdleMode, ReactorOpts, Reactors};
@@ -61,6 +62,9 @@ enum Cmd {
     Relay(RelayArgs),
     /// Run a standby: receive relays' streams into delayed-write or snapshot volumes.
     Standby(StandbyArgs),
+    /// A planned switchover: demote the primary at a restart point, promote the standby
+    /// with no acknowledged write lost, export it (optionally replicate it onward).
+    Switchover(switchover::SwitchoverArgs),
     /// Measure this machine's limits (4 KiB memcpy rate, loopback TCP round
     /// trip) to report baton's figures as ratios to them.
     Limits,
@@ -348,6 +352,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Demo(a) => demo::run(a),
+        Cmd::Switchover(a) => switchover::run(a),
         Cmd::Chaos(a) => chaos::run(a),
         Cmd::Ledger(a) => ledger::run(a).map_err(|e| e.into()),
         Cmd::Selfcheck(a) => selfcheck(a),
