@@ -22,6 +22,7 @@ pub mod clock;
 pub mod cpumask;
 pub mod metrics;
 pub mod reactor;
+pub mod regionmap;
 pub mod ring;
 pub mod rpc;
 mod sys;

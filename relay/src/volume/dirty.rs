@@ -4,7 +4,7 @@
 //! (`docs/replication.md`, "The dirty-block record" and "Block sync").
 //!
 //! Shape: two bitmaps of `regions` bits, one bit per `2^region_shift` blocks, sized so a
-//! bitmap is at most [`DIRTY_BITS_MAX`] bits (128 KiB) whatever the volume size: bounded
+//! bitmap is at most `engine::regionmap::REGION_BITS_MAX` bits (128 KiB) whatever the volume size: bounded
 //! memory. `cur` collects the regions of ops from `starts[cur]` on; `prev` those of ops from
 //! `starts[prev]` to `starts[cur]`. The union covers every LSN from `starts[prev]` on. Once
 //! every relay confirmed everything before `starts[cur]`, `prev` is cleared and becomes
@@ -20,50 +20,30 @@
 //! and that some relay had not confirmed. Clears reach the file lazily (a superset is safe).
 //! Without a file the record is kept in memory only and nothing waits.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use engine::regionmap;
 use serde::Serialize;
 
 /// Largest bitmap, in bits (regions).
-pub const DIRTY_BITS_MAX: u64 = 1 << 20;
+#[cfg(test)]
+const DIRTY_BITS_MAX: u64 = regionmap::REGION_BITS_MAX;
 /// Shortest time between two rotations (each clears one bitmap on the link reactor).
 pub const ROTATE_PERIOD_NS: u64 = 1_000_000_000;
 /// How often the flusher looks for new marks.
 const FLUSH_POLL: Duration = Duration::from_millis(1);
 /// How often the flusher writes the file without new marks when a rotation cleared bits.
 const CLEAR_FLUSH_PERIOD: Duration = Duration::from_secs(1);
-const MAGIC: u32 = u32::from_le_bytes(*b"BTDM");
-const VERSION: u32 = 1;
-const HEADER_BYTES: usize = 40;
+#[cfg(test)]
+use regionmap::HEADER_BYTES;
 
-/// Errors loading or writing the persisted record.
-#[derive(Debug, thiserror::Error)]
-pub enum DirtyError {
-    /// File system error.
-    #[error("dirty map {path}: {op}: {source}")]
-    Io {
-        /// What was done.
-        op: &'static str,
-        /// The file.
-        path: String,
-        /// Why it failed.
-        source: std::io::Error,
-    },
-    /// The file is not a valid record for this volume.
-    #[error("dirty map {path}: {why}")]
-    Invalid {
-        /// The file.
-        path: String,
-        /// Why.
-        why: String,
-    },
-}
+/// Errors loading or writing the persisted record (the file format is
+/// `engine::regionmap`'s).
+pub type DirtyError = engine::regionmap::RegionMapError;
 
 /// What `replication_get_volumes` shows of the record.
 #[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
@@ -120,19 +100,7 @@ impl DirtyShared {
 
     /// The union as (first block, blocks) runs (what a block sync sends).
     pub(super) fn runs(&self, num_blocks: u64) -> Vec<(u64, u64)> {
-        let mut out: Vec<(u64, u64)> = Vec::new();
-        for r in 0..self.regions {
-            if self.union_word((r / 64) as usize) & (1 << (r % 64)) == 0 {
-                continue;
-            }
-            let first = r << self.region_shift;
-            let len = (1u64 << self.region_shift).min(num_blocks.saturating_sub(first));
-            match out.last_mut() {
-                Some((f, l)) if *f + *l == first => *l += len,
-                _ => out.push((first, len)),
-            }
-        }
-        out
+        regionmap::runs_of(|w| self.union_word(w), self.region_shift, self.regions, num_blocks)
     }
 
     pub(super) fn status(&self) -> DirtyStatus {
@@ -148,105 +116,28 @@ impl DirtyShared {
         }
     }
 
-    /// The file image: header + union bitmap.
+    /// The file image: header + union bitmap (`engine::regionmap`'s format).
     fn image(&self) -> Vec<u8> {
-        let words = self.words();
-        let mut b = Vec::with_capacity(HEADER_BYTES + words * 8);
-        b.extend_from_slice(&MAGIC.to_le_bytes());
-        b.extend_from_slice(&VERSION.to_le_bytes());
-        b.extend_from_slice(&self.region_shift.to_le_bytes());
-        b.extend_from_slice(&0u32.to_le_bytes()); // CRC, filled below
-        b.extend_from_slice(&self.regions.to_le_bytes());
-        b.extend_from_slice(&self.start_lsn.load(Ordering::Acquire).to_le_bytes());
-        b.extend_from_slice(&0u64.to_le_bytes()); // reserved
-        for w in 0..words {
-            b.extend_from_slice(&self.union_word(w).to_le_bytes());
-        }
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&b[..12]), &b[16..]);
-        b[12..16].copy_from_slice(&crc.to_le_bytes());
-        b
+        regionmap::encode(
+            self.region_shift,
+            self.regions,
+            self.start_lsn.load(Ordering::Acquire),
+            (0..self.words()).map(|w| self.union_word(w)),
+        )
     }
 
     fn write_file(&self, path: &Path) -> Result<(), DirtyError> {
-        let io = |op: &'static str| {
-            move |source| DirtyError::Io {
-                op,
-                path: path.display().to_string(),
-                source,
-            }
-        };
-        let tmp = path.with_extension("tmp");
-        let image = self.image();
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io("create"))?;
-        f.write_all(&image).map_err(io("write"))?;
-        f.sync_data().map_err(io("fdatasync"))?;
-        std::fs::rename(&tmp, path).map_err(io("rename"))?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync dir"))?;
-        }
-        Ok(())
+        regionmap::write_atomic(path, &self.image())
     }
 }
 
-/// Region size for a volume of `num_blocks`: the smallest power of two keeping the bitmap
-/// within [`DIRTY_BITS_MAX`].
 fn region_shift(num_blocks: u64) -> u32 {
-    let mut shift = 0;
-    while num_blocks.div_ceil(1 << shift) > DIRTY_BITS_MAX {
-        shift += 1;
-    }
-    shift
+    regionmap::region_shift(num_blocks)
 }
 
 /// Loads the persisted union (same geometry) into a bitmap: (words, start LSN).
 fn load(path: &Path, shift: u32, regions: u64) -> Result<Option<(Vec<u64>, u64)>, DirtyError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(DirtyError::Io {
-                op: "read",
-                path: path.display().to_string(),
-                source,
-            })
-        }
-    };
-    let invalid = |why: String| DirtyError::Invalid {
-        path: path.display().to_string(),
-        why,
-    };
-    let words = regions.div_ceil(64) as usize;
-    if bytes.len() != HEADER_BYTES + words * 8 {
-        return Err(invalid(format!(
-            "{} bytes, expected {}",
-            bytes.len(),
-            HEADER_BYTES + words * 8
-        )));
-    }
-    let u32_at = |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
-    let u64_at = |o: usize| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&bytes[o..o + 8]);
-        u64::from_le_bytes(a)
-    };
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[..12]), &bytes[16..]);
-    if u32_at(0) != MAGIC || u32_at(4) != VERSION || u32_at(12) != crc {
-        return Err(invalid("bad magic, version or CRC".into()));
-    }
-    if u32_at(8) != shift || u64_at(16) != regions {
-        return Err(invalid(format!(
-            "geometry {} regions of 2^{} blocks, the volume has {regions} of 2^{shift}",
-            u64_at(16),
-            u32_at(8)
-        )));
-    }
-    let map = (0..words).map(|w| u64_at(HEADER_BYTES + w * 8)).collect();
-    Ok(Some((map, u64_at(24))))
+    Ok(regionmap::load(path, shift, regions)?.map(|m| (m.words, m.start_lsn)))
 }
 
 /// The link reactor's side of the record.
