@@ -111,6 +111,45 @@ struct CreateVolume {
     /// Rate cap of that copy in bytes per second (0 or absent: none).
     #[serde(default)]
     initial_sync_bytes_per_sec: Option<u64>,
+    /// Region map files (`engine::regionmap` format: a promoted standby's record of
+    /// changes, the old primary's dirty-block record): the initial sync copies only their
+    /// union (a failback by delta). Implies `initial_sync`.
+    #[serde(default)]
+    initial_sync_maps: Option<Vec<String>>,
+}
+
+/// The union of the region maps `paths` as block runs over a volume of `num_blocks`, and
+/// the smallest region size among them (the chunk of the delta sync).
+fn delta_of_maps(paths: &[String], num_blocks: u64) -> Result<(Vec<(u64, u64)>, u64), RpcError> {
+    use engine::regionmap;
+    if paths.is_empty() {
+        return Err(RpcError::invalid_params("initial_sync_maps: empty"));
+    }
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut chunk = u64::MAX;
+    for p in paths {
+        let path = std::path::Path::new(p);
+        let m = regionmap::read(path)
+            .map_err(|e| RpcError::invalid_params(format!("initial_sync_maps: {e}")))?
+            .ok_or_else(|| RpcError::invalid_params(format!("initial_sync_maps: {p}: no such file")))?;
+        if m.regions != regionmap::regions(num_blocks, m.shift) {
+            return Err(RpcError::invalid_params(format!(
+                "initial_sync_maps: {p}: {} regions of 2^{} blocks do not cover a volume of {num_blocks} blocks",
+                m.regions, m.shift
+            )));
+        }
+        chunk = chunk.min(1 << m.shift);
+        runs.extend(m.runs(num_blocks));
+    }
+    runs.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(runs.len());
+    for (o, n) in runs {
+        match merged.last_mut() {
+            Some((mo, mn)) if o <= *mo + *mn => *mn = (*mn).max(o + n - *mo),
+            _ => merged.push((o, n)),
+        }
+    }
+    Ok((merged, chunk))
 }
 
 fn create_volume(p: CreateVolume) -> Result<String, RpcError> {
@@ -189,7 +228,10 @@ fn create_volume(p: CreateVolume) -> Result<String, RpcError> {
     cfg.dirty_map = p.dirty_map.as_ref().map(std::path::PathBuf::from);
     // Not kept by save_config: a restart from the saved config does not copy again (a
     // sync cut short is finished with `replication_sync_volume` and `full`).
-    cfg.initial_sync = p.initial_sync.unwrap_or(false);
+    cfg.initial_sync = p.initial_sync.unwrap_or(false) || p.initial_sync_maps.is_some();
+    if let Some(maps) = &p.initial_sync_maps {
+        cfg.initial_sync_delta = Some(delta_of_maps(maps, base.num_blocks())?);
+    }
     cfg.initial_sync_bytes_per_sec = p.initial_sync_bytes_per_sec.unwrap_or(0);
     let v = ReplicatedVolume::create(cfg, base).map_err(vol_err)?;
     if let Err(e) = bdev::register(v.clone()) {

@@ -175,6 +175,9 @@ pub struct VolumeConfig {
     pub initial_sync: bool,
     /// Rate cap of that copy (0: none).
     pub initial_sync_bytes_per_sec: u64,
+    /// With `initial_sync`: copy only these (first block, blocks) runs, in chunks of the
+    /// given blocks, instead of every block (a failback by delta, `docs/failback.md`).
+    pub initial_sync_delta: Option<(Vec<(u64, u64)>, u64)>,
 }
 
 impl VolumeConfig {
@@ -197,6 +200,7 @@ impl VolumeConfig {
             dirty_map: None,
             initial_sync: false,
             initial_sync_bytes_per_sec: 0,
+            initial_sync_delta: None,
         }
     }
 }
@@ -1255,7 +1259,12 @@ impl LinkState {
             self.dirty.begin(self.next_lsn);
             if self.s.cfg.initial_sync {
                 let rate = self.s.cfg.initial_sync_bytes_per_sec;
-                match self.start_sync_of(true, true, rate, "initial sync of the base bdev's data".into()) {
+                let delta = self.s.cfg.initial_sync_delta.clone();
+                let (full, why) = match &delta {
+                    Some(_) => (false, "failback: the blocks that differ from the other site"),
+                    None => (true, "initial sync of the base bdev's data"),
+                };
+                match self.start_sync_with(full, true, rate, why.into(), delta) {
                     // Its marker takes the first LSN, ahead of any write waiting to be
                     // numbered: no restart point precedes it.
                     Ok(()) => {

@@ -196,6 +196,8 @@ pub struct Delayed {
     apply: Apply,
     phase_pending: usize,
     failing: bool,
+    /// Block ranges of the staged writes the last rollback voided.
+    rolled_back: Vec<(u64, u64)>,
     failed_over: bool,
     error: Option<String>,
     epochs_applied: u64,
@@ -302,6 +304,7 @@ impl Delayed {
             apply: Apply::Idle,
             phase_pending: 0,
             failing: false,
+            rolled_back: Vec::new(),
             failed_over: sb.promoted,
             error: None,
             epochs_applied: 0,
@@ -738,6 +741,17 @@ impl Delayed {
                 self.apply = Apply::FlushApplied(ep, s);
             }
             Apply::WriteDiscard => {
+                // What the rollback voids: a failback treats these blocks as changed.
+                let applied = self.sb.applied_last_lsn;
+                let voided = self
+                    .recs
+                    .iter()
+                    .filter(|r| r.lsn > applied)
+                    .filter_map(|r| match r.kind {
+                        RecKind::Write { offset, n } | RecKind::Zero { offset, n, .. } => Some((offset, u64::from(n))),
+                        _ => None,
+                    });
+                self.rolled_back.extend(voided);
                 self.sb.incarnation += 1;
                 self.sb.tail_off = self.head;
                 self.sb.tail_seq = self.next_seq;
@@ -942,6 +956,11 @@ impl Delayed {
             epochs_applied: self.epochs_applied,
             bytes_applied: self.bytes_applied,
         }
+    }
+
+    /// Block ranges of the staged writes the rollback voided (since this open).
+    pub(crate) fn rolled_back(&self) -> &[(u64, u64)] {
+        &self.rolled_back
     }
 
     pub(crate) fn volume_bdev(&self) -> std::sync::Arc<dyn engine::bdev::Bdev> {

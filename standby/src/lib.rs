@@ -27,6 +27,7 @@
 //! image at some restart point) and 3 (after failover it is at the newest
 //! restart point fully received) are what the tests in `tests/` check.
 
+pub mod changed;
 pub mod delayed;
 pub mod failover;
 pub mod host;

@@ -57,6 +57,28 @@ pub enum OpBody {
     Sync { mark: SyncMark, skipped: bool },
 }
 
+impl OpBody {
+    /// The block range (first block, blocks) a write, write-zeroes or deallocate touches.
+    pub fn range(&self) -> Option<(u64, u64)> {
+        match *self {
+            OpBody::Write {
+                offset_blocks,
+                num_blocks,
+                ..
+            }
+            | OpBody::WriteZeroes {
+                offset_blocks,
+                num_blocks,
+            }
+            | OpBody::Deallocate {
+                offset_blocks,
+                num_blocks,
+            } => Some((offset_blocks, u64::from(num_blocks))),
+            _ => None,
+        }
+    }
+}
+
 /// A [`DmaBuf`] compared by content (tests compare ops).
 #[derive(Debug)]
 pub struct DmaBufEq(pub DmaBuf);
@@ -392,6 +414,12 @@ impl Receiver {
         self.held_ops = 0;
         self.held_bytes = 0;
         self.next_lsn = next_lsn.max(1);
+    }
+
+    /// Block ranges (first block, blocks) the held ops write (a failback must treat them
+    /// as changed: the primary that numbered them wrote them locally).
+    pub fn held_ranges(&self) -> Vec<(u64, u64)> {
+        self.held.iter().flatten().filter_map(|h| h.op.body.range()).collect()
     }
 
     /// Ops and bytes held.

@@ -71,6 +71,10 @@ pub struct CreateParams {
     /// Format even if the bdevs hold a standby (default false: recover it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<bool>,
+    /// File persisting the record of blocks changed since promotion (what a failback
+    /// sends, `docs/failback.md`); default: memory only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_map: Option<String>,
 }
 
 /// Parameters naming one standby.
@@ -277,8 +281,10 @@ fn create(p: CreateParams) -> Reply {
     }
     let (tx, rx) = mpsc::channel();
     let name = p.name.clone();
+    let changed_map = p.changed_map.clone().map(std::path::PathBuf::from);
     let sent = reactor::send_msg(core, move || {
-        let r = StandbyVolume::open(cfg).map(|vol| {
+        let r = StandbyVolume::open(cfg).map(|mut vol| {
+            vol.set_changed_map(changed_map);
             let vol = Rc::new(RefCell::new(vol));
             let v2 = vol.clone();
             let poller =

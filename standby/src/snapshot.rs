@@ -280,6 +280,8 @@ pub struct Snapshot {
     log_pos: u64,
     next_seq: u64,
     failing: bool,
+    /// Blocks of the pending writes the last rollback dropped.
+    rolled_back: Vec<(u64, u64)>,
     failed_over: bool,
     error: Option<String>,
     last_form_ns: u64,
@@ -332,6 +334,7 @@ impl Snapshot {
             log_pos: 0,
             next_seq: sb.meta_start_seq,
             failing: false,
+            rolled_back: Vec::new(),
             failed_over: sb.promoted,
             error: None,
             last_form_ns: 0,
@@ -950,6 +953,8 @@ impl Snapshot {
 
     /// R14: release every block written since the last snapshot.
     fn rollback(&mut self) {
+        // What the rollback drops: a failback treats these blocks as changed.
+        self.rolled_back.extend(self.pending.iter().map(|p| (p.lba, 1)));
         for p in self.pending.drain(..) {
             if p.pba != ZERO_PBA {
                 self.alloc.release(p.pba);
@@ -960,6 +965,11 @@ impl Snapshot {
         self.failing = false;
         self.failed_over = true;
         log::info!("standby: rolled back to snapshot {}", self.formed_epoch);
+    }
+
+    /// Blocks of the pending writes the rollback dropped (since this open).
+    pub(crate) fn rolled_back(&self) -> &[(u64, u64)] {
+        &self.rolled_back
     }
 
     pub(crate) fn list(&self) -> Vec<SnapshotInfo> {

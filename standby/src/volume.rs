@@ -16,6 +16,7 @@
 //!    the writable bdev (delayed: the volume; snapshot: a head over the last
 //!    snapshot).
 
+use crate::changed::{ChangedBdev, ChangedStatus};
 use crate::delayed::{Delayed, DelayedOpts, DelayedStatus};
 use crate::io::Dev;
 use crate::receive::{Gap, Offer, OwnedOp, Receiver};
@@ -25,6 +26,7 @@ use crate::sync_skip::SyncSkipStatus;
 use crate::StandbyError;
 use engine::bdev::Bdev;
 use engine::reactor::PollStatus;
+use engine::regionmap::IntentMap;
 use rdma_transport::wire::{Batch, Op, SyncMark};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -123,6 +125,9 @@ pub struct StandbyStatus {
     pub sync_skip: SyncSkipStatus,
     /// "valid", "stale" or "not_valid" ([`Readiness`]).
     pub failover_target: &'static str,
+    /// After promotion: the record of blocks changed since the common restart point
+    /// (`docs/failback.md`).
+    pub changed: Option<ChangedStatus>,
     /// Why the standby is not plainly a valid failover target ("" when it is).
     pub failover_note: String,
 }
@@ -177,6 +182,12 @@ pub struct StandbyVolume {
     skip_at: Option<u64>,
     holes_skipped: u64,
     lsns_skipped: u64,
+    /// File of the record of changes since promotion (`crate::changed`); None: memory.
+    changed_path: Option<std::path::PathBuf>,
+    /// That record, once promoted.
+    changed: Option<Arc<IntentMap>>,
+    /// The writable bdev handed out at promotion (the same one every time after).
+    promoted_bdev: Option<Arc<dyn Bdev>>,
 }
 
 impl StandbyVolume {
@@ -233,7 +244,50 @@ impl StandbyVolume {
             skip_at: None,
             holes_skipped: 0,
             lsns_skipped: 0,
+            changed_path: None,
+            changed: None,
+            promoted_bdev: None,
         })
+    }
+
+    /// Where the record of changes since promotion is persisted (`docs/failback.md`).
+    /// Without one it is kept in memory only (a restart after promotion forgets it).
+    pub fn set_changed_map(&mut self, path: Option<std::path::PathBuf>) {
+        self.changed_path = path;
+    }
+
+    /// The record of changes since the common restart point (after promotion).
+    pub fn changed_map(&self) -> Option<&Arc<IntentMap>> {
+        self.changed.as_ref()
+    }
+
+    /// Wraps the promoted bdev in the record of changes; `seed`: blocks the rollback
+    /// dropped (a new record) or nothing (reopened after a restart).
+    fn record_changes(
+        &mut self,
+        inner: Arc<dyn Bdev>,
+        name: &str,
+        seed: &[(u64, u64)],
+    ) -> Result<Arc<dyn Bdev>, StandbyError> {
+        let start = self.applied().1;
+        let map = IntentMap::open(inner.num_blocks(), self.changed_path.clone(), start, seed)
+            .map_err(|e| StandbyError::Stopped(format!("record of changes: {e}")))?;
+        self.changed = Some(map.clone());
+        let b: Arc<dyn Bdev> = Arc::new(ChangedBdev::new(name, inner, map));
+        self.promoted_bdev = Some(b.clone());
+        Ok(b)
+    }
+
+    /// Block ranges of every op the standby received past its last applied point and
+    /// dropped at the rollback (staged or pending, held out of order, parked).
+    fn dropped_ranges(&self) -> Vec<(u64, u64)> {
+        let mut v: Vec<(u64, u64)> = match &self.engine {
+            Engine::Delayed(d) => d.rolled_back().to_vec(),
+            Engine::Snapshot(s) => s.rolled_back().to_vec(),
+        };
+        v.extend(self.recv.held_ranges());
+        v.extend(self.parked.as_ref().and_then(|o| o.body.range()));
+        v
     }
 
     pub fn name(&self) -> &str {
@@ -500,14 +554,16 @@ impl StandbyVolume {
         }
         self.fail_over_blocking()?;
         let generation = self.generation.max(self.recv.generation()) + 1;
-        let bdev = match &mut self.engine {
+        let inner_name = format!("{head_name}.inner");
+        let inner = match &mut self.engine {
             Engine::Delayed(d) => d.promote(generation)?,
-            Engine::Snapshot(s) => s.promote(generation, head_name)?,
+            Engine::Snapshot(s) => s.promote(generation, &inner_name)?,
         };
         self.generation = generation;
         self.recv.set_generation(generation);
         self.promoted = true;
-        Ok(bdev)
+        let seed = self.dropped_ranges();
+        self.record_changes(inner, head_name, &seed)
     }
 
     /// The writable bdev of a promoted standby (also after a restart).
@@ -516,11 +572,22 @@ impl StandbyVolume {
         if !self.promoted {
             return Err(StandbyError::NotFailedOver);
         }
-        let head = format!("{}_head", self.name);
-        match &mut self.engine {
-            Engine::Delayed(d) => Ok(d.volume_bdev()),
-            Engine::Snapshot(s) => s.open_head(&head),
+        self.promoted_bdev_named(&format!("{}_head", self.name))
+    }
+
+    /// As [`StandbyVolume::promoted_bdev`], naming the bdev (as at promotion).
+    pub fn promoted_bdev_named(&mut self, head: &str) -> Result<Arc<dyn Bdev>, StandbyError> {
+        if !self.promoted {
+            return Err(StandbyError::NotFailedOver);
         }
+        if let Some(b) = &self.promoted_bdev {
+            return Ok(b.clone());
+        }
+        let inner = match &mut self.engine {
+            Engine::Delayed(d) => d.volume_bdev(),
+            Engine::Snapshot(s) => s.open_head(&format!("{head}.inner"))?,
+        };
+        self.record_changes(inner, head, &[])
     }
 
     pub fn generation(&self) -> u64 {
@@ -617,6 +684,7 @@ impl StandbyVolume {
             snapshot,
             sync_skip: self.sync_skip_status(),
             failover_target: readiness.label(),
+            changed: self.changed.as_deref().map(ChangedStatus::of),
             failover_note: readiness.why().to_string(),
         }
     }

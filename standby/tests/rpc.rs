@@ -183,11 +183,17 @@ fn standby_methods() {
     // Failure and promotion.
     call(&reg, "standby_declare_failure", json!({"name": "sd"})).unwrap();
     let p = call(&reg, "standby_promote", json!({"name": "sd"})).unwrap();
-    assert_eq!(p["bdev_name"], json!("r_vol"));
+    // Delayed mode: the volume bdev behind the record of changes since promotion.
+    assert_eq!(p["bdev_name"], json!("sd_head"));
     assert_eq!(p["generation"], json!(2));
     let st = call(&reg, "standby_get_status", json!({"name": "sd"})).unwrap();
     assert_eq!(st[0]["promoted"], json!(true));
     assert_eq!(st[0]["applied_epoch"], json!(1), "the epoch-2 write was rolled back");
+    assert_eq!(
+        st[0]["changed"]["changed_regions"],
+        json!(1),
+        "the rolled-back write's block is recorded as changed: {st}"
+    );
     let e = call(&reg, "standby_promote", json!({"name": "sd"})).unwrap_err();
     assert_eq!(e.code, -16, "{}", e.message);
     let p = call(&reg, "standby_promote", json!({"name": "ss", "bdev_name": "ss_head"})).unwrap();

@@ -105,6 +105,9 @@ pub(super) struct SyncPlan {
     pub bytes_per_sec: u64,
     /// Why it runs (for status and logs).
     pub reason: String,
+    /// Blocks per chunk (default: `SYNC_CHUNK_BYTES`; a delta sync uses its region size,
+    /// and consecutive chunks are still read and sent together).
+    pub chunk_blocks: Option<u64>,
 }
 
 /// A block sync in progress on the link reactor.
@@ -144,8 +147,10 @@ impl BlockSync {
             covers_from,
             bytes_per_sec,
             reason,
+            chunk_blocks,
         } = plan;
-        let chunk_blocks = (SYNC_CHUNK_BYTES / u64::from(block_size)).max(1);
+        let max_chunk = (SYNC_CHUNK_BYTES / u64::from(block_size)).max(1);
+        let chunk_blocks = chunk_blocks.map_or(max_chunk, |c| c.clamp(1, max_chunk));
         let chunks = num_blocks.div_ceil(chunk_blocks);
         let mut todo = vec![0u64; chunks.div_ceil(64) as usize];
         let mut set = |c: u64| todo[(c / 64) as usize] |= 1 << (c % 64);
@@ -293,6 +298,20 @@ impl LinkState {
         bytes_per_sec: u64,
         reason: String,
     ) -> Result<(), String> {
+        self.start_sync_with(full, initial, bytes_per_sec, reason, None)
+    }
+
+    /// As [`Self::start_sync_of`]; `delta`: send exactly these (first block, blocks) runs
+    /// in chunks of the given blocks (a failback, `docs/failback.md`) instead of the
+    /// dirty-block record's or every block.
+    pub(super) fn start_sync_with(
+        &mut self,
+        full: bool,
+        initial: bool,
+        bytes_per_sec: u64,
+        reason: String,
+        delta: Option<(Vec<(u64, u64)>, u64)>,
+    ) -> Result<(), String> {
         if self
             .sync
             .as_ref()
@@ -301,11 +320,15 @@ impl LinkState {
             return Err("a block sync is already running".into());
         }
         let chan = self.s.base.open_channel().map_err(|e| format!("base bdev: {e}"))?;
-        let covers_from = if full { 1 } else { self.dirty.covers_from() };
-        let runs = if full {
-            Vec::new()
+        let covers_from = if full || delta.is_some() {
+            1
         } else {
-            self.s.dirty.runs(self.s.base.num_blocks())
+            self.dirty.covers_from()
+        };
+        let (runs, chunk_blocks) = match delta {
+            Some((runs, chunk)) => (runs, Some(chunk)),
+            None if full => (Vec::new(), None),
+            None => (self.s.dirty.runs(self.s.base.num_blocks()), None),
         };
         let bs = self.s.base.block_size();
         let plan = SyncPlan {
@@ -313,6 +336,7 @@ impl LinkState {
             covers_from,
             bytes_per_sec,
             reason,
+            chunk_blocks,
         };
         let mut s = BlockSync::new(chan, bs, self.s.base.num_blocks(), &runs, plan);
         s.st.initial = initial;
@@ -321,7 +345,7 @@ impl LinkState {
             self.s.cfg.name,
             s.st.reason,
             s.st.chunks_total,
-            SYNC_CHUNK_BYTES / 1024,
+            s.chunk_bytes / 1024,
             s.st.covers_from_lsn
         );
         self.sync = Some(s);
@@ -436,12 +460,22 @@ impl LinkState {
                 continue;
             }
             let offset = c * s.chunk_blocks;
-            let blocks = s.chunk_blocks.min(s.num_blocks - offset);
+            let mut blocks = s.chunk_blocks.min(s.num_blocks - offset);
             if self.landing(offset, blocks) {
                 s.st.busy_waits += 1;
                 continue;
             }
+            // Small chunks (a delta sync) that follow each other go out as one read and
+            // one write of up to SYNC_CHUNK_BYTES.
             let bs = u64::from(self.s.base.block_size());
+            while s.cursor != 0
+                && s.is_todo(s.cursor)
+                && (blocks + s.chunk_blocks) * bs <= SYNC_CHUNK_BYTES
+                && !self.landing(offset + blocks, s.chunk_blocks.min(s.num_blocks - offset - blocks))
+            {
+                blocks += s.chunk_blocks.min(s.num_blocks - offset - blocks);
+                s.cursor = (s.cursor + 1) % chunks;
+            }
             let req = IoRequest {
                 op: IoOp::Read,
                 offset_blocks: offset,
@@ -505,8 +539,9 @@ impl LinkState {
         });
         s.unretired += 1;
         s.st.bytes_sent += r.blocks * u64::from(self.s.base.block_size());
-        let c = r.offset / s.chunk_blocks;
-        s.done_chunk(c);
+        for c in r.offset / s.chunk_blocks..(r.offset + r.blocks).div_ceil(s.chunk_blocks) {
+            s.done_chunk(c);
+        }
     }
 }
 
@@ -521,6 +556,7 @@ mod tests {
             covers_from: 1,
             bytes_per_sec: 0,
             reason: "test".into(),
+            chunk_blocks: None,
         };
         BlockSync::new(b.open_channel().unwrap(), 4096, 64, &[], plan)
     }
