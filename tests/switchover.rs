@@ -10,43 +10,12 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
-use nvme::host::{cmd, Controller, Data, HostOpts, Qpair};
+use nvme::host::Qpair;
 use serde_json::{json, Value};
 use support::*;
 
 const NQN: &str = "nqn.2016-06.io.baton:switch-primary";
 const NQN_NEW: &str = "nqn.2016-06.io.baton:switch-standby";
-
-fn write_block(q: &mut Qpair, lba: u64, stamp: u64) -> bool {
-    let mut b = engine::buf::DmaBuf::alloc(BS);
-    fill(&mut b, stamp);
-    let done = q
-        .sync(cmd::write(1, lba, 1), Data::ToCtrl(b), Duration::from_secs(10))
-        .expect("NVMe write answered");
-    done.cqe.status().is_success()
-}
-
-fn read_all(addr: SocketAddr, nqn: &str) -> Vec<u8> {
-    let mut c = Controller::connect(addr, nqn, &HostOpts::default()).expect("NVMe/TCP connect");
-    let mut q = c.create_io_qpair().expect("I/O queue");
-    let mut out = Vec::with_capacity(BLOCKS as usize * BS);
-    for slba in (0..BLOCKS).step_by(16) {
-        let done = q
-            .sync(
-                cmd::read(1, slba, 16),
-                Data::FromCtrl(engine::buf::DmaBuf::alloc(16 * BS)),
-                Duration::from_secs(10),
-            )
-            .expect("NVMe read");
-        assert!(done.cqe.status().is_success(), "read {slba}: {}", done.cqe.status());
-        out.extend_from_slice(&done.buf.expect("read buffer")[..]);
-    }
-    c.disconnect();
-    out
-}
 
 #[test]
 fn a_planned_switchover_loses_no_acknowledged_write() {
@@ -74,25 +43,7 @@ fn a_planned_switchover_loses_no_acknowledged_write() {
         Some(json!({"name": "vold", "base_bdev": "Base", "relays": [r1.addr(), r2.addr()]})),
     )
     .unwrap();
-    let pport = free_port();
-    for (m, p) in [
-        ("nvmf_create_transport", json!({"trtype": "TCP"})),
-        ("nvmf_create_subsystem", json!({"nqn": NQN, "allow_any_host": true})),
-        (
-            "nvmf_subsystem_add_ns",
-            json!({"nqn": NQN, "namespace": {"bdev_name": "vold"}}),
-        ),
-        (
-            "nvmf_subsystem_add_listener",
-            json!({"nqn": NQN, "listen_address": {"trtype": "TCP", "adrfam": "IPv4",
-                   "traddr": "127.0.0.1", "trsvcid": pport.to_string()}}),
-        ),
-    ] {
-        rpc(&ps, m, Some(p)).unwrap_or_else(|e| panic!("{m}: {e}"));
-    }
-    let paddr: SocketAddr = format!("127.0.0.1:{pport}").parse().unwrap();
-    let mut c = Controller::connect(paddr, NQN, &HostOpts::default()).expect("connect to the primary");
-    let mut q = c.create_io_qpair().expect("I/O queue");
+    let (c, mut q) = connect(export(&ps, NQN, "vold", true), NQN);
 
     // The application: two groups closed by restart points, then writes after the last
     // one (acknowledged, not yet under a restart point: the switchover's own point must
@@ -161,10 +112,8 @@ fn a_planned_switchover_loses_no_acknowledged_write() {
 
     // The promoted volume, read over NVMe/TCP from the standby's export, is every
     // acknowledged write.
-    let got = read_all(format!("127.0.0.1:{eport}").parse().unwrap(), NQN_NEW);
-    if let Some(b) = (0..BLOCKS as usize).find(|&b| got[b * BS..(b + 1) * BS] != img[b * BS..(b + 1) * BS]) {
-        panic!("promoted volume differs at block {b}");
-    }
+    let got = read_all(format!("127.0.0.1:{eport}").parse().unwrap(), NQN_NEW, BLOCKS);
+    assert_eq!(first_block_diff(&got, &img), None, "promoted volume differs");
     let s = sb.status("vold").unwrap();
     assert!(s["generation"].as_u64() > Some(1) || s["promoted"] == true, "{s}");
     drop((r1, r2));

@@ -19,6 +19,7 @@
 
 #[path = "../../relay/tests/common/mod.rs"]
 pub mod common;
+mod nvme_io;
 mod primary;
 mod roles;
 
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub use common::{fill, wait_until, TempDir};
+pub use nvme_io::*;
 pub use primary::*;
 pub use roles::*;
 
