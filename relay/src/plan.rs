@@ -422,6 +422,19 @@ pub struct Plan {
     pub sets_ok: usize,
 }
 
+impl Plan {
+    /// The plan as JSON with at most `sets_max` sets (ok ones first), and how many there are
+    /// in all (`sets_total`, `sets_ok`).
+    pub fn to_json(&self, sets_max: usize) -> serde_json::Value {
+        serde_json::json!({
+            "sites": self.sites,
+            "sets_total": self.sets.len(),
+            "sets_ok": self.sets_ok,
+            "sets": &self.sets[..self.sets.len().min(sets_max)],
+        })
+    }
+}
+
 /// Round trip of `distance_km` of fibre route, there and back (µs).
 pub fn rtt_from_distance_us(distance_km: f64, route_factor: f64) -> f64 {
     2.0 * distance_km * route_factor * FIBRE_US_PER_KM
@@ -617,11 +630,29 @@ pub struct PlanParams {
     /// Journal commit of sites without `commit_us` (µs, default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit_us: Option<f64>,
+    /// Probe the candidates that have an `addr` first (default true). Not part of the
+    /// model: read by `relay_plan` and `baton plan`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<bool>,
+    /// Probes per candidate (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<u32>,
+    /// Most sets in the answer (default 50; ok sets come first). The count of all is
+    /// always given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sets_max: Option<usize>,
 }
 
 impl PlanParams {
     /// The validated model input (nothing probed yet).
     pub fn into_input(self) -> Result<PlanInput, PlanError> {
+        if let Some(p) = self.probes.filter(|&p| p == 0 || p > 10_000) {
+            return Err(PlanError::BadNumber {
+                field: "probes".into(),
+                value: f64::from(p),
+                range: "between 1 and 10000",
+            });
+        }
         let ack = ack_from_params(self.ack_policy.as_deref(), self.quorum_k)?;
         let n = self.candidates.len();
         let input = PlanInput {

@@ -20,12 +20,16 @@ use std::time::{Duration, Instant};
 
 use rdma_transport::wire::{self, Frame, Hello, Role, ENVELOPE_BYTES, FRAME_BYTES_MAX};
 
-use crate::plan::RttStats;
+use crate::plan::{PlanInput, Probed, RttStats};
 
 /// The volume name a probe's Hello carries (no relay serves it: probes never open one).
 pub const PROBE_VOLUME: &str = "baton-plan-probe";
 /// Most probes one call sends to one relay.
 pub const PROBES_MAX: u32 = 10_000;
+/// Probes per relay when not given.
+pub const PROBES_DEFAULT: u32 = 20;
+/// Longest a probe waits for a connect, a send or a reply.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest reply a probe reads (a HelloReply is 48 bytes).
 const REPLY_BYTES_MAX: usize = 256;
 
@@ -139,6 +143,40 @@ pub fn probe_relay(addr: SocketAddr, probes: u32, timeout: Duration) -> Result<R
         rtts.push(probe_once(addr, hello.as_bytes(), timeout)?);
     }
     Ok(stats(&mut rtts))
+}
+
+/// Probes every candidate of `input` that has an address (one thread per candidate, so
+/// sites are probed at the same time; a site's own probes run one after the other) and
+/// records the results in `input.probed`. A candidate that fails is kept with its error:
+/// the plan then excludes it and says why.
+pub fn probe_candidates(input: &mut PlanInput, probes: u32, timeout: Duration) {
+    let results: Vec<Option<Probed>> = std::thread::scope(|s| {
+        let handles: Vec<_> = input
+            .candidates
+            .iter()
+            .map(|c| {
+                let addr: Option<SocketAddr> = c.addr.as_deref().and_then(|a| a.parse().ok());
+                s.spawn(move || {
+                    addr.map(|a| match probe_relay(a, probes, timeout) {
+                        Ok(st) => Probed::Rtt(st),
+                        Err(e) => Probed::Failed(e.to_string()),
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Some(Probed::Failed("probe thread panicked".into())))
+            })
+            .collect()
+    });
+    for (i, r) in results.into_iter().enumerate() {
+        if let Some(p) = r {
+            input.probed[i] = p;
+        }
+    }
 }
 
 /// min / p50 / p99 of `rtts` (nearest rank), which must not be empty.
