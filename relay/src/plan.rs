@@ -448,7 +448,7 @@ fn site(input: &PlanInput, i: usize) -> Site {
         (Probed::Failed(_), _, _) => (None, None, None),
         (Probed::No, Some(t), _) => (Some(t), Some(RttSource::Given), None),
         (Probed::No, None, Some(d)) => (
-            Some(rtt_from_distance_us(d, input.route_factor)),
+            Some(round_us(rtt_from_distance_us(d, input.route_factor))),
             Some(RttSource::Distance),
             None,
         ),
@@ -522,6 +522,11 @@ fn latency_after_loss(relay_us: &[f64], ack: AckPolicy, input: &PlanInput) -> Op
         .try_fold(0.0f64, |worst, l| l.map(|l| worst.max(l)))
 }
 
+/// To 0.1 µs: the model is not more precise, and JSON then shows no float noise.
+fn round_us(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
 fn evaluate(input: &PlanInput, sites: &[Site], members: &[usize]) -> SetPlan {
     let n = members.len();
     let k = policy_k(input.ack, n);
@@ -532,8 +537,8 @@ fn evaluate(input: &PlanInput, sites: &[Site], members: &[usize]) -> SetPlan {
     let relay_us: Option<Vec<f64>> = members.iter().map(|&i| sites[i].relay_us).collect();
     let (latency_us, after) = match &relay_us {
         Some(r) => (
-            model_latency_us(r, k, input.local_write_us, input.send_us_per_relay),
-            latency_after_loss(r, input.ack, input),
+            model_latency_us(r, k, input.local_write_us, input.send_us_per_relay).map(round_us),
+            latency_after_loss(r, input.ack, input).map(round_us),
         ),
         None => (None, None),
     };

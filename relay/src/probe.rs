@@ -12,7 +12,9 @@
 //! created, no journal is touched and no primary's connection is replaced (a Hello with the
 //! role `primary` would do both). The wire format is unchanged. The relay logs each probe
 //! as a refused Hello. The TCP connect is outside the timed part (it is answered by the
-//! relay's kernel, not by the relay).
+//! relay's kernel, not by the relay), and so is a pause after it ([`PROBE_SETTLE`]) that
+//! lets the relay accept the connection first: a replicated write travels on a connection
+//! the relay holds already.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -30,6 +32,10 @@ pub const PROBES_MAX: u32 = 10_000;
 pub const PROBES_DEFAULT: u32 = 20;
 /// Longest a probe waits for a connect, a send or a reply.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between the connect and the Hello, beyond the connect's own duration: the relay
+/// looks for new connections at most every 200 µs (`TcpAcceptor::poll_accept`) and a Hello
+/// that arrives before the accept would time that wait, which no replicated write sees.
+pub const PROBE_SETTLE: Duration = Duration::from_millis(1);
 /// Largest reply a probe reads (a HelloReply is 48 bytes).
 const REPLY_BYTES_MAX: usize = 256;
 
@@ -88,7 +94,11 @@ pub enum ProbeError {
 
 /// One probe: µs from the Hello's send to the HelloReply's arrival.
 fn probe_once(addr: SocketAddr, hello: &[u8], timeout: Duration) -> Result<f64, ProbeError> {
+    let t_connect = Instant::now();
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|source| ProbeError::Connect { addr, source })?;
+    // The relay's end of the handshake arrives half a round trip after connect returns:
+    // wait that long again, plus the accept period, so the relay holds the connection.
+    std::thread::sleep(t_connect.elapsed() + PROBE_SETTLE);
     let io = |what| move |source| ProbeError::Io { addr, what, source };
     s.set_nodelay(true).map_err(io("set TCP_NODELAY"))?;
     s.set_read_timeout(Some(timeout)).map_err(io("set read timeout"))?;

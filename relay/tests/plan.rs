@@ -171,7 +171,10 @@ fn model_matches_measured_replicated_latency() {
             "| {} ({}) | {} | {} | {model_us:.0} | {p50_us:.0} | {p99_us:.0} | {:.0} | {:+.1} % |",
             case.name,
             delays.join(", "),
-            case.ack.name(),
+            match case.ack {
+                AckPolicy::Quorum(k) => format!("quorum {k}"),
+                other => other.name().to_string(),
+            },
             probes.join(" / "),
             iops * 3.0,
             err * 100.0
