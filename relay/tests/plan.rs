@@ -129,6 +129,13 @@ fn model_matches_measured_replicated_latency() {
         .map(|p| Probed::Rtt(relay::probe::probe_relay(p.addr, PROBES, Duration::from_secs(5)).unwrap()))
         .collect();
 
+    // A probe leaves nothing behind: no volume, no journal directory.
+    for d in &dirs {
+        assert!(
+            !d.0.join(relay::probe::PROBE_VOLUME).exists(),
+            "a probe created a journal"
+        );
+    }
     for (p, ms) in probed.iter().zip(ONE_WAY_MS) {
         if let Probed::Rtt(s) = p {
             println!(

@@ -651,7 +651,7 @@ pub struct PlanParams {
 impl PlanParams {
     /// The validated model input (nothing probed yet).
     pub fn into_input(self) -> Result<PlanInput, PlanError> {
-        if let Some(p) = self.probes.filter(|&p| p == 0 || p > 10_000) {
+        if let Some(p) = self.probes.filter(|&p| p == 0 || p > crate::probe::PROBES_MAX) {
             return Err(PlanError::BadNumber {
                 field: "probes".into(),
                 value: f64::from(p),
