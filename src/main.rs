@@ -18,6 +18,7 @@ mod chaos_writer;
 mod demo;
 mod ledger;
 mod perf_targets;
+mod plan;
 mod procs;
 mod switchover;
 
@@ -68,6 +69,9 @@ enum Cmd {
     /// Measure this machine's limits (4 KiB memcpy rate, loopback TCP round
     /// trip) to report baton's figures as ratios to them.
     Limits,
+    /// Plan relay placement: which relay sets meet a write-latency budget outside the
+    /// disaster radius (probes the relays given by address).
+    Plan(plan::PlanArgs),
 }
 
 #[derive(Args)]
@@ -362,6 +366,7 @@ fn main() -> ExitCode {
         Cmd::Relay(a) => relay_cmd(a),
         Cmd::Standby(a) => standby_cmd(a),
         Cmd::Rpc(a) => rpc(a),
+        Cmd::Plan(a) => plan::run(a).map_err(|e| e.into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,9 @@
 //!   io_uring, crash recovery, read-back for forwarding, release once the standby has it).
 //! - [`limits`]: the ranges of the relay's settings, checked before anything is opened.
 //! - [`liveness`]: the direct heartbeat a replicated volume sends to its standby host.
+//! - [`plan`]: the relay placement planner (R6): which relay sets meet a write-latency
+//!   budget outside the disaster radius (pure model).
+//! - [`probe`]: measures the round trip to a running relay through its replication port.
 //! - [`rpc`]: the `replication_*` and `relay_*` JSON-RPC methods.
 //! - [`dataref`]: zero-copy views of write buffers shared by the local write and the sends.
 
@@ -18,6 +21,8 @@ pub mod forward_policy;
 pub mod journal;
 pub mod limits;
 pub mod liveness;
+pub mod plan;
+pub mod probe;
 pub mod relay;
 pub mod rpc;
 pub mod volume;

@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use engine::bdev::{self, Bdev};
-use engine::rpc::{ConfigEntry, Registry, RpcError};
+use engine::rpc::{ConfigEntry, Registry, Reply, RpcError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::plan::{PlanError, PlanParams};
 use crate::relay::{ForwardPolicy, JournalSpec, Relay, RelayError};
 use crate::volume::{AckPolicy, OnRelayDown, ReplicatedVolume, VolumeConfig, VolumeError};
 
@@ -52,6 +53,46 @@ fn relay_err(e: RelayError) -> RpcError {
         RelayError::Exists(v) => RpcError::errno_detail(libc::EEXIST, format!("volume {v:?} already has a journal")),
         e => RpcError::errno_detail(libc::EIO, e.to_string()),
     }
+}
+
+fn plan_err(e: PlanError) -> RpcError {
+    RpcError::invalid_params(e.to_string())
+}
+
+/// `relay_plan`: validates at once; probes (if asked and any candidate has an address) on
+/// a helper thread, so the management thread is never blocked for the probes' round trips.
+fn relay_plan(p: PlanParams) -> Reply {
+    let probe = p.probe.unwrap_or(true);
+    let probes = p.probes.unwrap_or(crate::probe::PROBES_DEFAULT);
+    let sets_max = p.sets_max.unwrap_or(50);
+    let mut input = match p.into_input() {
+        Ok(i) => i,
+        Err(e) => return Reply::Ready(Err(plan_err(e))),
+    };
+    let answer = move |input: &crate::plan::PlanInput| {
+        crate::plan::plan(input)
+            .map(|plan| plan.to_json(sets_max))
+            .map_err(plan_err)
+    };
+    if !probe || input.candidates.iter().all(|c| c.addr.is_none()) {
+        return Reply::Ready(answer(&input));
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("relay_plan".into()).spawn(move || {
+        crate::probe::probe_candidates(&mut input, probes, crate::probe::PROBE_TIMEOUT);
+        let _ = tx.send(answer(&input));
+    });
+    if let Err(e) = spawned {
+        return Reply::Ready(Err(RpcError::errno_detail(libc::EAGAIN, format!("probe thread: {e}"))));
+    }
+    Reply::Later(Box::new(move || match rx.try_recv() {
+        Ok(r) => Some(r),
+        Err(std::sync::mpsc::TryRecvError::Empty) => None,
+        Err(std::sync::mpsc::TryRecvError::Disconnected) => Some(Err(RpcError::errno_detail(
+            libc::EIO,
+            "relay_plan: the probe thread died",
+        ))),
+    }))
 }
 
 fn parse_addr(param: &str, s: &str) -> Result<SocketAddr, RpcError> {
@@ -453,6 +494,14 @@ pub fn register_rpcs(reg: &mut Registry) {
             .collect()
     });
 
+    reg.register_deferred(
+        "relay_plan",
+        "Plan relay placement (R6): every set of candidates (name, addr, distance_km, region, rtt_us, \
+         commit_us) meeting budget_us under ack_policy all|quorum|any (quorum_k), with local_write_us, \
+         outside disaster_radius_km and excluded_regions, relays_min..relays_max; probes candidates with \
+         an addr (probe, probes) first; best first, sets_max shown (docs/planning.md)",
+        |_, p: PlanParams| relay_plan(p),
+    );
     reg.register(
         "relay_create_journal",
         "Set the journal of a volume before its primary connects: dir, journal_bytes_max, segment_bytes",
@@ -592,5 +641,52 @@ mod tests {
         let e = err(&reg, "relay_set_forward_policy", json!({"mode": "sometimes"}));
         assert!(e.message.contains("sometimes") || e.message.contains("mode"), "{e:?}");
         let _ = bdev::unregister("rpc_test_base");
+    }
+
+    #[test]
+    fn relay_plan_answers_and_names_bad_parameters() {
+        let mut reg = Registry::new();
+        register_rpcs(&mut reg);
+        let ok = reg
+            .call_blocking(
+                "relay_plan",
+                Some(json!({
+                    "candidates": [
+                        {"name": "near", "distance_km": 10, "rtt_us": 200},
+                        {"name": "far", "distance_km": 400, "rtt_us": 4000, "commit_us": 100},
+                        {"name": "farther", "distance_km": 900}
+                    ],
+                    "ack_policy": "quorum", "quorum_k": 1, "budget_us": 10000,
+                    "disaster_radius_km": 50, "relays_max": 2, "sets_max": 2
+                })),
+                10,
+                Duration::from_millis(1),
+            )
+            .unwrap();
+        assert_eq!(ok["sets_total"], json!(6), "{ok}");
+        assert_eq!(ok["sets_ok"], json!(2), "{ok}");
+        assert_eq!(ok["sets"].as_array().unwrap().len(), 2);
+        assert_eq!(ok["sets"][0]["relays"], json!(["far"]));
+        assert_eq!(ok["sets"][0]["latency_us"], json!(4105.0));
+        assert_eq!(ok["sets"][1]["relays"], json!(["far", "farther"]));
+        assert_eq!(ok["sites"][2]["rtt_source"], json!("distance"));
+        let e = err(
+            &reg,
+            "relay_plan",
+            json!({"candidates": [{"name": "a", "rtt_us": -3}], "budget_us": 1000}),
+        );
+        assert!(e.message.contains("candidates[0].rtt_us") && e.code == -32602, "{e:?}");
+        let e = err(
+            &reg,
+            "relay_plan",
+            json!({"candidates": [{"name": "a", "rtt_us": 3, "rack": 1}], "budget_us": 1000}),
+        );
+        assert!(e.message.contains("rack"), "{e:?}");
+        let e = err(
+            &reg,
+            "relay_plan",
+            json!({"candidates": [{"name": "a", "addr": "nowhere"}], "budget_us": 1000}),
+        );
+        assert!(e.message.contains("nowhere"), "{e:?}");
     }
 }

@@ -10,6 +10,8 @@
 
 #![allow(dead_code)]
 
+pub mod delay_proxy;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
