@@ -1257,8 +1257,11 @@ impl LinkState {
             self.next_lsn = resume + 1;
             self.completed_lsn = resume;
             self.dirty.begin(self.next_lsn);
-            if self.s.cfg.initial_sync {
-                let rate = self.s.cfg.initial_sync_bytes_per_sec;
+            let rate = self.s.cfg.initial_sync_bytes_per_sec;
+            if self.resume_sync(rate) {
+                // A sync cut short by a restart goes on where it was (`volume/sync.rs`).
+                self.drive_sync(now);
+            } else if self.s.cfg.initial_sync {
                 let delta = self.s.cfg.initial_sync_delta.clone();
                 let (full, why) = match &delta {
                     Some(_) => (false, "failback: the blocks that differ from the other site"),
@@ -1333,6 +1336,7 @@ impl LinkState {
                     }
                 }
                 Ctl::Stop(done) => {
+                    self.persist_sync_at_stop();
                     self.stop();
                     done();
                     return;

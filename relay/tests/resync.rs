@@ -354,6 +354,120 @@ fn initial_sync_scenario(root: &TempDir) {
     r8.stop(WAIT).unwrap();
 }
 
+/// A RAM base whose every 3rd block holds data no LSN wrote (stamps `100_000 + block`).
+fn base_with_data(name: &str) -> Arc<dyn engine::bdev::Bdev> {
+    use engine::bdev::{IoOp, IoRequest};
+    let base = engine::bdev::malloc::create(name, 4096, 4096, None).unwrap();
+    let mut ch = base.open_channel().unwrap();
+    for b in (0..4096u64).step_by(3) {
+        let mut buf = engine::buf::DmaBuf::alloc(4096);
+        fill(&mut buf, 100_000 + b);
+        ch.submit(IoRequest {
+            op: IoOp::Write,
+            offset_blocks: b,
+            num_blocks: 1,
+            buf: Some(buf),
+            user_data: b,
+        })
+        .unwrap();
+        let mut done = false;
+        while !done {
+            ch.poll(&mut |c| {
+                c.result.unwrap();
+                done = true;
+            });
+        }
+    }
+    base
+}
+
+/// 7. An initial sync cut short by a restart of the primary (with a `dirty_map`, its
+///    progress is persisted beside it) goes on where it was: the new incarnation sends
+///    only what was left (a full `Begin` marker, so a syncing standby takes its End as
+///    making it whole), and the sink's image is the primary's.
+fn resumed_sync_scenario(root: &TempDir) {
+    let base = base_with_data("rs7_base");
+    let sink = Sink::start();
+    let r9 = start_relay(&root.0.join("r9"), Some(sink.addr), true, 0);
+    let dirty = root.0.join("rs7.dirty");
+    let progress = dirty.with_extension("sync");
+    let mut cfg = VolumeConfig::new("rs7", vec![r9.listen_addr()]);
+    cfg.relay_down_timeout_ms = 300;
+    cfg.core = Some(VOLUME_CORE);
+    cfg.dirty_map = Some(dirty.clone());
+    cfg.initial_sync = true;
+    // 1 MiB/s: the 16 MiB copy takes 16 s, long enough to be cut short.
+    cfg.initial_sync_bytes_per_sec = 1 << 20;
+    let v = ReplicatedVolume::create(cfg.clone(), base.clone()).expect("volume");
+    // Cut short once the persisted progress shows a part done and the dirty-block record
+    // (which also covers recent sync writes until every relay confirmed them) has let
+    // most of those go.
+    let chunk_bits = |p: &std::path::Path| {
+        engine::regionmap::read(p)
+            .ok()
+            .flatten()
+            .map(|m| m.words.iter().map(|w| u64::from(w.count_ones())).sum::<u64>())
+    };
+    wait_until(WAIT, "progress persisted after a part of the copy", || {
+        let st = v.status();
+        chunk_bits(&progress).is_some_and(|left| left <= 192) && st.dirty.dirty_regions < 1024
+    });
+    v.stop(WAIT).unwrap();
+    let left = chunk_bits(&progress).expect("progress kept at the stop");
+    let dirty_runs = engine::regionmap::read(&dirty).unwrap().unwrap().runs(4096);
+    let mut chunks: Vec<u64> = engine::regionmap::read(&progress)
+        .unwrap()
+        .unwrap()
+        .runs(4096)
+        .into_iter()
+        .chain(dirty_runs)
+        .flat_map(|(o, n)| o / 16..(o + n).div_ceil(16))
+        .collect();
+    chunks.sort_unstable();
+    chunks.dedup();
+    drop(v);
+    let _ = engine::bdev::unregister("rs7");
+    // The restart: same record, no initial_sync option (save_config does not keep it).
+    cfg.initial_sync = false;
+    cfg.initial_sync_bytes_per_sec = 0;
+    let v = ReplicatedVolume::create(cfg, base).expect("volume again");
+    wait_until(WAIT, "the resumed sync ended", || {
+        v.status().sync.as_ref().is_some_and(|s| s.state == "done")
+    });
+    let second = v.status().sync.unwrap();
+    assert_eq!(second.reason, "resumed after a restart", "{second:?}");
+    assert!(second.full && !second.initial, "a full Begin marker: {second:?}");
+    assert_eq!(
+        second.chunks_total,
+        chunks.len() as u64,
+        "what was left ({left} chunks) and the dirty-block record, nothing else: {second:?}"
+    );
+    assert!(second.chunks_total < 256, "went on, did not start over: {second:?}");
+    wait_until(WAIT, "the progress file removed", || !progress.exists());
+    let want = read_stamps(v.base());
+    let end = second.end_lsn;
+    sink.wait_delivered(
+        |s| s.delivered.last().is_some_and(|d| d.lsn >= end),
+        WAIT,
+        "rs7 at the sink",
+    );
+    let s = sink.state.lock().unwrap();
+    let mut img = vec![0u64; want.len()];
+    for d in s.delivered.iter().filter(|d| d.kind == 1) {
+        for (k, stamp) in d.stamps.iter().enumerate() {
+            img[d.offset_blocks as usize + k] = *stamp;
+        }
+    }
+    let diff: Vec<usize> = (0..img.len()).filter(|&b| img[b] != want[b]).take(5).collect();
+    assert!(
+        diff.is_empty(),
+        "sink image differs from the primary at blocks {diff:?}"
+    );
+    drop(s);
+    v.stop(WAIT).unwrap();
+    r9.stop(WAIT).unwrap();
+}
+
 #[test]
 fn resync_scenarios() {
     let reactors = Reactors::start(ReactorOpts {
@@ -508,6 +622,7 @@ fn resync_scenarios() {
 
     block_sync_scenario(&root);
     initial_sync_scenario(&root);
+    resumed_sync_scenario(&root);
     reactors.shutdown();
     reactors.wait();
 }

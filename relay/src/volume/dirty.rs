@@ -80,9 +80,29 @@ pub(super) struct DirtyShared {
     path: Option<PathBuf>,
     stop: AtomicBool,
     last_error: std::sync::Mutex<String>,
+    /// The block sync's progress for the flusher to persist (`volume/sync.rs`): `Some(Some)`
+    /// write this image, `Some(None)` remove the file. Taken by the flusher.
+    pub(super) sync_image: std::sync::Mutex<Option<Option<Vec<u8>>>>,
 }
 
 impl DirtyShared {
+    /// The file a block sync's progress is persisted to: the record's, extension `sync`.
+    pub(super) fn sync_path(&self) -> Option<PathBuf> {
+        self.path.as_ref().map(|p| p.with_extension("sync"))
+    }
+
+    /// Hands the flusher a new sync progress image (or `None`: remove the file). Never
+    /// blocks: when the flusher holds the slot, false (try again later).
+    pub(super) fn offer_sync_image(&self, img: Option<Vec<u8>>) -> bool {
+        match self.sync_image.try_lock() {
+            Ok(mut slot) => {
+                *slot = Some(img);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     fn words(&self) -> usize {
         self.regions.div_ceil(64) as usize
     }
@@ -191,6 +211,7 @@ impl DirtyMap {
             path,
             stop: AtomicBool::new(false),
             last_error: std::sync::Mutex::new(String::new()),
+            sync_image: std::sync::Mutex::new(None),
         });
         DirtyMap {
             shared,
@@ -371,10 +392,33 @@ fn flush_loop(s: &DirtyShared, path: &Path, volume: &str) {
                 }
             }
         }
+        persist_sync(s);
         if stopping {
             return;
         }
         std::thread::sleep(FLUSH_POLL);
+    }
+}
+
+/// Writes (or removes) the block sync's progress file if the link reactor left an image.
+fn persist_sync(s: &DirtyShared) {
+    let Some(path) = s.sync_path() else { return };
+    let Some(img) = s.sync_image.lock().ok().and_then(|mut slot| slot.take()) else {
+        return;
+    };
+    let r = match img {
+        Some(bytes) => regionmap::write_atomic(&path, &bytes),
+        None => match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DirtyError::Io {
+                op: "remove",
+                path: path.display().to_string(),
+                source: e,
+            }),
+            _ => Ok(()),
+        },
+    };
+    if let Err(e) = r {
+        log::error!("block sync progress: {e}");
     }
 }
 

@@ -33,6 +33,7 @@
 
 use engine::bdev::{BdevChannel, IoCompletion, IoOp, IoRequest};
 use engine::buf::DmaBuf;
+use engine::regionmap;
 use serde::Serialize;
 use std::sync::atomic::Ordering;
 
@@ -45,6 +46,8 @@ pub const SYNC_CHUNK_BYTES: u64 = 64 * 1024;
 /// Sync writes with an LSN and not yet retired (bounds the sync's share of the
 /// in-flight table and of the retention ring).
 pub const SYNC_OPS_IN_FLIGHT_MAX: u64 = 64;
+/// How often a running sync's progress is persisted (with a `dirty_map`).
+const SYNC_PERSIST_PERIOD_NS: u64 = 1_000_000_000;
 
 /// What `replication_get_volumes` shows of the current (or last) block sync.
 #[derive(Debug, Clone, Serialize, Default, PartialEq)]
@@ -131,6 +134,11 @@ pub(super) struct BlockSync {
     started_ns: u64,
     ended_ns: u64,
     chunk_bytes: u64,
+    /// Chunk ranges `[first, end)` of sync writes not yet retired, oldest first: still to
+    /// send after a crash (their writes may be lost with the in-flight table).
+    unretired_chunks: std::collections::VecDeque<(u64, u64)>,
+    /// When progress was last handed to the flusher (`volume/dirty.rs`).
+    persisted_ns: u64,
 }
 
 impl BlockSync {
@@ -185,6 +193,8 @@ impl BlockSync {
             started_ns: engine::clock::now_ns(),
             ended_ns: 0,
             chunk_bytes: chunk_blocks * u64::from(block_size),
+            unretired_chunks: std::collections::VecDeque::with_capacity(SYNC_OPS_IN_FLIGHT_MAX as usize),
+            persisted_ns: 0,
         }
     }
 
@@ -256,9 +266,32 @@ impl BlockSync {
         }
     }
 
-    /// A sync write retired.
+    /// A sync write retired (they retire in LSN order).
     pub(super) fn retired(&mut self) {
         self.unretired = self.unretired.saturating_sub(1);
+        self.unretired_chunks.pop_front();
+    }
+
+    /// The progress file image: chunks still to send (todo, and sent but not retired) as a
+    /// region map of one bit per chunk (`engine::regionmap`; `None` when chunks are not a
+    /// power of two blocks).
+    fn progress_image(&self) -> Option<Vec<u8>> {
+        if !self.chunk_blocks.is_power_of_two() {
+            return None;
+        }
+        let mut words = self.todo.clone();
+        for &(a, b) in &self.unretired_chunks {
+            for c in a..b {
+                words[(c / 64) as usize] |= 1 << (c % 64);
+            }
+        }
+        let chunks = self.num_blocks.div_ceil(self.chunk_blocks);
+        Some(regionmap::encode(
+            self.chunk_blocks.trailing_zeros(),
+            chunks,
+            self.st.begin_lsn,
+            words.into_iter(),
+        ))
     }
 
     /// The End marker was acknowledged under the policy.
@@ -379,8 +412,106 @@ impl LinkState {
     pub(super) fn drive_sync(&mut self, now: u64) -> bool {
         let Some(mut s) = self.sync.take() else { return false };
         let busy = self.drive_sync_inner(&mut s, now);
+        self.persist_progress(&mut s, now);
         self.sync = Some(s);
         busy
+    }
+
+    /// Hands the sync's progress to the dirty-block record's flusher (with a `dirty_map`
+    /// only): at most once per [`SYNC_PERSIST_PERIOD_NS`] while it runs (a file that is
+    /// behind only sends chunks again), removed once it is done. Link reactor; the image
+    /// is built off the data path, once a second.
+    fn persist_progress(&mut self, s: &mut BlockSync, now: u64) {
+        if self.s.dirty.sync_path().is_none() || s.st.begin_lsn == 0 || s.persisted_ns == u64::MAX {
+            return;
+        }
+        match s.st.state {
+            "done" => {
+                if self.s.dirty.offer_sync_image(None) {
+                    s.persisted_ns = u64::MAX;
+                }
+            }
+            "failed" => {}
+            _ if now.saturating_sub(s.persisted_ns) >= SYNC_PERSIST_PERIOD_NS => {
+                if let Some(img) = s.progress_image() {
+                    if self.s.dirty.offer_sync_image(Some(img)) {
+                        s.persisted_ns = now;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// At a stop, the running sync's progress as it is now (the flusher's last pass
+    /// writes it).
+    pub(super) fn persist_sync_at_stop(&mut self) {
+        if let Some(mut s) = self.sync.take() {
+            if matches!(s.st.state, "reading" | "ending") {
+                s.persisted_ns = 0;
+            }
+            self.persist_progress(&mut s, u64::MAX - 1);
+            self.sync = Some(s);
+        }
+    }
+
+    /// After a restart: a sync cut short (its progress file is there) goes on with what it
+    /// had left, plus the dirty-block record; its marker is a full `Begin`, whose `End`
+    /// every standby takes as making a syncing image whole (`docs/replication.md`, "Block
+    /// sync"). True if one was resumed.
+    pub(super) fn resume_sync(&mut self, bytes_per_sec: u64) -> bool {
+        let Some(path) = self.s.dirty.sync_path() else {
+            return false;
+        };
+        let img = match regionmap::read(&path) {
+            Ok(Some(img)) => img,
+            Ok(None) => return false,
+            Err(e) => {
+                log::error!("volume {}: {e}: a full sync follows instead", self.s.cfg.name);
+                return self
+                    .start_block_sync(
+                        true,
+                        bytes_per_sec,
+                        "resumed after a restart (progress unreadable)".into(),
+                    )
+                    .is_ok();
+            }
+        };
+        let num_blocks = self.s.base.num_blocks();
+        if img.regions != regionmap::regions(num_blocks, img.shift) {
+            log::error!(
+                "volume {}: sync progress {}: geometry differs; a full sync follows",
+                self.s.cfg.name,
+                path.display()
+            );
+            return self
+                .start_block_sync(true, bytes_per_sec, "resumed after a restart (geometry changed)".into())
+                .is_ok();
+        }
+        let mut runs = img.runs(num_blocks);
+        runs.extend(self.s.dirty.runs(num_blocks));
+        runs.sort_unstable();
+        let chunk = 1u64 << img.shift;
+        let r = self.start_sync_with(
+            false,
+            false,
+            bytes_per_sec,
+            "resumed after a restart".into(),
+            Some((runs, chunk)),
+        );
+        match r {
+            Ok(()) => {
+                if let Some(s) = self.sync.as_mut() {
+                    // The marker covers everything: the End completes a syncing image.
+                    s.st.full = true;
+                }
+                true
+            }
+            Err(e) => {
+                log::error!("volume {}: cannot resume the block sync: {e}", self.s.cfg.name);
+                false
+            }
+        }
     }
 
     fn drive_sync_inner(&mut self, s: &mut BlockSync, now: u64) -> bool {
@@ -539,9 +670,14 @@ impl LinkState {
         });
         s.unretired += 1;
         s.st.bytes_sent += r.blocks * u64::from(self.s.base.block_size());
-        for c in r.offset / s.chunk_blocks..(r.offset + r.blocks).div_ceil(s.chunk_blocks) {
+        let chunks = (
+            r.offset / s.chunk_blocks,
+            (r.offset + r.blocks).div_ceil(s.chunk_blocks),
+        );
+        for c in chunks.0..chunks.1 {
             s.done_chunk(c);
         }
+        s.unretired_chunks.push_back(chunks);
     }
 }
 
