@@ -86,6 +86,11 @@ pub(super) struct DirtyShared {
 }
 
 impl DirtyShared {
+    /// True when the record has a file (and so a sync's progress is persisted).
+    pub(super) fn persisted(&self) -> bool {
+        self.path.is_some()
+    }
+
     /// The file a block sync's progress is persisted to: the record's, extension `sync`.
     pub(super) fn sync_path(&self) -> Option<PathBuf> {
         self.path.as_ref().map(|p| p.with_extension("sync"))

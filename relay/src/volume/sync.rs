@@ -422,16 +422,12 @@ impl LinkState {
     /// behind only sends chunks again), removed once it is done. Link reactor; the image
     /// is built off the data path, once a second.
     fn persist_progress(&mut self, s: &mut BlockSync, now: u64) {
-        if self.s.dirty.sync_path().is_none() || s.st.begin_lsn == 0 || s.persisted_ns == u64::MAX {
+        if !self.s.dirty.persisted() || s.st.begin_lsn == 0 || s.persisted_ns == u64::MAX {
             return;
         }
         match s.st.state {
-            "done" => {
-                if self.s.dirty.offer_sync_image(None) {
-                    s.persisted_ns = u64::MAX;
-                }
-            }
-            "failed" => {}
+            "done" if self.s.dirty.offer_sync_image(None) => s.persisted_ns = u64::MAX,
+            "done" | "failed" => {}
             _ if now.saturating_sub(s.persisted_ns) >= SYNC_PERSIST_PERIOD_NS => {
                 if let Some(img) = s.progress_image() {
                     if self.s.dirty.offer_sync_image(Some(img)) {
