@@ -330,6 +330,9 @@ impl Delayed {
             if let RecKind::Sync { mark } = r.kind {
                 // Only markers that changed the state were staged (a Begin only if skipped).
                 d.skip.on_mark(mark, r.lsn, matches!(mark, SyncMark::Begin { .. }));
+                if matches!(mark, SyncMark::Begin { .. }) && d.shown.0 == 0 {
+                    d.skip.never_applied();
+                }
             }
         }
         d.staged_lsn = d.staged_lsn.max(d.sb.applied_rp_lsn);
@@ -441,6 +444,9 @@ impl Delayed {
             OpBody::Sync { mark, skipped } => {
                 if self.skip.on_mark(mark, op.lsn, skipped) == MarkVerdict::Ignore {
                     return Ok(());
+                }
+                if skipped && self.shown.0 == 0 {
+                    self.skip.never_applied();
                 }
                 RecKind::Sync { mark }
             }

@@ -698,6 +698,9 @@ impl Snapshot {
                 // Kept in memory only: a restart resumes at the last snapshot, before the
                 // hole, and skips it again.
                 self.skip.on_mark(mark, op.lsn, skipped);
+                if skipped && self.formed_epoch == 0 {
+                    self.skip.never_applied();
+                }
                 Ok(())
             }
         }

@@ -140,6 +140,15 @@ impl SyncSkip {
         *self != SyncSkip::None
     }
 
+    /// A hole skipped by a standby that never applied a restart point (a standby added to a
+    /// live volume): no restart point of the primary's is held at all, as in an initial
+    /// sync, so it is not a valid failover target until the sync made it whole.
+    pub fn never_applied(&mut self) {
+        if let SyncSkip::Syncing { begin, .. } = *self {
+            *self = SyncSkip::Syncing { begin, initial: true };
+        }
+    }
+
     /// True while an initial sync has not made the image whole: the standby never held
     /// the primary's image at a restart point, so it is not a valid failover target.
     pub fn initial(&self) -> bool {
@@ -207,6 +216,18 @@ mod tests {
         assert_eq!(s.status(), ("ending", 50, 90));
         assert_eq!(s.on_rp(), RpVerdict::CloseJump);
         assert_eq!(s.on_rp(), RpVerdict::Normal);
+    }
+
+    #[test]
+    fn a_skip_by_a_standby_that_never_applied_is_an_initial_sync() {
+        let mut s = SyncSkip::None;
+        s.on_mark(BEGIN, 50, true);
+        s.never_applied();
+        assert!(s.initial(), "a new standby added to a live volume holds nothing valid");
+        s.on_mark(SyncMark::End { begin_lsn: 50 }, 90, false);
+        assert!(s.initial());
+        assert_eq!(s.on_rp(), RpVerdict::CloseJump);
+        assert!(!s.initial());
     }
 
     #[test]
