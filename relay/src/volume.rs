@@ -832,6 +832,7 @@ impl Bdev for ReplicatedVolume {
                 slots: (0..CHANNEL_SLOTS).map(|_| Slot::default()).collect(),
                 free: (0..CHANNEL_SLOTS as u32).rev().collect(),
                 ready: VecDeque::with_capacity(CHANNEL_SLOTS),
+                parked: VecDeque::with_capacity(CHANNEL_SLOTS),
                 unpushed: VecDeque::with_capacity(CHANNEL_SLOTS),
             }),
         ))

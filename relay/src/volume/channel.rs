@@ -36,6 +36,8 @@ pub(super) struct VolChannel {
     pub(super) ready: VecDeque<IoCompletion>,
     /// Submits the ring refused (full): pushed again at the next poll, in order.
     pub(super) unpushed: VecDeque<Submit>,
+    /// Local writes waiting for their write-intent mark to be persisted: (mark, request).
+    pub(super) parked: VecDeque<(u64, IoRequest)>,
 }
 
 impl VolChannel {
@@ -132,7 +134,13 @@ impl ChannelBackend for VolChannel {
         // Published before the local write starts: a block sync does not read these blocks
         // until it has landed (`volume/sync.rs`, (a)).
         self.me.busy[slot as usize].store(pack_busy(offset_blocks, num_blocks.into()), Ordering::Release);
-        if let Err(mut io) = self.base.submit(io) {
+        // Write intent: a write to a region the persisted dirty-block record does not hold
+        // yet waits until it does, so a crash cannot leave a changed block the record
+        // forgot (`volume/dirty.rs`). No file: no intent, no wait.
+        let intent = self.shared.dirty.intent(offset_blocks, num_blocks.into());
+        if intent > self.shared.dirty.flushed_marks() || !self.parked.is_empty() {
+            self.parked.push_back((intent, io));
+        } else if let Err(mut io) = self.base.submit(io) {
             self.me.busy[slot as usize].store(0, Ordering::Release);
             io.user_data = user_data;
             self.free.push(slot);
@@ -161,6 +169,16 @@ impl ChannelBackend for VolChannel {
     }
 
     fn poll(&mut self, f: &mut dyn FnMut(IoCompletion)) -> usize {
+        if !self.parked.is_empty() {
+            let flushed = self.shared.dirty.flushed_marks();
+            while self.parked.front().is_some_and(|(m, _)| *m <= flushed) {
+                let Some((m, io)) = self.parked.pop_front() else { break };
+                if let Err(io) = self.base.submit(io) {
+                    self.parked.push_front((m, io));
+                    break;
+                }
+            }
+        }
         while let Some(s) = self.unpushed.pop_front() {
             if let Err(s) = self.shared.subq.push(s) {
                 self.unpushed.push_front(s);

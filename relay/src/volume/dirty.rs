@@ -83,9 +83,63 @@ pub(super) struct DirtyShared {
     /// The block sync's progress for the flusher to persist (`volume/sync.rs`): `Some(Some)`
     /// write this image, `Some(None)` remove the file. Taken by the flusher.
     pub(super) sync_image: std::sync::Mutex<Option<Option<Vec<u8>>>>,
+    /// Which map is `cur` (written by the link reactor at a rotation, read by channels).
+    cur: std::sync::atomic::AtomicUsize,
+}
+
+/// Sets the region bits of `offset..offset + blocks` in map `cur`; true if one was in
+/// neither map before (a new mark).
+fn set_bits(sh: &DirtyShared, cur: usize, offset: u64, blocks: u64) -> bool {
+    let first = (offset >> sh.region_shift).min(sh.regions - 1);
+    let last = (offset.saturating_add(blocks - 1) >> sh.region_shift).min(sh.regions - 1);
+    let map = &sh.maps[cur];
+    let other = &sh.maps[1 - cur];
+    let mut new = false;
+    let mut r = first;
+    while r <= last {
+        let w = (r / 64) as usize;
+        let lo = r % 64;
+        let hi = (last - (r - lo)).min(63);
+        let mask = if hi - lo == 63 {
+            u64::MAX
+        } else {
+            ((1u64 << (hi - lo + 1)) - 1) << lo
+        };
+        let have = map[w].load(Ordering::Relaxed);
+        if have & mask != mask {
+            let before = map[w].fetch_or(mask, Ordering::AcqRel);
+            // Already in the other map (and so in the file, once flushed) or not.
+            new |= (before | other[w].load(Ordering::Acquire)) & mask != mask;
+        }
+        r += hi - lo + 1;
+    }
+    new
 }
 
 impl DirtyShared {
+    /// Sets the bits of `offset..offset + blocks` in the current map from a channel, before
+    /// its local write is issued (write intent). Returns the mark the write must see
+    /// [`Self::flushed_marks`] reach (0 without a file: nothing to wait for). Any reactor;
+    /// no allocation, no lock.
+    pub(super) fn intent(&self, offset: u64, blocks: u64) -> u64 {
+        if self.path.is_none() || blocks == 0 {
+            return 0;
+        }
+        let cur = self.cur.load(Ordering::Acquire);
+        if set_bits(self, cur, offset, blocks) {
+            return self.marks.fetch_add(1, Ordering::AcqRel) + 1;
+        }
+        self.marks.load(Ordering::Acquire)
+    }
+
+    /// Marks the file holds (`u64::MAX` without a file).
+    pub(super) fn flushed_marks(&self) -> u64 {
+        if self.path.is_none() {
+            return u64::MAX;
+        }
+        self.flushed.load(Ordering::Acquire)
+    }
+
     /// True when the record has a file (and so a sync's progress is persisted).
     pub(super) fn persisted(&self) -> bool {
         self.path.is_some()
@@ -217,6 +271,7 @@ impl DirtyMap {
             stop: AtomicBool::new(false),
             last_error: std::sync::Mutex::new(String::new()),
             sync_image: std::sync::Mutex::new(None),
+            cur: std::sync::atomic::AtomicUsize::new(0),
         });
         DirtyMap {
             shared,
@@ -255,38 +310,17 @@ impl DirtyMap {
         if blocks == 0 {
             return 0;
         }
-        let first = (offset >> sh.region_shift).min(sh.regions - 1);
-        let last = ((offset.saturating_add(blocks - 1)) >> sh.region_shift).min(sh.regions - 1);
-        let map = &sh.maps[self.cur];
-        let other = &sh.maps[1 - self.cur];
-        let mut new = false;
-        let mut r = first;
-        while r <= last {
-            let w = (r / 64) as usize;
-            let lo = r % 64;
-            let hi = (last - (r - lo)).min(63);
-            let mask = if hi - lo == 63 {
-                u64::MAX
-            } else {
-                ((1u64 << (hi - lo + 1)) - 1) << lo
-            };
-            let have = map[w].load(Ordering::Relaxed);
-            if have & mask != mask {
-                map[w].fetch_or(mask, Ordering::Release);
-                // Already in the other map (and so in the file, once flushed) or not.
-                new |= (have | other[w].load(Ordering::Relaxed)) & mask != mask;
-            }
-            r += hi - lo + 1;
-        }
+        let new = set_bits(sh, self.cur, offset, blocks);
         if sh.path.is_none() {
             return 0;
         }
         if new {
-            self.marks += 1;
-            sh.marks.store(self.marks, Ordering::Release);
+            self.marks = sh.marks.fetch_add(1, Ordering::AcqRel) + 1;
+            return self.marks;
         }
-        // Conservative: a bit set by an earlier op may not be flushed yet either.
-        self.marks
+        // Conservative: a bit set by an earlier op (or a channel's intent) may not be
+        // flushed yet either.
+        sh.marks.load(Ordering::Acquire)
     }
 
     /// Marks flushed to the file (ops with a mark above it wait).
@@ -314,6 +348,7 @@ impl DirtyMap {
         }
         self.starts[prev] = next_lsn;
         self.cur = prev;
+        self.shared.cur.store(prev, Ordering::Release);
         // The union now starts where the old `cur` did.
         self.shared.start_lsn.store(cur_start, Ordering::Release);
         self.shared.rotations.fetch_add(1, Ordering::AcqRel);
@@ -449,6 +484,36 @@ mod tests {
         // Everything before 50 confirmed: the first marks go, the newest stays.
         d.rotate(49, 80, 2 * ROTATE_PERIOD_NS);
         assert_eq!(d.shared.runs(1000), vec![(0, 1)]);
+    }
+
+    #[test]
+    fn a_channels_intent_reaches_the_file_before_its_write_may_be_issued() {
+        let dir = std::env::temp_dir().join(format!("baton-intent-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("v.dirty");
+        let _ = std::fs::remove_file(&path);
+        let mut d = DirtyMap::open(4096, Some(path.clone()), "t");
+        let mut f = DirtyFlusher::start(&d.shared, "t").unwrap().unwrap();
+        d.begin(1);
+        // The channel marks before its local write; the link reactor's mark at numbering
+        // then finds the bits set and takes no new mark.
+        let m = d.shared.intent(200, 4);
+        assert!(m >= 1 && m > d.shared.flushed_marks() || d.shared.flushed_marks() >= m);
+        let t = std::time::Instant::now();
+        while d.shared.flushed_marks() < m {
+            assert!(t.elapsed() < Duration::from_secs(10), "the flusher wrote the intent");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let on_file = regionmap::read(&path).unwrap().unwrap();
+        assert_eq!(on_file.runs(4096), vec![(200, 4)], "the file holds the intent");
+        assert_eq!(d.mark(200, 4), m, "already marked: no new mark at numbering");
+        assert_eq!(d.shared.intent(201, 1), m, "nor for a second write there");
+        f.stop();
+        // Without a file: nothing to wait for.
+        let d2 = DirtyMap::open(4096, None, "t");
+        assert_eq!(d2.shared.intent(0, 1), 0);
+        assert_eq!(d2.shared.flushed_marks(), u64::MAX);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
