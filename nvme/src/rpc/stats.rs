@@ -5,6 +5,7 @@ use super::{check_tgt, RpcFailure};
 use crate::target::Target;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::sync::atomic::Ordering::Relaxed;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -14,7 +15,6 @@ pub struct GetStats {
 
 pub fn nvmf_get_stats(_t: &Target, p: Option<GetStats>) -> Result<Value, RpcFailure> {
     check_tgt(&p.unwrap_or_default().tgt_name)?;
-    use std::sync::atomic::Ordering::Relaxed;
     let groups: Vec<Value> = crate::target::tcp::group_stats()
         .iter()
         .map(|g| {

@@ -4,6 +4,7 @@
 //! the standby has their records (`docs/relay-journal.md`).
 
 use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -213,7 +214,6 @@ impl Journal {
         let started = std::time::Instant::now();
         let mut made = 0;
         while self.spares.len() < want && self.spare_room() {
-            use std::io::Write;
             let path = self.cfg.dir.join(spare_name(self.next_spare));
             self.next_spare += 1;
             let mut f = OpenOptions::new()

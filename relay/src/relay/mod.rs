@@ -4,7 +4,7 @@
 //!
 //! Where it sits: between a primary's replicated volumes and the standby, at a site apart
 //! from both (R5). One reactor (the relay's `core`) owns the listening socket, every
-//! connection and every volume's [`Journal`]; one poller drives them all, in a fixed order:
+//! connection and every volume's [`Journal`](crate::journal::Journal); one poller drives them all, in a fixed order:
 //! accept, handshakes, primary frames -> journal appends, journal poll -> Acks, standby
 //! frames (SafeUpTo -> release, GapRequest -> GapReply), forwarding reads -> Forward frames.
 //!

@@ -3,6 +3,7 @@
 //! the journal across restarts ([`VolumeMeta`]) (`docs/replication.md`, relay role).
 
 use std::collections::VecDeque;
+use std::io::Write;
 use std::path::PathBuf;
 
 use engine::buf::DmaBuf;
@@ -57,7 +58,6 @@ impl VolumeMeta {
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| meta_err(e.to_string()))?;
         std::fs::create_dir_all(dir).map_err(|e| meta_err(e.to_string()))?;
         let f = std::fs::File::create(&tmp).map_err(|e| meta_err(e.to_string()))?;
-        use std::io::Write;
         (&f).write_all(&bytes).map_err(|e| meta_err(e.to_string()))?;
         f.sync_all().map_err(|e| meta_err(e.to_string()))?;
         std::fs::rename(&tmp, &path).map_err(|e| meta_err(e.to_string()))?;

@@ -12,7 +12,7 @@
 //! One connection = one queue (admin or I/O) of one controller. A request moves through
 //! `ReqState`; a connection through `Phase`.
 //!
-//! This file holds the connection ([`Conn`]): its fields, its poll loop, the socket writer
+//! This file holds the connection (`Conn`): its fields, its poll loop, the socket writer
 //! and closing. The rest, in the order a command meets it:
 //! - `group.rs`: the listener's accept poller and the per-reactor poll group.
 //! - `rx.rs`: the PDU receive state machine (ICReq, command capsules, data PDUs) and the
