@@ -5,20 +5,44 @@
 //! registry wraps each in one line (see `docs/nvme-tcp.md`). Parameter structs use
 //! `deny_unknown_fields` so a misspelt parameter is an error naming it. Handlers run on the
 //! management thread; they take the target's lock, never a reactor's time.
+//!
+//! This file holds what every method shares (the error type, the process's target, the
+//! `tgt_name` and `trtype` checks), the registration of every method and the "nvmf" part
+//! of `save_config`. The methods, by family:
+//! - `transports.rs`: `nvmf_create_transport`, `nvmf_get_transports`.
+//! - `subsystems.rs`: subsystems and their namespaces (`nvmf_create_subsystem`,
+//!   `nvmf_subsystem_add_ns`, `nvmf_get_subsystems`, ...).
+//! - `listeners.rs`: where a subsystem listens and which hosts it admits
+//!   (`nvmf_subsystem_add_listener`, `nvmf_subsystem_add_host`, ...).
+//! - `stats.rs`: `nvmf_get_stats`.
+//! - `query.rs`: connected controllers, queue pairs, listeners, discovery referrals.
 
+mod listeners;
 pub mod query;
+mod stats;
+mod subsystems;
+mod transports;
 
+pub use listeners::{
+    nvmf_subsystem_add_host, nvmf_subsystem_add_listener, nvmf_subsystem_allow_any_host, nvmf_subsystem_remove_host,
+    nvmf_subsystem_remove_listener, AllowAnyHost, HostParams, ListenAddress, ListenerParams,
+};
 pub use query::{
     nvmf_discovery_add_referral, nvmf_discovery_get_referrals, nvmf_discovery_remove_referral,
     nvmf_subsystem_get_controllers, nvmf_subsystem_get_listeners, nvmf_subsystem_get_qpairs,
 };
+pub use stats::{nvmf_get_stats, GetStats};
+pub use subsystems::{
+    format_uuid, nvmf_create_subsystem, nvmf_delete_subsystem, nvmf_get_subsystems, nvmf_subsystem_add_ns,
+    nvmf_subsystem_remove_ns, parse_uuid, AddNs, CreateSubsystem, GetSubsystems, NamespaceParams, NqnOnly, RemoveNs,
+};
+pub use transports::{nvmf_create_transport, nvmf_get_transports, CreateTransport, GetTransports};
 
-use crate::target::{Subsystem, SubsystemKind, SubsystemParams, Target, TargetError, TransportOpts};
+use crate::target::{SubsystemKind, Target, TargetError};
 use engine::rpc::{ConfigEntry, Registry, RpcError};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
+use transports::transport_json;
 
 /// JSON-RPC "invalid params".
 pub const INVALID_PARAMS: i32 = -32602;
@@ -75,471 +99,6 @@ fn check_trtype(t: &str) -> Result<(), RpcFailure> {
     } else {
         Err(invalid(format!("trtype {t:?}: only TCP is supported")))
     }
-}
-
-/// `nvmf_create_transport` parameters. Options SPDK has that do not apply to this
-/// transport are accepted and ignored (listed in docs/nvme-tcp.md).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateTransport {
-    pub trtype: String,
-    pub tgt_name: Option<String>,
-    pub max_queue_depth: Option<u16>,
-    pub max_io_qpairs_per_ctrlr: Option<u16>,
-    pub max_qpairs_per_ctrlr: Option<u16>,
-    pub in_capsule_data_size: Option<u32>,
-    pub max_io_size: Option<u32>,
-    pub io_unit_size: Option<u32>,
-    pub max_aq_depth: Option<u16>,
-    pub c2h_success: Option<bool>,
-    pub num_shared_buffers: Option<u32>,
-    pub buf_cache_size: Option<u32>,
-    pub dif_insert_or_strip: Option<bool>,
-    pub sock_priority: Option<u32>,
-    pub abort_timeout_sec: Option<u32>,
-    pub zcopy: Option<bool>,
-    pub ack_timeout: Option<u32>,
-    pub data_wr_pool_size: Option<u32>,
-    pub control_msg_num: Option<u32>,
-    // Sent by SPDK's rpc.py on every call (store_true flags default to false); they tune
-    // the RDMA / vfio-user transports or SPDK's iobuf layer and mean nothing for TCP here.
-    pub iobuf_small_cache_size: Option<u32>,
-    pub iobuf_large_cache_size: Option<u32>,
-    pub num_cqe: Option<u32>,
-    pub max_srq_depth: Option<u32>,
-    pub no_srq: Option<bool>,
-    pub acceptor_backlog: Option<u32>,
-    pub no_wr_batching: Option<bool>,
-    pub disable_mappable_bar0: Option<bool>,
-    pub disable_adaptive_irq: Option<bool>,
-    pub disable_shadow_doorbells: Option<bool>,
-    pub acceptor_poll_rate: Option<u32>,
-    pub disable_command_passthru: Option<bool>,
-    /// Keep-alive settings and masks of optional commands: refused unless empty.
-    pub kas: Option<u32>,
-    pub min_kato: Option<u32>,
-    pub masked_oncs: Option<Vec<String>>,
-    pub masked_fuses: Option<Vec<String>>,
-}
-
-pub fn nvmf_create_transport(t: &Target, p: CreateTransport) -> Result<bool, RpcFailure> {
-    check_tgt(&p.tgt_name)?;
-    check_trtype(&p.trtype)?;
-    if p.dif_insert_or_strip == Some(true) {
-        return Err(invalid("dif_insert_or_strip: DIF is not supported"));
-    }
-    if p.kas.is_some() || p.min_kato.is_some() {
-        return Err(invalid(
-            "kas/min_kato: keep-alive granularity is fixed (KAS 1 = 100 ms)",
-        ));
-    }
-    if p.masked_oncs.as_ref().is_some_and(|m| !m.is_empty()) || p.masked_fuses.as_ref().is_some_and(|m| !m.is_empty()) {
-        return Err(invalid(
-            "masked_oncs/masked_fuses: masking optional commands is not supported",
-        ));
-    }
-    let d = TransportOpts::default();
-    let o = TransportOpts {
-        max_queue_depth: p.max_queue_depth.unwrap_or(d.max_queue_depth),
-        max_aq_depth: p.max_aq_depth.unwrap_or(d.max_aq_depth),
-        max_io_qpairs_per_ctrlr: p
-            .max_io_qpairs_per_ctrlr
-            .or(p.max_qpairs_per_ctrlr.map(|q| q.saturating_sub(1).max(1)))
-            .unwrap_or(d.max_io_qpairs_per_ctrlr),
-        in_capsule_data_size: p.in_capsule_data_size.unwrap_or(d.in_capsule_data_size),
-        max_io_size: p.max_io_size.unwrap_or(d.max_io_size),
-        io_unit_size: p.io_unit_size.unwrap_or(d.io_unit_size),
-        c2h_success: p.c2h_success.unwrap_or(d.c2h_success),
-    };
-    t.create_transport(o)?;
-    Ok(true)
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GetTransports {
-    pub trtype: Option<String>,
-    pub tgt_name: Option<String>,
-}
-
-fn transport_json(o: &TransportOpts) -> Value {
-    json!({
-        "trtype": "TCP",
-        "max_queue_depth": o.max_queue_depth,
-        "max_io_qpairs_per_ctrlr": o.max_io_qpairs_per_ctrlr,
-        "in_capsule_data_size": o.in_capsule_data_size,
-        "max_io_size": o.max_io_size,
-        "io_unit_size": o.io_unit_size,
-        "max_aq_depth": o.max_aq_depth,
-        "c2h_success": o.c2h_success,
-        "dif_insert_or_strip": false,
-    })
-}
-
-pub fn nvmf_get_transports(t: &Target, p: Option<GetTransports>) -> Result<Vec<Value>, RpcFailure> {
-    let p = p.unwrap_or_default();
-    check_tgt(&p.tgt_name)?;
-    if let Some(tt) = &p.trtype {
-        check_trtype(tt)?;
-    }
-    if !t.transport_created() {
-        return Ok(Vec::new());
-    }
-    Ok(vec![transport_json(&t.transport_opts())])
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateSubsystem {
-    pub nqn: String,
-    pub tgt_name: Option<String>,
-    pub serial_number: Option<String>,
-    pub model_number: Option<String>,
-    pub allow_any_host: Option<bool>,
-    pub max_namespaces: Option<u32>,
-    pub ana_reporting: Option<bool>,
-    pub min_cntlid: Option<u16>,
-    pub max_cntlid: Option<u16>,
-    /// Sent by SPDK's rpc.py (false by default): refused when asked for.
-    pub passthrough: Option<bool>,
-    pub enable_nssr: Option<bool>,
-    /// DSM range / write-zeroes size limits and admin queue label: refused when given.
-    pub dmrsl: Option<u32>,
-    pub wzsl: Option<u32>,
-    pub admin_label: Option<String>,
-}
-
-pub fn nvmf_create_subsystem(t: &Target, p: CreateSubsystem) -> Result<bool, RpcFailure> {
-    check_tgt(&p.tgt_name)?;
-    if p.ana_reporting == Some(true) {
-        return Err(invalid("ana_reporting: ANA is not supported"));
-    }
-    if p.passthrough == Some(true) {
-        return Err(invalid("passthrough: NVMe passthrough subsystems are not supported"));
-    }
-    if p.enable_nssr == Some(true) {
-        return Err(invalid("enable_nssr: NVM subsystem reset is not supported"));
-    }
-    if p.dmrsl.is_some() || p.wzsl.is_some() || p.admin_label.is_some() {
-        return Err(invalid("dmrsl/wzsl/admin_label: not supported"));
-    }
-    if p.min_cntlid.is_some_and(|m| m != 1) || p.max_cntlid.is_some_and(|m| m != crate::target::CNTLID_MAX) {
-        return Err(invalid(
-            "min_cntlid/max_cntlid: only the full range 1..=0xffef is supported",
-        ));
-    }
-    t.create_subsystem(SubsystemParams {
-        nqn: p.nqn,
-        serial_number: p.serial_number,
-        model_number: p.model_number,
-        allow_any_host: p.allow_any_host.unwrap_or(false),
-        max_namespaces: p.max_namespaces,
-    })?;
-    Ok(true)
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NqnOnly {
-    pub nqn: String,
-    pub tgt_name: Option<String>,
-}
-
-pub fn nvmf_delete_subsystem(t: &Target, p: NqnOnly) -> Result<bool, RpcFailure> {
-    check_tgt(&p.tgt_name)?;
-    t.delete_subsystem(&p.nqn)?;
-    Ok(true)
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NamespaceParams {
-    pub bdev_name: String,
-    pub nsid: Option<u32>,
-    pub uuid: Option<String>,
-    pub nguid: Option<String>,
-    pub eui64: Option<String>,
-    pub ptpl_file: Option<String>,
-    pub anagrpid: Option<u32>,
-    pub no_auto_visible: Option<bool>,
-    /// Sent by SPDK's rpc.py (false by default); metadata is not supported at all.
-    pub hide_metadata: Option<bool>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AddNs {
-    pub nqn: String,
-    pub namespace: NamespaceParams,
-    pub tgt_name: Option<String>,
-}
-
-/// Parses "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" or 32 hex digits.
-pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
-    let hex: String = s.chars().filter(|&c| c != '-').collect();
-    if hex.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-/// Formats 16 bytes as a UUID string.
-pub fn format_uuid(u: &[u8; 16]) -> String {
-    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-pub fn nvmf_subsystem_add_ns(t: &Target, p: AddNs) -> Result<u32, RpcFailure> {
-    check_tgt(&p.tgt_name)?;
-    let n = p.namespace;
-    if n.ptpl_file.is_some()
-        || n.anagrpid.is_some()
-        || n.eui64.is_some()
-        || n.no_auto_visible == Some(true)
-        || n.hide_metadata == Some(true)
-    {
-        return Err(invalid(
-            "namespace: ptpl_file, anagrpid, eui64, no_auto_visible and hide_metadata are not supported",
-        ));
-    }
-    let id = match (n.uuid.as_deref(), n.nguid.as_deref()) {
-        (Some(u), _) => Some(parse_uuid(u).ok_or_else(|| invalid(format!("namespace.uuid {u:?} is not a UUID")))?),
-        (None, Some(g)) => {
-            Some(parse_uuid(g).ok_or_else(|| invalid(format!("namespace.nguid {g:?} is not 32 hex digits")))?)
-        }
-        (None, None) => None,
-    };
-    Ok(t.add_namespace(&p.nqn, &n.bdev_name, n.nsid, id)?)
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RemoveNs {
-    pub nqn: String,
-    pub nsid: u32,
-    pub tgt_name: Option<String>,
-}
-
-pub fn nvmf_subsystem_remove_ns(t: &Target, p: RemoveNs) -> Result<bool, RpcFailure> {
-    check_tgt(&p.tgt_name)?;
-    t.remove_namespace(&p.nqn, p.nsid)?;
-    Ok(true)
-}
-
-/// SPDK's `listen_address` object.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ListenAddress {
-    pub trtype: String,
-    pub adrfam: Option<String>,
-    pub traddr: String,
-    pub trsvcid: Option<String>,
-}
-
-impl ListenAddress {
-    pub(crate) fn socket_addr(&self) -> Result<SocketAddr, RpcFailure> {
-        check_trtype(&self.trtype)?;
-        let ip: IpAddr = self
-            .traddr
-            .parse()
-            .map_err(|_| invalid(format!("listen_address.traddr {:?} is not an IP address", self.traddr)))?;
-        if let Some(f) = &self.adrfam {
-            let ok =
-                (f.eq_ignore_ascii_case("ipv4") && ip.is_ipv4()) || (f.eq_ignore_ascii_case("ipv6") && ip.is_ipv6());
-            if !ok {
-                return Err(invalid(format!(
-                    "listen_address.adrfam {f:?} does not match traddr {}",
-                    self.traddr
-                )));
-            }
-        }
-        let port = match &self.trsvcid {
-            None => 4420,
-            Some(s) => s
-                .parse()
-                .map_err(|_| invalid(format!("listen_address.trsvcid {s:?} is not a port number")))?,
-        };
-        Ok(SocketAddr::new(ip, port))
-    }
-
-    pub(crate) fn of(a: &SocketAddr) -> ListenAddress {
-        ListenAddress {
-            trtype: "TCP".into(),
-            adrfam: Some(if a.is_ipv4() { "IPv4" } else { "IPv6" }.into()),
-            traddr: a.ip().to_string(),
-            trsvcid: Some(a.port().to_string()),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListenerParams {
-    pub nqn: String,
-    pub listen_address: ListenAddress,
-    pub tgt_name: Option<String>,
-    pub secure_channel: Option<bool>,
-    pub ana_state: Option<String>,
-    pub anagrpid: Option<u32>,
-    /// Socket implementation and NUMA node (rpc.py may send them): only the default.
-    pub sock_impl: Option<String>,
-    pub numa_id: Option<i32>,
-}
-
-/// Returns the address actually bound (trsvcid "0" picks a free port).
-pub fn nvmf_subsystem_add_listener(t: &Arc<Target>, p: ListenerParams) -> Result<bool, RpcFailure> {
-    check_tgt(&p.tgt_name)?;
-    if p.secure_channel == Some(true) {
-        return Err(invalid("secure_channel: TLS is not supported"));
-    }
-    if p.sock_impl.as_deref().is_some_and(|s| s != "posix") {
-        return Err(invalid(format!(
-            "sock_impl: {:?}: only \"posix\" sockets",
-            p.sock_impl.as_deref().unwrap_or_default()
-        )));
-    }
-    let a = p.listen_address.socket_addr()?;
-    t.add_listener(&p.nqn, a)?;
-    Ok(true)
-}
-
-pub fn nvmf_subsystem_remove_listener(t: &Target, p: ListenerParams) -> Result<bool, RpcFailure> {
-    check_tgt(&p.tgt_name)?;
-    let a = p.listen_address.socket_addr()?;
-    t.remove_listener(&p.nqn, a)?;
-    Ok(true)
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HostParams {
-    pub nqn: String,
-    pub host: String,
-    pub tgt_name: Option<String>,
-    pub psk: Option<String>,
-    pub dhchap_key: Option<String>,
-    pub dhchap_ctrlr_key: Option<String>,
-    /// `nvmf_subsystem_remove_host`: how long to wait for the host's controllers to go.
-    pub timeout_ms: Option<u64>,
-}
-
-pub fn nvmf_subsystem_add_host(t: &Target, p: HostParams) -> Result<bool, RpcFailure> {
-    check_tgt(&p.tgt_name)?;
-    if p.psk.is_some() || p.dhchap_key.is_some() || p.dhchap_ctrlr_key.is_some() {
-        return Err(invalid(
-            "psk/dhchap keys: TLS and in-band authentication are not supported",
-        ));
-    }
-    t.add_host(&p.nqn, &p.host)?;
-    Ok(true)
-}
-
-pub fn nvmf_subsystem_remove_host(t: &Target, p: HostParams) -> Result<bool, RpcFailure> {
-    check_tgt(&p.tgt_name)?;
-    t.remove_host(&p.nqn, &p.host)?;
-    Ok(true)
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AllowAnyHost {
-    pub nqn: String,
-    pub allow_any_host: bool,
-    pub tgt_name: Option<String>,
-}
-
-pub fn nvmf_subsystem_allow_any_host(t: &Target, p: AllowAnyHost) -> Result<bool, RpcFailure> {
-    check_tgt(&p.tgt_name)?;
-    t.allow_any_host(&p.nqn, p.allow_any_host)?;
-    Ok(true)
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GetSubsystems {
-    pub nqn: Option<String>,
-    pub tgt_name: Option<String>,
-}
-
-fn subsystem_json(s: &Subsystem) -> Value {
-    let st = s.state();
-    let listen: Vec<ListenAddress> = st.listeners.iter().map(ListenAddress::of).collect();
-    let mut v = json!({
-        "nqn": s.nqn,
-        "subtype": if s.kind == SubsystemKind::Discovery { "Discovery" } else { "NVMe" },
-        "listen_addresses": listen,
-        "allow_any_host": st.allow_any_host,
-        "hosts": st.hosts.iter().map(|h| json!({ "nqn": h })).collect::<Vec<_>>(),
-    });
-    if s.kind == SubsystemKind::Nvme {
-        v["serial_number"] = json!(s.serial_number);
-        v["model_number"] = json!(s.model_number);
-        v["max_namespaces"] = json!(s.max_namespaces);
-        v["min_cntlid"] = json!(1);
-        v["max_cntlid"] = json!(crate::target::CNTLID_MAX);
-        v["namespaces"] = st
-            .namespaces
-            .values()
-            .map(|n| {
-                json!({
-                    "nsid": n.nsid,
-                    "bdev_name": n.bdev.name(),
-                    "name": n.bdev.name(),
-                    "nguid": n.uuid.iter().map(|b| format!("{b:02X}")).collect::<String>(),
-                    "uuid": format_uuid(&n.uuid),
-                })
-            })
-            .collect();
-    }
-    v
-}
-
-pub fn nvmf_get_subsystems(t: &Target, p: Option<GetSubsystems>) -> Result<Vec<Value>, RpcFailure> {
-    let p = p.unwrap_or_default();
-    check_tgt(&p.tgt_name)?;
-    if let Some(n) = &p.nqn {
-        let s = t.subsystem(n)?;
-        return Ok(vec![subsystem_json(&s)]);
-    }
-    Ok(t.subsystems().iter().map(|s| subsystem_json(s)).collect())
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GetStats {
-    pub tgt_name: Option<String>,
-}
-
-pub fn nvmf_get_stats(_t: &Target, p: Option<GetStats>) -> Result<Value, RpcFailure> {
-    check_tgt(&p.unwrap_or_default().tgt_name)?;
-    use std::sync::atomic::Ordering::Relaxed;
-    let groups: Vec<Value> = crate::target::tcp::group_stats()
-        .iter()
-        .map(|g| {
-            json!({
-                "name": format!("nvmf_tgt_poll_group_{:03}", g.core),
-                "admin_qpairs": g.admin_qpairs.load(Relaxed),
-                "io_qpairs": g.io_qpairs.load(Relaxed),
-                "current_admin_qpairs": g.current_admin_qpairs.load(Relaxed),
-                "current_io_qpairs": g.current_io_qpairs.load(Relaxed),
-                "pending_bdev_io": g.pending_bdev_io.load(Relaxed),
-                "completed_nvme_io": g.completed_nvme_io.load(Relaxed),
-                "transports": [{ "trtype": "TCP", "connections": g.connections.load(Relaxed), "term_reqs_sent": g.term_reqs_sent.load(Relaxed) }],
-            })
-        })
-        .collect();
-    Ok(json!({ "tick_rate": 1_000_000_000u64, "poll_groups": groups }))
 }
 
 fn rpc_err(e: RpcFailure) -> RpcError {

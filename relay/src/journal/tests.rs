@@ -1,6 +1,8 @@
 //! Unit tests of the journal: group commit, padding, read-back, back-pressure, release.
 
 use super::*;
+use engine::buf::DmaBuf;
+use record::RecordKind;
 use std::time::{Duration, Instant};
 
 /// A fresh directory under `base`, removed on drop.

@@ -1,0 +1,137 @@
+//! Where a subsystem listens and whom it admits: `nvmf_subsystem_add_listener` /
+//! `remove_listener` (SPDK's `listen_address` object), `nvmf_subsystem_add_host` /
+//! `remove_host` and `nvmf_subsystem_allow_any_host` (`docs/nvme-tcp.md`, `docs/rpc.md`).
+
+use super::{check_tgt, check_trtype, invalid, RpcFailure};
+use crate::target::Target;
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// SPDK's `listen_address` object.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenAddress {
+    pub trtype: String,
+    pub adrfam: Option<String>,
+    pub traddr: String,
+    pub trsvcid: Option<String>,
+}
+
+impl ListenAddress {
+    pub(crate) fn socket_addr(&self) -> Result<SocketAddr, RpcFailure> {
+        check_trtype(&self.trtype)?;
+        let ip: IpAddr = self
+            .traddr
+            .parse()
+            .map_err(|_| invalid(format!("listen_address.traddr {:?} is not an IP address", self.traddr)))?;
+        if let Some(f) = &self.adrfam {
+            let ok =
+                (f.eq_ignore_ascii_case("ipv4") && ip.is_ipv4()) || (f.eq_ignore_ascii_case("ipv6") && ip.is_ipv6());
+            if !ok {
+                return Err(invalid(format!(
+                    "listen_address.adrfam {f:?} does not match traddr {}",
+                    self.traddr
+                )));
+            }
+        }
+        let port = match &self.trsvcid {
+            None => 4420,
+            Some(s) => s
+                .parse()
+                .map_err(|_| invalid(format!("listen_address.trsvcid {s:?} is not a port number")))?,
+        };
+        Ok(SocketAddr::new(ip, port))
+    }
+
+    pub(crate) fn of(a: &SocketAddr) -> ListenAddress {
+        ListenAddress {
+            trtype: "TCP".into(),
+            adrfam: Some(if a.is_ipv4() { "IPv4" } else { "IPv6" }.into()),
+            traddr: a.ip().to_string(),
+            trsvcid: Some(a.port().to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerParams {
+    pub nqn: String,
+    pub listen_address: ListenAddress,
+    pub tgt_name: Option<String>,
+    pub secure_channel: Option<bool>,
+    pub ana_state: Option<String>,
+    pub anagrpid: Option<u32>,
+    /// Socket implementation and NUMA node (rpc.py may send them): only the default.
+    pub sock_impl: Option<String>,
+    pub numa_id: Option<i32>,
+}
+
+/// Returns the address actually bound (trsvcid "0" picks a free port).
+pub fn nvmf_subsystem_add_listener(t: &Arc<Target>, p: ListenerParams) -> Result<bool, RpcFailure> {
+    check_tgt(&p.tgt_name)?;
+    if p.secure_channel == Some(true) {
+        return Err(invalid("secure_channel: TLS is not supported"));
+    }
+    if p.sock_impl.as_deref().is_some_and(|s| s != "posix") {
+        return Err(invalid(format!(
+            "sock_impl: {:?}: only \"posix\" sockets",
+            p.sock_impl.as_deref().unwrap_or_default()
+        )));
+    }
+    let a = p.listen_address.socket_addr()?;
+    t.add_listener(&p.nqn, a)?;
+    Ok(true)
+}
+
+pub fn nvmf_subsystem_remove_listener(t: &Target, p: ListenerParams) -> Result<bool, RpcFailure> {
+    check_tgt(&p.tgt_name)?;
+    let a = p.listen_address.socket_addr()?;
+    t.remove_listener(&p.nqn, a)?;
+    Ok(true)
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostParams {
+    pub nqn: String,
+    pub host: String,
+    pub tgt_name: Option<String>,
+    pub psk: Option<String>,
+    pub dhchap_key: Option<String>,
+    pub dhchap_ctrlr_key: Option<String>,
+    /// `nvmf_subsystem_remove_host`: how long to wait for the host's controllers to go.
+    pub timeout_ms: Option<u64>,
+}
+
+pub fn nvmf_subsystem_add_host(t: &Target, p: HostParams) -> Result<bool, RpcFailure> {
+    check_tgt(&p.tgt_name)?;
+    if p.psk.is_some() || p.dhchap_key.is_some() || p.dhchap_ctrlr_key.is_some() {
+        return Err(invalid(
+            "psk/dhchap keys: TLS and in-band authentication are not supported",
+        ));
+    }
+    t.add_host(&p.nqn, &p.host)?;
+    Ok(true)
+}
+
+pub fn nvmf_subsystem_remove_host(t: &Target, p: HostParams) -> Result<bool, RpcFailure> {
+    check_tgt(&p.tgt_name)?;
+    t.remove_host(&p.nqn, &p.host)?;
+    Ok(true)
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowAnyHost {
+    pub nqn: String,
+    pub allow_any_host: bool,
+    pub tgt_name: Option<String>,
+}
+
+pub fn nvmf_subsystem_allow_any_host(t: &Target, p: AllowAnyHost) -> Result<bool, RpcFailure> {
+    check_tgt(&p.tgt_name)?;
+    t.allow_any_host(&p.nqn, p.allow_any_host)?;
+    Ok(true)
+}

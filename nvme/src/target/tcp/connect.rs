@@ -1,0 +1,177 @@
+//! Fabrics Connect on the NVMe/TCP target: the admin queue's Connect creates a controller,
+//! an I/O queue's Connect joins the live controller it names (`docs/nvme-tcp.md`).
+
+use super::request::Req;
+use super::{Conn, IN_CAPSULE_DATA_BYTES};
+use crate::spec::cmd::sgl_type;
+use crate::spec::fabrics::{self, ConnectCmd, ConnectData};
+use crate::spec::{get_str, Plain, Status};
+use crate::target::ctrlr::{Controller, QueueInfo};
+use crate::target::{Subsystem, SubsystemKind};
+use crate::tcp::pdu::RxLimits;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+impl Conn {
+    pub(super) fn connect(&mut self, slot: usize) {
+        match self.try_connect(slot) {
+            Ok(cntlid) => self.complete(slot, Status::SUCCESS, u32::from(cntlid), 0),
+            Err((status, dw0)) => self.complete(slot, status, dw0, 0),
+        }
+    }
+
+    pub(super) fn try_connect(&mut self, slot: usize) -> Result<u16, (Status, u32)> {
+        let invalid = |in_data, off| {
+            (
+                Status::CONNECT_INVALID_PARAMETERS,
+                fabrics::connect_invalid_param_dw0(in_data, off),
+            )
+        };
+        let r = &self.reqs[slot];
+        let cmd = ConnectCmd::from_sqe(&r.sqe);
+        if cmd.recfmt != 0 {
+            return Err((Status::CONNECT_INCOMPATIBLE_FORMAT, 0));
+        }
+        if r.sqe.sgl.sgl_type != sgl_type::DATA_BLOCK_OFFSET {
+            // Connect data must come in-capsule (it always fits).
+            return Err((Status::SGL_DESCRIPTOR_TYPE_INVALID, 0));
+        }
+        let data =
+            ConnectData::read_from(r.buf.as_deref().unwrap_or(&[])).ok_or((Status::DATA_SGL_LENGTH_INVALID, 0))?;
+        let subnqn = get_str(&data.subnqn);
+        let hostnqn = get_str(&data.hostnqn);
+        let subsys: Arc<Subsystem> = match self.target.subsystem(&subnqn) {
+            Ok(s) if !s.deleted.load(Ordering::Acquire) => s,
+            _ => {
+                log::info!("nvmf: {}: Connect to unknown subsystem {subnqn:?}", self.peer);
+                return Err(invalid(true, 256));
+            }
+        };
+        if subsys.kind == SubsystemKind::Nvme && !subsys.state().listeners.contains(&self.listen) {
+            log::info!(
+                "nvmf: {}: subsystem {subnqn} does not listen on {}",
+                self.peer,
+                self.listen
+            );
+            return Err(invalid(true, 256));
+        }
+        if !subsys.host_allowed(&hostnqn) {
+            log::info!("nvmf: {}: host {hostnqn:?} not allowed on {subnqn}", self.peer);
+            return Err((
+                Status::CONNECT_INVALID_HOST,
+                fabrics::connect_invalid_param_dw0(true, 512),
+            ));
+        }
+        let entries = u32::from(cmd.sqsize) + 1;
+        if cmd.qid == 0 {
+            self.connect_admin(&subsys, &cmd, &data, hostnqn)?;
+        } else {
+            self.connect_io(&subsys, &cmd, &data, &hostnqn)?;
+        }
+        // Size the request table to the queue (setup path: allocates once).
+        self.sq_entries = entries as u16;
+        while self.reqs.len() < entries as usize {
+            self.free.push(self.reqs.len());
+            self.reqs.push(Req::new());
+        }
+        let mut limits = RxLimits {
+            in_capsule_data_bytes: self.opts.in_capsule_data_size,
+            h2c_data_bytes: self.opts.io_unit_size,
+            c2h_data_bytes: 0,
+        };
+        if self.qid == 0 {
+            limits.in_capsule_data_bytes = IN_CAPSULE_DATA_BYTES;
+        }
+        self.rx.set_limits(limits);
+        if let Some(c) = &self.ctrlr {
+            c.add_queue(QueueInfo {
+                qid: self.qid,
+                listen: self.listen,
+                peer: self.peer,
+                core: self.core,
+            });
+        }
+        Ok(self.ctrlr.as_ref().map(|c| c.cntlid).unwrap_or(0))
+    }
+
+    /// Admin queue Connect: a new controller.
+    pub(super) fn connect_admin(
+        &mut self,
+        subsys: &Arc<Subsystem>,
+        cmd: &ConnectCmd,
+        data: &ConnectData,
+        hostnqn: String,
+    ) -> Result<(), (Status, u32)> {
+        let invalid = |in_data, off| {
+            (
+                Status::CONNECT_INVALID_PARAMETERS,
+                fabrics::connect_invalid_param_dw0(in_data, off),
+            )
+        };
+        if cmd.sqsize == 0 || u32::from(cmd.sqsize) + 1 > u32::from(self.opts.max_aq_depth) {
+            return Err(invalid(false, 44));
+        }
+        if data.cntlid != 0xFFFF {
+            return Err(invalid(true, 16));
+        }
+        let c = Arc::new(Controller::new(
+            self.target.alloc_cntlid(),
+            subsys.clone(),
+            hostnqn,
+            data.hostid,
+            cmd.kato_ms,
+            self.opts.clone(),
+        ));
+        subsys.state().controllers.push(Arc::downgrade(&c));
+        log::info!(
+            "nvmf: {}: controller {} of {} for host {} (KATO {} ms)",
+            self.peer,
+            c.cntlid,
+            subsys.nqn,
+            c.hostnqn,
+            cmd.kato_ms
+        );
+        self.stat(|s| &s.admin_qpairs, 1);
+        self.stat(|s| &s.current_admin_qpairs, 1);
+        self.ctrlr = Some(c);
+        self.qid = 0;
+        Ok(())
+    }
+
+    /// I/O queue Connect: joins the live controller the Connect data names.
+    pub(super) fn connect_io(
+        &mut self,
+        subsys: &Arc<Subsystem>,
+        cmd: &ConnectCmd,
+        data: &ConnectData,
+        hostnqn: &str,
+    ) -> Result<(), (Status, u32)> {
+        let invalid = |in_data, off| {
+            (
+                Status::CONNECT_INVALID_PARAMETERS,
+                fabrics::connect_invalid_param_dw0(in_data, off),
+            )
+        };
+        // A controller that failed (keep-alive timeout, ...) is gone for new queues.
+        let c = subsys
+            .state()
+            .controllers
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .find(|c| c.cntlid == data.cntlid && c.hostnqn == hostnqn && !c.failed())
+            .ok_or(invalid(true, 16))?;
+        if !c.ready() {
+            return Err((Status::COMMAND_SEQUENCE_ERROR, 0));
+        }
+        if cmd.sqsize == 0 || u32::from(cmd.sqsize) + 1 > u32::from(self.opts.max_queue_depth) {
+            return Err(invalid(false, 44));
+        }
+        c.claim_io_qid(cmd.qid).map_err(|_| invalid(false, 42))?;
+        self.stat(|s| &s.io_qpairs, 1);
+        self.stat(|s| &s.current_io_qpairs, 1);
+        self.qid = cmd.qid;
+        self.ctrlr = Some(c);
+        self.refresh_ns(subsys);
+        Ok(())
+    }
+}

@@ -1,0 +1,185 @@
+//! The NVMe/TCP target's listeners and poll groups: the accept poller hands each new
+//! socket to a reactor, whose poll group polls its connections; and the per-group counters
+//! `nvmf_get_stats` reports (`docs/nvme-tcp.md`).
+
+use super::{Conn, ConnPoll, ACCEPTS_PER_POLL, ACCEPT_POLL_PERIOD_US};
+use crate::target::{ListenerHandle, Target, TargetError};
+use engine::reactor::{self, PollStatus, PollerId};
+use std::cell::{Cell, RefCell};
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Counters of one poll group (SPDK `nvmf_get_stats` names). Written by its reactor only.
+#[derive(Default)]
+pub struct GroupStats {
+    pub core: u32,
+    pub admin_qpairs: AtomicU64,
+    pub io_qpairs: AtomicU64,
+    pub current_admin_qpairs: AtomicU64,
+    pub current_io_qpairs: AtomicU64,
+    pub pending_bdev_io: AtomicU64,
+    pub completed_nvme_io: AtomicU64,
+    pub connections: AtomicU64,
+    pub term_reqs_sent: AtomicU64,
+}
+
+static GROUP_STATS: Mutex<Vec<Arc<GroupStats>>> = Mutex::new(Vec::new());
+
+/// The stats of every poll group created so far (management path).
+pub fn group_stats() -> Vec<Arc<GroupStats>> {
+    GROUP_STATS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+pub(super) fn bump(a: &AtomicU64, d: i64) {
+    if d >= 0 {
+        a.fetch_add(d as u64, Ordering::Relaxed);
+    } else {
+        a.fetch_sub((-d) as u64, Ordering::Relaxed);
+    }
+}
+
+/// Binds `addr` and starts the accept poller on the first reactor. Management path.
+pub(crate) fn start_listener(target: Arc<Target>, addr: SocketAddr) -> Result<ListenerHandle, TargetError> {
+    let cores = reactor::cores();
+    if cores.is_empty() {
+        return Err(TargetError::NoReactors(
+            "start reactors before adding a listener".into(),
+        ));
+    }
+    let err = |e: std::io::Error| TargetError::Listen {
+        addr,
+        why: e.to_string(),
+    };
+    let l = TcpListener::bind(addr).map_err(err)?;
+    l.set_nonblocking(true).map_err(err)?;
+    let bound = l.local_addr().map_err(err)?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let c2 = closed.clone();
+    reactor::send_msg(cores[0], move || {
+        let id: Rc<Cell<Option<PollerId>>> = Rc::new(Cell::new(None));
+        let id2 = id.clone();
+        let mut l = Some(l);
+        let pid = reactor::register_poller(
+            "nvmf_tcp_accept",
+            Some(Duration::from_micros(ACCEPT_POLL_PERIOD_US)),
+            move || {
+                if c2.load(Ordering::Acquire) {
+                    if let Some(pid) = id2.get() {
+                        reactor::unregister_poller(pid);
+                    }
+                    l = None; // closes the socket
+                    return PollStatus::Idle;
+                }
+                match l.as_ref() {
+                    Some(l) => accept_some(l, &target, &cores, bound),
+                    None => PollStatus::Idle,
+                }
+            },
+        );
+        id.set(Some(pid));
+    })
+    .map_err(|e| TargetError::NoReactors(format!("{e:?}")))?;
+    log::info!("nvmf: TCP listener on {bound}");
+    Ok(ListenerHandle { addr: bound, closed })
+}
+
+fn accept_some(l: &TcpListener, target: &Arc<Target>, cores: &[u32], listen: SocketAddr) -> PollStatus {
+    let mut status = PollStatus::Idle;
+    for _ in 0..ACCEPTS_PER_POLL {
+        match l.accept() {
+            Ok((sock, peer)) => {
+                status = PollStatus::Busy;
+                if sock.set_nonblocking(true).is_err() {
+                    continue;
+                }
+                let _ = sock.set_nodelay(true);
+                let i = target.next_core.fetch_add(1, Ordering::Relaxed) as usize % cores.len();
+                let t = target.clone();
+                if let Err(e) = reactor::send_msg(cores[i], move || group_add(Conn::new(t, sock, listen, peer))) {
+                    log::warn!(
+                        "nvmf: dropping connection from {peer}: reactor {} unreachable: {e:?}",
+                        cores[i]
+                    );
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::warn!("nvmf: accept on {listen} failed: {e}");
+                break;
+            }
+        }
+    }
+    status
+}
+
+/// One reactor's connections.
+pub(super) struct PollGroup {
+    pub(super) conns: Vec<Conn>,
+    stats: Arc<GroupStats>,
+}
+
+thread_local! {
+    pub(super) static GROUP: RefCell<Option<PollGroup>> = const { RefCell::new(None) };
+}
+
+/// Adds a connection to the calling reactor's poll group (creating the group and its
+/// poller on first use). Runs on the reactor, from a message.
+fn group_add(mut conn: Box<Conn>) {
+    GROUP.with(|g| {
+        let mut g = g.borrow_mut();
+        let g = g.get_or_insert_with(|| {
+            let stats = Arc::new(GroupStats {
+                core: reactor::current_core().unwrap_or(0),
+                ..GroupStats::default()
+            });
+            GROUP_STATS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(stats.clone());
+            reactor::register_poller("nvmf_tcp_poll_group", None, group_poll);
+            PollGroup {
+                conns: Vec::new(),
+                stats,
+            }
+        });
+        conn.stats = Some(g.stats.clone());
+        conn.core = reactor::current_core().unwrap_or(0);
+        bump(&g.stats.connections, 1);
+        g.conns.push(*conn);
+    });
+}
+
+fn group_poll() -> PollStatus {
+    GROUP.with(|g| {
+        let mut g = g.borrow_mut();
+        let Some(g) = g.as_mut() else { return PollStatus::Idle };
+        if g.conns.is_empty() {
+            return PollStatus::Idle;
+        }
+        let now = engine::clock::now_ns();
+        let mut busy = false;
+        let mut i = 0;
+        while i < g.conns.len() {
+            match g.conns[i].poll(now) {
+                ConnPoll::Busy => busy = true,
+                ConnPoll::Idle => {}
+                ConnPoll::Dead => {
+                    bump(&g.stats.connections, -1);
+                    g.conns.swap_remove(i);
+                    continue;
+                }
+            }
+            i += 1;
+        }
+        if busy {
+            PollStatus::Busy
+        } else {
+            PollStatus::Idle
+        }
+    })
+}

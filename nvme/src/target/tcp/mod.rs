@@ -1,0 +1,344 @@
+//! The NVMe/TCP transport of the target: listeners, per-reactor poll groups and the
+//! connection / request state machines (`docs/nvme-tcp.md`).
+//!
+//! Data path: an accept poller (on the first reactor) takes new sockets and hands them
+//! round-robin to the reactors with `send_msg`. Each reactor has one poll group, a poller that
+//! walks its connections: read what the socket has, run it through the [`PduReceiver`], act
+//! on each PDU (submit to the namespace's bdev channel, send an R2T, answer an admin
+//! command), reap bdev completions, then write out what is queued. Sockets are non-blocking;
+//! nothing here blocks, locks or allocates per I/O (buffers come from pools allocated once;
+//! the admin path allocates, it is not the I/O path).
+//!
+//! One connection = one queue (admin or I/O) of one controller. A request moves through
+//! `ReqState`; a connection through `Phase`.
+//!
+//! This file holds the connection (`Conn`): its fields, its poll loop, the socket writer
+//! and closing. The rest, in the order a command meets it:
+//! - `group.rs`: the listener's accept poller and the per-reactor poll group.
+//! - `rx.rs`: the PDU receive state machine (ICReq, command capsules, data PDUs) and the
+//!   protocol errors that terminate the connection.
+//! - `request.rs`: the request's states, routing a complete command by queue, and sending
+//!   its response.
+//! - `connect.rs`: Fabrics Connect (a new controller, or an I/O queue joining one).
+//! - `admin.rs`: admin commands.
+//! - `io_queue.rs`: I/O commands and the queue's namespace / bdev channel table.
+//! - `bdev_io.rs`: submitting a command's bdev operations and completing it.
+//! - `transfer.rs`: data transfer (R2T, H2CData, C2HData).
+//! - `restart_point.rs`: the restart point command (`docs/restart-points.md`).
+//! - `buffers.rs`: the shared data buffer pools.
+
+mod admin;
+mod bdev_io;
+mod buffers;
+mod connect;
+mod group;
+mod io_queue;
+mod request;
+mod restart_point;
+mod rx;
+mod transfer;
+
+pub(crate) use buffers::get_buf;
+pub(crate) use group::start_listener;
+pub use group::{group_stats, GroupStats};
+
+use super::ctrlr::Controller;
+use super::keepalive::TrafficNote;
+use super::{Target, TransportOpts};
+use crate::spec::Status;
+use crate::tcp::pdu::{PduReceiver, RxLimits, Side, TxDigests};
+use engine::bdev::{IoCompletion, IoRequest};
+use group::bump;
+use io_queue::{ChanEntry, NsEntry};
+use request::Req;
+use rx::RxSink;
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// I/O queue entries (MQES + 1).
+pub const QUEUE_DEPTH_MAX: u16 = 128;
+/// Admin queue entries.
+pub const ADMIN_QUEUE_DEPTH_MAX: u16 = 128;
+/// I/O queues per controller.
+pub const IO_QUEUES_MAX: u16 = 64;
+/// In-capsule data per command, bytes (Linux sends up to 8 KiB in-capsule on the admin queue).
+pub const IN_CAPSULE_DATA_BYTES: u32 = 8192;
+/// Largest transfer per command `max_io_size` may set, bytes (MDTS 10 with 4 KiB pages).
+pub const MAX_IO_BYTES: u32 = 4 * 1024 * 1024;
+/// Default largest transfer per command, bytes (MDTS 8 with 4 KiB pages): what nvme-cli and
+/// the kernel send as one command without splitting (`nvme read/write --data-size=1M`).
+pub const DEFAULT_MAX_IO_BYTES: u32 = 1024 * 1024;
+/// Largest C2HData payload the target sends; longer reads go out in several PDUs.
+const C2H_PDU_BYTES: usize = 128 * 1024;
+/// MAXH2CDATA announced in ICResp, bytes.
+pub const MAXH2CDATA_BYTES: u32 = 128 * 1024;
+/// Socket read size per call, bytes.
+const RX_BUF_BYTES: usize = 256 * 1024;
+/// Reads per connection per poll (bounds one connection's share of a poll).
+const RX_READS_PER_POLL: usize = 4;
+/// Above this many queued bytes, stop reading commands until the socket drains.
+const TX_HIGH_WATER_BYTES: usize = 4 * 1024 * 1024;
+/// Initial capacity of a connection's send buffer, bytes.
+const TX_INITIAL_BYTES: usize = 256 * 1024;
+/// Connections accepted per accept poll.
+const ACCEPTS_PER_POLL: usize = 16;
+/// How often the accept poller runs.
+const ACCEPT_POLL_PERIOD_US: u64 = 1000;
+
+/// Lifecycle of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for ICReq.
+    AwaitIcReq,
+    /// Initialized: capsules flow (Connect first, then the queue's commands).
+    Ready,
+    /// Closing: the socket is shut; waiting for in-flight bdev I/O before being dropped.
+    Closing,
+}
+
+enum ConnPoll {
+    Busy,
+    Idle,
+    Dead,
+}
+
+/// Connection identities (restart point answers find their connection by it).
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+struct Conn {
+    target: Arc<Target>,
+    opts: TransportOpts,
+    sock: TcpStream,
+    listen: SocketAddr,
+    peer: SocketAddr,
+    phase: Phase,
+    rx: PduReceiver,
+    rx_buf: Box<[u8]>,
+    sink: RxSink,
+    tx: Vec<u8>,
+    tx_pos: usize,
+    dg: TxDigests,
+    ctrlr: Option<Arc<Controller>>,
+    qid: u16,
+    sq_entries: u16,
+    sqhd: u16,
+    reqs: Vec<Req>,
+    free: Vec<usize>,
+    /// Parked Asynchronous Event Requests (CIDs), admin queue only.
+    aers: Vec<u16>,
+    ns: Vec<NsEntry>,
+    ns_gen: u64,
+    chans: Vec<ChanEntry>,
+    /// Requests the bdev channel handed back as full, resubmitted after the next poll.
+    retry: VecDeque<(usize, IoRequest)>,
+    done: Vec<IoCompletion>,
+    stats: Option<Arc<GroupStats>>,
+    /// Unique per process: restart point answers come back to it by message.
+    id: u64,
+    /// The reactor running this connection (set when it joins a poll group).
+    core: u32,
+    /// Restart points handed out so far (tags the answers).
+    rp_seq: u64,
+    /// Requests in AwaitRestartPoint.
+    rp_pending: u32,
+    /// `restart::generation()` the channels' sinks were looked up at.
+    sink_gen: u64,
+    /// Commands arrived since the last poll (traffic-based keep-alive).
+    traffic: bool,
+    /// When this queue last restarted its controller's keep-alive timer.
+    ka_note: TrafficNote,
+}
+
+impl Conn {
+    fn new(target: Arc<Target>, sock: TcpStream, listen: SocketAddr, peer: SocketAddr) -> Box<Conn> {
+        let opts = target.transport_opts();
+        let limits = RxLimits {
+            in_capsule_data_bytes: opts.in_capsule_data_size,
+            h2c_data_bytes: opts.io_unit_size,
+            c2h_data_bytes: 0,
+        };
+        log::debug!("nvmf: connection from {peer} on {listen}");
+        Box::new(Conn {
+            target,
+            opts,
+            sock,
+            listen,
+            peer,
+            phase: Phase::AwaitIcReq,
+            rx: PduReceiver::new(Side::Target, limits),
+            rx_buf: vec![0u8; RX_BUF_BYTES].into_boxed_slice(),
+            sink: RxSink::None,
+            tx: Vec::with_capacity(TX_INITIAL_BYTES),
+            tx_pos: 0,
+            dg: TxDigests::default(),
+            ctrlr: None,
+            qid: 0,
+            sq_entries: 1,
+            sqhd: 0,
+            reqs: vec![Req::new()],
+            free: vec![0],
+            aers: Vec::new(),
+            ns: Vec::new(),
+            ns_gen: 0,
+            chans: Vec::new(),
+            retry: VecDeque::new(),
+            done: Vec::with_capacity(usize::from(QUEUE_DEPTH_MAX)),
+            stats: None,
+            id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+            core: 0,
+            rp_seq: 0,
+            rp_pending: 0,
+            sink_gen: 0,
+            traffic: false,
+            ka_note: TrafficNote::default(),
+        })
+    }
+
+    fn poll(&mut self, now: u64) -> ConnPoll {
+        if self.phase == Phase::Closing {
+            return self.poll_closing();
+        }
+        let mut busy = false;
+        if self.ctrlr.as_ref().is_some_and(|c| c.failed()) {
+            self.close("controller failed");
+            return ConnPoll::Busy;
+        }
+        if self.tx.len() - self.tx_pos < TX_HIGH_WATER_BYTES {
+            for _ in 0..RX_READS_PER_POLL {
+                match self.sock.read(&mut self.rx_buf) {
+                    Ok(0) => {
+                        self.close("peer closed the connection");
+                        return ConnPoll::Busy;
+                    }
+                    Ok(n) => {
+                        busy = true;
+                        if let Err(f) = self.process(n) {
+                            self.terminate(f);
+                            return ConnPoll::Busy;
+                        }
+                        if self.phase == Phase::Closing {
+                            return ConnPoll::Busy;
+                        }
+                        if n < self.rx_buf.len() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        log::info!("nvmf: read from {} failed: {e}", self.peer);
+                        self.close("socket error");
+                        return ConnPoll::Busy;
+                    }
+                }
+            }
+        }
+        // Keep-alive after reading: commands (a Keep Alive among them) that waited in the
+        // socket while this process was not scheduled count before the timer is judged.
+        if let Some(c) = &self.ctrlr {
+            if std::mem::take(&mut self.traffic) {
+                self.ka_note.note(&c.ka, now);
+            }
+            if self.qid == 0 && c.keep_alive_expired(now) {
+                c.fail("keep alive timeout (KATO + grace without a command)");
+                self.close("keep alive timeout");
+                return ConnPoll::Busy;
+            }
+        }
+        busy |= self.poll_bdev();
+        if self.rp_pending > 0 {
+            busy |= self.expire_restart_points(now);
+        }
+        if !self.aers.is_empty() {
+            if let Some(c) = self.ctrlr.clone() {
+                while !self.aers.is_empty() {
+                    let Some(ev) = c.take_event() else { break };
+                    let cid = self.aers.remove(0);
+                    self.respond(cid, Status::SUCCESS, ev, 0);
+                    busy = true;
+                }
+            }
+        }
+        busy |= self.flush();
+        if busy {
+            ConnPoll::Busy
+        } else {
+            ConnPoll::Idle
+        }
+    }
+
+    fn stat(&self, f: impl Fn(&GroupStats) -> &AtomicU64, d: i64) {
+        if let Some(s) = &self.stats {
+            bump(f(s), d);
+        }
+    }
+
+    /// Writes queued bytes; returns whether any were written.
+    fn flush(&mut self) -> bool {
+        let mut wrote = false;
+        while self.tx_pos < self.tx.len() {
+            match self.sock.write(&self.tx[self.tx_pos..]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.tx_pos += n;
+                    wrote = true;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::info!("nvmf: write to {} failed: {e}", self.peer);
+                    self.tx.clear();
+                    self.tx_pos = 0;
+                    self.close("socket error");
+                    return wrote;
+                }
+            }
+        }
+        if self.tx_pos == self.tx.len() {
+            self.tx.clear();
+            self.tx_pos = 0;
+        } else if self.tx_pos > TX_INITIAL_BYTES {
+            self.tx.drain(..self.tx_pos);
+            self.tx_pos = 0;
+        }
+        wrote
+    }
+
+    fn close(&mut self, why: &str) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        log::debug!("nvmf: closing connection from {}: {why}", self.peer);
+        self.phase = Phase::Closing;
+        self.flush();
+        let _ = self.sock.shutdown(Shutdown::Both);
+        if let Some(c) = &self.ctrlr {
+            c.remove_queue(self.qid, self.peer);
+            if self.qid == 0 {
+                c.fail("admin queue disconnected");
+                self.stat(|s| &s.current_admin_qpairs, -1);
+            } else {
+                c.release_io_qid(self.qid);
+                self.stat(|s| &s.current_io_qpairs, -1);
+            }
+        }
+        self.retry.clear();
+        self.aers.clear();
+    }
+
+    fn poll_closing(&mut self) -> ConnPoll {
+        let mut n = 0;
+        for c in self.chans.iter_mut() {
+            n += c.chan.poll(&mut |_| {});
+        }
+        self.stat(|s| &s.pending_bdev_io, -(n as i64));
+        if self.chans.iter().all(|c| c.chan.outstanding() == 0) {
+            ConnPoll::Dead
+        } else {
+            ConnPoll::Busy
+        }
+    }
+}
