@@ -61,8 +61,10 @@ fn silent_controller_dropped_after_grace_then_reconnect_answers() {
     };
     let (mut c, mut q) = connect(&f, &o);
     let old = c.cntlid();
-    write_read(&mut q, 3, 2, 7);
+    // Taken before the last commands are sent: the target hears them later, so its
+    // timer restarts after this instant whatever the machine's load (no slack needed).
     let last = Instant::now();
+    write_read(&mut q, 3, 2, 7);
     // Silence until the target closes the I/O queue with its controller.
     let limit = last + T;
     while q.poll(&mut |_| {}).is_ok() {
@@ -72,7 +74,7 @@ fn silent_controller_dropped_after_grace_then_reconnect_answers() {
     let waited = last.elapsed();
     let life = Duration::from_millis(u64::from(kato) + grace_ms(kato));
     assert!(
-        waited + Duration::from_millis(5) >= life,
+        waited >= life,
         "dropped after {waited:?}, before KATO + grace ({life:?})"
     );
     assert!(c.keep_alive().is_err());

@@ -68,8 +68,13 @@ fn replicated_writes_allocate_nothing_per_write() {
             println!(
                 "{fs} QD {qd}: {writes} writes, {busy} allocations (idle stretch: {idle}): {per_write:.4} per write"
             );
+            // Background work (status publishes, timers) allocates by time, not by write, and
+            // varies by 100-odd between two equal stretches on a loaded machine: a fixed
+            // allowance for that, on top of 1 per 20 writes. One allocation per write (at
+            // least 500 writes) still fails it.
+            let excess = busy.saturating_sub(idle);
             assert!(
-                per_write < 0.05,
+                excess <= 200 + writes / 20,
                 "{fs} QD {qd}: {per_write:.3} allocations per replicated write ({busy} during {writes} writes, {idle} idle)"
             );
         }
