@@ -16,6 +16,7 @@ mod chaos;
 mod chaos_report;
 mod chaos_writer;
 mod demo;
+mod demo_lifecycle;
 mod ledger;
 mod perf_targets;
 mod plan;
