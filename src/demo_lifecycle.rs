@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use nvme::host::{cmd, Data};
 use serde_json::{json, Value};
 
-use crate::demo::{Demo, DemoArgs, PrimarySeen, Restored, SiteOpts, Sites, VOL_MB};
+use crate::demo::{Demo, DemoArgs, Killed, PrimarySeen, Restored, SiteOpts, Sites, VOL_MB};
 use crate::ledger::{Target, Volume};
 use crate::procs::{addr, baton, free_port, rand, rpc, unix_ms, wait_rpc, AnyErr, Proc};
 use crate::switchover::{switchover, SwitchoverArgs};
@@ -89,6 +89,15 @@ fn standby_status(sock: &Path) -> Result<Value, AnyErr> {
 
 fn mib(b: f64) -> f64 {
     b / f64::from(1u32 << 20)
+}
+
+/// `b` bytes in KiB or MiB, for the progress line.
+fn size(b: f64) -> String {
+    if b >= f64::from(1u32 << 20) {
+        format!("{:.1} MiB", mib(b))
+    } else {
+        format!("{:.0} KiB", b / 1024.0)
+    }
 }
 
 /// Block `lba` of the data the primary's base holds before replication.
@@ -204,6 +213,8 @@ struct SyncWatch {
     seen: PrimarySeen,
     /// Restart points the ledger completed while the sync ran.
     points_during_sync: u64,
+    /// A ledger runs during the sync (its progress is shown).
+    with_ledger: bool,
 }
 
 impl SyncWatch {
@@ -227,15 +238,21 @@ impl SyncWatch {
             self.samples += 1;
             self.points_during_sync = self.seen.points;
         }
+        let ledger = if self.with_ledger {
+            format!(
+                " | ledger transfers {:>6} restart points {:>4}",
+                self.seen.last_wrote_tx, self.seen.points
+            )
+        } else {
+            String::new()
+        };
         eprint!(
-            "\r  sync {state:<7} {:>5.1} %  {:>5.1} of {:.0} MiB  {:>6.1} MiB/s  ETA {:>5.1} s | ledger transfers {:>6} restart points {:>4} | standby {target:<9}   ",
+            "\r  sync {state:<7} {:>5.1} %  {:>9} of {:>9}  {:>6.1} MiB/s  ETA {:>5.1} s{ledger} | standby {target:<9}   ",
             sync["percent"].as_f64().unwrap_or(0.0),
-            mib(sync["bytes_sent"].as_f64().unwrap_or(0.0)),
-            mib(sync["bytes_total"].as_f64().unwrap_or(0.0)),
+            size(sync["bytes_sent"].as_f64().unwrap_or(0.0)),
+            size(sync["bytes_total"].as_f64().unwrap_or(0.0)),
             mib(sync["rate_bytes_per_sec"].as_f64().unwrap_or(0.0)),
             sync["eta_ms"].as_f64().unwrap_or(0.0) / 1000.0,
-            self.seen.last_wrote_tx,
-            self.seen.points,
         );
         let finished = state == "done" && (!until_valid || target == "valid");
         if finished {
@@ -254,6 +271,7 @@ impl SyncWatch {
         procs: &mut [&mut Proc],
         until_valid: bool,
     ) -> Result<(), AnyErr> {
+        self.with_ledger = rx.is_some();
         let start = Instant::now();
         loop {
             if let Some(rx) = rx {
@@ -645,19 +663,26 @@ fn failback(a: &DemoArgs, dir: &Path, seed: &mut u64, out: &dyn Fn(String)) -> R
     }
     let epoch = quiesce_and_point(&ss, "failback")?;
     let sb = wait_applied(&site_a.sock, epoch)?;
+    if let Some(t) = sb["failover_target"]
+        .as_str()
+        .filter(|t| w.targets.last().map(String::as_str) != Some(*t))
+    {
+        w.targets.push(t.to_string());
+    }
     let (promoted, old_base) = (read_nvme(&home)?, read_image(&base)?);
     let (differ, first_diff) = diff_blocks(&promoted, &old_base);
-    failback_report(a, &killed.seen, &r, (&w, &sb, &record), (epoch, differ, first_diff))
+    failback_report(a, &killed, &r, (&w, &sb, &record), (epoch, differ, first_diff))
 }
 
 /// What the failback scenario checks and reports.
 fn failback_report(
     a: &DemoArgs,
-    seen: &PrimarySeen,
+    killed: &Killed,
     r: &Restored,
     (w, sb, record): (&SyncWatch, &Value, &Value),
     (epoch, differ, first_diff): (u64, u64, Option<u64>),
 ) -> Result<Value, AnyErr> {
+    let seen = &killed.seen;
     let mut problems = crate::demo::problems(seen, r);
     if differ > 0 {
         problems.push(format!(
@@ -682,7 +707,7 @@ fn failback_report(
     let summary = vec![
         format!(
             "failover                      killed {} at group {}; restored group {} ({} transfers), verified: {}",
-            a.kill_at,
+            killed.kill_at,
             seen.last_point_seq.unwrap_or(0),
             r.seq,
             r.tx,
@@ -693,18 +718,19 @@ fn failback_report(
             record["changed_regions"]
         ),
         format!(
-            "failback sync                 {sent} bytes = {:.3} % of the {VOL_MB} MiB volume, in {} ms",
+            "failback sync                 {sent} bytes = {:.3} % of the {VOL_MB} MiB volume (a full copy: {VOL_BYTES}), in {} ms",
             share * 100.0,
             sync["elapsed_ms"]
         ),
         format!(
             "verified at epoch {epoch:<12} old base = promoted volume: {differ} differing blocks of {VOL_BLOCKS}; old site {}",
-            sb["failover_target"].as_str().unwrap_or("?")
+            w.targets.join(" -> ")
         ),
     ];
     Ok(json!({
         "scenario": "failback", "mode": a.mode, "volume_bytes": VOL_BYTES,
-        "last_restart_point_at_primary": seen.last_point_seq.unwrap_or(0), "restored_restart_point": r.seq,
+        "kill_at": killed.kill_at, "last_restart_point_at_primary": seen.last_point_seq.unwrap_or(0),
+        "restored_restart_point": r.seq, "restored_verified": r.verified,
         "record_of_changes": record, "sync": sync, "bytes_moved": sent, "share_of_volume": share,
         "verify_epoch": epoch, "blocks_differing": differ, "old_site_standby": sb,
         "verified": problems.is_empty(), "problems": problems, "summary": summary,
