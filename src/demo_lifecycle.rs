@@ -357,6 +357,17 @@ fn initial_sync(a: &DemoArgs, dir: &Path, seed: &mut u64, out: &dyn Fn(String)) 
     let kept = (0..VOL_BLOCKS)
         .filter(|&l| stby[l as usize * BS..(l as usize + 1) * BS] == pattern_block(l, pseed)[..])
         .count() as u64;
+    initial_sync_report(a, &w, sb, to_valid_ms, (epoch, differ, first_diff, kept))
+}
+
+/// What the initial-sync scenario checks and reports.
+fn initial_sync_report(
+    a: &DemoArgs,
+    w: &SyncWatch,
+    sb: Value,
+    to_valid_ms: u64,
+    (epoch, differ, first_diff, kept): (u64, u64, Option<u64>, u64),
+) -> Result<Value, AnyErr> {
     let mut problems = Vec::new();
     if differ > 0 {
         problems.push(format!(
@@ -378,12 +389,15 @@ fn initial_sync(a: &DemoArgs, dir: &Path, seed: &mut u64, out: &dyn Fn(String)) 
     let rate = sync["rate_bytes_per_sec"].as_f64().unwrap_or(0.0);
     let summary = vec![
         format!(
-            "initial sync                  {} of {} bytes in {} ms, {:.1} MiB/s (cap {} MiB/s), {} progress samples",
+            "initial sync                  {} of {} bytes in {} ms, {:.1} MiB/s ({}), {} progress samples",
             sync["bytes_sent"],
             sync["bytes_total"],
             sync["elapsed_ms"],
             mib(rate),
-            a.sync_mib_per_sec,
+            match a.sync_mib_per_sec {
+                0 => "uncapped".to_string(),
+                c => format!("cap {c} MiB/s"),
+            },
             w.samples
         ),
         format!("standby failover_target       {}", w.targets.join(" -> ")),
