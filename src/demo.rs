@@ -56,10 +56,20 @@ pub struct DemoArgs {
     /// Keep the working directory (logs, journals, images).
     #[arg(long)]
     pub keep: bool,
+    /// The step of the disaster-recovery lifecycle shown: failover (kill the primary, fail
+    /// over, restart the ledger), initial-sync, switchover or failback (docs/demo.md).
+    #[arg(long, default_value = "failover", value_parser = ["failover", "initial-sync", "switchover", "failback"])]
+    pub scenario: String,
+    /// switchover: groups the ledger runs on the primary before it quiesces.
+    #[arg(long, default_value_t = 8)]
+    pub groups: u64,
+    /// initial-sync: cap on the sync's rate, MiB/s (0: none).
+    #[arg(long, default_value_t = 32)]
+    pub sync_mib_per_sec: u64,
 }
 
 /// Parses `KEY=VALUE` words of a ledger progress line.
-fn field(line: &str, key: &str) -> Option<u64> {
+pub(crate) fn field(line: &str, key: &str) -> Option<u64> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
         .and_then(|v| v.parse().ok())
@@ -67,12 +77,12 @@ fn field(line: &str, key: &str) -> Option<u64> {
 
 /// What the primary-side ledger said before it died.
 #[derive(Default)]
-struct PrimarySeen {
-    points: u64,
-    last_point_seq: Option<u64>,
+pub(crate) struct PrimarySeen {
+    pub(crate) points: u64,
+    pub(crate) last_point_seq: Option<u64>,
     last_pointing_seq: Option<u64>,
-    last_wrote_tx: u64,
-    last_point_tx: u64,
+    pub(crate) last_wrote_tx: u64,
+    pub(crate) last_point_tx: u64,
     write_us: LatencyHistogram,
     point_us: LatencyHistogram,
     image_us: LatencyHistogram,
@@ -92,11 +102,14 @@ pub fn run(a: DemoArgs) -> Result<(), AnyErr> {
         }
     };
     out(format!(
-        "baton demo: primary -> 2 relays -> standby ({} mode), ledger of {} accounts, {} MiB execution image",
-        a.mode, a.accounts, a.image_mib
+        "baton demo, scenario {}: primary -> 2 relays -> standby ({} mode), ledger of {} accounts, {} MiB execution image",
+        a.scenario, a.mode, a.accounts, a.image_mib
     ));
     out(format!("working directory {}", dir.display()));
-    let r = Demo::new(&a, &dir, &mut seed, &out).and_then(Demo::run);
+    let r = match a.scenario.as_str() {
+        "failover" => Demo::new(&a, &dir, &mut seed, &out, SiteOpts::default()).and_then(Demo::run),
+        s => crate::demo_lifecycle::run(s, &a, &dir, &mut seed, &out),
+    };
     if !a.keep && r.is_ok() {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
@@ -106,63 +119,87 @@ pub fn run(a: DemoArgs) -> Result<(), AnyErr> {
 }
 
 /// The loopback ports of the demo's processes.
-struct Ports {
-    standby: u16,
+pub(crate) struct Ports {
+    pub(crate) standby: u16,
     heartbeat: u16,
     image: u16,
     export: u16,
     relay1: u16,
     relay2: u16,
-    target: u16,
+    pub(crate) target: u16,
+}
+
+/// How the sites are built (the lifecycle scenarios of `demo_lifecycle.rs` vary these;
+/// the default is the failover demo's: everything on RAM, no records kept in files).
+#[derive(Default)]
+pub(crate) struct SiteOpts {
+    /// The standby volume's bdevs are files in the working directory (`SbVol.img`,
+    /// `SbStage.img`; delayed mode), so its image can be read back.
+    pub(crate) standby_files: bool,
+    /// `standby_create` `changed_map`: the promoted volume's record of changes.
+    pub(crate) changed_map: Option<PathBuf>,
+    /// The primary's base bdev is this file (io_uring) rather than RAM: it survives a kill.
+    pub(crate) primary_base_file: Option<PathBuf>,
+    /// `replication_create_volume` `dirty_map`: the primary's dirty-block record.
+    pub(crate) dirty_map: Option<PathBuf>,
+    /// `initial_sync: true`, with this cap in bytes per second (0: none).
+    pub(crate) initial_sync: Option<u64>,
 }
 
 /// The demo's state: its options, working directory, ports and the seed every random
 /// choice draws from (in a fixed order, so a seed replays the same run).
-struct Demo<'a> {
-    a: &'a DemoArgs,
-    dir: &'a Path,
-    seed: &'a mut u64,
-    out: &'a dyn Fn(String),
-    ports: Ports,
+pub(crate) struct Demo<'a> {
+    pub(crate) a: &'a DemoArgs,
+    pub(crate) dir: &'a Path,
+    pub(crate) seed: &'a mut u64,
+    pub(crate) out: &'a dyn Fn(String),
+    pub(crate) ports: Ports,
     /// Where the ledger restarted on the standby host writes its verdict.
-    result_file: PathBuf,
+    pub(crate) result_file: PathBuf,
+    pub(crate) opts: SiteOpts,
 }
 
 /// The processes of the standby, relay and primary sites. Fields drop (and so kill
 /// their processes) in this order: primary, relays, standby.
-struct Sites {
-    primary: Proc,
-    relays: Vec<Proc>,
-    standby: Proc,
+pub(crate) struct Sites {
+    pub(crate) primary: Proc,
+    pub(crate) relays: Vec<Proc>,
+    pub(crate) standby: Proc,
 }
 
 /// The kill: what the primary-side ledger said before it, and when it happened.
-struct Killed {
-    seen: PrimarySeen,
-    kill_at: String,
-    kill_ms: u64,
+pub(crate) struct Killed {
+    pub(crate) seen: PrimarySeen,
+    pub(crate) kill_at: String,
+    pub(crate) kill_ms: u64,
 }
 
 /// What the ledger restarted on the standby host wrote, and the standby's state then.
-struct Restored {
-    seq: u64,
-    tx: u64,
-    serving_ms: u64,
-    verified: bool,
-    error: String,
+pub(crate) struct Restored {
+    pub(crate) seq: u64,
+    pub(crate) tx: u64,
+    pub(crate) serving_ms: u64,
+    pub(crate) verified: bool,
+    pub(crate) error: String,
     /// `standby_host_get_status` once the restarted ledger reported.
-    host: Value,
+    pub(crate) host: Value,
     /// `standby_get_status` of the standby volume.
-    standby: Value,
+    pub(crate) standby: Value,
 }
 
-const NQN: &str = "nqn.2016-06.io.baton:ledger";
+pub(crate) const NQN: &str = "nqn.2016-06.io.baton:ledger";
 const STANDBY_NQN: &str = "nqn.2016-06.io.baton:ledger-standby";
 /// Size of the replicated volume, MiB.
-const VOL_MB: u64 = 64;
+pub(crate) const VOL_MB: u64 = 64;
 
 impl<'a> Demo<'a> {
-    fn new(a: &'a DemoArgs, dir: &'a Path, seed: &'a mut u64, out: &'a dyn Fn(String)) -> Result<Self, AnyErr> {
+    pub(crate) fn new(
+        a: &'a DemoArgs,
+        dir: &'a Path,
+        seed: &'a mut u64,
+        out: &'a dyn Fn(String),
+        opts: SiteOpts,
+    ) -> Result<Self, AnyErr> {
         let (standby, heartbeat, image, export) = (free_port()?, free_port()?, free_port()?, free_port()?);
         let (relay1, relay2, target) = (free_port()?, free_port()?, free_port()?);
         let ports = Ports {
@@ -182,20 +219,14 @@ impl<'a> Demo<'a> {
             out,
             ports,
             result_file,
+            opts,
         })
     }
 
     /// Starts the three sites, runs the ledger to the kill, waits for the failover and
     /// reports.
     fn run(mut self) -> Result<(), AnyErr> {
-        let standby = self.start_standby()?;
-        let relays = self.start_relays()?;
-        let primary = self.start_primary()?;
-        let mut sites = Sites {
-            primary,
-            relays,
-            standby,
-        };
+        let mut sites = self.start_sites()?;
         let killed = self.run_ledger_until_kill(&mut sites)?;
         let restored = self.await_failover(&mut sites.standby)?;
         let report = self.report(&killed, &restored);
@@ -214,7 +245,20 @@ impl<'a> Demo<'a> {
         }
     }
 
-    fn sock(&self, name: &str) -> PathBuf {
+    /// The standby, the two relays forwarding to it, and the primary, in that order.
+    pub(crate) fn start_sites(&mut self) -> Result<Sites, AnyErr> {
+        let standby = self.start_standby()?;
+        let (relay1, relay2, to) = (self.ports.relay1, self.ports.relay2, self.ports.standby);
+        let relays = self.start_relays([("relay1", relay1), ("relay2", relay2)], to)?;
+        let primary = self.start_primary()?;
+        Ok(Sites {
+            primary,
+            relays,
+            standby,
+        })
+    }
+
+    pub(crate) fn sock(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.sock"))
     }
 
@@ -230,12 +274,17 @@ impl<'a> Demo<'a> {
             dir.join("ledger-restored.log").display()
         );
         let ss = self.sock("standby");
+        let mut cmd = baton()?;
+        cmd.args(["standby", "-m", "0x2", "-r"]).arg(&ss);
+        if self.opts.standby_files {
+            for (name, mb) in [("SbVol", VOL_MB), ("SbStage", 128)] {
+                let f = dir.join(format!("{name}.img"));
+                cmd.args(["--bdev", &format!("{name}=uring:{},size={mb}M,bs=4096", f.display())]);
+            }
+        }
         let mut standby = Proc::spawn(
             "standby",
-            baton()?
-                .args(["standby", "-m", "0x2", "-r"])
-                .arg(&ss)
-                .args(["--listen", &addr(p.standby).to_string()])
+            cmd.args(["--listen", &addr(p.standby).to_string()])
                 .args(["--heartbeat-listen", &addr(p.heartbeat).to_string()])
                 .args(["--primary-timeout-ms", &a.timeout_ms.to_string()])
                 .args(["--image-listen", &addr(p.image).to_string()])
@@ -258,9 +307,20 @@ impl<'a> Demo<'a> {
         Ok(standby)
     }
 
-    /// The standby volume `Vol0` in the chosen mode, on RAM bdevs.
+    /// The standby volume `Vol0` in the chosen mode, on RAM bdevs (or on the files the
+    /// standby was started with: `SiteOpts::standby_files`).
     fn create_standby_volume(&self, ss: &Path) -> Result<(), AnyErr> {
+        let changed = self.opts.changed_map.as_ref().map(|p| p.display().to_string());
         match self.a.mode.as_str() {
+            "delayed" if self.opts.standby_files => {
+                rpc(
+                    ss,
+                    "standby_create",
+                    json!({"name": "Vol0", "mode": "delayed", "volume_bdev": "SbVol", "staging_bdev": "SbStage",
+                           "format": true, "changed_map": changed}),
+                )?;
+            }
+            _ if self.opts.standby_files => return Err("standby volume files need --mode delayed".into()),
             "delayed" => {
                 rpc(
                     ss,
@@ -275,7 +335,8 @@ impl<'a> Demo<'a> {
                 rpc(
                     ss,
                     "standby_create",
-                    json!({"name": "Vol0", "mode": "delayed", "volume_bdev": "SbVol", "staging_bdev": "SbStage"}),
+                    json!({"name": "Vol0", "mode": "delayed", "volume_bdev": "SbVol", "staging_bdev": "SbStage",
+                           "changed_map": changed}),
                 )?;
             }
             _ => {
@@ -293,18 +354,20 @@ impl<'a> Demo<'a> {
                     ss,
                     "standby_create",
                     json!({"name": "Vol0", "mode": "snapshot", "data_bdev": "SbData", "metadata_bdev": "SbMeta",
-                           "volume_blocks": VOL_MB * 256, "keep_last": 4}),
+                           "volume_blocks": VOL_MB * 256, "keep_last": 4, "changed_map": changed}),
                 )?;
             }
         }
         Ok(())
     }
 
-    /// The relay site: a forwarder and a backup relay, each journaling to a file.
-    fn start_relays(&mut self) -> Result<Vec<Proc>, AnyErr> {
-        let (dir, p) = (self.dir, &self.ports);
-        let mut relays = Vec::new();
-        for (name, port, backup) in [("relay1", p.relay1, false), ("relay2", p.relay2, true)] {
+    /// A relay site: a forwarder (the first) and a backup relay (the second), each
+    /// journaling to a directory named like it, forwarding to the standby on `to`.
+    pub(crate) fn start_relays(&mut self, relays: [(&'static str, u16); 2], to: u16) -> Result<Vec<Proc>, AnyErr> {
+        let dir = self.dir;
+        let [(n1, p1), (n2, p2)] = relays;
+        let mut procs = Vec::new();
+        for (name, port, backup) in [(n1, p1, false), (n2, p2, true)] {
             let jdir = dir.join(name);
             std::fs::create_dir_all(&jdir)?;
             let mut c = baton()?;
@@ -313,43 +376,52 @@ impl<'a> Demo<'a> {
                 .args(["--listen", &addr(port).to_string()])
                 .arg("--journal-dir")
                 .arg(&jdir)
-                .args(["--journal-bytes-max", "256M", "--standby", &addr(p.standby).to_string()]);
+                .args(["--journal-bytes-max", "256M", "--standby", &addr(to).to_string()]);
             if backup {
                 c.arg("--backup");
             }
             let mut proc = Proc::spawn(name, &mut c, &dir.join(format!("{name}.log")))?;
             wait_rpc(&mut proc, &self.sock(name), Duration::from_secs(20))?;
-            relays.push(proc);
+            procs.push(proc);
         }
         (self.out)(format!(
-            "relays    up: {} (forwarder), {} (backup), journals in {}",
-            addr(p.relay1),
-            addr(p.relay2),
+            "relays    up: {} (forwarder), {} (backup) -> standby {}, journals in {}",
+            addr(p1),
+            addr(p2),
+            addr(to),
             dir.display()
         ));
-        Ok(relays)
+        Ok(procs)
     }
 
     /// The primary site: a replicated volume exported over NVMe/TCP.
     fn start_primary(&mut self) -> Result<Proc, AnyErr> {
         let p = &self.ports;
         let ps = self.sock("primary");
+        let base = match &self.opts.primary_base_file {
+            Some(f) => format!("Base0=uring:{},size={VOL_MB}M,bs=4096", f.display()),
+            None => format!("Base0=malloc,size={VOL_MB}M,bs=4096"),
+        };
         let mut primary = Proc::spawn(
             "primary",
             baton()?
                 .args(["target", "-m", "0x1", "-r"])
                 .arg(&ps)
-                .args(["--bdev", &format!("Base0=malloc,size={VOL_MB}M,bs=4096")]),
+                .args(["--bdev", &base]),
             &self.dir.join("primary.log"),
         )?;
         wait_rpc(&mut primary, &ps, Duration::from_secs(20))?;
-        rpc(
-            &ps,
-            "replication_create_volume",
-            json!({"name": "Vol0", "base_bdev": "Base0",
-                   "relays": [addr(p.relay1).to_string(), addr(p.relay2).to_string()],
-                   "standby_heartbeat": addr(p.heartbeat).to_string()}),
-        )?;
+        let mut vol = json!({"name": "Vol0", "base_bdev": "Base0",
+               "relays": [addr(p.relay1).to_string(), addr(p.relay2).to_string()],
+               "standby_heartbeat": addr(p.heartbeat).to_string()});
+        if let Some(f) = &self.opts.dirty_map {
+            vol["dirty_map"] = json!(f.display().to_string());
+        }
+        if let Some(bps) = self.opts.initial_sync {
+            vol["initial_sync"] = json!(true);
+            vol["initial_sync_bytes_per_sec"] = json!(bps);
+        }
+        rpc(&ps, "replication_create_volume", vol)?;
         rpc(&ps, "nvmf_create_transport", json!({"trtype": "TCP"}))?;
         rpc(
             &ps,
@@ -368,15 +440,26 @@ impl<'a> Demo<'a> {
                    "trsvcid": p.target.to_string()}}),
         )?;
         (self.out)(format!(
-            "primary   up: Vol0 (RAM, {VOL_MB} MiB) replicated to both relays, NVMe/TCP {NQN} on {}",
+            "primary   up: Vol0 ({}, {VOL_MB} MiB) replicated to both relays{}, NVMe/TCP {NQN} on {}",
+            if self.opts.primary_base_file.is_some() {
+                "file"
+            } else {
+                "RAM"
+            },
+            if self.opts.initial_sync.is_some() {
+                " with an initial sync"
+            } else {
+                ""
+            },
             addr(p.target)
         ));
         Ok(primary)
     }
 
-    /// The application on the primary host: the ledger, whose progress lines arrive on
-    /// the returned channel (and are logged to `ledger-progress.log`).
-    fn start_ledger(&mut self) -> Result<(Proc, mpsc::Receiver<String>), AnyErr> {
+    /// The application on the primary host: the ledger, running `groups` groups (0: until
+    /// killed), whose progress lines arrive on the returned channel (and are logged to
+    /// `ledger-progress.log`).
+    pub(crate) fn start_ledger(&mut self, groups: u64) -> Result<(Proc, mpsc::Receiver<String>), AnyErr> {
         let (a, dir) = (self.a, self.dir);
         let mut ledger_cmd = baton()?;
         ledger_cmd
@@ -397,6 +480,7 @@ impl<'a> Demo<'a> {
                 &a.image_mib.to_string(),
             ])
             .args(["--group", &a.group.to_string(), "--initial", "1000"])
+            .args(["--groups", &groups.to_string()])
             .args(["--seed", &(rand(self.seed) % 1_000_000).to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(dir.join("ledger.log"))?));
@@ -422,8 +506,8 @@ impl<'a> Demo<'a> {
     /// Runs the ledger against the primary, showing progress, until the kill moment
     /// (`--kill-at`, after at least `--run-secs`), then SIGKILLs the ledger and the
     /// primary target and collects every line the ledger wrote before it died.
-    fn run_ledger_until_kill(&mut self, sites: &mut Sites) -> Result<Killed, AnyErr> {
-        let (mut ledger, rx) = self.start_ledger()?;
+    pub(crate) fn run_ledger_until_kill(&mut self, sites: &mut Sites) -> Result<Killed, AnyErr> {
+        let (mut ledger, rx) = self.start_ledger(0)?;
         let run_for = Duration::from_secs_f64(self.a.run_secs) + Duration::from_millis(rand(self.seed) % 2000);
         let kill_at = match self.a.kill_at.as_str() {
             "random" => ["writes", "point", "after-point"][(rand(self.seed) % 3) as usize].to_string(),
@@ -484,7 +568,7 @@ impl<'a> Demo<'a> {
 
     /// Failover at the standby site: waits (60 s at most) for the ledger restarted on
     /// the standby host to write its result, and reads the standby's state then.
-    fn await_failover(&self, standby: &mut Proc) -> Result<Restored, AnyErr> {
+    pub(crate) fn await_failover(&self, standby: &mut Proc) -> Result<Restored, AnyErr> {
         let ss = self.sock("standby");
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.result_file.exists() {
@@ -619,7 +703,7 @@ impl<'a> Demo<'a> {
 impl PrimarySeen {
     /// Takes in one ledger progress line while the primary runs; true when the line is
     /// the moment `kill_at` names.
-    fn observe(&mut self, l: &str, kill_at: &str) -> bool {
+    pub(crate) fn observe(&mut self, l: &str, kill_at: &str) -> bool {
         let mut trigger = false;
         if l.starts_with("READY") {
             self.image_bytes = field(l, "image_bytes").unwrap_or(0);
@@ -718,7 +802,7 @@ fn status(ss: &Path, started: Instant, seen: &PrimarySeen) -> String {
 /// What the demo checks of the failover: the restarted ledger verified, and the standby
 /// restored at least the last restart point the primary saw complete (relays outlive the
 /// primary) and none beyond the last one declared.
-fn problems(seen: &PrimarySeen, r: &Restored) -> Vec<String> {
+pub(crate) fn problems(seen: &PrimarySeen, r: &Restored) -> Vec<String> {
     let mut problems = Vec::new();
     if !r.verified {
         problems.push(format!("the restarted ledger did not verify: {}", r.error));

@@ -2,7 +2,8 @@
 //!
 //! - `baton demo`: the one-command tour: primary, two relays and the standby as
 //!   processes on loopback, the ledger application, a kill of the primary site,
-//!   failover and restart from the execution image (`demo.rs`).
+//!   failover and restart from the execution image (`demo.rs`); `--scenario
+//!   initial-sync|switchover|failback`, the other lifecycle steps (`demo_lifecycle.rs`).
 //! - `baton chaos`: kill -9 rounds on the whole setup with a self-checking
 //!   writer (`chaos.rs`, `chaos_writer.rs`).
 //! - `baton ledger`: the demo application (`ledger.rs`).
@@ -16,6 +17,7 @@ mod chaos;
 mod chaos_report;
 mod chaos_writer;
 mod demo;
+mod demo_lifecycle;
 mod ledger;
 mod perf_targets;
 mod plan;
