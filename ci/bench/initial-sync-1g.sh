@@ -3,6 +3,7 @@
 # 64 KiB writes over the same relays: the two rates side by side (docs/replication.md,
 # "Block sync"). Run from the repository root after `cargo build --release`.
 B=${BATON:-target/release/baton}
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf $D' EXIT
 D=/dev/shm/m1g; rm -rf $D; mkdir -p $D/r1 $D/r2
 $B standby -m 0x2 --listen 127.0.0.1:7701 -r $D/s.sock --bdev sv=malloc,size=1G,bs=4096 --bdev sst=malloc,size=2G,bs=4096 > $D/s.log 2>&1 &
 for i in $(seq 1 100); do [ -S $D/s.sock ] && break; sleep 0.2; done
