@@ -1,4 +1,4 @@
-//! `baton`: one binary, one role per process (see DESIGN.md).
+//! `baton`: one binary, one role per process (see `docs/architecture.md`).
 //!
 //! - `baton demo`: the one-command tour: primary, two relays and the standby as
 //!   processes on loopback, the ledger application, a kill of the primary site,

@@ -12,7 +12,7 @@
 //! - [`metrics`]: microsecond latency histograms over `hdrhistogram`.
 //! - [`clock`]: the monotonic nanosecond clock every timestamp uses.
 //!
-//! Nothing here knows about NVMe or replication (DESIGN.md: dependencies point
+//! Nothing here knows about NVMe or replication (`docs/architecture.md`: dependencies point
 //! from those crates into this one).
 
 pub mod alloc_count;

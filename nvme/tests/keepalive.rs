@@ -101,7 +101,10 @@ fn many_drops_and_reconnects_each_get_a_working_controller() {
     let f = fixture();
     // KATO long enough that a test thread starved for a moment on a loaded machine does
     // not lose the controller between its Connect and its first I/O.
-    let o = HostOpts { kato_ms: 1000, ..opts() };
+    let o = HostOpts {
+        kato_ms: 1000,
+        ..opts()
+    };
     let mut ids = Vec::new();
     for round in 0..3u8 {
         let (c, mut q) = connect(&f, &o);

@@ -23,7 +23,7 @@
 //! - [`host`]: the standby host: heartbeat listener, failover sequence, its RPC.
 //! - [`image`]: execution images: transfer from the primary host, store, restore.
 //!
-//! Invariant 2 of DESIGN.md (what the standby shows is exactly the primary's
+//! Invariant 2 of `docs/requirements.md` (what the standby shows is exactly the primary's
 //! image at some restart point) and 3 (after failover it is at the newest
 //! restart point fully received) are what the tests in `tests/` check.
 

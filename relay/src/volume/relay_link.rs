@@ -1,0 +1,495 @@
+//! One relay's connection, driven by the link reactor: connect, Hello and its reply (a
+//! resync base when the relay lacks history), Ops frames out within the in-flight bounds,
+//! Acks and heartbeats in, failure and reconnect (`docs/replication.md`, "The replicated
+//! volume"; `docs/replication-wire.md`).
+
+use super::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LinkPhase {
+    /// No connection; next attempt at `retry_at_ns`.
+    Disconnected { retry_at_ns: u64 },
+    /// Hello queued, waiting for the HelloReply.
+    Handshake,
+    /// Accepted: ops flow.
+    Up,
+    /// Refused by the relay (stale generation, unknown volume, ...): retried after a pause.
+    Refused,
+    /// The relay lacks ops the primary no longer holds: it needs a full resync.
+    NeedsResync,
+}
+
+pub(super) struct Link {
+    pub(super) addr: SocketAddr,
+    pub(super) conn: Option<TcpConnection<SegRef>>,
+    pub(super) phase: LinkPhase,
+    /// Marked down (timeout).
+    pub(super) down: bool,
+    pub(super) removed: bool,
+    pub(super) acked_lsn: u64,
+    pub(super) sent_lsn: u64,
+    /// (last LSN of a frame, its data bytes), oldest first: unacknowledged frames.
+    pub(super) frames: VecDeque<(u64, u64)>,
+    pub(super) bytes_in_flight: u64,
+    /// Last time the relay was heard from (or the link came up / was created).
+    pub(super) heard_ns: u64,
+    /// Last heartbeat sent.
+    pub(super) hb_sent_ns: u64,
+    pub(super) frames_sent: u64,
+    pub(super) last_error: String,
+    /// Readiness token of this link's socket.
+    pub(super) token: u64,
+    /// The socket is in the link reactor's readiness set.
+    pub(super) watched: bool,
+    /// Last `poll_recv`.
+    pub(super) recv_ns: u64,
+    /// See [`RelayStatus::late_reads`].
+    pub(super) late_reads: u64,
+    /// `now_ns()` of the last refusal of this link's Hello (for the slow retry).
+    pub(super) refused_ns: u64,
+    /// Resync in progress (`volume/resync.rs`).
+    pub(super) resync: Option<resync::Resync>,
+    pub(super) resyncs: u64,
+    pub(super) resyncs_done: u64,
+    /// The primary dropped ops this relay lacks (said once; cleared when a resync starts).
+    pub(super) beyond_retention: bool,
+    /// A resync base skipped LSNs from here on: the relay never confirms their writes, so
+    /// the dirty-block record keeps them (until a block sync that covers them ended).
+    pub(super) hole_from: Option<u64>,
+}
+
+impl Link {
+    pub(super) fn new(addr: SocketAddr, now: u64, token: u64) -> Self {
+        Self {
+            addr,
+            token,
+            watched: false,
+            recv_ns: 0,
+            late_reads: 0,
+            refused_ns: 0,
+            resync: None,
+            resyncs: 0,
+            resyncs_done: 0,
+            beyond_retention: false,
+            hole_from: None,
+            conn: None,
+            phase: LinkPhase::Disconnected { retry_at_ns: now },
+            down: false,
+            removed: false,
+            acked_lsn: 0,
+            sent_lsn: 0,
+            frames: VecDeque::with_capacity(LINK_FRAMES_IN_FLIGHT_MAX),
+            bytes_in_flight: 0,
+            heard_ns: now,
+            hb_sent_ns: now,
+            frames_sent: 0,
+            last_error: String::new(),
+        }
+    }
+    pub(super) fn phase_name(&self) -> &'static str {
+        match self.phase {
+            LinkPhase::Disconnected { .. } => "connecting",
+            LinkPhase::Handshake => "handshake",
+            LinkPhase::Up if self.resync.is_some() => "resyncing",
+            LinkPhase::Up => "up",
+            LinkPhase::Refused => "refused",
+            LinkPhase::NeedsResync => "needs_resync",
+        }
+    }
+    pub(super) fn counts(&self, degraded: bool) -> bool {
+        !self.removed && !(degraded && (self.down || self.phase == LinkPhase::NeedsResync || self.resyncing()))
+    }
+}
+
+pub(super) enum RxEvent {
+    Reply(HelloReply),
+    Ack(u64, u64),
+    Heartbeat(Heartbeat),
+    Unexpected(u8),
+}
+
+impl LinkState {
+    pub(super) fn link_failed(&mut self, i: usize, why: String, now: u64) {
+        let l = &mut self.links[i];
+        if l.watched {
+            l.watched = false;
+            if let (Some(r), Some(fd)) = (self.readiness.as_mut(), l.conn.as_ref().and_then(|c| c.raw_fd())) {
+                r.remove(fd);
+            }
+        }
+        if let Some(mut c) = l.conn.take() {
+            c.close();
+            let mut back: ArrayVec<u64, 1024> = ArrayVec::new();
+            let _ = c.poll_send(&mut |d: SendDone| {
+                for seg in &d.data {
+                    let _ = back.try_push(seg.lsn);
+                }
+            });
+            for lsn in back.drain(..) {
+                self.drop_ref(lsn);
+            }
+        }
+        let l = &mut self.links[i];
+        if !why.is_empty() && l.phase != LinkPhase::Refused {
+            log::warn!("volume {}: relay {}: {why}", self.s.cfg.name, l.addr);
+            l.last_error = why;
+        }
+        if l.phase != LinkPhase::NeedsResync && l.phase != LinkPhase::Refused {
+            l.phase = LinkPhase::Disconnected {
+                retry_at_ns: now + RECONNECT_DELAY_MS * 1_000_000,
+            };
+        }
+        l.frames.clear();
+        l.bytes_in_flight = 0;
+        l.sent_lsn = l.acked_lsn;
+    }
+
+    /// Drives link `i`: connect, handshake, acks, heartbeats, sends. Returns "did work".
+    pub(super) fn drive_link(&mut self, i: usize, now: u64) -> bool {
+        let timeout = self.timeout_ns();
+        let gen = self.s.cfg.generation;
+        let bs = self.s.base.block_size();
+        let mut busy = false;
+        if self.links[i].removed {
+            if self.links[i].conn.is_some() {
+                self.link_failed(i, String::new(), now);
+            }
+            return false;
+        }
+        // Down detection: silent for the timeout while something is expected of it.
+        {
+            let l = &mut self.links[i];
+            let silent = now.saturating_sub(l.heard_ns) >= timeout;
+            if silent && !l.down && l.phase != LinkPhase::Up {
+                l.down = true;
+                log::warn!(
+                    "volume {}: relay {} marked down ({})",
+                    self.s.cfg.name,
+                    l.addr,
+                    l.phase_name()
+                );
+            }
+        }
+        if self.links[i].phase == LinkPhase::Up && now.saturating_sub(self.links[i].heard_ns) >= timeout {
+            self.links[i].down = true;
+            let why = format!("no answer for {} ms: marked down", self.s.cfg.relay_down_timeout_ms);
+            self.link_failed(i, why, now);
+        }
+        let due = match self.links[i].phase {
+            LinkPhase::Disconnected { retry_at_ns } => now >= retry_at_ns,
+            // Refusals (stale generation, unknown volume) are retried slowly.
+            LinkPhase::Refused => now >= self.links[i].refused_ns + REFUSED_RETRY_MS * 1_000_000,
+            _ => false,
+        };
+        if due {
+            let addr = self.links[i].addr;
+            match TcpConnection::connect(addr, TcpConfig::default()) {
+                Ok(mut c) => {
+                    let hello = Hello {
+                        role: Role::Primary,
+                        block_size: bs,
+                        volume_id: self.s.volume_id,
+                        volume_name: &self.s.cfg.name,
+                        generation: gen,
+                        resume_lsn: self.links[i].acked_lsn + 1,
+                        frame_bytes_max: FRAME_BYTES_MAX as u32,
+                        recv_credits: 0,
+                    };
+                    match wire::encode_hello(&hello) {
+                        Ok(h) => {
+                            let _ = c.send(OutFrame::control(h, 0));
+                            let l = &mut self.links[i];
+                            if let (Some(r), Some(fd)) = (self.readiness.as_mut(), c.raw_fd()) {
+                                l.watched = r.add(fd, l.token).is_ok();
+                            }
+                            self.links[i].conn = Some(c);
+                            self.links[i].phase = LinkPhase::Handshake;
+                        }
+                        Err(e) => self.links[i].last_error = e.to_string(),
+                    }
+                }
+                Err(e) => {
+                    self.links[i].last_error = e.to_string();
+                    self.links[i].phase = LinkPhase::Disconnected {
+                        retry_at_ns: now + RECONNECT_DELAY_MS * 1_000_000,
+                    };
+                }
+            }
+            busy = true;
+        }
+        let l = &mut self.links[i];
+        let Some(conn) = l.conn.as_mut() else {
+            return busy;
+        };
+        // Receive: a watched socket only when it is readable (or bytes wait in the buffer),
+        // and every RECV_UNREADY_PERIOD_NS regardless.
+        let expected = !l.watched || l.phase != LinkPhase::Up || self.ready.contains(&l.token) || conn.has_buffered();
+        let read = expected || now.saturating_sub(l.recv_ns) >= RECV_UNREADY_PERIOD_NS;
+        if read {
+            l.recv_ns = now;
+        }
+        let mut frames: ArrayVec<RxEvent, 64> = ArrayVec::new();
+        let r = if !read {
+            Ok(0)
+        } else {
+            conn.poll_recv(&mut |f: Frame<'_>| {
+                let ev = match f {
+                    Frame::HelloReply(r) => RxEvent::Reply(r),
+                    Frame::Ack(a) => RxEvent::Ack(a.durable_lsn, a.generation),
+                    Frame::Heartbeat(h) => RxEvent::Heartbeat(h),
+                    other => RxEvent::Unexpected(other.kind() as u8),
+                };
+                let _ = frames.try_push(ev);
+            })
+        };
+        if !expected && !frames.is_empty() {
+            self.links[i].late_reads += 1;
+        }
+        if let Err(e) = r {
+            self.link_failed(i, format!("receive: {e}"), now);
+            return true;
+        }
+        let mut resync_at: Option<(u64, String)> = None;
+        let mut acked_bytes = 0u64;
+        for ev in frames.drain(..) {
+            busy = true;
+            let l = &mut self.links[i];
+            if matches!(ev, RxEvent::Reply(HelloReply::Refused { .. })) {
+                // A relay that refuses this volume holds none of its writes: not an answer
+                // for down detection, so the volume's policy applies once the timeout passes.
+                l.refused_ns = now;
+            } else {
+                l.heard_ns = now;
+                if l.down {
+                    log::info!("volume {}: relay {} answers again", self.s.cfg.name, l.addr);
+                    l.down = false;
+                }
+            }
+            match ev {
+                RxEvent::Reply(HelloReply::Accepted { resume_lsn, .. }) => {
+                    let have = resume_lsn.saturating_sub(1);
+                    // What the relay holds now: less than it acknowledged before if its
+                    // journal lost a tail (recovery cut it), which then needs a resync.
+                    l.acked_lsn = have;
+                    l.beyond_retention = false;
+                    l.sent_lsn = l.acked_lsn;
+                    l.phase = LinkPhase::Up;
+                    l.last_error.clear();
+                    // Can it be caught up from what the primary still holds? If not, its
+                    // history restarts at the oldest LSN the primary holds (resync).
+                    let oldest = self.oldest_held();
+                    let l = &mut self.links[i];
+                    if self.next_lsn != 0 && have + 1 < oldest && have < self.completed_lsn {
+                        resync_at = Some((
+                            oldest,
+                            format!("relay holds up to LSN {have}; the primary holds LSNs from {oldest} on only"),
+                        ));
+                    } else if self.next_lsn != 0 && have >= self.next_lsn {
+                        l.phase = LinkPhase::NeedsResync;
+                        l.last_error = format!("relay holds LSN {have}, beyond this primary's {}", self.next_lsn - 1);
+                        log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
+                    } else {
+                        log::info!(
+                            "volume {}: relay {} up, resumes at LSN {resume_lsn}",
+                            self.s.cfg.name,
+                            l.addr
+                        );
+                    }
+                }
+                RxEvent::Reply(HelloReply::Refused { reason, generation, .. }) => {
+                    l.last_error = format!("refused: {reason:?} (relay generation {generation})");
+                    log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
+                    l.phase = LinkPhase::Refused;
+                }
+                RxEvent::Ack(durable, _gen) => {
+                    if durable > l.acked_lsn {
+                        l.acked_lsn = durable;
+                        while let Some(&(last, bytes)) = l.frames.front() {
+                            if last > durable {
+                                break;
+                            }
+                            l.bytes_in_flight -= bytes;
+                            acked_bytes += bytes;
+                            l.frames.pop_front();
+                        }
+                        l.resync_acked(std::mem::take(&mut acked_bytes), &self.s.cfg.name);
+                    }
+                }
+                RxEvent::Heartbeat(h) => {
+                    if !h.is_reply {
+                        if let Some(c) = l.conn.as_mut() {
+                            let _ = c.send(OutFrame::control(
+                                wire::encode_heartbeat(&Heartbeat { is_reply: true, ..h }),
+                                0,
+                            ));
+                        }
+                    }
+                }
+                RxEvent::Unexpected(k) => {
+                    let why = format!("unexpected frame kind {k} from relay");
+                    self.link_failed(i, why, now);
+                    return true;
+                }
+            }
+            if let Some((base, why)) = resync_at.take() {
+                if !self.start_resync(i, base, &why, now) {
+                    return true;
+                }
+            }
+        }
+        if self.links[i].phase == LinkPhase::Refused {
+            self.link_failed(i, String::new(), now);
+            self.links[i].phase = LinkPhase::Refused;
+            return true;
+        }
+        if self.links[i].phase == LinkPhase::Up && self.next_lsn != 0 {
+            busy |= self.pump(i);
+            let l = &mut self.links[i];
+            if now.saturating_sub(l.hb_sent_ns) >= timeout / 4 {
+                l.hb_sent_ns = now;
+                if let Some(c) = l.conn.as_mut() {
+                    let _ = c.send(OutFrame::control(
+                        wire::encode_heartbeat(&Heartbeat {
+                            nonce: now,
+                            time_ns: now,
+                            is_reply: false,
+                        }),
+                        0,
+                    ));
+                }
+            }
+        }
+        busy | self.flush_link(i, now)
+    }
+
+    /// Pushes link `i`'s queued bytes to its socket and takes back the references of
+    /// frames the transport is done with. Returns whether anything happened.
+    pub(super) fn flush_link(&mut self, i: usize, now: u64) -> bool {
+        let mut back: ArrayVec<u64, 1024> = ArrayVec::new();
+        let r = match self.links[i].conn.as_mut() {
+            Some(c) => c.poll_send(&mut |d: SendDone| {
+                for seg in &d.data {
+                    let _ = back.try_push(seg.lsn);
+                }
+            }),
+            None => Ok(0),
+        };
+        let busy = !back.is_empty();
+        for lsn in back.drain(..) {
+            self.drop_ref(lsn);
+        }
+        if let Err(e) = r {
+            self.link_failed(i, format!("send: {e}"), now);
+            return true;
+        }
+        if self.links[i]
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.state() == ConnState::Failed)
+        {
+            self.link_failed(i, "connection failed".into(), now);
+        }
+        busy
+    }
+
+    /// Sends link `i` every op after its `sent_lsn` that is available, up to its flow
+    /// control bound, in frames of up to `OPS_PER_FRAME_MAX` ops.
+    pub(super) fn pump(&mut self, i: usize) -> bool {
+        let gen = self.s.cfg.generation;
+        let bs = self.s.base.block_size();
+        let cap = self.s.cfg.relay_bytes_in_flight_max;
+        let mut sent = false;
+        loop {
+            let l = &self.links[i];
+            let Some(c) = l.conn.as_ref() else { break };
+            if c.send_capacity() == 0 || l.bytes_in_flight >= cap || l.frames.len() >= LINK_FRAMES_IN_FLIGHT_MAX {
+                break;
+            }
+            let mut lsn = l.sent_lsn + 1;
+            if lsn >= self.next_lsn {
+                break;
+            }
+            let mut enc = BatchEncoder::ops(gen, bs);
+            let mut segs: ArrayVec<SegRef, OPS_PER_FRAME_MAX> = ArrayVec::new();
+            let mut crcs: ArrayVec<u32, OPS_PER_FRAME_MAX> = ArrayVec::new();
+            let mut bytes = 0usize;
+            while enc.len() < OPS_PER_FRAME_MAX && lsn < self.next_lsn {
+                let Some(op) = self.peek(lsn) else { break };
+                let len = bytes + op.data.len();
+                if len > FRAME_DATA_BYTES_MAX || (bytes > 0 && len > FRAME_BYTES_TARGET) {
+                    break;
+                }
+                let Some(op) = self.take_ref(lsn) else { break };
+                let r = match op.kind {
+                    OpKind::Write => enc.write(lsn, op.arg0, op.arg1 as u32, op.data.len()),
+                    OpKind::WriteZeroes => enc.write_zeroes(lsn, op.arg0, op.arg1 as u32),
+                    OpKind::Deallocate => enc.deallocate(lsn, op.arg0, op.arg1 as u32),
+                    OpKind::RestartPoint => enc.restart_point(lsn, op.arg0, op.arg1, op.data.len()),
+                    OpKind::Sync => enc.sync_args(lsn, op.arg0, op.arg1),
+                };
+                if let Err(e) = r {
+                    // A bug: the op was checked when it was made.
+                    self.drop_ref(lsn);
+                    log::error!("volume {}: cannot encode LSN {lsn}: {e}", self.s.cfg.name);
+                    break;
+                }
+                bytes += op.data.len();
+                // Every op gets a segment (possibly empty) so its reference comes back.
+                segs.push(SegRef { data: op.data, lsn });
+                crcs.push(op.crc);
+                lsn += 1;
+            }
+            if enc.is_empty() {
+                // The next LSN is neither in flight nor retained: the relay cannot be
+                // caught up by this primary.
+                let l = &mut self.links[i];
+                if l.phase == LinkPhase::Up && l.sent_lsn + 1 < self.next_lsn {
+                    let why = format!("LSN {} no longer held by the primary", l.sent_lsn + 1);
+                    l.lost_history(why, &self.s.cfg.name);
+                }
+                break;
+            }
+            let slices: ArrayVec<&[u8], OPS_PER_FRAME_MAX> = segs.iter().map(|s| &*s.data).collect();
+            let hdr = match enc.finish_with_crcs(&slices, &crcs) {
+                Ok(h) => h,
+                Err(e) => {
+                    log::error!("volume {}: cannot seal frame: {e}", self.s.cfg.name);
+                    for s in &segs {
+                        self.drop_ref(s.lsn);
+                    }
+                    break;
+                }
+            };
+            drop(slices);
+            let last = lsn - 1;
+            let mut data = rdma_transport::Segs::new();
+            for s in segs.drain(..) {
+                data.push(s);
+            }
+            let l = &mut self.links[i];
+            let Some(c) = l.conn.as_mut() else { break };
+            match c.send(OutFrame {
+                header: hdr,
+                data,
+                user_data: last,
+            }) {
+                Ok(()) => {
+                    l.sent_lsn = last;
+                    l.frames.push_back((last, bytes as u64));
+                    l.bytes_in_flight += bytes as u64;
+                    l.frames_sent += 1;
+                    sent = true;
+                }
+                Err(e) => {
+                    let f = e.into_frame();
+                    let lsns: ArrayVec<u64, OPS_PER_FRAME_MAX> = f.data.iter().map(|s| s.lsn).collect();
+                    for lsn in lsns {
+                        self.drop_ref(lsn);
+                    }
+                    break;
+                }
+            }
+        }
+        sent
+    }
+}
