@@ -11,11 +11,14 @@
 //! A second host in the same process (auto failover off) fails over only when declared
 //! by RPC.
 
+mod common;
+use common::{call, wait_until, write};
+
 use engine::reactor::{IdleMode, ReactorOpts, Reactors};
 use engine::rpc::Registry;
 use nvme::host::{Controller, Data, HostOpts};
 use rdma_transport::liveness::{self, PrimaryHeartbeat};
-use serde_json::{json, Value};
+use serde_json::json;
 use standby::host::{ExportConfig, FailoverState, FailoverVolume, StandbyHost, StandbyHostConfig};
 use standby::{OpBody, OwnedOp};
 use std::collections::BTreeMap;
@@ -25,10 +28,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn call(reg: &Registry, m: &str, p: Value) -> Result<Value, engine::rpc::RpcError> {
-    reg.call_blocking(m, Some(p), 100_000, Duration::from_micros(100))
-}
 
 /// A restart tag as the image store makes them: seq u64 LE + 32-byte digest.
 fn tag(seq: u64) -> Vec<u8> {
@@ -50,28 +49,6 @@ fn rp(lsn: u64, epoch: u64, last_lsn: u64) -> OwnedOp {
             last_lsn,
             tag: tag(epoch),
         },
-    }
-}
-
-fn write(lsn: u64, off: u64, byte: u8) -> OwnedOp {
-    let mut d = engine::buf::DmaBuf::alloc(512);
-    d.fill(byte);
-    OwnedOp {
-        lsn,
-        generation: 1,
-        body: OpBody::Write {
-            offset_blocks: off,
-            num_blocks: 1,
-            data: standby::receive::DmaBufEq(d),
-        },
-    }
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < WAIT, "{what}: not reached within {WAIT:?}");
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

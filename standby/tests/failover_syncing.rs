@@ -3,46 +3,24 @@
 //! standbys"), `standby_promote` refuses it without `force`, and a declaration with
 //! `force` promotes it anyway with a loud warning.
 
+mod common;
+use common::{call, wait_until, write};
+
 use engine::reactor::{IdleMode, ReactorOpts, Reactors};
 use engine::rpc::Registry;
 use rdma_transport::wire::SyncMark;
-use serde_json::{json, Value};
+use serde_json::json;
 use standby::host::{FailoverState, FailoverVolume, StandbyHost, StandbyHostConfig};
 use standby::{OpBody, OwnedOp};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn call(reg: &Registry, m: &str, p: Value) -> Result<Value, engine::rpc::RpcError> {
-    reg.call_blocking(m, Some(p), 100_000, Duration::from_micros(100))
-}
 
 fn op(lsn: u64, body: OpBody) -> OwnedOp {
     OwnedOp {
         lsn,
         generation: 1,
         body,
-    }
-}
-
-fn write(lsn: u64, off: u64, byte: u8) -> OwnedOp {
-    let mut d = engine::buf::DmaBuf::alloc(512);
-    d.fill(byte);
-    op(
-        lsn,
-        OpBody::Write {
-            offset_blocks: off,
-            num_blocks: 1,
-            data: standby::receive::DmaBufEq(d),
-        },
-    )
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < WAIT, "{what}: not reached within {WAIT:?}");
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

@@ -8,13 +8,9 @@ mod common;
 use common::*;
 use engine::reactor::{IdleMode, ReactorOpts, Reactors};
 use engine::rpc::Registry;
-use serde_json::{json, Value};
+use serde_json::json;
 use standby::{OpBody, OwnedOp};
 use std::time::Duration;
-
-fn call(reg: &Registry, m: &str, p: Value) -> Result<Value, engine::rpc::RpcError> {
-    reg.call_blocking(m, Some(p), 100_000, Duration::from_micros(100))
-}
 
 fn rp(lsn: u64, epoch: u64, last_lsn: u64) -> OwnedOp {
     OwnedOp {
@@ -24,20 +20,6 @@ fn rp(lsn: u64, epoch: u64, last_lsn: u64) -> OwnedOp {
             epoch,
             last_lsn,
             tag: format!("t{epoch}").into_bytes(),
-        },
-    }
-}
-
-fn write(lsn: u64, off: u64, byte: u8) -> OwnedOp {
-    let mut d = engine::buf::DmaBuf::alloc(512);
-    d.fill(byte);
-    OwnedOp {
-        lsn,
-        generation: 1,
-        body: OpBody::Write {
-            offset_blocks: off,
-            num_blocks: 1,
-            data: standby::receive::DmaBufEq(d),
         },
     }
 }

@@ -235,3 +235,37 @@ pub fn offer_wire(v: &mut StandbyVolume, op: &Op<'_>) {
         }
     }
 }
+
+/// One JSON-RPC call on an in-process registry (the tests' management thread).
+pub fn call(
+    reg: &engine::rpc::Registry,
+    m: &str,
+    p: serde_json::Value,
+) -> Result<serde_json::Value, engine::rpc::RpcError> {
+    reg.call_blocking(m, Some(p), 100_000, std::time::Duration::from_micros(100))
+}
+
+/// A one-block (512 bytes) write of `byte` at `off`, generation 1.
+pub fn write(lsn: u64, off: u64, byte: u8) -> OwnedOp {
+    let mut d = DmaBuf::alloc(512);
+    d.fill(byte);
+    OwnedOp {
+        lsn,
+        generation: 1,
+        body: OpBody::Write {
+            offset_blocks: off,
+            num_blocks: 1,
+            data: standby::receive::DmaBufEq(d),
+        },
+    }
+}
+
+/// Polls `f` every 2 ms until it is true; panics naming `what` after 30 s.
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let wait = std::time::Duration::from_secs(30);
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < wait, "{what}: not reached within {wait:?}");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
