@@ -121,6 +121,43 @@ pub fn runs_of(word: impl Fn(usize) -> u64, shift: u32, regions: u64, num_blocks
     out
 }
 
+/// Sets the region bits of blocks `offset..offset + blocks` in `map` (one bit per `2^shift`
+/// blocks, `regions` bits). True if a bit was in neither `map` nor `other` before: a new
+/// mark. An atomic OR only for words that lack a bit; no allocation, no lock.
+pub fn set_range(
+    map: &[AtomicU64],
+    other: Option<&[AtomicU64]>,
+    shift: u32,
+    regions: u64,
+    offset: u64,
+    blocks: u64,
+) -> bool {
+    if blocks == 0 {
+        return false;
+    }
+    let first = (offset >> shift).min(regions - 1);
+    let last = (offset.saturating_add(blocks - 1) >> shift).min(regions - 1);
+    let mut new = false;
+    let mut r = first;
+    while r <= last {
+        let w = (r / 64) as usize;
+        let lo = r % 64;
+        let hi = (last - (r - lo)).min(63);
+        let mask = if hi - lo == 63 {
+            u64::MAX
+        } else {
+            ((1u64 << (hi - lo + 1)) - 1) << lo
+        };
+        if map[w].load(Ordering::Relaxed) & mask != mask {
+            let before = map[w].fetch_or(mask, Ordering::AcqRel);
+            let elsewhere = other.map_or(0, |o| o[w].load(Ordering::Acquire));
+            new |= (before | elsewhere) & mask != mask;
+        }
+        r += hi - lo + 1;
+    }
+    new
+}
+
 /// Decodes a file image (`path` names it in errors).
 pub fn decode(bytes: &[u8], path: &Path) -> Result<MapImage, RegionMapError> {
     let invalid = |why: String| RegionMapError::Invalid {
@@ -289,29 +326,7 @@ impl IntentMap {
 
     /// Sets the bits of `offset..offset + blocks`; true if one was not set.
     fn set(&self, offset: u64, blocks: u64) -> bool {
-        if blocks == 0 {
-            return false;
-        }
-        let first = (offset >> self.shift).min(self.regions - 1);
-        let last = (offset.saturating_add(blocks - 1) >> self.shift).min(self.regions - 1);
-        let mut new = false;
-        let mut r = first;
-        while r <= last {
-            let w = (r / 64) as usize;
-            let lo = r % 64;
-            let hi = (last - (r - lo)).min(63);
-            let mask = if hi - lo == 63 {
-                u64::MAX
-            } else {
-                ((1u64 << (hi - lo + 1)) - 1) << lo
-            };
-            if self.bits[w].load(Ordering::Relaxed) & mask != mask {
-                let before = self.bits[w].fetch_or(mask, Ordering::AcqRel);
-                new |= before & mask != mask;
-            }
-            r += hi - lo + 1;
-        }
-        new
+        set_range(&self.bits, None, self.shift, self.regions, offset, blocks)
     }
 
     /// Marks `offset..offset + blocks` as about to be written. Returns the mark the write

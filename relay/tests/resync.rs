@@ -280,31 +280,7 @@ fn block_sync_scenario(root: &TempDir) {
 ///    of the base (writes overwriting some of them meanwhile), then the End. A standby that
 ///    applies the stream from LSN 1 ends with exactly the primary's image.
 fn initial_sync_scenario(root: &TempDir) {
-    use engine::bdev::{IoOp, IoRequest};
-    let base = engine::bdev::malloc::create("rs6_base", 4096, 4096, None).unwrap();
-    {
-        // Data written before replication existed: stamps 100001.. on every 3rd block.
-        let mut ch = base.open_channel().unwrap();
-        for b in (0..4096u64).step_by(3) {
-            let mut buf = engine::buf::DmaBuf::alloc(4096);
-            fill(&mut buf, 100_000 + b);
-            ch.submit(IoRequest {
-                op: IoOp::Write,
-                offset_blocks: b,
-                num_blocks: 1,
-                buf: Some(buf),
-                user_data: b,
-            })
-            .unwrap();
-            let mut done = false;
-            while !done {
-                ch.poll(&mut |c| {
-                    c.result.unwrap();
-                    done = true;
-                });
-            }
-        }
-    }
+    let base = base_with_data("rs6_base");
     let sink = Sink::start();
     let r8 = start_relay(&root.0.join("r8"), Some(sink.addr), true, 0);
     let mut cfg = VolumeConfig::new("rs6", vec![r8.listen_addr()]);

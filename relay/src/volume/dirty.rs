@@ -90,30 +90,14 @@ pub(super) struct DirtyShared {
 /// Sets the region bits of `offset..offset + blocks` in map `cur`; true if one was in
 /// neither map before (a new mark).
 fn set_bits(sh: &DirtyShared, cur: usize, offset: u64, blocks: u64) -> bool {
-    let first = (offset >> sh.region_shift).min(sh.regions - 1);
-    let last = (offset.saturating_add(blocks - 1) >> sh.region_shift).min(sh.regions - 1);
-    let map = &sh.maps[cur];
-    let other = &sh.maps[1 - cur];
-    let mut new = false;
-    let mut r = first;
-    while r <= last {
-        let w = (r / 64) as usize;
-        let lo = r % 64;
-        let hi = (last - (r - lo)).min(63);
-        let mask = if hi - lo == 63 {
-            u64::MAX
-        } else {
-            ((1u64 << (hi - lo + 1)) - 1) << lo
-        };
-        let have = map[w].load(Ordering::Relaxed);
-        if have & mask != mask {
-            let before = map[w].fetch_or(mask, Ordering::AcqRel);
-            // Already in the other map (and so in the file, once flushed) or not.
-            new |= (before | other[w].load(Ordering::Acquire)) & mask != mask;
-        }
-        r += hi - lo + 1;
-    }
-    new
+    regionmap::set_range(
+        &sh.maps[cur],
+        Some(&sh.maps[1 - cur]),
+        sh.region_shift,
+        sh.regions,
+        offset,
+        blocks,
+    )
 }
 
 impl DirtyShared {
