@@ -65,7 +65,7 @@ fn perf(args: &[&str]) -> (Output, serde_json::Value) {
 fn nvme_target(
     tag: &str,
 ) -> (
-    std::sync::Arc<nvme::target::Target>,
+    std::sync::Arc<nvme::nvmf::Target>,
     String,
     SocketAddr,
     std::sync::Arc<dyn engine::bdev::Bdev>,
@@ -74,9 +74,9 @@ fn nvme_target(
     let name = format!("PerfT{}_{tag}", std::process::id());
     let b = engine::bdev::malloc::create(&name, 8192, 4096, None).unwrap();
     engine::bdev::register(b.clone()).unwrap();
-    let t = nvme::target::Target::new();
+    let t = nvme::nvmf::Target::new();
     let nqn = format!("nqn.2016-06.io.baton:perf-{tag}");
-    t.create_subsystem(nvme::target::SubsystemParams {
+    t.create_subsystem(nvme::nvmf::SubsystemParams {
         nqn: nqn.clone(),
         serial_number: None,
         model_number: None,
@@ -144,9 +144,9 @@ fn perf_drives_nvme_tcp_target_with_verify() {
 
 /// A new target on `addr` serving `nqn` over the same bdev (its data survives, as a
 /// restarted target's would on persistent storage).
-fn restart_target(nqn: &str, bdev: &str, addr: SocketAddr) -> std::sync::Arc<nvme::target::Target> {
-    let t = nvme::target::Target::new();
-    t.create_subsystem(nvme::target::SubsystemParams {
+fn restart_target(nqn: &str, bdev: &str, addr: SocketAddr) -> std::sync::Arc<nvme::nvmf::Target> {
+    let t = nvme::nvmf::Target::new();
+    t.create_subsystem(nvme::nvmf::SubsystemParams {
         nqn: nqn.to_string(),
         allow_any_host: true,
         ..Default::default()

@@ -6,7 +6,7 @@
 //! `nqn.2014-08.org.nvmexpress:uuid:baton-e2e-allowed`). Runs until killed.
 
 use engine::reactor::{IdleMode, ReactorOpts, Reactors};
-use nvme::target::{SubsystemParams, Target};
+use nvme::nvmf::{SubsystemParams, Target};
 
 fn main() {
     let addr = std::env::args()

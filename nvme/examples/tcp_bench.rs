@@ -8,7 +8,7 @@ use engine::buf::DmaBuf;
 use engine::metrics::LatencyHistogram;
 use engine::reactor::{IdleMode, ReactorOpts, Reactors};
 use nvme::host::{cmd, Controller, Data, HostOpts};
-use nvme::target::{SubsystemParams, Target};
+use nvme::nvmf::{SubsystemParams, Target};
 use std::time::{Duration, Instant};
 
 const BLOCK: u32 = 4096;

@@ -4,13 +4,13 @@
 //! - [`spec`]: wire structs of the NVMe base and NVMe-oF specifications (sizes and offsets
 //!   tested against the specs).
 //! - [`tcp`]: the NVMe/TCP PDU codec and streaming receiver (fuzzed).
-//! - [`target`]: the NVMe-oF target: subsystems, namespaces over bdevs, controllers, the
+//! - [`nvmf`]: the NVMe-oF target (named as SPDK names it): subsystems, namespaces over bdevs, controllers, the
 //!   discovery service and the TCP transport polled by the engine's reactors.
 //! - [`host`]: the NVMe/TCP initiator: controllers, admin commands, polled I/O queue pairs.
 //! - [`rpc`]: the SPDK-named `nvmf_*` JSON-RPC methods and their `save_config` entries.
 
 pub mod host;
+pub mod nvmf;
 pub mod rpc;
 pub mod spec;
-pub mod target;
 pub mod tcp;

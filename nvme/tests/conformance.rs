@@ -284,7 +284,7 @@ fn many_queues_async_qd32_and_reconnect() {
         assert!(std::time::Instant::now() < deadline);
     }
     // Connections were spread over both reactors: each has a poll group with I/O queues.
-    let mut cores: Vec<u32> = nvme::target::tcp::group_stats()
+    let mut cores: Vec<u32> = nvme::nvmf::tcp::group_stats()
         .iter()
         .filter(|g| g.io_qpairs.load(std::sync::atomic::Ordering::Relaxed) > 0)
         .map(|g| g.core)
@@ -332,7 +332,7 @@ fn discovery_lists_subsystems_for_allowed_hosts() {
 fn rpc_methods_build_a_working_target_and_save_it() {
     use nvme::rpc::*;
     reactors();
-    let t = nvme::target::Target::new();
+    let t = nvme::nvmf::Target::new();
     let b = engine::bdev::malloc::create("RpcMalloc0", 2048, 4096, None).unwrap();
     engine::bdev::register(b).unwrap();
     let nqn = "nqn.2016-06.io.spdk:rpc1".to_string();
@@ -443,7 +443,7 @@ fn registry_dispatches_nvmf_methods_and_saves_config() {
     use engine::rpc::Registry;
     use serde_json::json;
     reactors();
-    let t = nvme::target::Target::new();
+    let t = nvme::nvmf::Target::new();
     let mut reg = Registry::new();
     nvme::rpc::register_rpcs_for(&mut reg, t.clone());
     let call = |m: &str, p: serde_json::Value| reg.call_blocking(m, Some(p), 10, std::time::Duration::from_millis(1));
@@ -490,7 +490,7 @@ fn registry_dispatches_nvmf_methods_and_saves_config() {
         ]
     );
     // Replaying the saved calls on a fresh target through the registry recreates it.
-    let t2 = nvme::target::Target::new();
+    let t2 = nvme::nvmf::Target::new();
     let mut reg2 = Registry::new();
     nvme::rpc::register_rpcs_for(&mut reg2, t2.clone());
     for c in &cfg {

@@ -10,7 +10,7 @@ use engine::bdev::{Bdev, BdevChannel, IoCompletion, IoOp, IoRequest};
 use engine::buf::DmaBuf;
 use nvme::host::bdev::{connect, HostBdevOpts, NvmeHostBdev, ReconnectOpts};
 use nvme::host::HostError;
-use nvme::target::{SubsystemParams, Target};
+use nvme::nvmf::{SubsystemParams, Target};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

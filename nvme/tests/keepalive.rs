@@ -8,10 +8,10 @@ mod common;
 
 use common::*;
 use nvme::host::{HostError, HostOpts};
+use nvme::nvmf::keepalive::grace_ms;
 use nvme::spec::fabrics::connect_invalid_param_fields;
 use nvme::spec::identify::IdentifyController;
 use nvme::spec::{Plain, Status};
-use nvme::target::keepalive::grace_ms;
 use std::time::{Duration, Instant};
 
 #[test]

@@ -8,9 +8,9 @@ mod common;
 use common::*;
 use engine::buf::DmaBuf;
 use nvme::host::{cmd, Data, HostOpts, Qpair};
+use nvme::nvmf::{TargetError, TransportOpts};
 use nvme::rpc::{nvmf_create_transport, CreateTransport};
 use nvme::spec::Status;
-use nvme::target::{TargetError, TransportOpts};
 
 fn status(q: &mut Qpair, s: nvme::spec::Sqe, d: Data) -> Status {
     q.sync(s, d, T).unwrap().status()

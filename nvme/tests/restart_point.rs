@@ -8,11 +8,11 @@ mod common;
 
 use common::*;
 use nvme::host::{self, cmd, Data, Qpair};
+use nvme::nvmf::ctrlr::RESTART_POINT_VS_MARKER;
+use nvme::nvmf::restart::{self, RestartPointDone, RestartPointError, RestartPointSink};
 use nvme::spec::cmd::io_opc;
 use nvme::spec::log::{effects, lid, COMMANDS_SUPPORTED_IOCS_OFFSET};
 use nvme::spec::Status;
-use nvme::target::ctrlr::RESTART_POINT_VS_MARKER;
-use nvme::target::restart::{self, RestartPointDone, RestartPointError, RestartPointSink};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

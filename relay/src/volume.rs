@@ -53,7 +53,7 @@ use rdma_transport::{ConnState, Connection, OutFrame, SendCompletion};
 
 use crate::dataref::{DataRef, SegRef};
 use crate::liveness::{HeartbeatSender, HeartbeatState};
-use nvme::target::restart::{self as nvme_restart, RestartPointDone, RestartPointError, RestartPointSink, SinkToken};
+use nvme::nvmf::restart::{self as nvme_restart, RestartPointDone, RestartPointError, RestartPointSink, SinkToken};
 
 mod channel;
 mod config;
@@ -650,7 +650,7 @@ impl Shared {
     }
 }
 
-/// The volume as the NVMe/TCP target sees it for opcode 81h (`nvme::target::restart`).
+/// The volume as the NVMe/TCP target sees it for opcode 81h (`nvme::nvmf::restart`).
 /// Unlike [`ReplicatedVolume::declare_restart_point`], it fails at once with `PolicyUnmet`
 /// while new writes would (block mode with too few relays up), as an I/O command should.
 struct VolumeSink(Arc<Shared>);

@@ -15,8 +15,8 @@ use std::time::Duration;
 use common::*;
 use engine::reactor::{IdleMode, ReactorOpts, Reactors};
 use nvme::host::{self, cmd, Controller, Data, HostError, HostOpts, Qpair};
+use nvme::nvmf::{SubsystemParams, Target};
 use nvme::spec::Status;
-use nvme::target::{SubsystemParams, Target};
 use relay::relay::{Relay, RelayConfig};
 use relay::volume::{AckPolicy, OnRelayDown, ReplicatedVolume, VolumeConfig};
 
@@ -249,7 +249,7 @@ fn restart_points_in_band_on_the_nvme_queue() {
 
     // 6. Stopping a volume unregisters it: its namespace answers Invalid Opcode.
     v3.stop(WAIT).unwrap();
-    assert!(nvme::target::restart::lookup("nvrp_vol3").is_none());
+    assert!(nvme::nvmf::restart::lookup("nvrp_vol3").is_none());
     assert_eq!(
         host::declare_restart_point(&mut q, 4, b"x", WAIT),
         Err(HostError::Status(Status::INVALID_OPCODE))
@@ -275,13 +275,13 @@ fn restart_points_in_band_on_the_nvme_queue() {
         .find(|e| e.params.as_ref().is_some_and(|p| p["name"] == "nvrp_vol4"))
         .expect("save_config lists nvrp_vol4");
     assert_eq!(e.params.as_ref().unwrap()["flush_is_restart_point"], true);
-    assert!(nvme::target::restart::lookup("nvrp_vol4").is_some());
+    assert!(nvme::nvmf::restart::lookup("nvrp_vol4").is_some());
     assert_eq!(
         relay::rpc::volume("nvrp_vol4").map(|v| v.config().flush_is_restart_point),
         Some(true)
     );
     call("replication_delete_volume", serde_json::json!({"name": "nvrp_vol4"})).unwrap();
-    assert!(nvme::target::restart::lookup("nvrp_vol4").is_none());
+    assert!(nvme::nvmf::restart::lookup("nvrp_vol4").is_none());
 
     c.disconnect();
     target.shutdown();

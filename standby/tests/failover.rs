@@ -144,7 +144,7 @@ fn failover_end_to_end() {
     let dir = std::env::temp_dir().join(format!("baton-failover-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let env_file = dir.join("env");
-    let target = nvme::target::Target::new();
+    let target = nvme::nvmf::Target::new();
     let mut cfg = StandbyHostConfig::new(vec![FailoverVolume {
         primary_volume: "pvol".into(),
         standby: "sa".into(),

@@ -106,7 +106,7 @@ fn a_syncing_standby_is_refused_unless_forced() {
     }]);
     cfg.auto_failover = false;
     cfg.drain_timeout_ms = 0;
-    let host = StandbyHost::start_with_target(cfg, None, nvme::target::Target::new()).unwrap();
+    let host = StandbyHost::start_with_target(cfg, None, nvme::nvmf::Target::new()).unwrap();
     standby::host::register_rpcs_for(&mut reg, host.clone());
     call(&reg, "standby_host_declare_failure", json!({"reason": "rehearsal"})).unwrap();
     let rep = host.wait_failover(WAIT).expect("failover finishes");

@@ -3,7 +3,7 @@
 //! `remove_host` and `nvmf_subsystem_allow_any_host` (`docs/nvme-tcp.md`, `docs/rpc.md`).
 
 use super::{check_tgt, check_trtype, invalid, RpcFailure};
-use crate::target::Target;
+use crate::nvmf::Target;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -38,7 +38,7 @@ pub use subsystems::{
 };
 pub use transports::{nvmf_create_transport, nvmf_get_transports, CreateTransport, GetTransports};
 
-use crate::target::{SubsystemKind, Target, TargetError};
+use crate::nvmf::{SubsystemKind, Target, TargetError};
 use engine::rpc::{ConfigEntry, Registry, RpcError};
 use serde_json::{json, Value};
 use std::sync::{Arc, OnceLock};

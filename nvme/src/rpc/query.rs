@@ -5,7 +5,7 @@
 //! result shapes follow SPDK's `rpc.py`; see docs/nvme-tcp.md.
 
 use super::{check_tgt, format_uuid, invalid, ListenAddress, RpcFailure};
-use crate::target::{SubsystemKind, Target};
+use crate::nvmf::{SubsystemKind, Target};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -20,7 +20,7 @@ pub struct SubsystemQuery {
 fn live_controllers(
     t: &Target,
     p: &SubsystemQuery,
-) -> Result<Vec<std::sync::Arc<crate::target::ctrlr::Controller>>, RpcFailure> {
+) -> Result<Vec<std::sync::Arc<crate::nvmf::ctrlr::Controller>>, RpcFailure> {
     check_tgt(&p.tgt_name)?;
     let s = t.subsystem(&p.nqn)?;
     let mut v: Vec<_> = s

@@ -2,7 +2,7 @@
 //! in SPDK's shape (`docs/nvme-tcp.md`, `docs/rpc.md`).
 
 use super::{check_tgt, RpcFailure};
-use crate::target::Target;
+use crate::nvmf::Target;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering::Relaxed;
@@ -15,7 +15,7 @@ pub struct GetStats {
 
 pub fn nvmf_get_stats(_t: &Target, p: Option<GetStats>) -> Result<Value, RpcFailure> {
     check_tgt(&p.unwrap_or_default().tgt_name)?;
-    let groups: Vec<Value> = crate::target::tcp::group_stats()
+    let groups: Vec<Value> = crate::nvmf::tcp::group_stats()
         .iter()
         .map(|g| {
             json!({

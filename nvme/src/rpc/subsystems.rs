@@ -2,7 +2,7 @@
 //! namespaces (`docs/nvme-tcp.md`, `docs/rpc.md`).
 
 use super::{check_tgt, invalid, ListenAddress, RpcFailure};
-use crate::target::{Subsystem, SubsystemKind, SubsystemParams, Target};
+use crate::nvmf::{Subsystem, SubsystemKind, SubsystemParams, Target};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -41,7 +41,7 @@ pub fn nvmf_create_subsystem(t: &Target, p: CreateSubsystem) -> Result<bool, Rpc
     if p.dmrsl.is_some() || p.wzsl.is_some() || p.admin_label.is_some() {
         return Err(invalid("dmrsl/wzsl/admin_label: not supported"));
     }
-    if p.min_cntlid.is_some_and(|m| m != 1) || p.max_cntlid.is_some_and(|m| m != crate::target::CNTLID_MAX) {
+    if p.min_cntlid.is_some_and(|m| m != 1) || p.max_cntlid.is_some_and(|m| m != crate::nvmf::CNTLID_MAX) {
         return Err(invalid(
             "min_cntlid/max_cntlid: only the full range 1..=0xffef is supported",
         ));
@@ -177,7 +177,7 @@ fn subsystem_json(s: &Subsystem) -> Value {
         v["model_number"] = json!(s.model_number);
         v["max_namespaces"] = json!(s.max_namespaces);
         v["min_cntlid"] = json!(1);
-        v["max_cntlid"] = json!(crate::target::CNTLID_MAX);
+        v["max_cntlid"] = json!(crate::nvmf::CNTLID_MAX);
         v["namespaces"] = st
             .namespaces
             .values()

@@ -2,7 +2,7 @@
 //! `nvmf_get_transports` lists them (`docs/nvme-tcp.md`, `docs/rpc.md`).
 
 use super::{check_tgt, check_trtype, invalid, RpcFailure};
-use crate::target::{Target, TransportOpts};
+use crate::nvmf::{Target, TransportOpts};
 use serde::Deserialize;
 use serde_json::{json, Value};
 

@@ -4,8 +4,8 @@
 
 use engine::reactor::{IdleMode, ReactorOpts, Reactors};
 use nvme::host::{Controller, Data, HostOpts, Qpair};
+use nvme::nvmf::{SubsystemParams, Target};
 use nvme::spec::Sqe;
-use nvme::target::{SubsystemParams, Target};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};

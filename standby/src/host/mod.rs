@@ -24,7 +24,7 @@ pub use drain::{VolumeDrain, DRAIN_NO_RELAY_GRACE_MS, DRAIN_TIMEOUT_MS_DEFAULT};
 use crate::failover::{Detector, DetectorConfig, DetectorStatus, FailureCause, FailureDecision};
 use engine::clock::now_ns;
 use engine::rpc::{Registry, RpcError};
-use nvme::target::{SubsystemParams, Target, TargetError};
+use nvme::nvmf::{SubsystemParams, Target, TargetError};
 use serde::{Deserialize, Serialize};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;

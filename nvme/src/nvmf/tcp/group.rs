@@ -3,7 +3,7 @@
 //! `nvmf_get_stats` reports (`docs/nvme-tcp.md`).
 
 use super::{Conn, ConnPoll, ACCEPTS_PER_POLL, ACCEPT_POLL_PERIOD_US};
-use crate::target::{ListenerHandle, Target, TargetError};
+use crate::nvmf::{ListenerHandle, Target, TargetError};
 use engine::reactor::{self, PollStatus, PollerId};
 use std::cell::{Cell, RefCell};
 use std::io::ErrorKind;

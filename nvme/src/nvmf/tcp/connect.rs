@@ -3,11 +3,11 @@
 
 use super::request::Req;
 use super::{Conn, IN_CAPSULE_DATA_BYTES};
+use crate::nvmf::ctrlr::{Controller, QueueInfo};
+use crate::nvmf::{Subsystem, SubsystemKind};
 use crate::spec::cmd::sgl_type;
 use crate::spec::fabrics::{self, ConnectCmd, ConnectData};
 use crate::spec::{get_str, Plain, Status};
-use crate::target::ctrlr::{Controller, QueueInfo};
-use crate::target::{Subsystem, SubsystemKind};
 use crate::tcp::pdu::RxLimits;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

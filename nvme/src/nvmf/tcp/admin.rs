@@ -3,8 +3,8 @@
 //! (`docs/nvme-tcp.md`).
 
 use super::Conn;
+use crate::nvmf::ctrlr::{data_out_len, AdminResult, AER_MAX};
 use crate::spec::Status;
-use crate::target::ctrlr::{data_out_len, AdminResult, AER_MAX};
 use crate::tcp::pdu;
 
 impl Conn {

@@ -4,8 +4,8 @@
 
 use super::request::ReqState;
 use super::{get_buf, Conn};
+use crate::nvmf::io::{self, IoCmd};
 use crate::spec::Status;
-use crate::target::io::{self, IoCmd};
 use engine::bdev::{IoCompletion, IoOp, IoRequest};
 
 /// User data bit marking the compare read (lands in `buf2`).

@@ -3,11 +3,11 @@
 //! (`docs/nvme-tcp.md`).
 
 use super::Conn;
+use crate::nvmf::io::{self, NsGeometry};
+use crate::nvmf::restart::{self, RestartPointSink};
+use crate::nvmf::Subsystem;
 use crate::spec::cmd::{admin_opc, io_opc};
 use crate::spec::Status;
-use crate::target::io::{self, NsGeometry};
-use crate::target::restart::{self, RestartPointSink};
-use crate::target::Subsystem;
 use engine::bdev::{Bdev, BdevChannel};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -2,9 +2,9 @@
 //! and Compare after validation against the namespace, the vendor-specific Restart Point
 //! (81h, `docs/restart-points.md`), and the bdev-error to NVMe-status map.
 
+use crate::nvmf::restart::RESTART_TAG_BYTES_MAX;
 use crate::spec::cmd::{io_opc, sgl_type};
 use crate::spec::{Sqe, Status};
-use crate::target::restart::RESTART_TAG_BYTES_MAX;
 use engine::bdev::{BdevError, IoOp};
 
 /// Bytes per Dataset Management range descriptor.

@@ -6,8 +6,8 @@ use super::group::GROUP;
 use super::request::ReqState;
 use super::Conn;
 use super::Phase;
+use crate::nvmf::restart::RestartPointError;
 use crate::spec::Status;
-use crate::target::restart::RestartPointError;
 use engine::reactor;
 
 /// Runs on the reactor of connection `conn` (a message from the sink's `done`): completes

@@ -3,10 +3,10 @@
 //! (`docs/nvme-tcp.md`).
 
 use super::Conn;
+use crate::nvmf::io::IoCmd;
 use crate::spec::cmd::admin_opc;
 use crate::spec::fabrics::fctype;
 use crate::spec::{Cqe, Sqe, Status};
-use crate::target::io::IoCmd;
 use crate::tcp::pdu;
 use engine::buf::DmaBuf;
 
