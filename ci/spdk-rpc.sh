@@ -55,7 +55,7 @@ spdk nvmf_create_subsystem "$NQN" -a -s SPDK00000000000001 -d "baton spdk-rpc" >
 spdk nvmf_subsystem_add_ns "$NQN" Malloc0 >/dev/null
 spdk nvmf_subsystem_add_listener "$NQN" -t tcp -a 127.0.0.1 -s "$PORT" -f ipv4 >/dev/null
 expect "$(spdk nvmf_subsystem_get_listeners "$NQN")" \
-  "r == [{'address': {'trtype': 'TCP', 'adrfam': 'IPv4', 'traddr': '127.0.0.1', 'trsvcid': '$PORT'}}]"
+  "r == [{'address': {'trtype': 'TCP', 'adrfam': 'IPv4', 'traddr': '127.0.0.1', 'trsvcid': '$PORT'}, 'ana_states': [{'ana_group': 1, 'ana_state': 'optimized'}]}]"
 expect "$(brpc nvmf_subsystem_get_listeners --nqn "$NQN")" "r[0]['address']['trsvcid'] == '$PORT'"
 expect "$(spdk nvmf_subsystem_get_controllers "$NQN")" 'r == []'
 expect "$(brpc nvmf_subsystem_get_controllers --nqn "$NQN")" 'r == []'
@@ -82,4 +82,20 @@ expect "$(spdk nvmf_get_stats)" '"poll_groups" in r'
 spdk nvmf_subsystem_remove_listener "$NQN" -t tcp -a 127.0.0.1 -s "$PORT" -f ipv4 >/dev/null
 expect "$(spdk nvmf_subsystem_get_listeners "$NQN")" 'r == []'
 spdk nvmf_delete_subsystem "$NQN" >/dev/null
+# ANA: a subsystem with ANA reporting and a controller ID range, a namespace in group 2,
+# a listener made inaccessible for that group, then moved to group 1.
+ANQN=nqn.2016-06.io.spdk:ana1
+spdk bdev_malloc_create -b Malloc1 32 512 >/dev/null
+spdk nvmf_create_subsystem "$ANQN" -a -r -i 1000 -I 1999 >/dev/null
+expect "$(spdk nvmf_get_subsystems "$ANQN")" "r[0]['min_cntlid'] == 1000 and r[0]['max_cntlid'] == 1999 and r[0]['ana_reporting']"
+spdk nvmf_subsystem_add_ns "$ANQN" Malloc1 -a 2 >/dev/null
+spdk nvmf_subsystem_add_listener "$ANQN" -t tcp -a 127.0.0.1 -s "$PORT" -f ipv4 -n non_optimized >/dev/null
+expect "$(spdk nvmf_subsystem_get_listeners "$ANQN")" "r[0]['ana_states'] == [{'ana_group': 2, 'ana_state': 'non_optimized'}]"
+spdk nvmf_subsystem_listener_set_ana_state "$ANQN" -n inaccessible -t tcp -a 127.0.0.1 -s "$PORT" -f ipv4 -g 2 >/dev/null
+expect "$(brpc nvmf_subsystem_get_listeners --nqn "$ANQN")" "r[0]['ana_states'][0]['ana_state'] == 'inaccessible'"
+expect "$(spdk save_config)" \
+  "any(c['method'] == 'nvmf_subsystem_listener_set_ana_state' for s in r['subsystems'] if s['subsystem'] == 'nvmf' for c in s['config'])"
+spdk nvmf_subsystem_set_ns_ana_group "$ANQN" 1 1 >/dev/null
+expect "$(spdk nvmf_get_subsystems "$ANQN")" "r[0]['namespaces'][0]['anagrpid'] == 1"
+spdk nvmf_delete_subsystem "$ANQN" >/dev/null
 echo "spdk-rpc: $(wc -l < "$WORK/calls") calls passed through SPDK's rpc.py and baton rpc in $(( $(date +%s) - T0 )) s"

@@ -82,6 +82,7 @@ fn nvme_target(
         model_number: None,
         allow_any_host: true,
         max_namespaces: None,
+        ..Default::default()
     })
     .unwrap();
     t.add_namespace(&nqn, &name, None, None).unwrap();

@@ -43,6 +43,7 @@ fn main() {
             model_number: Some("baton e2e".into()),
             allow_any_host: any,
             max_namespaces: None,
+            ..Default::default()
         })
         .expect("subsystem");
         t.add_namespace(nqn, &name, None, None).expect("namespace");

@@ -61,7 +61,8 @@ fn controllers_qpairs_and_listeners_have_spdk_shapes() {
     let l = call(&reg, "nvmf_subsystem_get_listeners", nqn.clone()).unwrap();
     assert_eq!(
         l,
-        json!([{ "address": { "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": f.addr.port().to_string() } }])
+        json!([{ "address": { "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": f.addr.port().to_string() },
+                 "ana_states": [{ "ana_group": 1, "ana_state": "optimized" }] }])
     );
     // Queues leave the list when they close; the controller when its admin queue does.
     drop(_q2);

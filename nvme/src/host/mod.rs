@@ -17,7 +17,7 @@ pub use trid::{TransportId, TridError};
 use crate::spec::cmd::{admin_opc, io_opc};
 use crate::spec::fabrics::{self, cc, csts, fctype, fid, prop, PropertyCmd, DISCOVERY_NQN};
 use crate::spec::identify::{cns, IdentifyController, IdentifyNamespace, IDENTIFY_BYTES};
-use crate::spec::log::{lid, DiscoveryLogEntry, DiscoveryLogHeader};
+use crate::spec::log::{lid, parse_ana_log, AnaGroup, DiscoveryLogEntry, DiscoveryLogHeader};
 use crate::spec::{get_str, Cqe, Plain, Sqe, Status};
 use crate::tcp::pdu::PduError;
 use engine::buf::DmaBuf;
@@ -194,9 +194,30 @@ impl Controller {
             let want = want.min(63);
             let dw0 = c.set_features(fid::NUMBER_OF_QUEUES, want | (want << 16))?;
             c.io_queues_granted = ((dw0 & 0xFFFF) as u16).min((dw0 >> 16) as u16) + 1;
-            c.set_features(fid::ASYNC_EVENT_CONFIG, fabrics::AEC_NS_ATTR_NOTICES)?;
+            let mut aec = fabrics::AEC_NS_ATTR_NOTICES;
+            if c.ana_reporting() {
+                aec |= fabrics::AEC_ANA_CHANGE_NOTICES;
+            }
+            c.set_features(fid::ASYNC_EVENT_CONFIG, aec)?;
         }
         Ok(c)
+    }
+
+    /// Whether the controller reports ANA (CMIC bit 3).
+    pub fn ana_reporting(&self) -> bool {
+        self.id.cmic & (1 << 3) != 0
+    }
+
+    /// Reads and decodes the ANA log page (0Ch): every group, its state and namespaces.
+    pub fn ana_log(&mut self) -> Result<Vec<AnaGroup>, HostError> {
+        if !self.ana_reporting() {
+            return Err(HostError::Invalid(format!("{} does not report ANA", self.subnqn)));
+        }
+        // Header, a descriptor per group and every NSID once, as the spec sizes it.
+        let len = 16 + 32 * self.id.nanagrpid.min(1024) as usize + 4 * self.id.nn.min(1024) as usize;
+        let page = self.get_log_page(lid::ANA, 0, len.next_multiple_of(4), 0)?;
+        let (_, groups) = parse_ana_log(&page).map_err(|e| HostError::Invalid(format!("ANA log: {e}")))?;
+        Ok(groups)
     }
 
     /// The controller ID the target assigned.

@@ -6,6 +6,7 @@
 //! shared state sits behind one lock that only the admin path and Connect take. The data
 //! path reads only the `failed` flag (one relaxed atomic load per poll).
 
+use super::ana::{self, AnaState, ListenerAna};
 use super::keepalive::KeepAlive;
 use super::restart::RESTART_TAG_BYTES_MAX;
 use super::tcp::{IN_CAPSULE_DATA_BYTES, MAX_IO_BYTES};
@@ -92,6 +93,8 @@ struct CtrlState {
     events: VecDeque<u32>,
     /// A namespace-changed notice was sent and the host has not read log 04h yet.
     ns_notice_masked: bool,
+    /// An ANA change notice was sent and the ANA log not read since (RAE clear).
+    ana_notice_masked: bool,
     /// The connected queues (admin and I/O), for management queries.
     queues: Vec<QueueInfo>,
 }
@@ -118,6 +121,9 @@ pub struct Controller {
     /// Keep-alive timer: KATO from Connect (changed by Set Features 0Fh), restarted by Keep
     /// Alive and by commands on any queue.
     pub(crate) ka: KeepAlive,
+    /// The ANA states of the listener the admin queue connected through (None: the
+    /// subsystem no longer listens there).
+    pub(crate) ana: Option<Arc<ListenerAna>>,
     opts: TransportOpts,
     failed: AtomicBool,
     events_pending: AtomicBool,
@@ -132,10 +138,12 @@ impl Controller {
         hostid: [u8; 16],
         kato_ms: u32,
         opts: TransportOpts,
+        ana: Option<Arc<ListenerAna>>,
     ) -> Controller {
         let io_queues = opts.max_io_qpairs_per_ctrlr;
         Controller {
             cntlid,
+            ana,
             subsys,
             hostnqn,
             hostid,
@@ -153,6 +161,7 @@ impl Controller {
                 changed_ns_overflow: false,
                 events: VecDeque::new(),
                 ns_notice_masked: false,
+                ana_notice_masked: false,
                 queues: Vec::new(),
             }),
         }
@@ -272,6 +281,23 @@ impl Controller {
             st.events.push_back(fabrics::AEN_NS_ATTR_CHANGED_DW0);
             self.events_pending.store(true, Ordering::Release);
         }
+    }
+
+    /// Queues an ANA change notice if the host asked for them and has read the log since
+    /// the last one.
+    pub(crate) fn ana_changed(&self) {
+        let mut st = self.st();
+        if self.subsys.ana.reporting && st.aec & ana::AEC_ANA_CHANGE_NOTICES != 0 && !st.ana_notice_masked {
+            st.ana_notice_masked = true;
+            st.events.push_back(ana::AEN_ANA_CHANGE_DW0);
+            self.events_pending.store(true, Ordering::Release);
+        }
+    }
+
+    /// The ANA state of group `grp` through this controller's listener.
+    #[inline]
+    pub fn ana_state(&self, grp: u32) -> AnaState {
+        self.ana.as_ref().map_or(AnaState::Optimized, |a| a.state(grp))
     }
 
     /// Takes the next asynchronous event for an outstanding AER, if any. Cheap when none.
@@ -419,7 +445,7 @@ impl Controller {
         put_str(&mut c.mn, &s.model_number, b' ');
         put_str(&mut c.fr, FIRMWARE_REVISION, b' ');
         c.rab = 6;
-        c.cmic = 0x02; // may be associated with more than one controller (dynamic model)
+        c.cmic = ana::CMIC_MULTI_CTRL; // may be associated with more than one controller
         c.mdts = (self.opts.max_io_size / 4096).trailing_zeros() as u8;
         c.cntlid = self.cntlid;
         c.ver = NVME_VERSION;
@@ -452,6 +478,14 @@ impl Controller {
             c.wctemp = 343;
             c.cctemp = 373;
             c.lpa |= 0x02; // Commands Supported and Effects log (05h)
+            if s.ana.reporting {
+                c.cmic |= ana::CMIC_MULTI_PORT | ana::CMIC_ANA_REPORTING;
+                c.oaes |= ana::AEC_ANA_CHANGE_NOTICES;
+                c.anatt = ana::ANATT_SECS;
+                c.anacap = ana::ANACAP;
+                c.anagrpmax = s.max_namespaces;
+                c.nanagrpid = s.max_namespaces;
+            }
             c.vs[..RESTART_POINT_VS_MARKER.len()].copy_from_slice(RESTART_POINT_VS_MARKER);
             let at = RESTART_POINT_VS_MARKER.len();
             c.vs[at] = io_opc::RESTART_POINT;
@@ -482,6 +516,9 @@ impl Controller {
         n.lbaf[0] = identify::lbaf(ns.bdev.block_size().trailing_zeros() as u8);
         n.nmic = 1;
         n.nguid = ns.uuid;
+        if self.subsys.ana.reporting {
+            n.anagrpid = ns.anagrpid;
+        }
         Ok(n.as_bytes().to_vec())
     }
 
@@ -506,6 +543,14 @@ impl Controller {
                 f.as_bytes().to_vec()
             }
             lid::COMMANDS_SUPPORTED if !discovery => commands_supported_log(),
+            lid::ANA if !discovery && self.subsys.ana.reporting => {
+                // LSP bit 0 (CDW10 bit 8): Return Groups Only.
+                let page = self.subsys.ana_log(self.ana.as_deref(), sqe.cdw10 & (1 << 8) != 0);
+                if !rae {
+                    self.st().ana_notice_masked = false;
+                }
+                page
+            }
             lid::CHANGED_NS_LIST if !discovery => {
                 let mut d = vec![0u8; logpage::CHANGED_NS_LIST_BYTES];
                 let mut st = self.st();
@@ -738,6 +783,7 @@ fn fuzz_ctx() -> Option<&'static (Arc<Target>, Arc<Controller>)> {
             [0; 16],
             0,
             TransportOpts::default(),
+            None,
         ));
         Some((t, c))
     })

@@ -5,6 +5,7 @@
 //! ([`tcp`]) never does: an I/O queue copies what it needs (its namespaces' bdevs) when it
 //! connects and re-reads it only when the subsystem's namespace generation changes.
 
+pub mod ana;
 pub mod ctrlr;
 pub mod io;
 pub mod keepalive;
@@ -12,6 +13,7 @@ pub mod restart;
 pub mod tcp;
 
 use crate::spec::fabrics::DISCOVERY_NQN;
+use ana::{AnaState, ListenerAna, SubsysAna};
 use ctrlr::Controller;
 use engine::bdev::Bdev;
 use std::collections::{BTreeMap, BTreeSet};
@@ -105,6 +107,8 @@ pub struct Namespace {
     pub nsid: u32,
     pub bdev: Arc<dyn Bdev>,
     pub uuid: [u8; 16],
+    /// ANA group (default: the NSID, as SPDK).
+    pub anagrpid: u32,
 }
 
 /// Whether a subsystem serves I/O or is the discovery subsystem.
@@ -120,6 +124,8 @@ pub struct SubsystemState {
     pub hosts: BTreeSet<String>,
     pub allow_any_host: bool,
     pub listeners: Vec<SocketAddr>,
+    /// ANA states per listener (one entry per address in `listeners`).
+    pub ana: Vec<Arc<ListenerAna>>,
     pub controllers: Vec<Weak<Controller>>,
 }
 
@@ -134,6 +140,12 @@ pub struct Subsystem {
     pub ns_generation: AtomicU64,
     /// Set when the subsystem is deleted: its controllers stop.
     pub deleted: AtomicBool,
+    /// Controller IDs this subsystem hands out (`min_cntlid..=max_cntlid`): two targets
+    /// exporting one subsystem for multipath give disjoint ranges, as hosts require.
+    pub min_cntlid: u16,
+    pub max_cntlid: u16,
+    next_cntlid: AtomicU16,
+    pub ana: SubsysAna,
     state: Mutex<SubsystemState>,
 }
 
@@ -152,6 +164,25 @@ impl Subsystem {
     /// The namespace with `nsid`, if any.
     pub fn namespace(&self, nsid: u32) -> Option<Namespace> {
         self.state().namespaces.get(&nsid).cloned()
+    }
+
+    /// The next controller ID of the range not held by a live controller, if any is free.
+    pub(crate) fn alloc_cntlid(&self) -> Option<u16> {
+        let live: BTreeSet<u16> = self.live_controllers().iter().map(|c| c.cntlid).collect();
+        let span = u32::from(self.max_cntlid - self.min_cntlid) + 1;
+        for _ in 0..span {
+            let id = self.next_cntlid.fetch_add(1, Ordering::Relaxed);
+            let id = if (self.min_cntlid..=self.max_cntlid).contains(&id) {
+                id
+            } else {
+                self.next_cntlid.store(self.min_cntlid + 1, Ordering::Relaxed);
+                self.min_cntlid
+            };
+            if !live.contains(&id) {
+                return Some(id);
+            }
+        }
+        None
     }
 
     fn live_controllers(&self) -> Vec<Arc<Controller>> {
@@ -176,6 +207,22 @@ pub struct SubsystemParams {
     pub model_number: Option<String>,
     pub allow_any_host: bool,
     pub max_namespaces: Option<u32>,
+    /// Advertise ANA (Identify, the ANA log page, ANA change notices).
+    pub ana_reporting: bool,
+    /// Controller ID range (default 1..=0xFFEF).
+    pub min_cntlid: Option<u16>,
+    pub max_cntlid: Option<u16>,
+}
+
+/// Options of [`Target::add_ns`] (`nvmf_subsystem_add_ns`'s namespace object).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NsOptions {
+    /// NSID (default: the lowest free one).
+    pub nsid: Option<u32>,
+    /// Namespace UUID and NGUID (default: the bdev's UUID).
+    pub uuid: Option<[u8; 16]>,
+    /// ANA group (default: the NSID).
+    pub anagrpid: Option<u32>,
 }
 
 /// A listening socket shared by the subsystems that listen on its address.
@@ -189,7 +236,6 @@ pub struct Target {
     opts: Mutex<TransportOpts>,
     transport_created: AtomicBool,
     state: Mutex<TargetState>,
-    next_cntlid: AtomicU16,
     /// Discovery log generation counter.
     genctr: AtomicU64,
     /// Hands accepted connections to reactors round-robin.
@@ -242,7 +288,6 @@ impl Target {
                 listeners: Vec::new(),
                 referrals: Vec::new(),
             }),
-            next_cntlid: AtomicU16::new(1),
             genctr: AtomicU64::new(1),
             next_core: AtomicU64::new(0),
         };
@@ -254,11 +299,19 @@ impl Target {
             max_namespaces: 0,
             ns_generation: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
+            min_cntlid: 1,
+            max_cntlid: CNTLID_MAX,
+            next_cntlid: AtomicU16::new(1),
+            ana: SubsysAna {
+                reporting: false,
+                chgcnt: AtomicU64::new(0),
+            },
             state: Mutex::new(SubsystemState {
                 namespaces: BTreeMap::new(),
                 hosts: BTreeSet::new(),
                 allow_any_host: true,
                 listeners: Vec::new(),
+                ana: Vec::new(),
                 controllers: Vec::new(),
             }),
         };
@@ -390,6 +443,13 @@ impl Target {
                 why: format!("{max_ns} exceeds 1024"),
             });
         }
+        let (min_cntlid, max_cntlid) = (p.min_cntlid.unwrap_or(1), p.max_cntlid.unwrap_or(CNTLID_MAX));
+        if min_cntlid == 0 || max_cntlid > CNTLID_MAX || min_cntlid > max_cntlid {
+            return Err(TargetError::InvalidParam {
+                param: "min_cntlid/max_cntlid",
+                why: format!("{min_cntlid}..={max_cntlid} is not a range within 1..={CNTLID_MAX}"),
+            });
+        }
         let mut st = self.lock();
         if st.subsystems.contains_key(&p.nqn) {
             return Err(TargetError::SubsystemExists(p.nqn));
@@ -402,11 +462,19 @@ impl Target {
             max_namespaces: max_ns,
             ns_generation: AtomicU64::new(1),
             deleted: AtomicBool::new(false),
+            min_cntlid,
+            max_cntlid,
+            next_cntlid: AtomicU16::new(min_cntlid),
+            ana: SubsysAna {
+                reporting: p.ana_reporting,
+                chgcnt: AtomicU64::new(1),
+            },
             state: Mutex::new(SubsystemState {
                 namespaces: BTreeMap::new(),
                 hosts: BTreeSet::new(),
                 allow_any_host: p.allow_any_host,
                 listeners: Vec::new(),
+                ana: Vec::new(),
                 controllers: Vec::new(),
             }),
         });
@@ -441,7 +509,25 @@ impl Target {
         nsid: Option<u32>,
         uuid: Option<[u8; 16]>,
     ) -> Result<u32, TargetError> {
+        self.add_ns(
+            nqn,
+            bdev_name,
+            NsOptions {
+                nsid,
+                uuid,
+                anagrpid: None,
+            },
+        )
+    }
+
+    /// [`Target::add_namespace`] with every option, the ANA group among them (default: the
+    /// NSID).
+    pub fn add_ns(&self, nqn: &str, bdev_name: &str, o: NsOptions) -> Result<u32, TargetError> {
+        let NsOptions { nsid, uuid, anagrpid } = o;
         let s = self.nvme_subsystem(nqn)?;
+        if let Some(g) = anagrpid {
+            ana::check_anagrpid(&s, g)?;
+        }
         let bdev = engine::bdev::lookup(bdev_name).ok_or_else(|| TargetError::NoSuchBdev(bdev_name.to_string()))?;
         let nsid = {
             let mut st = s.state();
@@ -468,10 +554,20 @@ impl Target {
                 )?,
             };
             let uuid = uuid.unwrap_or_else(|| bdev.uuid());
-            st.namespaces.insert(nsid, Namespace { nsid, bdev, uuid });
+            let anagrpid = anagrpid.unwrap_or(nsid);
+            st.namespaces.insert(
+                nsid,
+                Namespace {
+                    nsid,
+                    bdev,
+                    uuid,
+                    anagrpid,
+                },
+            );
             nsid
         };
         s.notify_ns_changed(nsid);
+        s.notify_ana_changed(None);
         Ok(nsid)
     }
 
@@ -526,6 +622,16 @@ impl Target {
     /// listener if none exists on that address. Port 0 picks a free port; the address
     /// actually bound is returned. Needs running reactors (the accept poller runs on one).
     pub fn add_listener(self: &Arc<Self>, nqn: &str, addr: SocketAddr) -> Result<SocketAddr, TargetError> {
+        self.add_listener_ana(nqn, addr, AnaState::Optimized)
+    }
+
+    /// [`Target::add_listener`] with the ANA state every group starts in on this listener.
+    pub fn add_listener_ana(
+        self: &Arc<Self>,
+        nqn: &str,
+        addr: SocketAddr,
+        initial: AnaState,
+    ) -> Result<SocketAddr, TargetError> {
         let s = self.subsystem(nqn)?;
         let bound = {
             let existing = self.lock().listeners.iter().find(|l| l.addr == addr).map(|l| l.addr);
@@ -547,6 +653,8 @@ impl Target {
             });
         }
         st.listeners.push(bound);
+        st.ana
+            .push(Arc::new(ListenerAna::new(bound, s.max_namespaces, initial)));
         drop(st);
         self.bump_genctr();
         Ok(bound)
@@ -560,6 +668,7 @@ impl Target {
             let mut st = s.state();
             let before = st.listeners.len();
             st.listeners.retain(|a| *a != addr);
+            st.ana.retain(|a| a.addr != addr);
             if st.listeners.len() == before {
                 return Err(TargetError::NoSuchListener {
                     nqn: nqn.to_string(),
@@ -644,18 +753,6 @@ impl Target {
         }
         for l in self.lock().listeners.drain(..) {
             l.closed.store(true, Ordering::Release);
-        }
-    }
-
-    pub(crate) fn alloc_cntlid(&self) -> u16 {
-        loop {
-            let id = self.next_cntlid.fetch_add(1, Ordering::Relaxed);
-            if (1..=CNTLID_MAX).contains(&id) {
-                return id;
-            }
-            let _ = self
-                .next_cntlid
-                .compare_exchange(id.wrapping_add(1), 1, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 

@@ -3,6 +3,7 @@
 //! `remove_host` and `nvmf_subsystem_allow_any_host` (`docs/nvme-tcp.md`, `docs/rpc.md`).
 
 use super::{check_tgt, check_trtype, invalid, RpcFailure};
+use crate::nvmf::ana::AnaState;
 use crate::nvmf::Target;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
@@ -80,8 +81,44 @@ pub fn nvmf_subsystem_add_listener(t: &Arc<Target>, p: ListenerParams) -> Result
             p.sock_impl.as_deref().unwrap_or_default()
         )));
     }
+    if p.anagrpid.is_some() {
+        return Err(invalid(
+            "anagrpid: give it to nvmf_subsystem_listener_set_ana_state, not to add_listener",
+        ));
+    }
     let a = p.listen_address.socket_addr()?;
-    t.add_listener(&p.nqn, a)?;
+    let state = match p.ana_state.as_deref() {
+        None => AnaState::Optimized,
+        Some(s) => ana_state(s)?,
+    };
+    t.add_listener_ana(&p.nqn, a, state)?;
+    Ok(true)
+}
+
+fn ana_state(s: &str) -> Result<AnaState, RpcFailure> {
+    AnaState::parse(s).ok_or_else(|| {
+        invalid(format!(
+            "ana_state {s:?}: one of optimized, non_optimized, inaccessible, persistent_loss, change"
+        ))
+    })
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetAnaState {
+    pub nqn: String,
+    pub listen_address: ListenAddress,
+    pub ana_state: String,
+    pub anagrpid: Option<u32>,
+    pub tgt_name: Option<String>,
+}
+
+/// `nvmf_subsystem_listener_set_ana_state`: one group (`anagrpid`) or all of them.
+pub fn nvmf_subsystem_listener_set_ana_state(t: &Target, p: SetAnaState) -> Result<bool, RpcFailure> {
+    check_tgt(&p.tgt_name)?;
+    let a = p.listen_address.socket_addr()?;
+    let state = ana_state(&p.ana_state)?;
+    t.set_ana_state(&p.nqn, a, state, p.anagrpid)?;
     Ok(true)
 }
 

@@ -24,8 +24,9 @@ mod subsystems;
 mod transports;
 
 pub use listeners::{
-    nvmf_subsystem_add_host, nvmf_subsystem_add_listener, nvmf_subsystem_allow_any_host, nvmf_subsystem_remove_host,
-    nvmf_subsystem_remove_listener, AllowAnyHost, HostParams, ListenAddress, ListenerParams,
+    nvmf_subsystem_add_host, nvmf_subsystem_add_listener, nvmf_subsystem_allow_any_host,
+    nvmf_subsystem_listener_set_ana_state, nvmf_subsystem_remove_host, nvmf_subsystem_remove_listener, AllowAnyHost,
+    HostParams, ListenAddress, ListenerParams, SetAnaState,
 };
 pub use query::{
     nvmf_discovery_add_referral, nvmf_discovery_get_referrals, nvmf_discovery_remove_referral,
@@ -34,7 +35,8 @@ pub use query::{
 pub use stats::{nvmf_get_stats, GetStats};
 pub use subsystems::{
     format_uuid, nvmf_create_subsystem, nvmf_delete_subsystem, nvmf_get_subsystems, nvmf_subsystem_add_ns,
-    nvmf_subsystem_remove_ns, parse_uuid, AddNs, CreateSubsystem, GetSubsystems, NamespaceParams, NqnOnly, RemoveNs,
+    nvmf_subsystem_remove_ns, nvmf_subsystem_set_ns_ana_group, parse_uuid, AddNs, CreateSubsystem, GetSubsystems,
+    NamespaceParams, NqnOnly, RemoveNs, SetNsAnaGroup,
 };
 pub use transports::{nvmf_create_transport, nvmf_get_transports, CreateTransport, GetTransports};
 
@@ -127,7 +129,7 @@ pub fn register_rpcs_for(reg: &mut Registry, t: Arc<Target>) {
     );
     method!(
         "nvmf_create_subsystem",
-        "Create an NVM subsystem (nqn; serial_number, model_number, allow_any_host, max_namespaces)",
+        "Create an NVM subsystem (nqn; serial_number, model_number, allow_any_host, max_namespaces, ana_reporting, min_cntlid, max_cntlid)",
         nvmf_create_subsystem
     );
     method!(
@@ -137,8 +139,13 @@ pub fn register_rpcs_for(reg: &mut Registry, t: Arc<Target>) {
     );
     method!(
         "nvmf_subsystem_add_ns",
-        "Add a namespace over a bdev (nqn, namespace.bdev_name; nsid, uuid, nguid); returns the NSID",
+        "Add a namespace over a bdev (nqn, namespace.bdev_name; nsid, uuid, nguid, anagrpid); returns the NSID",
         nvmf_subsystem_add_ns
+    );
+    method!(
+        "nvmf_subsystem_set_ns_ana_group",
+        "Move a namespace to another ANA group (nqn, nsid, anagrpid)",
+        nvmf_subsystem_set_ns_ana_group
     );
     method!(
         "nvmf_subsystem_remove_ns",
@@ -147,8 +154,13 @@ pub fn register_rpcs_for(reg: &mut Registry, t: Arc<Target>) {
     );
     method!(
         "nvmf_subsystem_add_listener",
-        "Listen for a subsystem on a TCP address (nqn, listen_address {trtype, adrfam, traddr, trsvcid})",
+        "Listen for a subsystem on a TCP address (nqn, listen_address {trtype, adrfam, traddr, trsvcid}; ana_state)",
         nvmf_subsystem_add_listener
+    );
+    method!(
+        "nvmf_subsystem_listener_set_ana_state",
+        "Set the ANA state of a listener's groups (nqn, listen_address, ana_state optimized|non_optimized|inaccessible; anagrpid)",
+        nvmf_subsystem_listener_set_ana_state
     );
     method!(
         "nvmf_subsystem_remove_listener",
@@ -246,12 +258,13 @@ pub fn config_entries(t: &Target) -> Vec<(&'static str, Value)> {
         v.push((
             "nvmf_create_subsystem",
             json!({ "nqn": s.nqn, "serial_number": s.serial_number, "model_number": s.model_number,
-                    "allow_any_host": st.allow_any_host, "max_namespaces": s.max_namespaces }),
+                    "allow_any_host": st.allow_any_host, "max_namespaces": s.max_namespaces,
+                    "ana_reporting": s.ana.reporting, "min_cntlid": s.min_cntlid, "max_cntlid": s.max_cntlid }),
         ));
-        for a in &st.listeners {
+        for l in &st.ana {
             v.push((
                 "nvmf_subsystem_add_listener",
-                json!({ "nqn": s.nqn, "listen_address": ListenAddress::of(a) }),
+                json!({ "nqn": s.nqn, "listen_address": ListenAddress::of(&l.addr) }),
             ));
         }
         for h in &st.hosts {
@@ -260,8 +273,23 @@ pub fn config_entries(t: &Target) -> Vec<(&'static str, Value)> {
         for n in st.namespaces.values() {
             v.push((
                 "nvmf_subsystem_add_ns",
-                json!({ "nqn": s.nqn, "namespace": { "bdev_name": n.bdev.name(), "nsid": n.nsid, "uuid": format_uuid(&n.uuid) } }),
+                json!({ "nqn": s.nqn, "namespace": { "bdev_name": n.bdev.name(), "nsid": n.nsid,
+                        "uuid": format_uuid(&n.uuid), "anagrpid": n.anagrpid } }),
             ));
+        }
+        // ANA states other than optimized, per listener and group, after the namespaces
+        // that make the groups exist.
+        for l in &st.ana {
+            for g in 1..=s.max_namespaces {
+                let state = l.state(g);
+                if state != crate::nvmf::ana::AnaState::Optimized {
+                    v.push((
+                        "nvmf_subsystem_listener_set_ana_state",
+                        json!({ "nqn": s.nqn, "listen_address": ListenAddress::of(&l.addr),
+                                "ana_state": state.name(), "anagrpid": g }),
+                    ));
+                }
+            }
         }
     }
     v

@@ -75,18 +75,30 @@ pub fn nvmf_subsystem_get_qpairs(t: &Target, p: SubsystemQuery) -> Result<Vec<Va
     Ok(out)
 }
 
-/// `nvmf_subsystem_get_listeners`: `[{address: {trtype, adrfam, traddr, trsvcid}}]`.
+/// `nvmf_subsystem_get_listeners`: `[{address: {trtype, adrfam, traddr, trsvcid},
+/// ana_states: [{ana_group, ana_state}]}]` (ANA states of the groups that have namespaces).
 pub fn nvmf_subsystem_get_listeners(t: &Target, p: SubsystemQuery) -> Result<Vec<Value>, RpcFailure> {
     check_tgt(&p.tgt_name)?;
     let s = t.subsystem(&p.nqn)?;
-    let addrs = if s.kind == SubsystemKind::Discovery {
-        t.listen_addrs()
-    } else {
-        s.state().listeners.clone()
-    };
-    Ok(addrs
+    if s.kind == SubsystemKind::Discovery {
+        return Ok(t
+            .listen_addrs()
+            .iter()
+            .map(|a| json!({ "address": ListenAddress::of(a) }))
+            .collect());
+    }
+    let st = s.state();
+    let groups: std::collections::BTreeSet<u32> = st.namespaces.values().map(|n| n.anagrpid).collect();
+    Ok(st
+        .ana
         .iter()
-        .map(|a| json!({ "address": ListenAddress::of(a) }))
+        .map(|l| {
+            let states: Vec<Value> = groups
+                .iter()
+                .map(|&g| json!({ "ana_group": g, "ana_state": l.state(g).name() }))
+                .collect();
+            json!({ "address": ListenAddress::of(&l.addr), "ana_states": states })
+        })
         .collect())
 }
 

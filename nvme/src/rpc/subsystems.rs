@@ -2,7 +2,7 @@
 //! namespaces (`docs/nvme-tcp.md`, `docs/rpc.md`).
 
 use super::{check_tgt, invalid, ListenAddress, RpcFailure};
-use crate::nvmf::{Subsystem, SubsystemKind, SubsystemParams, Target};
+use crate::nvmf::{NsOptions, Subsystem, SubsystemKind, SubsystemParams, Target};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -29,9 +29,6 @@ pub struct CreateSubsystem {
 
 pub fn nvmf_create_subsystem(t: &Target, p: CreateSubsystem) -> Result<bool, RpcFailure> {
     check_tgt(&p.tgt_name)?;
-    if p.ana_reporting == Some(true) {
-        return Err(invalid("ana_reporting: ANA is not supported"));
-    }
     if p.passthrough == Some(true) {
         return Err(invalid("passthrough: NVMe passthrough subsystems are not supported"));
     }
@@ -41,17 +38,15 @@ pub fn nvmf_create_subsystem(t: &Target, p: CreateSubsystem) -> Result<bool, Rpc
     if p.dmrsl.is_some() || p.wzsl.is_some() || p.admin_label.is_some() {
         return Err(invalid("dmrsl/wzsl/admin_label: not supported"));
     }
-    if p.min_cntlid.is_some_and(|m| m != 1) || p.max_cntlid.is_some_and(|m| m != crate::nvmf::CNTLID_MAX) {
-        return Err(invalid(
-            "min_cntlid/max_cntlid: only the full range 1..=0xffef is supported",
-        ));
-    }
     t.create_subsystem(SubsystemParams {
         nqn: p.nqn,
         serial_number: p.serial_number,
         model_number: p.model_number,
         allow_any_host: p.allow_any_host.unwrap_or(false),
         max_namespaces: p.max_namespaces,
+        ana_reporting: p.ana_reporting.unwrap_or(false),
+        min_cntlid: p.min_cntlid,
+        max_cntlid: p.max_cntlid,
     })?;
     Ok(true)
 }
@@ -121,14 +116,9 @@ pub fn format_uuid(u: &[u8; 16]) -> String {
 pub fn nvmf_subsystem_add_ns(t: &Target, p: AddNs) -> Result<u32, RpcFailure> {
     check_tgt(&p.tgt_name)?;
     let n = p.namespace;
-    if n.ptpl_file.is_some()
-        || n.anagrpid.is_some()
-        || n.eui64.is_some()
-        || n.no_auto_visible == Some(true)
-        || n.hide_metadata == Some(true)
-    {
+    if n.ptpl_file.is_some() || n.eui64.is_some() || n.no_auto_visible == Some(true) || n.hide_metadata == Some(true) {
         return Err(invalid(
-            "namespace: ptpl_file, anagrpid, eui64, no_auto_visible and hide_metadata are not supported",
+            "namespace: ptpl_file, eui64, no_auto_visible and hide_metadata are not supported",
         ));
     }
     let id = match (n.uuid.as_deref(), n.nguid.as_deref()) {
@@ -138,7 +128,27 @@ pub fn nvmf_subsystem_add_ns(t: &Target, p: AddNs) -> Result<u32, RpcFailure> {
         }
         (None, None) => None,
     };
-    Ok(t.add_namespace(&p.nqn, &n.bdev_name, n.nsid, id)?)
+    let o = NsOptions {
+        nsid: n.nsid,
+        uuid: id,
+        anagrpid: n.anagrpid,
+    };
+    Ok(t.add_ns(&p.nqn, &n.bdev_name, o)?)
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetNsAnaGroup {
+    pub nqn: String,
+    pub nsid: u32,
+    pub anagrpid: u32,
+    pub tgt_name: Option<String>,
+}
+
+pub fn nvmf_subsystem_set_ns_ana_group(t: &Target, p: SetNsAnaGroup) -> Result<bool, RpcFailure> {
+    check_tgt(&p.tgt_name)?;
+    t.set_ns_ana_group(&p.nqn, p.nsid, p.anagrpid)?;
+    Ok(true)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -176,8 +186,9 @@ fn subsystem_json(s: &Subsystem) -> Value {
         v["serial_number"] = json!(s.serial_number);
         v["model_number"] = json!(s.model_number);
         v["max_namespaces"] = json!(s.max_namespaces);
-        v["min_cntlid"] = json!(1);
-        v["max_cntlid"] = json!(crate::nvmf::CNTLID_MAX);
+        v["min_cntlid"] = json!(s.min_cntlid);
+        v["max_cntlid"] = json!(s.max_cntlid);
+        v["ana_reporting"] = json!(s.ana.reporting);
         v["namespaces"] = st
             .namespaces
             .values()
@@ -188,6 +199,7 @@ fn subsystem_json(s: &Subsystem) -> Value {
                     "name": n.bdev.name(),
                     "nguid": n.uuid.iter().map(|b| format!("{b:02X}")).collect::<String>(),
                     "uuid": format_uuid(&n.uuid),
+                    "anagrpid": n.anagrpid,
                 })
             })
             .collect();

@@ -148,6 +148,8 @@ pub mod fid {
 pub const AEN_NS_ATTR_CHANGED_DW0: u32 = 0x02 | (0x04 << 16);
 /// Async event configuration bit enabling namespace attribute notices.
 pub const AEC_NS_ATTR_NOTICES: u32 = 1 << 8;
+/// Asynchronous Event Configuration: ANA change notices (bit 11).
+pub const AEC_ANA_CHANGE_NOTICES: u32 = 1 << 11;
 
 #[cfg(test)]
 mod tests {

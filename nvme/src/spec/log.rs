@@ -10,6 +10,8 @@ pub mod lid {
     pub const FIRMWARE_SLOT: u8 = 0x03;
     pub const CHANGED_NS_LIST: u8 = 0x04;
     pub const COMMANDS_SUPPORTED: u8 = 0x05;
+    /// Asymmetric Namespace Access.
+    pub const ANA: u8 = 0x0C;
     pub const DISCOVERY: u8 = 0x70;
 }
 
@@ -177,5 +179,53 @@ mod tests {
         assert_eq!(offset_of!(DiscoveryLogEntry, subnqn), 256);
         assert_eq!(offset_of!(DiscoveryLogEntry, traddr), 512);
         assert_eq!(offset_of!(DiscoveryLogEntry, tsas), 768);
+    }
+}
+
+/// One group descriptor of the ANA log page (0Ch), decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnaGroup {
+    pub anagrpid: u32,
+    /// ANA state code (01h optimized, 02h non-optimized, 03h inaccessible, 04h persistent
+    /// loss, 0Fh change).
+    pub state: u8,
+    pub nsids: Vec<u32>,
+}
+
+/// Header plus group descriptor sizes of the ANA log page.
+const ANA_HEADER: usize = 16;
+const ANA_DESC: usize = 32;
+
+/// Decodes an ANA log page as the target sent it: (change count, groups). Errors name
+/// what is inconsistent (a count that runs past the data); never panics.
+pub fn parse_ana_log(d: &[u8]) -> Result<(u64, Vec<AnaGroup>), &'static str> {
+    let u32_at = |at: usize| -> Option<u32> { Some(u32::from_le_bytes(d.get(at..at + 4)?.try_into().ok()?)) };
+    let head = d.get(..ANA_HEADER).ok_or("shorter than the ANA log header")?;
+    let chgcnt = u64::from_le_bytes(head[..8].try_into().map_err(|_| "header")?);
+    let ngrps = u16::from_le_bytes([head[8], head[9]]);
+    let mut at = ANA_HEADER;
+    let mut groups = Vec::with_capacity(usize::from(ngrps).min(d.len() / ANA_DESC));
+    for _ in 0..ngrps {
+        let desc = d
+            .get(at..at + ANA_DESC)
+            .ok_or("a group descriptor runs past the data")?;
+        let anagrpid = u32::from_le_bytes(desc[..4].try_into().map_err(|_| "descriptor")?);
+        let nnsids = u32::from_le_bytes(desc[4..8].try_into().map_err(|_| "descriptor")?) as usize;
+        let state = desc[16] & 0x0F;
+        at += ANA_DESC;
+        if nnsids > (d.len() - at) / 4 {
+            return Err("a group's NSID list runs past the data");
+        }
+        let nsids = (0..nnsids).filter_map(|i| u32_at(at + i * 4)).collect();
+        at += nnsids * 4;
+        groups.push(AnaGroup { anagrpid, state, nsids });
+    }
+    Ok((chgcnt, groups))
+}
+
+/// Fuzz entry point of [`parse_ana_log`] (`nvme/fuzz`, `ana_log`): must never panic.
+pub fn fuzz_ana_log(data: &[u8]) {
+    if let Ok((_, g)) = parse_ana_log(data) {
+        assert!(g.iter().map(|g| 32 + 4 * g.nsids.len()).sum::<usize>() + 16 <= data.len());
     }
 }

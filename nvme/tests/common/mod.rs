@@ -64,6 +64,7 @@ pub fn fixture_with(allow_any_host: bool) -> Fixture {
             model_number: None,
             allow_any_host,
             max_namespaces: None,
+            ..Default::default()
         })
         .unwrap();
     assert_eq!(target.add_namespace(&nqn, &bdev, None, None).unwrap(), 1);

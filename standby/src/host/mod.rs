@@ -702,6 +702,7 @@ impl StandbyHost {
                 model_number: None,
                 allow_any_host: x.allow_any_host,
                 max_namespaces: None,
+                ..Default::default()
             }) {
                 Ok(_) | Err(TargetError::SubsystemExists(_)) => {}
                 Err(e) => return Err(e.into()),

@@ -114,13 +114,24 @@ impl Conn {
         if data.cntlid != 0xFFFF {
             return Err(invalid(true, 16));
         }
+        let Some(cntlid) = subsys.alloc_cntlid() else {
+            log::warn!(
+                "nvmf: {}: every controller ID of {} ({}..={}) is in use",
+                self.peer,
+                subsys.nqn,
+                subsys.min_cntlid,
+                subsys.max_cntlid
+            );
+            return Err((Status::CONNECT_CONTROLLER_BUSY, 0));
+        };
         let c = Arc::new(Controller::new(
-            self.target.alloc_cntlid(),
+            cntlid,
             subsys.clone(),
             hostnqn,
             data.hostid,
             cmd.kato_ms,
             self.opts.clone(),
+            subsys.listener_ana(self.listen),
         ));
         subsys.state().controllers.push(Arc::downgrade(&c));
         log::info!(

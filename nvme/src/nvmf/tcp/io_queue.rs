@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 pub(super) struct NsEntry {
     pub(super) nsid: u32,
+    pub(super) anagrpid: u32,
     pub(super) geo: NsGeometry,
     pub(super) chan: usize,
 }
@@ -58,6 +59,7 @@ impl Conn {
             self.chans[idx].used = true;
             self.ns.push(NsEntry {
                 nsid: ns.nsid,
+                anagrpid: ns.anagrpid,
                 geo: NsGeometry {
                     block_size: ns.bdev.block_size(),
                     num_blocks: ns.bdev.num_blocks(),
@@ -93,6 +95,10 @@ impl Conn {
             return self.complete(slot, Status::INVALID_NAMESPACE, 0, 0);
         };
         let (geo, chan) = (ns.geo, ns.chan);
+        if let Some(s) = c.ana_state(ns.anagrpid).io_status() {
+            // Not accessible through this listener: the host retries on another path.
+            return self.complete(slot, s, 0, 0);
+        }
         if sqe.opc == io_opc::RESTART_POINT || sqe.opc == io_opc::FLUSH {
             if restart::generation() != self.sink_gen {
                 self.refresh_sinks();
