@@ -9,7 +9,9 @@
 # target starved past KATO (SIGSTOP, then SIGCONT) while fio verify runs: the kernel
 # reconnects (counted in its log) and fio finishes without an error; a restart of the
 # target under a connected host (the kernel reconnects, I/O verifies again); and a connect
-# to a subsystem whose allow list excludes the guest's host NQN, which must fail. Prints
+# to a subsystem whose allow list excludes the guest's host NQN, which must fail; ANA
+# multipath: two paths of one subsystem moved by ANA state under fio verify, then a DR
+# failover by ANA to a second target process while fio runs. Prints
 # "nvme-tcp e2e: N passed, M failed" and the guest's run time.
 #
 # Needs root (apt-get) the first time; downloads only Debian packages. ci/test.sh runs it.
@@ -147,7 +149,8 @@ check target-alive-after-stop kill -0 $TGT_PID
 # Reconnect: the target restarts under a connected host; the kernel reconnects by itself.
 check connect-reconnect bash -c "nvme connect -t tcp -n $NQN -a 127.0.0.1 -s 4420 --ctrl-loss-tmo=30 --reconnect-delay=1 && wait_dev"
 kill $TGT_PID; wait $TGT_PID 2>/dev/null
-nvmf_tgt 127.0.0.1:4420 128 > /tmp/tgt2.log 2>&1 &
+mkfifo /tmp/ctl
+nvmf_tgt 127.0.0.1:4420 128 --ana-listen 127.0.0.1:4421=inaccessible --cntlid 1-999 --ctl /tmp/ctl > /tmp/tgt2.log 2>&1 &
 TGT_PID=$!
 live() { for i in $(seq 150); do grep -q live /sys/class/nvme/nvme0/state 2>/dev/null && dd if=/dev/nvme0n1 of=/dev/null bs=4k count=16 iflag=direct 2>/dev/null && return 0; sleep 0.2; done; return 1; }
 export -f live
@@ -155,6 +158,51 @@ check reconnected live
 check reconnected-io fio --name=r --filename=/dev/nvme0n1 --ioengine=io_uring --direct=1 --rw=randrw --bs=4k --size=8M --iodepth=8 --verify=crc32c --verify_fatal=1
 check disconnect-reconnected bash -c "nvme disconnect -n $NQN && gone_dev"
 check target-alive kill -0 $TGT_PID
+# ANA multipath (docs/nvme-tcp.md, "ANA and multipath"). Subsystem $ANQN has ANA reporting;
+# the kernel joins its controllers into one multipath head and picks paths by ANA state.
+ANQN=nqn.2016-06.io.baton:ana
+export ANQN
+# The head block device of $ANQN, and the ANA state of the path through port $1.
+ana_head() { local s; for s in /sys/class/nvme-subsystem/nvme-subsys*; do [ "$(cat "$s/subsysnqn" 2>/dev/null)" = "$ANQN" ] || continue; ls "$s" | grep -E '^nvme[0-9]+n1$' | head -1 && return 0; done; return 1; }
+path_state() { local c; for c in /sys/class/nvme/nvme*; do grep -q "trsvcid=$1" "$c/address" 2>/dev/null && [ "$(cat "$c/subsysnqn")" = "$ANQN" ] && cat "$c"/nvme*c*n1/ana_state 2>/dev/null && return 0; done; echo none; }
+# Waits until every PORT=STATE pair holds (the kernel reads the ANA log after the notice).
+states() { local i p ok; for i in $(seq 150); do ok=1; for p in "$@"; do [ "$(path_state "${p%%=*}")" = "${p#*=}" ] || ok=0; done; [ $ok = 1 ] && return 0; sleep 0.2; done; for p in "$@"; do echo "port ${p%%=*}: $(path_state "${p%%=*}"), want ${p#*=}"; done; return 1; }
+# fio on the head while $@ runs once fio has I/O going; fio must end without an error.
+under_fio() { local dev fio_pid rc i verify=$1; shift; dev=/dev/$(ana_head)
+  fio --name=a --filename="$dev" --ioengine=io_uring --direct=1 --rw=randwrite --bs=4k --size=32M --iodepth=8 $verify > /tmp/fio-ana.log 2>&1 &
+  fio_pid=$!
+  for i in $(seq 300); do [ "$(awk '{print $5}' /sys/block/"${dev#/dev/}"/stat)" -gt 64 ] && break; sleep 0.1; done
+  "$@"
+  for i in $(seq 1800); do kill -0 $fio_pid 2>/dev/null || break; sleep 0.5; done
+  wait $fio_pid; rc=$?
+  tail -5 /tmp/fio-ana.log
+  [ $rc = 0 ] && ! grep -Eq 'err= *[1-9]' /tmp/fio-ana.log; }
+ctl() { echo "ana $2 $3" > "$1"; }
+export -f ana_head path_state states under_fio ctl
+check ana-connect-two-paths bash -c "nvme connect -t tcp -n $ANQN -a 127.0.0.1 -s 4420 --ctrl-loss-tmo=60 && nvme connect -t tcp -n $ANQN -a 127.0.0.1 -s 4421 --ctrl-loss-tmo=60 && for i in \$(seq 100); do ana_head && exit 0; sleep 0.1; done; exit 1"
+check ana-one-head bash -c "[ \$(ls /sys/class/nvme-subsystem/*/ | grep -cE '^nvme[0-9]+n1\$') -ge 1 ] && nvme list-subsys | tee /dev/stderr | grep -q 4421"
+check ana-initial-states states 4420=optimized 4421=inaccessible
+check ana-move-under-fio-verify under_fio "--verify=crc32c --verify_fatal=1 --do_verify=1" bash -c "ctl /tmp/ctl 127.0.0.1:4421 optimized; ctl /tmp/ctl 127.0.0.1:4420 inaccessible"
+check ana-moved-states states 4420=inaccessible 4421=optimized
+check ana-io-on-the-other-path fio --name=o --filename=/dev/$(ana_head) --ioengine=io_uring --direct=1 --rw=randrw --bs=4k --size=8M --iodepth=8 --verify=crc32c --verify_fatal=1
+check ana-back-under-fio-verify under_fio "--verify=crc32c --verify_fatal=1 --do_verify=1" bash -c "ctl /tmp/ctl 127.0.0.1:4420 optimized; ctl /tmp/ctl 127.0.0.1:4421 inaccessible"
+check ana-back-states states 4420=optimized 4421=inaccessible
+check ana-disconnect-4421 nvme disconnect -d "$(basename "$(grep -l trsvcid=4421 /sys/class/nvme/nvme*/address | head -1 | xargs dirname)")"
+# DR failover by ANA: a second target process (the standby site's, controller IDs
+# 1000-1999, its path inaccessible) exports the same subsystem and namespace identity.
+# Under fio the primary's process is killed and the standby's path is made optimized: the
+# host's I/O waits, then moves, without an application error. (The two processes do not
+# replicate to each other here; data continuity across sites is what the replication and
+# failover tests check. This checks the path mechanics a DR failover relies on.)
+mkfifo /tmp/ctl2
+nvmf_tgt 127.0.0.1:4422 64 --ana-state inaccessible --cntlid 1000-1999 --ctl /tmp/ctl2 > /tmp/tgt3.log 2>&1 &
+SBY_PID=$!
+for i in $(seq 50); do grep -q ready /tmp/tgt3.log && break; sleep 0.2; done
+check ana-dr-standby-path bash -c "nvme connect -t tcp -n $ANQN -a 127.0.0.1 -s 4422 --ctrl-loss-tmo=60 && states 4420=optimized 4422=inaccessible"
+export TGT_PID
+check ana-dr-failover-under-fio under_fio "" bash -c "kill -9 $TGT_PID; ctl /tmp/ctl2 127.0.0.1:4422 optimized"
+check ana-dr-promoted-state states 4422=optimized
+check ana-dr-disconnect nvme disconnect -n $ANQN
 echo "nvme-tcp e2e: $pass passed, $fail failed"
 echo "E2E guest seconds: $(( $(cut -d. -f1 /proc/uptime) - G0 ))"
 echo "E2E-DONE fail=$fail"

@@ -58,6 +58,19 @@ expect "$(spdk nvmf_subsystem_get_listeners "$NQN")" \
   "r == [{'address': {'trtype': 'TCP', 'adrfam': 'IPv4', 'traddr': '127.0.0.1', 'trsvcid': '$PORT'}, 'ana_states': [{'ana_group': 1, 'ana_state': 'optimized'}]}]"
 expect "$(brpc nvmf_subsystem_get_listeners --nqn "$NQN")" "r[0]['address']['trsvcid'] == '$PORT'"
 expect "$(spdk nvmf_subsystem_get_controllers "$NQN")" 'r == []'
+# The host bdev, attached to this same process's subsystem over loopback: one bdev per
+# namespace (Nvme0n1), a failover path, save_config, detach.
+spdk bdev_nvme_attach_controller -b Nvme0 -t tcp -a 127.0.0.1 -s "$PORT" -f ipv4 -n "$NQN" -l 10 -o 1 >/dev/null
+expect "$(spdk bdev_get_bdevs -b Nvme0n1)" "r[0]['num_blocks'] == 65536 and r[0]['driver_specific']['nvme_tcp_host']['ctrlr_name'] == 'Nvme0'"
+expect "$(spdk bdev_nvme_get_controllers -n Nvme0)" "r[0]['ctrlrs'][0]['state'] == 'enabled' and r[0]['ctrlrs'][0]['trid']['subnqn'] == '$NQN'"
+expect "$(brpc nvmf_subsystem_get_controllers --nqn "$NQN")" 'len(r) == 1'
+spdk bdev_nvme_attach_controller -b Nvme0 -t tcp -a 127.0.0.2 -s "$PORT" -f ipv4 -n "$NQN" -x failover >/dev/null
+expect "$(spdk bdev_nvme_get_controllers)" "r[0]['ctrlrs'][0]['alternate_trids'][0]['traddr'] == '127.0.0.2'"
+expect "$(spdk save_config)" \
+  "sum(1 for s in r['subsystems'] if s['subsystem'] == 'bdev' for c in s['config'] if c['method'] == 'bdev_nvme_attach_controller') == 2"
+spdk bdev_nvme_detach_controller Nvme0 -t tcp -a 127.0.0.2 -s "$PORT" -f ipv4 >/dev/null
+spdk bdev_nvme_detach_controller Nvme0 >/dev/null
+expect "$(spdk bdev_nvme_get_controllers)" 'r == []'
 expect "$(brpc nvmf_subsystem_get_controllers --nqn "$NQN")" 'r == []'
 expect "$(spdk nvmf_subsystem_get_qpairs "$NQN")" 'r == []'
 spdk nvmf_discovery_add_referral -t tcp -a 192.0.2.10 -s 4420 -f ipv4 >/dev/null

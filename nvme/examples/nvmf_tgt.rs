@@ -4,17 +4,117 @@
 //! `nvmf_tgt ADDR:PORT [MiB]` serves two subsystems on ADDR:PORT with RAM namespaces:
 //! `nqn.2016-06.io.baton:e2e` (any host) and `nqn.2016-06.io.baton:restricted` (only host
 //! `nqn.2014-08.org.nvmexpress:uuid:baton-e2e-allowed`). Runs until killed.
+//!
+//! Also `nqn.2016-06.io.baton:ana` (any host, ANA reporting, one RAM namespace with a fixed
+//! UUID) on ADDR:PORT, plus, for multipath tests:
+//! - `--ana-listen ADDR:PORT=STATE` (repeatable): another listener of it, its groups in STATE;
+//! - `--ana-state STATE`: the state on ADDR:PORT (default optimized);
+//! - `--cntlid MIN-MAX`: its controller ID range (two processes exporting it as two paths
+//!   must not overlap);
+//! - `--ctl FIFO`: reads lines `ana ADDR:PORT STATE` from FIFO (made with `mkfifo`) and
+//!   sets that listener's ANA state, as `nvmf_subsystem_listener_set_ana_state` does.
 
 use engine::reactor::{IdleMode, ReactorOpts, Reactors};
+use nvme::nvmf::ana::AnaState;
 use nvme::nvmf::{SubsystemParams, Target};
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+const ANA_NQN: &str = "nqn.2016-06.io.baton:ana";
+
+#[derive(Default)]
+struct AnaArgs {
+    listen: Vec<(SocketAddr, AnaState)>,
+    state: Option<AnaState>,
+    cntlid: Option<(u16, u16)>,
+    ctl: Option<String>,
+}
+
+fn state(s: &str) -> AnaState {
+    AnaState::parse(s).unwrap_or_else(|| panic!("unknown ANA state {s:?}"))
+}
+
+fn ana_args(args: &[String]) -> AnaArgs {
+    let mut a = AnaArgs::default();
+    let mut it = args.iter();
+    while let Some(k) = it.next() {
+        let v = it.next().unwrap_or_else(|| panic!("{k} needs a value"));
+        match k.as_str() {
+            "--ana-listen" => {
+                let (addr, st) = v.split_once('=').unwrap_or((v, "optimized"));
+                a.listen
+                    .push((addr.parse().expect("--ana-listen ADDR:PORT"), state(st)));
+            }
+            "--ana-state" => a.state = Some(state(v)),
+            "--cntlid" => {
+                let (lo, hi) = v.split_once('-').expect("--cntlid MIN-MAX");
+                a.cntlid = Some((lo.parse().expect("MIN"), hi.parse().expect("MAX")));
+            }
+            "--ctl" => a.ctl = Some(v.clone()),
+            _ => panic!("unknown option {k}"),
+        }
+    }
+    a
+}
+
+/// The ANA subsystem: one namespace with a fixed identity, on `addr` and the extra listeners.
+fn ana_subsystem(t: &Arc<Target>, addr: SocketAddr, mib: u64, a: &AnaArgs) {
+    let b = engine::bdev::malloc::create("MallocAna", mib * 256, 4096, Some(*b"baton-e2e-ns-ana")).expect("malloc");
+    engine::bdev::register(b).expect("register");
+    t.create_subsystem(SubsystemParams {
+        nqn: ANA_NQN.into(),
+        serial_number: Some("BATONANA".into()),
+        model_number: Some("baton e2e".into()),
+        allow_any_host: true,
+        ana_reporting: true,
+        min_cntlid: a.cntlid.map(|c| c.0),
+        max_cntlid: a.cntlid.map(|c| c.1),
+        ..Default::default()
+    })
+    .expect("ANA subsystem");
+    t.add_namespace(ANA_NQN, "MallocAna", None, None).expect("namespace");
+    let first = t
+        .add_listener_ana(ANA_NQN, addr, a.state.unwrap_or(AnaState::Optimized))
+        .expect("listener");
+    println!("nvmf_tgt: {ANA_NQN} on {first}");
+    for (l, st) in &a.listen {
+        let b = t.add_listener_ana(ANA_NQN, *l, *st).expect("ANA listener");
+        println!("nvmf_tgt: {ANA_NQN} on {b} ({})", st.name());
+    }
+}
+
+/// Applies `ana ADDR:PORT STATE` lines from the control FIFO for ever.
+fn control(t: Arc<Target>, path: String) {
+    std::thread::spawn(move || loop {
+        let Ok(f) = std::fs::File::open(&path) else { return };
+        for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            let r = match w.as_slice() {
+                ["ana", addr, st] => match (addr.parse(), AnaState::parse(st)) {
+                    (Ok(a), Some(s)) => t.set_ana_state(ANA_NQN, a, s, None).map_err(|e| e.to_string()),
+                    _ => Err("bad address or state".into()),
+                },
+                _ => Err("unknown command".into()),
+            };
+            match r {
+                Ok(()) => println!("nvmf_tgt: ctl ok: {line}"),
+                Err(e) => println!("nvmf_tgt: ctl error: {line}: {e}"),
+            }
+        }
+    });
+}
 
 fn main() {
-    let addr = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().collect();
+    let addr = args
+        .get(1)
+        .cloned()
         .unwrap_or_else(|| "127.0.0.1:4420".into())
         .parse()
         .expect("ADDR:PORT");
-    let mib: u64 = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(256);
+    let mib: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(256);
+    let ana = ana_args(args.get(3..).unwrap_or(&[]));
     let mut o = ReactorOpts::new(vec![0]);
     o.pin = false;
     o.idle = IdleMode::Adaptive {
@@ -53,6 +153,10 @@ fn main() {
         }
         let a = t.add_listener(nqn, addr).expect("listener");
         println!("nvmf_tgt: {nqn} on {a}");
+    }
+    ana_subsystem(&t, addr, mib, &ana);
+    if let Some(p) = ana.ctl.clone() {
+        control(t.clone(), p);
     }
     println!("nvmf_tgt: ready");
     r.wait();

@@ -298,6 +298,12 @@ pub trait Bdev: Send + Sync {
     /// The JSON-RPC method and parameters that recreate this bdev, for
     /// `save_config`; `None` for bdevs created by something else.
     fn config(&self) -> Option<(&'static str, serde_json::Value)>;
+    /// Every call that recreates this bdev, in replay order, for `save_config` (default: the
+    /// one of [`Bdev::config`]). A bdev made by several calls (a controller attached through
+    /// several paths) lists them all.
+    fn config_entries(&self) -> Vec<(&'static str, serde_json::Value)> {
+        self.config().into_iter().collect()
+    }
     /// Back-end details for `bdev_get_bdevs`' `driver_specific`.
     fn driver_specific(&self) -> serde_json::Value {
         serde_json::Value::Object(Default::default())

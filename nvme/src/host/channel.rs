@@ -22,6 +22,9 @@ use std::sync::Mutex;
 /// refused up front (see `submit`).
 const UNMAP_TAG: u64 = 1 << 63;
 
+/// Status code type of path related statuses (ANA states, transport errors).
+const PATH_RELATED_SCT: u8 = 3;
+
 /// What the recovery thread and the channels share.
 #[derive(Default)]
 pub(crate) struct Shared {
@@ -142,6 +145,34 @@ impl HostChannel {
         None
     }
 
+    /// Whether command `cid` has its request on record (to requeue it).
+    fn tracked(inflight: &[Option<Inflight>], cid: u16) -> bool {
+        inflight.get(usize::from(cid)).is_some_and(Option::is_some)
+    }
+
+    /// The request behind command `cid`, taken back with its buffer to be submitted again.
+    fn requeue(
+        held: &mut [Option<DmaBuf>],
+        inflight: &mut [Option<Inflight>],
+        cid: u16,
+        wire_buf: Option<DmaBuf>,
+    ) -> Option<IoRequest> {
+        let cid = usize::from(cid);
+        let p = inflight.get_mut(cid).and_then(Option::take)?;
+        let buf = match held.get_mut(cid).and_then(Option::take) {
+            Some(b) => Some(b),
+            None if p.op == IoOp::Unmap => None,
+            None => wire_buf,
+        };
+        Some(IoRequest {
+            op: p.op,
+            offset_blocks: p.slba,
+            num_blocks: p.nlb,
+            buf,
+            user_data: p.user,
+        })
+    }
+
     /// The queue pair failed with `e`: requeue what it never answered (reconnect) or fail
     /// it. What completes goes to `errors` (preallocated), reported by the next poll;
     /// requeued commands stay outstanding.
@@ -151,27 +182,16 @@ impl HostChannel {
         let (held, inflight, waiting, errors) =
             (&mut self.held, &mut self.inflight, &mut self.waiting, &mut self.errors);
         let reconnect = self.reconnect;
-        q.abort_outstanding(&mut |c| {
-            let cid = usize::from(c.cqe.cid);
+        q.abort_outstanding(&mut |mut c| {
             let aborted = c.status().same_code(Status::ABORTED_SQ_DELETION);
-            match inflight.get_mut(cid).and_then(Option::take) {
-                Some(p) if reconnect && aborted => {
-                    let buf = match held.get_mut(cid).and_then(Option::take) {
-                        Some(b) => Some(b),
-                        None if p.op == IoOp::Unmap => None,
-                        None => c.buf,
-                    };
-                    // Ahead of anything queued since: these were submitted first.
-                    waiting.push_front(IoRequest {
-                        op: p.op,
-                        offset_blocks: p.slba,
-                        num_blocks: p.nlb,
-                        buf,
-                        user_data: p.user,
-                    });
+            if reconnect && aborted && Self::tracked(inflight, c.cqe.cid) {
+                // Ahead of anything queued since: these were submitted first.
+                if let Some(io) = Self::requeue(held, inflight, c.cqe.cid, c.buf.take()) {
+                    waiting.push_front(io);
+                    return;
                 }
-                _ => Self::complete(held, inflight, c, &mut |done| errors.push_back(done)),
             }
+            Self::complete(held, inflight, c, &mut |done| errors.push_back(done));
         });
         q.close();
         if !self.reconnect {
@@ -325,11 +345,35 @@ impl ChannelBackend for HostChannel {
             }
             self.try_resume();
         }
+        if self.q.is_some() && self.gen != self.shared.generation.load(Ordering::Acquire) {
+            // The controller was reset or failed over to another path: this queue pair
+            // belongs to the old one.
+            self.lost(&HostError::Invalid("the controller moved to a new connection".into()));
+            return n + self.drain_errors(f);
+        }
         let Some(q) = self.q.as_mut() else { return n };
-        let (held, inflight) = (&mut self.held, &mut self.inflight);
-        match q.poll(&mut |c| Self::complete(held, inflight, c, f)) {
-            Ok(k) => n + k,
-            Err(e) => {
+        let (held, inflight, waiting) = (&mut self.held, &mut self.inflight, &mut self.waiting);
+        let reconnect = self.reconnect;
+        let mut path_error = None;
+        let r = q.poll(&mut |mut c| {
+            // A path error (ANA inaccessible, transition, ...): with reconnect, the command
+            // goes again once the controller is on a path that can serve it.
+            if reconnect && c.status().sct == PATH_RELATED_SCT && Self::tracked(inflight, c.cqe.cid) {
+                if let Some(io) = Self::requeue(held, inflight, c.cqe.cid, c.buf.take()) {
+                    path_error = Some(c.status());
+                    waiting.push_back(io);
+                    return;
+                }
+            }
+            Self::complete(held, inflight, c, f)
+        });
+        match (r, path_error) {
+            (Ok(k), None) => n + k,
+            (Ok(_), Some(s)) => {
+                self.lost(&HostError::Status(s));
+                n + self.drain_errors(f)
+            }
+            (Err(e), _) => {
                 self.lost(&e);
                 n + self.drain_errors(f)
             }

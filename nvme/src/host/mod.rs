@@ -5,12 +5,14 @@
 //! Used by the tests, the perf harness and the primary host. Connecting and the `*_sync`
 //! helpers block (management threads); [`Qpair::submit`] / [`Qpair::poll`] never do.
 
+pub mod attach;
 pub mod bdev;
 mod channel;
 pub mod qpair;
 pub mod reconnect;
 pub mod trid;
 
+pub use attach::{HostBdevOpts, NvmeCtrlr};
 pub use qpair::{Data, HostCompletion, Qpair};
 pub use trid::{TransportId, TridError};
 

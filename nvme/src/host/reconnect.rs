@@ -127,6 +127,12 @@ impl Recovery {
         }
     }
 
+    /// The next attempt comes at `now` instead of one delay after the loss (a failover to
+    /// another path does not wait).
+    pub fn attempt_at(&mut self, now: u64) {
+        self.next_attempt_ns = now;
+    }
+
     /// An attempt at `now` failed: the next one comes one delay later.
     pub fn attempt_failed(&mut self, now: u64) {
         self.attempts += 1;

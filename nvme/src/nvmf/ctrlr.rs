@@ -472,6 +472,8 @@ impl Controller {
         } else {
             c.cntrltype = identify::cntrltype::IO;
             c.nn = s.max_namespaces;
+            // Multipath hosts (Linux) refuse an ANA controller whose MNAN is 0.
+            c.mnan = s.max_namespaces;
             c.oncs = 0x01 | 0x04 | 0x08; // compare, dataset management, write zeroes
             c.vwc = 0x01;
             c.oacs = 0;

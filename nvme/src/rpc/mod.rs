@@ -17,6 +17,7 @@
 //! - `stats.rs`: `nvmf_get_stats`.
 //! - `query.rs`: connected controllers, queue pairs, listeners, discovery referrals.
 
+pub mod bdev_nvme;
 mod listeners;
 pub mod query;
 mod stats;
@@ -222,6 +223,7 @@ pub fn register_rpcs_for(reg: &mut Registry, t: Arc<Target>) {
         "List the discovery referrals",
         nvmf_discovery_get_referrals
     );
+    register_bdev_nvme(reg);
     reg.register_config_provider("nvmf", &["bdev"], move || {
         config_entries(&t)
             .into_iter()
@@ -231,6 +233,26 @@ pub fn register_rpcs_for(reg: &mut Registry, t: Arc<Target>) {
             })
             .collect()
     });
+}
+
+/// The host bdev's methods (process-wide, like the bdev registry they fill).
+fn register_bdev_nvme(reg: &mut Registry) {
+    use bdev_nvme::*;
+    reg.register(
+        "bdev_nvme_attach_controller",
+        "Attach an NVMe/TCP controller, one bdev per namespace <name>n<nsid> (name, trtype, traddr, trsvcid, subnqn; hostnqn, hdgst, ddgst, multipath disable|failover, ctrlr_loss_timeout_sec, reconnect_delay_sec, fast_io_fail_timeout_sec); returns the bdev names",
+        |p| bdev_nvme_attach_controller(p).map_err(rpc_err),
+    );
+    reg.register(
+        "bdev_nvme_detach_controller",
+        "Detach a controller and delete its bdevs (name), or only one of its paths (name, traddr, trsvcid)",
+        |p| bdev_nvme_detach_controller(p).map_err(rpc_err),
+    );
+    reg.register(
+        "bdev_nvme_get_controllers",
+        "List attached NVMe controllers with their paths (optional name)",
+        |p| bdev_nvme_get_controllers(p).map_err(rpc_err),
+    );
 }
 
 /// The calls that recreate the target's state, in replay order (for `save_config`'s

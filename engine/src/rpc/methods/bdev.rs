@@ -226,7 +226,7 @@ fn first_free_malloc_name() -> String {
 pub fn bdev_config() -> Vec<ConfigEntry> {
     bdev::list()
         .iter()
-        .filter_map(|b| b.config())
+        .flat_map(|b| b.config_entries())
         .map(|(method, params)| ConfigEntry {
             method: method.to_string(),
             params: Some(params),
