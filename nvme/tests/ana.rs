@@ -80,6 +80,7 @@ fn identify_and_ana_log_per_listener() {
     assert_eq!(ca.id.cmic & 0x0B, 0x0B, "multi-port, multi-controller, ANA reporting");
     assert_eq!(ca.id.anagrpmax, 4);
     assert_eq!(ca.id.nanagrpid, 4);
+    assert_eq!(ca.id.mnan, 4, "Linux refuses an ANA controller with MNAN 0");
     assert_ne!(ca.id.oaes & (1 << 11), 0);
     assert_ne!(ca.id.anacap & 0x07, 0);
     assert_eq!(ca.get_features(fid::ASYNC_EVENT_CONFIG).unwrap() & (1 << 11), 1 << 11);
