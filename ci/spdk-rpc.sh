@@ -49,6 +49,10 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 
 expect "$(spdk spdk_get_version)" 'r["version"].startswith("baton")'
 spdk bdev_malloc_create -b Malloc0 32 512 >/dev/null
+truncate -s 4M "$WORK/aio.img"
+[ "$(spdk bdev_aio_create "$WORK/aio.img" Aio0 512)" = Aio0 ]
+expect "$(spdk bdev_get_bdevs -b Aio0)" 'r[0]["num_blocks"] == 8192 and r[0]["product_name"] == "AIO disk"'
+spdk bdev_aio_delete Aio0 >/dev/null
 spdk nvmf_create_transport -t TCP -i 1048576 >/dev/null
 expect "$(spdk nvmf_get_transports)" 'r[0]["max_io_size"] == 1048576'
 spdk nvmf_create_subsystem "$NQN" -a -s SPDK00000000000001 -d "baton spdk-rpc" >/dev/null

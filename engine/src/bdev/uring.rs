@@ -59,6 +59,8 @@ pub struct UringBdev {
     memory: bool,
     file: Arc<File>,
     stats: StatsSet,
+    /// Made by `bdev_aio_create`: named and saved as SPDK's aio bdev (same engine).
+    aio: bool,
 }
 
 /// Opens `filename` (a regular file or a block device) as a bdev.
@@ -68,6 +70,28 @@ pub fn create(
     filename: &Path,
     block_size: Option<u32>,
     uuid: Option<[u8; 16]>,
+) -> Result<Arc<dyn Bdev>, BdevError> {
+    open(name, filename, block_size, uuid, false)
+}
+
+/// [`create`] for SPDK's `bdev_aio_create`: the same io_uring engine (polled io_uring does
+/// what SPDK's libaio bdev does, without a syscall per I/O), driver `aio`, saved by
+/// `save_config` as `bdev_aio_create`, so SPDK configurations that name aio bdevs load.
+pub fn create_aio(
+    name: &str,
+    filename: &Path,
+    block_size: Option<u32>,
+    uuid: Option<[u8; 16]>,
+) -> Result<Arc<dyn Bdev>, BdevError> {
+    open(name, filename, block_size, uuid, true)
+}
+
+fn open(
+    name: &str,
+    filename: &Path,
+    block_size: Option<u32>,
+    uuid: Option<[u8; 16]>,
+    aio: bool,
 ) -> Result<Arc<dyn Bdev>, BdevError> {
     let open_err = |e: std::io::Error| BdevError::Open {
         path: filename.display().to_string(),
@@ -145,6 +169,7 @@ pub fn create(
         memory,
         file: Arc::new(file),
         stats: StatsSet::default(),
+        aio,
     }))
 }
 
@@ -155,10 +180,18 @@ impl Bdev for UringBdev {
         &self.name
     }
     fn product_name(&self) -> &str {
-        "URING bdev"
+        if self.aio {
+            "AIO disk"
+        } else {
+            "URING bdev"
+        }
     }
     fn driver(&self) -> &'static str {
-        "uring"
+        if self.aio {
+            "aio"
+        } else {
+            "uring"
+        }
     }
     fn uuid(&self) -> [u8; 16] {
         self.uuid
@@ -199,14 +232,26 @@ impl Bdev for UringBdev {
         if self.block_size_given {
             p["block_size"] = self.block_size.into();
         }
-        Some(("bdev_uring_create", p))
+        Some((
+            if self.aio {
+                "bdev_aio_create"
+            } else {
+                "bdev_uring_create"
+            },
+            p,
+        ))
     }
     fn driver_specific(&self) -> serde_json::Value {
-        serde_json::json!({ "uring": {
+        let v = serde_json::json!({
             "filename": self.path.display().to_string(),
             "o_direct": self.direct,
             "memory_fs_inline": self.memory,
-        } })
+        });
+        if self.aio {
+            serde_json::json!({ "aio": v, "engine": "io_uring" })
+        } else {
+            serde_json::json!({ "uring": v })
+        }
     }
 }
 

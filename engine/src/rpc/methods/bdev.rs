@@ -108,6 +108,20 @@ pub struct UringCreateParams {
     pub uuid: Option<String>,
 }
 
+/// `bdev_aio_create` params (SPDK's names).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AioCreateParams {
+    pub name: String,
+    pub filename: PathBuf,
+    pub block_size: Option<u32>,
+    pub uuid: Option<String>,
+    /// Sent by SPDK's rpc.py as false by default; true is refused by name.
+    pub readonly: Option<bool>,
+    pub fallocate: Option<bool>,
+    pub nowait: Option<bool>,
+}
+
 /// `bdev_*_delete` params.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -286,6 +300,19 @@ pub fn register_rpcs(reg: &mut Registry) {
             register_new(bdev::uring::create(&p.name, &p.filename, p.block_size, uuid).map_err(bdev_err)?)
         },
     );
+    reg.register(
+        "bdev_aio_create",
+        "Create an aio bdev over a file or block device (filename, name; optional block_size, uuid), served by the io_uring engine",
+        |p: AioCreateParams| {
+            only_default("readonly", p.readonly, false)?;
+            let uuid = parse_uuid(p.uuid.as_deref())?;
+            check_absent(&p.name)?;
+            register_new(bdev::uring::create_aio(&p.name, &p.filename, p.block_size, uuid).map_err(bdev_err)?)
+        },
+    );
+    reg.register("bdev_aio_delete", "Delete an aio bdev (name)", |p: DeleteParams| {
+        delete_driver(&p.name, "aio")
+    });
     reg.register(
         "bdev_uring_delete",
         "Delete an io_uring bdev (name)",
