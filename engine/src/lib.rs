@@ -28,3 +28,5 @@ pub mod rpc;
 mod sys;
 /// Whether a file is on tmpfs/ramfs (see `sys`): the uring bdev and the relay journal copy inline there.
 pub use sys::is_memory_fs;
+/// Anonymous (optionally hugepage) memory mappings: the user-space NVMe driver's queues.
+pub use sys::Mapping;

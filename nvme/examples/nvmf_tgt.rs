@@ -13,6 +13,10 @@
 //!   must not overlap);
 //! - `--ctl FIFO`: reads lines `ana ADDR:PORT STATE` from FIFO (made with `mkfifo`) and
 //!   sets that listener's ANA state, as `nvmf_subsystem_listener_set_ana_state` does.
+//!
+//! `--pcie BDF` (feature `vfio`): attaches the NVMe controller at BDF (bound to vfio-pci)
+//! with baton's user-space driver and exports its first namespace as
+//! `nqn.2016-06.io.baton:pcie` on ADDR:PORT.
 
 use engine::reactor::{IdleMode, ReactorOpts, Reactors};
 use nvme::nvmf::ana::AnaState;
@@ -29,6 +33,7 @@ struct AnaArgs {
     state: Option<AnaState>,
     cntlid: Option<(u16, u16)>,
     ctl: Option<String>,
+    pcie: Option<String>,
 }
 
 fn state(s: &str) -> AnaState {
@@ -52,6 +57,7 @@ fn ana_args(args: &[String]) -> AnaArgs {
                 a.cntlid = Some((lo.parse().expect("MIN"), hi.parse().expect("MAX")));
             }
             "--ctl" => a.ctl = Some(v.clone()),
+            "--pcie" => a.pcie = Some(v.clone()),
             _ => panic!("unknown option {k}"),
         }
     }
@@ -82,6 +88,32 @@ fn ana_subsystem(t: &Arc<Target>, addr: SocketAddr, mib: u64, a: &AnaArgs) {
         let b = t.add_listener_ana(ANA_NQN, *l, *st).expect("ANA listener");
         println!("nvmf_tgt: {ANA_NQN} on {b} ({})", st.name());
     }
+}
+
+/// The PCIe namespace through baton's own driver, exported over NVMe/TCP.
+#[cfg(feature = "vfio")]
+fn pcie_subsystem(t: &Arc<Target>, addr: SocketAddr, bdf: &str) {
+    let nqn = "nqn.2016-06.io.baton:pcie";
+    let c = nvme::pcie::PcieCtrlr::attach(bdf).unwrap_or_else(|e| panic!("--pcie {bdf}: {e}"));
+    let nsid = c.namespaces.first().map(|n| n.nsid).expect("a namespace");
+    let b = nvme::pcie::PcieBdev::new(&c, "PcieNvme0n1", nsid).expect("bdev");
+    engine::bdev::register(b).expect("register");
+    t.create_subsystem(SubsystemParams {
+        nqn: nqn.into(),
+        serial_number: Some("BATONPCIE".into()),
+        model_number: Some("baton e2e pcie".into()),
+        allow_any_host: true,
+        ..Default::default()
+    })
+    .expect("subsystem");
+    t.add_namespace(nqn, "PcieNvme0n1", None, None).expect("namespace");
+    let a = t.add_listener(nqn, addr).expect("listener");
+    println!("nvmf_tgt: {nqn} on {a} (PCIe {bdf})");
+}
+
+#[cfg(not(feature = "vfio"))]
+fn pcie_subsystem(_: &Arc<Target>, _: SocketAddr, bdf: &str) {
+    panic!("--pcie {bdf}: built without the vfio feature");
 }
 
 /// Applies `ana ADDR:PORT STATE` lines from the control FIFO for ever.
@@ -155,6 +187,9 @@ fn main() {
         println!("nvmf_tgt: {nqn} on {a}");
     }
     ana_subsystem(&t, addr, mib, &ana);
+    if let Some(bdf) = &ana.pcie {
+        pcie_subsystem(&t, addr, bdf);
+    }
     if let Some(p) = ana.ctl.clone() {
         control(t.clone(), p);
     }

@@ -7,10 +7,13 @@
 //! - [`nvmf`]: the NVMe-oF target (named as SPDK names it): subsystems, namespaces over bdevs, controllers, the
 //!   discovery service and the TCP transport polled by the engine's reactors.
 //! - [`host`]: the NVMe/TCP initiator: controllers, admin commands, polled I/O queue pairs.
+//! - `pcie` (feature `vfio`): the user-space NVMe driver over VFIO and its bdev.
 //! - [`rpc`]: the SPDK-named `nvmf_*` JSON-RPC methods and their `save_config` entries.
 
 pub mod host;
 pub mod nvmf;
+#[cfg(feature = "vfio")]
+pub mod pcie;
 pub mod rpc;
 pub mod spec;
 pub mod tcp;
