@@ -250,6 +250,11 @@ fn bdev_nvme_methods_attach_every_namespace_and_keep_paths() {
     // Bad input is named.
     let mut bad = attach.clone();
     bad["trtype"] = json!("PCIe");
+    bad["name"] = json!("MpRpcPcie");
+    let e = call("bdev_nvme_attach_controller", bad).unwrap_err();
+    assert!(e.message.contains("no PCI device 127.0.0.1"), "{}", e.message);
+    let mut bad = attach.clone();
+    bad["trtype"] = json!("RDMA");
     assert!(call("bdev_nvme_attach_controller", bad)
         .unwrap_err()
         .message

@@ -15,8 +15,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// An attached controller and the bdevs made of its namespaces.
 struct Attached {
-    ctrlr: Arc<NvmeCtrlr>,
+    ctrlr: Ctrlr,
     bdevs: Vec<String>,
+}
+
+/// A controller reached over NVMe/TCP, or a local PCIe one through the VFIO driver.
+enum Ctrlr {
+    Tcp(Arc<NvmeCtrlr>),
+    #[cfg(feature = "vfio")]
+    Pcie(Arc<crate::pcie::PcieCtrlr>),
 }
 
 static ATTACHED: Mutex<BTreeMap<String, Attached>> = Mutex::new(BTreeMap::new());
@@ -88,7 +95,7 @@ fn refuse_unsupported(p: &AttachController) -> Result<(), RpcFailure> {
 fn addr_of(p: &AttachController) -> Result<SocketAddr, RpcFailure> {
     if !p.trtype.eq_ignore_ascii_case("tcp") {
         return Err(invalid(format!(
-            "trtype {:?}: only TCP controllers can be attached (no PCIe or RDMA driver in this build)",
+            "trtype {:?}: TCP or PCIe controllers can be attached (no RDMA driver in this build)",
             p.trtype
         )));
     }
@@ -149,6 +156,9 @@ fn no_such(name: &str) -> RpcFailure {
 /// Returns the names of the controller's bdevs.
 pub fn bdev_nvme_attach_controller(p: AttachController) -> Result<Vec<String>, RpcFailure> {
     refuse_unsupported(&p)?;
+    if p.trtype.eq_ignore_ascii_case("pcie") {
+        return attach_pcie(&p);
+    }
     let addr = addr_of(&p)?;
     let mode = p.multipath.as_deref().unwrap_or("disable");
     if !matches!(mode, "disable" | "failover") {
@@ -157,7 +167,13 @@ pub fn bdev_nvme_attach_controller(p: AttachController) -> Result<Vec<String>, R
         )));
     }
     if let Some(a) = attached().get(&p.name) {
-        return add_path(a, &p, addr, mode);
+        let Ctrlr::Tcp(c) = &a.ctrlr else {
+            return Err(invalid(format!(
+                "controller {} is a PCIe controller: one path only",
+                p.name
+            )));
+        };
+        return add_path(c, &a.bdevs, &p, addr, mode);
     }
     if engine::bdev::lookup(&format!("{}n1", p.name)).is_some() {
         return Err(invalid(format!("bdev {}n1 already exists", p.name)));
@@ -197,22 +213,76 @@ pub fn bdev_nvme_attach_controller(p: AttachController) -> Result<Vec<String>, R
     attached().insert(
         p.name.clone(),
         Attached {
-            ctrlr,
+            ctrlr: Ctrlr::Tcp(ctrlr),
             bdevs: names.clone(),
         },
     );
     Ok(names)
 }
 
+/// `trtype: PCIe`, `traddr: 0000:00:04.0`: the controller through baton's VFIO driver.
+#[cfg(feature = "vfio")]
+fn attach_pcie(p: &AttachController) -> Result<Vec<String>, RpcFailure> {
+    use crate::pcie::{PcieBdev, PcieCtrlr};
+    if attached().contains_key(&p.name) {
+        return Err(invalid(format!("controller {} already exists", p.name)));
+    }
+    if p.multipath.as_deref().is_some_and(|m| m != "disable") {
+        return Err(invalid("multipath: a PCIe controller has one path"));
+    }
+    let c = PcieCtrlr::attach(&p.traddr).map_err(|e| invalid(format!("{}: {e}", p.name)))?;
+    let mut names: Vec<String> = Vec::new();
+    for (i, ns) in c.namespaces.iter().enumerate() {
+        let name = format!("{}n{}", p.name, ns.nsid);
+        let b = PcieBdev::new(&c, &name, ns.nsid).map_err(|e| invalid(e.to_string()))?;
+        if i == 0 {
+            b.save_controller_config();
+        }
+        if let Err(e) = engine::bdev::register(b) {
+            for n in &names {
+                let _ = engine::bdev::unregister(n);
+            }
+            return Err(invalid(format!("{}: {e}", p.name)));
+        }
+        names.push(name);
+    }
+    log::info!(
+        "bdev_nvme: attached {} (PCIe {}): {}",
+        p.name,
+        p.traddr,
+        names.join(", ")
+    );
+    attached().insert(
+        p.name.clone(),
+        Attached {
+            ctrlr: Ctrlr::Pcie(c),
+            bdevs: names.clone(),
+        },
+    );
+    Ok(names)
+}
+
+#[cfg(not(feature = "vfio"))]
+fn attach_pcie(_: &AttachController) -> Result<Vec<String>, RpcFailure> {
+    Err(invalid(
+        "trtype PCIe: this build has no user-space NVMe driver (feature vfio)",
+    ))
+}
+
 /// A second attach of the same name: another path to the same subsystem.
-fn add_path(a: &Attached, p: &AttachController, addr: SocketAddr, mode: &str) -> Result<Vec<String>, RpcFailure> {
+fn add_path(
+    c: &Arc<NvmeCtrlr>,
+    bdevs: &[String],
+    p: &AttachController,
+    addr: SocketAddr,
+    mode: &str,
+) -> Result<Vec<String>, RpcFailure> {
     if mode != "failover" {
         return Err(invalid(format!(
             "controller {} already exists: give multipath \"failover\" to add a path",
             p.name
         )));
     }
-    let c = &a.ctrlr;
     if p.subnqn.as_deref().is_some_and(|n| n != c.subnqn()) {
         return Err(invalid(format!(
             "controller {} is attached to {}, not {}",
@@ -229,7 +299,7 @@ fn add_path(a: &Attached, p: &AttachController, addr: SocketAddr, mode: &str) ->
     calls.push(saved_call(p, c.subnqn()));
     c.set_config(calls);
     log::info!("bdev_nvme: {}: path {addr} added ({} paths)", p.name, c.paths().len());
-    Ok(a.bdevs.clone())
+    Ok(bdevs.to_vec())
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -250,7 +320,7 @@ pub struct DetachController {
 pub fn bdev_nvme_detach_controller(p: DetachController) -> Result<bool, RpcFailure> {
     let mut all = attached();
     let a = all.get(&p.name).ok_or_else(|| no_such(&p.name))?;
-    if let Some(t) = &p.traddr {
+    if let (Some(t), Ctrlr::Tcp(c)) = (&p.traddr, &a.ctrlr) {
         let q = AttachController {
             trtype: p.trtype.clone().unwrap_or_else(|| "TCP".into()),
             traddr: t.clone(),
@@ -258,18 +328,17 @@ pub fn bdev_nvme_detach_controller(p: DetachController) -> Result<bool, RpcFailu
             ..Default::default()
         };
         let addr = addr_of(&q)?;
-        if a.ctrlr.paths().len() > 1 {
-            a.ctrlr.remove_path(addr).map_err(|e| invalid(e.to_string()))?;
-            let keep: Vec<Value> = a
-                .ctrlr
+        if c.paths().len() > 1 {
+            c.remove_path(addr).map_err(|e| invalid(e.to_string()))?;
+            let keep: Vec<Value> = c
                 .config()
                 .into_iter()
                 .filter(|c| c["traddr"] != json!(t) || c["trsvcid"] != json!(addr.port().to_string()))
                 .collect();
-            a.ctrlr.set_config(keep);
+            c.set_config(keep);
             return Ok(true);
         }
-        if a.ctrlr.paths() != vec![addr] {
+        if c.paths() != vec![addr] {
             return Err(invalid(format!("controller {} has no path to {addr}", p.name)));
         }
     }
@@ -298,6 +367,29 @@ fn trid_json(a: SocketAddr, subnqn: &str) -> Value {
     })
 }
 
+fn tcp_json(n: &str, c: &NvmeCtrlr, bdevs: &[String]) -> Value {
+    let active = c.addr();
+    let alternates: Vec<Value> = c
+        .paths()
+        .into_iter()
+        .filter(|x| *x != active)
+        .map(|x| trid_json(x, c.subnqn()))
+        .collect();
+    json!({
+        "name": n,
+        "ctrlrs": [{
+            "state": if c.connected() { "enabled" } else { "resetting" },
+            "trid": trid_json(active, c.subnqn()),
+            "cntlid": c.cntlid(),
+            "host": { "nqn": c.hostnqn() },
+            "alternate_trids": alternates,
+            "reconnects": c.reconnects(),
+            "ana_failovers": c.ana_failovers(),
+        }],
+        "bdevs": bdevs,
+    })
+}
+
 /// SPDK's shape: `[{name, ctrlrs: [{state, trid, cntlid, host, alternate_trids}]}]`, with
 /// baton's counters (`reconnects`, `ana_failovers`) and the bdevs.
 pub fn bdev_nvme_get_controllers(p: Option<GetControllers>) -> Result<Vec<Value>, RpcFailure> {
@@ -311,28 +403,22 @@ pub fn bdev_nvme_get_controllers(p: Option<GetControllers>) -> Result<Vec<Value>
     Ok(all
         .iter()
         .filter(|(n, _)| p.name.as_ref().is_none_or(|w| w == *n))
-        .map(|(n, a)| {
-            let c = &a.ctrlr;
-            let active = c.addr();
-            let alternates: Vec<Value> = c
-                .paths()
-                .into_iter()
-                .filter(|x| *x != active)
-                .map(|x| trid_json(x, c.subnqn()))
-                .collect();
-            json!({
+        .map(|(n, a)| match &a.ctrlr {
+            Ctrlr::Tcp(c) => tcp_json(n, c, &a.bdevs),
+            #[cfg(feature = "vfio")]
+            Ctrlr::Pcie(c) => json!({
                 "name": n,
                 "ctrlrs": [{
-                    "state": if c.connected() { "enabled" } else { "resetting" },
-                    "trid": trid_json(active, c.subnqn()),
-                    "cntlid": c.cntlid(),
-                    "host": { "nqn": c.hostnqn() },
-                    "alternate_trids": alternates,
-                    "reconnects": c.reconnects(),
-                    "ana_failovers": c.ana_failovers(),
+                    "state": "enabled",
+                    "trid": { "trtype": "PCIe", "traddr": c.bdf },
+                    "cntlid": c.id.cntlid,
+                    "max_transfer_bytes": c.max_xfer,
+                    "io_queues": c.queues(),
+                    "resets": c.resets.load(std::sync::atomic::Ordering::Relaxed),
+                    "aborts": c.aborts.load(std::sync::atomic::Ordering::Relaxed),
                 }],
                 "bdevs": a.bdevs,
-            })
+            }),
         })
         .collect())
 }
