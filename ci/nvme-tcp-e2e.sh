@@ -24,55 +24,20 @@ WORK=${E2E_WORK:-/tmp/baton-nvme-e2e}
 mkdir -p "$WORK"
 T0=$(date +%s)
 
-pkgs=(qemu-system-x86 busybox-static kmod cpio nvme-cli fio e2fsprogs)
-missing=()
-for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "nvme-tcp e2e: needs root to install ${missing[*]}" >&2
-    exit 1
-  fi
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-
-# Debian's kernel, unpacked (not installed).
-KPKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-KVER=${KPKG#linux-image-}
-if [ ! -d "$WORK/kernel/lib/modules/$KVER" ]; then
-  (cd "$WORK" && rm -f linux-image-*.deb && apt-get download "$KPKG" >/dev/null)
-  rm -rf "$WORK/kernel" && dpkg -x "$WORK"/linux-image-*.deb "$WORK/kernel"
-fi
-KMOD="$WORK/kernel/lib/modules/$KVER"
-[ -f "$KMOD/modules.dep" ] || depmod -b "$WORK/kernel" "$KVER"
+# shellcheck source=ci/guest-lib.sh
+. ci/guest-lib.sh
+guest_packages "nvme-tcp e2e" qemu-system-x86 busybox-static kmod cpio nvme-cli fio e2fsprogs
+guest_kernel
 
 # The target, built for generic x86-64 (TCG has no AVX-512).
 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target} cargo build --release -q -p baton-nvme --example nvmf_tgt
 TGT=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/nvmf_tgt
 
 # Initramfs: busybox, bash, kmod, the tools and their libraries, the needed modules.
-IRD="$WORK/initrd"
-rm -rf "$IRD" && mkdir -p "$IRD"/{bin,sbin,etc/nvme,proc,sys,dev,tmp,mnt,run,lib/modules}
-cp /bin/busybox "$IRD/bin/"
-for a in $(/bin/busybox --list); do [ -e "$IRD/bin/$a" ] || ln -s busybox "$IRD/bin/$a"; done
-copy_bin() {
-  local src dst
-  src=$(command -v "$1")
-  dst="$IRD/bin/$(basename "$src")"
-  rm -f "$dst" && cp -L "$src" "$dst"
-  ldd "$src" 2>/dev/null | grep -o '/[^ ]*' | while read -r lib; do
-    mkdir -p "$IRD$(dirname "$lib")" && cp -Ln "$lib" "$IRD$lib" 2>/dev/null || true
-  done
-}
-for b in bash modprobe nvme fio mkfs.ext4 e2fsck md5sum cmp; do copy_bin "$b"; done
-cp "$TGT" "$IRD/bin/nvmf_tgt"
-ldd "$TGT" | grep -o '/[^ ]*' | while read -r lib; do mkdir -p "$IRD$(dirname "$lib")" && cp -Ln "$lib" "$IRD$lib"; done
-mkdir -p "$IRD/lib/modules/$KVER"
-for m in $(modprobe -a -d "$WORK/kernel" -S "$KVER" --show-depends nvme-tcp ext4 crc32c_generic 2>/dev/null | awk '/^insmod/ {print $2}'); do
-  rel=${m#"$WORK/kernel"}
-  mkdir -p "$IRD$(dirname "$rel")" && cp "$m" "$IRD$rel"
-done
-cp "$KMOD"/modules.{order,builtin,builtin.modinfo} "$IRD/lib/modules/$KVER/" 2>/dev/null || true
-depmod -b "$IRD" "$KVER"
+guest_initrd_start
+guest_bins bash modprobe nvme fio mkfs.ext4 e2fsck md5sum cmp
+guest_file "$TGT" nvmf_tgt
+guest_modules nvme-tcp ext4 crc32c_generic
 echo "nqn.2014-08.org.nvmexpress:uuid:baton-e2e-host" > "$IRD/etc/nvme/hostnqn"
 echo "7b3b3e6a-1f2d-4c55-9b8e-ba7000e2e001" > "$IRD/etc/nvme/hostid"
 
@@ -208,8 +173,7 @@ echo "E2E guest seconds: $(( $(cut -d. -f1 /proc/uptime) - G0 ))"
 echo "E2E-DONE fail=$fail"
 poweroff -f
 INIT
-chmod +x "$IRD/init"
-(cd "$IRD" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initrd.gz"
+guest_initrd_pack
 
 LOG="$WORK/console.log"
 T1=$(date +%s)

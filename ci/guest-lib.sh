@@ -1,0 +1,83 @@
+# Shared set-up of the QEMU/TCG guest tests (ci/nvme-tcp-e2e.sh, ci/nvme-pcie-e2e.sh):
+# Debian packages, Debian's own kernel unpacked (not installed), and an initramfs of
+# busybox, the real bash and kmod, host tools with their libraries and kernel modules.
+# Sourced, not run. The caller sets WORK (its own work directory) before calling these.
+# shellcheck shell=bash
+
+# guest_packages NAME PKG...: installs the missing Debian packages (needs root then).
+guest_packages() {
+  local name=$1 p missing=()
+  shift
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -gt 0 ] || return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "$name: needs root to install ${missing[*]}" >&2
+    exit 1
+  fi
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# guest_kernel: Debian's current kernel under $WORK/kernel; sets KVER and KMOD.
+guest_kernel() {
+  local kpkg
+  kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  KVER=${kpkg#linux-image-}
+  if [ ! -d "$WORK/kernel/lib/modules/$KVER" ]; then
+    (cd "$WORK" && rm -f linux-image-*.deb && apt-get download "$kpkg" >/dev/null)
+    rm -rf "$WORK/kernel" && dpkg -x "$WORK"/linux-image-*.deb "$WORK/kernel"
+  fi
+  KMOD="$WORK/kernel/lib/modules/$KVER"
+  [ -f "$KMOD/modules.dep" ] || depmod -b "$WORK/kernel" "$KVER"
+}
+
+# guest_initrd_start: a fresh initramfs tree at $WORK/initrd (sets IRD) with busybox.
+guest_initrd_start() {
+  local a
+  IRD="$WORK/initrd"
+  rm -rf "$IRD" && mkdir -p "$IRD"/{bin,sbin,etc/nvme,proc,sys,dev,tmp,mnt,run,lib/modules}
+  cp /bin/busybox "$IRD/bin/"
+  for a in $(/bin/busybox --list); do [ -e "$IRD/bin/$a" ] || ln -s busybox "$IRD/bin/$a"; done
+}
+
+# guest_libs FILE: copies FILE's shared libraries (its ldd closure) into the initramfs.
+guest_libs() {
+  ldd "$1" 2>/dev/null | grep -o '/[^ ]*' | while read -r lib; do
+    mkdir -p "$IRD$(dirname "$lib")"
+    cp -Ln "$lib" "$IRD$lib" 2>/dev/null || true
+  done
+}
+
+# guest_bins PROG...: copies host programs (found in PATH) and their libraries to /bin.
+guest_bins() {
+  local src dst
+  for src in "$@"; do
+    src=$(command -v "$src")
+    dst="$IRD/bin/$(basename "$src")"
+    rm -f "$dst" && cp -L "$src" "$dst"
+    guest_libs "$src"
+  done
+}
+
+# guest_file SRC NAME: copies a built program to /bin/NAME, with its libraries.
+guest_file() {
+  cp "$1" "$IRD/bin/$2"
+  guest_libs "$1"
+}
+
+# guest_modules MODULE...: copies the modules and their dependencies, then runs depmod.
+guest_modules() {
+  local m rel
+  mkdir -p "$IRD/lib/modules/$KVER"
+  for m in $(modprobe -a -d "$WORK/kernel" -S "$KVER" --show-depends "$@" 2>/dev/null | awk '/^insmod/ {print $2}'); do
+    rel=${m#"$WORK/kernel"}
+    mkdir -p "$IRD$(dirname "$rel")" && cp "$m" "$IRD$rel"
+  done
+  cp "$KMOD"/modules.{order,builtin,builtin.modinfo} "$IRD/lib/modules/$KVER/" 2>/dev/null || true
+  depmod -b "$IRD" "$KVER"
+}
+
+# guest_initrd_pack: writes $IRD (its /init already in place) to $WORK/initrd.gz.
+guest_initrd_pack() {
+  chmod +x "$IRD/init"
+  (cd "$IRD" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initrd.gz"
+}
