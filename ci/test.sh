@@ -43,9 +43,13 @@ echo "== ci/spdk-rpc.sh"
 bash ci/spdk-rpc.sh
 # The Linux kernel's NVMe/TCP initiator against baton's target in a QEMU/TCG guest
 # (about 3 minutes here; BATON_SKIP_GUEST=1 skips it on a machine without QEMU or root).
+# Then baton's user-space NVMe driver over VFIO against QEMU's NVMe controller behind an
+# emulated IOMMU, in the same kind of guest (about 2 minutes here; same switch).
 if [ "${BATON_SKIP_GUEST:-0}" != 1 ]; then
   echo "== ci/nvme-tcp-e2e.sh"
   bash ci/nvme-tcp-e2e.sh
+  echo "== ci/nvme-pcie-e2e.sh"
+  bash ci/nvme-pcie-e2e.sh
 fi
 
 # The buffer pools and the malloc bdev map 2 MiB hugepages when some are reserved and
