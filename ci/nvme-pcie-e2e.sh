@@ -42,7 +42,7 @@ T0=$(date +%s)
 
 # shellcheck source=ci/guest-lib.sh
 . ci/guest-lib.sh
-guest_packages "nvme-pcie e2e" qemu-system-x86 busybox-static kmod cpio nvme-cli fio e2fsprogs pciutils
+guest_packages "nvme-pcie e2e" qemu-system-x86 busybox-static kmod cpio nvme-cli fio e2fsprogs pciutils strace
 guest_kernel
 
 # The driver's check and the target, built for generic x86-64 (TCG has no AVX-512).
@@ -52,7 +52,7 @@ EX=$CARGO_TARGET_DIR/release/examples
 
 # Initramfs: busybox, bash, kmod, the tools and their libraries, the needed modules.
 guest_initrd_start
-guest_bins bash modprobe nvme fio mkfs.ext4 e2fsck md5sum cmp lspci
+guest_bins bash modprobe nvme fio mkfs.ext4 e2fsck md5sum cmp lspci strace
 guest_file "$EX/pcie_check" pcie_check
 guest_file "$EX/nvmf_tgt" nvmf_tgt
 guest_modules nvme vfio-pci vfio_iommu_type1 nvme-tcp ext4 crc32c_generic
@@ -90,15 +90,23 @@ ratio() { awk -v v="$1" -v k="$2" 'BEGIN {if (k > 0) printf "%d%%\n", v * 100 / 
 
 # a. Baseline: the kernel's own driver.
 phase baseline
+PLACEHOLDER_BIN=0
+pcie_check 2>&1 | grep -q BLOCKDEV || PLACEHOLDER_BIN=1
 check kernel-nvme-bound bash -c '[ -n "$BDF" ] && wait_pci_ns && [ "$(driver_of)" = nvme ]'
 KDEV=/dev/$(pci_ns)
 echo "E2E info kernel namespace $KDEV"
 check kernel-prefill fio --name=fill --filename="$KDEV" --ioengine=io_uring --direct=1 --rw=write --bs=1M --size=64M --iodepth=4
-declare -A BASE VFIO
+declare -A BASE URING VFIO
 for qd in 1 32; do
   BASE[$qd]=$(fio_iops --name=qd$qd --filename="$KDEV" --ioengine=io_uring --direct=1 --rw=randread --bs=4k --size=64M --iodepth=$qd --runtime="$SECS" --time_based --norandommap) || true
   echo "PCIE-BASE qd$qd IOPS=${BASE[$qd]:-none}"
   check "kernel-randread-qd$qd" test "${BASE[$qd]:-0}" -gt 0
+  # The same benchmark pcie_check runs on the VFIO driver, on baton's uring bdev over the
+  # kernel's driver: the comparison the driver is judged by.
+  [ "$PLACEHOLDER_BIN" = 1 ] && continue
+  check "uring-bench-qd$qd" bash -c "pcie_check $KDEV --bench qd$qd $SECS > /tmp/ubench$qd.log 2>&1; rc=\$?; cat /tmp/ubench$qd.log; exit \$rc"
+  URING[$qd]=$(bench_iops /tmp/ubench$qd.log) || URING[$qd]=
+  echo "PCIE-URING qd$qd IOPS=${URING[$qd]:-none}"
 done
 
 # b. From the kernel's nvme to vfio-pci.
@@ -136,7 +144,21 @@ for qd in 1 32; do
   echo "PCIE-VFIO qd$qd IOPS=${VFIO[$qd]:-none}"
   [ "$PLACEHOLDER" = 1 ] || check "vfio-bench-qd$qd-iops" test "${VFIO[$qd]:-0}" -gt 0
 done
-for qd in 1 32; do echo "PCIE-RATIO qd$qd vfio/kernel=$(ratio "${VFIO[$qd]:-0}" "${BASE[$qd]:-0}")"; done
+for qd in 1 32; do echo "PCIE-RATIO qd$qd vfio/fio-kernel=$(ratio "${VFIO[$qd]:-0}" "${BASE[$qd]:-0}") vfio/uring-bdev=$(ratio "${VFIO[$qd]:-0}" "${URING[$qd]:-0}")"; done
+# System calls per I/O on the driver's path: strace counts every call of the process (the
+# keeper thread's sleeps included) over a short QD 32 run.
+syscalls_per_io() {
+  strace -f -c -o /tmp/strace.txt pcie_check "$BDF" --bench qd32 3 > /tmp/sbench.log 2>&1 || return 1
+  local ios calls
+  ios=$(( $(bench_iops /tmp/sbench.log) * 3 ))
+  calls=$(awk '$NF == "total" {print $4}' /tmp/strace.txt)
+  tail -4 /tmp/strace.txt
+  echo "PCIE-SYSCALLS $calls system calls for $ios I/Os under strace"
+  [ "$ios" -gt 0 ] && [ "$calls" -lt "$ios" ]
+}
+export -f syscalls_per_io bench_iops
+[ "$PLACEHOLDER" = 1 ] || check vfio-fewer-syscalls-than-ios syscalls_per_io
+grep -a PCIE-SYSCALLS /tmp/out || true
 
 # e. baton's NVMe/TCP target over the PCIe namespace, with the kernel's nvme-tcp initiator.
 phase nvmf-pcie

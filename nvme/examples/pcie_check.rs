@@ -2,7 +2,9 @@
 //! controller bound to vfio-pci: `pcie_check BDF` runs the data-integrity checks and prints
 //! `PCIE ok NAME` / `PCIE FAIL NAME: why` per check and `pcie-check: N passed, M failed`,
 //! exiting 0 only if all passed. `pcie_check BDF --bench qd1|qd32 SECONDS` runs 4 KiB random
-//! reads at that depth and prints `IOPS n` and the allocations per I/O. CI runs it in a QEMU
+//! reads at that depth and prints `IOPS n` and the allocations per I/O; `pcie_check
+//! /dev/nvme0n1 --bench ...` runs the same benchmark on baton's uring bdev over the
+//! kernel's driver, for the comparison. CI runs it in a QEMU
 //! guest (`ci/nvme-pcie-e2e.sh`); without a VFIO device it says so and exits 2.
 
 use engine::bdev::{Bdev, BdevChannel, IoCompletion, IoOp, IoRequest};
@@ -325,7 +327,7 @@ fn checks(ctrlr: &Arc<PcieCtrlr>, b: &Arc<PcieBdev>, pool: Pools) -> Checks {
     k
 }
 
-fn bench(b: &Arc<PcieBdev>, pool: Pools, qd: usize, secs: u64) {
+fn bench(b: &Arc<dyn Bdev>, pool: Pools, qd: usize, secs: u64) {
     let mut ch = b.open_channel().expect("channel");
     let bs = b.block_size() as usize;
     let span = (b.num_blocks() / (4096 / bs) as u64).min(16384);
@@ -384,14 +386,29 @@ fn bench(b: &Arc<PcieBdev>, pool: Pools, qd: usize, secs: u64) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let Some(bdf) = args.get(1) else {
-        eprintln!("usage: pcie_check BDF [--bench qd1|qd32 SECONDS]");
+        eprintln!("usage: pcie_check BDF|/dev/BLOCKDEV [--bench qd1|qd32 SECONDS]");
         std::process::exit(2);
+    };
+    let bench_args = || {
+        let qd = match args.get(3).map(String::as_str) {
+            Some("qd1") => 1,
+            Some("qd32") => 32,
+            other => panic!("--bench qd1|qd32, not {other:?}"),
+        };
+        (qd, args.get(4).and_then(|s| s.parse().ok()).unwrap_or(10))
     };
     // Pools first: the controller maps every pool that exists when it attaches.
     let pool = Pools {
         small: BufPool::new("pcie-check-4k", 1200, 4096).expect("buffer pool"),
         big: BufPool::new("pcie-check-128k", 32, 128 << 10).expect("buffer pool"),
     };
+    if bdf.starts_with('/') {
+        // The comparison: the same benchmark on baton's uring bdev over the kernel's driver.
+        let b = engine::bdev::uring::create("UringCheck", std::path::Path::new(bdf), None, None).expect("uring bdev");
+        let (qd, secs) = bench_args();
+        bench(&b, pool, qd, secs);
+        return;
+    }
     let ctrlr = match PcieCtrlr::attach(bdf) {
         Ok(c) => c,
         Err(e) => {
@@ -402,12 +419,8 @@ fn main() {
     let nsid = ctrlr.namespaces.first().map(|n| n.nsid).expect("a namespace");
     let b = PcieBdev::new(&ctrlr, "PcieCheckn1", nsid).expect("bdev");
     if args.get(2).map(String::as_str) == Some("--bench") {
-        let qd = match args.get(3).map(String::as_str) {
-            Some("qd1") => 1,
-            Some("qd32") => 32,
-            other => panic!("--bench qd1|qd32, not {other:?}"),
-        };
-        let secs = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(10);
+        let (qd, secs) = bench_args();
+        let b: Arc<dyn Bdev> = b;
         bench(&b, pool, qd, secs);
         return;
     }
