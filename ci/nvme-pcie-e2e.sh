@@ -151,9 +151,11 @@ for qd in 1 32; do echo "PCIE-RATIO qd$qd vfio/fio-kernel=$(ratio "${VFIO[$qd]:-
 strace_run() {
   strace -f -c -o /tmp/strace$1.txt pcie_check "$BDF" --bench qd32 "$1" > /tmp/sbench$1.log 2>&1 || return 1
   echo "$(( $(bench_iops /tmp/sbench$1.log) * $1 )) $(awk '$NF == "total" {print $4}' /tmp/strace$1.txt)"
+  head -8 /tmp/strace$1.txt >&2
 }
 syscalls_per_io() {
   local a b
+  echo "clocksource: $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
   a=($(strace_run 2)) && b=($(strace_run 6)) || return 1
   echo "PCIE-SYSCALLS ${a[1]} calls for ${a[0]} I/Os, ${b[1]} calls for ${b[0]} I/Os under strace: $(( b[1] - a[1] )) more calls for $(( b[0] - a[0] )) more I/Os"
   [ $(( b[0] - a[0] )) -gt 100 ] && [ $(( (b[1] - a[1]) * 5 )) -lt $(( b[0] - a[0] )) ]

@@ -201,6 +201,8 @@ struct PcieChannel {
     bounced: Arc<AtomicU64>,
     done: VecDeque<IoCompletion>,
     last_scan_ns: u64,
+    /// The time of the last poll (one clock read per poll, not per command).
+    now_ns: u64,
     chunk_max: u64,
 }
 
@@ -223,6 +225,7 @@ impl PcieChannel {
             bounced,
             done: VecDeque::with_capacity(CHANNEL_QUEUE_DEPTH_MAX),
             last_scan_ns: engine::clock::now_ns(),
+            now_ns: engine::clock::now_ns(),
             chunk_max,
         }
     }
@@ -249,7 +252,9 @@ impl PcieChannel {
         let nsid = self.ns.nsid;
         let mut cmd = Cmd {
             req: r,
-            submitted_ns: engine::clock::now_ns(),
+            // The last poll's time: a command is at most one poll older than this says,
+            // which a 30 s timeout does not notice.
+            submitted_ns: self.now_ns,
             ..Cmd::default()
         };
         let mut sqe = Sqe {
@@ -487,6 +492,7 @@ impl ChannelBackend for PcieChannel {
         if self.ctrlr.generation.load(Ordering::Acquire) != self.gen {
             self.after_reset();
         }
+        self.now_ns = engine::clock::now_ns();
         let mut got: [Option<Cqe>; 64] = [None; 64];
         while let Some(q) = self.q.as_mut() {
             let mut n = 0;
@@ -505,7 +511,7 @@ impl ChannelBackend for PcieChannel {
             }
         }
         self.pump();
-        let now = engine::clock::now_ns();
+        let now = self.now_ns;
         if now.saturating_sub(self.last_scan_ns) > TIMEOUT_SCAN_NS {
             self.scan_timeouts(now);
         }
