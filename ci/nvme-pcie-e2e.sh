@@ -8,7 +8,9 @@
 #  a. baseline: the kernel's nvme driver owns the controller; fio 4 KiB randread with
 #     io_uring, O_DIRECT, at QD 1 and QD 32 for a fixed time (PCIE-BASE lines);
 #  b. the controller is unbound from nvme and bound to vfio-pci (driver_override), its
-#     IOMMU group is viable, /dev/vfio/GROUP exists, interrupt remapping is on;
+#     IOMMU group is viable, /dev/vfio/GROUP exists, interrupt remapping is on, and
+#     ci/vfio-probe.c (a known-good VFIO user) opens the container, group and device, maps
+#     DMA and reads the controller's CAP and VS, so a failure below is the driver's;
 #  c. `pcie_check BDF`: the driver's own checks (PCIE ok/FAIL lines), one check here;
 #  d. `pcie_check BDF --bench qd1|qd32 SECONDS`: PCIE-VFIO lines and the vfio/kernel ratio;
 #  e. `nvmf_tgt 127.0.0.1:4420 64 --pcie BDF` exports the controller's namespace over
@@ -42,19 +44,21 @@ T0=$(date +%s)
 
 # shellcheck source=ci/guest-lib.sh
 . ci/guest-lib.sh
-guest_packages "nvme-pcie e2e" qemu-system-x86 busybox-static kmod cpio nvme-cli fio e2fsprogs pciutils strace
+guest_packages "nvme-pcie e2e" qemu-system-x86 busybox-static kmod cpio nvme-cli fio e2fsprogs pciutils strace gcc libc6-dev
 guest_kernel
 
 # The driver's check and the target, built for generic x86-64 (TCG has no AVX-512).
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 cargo build --release -q -p baton-nvme --features vfio --example pcie_check --example nvmf_tgt
 EX=$CARGO_TARGET_DIR/release/examples
+cc -O2 -Wall -Wextra -Werror -o "$WORK/vfio-probe" ci/vfio-probe.c
 
 # Initramfs: busybox, bash, kmod, the tools and their libraries, the needed modules.
 guest_initrd_start
 guest_bins bash modprobe nvme fio mkfs.ext4 e2fsck md5sum cmp lspci strace
 guest_file "$EX/pcie_check" pcie_check
 guest_file "$EX/nvmf_tgt" nvmf_tgt
+guest_file "$WORK/vfio-probe" vfio-probe
 guest_modules nvme vfio-pci vfio_iommu_type1 nvme-tcp ext4 crc32c_generic
 echo "nqn.2014-08.org.nvmexpress:uuid:baton-pcie-e2e-host" > "$IRD/etc/nvme/hostnqn"
 echo "7b3b3e6a-1f2d-4c55-9b8e-ba7000e2e002" > "$IRD/etc/nvme/hostid"
@@ -123,12 +127,15 @@ check vfio-group-viable bash -c 'for d in /sys/kernel/iommu_groups/$GROUP/device
 # vfio_iommu_type1 refuses a group without interrupt remapping unless allow_unsafe_interrupts.
 check irq-remapping bash -c 'dmesg | grep -E "DMAR-IR: Enabled IRQ remapping" && [ "$(cat /sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts)" = N ]'
 lspci -nnk -s "$BDF" | sed 's/^/E2E info /'
+check vfio-probe vfio-probe "$BDF"
+grep -aE '^(VFIO-PROBE|vfio-probe)' /tmp/out
 [ "$HUGEPAGES" -gt 0 ] && echo "$HUGEPAGES" > /proc/sys/vm/nr_hugepages
 echo "E2E info hugepages $(cat /proc/sys/vm/nr_hugepages)"
 
 # c. The driver's own checks.
 phase pcie-check
-check pcie-check bash -c 'pcie_check "$BDF" > /tmp/pcie-check.log 2>&1; rc=$?; cat /tmp/pcie-check.log; exit $rc'
+# A hung driver becomes a failed check (busybox timeout, generous), not a hung guest.
+check pcie-check bash -c 'timeout -s KILL 900 pcie_check "$BDF" > /tmp/pcie-check.log 2>&1; rc=$?; cat /tmp/pcie-check.log; exit $rc'
 grep -aE '^(PCIE|pcie-check)' /tmp/pcie-check.log
 PLACEHOLDER=0
 if grep -qx 'PCIE ok placeholder' /tmp/pcie-check.log; then
@@ -139,7 +146,7 @@ fi
 # d. The driver's throughput next to the kernel's.
 phase pcie-bench
 for qd in 1 32; do
-  check "vfio-bench-qd$qd" bash -c "pcie_check \"\$BDF\" --bench qd$qd $SECS > /tmp/bench$qd.log 2>&1; rc=\$?; cat /tmp/bench$qd.log; exit \$rc"
+  check "vfio-bench-qd$qd" bash -c "timeout -s KILL $((SECS + 600)) pcie_check \"\$BDF\" --bench qd$qd $SECS > /tmp/bench$qd.log 2>&1; rc=\$?; cat /tmp/bench$qd.log; exit \$rc"
   VFIO[$qd]=$(bench_iops /tmp/bench$qd.log) || VFIO[$qd]=
   echo "PCIE-VFIO qd$qd IOPS=${VFIO[$qd]:-none}"
   [ "$PLACEHOLDER" = 1 ] || check "vfio-bench-qd$qd-iops" test "${VFIO[$qd]:-0}" -gt 0
@@ -206,6 +213,8 @@ else
   check kernel-fsck-baton-fs e2fsck -n -f "$KDEV"
   check kernel-reads-baton-file bash -c 'mount -o ro $KDEV /mnt && md5sum -c /tmp/sum; rc=$?; umount /mnt; exit $rc'
 fi
+# A DMA outside what the driver mapped shows as a DMAR fault naming the device.
+check no-iommu-faults bash -c '! dmesg | grep -aE "DMAR: \[(DMA|INTR)|DMAR: DRHD: handling fault"'
 dmesg | grep -aiE 'DMAR:.*fault|vfio.*(error|fail)' | head -5 | sed 's/^/E2E dmesg: /'
 
 phase end
@@ -233,6 +242,6 @@ timeout 1800 qemu-system-x86_64 -machine "$MACHINE" -cpu max -m 1024 -smp 2 \
   -kernel "$WORK/kernel/boot/vmlinuz-$KVER" -initrd "$WORK/initrd.gz" \
   -append "console=ttyS0 panic=-1 quiet loglevel=4 intel_iommu=on iommu=pt" > "$LOG" 2>&1 || true
 T2=$(date +%s)
-grep -aE "^(E2E|PCIE|pcie-check)|nvme-pcie e2e|nvme nvme|vfio|DMAR" "$LOG" | tr -d '\r' || true
+grep -aE "^(E2E|PCIE|pcie-check|VFIO-PROBE)|nvme-pcie e2e|nvme nvme|vfio|DMAR" "$LOG" | tr -d '\r' || true
 echo "nvme-pcie e2e: set-up and build $((T1 - T0)) s, QEMU guest $((T2 - T1)) s"
 grep -aq "E2E-DONE fail=0" "$LOG"
