@@ -1,0 +1,103 @@
+//! `baton relay`: journal primaries' writes, forward them to the standby.
+
+use super::{serve, Role, RoleOpts};
+use crate::AnyErr;
+use clap::Args;
+use relay::relay::Relay;
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Args)]
+pub(crate) struct RelayArgs {
+    /// Core mask for the reactors.
+    #[arg(short = 'm', long = "cpumask", default_value = "0x1")]
+    cpumask: String,
+    /// JSON-RPC Unix socket.
+    #[arg(short = 'r', long = "rpc-socket", default_value = "/var/tmp/baton-relay.sock")]
+    rpc_socket: std::path::PathBuf,
+    /// Mode of the JSON-RPC Unix socket, octal (owner read+write required, nothing for
+    /// others): 600 by default whatever the umask; e.g. 660 with --rpc-socket-group.
+    #[arg(long, default_value = "600")]
+    rpc_socket_mode: String,
+    /// Group (name or GID) given the JSON-RPC socket, for --rpc-socket-mode 660.
+    #[arg(long)]
+    rpc_socket_group: Option<String>,
+    /// Address primaries connect to.
+    #[arg(long, default_value = "127.0.0.1:4520")]
+    listen: std::net::SocketAddr,
+    /// Directory holding one journal directory per volume.
+    #[arg(long)]
+    journal_dir: std::path::PathBuf,
+    /// Bound of each volume's journal in bytes (K/M/G suffixes).
+    #[arg(long, default_value = "1G")]
+    journal_bytes_max: String,
+    /// Journal segment size (K/M/G suffixes).
+    #[arg(long, default_value = "8M")]
+    segment_bytes: String,
+    /// Released segment files each journal keeps and reuses instead of creating new ones.
+    #[arg(long, default_value_t = relay::journal::SPARE_SEGMENTS_DEFAULT)]
+    spare_segments: usize,
+    /// Bytes of segment files each journal creates (zero-filled) when opened: space
+    /// reserved up front, appends into allocated pages/blocks from the start (K/M/G).
+    #[arg(long, default_value = "0")]
+    journal_preallocate: String,
+    /// The standby to forward to (IP:PORT); none: hold only.
+    #[arg(long)]
+    standby: Option<std::net::SocketAddr>,
+    /// Forwarding timing: immediate | interval:MS | window:HH:MM-HH:MM[,..] (UTC) | bandwidth:BYTES_PER_SEC.
+    #[arg(long, default_value = "immediate")]
+    forward: String,
+    /// Backup relay: journal and acknowledge, answer the standby's gap requests, never push.
+    #[arg(long)]
+    backup: bool,
+    /// Buffered journal writes instead of O_DIRECT.
+    #[arg(long)]
+    no_direct: bool,
+    /// Spin when idle instead of napping.
+    #[arg(long)]
+    busy_poll: bool,
+}
+
+/// The relay the role started.
+struct RelayRole(Arc<Relay>);
+
+impl Role for RelayRole {
+    const NAME: &'static str = "relay";
+    fn running(&self, rpc_socket: &Path) -> String {
+        format!(
+            "listening on {}; JSON-RPC on {}",
+            self.0.listen_addr(),
+            rpc_socket.display()
+        )
+    }
+}
+
+pub(crate) fn relay_cmd(a: RelayArgs) -> Result<(), AnyErr> {
+    let mut cfg = relay::relay::RelayConfig::new(a.listen, &a.journal_dir);
+    cfg.journal_bytes_max = perf::spec::parse_size(&a.journal_bytes_max)?;
+    cfg.segment_bytes = perf::spec::parse_size(&a.segment_bytes)?;
+    cfg.spare_segments = a.spare_segments;
+    cfg.journal_preallocate_bytes = perf::spec::parse_size(&a.journal_preallocate)?;
+    cfg.standby = a.standby;
+    cfg.forward = relay::relay::ForwardPolicy::parse(&a.forward).map_err(|e| format!("--forward {e}"))?;
+    cfg.forwarder = !a.backup;
+    cfg.direct_io = !a.no_direct;
+    // Out-of-range settings stop here, before any reactor or file (Relay::start checks
+    // again for in-process relays).
+    cfg.validate()?;
+    let o = RoleOpts {
+        cpumask: &a.cpumask,
+        busy_poll: a.busy_poll,
+        rpc_socket: &a.rpc_socket,
+        rpc_socket_mode: &a.rpc_socket_mode,
+        rpc_socket_group: a.rpc_socket_group.as_deref(),
+        rpc_tcp: None,
+        bdevs: &[],
+        json: None,
+    };
+    serve(&o, || {
+        let r = Relay::start(cfg)?;
+        relay::rpc::set_relay(r.clone());
+        Ok(RelayRole(r))
+    })
+}
