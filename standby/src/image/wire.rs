@@ -186,12 +186,7 @@ impl<'a> Runs<'a> {
     }
     /// (first chunk index, number of chunks).
     pub fn iter(&self) -> impl Iterator<Item = (u32, u32)> + 'a {
-        self.0.chunks_exact(RUN_BYTES).map(|r| {
-            (
-                u32::from_le_bytes([r[0], r[1], r[2], r[3]]),
-                u32::from_le_bytes([r[4], r[5], r[6], r[7]]),
-            )
-        })
+        self.0.chunks_exact(RUN_BYTES).map(|r| (u32_at(r, 0), u32_at(r, 4)))
     }
 }
 
@@ -279,38 +274,10 @@ pub fn parse_body<'a>(h: &Header, body: &'a [u8]) -> Result<Msg<'a>, WireError> 
         });
     }
     let kind = h.kind;
-    let len_rule = |rule| WireError::BodyLength {
-        kind,
-        len: body.len(),
-        rule,
-    };
-    let field = |field, value, rule| WireError::Field {
-        kind,
-        field,
-        value,
-        rule,
-    };
+    let len_rule = |rule| len_rule(kind, body, rule);
+    let field = |f, value, rule| field(kind, f, value, rule);
     Ok(match kind {
-        Kind::Hello => {
-            let n = *body.first().ok_or(len_rule("needs the name length byte"))? as usize;
-            if body.len() != 1 + n {
-                return Err(len_rule("must be 1 + name length"));
-            }
-            if n > APP_NAME_MAX {
-                return Err(field("app name length", n as u64, "at most 64"));
-            }
-            let app = std::str::from_utf8(&body[1..]).map_err(|e| WireError::Text {
-                kind,
-                field: "app name",
-                why: e.to_string(),
-            })?;
-            check_app_name(app).map_err(|e| WireError::Text {
-                kind,
-                field: "app name",
-                why: e.to_string(),
-            })?;
-            Msg::Hello { app }
-        }
+        Kind::Hello => parse_hello(body)?,
         Kind::HelloOk | Kind::NeedFull => {
             if !body.is_empty() {
                 return Err(len_rule("must be empty"));
@@ -321,54 +288,7 @@ pub fn parse_body<'a>(h: &Header, body: &'a [u8]) -> Result<Msg<'a>, WireError> 
                 Msg::NeedFull
             }
         }
-        Kind::Propose => {
-            if body.len() != PROPOSE_BYTES {
-                return Err(len_rule("must be 93"));
-            }
-            let seq = u64_at(body, 0);
-            let image_len = u64_at(body, 8);
-            let image_hash = hash_at(body, 16);
-            let has_base = body[48];
-            let base_seq = u64_at(body, 49);
-            let base_hash = hash_at(body, 57);
-            let entry_count = u32_at(body, 89);
-            if image_len > IMAGE_BYTES_MAX {
-                return Err(field("image length", image_len, "at most 4 GiB"));
-            }
-            let chunks = chunk_count(image_len);
-            let base = match has_base {
-                0 => {
-                    if base_seq != 0 || base_hash != [0; 32] {
-                        return Err(field("base", base_seq, "must be zero without a base"));
-                    }
-                    if entry_count as u64 != chunks {
-                        return Err(field(
-                            "entry count",
-                            entry_count as u64,
-                            "a full manifest has one entry per chunk",
-                        ));
-                    }
-                    None
-                }
-                1 => {
-                    if entry_count as u64 > chunks {
-                        return Err(field("entry count", entry_count as u64, "more entries than chunks"));
-                    }
-                    Some(Base {
-                        seq: base_seq,
-                        hash: base_hash,
-                    })
-                }
-                v => return Err(field("has base", v as u64, "must be 0 or 1")),
-            };
-            Msg::Propose(Propose {
-                seq,
-                image_len,
-                image_hash,
-                base,
-                entry_count,
-            })
-        }
+        Kind::Propose => Msg::Propose(parse_propose(body)?),
         Kind::Entries => {
             let n = counted(body, ENTRY_BYTES, ENTRIES_PER_FRAME)
                 .ok_or(len_rule("must be 4 + 36 * count, count 1..=29126"))?;
@@ -419,26 +339,126 @@ pub fn parse_body<'a>(h: &Header, body: &'a [u8]) -> Result<Msg<'a>, WireError> 
                 hash: hash_at(body, 8),
             }
         }
-        Kind::Error => {
-            if body.len() < 4 {
-                return Err(len_rule("must be at least 4"));
-            }
-            let code = u16::from_le_bytes([body[0], body[1]]);
-            let n = u16::from_le_bytes([body[2], body[3]]) as usize;
-            if n > MESSAGE_MAX {
-                return Err(field("message length", n as u64, "at most 1024"));
-            }
-            if body.len() != 4 + n {
-                return Err(len_rule("must be 4 + message length"));
-            }
-            let message = std::str::from_utf8(&body[4..]).map_err(|e| WireError::Text {
-                kind,
-                field: "message",
-                why: e.to_string(),
-            })?;
-            Msg::Error { code, message }
-        }
+        Kind::Error => parse_error(body)?,
     })
+}
+
+/// A body whose length breaks `rule`.
+fn len_rule(kind: Kind, body: &[u8], rule: &'static str) -> WireError {
+    WireError::BodyLength {
+        kind,
+        len: body.len(),
+        rule,
+    }
+}
+
+/// A field whose `value` breaks `rule`.
+fn field(kind: Kind, field: &'static str, value: u64, rule: &'static str) -> WireError {
+    WireError::Field {
+        kind,
+        field,
+        value,
+        rule,
+    }
+}
+
+fn parse_hello(body: &[u8]) -> Result<Msg<'_>, WireError> {
+    let kind = Kind::Hello;
+    let len_rule = |rule| len_rule(kind, body, rule);
+    let field = |f, value, rule| field(kind, f, value, rule);
+    let n = *body.first().ok_or(len_rule("needs the name length byte"))? as usize;
+    if body.len() != 1 + n {
+        return Err(len_rule("must be 1 + name length"));
+    }
+    if n > APP_NAME_MAX {
+        return Err(field("app name length", n as u64, "at most 64"));
+    }
+    let app = std::str::from_utf8(&body[1..]).map_err(|e| WireError::Text {
+        kind,
+        field: "app name",
+        why: e.to_string(),
+    })?;
+    check_app_name(app).map_err(|e| WireError::Text {
+        kind,
+        field: "app name",
+        why: e.to_string(),
+    })?;
+    Ok(Msg::Hello { app })
+}
+
+fn parse_propose(body: &[u8]) -> Result<Propose, WireError> {
+    let kind = Kind::Propose;
+    let len_rule = |rule| len_rule(kind, body, rule);
+    let field = |f, value, rule| field(kind, f, value, rule);
+    if body.len() != PROPOSE_BYTES {
+        return Err(len_rule("must be 93"));
+    }
+    let seq = u64_at(body, 0);
+    let image_len = u64_at(body, 8);
+    let image_hash = hash_at(body, 16);
+    let has_base = body[48];
+    let base_seq = u64_at(body, 49);
+    let base_hash = hash_at(body, 57);
+    let entry_count = u32_at(body, 89);
+    if image_len > IMAGE_BYTES_MAX {
+        return Err(field("image length", image_len, "at most 4 GiB"));
+    }
+    let chunks = chunk_count(image_len);
+    let base = match has_base {
+        0 => {
+            if base_seq != 0 || base_hash != [0; 32] {
+                return Err(field("base", base_seq, "must be zero without a base"));
+            }
+            if entry_count as u64 != chunks {
+                return Err(field(
+                    "entry count",
+                    entry_count as u64,
+                    "a full manifest has one entry per chunk",
+                ));
+            }
+            None
+        }
+        1 => {
+            if entry_count as u64 > chunks {
+                return Err(field("entry count", entry_count as u64, "more entries than chunks"));
+            }
+            Some(Base {
+                seq: base_seq,
+                hash: base_hash,
+            })
+        }
+        v => return Err(field("has base", v as u64, "must be 0 or 1")),
+    };
+    Ok(Propose {
+        seq,
+        image_len,
+        image_hash,
+        base,
+        entry_count,
+    })
+}
+
+fn parse_error(body: &[u8]) -> Result<Msg<'_>, WireError> {
+    let kind = Kind::Error;
+    let len_rule = |rule| len_rule(kind, body, rule);
+    let field = |f, value, rule| field(kind, f, value, rule);
+    if body.len() < 4 {
+        return Err(len_rule("must be at least 4"));
+    }
+    let code = u16::from_le_bytes([body[0], body[1]]);
+    let n = u16::from_le_bytes([body[2], body[3]]) as usize;
+    if n > MESSAGE_MAX {
+        return Err(field("message length", n as u64, "at most 1024"));
+    }
+    if body.len() != 4 + n {
+        return Err(len_rule("must be 4 + message length"));
+    }
+    let message = std::str::from_utf8(&body[4..]).map_err(|e| WireError::Text {
+        kind,
+        field: "message",
+        why: e.to_string(),
+    })?;
+    Ok(Msg::Error { code, message })
 }
 
 /// Parses one whole frame at the front of `b`; returns it and its length.

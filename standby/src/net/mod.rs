@@ -401,8 +401,30 @@ enum Event {
 
 /// Receives and offers what one link sent. Returns whether anything happened.
 fn drive_link(name: &str, l: &mut Link, v: &mut StandbyVolume, now: u64) -> bool {
-    let mut busy = false;
     // Back-pressure first: nothing more is read while ops wait.
+    let Some(mut busy) = offer_held(l, v, now) else {
+        return true;
+    };
+    if l.held.is_empty() {
+        let mut events: Vec<Event> = Vec::new();
+        busy |= receive(name, l, v, now, &mut events);
+        for ev in events {
+            on_event(l, v, ev, now);
+        }
+    }
+    if let Err(e) = l.conn.poll_send(&mut |_| {}) {
+        l.close.get_or_insert_with(|| e.to_string());
+    }
+    if l.conn.state() == ConnState::Failed {
+        l.close.get_or_insert_with(|| "connection failed".into());
+    }
+    busy
+}
+
+/// Offers the ops held back while the volume was full. Returns whether any was taken, or
+/// `None` when the volume refused one (the link closes).
+fn offer_held(l: &mut Link, v: &mut StandbyVolume, now: u64) -> Option<bool> {
+    let mut busy = false;
     while let Some(op) = l.held.pop_front() {
         match v.try_offer_owned(op, now) {
             Ok(_) => {
@@ -415,124 +437,125 @@ fn drive_link(name: &str, l: &mut Link, v: &mut StandbyVolume, now: u64) -> bool
             }
             Err((o, _)) => {
                 l.close = refusal_reason(o).or_else(|| Some(format!("refused: {o:?}")));
-                return true;
+                return None;
             }
         }
     }
-    if l.held.is_empty() {
-        let mut events: Vec<Event> = Vec::new();
-        let Link {
-            conn,
-            peer,
-            held,
-            ops_offered,
-            lsn_offered_max,
-            forward_frames,
-            gap_replies,
-            last_forward_ns,
-            close,
-            fwd,
-            held_lsn,
-            ..
-        } = l;
-        let peer = *peer;
-        let r = conn.poll_recv(&mut |f: Frame<'_>| {
-            if close.is_some() {
+    Some(busy)
+}
+
+/// Reads the link's frames: ops are offered to the volume (those it cannot take yet are
+/// held), control frames answered or noted; what needs the link afterwards goes to
+/// `events`. Returns whether anything was read.
+fn receive(name: &str, l: &mut Link, v: &mut StandbyVolume, now: u64, events: &mut Vec<Event>) -> bool {
+    let Link {
+        conn,
+        peer,
+        held,
+        ops_offered,
+        lsn_offered_max,
+        forward_frames,
+        gap_replies,
+        last_forward_ns,
+        close,
+        fwd,
+        held_lsn,
+        ..
+    } = l;
+    let peer = *peer;
+    let r = conn.poll_recv(&mut |f: Frame<'_>| {
+        if close.is_some() {
+            return;
+        }
+        match &f {
+            Frame::Forward(b) => {
+                *forward_frames += 1;
+                *last_forward_ns = now;
+                *lsn_offered_max = (*lsn_offered_max).max(b.lsn_last().unwrap_or(0));
+                *close = offer(v, b, held, ops_offered, now);
+            }
+            Frame::GapReply(g) => {
+                *gap_replies += 1;
+                *lsn_offered_max = (*lsn_offered_max).max(g.batch.lsn_last().unwrap_or(0));
+                *close = offer(v, &g.batch, held, ops_offered, now);
+                events.push(Event::Reply {
+                    id: g.request_id,
+                    status: g.status,
+                    first: g.batch.ops.first().map(|o| o.lsn()),
+                    last: g.batch.lsn_last(),
+                });
+            }
+            other => {
+                on_other_frame(name, peer, other);
+                match other {
+                    Frame::Heartbeat(h) if !h.is_reply => events.push(Event::Echo(*h)),
+                    Frame::Heartbeat(_) | Frame::Ack(_) => {}
+                    // The relay says when it last heard the primary: the standby
+                    // host's failure detector wants it (10 Hz per relay; a short
+                    // uncontended lock, control frames only).
+                    Frame::PrimaryLiveness(p) => {
+                        *fwd = Some((p.forward, now));
+                        *held_lsn = p.primary_lsn;
+                        if let Some(h) = crate::host::global() {
+                            h.relay_report(peer, name, p.primary_age_ms, p.connected);
+                        }
+                    }
+                    _ => *close = Some(format!("unexpected {:?} frame from a relay", other.kind())),
+                }
+            }
+        }
+    });
+    match r {
+        Ok(n) => n > 0,
+        Err(e) => {
+            close.get_or_insert_with(|| e.to_string());
+            false
+        }
+    }
+}
+
+/// Answers a heartbeat, or takes a gap reply: notes what the relay lacks and, in a drain,
+/// asks for the next span.
+fn on_event(l: &mut Link, v: &mut StandbyVolume, ev: Event, now: u64) {
+    match ev {
+        Event::Echo(h) => {
+            let _ = l.conn.send(OutFrame::control(
+                wire::encode_heartbeat(&Heartbeat { is_reply: true, ..h }),
+                0,
+            ));
+        }
+        Event::Reply {
+            id,
+            status,
+            first,
+            last,
+        } => {
+            let Some(p) = l.pull.take_if(|p| p.id == id) else {
+                return;
+            };
+            let next = v.next_lsn();
+            let asked = p.first <= next && next <= p.last;
+            if asked && (status == GapStatus::NotHeld || first.is_some_and(|f| f > next)) {
+                l.lacks = next;
+            }
+            if !p.chain {
                 return;
             }
-            match &f {
-                Frame::Forward(b) => {
-                    *forward_frames += 1;
-                    *last_forward_ns = now;
-                    *lsn_offered_max = (*lsn_offered_max).max(b.lsn_last().unwrap_or(0));
-                    *close = offer(v, b, held, ops_offered, now);
+            let rescanned = l.drain_rescanned;
+            let first = match pull::after_chain_reply(p.first, status, last, v.next_lsn(), rescanned) {
+                pull::ReplyStep::Drained => {
+                    l.drained = true;
+                    return;
                 }
-                Frame::GapReply(g) => {
-                    *gap_replies += 1;
-                    *lsn_offered_max = (*lsn_offered_max).max(g.batch.lsn_last().unwrap_or(0));
-                    *close = offer(v, &g.batch, held, ops_offered, now);
-                    events.push(Event::Reply {
-                        id: g.request_id,
-                        status: g.status,
-                        first: g.batch.ops.first().map(|o| o.lsn()),
-                        last: g.batch.lsn_last(),
-                    });
+                pull::ReplyStep::Rescan(first) => {
+                    l.drain_rescanned = true;
+                    first
                 }
-                other => {
-                    on_other_frame(name, peer, other);
-                    match other {
-                        Frame::Heartbeat(h) if !h.is_reply => events.push(Event::Echo(*h)),
-                        Frame::Heartbeat(_) | Frame::Ack(_) => {}
-                        // The relay says when it last heard the primary: the standby
-                        // host's failure detector wants it (10 Hz per relay; a short
-                        // uncontended lock, control frames only).
-                        Frame::PrimaryLiveness(p) => {
-                            *fwd = Some((p.forward, now));
-                            *held_lsn = p.primary_lsn;
-                            if let Some(h) = crate::host::global() {
-                                h.relay_report(peer, name, p.primary_age_ms, p.connected);
-                            }
-                        }
-                        _ => *close = Some(format!("unexpected {:?} frame from a relay", other.kind())),
-                    }
-                }
-            }
-        });
-        match r {
-            Ok(n) => busy |= n > 0,
-            Err(e) => {
-                close.get_or_insert_with(|| e.to_string());
-            }
-        }
-        for ev in events {
-            match ev {
-                Event::Echo(h) => {
-                    let _ = l.conn.send(OutFrame::control(
-                        wire::encode_heartbeat(&Heartbeat { is_reply: true, ..h }),
-                        0,
-                    ));
-                }
-                Event::Reply {
-                    id,
-                    status,
-                    first,
-                    last,
-                } => {
-                    let Some(p) = l.pull.take_if(|p| p.id == id) else {
-                        continue;
-                    };
-                    let next = v.next_lsn();
-                    let asked = p.first <= next && next <= p.last;
-                    if asked && (status == GapStatus::NotHeld || first.is_some_and(|f| f > next)) {
-                        l.lacks = next;
-                    }
-                    if !p.chain {
-                        continue;
-                    }
-                    let rescanned = l.drain_rescanned;
-                    let first = match pull::after_chain_reply(p.first, status, last, v.next_lsn(), rescanned) {
-                        pull::ReplyStep::Drained => {
-                            l.drained = true;
-                            continue;
-                        }
-                        pull::ReplyStep::Rescan(first) => {
-                            l.drain_rescanned = true;
-                            first
-                        }
-                        pull::ReplyStep::Continue(first) => first,
-                    };
-                    l.request(id.wrapping_add(1 << 32), first, first + PULL_SPAN_LSN - 1, true, now);
-                }
-            }
+                pull::ReplyStep::Continue(first) => first,
+            };
+            l.request(id.wrapping_add(1 << 32), first, first + PULL_SPAN_LSN - 1, true, now);
         }
     }
-    if let Err(e) = l.conn.poll_send(&mut |_| {}) {
-        l.close.get_or_insert_with(|| e.to_string());
-    }
-    if l.conn.state() == ConnState::Failed {
-        l.close.get_or_insert_with(|| "connection failed".into());
-    }
-    busy
 }
 
 #[derive(Default)]

@@ -51,7 +51,7 @@
 use crate::io::Dev;
 use crate::receive::{OpBody, OwnedOp};
 use crate::superblock::{Mode, Superblock};
-use crate::sync_skip::{self, RpVerdict, SyncSkip};
+use crate::sync_skip::{self, SyncSkip};
 use crate::StandbyError;
 use engine::bdev::{
     Bdev, BdevChannel, BdevError, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, IoStats, StatsSet,

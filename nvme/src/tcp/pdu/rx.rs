@@ -289,89 +289,95 @@ impl PduReceiver {
             };
             ch.plen - u32::from(ch.pdo) - dd
         };
-        let h = &self.hdr[..];
-        let kind = match ty {
-            pdu_type::IC_REQ => {
-                let p = IcReqHdr::read_from(h).ok_or(PduError::AlreadyFailed("short"))?;
-                if p.pfv != 0 {
-                    return Err(PduError::UnsupportedPfv(p.pfv));
-                }
-                PduKind::IcReq {
-                    hpda: p.hpda,
-                    hdgst: p.dgst & 1 != 0,
-                    ddgst: p.dgst & 2 != 0,
-                    maxr2t: p.maxr2t,
-                }
-            }
-            pdu_type::IC_RESP => {
-                let p = IcRespHdr::read_from(h).ok_or(PduError::AlreadyFailed("short"))?;
-                if p.pfv != 0 {
-                    return Err(PduError::UnsupportedPfv(p.pfv));
-                }
-                PduKind::IcResp {
-                    cpda: p.cpda,
-                    hdgst: p.dgst & 1 != 0,
-                    ddgst: p.dgst & 2 != 0,
-                    maxh2cdata: p.maxh2cdata,
-                }
-            }
-            pdu_type::H2C_TERM_REQ | pdu_type::C2H_TERM_REQ => {
-                let p = TermReqHdr::read_from(h).ok_or(PduError::AlreadyFailed("short"))?;
-                PduKind::TermReq {
-                    fes: p.fes,
-                    fei: u32::from_le_bytes(p.fei),
-                }
-            }
-            pdu_type::CAPSULE_CMD => {
-                let p = CapsuleCmdHdr::read_from(h).ok_or(PduError::AlreadyFailed("short"))?;
-                PduKind::CapsuleCmd { sqe: p.sqe }
-            }
-            pdu_type::CAPSULE_RESP => {
-                let p = CapsuleRespHdr::read_from(h).ok_or(PduError::AlreadyFailed("short"))?;
-                PduKind::CapsuleResp { cqe: p.cqe }
-            }
-            pdu_type::H2C_DATA | pdu_type::C2H_DATA => {
-                let p = DataHdr::read_from(h).ok_or(PduError::AlreadyFailed("short"))?;
-                if p.length != data_len {
-                    return Err(PduError::DatalMismatch {
-                        datal: p.length,
-                        len: data_len,
-                    });
-                }
-                let last = ch.flags & flags::LAST_PDU != 0;
-                if ty == pdu_type::H2C_DATA {
-                    PduKind::H2CData {
-                        cccid: p.cccid,
-                        ttag: p.ttag,
-                        datao: p.offset,
-                        last,
-                    }
-                } else {
-                    let success = ch.flags & flags::SUCCESS != 0;
-                    if success && !last {
-                        return Err(PduError::SuccessWithoutLast);
-                    }
-                    PduKind::C2HData {
-                        cccid: p.cccid,
-                        datao: p.offset,
-                        last,
-                        success,
-                    }
-                }
-            }
-            pdu_type::R2T => {
-                let p = DataHdr::read_from(h).ok_or(PduError::AlreadyFailed("short"))?;
-                PduKind::R2T {
-                    cccid: p.cccid,
-                    ttag: p.ttag,
-                    r2to: p.offset,
-                    r2tl: p.length,
-                }
-            }
-            other => return Err(PduError::UnknownType(other)),
-        };
+        let kind = parse_kind(&self.hdr, &ch, data_len)?;
         Ok(Pdu { kind, data_len })
     }
+}
+
+/// The typed content of a checked header `h` (common header `ch`, `data_len` data bytes
+/// following).
+fn parse_kind(h: &[u8], ch: &CommonHeader, data_len: u32) -> Result<PduKind, PduError> {
+    let ty = ch.pdu_type;
+    Ok(match ty {
+        pdu_type::IC_REQ => {
+            let p = IcReqHdr::read_from(h).ok_or(PduError::AlreadyFailed("short"))?;
+            if p.pfv != 0 {
+                return Err(PduError::UnsupportedPfv(p.pfv));
+            }
+            PduKind::IcReq {
+                hpda: p.hpda,
+                hdgst: p.dgst & 1 != 0,
+                ddgst: p.dgst & 2 != 0,
+                maxr2t: p.maxr2t,
+            }
+        }
+        pdu_type::IC_RESP => {
+            let p = IcRespHdr::read_from(h).ok_or(PduError::AlreadyFailed("short"))?;
+            if p.pfv != 0 {
+                return Err(PduError::UnsupportedPfv(p.pfv));
+            }
+            PduKind::IcResp {
+                cpda: p.cpda,
+                hdgst: p.dgst & 1 != 0,
+                ddgst: p.dgst & 2 != 0,
+                maxh2cdata: p.maxh2cdata,
+            }
+        }
+        pdu_type::H2C_TERM_REQ | pdu_type::C2H_TERM_REQ => {
+            let p = TermReqHdr::read_from(h).ok_or(PduError::AlreadyFailed("short"))?;
+            PduKind::TermReq {
+                fes: p.fes,
+                fei: u32::from_le_bytes(p.fei),
+            }
+        }
+        pdu_type::CAPSULE_CMD => {
+            let p = CapsuleCmdHdr::read_from(h).ok_or(PduError::AlreadyFailed("short"))?;
+            PduKind::CapsuleCmd { sqe: p.sqe }
+        }
+        pdu_type::CAPSULE_RESP => {
+            let p = CapsuleRespHdr::read_from(h).ok_or(PduError::AlreadyFailed("short"))?;
+            PduKind::CapsuleResp { cqe: p.cqe }
+        }
+        pdu_type::H2C_DATA | pdu_type::C2H_DATA => {
+            let p = DataHdr::read_from(h).ok_or(PduError::AlreadyFailed("short"))?;
+            if p.length != data_len {
+                return Err(PduError::DatalMismatch {
+                    datal: p.length,
+                    len: data_len,
+                });
+            }
+            let last = ch.flags & flags::LAST_PDU != 0;
+            if ty == pdu_type::H2C_DATA {
+                PduKind::H2CData {
+                    cccid: p.cccid,
+                    ttag: p.ttag,
+                    datao: p.offset,
+                    last,
+                }
+            } else {
+                let success = ch.flags & flags::SUCCESS != 0;
+                if success && !last {
+                    return Err(PduError::SuccessWithoutLast);
+                }
+                PduKind::C2HData {
+                    cccid: p.cccid,
+                    datao: p.offset,
+                    last,
+                    success,
+                }
+            }
+        }
+        pdu_type::R2T => {
+            let p = DataHdr::read_from(h).ok_or(PduError::AlreadyFailed("short"))?;
+            PduKind::R2T {
+                cccid: p.cccid,
+                ttag: p.ttag,
+                r2to: p.offset,
+                r2tl: p.length,
+            }
+        }
+        other => return Err(PduError::UnknownType(other)),
+    })
 }
 
 /// Fuzz entry point: feeds arbitrary bytes to a receiver in pieces and checks that it either
