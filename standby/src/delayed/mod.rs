@@ -38,6 +38,7 @@
 //! staging is discarded by bumping the incarnation, which voids every record.
 
 use crate::io::Dev;
+use crate::le;
 use crate::receive::{OpBody, OwnedOp};
 use crate::superblock::{Mode, Superblock};
 use crate::sync_skip::{self, MarkVerdict, RpTake, SyncSkip};
@@ -794,23 +795,7 @@ fn releasable(r: &Rec, ep: &EpochRef) -> bool {
 }
 
 fn check_geometry(staging: &Dev, volume: &Dev) -> Result<(), StandbyError> {
-    if staging.block_size != volume.block_size {
-        return Err(StandbyError::Geometry(format!(
-            "staging bdev {} has {}-byte blocks, volume {} has {}-byte blocks: they must match",
-            staging.name(),
-            staging.block_size,
-            volume.name(),
-            volume.block_size
-        )));
-    }
-    if staging.num_blocks < LOG_START_BLOCK + 2 {
-        return Err(StandbyError::Geometry(format!(
-            "staging bdev {} has {} blocks: too small",
-            staging.name(),
-            staging.num_blocks
-        )));
-    }
-    Ok(())
+    staging.check_beside("staging bdev", volume, "volume", LOG_START_BLOCK + 2)
 }
 
 struct Header {
@@ -839,18 +824,17 @@ fn encode_header(b: &mut [u8], kind: u8, incarnation: u64, seq: u64, lsn: u64, a
 
 /// Parses a record header; `None` ends the scan (torn, stale or foreign).
 fn parse_header(b: &[u8], incarnation: u64, seq: u64) -> Option<Header> {
-    let u64at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
-    if u32::from_le_bytes(b[0..4].try_into().ok()?) != REC_MAGIC {
+    if le::u32_at(b, 0) != REC_MAGIC {
         return None;
     }
-    if u32::from_le_bytes(b[HDR_CRC_AT..HDR_CRC_AT + 4].try_into().ok()?) != crc32c::crc32c(&b[..HDR_CRC_AT]) {
+    if le::u32_at(b, HDR_CRC_AT) != crc32c::crc32c(&b[..HDR_CRC_AT]) {
         return None;
     }
-    if u64at(8) != incarnation || u64at(16) != seq {
+    if le::u64_at(b, 8) != incarnation || le::u64_at(b, 16) != seq {
         return None;
     }
-    let (lsn, a0, a1) = (u64at(24), u64at(32), u64at(40));
-    let tag_len = u16::from_le_bytes([b[6], b[7]]) as usize;
+    let (lsn, a0, a1) = (le::u64_at(b, 24), le::u64_at(b, 32), le::u64_at(b, 40));
+    let tag_len = le::u16_at(b, 6) as usize;
     let n = u32::try_from(a1).ok();
     let kind = match b[4] {
         KIND_WRITE => RecKind::Write { offset: a0, n: n? },
@@ -878,6 +862,6 @@ fn parse_header(b: &[u8], incarnation: u64, seq: u64) -> Option<Header> {
     Some(Header {
         kind,
         lsn,
-        data_crc: u32::from_le_bytes(b[48..52].try_into().ok()?),
+        data_crc: le::u32_at(b, 48),
     })
 }

@@ -15,6 +15,7 @@
 //! See `docs/execution-images.md` for the exchange.
 
 use super::{check_app_name, chunk_count, Hash, APP_NAME_MAX, CHUNKS_MAX, IMAGE_BYTES_MAX};
+use crate::le::{u16_at, u32_at, u64_at};
 
 /// Version byte of every frame.
 pub const WIRE_VERSION: u8 = 1;
@@ -168,7 +169,7 @@ impl<'a> Entries<'a> {
         self.0.chunks_exact(ENTRY_BYTES).map(|e| {
             let mut h = [0u8; 32];
             h.copy_from_slice(&e[4..]);
-            (u32::from_le_bytes([e[0], e[1], e[2], e[3]]), h)
+            (u32_at(e, 0), h)
         })
     }
 }
@@ -240,7 +241,7 @@ pub fn parse_header(b: &[u8]) -> Result<Header, WireError> {
         return Err(WireError::HeaderCrc { found, computed });
     }
     let kind = Kind::from_u8(b[1]).ok_or(WireError::UnknownKind(b[1]))?;
-    let reserved = u16::from_le_bytes([b[2], b[3]]);
+    let reserved = u16_at(b, 2);
     if reserved != 0 {
         return Err(WireError::Reserved(reserved));
     }
@@ -445,8 +446,8 @@ fn parse_error(body: &[u8]) -> Result<Msg<'_>, WireError> {
     if body.len() < 4 {
         return Err(len_rule("must be at least 4"));
     }
-    let code = u16::from_le_bytes([body[0], body[1]]);
-    let n = u16::from_le_bytes([body[2], body[3]]) as usize;
+    let code = u16_at(body, 0);
+    let n = u16_at(body, 2) as usize;
     if n > MESSAGE_MAX {
         return Err(field("message length", n as u64, "at most 1024"));
     }
@@ -484,16 +485,6 @@ fn counted(body: &[u8], item: usize, max: usize) -> Option<usize> {
         return None;
     }
     Some(n)
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 fn hash_at(b: &[u8], at: usize) -> Hash {

@@ -4,6 +4,7 @@
 
 use super::file::corrupt;
 use crate::image::{chunk_count, chunk_len, Hash, ImageError, CHUNK_SIZE, IMAGE_BYTES_MAX};
+use crate::le;
 use std::path::Path;
 
 const MANIFEST_MAGIC: &[u8; 8] = b"BTNIMGM1";
@@ -41,7 +42,7 @@ pub(super) fn decode_manifest(path: &Path, b: &[u8]) -> Result<Manifest, ImageEr
         return Err(corrupt(path, format!("{} bytes, too short", b.len())));
     }
     let (body, crc) = b.split_at(b.len() - 4);
-    let crc = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+    let crc = le::u32_at(crc, 0);
     let computed = crc32c::crc32c(body);
     if crc != computed {
         return Err(corrupt(path, format!("CRC32C {crc:#010x}, computed {computed:#010x}")));
@@ -49,20 +50,18 @@ pub(super) fn decode_manifest(path: &Path, b: &[u8]) -> Result<Manifest, ImageEr
     if &body[..8] != MANIFEST_MAGIC {
         return Err(corrupt(path, "bad manifest magic"));
     }
-    let u32_at = |o: usize| u32::from_le_bytes(body[o..o + 4].try_into().expect("4 bytes"));
-    let u64_at = |o: usize| u64::from_le_bytes(body[o..o + 8].try_into().expect("8 bytes"));
-    let version = u32_at(8);
-    let chunk = u32_at(12);
+    let version = le::u32_at(body, 8);
+    let chunk = le::u32_at(body, 12);
     if version != MANIFEST_VERSION || chunk as usize != CHUNK_SIZE {
         return Err(corrupt(
             path,
             format!("manifest version {version} chunk size {chunk}, expected {MANIFEST_VERSION} and {CHUNK_SIZE}"),
         ));
     }
-    let seq = u64_at(16);
-    let len = u64_at(24);
+    let seq = le::u64_at(body, 16);
+    let len = le::u64_at(body, 24);
     let hash: Hash = body[32..64].try_into().expect("32 bytes");
-    let count = u32_at(64) as u64;
+    let count = le::u32_at(body, 64) as u64;
     if len > IMAGE_BYTES_MAX || count != chunk_count(len) {
         return Err(corrupt(path, format!("{count} chunks for an image of {len} bytes")));
     }

@@ -7,6 +7,7 @@ use super::file::{corrupt, sync_dir, TmpFile};
 use super::manifest::Manifest;
 use super::{lock, AppShared, AppState, READ_RUN_MAX};
 use crate::image::{hex, Hash, ImageError, CHUNK_SIZE};
+use crate::le;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
@@ -139,9 +140,9 @@ pub(super) fn load_pack(id: u64, path: &Path) -> Result<Pack, ImageError> {
     if &foot[16..] != PACK_END_MAGIC {
         return Err(corrupt(path, "bad pack end magic (torn or truncated)"));
     }
-    let index_offset = u64::from_le_bytes(foot[..8].try_into().expect("8 bytes"));
-    let count = u32::from_le_bytes(foot[8..12].try_into().expect("4 bytes")) as u64;
-    let crc = u32::from_le_bytes(foot[12..16].try_into().expect("4 bytes"));
+    let index_offset = le::u64_at(&foot, 0);
+    let count = le::u32_at(&foot, 8) as u64;
+    let crc = le::u32_at(&foot, 12);
     let expect_len = index_offset
         .checked_add(count * PACK_RECORD_BYTES as u64)
         .and_then(|v| v.checked_add(PACK_FOOTER_BYTES as u64));
@@ -162,8 +163,8 @@ pub(super) fn load_pack(id: u64, path: &Path) -> Result<Pack, ImageError> {
     let mut records = Vec::with_capacity(count as usize);
     for r in idx[..count as usize * PACK_RECORD_BYTES].chunks_exact(PACK_RECORD_BYTES) {
         let h: Hash = r[..32].try_into().expect("32 bytes");
-        let off = u64::from_le_bytes(r[32..40].try_into().expect("8 bytes"));
-        let len = u32::from_le_bytes(r[40..44].try_into().expect("4 bytes"));
+        let off = le::u64_at(r, 32);
+        let len = le::u32_at(r, 40);
         let end = off.checked_add(len as u64);
         if len == 0
             || len as usize > CHUNK_SIZE
