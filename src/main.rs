@@ -165,7 +165,7 @@ fn selfcheck(a: SelfcheckArgs) -> Result<(), AnyErr> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut ok = true;
     for (name, spec) in &specs {
-        let b = perf::spec::create_bdev(name, spec)?;
+        let b = engine::bdev::spec::create_bdev(name, spec)?;
         println!(
             "\n{name}: {} ({} blocks of {} B)",
             b.product_name(),

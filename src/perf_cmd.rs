@@ -210,10 +210,10 @@ fn repl_opts(a: &PerfArgs, relays: Vec<SocketAddr>, relay_cores: Vec<u32>, link_
         relays,
         relay_cores,
         link_core,
-        journal_bytes_max: perf::spec::parse_size(&a.journal_bytes_max)?,
+        journal_bytes_max: engine::bdev::spec::parse_size(&a.journal_bytes_max)?,
         segment_bytes: 256 << 20,
         no_direct: a.journal_no_direct,
-        preallocate_bytes: perf::spec::parse_size(&a.journal_preallocate)?,
+        preallocate_bytes: engine::bdev::spec::parse_size(&a.journal_preallocate)?,
     })
 }
 

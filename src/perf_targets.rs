@@ -31,7 +31,7 @@ pub const RELAYS_MAX: usize = 16;
 /// The thing under test, before replication.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Base {
-    /// A local bdev spec (`perf::spec::create_bdev`).
+    /// A local bdev spec (`engine::bdev::spec::create_bdev`).
     Bdev(String),
     /// A remote NVMe/TCP namespace.
     Nvme(TransportId),
@@ -188,7 +188,7 @@ pub fn build(
 ) -> Result<Built, AnyErr> {
     let name = format!("perf{i}");
     let base: Arc<dyn Bdev> = match &t.base {
-        Base::Bdev(spec) => perf::spec::create_bdev(&name, spec)?,
+        Base::Bdev(spec) => engine::bdev::spec::create_bdev(&name, spec)?,
         Base::Nvme(trid) => {
             let opts = HostBdevOpts {
                 queue_entries: u16::try_from(qd.max(2)).unwrap_or(u16::MAX),

@@ -133,7 +133,7 @@ fn create_bdevs(specs: &[String]) -> Result<(), AnyErr> {
         let (name, s) = spec
             .split_once('=')
             .ok_or_else(|| format!("--bdev {spec:?}: expected NAME=SPEC, e.g. Malloc0=malloc,size=64M"))?;
-        let b = perf::spec::create_bdev(name, s)?;
+        let b = engine::bdev::spec::create_bdev(name, s)?;
         log::info!(
             "bdev {name}: {} x {} B ({})",
             b.num_blocks(),

@@ -74,10 +74,10 @@ impl Role for RelayRole {
 
 pub(crate) fn relay_cmd(a: RelayArgs) -> Result<(), AnyErr> {
     let mut cfg = relay::relay::RelayConfig::new(a.listen, &a.journal_dir);
-    cfg.journal_bytes_max = perf::spec::parse_size(&a.journal_bytes_max)?;
-    cfg.segment_bytes = perf::spec::parse_size(&a.segment_bytes)?;
+    cfg.journal_bytes_max = engine::bdev::spec::parse_size(&a.journal_bytes_max)?;
+    cfg.segment_bytes = engine::bdev::spec::parse_size(&a.segment_bytes)?;
     cfg.spare_segments = a.spare_segments;
-    cfg.journal_preallocate_bytes = perf::spec::parse_size(&a.journal_preallocate)?;
+    cfg.journal_preallocate_bytes = engine::bdev::spec::parse_size(&a.journal_preallocate)?;
     cfg.standby = a.standby;
     cfg.forward = relay::relay::ForwardPolicy::parse(&a.forward).map_err(|e| format!("--forward {e}"))?;
     cfg.forwarder = !a.backup;
