@@ -5,9 +5,11 @@ use crate::perf_targets::{self, parse_ack, parse_compare, parse_target, ReplOpts
 use crate::role::start_reactors;
 use crate::AnyErr;
 use clap::Args;
+use engine::bdev::spec::parse_size;
 use engine::reactor::{IdleMode, Reactors};
 use perf::report::{compare_table, plot_svg, Report};
 use perf::{Pattern, WorkloadOpts};
+use relay::volume::AckPolicy;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,44 +20,44 @@ use std::time::Duration;
 pub(crate) struct PerfArgs {
     /// Bdev to drive: malloc[,size=N][,bs=N] | null[,size=N] | uring:PATH[,size=N][,bs=N],
     /// optionally with ,replicate=N (see docs/perf.md).
-    #[arg(long, default_value = "malloc,size=256M")]
-    bdev: String,
+    #[arg(long, default_value = "malloc,size=256M", value_parser = parse_target)]
+    bdev: perf_targets::Target,
     /// Drive a remote NVMe/TCP namespace instead of --bdev: a transport ID as
     /// spdk_nvme_perf takes it, 'trtype:TCP adrfam:IPv4 traddr:IP trsvcid:PORT [subnqn:NQN] [ns:N]'.
-    #[arg(short = 'r', long = "transport-id", conflicts_with = "bdev")]
-    trid: Option<String>,
+    #[arg(short = 'r', long = "transport-id", conflicts_with = "bdev", value_parser = parse_target)]
+    trid: Option<perf_targets::Target>,
     /// Replicate the target (--bdev or -r) over N relays.
     #[arg(long)]
     replicate: Option<usize>,
     /// Compare with a second target run the same way (prints both and the ratio): a bdev spec
     /// [,replicate=N], a transport ID, `plain` (the first target unreplicated) or
     /// `replicate=N` (the first target's base over N relays).
-    #[arg(long)]
-    compare: Option<String>,
+    #[arg(long, value_parser = parse_compare)]
+    compare: Option<perf_targets::CompareSpec>,
     /// Relays' journal directory (in-process relays; default a temporary dir under /dev/shm).
     #[arg(long)]
     journal_dir: Option<std::path::PathBuf>,
     /// Acknowledgement policy of the replicated volume: all | quorum:K | any.
-    #[arg(long, default_value = "all")]
-    ack: String,
+    #[arg(long, default_value = "all", value_parser = parse_ack)]
+    ack: AckPolicy,
     /// Use running relays (`baton relay`) HOST:PORT,... instead of starting them in-process.
-    #[arg(long, value_delimiter = ',')]
-    relays: Vec<String>,
+    #[arg(long, value_delimiter = ',', value_parser = relay_addr)]
+    relays: Vec<SocketAddr>,
     /// Cores of in-process relays (default: the -m cores); reactors start on both masks,
     /// workers only on -m.
     #[arg(long)]
     relay_cpumask: Option<String>,
     /// Bound of each in-process relay journal (K/M/G suffixes).
-    #[arg(long, default_value = "8G")]
-    journal_bytes_max: String,
+    #[arg(long, default_value = "8G", value_parser = parse_size)]
+    journal_bytes_max: u64,
     /// Buffered journal writes for in-process relays instead of O_DIRECT.
     #[arg(long)]
     journal_no_direct: bool,
     /// Bytes of segment files each in-process relay journal creates before the run
     /// (K/M/G; 0: none): the run measures relays whose journals write into allocated
     /// pages/blocks, as a relay in service does once its released segments are reused.
-    #[arg(long, default_value = "0")]
-    journal_preallocate: String,
+    #[arg(long, default_value = "0", value_parser = parse_size)]
+    journal_preallocate: u64,
     /// Queue depth per core.
     #[arg(short = 'q', long = "queue-depth", default_value_t = 32)]
     queue_depth: u32,
@@ -63,8 +65,8 @@ pub(crate) struct PerfArgs {
     #[arg(short = 'o', long = "io-size", default_value_t = 4096)]
     io_size: u32,
     /// Pattern: read, write, randread, randwrite, rw, randrw.
-    #[arg(short = 'w', long = "workload", default_value = "randread")]
-    workload: String,
+    #[arg(short = 'w', long = "workload", default_value = "randread", value_parser = pattern)]
+    workload: Pattern,
     /// Read percentage for rw/randrw.
     #[arg(short = 'M', long = "rwmixread", default_value_t = 50)]
     read_pct: u8,
@@ -108,13 +110,12 @@ pub(crate) struct PerfArgs {
 pub(crate) fn perf_cmd(a: PerfArgs) -> Result<(), AnyErr> {
     let opts = workload_opts(&a)?;
     let targets = targets(&a)?;
-    let relays = relay_addrs(&a.relays)?;
     let workers = engine::cpumask::parse(&a.cpumask)?;
     let relay_cores = match &a.relay_cpumask {
         Some(m) => engine::cpumask::parse(m)?,
         None => workers.clone(),
     };
-    let ro = repl_opts(&a, relays, relay_cores, workers[0])?;
+    let ro = repl_opts(&a, relay_cores, workers[0]);
     let idle = if a.adaptive_idle {
         IdleMode::default()
     } else {
@@ -150,7 +151,7 @@ fn workload_opts(a: &PerfArgs) -> Result<WorkloadOpts, AnyErr> {
     Ok(WorkloadOpts {
         queue_depth: a.queue_depth,
         io_size_bytes: a.io_size,
-        pattern: Pattern::parse(&a.workload)?,
+        pattern: a.workload,
         read_pct: a.read_pct,
         time: Duration::from_secs_f64(a.time),
         warmup: Duration::from_secs_f64(a.warmup),
@@ -162,7 +163,7 @@ fn workload_opts(a: &PerfArgs) -> Result<WorkloadOpts, AnyErr> {
 
 /// The target (`--bdev` or `-r`, `--replicate`) and the one `--compare` names.
 fn targets(a: &PerfArgs) -> Result<Vec<perf_targets::Target>, AnyErr> {
-    let mut first = parse_target(a.trid.as_deref().unwrap_or(&a.bdev))?;
+    let mut first = a.trid.clone().unwrap_or_else(|| a.bdev.clone());
     if let Some(n) = a.replicate {
         if n == 0 || n > perf_targets::RELAYS_MAX {
             return Err(format!("--replicate {n}: expected 1..={}", perf_targets::RELAYS_MAX).into());
@@ -171,24 +172,27 @@ fn targets(a: &PerfArgs) -> Result<Vec<perf_targets::Target>, AnyErr> {
     }
     let mut targets = vec![first.clone()];
     if let Some(c) = &a.compare {
-        targets.push(parse_compare(c)?.resolve(&first));
+        targets.push(c.resolve(&first));
     }
     Ok(targets)
 }
 
-fn relay_addrs(relays: &[String]) -> Result<Vec<SocketAddr>, AnyErr> {
-    Ok(relays
-        .iter()
-        .map(|s| {
-            s.parse::<SocketAddr>()
-                .map_err(|e| format!("--relays {s}: {e} (expected HOST:PORT)"))
-        })
-        .collect::<Result<Vec<_>, _>>()?)
+/// `--workload`: one of the patterns.
+fn pattern(s: &str) -> Result<Pattern, String> {
+    Pattern::parse(s).map_err(|e| match e {
+        perf::PerfError::InvalidOption { why, .. } => why,
+        e => e.to_string(),
+    })
+}
+
+/// `--relays`: each a socket address.
+fn relay_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>().map_err(|e| format!("{e} (expected HOST:PORT)"))
 }
 
 /// How replicated targets are built: relays in this process (journals in `--journal-dir`
 /// or a temporary directory) or the running ones `--relays` names.
-fn repl_opts(a: &PerfArgs, relays: Vec<SocketAddr>, relay_cores: Vec<u32>, link_core: u32) -> Result<ReplOpts, AnyErr> {
+fn repl_opts(a: &PerfArgs, relay_cores: Vec<u32>, link_core: u32) -> ReplOpts {
     let (journal_dir, journal_dir_is_temp) = match &a.journal_dir {
         Some(d) => (d.clone(), false),
         None => {
@@ -203,18 +207,18 @@ fn repl_opts(a: &PerfArgs, relays: Vec<SocketAddr>, relay_cores: Vec<u32>, link_
             )
         }
     };
-    Ok(ReplOpts {
+    ReplOpts {
         journal_dir,
         journal_dir_is_temp,
-        ack: parse_ack(&a.ack)?,
-        relays,
+        ack: a.ack,
+        relays: a.relays.clone(),
         relay_cores,
         link_core,
-        journal_bytes_max: engine::bdev::spec::parse_size(&a.journal_bytes_max)?,
+        journal_bytes_max: a.journal_bytes_max,
         segment_bytes: 256 << 20,
         no_direct: a.journal_no_direct,
-        preallocate_bytes: engine::bdev::spec::parse_size(&a.journal_preallocate)?,
-    })
+        preallocate_bytes: a.journal_preallocate,
+    }
 }
 
 /// The reactors' mask: the workers' cores and the in-process relays', in order.

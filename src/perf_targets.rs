@@ -66,7 +66,7 @@ fn parse_replicate(v: &str) -> Result<usize, String> {
 pub fn parse_target(s: &str) -> Result<Target, String> {
     let s = s.trim();
     if s.to_ascii_lowercase().contains("trtype") {
-        let t = TransportId::parse(s).map_err(|e| format!("-r {s:?}: {e}"))?;
+        let t = TransportId::parse(s).map_err(|e| e.to_string())?;
         return Ok(Target {
             base: Base::Nvme(t),
             replicate: 0,
@@ -130,8 +130,8 @@ pub fn parse_ack(s: &str) -> Result<AckPolicy, String> {
             .ok()
             .filter(|&k| k >= 1)
             .map(AckPolicy::Quorum)
-            .ok_or_else(|| format!("--ack {s}: quorum needs K >= 1")),
-        _ => Err(format!("--ack {s}: expected all, any or quorum:K")),
+            .ok_or_else(|| "quorum needs K >= 1".to_string()),
+        _ => Err("expected all, any or quorum:K".to_string()),
     }
 }
 

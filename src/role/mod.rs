@@ -30,7 +30,7 @@ pub(crate) struct RoleOpts<'a> {
     pub busy_poll: bool,
     /// The JSON-RPC Unix socket, its mode (octal) and group.
     pub rpc_socket: &'a Path,
-    pub rpc_socket_mode: &'a str,
+    pub rpc_socket_mode: u32,
     pub rpc_socket_group: Option<&'a str>,
     /// Also serve JSON-RPC on this loopback TCP address.
     pub rpc_tcp: Option<SocketAddr>,
@@ -100,10 +100,14 @@ pub(crate) fn core_count() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
+/// `--rpc-socket-mode`: an octal mode (`600`, `0o660`).
+pub(crate) fn octal_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|_| "expected an octal mode such as 600 or 660".to_string())
+}
+
 /// `--rpc-socket-mode` / `--rpc-socket-group`: who may connect to the management socket.
-fn rpc_access(mode: &str, group: Option<&str>) -> Result<engine::rpc::server::SocketAccess, AnyErr> {
-    let mode = u32::from_str_radix(mode.trim_start_matches("0o"), 8)
-        .map_err(|_| format!("--rpc-socket-mode {mode:?}: expected an octal mode such as 600 or 660"))?;
+fn rpc_access(mode: u32, group: Option<&str>) -> Result<engine::rpc::server::SocketAccess, AnyErr> {
     let gid = match group {
         None => None,
         Some(g) => Some(match g.parse::<u32>() {

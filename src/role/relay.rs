@@ -3,7 +3,8 @@
 use super::{serve, Role, RoleOpts};
 use crate::AnyErr;
 use clap::Args;
-use relay::relay::Relay;
+use engine::bdev::spec::parse_size;
+use relay::relay::{ForwardPolicy, Relay};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,8 +18,8 @@ pub(crate) struct RelayArgs {
     rpc_socket: std::path::PathBuf,
     /// Mode of the JSON-RPC Unix socket, octal (owner read+write required, nothing for
     /// others): 600 by default whatever the umask; e.g. 660 with --rpc-socket-group.
-    #[arg(long, default_value = "600")]
-    rpc_socket_mode: String,
+    #[arg(long, default_value = "600", value_parser = super::octal_mode)]
+    rpc_socket_mode: u32,
     /// Group (name or GID) given the JSON-RPC socket, for --rpc-socket-mode 660.
     #[arg(long)]
     rpc_socket_group: Option<String>,
@@ -29,24 +30,24 @@ pub(crate) struct RelayArgs {
     #[arg(long)]
     journal_dir: std::path::PathBuf,
     /// Bound of each volume's journal in bytes (K/M/G suffixes).
-    #[arg(long, default_value = "1G")]
-    journal_bytes_max: String,
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    journal_bytes_max: u64,
     /// Journal segment size (K/M/G suffixes).
-    #[arg(long, default_value = "8M")]
-    segment_bytes: String,
+    #[arg(long, default_value = "8M", value_parser = parse_size)]
+    segment_bytes: u64,
     /// Released segment files each journal keeps and reuses instead of creating new ones.
     #[arg(long, default_value_t = relay::journal::SPARE_SEGMENTS_DEFAULT)]
     spare_segments: usize,
     /// Bytes of segment files each journal creates (zero-filled) when opened: space
     /// reserved up front, appends into allocated pages/blocks from the start (K/M/G).
-    #[arg(long, default_value = "0")]
-    journal_preallocate: String,
+    #[arg(long, default_value = "0", value_parser = parse_size)]
+    journal_preallocate: u64,
     /// The standby to forward to (IP:PORT); none: hold only.
     #[arg(long)]
     standby: Option<std::net::SocketAddr>,
     /// Forwarding timing: immediate | interval:MS | window:HH:MM-HH:MM[,..] (UTC) | bandwidth:BYTES_PER_SEC.
-    #[arg(long, default_value = "immediate")]
-    forward: String,
+    #[arg(long, default_value = "immediate", value_parser = ForwardPolicy::parse)]
+    forward: ForwardPolicy,
     /// Backup relay: journal and acknowledge, answer the standby's gap requests, never push.
     #[arg(long)]
     backup: bool,
@@ -74,12 +75,12 @@ impl Role for RelayRole {
 
 pub(crate) fn relay_cmd(a: RelayArgs) -> Result<(), AnyErr> {
     let mut cfg = relay::relay::RelayConfig::new(a.listen, &a.journal_dir);
-    cfg.journal_bytes_max = engine::bdev::spec::parse_size(&a.journal_bytes_max)?;
-    cfg.segment_bytes = engine::bdev::spec::parse_size(&a.segment_bytes)?;
+    cfg.journal_bytes_max = a.journal_bytes_max;
+    cfg.segment_bytes = a.segment_bytes;
     cfg.spare_segments = a.spare_segments;
-    cfg.journal_preallocate_bytes = engine::bdev::spec::parse_size(&a.journal_preallocate)?;
+    cfg.journal_preallocate_bytes = a.journal_preallocate;
     cfg.standby = a.standby;
-    cfg.forward = relay::relay::ForwardPolicy::parse(&a.forward).map_err(|e| format!("--forward {e}"))?;
+    cfg.forward = a.forward.clone();
     cfg.forwarder = !a.backup;
     cfg.direct_io = !a.no_direct;
     // Out-of-range settings stop here, before any reactor or file (Relay::start checks
@@ -89,7 +90,7 @@ pub(crate) fn relay_cmd(a: RelayArgs) -> Result<(), AnyErr> {
         cpumask: &a.cpumask,
         busy_poll: a.busy_poll,
         rpc_socket: &a.rpc_socket,
-        rpc_socket_mode: &a.rpc_socket_mode,
+        rpc_socket_mode: a.rpc_socket_mode,
         rpc_socket_group: a.rpc_socket_group.as_deref(),
         rpc_tcp: None,
         bdevs: &[],

@@ -29,8 +29,8 @@ pub(crate) struct StandbyArgs {
     rpc_socket: std::path::PathBuf,
     /// Mode of the JSON-RPC Unix socket, octal (owner read+write required, nothing for
     /// others): 600 by default whatever the umask; e.g. 660 with --rpc-socket-group.
-    #[arg(long, default_value = "600")]
-    rpc_socket_mode: String,
+    #[arg(long, default_value = "600", value_parser = super::octal_mode)]
+    rpc_socket_mode: u32,
     /// Group (name or GID) given the JSON-RPC socket, for --rpc-socket-mode 660.
     #[arg(long)]
     rpc_socket_group: Option<String>,
@@ -57,8 +57,8 @@ pub(crate) struct StandbyArgs {
     relay_timeout_ms: Option<u64>,
     /// Volume to fail over: PRIMARY=STANDBY[:HEAD][@NSID], or NAME when both are named alike
     /// (repeatable; the first one's restart point names the execution image).
-    #[arg(long = "failover-volume")]
-    failover_volumes: Vec<String>,
+    #[arg(long = "failover-volume", value_parser = parse_failover_volume)]
+    failover_volumes: Vec<FailoverVolume>,
     /// NQN of the subsystem the promoted volumes are exported in.
     #[arg(long, default_value = "nqn.2016-06.io.baton:standby")]
     failover_nqn: String,
@@ -130,7 +130,7 @@ pub(crate) fn standby_cmd(a: StandbyArgs) -> Result<(), AnyErr> {
         cpumask: &a.cpumask,
         busy_poll: a.busy_poll,
         rpc_socket: &a.rpc_socket,
-        rpc_socket_mode: &a.rpc_socket_mode,
+        rpc_socket_mode: a.rpc_socket_mode,
         rpc_socket_group: a.rpc_socket_group.as_deref(),
         rpc_tcp: None,
         bdevs: &a.bdevs,
@@ -175,15 +175,9 @@ pub(crate) fn standby_cmd(a: StandbyArgs) -> Result<(), AnyErr> {
 }
 
 /// Parses `PRIMARY=STANDBY[:HEAD][@NSID]` (or `NAME`).
-fn parse_failover_volume(s: &str) -> Result<FailoverVolume, AnyErr> {
+fn parse_failover_volume(s: &str) -> Result<FailoverVolume, String> {
     let (rest, nsid) = match s.rsplit_once('@') {
-        Some((r, n)) => (
-            r,
-            Some(
-                n.parse::<u32>()
-                    .map_err(|e| format!("--failover-volume {s:?}: NSID {n:?}: {e}"))?,
-            ),
-        ),
+        Some((r, n)) => (r, Some(n.parse::<u32>().map_err(|e| format!("NSID {n:?}: {e}"))?)),
         None => (s, None),
     };
     let (primary, standby_part) = rest.split_once('=').unwrap_or((rest, rest));
@@ -192,7 +186,7 @@ fn parse_failover_volume(s: &str) -> Result<FailoverVolume, AnyErr> {
         None => (standby_part, None),
     };
     if primary.is_empty() || standby.is_empty() {
-        return Err(format!("--failover-volume {s:?}: expected PRIMARY=STANDBY[:HEAD][@NSID]").into());
+        return Err("expected PRIMARY=STANDBY[:HEAD][@NSID]".to_string());
     }
     Ok(FailoverVolume {
         primary_volume: primary.into(),
@@ -214,12 +208,7 @@ fn start_standby_host(a: &StandbyArgs, store: Option<Arc<ImageStore>>) -> Result
         }
         return Ok(None);
     }
-    let volumes = a
-        .failover_volumes
-        .iter()
-        .map(|v| parse_failover_volume(v))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut cfg = StandbyHostConfig::new(volumes);
+    let mut cfg = StandbyHostConfig::new(a.failover_volumes.clone());
     cfg.heartbeat_listen = a.heartbeat_listen;
     cfg.timeout_ms = a.primary_timeout_ms;
     cfg.relay_timeout_ms = a.relay_timeout_ms;

@@ -16,8 +16,8 @@ pub(crate) struct TargetArgs {
     rpc_socket: std::path::PathBuf,
     /// Mode of the JSON-RPC Unix socket, octal (owner read+write required, nothing for
     /// others): 600 by default whatever the umask; e.g. 660 with --rpc-socket-group.
-    #[arg(long, default_value = "600")]
-    rpc_socket_mode: String,
+    #[arg(long, default_value = "600", value_parser = super::octal_mode)]
+    rpc_socket_mode: u32,
     /// Group (name or GID) given the JSON-RPC socket, for --rpc-socket-mode 660.
     #[arg(long)]
     rpc_socket_group: Option<String>,
@@ -53,7 +53,7 @@ pub(crate) fn target(a: TargetArgs) -> Result<(), AnyErr> {
         cpumask: &a.cpumask,
         busy_poll: a.busy_poll,
         rpc_socket: &a.rpc_socket,
-        rpc_socket_mode: &a.rpc_socket_mode,
+        rpc_socket_mode: a.rpc_socket_mode,
         rpc_socket_group: a.rpc_socket_group.as_deref(),
         rpc_tcp: a.rpc_tcp,
         bdevs: &a.bdevs,
