@@ -149,9 +149,6 @@ fn create_bdevs(specs: &[String]) -> Result<(), AnyErr> {
     Ok(())
 }
 
-/// `baton standby`: bdevs, then the config (standby volumes recover), then the
-/// relay listener, so relays of configured volumes are never refused.
-
 /// Every crate's JSON-RPC methods, in one registry. (`::relay` and `::standby` are the
 /// crates, not this module's files of the same names.)
 fn register_all_rpcs(reg: &mut engine::rpc::Registry) {

@@ -197,9 +197,6 @@ fn parse_failover_volume(s: &str) -> Result<FailoverVolume, String> {
 }
 
 /// The standby host (failure detection, failover, application restart), when volumes
-/// to fail over are configured. A background thread prunes execution images below the
-
-/// The standby host (failure detection, failover, application restart), when volumes
 /// to fail over are configured.
 fn start_standby_host(a: &StandbyArgs, store: Option<Arc<ImageStore>>) -> Result<Option<Arc<StandbyHost>>, AnyErr> {
     if a.failover_volumes.is_empty() {
