@@ -18,20 +18,35 @@ pub(crate) use standby::{standby_cmd, StandbyArgs};
 pub(crate) use target::{target, TargetArgs};
 
 use crate::{AnyErr, VERSION};
+use clap::Args;
 use engine::reactor::{IdleMode, ReactorOpts, Reactors};
 use std::net::SocketAddr;
 use std::path::Path;
 
+/// The flags every role takes alike.
+#[derive(Args)]
+pub(crate) struct RoleArgs {
+    /// Core mask for the reactors.
+    #[arg(short = 'm', long = "cpumask", default_value = "0x1")]
+    cpumask: String,
+    /// Mode of the JSON-RPC Unix socket, octal (owner read+write required, nothing for
+    /// others): 600 by default whatever the umask; e.g. 660 with --rpc-socket-group.
+    #[arg(long, default_value = "600", value_parser = octal_mode)]
+    rpc_socket_mode: u32,
+    /// Group (name or GID) given the JSON-RPC socket, for --rpc-socket-mode 660.
+    #[arg(long)]
+    rpc_socket_group: Option<String>,
+    /// Spin when idle instead of napping (lowest latency, one full core).
+    #[arg(long)]
+    busy_poll: bool,
+}
+
 /// What every role takes from its flags for the shared start-up.
 pub(crate) struct RoleOpts<'a> {
-    /// Core mask for the reactors.
-    pub cpumask: &'a str,
-    /// Spin when idle instead of napping.
-    pub busy_poll: bool,
-    /// The JSON-RPC Unix socket, its mode (octal) and group.
+    /// Core mask, socket access, idle mode.
+    pub role: &'a RoleArgs,
+    /// The JSON-RPC Unix socket (each role has its own default).
     pub rpc_socket: &'a Path,
-    pub rpc_socket_mode: u32,
-    pub rpc_socket_group: Option<&'a str>,
     /// Also serve JSON-RPC on this loopback TCP address.
     pub rpc_tcp: Option<SocketAddr>,
     /// `NAME=SPEC` bdevs to create before the config loads.
@@ -55,12 +70,12 @@ pub(crate) trait Role {
 /// services, which may use the bdevs and the config), then the JSON-RPC server. The role
 /// is dropped last, after the JSON-RPC thread ended.
 pub(crate) fn serve<R: Role>(o: &RoleOpts, start: impl FnOnce() -> Result<R, AnyErr>) -> Result<(), AnyErr> {
-    let idle = if o.busy_poll {
+    let idle = if o.role.busy_poll {
         IdleMode::Poll
     } else {
         IdleMode::default()
     };
-    let reactors = start_reactors(o.cpumask, idle)?;
+    let reactors = start_reactors(&o.role.cpumask, idle)?;
     engine::reactor::install_signal_handlers(&reactors)?;
     create_bdevs(o.bdevs)?;
     let mut reg = engine::rpc::Registry::new();
@@ -71,7 +86,8 @@ pub(crate) fn serve<R: Role>(o: &RoleOpts, start: impl FnOnce() -> Result<R, Any
     }
     let mut role = start()?;
     let mut server = engine::rpc::Server::new(reg);
-    server.listen_unix_with(o.rpc_socket, rpc_access(o.rpc_socket_mode, o.rpc_socket_group)?)?;
+    let access = rpc_access(o.role.rpc_socket_mode, o.role.rpc_socket_group.as_deref())?;
+    server.listen_unix_with(o.rpc_socket, access)?;
     if let Some(addr) = o.rpc_tcp {
         server.listen_tcp(addr)?;
     }
@@ -101,7 +117,7 @@ pub(crate) fn core_count() -> usize {
 }
 
 /// `--rpc-socket-mode`: an octal mode (`600`, `0o660`).
-pub(crate) fn octal_mode(s: &str) -> Result<u32, String> {
+fn octal_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .map_err(|_| "expected an octal mode such as 600 or 660".to_string())
 }

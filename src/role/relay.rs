@@ -1,6 +1,6 @@
 //! `baton relay`: journal primaries' writes, forward them to the standby.
 
-use super::{serve, Role, RoleOpts};
+use super::{serve, Role, RoleArgs, RoleOpts};
 use crate::AnyErr;
 use clap::Args;
 use engine::bdev::spec::parse_size;
@@ -10,19 +10,11 @@ use std::sync::Arc;
 
 #[derive(Args)]
 pub(crate) struct RelayArgs {
-    /// Core mask for the reactors.
-    #[arg(short = 'm', long = "cpumask", default_value = "0x1")]
-    cpumask: String,
+    #[command(flatten)]
+    role: RoleArgs,
     /// JSON-RPC Unix socket.
     #[arg(short = 'r', long = "rpc-socket", default_value = "/var/tmp/baton-relay.sock")]
     rpc_socket: std::path::PathBuf,
-    /// Mode of the JSON-RPC Unix socket, octal (owner read+write required, nothing for
-    /// others): 600 by default whatever the umask; e.g. 660 with --rpc-socket-group.
-    #[arg(long, default_value = "600", value_parser = super::octal_mode)]
-    rpc_socket_mode: u32,
-    /// Group (name or GID) given the JSON-RPC socket, for --rpc-socket-mode 660.
-    #[arg(long)]
-    rpc_socket_group: Option<String>,
     /// Address primaries connect to.
     #[arg(long, default_value = "127.0.0.1:4520")]
     listen: std::net::SocketAddr,
@@ -54,9 +46,6 @@ pub(crate) struct RelayArgs {
     /// Buffered journal writes instead of O_DIRECT.
     #[arg(long)]
     no_direct: bool,
-    /// Spin when idle instead of napping.
-    #[arg(long)]
-    busy_poll: bool,
 }
 
 /// The relay the role started.
@@ -87,11 +76,8 @@ pub(crate) fn relay_cmd(a: RelayArgs) -> Result<(), AnyErr> {
     // again for in-process relays).
     cfg.validate()?;
     let o = RoleOpts {
-        cpumask: &a.cpumask,
-        busy_poll: a.busy_poll,
+        role: &a.role,
         rpc_socket: &a.rpc_socket,
-        rpc_socket_mode: a.rpc_socket_mode,
-        rpc_socket_group: a.rpc_socket_group.as_deref(),
         rpc_tcp: None,
         bdevs: &[],
         json: None,

@@ -2,7 +2,7 @@
 //! execution images and run the standby host (failure detection, failover, application
 //! restart) with the pruning of images failover can no longer return to.
 
-use super::{serve, Role, RoleOpts};
+use super::{serve, Role, RoleArgs, RoleOpts};
 use crate::AnyErr;
 use clap::Args;
 use standby::host::{ExportConfig, FailoverVolume, ImageResolver, StandbyHost, StandbyHostConfig};
@@ -21,19 +21,11 @@ const PRUNE_STOP_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Args)]
 pub(crate) struct StandbyArgs {
-    /// Core mask for the reactors.
-    #[arg(short = 'm', long = "cpumask", default_value = "0x1")]
-    cpumask: String,
+    #[command(flatten)]
+    role: RoleArgs,
     /// JSON-RPC Unix socket.
     #[arg(short = 'r', long = "rpc-socket", default_value = "/var/tmp/baton-standby.sock")]
     rpc_socket: std::path::PathBuf,
-    /// Mode of the JSON-RPC Unix socket, octal (owner read+write required, nothing for
-    /// others): 600 by default whatever the umask; e.g. 660 with --rpc-socket-group.
-    #[arg(long, default_value = "600", value_parser = super::octal_mode)]
-    rpc_socket_mode: u32,
-    /// Group (name or GID) given the JSON-RPC socket, for --rpc-socket-mode 660.
-    #[arg(long)]
-    rpc_socket_group: Option<String>,
     /// Address relays connect to.
     #[arg(long, default_value = standby::net::LISTEN_DEFAULT)]
     listen: std::net::SocketAddr,
@@ -43,9 +35,6 @@ pub(crate) struct StandbyArgs {
     /// Bdevs to create at start-up, as NAME=SPEC (see `baton perf --bdev`).
     #[arg(long = "bdev")]
     bdevs: Vec<String>,
-    /// Spin when idle instead of napping.
-    #[arg(long)]
-    busy_poll: bool,
     /// Standby host: UDP address the primaries' direct heartbeats arrive on.
     #[arg(long)]
     heartbeat_listen: Option<std::net::SocketAddr>,
@@ -127,11 +116,8 @@ impl Role for StandbyRole {
 /// relay listener, so relays of configured volumes are never refused.
 pub(crate) fn standby_cmd(a: StandbyArgs) -> Result<(), AnyErr> {
     let o = RoleOpts {
-        cpumask: &a.cpumask,
-        busy_poll: a.busy_poll,
+        role: &a.role,
         rpc_socket: &a.rpc_socket,
-        rpc_socket_mode: a.rpc_socket_mode,
-        rpc_socket_group: a.rpc_socket_group.as_deref(),
         rpc_tcp: None,
         bdevs: &a.bdevs,
         json: a.json.as_deref(),

@@ -110,30 +110,14 @@ impl OwnedOp {
     /// Whether the blocks a write, write-zeroes or deallocate touches lie within a volume
     /// of `volume_blocks` blocks (restart points and sync markers touch none).
     pub(crate) fn check_range(&self, volume_blocks: u64) -> Result<(), crate::StandbyError> {
-        let (OpBody::Write {
-            offset_blocks,
-            num_blocks,
-            ..
-        }
-        | OpBody::WriteZeroes {
-            offset_blocks,
-            num_blocks,
-        }
-        | OpBody::Deallocate {
-            offset_blocks,
-            num_blocks,
-        }) = self.body
-        else {
+        let Some((offset_blocks, num_blocks)) = self.body.range() else {
             return Ok(());
         };
-        if offset_blocks
-            .checked_add(num_blocks as u64)
-            .is_none_or(|e| e > volume_blocks)
-        {
+        if offset_blocks.checked_add(num_blocks).is_none_or(|e| e > volume_blocks) {
             return Err(crate::StandbyError::OutOfRange {
                 lsn: self.lsn,
                 offset_blocks,
-                num_blocks,
+                num_blocks: num_blocks as u32,
                 volume_blocks,
             });
         }

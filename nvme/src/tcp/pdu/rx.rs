@@ -294,6 +294,15 @@ impl PduReceiver {
     }
 }
 
+/// An ICReq's or ICResp's format version (only 0 is known) and its digest bits (bit 0
+/// header digest, bit 1 data digest).
+fn ic_digests(pfv: u16, dgst: u8) -> Result<(bool, bool), PduError> {
+    if pfv != 0 {
+        return Err(PduError::UnsupportedPfv(pfv));
+    }
+    Ok((dgst & 1 != 0, dgst & 2 != 0))
+}
+
 /// The typed content of a checked header `h` (common header `ch`, `data_len` data bytes
 /// following).
 fn parse_kind(h: &[u8], ch: &CommonHeader, data_len: u32) -> Result<PduKind, PduError> {
@@ -301,25 +310,21 @@ fn parse_kind(h: &[u8], ch: &CommonHeader, data_len: u32) -> Result<PduKind, Pdu
     Ok(match ty {
         pdu_type::IC_REQ => {
             let p = IcReqHdr::read_from(h).ok_or(PduError::AlreadyFailed("short"))?;
-            if p.pfv != 0 {
-                return Err(PduError::UnsupportedPfv(p.pfv));
-            }
+            let (hdgst, ddgst) = ic_digests(p.pfv, p.dgst)?;
             PduKind::IcReq {
                 hpda: p.hpda,
-                hdgst: p.dgst & 1 != 0,
-                ddgst: p.dgst & 2 != 0,
+                hdgst,
+                ddgst,
                 maxr2t: p.maxr2t,
             }
         }
         pdu_type::IC_RESP => {
             let p = IcRespHdr::read_from(h).ok_or(PduError::AlreadyFailed("short"))?;
-            if p.pfv != 0 {
-                return Err(PduError::UnsupportedPfv(p.pfv));
-            }
+            let (hdgst, ddgst) = ic_digests(p.pfv, p.dgst)?;
             PduKind::IcResp {
                 cpda: p.cpda,
-                hdgst: p.dgst & 1 != 0,
-                ddgst: p.dgst & 2 != 0,
+                hdgst,
+                ddgst,
                 maxh2cdata: p.maxh2cdata,
             }
         }
