@@ -41,8 +41,8 @@ pub struct ChaosArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Roles to kill, comma-separated: primary, relay1, relay2, standby.
-    #[arg(long, default_value = "primary,relay1,relay2,standby")]
-    pub roles: String,
+    #[arg(long, default_value = "primary,relay1,relay2,standby", value_parser = Roles::parse)]
+    pub roles: Roles,
     /// The kill moment: random, writes (mid-epoch), point (a restart point in flight),
     /// after-point (right after one was acknowledged).
     #[arg(long, default_value = "random", value_parser = ["random", "writes", "point", "after-point"])]
@@ -51,7 +51,7 @@ pub struct ChaosArgs {
     #[arg(long, default_value = "delayed", value_parser = ["delayed", "snapshot"])]
     pub mode: String,
     /// Forwarding policy of relay 1 (e.g. bandwidth:4000000 to make the standby lag).
-    #[arg(long, default_value = "immediate")]
+    #[arg(long, default_value = "immediate", value_parser = forward_policy)]
     pub forward: String,
     /// Write size, KiB (one extent, every block stamped).
     #[arg(long, default_value_t = 64)]
@@ -116,18 +116,37 @@ impl Role {
             Role::Standby => "standby",
         }
     }
-    fn parse_list(s: &str) -> Result<Vec<Role>, AnyErr> {
+}
+
+/// `--roles`: the roles to kill, in the order given.
+#[derive(Debug, Clone)]
+pub struct Roles(Vec<Role>);
+
+impl Roles {
+    fn parse(s: &str) -> Result<Roles, String> {
         let all = [Role::Primary, Role::Relay1, Role::Relay2, Role::Standby];
         let mut out = Vec::new();
         for w in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
             let r = all.iter().find(|r| r.name() == w);
-            out.push(*r.ok_or_else(|| format!("--roles: unknown role {w:?} (primary, relay1, relay2, standby)"))?);
+            out.push(*r.ok_or_else(|| format!("unknown role {w:?} (primary, relay1, relay2, standby)"))?);
         }
         if out.is_empty() {
-            return Err("--roles: no role".into());
+            return Err("no role".into());
         }
-        Ok(out)
+        Ok(Roles(out))
     }
+}
+
+impl std::fmt::Display for Roles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(|r| r.name()).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+/// `--forward`: checked here, passed on to relay 1 as given.
+fn forward_policy(s: &str) -> Result<String, String> {
+    relay::relay::ForwardPolicy::parse(s).map(|_| s.to_string())
 }
 
 /// The roles of rounds `0..n`: the chosen roles shuffled, block after block, so every
@@ -694,7 +713,7 @@ fn spawn_primary(a: &ChaosArgs, dir: &Path, p: &Ports) -> Result<Proc, AnyErr> {
 
 pub fn run(a: ChaosArgs) -> Result<(), AnyErr> {
     let seed = a.seed.unwrap_or_else(|| unix_ms() ^ u64::from(std::process::id()));
-    let roles = Role::parse_list(&a.roles)?;
+    let roles = a.roles.0.clone();
     let out = |s: String| {
         if a.json {
             eprintln!("{s}");

@@ -31,7 +31,7 @@ pub const RELAYS_MAX: usize = 16;
 /// The thing under test, before replication.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Base {
-    /// A local bdev spec (`perf::spec::create_bdev`).
+    /// A local bdev spec (`engine::bdev::spec::create_bdev`).
     Bdev(String),
     /// A remote NVMe/TCP namespace.
     Nvme(TransportId),
@@ -66,7 +66,7 @@ fn parse_replicate(v: &str) -> Result<usize, String> {
 pub fn parse_target(s: &str) -> Result<Target, String> {
     let s = s.trim();
     if s.to_ascii_lowercase().contains("trtype") {
-        let t = TransportId::parse(s).map_err(|e| format!("-r {s:?}: {e}"))?;
+        let t = TransportId::parse(s).map_err(|e| e.to_string())?;
         return Ok(Target {
             base: Base::Nvme(t),
             replicate: 0,
@@ -130,8 +130,8 @@ pub fn parse_ack(s: &str) -> Result<AckPolicy, String> {
             .ok()
             .filter(|&k| k >= 1)
             .map(AckPolicy::Quorum)
-            .ok_or_else(|| format!("--ack {s}: quorum needs K >= 1")),
-        _ => Err(format!("--ack {s}: expected all, any or quorum:K")),
+            .ok_or_else(|| "quorum needs K >= 1".to_string()),
+        _ => Err("expected all, any or quorum:K".to_string()),
     }
 }
 
@@ -188,7 +188,7 @@ pub fn build(
 ) -> Result<Built, AnyErr> {
     let name = format!("perf{i}");
     let base: Arc<dyn Bdev> = match &t.base {
-        Base::Bdev(spec) => perf::spec::create_bdev(&name, spec)?,
+        Base::Bdev(spec) => engine::bdev::spec::create_bdev(&name, spec)?,
         Base::Nvme(trid) => {
             let opts = HostBdevOpts {
                 queue_entries: u16::try_from(qd.max(2)).unwrap_or(u16::MAX),

@@ -14,6 +14,7 @@ use std::time::Instant;
 use clap::Args;
 use relay::plan::{self, Candidate, Plan, PlanError, PlanParams, SetPlan, Site};
 use relay::probe;
+use relay::volume::AckPolicy;
 
 /// Writes of the local-write measurement.
 const LOCAL_WRITES: usize = 200;
@@ -28,8 +29,8 @@ pub struct PlanArgs {
     #[arg(long = "site")]
     sites: Vec<String>,
     /// Acknowledgement policy: all | quorum:K | any.
-    #[arg(long)]
-    ack: Option<String>,
+    #[arg(long, value_parser = plan::parse_ack)]
+    ack: Option<AckPolicy>,
     /// Write-latency budget in µs.
     #[arg(long)]
     budget_us: Option<f64>,
@@ -148,9 +149,9 @@ fn params(a: &PlanArgs) -> Result<PlanParams, PlanCmdError> {
     for s in &a.sites {
         p.candidates.push(parse_site(s)?);
     }
-    if let Some(ack) = &a.ack {
-        match plan::parse_ack(ack)? {
-            relay::volume::AckPolicy::Quorum(k) => (p.ack_policy, p.quorum_k) = (Some("quorum".into()), Some(k)),
+    if let Some(ack) = a.ack {
+        match ack {
+            AckPolicy::Quorum(k) => (p.ack_policy, p.quorum_k) = (Some("quorum".into()), Some(k)),
             other => (p.ack_policy, p.quorum_k) = (Some(other.name().into()), None),
         }
     }

@@ -591,6 +591,9 @@ pub fn io_outstanding() -> usize {
     IO_OUTSTANDING.with(|c| c.get())
 }
 
+// One piece on purpose: the reactor loop is the runtime contract `docs/architecture.md`
+// describes (messages, pollers, timed pollers, busy/idle accounting, shutdown drain, idle
+// nap, in that order); it reads top to bottom as that list does.
 fn run_reactor(set: Arc<SetShared>, index: usize) {
     let core = set.reactors[index].core;
     CURRENT_CORE.with(|c| c.set(Some(core)));

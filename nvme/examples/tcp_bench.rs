@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 const BLOCK: u32 = 4096;
 const BLOCKS: u64 = 65536; // 256 MiB
 
+// One piece on purpose: an example, read top to bottom (target, connection, measurement,
+// report).
 fn main() {
     let secs: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(3.0);
     let digests = std::env::args().nth(2).is_some_and(|a| a == "digests");

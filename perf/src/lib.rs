@@ -12,7 +12,6 @@
 
 pub mod limits;
 pub mod report;
-pub mod spec;
 pub mod sys;
 pub mod workload;
 

@@ -335,6 +335,9 @@ impl Worker {
         Ok(())
     }
 
+    // One piece on purpose: the worker's whole iteration on the measured path, its three
+    // numbered steps (reap, phase changes, refill) in the order they must run, sharing the
+    // slots and counters they update.
     fn poll(&mut self) -> PollStatus {
         // 1. Reap.
         let slots = &mut self.slots;
@@ -540,7 +543,7 @@ pub fn run_on(
     open: QueueOpener,
     opts: &WorkloadOpts,
     stop: Arc<AtomicBool>,
-    mut progress: impl FnMut(Duration, u64),
+    progress: impl FnMut(Duration, u64),
 ) -> Result<Vec<CoreResult>, PerfError> {
     let cores = cores.to_vec();
     if cores.is_empty() || cores.iter().any(|c| !reactors.cores().contains(c)) {
@@ -563,116 +566,148 @@ pub fn run_on(
         let ncores = cores.len();
         reactors
             .send_msg(core, move || {
-                let q = match open(idx) {
-                    Ok(q) => q,
+                let w = open(idx).and_then(|q| Worker::new(q, core, idx, ncores, opts, progress, stop));
+                match w {
+                    Ok(w) => register_worker(w, tx),
                     Err(e) => {
                         let _ = tx.send((core, Err(e)));
-                        return;
                     }
-                };
-                let (bs, nb) = (q.block_size(), q.num_blocks());
-                if let Err(e) = opts.validate(bs, nb, ncores) {
-                    let _ = tx.send((core, Err(e)));
-                    return;
                 }
-                let blocks_per_io = opts.io_size_bytes / bs;
-                let units_total = nb / blocks_per_io as u64;
-                // Sequential and verifying workers each own a slice; random
-                // ones share the whole device, as spdk_nvme_perf does.
-                let (unit_base, unit_count) = if opts.verify || !opts.pattern.random() {
-                    let per = units_total / ncores as u64;
-                    (per * idx as u64, per)
-                } else {
-                    (0, units_total)
-                };
-                let qd = opts.queue_depth as usize;
-                let slots = buffers(qd, opts.io_size_bytes as usize)
-                    .into_iter()
-                    .map(|b| Slot {
-                        buf: Some(b),
-                        submit_ns: 0,
-                        op: IoOp::Read,
-                        unit: 0,
-                        ok: true,
-                    })
-                    .collect();
-                let verify = opts.verify;
-                let now = now_ns();
-                let mut w = Worker {
-                    q,
-                    core,
-                    blocks_per_io,
-                    block_size: bs as usize,
-                    unit_base,
-                    unit_count,
-                    seq_next: 0,
-                    rng: opts.seed.wrapping_mul(idx as u64 + 1) | 1,
-                    slots,
-                    free: (0..qd as u32).rev().collect(),
-                    reaped: Vec::with_capacity(qd),
-                    gen: if verify {
-                        vec![0; unit_count as usize]
-                    } else {
-                        Vec::new()
-                    },
-                    busy: if verify {
-                        vec![false; unit_count as usize]
-                    } else {
-                        Vec::new()
-                    },
-                    hist: LatencyHistogram::new(),
-                    phase: if opts.warmup.is_zero() {
-                        Phase::Measure
-                    } else {
-                        Phase::Warmup
-                    },
-                    start_ns: now,
-                    measure_start_ns: now,
-                    measure_end_ns: now,
-                    cpu_start_ns: crate::sys::thread_cpu_ns(),
-                    ios: 0,
-                    reads: 0,
-                    writes: 0,
-                    errors: 0,
-                    verify_failures: 0,
-                    first_error: None,
-                    progress,
-                    stop,
-                    opts,
-                };
-                let id = std::rc::Rc::new(std::cell::Cell::new(None));
-                let id2 = id.clone();
-                let mut tx = Some(tx);
-                let pid = register_poller("perf_worker", None, move || {
-                    if w.phase == Phase::Done {
-                        return PollStatus::Idle;
-                    }
-                    let r = w.poll();
-                    if w.phase == Phase::Stuck {
-                        if let Some(tx) = tx.take() {
-                            let e = PerfError::DrainTimeout {
-                                core: w.core,
-                                in_flight: w.slots.len() - w.free.len(),
-                                waited_ms: w.opts.drain_timeout.as_millis() as u64,
-                            };
-                            let _ = tx.send((w.core, Err(e)));
-                        }
-                    }
-                    if w.phase == Phase::Done {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send((w.core, Ok(w.result())));
-                        }
-                        if let Some(id) = id2.get() {
-                            unregister_poller(id);
-                        }
-                    }
-                    r
-                });
-                id.set(Some(pid));
             })
             .map_err(|e| PerfError::Reactor(e.into()))?;
     }
     drop(tx);
+    collect_results(&cores, &rx, &counters, progress)
+}
+
+/// Results sent by a worker: its core and what it measured (or why it failed).
+type ResultSender = mpsc::Sender<(u32, Result<CoreResult, PerfError>)>;
+
+impl Worker {
+    /// The worker `idx` of `ncores` on `core`, over queue `q`: its slice of the device
+    /// (sequential and verifying workers each own one; random ones share the whole
+    /// device, as spdk_nvme_perf does), its buffers and its counters.
+    fn new(
+        q: Box<dyn IoQueue>,
+        core: u32,
+        idx: usize,
+        ncores: usize,
+        opts: WorkloadOpts,
+        progress: Arc<AtomicU64>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Worker, PerfError> {
+        let (bs, nb) = (q.block_size(), q.num_blocks());
+        opts.validate(bs, nb, ncores)?;
+        let blocks_per_io = opts.io_size_bytes / bs;
+        let units_total = nb / blocks_per_io as u64;
+        // Sequential and verifying workers each own a slice; random
+        // ones share the whole device, as spdk_nvme_perf does.
+        let (unit_base, unit_count) = if opts.verify || !opts.pattern.random() {
+            let per = units_total / ncores as u64;
+            (per * idx as u64, per)
+        } else {
+            (0, units_total)
+        };
+        let qd = opts.queue_depth as usize;
+        let slots = buffers(qd, opts.io_size_bytes as usize)
+            .into_iter()
+            .map(|b| Slot {
+                buf: Some(b),
+                submit_ns: 0,
+                op: IoOp::Read,
+                unit: 0,
+                ok: true,
+            })
+            .collect();
+        let verify = opts.verify;
+        let now = now_ns();
+        Ok(Worker {
+            q,
+            core,
+            blocks_per_io,
+            block_size: bs as usize,
+            unit_base,
+            unit_count,
+            seq_next: 0,
+            rng: opts.seed.wrapping_mul(idx as u64 + 1) | 1,
+            slots,
+            free: (0..qd as u32).rev().collect(),
+            reaped: Vec::with_capacity(qd),
+            gen: if verify {
+                vec![0; unit_count as usize]
+            } else {
+                Vec::new()
+            },
+            busy: if verify {
+                vec![false; unit_count as usize]
+            } else {
+                Vec::new()
+            },
+            hist: LatencyHistogram::new(),
+            phase: if opts.warmup.is_zero() {
+                Phase::Measure
+            } else {
+                Phase::Warmup
+            },
+            start_ns: now,
+            measure_start_ns: now,
+            measure_end_ns: now,
+            cpu_start_ns: crate::sys::thread_cpu_ns(),
+            ios: 0,
+            reads: 0,
+            writes: 0,
+            errors: 0,
+            verify_failures: 0,
+            first_error: None,
+            progress,
+            stop,
+            opts,
+        })
+    }
+}
+
+/// Registers worker `w`'s poller on the calling reactor; it sends the core's result (or
+/// why it is stuck) on `tx` and unregisters itself when done.
+fn register_worker(mut w: Worker, tx: ResultSender) {
+    let id = std::rc::Rc::new(std::cell::Cell::new(None));
+    let id2 = id.clone();
+    let mut tx = Some(tx);
+    let pid = register_poller("perf_worker", None, move || {
+        if w.phase == Phase::Done {
+            return PollStatus::Idle;
+        }
+        let r = w.poll();
+        if w.phase == Phase::Stuck {
+            if let Some(tx) = tx.take() {
+                let e = PerfError::DrainTimeout {
+                    core: w.core,
+                    in_flight: w.slots.len() - w.free.len(),
+                    waited_ms: w.opts.drain_timeout.as_millis() as u64,
+                };
+                let _ = tx.send((w.core, Err(e)));
+            }
+        }
+        if w.phase == Phase::Done {
+            if let Some(tx) = tx.take() {
+                let _ = tx.send((w.core, Ok(w.result())));
+            }
+            if let Some(id) = id2.get() {
+                unregister_poller(id);
+            }
+        }
+        r
+    });
+    id.set(Some(pid));
+}
+
+/// Waits for every core's result, calling `progress` about once a second with the time
+/// elapsed and the I/Os completed so far.
+fn collect_results(
+    cores: &[u32],
+    rx: &mpsc::Receiver<(u32, Result<CoreResult, PerfError>)>,
+    counters: &[Arc<AtomicU64>],
+    mut progress: impl FnMut(Duration, u64),
+) -> Result<Vec<CoreResult>, PerfError> {
     let started = std::time::Instant::now();
     let mut results = Vec::new();
     let mut next_tick = Duration::from_secs(1);

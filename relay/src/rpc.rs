@@ -378,6 +378,13 @@ fn volume_config_params(v: &ReplicatedVolume) -> Value {
 
 /// Registers the `replication_*` and `relay_*` methods and their config providers.
 pub fn register_rpcs(reg: &mut Registry) {
+    register_replication_rpcs(reg);
+    register_relay_rpcs(reg);
+}
+
+/// The primary side: the `replication_*` methods and the replicated volumes' config.
+// A flat list, one registration per method: long, but with no step to name.
+fn register_replication_rpcs(reg: &mut Registry) {
     reg.register(
         "replication_create_volume",
         "Create a replicated volume over base_bdev sending every write to relays [IP:PORT...]; \
@@ -493,7 +500,10 @@ pub fn register_rpcs(reg: &mut Registry) {
             })
             .collect()
     });
+}
 
+/// The relay role: the `relay_*` methods (and the planner) and the relay's config.
+fn register_relay_rpcs(reg: &mut Registry) {
     reg.register_deferred(
         "relay_plan",
         "Plan relay placement (R6): every set of candidates (name, addr, distance_km, region, rtt_us, \

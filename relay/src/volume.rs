@@ -210,52 +210,58 @@ pub struct ReplicatedVolume {
     dirty_flusher: Mutex<Option<dirty::DirtyFlusher>>,
 }
 
+/// The settings [`ReplicatedVolume::create`] refuses, each named with why.
+fn check_config(cfg: &VolumeConfig) -> Result<(), VolumeError> {
+    if cfg.name.is_empty() || cfg.name.len() > wire::VOLUME_NAME_BYTES_MAX {
+        return Err(VolumeError::InvalidParam {
+            param: "name",
+            why: format!("{:?} must be 1..={} bytes", cfg.name, wire::VOLUME_NAME_BYTES_MAX),
+        });
+    }
+    if let AckPolicy::Quorum(k) = cfg.ack_policy {
+        if k == 0 || k as usize > cfg.relays.len() {
+            return Err(VolumeError::InvalidParam {
+                param: "quorum_k",
+                why: format!("{k} must be between 1 and the number of relays ({})", cfg.relays.len()),
+            });
+        }
+    }
+    if cfg.relay_down_timeout_ms == 0 {
+        return Err(VolumeError::InvalidParam {
+            param: "relay_down_timeout_ms",
+            why: "must be greater than 0".into(),
+        });
+    }
+    if cfg.generation == 0 {
+        return Err(VolumeError::InvalidParam {
+            param: "generation",
+            why: "must be greater than 0".into(),
+        });
+    }
+    if cfg.standby_heartbeat_interval_ms == 0 {
+        return Err(VolumeError::InvalidParam {
+            param: "standby_heartbeat_interval_ms",
+            why: "must be greater than 0".into(),
+        });
+    }
+    for (i, a) in cfg.relays.iter().enumerate() {
+        if cfg.relays[..i].contains(a) {
+            return Err(VolumeError::InvalidParam {
+                param: "relays",
+                why: format!("{a} is listed twice"),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl ReplicatedVolume {
     /// Creates the volume over `base` and starts its link reactor (`cfg.core`). Management
     /// path: validates, then sends the link state to its reactor. The volume accepts I/O at
     /// once; writes wait until the first handshakes have told the volume where its LSNs
     /// resume (at most `relay_down_timeout_ms`).
     pub fn create(cfg: VolumeConfig, base: Arc<dyn Bdev>) -> Result<Arc<ReplicatedVolume>, VolumeError> {
-        if cfg.name.is_empty() || cfg.name.len() > wire::VOLUME_NAME_BYTES_MAX {
-            return Err(VolumeError::InvalidParam {
-                param: "name",
-                why: format!("{:?} must be 1..={} bytes", cfg.name, wire::VOLUME_NAME_BYTES_MAX),
-            });
-        }
-        if let AckPolicy::Quorum(k) = cfg.ack_policy {
-            if k == 0 || k as usize > cfg.relays.len() {
-                return Err(VolumeError::InvalidParam {
-                    param: "quorum_k",
-                    why: format!("{k} must be between 1 and the number of relays ({})", cfg.relays.len()),
-                });
-            }
-        }
-        if cfg.relay_down_timeout_ms == 0 {
-            return Err(VolumeError::InvalidParam {
-                param: "relay_down_timeout_ms",
-                why: "must be greater than 0".into(),
-            });
-        }
-        if cfg.generation == 0 {
-            return Err(VolumeError::InvalidParam {
-                param: "generation",
-                why: "must be greater than 0".into(),
-            });
-        }
-        if cfg.standby_heartbeat_interval_ms == 0 {
-            return Err(VolumeError::InvalidParam {
-                param: "standby_heartbeat_interval_ms",
-                why: "must be greater than 0".into(),
-            });
-        }
-        for (i, a) in cfg.relays.iter().enumerate() {
-            if cfg.relays[..i].contains(a) {
-                return Err(VolumeError::InvalidParam {
-                    param: "relays",
-                    why: format!("{a} is listed twice"),
-                });
-            }
-        }
+        check_config(&cfg)?;
         let core = match cfg.core {
             Some(c) => c,
             None => *reactor::cores().first().ok_or_else(|| VolumeError::Unreachable {

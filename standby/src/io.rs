@@ -47,6 +47,29 @@ impl Dev {
         self.bdev.name()
     }
 
+    /// The geometry an engine needs of its own bdev (`self`, called `role` in errors)
+    /// beside the one it serves with (`other`, called `other_role`): the same block size,
+    /// and at least `min_blocks` blocks.
+    pub fn check_beside(&self, role: &str, other: &Dev, other_role: &str, min_blocks: u64) -> Result<(), StandbyError> {
+        if self.block_size != other.block_size {
+            return Err(StandbyError::Geometry(format!(
+                "{role} {} has {}-byte blocks, {other_role} {} has {}-byte blocks: they must match",
+                self.name(),
+                self.block_size,
+                other.name(),
+                other.block_size
+            )));
+        }
+        if self.num_blocks < min_blocks {
+            return Err(StandbyError::Geometry(format!(
+                "{role} {} has {} blocks: too small",
+                self.name(),
+                self.num_blocks
+            )));
+        }
+        Ok(())
+    }
+
     /// Queues a request; it completes through a later [`Dev::poll`].
     pub fn submit(&mut self, req: IoRequest) {
         self.backlog.push_back(req);

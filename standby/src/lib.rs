@@ -33,6 +33,7 @@ pub mod failover;
 pub mod host;
 pub mod image;
 mod io;
+mod le;
 pub mod net;
 pub mod receive;
 pub mod rpc;

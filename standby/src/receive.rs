@@ -107,6 +107,23 @@ pub struct OwnedOp {
 }
 
 impl OwnedOp {
+    /// Whether the blocks a write, write-zeroes or deallocate touches lie within a volume
+    /// of `volume_blocks` blocks (restart points and sync markers touch none).
+    pub(crate) fn check_range(&self, volume_blocks: u64) -> Result<(), crate::StandbyError> {
+        let Some((offset_blocks, num_blocks)) = self.body.range() else {
+            return Ok(());
+        };
+        if offset_blocks.checked_add(num_blocks).is_none_or(|e| e > volume_blocks) {
+            return Err(crate::StandbyError::OutOfRange {
+                lsn: self.lsn,
+                offset_blocks,
+                num_blocks: num_blocks as u32,
+                volume_blocks,
+            });
+        }
+        Ok(())
+    }
+
     /// Copies a wire op; the data goes into a recycled buffer (see the module
     /// docs). A restart point's tag is the one allocation (once per epoch).
     pub fn from_wire(generation: u64, op: &Op<'_>) -> OwnedOp {

@@ -25,6 +25,7 @@
 //! | 120 | meta_start_seq u64 (snapshot: first record seq of the active area) |
 //! | 128 | tag: the applied restart point's tag (up to 256 bytes) |
 
+use crate::le;
 use crate::StandbyError;
 use engine::buf::DmaBuf;
 use rdma_transport::wire::RESTART_TAG_BYTES_MAX;
@@ -128,11 +129,11 @@ impl Superblock {
         if b.len() < SUPERBLOCK_BYTES || &b[0..8] != MAGIC {
             return None;
         }
-        let crc = u32::from_le_bytes(b[CRC_AT..CRC_AT + 4].try_into().ok()?);
+        let crc = le::u32_at(b, CRC_AT);
         if crc != crc32c::crc32c(&b[..CRC_AT]) {
             return None;
         }
-        if u32::from_le_bytes(b[8..12].try_into().ok()?) != VERSION {
+        if le::u32_at(b, 8) != VERSION {
             return None;
         }
         let mode = match b[12] {
@@ -140,26 +141,25 @@ impl Superblock {
             2 => Mode::Snapshot,
             _ => return None,
         };
-        let g = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
-        let tag_len = (u16::from_le_bytes([b[44], b[45]]) as usize).min(RESTART_TAG_BYTES_MAX);
+        let tag_len = (le::u16_at(b, 44) as usize).min(RESTART_TAG_BYTES_MAX);
         Some(Superblock {
             mode,
             promoted: b[13] != 0,
-            seq: g(16),
-            generation: g(24),
-            volume_blocks: g(32),
-            block_size: u32::from_le_bytes(b[40..44].try_into().ok()?),
+            seq: le::u64_at(b, 16),
+            generation: le::u64_at(b, 24),
+            volume_blocks: le::u64_at(b, 32),
+            block_size: le::u32_at(b, 40),
             meta_area: b[46],
-            incarnation: g(48),
-            applied_epoch: g(56),
-            applied_last_lsn: g(64),
-            applied_rp_lsn: g(72),
-            applying_epoch: g(80),
-            applying_last_lsn: g(88),
-            applying_rp_lsn: g(96),
-            tail_off: g(104),
-            tail_seq: g(112),
-            meta_start_seq: g(120),
+            incarnation: le::u64_at(b, 48),
+            applied_epoch: le::u64_at(b, 56),
+            applied_last_lsn: le::u64_at(b, 64),
+            applied_rp_lsn: le::u64_at(b, 72),
+            applying_epoch: le::u64_at(b, 80),
+            applying_last_lsn: le::u64_at(b, 88),
+            applying_rp_lsn: le::u64_at(b, 96),
+            tail_off: le::u64_at(b, 104),
+            tail_seq: le::u64_at(b, 112),
+            meta_start_seq: le::u64_at(b, 120),
             tag: b[128..128 + tag_len].to_vec(),
         })
     }

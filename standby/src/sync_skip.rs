@@ -178,6 +178,47 @@ pub fn epoch_in_order(verdict: RpVerdict, epoch: u64, last_lsn: u64, prev_epoch:
     epoch_ok && last_lsn >= prev_last_lsn
 }
 
+/// What an engine does with a restart point it is given ([`take_rp`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RpTake {
+    /// Delivered again after a restart: already taken, nothing to do.
+    Again,
+    /// Inside a skipped sync: not an image of the primary's, dropped.
+    Dropped,
+    /// The next restart point, in order: take it.
+    Next,
+}
+
+/// Checks restart point `epoch` (last LSN `last_lsn`) against the last one the engine saw
+/// (`seen_epoch`, `seen_last_lsn`, advanced to this one when it is the next) and the skip
+/// state. Both engines take restart points by this rule.
+pub fn take_rp(
+    skip: &mut SyncSkip,
+    seen_epoch: &mut u64,
+    seen_last_lsn: &mut u64,
+    epoch: u64,
+    last_lsn: u64,
+) -> Result<RpTake, crate::StandbyError> {
+    if epoch <= *seen_epoch {
+        return Ok(RpTake::Again);
+    }
+    let verdict = skip.on_rp();
+    if verdict == RpVerdict::Drop {
+        return Ok(RpTake::Dropped);
+    }
+    if !epoch_in_order(verdict, epoch, last_lsn, *seen_epoch, *seen_last_lsn) {
+        return Err(crate::StandbyError::EpochOrder {
+            epoch,
+            expected: *seen_epoch + 1,
+            last_lsn,
+            prev_last_lsn: *seen_last_lsn,
+        });
+    }
+    *seen_epoch = epoch;
+    *seen_last_lsn = last_lsn;
+    Ok(RpTake::Next)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

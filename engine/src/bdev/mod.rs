@@ -21,6 +21,7 @@
 
 pub mod malloc;
 pub mod null;
+pub mod spec;
 pub mod uring;
 
 use crate::buf::DmaBuf;

@@ -456,6 +456,9 @@ impl ChannelBackend for UringChannel {
         Ok(())
     }
 
+    // One piece on purpose: submit what is queued, then reap every completion; each kind's
+    // handling (short transfers, the hole-punch fallback) works on the slot this loop takes
+    // out of the table, on the data path.
     fn poll(&mut self, f: &mut dyn FnMut(IoCompletion)) -> usize {
         if self.in_flight == 0 {
             return 0;

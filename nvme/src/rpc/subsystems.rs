@@ -100,18 +100,8 @@ pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
-/// Formats 16 bytes as a UUID string.
-pub fn format_uuid(u: &[u8; 16]) -> String {
-    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
+/// Formats 16 bytes as a UUID string (the engine's formatter).
+pub use engine::bdev::uuid_to_string as format_uuid;
 
 pub fn nvmf_subsystem_add_ns(t: &Target, p: AddNs) -> Result<u32, RpcFailure> {
     check_tgt(&p.tgt_name)?;

@@ -101,6 +101,14 @@ impl Link {
     }
 }
 
+/// What [`LinkState::receive`] found.
+enum Received {
+    NoConnection,
+    /// The receive failed; the link is closed.
+    Failed,
+    Frames,
+}
+
 pub(super) enum RxEvent {
     Reply(HelloReply),
     Ack(u64, u64),
@@ -147,88 +155,118 @@ impl LinkState {
     /// Drives link `i`: connect, handshake, acks, heartbeats, sends. Returns "did work".
     pub(super) fn drive_link(&mut self, i: usize, now: u64) -> bool {
         let timeout = self.timeout_ns();
-        let gen = self.s.cfg.generation;
-        let bs = self.s.base.block_size();
-        let mut busy = false;
         if self.links[i].removed {
             if self.links[i].conn.is_some() {
                 self.link_failed(i, String::new(), now);
             }
             return false;
         }
-        // Down detection: silent for the timeout while something is expected of it.
-        {
-            let l = &mut self.links[i];
-            let silent = now.saturating_sub(l.heard_ns) >= timeout;
-            if silent && !l.down && l.phase != LinkPhase::Up {
-                l.down = true;
-                log::warn!(
-                    "volume {}: relay {} marked down ({})",
-                    self.s.cfg.name,
-                    l.addr,
-                    l.phase_name()
-                );
+        self.detect_down(i, now, timeout);
+        let mut busy = self.connect_if_due(i, now);
+        let mut frames: ArrayVec<RxEvent, 64> = ArrayVec::new();
+        match self.receive(i, now, &mut frames) {
+            Received::NoConnection => return busy,
+            Received::Failed => return true,
+            Received::Frames => {}
+        }
+        for ev in frames.drain(..) {
+            busy = true;
+            if !self.on_event(i, ev, now) {
+                return true;
             }
+        }
+        if self.links[i].phase == LinkPhase::Refused {
+            self.link_failed(i, String::new(), now);
+            self.links[i].phase = LinkPhase::Refused;
+            return true;
+        }
+        if self.links[i].phase == LinkPhase::Up && self.next_lsn != 0 {
+            busy |= self.pump(i);
+            self.send_heartbeat_if_due(i, now, timeout);
+        }
+        busy | self.flush_link(i, now)
+    }
+
+    /// Down detection: silent for the timeout while something is expected of it.
+    fn detect_down(&mut self, i: usize, now: u64, timeout: u64) {
+        let l = &mut self.links[i];
+        let silent = now.saturating_sub(l.heard_ns) >= timeout;
+        if silent && !l.down && l.phase != LinkPhase::Up {
+            l.down = true;
+            log::warn!(
+                "volume {}: relay {} marked down ({})",
+                self.s.cfg.name,
+                l.addr,
+                l.phase_name()
+            );
         }
         if self.links[i].phase == LinkPhase::Up && now.saturating_sub(self.links[i].heard_ns) >= timeout {
             self.links[i].down = true;
             let why = format!("no answer for {} ms: marked down", self.s.cfg.relay_down_timeout_ms);
             self.link_failed(i, why, now);
         }
+    }
+
+    /// Connects and queues the Hello when a reconnect (or a retry after a refusal) is due.
+    /// Returns whether it tried.
+    fn connect_if_due(&mut self, i: usize, now: u64) -> bool {
         let due = match self.links[i].phase {
             LinkPhase::Disconnected { retry_at_ns } => now >= retry_at_ns,
             // Refusals (stale generation, unknown volume) are retried slowly.
             LinkPhase::Refused => now >= self.links[i].refused_ns + REFUSED_RETRY_MS * 1_000_000,
             _ => false,
         };
-        if due {
-            let addr = self.links[i].addr;
-            match TcpConnection::connect(addr, TcpConfig::default()) {
-                Ok(mut c) => {
-                    let hello = Hello {
-                        role: Role::Primary,
-                        block_size: bs,
-                        volume_id: self.s.volume_id,
-                        volume_name: &self.s.cfg.name,
-                        generation: gen,
-                        resume_lsn: self.links[i].acked_lsn + 1,
-                        frame_bytes_max: FRAME_BYTES_MAX as u32,
-                        recv_credits: 0,
-                    };
-                    match wire::encode_hello(&hello) {
-                        Ok(h) => {
-                            let _ = c.send(OutFrame::control(h, 0));
-                            let l = &mut self.links[i];
-                            if let (Some(r), Some(fd)) = (self.readiness.as_mut(), c.raw_fd()) {
-                                l.watched = r.add(fd, l.token).is_ok();
-                            }
-                            self.links[i].conn = Some(c);
-                            self.links[i].phase = LinkPhase::Handshake;
+        if !due {
+            return false;
+        }
+        let addr = self.links[i].addr;
+        match TcpConnection::connect(addr, TcpConfig::default()) {
+            Ok(mut c) => {
+                let hello = Hello {
+                    role: Role::Primary,
+                    block_size: self.s.base.block_size(),
+                    volume_id: self.s.volume_id,
+                    volume_name: &self.s.cfg.name,
+                    generation: self.s.cfg.generation,
+                    resume_lsn: self.links[i].acked_lsn + 1,
+                    frame_bytes_max: FRAME_BYTES_MAX as u32,
+                    recv_credits: 0,
+                };
+                match wire::encode_hello(&hello) {
+                    Ok(h) => {
+                        let _ = c.send(OutFrame::control(h, 0));
+                        let l = &mut self.links[i];
+                        if let (Some(r), Some(fd)) = (self.readiness.as_mut(), c.raw_fd()) {
+                            l.watched = r.add(fd, l.token).is_ok();
                         }
-                        Err(e) => self.links[i].last_error = e.to_string(),
+                        self.links[i].conn = Some(c);
+                        self.links[i].phase = LinkPhase::Handshake;
                     }
-                }
-                Err(e) => {
-                    self.links[i].last_error = e.to_string();
-                    self.links[i].phase = LinkPhase::Disconnected {
-                        retry_at_ns: now + RECONNECT_DELAY_MS * 1_000_000,
-                    };
+                    Err(e) => self.links[i].last_error = e.to_string(),
                 }
             }
-            busy = true;
+            Err(e) => {
+                self.links[i].last_error = e.to_string();
+                self.links[i].phase = LinkPhase::Disconnected {
+                    retry_at_ns: now + RECONNECT_DELAY_MS * 1_000_000,
+                };
+            }
         }
+        true
+    }
+
+    /// Receives link `i`'s frames into `frames`: a watched socket only when it is readable
+    /// (or bytes wait in the buffer), and every RECV_UNREADY_PERIOD_NS regardless.
+    fn receive(&mut self, i: usize, now: u64, frames: &mut ArrayVec<RxEvent, 64>) -> Received {
         let l = &mut self.links[i];
         let Some(conn) = l.conn.as_mut() else {
-            return busy;
+            return Received::NoConnection;
         };
-        // Receive: a watched socket only when it is readable (or bytes wait in the buffer),
-        // and every RECV_UNREADY_PERIOD_NS regardless.
         let expected = !l.watched || l.phase != LinkPhase::Up || self.ready.contains(&l.token) || conn.has_buffered();
         let read = expected || now.saturating_sub(l.recv_ns) >= RECV_UNREADY_PERIOD_NS;
         if read {
             l.recv_ns = now;
         }
-        let mut frames: ArrayVec<RxEvent, 64> = ArrayVec::new();
         let r = if !read {
             Ok(0)
         } else {
@@ -247,119 +285,122 @@ impl LinkState {
         }
         if let Err(e) = r {
             self.link_failed(i, format!("receive: {e}"), now);
-            return true;
+            return Received::Failed;
         }
-        let mut resync_at: Option<(u64, String)> = None;
-        let mut acked_bytes = 0u64;
-        for ev in frames.drain(..) {
-            busy = true;
-            let l = &mut self.links[i];
-            if matches!(ev, RxEvent::Reply(HelloReply::Refused { .. })) {
-                // A relay that refuses this volume holds none of its writes: not an answer
-                // for down detection, so the volume's policy applies once the timeout passes.
-                l.refused_ns = now;
-            } else {
-                l.heard_ns = now;
-                if l.down {
-                    log::info!("volume {}: relay {} answers again", self.s.cfg.name, l.addr);
-                    l.down = false;
+        Received::Frames
+    }
+
+    /// Handles one frame from link `i`'s relay. Returns false when the link failed (or a
+    /// resync could not start): nothing more is done with it this round.
+    fn on_event(&mut self, i: usize, ev: RxEvent, now: u64) -> bool {
+        let l = &mut self.links[i];
+        if matches!(ev, RxEvent::Reply(HelloReply::Refused { .. })) {
+            // A relay that refuses this volume holds none of its writes: not an answer
+            // for down detection, so the volume's policy applies once the timeout passes.
+            l.refused_ns = now;
+        } else {
+            l.heard_ns = now;
+            if l.down {
+                log::info!("volume {}: relay {} answers again", self.s.cfg.name, l.addr);
+                l.down = false;
+            }
+        }
+        match ev {
+            RxEvent::Reply(HelloReply::Accepted { resume_lsn, .. }) => {
+                if let Some((base, why)) = self.on_accepted(i, resume_lsn) {
+                    return self.start_resync(i, base, &why, now);
                 }
             }
-            match ev {
-                RxEvent::Reply(HelloReply::Accepted { resume_lsn, .. }) => {
-                    let have = resume_lsn.saturating_sub(1);
-                    // What the relay holds now: less than it acknowledged before if its
-                    // journal lost a tail (recovery cut it), which then needs a resync.
-                    l.acked_lsn = have;
-                    l.beyond_retention = false;
-                    l.sent_lsn = l.acked_lsn;
-                    l.phase = LinkPhase::Up;
-                    l.last_error.clear();
-                    // Can it be caught up from what the primary still holds? If not, its
-                    // history restarts at the oldest LSN the primary holds (resync).
-                    let oldest = self.oldest_held();
-                    let l = &mut self.links[i];
-                    if self.next_lsn != 0 && have + 1 < oldest && have < self.completed_lsn {
-                        resync_at = Some((
-                            oldest,
-                            format!("relay holds up to LSN {have}; the primary holds LSNs from {oldest} on only"),
+            RxEvent::Reply(HelloReply::Refused { reason, generation, .. }) => {
+                l.last_error = format!("refused: {reason:?} (relay generation {generation})");
+                log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
+                l.phase = LinkPhase::Refused;
+            }
+            RxEvent::Ack(durable, _gen) => {
+                if durable > l.acked_lsn {
+                    l.acked_lsn = durable;
+                    let mut acked_bytes = 0u64;
+                    while let Some(&(last, bytes)) = l.frames.front() {
+                        if last > durable {
+                            break;
+                        }
+                        l.bytes_in_flight -= bytes;
+                        acked_bytes += bytes;
+                        l.frames.pop_front();
+                    }
+                    l.resync_acked(acked_bytes, &self.s.cfg.name);
+                }
+            }
+            RxEvent::Heartbeat(h) => {
+                if !h.is_reply {
+                    if let Some(c) = l.conn.as_mut() {
+                        let _ = c.send(OutFrame::control(
+                            wire::encode_heartbeat(&Heartbeat { is_reply: true, ..h }),
+                            0,
                         ));
-                    } else if self.next_lsn != 0 && have >= self.next_lsn {
-                        l.phase = LinkPhase::NeedsResync;
-                        l.last_error = format!("relay holds LSN {have}, beyond this primary's {}", self.next_lsn - 1);
-                        log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
-                    } else {
-                        log::info!(
-                            "volume {}: relay {} up, resumes at LSN {resume_lsn}",
-                            self.s.cfg.name,
-                            l.addr
-                        );
                     }
                 }
-                RxEvent::Reply(HelloReply::Refused { reason, generation, .. }) => {
-                    l.last_error = format!("refused: {reason:?} (relay generation {generation})");
-                    log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
-                    l.phase = LinkPhase::Refused;
-                }
-                RxEvent::Ack(durable, _gen) => {
-                    if durable > l.acked_lsn {
-                        l.acked_lsn = durable;
-                        while let Some(&(last, bytes)) = l.frames.front() {
-                            if last > durable {
-                                break;
-                            }
-                            l.bytes_in_flight -= bytes;
-                            acked_bytes += bytes;
-                            l.frames.pop_front();
-                        }
-                        l.resync_acked(std::mem::take(&mut acked_bytes), &self.s.cfg.name);
-                    }
-                }
-                RxEvent::Heartbeat(h) => {
-                    if !h.is_reply {
-                        if let Some(c) = l.conn.as_mut() {
-                            let _ = c.send(OutFrame::control(
-                                wire::encode_heartbeat(&Heartbeat { is_reply: true, ..h }),
-                                0,
-                            ));
-                        }
-                    }
-                }
-                RxEvent::Unexpected(k) => {
-                    let why = format!("unexpected frame kind {k} from relay");
-                    self.link_failed(i, why, now);
-                    return true;
-                }
             }
-            if let Some((base, why)) = resync_at.take() {
-                if !self.start_resync(i, base, &why, now) {
-                    return true;
-                }
+            RxEvent::Unexpected(k) => {
+                let why = format!("unexpected frame kind {k} from relay");
+                self.link_failed(i, why, now);
+                return false;
             }
         }
-        if self.links[i].phase == LinkPhase::Refused {
-            self.link_failed(i, String::new(), now);
-            self.links[i].phase = LinkPhase::Refused;
-            return true;
+        true
+    }
+
+    /// The relay accepted the Hello and holds LSNs below `resume_lsn`: the link is up.
+    /// Returns the resync base and why when it cannot be caught up from what the primary
+    /// still holds (its history then restarts at the oldest LSN the primary holds).
+    fn on_accepted(&mut self, i: usize, resume_lsn: u64) -> Option<(u64, String)> {
+        let l = &mut self.links[i];
+        let have = resume_lsn.saturating_sub(1);
+        // What the relay holds now: less than it acknowledged before if its
+        // journal lost a tail (recovery cut it), which then needs a resync.
+        l.acked_lsn = have;
+        l.beyond_retention = false;
+        l.sent_lsn = l.acked_lsn;
+        l.phase = LinkPhase::Up;
+        l.last_error.clear();
+        let oldest = self.oldest_held();
+        let l = &mut self.links[i];
+        if self.next_lsn != 0 && have + 1 < oldest && have < self.completed_lsn {
+            return Some((
+                oldest,
+                format!("relay holds up to LSN {have}; the primary holds LSNs from {oldest} on only"),
+            ));
         }
-        if self.links[i].phase == LinkPhase::Up && self.next_lsn != 0 {
-            busy |= self.pump(i);
-            let l = &mut self.links[i];
-            if now.saturating_sub(l.hb_sent_ns) >= timeout / 4 {
-                l.hb_sent_ns = now;
-                if let Some(c) = l.conn.as_mut() {
-                    let _ = c.send(OutFrame::control(
-                        wire::encode_heartbeat(&Heartbeat {
-                            nonce: now,
-                            time_ns: now,
-                            is_reply: false,
-                        }),
-                        0,
-                    ));
-                }
+        if self.next_lsn != 0 && have >= self.next_lsn {
+            l.phase = LinkPhase::NeedsResync;
+            l.last_error = format!("relay holds LSN {have}, beyond this primary's {}", self.next_lsn - 1);
+            log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
+        } else {
+            log::info!(
+                "volume {}: relay {} up, resumes at LSN {resume_lsn}",
+                self.s.cfg.name,
+                l.addr
+            );
+        }
+        None
+    }
+
+    /// A heartbeat every quarter of the down timeout while the link is up.
+    fn send_heartbeat_if_due(&mut self, i: usize, now: u64, timeout: u64) {
+        let l = &mut self.links[i];
+        if now.saturating_sub(l.hb_sent_ns) >= timeout / 4 {
+            l.hb_sent_ns = now;
+            if let Some(c) = l.conn.as_mut() {
+                let _ = c.send(OutFrame::control(
+                    wire::encode_heartbeat(&Heartbeat {
+                        nonce: now,
+                        time_ns: now,
+                        is_reply: false,
+                    }),
+                    0,
+                ));
             }
         }
-        busy | self.flush_link(i, now)
     }
 
     /// Pushes link `i`'s queued bytes to its socket and takes back the references of

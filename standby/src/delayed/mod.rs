@@ -38,9 +38,10 @@
 //! staging is discarded by bumping the incarnation, which voids every record.
 
 use crate::io::Dev;
+use crate::le;
 use crate::receive::{OpBody, OwnedOp};
 use crate::superblock::{Mode, Superblock};
-use crate::sync_skip::{self, MarkVerdict, RpVerdict, SyncSkip};
+use crate::sync_skip::{self, MarkVerdict, RpTake, SyncSkip};
 use crate::StandbyError;
 use engine::bdev::IoCompletion;
 use engine::buf::DmaBuf;
@@ -242,48 +243,12 @@ impl Delayed {
     ) -> Result<Delayed, StandbyError> {
         check_geometry(&staging, &volume)?;
         let log_blocks = staging.num_blocks - LOG_START_BLOCK;
-        let mut recs = VecDeque::new();
-        let mut pos = sb.tail_off;
-        let mut seq = sb.tail_seq;
-        let mut cache_bytes = 0usize;
-        // Scan at most one lap: a valid log never holds more.
-        while pos - sb.tail_off < log_blocks {
-            let phys = LOG_START_BLOCK + pos % log_blocks;
-            let hdr = staging.sync_read(phys, 1)?;
-            let Some(h) = parse_header(&hdr, sb.incarnation, seq) else {
-                break;
-            };
-            let to_end = log_blocks - pos % log_blocks;
-            let blocks = match h.kind {
-                RecKind::Pad => to_end,
-                RecKind::Write { n, .. } => 1 + n as u64,
-                _ => 1,
-            };
-            if blocks > to_end || pos + blocks - sb.tail_off > log_blocks {
-                break;
-            }
-            let mut data = None;
-            if let RecKind::Write { n, .. } = h.kind {
-                let d = staging.sync_read(phys + 1, n)?;
-                if crc32c::crc32c(&d) != h.data_crc {
-                    break; // torn: header landed, data did not
-                }
-                if cache_bytes + d.len() <= opts.cache_bytes_max {
-                    cache_bytes += d.len();
-                    data = Some((d, 0));
-                }
-            }
-            recs.push_back(Rec {
-                seq,
-                lsn: h.lsn,
-                pos,
-                kind: h.kind,
-                staged: true,
-                data,
-            });
-            pos += blocks;
-            seq += 1;
-        }
+        let Scan {
+            recs,
+            head: pos,
+            next_seq: seq,
+            cache_bytes,
+        } = scan_log(&mut staging, &sb, log_blocks, opts.cache_bytes_max)?;
         let mut d = Delayed {
             shown: (sb.applied_epoch, sb.applied_last_lsn, sb.applied_rp_lsn, sb.tag.clone()),
             staging,
@@ -316,52 +281,63 @@ impl Delayed {
             recs,
             sb,
         };
-        // Everything found by the scan is durable.
-        for r in &d.recs {
+        d.take_in_scanned();
+        d.resume_apply()?;
+        Ok(d)
+    }
+
+    /// Everything found by the scan is durable: the restart points and sync markers it
+    /// holds rebuild what taking them had built.
+    fn take_in_scanned(&mut self) {
+        for r in &self.recs {
             if r.lsn != 0 {
-                d.staged_lsn = r.lsn;
+                self.staged_lsn = r.lsn;
             }
             if let RecKind::Rp { epoch, last_lsn, .. } = r.kind {
-                d.skip.on_rp();
-                if epoch > d.sb.applied_epoch {
-                    d.rps.push_back((epoch, r.seq));
-                    d.last_epoch_seen = epoch;
-                    d.last_rp_last_lsn = last_lsn;
+                self.skip.on_rp();
+                if epoch > self.sb.applied_epoch {
+                    self.rps.push_back((epoch, r.seq));
+                    self.last_epoch_seen = epoch;
+                    self.last_rp_last_lsn = last_lsn;
                 }
             }
             if let RecKind::Sync { mark } = r.kind {
                 // Only markers that changed the state were staged (a Begin only if skipped).
-                d.skip.on_mark(mark, r.lsn, matches!(mark, SyncMark::Begin { .. }));
-                if matches!(mark, SyncMark::Begin { .. }) && d.shown.0 == 0 {
-                    d.skip.never_applied();
+                self.skip.on_mark(mark, r.lsn, matches!(mark, SyncMark::Begin { .. }));
+                if matches!(mark, SyncMark::Begin { .. }) && self.shown.0 == 0 {
+                    self.skip.never_applied();
                 }
             }
         }
-        d.staged_lsn = d.staged_lsn.max(d.sb.applied_rp_lsn);
-        d.durable_lsn = d.staged_lsn;
-        if d.sb.applying_epoch != 0 {
+        self.staged_lsn = self.staged_lsn.max(self.sb.applied_rp_lsn);
+        self.durable_lsn = self.staged_lsn;
+    }
+
+    /// Redoes an apply a crash interrupted (the superblock names its epoch).
+    fn resume_apply(&mut self) -> Result<(), StandbyError> {
+        if self.sb.applying_epoch != 0 {
             // Crashed in the middle of an apply: redo it from the volume
             // writes on (staging was flushed before the marker was written).
-            let ep = d.sb.applying_epoch;
-            let Some(&(_, rp_seq)) = d.rps.iter().find(|(e, _)| *e == ep) else {
+            let ep = self.sb.applying_epoch;
+            let Some(&(_, rp_seq)) = self.rps.iter().find(|(e, _)| *e == ep) else {
                 return Err(StandbyError::Corrupt(format!(
                     "superblock says epoch {ep} was being applied but its restart point is not in staging"
                 )));
             };
             log::info!("standby: redoing the interrupted apply of epoch {ep}");
-            let r = d.rec(rp_seq).expect("listed restart point is indexed");
+            let r = self.rec(rp_seq).expect("listed restart point is indexed");
             let RecKind::Rp { last_lsn, tag, .. } = &r.kind else {
                 unreachable!("rps lists restart points only")
             };
-            d.apply = Apply::ReadBack(EpochRef {
+            self.apply = Apply::ReadBack(EpochRef {
                 epoch: ep,
                 last_lsn: *last_lsn,
                 rp_lsn: r.lsn,
                 tag: tag.clone(),
             });
-            d.start_phase();
+            self.start_phase();
         }
-        Ok(d)
+        Ok(())
     }
 
     /// The LSN the receiver should deliver next after open.
@@ -417,8 +393,28 @@ impl Delayed {
         if self.used() + need > self.log_blocks {
             return Err((op, None));
         }
-        let bs = self.staging.block_size as usize;
-        let kind = match op.body {
+        let kind = match self.record_kind(&op, need) {
+            Ok(Some(kind)) => kind,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                self.error = Some(e.to_string());
+                return Err((op, Some(e)));
+            }
+        };
+        if matches!(op.body, OpBody::Write { .. }) {
+            if let Err(e) = op.check_range(self.volume.num_blocks) {
+                self.error = Some(e.to_string());
+                return Err((op, Some(e)));
+            }
+        }
+        self.stage(&op, need, kind);
+        Ok(())
+    }
+
+    /// The record `op` is staged as (`need` blocks), or `None` when nothing is staged (a
+    /// sync marker the skip state ignores, a restart point delivered again or dropped).
+    fn record_kind(&mut self, op: &OwnedOp, need: u64) -> Result<Option<RecKind>, StandbyError> {
+        Ok(Some(match op.body {
             OpBody::Write {
                 offset_blocks,
                 num_blocks,
@@ -445,7 +441,7 @@ impl Delayed {
             },
             OpBody::Sync { mark, skipped } => {
                 if self.skip.on_mark(mark, op.lsn, skipped) == MarkVerdict::Ignore {
-                    return Ok(());
+                    return Ok(None);
                 }
                 if skipped && self.shown.0 == 0 {
                     self.skip.never_applied();
@@ -457,28 +453,22 @@ impl Delayed {
                 last_lsn,
                 ref tag,
             } => {
-                if epoch <= self.last_epoch_seen {
+                match sync_skip::take_rp(
+                    &mut self.skip,
+                    &mut self.last_epoch_seen,
+                    &mut self.last_rp_last_lsn,
+                    epoch,
+                    last_lsn,
+                )? {
                     // Delivered again after a restart: already staged or applied.
-                    return Ok(());
+                    RpTake::Again => return Ok(None),
+                    RpTake::Dropped => {
+                        // Inside a skipped sync: not an image of the primary's (sync_skip.rs).
+                        self.rps_dropped += 1;
+                        return Ok(None);
+                    }
+                    RpTake::Next => {}
                 }
-                let verdict = self.skip.on_rp();
-                if verdict == RpVerdict::Drop {
-                    // Inside a skipped sync: not an image of the primary's (sync_skip.rs).
-                    self.rps_dropped += 1;
-                    return Ok(());
-                }
-                if !sync_skip::epoch_in_order(verdict, epoch, last_lsn, self.last_epoch_seen, self.last_rp_last_lsn) {
-                    let e = StandbyError::EpochOrder {
-                        epoch,
-                        expected: self.last_epoch_seen + 1,
-                        last_lsn,
-                        prev_last_lsn: self.last_rp_last_lsn,
-                    };
-                    self.error = Some(e.to_string());
-                    return Err((op, Some(e)));
-                }
-                self.last_epoch_seen = epoch;
-                self.last_rp_last_lsn = last_lsn;
                 self.rps.push_back((epoch, self.next_seq + u64::from(need > 1)));
                 RecKind::Rp {
                     epoch,
@@ -486,27 +476,13 @@ impl Delayed {
                     tag: tag.clone(),
                 }
             }
-        };
-        if let OpBody::Write {
-            offset_blocks,
-            num_blocks,
-            ..
-        } = op.body
-        {
-            if offset_blocks
-                .checked_add(num_blocks as u64)
-                .is_none_or(|e| e > self.volume.num_blocks)
-            {
-                let e = StandbyError::OutOfRange {
-                    lsn: op.lsn,
-                    offset_blocks,
-                    num_blocks,
-                    volume_blocks: self.volume.num_blocks,
-                };
-                self.error = Some(e.to_string());
-                return Err((op, Some(e)));
-            }
-        }
+        }))
+    }
+
+    /// Stages `op` as a `kind` record, after a pad to the start of the log when its
+    /// `need` blocks include the rest of the log before it.
+    fn stage(&mut self, op: &OwnedOp, need: u64, kind: RecKind) {
+        let bs = self.staging.block_size as usize;
         let to_end = self.log_blocks - self.head % self.log_blocks;
         let rec_blocks = match &kind {
             RecKind::Write { n, .. } => 1 + *n as u64,
@@ -552,7 +528,6 @@ impl Delayed {
             &tag,
         );
         self.push_rec(op.lsn, rec_blocks, kind, b);
-        Ok(())
     }
 
     fn push_rec(&mut self, lsn: u64, blocks: u64, kind: RecKind, buf: DmaBuf) {
@@ -748,6 +723,69 @@ impl Delayed {
     }
 }
 
+/// What the scan of the staging log found: its records from the tail on, where the
+/// next record goes, its sequence number, and the bytes of write data kept in memory.
+struct Scan {
+    recs: VecDeque<Rec>,
+    head: u64,
+    next_seq: u64,
+    cache_bytes: usize,
+}
+
+/// Scans the staging log from the superblock's tail up to the first record that is torn,
+/// stale or foreign (at most one lap), keeping write data in memory up to
+/// `cache_bytes_max`.
+fn scan_log(staging: &mut Dev, sb: &Superblock, log_blocks: u64, cache_bytes_max: usize) -> Result<Scan, StandbyError> {
+    let mut recs = VecDeque::new();
+    let mut pos = sb.tail_off;
+    let mut seq = sb.tail_seq;
+    let mut cache_bytes = 0usize;
+    // Scan at most one lap: a valid log never holds more.
+    while pos - sb.tail_off < log_blocks {
+        let phys = LOG_START_BLOCK + pos % log_blocks;
+        let hdr = staging.sync_read(phys, 1)?;
+        let Some(h) = parse_header(&hdr, sb.incarnation, seq) else {
+            break;
+        };
+        let to_end = log_blocks - pos % log_blocks;
+        let blocks = match h.kind {
+            RecKind::Pad => to_end,
+            RecKind::Write { n, .. } => 1 + n as u64,
+            _ => 1,
+        };
+        if blocks > to_end || pos + blocks - sb.tail_off > log_blocks {
+            break;
+        }
+        let mut data = None;
+        if let RecKind::Write { n, .. } = h.kind {
+            let d = staging.sync_read(phys + 1, n)?;
+            if crc32c::crc32c(&d) != h.data_crc {
+                break; // torn: header landed, data did not
+            }
+            if cache_bytes + d.len() <= cache_bytes_max {
+                cache_bytes += d.len();
+                data = Some((d, 0));
+            }
+        }
+        recs.push_back(Rec {
+            seq,
+            lsn: h.lsn,
+            pos,
+            kind: h.kind,
+            staged: true,
+            data,
+        });
+        pos += blocks;
+        seq += 1;
+    }
+    Ok(Scan {
+        recs,
+        head: pos,
+        next_seq: seq,
+        cache_bytes,
+    })
+}
+
 fn releasable(r: &Rec, ep: &EpochRef) -> bool {
     match r.kind {
         RecKind::Pad => true,
@@ -757,23 +795,7 @@ fn releasable(r: &Rec, ep: &EpochRef) -> bool {
 }
 
 fn check_geometry(staging: &Dev, volume: &Dev) -> Result<(), StandbyError> {
-    if staging.block_size != volume.block_size {
-        return Err(StandbyError::Geometry(format!(
-            "staging bdev {} has {}-byte blocks, volume {} has {}-byte blocks: they must match",
-            staging.name(),
-            staging.block_size,
-            volume.name(),
-            volume.block_size
-        )));
-    }
-    if staging.num_blocks < LOG_START_BLOCK + 2 {
-        return Err(StandbyError::Geometry(format!(
-            "staging bdev {} has {} blocks: too small",
-            staging.name(),
-            staging.num_blocks
-        )));
-    }
-    Ok(())
+    staging.check_beside("staging bdev", volume, "volume", LOG_START_BLOCK + 2)
 }
 
 struct Header {
@@ -802,18 +824,17 @@ fn encode_header(b: &mut [u8], kind: u8, incarnation: u64, seq: u64, lsn: u64, a
 
 /// Parses a record header; `None` ends the scan (torn, stale or foreign).
 fn parse_header(b: &[u8], incarnation: u64, seq: u64) -> Option<Header> {
-    let u64at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
-    if u32::from_le_bytes(b[0..4].try_into().ok()?) != REC_MAGIC {
+    if le::u32_at(b, 0) != REC_MAGIC {
         return None;
     }
-    if u32::from_le_bytes(b[HDR_CRC_AT..HDR_CRC_AT + 4].try_into().ok()?) != crc32c::crc32c(&b[..HDR_CRC_AT]) {
+    if le::u32_at(b, HDR_CRC_AT) != crc32c::crc32c(&b[..HDR_CRC_AT]) {
         return None;
     }
-    if u64at(8) != incarnation || u64at(16) != seq {
+    if le::u64_at(b, 8) != incarnation || le::u64_at(b, 16) != seq {
         return None;
     }
-    let (lsn, a0, a1) = (u64at(24), u64at(32), u64at(40));
-    let tag_len = u16::from_le_bytes([b[6], b[7]]) as usize;
+    let (lsn, a0, a1) = (le::u64_at(b, 24), le::u64_at(b, 32), le::u64_at(b, 40));
+    let tag_len = le::u16_at(b, 6) as usize;
     let n = u32::try_from(a1).ok();
     let kind = match b[4] {
         KIND_WRITE => RecKind::Write { offset: a0, n: n? },
@@ -841,6 +862,6 @@ fn parse_header(b: &[u8], incarnation: u64, seq: u64) -> Option<Header> {
     Some(Header {
         kind,
         lsn,
-        data_crc: u32::from_le_bytes(b[48..52].try_into().ok()?),
+        data_crc: le::u32_at(b, 48),
     })
 }

@@ -197,36 +197,7 @@ fn exchange(
     let len = image.len() as u64;
     let mut base = last;
     loop {
-        let entries: Vec<(u32, Hash)> = match base {
-            Some(b) => chunks
-                .iter()
-                .enumerate()
-                .filter(|(i, h)| b.chunks.get(*i) != Some(h))
-                .map(|(i, h)| (i as u32, *h))
-                .collect(),
-            None => chunks.iter().enumerate().map(|(i, h)| (i as u32, *h)).collect(),
-        };
-        wire::encode_propose(
-            &mut c.wr.out,
-            &Propose {
-                seq: rep.seq,
-                image_len: len,
-                image_hash: rep.hash,
-                base: base.map(|b| Base {
-                    seq: b.seq,
-                    hash: b.hash,
-                }),
-                entry_count: entries.len() as u32,
-            },
-        );
-        c.wr.send()?;
-        for part in entries.chunks(ENTRIES_PER_FRAME) {
-            wire::encode_entries(&mut c.wr.out, part.iter().copied())
-                .map_err(|e| ImageError::Protocol(e.to_string()))?;
-            c.wr.send()?;
-        }
-        c.wr.flush()?;
-        rep.entries_sent += entries.len() as u64;
+        propose(c, base, len, chunks, rep)?;
         let (runs_total, chunks_total) = match c.rd.next()? {
             Msg::NeedFull if base.is_some() => {
                 base = None;
@@ -242,72 +213,130 @@ fn exchange(
             m => return Err(ImageError::Protocol(format!("expected Need, got {:?}", m.kind()))),
         };
         rep.base = base.map(|b| b.seq);
-        let n = chunk_count(len);
-        let mut need: Vec<u32> = Vec::with_capacity(chunks_total as usize);
-        let mut runs_seen = 0u64;
-        while runs_seen < runs_total as u64 {
-            match c.rd.next()? {
-                Msg::NeedRuns(r) => {
-                    runs_seen += r.len() as u64;
-                    for (s, k) in r.iter() {
-                        let end = s as u64 + k as u64;
-                        if end > n || need.last().is_some_and(|&l| l >= s) {
-                            return Err(ImageError::Protocol(format!(
-                                "asked for chunks {s}..{end} of {n}, not ascending or out of range"
-                            )));
-                        }
-                        need.extend(s..end as u32);
-                        if need.len() as u64 > chunks_total as u64 {
-                            return Err(ImageError::Protocol(format!(
-                                "asked for more than the {chunks_total} chunks announced"
-                            )));
-                        }
+        let need = read_need(c, runs_total, chunks_total, chunk_count(len))?;
+        send_chunks(c, image, &need, rep)?;
+        return await_saved(c, rep);
+    }
+}
+
+/// Sends the proposal: against `base`, the entries of the chunks that differ from it;
+/// without, every chunk's.
+fn propose(
+    c: &mut Conn,
+    base: Option<&Last>,
+    len: u64,
+    chunks: &[Hash],
+    rep: &mut TransferReport,
+) -> Result<(), ImageError> {
+    let entries: Vec<(u32, Hash)> = match base {
+        Some(b) => chunks
+            .iter()
+            .enumerate()
+            .filter(|(i, h)| b.chunks.get(*i) != Some(h))
+            .map(|(i, h)| (i as u32, *h))
+            .collect(),
+        None => chunks.iter().enumerate().map(|(i, h)| (i as u32, *h)).collect(),
+    };
+    wire::encode_propose(
+        &mut c.wr.out,
+        &Propose {
+            seq: rep.seq,
+            image_len: len,
+            image_hash: rep.hash,
+            base: base.map(|b| Base {
+                seq: b.seq,
+                hash: b.hash,
+            }),
+            entry_count: entries.len() as u32,
+        },
+    );
+    c.wr.send()?;
+    for part in entries.chunks(ENTRIES_PER_FRAME) {
+        wire::encode_entries(&mut c.wr.out, part.iter().copied()).map_err(|e| ImageError::Protocol(e.to_string()))?;
+        c.wr.send()?;
+    }
+    c.wr.flush()?;
+    rep.entries_sent += entries.len() as u64;
+    Ok(())
+}
+
+/// Reads the `runs_total` runs of chunks the server needs (`chunks_total` chunks of the
+/// image's `n`), checking they ascend and stay in range.
+fn read_need(c: &mut Conn, runs_total: u32, chunks_total: u32, n: u64) -> Result<Vec<u32>, ImageError> {
+    let mut need: Vec<u32> = Vec::with_capacity(chunks_total as usize);
+    let mut runs_seen = 0u64;
+    while runs_seen < runs_total as u64 {
+        match c.rd.next()? {
+            Msg::NeedRuns(r) => {
+                runs_seen += r.len() as u64;
+                for (s, k) in r.iter() {
+                    let end = s as u64 + k as u64;
+                    if end > n || need.last().is_some_and(|&l| l >= s) {
+                        return Err(ImageError::Protocol(format!(
+                            "asked for chunks {s}..{end} of {n}, not ascending or out of range"
+                        )));
+                    }
+                    need.extend(s..end as u32);
+                    if need.len() as u64 > chunks_total as u64 {
+                        return Err(ImageError::Protocol(format!(
+                            "asked for more than the {chunks_total} chunks announced"
+                        )));
                     }
                 }
-                m => return Err(ImageError::Protocol(format!("expected NeedRuns, got {:?}", m.kind()))),
             }
+            m => return Err(ImageError::Protocol(format!("expected NeedRuns, got {:?}", m.kind()))),
         }
-        if runs_seen != runs_total as u64 || need.len() != chunks_total as usize {
-            return Err(ImageError::Protocol(format!(
-                "{runs_seen} runs of {} chunks received, {runs_total} runs of {chunks_total} announced",
-                need.len()
-            )));
-        }
-        // Whole chunks, at most BODY_MAX bytes per frame.
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(BODY_MAX / CHUNK_SIZE);
-        let mut in_frame = 0usize;
-        for &i in &need {
-            let at = i as usize * CHUNK_SIZE;
-            let l = chunk_len(len, i as u64);
-            if in_frame + l > BODY_MAX {
-                wire::encode_chunks(&mut c.wr.out, &parts).map_err(|e| ImageError::Protocol(e.to_string()))?;
-                c.wr.send()?;
-                parts.clear();
-                in_frame = 0;
-            }
-            parts.push(&image[at..at + l]);
-            in_frame += l;
-            rep.data_bytes_sent += l as u64;
-        }
-        if !parts.is_empty() {
+    }
+    if runs_seen != runs_total as u64 || need.len() != chunks_total as usize {
+        return Err(ImageError::Protocol(format!(
+            "{runs_seen} runs of {} chunks received, {runs_total} runs of {chunks_total} announced",
+            need.len()
+        )));
+    }
+    Ok(need)
+}
+
+/// Sends the chunks `need` names, whole, at most BODY_MAX bytes per frame.
+fn send_chunks(c: &mut Conn, image: &[u8], need: &[u32], rep: &mut TransferReport) -> Result<(), ImageError> {
+    let len = image.len() as u64;
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(BODY_MAX / CHUNK_SIZE);
+    let mut in_frame = 0usize;
+    for &i in need {
+        let at = i as usize * CHUNK_SIZE;
+        let l = chunk_len(len, i as u64);
+        if in_frame + l > BODY_MAX {
             wire::encode_chunks(&mut c.wr.out, &parts).map_err(|e| ImageError::Protocol(e.to_string()))?;
             c.wr.send()?;
+            parts.clear();
+            in_frame = 0;
         }
-        c.wr.flush()?;
-        rep.chunks_sent += need.len() as u64;
-        return match c.rd.next()? {
-            Msg::Saved { seq, hash } if seq == rep.seq && hash == rep.hash => Ok(()),
-            Msg::Saved { seq, hash } => Err(ImageError::Protocol(format!(
-                "Saved seq {seq} {}, expected seq {} {}",
-                hex(&hash),
-                rep.seq,
-                hex(&rep.hash)
-            ))),
-            Msg::Error { code, message } => Err(ImageError::Remote {
-                code,
-                message: message.to_owned(),
-            }),
-            m => Err(ImageError::Protocol(format!("expected Saved, got {:?}", m.kind()))),
-        };
+        parts.push(&image[at..at + l]);
+        in_frame += l;
+        rep.data_bytes_sent += l as u64;
+    }
+    if !parts.is_empty() {
+        wire::encode_chunks(&mut c.wr.out, &parts).map_err(|e| ImageError::Protocol(e.to_string()))?;
+        c.wr.send()?;
+    }
+    c.wr.flush()?;
+    rep.chunks_sent += need.len() as u64;
+    Ok(())
+}
+
+/// Waits for the server's `Saved` of this image.
+fn await_saved(c: &mut Conn, rep: &TransferReport) -> Result<(), ImageError> {
+    match c.rd.next()? {
+        Msg::Saved { seq, hash } if seq == rep.seq && hash == rep.hash => Ok(()),
+        Msg::Saved { seq, hash } => Err(ImageError::Protocol(format!(
+            "Saved seq {seq} {}, expected seq {} {}",
+            hex(&hash),
+            rep.seq,
+            hex(&rep.hash)
+        ))),
+        Msg::Error { code, message } => Err(ImageError::Remote {
+            code,
+            message: message.to_owned(),
+        }),
+        m => Err(ImageError::Protocol(format!("expected Saved, got {:?}", m.kind()))),
     }
 }

@@ -42,6 +42,7 @@ pub use client::{ImageClient, TransferReport};
 pub use server::ImageServer;
 pub use store::{ImageStore, PruneReport};
 
+use crate::le;
 use std::path::PathBuf;
 
 /// Bytes of one chunk (the last chunk of an image may be shorter).
@@ -72,7 +73,7 @@ pub fn parse_restart_tag(tag: &[u8]) -> Option<(u64, [u8; 32])> {
     if tag.len() != TAG_BYTES {
         return None;
     }
-    let seq = u64::from_le_bytes(tag[..8].try_into().ok()?);
+    let seq = le::u64_at(tag, 0);
     let hash: [u8; 32] = tag[8..].try_into().ok()?;
     Some((seq, hash))
 }

@@ -57,24 +57,7 @@ impl Listener {
     }
 
     pub(super) fn poll(&mut self, now: u64) -> PollStatus {
-        let mut busy = false;
-        while self.pending.len() < PENDING_CONNS_MAX {
-            match self.acceptor.poll_accept::<Vec<u8>>() {
-                Ok(Some((conn, peer))) => {
-                    busy = true;
-                    self.pending.push(Pending {
-                        conn,
-                        peer,
-                        since_ns: now,
-                    });
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    log::warn!("standby: accept: {e}");
-                    break;
-                }
-            }
-        }
+        let mut busy = self.accept(now);
         let mut i = 0;
         while i < self.pending.len() {
             let mut hello: Option<HelloOwned> = None;
@@ -128,38 +111,66 @@ impl Listener {
                 continue;
             };
             busy = true;
-            let mut pc = self.pending.swap_remove(i);
-            if h.role != Role::Relay {
-                log::warn!(
-                    "standby: connection from {} for volume {:?}: role {:?}, only relays connect here",
-                    pc.peer,
-                    h.name,
-                    h.role
-                );
-                pc.conn
-                    .send_last(wire::encode_hello_reply(&refused(RefuseReason::Role, 0)));
-                continue;
-            }
-            let Some(core) = rpc::owner_core(&h.name) else {
-                log::warn!(
-                    "standby: relay {} asks for volume {:?}: no such standby volume",
-                    pc.peer,
-                    h.name
-                );
-                pc.conn
-                    .send_last(wire::encode_hello_reply(&refused(RefuseReason::UnknownVolume, 0)));
-                continue;
-            };
-            let (conn, peer) = (pc.conn, pc.peer);
-            if let Err(e) = reactor::send_msg(core, move || adopt(conn, peer, h, now_ns())) {
-                log::warn!("standby: cannot hand the connection from {peer} to reactor {core}: {e}");
-            }
+            hand_off(self.pending.swap_remove(i), h);
         }
         if busy {
             PollStatus::Busy
         } else {
             PollStatus::Idle
         }
+    }
+
+    /// Accepts new connections, up to PENDING_CONNS_MAX waiting for their Hello.
+    fn accept(&mut self, now: u64) -> bool {
+        let mut busy = false;
+        while self.pending.len() < PENDING_CONNS_MAX {
+            match self.acceptor.poll_accept::<Vec<u8>>() {
+                Ok(Some((conn, peer))) => {
+                    busy = true;
+                    self.pending.push(Pending {
+                        conn,
+                        peer,
+                        since_ns: now,
+                    });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    log::warn!("standby: accept: {e}");
+                    break;
+                }
+            }
+        }
+        busy
+    }
+}
+
+/// A connection whose Hello `h` arrived: a relay's goes to the reactor of the standby
+/// volume it names ([`adopt`]); anything else is refused.
+fn hand_off(mut pc: Pending, h: HelloOwned) {
+    if h.role != Role::Relay {
+        log::warn!(
+            "standby: connection from {} for volume {:?}: role {:?}, only relays connect here",
+            pc.peer,
+            h.name,
+            h.role
+        );
+        pc.conn
+            .send_last(wire::encode_hello_reply(&refused(RefuseReason::Role, 0)));
+        return;
+    }
+    let Some(core) = rpc::owner_core(&h.name) else {
+        log::warn!(
+            "standby: relay {} asks for volume {:?}: no such standby volume",
+            pc.peer,
+            h.name
+        );
+        pc.conn
+            .send_last(wire::encode_hello_reply(&refused(RefuseReason::UnknownVolume, 0)));
+        return;
+    };
+    let (conn, peer) = (pc.conn, pc.peer);
+    if let Err(e) = reactor::send_msg(core, move || adopt(conn, peer, h, now_ns())) {
+        log::warn!("standby: cannot hand the connection from {peer} to reactor {core}: {e}");
     }
 }
 
@@ -214,26 +225,7 @@ pub(super) fn adopt(mut conn: Conn, peer: SocketAddr, h: HelloOwned, now: u64) {
     if !why.is_empty() {
         log::warn!("standby {}: refused relay {peer}: {why}", h.name);
         conn.send_last(wire::encode_hello_reply(&reply));
-        vn.remember_closed(LinkStatus {
-            addr: peer.to_string(),
-            connected: false,
-            role: "unknown",
-            generation: h.generation,
-            connected_seconds: 0.0,
-            frames_received: 0,
-            bytes_received: 0,
-            forward_frames: 0,
-            gap_replies: 0,
-            gap_requests_sent: 0,
-            ops_offered: 0,
-            lsn_offered_max: 0,
-            lag_lsn: 0,
-            safe_lsn_sent: 0,
-            held_ops: 0,
-            forward_state: "unknown",
-            relay_held_lsn: 0,
-            last_error: format!("refused: {why}"),
-        });
+        vn.remember_closed(refused_status(peer, h.generation, &why));
         return;
     }
     if conn
@@ -251,27 +243,60 @@ pub(super) fn adopt(mut conn: Conn, peer: SocketAddr, h: HelloOwned, now: u64) {
         h.resume_lsn,
         local.durable_lsn + 1
     );
-    vn.links.push(Link {
-        conn,
-        peer,
-        generation: h.generation,
-        since_ns: now,
+    vn.links
+        .push(Link::adopted(conn, peer, h.generation, now, local.durable_lsn));
+}
+
+/// What the status reports of a relay refused at its Hello.
+fn refused_status(peer: SocketAddr, generation: u64, why: &str) -> LinkStatus {
+    LinkStatus {
+        addr: peer.to_string(),
+        connected: false,
+        role: "unknown",
+        generation,
+        connected_seconds: 0.0,
+        frames_received: 0,
+        bytes_received: 0,
         forward_frames: 0,
         gap_replies: 0,
         gap_requests_sent: 0,
         ops_offered: 0,
         lsn_offered_max: 0,
-        last_forward_ns: 0,
-        // The relay takes resume - 1 as safe from the HelloReply.
-        safe_sent: local.durable_lsn,
-        held: VecDeque::new(),
-        pull: None,
-        close: None,
-        fwd: None,
-        held_lsn: 0,
-        drained: false,
-        drain_rescanned: false,
-        drain_bytes0: 0,
-        lacks: 0,
-    });
+        lag_lsn: 0,
+        safe_lsn_sent: 0,
+        held_ops: 0,
+        forward_state: "unknown",
+        relay_held_lsn: 0,
+        last_error: format!("refused: {why}"),
+    }
+}
+
+impl Link {
+    /// The link of a relay of `generation` just accepted at `now`; the volume holds up
+    /// to `durable_lsn`, which the HelloReply told the relay.
+    fn adopted(conn: Conn, peer: SocketAddr, generation: u64, now: u64, durable_lsn: u64) -> Link {
+        Link {
+            conn,
+            peer,
+            generation,
+            since_ns: now,
+            forward_frames: 0,
+            gap_replies: 0,
+            gap_requests_sent: 0,
+            ops_offered: 0,
+            lsn_offered_max: 0,
+            last_forward_ns: 0,
+            // The relay takes resume - 1 as safe from the HelloReply.
+            safe_sent: durable_lsn,
+            held: VecDeque::new(),
+            pull: None,
+            close: None,
+            fwd: None,
+            held_lsn: 0,
+            drained: false,
+            drain_rescanned: false,
+            drain_bytes0: 0,
+            lacks: 0,
+        }
+    }
 }

@@ -242,6 +242,8 @@ impl VChannel {
 }
 
 impl ChannelBackend for VChannel {
+    // One piece on purpose: one dispatch over the I/O kinds on the data path, each arm the
+    // translation of that kind through the block map, all sharing the slot just taken.
     fn submit(&mut self, io: IoRequest) -> Result<(), IoRequest> {
         let Some(slot) = self.free_slots.pop() else {
             return Err(io);

@@ -3,6 +3,8 @@
 //! metadata journal write (`docs/standby.md`, "Snapshot mode").
 
 use super::*;
+use crate::receive::DmaBufEq;
+use crate::sync_skip::RpTake;
 
 impl Snapshot {
     /// Takes the next op in LSN order; `Err(op)` means "not now" (a snapshot
@@ -14,90 +16,16 @@ impl Snapshot {
         if self.error.is_some() || self.failed_over || !matches!(self.form, Form::Idle) {
             return Err((op, None));
         }
-        match op.body {
-            OpBody::Write {
-                offset_blocks,
-                num_blocks,
-                ..
-            }
-            | OpBody::WriteZeroes {
-                offset_blocks,
-                num_blocks,
-            }
-            | OpBody::Deallocate {
-                offset_blocks,
-                num_blocks,
-            } => {
-                if offset_blocks
-                    .checked_add(num_blocks as u64)
-                    .is_none_or(|e| e > self.sb.volume_blocks)
-                {
-                    let e = StandbyError::OutOfRange {
-                        lsn: op.lsn,
-                        offset_blocks,
-                        num_blocks,
-                        volume_blocks: self.sb.volume_blocks,
-                    };
-                    self.error = Some(e.to_string());
-                    return Err((op, Some(e)));
-                }
-            }
-            OpBody::RestartPoint { .. } | OpBody::Sync { .. } => {}
+        if let Err(e) = op.check_range(self.sb.volume_blocks) {
+            self.error = Some(e.to_string());
+            return Err((op, Some(e)));
         }
         match op.body {
             OpBody::Write {
                 offset_blocks,
                 num_blocks,
                 data,
-            } => {
-                let n = num_blocks as u64;
-                if self.alloc.free < n {
-                    if self.inflight_writes == 0 && self.deletes.is_empty() {
-                        let e = StandbyError::NoSpace {
-                            needed: n,
-                            free: self.alloc.free,
-                        };
-                        self.error = Some(e.to_string());
-                    }
-                    return Err((
-                        OwnedOp {
-                            lsn: op.lsn,
-                            generation: op.generation,
-                            body: OpBody::Write {
-                                offset_blocks,
-                                num_blocks,
-                                data,
-                            },
-                        },
-                        None,
-                    ));
-                }
-                let bs = self.data.block_size as usize;
-                let mut done = 0u64;
-                let mut whole = Some(data.0);
-                while done < n {
-                    let (pba, len) = self.alloc.run(n - done).expect("free count checked");
-                    for i in 0..len {
-                        self.pending.push_back(PendingWrite {
-                            lsn: op.lsn,
-                            lba: offset_blocks + done + i,
-                            pba: pba + i,
-                        });
-                    }
-                    let buf = if done == 0 && len == n {
-                        whole.take().expect("whole buffer used once")
-                    } else {
-                        let src = whole.as_ref().expect("split writes copy from the whole buffer");
-                        let mut b = DmaBuf::recycled(len as usize * bs);
-                        b.copy_from_slice(&src[done as usize * bs..(done + len) as usize * bs]);
-                        b
-                    };
-                    self.data.write(pba, buf, TAG_DATA);
-                    self.inflight_writes += 1;
-                    done += len;
-                }
-                Ok(())
-            }
+            } => self.take_write(op.lsn, op.generation, offset_blocks, num_blocks, data),
             OpBody::WriteZeroes {
                 offset_blocks,
                 num_blocks,
@@ -120,28 +48,26 @@ impl Snapshot {
                 last_lsn,
                 ref tag,
             } => {
-                if epoch <= self.last_epoch_seen {
-                    return Ok(()); // delivered again after a restart
+                match sync_skip::take_rp(
+                    &mut self.skip,
+                    &mut self.last_epoch_seen,
+                    &mut self.last_rp_last_lsn,
+                    epoch,
+                    last_lsn,
+                ) {
+                    Ok(RpTake::Again) => return Ok(()), // delivered again after a restart
+                    Ok(RpTake::Dropped) => {
+                        // Inside a skipped sync: no snapshot of an image that is not the
+                        // primary's (sync_skip.rs); the writes stay pending.
+                        self.rps_dropped += 1;
+                        return Ok(());
+                    }
+                    Ok(RpTake::Next) => {}
+                    Err(e) => {
+                        self.error = Some(e.to_string());
+                        return Err((op, Some(e)));
+                    }
                 }
-                let verdict = self.skip.on_rp();
-                if verdict == RpVerdict::Drop {
-                    // Inside a skipped sync: no snapshot of an image that is not the
-                    // primary's (sync_skip.rs); the writes stay pending.
-                    self.rps_dropped += 1;
-                    return Ok(());
-                }
-                if !sync_skip::epoch_in_order(verdict, epoch, last_lsn, self.last_epoch_seen, self.last_rp_last_lsn) {
-                    let e = StandbyError::EpochOrder {
-                        epoch,
-                        expected: self.last_epoch_seen + 1,
-                        last_lsn,
-                        prev_last_lsn: self.last_rp_last_lsn,
-                    };
-                    self.error = Some(e.to_string());
-                    return Err((op, Some(e)));
-                }
-                self.last_epoch_seen = epoch;
-                self.last_rp_last_lsn = last_lsn;
                 self.form = Form::Drain(EpochRef {
                     epoch,
                     last_lsn,
@@ -160,6 +86,67 @@ impl Snapshot {
                 Ok(())
             }
         }
+    }
+
+    /// Takes a write: allocates data blocks for it (in runs, each written from its part
+    /// of the buffer) and queues its blocks for the next snapshot. Hands the op back when
+    /// the data bdev is full (an error once nothing in flight can free blocks).
+    #[allow(clippy::result_large_err)]
+    fn take_write(
+        &mut self,
+        lsn: u64,
+        generation: u64,
+        offset_blocks: u64,
+        num_blocks: u32,
+        data: DmaBufEq,
+    ) -> Result<(), (OwnedOp, Option<StandbyError>)> {
+        let n = num_blocks as u64;
+        if self.alloc.free < n {
+            if self.inflight_writes == 0 && self.deletes.is_empty() {
+                let e = StandbyError::NoSpace {
+                    needed: n,
+                    free: self.alloc.free,
+                };
+                self.error = Some(e.to_string());
+            }
+            return Err((
+                OwnedOp {
+                    lsn,
+                    generation,
+                    body: OpBody::Write {
+                        offset_blocks,
+                        num_blocks,
+                        data,
+                    },
+                },
+                None,
+            ));
+        }
+        let bs = self.data.block_size as usize;
+        let mut done = 0u64;
+        let mut whole = Some(data.0);
+        while done < n {
+            let (pba, len) = self.alloc.run(n - done).expect("free count checked");
+            for i in 0..len {
+                self.pending.push_back(PendingWrite {
+                    lsn,
+                    lba: offset_blocks + done + i,
+                    pba: pba + i,
+                });
+            }
+            let buf = if done == 0 && len == n {
+                whole.take().expect("whole buffer used once")
+            } else {
+                let src = whole.as_ref().expect("split writes copy from the whole buffer");
+                let mut b = DmaBuf::recycled(len as usize * bs);
+                b.copy_from_slice(&src[done as usize * bs..(done + len) as usize * bs]);
+                b
+            };
+            self.data.write(pba, buf, TAG_DATA);
+            self.inflight_writes += 1;
+            done += len;
+        }
+        Ok(())
     }
 
     pub(super) fn advance(&mut self) -> bool {

@@ -51,7 +51,7 @@
 use crate::io::Dev;
 use crate::receive::{OpBody, OwnedOp};
 use crate::superblock::{Mode, Superblock};
-use crate::sync_skip::{self, RpVerdict, SyncSkip};
+use crate::sync_skip::{self, SyncSkip};
 use crate::StandbyError;
 use engine::bdev::{
     Bdev, BdevChannel, BdevError, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, IoStats, StatsSet,
@@ -791,22 +791,7 @@ fn unix_ms() -> u64 {
 }
 
 fn check_geometry(meta: &Dev, data: &Dev, volume_blocks: u64) -> Result<(), StandbyError> {
-    if meta.block_size != data.block_size {
-        return Err(StandbyError::Geometry(format!(
-            "metadata bdev {} has {}-byte blocks, data bdev {} has {}: they must match",
-            meta.name(),
-            meta.block_size,
-            data.name(),
-            data.block_size
-        )));
-    }
-    if meta.num_blocks < META_AREA_START + 4 {
-        return Err(StandbyError::Geometry(format!(
-            "metadata bdev {} has {} blocks: too small",
-            meta.name(),
-            meta.num_blocks
-        )));
-    }
+    meta.check_beside("metadata bdev", data, "data bdev", META_AREA_START + 4)?;
     if volume_blocks == 0 {
         return Err(StandbyError::Geometry("volume_blocks must be > 0".into()));
     }

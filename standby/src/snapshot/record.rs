@@ -3,6 +3,7 @@
 //! head map change.
 
 use super::*;
+use crate::le;
 
 pub(super) struct Reader<'a> {
     pub(super) p: &'a [u8],
@@ -40,7 +41,7 @@ pub(super) fn push_record(out: &mut Vec<u8>, kind: u8, seq: u64, payload: &[u8],
 }
 
 pub(super) fn rec_crc_ok(rec: &[u8]) -> bool {
-    let want = u32::from_le_bytes(rec[20..24].try_into().expect("4 bytes"));
+    let want = le::u32_at(rec, 20);
     let mut c = crc32c::crc32c(&rec[..20]);
     c = crc32c::crc32c_append(c, &[0; 4]);
     c = crc32c::crc32c_append(c, &rec[24..]);
@@ -48,13 +49,13 @@ pub(super) fn rec_crc_ok(rec: &[u8]) -> bool {
 }
 
 pub(super) fn parse_rec_header(b: &[u8], seq: u64) -> Option<(u8, usize)> {
-    if u32::from_le_bytes(b[0..4].try_into().ok()?) != REC_MAGIC {
+    if le::u32_at(b, 0) != REC_MAGIC {
         return None;
     }
-    if u64::from_le_bytes(b[8..16].try_into().ok()?) != seq {
+    if le::u64_at(b, 8) != seq {
         return None;
     }
-    Some((b[4], u32::from_le_bytes(b[16..20].try_into().ok()?) as usize))
+    Some((b[4], le::u32_at(b, 16) as usize))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -249,6 +249,7 @@ pub fn bdev_config() -> Vec<ConfigEntry> {
 }
 
 /// Register the bdev methods and the "bdev" config provider.
+// A flat list, one registration per method: long, but with no step to name.
 pub fn register_rpcs(reg: &mut Registry) {
     reg.register(
         "bdev_malloc_create",

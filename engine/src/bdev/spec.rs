@@ -1,4 +1,5 @@
-//! Bdev specifications on the command line: `KIND[:PATH][,size=N][,bs=N]`.
+//! Bdev specifications on the command line: `KIND[:PATH][,size=N][,bs=N]`, as
+//! `baton target --bdev`, `baton standby --bdev` and `baton perf --bdev` take them.
 //!
 //! - `malloc,size=64M` — a RAM bdev (default 64 MiB, 512-byte blocks)
 //! - `null,size=1G,bs=4096` — a null bdev (default 1 GiB)
@@ -7,16 +8,34 @@
 //!
 //! Sizes take K/M/G/T suffixes (powers of two).
 
-use crate::PerfError;
-use engine::bdev::{self, Bdev};
+use super::{malloc, null, uring, Bdev, BdevError};
 use std::sync::Arc;
+use thiserror::Error;
 
-fn bad(why: String) -> PerfError {
-    PerfError::InvalidOption { option: "--bdev", why }
+/// Why a bdev spec was refused.
+#[derive(Debug, Error)]
+pub enum SpecError {
+    /// The spec does not parse (or names no kind, or a file that cannot be sized).
+    #[error("invalid option --bdev: {0}")]
+    Invalid(String),
+    /// The back end refused to create the bdev.
+    #[error("bdev: {0}")]
+    Bdev(#[from] BdevError),
+}
+
+/// A size that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{0:?} is not a size (e.g. 4096, 64M, 1G)")]
+pub struct SizeError(pub String);
+
+impl From<SizeError> for SpecError {
+    fn from(e: SizeError) -> SpecError {
+        SpecError::Invalid(e.to_string())
+    }
 }
 
 /// Parses `64M`-style sizes.
-pub fn parse_size(s: &str) -> Result<u64, PerfError> {
+pub fn parse_size(s: &str) -> Result<u64, SizeError> {
     let s = s.trim();
     let (num, mult) = match s.chars().last().map(|c| c.to_ascii_uppercase()) {
         Some('K') => (&s[..s.len() - 1], 1u64 << 10),
@@ -28,11 +47,12 @@ pub fn parse_size(s: &str) -> Result<u64, PerfError> {
     num.parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| bad(format!("{s:?} is not a size (e.g. 4096, 64M, 1G)")))
+        .ok_or_else(|| SizeError(s.to_string()))
 }
 
 /// Creates (without registering) the bdev `spec` describes, named `name`.
-pub fn create_bdev(name: &str, spec: &str) -> Result<Arc<dyn Bdev>, PerfError> {
+pub fn create_bdev(name: &str, spec: &str) -> Result<Arc<dyn Bdev>, SpecError> {
+    let bad = SpecError::Invalid;
     let mut parts = spec.split(',');
     let head = parts.next().unwrap_or("");
     let (kind, path) = match head.split_once(':') {
@@ -58,11 +78,11 @@ pub fn create_bdev(name: &str, spec: &str) -> Result<Arc<dyn Bdev>, PerfError> {
     Ok(match kind {
         "malloc" => {
             let bs = bs.unwrap_or(512);
-            bdev::malloc::create(name, blocks(64 << 20, bs), bs, None)?
+            malloc::create(name, blocks(64 << 20, bs), bs, None)?
         }
         "null" => {
             let bs = bs.unwrap_or(512);
-            bdev::null::create(name, blocks(1 << 30, bs), bs, None)?
+            null::create(name, blocks(1 << 30, bs), bs, None)?
         }
         "uring" => {
             let path = path
@@ -79,7 +99,7 @@ pub fn create_bdev(name: &str, spec: &str) -> Result<Arc<dyn Bdev>, PerfError> {
                     f.set_len(sz).map_err(|e| bad(format!("cannot size {path}: {e}")))?;
                 }
             }
-            bdev::uring::create(name, std::path::Path::new(path), bs, None)?
+            uring::create(name, std::path::Path::new(path), bs, None)?
         }
         _ => return Err(bad(format!("{kind:?} is not a bdev kind (malloc, null, uring)"))),
     })

@@ -1,0 +1,176 @@
+//! The long-running roles (`baton target`, `baton relay`, `baton standby`) and the
+//! start-up they share: reactors with SIGINT/SIGTERM handlers, the `--bdev`s, every
+//! crate's JSON-RPC methods and the `--json` config, then the role's own services, then
+//! the JSON-RPC server; on a signal the reactors drain and stop, then the role's services,
+//! then the RPC thread ([`serve`]).
+//!
+//! - `target.rs`: the storage target (nothing of its own beyond the shared start-up).
+//! - `relay.rs`: the relay (journal, forwarding).
+//! - `standby.rs`: standby volumes' network side, execution images, the standby host and
+//!   its image pruning.
+
+mod relay;
+mod standby;
+mod target;
+
+pub(crate) use relay::{relay_cmd, RelayArgs};
+pub(crate) use standby::{standby_cmd, StandbyArgs};
+pub(crate) use target::{target, TargetArgs};
+
+use crate::{AnyErr, VERSION};
+use clap::Args;
+use engine::reactor::{IdleMode, ReactorOpts, Reactors};
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// The flags every role takes alike.
+#[derive(Args)]
+pub(crate) struct RoleArgs {
+    /// Core mask for the reactors.
+    #[arg(short = 'm', long = "cpumask", default_value = "0x1")]
+    cpumask: String,
+    /// Mode of the JSON-RPC Unix socket, octal (owner read+write required, nothing for
+    /// others): 600 by default whatever the umask; e.g. 660 with --rpc-socket-group.
+    #[arg(long, default_value = "600", value_parser = octal_mode)]
+    rpc_socket_mode: u32,
+    /// Group (name or GID) given the JSON-RPC socket, for --rpc-socket-mode 660.
+    #[arg(long)]
+    rpc_socket_group: Option<String>,
+    /// Spin when idle instead of napping (lowest latency, one full core).
+    #[arg(long)]
+    busy_poll: bool,
+}
+
+/// What every role takes from its flags for the shared start-up.
+pub(crate) struct RoleOpts<'a> {
+    /// Core mask, socket access, idle mode.
+    pub role: &'a RoleArgs,
+    /// The JSON-RPC Unix socket (each role has its own default).
+    pub rpc_socket: &'a Path,
+    /// Also serve JSON-RPC on this loopback TCP address.
+    pub rpc_tcp: Option<SocketAddr>,
+    /// `NAME=SPEC` bdevs to create before the config loads.
+    pub bdevs: &'a [String],
+    /// An SPDK-format JSON config to load.
+    pub json: Option<&'a Path>,
+}
+
+/// What a role started on top of the shared start-up.
+pub(crate) trait Role {
+    /// The role's name in its log lines (`baton <name> ...`).
+    const NAME: &'static str;
+    /// The log line's words once the role serves, after `baton <name> <version> `.
+    fn running(&self, rpc_socket: &Path) -> String;
+    /// Stops what the role started, once the reactors have stopped (the JSON-RPC thread
+    /// still runs).
+    fn stop(&mut self) {}
+}
+
+/// Runs a role until SIGINT/SIGTERM: the shared start-up, then `start` (the role's own
+/// services, which may use the bdevs and the config), then the JSON-RPC server. The role
+/// is dropped last, after the JSON-RPC thread ended.
+pub(crate) fn serve<R: Role>(o: &RoleOpts, start: impl FnOnce() -> Result<R, AnyErr>) -> Result<(), AnyErr> {
+    let idle = if o.role.busy_poll {
+        IdleMode::Poll
+    } else {
+        IdleMode::default()
+    };
+    let reactors = start_reactors(&o.role.cpumask, idle)?;
+    engine::reactor::install_signal_handlers(&reactors)?;
+    create_bdevs(o.bdevs)?;
+    let mut reg = engine::rpc::Registry::new();
+    register_all_rpcs(&mut reg);
+    if let Some(f) = o.json {
+        engine::rpc::load_config(&reg, f)?;
+        log::info!("loaded config {}", f.display());
+    }
+    let mut role = start()?;
+    let mut server = engine::rpc::Server::new(reg);
+    let access = rpc_access(o.role.rpc_socket_mode, o.role.rpc_socket_group.as_deref())?;
+    server.listen_unix_with(o.rpc_socket, access)?;
+    if let Some(addr) = o.rpc_tcp {
+        server.listen_tcp(addr)?;
+    }
+    let app = engine::rpc::server::spawn_app_thread(server, reactors.stop_flag())?;
+    log::info!("baton {} {VERSION} {}", R::NAME, role.running(o.rpc_socket));
+    reactors.wait();
+    role.stop();
+    let _ = app.join();
+    log::info!("baton {} stopped", R::NAME);
+    Ok(())
+}
+
+/// Reactors on the cores of `mask`, unpinned (with a warning) when it names cores this
+/// machine lacks.
+pub(crate) fn start_reactors(mask: &str, idle: IdleMode) -> Result<Reactors, AnyErr> {
+    let cores = engine::cpumask::parse(mask)?;
+    let available = core_count();
+    let pin = cores.iter().all(|&c| (c as usize) < available);
+    if !pin {
+        log::warn!("core mask {mask} names cores this machine lacks ({available} cores): reactors run unpinned");
+    }
+    Ok(Reactors::start(ReactorOpts { cores, pin, idle })?)
+}
+
+pub(crate) fn core_count() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// `--rpc-socket-mode`: an octal mode (`600`, `0o660`).
+fn octal_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|_| "expected an octal mode such as 600 or 660".to_string())
+}
+
+/// `--rpc-socket-mode` / `--rpc-socket-group`: who may connect to the management socket.
+fn rpc_access(mode: u32, group: Option<&str>) -> Result<engine::rpc::server::SocketAccess, AnyErr> {
+    let gid = match group {
+        None => None,
+        Some(g) => Some(match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => group_id(g).ok_or_else(|| format!("--rpc-socket-group {g:?}: no such group"))?,
+        }),
+    };
+    let access = engine::rpc::server::SocketAccess { mode, gid };
+    access.check()?;
+    Ok(access)
+}
+
+/// The GID of group `name` from /etc/group (management path; a group known only to a
+/// directory service is given by number instead).
+fn group_id(name: &str) -> Option<u32> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then_some(())?;
+        f.nth(1)?.parse().ok()
+    })
+}
+
+/// `--bdev NAME=SPEC` arguments: create and register each.
+fn create_bdevs(specs: &[String]) -> Result<(), AnyErr> {
+    for spec in specs {
+        let (name, s) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("--bdev {spec:?}: expected NAME=SPEC, e.g. Malloc0=malloc,size=64M"))?;
+        let b = engine::bdev::spec::create_bdev(name, s)?;
+        log::info!(
+            "bdev {name}: {} x {} B ({})",
+            b.num_blocks(),
+            b.block_size(),
+            b.product_name()
+        );
+        engine::bdev::register(b)?;
+    }
+    Ok(())
+}
+
+/// Every crate's JSON-RPC methods, in one registry. (`::relay` and `::standby` are the
+/// crates, not this module's files of the same names.)
+fn register_all_rpcs(reg: &mut engine::rpc::Registry) {
+    engine::rpc::methods::register_rpcs(reg);
+    nvme::rpc::register_rpcs(reg);
+    ::relay::rpc::register_rpcs(reg);
+    ::standby::rpc::register_rpcs(reg);
+    ::standby::host::register_rpcs(reg);
+}
