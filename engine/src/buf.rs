@@ -24,6 +24,11 @@
 //! per thread; only a cold cache or a size above [`RECYCLE_BYTES_MAX`]
 //! reaches the allocator. Its bytes are whatever its last user left: callers
 //! write before they read.
+//!
+//! With the `dpdk` feature and the DPDK env ([`crate::env`]), a pool's region
+//! is one `rte_zmalloc` block of DPDK memory (hugepages when EAL has them) and
+//! its free list an `rte_mempool` of buffer indices (with per-lcore caches on
+//! reactor threads); everything else, `DmaBuf` included, is the same.
 
 use crate::sys::Mapping;
 use crossbeam_queue::ArrayQueue;
@@ -61,16 +66,27 @@ pub enum BufError {
     },
     #[error("at most {POOLS_MAX} buffer pools may exist in one process")]
     TooManyPools,
+    #[error("buffer pool {name:?}: {source}")]
+    Env { name: String, source: crate::env::EnvError },
 }
 
 /// A fixed set of equal, aligned buffers carved from one mapping.
 pub struct BufPool {
     name: String,
     id: usize,
-    mapping: Mapping,
+    mem: Backing,
     buf_size: usize,
     count: usize,
-    free: ArrayQueue<u32>,
+}
+
+/// Where a pool's memory and free list live (see the module docs).
+enum Backing {
+    Baton {
+        mapping: Mapping,
+        free: ArrayQueue<u32>,
+    },
+    #[cfg(feature = "dpdk")]
+    Dpdk(crate::env::dpdk::DpdkPool),
 }
 
 static POOLS: Mutex<Vec<&'static BufPool>> = Mutex::new(Vec::new());
@@ -78,7 +94,23 @@ static POOLS: Mutex<Vec<&'static BufPool>> = Mutex::new(Vec::new());
 impl BufPool {
     /// Creates a pool of `count` buffers of `buf_size` bytes. Management path:
     /// maps memory and takes a lock; call at start-up, not per I/O.
+    /// The pool is of the process's env ([`crate::env::current`]).
     pub fn new(name: &str, count: usize, buf_size: usize) -> Result<&'static BufPool, BufError> {
+        let kind = crate::env::current().map_err(|source| BufError::Env {
+            name: name.to_string(),
+            source,
+        })?;
+        BufPool::new_in(kind, name, count, buf_size)
+    }
+
+    /// A pool of the given kind whatever the process's env (benchmarks compare
+    /// the two side by side). DPDK's needs its EAL running ([`crate::env::ensure`]).
+    pub fn new_in(
+        kind: crate::env::EnvKind,
+        name: &str,
+        count: usize,
+        buf_size: usize,
+    ) -> Result<&'static BufPool, BufError> {
         if count == 0 || buf_size == 0 || !buf_size.is_multiple_of(BUF_ALIGN_BYTES) || count > u32::MAX as usize {
             return Err(BufError::BadGeometry {
                 name: name.to_string(),
@@ -95,32 +127,51 @@ impl BufPool {
         if pools.len() >= POOLS_MAX {
             return Err(BufError::TooManyPools);
         }
-        let want_huge = crate::sys::hugepages_reserved() > 0;
-        let mapping = Mapping::anonymous(bytes, want_huge).map_err(|source| BufError::Map {
-            name: name.to_string(),
-            bytes,
-            source,
-        })?;
-        log::info!(
-            "buffer pool {name}: {count} x {buf_size} B on {}",
-            if mapping.hugepages {
-                "2 MiB hugepages"
-            } else {
-                "4 KiB pages (no hugepages reserved)"
+        let mem = match kind {
+            crate::env::EnvKind::Baton => {
+                let want_huge = crate::sys::hugepages_reserved() > 0;
+                let mapping = Mapping::anonymous(bytes, want_huge).map_err(|source| BufError::Map {
+                    name: name.to_string(),
+                    bytes,
+                    source,
+                })?;
+                let free = ArrayQueue::new(count);
+                for i in 0..count {
+                    let _ = free.push(i as u32);
+                }
+                Backing::Baton { mapping, free }
             }
-        );
-        let free = ArrayQueue::new(count);
-        for i in 0..count {
-            let _ = free.push(i as u32);
-        }
+            #[cfg(feature = "dpdk")]
+            crate::env::EnvKind::Dpdk => Backing::Dpdk(
+                crate::env::dpdk::DpdkPool::new(count, buf_size, BUF_ALIGN_BYTES).map_err(|source| BufError::Env {
+                    name: name.to_string(),
+                    source,
+                })?,
+            ),
+            #[cfg(not(feature = "dpdk"))]
+            crate::env::EnvKind::Dpdk => {
+                return Err(BufError::Env {
+                    name: name.to_string(),
+                    source: crate::env::EnvError::NotBuilt,
+                })
+            }
+        };
         let pool: &'static BufPool = Box::leak(Box::new(BufPool {
             name: name.to_string(),
             id: pools.len(),
-            mapping,
+            mem,
             buf_size,
             count,
-            free,
         }));
+        log::info!(
+            "buffer pool {name}: {count} x {buf_size} B on {} ({} env)",
+            if pool.hugepages() {
+                "2 MiB hugepages"
+            } else {
+                "4 KiB pages (no hugepages reserved)"
+            },
+            pool.env()
+        );
         pools.push(pool);
         Ok(pool)
     }
@@ -129,9 +180,13 @@ impl BufPool {
     /// when every buffer is in use (back-pressure: retry on a later poll).
     #[inline]
     pub fn get(&'static self) -> Option<DmaBuf> {
-        let idx = self.free.pop()?;
-        // SAFETY: idx < count, so the offset stays inside the mapping.
-        let ptr = unsafe { self.mapping.as_ptr().add(idx as usize * self.buf_size) };
+        let (base, idx) = match &self.mem {
+            Backing::Baton { mapping, free } => (mapping.as_ptr(), free.pop()?),
+            #[cfg(feature = "dpdk")]
+            Backing::Dpdk(d) => (d.base(), d.get()?),
+        };
+        // SAFETY: idx < count, so the offset stays inside the region.
+        let ptr = unsafe { base.add(idx as usize * self.buf_size) };
         Some(DmaBuf {
             ptr: NonNull::new(ptr).expect("mapping is never null"),
             len: self.buf_size,
@@ -155,10 +210,40 @@ impl BufPool {
     }
     /// Buffers currently free.
     pub fn free(&self) -> usize {
-        self.free.len()
+        match &self.mem {
+            Backing::Baton { free, .. } => free.len(),
+            #[cfg(feature = "dpdk")]
+            Backing::Dpdk(d) => d.free(),
+        }
     }
     pub fn hugepages(&self) -> bool {
-        self.mapping.hugepages
+        match &self.mem {
+            Backing::Baton { mapping, .. } => mapping.hugepages,
+            #[cfg(feature = "dpdk")]
+            Backing::Dpdk(d) => d.hugepages(),
+        }
+    }
+    /// Whose memory and free list this pool uses.
+    pub fn env(&self) -> crate::env::EnvKind {
+        match &self.mem {
+            Backing::Baton { .. } => crate::env::EnvKind::Baton,
+            #[cfg(feature = "dpdk")]
+            Backing::Dpdk(_) => crate::env::EnvKind::Dpdk,
+        }
+    }
+    /// Returns buffer `idx` to the free list.
+    #[inline]
+    fn put(&self, idx: u32) {
+        match &self.mem {
+            Backing::Baton { free, .. } => {
+                // Cannot fail: each index is in the queue at most once and the
+                // queue holds `count` slots.
+                let pushed = free.push(idx);
+                debug_assert!(pushed.is_ok(), "buffer {idx} returned twice to pool {}", self.name);
+            }
+            #[cfg(feature = "dpdk")]
+            Backing::Dpdk(d) => d.put(idx),
+        }
     }
     /// Index of this pool among the process's pools (stable for its life).
     pub fn id(&self) -> usize {
@@ -166,7 +251,11 @@ impl BufPool {
     }
     /// The region backing the pool, for registering with io_uring.
     pub fn region(&self) -> (*mut u8, usize) {
-        (self.mapping.as_ptr(), self.mapping.len())
+        match &self.mem {
+            Backing::Baton { mapping, .. } => (mapping.as_ptr(), mapping.len()),
+            #[cfg(feature = "dpdk")]
+            Backing::Dpdk(d) => (d.base(), d.bytes()),
+        }
     }
 }
 
@@ -357,12 +446,7 @@ impl std::fmt::Debug for DmaBuf {
 impl Drop for DmaBuf {
     fn drop(&mut self) {
         match self.origin {
-            Origin::Pool(pool, idx) => {
-                // Cannot fail: each index is in the queue at most once and the
-                // queue holds `count` slots.
-                let pushed = pool.free.push(idx);
-                debug_assert!(pushed.is_ok(), "buffer {idx} returned twice to pool {}", pool.name);
-            }
+            Origin::Pool(pool, idx) => pool.put(idx),
             Origin::Heap(layout) => {
                 // SAFETY: ptr was allocated with exactly this layout in `alloc`.
                 unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) }
