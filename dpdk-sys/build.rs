@@ -51,8 +51,6 @@ fn main() {
         .map(|p| format!("-I{}", p.display()))
         .collect();
     // pkg-config also gives `-include rte_config.h` and `-march=...`: both matter to the headers.
-    let cflags = pkg_config::get_variable("libdpdk", "cflags").unwrap_or_default();
-    let _ = cflags;
     let raw = std::process::Command::new("pkg-config")
         .args(["--cflags-only-other", "libdpdk"])
         .output()
@@ -75,6 +73,7 @@ fn main() {
         .allowlist_function("rte_ring_enqueue_burst_elem|rte_ring_dequeue_burst_elem")
         .allowlist_function("rte_mempool_create|rte_mempool_free|rte_mempool_get|rte_mempool_put")
         .allowlist_function("rte_mempool_avail_count|rte_mempool_in_use_count")
+        .allowlist_function("rte_mempool_default_cache|rte_mempool_cache_flush")
         .allowlist_function("baton_rte_errno")
         .allowlist_var("RING_F_.*|RTE_MEMPOOL_F_.*|SOCKET_ID_ANY|RTE_RING_NAMESIZE|RTE_MEMPOOL_NAMESIZE|RTE_MEMPOOL_CACHE_MAX_SIZE|LCORE_ID_ANY")
         .wrap_static_fns(true)

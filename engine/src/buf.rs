@@ -36,7 +36,8 @@ use std::alloc::Layout;
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 /// Alignment of every buffer: the largest logical block size we serve.
@@ -53,6 +54,12 @@ pub const RECYCLE_IDLE_BYTES_MAX: usize = 256 << 20;
 /// At most this many pools per process (each io_uring channel registers them
 /// all as fixed buffers, and the kernel's table is small).
 pub const POOLS_MAX: usize = 16;
+/// Most buffers a reactor thread keeps for itself per pool (see
+/// [`BufPool::get`]); a pool's own limit is [`thread_cache_bufs`] of its size.
+pub const THREAD_CACHE_BUFS: usize = 256;
+/// Pools smaller than this have no reactor caches: a few buffers idle in one
+/// reactor's cache could starve another (DPDK's mempools make the same call).
+pub const THREAD_CACHE_POOL_MIN: usize = 1024;
 
 #[derive(Debug, Error)]
 pub enum BufError {
@@ -77,6 +84,8 @@ pub struct BufPool {
     mem: Backing,
     buf_size: usize,
     count: usize,
+    /// Reactor threads keep up to this many of its buffers ([`thread_cache_bufs`]).
+    cache_max: usize,
 }
 
 /// Where a pool's memory and free list live (see the module docs).
@@ -159,6 +168,11 @@ impl BufPool {
         let pool: &'static BufPool = Box::leak(Box::new(BufPool {
             name: name.to_string(),
             id: pools.len(),
+            cache_max: if matches!(mem, Backing::Baton { .. }) {
+                thread_cache_bufs(count)
+            } else {
+                0
+            },
             mem,
             buf_size,
             count,
@@ -178,10 +192,20 @@ impl BufPool {
 
     /// Takes a buffer, with its length set to the pool's buffer size; `None`
     /// when every buffer is in use (back-pressure: retry on a later poll).
+    ///
+    /// On a reactor thread, a pool of at least [`THREAD_CACHE_POOL_MIN`]
+    /// buffers serves it from the reactor's own cache of up to
+    /// [`thread_cache_bufs`] buffers when it can (no atomic operation), and
+    /// [`DmaBuf`]'s drop there refills that cache first; a cache goes back to
+    /// the pool when its thread ends. So `None` may also mean that the last
+    /// free buffers sit idle in other reactors' caches.
     #[inline]
     pub fn get(&'static self) -> Option<DmaBuf> {
         let (base, idx) = match &self.mem {
-            Backing::Baton { mapping, free } => (mapping.as_ptr(), free.pop()?),
+            Backing::Baton { mapping, free } => {
+                let cached = if self.cache_max > 0 { cache_take(self.id) } else { None };
+                (mapping.as_ptr(), cached.or_else(|| free.pop())?)
+            }
             #[cfg(feature = "dpdk")]
             Backing::Dpdk(d) => (d.base(), d.get()?),
         };
@@ -209,9 +233,10 @@ impl BufPool {
         self.count == 0
     }
     /// Buffers currently free.
+    /// Buffers currently free (reactor caches included).
     pub fn free(&self) -> usize {
         match &self.mem {
-            Backing::Baton { free, .. } => free.len(),
+            Backing::Baton { free, .. } => free.len() + if self.cache_max > 0 { cached_count(self.id) } else { 0 },
             #[cfg(feature = "dpdk")]
             Backing::Dpdk(d) => d.free(),
         }
@@ -221,6 +246,14 @@ impl BufPool {
             Backing::Baton { mapping, .. } => mapping.hugepages,
             #[cfg(feature = "dpdk")]
             Backing::Dpdk(d) => d.hugepages(),
+        }
+    }
+    /// DPDK env: returns the calling thread's mempool cache to the pool (a
+    /// reactor does this as it stops). A no-op for baton's pools.
+    #[cfg(feature = "dpdk")]
+    pub(crate) fn flush_lcore_cache(&self) {
+        if let Backing::Dpdk(d) = &self.mem {
+            d.flush_cache();
         }
     }
     /// Whose memory and free list this pool uses.
@@ -236,6 +269,9 @@ impl BufPool {
     fn put(&self, idx: u32) {
         match &self.mem {
             Backing::Baton { free, .. } => {
+                if self.cache_max > 0 && cache_keep(self.id, idx, self.cache_max) {
+                    return;
+                }
                 // Cannot fail: each index is in the queue at most once and the
                 // queue holds `count` slots.
                 let pushed = free.push(idx);
@@ -262,6 +298,107 @@ impl BufPool {
 /// Every pool created so far, in id order (for fixed-buffer registration).
 pub fn pools() -> Vec<&'static BufPool> {
     POOLS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// How many of a pool's `count` buffers one reactor may keep idle: none below
+/// [`THREAD_CACHE_POOL_MIN`], else a sixteenth, at most [`THREAD_CACHE_BUFS`].
+/// The DPDK env sizes its mempool caches by the same rule, so the two compare fairly.
+pub fn thread_cache_bufs(count: usize) -> usize {
+    if count < THREAD_CACHE_POOL_MIN {
+        0
+    } else {
+        (count / 16).min(THREAD_CACHE_BUFS)
+    }
+}
+
+/// A reactor thread's caches of pool buffers: one small stack of indices per
+/// pool id. Only its thread touches `items`; `lens` mirrors the stack heights
+/// (relaxed stores, no read-modify-write) for [`BufPool::free`].
+struct ThreadCache {
+    items: [[u32; THREAD_CACHE_BUFS]; POOLS_MAX],
+    lens: Arc<[AtomicU32; POOLS_MAX]>,
+}
+
+/// The `lens` of every live thread cache.
+static CACHE_LENS: Mutex<Vec<Arc<[AtomicU32; POOLS_MAX]>>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static CACHE: RefCell<Option<ThreadCache>> = const { RefCell::new(None) };
+}
+
+/// Gives the calling (reactor) thread its buffer caches; they return to their
+/// pools when the thread ends. Allocates once: call at thread start.
+pub(crate) fn thread_cache_enable() {
+    let lens: Arc<[AtomicU32; POOLS_MAX]> = Arc::new([const { AtomicU32::new(0) }; POOLS_MAX]);
+    CACHE_LENS.lock().unwrap_or_else(|e| e.into_inner()).push(lens.clone());
+    let _ = CACHE.try_with(|c| {
+        *c.borrow_mut() = Some(ThreadCache {
+            items: [[0; THREAD_CACHE_BUFS]; POOLS_MAX],
+            lens,
+        })
+    });
+}
+
+#[inline]
+fn cache_take(pool: usize) -> Option<u32> {
+    CACHE
+        .try_with(|c| {
+            let mut c = c.try_borrow_mut().ok()?;
+            let c = c.as_mut()?;
+            let n = c.lens[pool].load(Ordering::Relaxed) as usize;
+            if n == 0 {
+                return None;
+            }
+            c.lens[pool].store(n as u32 - 1, Ordering::Relaxed);
+            Some(c.items[pool][n - 1])
+        })
+        .ok()
+        .flatten()
+}
+
+/// Keeps `idx` in this thread's cache of `pool`; false when there is none or it is full.
+#[inline]
+fn cache_keep(pool: usize, idx: u32, max: usize) -> bool {
+    CACHE
+        .try_with(|c| {
+            let Ok(mut c) = c.try_borrow_mut() else { return false };
+            let Some(c) = c.as_mut() else { return false };
+            let n = c.lens[pool].load(Ordering::Relaxed) as usize;
+            if n >= max {
+                return false;
+            }
+            c.items[pool][n] = idx;
+            c.lens[pool].store(n as u32 + 1, Ordering::Relaxed);
+            true
+        })
+        .unwrap_or(false)
+}
+
+fn cached_count(pool: usize) -> usize {
+    CACHE_LENS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|l| l[pool].load(Ordering::Relaxed) as usize)
+        .sum()
+}
+
+impl Drop for ThreadCache {
+    fn drop(&mut self) {
+        let pools = pools();
+        for (id, pool) in pools.iter().enumerate() {
+            let n = self.lens[id].swap(0, Ordering::Relaxed) as usize;
+            if let Backing::Baton { free, .. } = &pool.mem {
+                for &idx in &self.items[id][..n] {
+                    let _ = free.push(idx);
+                }
+            }
+        }
+        CACHE_LENS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|l| !Arc::ptr_eq(l, &self.lens));
+    }
 }
 
 enum Origin {
@@ -546,6 +683,39 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    /// A reactor keeps returned buffers of a large pool in its own cache; they
+    /// still count as free, and go back to the pool when the reactor stops.
+    #[test]
+    fn reactor_caches_count_as_free_and_return_at_exit() {
+        use crate::reactor::{IdleMode, ReactorOpts, Reactors};
+        let pool = BufPool::new("t-cache", THREAD_CACHE_POOL_MIN, 4096).unwrap();
+        let r = Reactors::start(ReactorOpts {
+            cores: vec![0],
+            pin: false,
+            idle: IdleMode::Poll,
+        })
+        .unwrap();
+        let max = thread_cache_bufs(THREAD_CACHE_POOL_MIN);
+        r.run_on(0, move || {
+            let bufs: Vec<DmaBuf> = (0..2 * max).map(|_| pool.get().unwrap()).collect();
+            drop(bufs);
+        })
+        .unwrap();
+        assert_eq!(pool.free(), THREAD_CACHE_POOL_MIN);
+        if pool.env() == crate::env::EnvKind::Baton {
+            assert_eq!(cached_count(pool.id()), max, "the reactor kept its share");
+        }
+        r.shutdown();
+        r.wait();
+        assert_eq!(pool.free(), THREAD_CACHE_POOL_MIN);
+        if pool.env() == crate::env::EnvKind::Baton {
+            assert_eq!(cached_count(pool.id()), 0, "the cache went back at exit");
+        }
+        let all: Vec<DmaBuf> = (0..THREAD_CACHE_POOL_MIN).map(|_| pool.get().unwrap()).collect();
+        assert!(pool.get().is_none());
+        drop(all);
     }
 
     #[test]

@@ -307,6 +307,7 @@ impl Reactors {
                     }
                     let _ = set.reactors[index].thread.set(std::thread::current());
                     let _env = crate::env::reactor_thread();
+                    crate::buf::thread_cache_enable();
                     let _ = ready.send(Ok(()));
                     run_reactor(set, index);
                 })

@@ -138,6 +138,11 @@ pub(crate) fn register_thread() -> bool {
 }
 
 pub(crate) fn unregister_thread() {
+    // EAL does not flush a leaving thread's mempool caches: buffers there
+    // would be lost to every other thread. Give them back first.
+    for pool in crate::buf::pools() {
+        pool.flush_lcore_cache();
+    }
     // SAFETY: called once by a thread that registered itself successfully.
     unsafe { sys::rte_thread_unregister() }
 }
@@ -270,14 +275,10 @@ unsafe impl Send for DpdkPool {}
 // SAFETY: as above.
 unsafe impl Sync for DpdkPool {}
 
-/// Mempool per-lcore cache size for a pool of `count` buffers: none for small
-/// pools (a cache could hide their last buffers from other reactors).
+/// Mempool per-lcore cache size for a pool of `count` buffers: the rule
+/// baton's own pools use for their reactor caches (none for small pools).
 pub(crate) fn cache_size(count: usize) -> u32 {
-    if count >= 1024 {
-        (count / 16).min(256) as u32
-    } else {
-        0
-    }
+    crate::buf::thread_cache_bufs(count) as u32
 }
 
 unsafe extern "C" fn init_obj(_mp: *mut sys::rte_mempool, opaque: *mut c_void, obj: *mut c_void, idx: u32) {
@@ -366,6 +367,17 @@ impl DpdkPool {
         // SAFETY: obj is this pool's descriptor for idx, which the caller took
         // with `get` and returns once.
         unsafe { sys::rte_mempool_put(self.mp.as_ptr(), obj) }
+    }
+
+    /// Returns the calling lcore's cached buffers to the pool.
+    pub(crate) fn flush_cache(&self) {
+        // SAFETY: mp is a live mempool; rte_lcore_id is the calling thread's.
+        unsafe {
+            let cache = sys::rte_mempool_default_cache(self.mp.as_ptr(), sys::rte_lcore_id());
+            if !cache.is_null() {
+                sys::rte_mempool_cache_flush(cache, self.mp.as_ptr());
+            }
+        }
     }
 
     /// Free buffers (including those in per-lcore caches).
