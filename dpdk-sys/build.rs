@@ -3,9 +3,12 @@
 //! ring and mempool functions (bindgen's `wrap_static_fns`) plus the one-line
 //! `rte_errno` shim with `cc`. Linked dynamically: a static DPDK is ~38 MB.
 
+#[cfg(feature = "bindings")]
 use std::env;
+#[cfg(feature = "bindings")]
 use std::path::PathBuf;
 
+#[cfg(feature = "bindings")]
 const LIBS: &[&str] = &[
     "rte_eal",
     "rte_mempool",
@@ -15,6 +18,10 @@ const LIBS: &[&str] = &[
     "rte_log",
 ];
 
+#[cfg(not(feature = "bindings"))]
+fn main() {}
+
+#[cfg(feature = "bindings")]
 fn main() {
     println!("cargo:rerun-if-changed=wrapper.h");
     println!("cargo:rerun-if-changed=shim.c");

@@ -6,9 +6,13 @@
 //! DPDK's ring and mempool fast paths are `static inline` in its headers;
 //! bindgen's `wrap_static_fns` emits a C wrapper for each, compiled into this
 //! crate, so they are called as ordinary (non-inlined) C functions.
-//! `rte_errno` is a thread-local C variable: read it with [`baton_rte_errno`].
+//! `rte_errno` is a thread-local C variable: read it with `baton_rte_errno`.
+//!
+//! Without the `bindings` feature the crate is empty and needs nothing from
+//! the system (it is a workspace member; `--workspace` builds must not need DPDK).
 
 #![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code, clippy::all)]
 #![allow(clippy::undocumented_unsafe_blocks)]
 
+#[cfg(feature = "bindings")]
 include!(concat!(env!("OUT_DIR"), "/bindings.rs"));

@@ -89,6 +89,9 @@ pub struct BufPool {
 }
 
 /// Where a pool's memory and free list live (see the module docs).
+// The baton variant stays inline (boxing it would add a pointer chase to
+// every get and put); there are at most POOLS_MAX of these.
+#[allow(clippy::large_enum_variant)]
 enum Backing {
     Baton {
         mapping: Mapping,
@@ -264,6 +267,17 @@ impl BufPool {
             Backing::Dpdk(_) => crate::env::EnvKind::Dpdk,
         }
     }
+    /// Returns buffer `idx` to the shared free list (not a thread cache).
+    fn put_shared(&self, idx: u32) {
+        match &self.mem {
+            Backing::Baton { free, .. } => {
+                let _ = free.push(idx);
+            }
+            #[cfg(feature = "dpdk")]
+            Backing::Dpdk(d) => d.put(idx),
+        }
+    }
+
     /// Returns buffer `idx` to the free list.
     #[inline]
     fn put(&self, idx: u32) {
@@ -388,10 +402,8 @@ impl Drop for ThreadCache {
         let pools = pools();
         for (id, pool) in pools.iter().enumerate() {
             let n = self.lens[id].swap(0, Ordering::Relaxed) as usize;
-            if let Backing::Baton { free, .. } = &pool.mem {
-                for &idx in &self.items[id][..n] {
-                    let _ = free.push(idx);
-                }
+            for &idx in &self.items[id][..n] {
+                pool.put_shared(idx);
             }
         }
         CACHE_LENS

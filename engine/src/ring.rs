@@ -31,6 +31,9 @@ pub struct Ring<T> {
     q: Inner<T>,
 }
 
+// The crossbeam queue stays inline (boxing it would add a pointer chase to
+// every push and pop); the enum's size only matters once per ring.
+#[allow(clippy::large_enum_variant)]
 enum Inner<T> {
     Baton(CachePadded<ArrayQueue<T>>),
     #[cfg(feature = "dpdk")]
