@@ -7,7 +7,7 @@
 //!    request taking a 4 KiB buffer from a pool of each env and giving it back
 //!    on completion.
 //!
-//! `cargo run -p baton-engine --release --features dpdk --example env_bench -- [seconds]`
+//! `cargo run -p baton-engine --release --features dpdk --example env_bench -- [seconds per figure] [rounds]`
 //! (`BATON_BENCH_CORES=2,3` picks the two cores; default: the first two this process may use.)
 
 use engine::bdev::{self, IoOp, IoRequest};
@@ -195,35 +195,42 @@ fn main() {
         std::process::exit(1);
     }
     let (a, b) = cores();
-    println!("cores {a},{b}; {secs} s per figure; rounds alternate baton, dpdk");
+    let rounds: usize = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(5);
+    println!("cores {a},{b}; {secs} s per figure; {rounds} rounds, each alternating baton, dpdk; median (min..max)");
     let pools: Vec<&'static BufPool> = KINDS
         .iter()
         .map(|&k| BufPool::new_in(k, &format!("bench-{}", k.name()), 4096, 4096).expect("pool"))
         .collect();
-    for round in 0..2 {
-        println!("-- round {round}");
-        for &k in &KINDS {
-            println!(
-                "ring, two threads        {:>6}: {:>7.2} M msg/s",
-                k.name(),
-                ring_raw(k, secs) / 1e6
-            );
+    // figure name -> per-kind samples
+    let names = [
+        "ring, two threads (M msg/s)",
+        "ring, two reactors (M msg/s)",
+        "null bdev QD128 4 KiB read (M IOPS)",
+        "malloc bdev QD128 4 KiB read (M IOPS)",
+    ];
+    let mut samples = vec![[Vec::new(), Vec::new()]; names.len()];
+    for _ in 0..rounds {
+        for (i, &k) in KINDS.iter().enumerate() {
+            samples[0][i].push(ring_raw(k, secs) / 1e6);
         }
-        for &k in &KINDS {
-            println!(
-                "ring, two reactors       {:>6}: {:>7.2} M msg/s",
-                k.name(),
-                ring_reactors(k, a, b, secs) / 1e6
-            );
+        for (i, &k) in KINDS.iter().enumerate() {
+            samples[1][i].push(ring_reactors(k, a, b, secs) / 1e6);
         }
-        for backend in ["null", "malloc"] {
+        for (f, backend) in [(2, "null"), (3, "malloc")] {
             for (i, &k) in KINDS.iter().enumerate() {
-                println!(
-                    "{backend:>6} bdev QD{QD} 4 KiB {:>6}: {:>7.2} M IOPS",
-                    k.name(),
-                    bdev_qd(k, pools[i], backend, a, secs) / 1e6
-                );
+                samples[f][i].push(bdev_qd(k, pools[i], backend, a, secs) / 1e6);
             }
         }
+    }
+    println!("{:<40} {:>24} {:>24}", "", "baton", "dpdk");
+    for (name, per_kind) in names.iter().zip(samples.iter_mut()) {
+        let cells: Vec<String> = per_kind
+            .iter_mut()
+            .map(|v| {
+                v.sort_by(f64::total_cmp);
+                format!("{:.2} ({:.2}..{:.2})", v[v.len() / 2], v[0], v[v.len() - 1])
+            })
+            .collect();
+        println!("{name:<40} {:>24} {:>24}", cells[0], cells[1]);
     }
 }
