@@ -24,6 +24,11 @@
 //! per thread; only a cold cache or a size above [`RECYCLE_BYTES_MAX`]
 //! reaches the allocator. Its bytes are whatever its last user left: callers
 //! write before they read.
+//!
+//! With the `dpdk` feature and the DPDK env ([`crate::env`]), a pool's region
+//! is one `rte_zmalloc` block of DPDK memory (hugepages when EAL has them) and
+//! its free list an `rte_mempool` of buffer indices (with per-lcore caches on
+//! reactor threads); everything else, `DmaBuf` included, is the same.
 
 use crate::sys::Mapping;
 use crossbeam_queue::ArrayQueue;
@@ -31,7 +36,8 @@ use std::alloc::Layout;
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 /// Alignment of every buffer: the largest logical block size we serve.
@@ -48,6 +54,12 @@ pub const RECYCLE_IDLE_BYTES_MAX: usize = 256 << 20;
 /// At most this many pools per process (each io_uring channel registers them
 /// all as fixed buffers, and the kernel's table is small).
 pub const POOLS_MAX: usize = 16;
+/// Most buffers a reactor thread keeps for itself per pool (see
+/// [`BufPool::get`]); a pool's own limit is [`thread_cache_bufs`] of its size.
+pub const THREAD_CACHE_BUFS: usize = 256;
+/// Pools smaller than this have no reactor caches: a few buffers idle in one
+/// reactor's cache could starve another (DPDK's mempools make the same call).
+pub const THREAD_CACHE_POOL_MIN: usize = 1024;
 
 #[derive(Debug, Error)]
 pub enum BufError {
@@ -61,16 +73,32 @@ pub enum BufError {
     },
     #[error("at most {POOLS_MAX} buffer pools may exist in one process")]
     TooManyPools,
+    #[error("buffer pool {name:?}: {source}")]
+    Env { name: String, source: crate::env::EnvError },
 }
 
 /// A fixed set of equal, aligned buffers carved from one mapping.
 pub struct BufPool {
     name: String,
     id: usize,
-    mapping: Mapping,
+    mem: Backing,
     buf_size: usize,
     count: usize,
-    free: ArrayQueue<u32>,
+    /// Reactor threads keep up to this many of its buffers ([`thread_cache_bufs`]).
+    cache_max: usize,
+}
+
+/// Where a pool's memory and free list live (see the module docs).
+// The baton variant stays inline (boxing it would add a pointer chase to
+// every get and put); there are at most POOLS_MAX of these.
+#[allow(clippy::large_enum_variant)]
+enum Backing {
+    Baton {
+        mapping: Mapping,
+        free: ArrayQueue<u32>,
+    },
+    #[cfg(feature = "dpdk")]
+    Dpdk(crate::env::dpdk::DpdkPool),
 }
 
 static POOLS: Mutex<Vec<&'static BufPool>> = Mutex::new(Vec::new());
@@ -78,7 +106,23 @@ static POOLS: Mutex<Vec<&'static BufPool>> = Mutex::new(Vec::new());
 impl BufPool {
     /// Creates a pool of `count` buffers of `buf_size` bytes. Management path:
     /// maps memory and takes a lock; call at start-up, not per I/O.
+    /// The pool is of the process's env ([`crate::env::current`]).
     pub fn new(name: &str, count: usize, buf_size: usize) -> Result<&'static BufPool, BufError> {
+        let kind = crate::env::current().map_err(|source| BufError::Env {
+            name: name.to_string(),
+            source,
+        })?;
+        BufPool::new_in(kind, name, count, buf_size)
+    }
+
+    /// A pool of the given kind whatever the process's env (benchmarks compare
+    /// the two side by side). DPDK's needs its EAL running ([`crate::env::ensure`]).
+    pub fn new_in(
+        kind: crate::env::EnvKind,
+        name: &str,
+        count: usize,
+        buf_size: usize,
+    ) -> Result<&'static BufPool, BufError> {
         if count == 0 || buf_size == 0 || !buf_size.is_multiple_of(BUF_ALIGN_BYTES) || count > u32::MAX as usize {
             return Err(BufError::BadGeometry {
                 name: name.to_string(),
@@ -95,43 +139,81 @@ impl BufPool {
         if pools.len() >= POOLS_MAX {
             return Err(BufError::TooManyPools);
         }
-        let want_huge = crate::sys::hugepages_reserved() > 0;
-        let mapping = Mapping::anonymous(bytes, want_huge).map_err(|source| BufError::Map {
-            name: name.to_string(),
-            bytes,
-            source,
-        })?;
-        log::info!(
-            "buffer pool {name}: {count} x {buf_size} B on {}",
-            if mapping.hugepages {
-                "2 MiB hugepages"
-            } else {
-                "4 KiB pages (no hugepages reserved)"
+        let mem = match kind {
+            crate::env::EnvKind::Baton => {
+                let want_huge = crate::sys::hugepages_reserved() > 0;
+                let mapping = Mapping::anonymous(bytes, want_huge).map_err(|source| BufError::Map {
+                    name: name.to_string(),
+                    bytes,
+                    source,
+                })?;
+                let free = ArrayQueue::new(count);
+                for i in 0..count {
+                    let _ = free.push(i as u32);
+                }
+                Backing::Baton { mapping, free }
             }
-        );
-        let free = ArrayQueue::new(count);
-        for i in 0..count {
-            let _ = free.push(i as u32);
-        }
+            #[cfg(feature = "dpdk")]
+            crate::env::EnvKind::Dpdk => Backing::Dpdk(
+                crate::env::dpdk::DpdkPool::new(count, buf_size, BUF_ALIGN_BYTES).map_err(|source| BufError::Env {
+                    name: name.to_string(),
+                    source,
+                })?,
+            ),
+            #[cfg(not(feature = "dpdk"))]
+            crate::env::EnvKind::Dpdk => {
+                return Err(BufError::Env {
+                    name: name.to_string(),
+                    source: crate::env::EnvError::NotBuilt,
+                })
+            }
+        };
         let pool: &'static BufPool = Box::leak(Box::new(BufPool {
             name: name.to_string(),
             id: pools.len(),
-            mapping,
+            cache_max: if matches!(mem, Backing::Baton { .. }) {
+                thread_cache_bufs(count)
+            } else {
+                0
+            },
+            mem,
             buf_size,
             count,
-            free,
         }));
+        log::info!(
+            "buffer pool {name}: {count} x {buf_size} B on {} ({} env)",
+            if pool.hugepages() {
+                "2 MiB hugepages"
+            } else {
+                "4 KiB pages (no hugepages reserved)"
+            },
+            pool.env()
+        );
         pools.push(pool);
         Ok(pool)
     }
 
     /// Takes a buffer, with its length set to the pool's buffer size; `None`
     /// when every buffer is in use (back-pressure: retry on a later poll).
+    ///
+    /// On a reactor thread, a pool of at least [`THREAD_CACHE_POOL_MIN`]
+    /// buffers serves it from the reactor's own cache of up to
+    /// [`thread_cache_bufs`] buffers when it can (no atomic operation), and
+    /// [`DmaBuf`]'s drop there refills that cache first; a cache goes back to
+    /// the pool when its thread ends. So `None` may also mean that the last
+    /// free buffers sit idle in other reactors' caches.
     #[inline]
     pub fn get(&'static self) -> Option<DmaBuf> {
-        let idx = self.free.pop()?;
-        // SAFETY: idx < count, so the offset stays inside the mapping.
-        let ptr = unsafe { self.mapping.as_ptr().add(idx as usize * self.buf_size) };
+        let (base, idx) = match &self.mem {
+            Backing::Baton { mapping, free } => {
+                let cached = if self.cache_max > 0 { cache_take(self.id) } else { None };
+                (mapping.as_ptr(), cached.or_else(|| free.pop())?)
+            }
+            #[cfg(feature = "dpdk")]
+            Backing::Dpdk(d) => (d.base(), d.get()?),
+        };
+        // SAFETY: idx < count, so the offset stays inside the region.
+        let ptr = unsafe { base.add(idx as usize * self.buf_size) };
         Some(DmaBuf {
             ptr: NonNull::new(ptr).expect("mapping is never null"),
             len: self.buf_size,
@@ -154,11 +236,64 @@ impl BufPool {
         self.count == 0
     }
     /// Buffers currently free.
+    /// Buffers currently free (reactor caches included).
     pub fn free(&self) -> usize {
-        self.free.len()
+        match &self.mem {
+            Backing::Baton { free, .. } => free.len() + if self.cache_max > 0 { cached_count(self.id) } else { 0 },
+            #[cfg(feature = "dpdk")]
+            Backing::Dpdk(d) => d.free(),
+        }
     }
     pub fn hugepages(&self) -> bool {
-        self.mapping.hugepages
+        match &self.mem {
+            Backing::Baton { mapping, .. } => mapping.hugepages,
+            #[cfg(feature = "dpdk")]
+            Backing::Dpdk(d) => d.hugepages(),
+        }
+    }
+    /// DPDK env: returns the calling thread's mempool cache to the pool (a
+    /// reactor does this as it stops). A no-op for baton's pools.
+    #[cfg(feature = "dpdk")]
+    pub(crate) fn flush_lcore_cache(&self) {
+        if let Backing::Dpdk(d) = &self.mem {
+            d.flush_cache();
+        }
+    }
+    /// Whose memory and free list this pool uses.
+    pub fn env(&self) -> crate::env::EnvKind {
+        match &self.mem {
+            Backing::Baton { .. } => crate::env::EnvKind::Baton,
+            #[cfg(feature = "dpdk")]
+            Backing::Dpdk(_) => crate::env::EnvKind::Dpdk,
+        }
+    }
+    /// Returns buffer `idx` to the shared free list (not a thread cache).
+    fn put_shared(&self, idx: u32) {
+        match &self.mem {
+            Backing::Baton { free, .. } => {
+                let _ = free.push(idx);
+            }
+            #[cfg(feature = "dpdk")]
+            Backing::Dpdk(d) => d.put(idx),
+        }
+    }
+
+    /// Returns buffer `idx` to the free list.
+    #[inline]
+    fn put(&self, idx: u32) {
+        match &self.mem {
+            Backing::Baton { free, .. } => {
+                if self.cache_max > 0 && cache_keep(self.id, idx, self.cache_max) {
+                    return;
+                }
+                // Cannot fail: each index is in the queue at most once and the
+                // queue holds `count` slots.
+                let pushed = free.push(idx);
+                debug_assert!(pushed.is_ok(), "buffer {idx} returned twice to pool {}", self.name);
+            }
+            #[cfg(feature = "dpdk")]
+            Backing::Dpdk(d) => d.put(idx),
+        }
     }
     /// Index of this pool among the process's pools (stable for its life).
     pub fn id(&self) -> usize {
@@ -166,13 +301,116 @@ impl BufPool {
     }
     /// The region backing the pool, for registering with io_uring.
     pub fn region(&self) -> (*mut u8, usize) {
-        (self.mapping.as_ptr(), self.mapping.len())
+        match &self.mem {
+            Backing::Baton { mapping, .. } => (mapping.as_ptr(), mapping.len()),
+            #[cfg(feature = "dpdk")]
+            Backing::Dpdk(d) => (d.base(), d.bytes()),
+        }
     }
 }
 
 /// Every pool created so far, in id order (for fixed-buffer registration).
 pub fn pools() -> Vec<&'static BufPool> {
     POOLS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// How many of a pool's `count` buffers one reactor may keep idle: none below
+/// [`THREAD_CACHE_POOL_MIN`], else a sixteenth, at most [`THREAD_CACHE_BUFS`].
+/// The DPDK env sizes its mempool caches by the same rule, so the two compare fairly.
+pub fn thread_cache_bufs(count: usize) -> usize {
+    if count < THREAD_CACHE_POOL_MIN {
+        0
+    } else {
+        (count / 16).min(THREAD_CACHE_BUFS)
+    }
+}
+
+/// A reactor thread's caches of pool buffers: one small stack of indices per
+/// pool id. Only its thread touches `items`; `lens` mirrors the stack heights
+/// (relaxed stores, no read-modify-write) for [`BufPool::free`].
+struct ThreadCache {
+    items: [[u32; THREAD_CACHE_BUFS]; POOLS_MAX],
+    lens: Arc<[AtomicU32; POOLS_MAX]>,
+}
+
+/// The `lens` of every live thread cache.
+static CACHE_LENS: Mutex<Vec<Arc<[AtomicU32; POOLS_MAX]>>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static CACHE: RefCell<Option<ThreadCache>> = const { RefCell::new(None) };
+}
+
+/// Gives the calling (reactor) thread its buffer caches; they return to their
+/// pools when the thread ends. Allocates once: call at thread start.
+pub(crate) fn thread_cache_enable() {
+    let lens: Arc<[AtomicU32; POOLS_MAX]> = Arc::new([const { AtomicU32::new(0) }; POOLS_MAX]);
+    CACHE_LENS.lock().unwrap_or_else(|e| e.into_inner()).push(lens.clone());
+    let _ = CACHE.try_with(|c| {
+        *c.borrow_mut() = Some(ThreadCache {
+            items: [[0; THREAD_CACHE_BUFS]; POOLS_MAX],
+            lens,
+        })
+    });
+}
+
+#[inline]
+fn cache_take(pool: usize) -> Option<u32> {
+    CACHE
+        .try_with(|c| {
+            let mut c = c.try_borrow_mut().ok()?;
+            let c = c.as_mut()?;
+            let n = c.lens[pool].load(Ordering::Relaxed) as usize;
+            if n == 0 {
+                return None;
+            }
+            c.lens[pool].store(n as u32 - 1, Ordering::Relaxed);
+            Some(c.items[pool][n - 1])
+        })
+        .ok()
+        .flatten()
+}
+
+/// Keeps `idx` in this thread's cache of `pool`; false when there is none or it is full.
+#[inline]
+fn cache_keep(pool: usize, idx: u32, max: usize) -> bool {
+    CACHE
+        .try_with(|c| {
+            let Ok(mut c) = c.try_borrow_mut() else { return false };
+            let Some(c) = c.as_mut() else { return false };
+            let n = c.lens[pool].load(Ordering::Relaxed) as usize;
+            if n >= max {
+                return false;
+            }
+            c.items[pool][n] = idx;
+            c.lens[pool].store(n as u32 + 1, Ordering::Relaxed);
+            true
+        })
+        .unwrap_or(false)
+}
+
+fn cached_count(pool: usize) -> usize {
+    CACHE_LENS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|l| l[pool].load(Ordering::Relaxed) as usize)
+        .sum()
+}
+
+impl Drop for ThreadCache {
+    fn drop(&mut self) {
+        let pools = pools();
+        for (id, pool) in pools.iter().enumerate() {
+            let n = self.lens[id].swap(0, Ordering::Relaxed) as usize;
+            for &idx in &self.items[id][..n] {
+                pool.put_shared(idx);
+            }
+        }
+        CACHE_LENS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|l| !Arc::ptr_eq(l, &self.lens));
+    }
 }
 
 enum Origin {
@@ -357,12 +595,7 @@ impl std::fmt::Debug for DmaBuf {
 impl Drop for DmaBuf {
     fn drop(&mut self) {
         match self.origin {
-            Origin::Pool(pool, idx) => {
-                // Cannot fail: each index is in the queue at most once and the
-                // queue holds `count` slots.
-                let pushed = pool.free.push(idx);
-                debug_assert!(pushed.is_ok(), "buffer {idx} returned twice to pool {}", pool.name);
-            }
+            Origin::Pool(pool, idx) => pool.put(idx),
             Origin::Heap(layout) => {
                 // SAFETY: ptr was allocated with exactly this layout in `alloc`.
                 unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) }
@@ -462,6 +695,39 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    /// A reactor keeps returned buffers of a large pool in its own cache; they
+    /// still count as free, and go back to the pool when the reactor stops.
+    #[test]
+    fn reactor_caches_count_as_free_and_return_at_exit() {
+        use crate::reactor::{IdleMode, ReactorOpts, Reactors};
+        let pool = BufPool::new("t-cache", THREAD_CACHE_POOL_MIN, 4096).unwrap();
+        let r = Reactors::start(ReactorOpts {
+            cores: vec![0],
+            pin: false,
+            idle: IdleMode::Poll,
+        })
+        .unwrap();
+        let max = thread_cache_bufs(THREAD_CACHE_POOL_MIN);
+        r.run_on(0, move || {
+            let bufs: Vec<DmaBuf> = (0..2 * max).map(|_| pool.get().unwrap()).collect();
+            drop(bufs);
+        })
+        .unwrap();
+        assert_eq!(pool.free(), THREAD_CACHE_POOL_MIN);
+        if pool.env() == crate::env::EnvKind::Baton {
+            assert_eq!(cached_count(pool.id()), max, "the reactor kept its share");
+        }
+        r.shutdown();
+        r.wait();
+        assert_eq!(pool.free(), THREAD_CACHE_POOL_MIN);
+        if pool.env() == crate::env::EnvKind::Baton {
+            assert_eq!(cached_count(pool.id()), 0, "the cache went back at exit");
+        }
+        let all: Vec<DmaBuf> = (0..THREAD_CACHE_POOL_MIN).map(|_| pool.get().unwrap()).collect();
+        assert!(pool.get().is_none());
+        drop(all);
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //!   hugepages are reserved).
 //! - [`bdev`]: the block-device layer: per-reactor channels with polled
 //!   completion, and the `malloc`, `null` and `uring` back ends.
+//! - [`env`]: whose rings and pools those are: baton's own, or DPDK's
+//!   (`rte_ring`, `rte_mempool`) with the `dpdk` feature.
 //! - [`metrics`]: microsecond latency histograms over `hdrhistogram`.
 //! - [`clock`]: the monotonic nanosecond clock every timestamp uses.
 //!
@@ -20,6 +22,7 @@ pub mod bdev;
 pub mod buf;
 pub mod clock;
 pub mod cpumask;
+pub mod env;
 pub mod metrics;
 pub mod reactor;
 pub mod regionmap;

@@ -96,6 +96,8 @@ pub enum ReactorError {
     Stopped { core: u32 },
     #[error(transparent)]
     Send(#[from] SendError),
+    #[error("reactor message rings: {0}")]
+    Env(#[from] crate::env::EnvError),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -252,6 +254,12 @@ impl Reactors {
     /// first one failed to pin). The set becomes the process's current one,
     /// which the free functions [`send_msg`] etc. use from non-reactor threads.
     pub fn start(opts: ReactorOpts) -> Result<Reactors, ReactorError> {
+        Reactors::start_in(crate::env::current()?, opts)
+    }
+
+    /// [`Reactors::start`] with message rings of the given kind whatever the
+    /// process's env (benchmarks compare the two side by side).
+    pub fn start_in(kind: crate::env::EnvKind, opts: ReactorOpts) -> Result<Reactors, ReactorError> {
         if opts.cores.is_empty() {
             return Err(ReactorError::NoCores);
         }
@@ -265,19 +273,19 @@ impl Reactors {
                 return Err(ReactorError::PinFailed { core, available });
             }
         }
+        let mut reactors = Vec::with_capacity(opts.cores.len());
+        for &core in &opts.cores {
+            reactors.push(ReactorShared {
+                core,
+                ring: Ring::new_in(kind, MSG_RING_CAPACITY)?,
+                stats: CachePadded::new(StatsCells::default()),
+                sleeping: AtomicBool::new(false),
+                thread: OnceLock::new(),
+                pollers: Mutex::new(Vec::new()),
+            });
+        }
         let shared = Arc::new(SetShared {
-            reactors: opts
-                .cores
-                .iter()
-                .map(|&core| ReactorShared {
-                    core,
-                    ring: Ring::new(MSG_RING_CAPACITY),
-                    stats: CachePadded::new(StatsCells::default()),
-                    sleeping: AtomicBool::new(false),
-                    thread: OnceLock::new(),
-                    pollers: Mutex::new(Vec::new()),
-                })
-                .collect(),
+            reactors,
             stop: AtomicBool::new(false),
             idle: opts.idle,
         });
@@ -298,6 +306,8 @@ impl Reactors {
                         return;
                     }
                     let _ = set.reactors[index].thread.set(std::thread::current());
+                    let _env = crate::env::reactor_thread();
+                    crate::buf::thread_cache_enable();
                     let _ = ready.send(Ok(()));
                     run_reactor(set, index);
                 })

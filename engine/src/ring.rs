@@ -15,47 +15,123 @@
 //! - messages from one producer are popped in the order it pushed them.
 //!
 //! No allocation after construction.
+//!
+//! With the `dpdk` feature and the process's env set to DPDK
+//! ([`crate::env`]), the same `Ring` is an `rte_ring` (multi-producer,
+//! multi-consumer, exact size) holding the items by value, with the same
+//! guarantees; without the feature the DPDK variant does not exist and the
+//! ring is exactly the crossbeam queue.
 
+use crate::env::EnvKind;
 use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::CachePadded;
 
 /// A bounded many-producer ring.
 pub struct Ring<T> {
-    q: CachePadded<ArrayQueue<T>>,
+    q: Inner<T>,
+}
+
+// The crossbeam queue stays inline (boxing it would add a pointer chase to
+// every push and pop); the enum's size only matters once per ring.
+#[allow(clippy::large_enum_variant)]
+enum Inner<T> {
+    Baton(CachePadded<ArrayQueue<T>>),
+    #[cfg(feature = "dpdk")]
+    Dpdk(crate::env::dpdk::DpdkRing<T>),
 }
 
 impl<T> Ring<T> {
-    /// A ring holding at most `capacity` items (allocates once, here).
+    /// A ring holding at most `capacity` items (allocates once, here), of the
+    /// process's env ([`crate::env::current`]). Should that env be DPDK and
+    /// DPDK fail to make the ring, the error is logged and the ring is baton's
+    /// (this constructor cannot fail; [`Ring::new_in`] can).
     pub fn new(capacity: usize) -> Ring<T> {
+        #[cfg(feature = "dpdk")]
+        if crate::env::current() == Ok(EnvKind::Dpdk) {
+            match Ring::new_in(EnvKind::Dpdk, capacity) {
+                Ok(r) => return r,
+                Err(e) => log::error!("{e}: using baton's ring instead"),
+            }
+        }
+        Ring::baton(capacity)
+    }
+
+    fn baton(capacity: usize) -> Ring<T> {
         assert!(capacity > 0, "a ring needs room for at least one item");
         Ring {
-            q: CachePadded::new(ArrayQueue::new(capacity)),
+            q: Inner::Baton(CachePadded::new(ArrayQueue::new(capacity))),
+        }
+    }
+
+    /// A ring of the given kind whatever the process's env (benchmarks compare
+    /// the two side by side). DPDK's needs its EAL running ([`crate::env::ensure`]).
+    pub fn new_in(kind: EnvKind, capacity: usize) -> Result<Ring<T>, crate::env::EnvError> {
+        match kind {
+            EnvKind::Baton => Ok(Ring::baton(capacity)),
+            #[cfg(feature = "dpdk")]
+            EnvKind::Dpdk => {
+                assert!(capacity > 0, "a ring needs room for at least one item");
+                Ok(Ring {
+                    q: Inner::Dpdk(crate::env::dpdk::DpdkRing::new(capacity)?),
+                })
+            }
+            #[cfg(not(feature = "dpdk"))]
+            EnvKind::Dpdk => Err(crate::env::EnvError::NotBuilt),
+        }
+    }
+
+    /// Whose ring this is.
+    pub fn kind(&self) -> EnvKind {
+        match &self.q {
+            Inner::Baton(_) => EnvKind::Baton,
+            #[cfg(feature = "dpdk")]
+            Inner::Dpdk(_) => EnvKind::Dpdk,
         }
     }
 
     /// Enqueues `item`, or hands it back when the ring is full. Any thread.
     #[inline]
     pub fn push(&self, item: T) -> Result<(), T> {
-        self.q.push(item)
+        match &self.q {
+            Inner::Baton(q) => q.push(item),
+            #[cfg(feature = "dpdk")]
+            Inner::Dpdk(r) => r.push(item),
+        }
     }
 
     /// Dequeues the oldest item. Meant for the single consumer; safe (but
     /// without the per-producer order guarantee across consumers) for more.
     #[inline]
     pub fn pop(&self) -> Option<T> {
-        self.q.pop()
+        match &self.q {
+            Inner::Baton(q) => q.pop(),
+            #[cfg(feature = "dpdk")]
+            Inner::Dpdk(r) => r.pop(),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.q.len()
+        match &self.q {
+            Inner::Baton(q) => q.len(),
+            #[cfg(feature = "dpdk")]
+            Inner::Dpdk(r) => r.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.q.is_empty()
+        match &self.q {
+            Inner::Baton(q) => q.is_empty(),
+            #[cfg(feature = "dpdk")]
+            Inner::Dpdk(r) => r.is_empty(),
+        }
     }
 
     pub fn capacity(&self) -> usize {
-        self.q.capacity()
+        match &self.q {
+            Inner::Baton(q) => q.capacity(),
+            #[cfg(feature = "dpdk")]
+            Inner::Dpdk(r) => r.capacity(),
+        }
     }
 }
 
