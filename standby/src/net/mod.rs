@@ -393,6 +393,12 @@ impl VolNet {
             .collect();
         let verdict = pull::stall_pull_wanted(&reports, v.next_lsn(), now.saturating_sub(self.progress_ns));
         self.stall_verdicts[verdict as usize] += 1;
+        if verdict == pull::StallVerdict::PolicyHold {
+            // Held back by policy is not stalled: once the forwarder delivers again it gets
+            // its full FORWARDER_STALL_NS from here, not from the last op before the hold
+            // (else the first check after a window opens pulls what is on its way).
+            self.progress_ns = now;
+        }
         if verdict != pull::StallVerdict::Pull {
             // Look again after one more stall period.
             self.last_pull_ns = now;
