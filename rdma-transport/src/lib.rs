@@ -4,6 +4,7 @@
 //! - [`crc`]: CRC32C of a concatenation from its parts' CRCs (frames sealed without re-reading data).
 //! - [`transport`]: the connection interface a reactor drives by polling.
 //! - [`tcp`]: its implementation over non-blocking TCP sockets.
+//! - [`tls`]: TLS 1.3 on TCP links: rustls handshake, allocation-free record layer.
 //! - [`inproc`]: its in-process implementation over lock-free rings, with fault injection.
 //! - [`liveness`]: the direct primary -> standby-host heartbeat datagram.
 //! - [`readiness`]: which of many sockets have bytes to read, in one call (epoll).
@@ -14,6 +15,7 @@ pub mod inproc;
 pub mod liveness;
 pub mod readiness;
 pub mod tcp;
+pub mod tls;
 pub mod transport;
 pub mod wire;
 

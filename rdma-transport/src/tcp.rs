@@ -9,6 +9,10 @@
 //! preallocated buffer of [`RX_BUF_BYTES`], peels off whole frames by their envelope length,
 //! checks each with `wire::parse` and hands it to the caller borrowed, then moves the partial
 //! tail (if any) to the front. TCP_NODELAY is set: a frame leaves as soon as it is polled.
+//!
+//! With TLS (`connect_tls`, [`TcpAcceptor::set_tls`]) the connection stays `Connecting`
+//! until the handshake is done; then the same queue is sealed into records and received
+//! records are opened into the same frame buffer ([`crate::tls::stream`]).
 
 use core::ops::Deref;
 use std::collections::VecDeque;
@@ -17,6 +21,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::tls::stream::{ReadPlain, TlsStream};
+use crate::tls::{Handshake, Role, TlsContext};
 use crate::transport::{ConnState, ConnStats, Connection, OutFrame, SendCompletion, SendError, TransportError};
 use crate::wire::{self, Frame, HeaderBuf, ENVELOPE_BYTES, FRAME_BYTES_MAX};
 
@@ -69,6 +75,8 @@ pub struct TcpConnection<B> {
     rx_start: usize,
     rx_end: usize,
     stats: ConnStats,
+    /// TLS state when the link is encrypted.
+    tls: Option<TlsStream>,
 }
 
 fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> TransportError {
@@ -88,7 +96,37 @@ impl<B: Deref<Target = [u8]>> TcpConnection<B> {
             rx_start: 0,
             rx_end: 0,
             stats: ConnStats::default(),
+            tls: None,
         }
+    }
+
+    /// Like [`TcpConnection::connect`], then a TLS 1.3 handshake as the client, accepting
+    /// only a peer of role `expect` (or holding the deployment's pre-shared key).
+    pub fn connect_tls(addr: SocketAddr, cfg: TcpConfig, tls: &TlsContext, expect: Role) -> Result<Self, TransportError> {
+        let hs = Handshake::client(tls.client_config(expect)?)?;
+        let mut c = Self::connect(addr, cfg)?;
+        c.tls = Some(TlsStream::new(hs));
+        c.state = ConnState::Connecting;
+        Ok(c)
+    }
+
+    /// Like [`TcpConnection::from_stream`], then a TLS 1.3 handshake as the server.
+    pub fn from_stream_tls(
+        stream: TcpStream,
+        cfg: TcpConfig,
+        tls: &TlsContext,
+        expect: Role,
+    ) -> Result<Self, TransportError> {
+        let hs = Handshake::server(tls.server_config(expect)?)?;
+        let mut c = Self::from_stream(stream, cfg)?;
+        c.tls = Some(TlsStream::new(hs));
+        c.state = ConnState::Connecting;
+        Ok(c)
+    }
+
+    /// Whether the link is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Starts a non-blocking connect to `addr` (setup path: allocates the buffers). Returns
@@ -129,6 +167,9 @@ impl<B: Deref<Target = [u8]>> TcpConnection<B> {
     /// poll stops at its frame limit): `poll_recv` has work even if the socket has nothing
     /// new. A partial frame does not count: the rest makes the socket readable.
     pub fn has_buffered(&self) -> bool {
+        if self.tls.as_ref().is_some_and(TlsStream::has_buffered) {
+            return true;
+        }
         let avail = &self.rx[self.rx_start..self.rx_end];
         match wire::peek_envelope(avail) {
             Ok(Some(env)) => env.frame_len <= avail.len(),
@@ -177,6 +218,27 @@ impl<B: Deref<Target = [u8]>> TcpConnection<B> {
 
     /// Advances a pending connect. Ok(true) when open.
     fn advance_connect(&mut self) -> Result<bool, TransportError> {
+        if !self.advance_tcp_connect()? {
+            return Ok(false);
+        }
+        if self.state == ConnState::Open {
+            return Ok(true);
+        }
+        let (Some(tls), Sock::Open(stream)) = (self.tls.as_mut(), &mut self.sock) else {
+            return Ok(true);
+        };
+        match tls.ready(stream) {
+            Ok(true) => {
+                self.state = ConnState::Open;
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => Err(self.report(e)),
+        }
+    }
+
+    /// Advances a pending TCP connect. Ok(true) when the socket is connected.
+    fn advance_tcp_connect(&mut self) -> Result<bool, TransportError> {
         let Sock::Connecting(s, addr) = &self.sock else {
             return Ok(matches!(self.sock, Sock::Open(_)));
         };
@@ -191,7 +253,9 @@ impl<B: Deref<Target = [u8]>> TcpConnection<B> {
                     return Ok(false);
                 };
                 self.sock = Sock::Open(s.into());
-                self.state = ConnState::Open;
+                if self.tls.is_none() {
+                    self.state = ConnState::Open;
+                }
                 Ok(true)
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(false),
@@ -215,6 +279,9 @@ impl<B: Deref<Target = [u8]>> TcpConnection<B> {
     /// One `writev` of as much of the queue as fits in [`IOV_PER_WRITEV_MAX`] slices.
     /// Returns bytes written (0 on WouldBlock).
     fn write_once(&mut self) -> io::Result<usize> {
+        if self.tls.is_some() {
+            return self.write_once_tls();
+        }
         let Sock::Open(stream) = &mut self.sock else {
             return Err(io::ErrorKind::NotConnected.into());
         };
@@ -246,6 +313,33 @@ impl<B: Deref<Target = [u8]>> TcpConnection<B> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
             Err(e) => Err(e),
         }
+    }
+
+    /// With TLS: writes what was sealed before; once that is out, seals up to
+    /// [`crate::tls::stream::OUT_RECORDS`] records of the queue and writes them. Returns the
+    /// plaintext bytes sealed (the frames they finish are done: their bytes are copied).
+    fn write_once_tls(&mut self) -> io::Result<usize> {
+        let (Some(tls), Sock::Open(stream)) = (self.tls.as_mut(), &mut self.sock) else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        if !tls.flush(stream)? {
+            return Ok(0);
+        }
+        let (q, head) = (&self.sendq, self.head_written);
+        let sealed = tls.seal_from(|skip, dst| gather(q, head + skip, dst)).map_err(io::Error::other)?;
+        self.stats.send_calls += 1;
+        tls.flush(stream)?;
+        Ok(sealed)
+    }
+
+    /// Writes sealed records left over when the queue emptied.
+    fn flush_tls(&mut self) -> io::Result<()> {
+        if let (Some(tls), Sock::Open(stream)) = (self.tls.as_mut(), &mut self.sock) {
+            if tls.has_output() {
+                tls.flush(stream)?;
+            }
+        }
+        Ok(())
     }
 
     /// Retires the frames that `written` more bytes completed.
@@ -309,11 +403,16 @@ impl<B: Deref<Target = [u8]>> Connection<B> for TcpConnection<B> {
             return Ok(0);
         }
         let mut completed = 0;
-        for _ in 0..WRITEV_PER_POLL_MAX {
-            if self.sendq.is_empty() {
-                break;
-            }
-            match self.write_once() {
+        for i in 0..=WRITEV_PER_POLL_MAX {
+            let step = if i == WRITEV_PER_POLL_MAX || self.sendq.is_empty() {
+                match self.flush_tls() {
+                    Ok(()) => break,
+                    Err(e) => Err(e),
+                }
+            } else {
+                self.write_once()
+            };
+            match step {
                 Ok(0) => break,
                 Ok(w) => completed += self.advance_sent(w, done),
                 Err(e) => {
@@ -379,7 +478,10 @@ impl<B: Deref<Target = [u8]>> Connection<B> for TcpConnection<B> {
             if self.rx_start == self.rx_end {
                 self.rx_start = 0;
                 self.rx_end = 0;
-            } else if self.rx.len() - self.rx_start < need || self.rx_end == self.rx.len() {
+            } else if self.rx.len() - self.rx_start < need
+                || self.rx_end == self.rx.len()
+                || (self.tls.is_some() && self.rx.len() - self.rx_end < crate::tls::record::PLAIN_MAX)
+            {
                 self.rx.copy_within(self.rx_start..self.rx_end, 0);
                 self.rx_end -= self.rx_start;
                 self.rx_start = 0;
@@ -389,6 +491,26 @@ impl<B: Deref<Target = [u8]>> Connection<B> for TcpConnection<B> {
             };
             let space = self.rx.len() - self.rx_end;
             self.stats.recv_calls += 1;
+            if let Some(tls) = self.tls.as_mut() {
+                match tls.read_plain(stream, &mut self.rx[self.rx_end..]) {
+                    Ok(ReadPlain::Data { n, short }) => {
+                        self.rx_end += n;
+                        drained = short || n == 0;
+                    }
+                    Ok(ReadPlain::WouldBlock) => break,
+                    Ok(ReadPlain::Eof { partial }) => {
+                        let have = self.rx_end - self.rx_start + partial;
+                        let e = if have == 0 {
+                            TransportError::PeerClosed
+                        } else {
+                            TransportError::PeerClosedMidFrame { have, need }
+                        };
+                        return Err(self.report(e));
+                    }
+                    Err(e) => return Err(self.report(e)),
+                }
+                continue;
+            }
             match stream.read(&mut self.rx[self.rx_end..]) {
                 Ok(0) => {
                     let have = self.rx_end - self.rx_start;
@@ -437,7 +559,17 @@ impl<B: Deref<Target = [u8]>> Connection<B> for TcpConnection<B> {
         let mut sent = false;
         // A partly written frame cannot be followed by another: the stream would be garbage.
         if self.head_written == 0 {
-            if let Sock::Open(s) = &mut self.sock {
+            if let (Some(tls), Sock::Open(s)) = (self.tls.as_mut(), &mut self.sock) {
+                let b = header.as_bytes();
+                if matches!(tls.flush(s), Ok(true)) {
+                    let sealed = tls.seal_from(|skip, dst| {
+                        let n = b.len().saturating_sub(skip).min(dst.len());
+                        dst[..n].copy_from_slice(&b[skip..skip + n]);
+                        n
+                    });
+                    sent = matches!(sealed, Ok(n) if n == b.len()) && matches!(tls.flush(s), Ok(true));
+                }
+            } else if let Sock::Open(s) = &mut self.sock {
                 let b = header.as_bytes();
                 sent = matches!(s.write(b), Ok(n) if n == b.len());
             }
@@ -445,6 +577,28 @@ impl<B: Deref<Target = [u8]>> Connection<B> for TcpConnection<B> {
         self.close();
         sent
     }
+}
+
+/// Copies queued plaintext from `skip` bytes into the queue (frame headers and data, in
+/// order) into `dst`; returns the bytes copied.
+fn gather<B: Deref<Target = [u8]>>(q: &VecDeque<OutFrame<B>>, mut skip: usize, dst: &mut [u8]) -> usize {
+    let mut n = 0;
+    for f in q {
+        for seg in core::iter::once(f.header.as_bytes()).chain(f.data.iter().map(|d| &**d)) {
+            if skip >= seg.len() {
+                skip -= seg.len();
+                continue;
+            }
+            let take = (seg.len() - skip).min(dst.len() - n);
+            dst[n..n + take].copy_from_slice(&seg[skip..skip + take]);
+            n += take;
+            skip = 0;
+            if n == dst.len() {
+                return n;
+            }
+        }
+    }
+    n
 }
 
 /// How long a [`TcpAcceptor`] that found no connection waits before it asks the kernel
@@ -458,6 +612,8 @@ pub const ACCEPT_POLL_PERIOD_NS: u64 = 200_000;
 pub struct TcpAcceptor {
     listener: TcpListener,
     cfg: TcpConfig,
+    /// TLS for accepted connections, and the role their peers must have.
+    tls: Option<(TlsContext, Role)>,
     /// No `accept4` before this time (`engine::clock::now_ns`); 0 = ask now.
     next_poll_ns: core::sync::atomic::AtomicU64,
 }
@@ -470,8 +626,15 @@ impl TcpAcceptor {
         Ok(Self {
             listener,
             cfg,
+            tls: None,
             next_poll_ns: core::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Every connection accepted from now on runs a TLS handshake as the server and accepts
+    /// only peers of role `expect` (`None`: plaintext again).
+    pub fn set_tls(&mut self, tls: Option<(TlsContext, Role)>) {
+        self.tls = tls;
     }
 
     /// The bound address.
@@ -494,7 +657,13 @@ impl TcpAcceptor {
             return Ok(None);
         }
         match self.listener.accept() {
-            Ok((s, peer)) => Ok(Some((TcpConnection::from_stream(s, self.cfg)?, peer))),
+            Ok((s, peer)) => {
+                let c = match &self.tls {
+                    Some((ctx, expect)) => TcpConnection::from_stream_tls(s, self.cfg, ctx, *expect)?,
+                    None => TcpConnection::from_stream(s, self.cfg)?,
+                };
+                Ok(Some((c, peer)))
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.next_poll_ns.store(now + ACCEPT_POLL_PERIOD_NS, Relaxed);
                 Ok(None)

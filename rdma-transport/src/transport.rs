@@ -140,6 +140,9 @@ pub enum TransportError {
     /// The connection was closed locally or already failed.
     #[error("connection closed")]
     Closed,
+    /// TLS refused the peer, or a record failed (`docs/security.md`).
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// In-process transport: a test dropped the connection.
     #[error("connection dropped by fault injection")]
     InjectedDrop,

@@ -1,10 +1,12 @@
 //! The TCP transport's steady state allocates nothing: a counting global allocator watches
-//! 1000 write-frame / ack exchanges over loopback (both ends polled on this thread).
+//! 1000 write-frame / ack exchanges over loopback (both ends polled on this thread), in
+//! plaintext and over TLS 1.3.
 
 use std::time::{Duration, Instant};
 
 use engine::alloc_count::{thread_allocations, CountingAllocator};
 use rdma_transport::tcp::{TcpAcceptor, TcpConfig, TcpConnection};
+use rdma_transport::tls::{pki, Role, TlsContext, TlsSettings};
 use rdma_transport::wire::{self, Frame};
 use rdma_transport::{ConnState, Connection, OutFrame};
 
@@ -53,18 +55,57 @@ fn exchange(c: &mut Conn, s: &mut Conn, lsn: u64, buf: &mut Option<Vec<u8>>) {
 
 #[test]
 fn steady_state_send_and_receive_allocate_nothing() {
-    let acc = TcpAcceptor::bind("127.0.0.1:0".parse().unwrap(), TcpConfig::default()).unwrap();
-    let mut c = Conn::connect(acc.local_addr(), TcpConfig::default()).unwrap();
-    let mut s = None;
+    steady_state(None);
+}
+
+/// The same over TLS 1.3: the record layer seals and opens in place.
+#[test]
+fn steady_state_over_tls_allocates_nothing() {
+    let dir = std::env::temp_dir().join(format!("baton-tls-alloc-{}", std::process::id()));
+    let g = pki::generate(&dir, &["primary.a".into(), "relay.b".into()]).unwrap();
+    let load = |i: usize, role| {
+        let (_, cert, key) = &g.certs[i];
+        TlsContext::load(
+            &TlsSettings::Certs {
+                ca: g.ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            role,
+        )
+        .unwrap()
+    };
+    let (p, r) = (load(0, Role::Primary), load(1, Role::Relay));
+    steady_state(Some((p, r)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn steady_state(tls: Option<(TlsContext, TlsContext)>) {
+    let mut acc = TcpAcceptor::bind("127.0.0.1:0".parse().unwrap(), TcpConfig::default()).unwrap();
+    let mut c = match &tls {
+        Some((p, r)) => {
+            acc.set_tls(Some((r.clone(), Role::Primary)));
+            Conn::connect_tls(acc.local_addr(), TcpConfig::default(), p, Role::Relay).unwrap()
+        }
+        None => Conn::connect(acc.local_addr(), TcpConfig::default()).unwrap(),
+    };
+    let mut s: Option<Conn> = None;
     let start = Instant::now();
-    while s.is_none() || c.state() != ConnState::Open {
+    while s.as_ref().is_none_or(|s| s.state() != ConnState::Open) || c.state() != ConnState::Open {
         assert!(start.elapsed() < Duration::from_secs(20));
         if s.is_none() {
             s = acc.poll_accept().unwrap().map(|(x, _)| x);
         }
         let _ = c.poll_send(&mut |_| {});
+        let _ = c.poll_recv(&mut |_| {});
+        if let Some(s) = s.as_mut() {
+            let _ = s.poll_recv(&mut |_| {});
+            let _ = s.poll_send(&mut |_| {});
+        }
     }
     let mut s = s.unwrap();
+    assert_eq!(c.is_tls(), tls.is_some());
+    assert_eq!(s.is_tls(), tls.is_some());
     let mut buf = Some(vec![7u8; 4096]);
     for lsn in 1..=100 {
         exchange(&mut c, &mut s, lsn, &mut buf);
