@@ -81,6 +81,22 @@ enum Cmd {
     /// Plan relay placement: which relay sets meet a write-latency budget outside the
     /// disaster radius (probes the relays given by address).
     Plan(plan::PlanArgs),
+    /// Make a deployment's TLS credentials: a CA and one certificate per `<role>.<site>`
+    /// name, or (with --psk) a pre-shared key file.
+    TlsCerts(TlsCertsArgs),
+}
+
+#[derive(Args)]
+struct TlsCertsArgs {
+    /// Directory to write into (ca.pem, ca.key, NAME.pem, NAME.key; keys mode 0600).
+    #[arg(long)]
+    dir: std::path::PathBuf,
+    /// Certificate names, `<role>.<site>` with role primary, relay or standby.
+    #[arg(long = "name")]
+    names: Vec<String>,
+    /// Write a random 32-byte pre-shared key to DIR/psk.key instead.
+    #[arg(long)]
+    psk: bool,
 }
 
 #[derive(Args)]
@@ -129,6 +145,7 @@ fn main() -> ExitCode {
         Cmd::Standby(a) => role::standby_cmd(a),
         Cmd::Rpc(a) => rpc(a),
         Cmd::Plan(a) => plan::run(a).map_err(|e| e.into()),
+        Cmd::TlsCerts(a) => tls_certs(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -140,6 +157,26 @@ fn main() -> ExitCode {
 }
 
 pub(crate) type AnyErr = Box<dyn std::error::Error>;
+
+fn tls_certs(a: TlsCertsArgs) -> Result<(), AnyErr> {
+    use rdma_transport::tls::pki;
+    if a.psk {
+        std::fs::create_dir_all(&a.dir)?;
+        let f = a.dir.join("psk.key");
+        pki::generate_psk(&f)?;
+        println!("pre-shared key: {} (give it to every process with --tls-psk)", f.display());
+        return Ok(());
+    }
+    if a.names.is_empty() {
+        return Err("give at least one --name <role>.<site>, or --psk".into());
+    }
+    let g = pki::generate(&a.dir, &a.names)?;
+    println!("CA: {} (give it to every process with --tls-ca)", g.ca.display());
+    for (name, cert, key) in &g.certs {
+        println!("{name}: --tls-cert {} --tls-key {}", cert.display(), key.display());
+    }
+    Ok(())
+}
 
 fn selfcheck(a: SelfcheckArgs) -> Result<(), AnyErr> {
     println!("baton {VERSION} — self-check\n");

@@ -141,7 +141,7 @@ pub enum TransportError {
     #[error("connection closed")]
     Closed,
     /// TLS refused the peer, or a record failed (`docs/security.md`).
-    #[error("TLS: {0}")]
+    #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
     /// In-process transport: a test dropped the connection.
     #[error("connection dropped by fault injection")]

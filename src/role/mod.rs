@@ -21,7 +21,7 @@ use crate::{AnyErr, VERSION};
 use clap::Args;
 use engine::reactor::{IdleMode, ReactorOpts, Reactors};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The flags every role takes alike.
 #[derive(Args)]
@@ -39,6 +39,46 @@ pub(crate) struct RoleArgs {
     /// Spin when idle instead of napping (lowest latency, one full core).
     #[arg(long)]
     busy_poll: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// TLS 1.3 on the replication links (`docs/security.md`): certificates or a pre-shared key.
+#[derive(Args)]
+pub(crate) struct TlsArgs {
+    /// The deployment's CA certificate (PEM); with --tls-cert and --tls-key.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"], conflicts_with = "tls_psk")]
+    tls_ca: Option<PathBuf>,
+    /// This process's certificate (PEM), naming <role>.<site>.
+    #[arg(long, requires = "tls_ca")]
+    tls_cert: Option<PathBuf>,
+    /// This process's private key (PEM).
+    #[arg(long, requires = "tls_ca")]
+    tls_key: Option<PathBuf>,
+    /// A file holding the deployment's pre-shared key (at least 32 bytes).
+    #[arg(long)]
+    tls_psk: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// Loads and installs the credentials for a process of role `own`, if any were given.
+    pub(crate) fn install(&self, own: rdma_transport::tls::Role) -> Result<(), AnyErr> {
+        use rdma_transport::tls::{self, TlsContext, TlsSettings};
+        let settings = match (&self.tls_ca, &self.tls_cert, &self.tls_key, &self.tls_psk) {
+            (Some(ca), Some(cert), Some(key), None) => TlsSettings::Certs {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            (None, None, None, Some(f)) => TlsSettings::Psk { key_file: f.clone() },
+            (None, None, None, None) => return Ok(()),
+            _ => return Err("give --tls-ca, --tls-cert and --tls-key together, or --tls-psk alone".into()),
+        };
+        let ctx = TlsContext::load(&settings, own)?;
+        log::info!("replication links use TLS 1.3 as {}", ctx.name());
+        tls::install(ctx)?;
+        Ok(())
+    }
 }
 
 /// What every role takes from its flags for the shared start-up.
@@ -59,6 +99,8 @@ pub(crate) struct RoleOpts<'a> {
 pub(crate) trait Role {
     /// The role's name in its log lines (`baton <name> ...`).
     const NAME: &'static str;
+    /// The role its TLS certificate must name.
+    const TLS_ROLE: rdma_transport::tls::Role;
     /// The log line's words once the role serves, after `baton <name> <version> `.
     fn running(&self, rpc_socket: &Path) -> String;
     /// Stops what the role started, once the reactors have stopped (the JSON-RPC thread
@@ -75,6 +117,7 @@ pub(crate) fn serve<R: Role>(o: &RoleOpts, start: impl FnOnce() -> Result<R, Any
     } else {
         IdleMode::default()
     };
+    o.role.tls.install(R::TLS_ROLE)?;
     let reactors = start_reactors(&o.role.cpumask, idle)?;
     engine::reactor::install_signal_handlers(&reactors)?;
     create_bdevs(o.bdevs)?;

@@ -53,6 +53,7 @@ struct RelayRole(Arc<Relay>);
 
 impl Role for RelayRole {
     const NAME: &'static str = "relay";
+    const TLS_ROLE: rdma_transport::tls::Role = rdma_transport::tls::Role::Relay;
     fn running(&self, rpc_socket: &Path) -> String {
         format!(
             "listening on {}; JSON-RPC on {}",

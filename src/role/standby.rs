@@ -94,6 +94,7 @@ struct StandbyRole {
 
 impl Role for StandbyRole {
     const NAME: &'static str = "standby";
+    const TLS_ROLE: rdma_transport::tls::Role = rdma_transport::tls::Role::Standby;
     fn running(&self, rpc_socket: &Path) -> String {
         format!(
             "listening for relays on {}; JSON-RPC on {}",

@@ -29,6 +29,7 @@ struct Target;
 
 impl Role for Target {
     const NAME: &'static str = "target";
+    const TLS_ROLE: rdma_transport::tls::Role = rdma_transport::tls::Role::Primary;
     fn running(&self, rpc_socket: &Path) -> String {
         format!(
             "running; JSON-RPC on {}; SIGINT or SIGTERM stops it",

@@ -20,6 +20,10 @@ pub struct Primary {
 
 impl Primary {
     pub fn start(relays: &[String]) -> Primary {
+        Primary::start_env(relays, &[])
+    }
+    /// As [`Primary::start`] with more environment (e.g. `BATON_SP_TLS`).
+    pub fn start_env(relays: &[String], env: &[(&str, String)]) -> Primary {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "standby_primary_child",
@@ -29,6 +33,7 @@ impl Primary {
                 "--test-threads=1",
             ])
             .env("BATON_SP_RELAYS", relays.join(","))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -131,6 +136,17 @@ pub fn primary_child_main() {
         return;
     };
     let relays: Vec<SocketAddr> = relays.split(',').map(|a| a.parse().unwrap()).collect();
+    // `CA,CERT,KEY`: the replication links use TLS with these credentials.
+    if let Ok(tls) = std::env::var("BATON_SP_TLS") {
+        use rdma_transport::tls::{install, Role, TlsContext, TlsSettings};
+        let f: Vec<&str> = tls.split(',').collect();
+        let settings = TlsSettings::Certs {
+            ca: f[0].into(),
+            cert: f[1].into(),
+            key: f[2].into(),
+        };
+        install(TlsContext::load(&settings, Role::Primary).unwrap()).unwrap();
+    }
     let _reactors = Reactors::start(ReactorOpts {
         cores: vec![0],
         pin: false,

@@ -30,7 +30,7 @@ pub enum Progress {
     /// Waiting for the socket.
     Pending,
     /// Done: records flow.
-    Done(RecordLayer),
+    Done(Box<RecordLayer>),
 }
 
 fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> TransportError {
@@ -82,7 +82,7 @@ impl Handshake {
             if !conn.is_handshaking() {
                 let conn = self.conn.take().ok_or(TransportError::Closed)?;
                 let secrets = conn.dangerous_extract_secrets().map_err(|e| TlsError::Handshake(describe(&e)))?;
-                return Ok(Progress::Done(RecordLayer::new(secrets)?));
+                return Ok(Progress::Done(Box::new(RecordLayer::new(secrets)?)));
             }
             if self.feed_records(sock)? {
                 continue;

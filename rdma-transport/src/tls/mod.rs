@@ -257,3 +257,20 @@ impl TlsContext {
         Ok(Arc::new(c))
     }
 }
+
+/// The process's TLS identity: a process is one role at one site, so every replication
+/// link it opens or accepts uses the same credentials. Set once at start-up.
+static PROCESS: std::sync::OnceLock<TlsContext> = std::sync::OnceLock::new();
+
+/// Makes `ctx` the identity of every replication link this process opens or accepts from
+/// now on. Once per process.
+pub fn install(ctx: TlsContext) -> Result<(), TlsError> {
+    PROCESS
+        .set(ctx)
+        .map_err(|_| TlsError::Config("TLS credentials are already installed in this process".into()))
+}
+
+/// The process's TLS identity, if links are encrypted.
+pub fn process() -> Option<&'static TlsContext> {
+    PROCESS.get()
+}

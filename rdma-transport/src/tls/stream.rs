@@ -22,7 +22,7 @@ const IN_BYTES: usize = 64 * 1024 + RECORD_MAX;
 
 enum Phase {
     Handshaking(Box<Handshake>),
-    Open(RecordLayer),
+    Open(Box<RecordLayer>),
 }
 
 /// What one [`TlsStream::read_plain`] produced.

@@ -220,7 +220,11 @@ impl LinkState {
             return false;
         }
         let addr = self.links[i].addr;
-        match TcpConnection::connect(addr, TcpConfig::default()) {
+        let conn = match rdma_transport::tls::process() {
+            Some(t) => TcpConnection::connect_tls(addr, TcpConfig::default(), t, rdma_transport::tls::Role::Relay),
+            None => TcpConnection::connect(addr, TcpConfig::default()),
+        };
+        match conn {
             Ok(mut c) => {
                 let hello = Hello {
                     role: Role::Primary,

@@ -143,10 +143,11 @@ impl StandbyNet {
     /// Binds the listening socket and starts its poller. Relays of volumes
     /// that exist (now or later, by `standby_create`) are served from then on.
     pub fn start(cfg: NetConfig) -> Result<StandbyNet, NetError> {
-        let acceptor = TcpAcceptor::bind(cfg.listen, TcpConfig::default()).map_err(|source| NetError::Listen {
+        let mut acceptor = TcpAcceptor::bind(cfg.listen, TcpConfig::default()).map_err(|source| NetError::Listen {
             addr: cfg.listen,
             source,
         })?;
+        acceptor.set_tls(rdma_transport::tls::process().map(|t| (t.clone(), rdma_transport::tls::Role::Relay)));
         let listen = acceptor.local_addr();
         let core = match cfg.core {
             Some(c) => c,
