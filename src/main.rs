@@ -164,7 +164,10 @@ fn tls_certs(a: TlsCertsArgs) -> Result<(), AnyErr> {
         std::fs::create_dir_all(&a.dir)?;
         let f = a.dir.join("psk.key");
         pki::generate_psk(&f)?;
-        println!("pre-shared key: {} (give it to every process with --tls-psk)", f.display());
+        println!(
+            "pre-shared key: {} (give it to every process with --tls-psk)",
+            f.display()
+        );
         return Ok(());
     }
     if a.names.is_empty() {

@@ -105,9 +105,14 @@ pub(crate) struct PerfArgs {
     /// Let idle reactors nap (default: spin, for the lowest latency).
     #[arg(long)]
     adaptive_idle: bool,
+    /// TLS on the replication links. In-process relays share this process's identity, so
+    /// with them use --tls-psk; certificates (naming primary.<site>) suit --relays.
+    #[command(flatten)]
+    tls: crate::role::TlsArgs,
 }
 
 pub(crate) fn perf_cmd(a: PerfArgs) -> Result<(), AnyErr> {
+    a.tls.install(rdma_transport::tls::Role::Primary)?;
     let opts = workload_opts(&a)?;
     let targets = targets(&a)?;
     let workers = engine::cpumask::parse(&a.cpumask)?;

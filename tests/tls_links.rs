@@ -24,7 +24,14 @@ fn certs(dir: &Path) -> PathBuf {
     let out = baton()
         .args(["tls-certs", "--dir"])
         .arg(dir)
-        .args(["--name", "primary.tokyo", "--name", "relay.osaka", "--name", "standby.osaka"])
+        .args([
+            "--name",
+            "primary.tokyo",
+            "--name",
+            "relay.osaka",
+            "--name",
+            "standby.osaka",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -70,7 +77,12 @@ fn replication_over_tls_and_refusals_at_every_listener() {
     let sbf = f(&good, "standby.osaka");
     let sb = StandbyProc::start_with(&sd.0, free_port(), &sbf.iter().map(String::as_str).collect::<Vec<_>>());
     let rf = f(&good, "relay.osaka");
-    let r1 = RelayProc::for_standby(&d1.0, free_port(), sb.addr(), &rf.iter().map(String::as_str).collect::<Vec<_>>());
+    let r1 = RelayProc::for_standby(
+        &d1.0,
+        free_port(),
+        sb.addr(),
+        &rf.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     let mut p = Primary::start_env(&[r1.addr()], &primary_env(&good));
     let mut m = Model::new("vold");
     m.write(&mut p, 700);
@@ -82,7 +94,12 @@ fn replication_over_tls_and_refusals_at_every_listener() {
     // A relay of another deployment: the standby refuses it at the handshake.
     let d2 = TempDir::new("/dev/shm", "tls-relay-other");
     let bad = f(&other, "relay.osaka");
-    let r2 = RelayProc::for_standby(&d2.0, free_port(), sb.addr(), &bad.iter().map(String::as_str).collect::<Vec<_>>());
+    let r2 = RelayProc::for_standby(
+        &d2.0,
+        free_port(),
+        sb.addr(),
+        &bad.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     // A primary of the good deployment at that relay: each refuses the other.
     let mut p2 = Primary::start_env(&[r2.addr()], &primary_env(&good));
     p2.cmd("W vold 1 5");

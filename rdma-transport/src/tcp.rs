@@ -102,7 +102,12 @@ impl<B: Deref<Target = [u8]>> TcpConnection<B> {
 
     /// Like [`TcpConnection::connect`], then a TLS 1.3 handshake as the client, accepting
     /// only a peer of role `expect` (or holding the deployment's pre-shared key).
-    pub fn connect_tls(addr: SocketAddr, cfg: TcpConfig, tls: &TlsContext, expect: Role) -> Result<Self, TransportError> {
+    pub fn connect_tls(
+        addr: SocketAddr,
+        cfg: TcpConfig,
+        tls: &TlsContext,
+        expect: Role,
+    ) -> Result<Self, TransportError> {
         let hs = Handshake::client(tls.client_config(expect)?)?;
         let mut c = Self::connect(addr, cfg)?;
         c.tls = Some(TlsStream::new(hs));
@@ -326,7 +331,9 @@ impl<B: Deref<Target = [u8]>> TcpConnection<B> {
             return Ok(0);
         }
         let (q, head) = (&self.sendq, self.head_written);
-        let sealed = tls.seal_from(|skip, dst| gather(q, head + skip, dst)).map_err(io::Error::other)?;
+        let sealed = tls
+            .seal_from(|skip, dst| gather(q, head + skip, dst))
+            .map_err(io::Error::other)?;
         self.stats.send_calls += 1;
         tls.flush(stream)?;
         Ok(sealed)

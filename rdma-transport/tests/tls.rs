@@ -108,12 +108,15 @@ fn attempt(client: Option<(&TlsContext, Role)>, server: Option<(&TlsContext, Rol
         }
         if done_s && serr.is_some() && open(&c) {
             // Send a frame so the client reads (and reports) the server's alert.
-            let _ = c.send(OutFrame::control(wire::encode_ack(&wire::Ack {
-                durable_lsn: 0,
-                frame_lsn_first: 0,
-                frame_lsn_last: 0,
-                generation: 1,
-            }), 0));
+            let _ = c.send(OutFrame::control(
+                wire::encode_ack(&wire::Ack {
+                    durable_lsn: 0,
+                    frame_lsn_first: 0,
+                    frame_lsn_last: 0,
+                    generation: 1,
+                }),
+                0,
+            ));
         }
     }
     Outcome {
@@ -127,8 +130,14 @@ fn attempt(client: Option<(&TlsContext, Role)>, server: Option<(&TlsContext, Rol
 }
 
 fn refused_both(o: Outcome, what: &str) -> (String, String) {
-    let c = o.client.err().unwrap_or_else(|| panic!("{what}: client was not refused"));
-    let s = o.server.err().unwrap_or_else(|| panic!("{what}: server was not refused"));
+    let c = o
+        .client
+        .err()
+        .unwrap_or_else(|| panic!("{what}: client was not refused"));
+    let s = o
+        .server
+        .err()
+        .unwrap_or_else(|| panic!("{what}: server was not refused"));
     (c.to_string(), s.to_string())
 }
 
@@ -214,7 +223,10 @@ fn the_wrong_role_is_refused_on_both_sides() {
     assert!(c.contains("TLS"), "client: {c}");
     // A primary that reaches a standby where it expected a relay refuses it itself.
     let p = k.ctx("primary.tokyo", Role::Primary);
-    let (c, s) = refused_both(attempt(Some((&p, Role::Relay)), Some((&st, Role::Primary))), "server role");
+    let (c, s) = refused_both(
+        attempt(Some((&p, Role::Relay)), Some((&st, Role::Primary))),
+        "server role",
+    );
     assert!(c.contains("accepts a relay"), "client: {c}");
     assert!(s.contains("TLS"), "server: {s}");
 }
@@ -264,6 +276,8 @@ fn own_certificate_must_name_the_process_role() {
     assert!(e.contains("primary"), "{e}");
     let short = k.dir.join("short.key");
     std::fs::write(&short, b"too short").unwrap();
-    let e = TlsContext::load(&TlsSettings::Psk { key_file: short }, Role::Relay).unwrap_err().to_string();
+    let e = TlsContext::load(&TlsSettings::Psk { key_file: short }, Role::Relay)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("at least 32"), "{e}");
 }

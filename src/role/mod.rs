@@ -44,7 +44,7 @@ pub(crate) struct RoleArgs {
 }
 
 /// TLS 1.3 on the replication links (`docs/security.md`): certificates or a pre-shared key.
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub(crate) struct TlsArgs {
     /// The deployment's CA certificate (PEM); with --tls-cert and --tls-key.
     #[arg(long, requires_all = ["tls_cert", "tls_key"], conflicts_with = "tls_psk")]

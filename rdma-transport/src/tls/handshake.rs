@@ -81,7 +81,9 @@ impl Handshake {
             }
             if !conn.is_handshaking() {
                 let conn = self.conn.take().ok_or(TransportError::Closed)?;
-                let secrets = conn.dangerous_extract_secrets().map_err(|e| TlsError::Handshake(describe(&e)))?;
+                let secrets = conn
+                    .dangerous_extract_secrets()
+                    .map_err(|e| TlsError::Handshake(describe(&e)))?;
                 return Ok(Progress::Done(Box::new(RecordLayer::new(secrets)?)));
             }
             if self.feed_records(sock)? {
@@ -109,7 +111,9 @@ impl Handshake {
         };
         let mut fed = false;
         while conn.is_handshaking() {
-            let Some(len) = record::peek_len(&self.inbuf[..self.in_end])? else { break };
+            let Some(len) = record::peek_len(&self.inbuf[..self.in_end])? else {
+                break;
+            };
             if len > self.in_end {
                 break;
             }

@@ -52,7 +52,8 @@ pub fn psk_identity(secret: &[u8]) -> Result<(Vec<CertificateDer<'static>>, Priv
         0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
     ];
     pkcs8.extend_from_slice(&seed);
-    let kp = KeyPair::try_from(pkcs8.as_slice()).map_err(|e| TlsError::Config(format!("pre-shared-key identity: {e}")))?;
+    let kp =
+        KeyPair::try_from(pkcs8.as_slice()).map_err(|e| TlsError::Config(format!("pre-shared-key identity: {e}")))?;
     let mut params = CertificateParams::new(vec!["psk.baton".to_string()])
         .map_err(|e| TlsError::Config(format!("pre-shared-key identity: {e}")))?;
     params.not_before = rcgen::date_time_ymd(2020, 1, 1);
@@ -94,7 +95,9 @@ pub fn generate(dir: &Path, names: &[String]) -> Result<Generated, TlsError> {
     std::fs::create_dir_all(dir).map_err(|e| load_err("output directory", dir)(e.to_string()))?;
     let ca_key = KeyPair::generate().map_err(gen_err)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
-    ca_params.distinguished_name.push(DnType::CommonName, "baton deployment CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "baton deployment CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca_params.self_signed(&ca_key).map_err(gen_err)?;

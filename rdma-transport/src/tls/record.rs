@@ -123,7 +123,11 @@ impl RecordLayer {
         let (hdr, body) = rec.split_at_mut(HEADER);
         let nonce = self.rx.nonce(body.len())?;
         let aad = Aad::from(<[u8; HEADER]>::try_from(&hdr[..]).unwrap_or_default());
-        let plain = self.rx.key.open_in_place(nonce, aad, body).map_err(|_| TlsError::Open)?;
+        let plain = self
+            .rx
+            .key
+            .open_in_place(nonce, aad, body)
+            .map_err(|_| TlsError::Open)?;
         // TLSInnerPlaintext: content, content type, zero padding.
         let Some(end) = plain.iter().rposition(|&b| b != 0) else {
             return Err(TlsError::BadRecord("record without a content type"));
@@ -139,7 +143,9 @@ pub fn peek_len(buf: &[u8]) -> Result<Option<usize>, TlsError> {
         return Ok(None);
     }
     if !(20..=23).contains(&buf[0]) || buf[1] != 3 {
-        return Err(TlsError::BadRecord("not TLS (the peer speaks plaintext or another protocol)"));
+        return Err(TlsError::BadRecord(
+            "not TLS (the peer speaks plaintext or another protocol)",
+        ));
     }
     let len = HEADER + u16::from_be_bytes([buf[3], buf[4]]) as usize;
     if len > RECORD_MAX {

@@ -31,7 +31,8 @@ fn algs() -> WebPkiSupportedAlgorithms {
 
 /// The DNS name of `cert` whose first label is `role`'s, checked by webpki as a subject name.
 fn role_name(cert: &CertificateDer<'_>, role: Role) -> Result<String, Error> {
-    let ee = webpki::EndEntityCert::try_from(cert).map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let ee =
+        webpki::EndEntityCert::try_from(cert).map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
     let names: Vec<String> = ee.valid_dns_names().map(str::to_owned).collect();
     let found = names
         .iter()
@@ -43,7 +44,8 @@ fn role_name(cert: &CertificateDer<'_>, role: Role) -> Result<String, Error> {
             want: role.label(),
         }));
     };
-    let sn = ServerName::try_from(name.as_str()).map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let sn =
+        ServerName::try_from(name.as_str()).map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
     ee.verify_is_valid_for_subject_name(&sn)
         .map_err(|_| Error::InvalidCertificate(CertificateError::NotValidForName))?;
     Ok(name)
@@ -111,7 +113,13 @@ impl ServerCertVerifier for PeerVerifier {
         match &self.ca {
             Some((roots, _)) => {
                 let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
-                rustls::client::verify_server_cert_signed_by_trust_anchor(&parsed, roots, intermediates, now, algs().all)?;
+                rustls::client::verify_server_cert_signed_by_trust_anchor(
+                    &parsed,
+                    roots,
+                    intermediates,
+                    now,
+                    algs().all,
+                )?;
                 role_name(end_entity, self.expect)?;
             }
             None => self.check_psk(end_entity)?,

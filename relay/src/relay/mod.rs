@@ -232,10 +232,11 @@ impl Relay {
         // Before listening or recovering anything: a second relay on this directory would
         // recover the live relay's journals and collide with its next segments.
         let root_lock = DirLock::acquire(&cfg.journal_root).map_err(RelayError::DirLock)?;
-        let mut acceptor = TcpAcceptor::bind(cfg.listen, TcpConfig::default()).map_err(|source| RelayError::Listen {
-            addr: cfg.listen,
-            source,
-        })?;
+        let mut acceptor =
+            TcpAcceptor::bind(cfg.listen, TcpConfig::default()).map_err(|source| RelayError::Listen {
+                addr: cfg.listen,
+                source,
+            })?;
         // Primaries only: a relay's listener takes the primary's stream (and probes).
         acceptor.set_tls(rdma_transport::tls::process().map(|t| (t.clone(), rdma_transport::tls::Role::Primary)));
         let listen = acceptor.local_addr();

@@ -47,10 +47,15 @@ fn connect_standby(v: &mut VolumeJournal, standby_addr: SocketAddr, now: u64) {
     match v.standby_phase {
         StandbyPhase::Disconnected { retry_at_ns } | StandbyPhase::Refused { retry_at_ns } if now >= retry_at_ns => {
             let conn = match rdma_transport::tls::process() {
-            Some(t) => TcpConnection::connect_tls(standby_addr, TcpConfig::default(), t, rdma_transport::tls::Role::Standby),
-            None => TcpConnection::connect(standby_addr, TcpConfig::default()),
-        };
-        match conn {
+                Some(t) => TcpConnection::connect_tls(
+                    standby_addr,
+                    TcpConfig::default(),
+                    t,
+                    rdma_transport::tls::Role::Standby,
+                ),
+                None => TcpConnection::connect(standby_addr, TcpConfig::default()),
+            };
+            match conn {
                 Ok(mut c) => {
                     let hello = Hello {
                         role: Role::Relay,
