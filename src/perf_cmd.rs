@@ -112,6 +112,7 @@ pub(crate) struct PerfArgs {
 }
 
 pub(crate) fn perf_cmd(a: PerfArgs) -> Result<(), AnyErr> {
+    rdma_transport::tls::set_process_role(rdma_transport::tls::Role::Primary);
     a.tls.install(rdma_transport::tls::Role::Primary)?;
     let opts = workload_opts(&a)?;
     let targets = targets(&a)?;

@@ -113,3 +113,39 @@ fn replication_over_tls_and_refusals_at_every_listener() {
     assert_eq!(st["applied_epoch"].as_u64(), Some(1), "{st}");
     drop((p2, r2, r1, sb));
 }
+
+#[test]
+fn tls_by_json_rpc_is_kept_by_save_config_without_secrets() {
+    let pki = TempDir::new("/dev/shm", "tls-rpc-pki");
+    let dir = certs(&pki.0);
+    let d = TempDir::new("/dev/shm", "tls-rpc-relay");
+    let r = RelayProc::start(&d.0, free_port(), &[]);
+    let st = rpc(&r.sock, "replication_get_tls", None).unwrap();
+    assert_eq!(st["enabled"], false, "{st}");
+    // A primary's certificate does not fit a relay.
+    let p = |f: &str| dir.join(f).display().to_string();
+    let wrong = serde_json::json!({"ca": p("ca.pem"), "cert": p("primary.tokyo.pem"), "key": p("primary.tokyo.key")});
+    let e = rpc(&r.sock, "replication_set_tls", Some(wrong)).unwrap_err();
+    assert!(e.contains("relay"), "{e}");
+    let right = serde_json::json!({"ca": p("ca.pem"), "cert": p("relay.osaka.pem"), "key": p("relay.osaka.key")});
+    assert_eq!(rpc(&r.sock, "replication_set_tls", Some(right.clone())).unwrap(), true);
+    let st = rpc(&r.sock, "replication_get_tls", None).unwrap();
+    assert_eq!(
+        (st["enabled"].clone(), st["name"].clone()),
+        (true.into(), "relay.osaka".into()),
+        "{st}"
+    );
+    // Once per process.
+    let e = rpc(&r.sock, "replication_set_tls", Some(right)).unwrap_err();
+    assert!(e.contains("restart"), "{e}");
+    // save_config keeps the call with paths, and no key material.
+    let cfg = rpc(&r.sock, "save_config", None).unwrap().to_string();
+    assert!(
+        cfg.contains("replication_set_tls") && cfg.contains("relay.osaka.key"),
+        "{cfg}"
+    );
+    let key = std::fs::read_to_string(dir.join("relay.osaka.key")).unwrap();
+    let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(!cfg.contains(&body[..40]), "key bytes in save_config");
+    assert!(!cfg.contains("PRIVATE KEY"), "key bytes in save_config");
+}

@@ -621,6 +621,8 @@ pub struct TcpAcceptor {
     cfg: TcpConfig,
     /// TLS for accepted connections, and the role their peers must have.
     tls: Option<(TlsContext, Role)>,
+    /// Or: the process's identity at each accept, whenever it is installed.
+    follow: Option<Role>,
     /// No `accept4` before this time (`engine::clock::now_ns`); 0 = ask now.
     next_poll_ns: core::sync::atomic::AtomicU64,
 }
@@ -634,6 +636,7 @@ impl TcpAcceptor {
             listener,
             cfg,
             tls: None,
+            follow: None,
             next_poll_ns: core::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -642,6 +645,13 @@ impl TcpAcceptor {
     /// only peers of role `expect` (`None`: plaintext again).
     pub fn set_tls(&mut self, tls: Option<(TlsContext, Role)>) {
         self.tls = tls;
+    }
+
+    /// Every connection accepted uses the process's TLS identity ([`crate::tls::process`])
+    /// if one is installed by then (at start-up or later by JSON-RPC), accepting only peers
+    /// of role `expect`; plaintext while none is.
+    pub fn follow_process_tls(&mut self, expect: Role) {
+        self.follow = Some(expect);
     }
 
     /// The bound address.
@@ -665,9 +675,11 @@ impl TcpAcceptor {
         }
         match self.listener.accept() {
             Ok((s, peer)) => {
-                let c = match &self.tls {
-                    Some((ctx, expect)) => TcpConnection::from_stream_tls(s, self.cfg, ctx, *expect)?,
-                    None => TcpConnection::from_stream(s, self.cfg)?,
+                let process = self.follow.and_then(|r| crate::tls::process().map(|c| (c, r)));
+                let c = match (&self.tls, process) {
+                    (Some((ctx, expect)), _) => TcpConnection::from_stream_tls(s, self.cfg, ctx, *expect)?,
+                    (None, Some((ctx, expect))) => TcpConnection::from_stream_tls(s, self.cfg, ctx, expect)?,
+                    (None, None) => TcpConnection::from_stream(s, self.cfg)?,
                 };
                 Ok(Some((c, peer)))
             }

@@ -25,4 +25,5 @@ pub mod plan;
 pub mod probe;
 pub mod relay;
 pub mod rpc;
+mod tls_rpc;
 pub mod volume;

@@ -378,6 +378,7 @@ fn volume_config_params(v: &ReplicatedVolume) -> Value {
 
 /// Registers the `replication_*` and `relay_*` methods and their config providers.
 pub fn register_rpcs(reg: &mut Registry) {
+    crate::tls_rpc::register(reg);
     register_replication_rpcs(reg);
     register_relay_rpcs(reg);
 }

@@ -117,6 +117,7 @@ pub(crate) fn serve<R: Role>(o: &RoleOpts, start: impl FnOnce() -> Result<R, Any
     } else {
         IdleMode::default()
     };
+    rdma_transport::tls::set_process_role(R::TLS_ROLE);
     o.role.tls.install(R::TLS_ROLE)?;
     let reactors = start_reactors(&o.role.cpumask, idle)?;
     engine::reactor::install_signal_handlers(&reactors)?;

@@ -16,6 +16,7 @@
 //!   derives from it, by HKDF, the same Ed25519 key and a certificate of it, and accepts a
 //!   peer only if the peer proves it holds that key. Anyone with the file passes as any role.
 
+pub mod blocking;
 pub mod handshake;
 pub mod pki;
 pub mod record;
@@ -273,4 +274,17 @@ pub fn install(ctx: TlsContext) -> Result<(), TlsError> {
 /// The process's TLS identity, if links are encrypted.
 pub fn process() -> Option<&'static TlsContext> {
     PROCESS.get()
+}
+
+/// The role this process plays, for credentials given later by JSON-RPC.
+static PROCESS_ROLE: std::sync::OnceLock<Role> = std::sync::OnceLock::new();
+
+/// Records this process's role (at start-up, before any config loads).
+pub fn set_process_role(role: Role) {
+    let _ = PROCESS_ROLE.set(role);
+}
+
+/// This process's role, if it has one.
+pub fn process_role() -> Option<Role> {
+    PROCESS_ROLE.get().copied()
 }

@@ -238,7 +238,7 @@ impl Relay {
                 source,
             })?;
         // Primaries only: a relay's listener takes the primary's stream (and probes).
-        acceptor.set_tls(rdma_transport::tls::process().map(|t| (t.clone(), rdma_transport::tls::Role::Primary)));
+        acceptor.follow_process_tls(rdma_transport::tls::Role::Primary);
         let listen = acceptor.local_addr();
         let mut volumes = Vec::new();
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(&cfg.journal_root)

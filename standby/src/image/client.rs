@@ -1,6 +1,6 @@
 //! The primary host's side: sends execution images to the standby host.
 
-use super::conn::{FrameReader, FrameWriter};
+use super::conn::{FrameReader, FrameWriter, Stream};
 use super::wire::{self, Base, Msg, Propose, BODY_MAX, ENTRIES_PER_FRAME};
 use super::{check_app_name, chunk_count, chunk_hashes, chunk_len, hex, Hash, ImageError};
 use super::{CHUNK_SIZE, IMAGE_BYTES_MAX};
@@ -95,7 +95,8 @@ impl ImageClient {
         let _ = s.set_nodelay(true);
         s.set_read_timeout(Some(REPLY_TIMEOUT))
             .map_err(|e| ImageError::io("set read timeout", e))?;
-        let rd = FrameReader::new(s.try_clone().map_err(|e| ImageError::io("clone socket", e))?);
+        let s = Stream::client(s)?;
+        let rd = FrameReader::new(s.try_clone()?);
         let mut c = Conn {
             rd,
             wr: FrameWriter::new(s),

@@ -5,7 +5,7 @@
 //! blocking std sockets, one accept thread and one thread per connection
 //! (at most [`CONNECTIONS_MAX`]).
 
-use super::conn::{FrameReader, FrameWriter};
+use super::conn::{FrameReader, FrameWriter, Stream};
 use super::store::{apply_delta, Plan};
 use super::wire::{self, code, Msg, Propose, RUNS_PER_FRAME};
 use super::{chunk_len, hex, Hash, ImageError, ImageStore};
@@ -138,7 +138,8 @@ fn accept_loop(l: TcpListener, store: Arc<ImageStore>, stop: Arc<AtomicBool>, co
         let mut map = conns.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= CONNECTIONS_MAX {
             drop(map);
-            let mut w = FrameWriter::new(s);
+            let Ok(st) = Stream::server(s) else { continue };
+            let mut w = FrameWriter::new(st);
             wire::encode_error(&mut w.out, code::BUSY, "too many connections");
             let _ = w.send().and_then(|_| w.flush());
             continue;
@@ -179,7 +180,8 @@ fn error_code(e: &ImageError) -> u16 {
 /// Serves one connection until the client closes it or an error; an error
 /// is reported to the client in an `Error` frame before closing.
 fn serve(store: &ImageStore, s: TcpStream) -> Result<(), ImageError> {
-    let mut rd = FrameReader::new(s.try_clone().map_err(|e| ImageError::io("clone socket", e))?);
+    let s = Stream::server(s)?;
+    let mut rd = FrameReader::new(s.try_clone()?);
     let mut wr = FrameWriter::new(s);
     let r = serve_inner(store, &mut rd, &mut wr);
     if let Err(e) = &r {

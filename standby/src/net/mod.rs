@@ -147,7 +147,7 @@ impl StandbyNet {
             addr: cfg.listen,
             source,
         })?;
-        acceptor.set_tls(rdma_transport::tls::process().map(|t| (t.clone(), rdma_transport::tls::Role::Relay)));
+        acceptor.follow_process_tls(rdma_transport::tls::Role::Relay);
         let listen = acceptor.local_addr();
         let core = match cfg.core {
             Some(c) => c,
