@@ -2,8 +2,9 @@
 //! binary's child), a `baton relay` and a `baton standby`, credentials made by
 //! `baton tls-certs`. A restart point crosses both encrypted hops and the standby's image
 //! matches the primary's; then a relay holding another deployment's certificate and a
-//! primary of the first deployment refuse each other, named in the relay's log, and the
-//! standby is untouched. (Refusal of every wrong credential, on both sides of a link, is
+//! primary of the first deployment refuse each other (the relay's log says so), the standby
+//! refuses that relay when a primary of its own deployment feeds it (the standby's log says
+//! so), and the standby's image is untouched. (Refusal of every wrong credential, on both sides of a link, is
 //! shown connection by connection in the transport's own tests.)
 
 mod support;
@@ -108,10 +109,23 @@ fn replication_over_tls_and_refusals_at_every_listener() {
         || log_of(&d2.0, &logs.0).contains("TLS handshake failed").then_some(()),
         || log_of(&d2.0, &logs.0),
     );
+    // A primary of the other deployment is served by that relay, which then forwards to
+    // the standby: the standby refuses the relay at the handshake.
+    let mut p3 = Primary::start_env(&[r2.addr()], &primary_env(&other));
+    p3.cmd("W vold 1 5");
+    wait_for(
+        "the standby refuses the other deployment's relay",
+        || {
+            let l = log_of(&sd.0, &logs.0);
+            (l.contains("TLS handshake failed") || l.contains("peer's certificate refused")).then_some(())
+        },
+        || log_of(&sd.0, &logs.0),
+    );
     // Nothing of it reached the standby, which kept its epoch and image.
     let st = sb.status("vold").unwrap();
     assert_eq!(st["applied_epoch"].as_u64(), Some(1), "{st}");
-    drop((p2, r2, r1, sb));
+    assert_image(&read_delayed(&sb), &m, "delayed volume after the refusals");
+    drop((p2, p3, r2, r1, sb));
 }
 
 #[test]
