@@ -86,6 +86,11 @@ for qd in 1 32; do
   rm -rf "$d"
 done
 
+# The replication wire limit on the same cores, in the same run: baton's own transport
+# fanning each 4 KiB write out to N receivers that store it in RAM and ack as relays do.
+"$BATON" limits --wire-only --outstanding 32 --time "$T" \
+  --sender-core "$HARNESS_CORE" --receiver-core "$RELAY_CORE" >"$OUT/limits.txt"
+
 echo "nr_hugepages: $(cat $HP) (was $HP_BEFORE)"
 python3 - "$OUT" "$RTT" "$BDEV" "$T" "$PREALLOC_SHM" "$PREALLOC_TMP" <<'PY'
 import json, sys, os
@@ -133,4 +138,22 @@ for fs, n in rows:
 i2, _, _ = get("shm-r2", 32)
 pi, _, _ = get("plain", 32)
 print(f"\nQD32, 2 relays (/dev/shm) vs unreplicated: {i2 / pi:.3f} of the IOPS")
+import re
+limits = {}
+for line in open(os.path.join(out, "limits.txt")):
+    m = re.search(r"(\d) receiver\(s\): (\d+) writes/s at 32 outstanding; QD1 p50 ([0-9.]+) us", line)
+    if m:
+        limits[int(m.group(1))] = (float(m.group(2)), float(m.group(3)))
+print("\nAgainst the replication wire limit (`baton limits --wire-only`, same cores, same run):\n")
+print("| relays | limit QD32 writes/s | replicated QD32 IOPS (/dev/shm) | replicated / limit | limit QD1 p50 us | replicated QD1 p50 us | bound: limit + 2 x plain + 2 us |")
+print("|---:|---:|---:|---:|---:|---:|---:|")
+_, pp50_1, _ = get("plain", 1)
+for n in (1, 2, 3):
+    if n not in limits or not runs(f"shm-r{n}", 32):
+        continue
+    lw, lp50 = limits[n]
+    i, _, _ = get(f"shm-r{n}", 32)
+    _, p50, _ = get(f"shm-r{n}", 1)
+    bound = lp50 + 2 * pp50_1 + 2
+    print(f"| {n} | {lw:.0f} | {i:.0f} | {i / lw:.2f} | {lp50:.2f} | {p50:.2f} | {bound:.2f} ({'within' if p50 <= bound else 'over'}) |")
 PY

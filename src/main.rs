@@ -28,6 +28,7 @@ mod plan;
 mod procs;
 mod role;
 mod switchover;
+mod wire_limit;
 
 use clap::{Args, Parser, Subcommand};
 use engine::reactor::IdleMode;
@@ -76,14 +77,33 @@ enum Cmd {
     /// with no acknowledged write lost, export it (optionally replicate it onward).
     Switchover(switchover::SwitchoverArgs),
     /// Measure this machine's limits (4 KiB memcpy rate, loopback TCP round
-    /// trip) to report baton's figures as ratios to them.
-    Limits,
+    /// trip, the replication wire limit) to report baton's figures as ratios to them.
+    Limits(LimitsArgs),
     /// Plan relay placement: which relay sets meet a write-latency budget outside the
     /// disaster radius (probes the relays given by address).
     Plan(plan::PlanArgs),
     /// Make a deployment's TLS credentials: a CA and one certificate per `<role>.<site>`
     /// name, or (with --psk) a pre-shared key file.
     TlsCerts(TlsCertsArgs),
+}
+
+#[derive(Args)]
+struct LimitsArgs {
+    /// Only the replication wire limit (skip memcpy and the round trip).
+    #[arg(long)]
+    wire_only: bool,
+    /// Writes outstanding for the throughput rows (the QD of the replicated runs).
+    #[arg(long, default_value_t = 32)]
+    outstanding: usize,
+    /// Seconds per wire-limit row.
+    #[arg(long, default_value_t = 3.0)]
+    time: f64,
+    /// Core of the sender (the primary's link reactor).
+    #[arg(long)]
+    sender_core: Option<usize>,
+    /// Core of the receivers (the relays).
+    #[arg(long)]
+    receiver_core: Option<usize>,
 }
 
 #[derive(Args)]
@@ -140,7 +160,7 @@ fn main() -> ExitCode {
         Cmd::Selfcheck(a) => selfcheck(a),
         Cmd::Perf(a) => perf_cmd::perf_cmd(a),
         Cmd::Target(a) => role::target(a),
-        Cmd::Limits => limits(),
+        Cmd::Limits(a) => limits(a),
         Cmd::Relay(a) => role::relay_cmd(a),
         Cmd::Standby(a) => role::standby_cmd(a),
         Cmd::Rpc(a) => rpc(a),
@@ -237,16 +257,34 @@ fn selfcheck(a: SelfcheckArgs) -> Result<(), AnyErr> {
     }
 }
 
-fn limits() -> Result<(), AnyErr> {
-    let cps = perf::limits::memcpy_4k_per_s(Duration::from_secs(2));
-    println!(
-        "4 KiB memcpy (1 GiB source, one core): {:.2} M/s ({:.3} us each)",
-        cps / 1e6,
-        1e6 / cps
-    );
-    for size in [64usize, 4096] {
-        let rtt = perf::limits::tcp_rtt_us(size, 20_000)?;
-        println!("loopback TCP round trip, busy polling, {size} B: p50 {rtt:.2} us");
+fn limits(a: LimitsArgs) -> Result<(), AnyErr> {
+    if !a.wire_only {
+        let cps = perf::limits::memcpy_4k_per_s(Duration::from_secs(2));
+        println!(
+            "4 KiB memcpy (1 GiB source, one core): {:.2} M/s ({:.3} us each)",
+            cps / 1e6,
+            1e6 / cps
+        );
+        for size in [64usize, 4096] {
+            let rtt = perf::limits::tcp_rtt_us(size, 20_000)?;
+            println!("loopback TCP round trip, busy polling, {size} B: p50 {rtt:.2} us");
+        }
+    }
+    for n in 1..=3 {
+        let o = |outstanding| wire_limit::WireLimitOpts {
+            receivers: n,
+            outstanding,
+            time: Duration::from_secs_f64(a.time),
+            min_writes: 1,
+            sender_core: a.sender_core,
+            receiver_core: a.receiver_core,
+        };
+        let thr = wire_limit::measure(o(a.outstanding))?;
+        let lat = wire_limit::measure(o(1))?;
+        println!(
+            "replication wire limit, {n} receiver(s): {:.0} writes/s at {} outstanding; QD1 p50 {:.2} us",
+            thr.writes_per_s, a.outstanding, lat.p50_us
+        );
     }
     Ok(())
 }
