@@ -105,6 +105,10 @@ pub(crate) struct PerfArgs {
     /// Let idle reactors nap (default: spin, for the lowest latency).
     #[arg(long)]
     adaptive_idle: bool,
+    /// Whose rings and buffer pools: `baton` or `dpdk` (the same workload over either, for
+    /// side-by-side runs; `dpdk` needs a build with the `dpdk` feature).
+    #[arg(long)]
+    env: Option<engine::env::EnvKind>,
     /// TLS on the replication links. In-process relays share this process's identity, so
     /// with them use --tls-psk; certificates (naming primary.<site>) suit --relays.
     #[command(flatten)]
@@ -112,6 +116,7 @@ pub(crate) struct PerfArgs {
 }
 
 pub(crate) fn perf_cmd(a: PerfArgs) -> Result<(), AnyErr> {
+    crate::role::init_env(a.env)?;
     rdma_transport::tls::set_process_role(rdma_transport::tls::Role::Primary);
     a.tls.install(rdma_transport::tls::Role::Primary)?;
     let opts = workload_opts(&a)?;

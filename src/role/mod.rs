@@ -39,8 +39,22 @@ pub(crate) struct RoleArgs {
     /// Spin when idle instead of napping (lowest latency, one full core).
     #[arg(long)]
     busy_poll: bool,
+    /// Whose rings and buffer pools: `baton` (default, or BATON_ENV) or `dpdk` (a build
+    /// with the `dpdk` feature; docs/dpdk.md).
+    #[arg(long)]
+    env: Option<engine::env::EnvKind>,
     #[command(flatten)]
     tls: TlsArgs,
+}
+
+/// `--env`: chooses the engine's environment before any reactor or pool exists.
+pub(crate) fn init_env(kind: Option<engine::env::EnvKind>) -> Result<(), AnyErr> {
+    if let Some(kind) = kind {
+        let mut o = engine::env::EnvOpts::from_env()?;
+        o.kind = kind;
+        engine::env::init(o)?;
+    }
+    Ok(())
 }
 
 /// TLS 1.3 on the replication links (`docs/security.md`): certificates or a pre-shared key.
@@ -117,6 +131,7 @@ pub(crate) fn serve<R: Role>(o: &RoleOpts, start: impl FnOnce() -> Result<R, Any
     } else {
         IdleMode::default()
     };
+    init_env(o.role.env)?;
     rdma_transport::tls::set_process_role(R::TLS_ROLE);
     o.role.tls.install(R::TLS_ROLE)?;
     let reactors = start_reactors(&o.role.cpumask, idle)?;
