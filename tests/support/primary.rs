@@ -20,7 +20,15 @@ pub struct Primary {
 
 impl Primary {
     pub fn start(relays: &[String]) -> Primary {
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        Primary::start_with(relays, &[], None)
+    }
+    /// As [`Primary::start`], with more environment for the child (`BATON_SP_ACK`,
+    /// `BATON_SP_ON_DOWN`, `BATON_SP_HEARTBEAT`: see [`primary_child_main`]) and, with `ns`,
+    /// inside that network namespace.
+    pub fn start_with(relays: &[String], env: &[(&str, String)], ns: Option<&str>) -> Primary {
+        let mut cmd = super::in_netns(ns, std::env::current_exe().unwrap());
+        let mut child = cmd
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .args([
                 "standby_primary_child",
                 "--exact",
@@ -63,6 +71,22 @@ impl Primary {
         self.stdin.flush().unwrap();
         self.reply(line)
     }
+    /// As [`Primary::cmd`], but a `FAIL` answer is returned as `Err` (the application saw
+    /// an error) instead of failing the test.
+    pub fn try_cmd(&mut self, line: &str) -> Result<String, String> {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+        let start = Instant::now();
+        loop {
+            let left = WAIT.saturating_sub(start.elapsed());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with("FAIL") => return Err(l),
+                Ok(l) if l.starts_with("OK") => return Ok(l),
+                Ok(_) => {}
+                Err(e) => panic!("primary: {line}: no answer within {WAIT:?} ({e:?})"),
+            }
+        }
+    }
 }
 
 /// The primary's image of one volume: the stamp of the last write of each block.
@@ -86,6 +110,16 @@ impl Model {
             self.img[(s % BLOCKS) as usize] = s;
         }
         self.next_seq += n;
+    }
+    /// Writes `n` stamps and returns whether the application saw them all succeed; the
+    /// model takes them either way (some may have reached the primary's own volume).
+    pub fn try_write(&mut self, p: &mut Primary, n: u64) -> Result<(), String> {
+        let r = p.try_cmd(&format!("W {} {} {n}", self.name, self.next_seq));
+        for s in self.next_seq..self.next_seq + n {
+            self.img[(s % BLOCKS) as usize] = s;
+        }
+        self.next_seq += n;
+        r.map(|_| ())
     }
     /// Declares a restart point; returns its epoch.
     pub fn restart_point(&mut self, p: &mut Primary, tag: &str) -> u64 {
@@ -131,6 +165,17 @@ pub fn primary_child_main() {
         return;
     };
     let relays: Vec<SocketAddr> = relays.split(',').map(|a| a.parse().unwrap()).collect();
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let ack = match env("BATON_SP_ACK").as_deref() {
+        None | Some("all") => AckPolicy::All,
+        Some("any") => AckPolicy::Any,
+        Some(q) => AckPolicy::Quorum(q.trim_start_matches("quorum:").parse().unwrap()),
+    };
+    let on_down = match env("BATON_SP_ON_DOWN").as_deref() {
+        Some("block") => OnRelayDown::Block,
+        _ => OnRelayDown::Degraded,
+    };
+    let heartbeat: Option<SocketAddr> = env("BATON_SP_HEARTBEAT").map(|a| a.parse().unwrap());
     let _reactors = Reactors::start(ReactorOpts {
         cores: vec![0],
         pin: false,
@@ -142,8 +187,9 @@ pub fn primary_child_main() {
         let base =
             engine::bdev::malloc::create(&format!("base_{name}"), BLOCKS, BS as u32, Some([i as u8 + 1; 16])).unwrap();
         let mut cfg = VolumeConfig::new(name, relays.clone());
-        cfg.ack_policy = AckPolicy::All;
-        cfg.on_relay_down = OnRelayDown::Degraded;
+        cfg.ack_policy = ack;
+        cfg.on_relay_down = on_down;
+        cfg.standby_heartbeat = heartbeat;
         cfg.relay_down_timeout_ms = 500;
         cfg.core = Some(0);
         vols.insert(name.to_string(), ReplicatedVolume::create(cfg, base).unwrap());
@@ -170,6 +216,11 @@ pub fn primary_child_main() {
                 let state = st.sync.map_or("none", |s| s.state);
                 let done: u64 = st.relays.iter().map(|r| r.resyncs_done).sum();
                 format!("OK SYNC {state} {done}")
+            }
+            ["ST", vol] => {
+                // What fencing did to the volume: `OK ST <superseded_by> <completed_lsn>`.
+                let st = vols[*vol].status();
+                format!("OK ST {} {}", vols[*vol].superseded(), st.completed_lsn)
             }
             ["RP", vol, tag] => match vols[*vol].declare_restart_point_wait(tag.as_bytes(), WAIT) {
                 Ok(rp) => format!("OK RP {} {} {}", rp.epoch, rp.lsn, rp.last_lsn),

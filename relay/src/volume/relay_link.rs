@@ -315,6 +315,15 @@ impl LinkState {
                 l.last_error = format!("refused: {reason:?} (relay generation {generation})");
                 log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
                 l.phase = LinkPhase::Refused;
+                if reason == RefuseReason::StaleGeneration {
+                    let addr = l.addr;
+                    self.note_generation(generation, addr);
+                }
+            }
+            RxEvent::Ack(_, generation) if generation > self.s.cfg.generation => {
+                // A relay that learnt of a promotion: its Acks no longer count.
+                let addr = l.addr;
+                self.note_generation(generation, addr);
             }
             RxEvent::Ack(durable, _gen) => {
                 if durable > l.acked_lsn {

@@ -280,7 +280,14 @@ impl VolNet {
             if let Some(why) = self.links[i].close.clone() {
                 let mut l = self.links.swap_remove(i);
                 log::warn!("standby {name}: relay {}: link closed: {why}", l.peer);
-                l.conn.close();
+                if v.promoted() {
+                    // Say why, with the new generation: the relay takes it as its own and
+                    // fences the old primary off now, not at its next reconnect.
+                    let r = listen::refused(RefuseReason::StaleGeneration, v.generation());
+                    l.conn.send_last(wire::encode_hello_reply(&r));
+                } else {
+                    l.conn.close();
+                }
                 let _ = l.conn.poll_send(&mut |_| {});
                 self.remember_closed(l.status(durable, now, false));
                 busy = true;
