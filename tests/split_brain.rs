@@ -11,7 +11,7 @@
 //! for an event, bounded by [`WAIT`]; nothing is asserted on timing.
 
 mod support;
-use support::netns::{self, Net};
+use support::netns::{self, Cluster, Layout, Net};
 use support::*;
 
 use serde_json::{json, Value};
@@ -33,13 +33,6 @@ fn failover_done(sb: &StandbyProc) -> Value {
         },
         || format!("{:?}", rpc(&sb.sock, "standby_host_get_status", None)),
     )
-}
-
-/// `OK ST <superseded_by> <completed_lsn>` of the primary child's volume `vol`.
-fn superseded(p: &mut Primary, vol: &str) -> (u64, u64) {
-    let l = p.cmd(&format!("ST {vol}"));
-    let w: Vec<u64> = l.split_whitespace().skip(2).map(|x| x.parse().unwrap()).collect();
-    (w[0], w[1])
 }
 
 /// What one round saw, counted.
@@ -67,7 +60,7 @@ fn assert_fenced(p: &mut Primary, m: &mut Model, relays: &[RelayProc], gen: u64,
         || format!("{:?}", relays.iter().map(|r| r.volume_status("vold")).collect::<Vec<_>>()),
     );
     loop {
-        if superseded(p, "vold").0 == gen {
+        if p.state("vold").superseded_by == gen {
             break;
         }
         if m.try_write(p, 4).is_ok() {
@@ -148,22 +141,9 @@ impl Round {
     }
 }
 
-/// The roles of one round, each in its site's namespace.
-struct Cluster {
-    sb: StandbyProc,
-    relays: Vec<RelayProc>,
-    p: Primary,
-    _dirs: Vec<TempDir>,
-}
-
 fn start_cluster(net: &Net, i: usize, round: &Round) -> Cluster {
-    let sd = TempDir::new("/dev/shm", &format!("sbr{i}-s"));
-    let (ds1, ds2) = (
-        TempDir::new("/dev/shm", &format!("sbr{i}-r1")),
-        TempDir::new("/dev/shm", &format!("sbr{i}-r2")),
-    );
     let hb = format!("{}:4601", net.ip("s", "p"));
-    let host = [
+    let standby_args = [
         "--failover-volume",
         "vold",
         "--heartbeat-listen",
@@ -173,26 +153,18 @@ fn start_cluster(net: &Net, i: usize, round: &Round) -> Cluster {
         "--relay-timeout-ms",
         "1000",
     ];
-    let sb = StandbyProc::start_at(&sd.0, &net.ip("s", "r"), 4600, &host, Some(&net.ns("s")));
-    let standby = sb.addr().to_string();
-    let rip = net.ip("r", "p");
-    let fwd = ["--standby", &standby, "--no-direct"];
-    let r1 = RelayProc::start_at(&ds1.0, &rip, 4501, &fwd, Some(&net.ns("r")));
-    let mut bk = fwd.to_vec();
-    bk.push("--backup");
-    let r2 = RelayProc::start_at(&ds2.0, &rip, 4502, &bk, Some(&net.ns("r")));
-    let env = [
-        ("BATON_SP_ACK", round.ack.to_string()),
-        ("BATON_SP_ON_DOWN", round.on_down.to_string()),
-        ("BATON_SP_HEARTBEAT", hb.clone()),
-    ];
-    let p = Primary::start_with(&[r1.addr(), r2.addr()], &env, Some(&net.ns("p")));
-    Cluster {
-        sb,
-        relays: vec![r1, r2],
-        p,
-        _dirs: vec![sd, ds1, ds2],
-    }
+    let layout = Layout {
+        primary: "p",
+        standby: "s",
+        relays: vec![("r", vec![]), ("r", vec!["--backup".to_string()])],
+        standby_args: standby_args.iter().map(|a| a.to_string()).collect(),
+        primary_env: vec![
+            ("BATON_SP_ACK", round.ack.to_string()),
+            ("BATON_SP_ON_DOWN", round.on_down.to_string()),
+            ("BATON_SP_HEARTBEAT", hb.clone()),
+        ],
+    };
+    net.start(&format!("sbr{i}"), &layout)
 }
 
 /// One round: restart point 1 at the standby; the partition; failover; fencing checked;

@@ -7,8 +7,14 @@
 //! killed test left behind are deleted by the next [`Net::new`].
 
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The sites and links of one test. Namespace names are `btn<pid>-<site>`.
+use super::{Primary, RelayProc, StandbyProc, TempDir};
+
+/// Nets made by this process (several tests may run at once: each its own namespaces).
+static NETS: AtomicUsize = AtomicUsize::new(0);
+
+/// The sites and links of one test. Namespace names are `btn<pid>-<n><site>`.
 pub struct Net {
     prefix: String,
     sites: Vec<String>,
@@ -89,8 +95,9 @@ impl Net {
     pub fn new(sites: &[&str], links: &[(&str, &str)]) -> Result<Net, String> {
         delete_stale();
         let pid = std::process::id();
+        let n = NETS.fetch_add(1, Ordering::Relaxed) % 10;
         let mut net = Net {
-            prefix: format!("btn{pid}-"),
+            prefix: format!("btn{pid}-{n}"),
             sites: Vec::new(),
             links: Vec::new(),
         };
@@ -104,8 +111,8 @@ impl Net {
             let l = NetLink {
                 a: a.to_string(),
                 b: b.to_string(),
-                dev_a: format!("bt{k}a{}", pid % 100_000),
-                dev_b: format!("bt{k}b{}", pid % 100_000),
+                dev_a: format!("b{n}{k}a{}", pid % 100_000),
+                dev_b: format!("b{n}{k}b{}", pid % 100_000),
                 ip_a: format!("192.0.2.{}", 4 * k + 1),
                 ip_b: format!("192.0.2.{}", 4 * k + 2),
             };
@@ -205,6 +212,55 @@ impl Net {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default()
+    }
+}
+
+/// Where the roles of one cluster run, and with what: relay k listens on its site's
+/// address towards the primary, port 4501 + k, and forwards to the standby's address on
+/// its own link to it; the standby listens on every address of its site, port 4600.
+pub struct Layout<'a> {
+    pub primary: &'a str,
+    pub standby: &'a str,
+    /// Each relay's site and extra `baton relay` arguments.
+    pub relays: Vec<(&'a str, Vec<String>)>,
+    pub standby_args: Vec<String>,
+    pub primary_env: Vec<(&'static str, String)>,
+}
+
+/// The roles of one cluster, each in its site's namespace; killed on drop.
+pub struct Cluster {
+    pub sb: StandbyProc,
+    pub relays: Vec<RelayProc>,
+    pub p: Primary,
+    _dirs: Vec<TempDir>,
+}
+
+impl Net {
+    /// Starts the standby, the relays and the primary child of `layout` (directories under
+    /// /dev/shm named after `tag`).
+    pub fn start(&self, tag: &str, layout: &Layout) -> Cluster {
+        let sd = TempDir::new("/dev/shm", &format!("{tag}-s"));
+        let args: Vec<&str> = layout.standby_args.iter().map(String::as_str).collect();
+        let sb = StandbyProc::start_at(&sd.0, "0.0.0.0", 4600, &args, Some(&self.ns(layout.standby)));
+        let mut dirs = vec![sd];
+        let mut relays = Vec::new();
+        for (k, (site, extra)) in layout.relays.iter().enumerate() {
+            let d = TempDir::new("/dev/shm", &format!("{tag}-r{k}"));
+            let standby = format!("{}:4600", self.ip(layout.standby, site));
+            let mut args = vec!["--standby", &standby, "--no-direct"];
+            args.extend(extra.iter().map(String::as_str));
+            let ip = self.ip(site, layout.primary);
+            relays.push(RelayProc::start_at(&d.0, &ip, 4501 + k as u16, &args, Some(&self.ns(site))));
+            dirs.push(d);
+        }
+        let addrs: Vec<String> = relays.iter().map(RelayProc::addr).collect();
+        let p = Primary::start_with(&addrs, &layout.primary_env, Some(&self.ns(layout.primary)));
+        Cluster {
+            sb,
+            relays,
+            p,
+            _dirs: dirs,
+        }
     }
 }
 

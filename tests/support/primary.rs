@@ -71,6 +71,16 @@ impl Primary {
         self.stdin.flush().unwrap();
         self.reply(line)
     }
+    /// What fencing and the relay-down policy do to volume `vol` now (`ST`).
+    pub fn state(&mut self, vol: &str) -> PrimaryState {
+        let l = self.cmd(&format!("ST {vol}"));
+        let w: Vec<u64> = l.split_whitespace().skip(2).map(|x| x.parse().unwrap()).collect();
+        PrimaryState {
+            superseded_by: w[0],
+            completed_lsn: w[1],
+            writes_blocked: w[2] != 0,
+        }
+    }
     /// As [`Primary::cmd`], but a `FAIL` answer is returned as `Err` (the application saw
     /// an error) instead of failing the test.
     pub fn try_cmd(&mut self, line: &str) -> Result<String, String> {
@@ -87,6 +97,16 @@ impl Primary {
             }
         }
     }
+}
+
+/// One volume of the primary child, as `ST` reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct PrimaryState {
+    /// The newer generation a relay named (0: none): the volume refuses every write.
+    pub superseded_by: u64,
+    pub completed_lsn: u64,
+    /// The ack policy cannot be met (`on_relay_down: block`): new writes fail at once.
+    pub writes_blocked: bool,
 }
 
 /// The primary's image of one volume: the stamp of the last write of each block.
@@ -155,9 +175,15 @@ pub fn assert_image(got: &[u8], want: &Model, what: &str) {
 
 /// The primary's body when this binary runs as the child (ignored otherwise). Commands on
 /// stdin: `W <vol> <first_seq> <n>` writes stamps first_seq.. to blocks seq % BLOCKS and
-/// answers `OK W` once all completed; `RP <vol> <tag>` declares a restart point and answers
-/// `OK RP <epoch> <lsn> <last_lsn>`. Each test binary that starts a [`Primary`] calls it
-/// from its own `#[test] #[ignore] fn standby_primary_child()`.
+/// answers `OK W` once all completed (`FAIL <error>` if one failed); `RP <vol> <tag>`
+/// declares a restart point and answers `OK RP <epoch> <lsn> <last_lsn>`; `SYNC <vol>`
+/// answers `OK SYNC <state> <resyncs done>`; `ST <vol>` answers `OK ST <superseded_by>
+/// <completed_lsn> <writes_blocked 0|1>`. Environment: `BATON_SP_RELAYS` (required), `BATON_SP_ACK`
+/// (`all` default, `any`, `quorum:K`), `BATON_SP_ON_DOWN` (`degraded` default, `block`),
+/// `BATON_SP_DOWN_MS` (relay down timeout, 500), `BATON_SP_HEARTBEAT` (standby host's
+/// heartbeat address), `BATON_SP_IDLE=nap` (nap when idle instead of spinning). Each test
+/// binary that starts a [`Primary`] calls it from its own
+/// `#[test] #[ignore] fn standby_primary_child()`.
 pub fn primary_child_main() {
     use engine::reactor::{IdleMode, ReactorOpts, Reactors};
     use relay::volume::{AckPolicy, OnRelayDown, ReplicatedVolume, VolumeConfig};
@@ -176,10 +202,16 @@ pub fn primary_child_main() {
         _ => OnRelayDown::Degraded,
     };
     let heartbeat: Option<SocketAddr> = env("BATON_SP_HEARTBEAT").map(|a| a.parse().unwrap());
+    let down_ms: u64 = env("BATON_SP_DOWN_MS").map_or(500, |v| v.parse().unwrap());
+    // Napping when idle (the roles' default) instead of spinning: for slow machines.
+    let idle = match env("BATON_SP_IDLE").as_deref() {
+        Some("nap") => IdleMode::default(),
+        _ => IdleMode::Poll,
+    };
     let _reactors = Reactors::start(ReactorOpts {
         cores: vec![0],
         pin: false,
-        idle: IdleMode::Poll,
+        idle,
     })
     .unwrap();
     let mut vols = std::collections::BTreeMap::new();
@@ -190,7 +222,7 @@ pub fn primary_child_main() {
         cfg.ack_policy = ack;
         cfg.on_relay_down = on_down;
         cfg.standby_heartbeat = heartbeat;
-        cfg.relay_down_timeout_ms = 500;
+        cfg.relay_down_timeout_ms = down_ms;
         cfg.core = Some(0);
         vols.insert(name.to_string(), ReplicatedVolume::create(cfg, base).unwrap());
     }
@@ -218,9 +250,10 @@ pub fn primary_child_main() {
                 format!("OK SYNC {state} {done}")
             }
             ["ST", vol] => {
-                // What fencing did to the volume: `OK ST <superseded_by> <completed_lsn>`.
+                // What fencing and the relay-down policy do to the volume now.
                 let st = vols[*vol].status();
-                format!("OK ST {} {}", vols[*vol].superseded(), st.completed_lsn)
+                let blocked = u8::from(st.writes_blocked);
+                format!("OK ST {} {} {blocked}", vols[*vol].superseded(), st.completed_lsn)
             }
             ["RP", vol, tag] => match vols[*vol].declare_restart_point_wait(tag.as_bytes(), WAIT) {
                 Ok(rp) => format!("OK RP {} {} {}", rp.epoch, rp.lsn, rp.last_lsn),
