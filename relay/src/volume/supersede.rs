@@ -56,9 +56,9 @@ impl LinkState {
         self.s.superseded.load(Ordering::Acquire)
     }
 
-    /// Once superseded: closes every relay connection (kept refused, retried slowly, so the
-    /// status shows what the relays say) and fails what is in flight and what channels
-    /// submit. Does nothing otherwise. Returns whether it did work.
+    /// Once superseded: closes every relay connection for good (the links stay `refused`
+    /// and are not retried) and fails what is in flight and what channels submit. Does
+    /// nothing otherwise. Returns whether it did work.
     pub(super) fn supersede(&mut self, now: u64) -> bool {
         let newer = self.superseded_by();
         if newer == 0 {
