@@ -84,7 +84,7 @@ fn replication_over_tls_and_refusals_at_every_listener() {
         sb.addr(),
         &rf.iter().map(String::as_str).collect::<Vec<_>>(),
     );
-    let mut p = Primary::start_env(&[r1.addr()], &primary_env(&good));
+    let mut p = Primary::start_with(&[r1.addr()], &primary_env(&good), None);
     let mut m = Model::new("vold");
     m.write(&mut p, 700);
     assert_eq!(m.restart_point(&mut p, "rp1"), 1);
@@ -102,7 +102,7 @@ fn replication_over_tls_and_refusals_at_every_listener() {
         &bad.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     // A primary of the good deployment at that relay: each refuses the other.
-    let mut p2 = Primary::start_env(&[r2.addr()], &primary_env(&good));
+    let mut p2 = Primary::start_with(&[r2.addr()], &primary_env(&good), None);
     p2.cmd("W vold 1 5");
     wait_for(
         "the other deployment's relay refuses the primary",
@@ -111,7 +111,7 @@ fn replication_over_tls_and_refusals_at_every_listener() {
     );
     // A primary of the other deployment is served by that relay, which then forwards to
     // the standby: the standby refuses the relay at the handshake.
-    let mut p3 = Primary::start_env(&[r2.addr()], &primary_env(&other));
+    let mut p3 = Primary::start_with(&[r2.addr()], &primary_env(&other), None);
     p3.cmd("W vold 1 5");
     wait_for(
         "the standby refuses the other deployment's relay",

@@ -46,8 +46,8 @@ use engine::ring::Ring;
 use rdma_transport::readiness::{Readiness, READY_EVENTS_MAX};
 use rdma_transport::tcp::{TcpConfig, TcpConnection};
 use rdma_transport::wire::{
-    self, BatchEncoder, Frame, Heartbeat, Hello, HelloReply, OpKind, Role, FRAME_BYTES_MAX, FRAME_DATA_BYTES_MAX,
-    OPS_PER_FRAME_MAX,
+    self, BatchEncoder, Frame, Heartbeat, Hello, HelloReply, OpKind, RefuseReason, Role, FRAME_BYTES_MAX,
+    FRAME_DATA_BYTES_MAX, OPS_PER_FRAME_MAX,
 };
 use rdma_transport::{ConnState, Connection, OutFrame, SendCompletion};
 
@@ -63,6 +63,7 @@ mod link;
 mod relay_link;
 mod resync;
 mod retention;
+mod supersede;
 mod sync;
 use channel::{relays_down, Slot, VolChannel};
 pub use config::*;
@@ -187,6 +188,9 @@ struct Shared {
     demoted: AtomicBool,
     /// The demote's final restart point is the last one declared (nothing written since).
     fence_reused: AtomicBool,
+    /// A newer generation a relay named (0: none): the standby was promoted, this primary
+    /// is fenced and every write fails (`volume/supersede.rs`).
+    superseded: AtomicU64,
     /// `now_ns()` of the link reactor's last status publish (liveness of the reactor).
     published_ns: AtomicU64,
     status: Mutex<VolumeStatus>,
@@ -287,6 +291,7 @@ impl ReplicatedVolume {
             stopped: AtomicBool::new(false),
             demoted: AtomicBool::new(false),
             fence_reused: AtomicBool::new(false),
+            superseded: AtomicU64::new(0),
             published_ns: AtomicU64::new(0),
             status: Mutex::new(VolumeStatus::default()),
             stats: StatsSet::default(),
@@ -426,6 +431,12 @@ impl ReplicatedVolume {
     /// True while demoted.
     pub fn demoted(&self) -> bool {
         self.shared.demoted.load(Ordering::Acquire)
+    }
+
+    /// The newer generation a relay named, once this primary is superseded (the standby was
+    /// promoted): every write fails from then on. 0 while it is not.
+    pub fn superseded(&self) -> u64 {
+        self.shared.superseded.load(Ordering::Acquire)
     }
 
     /// Adds a relay (management path).
@@ -666,6 +677,12 @@ impl RestartPointSink for VolumeSink {
         let s = &self.0;
         if s.stopped.load(Ordering::Acquire) {
             return done(Err(RestartPointError::Failed(format!("volume {} deleted", s.cfg.name))));
+        }
+        let newer = s.superseded.load(Ordering::Acquire);
+        if newer != 0 {
+            return done(Err(RestartPointError::Failed(
+                VolumeError::superseded(&s.cfg.name, newer).to_string(),
+            )));
         }
         if s.writes_blocked.load(Ordering::Acquire) {
             let down = s.status.try_lock().map(|st| relays_down(&st)).unwrap_or_default();

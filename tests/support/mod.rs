@@ -19,6 +19,7 @@
 
 #[path = "../../relay/tests/common/mod.rs"]
 pub mod common;
+pub mod netns;
 mod nvme_io;
 mod primary;
 mod roles;
@@ -46,6 +47,19 @@ pub const VOLS: [&str; 2] = ["vold", "vols"];
 /// The `baton` binary of this build.
 pub fn baton() -> Command {
     Command::new(env!("CARGO_BIN_EXE_baton"))
+}
+
+/// `program`, run inside network namespace `ns` (`ip netns exec`, which execs it: the
+/// child's pid is the program's), or directly without one.
+pub fn in_netns(ns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match ns {
+        None => Command::new(program),
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+    }
 }
 
 pub fn free_port() -> u16 {

@@ -20,11 +20,15 @@ pub struct Primary {
 
 impl Primary {
     pub fn start(relays: &[String]) -> Primary {
-        Primary::start_env(relays, &[])
+        Primary::start_with(relays, &[], None)
     }
-    /// As [`Primary::start`] with more environment (e.g. `BATON_SP_TLS`).
-    pub fn start_env(relays: &[String], env: &[(&str, String)]) -> Primary {
-        let mut child = Command::new(std::env::current_exe().unwrap())
+    /// As [`Primary::start`], with more environment for the child (`BATON_SP_ACK`,
+    /// `BATON_SP_ON_DOWN`, `BATON_SP_HEARTBEAT`: see [`primary_child_main`]) and, with `ns`,
+    /// inside that network namespace.
+    pub fn start_with(relays: &[String], env: &[(&str, String)], ns: Option<&str>) -> Primary {
+        let mut cmd = super::in_netns(ns, std::env::current_exe().unwrap());
+        let mut child = cmd
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .args([
                 "standby_primary_child",
                 "--exact",
@@ -33,7 +37,6 @@ impl Primary {
                 "--test-threads=1",
             ])
             .env("BATON_SP_RELAYS", relays.join(","))
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -68,6 +71,42 @@ impl Primary {
         self.stdin.flush().unwrap();
         self.reply(line)
     }
+    /// What fencing and the relay-down policy do to volume `vol` now (`ST`).
+    pub fn state(&mut self, vol: &str) -> PrimaryState {
+        let l = self.cmd(&format!("ST {vol}"));
+        let w: Vec<u64> = l.split_whitespace().skip(2).map(|x| x.parse().unwrap()).collect();
+        PrimaryState {
+            superseded_by: w[0],
+            completed_lsn: w[1],
+            writes_blocked: w[2] != 0,
+        }
+    }
+    /// As [`Primary::cmd`], but a `FAIL` answer is returned as `Err` (the application saw
+    /// an error) instead of failing the test.
+    pub fn try_cmd(&mut self, line: &str) -> Result<String, String> {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+        let start = Instant::now();
+        loop {
+            let left = WAIT.saturating_sub(start.elapsed());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with("FAIL") => return Err(l),
+                Ok(l) if l.starts_with("OK") => return Ok(l),
+                Ok(_) => {}
+                Err(e) => panic!("primary: {line}: no answer within {WAIT:?} ({e:?})"),
+            }
+        }
+    }
+}
+
+/// One volume of the primary child, as `ST` reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct PrimaryState {
+    /// The newer generation a relay named (0: none): the volume refuses every write.
+    pub superseded_by: u64,
+    pub completed_lsn: u64,
+    /// The ack policy cannot be met (`on_relay_down: block`): new writes fail at once.
+    pub writes_blocked: bool,
 }
 
 /// The primary's image of one volume: the stamp of the last write of each block.
@@ -91,6 +130,16 @@ impl Model {
             self.img[(s % BLOCKS) as usize] = s;
         }
         self.next_seq += n;
+    }
+    /// Writes `n` stamps and returns whether the application saw them all succeed; the
+    /// model takes them either way (some may have reached the primary's own volume).
+    pub fn try_write(&mut self, p: &mut Primary, n: u64) -> Result<(), String> {
+        let r = p.try_cmd(&format!("W {} {} {n}", self.name, self.next_seq));
+        for s in self.next_seq..self.next_seq + n {
+            self.img[(s % BLOCKS) as usize] = s;
+        }
+        self.next_seq += n;
+        r.map(|_| ())
     }
     /// Declares a restart point; returns its epoch.
     pub fn restart_point(&mut self, p: &mut Primary, tag: &str) -> u64 {
@@ -126,9 +175,15 @@ pub fn assert_image(got: &[u8], want: &Model, what: &str) {
 
 /// The primary's body when this binary runs as the child (ignored otherwise). Commands on
 /// stdin: `W <vol> <first_seq> <n>` writes stamps first_seq.. to blocks seq % BLOCKS and
-/// answers `OK W` once all completed; `RP <vol> <tag>` declares a restart point and answers
-/// `OK RP <epoch> <lsn> <last_lsn>`. Each test binary that starts a [`Primary`] calls it
-/// from its own `#[test] #[ignore] fn standby_primary_child()`.
+/// answers `OK W` once all completed (`FAIL <error>` if one failed); `RP <vol> <tag>`
+/// declares a restart point and answers `OK RP <epoch> <lsn> <last_lsn>`; `SYNC <vol>`
+/// answers `OK SYNC <state> <resyncs done>`; `ST <vol>` answers `OK ST <superseded_by>
+/// <completed_lsn> <writes_blocked 0|1>`. Environment: `BATON_SP_RELAYS` (required), `BATON_SP_ACK`
+/// (`all` default, `any`, `quorum:K`), `BATON_SP_ON_DOWN` (`degraded` default, `block`),
+/// `BATON_SP_DOWN_MS` (relay down timeout, 500), `BATON_SP_HEARTBEAT` (standby host's
+/// heartbeat address), `BATON_SP_IDLE=nap` (nap when idle instead of spinning). Each test
+/// binary that starts a [`Primary`] calls it from its own
+/// `#[test] #[ignore] fn standby_primary_child()`.
 pub fn primary_child_main() {
     use engine::reactor::{IdleMode, ReactorOpts, Reactors};
     use relay::volume::{AckPolicy, OnRelayDown, ReplicatedVolume, VolumeConfig};
@@ -147,10 +202,27 @@ pub fn primary_child_main() {
         };
         install(TlsContext::load(&settings, Role::Primary).unwrap()).unwrap();
     }
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let ack = match env("BATON_SP_ACK").as_deref() {
+        None | Some("all") => AckPolicy::All,
+        Some("any") => AckPolicy::Any,
+        Some(q) => AckPolicy::Quorum(q.trim_start_matches("quorum:").parse().unwrap()),
+    };
+    let on_down = match env("BATON_SP_ON_DOWN").as_deref() {
+        Some("block") => OnRelayDown::Block,
+        _ => OnRelayDown::Degraded,
+    };
+    let heartbeat: Option<SocketAddr> = env("BATON_SP_HEARTBEAT").map(|a| a.parse().unwrap());
+    let down_ms: u64 = env("BATON_SP_DOWN_MS").map_or(500, |v| v.parse().unwrap());
+    // Napping when idle (the roles' default) instead of spinning: for slow machines.
+    let idle = match env("BATON_SP_IDLE").as_deref() {
+        Some("nap") => IdleMode::default(),
+        _ => IdleMode::Poll,
+    };
     let _reactors = Reactors::start(ReactorOpts {
         cores: vec![0],
         pin: false,
-        idle: IdleMode::Poll,
+        idle,
     })
     .unwrap();
     let mut vols = std::collections::BTreeMap::new();
@@ -158,9 +230,10 @@ pub fn primary_child_main() {
         let base =
             engine::bdev::malloc::create(&format!("base_{name}"), BLOCKS, BS as u32, Some([i as u8 + 1; 16])).unwrap();
         let mut cfg = VolumeConfig::new(name, relays.clone());
-        cfg.ack_policy = AckPolicy::All;
-        cfg.on_relay_down = OnRelayDown::Degraded;
-        cfg.relay_down_timeout_ms = 500;
+        cfg.ack_policy = ack;
+        cfg.on_relay_down = on_down;
+        cfg.standby_heartbeat = heartbeat;
+        cfg.relay_down_timeout_ms = down_ms;
         cfg.core = Some(0);
         vols.insert(name.to_string(), ReplicatedVolume::create(cfg, base).unwrap());
     }
@@ -186,6 +259,12 @@ pub fn primary_child_main() {
                 let state = st.sync.map_or("none", |s| s.state);
                 let done: u64 = st.relays.iter().map(|r| r.resyncs_done).sum();
                 format!("OK SYNC {state} {done}")
+            }
+            ["ST", vol] => {
+                // What fencing and the relay-down policy do to the volume now.
+                let st = vols[*vol].status();
+                let blocked = u8::from(st.writes_blocked);
+                format!("OK ST {} {} {blocked}", vols[*vol].superseded(), st.completed_lsn)
             }
             ["RP", vol, tag] => match vols[*vol].declare_restart_point_wait(tag.as_bytes(), WAIT) {
                 Ok(rp) => format!("OK RP {} {} {}", rp.epoch, rp.lsn, rp.last_lsn),

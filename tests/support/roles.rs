@@ -7,11 +7,13 @@ use std::process::{Child, Stdio};
 
 use serde_json::{json, Value};
 
-use super::{baton, rpc, stderr_for, wait_for, Proc, BLOCKS, BS};
+use super::{in_netns, rpc, stderr_for, wait_for, Proc, BLOCKS, BS};
 
 /// A `baton relay` process, killed on drop.
 pub struct RelayProc {
     pub child: Proc,
+    /// The address it listens on (127.0.0.1 unless started in a namespace).
+    pub ip: String,
     pub port: u16,
     /// Its JSON-RPC socket (beside its journal directory).
     pub sock: PathBuf,
@@ -24,9 +26,13 @@ impl RelayProc {
     /// (`<dir>.sock`), listening on `port`, with `extra` arguments; returns once it answers
     /// RPC (panics if it exits first).
     pub fn start(dir: &Path, port: u16, extra: &[&str]) -> RelayProc {
+        RelayProc::start_at(dir, "127.0.0.1", port, extra, None)
+    }
+    /// As [`RelayProc::start`], listening on `ip` inside network namespace `ns`.
+    pub fn start_at(dir: &Path, ip: &str, port: u16, extra: &[&str], ns: Option<&str>) -> RelayProc {
         let sock = dir.with_extension("sock");
-        let child = baton()
-            .args(["relay", "-m", "0x1", "--listen", &format!("127.0.0.1:{port}")])
+        let child = in_netns(ns, env!("CARGO_BIN_EXE_baton"))
+            .args(["relay", "-m", "0x1", "--listen", &format!("{ip}:{port}")])
             .arg("-r")
             .arg(&sock)
             .arg("--journal-dir")
@@ -38,6 +44,7 @@ impl RelayProc {
             .unwrap();
         let mut r = RelayProc {
             child: Proc(child),
+            ip: ip.to_string(),
             port,
             sock,
             dir: dir.to_path_buf(),
@@ -69,7 +76,7 @@ impl RelayProc {
             .unwrap_or_else(|e| panic!("relay_set_forward_policy {policy}: {e}"));
     }
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
     pub fn kill9(&mut self) {
         self.child.kill9();
@@ -81,6 +88,8 @@ pub struct StandbyProc {
     pub child: Proc,
     pub sock: PathBuf,
     pub dir: PathBuf,
+    /// The address it listens on for relays (127.0.0.1 unless started in a namespace).
+    pub ip: String,
     pub port: u16,
 }
 
@@ -90,6 +99,10 @@ impl StandbyProc {
     }
     /// As [`StandbyProc::start`] with more `baton standby` arguments (the standby host's).
     pub fn start_with(dir: &Path, port: u16, extra: &[&str]) -> StandbyProc {
+        StandbyProc::start_at(dir, "127.0.0.1", port, extra, None)
+    }
+    /// As [`StandbyProc::start_with`], listening on `ip` inside network namespace `ns`.
+    pub fn start_at(dir: &Path, ip: &str, port: u16, extra: &[&str], ns: Option<&str>) -> StandbyProc {
         let cfg = json!({"subsystems": [{"subsystem": "standby", "config": [
             {"method": "standby_create", "params": {"name": "vold", "mode": "delayed",
                 "volume_bdev": "dvol", "staging_bdev": "dstg"}},
@@ -101,8 +114,8 @@ impl StandbyProc {
         let sock = dir.join("standby.sock");
         let bdev =
             |name: &str, file: &str, size: &str| format!("{name}=uring:{}/{file},size={size},bs=4096", dir.display());
-        let child = baton()
-            .args(["standby", "-m", "0x1", "--listen", &format!("127.0.0.1:{port}")])
+        let child = in_netns(ns, env!("CARGO_BIN_EXE_baton"))
+            .args(["standby", "-m", "0x1", "--listen", &format!("{ip}:{port}")])
             .arg("-r")
             .arg(&sock)
             .arg("--json")
@@ -120,13 +133,14 @@ impl StandbyProc {
             child: Proc(child),
             sock,
             dir: dir.to_path_buf(),
+            ip: ip.to_string(),
             port,
         };
         wait_started(&mut s.child, &s.sock, "standby_get_status", "standby");
         s
     }
     pub fn addr(&self) -> SocketAddr {
-        format!("127.0.0.1:{}", self.port).parse().unwrap()
+        format!("{}:{}", self.ip, self.port).parse().unwrap()
     }
     pub fn status(&self, vol: &str) -> Option<Value> {
         let v = rpc(&self.sock, "standby_get_status", Some(json!({"name": vol}))).ok()?;

@@ -180,7 +180,17 @@ impl RelayState {
                     recv_ns: 0,
                 });
             }
-            (r, _) => {
+            (r, vi) => {
+                if let (
+                    HelloReply::Refused {
+                        reason: RefuseReason::StaleGeneration,
+                        ..
+                    },
+                    Some(i),
+                ) = (&r, vi)
+                {
+                    self.volumes[i].stale_primary_refusals += 1;
+                }
                 log::warn!("relay: volume {name}: refused Hello from {}: {r:?}", pc.peer);
                 pc.conn.close();
             }

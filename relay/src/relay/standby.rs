@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 
 use arrayvec::ArrayVec;
 use rdma_transport::tcp::{TcpConfig, TcpConnection};
-use rdma_transport::wire::{self, Frame, GapRequest, Heartbeat, Hello, HelloReply, Role, FRAME_BYTES_MAX};
+use rdma_transport::wire::{
+    self, Frame, GapRequest, Heartbeat, Hello, HelloReply, RefuseReason, Role, FRAME_BYTES_MAX,
+};
 use rdma_transport::{ConnState, Connection, OutFrame};
 
 use super::gap::serve_gap;
@@ -129,9 +131,12 @@ fn on_standby_event(v: &mut VolumeJournal, ev: StandbyEvent, now: u64, failed: &
             log::info!("relay: volume {}: standby up, wants LSN {resume_lsn} on", v.meta.name);
             release(v);
         }
-        StandbyEvent::Reply(HelloReply::Refused { reason, .. }) => {
+        StandbyEvent::Reply(HelloReply::Refused { reason, generation, .. }) => {
             v.last_error = format!("standby refused: {reason:?}");
             log::warn!("relay: volume {}: {}", v.meta.name, v.last_error);
+            if reason == RefuseReason::StaleGeneration {
+                adopt_generation(v, generation);
+            }
             v.standby_phase = StandbyPhase::Refused {
                 retry_at_ns: now + 5 * STANDBY_RECONNECT_MS * 1_000_000,
             };
@@ -160,6 +165,34 @@ fn on_standby_event(v: &mut VolumeJournal, ev: StandbyEvent, now: u64, failed: &
         }
         StandbyEvent::Ignore => {}
         StandbyEvent::Unexpected(k) => *failed = Some(format!("unexpected frame kind {k} from standby")),
+    }
+}
+
+/// The standby refused this relay's Hello as of an older generation: it was promoted, and
+/// `generation` is its new one. The relay takes that generation as its own (persisted in
+/// `volume.json`, so a restart keeps it) and drops the primary's connection. The old
+/// primary's reconnect is then refused with `StaleGeneration`, and so is any Ops frame of
+/// its generation: a primary cut off from the standby cannot go on writing through the
+/// relays once they reach the promoted standby (`docs/faults.md`, "Split brain").
+pub(super) fn adopt_generation(v: &mut VolumeJournal, generation: u64) {
+    if generation <= v.meta.generation {
+        return;
+    }
+    log::error!(
+        "relay: volume {}: the standby is at generation {generation} (promoted), this relay was at {}: \
+         the primary of generation {} is fenced off",
+        v.meta.name,
+        v.meta.generation,
+        v.meta.generation
+    );
+    v.meta.generation = generation;
+    if let Err(e) = v.meta.save(&v.dir) {
+        log::error!("relay: volume {}: {e}", v.meta.name);
+        v.last_error = e.to_string();
+    }
+    v.generation_adopted += 1;
+    if let Some(mut p) = v.primary.take() {
+        p.conn.close();
     }
 }
 

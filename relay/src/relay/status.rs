@@ -34,6 +34,11 @@ pub struct RelayVolumeStatus {
     pub generation: u64,
     /// A primary is connected.
     pub primary_connected: bool,
+    /// Times the standby's refusal named a newer generation that this relay took as its own
+    /// (the standby was promoted; the primary of the older generation is fenced off).
+    pub generation_adopted: u64,
+    /// Hellos and Ops/Base frames of a primary of an older generation refused (fencing).
+    pub stale_primary_refusals: u64,
     /// Highest LSN appended.
     pub appended_lsn: u64,
     /// Highest durable (acknowledged) LSN.
@@ -131,6 +136,8 @@ impl RelayState {
                         dir: v.dir.display().to_string(),
                         generation: v.meta.generation,
                         primary_connected: v.primary.is_some(),
+                        generation_adopted: v.generation_adopted,
+                        stale_primary_refusals: v.stale_primary_refusals,
                         appended_lsn: v.journal.appended_lsn(),
                         durable_lsn: durable,
                         acked_lsn: v.primary.as_ref().map_or(0, |p| p.acked),

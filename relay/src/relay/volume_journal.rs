@@ -128,6 +128,11 @@ pub(super) struct VolumeJournal {
     /// What the last forwarding pass did, reported to the standby in `PrimaryLiveness` so
     /// it does not fetch around ops held back by policy.
     pub(super) fwd_state: wire::ForwardState,
+    /// Times the standby's refusal named a newer generation this relay then took as its own
+    /// (a promotion: the old primary is fenced off).
+    pub(super) generation_adopted: u64,
+    /// Hellos and Ops/Base frames of a primary of an older generation refused (fencing).
+    pub(super) stale_primary_refusals: u64,
 }
 
 /// Marks a volume's journal failed, logged and kept as its last error. The first failure
@@ -213,6 +218,8 @@ impl VolumeJournal {
             primary_heard_ns: 0,
             liveness_sent_ns: 0,
             fwd_state: wire::ForwardState::Backup,
+            generation_adopted: 0,
+            stale_primary_refusals: 0,
             meta,
         })
     }

@@ -93,13 +93,17 @@ impl ChannelBackend for VolChannel {
             IoOp::WriteZeroes => OpKind::WriteZeroes,
             IoOp::Unmap => OpKind::Deallocate,
         };
+        let newer = self.shared.superseded.load(Ordering::Acquire);
         if self.shared.writes_blocked.load(Ordering::Acquire)
             || self.shared.stopped.load(Ordering::Acquire)
             || self.shared.demoted.load(Ordering::Acquire)
+            || newer != 0
         {
             self.free.push(slot);
             let why = if self.shared.stopped.load(Ordering::Acquire) {
                 format!("volume {} deleted", self.shared.cfg.name)
+            } else if newer != 0 {
+                super::VolumeError::superseded(&self.shared.cfg.name, newer).to_string()
             } else if self.shared.demoted.load(Ordering::Acquire) {
                 super::VolumeError::Demoted(self.shared.cfg.name.clone()).to_string()
             } else {

@@ -145,6 +145,18 @@ pub enum VolumeError {
     /// The volume is demoted (switchover): writes are refused.
     #[error("volume {0} is demoted (switchover): writes are refused")]
     Demoted(String),
+    /// A relay named a newer generation: the standby was promoted and this primary is
+    /// fenced off. Writes and restart points fail; nothing is acknowledged any more.
+    #[error(
+        "volume {volume}: superseded by generation {generation} (the standby was promoted): \
+         this primary is fenced and refuses writes"
+    )]
+    Superseded {
+        /// Volume name.
+        volume: String,
+        /// The newer generation.
+        generation: u64,
+    },
     /// The volume cannot do that now (a block sync runs, a demote is under way).
     #[error("{0}")]
     Busy(String),
@@ -235,6 +247,9 @@ pub struct VolumeStatus {
     pub sync: Option<SyncStatus>,
     /// Demoted for a switchover: new writes fail (`docs/switchover.md`).
     pub demoted: bool,
+    /// The newer generation a relay named (0: none): the standby was promoted, this
+    /// primary is fenced and every write fails (`docs/faults.md`).
+    pub superseded_by: u64,
     /// LSN of the final restart point behind which writes are fenced (0: none).
     pub fence_lsn: u64,
 }

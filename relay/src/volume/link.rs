@@ -151,7 +151,9 @@ impl LinkState {
             self.try_start(now);
         }
         let mut took_new = false;
-        if self.fence.fenced() {
+        if self.superseded_by() != 0 {
+            busy |= self.supersede(now);
+        } else if self.fence.fenced() {
             self.fail_fenced_submits();
         } else if self.next_lsn != 0 {
             let mut n = 0;
@@ -212,6 +214,8 @@ impl LinkState {
         for i in 0..self.links.len() {
             busy |= self.drive_link(i, now);
         }
+        // A relay named a newer generation just now: nothing in flight may complete.
+        busy |= self.supersede(now);
         busy |= self.retire();
         self.links.retain(|l| !(l.removed && l.conn.is_none()));
         self.update_blocked();
@@ -273,7 +277,14 @@ impl LinkState {
     pub(super) fn run_ctl(&mut self) {
         let mut keep = VecDeque::new();
         while let Some(c) = self.pending_ctl.pop_front() {
+            let newer = self.superseded_by();
             match c {
+                Ctl::RestartPoint { done, .. } | Ctl::Demote { done, .. } if newer != 0 => {
+                    done(Err(VolumeError::superseded(&self.s.cfg.name, newer)));
+                }
+                Ctl::Sync { done, .. } if newer != 0 => {
+                    done(Err(VolumeError::superseded(&self.s.cfg.name, newer).to_string()));
+                }
                 Ctl::RestartPoint { done, .. } if self.fence.active() => {
                     done(Err(VolumeError::Demoted(self.s.cfg.name.clone())));
                 }
@@ -586,6 +597,7 @@ impl LinkState {
             dirty: DirtyStatus::default(),
             sync: self.sync.as_ref().map(|s| s.status()),
             demoted: self.s.demoted.load(Ordering::Acquire),
+            superseded_by: self.superseded_by(),
             fence_lsn: self.fence.lsn(),
             relays: self
                 .links
@@ -617,7 +629,7 @@ impl LinkState {
     }
 }
 
-fn complete(owner: Owner, r: Result<(), VolumeError>) {
+pub(super) fn complete(owner: Owner, r: Result<(), VolumeError>) {
     match owner {
         Owner::Chan { chan, slot } => {
             let r = r.map_err(|e| BdevError::Io(e.to_string()));

@@ -210,6 +210,10 @@ impl LinkState {
     /// Connects and queues the Hello when a reconnect (or a retry after a refusal) is due.
     /// Returns whether it tried.
     fn connect_if_due(&mut self, i: usize, now: u64) -> bool {
+        if self.superseded_by() != 0 {
+            // Fenced for good: nothing to say to any relay any more.
+            return false;
+        }
         let due = match self.links[i].phase {
             LinkPhase::Disconnected { retry_at_ns } => now >= retry_at_ns,
             // Refusals (stale generation, unknown volume) are retried slowly.
@@ -319,6 +323,15 @@ impl LinkState {
                 l.last_error = format!("refused: {reason:?} (relay generation {generation})");
                 log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
                 l.phase = LinkPhase::Refused;
+                if reason == RefuseReason::StaleGeneration {
+                    let addr = l.addr;
+                    self.note_generation(generation, addr);
+                }
+            }
+            RxEvent::Ack(_, generation) if generation > self.s.cfg.generation => {
+                // A relay that learnt of a promotion: its Acks no longer count.
+                let addr = l.addr;
+                self.note_generation(generation, addr);
             }
             RxEvent::Ack(durable, _gen) => {
                 if durable > l.acked_lsn {

@@ -46,6 +46,10 @@ pub(super) struct Link {
     /// (0: never). When every relay says so, a block sync may cover the hole
     /// (`crate::sync_skip`).
     pub(super) lacks: u64,
+    /// `frames_received` at the last poll, and when it last changed (or the link was not
+    /// read): see [`super::RELAY_SILENT_NS`].
+    pub(super) rx_frames: u64,
+    pub(super) heard_ns: u64,
 }
 
 impl Link {

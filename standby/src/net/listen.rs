@@ -297,6 +297,8 @@ impl Link {
             drain_rescanned: false,
             drain_bytes0: 0,
             lacks: 0,
+            rx_frames: 0,
+            heard_ns: now,
         }
     }
 }

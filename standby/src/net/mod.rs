@@ -101,6 +101,11 @@ pub const GAP_REQUEST_TIMEOUT_NS: u64 = 2_000_000_000;
 /// A relay's `PrimaryLiveness` (sent every 100 ms) counts this long (20 reports: a
 /// loaded relay's reports arrive late, not lost).
 pub const REPORT_FRESH_NS: u64 = 2_000_000_000;
+/// A relay link that brought no frame for this long while the standby was reading it is
+/// closed: a relay sends `PrimaryLiveness` every 100 ms, so silence means the path is cut
+/// (a partition leaves the TCP connection looking established for minutes). The relay
+/// reconnects once the path is back; a failover drain stops waiting for it.
+pub const RELAY_SILENT_NS: u64 = 3_000_000_000;
 /// A link count seen this recently is what a drain expects to find.
 pub const PEAK_LINKS_WINDOW_NS: u64 = 10_000_000_000;
 /// Closed links kept per volume for the status.
@@ -269,6 +274,15 @@ impl VolNet {
         let mut busy = false;
         for l in &mut self.links {
             busy |= drive_link(name, l, v, now);
+            let frames = l.conn.stats().frames_received;
+            if frames != l.rx_frames || !l.held.is_empty() {
+                // Heard, or not read (ops held back by the receive window): not silent.
+                l.rx_frames = frames;
+                l.heard_ns = now;
+            } else if now.saturating_sub(l.heard_ns) > RELAY_SILENT_NS {
+                l.close
+                    .get_or_insert_with(|| format!("relay silent for {} ms", RELAY_SILENT_NS / 1_000_000));
+            }
             if v.promoted() {
                 // Relays reconnect and are refused: their generation is older now.
                 l.close
@@ -281,7 +295,14 @@ impl VolNet {
             if let Some(why) = self.links[i].close.clone() {
                 let mut l = self.links.swap_remove(i);
                 log::warn!("standby {name}: relay {}: link closed: {why}", l.peer);
-                l.conn.close();
+                if v.promoted() {
+                    // Say why, with the new generation: the relay takes it as its own and
+                    // fences the old primary off now, not at its next reconnect.
+                    let r = listen::refused(RefuseReason::StaleGeneration, v.generation());
+                    l.conn.send_last(wire::encode_hello_reply(&r));
+                } else {
+                    l.conn.close();
+                }
                 let _ = l.conn.poll_send(&mut |_| {});
                 self.remember_closed(l.status(durable, now, false));
                 busy = true;
