@@ -55,8 +55,12 @@ struct RelayRole(Arc<Relay>);
 impl Role for RelayRole {
     const NAME: &'static str = "relay";
     fn running(&self, rpc_socket: &Path) -> String {
+        let rdma = match self.0.config().listen_rdma {
+            Some(a) => format!(" and rdma://{a}"),
+            None => String::new(),
+        };
         format!(
-            "listening on {}; JSON-RPC on {}",
+            "listening on {}{rdma}; JSON-RPC on {}",
             self.0.listen_addr(),
             rpc_socket.display()
         )
