@@ -115,8 +115,9 @@ impl Channel {
                 let s = core::slice::from_raw_parts(conn.private_data as *const u8, n);
                 private.try_extend_from_slice(s).ok();
             }
-            let new_id =
-                (e.event == cm_event::RDMA_CM_EVENT_CONNECT_REQUEST && !e.id.is_null()).then_some(CmId { id: e.id });
+            // Lazily: a CmId made and dropped here would destroy the event's own id.
+            let is_request = e.event == cm_event::RDMA_CM_EVENT_CONNECT_REQUEST && !e.id.is_null();
+            let new_id = if is_request { Some(CmId { id: e.id }) } else { None };
             CmEvent {
                 kind: e.event,
                 status: e.status,
