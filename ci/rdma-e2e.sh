@@ -22,7 +22,8 @@
 # Needs root (apt-get) the first time; downloads only Debian packages. ci/test.sh runs it.
 # Knobs: E2E_WORK (work directory), RDMA_E2E_ROUNDS (chaos rounds, 2), RDMA_E2E_MEM (guest
 # MiB, 2048), RDMA_E2E_SKIP_CHAOS=1 (transport tests only: no baton build, no step d),
-# RDMA_E2E_TESTBIN (an already built test binary, e.g. a debug one, for quick iterations).
+# RDMA_E2E_TESTBIN (an already built test binary, e.g. a debug one, for quick iterations),
+# RDMA_E2E_STRACE=1 (run each device test under strace; a hung one shows its last calls).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -57,7 +58,7 @@ cp /etc/libibverbs.d/rxe.driver "$IRD/etc/libibverbs.d/"
 cp -L /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so "$IRD/usr/lib/x86_64-linux-gnu/libibverbs/"
 guest_libs "$(ls /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so | head -1)"
 guest_modules crc32_generic rdma_rxe ib_uverbs rdma_ucm dummy
-printf 'ROUNDS=%d\nSKIP_CHAOS=%d\n' "$ROUNDS" "$SKIP_CHAOS" > "$IRD/etc/e2e.conf"
+printf 'ROUNDS=%d\nSKIP_CHAOS=%d\nSTRACE=%d\n' "$ROUNDS" "$SKIP_CHAOS" "${RDMA_E2E_STRACE:-0}" > "$IRD/etc/e2e.conf"
 
 cat > "$IRD/init" <<'INIT'
 #!/bin/bash
@@ -96,12 +97,16 @@ export BATON_RDMA_ADDR=192.0.2.1
 # names its test.
 one_test() {
   local t=$1 pid i
-  strace -f -tt -o /tmp/strace.log rdma-tests --exact "$t" --nocapture > /tmp/t1.log 2>&1 &
+  if [ "$STRACE" = 1 ]; then
+    strace -f -tt -o /tmp/strace.log rdma-tests --exact "$t" --nocapture > /tmp/t1.log 2>&1 &
+  else
+    rdma-tests --exact "$t" --nocapture > /tmp/t1.log 2>&1 &
+  fi
   pid=$!
   for i in $(seq 120); do kill -0 $pid 2>/dev/null || break; sleep 0.5; done
   if kill -0 $pid 2>/dev/null; then
     echo "HUNG: $t"; for s in /proc/$pid/task/*; do echo "$s $(cat $s/wchan 2>/dev/null)"; cat $s/stack 2>/dev/null; done
-    tail -25 /tmp/strace.log; kill -9 $pid; cat /tmp/t1.log; return 1
+    tail -25 /tmp/strace.log 2>/dev/null; kill -9 $pid; cat /tmp/t1.log; return 1
   fi
   wait $pid; local rc=$?
   cat /tmp/t1.log

@@ -52,6 +52,25 @@ fi
 cargo clippy -p baton-engine --features dpdk --all-targets -- -D warnings
 BATON_ENV=dpdk cargo test -p baton-engine --release --features dpdk -- --test-threads=2
 
+# The RDMA verbs transport (docs/rdma.md): feature `rdma`, rdma-sys over Debian's
+# libibverbs/librdmacm (bindgen: libclang-dev). Lints of every crate it reaches, then the
+# transport's tests; those that need a device print SKIPPED here (none on this machine)
+# and run in the Soft-RoCE guest below. Never `cargo test -p rdma-sys`: its layout tests abort.
+echo "== cargo clippy/test --features rdma"
+rdma_need=()
+for p in libibverbs-dev librdmacm-dev libclang-dev pkg-config; do dpkg -s "$p" >/dev/null 2>&1 || rdma_need+=("$p"); done
+if [ ${#rdma_need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${rdma_need[@]}" >/dev/null
+  else
+    echo "ci/test.sh: please install: ${rdma_need[*]}" >&2
+    exit 1
+  fi
+fi
+cargo clippy -p baton-rdma-transport --features rdma --all-targets -- -D warnings
+cargo clippy -p baton --features rdma --all-targets -- -D warnings
+cargo test -p baton-rdma-transport --release --features rdma -- --test-threads=2
+
 # Every parser of network input has a cargo-fuzz target; each gets a short
 # coverage-guided run (stable Rust, no cargo-fuzz needed; docs/fuzzing.md).
 echo "== ci/fuzz.sh"
@@ -60,7 +79,7 @@ bash ci/fuzz.sh
 echo "== ci/spdk-rpc.sh"
 bash ci/spdk-rpc.sh
 # The Linux kernel's NVMe/TCP initiator against baton's target in a QEMU/TCG guest
-# (about 3 minutes here; BATON_SKIP_GUEST=1 skips it on a machine without QEMU or root).
+# (about 3 minutes here; BATON_SKIP_GUEST=1 skips these guests on a machine without QEMU or root).
 # Then baton's user-space NVMe driver over VFIO against QEMU's NVMe controller behind an
 # emulated IOMMU, in the same kind of guest (about 2 minutes here; same switch).
 if [ "${BATON_SKIP_GUEST:-0}" != 1 ]; then
@@ -68,6 +87,10 @@ if [ "${BATON_SKIP_GUEST:-0}" != 1 ]; then
   bash ci/nvme-tcp-e2e.sh
   echo "== ci/nvme-pcie-e2e.sh"
   bash ci/nvme-pcie-e2e.sh
+  # Replication over RDMA verbs on Soft-RoCE in the same kind of guest: the transport's
+  # device tests, then baton chaos with every link over RDMA (docs/rdma.md).
+  echo "== ci/rdma-e2e.sh"
+  bash ci/rdma-e2e.sh
 fi
 
 # The buffer pools and the malloc bdev map 2 MiB hugepages when some are reserved and

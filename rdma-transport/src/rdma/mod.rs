@@ -493,7 +493,11 @@ impl<B: Deref<Target = [u8]>> RdmaConnection<B> {
         };
         let Some(peer) = self.peer else { return Ok(()) };
         if self.writes_inflight >= CREDIT_WRITES_MAX || !self.wr_room() {
-            return Ok(());
+            // A side that only receives never calls poll_send: retire its writes here.
+            self.reap_send_cq()?;
+            if self.writes_inflight >= CREDIT_WRITES_MAX || !self.wr_room() {
+                return Ok(());
+            }
         }
         let off = CREDIT_SRC_OFF + (self.credit_writes % CREDIT_WRITES_MAX as u64) as usize * 8;
         let (id, signalled) = self.next_wr(WrKind::CreditWrite);
