@@ -52,6 +52,25 @@ fi
 cargo clippy -p baton-engine --features dpdk --all-targets -- -D warnings
 BATON_ENV=dpdk cargo test -p baton-engine --release --features dpdk -- --test-threads=2
 
+# The RDMA verbs transport (docs/rdma.md): feature `rdma`, rdma-sys over Debian's
+# libibverbs/librdmacm (bindgen: libclang-dev). Lints of every crate it reaches, then the
+# transport's tests; those that need a device print SKIPPED here (none on this machine)
+# and run in the Soft-RoCE guest below. Never `cargo test -p rdma-sys`: its layout tests abort.
+echo "== cargo clippy/test --features rdma"
+rdma_need=()
+for p in libibverbs-dev librdmacm-dev libclang-dev pkg-config; do dpkg -s "$p" >/dev/null 2>&1 || rdma_need+=("$p"); done
+if [ ${#rdma_need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${rdma_need[@]}" >/dev/null
+  else
+    echo "ci/test.sh: please install: ${rdma_need[*]}" >&2
+    exit 1
+  fi
+fi
+cargo clippy -p baton-rdma-transport --features rdma --all-targets -- -D warnings
+cargo clippy -p baton --features rdma --all-targets -- -D warnings
+cargo test -p baton-rdma-transport --release --features rdma -- --test-threads=2
+
 # Every parser of network input has a cargo-fuzz target; each gets a short
 # coverage-guided run (stable Rust, no cargo-fuzz needed; docs/fuzzing.md).
 echo "== ci/fuzz.sh"
@@ -74,6 +93,10 @@ if [ "${BATON_SKIP_GUEST:-0}" != 1 ]; then
   # in cargo test (tests/split_brain.rs, as root).
   echo "== ci/netem-guest.sh"
   bash ci/netem-guest.sh
+  # Replication over RDMA verbs on Soft-RoCE in the same kind of guest: the transport's
+  # device tests, then baton chaos with every link over RDMA (docs/rdma.md).
+  echo "== ci/rdma-e2e.sh"
+  bash ci/rdma-e2e.sh
 fi
 
 # The buffer pools and the malloc bdev map 2 MiB hugepages when some are reserved and

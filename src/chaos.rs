@@ -92,6 +92,11 @@ pub struct ChaosArgs {
     /// Keep the run directory (logs, journals, volumes, the writer's records).
     #[arg(long)]
     pub keep: bool,
+    /// Replicate over RDMA: relays and the standby also listen on rdma://IP:PORT, and the
+    /// primary's and the relays' links use those (IP of an RDMA-capable interface; needs a
+    /// build with the `rdma` feature, docs/rdma.md).
+    #[arg(long)]
+    pub rdma: Option<std::net::IpAddr>,
 }
 
 const NQN: &str = "nqn.2016-06.io.baton:chaos";
@@ -208,6 +213,17 @@ struct Ports {
     export: u16,
     relays: [u16; 2],
     target: u16,
+    /// RDMA ports of the relays and the standby (used with `--rdma`).
+    rdma_relays: [u16; 2],
+    rdma_standby: u16,
+}
+
+/// Where peers reach role port `tcp` (or its RDMA twin `rdma` with `--rdma`).
+fn link_addr(a: &ChaosArgs, tcp: u16, rdma: u16) -> String {
+    match a.rdma {
+        Some(ip) => format!("rdma://{}", std::net::SocketAddr::new(ip, rdma)),
+        None => addr(tcp).to_string(),
+    }
 }
 
 /// One set of processes and its writer.
@@ -240,6 +256,8 @@ impl<'a> Cluster<'a> {
             export: free_port()?,
             relays: [free_port()?, free_port()?],
             target: free_port()?,
+            rdma_relays: [free_port()?, free_port()?],
+            rdma_standby: free_port()?,
         };
         write_standby_config(a, dir)?;
         let standby = spawn_standby(a, dir, &p)?;
@@ -631,8 +649,11 @@ fn spawn_standby(a: &ChaosArgs, dir: &Path, p: &Ports) -> Result<Proc, AnyErr> {
     let mut c = baton()?;
     c.args(["standby", "-m", "0x2", "-r"])
         .arg(&sock)
-        .args(["--listen", &addr(p.standby).to_string()])
-        .arg("--json")
+        .args(["--listen", &addr(p.standby).to_string()]);
+    if a.rdma.is_some() {
+        c.args(["--listen", &link_addr(a, p.standby, p.rdma_standby)]);
+    }
+    c.arg("--json")
         .arg(dir.join("standby.json"))
         .args(["--bdev", &bdevs[0], "--bdev", &bdevs[1]])
         .args(["--heartbeat-listen", &addr(p.hb).to_string()])
@@ -657,11 +678,14 @@ fn spawn_relay(a: &ChaosArgs, dir: &Path, p: &Ports, i: usize) -> Result<Proc, A
     let mut c = baton()?;
     c.args(["relay", "-m", "0x2", "-r"])
         .arg(&sock)
-        .args(["--listen", &addr(p.relays[i.min(1)]).to_string()])
-        .arg("--journal-dir")
+        .args(["--listen", &addr(p.relays[i.min(1)]).to_string()]);
+    if a.rdma.is_some() {
+        c.args(["--listen", &link_addr(a, 0, p.rdma_relays[i.min(1)])]);
+    }
+    c.arg("--journal-dir")
         .arg(&jdir)
         .args(["--journal-bytes-max", &format!("{}M", a.journal_mib)])
-        .args(["--standby", &addr(p.standby).to_string()]);
+        .args(["--standby", &link_addr(a, p.standby, p.rdma_standby)]);
     if i == 0 {
         c.args(["--forward", &a.forward]);
     } else {
@@ -683,7 +707,7 @@ fn spawn_primary(a: &ChaosArgs, dir: &Path, p: &Ports) -> Result<Proc, AnyErr> {
         .args(["--bdev", &format!("Base0=malloc,size={}M,bs={BS}", a.vol_mib)]);
     let mut proc = Proc::spawn("primary", &mut c, &dir.join("primary.log"))?;
     wait_rpc(&mut proc, &ps, Duration::from_secs(a.wait_secs))?;
-    let relays: Vec<String> = p.relays.iter().map(|&r| addr(r).to_string()).collect();
+    let relays: Vec<String> = (0..2).map(|i| link_addr(a, p.relays[i], p.rdma_relays[i])).collect();
     rpc(
         &ps,
         "replication_create_volume",

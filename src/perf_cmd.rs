@@ -10,7 +10,6 @@ use engine::reactor::{IdleMode, Reactors};
 use perf::report::{compare_table, plot_svg, Report};
 use perf::{Pattern, WorkloadOpts};
 use relay::volume::AckPolicy;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,9 +39,10 @@ pub(crate) struct PerfArgs {
     /// Acknowledgement policy of the replicated volume: all | quorum:K | any.
     #[arg(long, default_value = "all", value_parser = parse_ack)]
     ack: AckPolicy,
-    /// Use running relays (`baton relay`) HOST:PORT,... instead of starting them in-process.
+    /// Use running relays (`baton relay`) HOST:PORT or rdma://IP:PORT,... instead of
+    /// starting them in-process.
     #[arg(long, value_delimiter = ',', value_parser = relay_addr)]
-    relays: Vec<SocketAddr>,
+    relays: Vec<rdma_transport::Endpoint>,
     /// Cores of in-process relays (default: the -m cores); reactors start on both masks,
     /// workers only on -m.
     #[arg(long)]
@@ -196,9 +196,11 @@ fn pattern(s: &str) -> Result<Pattern, String> {
     })
 }
 
-/// `--relays`: each a socket address.
-fn relay_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse::<SocketAddr>().map_err(|e| format!("{e} (expected HOST:PORT)"))
+/// `--relays`: each `IP:PORT` (TCP) or `rdma://IP:PORT` (refused by a build without RDMA).
+fn relay_addr(s: &str) -> Result<rdma_transport::Endpoint, String> {
+    let ep = rdma_transport::Endpoint::parse(s).map_err(|e| e.to_string())?;
+    rdma_transport::any::check_endpoint(&ep).map_err(|e| e.to_string())?;
+    Ok(ep)
 }
 
 /// How replicated targets are built: relays in this process (journals in `--journal-dir`

@@ -145,7 +145,7 @@ pub struct ReplOpts {
     pub journal_dir_is_temp: bool,
     pub ack: AckPolicy,
     /// Running relays to use instead of in-process ones (the first N).
-    pub relays: Vec<SocketAddr>,
+    pub relays: Vec<rdma_transport::Endpoint>,
     /// Reactors of in-process relays (round robin).
     pub relay_cores: Vec<u32>,
     /// Reactor owning the volume's relay connections.
@@ -165,7 +165,7 @@ pub struct Built {
     pub base: Arc<dyn Bdev>,
     volume: Option<Arc<ReplicatedVolume>>,
     relays: Vec<Arc<Relay>>,
-    relay_addrs: Vec<SocketAddr>,
+    relay_addrs: Vec<rdma_transport::Endpoint>,
     journal_dirs: Vec<PathBuf>,
 }
 
@@ -228,7 +228,7 @@ pub fn build(
     let vname = format!("perfvol{i}-{}", std::process::id());
     let mut relays = Vec::new();
     let mut journal_dirs = Vec::new();
-    let addrs: Vec<SocketAddr> = if ro.relays.is_empty() {
+    let addrs: Vec<rdma_transport::Endpoint> = if ro.relays.is_empty() {
         for k in 0..n {
             let dir = ro
                 .journal_dir
@@ -246,7 +246,7 @@ pub fn build(
             journal_dirs.push(dir);
             relays.push(Relay::start(c)?);
         }
-        relays.iter().map(|r| r.listen_addr()).collect()
+        relays.iter().map(|r| r.listen_addr().into()).collect()
     } else {
         if ro.relays.len() < n {
             return Err(format!("replicate={n} needs {n} relays; --relays names {}", ro.relays.len()).into());

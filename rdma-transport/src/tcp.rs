@@ -76,7 +76,7 @@ pub struct TcpConnection<B> {
     rx_end: usize,
     stats: ConnStats,
     /// TLS state when the link is encrypted.
-    tls: Option<TlsStream>,
+    tls: Option<Box<TlsStream>>,
 }
 
 fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> TransportError {
@@ -110,7 +110,7 @@ impl<B: Deref<Target = [u8]>> TcpConnection<B> {
     ) -> Result<Self, TransportError> {
         let hs = Handshake::client(tls.client_config(expect)?)?;
         let mut c = Self::connect(addr, cfg)?;
-        c.tls = Some(TlsStream::new(hs));
+        c.tls = Some(Box::new(TlsStream::new(hs)));
         c.state = ConnState::Connecting;
         Ok(c)
     }
@@ -124,7 +124,7 @@ impl<B: Deref<Target = [u8]>> TcpConnection<B> {
     ) -> Result<Self, TransportError> {
         let hs = Handshake::server(tls.server_config(expect)?)?;
         let mut c = Self::from_stream(stream, cfg)?;
-        c.tls = Some(TlsStream::new(hs));
+        c.tls = Some(Box::new(TlsStream::new(hs)));
         c.state = ConnState::Connecting;
         Ok(c)
     }
@@ -172,7 +172,7 @@ impl<B: Deref<Target = [u8]>> TcpConnection<B> {
     /// poll stops at its frame limit): `poll_recv` has work even if the socket has nothing
     /// new. A partial frame does not count: the rest makes the socket readable.
     pub fn has_buffered(&self) -> bool {
-        if self.tls.as_ref().is_some_and(TlsStream::has_buffered) {
+        if self.tls.as_ref().is_some_and(|t| t.has_buffered()) {
             return true;
         }
         let avail = &self.rx[self.rx_start..self.rx_end];

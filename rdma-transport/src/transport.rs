@@ -146,6 +146,34 @@ pub enum TransportError {
     /// In-process transport: a test dropped the connection.
     #[error("connection dropped by fault injection")]
     InjectedDrop,
+    /// An `rdma://` address in a build without the `rdma` cargo feature.
+    #[error("{addr}: this build of baton lacks RDMA support (build with the cargo feature `rdma`)")]
+    RdmaNotBuilt {
+        /// The address refused.
+        addr: std::net::SocketAddr,
+    },
+    /// An rdma_cm or verbs call failed (connection setup, posting, polling).
+    #[error("RDMA {op} failed: {source}")]
+    Rdma {
+        /// Which call.
+        op: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A work request completed with an error status (other than a flush after the peer
+    /// went away, which is reported as `PeerClosed`).
+    #[error("RDMA {what} completed with status {status} ({text})")]
+    RdmaCompletion {
+        /// Send or receive.
+        what: &'static str,
+        /// `ibv_wc_status`.
+        status: u32,
+        /// Its text.
+        text: &'static str,
+    },
+    /// The peer's RDMA connection parameters or credit grants are invalid.
+    #[error(transparent)]
+    RdmaProto(#[from] crate::rdma_proto::ProtoError),
 }
 
 /// Connection lifecycle, advanced by the polls.

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+
+use rdma_transport::Endpoint;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -98,6 +100,14 @@ fn relay_plan(p: PlanParams) -> Reply {
 fn parse_addr(param: &str, s: &str) -> Result<SocketAddr, RpcError> {
     s.parse()
         .map_err(|_| RpcError::invalid_params(format!("{param}: {s:?} is not an IP:PORT address")))
+}
+
+/// A relay address: `IP:PORT` (TCP) or `rdma://IP:PORT`; RDMA is refused by a build
+/// without the `rdma` feature.
+fn parse_relay(param: &str, s: &str) -> Result<Endpoint, RpcError> {
+    let ep = Endpoint::parse(s).map_err(|e| RpcError::invalid_params(format!("{param}: {e}")))?;
+    rdma_transport::any::check_endpoint(&ep).map_err(|e| RpcError::invalid_params(format!("{param}: {e}")))?;
+    Ok(ep)
 }
 
 fn no_volume(name: &str) -> RpcError {
@@ -205,7 +215,7 @@ fn create_volume(p: CreateVolume) -> Result<String, RpcError> {
     let relays = p
         .relays
         .iter()
-        .map(|r| parse_addr("relays", r))
+        .map(|r| parse_relay("relays", r))
         .collect::<Result<Vec<_>, _>>()?;
     let mut cfg = VolumeConfig::new(&p.name, relays);
     cfg.ack_policy = match (p.ack_policy.as_deref().unwrap_or("all"), p.quorum_k) {
@@ -414,7 +424,7 @@ fn register_replication_rpcs(reg: &mut Registry) {
         "Add a relay (addr IP:PORT) to a replicated volume",
         |p: RelayAddr| {
             let v = volume(&p.name).ok_or_else(|| no_volume(&p.name))?;
-            v.add_relay(parse_addr("addr", &p.addr)?).map_err(vol_err)?;
+            v.add_relay(parse_relay("addr", &p.addr)?).map_err(vol_err)?;
             Ok(true)
         },
     );
@@ -433,7 +443,7 @@ fn register_replication_rpcs(reg: &mut Registry) {
         "Remove a relay (addr IP:PORT) from a replicated volume",
         |p: RelayAddr| {
             let v = volume(&p.name).ok_or_else(|| no_volume(&p.name))?;
-            v.remove_relay(parse_addr("addr", &p.addr)?).map_err(vol_err)?;
+            v.remove_relay(parse_relay("addr", &p.addr)?).map_err(vol_err)?;
             Ok(true)
         },
     );

@@ -44,12 +44,11 @@ use engine::clock::now_ns;
 use engine::reactor::{self, PollStatus};
 use engine::ring::Ring;
 use rdma_transport::readiness::{Readiness, READY_EVENTS_MAX};
-use rdma_transport::tcp::{TcpConfig, TcpConnection};
 use rdma_transport::wire::{
     self, BatchEncoder, Frame, Heartbeat, Hello, HelloReply, OpKind, RefuseReason, Role, FRAME_BYTES_MAX,
     FRAME_DATA_BYTES_MAX, OPS_PER_FRAME_MAX,
 };
-use rdma_transport::{ConnState, Connection, OutFrame, SendCompletion};
+use rdma_transport::{AnyConnection, ConnState, Connection, Endpoint, OutFrame, SendCompletion};
 
 use crate::dataref::{DataRef, SegRef};
 use crate::liveness::{HeartbeatSender, HeartbeatState};
@@ -164,8 +163,8 @@ enum Ctl {
         bytes_per_sec: u64,
         done: SyncDone,
     },
-    AddRelay(SocketAddr),
-    RemoveRelay(SocketAddr),
+    AddRelay(Endpoint),
+    RemoveRelay(Endpoint),
     Stop(Box<dyn FnOnce() + Send>),
     /// Fence writes behind a final restart point (`volume/demote.rs`).
     Demote {
@@ -194,7 +193,7 @@ struct Shared {
     /// `now_ns()` of the link reactor's last status publish (liveness of the reactor).
     published_ns: AtomicU64,
     status: Mutex<VolumeStatus>,
-    relays: Mutex<Vec<SocketAddr>>,
+    relays: Mutex<Vec<Endpoint>>,
     stats: StatsSet,
     /// Our registration as the NVMe target's restart point sink for this bdev name.
     sink_token: Mutex<Option<SinkToken>>,
@@ -440,7 +439,8 @@ impl ReplicatedVolume {
     }
 
     /// Adds a relay (management path).
-    pub fn add_relay(&self, addr: SocketAddr) -> Result<(), VolumeError> {
+    pub fn add_relay(&self, addr: impl Into<Endpoint>) -> Result<(), VolumeError> {
+        let addr = addr.into();
         let mut r = self.shared.relays.lock().unwrap_or_else(|e| e.into_inner());
         if r.contains(&addr) {
             return Err(VolumeError::Relay(format!(
@@ -454,7 +454,8 @@ impl ReplicatedVolume {
     }
 
     /// Removes a relay (management path). Its acknowledgements no longer count.
-    pub fn remove_relay(&self, addr: SocketAddr) -> Result<(), VolumeError> {
+    pub fn remove_relay(&self, addr: impl Into<Endpoint>) -> Result<(), VolumeError> {
+        let addr = addr.into();
         let mut r = self.shared.relays.lock().unwrap_or_else(|e| e.into_inner());
         let Some(i) = r.iter().position(|a| *a == addr) else {
             return Err(VolumeError::Relay(format!(
@@ -523,7 +524,7 @@ impl ReplicatedVolume {
     }
 
     /// The configured relays (management path).
-    pub fn relays(&self) -> Vec<SocketAddr> {
+    pub fn relays(&self) -> Vec<Endpoint> {
         self.shared.relays.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 

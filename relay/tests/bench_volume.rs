@@ -50,10 +50,7 @@ fn bench_replicated_writes() {
                 })
                 .collect();
             let b = engine::bdev::malloc::create(&format!("b{n}{}", fs.len()), 65536, 4096, None).unwrap();
-            let mut cfg = VolumeConfig::new(
-                &format!("v{n}{}", fs.len()),
-                relays.iter().map(|r| r.listen_addr()).collect(),
-            );
+            let mut cfg = VolumeConfig::new(&format!("v{n}{}", fs.len()), relays.iter().map(|r| r.listen_addr()));
             cfg.core = Some(0);
             let v = ReplicatedVolume::create(cfg, b).unwrap();
             for (i, qd) in [1, 32].into_iter().enumerate() {

@@ -24,7 +24,7 @@ const KIND_RESTART_POINT: u8 = 4;
 
 fn start_relay(dir: &std::path::Path, standby: SocketAddr, forwarder: bool) -> Arc<Relay> {
     let mut cfg = RelayConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), dir);
-    cfg.standby = Some(standby);
+    cfg.standby = Some(standby.into());
     cfg.forwarder = forwarder;
     cfg.core = Some(RELAY_CORE);
     cfg.segment_bytes = 1 << 20;

@@ -27,7 +27,7 @@ const BS: usize = 4096;
 
 fn start_relay(dir: &std::path::Path, standby: Option<SocketAddr>) -> Arc<Relay> {
     let mut cfg = RelayConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), dir);
-    cfg.standby = standby;
+    cfg.standby = standby.map(Into::into);
     cfg.forwarder = true;
     cfg.core = Some(RELAY_CORE);
     cfg.segment_bytes = 1 << 20;

@@ -160,7 +160,7 @@ fn model_matches_measured_replicated_latency() {
         let base = engine::bdev::malloc::create(&format!("plan_base{n}"), 4096, 4096, None).unwrap();
         let mut cfg = VolumeConfig::new(
             &format!("plan_{}", case.name),
-            case.set.iter().map(|&i| proxies[i].addr).collect(),
+            case.set.iter().map(|&i| proxies[i].addr),
         );
         cfg.core = Some(0);
         cfg.ack_policy = case.ack;

@@ -20,7 +20,7 @@ const RELAY_CORE: u32 = 1;
 
 fn start_relay(dir: &std::path::Path, standby: Option<SocketAddr>, forwarder: bool, port: u16) -> Arc<Relay> {
     let mut cfg = RelayConfig::new(SocketAddr::from(([127, 0, 0, 1], port)), dir);
-    cfg.standby = standby;
+    cfg.standby = standby.map(Into::into);
     cfg.forwarder = forwarder;
     cfg.core = Some(RELAY_CORE);
     cfg.segment_bytes = 1 << 20;

@@ -29,7 +29,7 @@ const RETAIN_SMALL: u64 = 64 * 1024;
 
 fn start_relay(dir: &Path, standby: Option<SocketAddr>, forwarder: bool, port: u16) -> Arc<Relay> {
     let mut cfg = RelayConfig::new(SocketAddr::from(([127, 0, 0, 1], port)), dir);
-    cfg.standby = standby;
+    cfg.standby = standby.map(Into::into);
     cfg.forwarder = forwarder;
     cfg.core = Some(RELAY_CORE);
     cfg.segment_bytes = 1 << 20;

@@ -233,3 +233,32 @@ fn register_all_rpcs(reg: &mut engine::rpc::Registry) {
     ::standby::rpc::register_rpcs(reg);
     ::standby::host::register_rpcs(reg);
 }
+
+/// A `--listen`/`--standby` address: `IP:PORT` (TCP) or `rdma://IP:PORT`; RDMA is refused
+/// here by a build without the `rdma` feature, with a message saying so.
+pub(crate) fn endpoint_arg(s: &str) -> Result<rdma_transport::Endpoint, String> {
+    let ep = rdma_transport::Endpoint::parse(s).map_err(|e| e.to_string())?;
+    rdma_transport::any::check_endpoint(&ep).map_err(|e| e.to_string())?;
+    Ok(ep)
+}
+
+/// The TCP and (optional) RDMA listen addresses of repeated `--listen` options: at most
+/// one of each; the TCP one is `tcp_default` when only an RDMA one is given.
+pub(crate) fn split_listen(
+    eps: &[rdma_transport::Endpoint],
+    tcp_default: &str,
+) -> Result<(SocketAddr, Option<SocketAddr>), AnyErr> {
+    use rdma_transport::Endpoint;
+    let tcp: Vec<SocketAddr> = eps.iter().filter(|e| !e.is_rdma()).map(|e| e.addr()).collect();
+    let rdma: Vec<SocketAddr> = eps.iter().filter(|e| e.is_rdma()).map(Endpoint::addr).collect();
+    if tcp.len() > 1 || rdma.len() > 1 {
+        return Err("--listen: at most one TCP and one rdma:// address".into());
+    }
+    let tcp = match tcp.first() {
+        Some(a) => *a,
+        None => tcp_default
+            .parse()
+            .map_err(|e| format!("--listen default {tcp_default}: {e}"))?,
+    };
+    Ok((tcp, rdma.first().copied()))
+}

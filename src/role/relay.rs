@@ -15,9 +15,10 @@ pub(crate) struct RelayArgs {
     /// JSON-RPC Unix socket.
     #[arg(short = 'r', long = "rpc-socket", default_value = "/var/tmp/baton-relay.sock")]
     rpc_socket: std::path::PathBuf,
-    /// Address primaries connect to.
-    #[arg(long, default_value = "127.0.0.1:4520")]
-    listen: std::net::SocketAddr,
+    /// Address primaries connect to: IP:PORT (TCP) and/or rdma://IP:PORT (RDMA); give it
+    /// twice to take primaries over both (the TCP one defaults to 127.0.0.1:4520).
+    #[arg(long, default_value = "127.0.0.1:4520", value_parser = super::endpoint_arg)]
+    listen: Vec<rdma_transport::Endpoint>,
     /// Directory holding one journal directory per volume.
     #[arg(long)]
     journal_dir: std::path::PathBuf,
@@ -34,9 +35,9 @@ pub(crate) struct RelayArgs {
     /// reserved up front, appends into allocated pages/blocks from the start (K/M/G).
     #[arg(long, default_value = "0", value_parser = parse_size)]
     journal_preallocate: u64,
-    /// The standby to forward to (IP:PORT); none: hold only.
-    #[arg(long)]
-    standby: Option<std::net::SocketAddr>,
+    /// The standby to forward to (IP:PORT or rdma://IP:PORT); none: hold only.
+    #[arg(long, value_parser = super::endpoint_arg)]
+    standby: Option<rdma_transport::Endpoint>,
     /// Forwarding timing: immediate | interval:MS | window:HH:MM-HH:MM[,..] (UTC) | bandwidth:BYTES_PER_SEC.
     #[arg(long, default_value = "immediate", value_parser = ForwardPolicy::parse)]
     forward: ForwardPolicy,
@@ -55,8 +56,12 @@ impl Role for RelayRole {
     const NAME: &'static str = "relay";
     const TLS_ROLE: rdma_transport::tls::Role = rdma_transport::tls::Role::Relay;
     fn running(&self, rpc_socket: &Path) -> String {
+        let rdma = match self.0.config().listen_rdma {
+            Some(a) => format!(" and rdma://{a}"),
+            None => String::new(),
+        };
         format!(
-            "listening on {}; JSON-RPC on {}",
+            "listening on {}{rdma}; JSON-RPC on {}",
             self.0.listen_addr(),
             rpc_socket.display()
         )
@@ -64,7 +69,9 @@ impl Role for RelayRole {
 }
 
 pub(crate) fn relay_cmd(a: RelayArgs) -> Result<(), AnyErr> {
-    let mut cfg = relay::relay::RelayConfig::new(a.listen, &a.journal_dir);
+    let (tcp, rdma) = super::split_listen(&a.listen, "127.0.0.1:4520")?;
+    let mut cfg = relay::relay::RelayConfig::new(tcp, &a.journal_dir);
+    cfg.listen_rdma = rdma;
     cfg.journal_bytes_max = a.journal_bytes_max;
     cfg.segment_bytes = a.segment_bytes;
     cfg.spare_segments = a.spare_segments;

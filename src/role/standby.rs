@@ -26,9 +26,10 @@ pub(crate) struct StandbyArgs {
     /// JSON-RPC Unix socket.
     #[arg(short = 'r', long = "rpc-socket", default_value = "/var/tmp/baton-standby.sock")]
     rpc_socket: std::path::PathBuf,
-    /// Address relays connect to.
-    #[arg(long, default_value = standby::net::LISTEN_DEFAULT)]
-    listen: std::net::SocketAddr,
+    /// Address relays connect to: IP:PORT (TCP) and/or rdma://IP:PORT (RDMA); give it
+    /// twice to take relays over both (the TCP one then defaults as without the option).
+    #[arg(long, default_value = standby::net::LISTEN_DEFAULT, value_parser = super::endpoint_arg)]
+    listen: Vec<rdma_transport::Endpoint>,
     /// Load an SPDK-format JSON config at start-up (bdevs, standby_create, ...).
     #[arg(long = "json")]
     json: Option<std::path::PathBuf>,
@@ -124,8 +125,10 @@ pub(crate) fn standby_cmd(a: StandbyArgs) -> Result<(), AnyErr> {
         json: a.json.as_deref(),
     };
     serve(&o, || {
+        let (listen, listen_rdma) = super::split_listen(&a.listen, standby::net::LISTEN_DEFAULT)?;
         let net = StandbyNet::start(NetConfig {
-            listen: a.listen,
+            listen,
+            listen_rdma,
             core: None,
         })?;
         let images = match a.image_listen {

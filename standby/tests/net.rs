@@ -178,6 +178,7 @@ fn relay_links_handshake_safe_gaps_bad_frames_reconnect() {
     );
     let net = standby::net::StandbyNet::start(standby::net::NetConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
+        listen_rdma: None,
         core: None,
     })
     .unwrap();

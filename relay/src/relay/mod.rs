@@ -59,9 +59,9 @@ use arrayvec::ArrayVec;
 use engine::reactor;
 use engine::ring::Ring;
 use rdma_transport::readiness::Readiness;
-use rdma_transport::tcp::{TcpAcceptor, TcpConfig};
 use rdma_transport::wire;
 use rdma_transport::TransportError;
+use rdma_transport::{AnyAcceptor, Endpoint};
 
 pub use crate::forward_policy::{in_window, parse_window, ForwardPolicy};
 use crate::journal::lock::DirLock;
@@ -95,8 +95,11 @@ pub const VOLUME_META_FILE: &str = "volume.json";
 /// Settings of a relay process.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    /// Address primaries connect to.
+    /// Address primaries connect to over TCP.
     pub listen: SocketAddr,
+    /// Address primaries connect to over RDMA, besides TCP (`rdma` feature; refused
+    /// without it).
+    pub listen_rdma: Option<SocketAddr>,
     /// Directory holding one journal directory per volume.
     pub journal_root: PathBuf,
     /// Bound of each volume's journal.
@@ -110,8 +113,8 @@ pub struct RelayConfig {
     /// Bytes of spare segments each volume's journal creates when it is opened (space
     /// reserved up front, and appends into allocated pages/blocks from the first one).
     pub journal_preallocate_bytes: u64,
-    /// The standby to forward to (none: hold only).
-    pub standby: Option<SocketAddr>,
+    /// The standby to forward to, over TCP or RDMA (none: hold only).
+    pub standby: Option<Endpoint>,
     /// Forwarding timing.
     pub forward: ForwardPolicy,
     /// Forwarder (pushes) or backup (answers GapRequests only).
@@ -125,6 +128,7 @@ impl RelayConfig {
     pub fn new(listen: SocketAddr, journal_root: impl Into<PathBuf>) -> Self {
         Self {
             listen,
+            listen_rdma: None,
             journal_root: journal_root.into(),
             journal_bytes_max: crate::journal::JOURNAL_BYTES_MAX_DEFAULT,
             segment_bytes: RELAY_SEGMENT_BYTES_DEFAULT,
@@ -146,7 +150,7 @@ pub enum RelayError {
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         /// Address.
-        addr: SocketAddr,
+        addr: Endpoint,
         /// Why.
         source: TransportError,
     },
@@ -232,11 +236,9 @@ impl Relay {
         // Before listening or recovering anything: a second relay on this directory would
         // recover the live relay's journals and collide with its next segments.
         let root_lock = DirLock::acquire(&cfg.journal_root).map_err(RelayError::DirLock)?;
-        let mut acceptor =
-            TcpAcceptor::bind(cfg.listen, TcpConfig::default()).map_err(|source| RelayError::Listen {
-                addr: cfg.listen,
-                source,
-            })?;
+        let mut eps = vec![Endpoint::Tcp(cfg.listen)];
+        eps.extend(cfg.listen_rdma.map(Endpoint::Rdma));
+        let mut acceptor = AnyAcceptor::bind(&eps).map_err(|(addr, source)| RelayError::Listen { addr, source })?;
         // Primaries only: a relay's listener takes the primary's stream (and probes).
         acceptor.follow_process_tls(rdma_transport::tls::Role::Primary);
         let listen = acceptor.local_addr();

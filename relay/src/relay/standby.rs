@@ -2,13 +2,11 @@
 //! (HelloReply, SafeUpTo -> release, GapRequest, Heartbeat), liveness reports, and closing
 //! and reconnecting a failed link (`docs/replication.md`, `docs/failover.md`).
 
-use std::net::SocketAddr;
-
 use arrayvec::ArrayVec;
-use rdma_transport::tcp::{TcpConfig, TcpConnection};
 use rdma_transport::wire::{
     self, Frame, GapRequest, Heartbeat, Hello, HelloReply, RefuseReason, Role, FRAME_BYTES_MAX,
 };
+use rdma_transport::{AnyConnection, Endpoint};
 use rdma_transport::{ConnState, Connection, OutFrame};
 
 use super::gap::serve_gap;
@@ -45,19 +43,10 @@ impl RelayState {
 
 /// Connects to the standby at `standby_addr` and sends the Hello, when the link is down
 /// and its retry time has come; a failed connect sets the next retry.
-fn connect_standby(v: &mut VolumeJournal, standby_addr: SocketAddr, now: u64) {
+fn connect_standby(v: &mut VolumeJournal, standby_addr: Endpoint, now: u64) {
     match v.standby_phase {
         StandbyPhase::Disconnected { retry_at_ns } | StandbyPhase::Refused { retry_at_ns } if now >= retry_at_ns => {
-            let conn = match rdma_transport::tls::process() {
-                Some(t) => TcpConnection::connect_tls(
-                    standby_addr,
-                    TcpConfig::default(),
-                    t,
-                    rdma_transport::tls::Role::Standby,
-                ),
-                None => TcpConnection::connect(standby_addr, TcpConfig::default()),
-            };
-            match conn {
+            match AnyConnection::connect_as(standby_addr, rdma_transport::tls::Role::Standby) {
                 Ok(mut c) => {
                     let hello = Hello {
                         role: Role::Relay,

@@ -10,14 +10,14 @@ use arrayvec::ArrayVec;
 use engine::clock::now_ns;
 use engine::reactor::{self, PollStatus};
 use rdma_transport::readiness::{Readiness, READY_EVENTS_MAX};
-use rdma_transport::tcp::{TcpAcceptor, TcpConnection};
 use rdma_transport::Connection;
+use rdma_transport::{AnyAcceptor, AnyConnection};
 
 use super::volume_journal::VolumeJournal;
 use super::{RelayConfig, RelayCtl, RelayShared, STATUS_PERIOD_NS};
 use crate::journal::lock::DirLock;
 
-pub(super) type Conn = TcpConnection<Vec<u8>>;
+pub(super) type Conn = AnyConnection<Vec<u8>>;
 
 pub(super) struct PendingConn {
     pub(super) conn: Conn,
@@ -28,7 +28,7 @@ pub(super) struct PendingConn {
 pub(super) struct RelayState {
     pub(super) cfg: RelayConfig,
     pub(super) shared: Arc<RelayShared>,
-    pub(super) acceptor: TcpAcceptor,
+    pub(super) acceptor: AnyAcceptor,
     pub(super) pending: Vec<PendingConn>,
     pub(super) volumes: Vec<VolumeJournal>,
     pub(super) status_ns: u64,

@@ -105,8 +105,10 @@ pub struct RelayVolumeStatus {
 /// `relay_get_status` result.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct RelayStatus {
-    /// Listening address.
+    /// Listening address (TCP).
     pub listen: String,
+    /// RDMA listening address (`rdma://IP:PORT`), when the relay listens over RDMA too.
+    pub listen_rdma: Option<String>,
     /// Forwarder or backup.
     pub role: String,
     /// Standby address.
@@ -122,6 +124,12 @@ impl RelayState {
         let now = now_ns();
         let st = RelayStatus {
             listen: self.acceptor.local_addr().to_string(),
+            listen_rdma: self
+                .acceptor
+                .local_endpoints()
+                .iter()
+                .find(|e| e.is_rdma())
+                .map(|e| e.to_string()),
             role: if self.cfg.forwarder { "forwarder" } else { "backup" }.to_string(),
             standby: self.cfg.standby.map(|s| s.to_string()),
             forward_policy: Some(self.cfg.forward.clone()),

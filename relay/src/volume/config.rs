@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 
+use rdma_transport::Endpoint;
+
 use serde::Serialize;
 
 use super::*;
@@ -47,7 +49,7 @@ pub struct VolumeConfig {
     /// Bdev name of the volume.
     pub name: String,
     /// Relay addresses.
-    pub relays: Vec<SocketAddr>,
+    pub relays: Vec<Endpoint>,
     /// Acknowledgement policy.
     pub ack_policy: AckPolicy,
     /// Time without an answer before a relay is marked down.
@@ -86,10 +88,10 @@ pub struct VolumeConfig {
 
 impl VolumeConfig {
     /// Defaults for `name` with `relays`.
-    pub fn new(name: &str, relays: Vec<SocketAddr>) -> Self {
+    pub fn new<A: Into<Endpoint>>(name: &str, relays: impl IntoIterator<Item = A>) -> Self {
         Self {
             name: name.to_string(),
-            relays,
+            relays: relays.into_iter().map(Into::into).collect(),
             ack_policy: AckPolicy::All,
             relay_down_timeout_ms: RELAY_DOWN_TIMEOUT_MS_DEFAULT,
             on_relay_down: OnRelayDown::Block,

@@ -20,8 +20,8 @@ pub(super) enum LinkPhase {
 }
 
 pub(super) struct Link {
-    pub(super) addr: SocketAddr,
-    pub(super) conn: Option<TcpConnection<SegRef>>,
+    pub(super) addr: Endpoint,
+    pub(super) conn: Option<AnyConnection<SegRef>>,
     pub(super) phase: LinkPhase,
     /// Marked down (timeout).
     pub(super) down: bool,
@@ -59,7 +59,7 @@ pub(super) struct Link {
 }
 
 impl Link {
-    pub(super) fn new(addr: SocketAddr, now: u64, token: u64) -> Self {
+    pub(super) fn new(addr: Endpoint, now: u64, token: u64) -> Self {
         Self {
             addr,
             token,
@@ -224,11 +224,7 @@ impl LinkState {
             return false;
         }
         let addr = self.links[i].addr;
-        let conn = match rdma_transport::tls::process() {
-            Some(t) => TcpConnection::connect_tls(addr, TcpConfig::default(), t, rdma_transport::tls::Role::Relay),
-            None => TcpConnection::connect(addr, TcpConfig::default()),
-        };
-        match conn {
+        match AnyConnection::connect_as(addr, rdma_transport::tls::Role::Relay) {
             Ok(mut c) => {
                 let hello = Hello {
                     role: Role::Primary,

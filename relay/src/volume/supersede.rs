@@ -36,7 +36,7 @@ impl LinkState {
     /// A relay named `generation`: when it is newer than this primary's, the primary is
     /// superseded (new writes fail at once; [`Self::supersede`] finishes the job).
     /// Returns true when it is.
-    pub(super) fn note_generation(&mut self, generation: u64, addr: std::net::SocketAddr) -> bool {
+    pub(super) fn note_generation(&mut self, generation: u64, addr: rdma_transport::Endpoint) -> bool {
         if generation <= self.s.cfg.generation {
             return false;
         }

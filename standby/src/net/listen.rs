@@ -36,7 +36,7 @@ impl HelloOwned {
 }
 
 pub(super) struct Listener {
-    acceptor: TcpAcceptor,
+    acceptor: AnyAcceptor,
     pending: Vec<Pending>,
 }
 
@@ -49,7 +49,7 @@ pub(super) fn refused(reason: RefuseReason, generation: u64) -> HelloReply {
 }
 
 impl Listener {
-    pub(super) fn new(acceptor: TcpAcceptor) -> Listener {
+    pub(super) fn new(acceptor: AnyAcceptor) -> Listener {
         Listener {
             acceptor,
             pending: Vec::with_capacity(PENDING_CONNS_MAX),

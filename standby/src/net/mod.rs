@@ -9,7 +9,7 @@
 //!   connection's Hello. It refuses what it can decide alone (wrong role, no
 //!   standby of that name) and hands every other connection, with its Hello,
 //!   to the reactor that owns the named volume by message
-//!   ([`engine::reactor::send_msg`]; a [`TcpConnection`] is `Send`);
+//!   ([`engine::reactor::send_msg`]; a [`rdma_transport::AnyConnection`] is `Send`);
 //! - on the owning reactor the Hello is answered ([`answer_hello`]: block
 //!   size, generation fencing, resume at [`StandbyVolume::next_lsn`]) and the
 //!   connection becomes a **link** of that volume, driven by one "standby_net"
@@ -65,11 +65,11 @@ use crate::{Offer, OwnedOp, StandbyVolume};
 use engine::clock::now_ns;
 use engine::reactor::{self, PollStatus};
 use rdma_transport::handshake::{answer_hello, refusal_for, LocalVolume};
-use rdma_transport::tcp::{TcpAcceptor, TcpConfig, TcpConnection};
 use rdma_transport::wire::{
     self, Batch, ForwardState, Frame, GapRequest, GapStatus, Heartbeat, Hello, HelloReply, RefuseReason, Role,
     SafeUpTo, FRAME_BYTES_MAX, WIRE_VERSION,
 };
+use rdma_transport::{AnyAcceptor, AnyConnection, Endpoint};
 use rdma_transport::{ConnState, Connection, OutFrame, TransportError};
 use serde::Serialize;
 use serde_json::Value;
@@ -115,13 +115,13 @@ const GAPS_PER_POLL: usize = 4;
 /// Period of the listener poller.
 const ACCEPT_PERIOD: Duration = Duration::from_millis(1);
 
-type Conn = TcpConnection<Vec<u8>>;
+type Conn = AnyConnection<Vec<u8>>;
 
 /// Errors of the network side (setup).
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: TransportError },
+    Listen { addr: Endpoint, source: TransportError },
     #[error("standby network reactor unreachable: {0}")]
     Unreachable(String),
 }
@@ -129,8 +129,10 @@ pub enum NetError {
 /// Settings of the listener.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
-    /// Address relays connect to (port 0 picks one).
+    /// Address relays connect to over TCP (port 0 picks one).
     pub listen: SocketAddr,
+    /// Address relays connect to over RDMA, besides TCP (`rdma` feature).
+    pub listen_rdma: Option<SocketAddr>,
     /// Reactor running the listener (`None`: the first).
     pub core: Option<u32>,
 }
@@ -148,10 +150,9 @@ impl StandbyNet {
     /// Binds the listening socket and starts its poller. Relays of volumes
     /// that exist (now or later, by `standby_create`) are served from then on.
     pub fn start(cfg: NetConfig) -> Result<StandbyNet, NetError> {
-        let mut acceptor = TcpAcceptor::bind(cfg.listen, TcpConfig::default()).map_err(|source| NetError::Listen {
-            addr: cfg.listen,
-            source,
-        })?;
+        let mut eps = vec![Endpoint::Tcp(cfg.listen)];
+        eps.extend(cfg.listen_rdma.map(Endpoint::Rdma));
+        let mut acceptor = AnyAcceptor::bind(&eps).map_err(|(addr, source)| NetError::Listen { addr, source })?;
         acceptor.follow_process_tls(rdma_transport::tls::Role::Relay);
         let listen = acceptor.local_addr();
         let core = match cfg.core {

@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# End-to-end check of replication over RDMA verbs (rdma-transport's `rdma` feature,
+# docs/rdma.md) on Linux Soft-RoCE, in a QEMU/TCG guest booting Debian's own kernel.
+#
+# In the guest, with no network leaving it:
+#  a. rdma_rxe on a guest-only dummy interface d0 (192.0.2.1/24; rdma_cm does not work over
+#     127.0.0.1 on rxe), crc32_generic loaded first;
+#  b. baseline: perftest's ib_send_lat over rdma_cm (RDMA-BASE line, reported only);
+#  c. the transport's own device tests (rdma-transport/tests/rdma.rs): connect/accept,
+#     fragmented 1 MiB frames, flow control with tiny rings, peer close, refused connect,
+#     frame ping-pong latency and one-way throughput (RDMA-LAT / RDMA-BW lines); a test
+#     that prints SKIPPED fails the check (the device must be there);
+#  d. `baton chaos --rdma 192.0.2.1`: real processes, primary + two relays + standby, every
+#     replication link over RDMA (primary -> relays, relays -> standby), ack policy all, a
+#     self-checking writer over NVMe/TCP; each round kills one relay with SIGKILL under load,
+#     restarts it, and passes once it caught up (acknowledges everything the primary
+#     completed) and the standby applied a later restart point; after the last round the
+#     cluster fails over and the promoted volume is read back and compared block by block
+#     with the writer's record: nothing acknowledged may be lost (docs/chaos.md).
+# Prints "rdma e2e: N passed, M failed" and "E2E-DONE fail=M".
+#
+# Needs root (apt-get) the first time; downloads only Debian packages. ci/test.sh runs it.
+# Knobs: E2E_WORK (work directory), RDMA_E2E_ROUNDS (chaos rounds, 2), RDMA_E2E_MEM (guest
+# MiB, 2048), RDMA_E2E_SKIP_CHAOS=1 (transport tests only: no baton build, no step d),
+# RDMA_E2E_TESTBIN (an already built test binary, e.g. a debug one, for quick iterations),
+# RDMA_E2E_STRACE=1 (run each device test under strace; a hung one shows its last calls).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+WORK=${E2E_WORK:-/tmp/baton-rdma-e2e}
+ROUNDS=${RDMA_E2E_ROUNDS:-2}
+MEM=${RDMA_E2E_MEM:-2048}
+SKIP_CHAOS=${RDMA_E2E_SKIP_CHAOS:-0}
+mkdir -p "$WORK"
+T0=$(date +%s)
+
+# shellcheck source=ci/guest-lib.sh
+. ci/guest-lib.sh
+guest_packages "rdma e2e" qemu-system-x86 busybox-static kmod cpio iproute2 rdma-core ibverbs-providers \
+  ibverbs-utils rdmacm-utils perftest libibverbs-dev librdmacm-dev libclang-dev pkg-config
+guest_kernel
+
+# baton and the transport's device tests, for generic x86-64 (TCG has no AVX-512).
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+[ "$SKIP_CHAOS" = 1 ] || cargo build --release -q -p baton --features rdma
+TESTBIN=${RDMA_E2E_TESTBIN:-$(cargo test --release -q -p baton-rdma-transport --features rdma --test rdma --no-run \
+  --message-format=json 2>/dev/null | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)}
+[ -x "$TESTBIN" ] || { echo "rdma e2e: test binary not found" >&2; exit 1; }
+
+# Initramfs: busybox, bash, kmod, iproute2's ip and rdma, perftest, the verbs provider
+# (dlopen'ed by libibverbs, so ldd does not see it), baton and the test binary.
+guest_initrd_start
+guest_bins bash modprobe ip rdma ib_send_lat ibv_devices strace
+[ "$SKIP_CHAOS" = 1 ] || guest_file "$CARGO_TARGET_DIR/release/baton" baton
+guest_file "$TESTBIN" rdma-tests
+mkdir -p "$IRD/etc/libibverbs.d" "$IRD/usr/lib/x86_64-linux-gnu/libibverbs"
+cp /etc/libibverbs.d/rxe.driver "$IRD/etc/libibverbs.d/"
+cp -L /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so "$IRD/usr/lib/x86_64-linux-gnu/libibverbs/"
+guest_libs "$(ls /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so | head -1)"
+guest_modules crc32_generic rdma_rxe ib_uverbs rdma_ucm dummy
+printf 'ROUNDS=%d\nSKIP_CHAOS=%d\nSTRACE=%d\n' "$ROUNDS" "$SKIP_CHAOS" "${RDMA_E2E_STRACE:-0}" > "$IRD/etc/e2e.conf"
+
+cat > "$IRD/init" <<'INIT'
+#!/bin/bash
+export PATH=/bin:/sbin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mkdir -p /dev/shm /dev/pts; mount -t tmpfs -o size=70% tmpfs /dev/shm
+ip link set lo up
+. /etc/e2e.conf
+pass=0; fail=0
+G0=$(cut -d. -f1 /proc/uptime)
+phase() { echo "E2E phase $1 at $(( $(cut -d. -f1 /proc/uptime) - G0 )) s"; }
+check() { local name=$1; shift; if "$@" > /tmp/out 2>&1; then pass=$((pass+1)); echo "E2E ok   $name"; else fail=$((fail+1)); echo "E2E FAIL $name"; head -20 /tmp/out; tail -30 /tmp/out; fi; }
+
+# a. Soft-RoCE on a dummy interface.
+phase rxe
+modprobe crc32_generic
+for m in rdma_rxe ib_uverbs rdma_ucm dummy; do modprobe "$m" || echo "E2E: modprobe $m failed"; done
+ip link add d0 type dummy && ip addr add 192.0.2.1/24 dev d0 && ip link set d0 up
+check rxe-link rdma link add rxe0 type rxe netdev d0
+check rxe-device bash -c 'ls /sys/class/infiniband/ | grep -q rxe0 && ibv_devices'
+
+# b. The kernel and provider's own figure, for comparison.
+phase baseline
+(ib_send_lat -R -n 2000 > /tmp/lat-srv.log 2>&1 &)
+sleep 1
+if ib_send_lat -R -n 2000 192.0.2.1 > /tmp/lat.log 2>&1; then
+  awk '/^ *2 +2000/ {print "RDMA-BASE ib_send_lat 2 B typical " $5 " us, p99 " $8 " us"}' /tmp/lat.log
+else
+  echo "E2E info ib_send_lat did not run:"; tail -3 /tmp/lat.log
+fi
+
+# c. The transport's device tests.
+phase transport-tests
+export BATON_RDMA_ADDR=192.0.2.1
+# One test at a time, each bounded (a hung one shows where its threads wait), so a hang
+# names its test.
+one_test() {
+  local t=$1 pid i
+  if [ "$STRACE" = 1 ]; then
+    strace -f -tt -o /tmp/strace.log rdma-tests --exact "$t" --nocapture > /tmp/t1.log 2>&1 &
+  else
+    rdma-tests --exact "$t" --nocapture > /tmp/t1.log 2>&1 &
+  fi
+  pid=$!
+  for i in $(seq 120); do kill -0 $pid 2>/dev/null || break; sleep 0.5; done
+  if kill -0 $pid 2>/dev/null; then
+    echo "HUNG: $t"; for s in /proc/$pid/task/*; do echo "$s $(cat $s/wchan 2>/dev/null)"; cat $s/stack 2>/dev/null; done
+    tail -25 /tmp/strace.log 2>/dev/null; kill -9 $pid; cat /tmp/t1.log; return 1
+  fi
+  wait $pid; local rc=$?
+  cat /tmp/t1.log
+  [ $rc = 0 ] && ! grep -q SKIPPED /tmp/t1.log
+}
+export -f one_test
+export RUST_BACKTRACE=1
+: > /tmp/t.log
+for t in $(rdma-tests --list 2>/dev/null | sed -n 's/: test$//p'); do
+  check "transport-$t" one_test "$t"
+  cat /tmp/t1.log >> /tmp/t.log
+done
+grep -aE 'test result|RDMA frame|RDMA 64' /tmp/t.log | sed 's/^/E2E tests: /'
+grep -a 'RDMA frame ping-pong' /tmp/t.log | sed 's/^/RDMA-LAT /'
+grep -a 'RDMA 64 KiB' /tmp/t.log | sed 's/^/RDMA-BW /'
+
+# d. Replication over RDMA with real processes; relays killed and restarted under load.
+phase chaos
+if [ "$SKIP_CHAOS" != 1 ]; then
+check chaos-relays-over-rdma bash -c "timeout -s KILL 2400 baton chaos --rdma 192.0.2.1 --roles relay1,relay2 --rounds $ROUNDS \
+  --qd 8 --io-kib 16 --rp-every 32 --vol-mib 16 --journal-mib 128 --wait-secs 240 --keep > /tmp/chaos.log 2>&1; rc=\$?; cat /tmp/chaos.log; exit \$rc"
+grep -aE 'round|verdict|pass|FAIL|lost|mismatch' /tmp/chaos.log | head -40 | sed 's/^/E2E chaos: /'
+# The links really were RDMA: the relays' status names their rdma:// listeners and the
+# primary's log its rdma:// relays.
+check chaos-used-rdma bash -c 'grep -rl "rdma://192.0.2.1" /dev/shm 2>/dev/null | head -3 | grep .'
+if [ "$fail" != 0 ]; then
+  find /dev/shm -name '*.log' | while read -r f; do echo "== $f"; tail -15 "$f"; done 2>/dev/null | sed 's/^/E2E log: /' | head -300
+fi
+fi
+
+phase end
+echo "rdma e2e: $pass passed, $fail failed"
+echo "E2E guest seconds: $(( $(cut -d. -f1 /proc/uptime) - G0 ))"
+echo "E2E-DONE fail=$fail"
+poweroff -f
+INIT
+guest_initrd_pack
+
+LOG="$WORK/console.log"
+T1=$(date +%s)
+timeout 3000 qemu-system-x86_64 -machine q35,accel=tcg -cpu max -m "$MEM" -smp 2 \
+  -nic none -nographic -no-reboot \
+  -kernel "$WORK/kernel/boot/vmlinuz-$KVER" -initrd "$WORK/initrd.gz" \
+  -append "console=ttyS0 panic=-1 quiet loglevel=4" > "$LOG" 2>&1 || true
+T2=$(date +%s)
+grep -aE "^(E2E|RDMA)|rdma e2e" "$LOG" | tr -d '\r' || true
+echo "rdma e2e: set-up and build $((T1 - T0)) s, QEMU guest $((T2 - T1)) s"
+grep -aq "E2E-DONE fail=0" "$LOG"
