@@ -570,6 +570,59 @@ pub fn bench_writes(
         .expect("bench finished")
 }
 
+/// Writes exactly `n` blocks to `bdev` from reactor `core`, `qd` in flight (stamps from
+/// `first`); returns (errors, elapsed). Counts writes, not time: for tests whose verdict
+/// must not depend on how fast the machine is.
+pub fn write_count(core: u32, bdev: Arc<dyn Bdev>, qd: usize, first: u64, n: u64) -> (u64, Duration) {
+    let (tx, rx) = mpsc::channel();
+    let t0 = Instant::now();
+    reactor::send_msg(core, move || {
+        let mut ch = bdev.open_channel().expect("open channel");
+        let bs = bdev.block_size() as usize;
+        let blocks = bdev.num_blocks();
+        let mut free: Vec<DmaBuf> = (0..qd).map(|_| DmaBuf::alloc(bs)).collect();
+        let (mut seq, mut completed, mut errors) = (first, 0u64, 0u64);
+        let id = std::rc::Rc::new(std::cell::Cell::new(None));
+        let id2 = id.clone();
+        let pid = reactor::register_poller("count_writer", None, move || {
+            while seq < first + n {
+                let Some(mut buf) = free.pop() else { break };
+                fill(&mut buf, seq);
+                let io = IoRequest {
+                    op: IoOp::Write,
+                    offset_blocks: seq.wrapping_mul(2654435761) % blocks,
+                    num_blocks: 1,
+                    buf: Some(buf),
+                    user_data: seq,
+                };
+                match ch.submit(io) {
+                    Ok(()) => seq += 1,
+                    Err(io) => {
+                        free.push(io.buf.unwrap());
+                        break;
+                    }
+                }
+            }
+            ch.poll(&mut |c| {
+                errors += u64::from(c.result.is_err());
+                completed += 1;
+                free.push(c.buf.unwrap());
+            });
+            if completed == n {
+                let _ = tx.send(errors);
+                if let Some(id) = id2.take() {
+                    reactor::unregister_poller(id);
+                }
+            }
+            PollStatus::Busy
+        });
+        id.set(Some(pid));
+    })
+    .expect("send to reactor");
+    let errors = rx.recv_timeout(Duration::from_secs(300)).expect("writes finished");
+    (errors, t0.elapsed())
+}
+
 /// Flips a payload byte of the last record of the newest segment holding records: the
 /// relay's next recovery cuts it (a lost tail).
 pub fn corrupt_last_record(dir: &std::path::Path) {
