@@ -52,7 +52,7 @@ use rdma_transport::{AnyConnection, ConnState, Connection, Endpoint, OutFrame, S
 
 use crate::dataref::{DataRef, SegRef};
 use crate::liveness::{HeartbeatSender, HeartbeatState};
-use nvme::nvmf::restart::{self as nvme_restart, RestartPointDone, RestartPointError, RestartPointSink, SinkToken};
+use engine::bdev::restart::{self as rp_sinks, RestartPointDone, RestartPointError, RestartPointSink, SinkToken};
 
 mod channel;
 mod config;
@@ -318,7 +318,7 @@ impl ReplicatedVolume {
         })?;
         // In-band restart points: the NVMe/TCP target's opcode 81h (and Flush, if
         // configured) on a namespace over this bdev reaches the volume through this sink.
-        let token = nvme_restart::register(&shared.cfg.name, Arc::new(VolumeSink(shared.clone())));
+        let token = rp_sinks::register(&shared.cfg.name, Arc::new(VolumeSink(shared.clone())));
         *shared.sink_token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token);
         Ok(Arc::new(ReplicatedVolume {
             shared,
@@ -486,7 +486,7 @@ impl ReplicatedVolume {
             return Ok(());
         }
         if let Some(t) = self.shared.sink_token.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            nvme_restart::unregister(&self.shared.cfg.name, t);
+            rp_sinks::unregister(&self.shared.cfg.name, t);
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.ctl(Ctl::Stop(Box::new(move || {
@@ -668,7 +668,7 @@ impl Shared {
     }
 }
 
-/// The volume as the NVMe/TCP target sees it for opcode 81h (`nvme::nvmf::restart`).
+/// The volume as a restart-point sink (`engine::bdev::restart`): what the NVMe/TCP target calls for opcode 81h.
 /// Unlike [`ReplicatedVolume::declare_restart_point`], it fails at once with `PolicyUnmet`
 /// while new writes would (block mode with too few relays up), as an I/O command should.
 struct VolumeSink(Arc<Shared>);

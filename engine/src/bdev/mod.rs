@@ -21,6 +21,7 @@
 
 pub mod malloc;
 pub mod null;
+pub mod restart;
 pub mod spec;
 pub mod uring;
 

@@ -74,7 +74,7 @@ impl Conn {
             Ok(epoch) => self.complete(slot, Status::SUCCESS, epoch as u32, (epoch >> 32) as u32),
             Err(e) => {
                 log::info!("nvmf: {}: restart point failed: {e}", self.peer);
-                self.complete(slot, e.status(), 0, 0)
+                self.complete(slot, crate::nvmf::restart::status(&e), 0, 0)
             }
         }
     }
