@@ -281,6 +281,41 @@ impl Session {
     }
 }
 
+/// Fuzz entry point (`nvme/fuzz`, `auth`): the input is a sequence of Authentication Send
+/// payloads (each a 2-byte little-endian length, then that many bytes; a zero length is an
+/// Authentication Receive) run through one session with keys. Must never panic, and a
+/// Receive never returns more than its allocation length.
+pub fn fuzz_auth(data: &[u8]) {
+    let keys = HostKeys {
+        host: Arc::new(Secret {
+            hash: 1,
+            key: vec![7; 32],
+        }),
+        ctrl: Some(Arc::new(Secret {
+            hash: 0,
+            key: vec![9; 48],
+        })),
+    };
+    let mut s = Session::new(
+        Some(keys),
+        "nqn.2014-08.org.nvmexpress:uuid:fuzz",
+        "nqn.2016-06.io.baton:fuzz",
+    );
+    let mut d = data;
+    while d.len() >= 2 {
+        let n = usize::from(u16::from_le_bytes([d[0], d[1]]));
+        d = &d[2..];
+        if n == 0 {
+            let (_, out, _) = s.recv(&AuthCmd::dhchap(64));
+            assert!(out.len() <= 64);
+            continue;
+        }
+        let m = &d[..n.min(d.len())];
+        d = &d[m.len()..];
+        let _ = s.send(&AuthCmd::dhchap(n as u32), m);
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
