@@ -109,6 +109,6 @@ timeout 900 qemu-system-x86_64 -machine q35,accel=tcg -cpu max -m 1024 -smp 2 -n
   -kernel "$WORK/kernel/boot/vmlinuz-$KVER" -initrd "$WORK/initrd.gz" \
   -append "console=ttyS0 panic=-1 quiet loglevel=4" > "$LOG" 2>&1 || true
 T2=$(date +%s)
-grep -aE "^E2E|nvme-auth e2e" "$LOG" | tr -d '\r' || true
+grep -aE "E2E|nvme-auth e2e" "$LOG" | sed "s/^.*E2E/E2E/" | tr -d '\r' || true
 echo "nvme-auth e2e: set-up and build $((T1 - T0)) s, QEMU guest $((T2 - T1)) s"
 grep -aq "E2E-DONE fail=0" "$LOG"
