@@ -17,16 +17,23 @@ guest_packages() {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-# guest_kernel: Debian's current kernel under $WORK/kernel; sets KVER and KMOD.
+# guest_kernel [PKG]: Debian's current kernel, or the kernel package PKG (e.g. a newer
+# linux-image-6.12.* for features 6.1 lacks), under $WORK/kernel; sets KVER and KMOD.
+# Kernels that ship compressed modules (.ko.xz, 6.12) get them decompressed once, so the
+# initramfs needs no decompressor and depmod indexes plain .ko files.
 guest_kernel() {
-  local kpkg
-  kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  local kpkg=${1:-}
+  [ -n "$kpkg" ] || kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
   KVER=${kpkg#linux-image-}
   if [ ! -d "$WORK/kernel/lib/modules/$KVER" ]; then
     (cd "$WORK" && rm -f linux-image-*.deb && apt-get download "$kpkg" >/dev/null)
     rm -rf "$WORK/kernel" && dpkg -x "$WORK"/linux-image-*.deb "$WORK/kernel"
   fi
   KMOD="$WORK/kernel/lib/modules/$KVER"
+  if find "$KMOD" -name '*.ko.xz' -print -quit | grep -q .; then
+    find "$KMOD" -name '*.ko.xz' -print0 | xargs -0 -r -P "$(nproc)" -n 64 xz -d -f
+    rm -f "$KMOD/modules.dep"
+  fi
   [ -f "$KMOD/modules.dep" ] || depmod -b "$WORK/kernel" "$KVER"
 }
 

@@ -98,6 +98,20 @@ expect "$(spdk nvmf_get_subsystems)" "any(s['nqn'] == '$NQN' and s['namespaces']
 expect "$(spdk nvmf_get_stats)" '"poll_groups" in r'
 spdk nvmf_subsystem_remove_listener "$NQN" -t tcp -a 127.0.0.1 -s "$PORT" -f ipv4 >/dev/null
 expect "$(spdk nvmf_subsystem_get_listeners "$NQN")" 'r == []'
+# In-band authentication: a DH-HMAC-CHAP key in SPDK's file keyring, named by a host entry
+# (rpc.py's --dhchap-key), kept by save_config; key bytes are never listed.
+HNQN=nqn.2014-08.org.nvmexpress:uuid:spdk-rpc-host
+echo "DHHC-1:01:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:" > "$WORK/key0"
+chmod 600 "$WORK/key0"
+spdk keyring_file_add_key key0 "$WORK/key0" >/dev/null
+expect "$(spdk keyring_get_keys)" "r[0]['name'] == 'key0' and r[0]['path'] == '$WORK/key0' and 'DHHC' not in json.dumps(r)"
+spdk nvmf_subsystem_add_host "$NQN" "$HNQN" --dhchap-key key0 >/dev/null
+expect "$(spdk nvmf_get_subsystems)" "any(h.get('dhchap_key') == 'key0' for s in r for h in s['hosts'])"
+expect "$(spdk save_config)" \
+  "[c['params']['name'] for s in r['subsystems'] if s['subsystem'] == 'keyring' for c in s['config']] == ['key0'] and any(c['params'].get('dhchap_key') == 'key0' for s in r['subsystems'] if s['subsystem'] == 'nvmf' for c in s['config'] if c['method'] == 'nvmf_subsystem_add_host')"
+spdk nvmf_subsystem_remove_host "$NQN" "$HNQN" >/dev/null
+spdk keyring_file_remove_key key0 >/dev/null
+expect "$(brpc keyring_get_keys)" 'r == []'
 spdk nvmf_delete_subsystem "$NQN" >/dev/null
 # ANA: a subsystem with ANA reporting and a controller ID range, a namespace in group 2,
 # a listener made inaccessible for that group, then moved to group 1.

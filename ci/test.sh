@@ -97,6 +97,10 @@ if [ "${BATON_SKIP_GUEST:-0}" != 1 ]; then
   # device tests, then baton chaos with every link over RDMA (docs/rdma.md).
   echo "== ci/rdma-e2e.sh"
   bash ci/rdma-e2e.sh
+  # In-band authentication (DH-HMAC-CHAP) with the kernel's host: one guest boot of
+  # Debian's 6.12 kernel package (6.1 lacks it).
+  echo "== ci/nvme-auth-e2e.sh"
+  bash ci/nvme-auth-e2e.sh
 fi
 
 # The buffer pools and the malloc bdev map 2 MiB hugepages when some are reserved and

@@ -14,6 +14,11 @@
 //! - `--ctl FIFO`: reads lines `ana ADDR:PORT STATE` from FIFO (made with `mkfifo`) and
 //!   sets that listener's ANA state, as `nvmf_subsystem_listener_set_ana_state` does.
 //!
+//! `--auth HOSTNQN=KEYFILE[,CTRLKEYFILE]` (repeatable): subsystem `nqn.2016-06.io.baton:auth`
+//! on ADDR:PORT admits HOSTNQN only after DH-HMAC-CHAP with the secret in KEYFILE (a
+//! `DHHC-1` secret, mode 0600), bidirectional with CTRLKEYFILE (`docs/nvme-tcp.md`,
+//! "In-band authentication").
+//!
 //! `--pcie BDF` (feature `vfio`): attaches the NVMe controller at BDF (bound to vfio-pci)
 //! with baton's user-space driver and exports its first namespace as
 //! `nqn.2016-06.io.baton:pcie` on ADDR:PORT.
@@ -34,6 +39,7 @@ struct AnaArgs {
     cntlid: Option<(u16, u16)>,
     ctl: Option<String>,
     pcie: Option<String>,
+    auth: Vec<String>,
 }
 
 fn state(s: &str) -> AnaState {
@@ -58,10 +64,53 @@ fn ana_args(args: &[String]) -> AnaArgs {
             }
             "--ctl" => a.ctl = Some(v.clone()),
             "--pcie" => a.pcie = Some(v.clone()),
+            "--auth" => a.auth.push(v.clone()),
             _ => panic!("unknown option {k}"),
         }
     }
     a
+}
+
+/// The authentication subsystem: hosts admitted only with DH-HMAC-CHAP, keys from files.
+fn auth_subsystem(t: &Arc<Target>, addr: SocketAddr, mib: u64, hosts: &[String]) {
+    const NQN: &str = "nqn.2016-06.io.baton:auth";
+    let b = engine::bdev::malloc::create("MallocAuth", mib * 256, 4096, Some(*b"baton-e2e-ns-ath")).expect("malloc");
+    engine::bdev::register(b).expect("register");
+    t.create_subsystem(SubsystemParams {
+        nqn: NQN.into(),
+        serial_number: Some("BATONAUTH".into()),
+        model_number: Some("baton e2e".into()),
+        ..Default::default()
+    })
+    .expect("subsystem");
+    t.add_namespace(NQN, "MallocAuth", None, None).expect("namespace");
+    for (i, h) in hosts.iter().enumerate() {
+        let (host, files) = h.split_once('=').expect("--auth HOSTNQN=KEYFILE[,CTRLKEYFILE]");
+        let (kf, cf) = match files.split_once(',') {
+            Some((k, c)) => (k, Some(c)),
+            None => (files, None),
+        };
+        let key = format!("key{i}");
+        t.keyring
+            .add_file(&key, kf)
+            .unwrap_or_else(|e| panic!("--auth {h}: {e}"));
+        let ckey = cf.map(|c| {
+            let n = format!("ckey{i}");
+            t.keyring.add_file(&n, c).unwrap_or_else(|e| panic!("--auth {h}: {e}"));
+            n
+        });
+        t.add_host_keys(
+            NQN,
+            host,
+            Some(nvme::nvmf::HostKeyNames {
+                dhchap_key: key,
+                dhchap_ctrlr_key: ckey,
+            }),
+        )
+        .expect("host");
+    }
+    let a = t.add_listener(NQN, addr).expect("listener");
+    println!("nvmf_tgt: {NQN} on {a}");
 }
 
 /// The ANA subsystem: one namespace with a fixed identity, on `addr` and the extra listeners.
@@ -187,6 +236,9 @@ fn main() {
         println!("nvmf_tgt: {nqn} on {a}");
     }
     ana_subsystem(&t, addr, mib, &ana);
+    if !ana.auth.is_empty() {
+        auth_subsystem(&t, addr, mib, &ana.auth);
+    }
     if let Some(bdf) = &ana.pcie {
         pcie_subsystem(&t, addr, bdf);
     }

@@ -6,9 +6,11 @@
 //! connects and re-reads it only when the subsystem's namespace generation changes.
 
 pub mod ana;
+pub mod auth;
 pub mod ctrlr;
 pub mod io;
 pub mod keepalive;
+pub mod keyring;
 pub mod restart;
 pub mod tcp;
 
@@ -66,6 +68,8 @@ pub enum TargetError {
     ReferralExists { addr: SocketAddr, subnqn: String },
     #[error("no referral to {addr} ({subnqn})")]
     NoSuchReferral { addr: SocketAddr, subnqn: String },
+    #[error(transparent)]
+    Keyring(#[from] keyring::KeyringError),
 }
 
 /// Options of the TCP transport (SPDK's `nvmf_create_transport` names).
@@ -127,6 +131,16 @@ pub struct SubsystemState {
     /// ANA states per listener (one entry per address in `listeners`).
     pub ana: Vec<Arc<ListenerAna>>,
     pub controllers: Vec<Weak<Controller>>,
+    /// DH-HMAC-CHAP key names of the hosts that must authenticate (keyring names).
+    pub host_keys: BTreeMap<String, HostKeyNames>,
+}
+
+/// The keyring names a host entry carries (`nvmf_subsystem_add_host`'s `dhchap_key` and
+/// `dhchap_ctrlr_key`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostKeyNames {
+    pub dhchap_key: String,
+    pub dhchap_ctrlr_key: Option<String>,
 }
 
 /// An NVM subsystem (or the discovery subsystem).
@@ -159,6 +173,26 @@ impl Subsystem {
     pub fn host_allowed(&self, hostnqn: &str) -> bool {
         let s = self.state();
         self.kind == SubsystemKind::Discovery || s.allow_any_host || s.hosts.contains(hostnqn)
+    }
+
+    /// Whether `hostnqn` must authenticate, and with which keys: None = no; Some(None) =
+    /// yes, but a key it names is gone from the keyring (authentication fails).
+    pub fn auth_keys(&self, hostnqn: &str, ring: &keyring::Keyring) -> Option<Option<auth::HostKeys>> {
+        let names = self.state().host_keys.get(hostnqn).cloned()?;
+        let Ok(host) = ring.get(&names.dhchap_key) else {
+            return Some(None);
+        };
+        let ctrl = match &names.dhchap_ctrlr_key {
+            None => None,
+            Some(n) => match ring.get(n) {
+                Ok(k) => Some(k.secret),
+                Err(_) => return Some(None),
+            },
+        };
+        Some(Some(auth::HostKeys {
+            host: host.secret,
+            ctrl,
+        }))
     }
 
     /// The namespace with `nsid`, if any.
@@ -240,6 +274,8 @@ pub struct Target {
     genctr: AtomicU64,
     /// Hands accepted connections to reactors round-robin.
     pub(crate) next_core: AtomicU64,
+    /// Named DH-HMAC-CHAP secrets host entries refer to.
+    pub keyring: keyring::Keyring,
 }
 
 struct TargetState {
@@ -290,6 +326,7 @@ impl Target {
             }),
             genctr: AtomicU64::new(1),
             next_core: AtomicU64::new(0),
+            keyring: keyring::Keyring::default(),
         };
         let disc = Subsystem {
             nqn: DISCOVERY_NQN.to_string(),
@@ -313,6 +350,7 @@ impl Target {
                 listeners: Vec::new(),
                 ana: Vec::new(),
                 controllers: Vec::new(),
+                host_keys: BTreeMap::new(),
             }),
         };
         t.lock().subsystems.insert(DISCOVERY_NQN.to_string(), Arc::new(disc));
@@ -476,6 +514,7 @@ impl Target {
                 listeners: Vec::new(),
                 ana: Vec::new(),
                 controllers: Vec::new(),
+                host_keys: BTreeMap::new(),
             }),
         });
         st.subsystems.insert(p.nqn, s.clone());
@@ -587,8 +626,27 @@ impl Target {
 
     /// Adds a host NQN to the allow list (`nvmf_subsystem_add_host`).
     pub fn add_host(&self, nqn: &str, host: &str) -> Result<(), TargetError> {
+        self.add_host_keys(nqn, host, None)
+    }
+
+    /// Adds a host NQN to the allow list with DH-HMAC-CHAP keys (keyring names): the host
+    /// must then authenticate every queue. Re-adding a host replaces its keys.
+    pub fn add_host_keys(&self, nqn: &str, host: &str, keys: Option<HostKeyNames>) -> Result<(), TargetError> {
         check_nqn(host)?;
-        self.nvme_subsystem(nqn)?.state().hosts.insert(host.to_string());
+        let s = self.nvme_subsystem(nqn)?;
+        if let Some(k) = &keys {
+            self.keyring.get(&k.dhchap_key)?;
+            if let Some(c) = &k.dhchap_ctrlr_key {
+                self.keyring.get(c)?;
+            }
+        }
+        let mut st = s.state();
+        st.hosts.insert(host.to_string());
+        match keys {
+            Some(k) => st.host_keys.insert(host.to_string(), k),
+            None => st.host_keys.remove(host),
+        };
+        drop(st);
         self.bump_genctr();
         Ok(())
     }
@@ -596,6 +654,7 @@ impl Target {
     /// Removes a host NQN (`nvmf_subsystem_remove_host`); its controllers are disconnected.
     pub fn remove_host(&self, nqn: &str, host: &str) -> Result<(), TargetError> {
         let s = self.nvme_subsystem(nqn)?;
+        s.state().host_keys.remove(host);
         if !s.state().hosts.remove(host) {
             return Err(TargetError::NoSuchHost {
                 nqn: nqn.to_string(),

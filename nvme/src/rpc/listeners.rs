@@ -4,7 +4,7 @@
 
 use super::{check_tgt, check_trtype, invalid, RpcFailure};
 use crate::nvmf::ana::AnaState;
-use crate::nvmf::Target;
+use crate::nvmf::{HostKeyNames, Target};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -144,12 +144,18 @@ pub struct HostParams {
 
 pub fn nvmf_subsystem_add_host(t: &Target, p: HostParams) -> Result<bool, RpcFailure> {
     check_tgt(&p.tgt_name)?;
-    if p.psk.is_some() || p.dhchap_key.is_some() || p.dhchap_ctrlr_key.is_some() {
-        return Err(invalid(
-            "psk/dhchap keys: TLS and in-band authentication are not supported",
-        ));
+    if p.psk.is_some() {
+        return Err(invalid("psk: NVMe/TCP TLS is not supported"));
     }
-    t.add_host(&p.nqn, &p.host)?;
+    let keys = match (p.dhchap_key, p.dhchap_ctrlr_key) {
+        (None, None) => None,
+        (None, Some(_)) => return Err(invalid("dhchap_ctrlr_key needs dhchap_key")),
+        (Some(k), c) => Some(HostKeyNames {
+            dhchap_key: k,
+            dhchap_ctrlr_key: c,
+        }),
+    };
+    t.add_host_keys(&p.nqn, &p.host, keys)?;
     Ok(true)
 }
 

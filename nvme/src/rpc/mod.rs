@@ -18,12 +18,16 @@
 //! - `query.rs`: connected controllers, queue pairs, listeners, discovery referrals.
 
 pub mod bdev_nvme;
+mod keyring;
 mod listeners;
 pub mod query;
 mod stats;
 mod subsystems;
 mod transports;
 
+pub use keyring::{
+    keyring_config_entries, keyring_file_add_key, keyring_file_remove_key, keyring_get_keys, AddKey, RemoveKey,
+};
 pub use listeners::{
     nvmf_subsystem_add_host, nvmf_subsystem_add_listener, nvmf_subsystem_allow_any_host,
     nvmf_subsystem_listener_set_ana_state, nvmf_subsystem_remove_host, nvmf_subsystem_remove_listener, AllowAnyHost,
@@ -169,8 +173,23 @@ pub fn register_rpcs_for(reg: &mut Registry, t: Arc<Target>) {
         nvmf_subsystem_remove_listener
     );
     method!(
+        "keyring_file_add_key",
+        "Add a key read from a file (name, path; the file holds a DHHC-1 secret, mode 0600)",
+        keyring_file_add_key
+    );
+    method!(
+        "keyring_file_remove_key",
+        "Remove a key (name)",
+        keyring_file_remove_key
+    );
+    method!(
+        "keyring_get_keys",
+        "List the keys (name, path; never the key)",
+        keyring_get_keys
+    );
+    method!(
         "nvmf_subsystem_add_host",
-        "Allow a host NQN (nqn, host)",
+        "Allow a host NQN (nqn, host; dhchap_key, dhchap_ctrlr_key: keyring names for DH-HMAC-CHAP)",
         nvmf_subsystem_add_host
     );
     method!(
@@ -224,7 +243,17 @@ pub fn register_rpcs_for(reg: &mut Registry, t: Arc<Target>) {
         nvmf_discovery_get_referrals
     );
     register_bdev_nvme(reg);
-    reg.register_config_provider("nvmf", &["bdev"], move || {
+    let tk = t.clone();
+    reg.register_config_provider("keyring", &[], move || {
+        keyring_config_entries(&tk)
+            .into_iter()
+            .map(|(m, p)| ConfigEntry {
+                method: m.to_string(),
+                params: Some(p),
+            })
+            .collect()
+    });
+    reg.register_config_provider("nvmf", &["bdev", "keyring"], move || {
         config_entries(&t)
             .into_iter()
             .map(|(m, p)| ConfigEntry {
@@ -290,7 +319,14 @@ pub fn config_entries(t: &Target) -> Vec<(&'static str, Value)> {
             ));
         }
         for h in &st.hosts {
-            v.push(("nvmf_subsystem_add_host", json!({ "nqn": s.nqn, "host": h })));
+            let mut p = json!({ "nqn": s.nqn, "host": h });
+            if let Some(k) = st.host_keys.get(h) {
+                p["dhchap_key"] = json!(k.dhchap_key);
+                if let Some(c) = &k.dhchap_ctrlr_key {
+                    p["dhchap_ctrlr_key"] = json!(c);
+                }
+            }
+            v.push(("nvmf_subsystem_add_host", p));
         }
         for n in st.namespaces.values() {
             v.push((

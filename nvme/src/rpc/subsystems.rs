@@ -170,7 +170,16 @@ fn subsystem_json(s: &Subsystem) -> Value {
         "subtype": if s.kind == SubsystemKind::Discovery { "Discovery" } else { "NVMe" },
         "listen_addresses": listen,
         "allow_any_host": st.allow_any_host,
-        "hosts": st.hosts.iter().map(|h| json!({ "nqn": h })).collect::<Vec<_>>(),
+        "hosts": st.hosts.iter().map(|h| {
+            let mut e = json!({ "nqn": h });
+            if let Some(k) = st.host_keys.get(h) {
+                e["dhchap_key"] = json!(k.dhchap_key);
+                if let Some(c) = &k.dhchap_ctrlr_key {
+                    e["dhchap_ctrlr_key"] = json!(c);
+                }
+            }
+            e
+        }).collect::<Vec<_>>(),
     });
     if s.kind == SubsystemKind::Nvme {
         v["serial_number"] = json!(s.serial_number);

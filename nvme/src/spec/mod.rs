@@ -5,6 +5,7 @@
 //! converted from and to bytes with [`Plain`], the one place that reinterprets memory. Nothing
 //! here allocates or touches the engine, so the codec and the fuzz target use it directly.
 
+pub mod auth;
 pub mod cmd;
 pub mod fabrics;
 pub mod identify;

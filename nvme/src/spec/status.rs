@@ -44,6 +44,7 @@ statuses! {
     CONNECT_CONTROLLER_BUSY = (1, 0x81, false);
     CONNECT_INVALID_PARAMETERS = (1, 0x82, true);
     CONNECT_INVALID_HOST = (1, 0x84, true);
+    AUTH_REQUIRED = (1, 0x91, true);
     WRITE_FAULT = (2, 0x80, false);
     UNRECOVERED_READ_ERROR = (2, 0x81, false);
     COMPARE_FAILURE = (2, 0x85, true);

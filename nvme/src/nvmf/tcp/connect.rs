@@ -3,8 +3,10 @@
 
 use super::request::Req;
 use super::{Conn, IN_CAPSULE_DATA_BYTES};
+use crate::nvmf::auth::Session;
 use crate::nvmf::ctrlr::{Controller, QueueInfo};
 use crate::nvmf::{Subsystem, SubsystemKind};
+use crate::spec::auth;
 use crate::spec::cmd::sgl_type;
 use crate::spec::fabrics::{self, ConnectCmd, ConnectData};
 use crate::spec::{get_str, Plain, Status};
@@ -12,15 +14,20 @@ use crate::tcp::pdu::RxLimits;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// How long a host has to authenticate a queue when its controller has no KATO.
+const AUTH_TIMEOUT_NO_KATO_MS: u64 = 120_000;
+
 impl Conn {
     pub(super) fn connect(&mut self, slot: usize) {
         match self.try_connect(slot) {
-            Ok(cntlid) => self.complete(slot, Status::SUCCESS, u32::from(cntlid), 0),
+            Ok(dw0) => self.complete(slot, Status::SUCCESS, dw0, 0),
             Err((status, dw0)) => self.complete(slot, status, dw0, 0),
         }
     }
 
-    pub(super) fn try_connect(&mut self, slot: usize) -> Result<u16, (Status, u32)> {
+    /// Connect: Ok carries the response's DW0 (CNTLID, and AUTHREQ.ATR when the host must
+    /// authenticate this queue).
+    pub(super) fn try_connect(&mut self, slot: usize) -> Result<u32, (Status, u32)> {
         let invalid = |in_data, off| {
             (
                 Status::CONNECT_INVALID_PARAMETERS,
@@ -63,6 +70,12 @@ impl Conn {
             ));
         }
         let entries = u32::from(cmd.sqsize) + 1;
+        let auth_keys = if subsys.kind == SubsystemKind::Nvme {
+            subsys.auth_keys(&hostnqn, &self.target.keyring)
+        } else {
+            None
+        };
+        let auth_session = auth_keys.map(|k| Box::new(Session::new(k, &hostnqn, &subsys.nqn)));
         if cmd.qid == 0 {
             self.connect_admin(&subsys, &cmd, &data, hostnqn)?;
         } else {
@@ -91,7 +104,20 @@ impl Conn {
                 core: self.core,
             });
         }
-        Ok(self.ctrlr.as_ref().map(|c| c.cntlid).unwrap_or(0))
+        let mut dw0 = u32::from(self.ctrlr.as_ref().map(|c| c.cntlid).unwrap_or(0));
+        if let Some(a) = auth_session {
+            // Authentication must finish within KATO (120 s without one), as SPDK does.
+            let kato = self.ctrlr.as_ref().map(|c| c.kato_ms()).unwrap_or(0);
+            let ms = if kato == 0 {
+                AUTH_TIMEOUT_NO_KATO_MS
+            } else {
+                u64::from(kato)
+            };
+            self.auth_deadline_ns = engine::clock::now_ns() + ms * 1_000_000;
+            self.auth = Some(a);
+            dw0 |= auth::CONNECT_AUTHREQ_ATR;
+        }
+        Ok(dw0)
     }
 
     /// Admin queue Connect: a new controller.

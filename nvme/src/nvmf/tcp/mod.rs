@@ -28,6 +28,7 @@
 //! - `buffers.rs`: the shared data buffer pools.
 
 mod admin;
+mod auth;
 mod bdev_io;
 mod buffers;
 mod connect;
@@ -150,6 +151,13 @@ struct Conn {
     traffic: bool,
     /// When this queue last restarted its controller's keep-alive timer.
     ka_note: TrafficNote,
+    /// In-band authentication of this queue: Some while the host has to authenticate
+    /// (and during a re-authentication); other commands are refused until it is done.
+    auth: Option<Box<super::auth::Session>>,
+    /// The queue authenticated (a re-authentication keeps it so while it runs).
+    authenticated: bool,
+    /// When a pending authentication times out (`engine::clock` ns).
+    auth_deadline_ns: u64,
 }
 
 impl Conn {
@@ -194,6 +202,9 @@ impl Conn {
             sink_gen: 0,
             traffic: false,
             ka_note: TrafficNote::default(),
+            auth: None,
+            authenticated: false,
+            auth_deadline_ns: 0,
         })
     }
 
@@ -235,6 +246,10 @@ impl Conn {
                     }
                 }
             }
+        }
+        if self.auth.is_some() && !self.authenticated && now > self.auth_deadline_ns {
+            self.auth_failed("authentication timed out");
+            return ConnPoll::Busy;
         }
         // Keep-alive after reading: commands (a Keep Alive among them) that waited in the
         // socket while this process was not scheduled count before the timer is judged.

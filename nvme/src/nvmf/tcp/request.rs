@@ -74,6 +74,14 @@ impl Conn {
             }
             return self.complete(slot, Status::COMMAND_SEQUENCE_ERROR, 0, 0);
         }
+        if sqe.opc == admin_opc::FABRICS && matches!(sqe.fctype(), fctype::AUTH_SEND | fctype::AUTH_RECV) {
+            return self.auth_cmd(slot);
+        }
+        if self.auth.is_some() && !self.authenticated {
+            // Not authenticated yet: only authentication commands (NVMe base spec,
+            // "Authentication Required").
+            return self.complete(slot, Status::AUTH_REQUIRED, 0, 0);
+        }
         if self.qid == 0 {
             self.admin_cmd(slot)
         } else {
