@@ -68,6 +68,9 @@ pub struct PlanArgs {
     /// Do not probe: use rtt_us or distance only.
     #[arg(long)]
     no_probe: bool,
+    /// TLS credentials of a primary, to probe relays that require TLS (docs/security.md).
+    #[command(flatten)]
+    tls: crate::role::TlsArgs,
     /// Sets shown of each kind (meeting the budget, failing), best first.
     #[arg(long, default_value_t = 20)]
     rows: usize,
@@ -91,6 +94,8 @@ pub enum PlanCmdError {
     LocalWrite { path: String, source: std::io::Error },
     #[error(transparent)]
     Plan(#[from] PlanError),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 fn parse_site(spec: &str) -> Result<Candidate, PlanCmdError> {
@@ -195,6 +200,10 @@ fn measure_local_write(path: &PathBuf) -> Result<f64, PlanCmdError> {
 }
 
 pub fn run(a: PlanArgs) -> Result<(), PlanCmdError> {
+    rdma_transport::tls::set_process_role(rdma_transport::tls::Role::Primary);
+    a.tls
+        .install(rdma_transport::tls::Role::Primary)
+        .map_err(|e| PlanCmdError::Tls(e.to_string()))?;
     let mut p = params(&a)?;
     if let Some(path) = &a.local_write_file {
         p.local_write_us = Some(measure_local_write(path)?);

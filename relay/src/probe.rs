@@ -48,6 +48,14 @@ pub enum ProbeError {
         /// Received.
         probes: u32,
     },
+    /// TLS could not be set up for the probe (this process's credentials).
+    #[error("{addr}: TLS: {msg}")]
+    Tls {
+        /// The relay.
+        addr: SocketAddr,
+        /// Why.
+        msg: String,
+    },
     /// Could not connect.
     #[error("{addr}: connect: {source}")]
     Connect {
@@ -92,10 +100,14 @@ pub enum ProbeError {
     },
 }
 
+/// A plain or TLS stream.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 /// One probe: µs from the Hello's send to the HelloReply's arrival.
 fn probe_once(addr: SocketAddr, hello: &[u8], timeout: Duration) -> Result<f64, ProbeError> {
     let t_connect = Instant::now();
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|source| ProbeError::Connect { addr, source })?;
+    let s = TcpStream::connect_timeout(&addr, timeout).map_err(|source| ProbeError::Connect { addr, source })?;
     // The relay's end of the handshake arrives half a round trip after connect returns:
     // wait that long again, plus the accept period, so the relay holds the connection.
     std::thread::sleep(t_connect.elapsed() + PROBE_SETTLE);
@@ -103,9 +115,24 @@ fn probe_once(addr: SocketAddr, hello: &[u8], timeout: Duration) -> Result<f64, 
     s.set_nodelay(true).map_err(io("set TCP_NODELAY"))?;
     s.set_read_timeout(Some(timeout)).map_err(io("set read timeout"))?;
     s.set_write_timeout(Some(timeout)).map_err(io("set write timeout"))?;
+    // A process with TLS credentials probes over TLS (the relay requires it), the handshake
+    // done before the timed exchange, like a replicated write's connection.
+    let mut s: Box<dyn ReadWrite> = match rdma_transport::tls::process() {
+        Some(ctx) => {
+            let mut t = rdma_transport::tls::blocking::BlockingTls::client(s, ctx, rdma_transport::tls::Role::Relay)
+                .map_err(|e| ProbeError::Tls {
+                    addr,
+                    msg: e.to_string(),
+                })?;
+            t.handshake().map_err(io("TLS handshake"))?;
+            Box::new(t)
+        }
+        None => Box::new(s),
+    };
     let mut buf = [0u8; REPLY_BYTES_MAX];
     let t0 = Instant::now();
     s.write_all(hello).map_err(io("send Hello"))?;
+    s.flush().map_err(io("send Hello"))?;
     s.read_exact(&mut buf[..ENVELOPE_BYTES])
         .map_err(io("read HelloReply"))?;
     let env = wire::peek_envelope(&buf[..ENVELOPE_BYTES])

@@ -76,6 +76,33 @@ impl BlockingTls {
     }
 }
 
+impl BlockingTls {
+    /// Runs the handshake to its end now (it otherwise runs inside the first read or
+    /// write), e.g. to keep it out of a timed exchange.
+    pub fn handshake(&mut self) -> io::Result<()> {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Inner { conn, sock } = &mut *g;
+        let r = match conn {
+            Side::Client(c) => handshake_side(c, sock),
+            Side::Server(c) => handshake_side(c, sock),
+        };
+        r.map_err(|e| match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(te) => io::Error::new(e.kind(), format!("TLS: {}", describe(te))),
+            None => e,
+        })
+    }
+}
+
+fn handshake_side<D>(c: &mut rustls::ConnectionCommon<D>, sock: &mut TcpStream) -> io::Result<()> {
+    while c.is_handshaking() {
+        c.complete_io(sock)?;
+    }
+    while c.wants_write() {
+        c.write_tls(sock)?;
+    }
+    Ok(())
+}
+
 impl Read for BlockingTls {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.run(|s| s.read(buf))
