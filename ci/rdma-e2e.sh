@@ -103,7 +103,7 @@ one_test() {
     rdma-tests --exact "$t" --nocapture > /tmp/t1.log 2>&1 &
   fi
   pid=$!
-  for i in $(seq 120); do kill -0 $pid 2>/dev/null || break; sleep 0.5; done
+  for i in $(seq 240); do kill -0 $pid 2>/dev/null || break; sleep 0.5; done
   if kill -0 $pid 2>/dev/null; then
     echo "HUNG: $t"; for s in /proc/$pid/task/*; do echo "$s $(cat $s/wchan 2>/dev/null)"; cat $s/stack 2>/dev/null; done
     tail -25 /tmp/strace.log 2>/dev/null; kill -9 $pid; cat /tmp/t1.log; return 1
