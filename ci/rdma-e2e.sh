@@ -131,7 +131,7 @@ check chaos-relays-over-rdma bash -c "timeout -s KILL 2400 baton chaos --rdma 19
 grep -aE 'round|verdict|pass|FAIL|lost|mismatch' /tmp/chaos.log | head -40 | sed 's/^/E2E chaos: /'
 # The links really were RDMA: the relays' status names their rdma:// listeners and the
 # primary's log its rdma:// relays.
-check chaos-used-rdma bash -c 'grep -rl --include="*.log" "rdma://192.0.2.1" /dev/shm 2>/dev/null | head -3 | grep .'
+check chaos-used-rdma bash -c 'find /dev/shm -name "*.log" | xargs grep -l "rdma://192.0.2.1" | head -3 | grep .'
 if [ "$fail" != 0 ]; then
   find /dev/shm -name '*.log' | while read -r f; do echo "== $f"; tail -15 "$f"; done 2>/dev/null | sed 's/^/E2E log: /' | head -300
 fi
