@@ -103,7 +103,7 @@ one_test() {
     rdma-tests --exact "$t" --nocapture > /tmp/t1.log 2>&1 &
   fi
   pid=$!
-  for i in $(seq 120); do kill -0 $pid 2>/dev/null || break; sleep 0.5; done
+  for i in $(seq 240); do kill -0 $pid 2>/dev/null || break; sleep 0.5; done
   if kill -0 $pid 2>/dev/null; then
     echo "HUNG: $t"; for s in /proc/$pid/task/*; do echo "$s $(cat $s/wchan 2>/dev/null)"; cat $s/stack 2>/dev/null; done
     tail -25 /tmp/strace.log 2>/dev/null; kill -9 $pid; cat /tmp/t1.log; return 1
@@ -131,7 +131,7 @@ check chaos-relays-over-rdma bash -c "timeout -s KILL 2400 baton chaos --rdma 19
 grep -aE 'round|verdict|pass|FAIL|lost|mismatch' /tmp/chaos.log | head -40 | sed 's/^/E2E chaos: /'
 # The links really were RDMA: the relays' status names their rdma:// listeners and the
 # primary's log its rdma:// relays.
-check chaos-used-rdma bash -c 'grep -rl "rdma://192.0.2.1" /dev/shm 2>/dev/null | head -3 | grep .'
+check chaos-used-rdma bash -c 'find /dev/shm -name "*.log" | xargs grep -l "rdma://192.0.2.1" | head -3 | grep .'
 if [ "$fail" != 0 ]; then
   find /dev/shm -name '*.log' | while read -r f; do echo "== $f"; tail -15 "$f"; done 2>/dev/null | sed 's/^/E2E log: /' | head -300
 fi

@@ -21,6 +21,29 @@ fn selfcheck_passes() {
 }
 
 #[test]
+fn rdma_addresses_are_refused_without_the_feature() {
+    if cfg!(feature = "rdma") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("baton-cli-rdma-{}", std::process::id()));
+    let out = baton()
+        .args(["relay", "--listen", "rdma://192.0.2.1:4520", "--journal-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lacks RDMA support") && err.contains("`rdma`"), "{err}");
+    let out = baton()
+        .args(["perf", "--relays", "rdma://192.0.2.1:4520", "-t", "0.1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lacks RDMA support"));
+}
+
+#[test]
 fn perf_json_and_errors() {
     let out = baton()
         .args([

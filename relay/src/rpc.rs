@@ -633,6 +633,14 @@ mod tests {
             json!({"name": "v", "base_bdev": "rpc_test_base", "relays": ["here"]}),
         );
         assert!(e.message.contains("relays") && e.message.contains("here"), "{e:?}");
+        if !rdma_transport::any::RDMA_BUILT {
+            let e = err(
+                &reg,
+                "replication_create_volume",
+                json!({"name": "v", "base_bdev": "rpc_test_base", "relays": ["rdma://192.0.2.1:4520"]}),
+            );
+            assert!(e.message.contains("lacks RDMA support"), "{e:?}");
+        }
         let e = err(
             &reg,
             "replication_create_volume",

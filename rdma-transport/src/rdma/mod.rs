@@ -149,7 +149,7 @@ pub struct RdmaConnection<B> {
     rx_off: usize,
     reasm: Reassembler,
     rcredits: RecvCredits,
-    /// Last grant-total write (for logs and tests).
+    /// No rdma_cm event check before this time (`engine::clock::now_ns`).
     next_cm_poll_ns: u64,
     /// A last frame was posted by `send_last`: do not disconnect before drop.
     last_posted: bool,

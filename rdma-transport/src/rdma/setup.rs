@@ -159,8 +159,9 @@ impl<B: Deref<Target = [u8]>> RdmaConnection<B> {
 
 /// An rdma_cm listener that accepts replication connections without blocking.
 pub struct RdmaAcceptor {
-    // Field order is drop order: the id before its channel.
-    listener: CmId,
+    // Field order is drop order: the id before its channel. Held, never read: dropping it
+    // stops listening.
+    _listener: CmId,
     ch: Channel,
     cfg: RdmaConfig,
     local: SocketAddr,
@@ -176,7 +177,7 @@ impl RdmaAcceptor {
         listener.listen(addr, LISTEN_BACKLOG).map_err(rdma_err)?;
         let local = listener.local_addr().unwrap_or(addr);
         Ok(Self {
-            listener,
+            _listener: listener,
             ch,
             cfg,
             local,
@@ -200,7 +201,6 @@ impl RdmaAcceptor {
         if now < self.next_poll_ns.load(Relaxed) {
             return Ok(None);
         }
-        let _ = &self.listener;
         loop {
             let Some(ev) = self.ch.poll().map_err(rdma_err)? else {
                 self.next_poll_ns.store(now + ACCEPT_POLL_PERIOD_NS, Relaxed);
