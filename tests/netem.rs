@@ -83,7 +83,13 @@ fn faulty_net() -> Net {
 /// `ack` / `on_down`, a 2 s relay-down timeout, and naps when idle (slow guests).
 fn cluster(net: &Net, tag: &str, ack: &str, on_down: &str, forward: &str) -> Cluster {
     let hb = format!("{}:4601", net.ip("s", "p"));
-    let standby_args = ["--failover-volume", "vold", "--no-auto-failover", "--heartbeat-listen", &hb];
+    let standby_args = [
+        "--failover-volume",
+        "vold",
+        "--no-auto-failover",
+        "--heartbeat-listen",
+        &hb,
+    ];
     let layout = Layout {
         primary: "p",
         standby: "s",
@@ -141,11 +147,19 @@ fn netem_every_ack_policy_loses_nothing_acknowledged() {
         let mut m = Model::new("vold");
         let last = epochs(&mut c, &mut m, 6, 64);
         c.sb.wait_epoch("vold", last);
-        assert_image(&read_delayed(&c.sb), &m, &format!("standby at restart point {last}, ack {ack}"));
+        assert_image(
+            &read_delayed(&c.sb),
+            &m,
+            &format!("standby at restart point {last}, ack {ack}"),
+        );
     }
     let drops = wan_drops(&net);
     eprintln!("netem: WAN packets dropped by netem: {drops}");
-    assert!(drops > 0 || without_qdiscs(), "netem dropped nothing: {}", net.qdisc_stats("r1", "s"));
+    assert!(
+        drops > 0 || without_qdiscs(),
+        "netem dropped nothing: {}",
+        net.qdisc_stats("r1", "s")
+    );
 }
 
 /// The relay site is cut from the standby: writes and restart points go on (the ack
@@ -200,7 +214,9 @@ fn netem_degraded_goes_on_and_block_refuses_while_a_relay_is_cut() {
         } else {
             wait_blocked(&mut c.p, true);
             let first = m.next_seq;
-            let e = m.try_write(&mut c.p, 8).expect_err("block: a write with relay 2 down fails");
+            let e = m
+                .try_write(&mut c.p, 8)
+                .expect_err("block: a write with relay 2 down fails");
             assert!(e.contains("acknowledgement policy cannot be met"), "{e}");
             m.next_seq = first; // refused before the local write: written again below
         }
@@ -246,13 +262,37 @@ fn netem_forward_policy_holds_over_a_lossy_wan() {
         || format!("{base:?} {:?}", rpc(&c.sb.sock, "standby_host_get_status", None)),
     );
     let st = c.sb.status("vold").unwrap();
-    let gaps = |st: &Value| -> u64 { links(st).iter().map(|l| l["gap_requests_sent"].as_u64().unwrap_or(0)).sum() };
-    assert_eq!(gaps(&st), 0, "nothing fetched around the policy: {st}");
-    assert_eq!(st["stall_verdicts"]["pulled"], 0, "{st}");
-    assert!(st["applied_epoch"].as_u64() < Some(last), "held by policy: {st}");
+    let gaps = |st: &Value| -> u64 {
+        links(st)
+            .iter()
+            .map(|l| l["gap_requests_sent"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let v = &st["stall_verdicts"];
+    assert!(v["policy_hold"].as_u64() > Some(0), "the hold was seen as policy: {st}");
+    // Documented fallback: a relay whose last report is older than 2 s is pulled from as
+    // before reports existed. A slow guest can starve a relay that long; every pull must be
+    // one of those, and without one nothing is fetched at all.
+    assert_eq!(
+        v["pulled"], v["pulled_report_stale"],
+        "every pull had a stale report: {st}"
+    );
+    let stale = v["pulled"].as_u64().unwrap_or(0);
+    eprintln!("netem: stall pulls after a stale relay report: {stale}");
+    if stale == 0 {
+        assert_eq!(gaps(&st), 0, "nothing fetched around the policy: {st}");
+        assert!(st["applied_epoch"].as_u64() < Some(last), "held by policy: {st}");
+    }
     c.relays[0].set_forward_policy(json!({"mode": "immediate"}));
     c.sb.wait_epoch("vold", last);
     assert_image(&read_delayed(&c.sb), &m, "standby after the policy released");
     let st = c.sb.status("vold").unwrap();
-    assert_eq!(gaps(&st), 0, "still nothing fetched: {st}");
+    let v = &st["stall_verdicts"];
+    assert_eq!(
+        v["pulled"], v["pulled_report_stale"],
+        "every pull had a stale report: {st}"
+    );
+    if v["pulled"] == 0 {
+        assert_eq!(gaps(&st), 0, "still nothing fetched: {st}");
+    }
 }

@@ -57,7 +57,12 @@ fn assert_fenced(p: &mut Primary, m: &mut Model, relays: &[RelayProc], gen: u64,
                 .all(|r| r.volume_status("vold").is_some_and(|v| v["generation"] == gen))
                 .then_some(())
         },
-        || format!("{:?}", relays.iter().map(|r| r.volume_status("vold")).collect::<Vec<_>>()),
+        || {
+            format!(
+                "{:?}",
+                relays.iter().map(|r| r.volume_status("vold")).collect::<Vec<_>>()
+            )
+        },
     );
     loop {
         if p.state("vold").superseded_by == gen {
@@ -94,14 +99,22 @@ fn promoted_standby_fences_a_live_primary() {
     let sa = sb.addr();
     let r1 = RelayProc::for_standby(&d1.0, free_port(), sa, &[]);
     let r2 = RelayProc::for_standby(&d2.0, free_port(), sa, &["--backup"]);
-    let env = [("BATON_SP_ACK", "any".to_string()), ("BATON_SP_ON_DOWN", "degraded".into())];
+    let env = [
+        ("BATON_SP_ACK", "any".to_string()),
+        ("BATON_SP_ON_DOWN", "degraded".into()),
+    ];
     let mut p = Primary::start_with(&[r1.addr(), r2.addr()], &env, None);
     let mut m = Model::new("vold");
     m.write(&mut p, 64);
     assert_eq!(m.restart_point(&mut p, "rp1"), 1);
     let at_rp1 = m.img.clone();
     sb.wait_epoch("vold", 1);
-    rpc(&sb.sock, "standby_host_declare_failure", Some(json!({"reason": "test"}))).unwrap();
+    rpc(
+        &sb.sock,
+        "standby_host_declare_failure",
+        Some(json!({"reason": "test"})),
+    )
+    .unwrap();
     let rep = failover_done(&sb);
     assert_eq!(rep["state"], "done", "{rep}");
     let gen = rep["volumes"][0]["generation"].as_u64().unwrap();
@@ -186,7 +199,12 @@ fn split_brain_round(net: &Net, i: usize) -> Fenced {
         m.write(&mut c.p, 16);
         assert_eq!(m.restart_point(&mut c.p, "rp2"), 2);
     } else {
-        rpc(&c.sb.sock, "standby_host_declare_failure", Some(json!({"reason": "split brain test"}))).unwrap();
+        rpc(
+            &c.sb.sock,
+            "standby_host_declare_failure",
+            Some(json!({"reason": "split brain test"})),
+        )
+        .unwrap();
     }
     let rep = failover_done(&c.sb);
     assert_eq!(rep["state"], "done", "{rep}");
@@ -194,7 +212,10 @@ fn split_brain_round(net: &Net, i: usize) -> Fenced {
     let gen = rep["volumes"][0]["generation"].as_u64().unwrap();
     if round.isolate_standby {
         let w = rep["warnings"].to_string();
-        assert!(w.contains("relays unreachable"), "the report says what may be lost: {rep}");
+        assert!(
+            w.contains("relays unreachable"),
+            "the report says what may be lost: {rep}"
+        );
         m.write(&mut c.p, 8);
         f.acked_in_window += 1;
         net.heal("r", "s");
@@ -212,7 +233,10 @@ fn split_brain_round(net: &Net, i: usize) -> Fenced {
     };
     assert_image(&read_delayed(&c.sb), &want, "promoted volume after the heal");
     let st = c.sb.status("vold").unwrap();
-    assert!(links(&st).iter().all(|l| l["connected"] == false), "no relay link: {st}");
+    assert!(
+        links(&st).iter().all(|l| l["connected"] == false),
+        "no relay link: {st}"
+    );
     f
 }
 

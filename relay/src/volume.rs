@@ -46,8 +46,8 @@ use engine::ring::Ring;
 use rdma_transport::readiness::{Readiness, READY_EVENTS_MAX};
 use rdma_transport::tcp::{TcpConfig, TcpConnection};
 use rdma_transport::wire::{
-    self, BatchEncoder, Frame, Heartbeat, Hello, HelloReply, OpKind, RefuseReason, Role, FRAME_BYTES_MAX, FRAME_DATA_BYTES_MAX,
-    OPS_PER_FRAME_MAX,
+    self, BatchEncoder, Frame, Heartbeat, Hello, HelloReply, OpKind, RefuseReason, Role, FRAME_BYTES_MAX,
+    FRAME_DATA_BYTES_MAX, OPS_PER_FRAME_MAX,
 };
 use rdma_transport::{ConnState, Connection, OutFrame, SendCompletion};
 

@@ -67,7 +67,9 @@ pub fn netem_available() -> Result<(), String> {
     run("ip", &["netns", "add", &ns])?;
     let r = run(
         "ip",
-        &["netns", "exec", &ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
+        &[
+            "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
+        ],
     );
     let _ = run("ip", &["netns", "del", &ns]);
     r
@@ -250,7 +252,13 @@ impl Net {
             let mut args = vec!["--standby", &standby, "--no-direct"];
             args.extend(extra.iter().map(String::as_str));
             let ip = self.ip(site, layout.primary);
-            relays.push(RelayProc::start_at(&d.0, &ip, 4501 + k as u16, &args, Some(&self.ns(site))));
+            relays.push(RelayProc::start_at(
+                &d.0,
+                &ip,
+                4501 + k as u16,
+                &args,
+                Some(&self.ns(site)),
+            ));
             dirs.push(d);
         }
         let addrs: Vec<String> = relays.iter().map(RelayProc::addr).collect();

@@ -181,10 +181,13 @@ impl RelayState {
                 });
             }
             (r, vi) => {
-                if let (HelloReply::Refused {
-                    reason: RefuseReason::StaleGeneration,
-                    ..
-                }, Some(i)) = (&r, vi)
+                if let (
+                    HelloReply::Refused {
+                        reason: RefuseReason::StaleGeneration,
+                        ..
+                    },
+                    Some(i),
+                ) = (&r, vi)
                 {
                     self.volumes[i].stale_primary_refusals += 1;
                 }

@@ -135,10 +135,7 @@ impl RelayState {
             close = true;
         }
         busy |= !events.is_empty();
-        v.stale_primary_refusals += events
-            .iter()
-            .filter(|e| matches!(e, PrimaryEvent::Fenced(_)))
-            .count() as u64;
+        v.stale_primary_refusals += events.iter().filter(|e| matches!(e, PrimaryEvent::Fenced(_))).count() as u64;
         close |= on_primary_events(p, &v.meta, &mut events);
         if close || p.conn.state() == ConnState::Failed {
             p.conn.close();

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 
 use arrayvec::ArrayVec;
 use rdma_transport::tcp::{TcpConfig, TcpConnection};
-use rdma_transport::wire::{self, Frame, GapRequest, Heartbeat, Hello, HelloReply, RefuseReason, Role, FRAME_BYTES_MAX};
+use rdma_transport::wire::{
+    self, Frame, GapRequest, Heartbeat, Hello, HelloReply, RefuseReason, Role, FRAME_BYTES_MAX,
+};
 use rdma_transport::{ConnState, Connection, OutFrame};
 
 use super::gap::serve_gap;
