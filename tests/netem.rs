@@ -268,12 +268,31 @@ fn netem_forward_policy_holds_over_a_lossy_wan() {
             .map(|l| l["gap_requests_sent"].as_u64().unwrap_or(0))
             .sum()
     };
-    assert_eq!(gaps(&st), 0, "nothing fetched around the policy: {st}");
-    assert_eq!(st["stall_verdicts"]["pulled"], 0, "{st}");
-    assert!(st["applied_epoch"].as_u64() < Some(last), "held by policy: {st}");
+    let v = &st["stall_verdicts"];
+    assert!(v["policy_hold"].as_u64() > Some(0), "the hold was seen as policy: {st}");
+    // Documented fallback: a relay whose last report is older than 2 s is pulled from as
+    // before reports existed. A slow guest can starve a relay that long; every pull must be
+    // one of those, and without one nothing is fetched at all.
+    assert_eq!(
+        v["pulled"], v["pulled_report_stale"],
+        "every pull had a stale report: {st}"
+    );
+    let stale = v["pulled"].as_u64().unwrap_or(0);
+    eprintln!("netem: stall pulls after a stale relay report: {stale}");
+    if stale == 0 {
+        assert_eq!(gaps(&st), 0, "nothing fetched around the policy: {st}");
+        assert!(st["applied_epoch"].as_u64() < Some(last), "held by policy: {st}");
+    }
     c.relays[0].set_forward_policy(json!({"mode": "immediate"}));
     c.sb.wait_epoch("vold", last);
     assert_image(&read_delayed(&c.sb), &m, "standby after the policy released");
     let st = c.sb.status("vold").unwrap();
-    assert_eq!(gaps(&st), 0, "still nothing fetched: {st}");
+    let v = &st["stall_verdicts"];
+    assert_eq!(
+        v["pulled"], v["pulled_report_stale"],
+        "every pull had a stale report: {st}"
+    );
+    if v["pulled"] == 0 {
+        assert_eq!(gaps(&st), 0, "still nothing fetched: {st}");
+    }
 }

@@ -250,8 +250,9 @@ struct VolNet {
     /// A failover drain in progress (or its result, until the next one).
     drain: Option<drain::Drain>,
     /// Stall verdicts (`pull::StallVerdict`) taken, by kind: pulled, policy hold,
-    /// nothing more held, waiting on a delivering forwarder.
-    stall_verdicts: [u64; 4],
+    /// nothing more held, waiting on a delivering forwarder; then (index 4) the pulls taken
+    /// because some relay's report was not fresh (the fallback of `pull::stall_pull_wanted`).
+    stall_verdicts: [u64; 5],
     /// Most relay links connected at once lately, and when that was last true: a drain
     /// waits (briefly) for relays that were connected a moment ago to come back.
     peak_links: usize,
@@ -416,6 +417,9 @@ impl VolNet {
             .collect();
         let verdict = pull::stall_pull_wanted(&reports, v.next_lsn(), now.saturating_sub(self.progress_ns));
         self.stall_verdicts[verdict as usize] += 1;
+        if verdict == pull::StallVerdict::Pull && reports.iter().any(|r| r.forward.is_none()) {
+            self.stall_verdicts[4] += 1;
+        }
         if verdict == pull::StallVerdict::PolicyHold {
             // Held back by policy is not stalled: once the forwarder delivers again it gets
             // its full FORWARDER_STALL_NS from here, not from the last op before the hold
@@ -569,11 +573,11 @@ pub fn annotate_status(v: &StandbyVolume, status: &mut Value) {
         m.insert("relay_lsn_max".into(), relay_max.into());
         m.insert("relay_lag_lsn".into(), relay_max.saturating_sub(durable).into());
         m.insert("links".into(), serde_json::to_value(links).unwrap_or(Value::Null));
-        let [pulls, holds, nothing, waits] = verdicts.unwrap_or_default();
+        let [pulls, holds, nothing, waits, stale] = verdicts.unwrap_or_default();
         m.insert(
             "stall_verdicts".into(),
             serde_json::json!({"pulled": pulls, "policy_hold": holds, "nothing_more": nothing,
-                               "forwarder_delivering": waits}),
+                               "forwarder_delivering": waits, "pulled_report_stale": stale}),
         );
     }
 }
