@@ -18,14 +18,10 @@ struct SetTls {
 }
 
 fn settings(p: SetTls) -> Result<TlsSettings, RpcError> {
-    match (p.ca, p.cert, p.key, p.psk_file) {
-        (Some(ca), Some(cert), Some(key), None) => Ok(TlsSettings::Certs {
-            ca: ca.into(),
-            cert: cert.into(),
-            key: key.into(),
-        }),
-        (None, None, None, Some(f)) => Ok(TlsSettings::Psk { key_file: f.into() }),
-        _ => Err(RpcError::invalid_params(
+    let path = |s: Option<String>| s.map(std::path::PathBuf::from);
+    match TlsSettings::from_parts(path(p.ca), path(p.cert), path(p.key), path(p.psk_file)) {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) | Err(()) => Err(RpcError::invalid_params(
             "give ca, cert and key together, or psk_file alone",
         )),
     }

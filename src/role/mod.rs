@@ -78,15 +78,16 @@ impl TlsArgs {
     /// Loads and installs the credentials for a process of role `own`, if any were given.
     pub(crate) fn install(&self, own: rdma_transport::tls::Role) -> Result<(), AnyErr> {
         use rdma_transport::tls::{self, TlsContext, TlsSettings};
-        let settings = match (&self.tls_ca, &self.tls_cert, &self.tls_key, &self.tls_psk) {
-            (Some(ca), Some(cert), Some(key), None) => TlsSettings::Certs {
-                ca: ca.clone(),
-                cert: cert.clone(),
-                key: key.clone(),
-            },
-            (None, None, None, Some(f)) => TlsSettings::Psk { key_file: f.clone() },
-            (None, None, None, None) => return Ok(()),
-            _ => return Err("give --tls-ca, --tls-cert and --tls-key together, or --tls-psk alone".into()),
+        let parts = TlsSettings::from_parts(
+            self.tls_ca.clone(),
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+            self.tls_psk.clone(),
+        );
+        let settings = match parts {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(()),
+            Err(()) => return Err("give --tls-ca, --tls-cert and --tls-key together, or --tls-psk alone".into()),
         };
         let ctx = TlsContext::load(&settings, own)?;
         log::info!("replication links use TLS 1.3 as {}", ctx.name());

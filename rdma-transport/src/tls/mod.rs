@@ -73,6 +73,26 @@ pub enum TlsSettings {
     },
 }
 
+impl TlsSettings {
+    /// From what an operator gives (flags or RPC parameters): the CA, certificate and key
+    /// together, or the key file alone. `Ok(None)` when nothing is given; `Err(())` for any
+    /// other mix (each caller names its own parameters in the message).
+    #[allow(clippy::result_unit_err)]
+    pub fn from_parts(
+        ca: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        psk_file: Option<PathBuf>,
+    ) -> Result<Option<TlsSettings>, ()> {
+        match (ca, cert, key, psk_file) {
+            (Some(ca), Some(cert), Some(key), None) => Ok(Some(TlsSettings::Certs { ca, cert, key })),
+            (None, None, None, Some(key_file)) => Ok(Some(TlsSettings::Psk { key_file })),
+            (None, None, None, None) => Ok(None),
+            _ => Err(()),
+        }
+    }
+}
+
 /// Why TLS could not be set up or a TLS link failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -127,9 +147,13 @@ pub enum TlsError {
 /// The crypto of every link: `ring`'s, built with the workspace already. rustls deprecates
 /// its `ring` provider only for lacking post-quantum key exchange; its TLS 1.3 suites and
 /// X25519/P-256 key exchange are what the links use.
+/// Built once per process: every configuration and every signature check shares it.
 #[allow(deprecated)]
 pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    static PROVIDER: std::sync::OnceLock<Arc<rustls::crypto::CryptoProvider>> = std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 /// A rustls error as an operator should read it: our own refusal reasons in words.
