@@ -85,6 +85,11 @@ pub(crate) struct PerfArgs {
     /// Check data: stamp writes with LBA and generation, verify reads.
     #[arg(long)]
     verify: bool,
+    /// Microseconds each core waits after I/O completes before it submits more; with
+    /// `-q 1 --think-us 1000000` every I/O meets a target idle for a second (how fast
+    /// an idle reactor wakes).
+    #[arg(long, default_value_t = 0)]
+    think_us: u64,
     /// With -r: keep reconnecting a lost target for this many seconds (-1 forever, 0 never),
     /// SPDK bdev_nvme's ctrlr_loss_timeout_sec.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
@@ -169,6 +174,7 @@ fn workload_opts(a: &PerfArgs) -> Result<WorkloadOpts, AnyErr> {
         verify: a.verify,
         seed: 0x5eed,
         drain_timeout: perf::DRAIN_TIMEOUT_DEFAULT,
+        think: Duration::from_micros(a.think_us),
     })
 }
 

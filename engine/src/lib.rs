@@ -13,6 +13,7 @@
 //!   (`rte_ring`, `rte_mempool`) with the `dpdk` feature.
 //! - [`metrics`]: microsecond latency histograms over `hdrhistogram`.
 //! - [`clock`]: the monotonic nanosecond clock every timestamp uses.
+//! - [`wait`]: `epoll` and `eventfd`, how idle reactors and the management thread sleep.
 //!
 //! Nothing here knows about NVMe or replication (`docs/architecture.md`: dependencies point
 //! from those crates into this one).
@@ -29,6 +30,7 @@ pub mod regionmap;
 pub mod ring;
 pub mod rpc;
 mod sys;
+pub mod wait;
 /// Whether a file is on tmpfs/ramfs (see `sys`): the uring bdev and the relay journal copy inline there.
 pub use sys::is_memory_fs;
 /// Anonymous (optionally hugepage) memory mappings: the user-space NVMe driver's queues.

@@ -138,6 +138,9 @@ pub struct WorkloadOpts {
     /// The drain waits this long for outstanding I/O; then the run fails with
     /// [`PerfError::DrainTimeout`] instead of waiting for ever.
     pub drain_timeout: Duration,
+    /// After I/O completes, the core submits nothing more for this long (`--think-us`):
+    /// with `-q 1` every I/O then reaches a target that has been idle this long.
+    pub think: Duration,
 }
 
 impl WorkloadOpts {
@@ -152,6 +155,7 @@ impl WorkloadOpts {
             verify: false,
             seed: 0x5eed,
             drain_timeout: DRAIN_TIMEOUT_DEFAULT,
+            think: Duration::ZERO,
         }
     }
 
@@ -231,6 +235,8 @@ struct Worker {
     slots: Vec<Slot>,
     free: Vec<u32>,
     reaped: Vec<u32>,
+    /// No submission before this (`WorkloadOpts::think`).
+    think_until_ns: u64,
     gen: Vec<u32>,
     busy: Vec<bool>,
     hist: LatencyHistogram,
@@ -392,6 +398,7 @@ impl Worker {
         self.reaped.clear();
         if n > 0 {
             self.progress.store(self.ios, Ordering::Relaxed);
+            self.think_until_ns = now + self.opts.think.as_nanos() as u64;
         }
 
         // 2. Phase changes.
@@ -421,7 +428,10 @@ impl Worker {
             return if n > 0 { PollStatus::Busy } else { PollStatus::Idle };
         }
 
-        // 3. Refill.
+        // 3. Refill (after the think time, if any).
+        if now < self.think_until_ns {
+            return if n > 0 { PollStatus::Busy } else { PollStatus::Idle };
+        }
         let mut submitted = 0;
         let stamp_ns = now;
         let read_pct = self.opts.pattern.read_pct(self.opts.read_pct) as u64;
@@ -633,6 +643,7 @@ impl Worker {
             slots,
             free: (0..qd as u32).rev().collect(),
             reaped: Vec::with_capacity(qd),
+            think_until_ns: 0,
             gen: if verify {
                 vec![0; unit_count as usize]
             } else {

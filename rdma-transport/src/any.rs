@@ -84,6 +84,16 @@ impl<B: Deref<Target = [u8]>> AnyConnection<B> {
         }
     }
 
+    /// What the connection waits for while idle (see [`TcpConnection::wait_interest`]);
+    /// None for RDMA (completion queues have no descriptor here) and once closed.
+    pub fn wait_interest(&self) -> Option<(std::os::fd::RawFd, engine::reactor::Interest)> {
+        match self {
+            AnyConnection::Tcp(c) => c.wait_interest(),
+            #[cfg(feature = "rdma")]
+            AnyConnection::Rdma(_) => None,
+        }
+    }
+
     /// Whether whole received frames wait to be delivered.
     pub fn has_buffered(&self) -> bool {
         match self {
@@ -154,6 +164,19 @@ pub struct AnyAcceptor {
 }
 
 impl AnyAcceptor {
+    /// Adds the listening sockets an idle reactor should wake for to `out`; false when an
+    /// RDMA listener is among them (its connection requests are polled, not signalled).
+    pub fn wait_fds(&self, out: &mut Vec<(std::os::fd::RawFd, engine::reactor::Interest)>) -> bool {
+        if let Some(t) = &self.tcp {
+            out.push((t.raw_fd(), engine::reactor::Interest::READABLE));
+        }
+        #[cfg(feature = "rdma")]
+        if self.rdma.is_some() {
+            return false;
+        }
+        true
+    }
+
     /// Listens on each endpoint given (at most one per transport; later ones of the same
     /// transport are refused).
     pub fn bind(eps: &[Endpoint]) -> Result<Self, (Endpoint, TransportError)> {

@@ -168,6 +168,18 @@ impl<B: Deref<Target = [u8]>> TcpConnection<B> {
         }
     }
 
+    /// What this connection waits for while its owner has nothing else to do (for the
+    /// reactor's `engine::reactor::WatchSet`): bytes to read, and room to write while a
+    /// connect is in progress or frames or sealed records wait to go out. None once closed.
+    pub fn wait_interest(&self) -> Option<(std::os::fd::RawFd, engine::reactor::Interest)> {
+        use engine::reactor::Interest;
+        let fd = self.raw_fd()?;
+        let out = matches!(self.sock, Sock::Connecting(..))
+            || !self.sendq.is_empty()
+            || self.tls.as_ref().is_some_and(|t| t.has_output());
+        Some((fd, if out { Interest::BOTH } else { Interest::READABLE }))
+    }
+
     /// Whether a whole received frame (or a malformed one, to report) waits in the buffer (a
     /// poll stops at its frame limit): `poll_recv` has work even if the socket has nothing
     /// new. A partial frame does not count: the rest makes the socket readable.
@@ -652,6 +664,12 @@ impl TcpAcceptor {
     /// of role `expect`; plaintext while none is.
     pub fn follow_process_tls(&mut self, expect: Role) {
         self.follow = Some(expect);
+    }
+
+    /// The listening socket's descriptor (readable when a connection waits).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.listener.as_raw_fd()
     }
 
     /// The bound address.

@@ -192,6 +192,8 @@ struct Shared {
     superseded: AtomicU64,
     /// `now_ns()` of the link reactor's last status publish (liveness of the reactor).
     published_ns: AtomicU64,
+    /// The link reactor's core: channels wake it after pushing to `subq`.
+    link_core: u32,
     status: Mutex<VolumeStatus>,
     relays: Mutex<Vec<Endpoint>>,
     stats: StatsSet,
@@ -292,6 +294,7 @@ impl ReplicatedVolume {
             fence_reused: AtomicBool::new(false),
             superseded: AtomicU64::new(0),
             published_ns: AtomicU64::new(0),
+            link_core: core,
             status: Mutex::new(VolumeStatus::default()),
             stats: StatsSet::default(),
             sink_token: Mutex::new(None),
@@ -309,7 +312,19 @@ impl ReplicatedVolume {
         reactor::send_msg(core, move || {
             let link = Rc::new(RefCell::new(LinkState::new(s2, dirty_map)));
             let l2 = link.clone();
-            let id = reactor::register_poller("replication_link", None, move || l2.borrow_mut().poll());
+            let mut watch = reactor::WatchSet::new();
+            let mut fds = Vec::new();
+            let id = reactor::register_fd_poller("replication_link", None, move || {
+                let status = l2.borrow_mut().poll();
+                let (all, buffered) = l2.borrow().wait_list(&mut fds);
+                watch.sync(&fds);
+                if !all {
+                    reactor::cannot_watch();
+                }
+                let now = now_ns();
+                reactor::wake_by(if buffered { now } else { now + link::IDLE_TICK_NS });
+                status
+            });
             link.borrow_mut().poller = Some(id);
         })
         .map_err(|e| VolumeError::Unreachable {

@@ -287,11 +287,16 @@ fn create(p: CreateParams) -> Reply {
             vol.set_changed_map(changed_map);
             let vol = Rc::new(RefCell::new(vol));
             let v2 = vol.clone();
-            let poller =
-                reactor::register_poller(&format!("standby_{name}"), None, move || match v2.try_borrow_mut() {
-                    Ok(mut v) => v.poll(engine::clock::now_ns()),
+            // Its work arrives by message, from the network poller on this reactor or as bdev
+            // completions (I/O in flight keeps the reactor awake); its timers run on the tick.
+            let poller = reactor::register_fd_poller(&format!("standby_{name}"), None, move || {
+                let now = engine::clock::now_ns();
+                reactor::wake_by(now + crate::net::IDLE_TICK_NS);
+                match v2.try_borrow_mut() {
+                    Ok(mut v) => v.poll(now),
                     Err(_) => PollStatus::Idle,
-                });
+                }
+            });
             VOLUMES.with(|t| t.borrow_mut().insert(name.clone(), Owned { vol, poller }));
         });
         let _ = tx.send(r);

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 use super::registry::Registry;
 use super::session::Session;
+use crate::wait::{Epoll, Interest};
+use std::os::fd::{AsRawFd, RawFd};
 
 pub use crate::reactor::PollStatus;
 
@@ -35,9 +37,12 @@ pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Top-level requests dispatched per connection per `poll()`.
 pub const REQUESTS_PER_POLL_MAX: usize = 16;
 
-/// How long the management thread naps when a `poll()` found nothing (bounds the
-/// added latency of an idle server; it is not on a data-path core).
+/// How long the management thread naps when a `poll()` found nothing but a request is
+/// still being answered (a deferred handler is polled, not signalled).
 pub const APP_IDLE_SLEEP: std::time::Duration = std::time::Duration::from_micros(50);
+/// How long the management thread blocks at most when nothing at all is going on: it
+/// wakes at once for a connection or a request, and this often to see a stop request.
+pub const APP_STOP_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Why the server could not start listening.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +118,12 @@ enum Stream {
 }
 
 impl Stream {
+    fn raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tcp(s) => s.as_raw_fd(),
+        }
+    }
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Unix(s) => s.read(buf),
@@ -150,6 +161,9 @@ pub struct Server {
     conns: Vec<Conn>,
     read_buf: Box<[u8]>,
     stats: ServerStats,
+    /// Listeners and connections, for [`Server::wait`]; `None` if epoll could not be
+    /// set up (the server then naps instead of blocking).
+    waiter: Option<Epoll>,
 }
 
 impl Server {
@@ -161,6 +175,9 @@ impl Server {
             conns: Vec::new(),
             read_buf: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
             stats: ServerStats::default(),
+            waiter: Epoll::new()
+                .map_err(|e| log::warn!("rpc: no epoll ({e}); the management thread will nap instead"))
+                .ok(),
         }
     }
 
@@ -210,6 +227,7 @@ impl Server {
             return Err(e);
         }
         listener.set_nonblocking(true).map_err(bind_err)?;
+        self.watch(listener.as_raw_fd());
         self.listeners.push(Listener::Unix {
             listener,
             path: path.to_path_buf(),
@@ -230,6 +248,7 @@ impl Server {
         let listener = TcpListener::bind(addr).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         let local = listener.local_addr().map_err(bind_err)?;
+        self.watch(listener.as_raw_fd());
         self.listeners.push(Listener::Tcp(listener));
         Ok(local)
     }
@@ -263,6 +282,9 @@ impl Server {
             busy |= moved;
             if let Some(why) = close {
                 log::debug!("rpc: closing {}: {why}", conn.peer);
+                if let Some(w) = &self.waiter {
+                    w.remove(conn.stream.raw_fd());
+                }
                 self.conns.swap_remove(i);
                 self.stats.connections_closed += 1;
                 busy = true;
@@ -274,6 +296,30 @@ impl Server {
             PollStatus::Busy
         } else {
             PollStatus::Idle
+        }
+    }
+
+    fn watch(&mut self, fd: RawFd) {
+        if let Some(w) = &self.waiter {
+            if let Err(e) = w.add(fd, Interest::READABLE) {
+                log::warn!("rpc: cannot watch a listener ({e}); the management thread will nap instead");
+                self.waiter = None;
+            }
+        }
+    }
+
+    /// Sleeps until there may be something to do, at most `max`: blocks until a
+    /// listener or connection is readable when every session is quiet (idle management
+    /// costs nothing), else naps [`APP_IDLE_SLEEP`] (a deferred request is polled).
+    pub fn wait(&self, max: std::time::Duration) {
+        match &self.waiter {
+            Some(w) if self.conns.iter().all(|c| c.session.quiet()) => {
+                if let Err(e) = w.wait(Some(max)) {
+                    log::warn!("rpc: epoll_wait failed: {e}");
+                    std::thread::sleep(APP_IDLE_SLEEP);
+                }
+            }
+            _ => std::thread::sleep(APP_IDLE_SLEEP.min(max)),
         }
     }
 
@@ -310,6 +356,12 @@ impl Server {
                     continue;
                 }
                 self.stats.connections_accepted += 1;
+                if let Some(w) = &self.waiter {
+                    if let Err(e) = w.add(stream.raw_fd(), Interest::READABLE) {
+                        log::warn!("rpc: dropping connection on {peer}: cannot watch it: {e}");
+                        continue;
+                    }
+                }
                 self.conns.push(Conn {
                     stream,
                     session: Session::new(),
@@ -373,7 +425,7 @@ fn service(conn: &mut Conn, registry: &Registry, read_buf: &mut [u8]) -> (bool, 
 }
 
 /// Run `server` on a new management thread named `rpc_app` until `stop` says so
-/// (e.g. `reactors.stop_flag()`), napping [`APP_IDLE_SLEEP`] whenever a poll finds
+/// (e.g. `reactors.stop_flag()`), sleeping in [`Server::wait`] whenever a poll finds
 /// nothing. Returns the thread; joining it yields the server's counters.
 pub fn spawn_app_thread(
     mut server: Server,
@@ -382,7 +434,7 @@ pub fn spawn_app_thread(
     std::thread::Builder::new().name("rpc_app".into()).spawn(move || {
         while !stop.is_stopping() {
             if server.poll() == PollStatus::Idle {
-                std::thread::sleep(APP_IDLE_SLEEP);
+                server.wait(APP_STOP_CHECK);
             }
         }
         server.stats()

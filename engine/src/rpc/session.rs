@@ -142,6 +142,16 @@ impl Session {
         self.out.drain(..n.min(self.out.len()));
     }
 
+    /// True when nothing can happen on this session until the peer sends more bytes:
+    /// no answer waiting to go out, no deferred request in flight, no complete request
+    /// buffered. Its owner may then sleep until the socket is readable.
+    pub fn quiet(&self) -> bool {
+        self.out.is_empty()
+            && self.in_flight.is_none()
+            && self.state == SessionState::Open
+            && (self.framer.pending_bytes() == 0 || self.framer.mid_value())
+    }
+
     /// True when the connection should be closed now: failed or drained, nothing
     /// in flight and all output sent.
     pub fn finished(&self) -> bool {

@@ -293,7 +293,19 @@ impl Relay {
             };
             let st = std::rc::Rc::new(std::cell::RefCell::new(state));
             let s2 = st.clone();
-            let id = reactor::register_poller("relay", None, move || s2.borrow_mut().poll());
+            let mut watch = reactor::WatchSet::new();
+            let mut fds = Vec::new();
+            let id = reactor::register_fd_poller("relay", None, move || {
+                let status = s2.borrow_mut().poll();
+                let (all, buffered) = s2.borrow().wait_list(&mut fds);
+                watch.sync(&fds);
+                if !all {
+                    reactor::cannot_watch();
+                }
+                let now = engine::clock::now_ns();
+                reactor::wake_by(if buffered { now } else { now + state::IDLE_TICK_NS });
+                status
+            });
             st.borrow_mut().poller = Some(id);
         })
         .map_err(|e| RelayError::Unreachable(e.to_string()))?;

@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use arrayvec::ArrayVec;
 use engine::clock::now_ns;
-use engine::reactor::{self, PollStatus};
+use engine::reactor::{self, Interest, PollStatus};
 use rdma_transport::readiness::{Readiness, READY_EVENTS_MAX};
 use rdma_transport::Connection;
 use rdma_transport::{AnyAcceptor, AnyConnection};
+use std::os::fd::RawFd;
 
 use super::volume_journal::VolumeJournal;
 use super::{RelayConfig, RelayCtl, RelayShared, STATUS_PERIOD_NS};
@@ -45,7 +46,40 @@ pub(super) struct RelayState {
     pub(super) root_lock: Option<DirLock>,
 }
 
+/// How often an idle relay's reactor wakes even if no socket does: the forward policy's
+/// openings, `PrimaryLiveness` to the standby (every 100 ms), handshake and gap time-outs
+/// and the status are timers of this poller (`docs/architecture.md`, "Idle reactors").
+pub(super) const IDLE_TICK_NS: u64 = 10_000_000;
+
 impl RelayState {
+    /// Puts in `out` every socket the relay waits on while idle (listeners, handshakes,
+    /// primaries, standby links); returns (every one could be watched, a connection has
+    /// whole frames buffered already).
+    pub(super) fn wait_list(&self, out: &mut Vec<(RawFd, Interest)>) -> (bool, bool) {
+        out.clear();
+        let mut all = self.acceptor.wait_fds(out);
+        let mut buffered = false;
+        let conns = self
+            .pending
+            .iter()
+            .map(|p| &p.conn)
+            .chain(self.volumes.iter().flat_map(|v| {
+                v.primary
+                    .as_ref()
+                    .map(|p| &p.conn)
+                    .into_iter()
+                    .chain(v.standby.as_ref())
+            }));
+        for c in conns {
+            match c.wait_interest() {
+                Some(w) => out.push(w),
+                None => all &= !c.is_rdma(),
+            }
+            buffered |= c.has_buffered();
+        }
+        (all, buffered)
+    }
+
     pub(super) fn poll(&mut self) -> PollStatus {
         if self.stopped {
             return PollStatus::Idle;

@@ -168,6 +168,8 @@ impl ChannelBackend for VolChannel {
             self.unpushed.push_back(sub);
         } else if let Err(sub) = self.shared.subq.push(sub) {
             self.unpushed.push_back(sub);
+        } else {
+            reactor::wake(self.shared.link_core);
         }
         Ok(())
     }
@@ -183,11 +185,16 @@ impl ChannelBackend for VolChannel {
                 }
             }
         }
+        let mut pushed = false;
         while let Some(s) = self.unpushed.pop_front() {
             if let Err(s) = self.shared.subq.push(s) {
                 self.unpushed.push_front(s);
                 break;
             }
+            pushed = true;
+        }
+        if pushed {
+            reactor::wake(self.shared.link_core);
         }
         let mut local = ArrayVec::<(u32, Result<(), BdevError>, Option<DmaBuf>), 64>::new();
         loop {

@@ -5,6 +5,12 @@
 
 use super::*;
 
+/// How often an idle link reactor wakes even if no relay socket does: reconnect
+/// back-offs, relay-down time-outs, the sync's rate and the status are its timers, and
+/// control calls (`ctl`) arrive through a ring without a wake-up (`docs/architecture.md`,
+/// "Idle reactors").
+pub(super) const IDLE_TICK_NS: u64 = 10_000_000;
+
 /// Who is told when an op completes.
 pub(super) enum Owner {
     Chan {
@@ -131,6 +137,22 @@ impl LinkState {
 
     pub(super) fn degraded(&self) -> bool {
         self.s.cfg.on_relay_down == OnRelayDown::Degraded
+    }
+
+    /// Puts in `out` every relay socket the link reactor waits on while idle; returns
+    /// (every one could be watched, a link has whole frames buffered already).
+    pub(super) fn wait_list(&self, out: &mut Vec<(std::os::fd::RawFd, engine::reactor::Interest)>) -> (bool, bool) {
+        out.clear();
+        let mut all = true;
+        let mut buffered = false;
+        for c in self.links.iter().filter_map(|l| l.conn.as_ref()) {
+            match c.wait_interest() {
+                Some(w) => out.push(w),
+                None => all &= !c.is_rdma(),
+            }
+            buffered |= c.has_buffered();
+        }
+        (all, buffered)
     }
 
     pub(super) fn poll(&mut self) -> PollStatus {

@@ -56,6 +56,22 @@ impl Listener {
         }
     }
 
+    /// Puts in `out` the listening sockets and handshaking connections an idle reactor
+    /// waits on; returns (every one could be watched, one has a whole frame buffered).
+    pub(super) fn wait_list(&self, out: &mut Vec<(std::os::fd::RawFd, engine::reactor::Interest)>) -> (bool, bool) {
+        out.clear();
+        let mut all = self.acceptor.wait_fds(out);
+        let mut buffered = false;
+        for p in &self.pending {
+            match p.conn.wait_interest() {
+                Some(w) => out.push(w),
+                None => all &= !p.conn.is_rdma(),
+            }
+            buffered |= p.conn.has_buffered();
+        }
+        (all, buffered)
+    }
+
     pub(super) fn poll(&mut self, now: u64) -> PollStatus {
         let mut busy = self.accept(now);
         let mut i = 0;

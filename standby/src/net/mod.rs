@@ -167,7 +167,18 @@ impl StandbyNet {
                 return;
             };
             let mut l = Listener::new(acceptor);
-            reactor::register_poller("standby_listen", Some(ACCEPT_PERIOD), move || l.poll(now_ns()));
+            let mut watch = reactor::WatchSet::new();
+            let mut fds = Vec::new();
+            // Paced by ACCEPT_PERIOD while the reactor is awake; asleep, a connection or a
+            // handshake's bytes wake it.
+            reactor::register_fd_poller("standby_listen", Some(ACCEPT_PERIOD), move || {
+                let now = now_ns();
+                let status = l.poll(now);
+                let (all, buffered) = l.wait_list(&mut fds);
+                watch.sync(&fds);
+                arm(all, buffered, now);
+                status
+            });
         })
         .map_err(|e| NetError::Unreachable(e.to_string()))?;
         *LISTEN.lock().unwrap_or_else(|e| e.into_inner()) = Some(listen);
@@ -476,7 +487,35 @@ struct ReactorNet {
     vols: BTreeMap<String, VolNet>,
 }
 
+/// How often an idle standby reactor wakes even if no socket does: gap requests, stall
+/// verdicts, silent-relay and drain time-outs are timers (`docs/architecture.md`, "Idle
+/// reactors"). Relays send `PrimaryLiveness` every 100 ms anyway.
+pub const IDLE_TICK_NS: u64 = 10_000_000;
+
+/// After a pass of an fd-driven standby poller: nap only if something could not be
+/// watched, run again at once if frames wait in a buffer, else within the tick.
+fn arm(all: bool, buffered: bool, now: u64) {
+    if !all {
+        reactor::cannot_watch();
+    }
+    reactor::wake_by(if buffered { now } else { now + IDLE_TICK_NS });
+}
+
 impl ReactorNet {
+    fn wait_list(&self, out: &mut Vec<(std::os::fd::RawFd, engine::reactor::Interest)>) -> (bool, bool) {
+        out.clear();
+        let mut all = true;
+        let mut buffered = false;
+        for l in self.vols.values().flat_map(|v| v.links.iter()) {
+            match l.conn.wait_interest() {
+                Some(w) => out.push(w),
+                None => all &= !l.conn.is_rdma(),
+            }
+            buffered |= l.conn.has_buffered();
+        }
+        (all, buffered)
+    }
+
     fn poll(&mut self) -> PollStatus {
         let now = now_ns();
         let mut busy = false;
@@ -521,9 +560,20 @@ fn reactor_net() -> Rc<RefCell<ReactorNet>> {
             .get_or_insert_with(|| {
                 let rn = Rc::new(RefCell::new(ReactorNet { vols: BTreeMap::new() }));
                 let r2 = rn.clone();
-                reactor::register_poller("standby_net", None, move || match r2.try_borrow_mut() {
-                    Ok(mut r) => r.poll(),
-                    Err(_) => PollStatus::Idle,
+                let mut watch = reactor::WatchSet::new();
+                let mut fds = Vec::new();
+                reactor::register_fd_poller("standby_net", None, move || match r2.try_borrow_mut() {
+                    Ok(mut r) => {
+                        let status = r.poll();
+                        let (all, buffered) = r.wait_list(&mut fds);
+                        watch.sync(&fds);
+                        arm(all, buffered, now_ns());
+                        status
+                    }
+                    Err(_) => {
+                        reactor::cannot_watch();
+                        PollStatus::Idle
+                    }
                 });
                 rn
             })

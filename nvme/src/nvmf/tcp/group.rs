@@ -4,10 +4,11 @@
 
 use super::{Conn, ConnPoll, ACCEPTS_PER_POLL, ACCEPT_POLL_PERIOD_US};
 use crate::nvmf::{ListenerHandle, Target, TargetError};
-use engine::reactor::{self, PollStatus, PollerId};
+use engine::reactor::{self, FdWatch, Interest, PollStatus, PollerId};
 use std::cell::{Cell, RefCell};
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,8 +63,17 @@ pub(crate) fn start_listener(target: Arc<Target>, addr: SocketAddr) -> Result<Li
     reactor::send_msg(cores[0], move || {
         let id: Rc<Cell<Option<PollerId>>> = Rc::new(Cell::new(None));
         let id2 = id.clone();
+        // An idle reactor sleeps until the listener is readable (a connection waits).
+        let mut watch = reactor::watch_fd(l.as_raw_fd(), Interest::READABLE)
+            .map_err(|e| log::warn!("nvmf: {e}; the accept poller keeps its reactor napping"))
+            .ok();
         let mut l = Some(l);
-        let pid = reactor::register_poller(
+        let register = if watch.is_some() {
+            reactor::register_fd_poller
+        } else {
+            reactor::register_poller
+        };
+        let pid = register(
             "nvmf_tcp_accept",
             Some(Duration::from_micros(ACCEPT_POLL_PERIOD_US)),
             move || {
@@ -71,6 +81,7 @@ pub(crate) fn start_listener(target: Arc<Target>, addr: SocketAddr) -> Result<Li
                     if let Some(pid) = id2.get() {
                         reactor::unregister_poller(pid);
                     }
+                    drop(watch.take());
                     l = None; // closes the socket
                     return PollStatus::Idle;
                 }
@@ -117,11 +128,34 @@ fn accept_some(l: &TcpListener, target: &Arc<Target>, cores: &[u32], listen: Soc
     status
 }
 
+/// Tells the reactor what `conn` waits for before it may sleep: its socket readable,
+/// and writable too while replies are queued; bdev retries cannot be watched.
+fn arm(conn: &Conn, watch: &mut Option<FdWatch>) {
+    let Some(w) = watch else {
+        reactor::cannot_watch();
+        return;
+    };
+    let queued = conn.tx_pos < conn.tx.len();
+    w.set_interest(if queued { Interest::BOTH } else { Interest::READABLE });
+    if !conn.retry.is_empty() {
+        reactor::cannot_watch();
+    }
+}
+
 /// One reactor's connections.
 pub(super) struct PollGroup {
     pub(super) conns: Vec<Conn>,
+    /// `watches[i]` wakes the idle reactor for `conns[i]`'s socket (`None` if it could not
+    /// be watched: the group then keeps its reactor napping instead of sleeping).
+    watches: Vec<Option<FdWatch>>,
     stats: Arc<GroupStats>,
 }
+
+/// How often a sleeping reactor with connections wakes anyway: state other threads
+/// change without a message (a controller failed through its admin queue, an
+/// asynchronous event to report) and the keep-alive and authentication timers are
+/// checked this often. Far below any KATO; ten wake-ups a second cost nothing.
+const IDLE_TICK_NS: u64 = 100_000_000;
 
 thread_local! {
     pub(super) static GROUP: RefCell<Option<PollGroup>> = const { RefCell::new(None) };
@@ -141,15 +175,25 @@ fn group_add(mut conn: Box<Conn>) {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(stats.clone());
-            reactor::register_poller("nvmf_tcp_poll_group", None, group_poll);
+            reactor::register_fd_poller("nvmf_tcp_poll_group", None, group_poll);
             PollGroup {
                 conns: Vec::new(),
+                watches: Vec::new(),
                 stats,
             }
         });
         conn.stats = Some(g.stats.clone());
         conn.core = reactor::current_core().unwrap_or(0);
         bump(&g.stats.connections, 1);
+        let watch = reactor::watch_fd(conn.sock.as_raw_fd(), Interest::READABLE)
+            .map_err(|e| {
+                log::warn!(
+                    "nvmf: {e}; this reactor will not sleep while {} is connected",
+                    conn.peer
+                )
+            })
+            .ok();
+        g.watches.push(watch);
         g.conns.push(*conn);
     });
 }
@@ -170,12 +214,15 @@ fn group_poll() -> PollStatus {
                 ConnPoll::Idle => {}
                 ConnPoll::Dead => {
                     bump(&g.stats.connections, -1);
+                    g.watches.swap_remove(i);
                     g.conns.swap_remove(i);
                     continue;
                 }
             }
+            arm(&g.conns[i], &mut g.watches[i]);
             i += 1;
         }
+        reactor::wake_by(now + IDLE_TICK_NS);
         if busy {
             PollStatus::Busy
         } else {

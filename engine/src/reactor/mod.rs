@@ -19,9 +19,10 @@
 //!
 //! Idle behaviour: by default a reactor that has found no work for
 //! [`IdleMode::Adaptive`]'s `idle_before_sleep_us` and has no I/O in flight
-//! sleeps in short naps (at most `sleep_us_max`) instead of spinning at 100%;
-//! a message wakes it at once, a socket or device becoming ready waits for the
-//! nap to end. `IdleMode::Poll` spins like SPDK, for the lowest latency.
+//! sleeps in one `epoll_wait` (module `sleep`): a message, a watched socket
+//! becoming ready or the next timer wakes it at once; while a poller that watches
+//! nothing is registered, the sleep lasts at most `sleep_us_max`.
+//! `IdleMode::Poll` spins like SPDK, for the lowest latency.
 //!
 //! Shutdown: [`Reactors::shutdown`] (or SIGINT/SIGTERM after
 //! [`install_signal_handlers`]) sets a flag pollers see through
@@ -35,10 +36,14 @@ use crate::ring::Ring;
 use crossbeam_utils::CachePadded;
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
-use std::thread::{JoinHandle, Thread};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 use thiserror::Error;
+
+mod sleep;
+pub use crate::wait::Interest;
+pub use sleep::{cannot_watch, register_fd_poller, wake_by, watch_fd, FdWatch, WatchError, WatchSet};
 
 /// Messages a reactor's ring holds before senders see back-pressure.
 pub const MSG_RING_CAPACITY: usize = 4096;
@@ -62,17 +67,24 @@ pub enum IdleMode {
     /// Spin: lowest latency, one full core per reactor (SPDK's behaviour).
     Poll,
     /// Spin while work is recent; after `idle_before_sleep_us` with nothing
-    /// to do and no I/O in flight, nap up to `sleep_us_max` at a time.
+    /// to do and no I/O in flight, sleep until a message, a watched descriptor
+    /// or a timer wakes the reactor, or at most `sleep_us_max` while a poller
+    /// that watches no descriptor is registered.
     Adaptive {
         idle_before_sleep_us: u64,
         sleep_us_max: u64,
     },
 }
 
+/// Spin this long after the last work before sleeping: long enough that a steady
+/// stream of I/O (anything above ~4000 per second) never puts the reactor to sleep,
+/// short enough that a heartbeat every 100 ms costs a fraction of a percent.
+pub const IDLE_BEFORE_SLEEP_US: u64 = 250;
+
 impl Default for IdleMode {
     fn default() -> Self {
         IdleMode::Adaptive {
-            idle_before_sleep_us: 10_000,
+            idle_before_sleep_us: IDLE_BEFORE_SLEEP_US,
             sleep_us_max: 1_000,
         }
     }
@@ -160,7 +172,11 @@ struct ReactorShared {
     ring: Ring<Msg>,
     stats: CachePadded<StatsCells>,
     sleeping: AtomicBool,
-    thread: OnceLock<Thread>,
+    /// Written by senders while `sleeping` (and by shutdown) to end the sleep.
+    wake: crate::wait::EventFd,
+    /// Set by [`wake`]: work arrived through a ring of a caller's own, so the reactor must
+    /// run its pollers before it sleeps.
+    kick: AtomicBool,
     pollers: Mutex<Vec<PollerInfo>>,
 }
 
@@ -186,11 +202,37 @@ impl SetShared {
         // sleeping and wake it.
         fence(Ordering::SeqCst);
         if r.sleeping.load(Ordering::Relaxed) {
-            if let Some(t) = r.thread.get() {
-                t.unpark();
-            }
+            r.wake.notify();
         }
         Ok(())
+    }
+}
+
+impl SetShared {
+    fn kick(&self, core: u32) {
+        let Some(i) = self.index_of(core) else { return };
+        let r = &self.reactors[i];
+        if !r.kick.load(Ordering::Relaxed) {
+            r.kick.store(true, Ordering::Relaxed);
+        }
+        // Pairs with the reactor's fence between `sleeping = true` and its look at `kick`.
+        fence(Ordering::SeqCst);
+        if r.sleeping.load(Ordering::Relaxed) {
+            r.wake.notify();
+        }
+    }
+}
+
+/// Tells `core`'s reactor that work for one of its pollers arrived through a queue of
+/// the caller's own (not a message): a sleeping reactor wakes, an awake one runs its
+/// pollers once more before it sleeps. Costs a fence and a load while the reactor is
+/// awake, one `write(2)` to its eventfd when it sleeps. Any thread may call it.
+pub fn wake(core: u32) {
+    let local = LOCAL.with(|l| l.borrow().as_ref().map(|l| l.set.kick(core)).is_some());
+    if !local {
+        if let Ok(s) = current_set() {
+            s.kick(core);
+        }
     }
 }
 
@@ -245,6 +287,8 @@ pub struct PollerId(u64);
 struct Poller {
     id: PollerId,
     period_ns: Option<u64>,
+    /// Registered with [`register_fd_poller`]: tells the reactor what it waits for.
+    fd_driven: bool,
     next_due_ns: u64,
     f: Box<dyn FnMut() -> PollStatus>,
 }
@@ -280,7 +324,8 @@ impl Reactors {
                 ring: Ring::new_in(kind, MSG_RING_CAPACITY)?,
                 stats: CachePadded::new(StatsCells::default()),
                 sleeping: AtomicBool::new(false),
-                thread: OnceLock::new(),
+                kick: AtomicBool::new(false),
+                wake: crate::wait::EventFd::new().map_err(|source| ReactorError::Spawn { core, source })?,
                 pollers: Mutex::new(Vec::new()),
             });
         }
@@ -305,7 +350,9 @@ impl Reactors {
                         }));
                         return;
                     }
-                    let _ = set.reactors[index].thread.set(std::thread::current());
+                    if let Err(e) = sleep::reactor_start(&set.reactors[index].wake) {
+                        log::warn!("reactor {core}: no epoll ({e}); idle naps instead of sleeping");
+                    }
                     let _env = crate::env::reactor_thread();
                     crate::buf::thread_cache_enable();
                     let _ = ready.send(Ok(()));
@@ -368,9 +415,7 @@ impl Reactors {
     pub fn shutdown(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         for r in &self.shared.reactors {
-            if let Some(t) = r.thread.get() {
-                t.unpark();
-            }
+            r.wake.notify();
         }
     }
 
@@ -423,9 +468,7 @@ impl StopHandle {
     pub fn stop(&self) {
         self.0.stop.store(true, Ordering::SeqCst);
         for r in &self.0.reactors {
-            if let Some(t) = r.thread.get() {
-                t.unpark();
-            }
+            r.wake.notify();
         }
     }
     pub fn is_stopping(&self) -> bool {
@@ -552,6 +595,15 @@ pub fn shutdown_requested() -> bool {
 /// It starts on the next iteration. Panics off a reactor thread: pollers
 /// belong to a reactor, so registering one elsewhere is a bug.
 pub fn register_poller(name: &str, period: Option<Duration>, f: impl FnMut() -> PollStatus + 'static) -> PollerId {
+    register(name, period, false, f)
+}
+
+fn register(
+    name: &str,
+    period: Option<Duration>,
+    fd_driven: bool,
+    f: impl FnMut() -> PollStatus + 'static,
+) -> PollerId {
     let id = PollerId(NEXT_POLLER_ID.fetch_add(1, Ordering::Relaxed));
     LOCAL.with(|l| {
         let l = l.borrow();
@@ -571,6 +623,7 @@ pub fn register_poller(name: &str, period: Option<Duration>, f: impl FnMut() -> 
         n.borrow_mut().push(Poller {
             id,
             period_ns,
+            fd_driven,
             next_due_ns: now_ns() + period_ns.unwrap_or(0),
             f: Box::new(f),
         })
@@ -637,13 +690,17 @@ fn run_reactor(set: Arc<SetShared>, index: usize) {
         }
 
         let mut now = t0;
+        // When the reactor must be awake again: its timed pollers' next runs, or a
+        // short nap while some poller gives no other way to know.
         let mut next_timer_ns = u64::MAX;
+        let mut blind = false;
         for p in pollers.iter_mut() {
             match p.period_ns {
                 None => {
                     if (p.f)() == PollStatus::Busy {
                         busy = true;
                     }
+                    blind |= !p.fd_driven;
                 }
                 Some(period) => {
                     if now >= p.next_due_ns {
@@ -653,10 +710,15 @@ fn run_reactor(set: Arc<SetShared>, index: usize) {
                         now = now_ns();
                         p.next_due_ns = now + period;
                     }
-                    next_timer_ns = next_timer_ns.min(p.next_due_ns);
+                    if !p.fd_driven {
+                        next_timer_ns = next_timer_ns.min(p.next_due_ns);
+                    }
                 }
             }
         }
+        let (wake_by, cannot_watch) = sleep::take_hints();
+        next_timer_ns = next_timer_ns.min(wake_by);
+        blind |= cannot_watch;
 
         // Apply registrations and removals made during this iteration.
         NEW_POLLERS.with(|np| pollers.append(&mut np.borrow_mut()));
@@ -705,7 +767,7 @@ fn run_reactor(set: Arc<SetShared>, index: usize) {
         } = set.idle
         {
             if !busy && io_outstanding() == 0 && t1.saturating_sub(last_busy_ns) >= idle_before_sleep_us * 1_000 {
-                let mut nap_ns = sleep_us_max * 1_000;
+                let mut nap_ns = if blind { sleep_us_max * 1_000 } else { u64::MAX };
                 if next_timer_ns != u64::MAX {
                     nap_ns = nap_ns.min(next_timer_ns.saturating_sub(t1));
                 }
@@ -713,11 +775,15 @@ fn run_reactor(set: Arc<SetShared>, index: usize) {
                     me.sleeping.store(true, Ordering::Relaxed);
                     // Pairs with the fence in `SetShared::push`.
                     fence(Ordering::SeqCst);
-                    if me.ring.is_empty() && !set.stop.load(Ordering::Relaxed) {
+                    if me.ring.is_empty()
+                        && !me.kick.swap(false, Ordering::Relaxed)
+                        && !set.stop.load(Ordering::Relaxed)
+                    {
                         me.stats.sleeps.fetch_add(1, Ordering::Relaxed);
-                        std::thread::park_timeout(Duration::from_nanos(nap_ns));
+                        sleep::sleep(nap_ns);
                     }
                     me.sleeping.store(false, Ordering::Relaxed);
+                    me.wake.drain();
                     let t2 = now_ns();
                     me.stats.idle_ns.fetch_add(t2.saturating_sub(t0), Ordering::Relaxed);
                     t0 = t2;
@@ -727,6 +793,7 @@ fn run_reactor(set: Arc<SetShared>, index: usize) {
     }
     // Pollers own channels and sockets: drop them on this thread.
     drop(pollers);
+    sleep::reactor_stop();
     NEW_POLLERS.with(|np| np.borrow_mut().clear());
     me.pollers.lock().unwrap_or_else(|e| e.into_inner()).clear();
     LOCAL.with(|l| *l.borrow_mut() = None);
@@ -735,149 +802,4 @@ fn run_reactor(set: Arc<SetShared>, index: usize) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::AtomicUsize;
-
-    fn opts(cores: Vec<u32>) -> ReactorOpts {
-        ReactorOpts {
-            cores,
-            pin: false,
-            idle: IdleMode::Poll,
-        }
-    }
-
-    #[test]
-    fn messages_run_on_target_core() {
-        let r = Reactors::start(opts(vec![0, 1])).unwrap();
-        for core in [0, 1] {
-            assert_eq!(r.run_on(core, current_core).unwrap(), Some(core));
-        }
-        assert!(matches!(
-            r.run_on(7, || ()),
-            Err(ReactorError::NoSuchCore { core: 7, .. })
-        ));
-        r.shutdown();
-        r.wait();
-    }
-
-    #[test]
-    fn pollers_run_and_unregister() {
-        let r = Reactors::start(opts(vec![0])).unwrap();
-        let count = Arc::new(AtomicUsize::new(0));
-        let c2 = count.clone();
-        let id = r
-            .run_on(0, move || {
-                register_poller("count", None, move || {
-                    c2.fetch_add(1, Ordering::Relaxed);
-                    PollStatus::Busy
-                })
-            })
-            .unwrap();
-        while count.load(Ordering::Relaxed) < 1000 {
-            std::thread::yield_now();
-        }
-        r.run_on(0, move || unregister_poller(id)).unwrap();
-        // Removal takes effect at the end of the loop iteration; messages
-        // sent meanwhile may run in the same iteration, so wait for it.
-        while !r.stats()[0].pollers.is_empty() {
-            std::thread::yield_now();
-        }
-        let a = count.load(Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(20));
-        r.run_on(0, || ()).unwrap();
-        assert_eq!(count.load(Ordering::Relaxed), a, "unregistered poller still runs");
-        let s = &r.stats()[0];
-        assert!(s.busy_ns > 0 && s.loops > 0);
-    }
-
-    #[test]
-    fn timed_poller_respects_period() {
-        let r = Reactors::start(opts(vec![0])).unwrap();
-        let count = Arc::new(AtomicUsize::new(0));
-        let c2 = count.clone();
-        r.run_on(0, move || {
-            register_poller("tick", Some(Duration::from_millis(50)), move || {
-                c2.fetch_add(1, Ordering::Relaxed);
-                PollStatus::Busy
-            })
-        })
-        .unwrap();
-        std::thread::sleep(Duration::from_millis(120));
-        // Lower bound only: a slow machine may run it fewer times, never more
-        // than elapsed/period + 1.
-        let n = count.load(Ordering::Relaxed);
-        assert!(n <= 3, "timed poller ran {n} times in 120 ms with a 50 ms period");
-    }
-
-    /// Several producer threads each send numbered messages to one reactor;
-    /// the reactor must run every message exactly once and, per producer, in
-    /// the order sent, with back-pressure handled by retrying.
-    #[test]
-    fn per_producer_ordering_under_backpressure() {
-        const PRODUCERS: usize = 3;
-        const PER: usize = 100_000;
-        let r = Arc::new(Reactors::start(opts(vec![0])).unwrap());
-        static NEXT: [AtomicUsize; PRODUCERS] = [const { AtomicUsize::new(0) }; PRODUCERS];
-        static BAD: AtomicUsize = AtomicUsize::new(0);
-        fn on_msg(arg: usize) {
-            let p = arg >> 32;
-            let seq = arg & 0xffff_ffff;
-            if NEXT[p].load(Ordering::Relaxed) != seq {
-                BAD.fetch_add(1, Ordering::Relaxed);
-            }
-            NEXT[p].store(seq + 1, Ordering::Relaxed);
-        }
-        let hs: Vec<_> = (0..PRODUCERS)
-            .map(|p| {
-                let r = r.clone();
-                std::thread::spawn(move || {
-                    for seq in 0..PER {
-                        while r.call(0, on_msg, (p << 32) | seq) == Err(SendError::Full { core: 0 }) {
-                            std::hint::spin_loop();
-                        }
-                    }
-                })
-            })
-            .collect();
-        for h in hs {
-            h.join().unwrap();
-        }
-        r.run_on(0, || ()).unwrap();
-        assert_eq!(BAD.load(Ordering::Relaxed), 0);
-        for n in &NEXT {
-            assert_eq!(n.load(Ordering::Relaxed), PER);
-        }
-    }
-
-    #[test]
-    fn adaptive_idle_sleeps_and_wakes_on_message() {
-        let r = Reactors::start(ReactorOpts {
-            cores: vec![0],
-            pin: false,
-            idle: IdleMode::Adaptive {
-                idle_before_sleep_us: 1_000,
-                sleep_us_max: 1_000_000,
-            },
-        })
-        .unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(r.stats()[0].sleeps > 0, "idle reactor never slept");
-        // A message must wake it well before the 1 s nap ends; the test only
-        // checks that it runs at all (no timed assertion).
-        assert_eq!(r.run_on(0, || 42).unwrap(), 42);
-    }
-
-    #[test]
-    fn shutdown_is_clean_and_current_set_is_cleared() {
-        let r = Reactors::start(opts(vec![0, 1])).unwrap();
-        let stop = r.stop_flag();
-        stop.stop();
-        r.wait();
-    }
-
-    #[test]
-    fn empty_core_list_is_an_error() {
-        assert!(matches!(Reactors::start(opts(vec![])), Err(ReactorError::NoCores)));
-    }
-}
+mod tests;
