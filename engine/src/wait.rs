@@ -94,10 +94,10 @@ impl Epoll {
         Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
-    fn ctl(&self, op: libc::c_int, fd: RawFd, interest: Interest) -> io::Result<()> {
+    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
         let mut ev = libc::epoll_event {
             events: interest.bits(),
-            u64: fd as u64,
+            u64: token,
         };
         // SAFETY: `ev` is a live local the kernel only reads; `fd` is the caller's
         // descriptor, and an invalid one makes the call fail, never undefined behaviour.
@@ -111,11 +111,16 @@ impl Epoll {
     /// Watches `fd` (the caller keeps it open while it is watched, and removes it
     /// before closing it; closing it removes it too once no duplicate remains).
     pub fn add(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, fd, interest)
+        self.ctl(libc::EPOLL_CTL_ADD, fd, fd as u64, interest)
+    }
+
+    /// [`Epoll::add`], reporting `token` instead of the descriptor from [`Epoll::ready`].
+    pub fn add_token(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, interest)
     }
 
     pub fn modify(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, fd, interest)
+        self.ctl(libc::EPOLL_CTL_MOD, fd, fd as u64, interest)
     }
 
     /// Stops watching `fd`; an fd that was never added or is already closed is fine.
@@ -129,29 +134,33 @@ impl Epoll {
     /// limit). Returns how many descriptors were ready; 0 on timeout or a signal.
     pub fn wait(&self, timeout: Option<Duration>) -> io::Result<usize> {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS_MAX];
+        self.wait_into(&mut events, timeout)
+    }
+
+    /// Without blocking, the tokens (or descriptors) of up to `events.len()` ready
+    /// watches into `events[..n].u64`; returns n.
+    pub fn ready(&self, events: &mut [libc::epoll_event]) -> io::Result<usize> {
+        self.wait_into(events, Some(Duration::ZERO))
+    }
+
+    fn wait_into(&self, events: &mut [libc::epoll_event], timeout: Option<Duration>) -> io::Result<usize> {
+        let cap = events.len().min(i32::MAX as usize) as libc::c_int;
         let ts = timeout.map(|t| libc::timespec {
             tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
             tv_nsec: t.subsec_nanos() as libc::c_long,
         });
         let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
-        // SAFETY: `events` is a live array of EVENTS_MAX entries the kernel writes at
-        // most that many of; `ts_ptr` is null or points to a live local; no signal mask.
-        let mut n = unsafe {
-            libc::epoll_pwait2(
-                self.0.as_raw_fd(),
-                events.as_mut_ptr(),
-                EVENTS_MAX as libc::c_int,
-                ts_ptr,
-                std::ptr::null(),
-            )
-        };
+        // SAFETY: `events` is a live slice of `cap` entries the kernel writes at most that
+        // many of; `ts_ptr` is null or points to a live local; no signal mask.
+        let mut n =
+            unsafe { libc::epoll_pwait2(self.0.as_raw_fd(), events.as_mut_ptr(), cap, ts_ptr, std::ptr::null()) };
         if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
             // Kernels before 5.11: millisecond timeouts, rounded up so a timer is never early.
             let ms = timeout.map_or(-1, |t| {
                 t.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int
             });
             // SAFETY: as above.
-            n = unsafe { libc::epoll_wait(self.0.as_raw_fd(), events.as_mut_ptr(), EVENTS_MAX as libc::c_int, ms) };
+            n = unsafe { libc::epoll_wait(self.0.as_raw_fd(), events.as_mut_ptr(), cap, ms) };
         }
         if n < 0 {
             let e = io::Error::last_os_error();

@@ -13,79 +13,46 @@
 //! Threads: owned by one reactor; never blocks (timeout 0).
 
 use arrayvec::ArrayVec;
+use engine::wait::{Epoll, Interest};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 
 /// Events one [`Readiness::poll`] can report.
 pub const READY_EVENTS_MAX: usize = 64;
 
 /// An epoll set of sockets, each with a caller-chosen token.
 pub struct Readiness {
-    epfd: OwnedFd,
+    epoll: Epoll,
     events: [libc::epoll_event; READY_EVENTS_MAX],
 }
 
 impl Readiness {
     /// Creates an empty set (setup path).
     pub fn new() -> io::Result<Self> {
-        // SAFETY: epoll_create1 takes no pointers; the result is checked before use.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a new descriptor this function owns and nothing else refers to.
-        let epfd = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Self {
-            epfd,
+            epoll: Epoll::new()?,
             events: [libc::epoll_event { events: 0, u64: 0 }; READY_EVENTS_MAX],
         })
     }
 
     /// Watches `fd` for bytes to read, end of stream and errors, reported with `token`.
     pub fn add(&mut self, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLERR | libc::EPOLLHUP) as u32,
-            u64: token,
-        };
-        // SAFETY: `ev` is a valid epoll_event for the duration of the call; the kernel copies it.
-        let r = unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        self.epoll.add_token(fd, token, Interest::READABLE)
     }
 
     /// Stops watching `fd` (call before closing it). Errors (not watched, closed) are ignored:
     /// a closed descriptor leaves the set by itself.
     pub fn remove(&mut self, fd: RawFd) {
-        let mut ev = libc::epoll_event { events: 0, u64: 0 };
-        // SAFETY: as in `add`; EPOLL_CTL_DEL ignores the event but old kernels want a pointer.
-        let _ = unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, &mut ev) };
+        self.epoll.remove(fd);
     }
 
     /// Replaces `ready` with the tokens of the watched sockets that are readable (or at end
     /// of stream, or failed) now. Never blocks.
     pub fn poll(&mut self, ready: &mut ArrayVec<u64, READY_EVENTS_MAX>) -> io::Result<()> {
         ready.clear();
-        // SAFETY: the kernel writes at most READY_EVENTS_MAX entries into `self.events`,
-        // which lives as long as `self`; timeout 0 returns at once.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.epfd.as_raw_fd(),
-                self.events.as_mut_ptr(),
-                READY_EVENTS_MAX as i32,
-                0,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                return Ok(());
-            }
-            return Err(e);
-        }
+        let n = self.epoll.ready(&mut self.events)?;
         // At most READY_EVENTS_MAX events, the capacity of `ready`.
-        ready.extend(self.events[..n as usize].iter().map(|ev| ev.u64));
+        ready.extend(self.events[..n].iter().map(|ev| ev.u64));
         Ok(())
     }
 }
@@ -95,6 +62,7 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn reports_readable_sockets_only_until_drained() {
