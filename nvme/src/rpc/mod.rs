@@ -313,13 +313,17 @@ pub fn config_entries(t: &Target) -> Vec<(&'static str, Value)> {
                     "ana_reporting": s.ana.reporting, "min_cntlid": s.min_cntlid, "max_cntlid": s.max_cntlid }),
         ));
         for l in &st.ana {
-            v.push((
-                "nvmf_subsystem_add_listener",
-                json!({ "nqn": s.nqn, "listen_address": ListenAddress::of(&l.addr) }),
-            ));
+            let mut p = json!({ "nqn": s.nqn, "listen_address": ListenAddress::of(&l.addr) });
+            if t.listener_secure(l.addr) {
+                p["secure_channel"] = json!(true);
+            }
+            v.push(("nvmf_subsystem_add_listener", p));
         }
         for h in &st.hosts {
             let mut p = json!({ "nqn": s.nqn, "host": h });
+            if let Some(k) = st.host_psks.get(h) {
+                p["psk"] = json!(k);
+            }
             if let Some(k) = st.host_keys.get(h) {
                 p["dhchap_key"] = json!(k.dhchap_key);
                 if let Some(c) = &k.dhchap_ctrlr_key {
