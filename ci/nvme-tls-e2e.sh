@@ -81,7 +81,8 @@ guest_initrd_start
 guest_bins bash modprobe nvme fio keyctl mkfs.ext4 e2fsck cmp
 guest_file "$TGT" nvmf_tgt
 guest_file "$TLSHD" tlshd
-guest_modules nvme-tcp crc32c_generic tls ext4
+# kTLS needs gcm(aes): the kernel would load these on demand through /sbin/modprobe.
+guest_modules nvme-tcp crc32c_generic tls ext4 gcm ghash-generic
 echo "$HOST1" > "$IRD/etc/nvme/hostnqn"
 echo "7b3b3e6a-1f2d-4c55-9b8e-ba7000e2e003" > "$IRD/etc/nvme/hostid"
 mkdir -p "$IRD/etc/keys"
@@ -102,7 +103,8 @@ cat > "$IRD/init" <<'INIT'
 export PATH=/bin:/sbin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
-for m in crc32c_generic tls nvme-tcp ext4; do modprobe "$m" || echo "E2E: modprobe $m failed"; done
+echo /bin/modprobe > /proc/sys/kernel/modprobe
+for m in crc32c_generic tls gcm ghash_generic nvme-tcp ext4; do modprobe "$m" || echo "E2E: modprobe $m failed"; done
 . /etc/keys/env
 export HOST1 HOST2 NQN
 pass=0; fail=0
