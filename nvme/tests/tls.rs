@@ -10,8 +10,7 @@ mod common;
 use common::*;
 use nvme::nvmf::tls::{psk, Hash};
 use nvme::rpc::{
-    config_entries, nvmf_subsystem_add_host, nvmf_subsystem_add_listener, HostParams, ListenAddress,
-    ListenerParams,
+    config_entries, nvmf_subsystem_add_host, nvmf_subsystem_add_listener, HostParams, ListenAddress, ListenerParams,
 };
 use nvme::tcp::pdu;
 use std::io::{Read, Write};
@@ -88,7 +87,12 @@ fn ic_req() -> Vec<u8> {
 }
 
 fn have(tool: &str) -> bool {
-    let ok = Command::new(tool).arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    let ok = Command::new(tool)
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
     if !ok {
         eprintln!("SKIP: {tool} is not installed (apt-get install openssl gnutls-bin)");
     }
@@ -154,15 +158,35 @@ fn openssl_wrong_key_and_unknown_identity_refused() {
     let mut wrong = t.key.clone();
     wrong[0] ^= 1;
     let (psk_hex, id) = t.client_psk(HOST, &wrong);
-    assert!(!is_ic_resp(&exchange(openssl(t.addr, &id, &psk_hex, "TLS_AES_128_GCM_SHA256"))));
+    assert!(!is_ic_resp(&exchange(openssl(
+        t.addr,
+        &id,
+        &psk_hex,
+        "TLS_AES_128_GCM_SHA256"
+    ))));
     // A host on the allow list without a PSK.
     let (psk_hex, id) = t.client_psk(OTHER, &t.key);
-    assert!(!is_ic_resp(&exchange(openssl(t.addr, &id, &psk_hex, "TLS_AES_128_GCM_SHA256"))));
+    assert!(!is_ic_resp(&exchange(openssl(
+        t.addr,
+        &id,
+        &psk_hex,
+        "TLS_AES_128_GCM_SHA256"
+    ))));
     // The right key for the wrong suite (a SHA-256 PSK needs TLS_AES_128_GCM_SHA256).
     let (psk_hex, id) = t.client_psk(HOST, &t.key);
-    assert!(!is_ic_resp(&exchange(openssl(t.addr, &id, &psk_hex, "TLS_AES_256_GCM_SHA384"))));
+    assert!(!is_ic_resp(&exchange(openssl(
+        t.addr,
+        &id,
+        &psk_hex,
+        "TLS_AES_256_GCM_SHA384"
+    ))));
     // The good one still works afterwards.
-    assert!(is_ic_resp(&exchange(openssl(t.addr, &id, &psk_hex, "TLS_AES_128_GCM_SHA256"))));
+    assert!(is_ic_resp(&exchange(openssl(
+        t.addr,
+        &id,
+        &psk_hex,
+        "TLS_AES_128_GCM_SHA256"
+    ))));
 }
 
 #[test]
@@ -174,11 +198,20 @@ fn gnutls_psk_client_gets_icresp() {
     let (psk_hex, id) = t.client_psk(HOST, &t.key);
     for kx in ["+ECDHE-PSK", "+PSK"] {
         let mut c = Command::new("gnutls-cli");
-        c.args(["--logfile=/dev/null", "--pskusername", &id, "--pskkey", &psk_hex, "--port"])
-            .arg(t.addr.port().to_string())
-            .arg("--priority")
-            .arg(format!("NORMAL:-VERS-ALL:+VERS-TLS1.3:-KX-ALL:{kx}:-GROUP-ALL:+GROUP-X25519:+GROUP-SECP256R1"))
-            .arg("127.0.0.1");
+        c.args([
+            "--logfile=/dev/null",
+            "--pskusername",
+            &id,
+            "--pskkey",
+            &psk_hex,
+            "--port",
+        ])
+        .arg(t.addr.port().to_string())
+        .arg("--priority")
+        .arg(format!(
+            "NORMAL:-VERS-ALL:+VERS-TLS1.3:-KX-ALL:{kx}:-GROUP-ALL:+GROUP-X25519:+GROUP-SECP256R1"
+        ))
+        .arg("127.0.0.1");
         let got = exchange(c);
         assert!(is_ic_resp(&got), "{kx}: no ICResp through TLS: {got:?}");
     }
@@ -209,7 +242,10 @@ fn save_config_keeps_flag_and_key_name_not_bytes() {
     assert!(cfg.contains("\"psk\":\"tls0\""), "{cfg}");
     let b64 = psk::interchange(Some(Hash::Sha256), &t.key);
     let hex: String = t.key.iter().map(|b| format!("{b:02x}")).collect();
-    assert!(!cfg.contains(&b64[16..40]) && !cfg.contains(&hex), "key bytes in save_config");
+    assert!(
+        !cfg.contains(&b64[16..40]) && !cfg.contains(&hex),
+        "key bytes in save_config"
+    );
     // Discovery: the secure listener's entry says a secure channel (TLS 1.3) is required.
     assert!(t.f.target.listener_secure(t.addr));
     assert!(!t.f.target.listener_secure(t.f.addr));

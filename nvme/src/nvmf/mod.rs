@@ -672,39 +672,6 @@ impl Target {
         Ok(())
     }
 
-    /// The TLS PSK for a PSK identity a host offers on a secure listener: the identity's
-    /// hash and the TLS PSK derived from the key configured for (host, subsystem), or why
-    /// there is none (logged by the handshake).
-    pub fn tls_psk_for(&self, identity: &[u8]) -> tls::server::PskAnswer {
-        let id = tls::psk::parse_identity(identity).map_err(|e| e.to_string())?;
-        let s = self
-            .nvme_subsystem(&id.subnqn)
-            .map_err(|_| format!("no subsystem {}", id.subnqn))?;
-        let name = s.state().host_psks.get(&id.hostnqn).cloned().ok_or_else(|| {
-            format!(
-                "host {} has no PSK for {} (nvmf_subsystem_add_host with psk)",
-                id.hostnqn, id.subnqn
-            )
-        })?;
-        let psk = self
-            .keyring
-            .get(&name)
-            .and_then(|k| k.tls_psk())
-            .map_err(|e| e.to_string())?;
-        if psk.hash() != id.hash {
-            return Err(format!(
-                "identity asks for hash {:02}, key {name:?} is hash {:02}",
-                id.hash.nvme_id(),
-                psk.hash().nvme_id()
-            ));
-        }
-        let (tls_psk, expected) = psk.tls_psk(&id.hostnqn, &id.subnqn);
-        if expected.as_bytes() != identity {
-            return Err("identity not in canonical form".into());
-        }
-        Ok((id.hash, tls_psk))
-    }
-
     /// Whether the listener on `addr` requires TLS.
     pub fn listener_secure(&self, addr: SocketAddr) -> bool {
         self.lock().listeners.iter().any(|l| l.addr == addr && l.secure)

@@ -99,11 +99,7 @@ impl RecordLayer {
     /// From raw traffic keys and IVs (a handshake run outside rustls: the NVMe/TCP target's
     /// external-PSK server in `baton-nvme`), both directions starting at sequence number 0.
     /// `alg` is the suite's AEAD (`ring::aead::AES_128_GCM`, `AES_256_GCM`, ...).
-    pub fn from_keys(
-        alg: &'static aead::Algorithm,
-        tx: (&[u8], &[u8]),
-        rx: (&[u8], &[u8]),
-    ) -> Result<Self, TlsError> {
+    pub fn from_keys(alg: &'static aead::Algorithm, tx: (&[u8], &[u8]), rx: (&[u8], &[u8])) -> Result<Self, TlsError> {
         Ok(Self {
             tx: Direction::from_raw(0, alg, tx.0, tx.1)?,
             rx: Direction::from_raw(0, alg, rx.0, rx.1)?,

@@ -101,7 +101,7 @@ impl<'a> Rd<'a> {
 }
 
 fn u16s(b: &[u8], what: &str) -> Result<Vec<u16>, HandshakeError> {
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return Err(decode(what));
     }
     Ok(b.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect())

@@ -15,7 +15,7 @@ pub enum Hash {
 
 impl Hash {
     /// Output bytes.
-    pub fn len(self) -> usize {
+    pub fn out_len(self) -> usize {
         match self {
             Hash::Sha256 => 32,
             Hash::Sha384 => 48,
@@ -77,12 +77,12 @@ impl Hash {
     /// HKDF-Extract; no salt = a string of zeros as long as the hash (RFC 5869 §2.2).
     pub fn extract(self, salt: Option<&[u8]>, ikm: &[u8]) -> Vec<u8> {
         let zeros = [0u8; 48];
-        self.hmac(salt.unwrap_or(&zeros[..self.len()]), &[ikm])
+        self.hmac(salt.unwrap_or(&zeros[..self.out_len()]), &[ikm])
     }
 
     /// HKDF-Expand (RFC 5869 §2.3), `len` at most 255 hash lengths.
     pub fn expand(self, prk: &[u8], info: &[u8], len: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + self.len());
+        let mut out = Vec::with_capacity(len + self.out_len());
         let mut t: Vec<u8> = Vec::new();
         let mut i = 1u8;
         while out.len() < len {
@@ -108,7 +108,7 @@ impl Hash {
 
     /// Derive-Secret(secret, label, transcript hash).
     pub fn derive_secret(self, secret: &[u8], label: &[u8], transcript_hash: &[u8]) -> Vec<u8> {
-        self.expand_label(secret, label, transcript_hash, self.len())
+        self.expand_label(secret, label, transcript_hash, self.out_len())
     }
 }
 

@@ -63,7 +63,7 @@ impl ConfiguredPsk {
         let raw = base64_decode(b64).ok_or(PskError::Base64)?;
         let klen = raw.len().saturating_sub(4);
         let ok_len = match transform {
-            Some(h) => klen == h.len(),
+            Some(h) => klen == h.out_len(),
             None => klen == 32 || klen == 48,
         };
         if !ok_len {
@@ -172,7 +172,7 @@ pub fn crc32_ieee(data: &[u8]) -> u32 {
 /// Standard base64 with padding; None on any other character or a bad length.
 pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return None;
     }
     let val = |c: u8| -> Option<u32> {

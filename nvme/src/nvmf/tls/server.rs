@@ -39,7 +39,7 @@ pub struct Established {
 enum State {
     AwaitHello,
     AwaitFinished {
-        hs: RecordLayer,
+        hs: Box<RecordLayer>,
         hash: Hash,
         expect: Vec<u8>,
         app: Box<(Vec<u8>, Vec<u8>)>,
@@ -278,7 +278,7 @@ fn hello(msg: &[u8], out: &mut Vec<u8>, lookup: &mut dyn FnMut(&[u8]) -> PskAnsw
     // Binder (RFC 8446 §4.2.11.2) over the ClientHello up to the binders list.
     let early = hash.extract(None, &psk);
     let binder_key = hash.derive_secret(&early, b"ext binder", &hash.empty_hash());
-    let fk = hash.expand_label(&binder_key, b"finished", b"", hash.len());
+    let fk = hash.expand_label(&binder_key, b"finished", b"", hash.out_len());
     let partial = digest::digest(hash.digest_alg(), &msg[..ch.binders_at]);
     if !ct_eq(&hash.hmac(&fk, &[partial.as_ref()]), ch.binders[idx]) {
         return Err(HandshakeError::new(
@@ -299,7 +299,7 @@ fn hello(msg: &[u8], out: &mut Vec<u8>, lookup: &mut dyn FnMut(&[u8]) -> PskAnsw
     if !ch.session_id.is_empty() {
         out.extend_from_slice(&[CT_CCS, 3, 3, 0, 1, 1]);
     }
-    let hlen = hash.len();
+    let hlen = hash.out_len();
     let derived = hash.derive_secret(&early, b"derived", &hash.empty_hash());
     let hs_secret = hash.extract(Some(&derived), shared.as_deref().unwrap_or(&vec![0u8; hlen]));
     let t_sh = th.clone().finish();
@@ -340,7 +340,7 @@ fn hello(msg: &[u8], out: &mut Vec<u8>, lookup: &mut dyn FnMut(&[u8]) -> PskAnsw
     let c_fk = hash.expand_label(&c_hs, b"finished", b"", hlen);
     let expect = hash.hmac(&c_fk, &[t_sf.as_ref()]);
     Ok(State::AwaitFinished {
-        hs,
+        hs: Box::new(hs),
         hash,
         expect,
         app: Box::new((c_ap, s_ap)),
