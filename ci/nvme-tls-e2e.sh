@@ -27,7 +27,7 @@ T0=$(date +%s)
 # shellcheck source=ci/guest-lib.sh
 . ci/guest-lib.sh
 guest_packages "nvme-tls e2e" qemu-system-x86 busybox-static kmod cpio nvme-cli fio xz-utils e2fsprogs \
-  keyutils openssl git libgnutls28-dev libkeyutils-dev libglib2.0-dev libnl-3-dev libnl-genl-3-dev \
+  keyutils openssl xxd git libgnutls28-dev libkeyutils-dev libglib2.0-dev libnl-3-dev libnl-genl-3-dev \
   autoconf automake libtool pkg-config make gcc
 # The 6.12 kernel tree the DH-HMAC-CHAP test unpacked, if it is there (saves a download).
 AUTH_WORK=${E2E_AUTH_WORK:-/tmp/baton-auth-e2e}
