@@ -102,6 +102,9 @@ if [ "${BATON_SKIP_GUEST:-0}" != 1 ]; then
   # Debian's 6.12 kernel package (6.1 lacks it).
   echo "== ci/nvme-auth-e2e.sh"
   bash ci/nvme-auth-e2e.sh
+  # NVMe/TCP TLS (PSK) with the kernel's host and tlshd (built once, cached), same kernel.
+  echo "== ci/nvme-tls-e2e.sh"
+  bash ci/nvme-tls-e2e.sh
 fi
 
 # The buffer pools and the malloc bdev map 2 MiB hugepages when some are reserved and

@@ -19,6 +19,11 @@
 //! `DHHC-1` secret, mode 0600), bidirectional with CTRLKEYFILE (`docs/nvme-tcp.md`,
 //! "In-band authentication").
 //!
+//! `--tls ADDR:PORT` with `--tls-host HOSTNQN=KEYFILE` (repeatable): subsystem
+//! `nqn.2016-06.io.baton:tls` on a secure-channel listener at ADDR:PORT (TLS 1.3 with a PSK
+//! only), admitting each HOSTNQN with the PSK in KEYFILE (`NVMeTLSkey-1:...`, mode 0600;
+//! `docs/security.md`, "NVMe/TCP TLS").
+//!
 //! `--pcie BDF` (feature `vfio`): attaches the NVMe controller at BDF (bound to vfio-pci)
 //! with baton's user-space driver and exports its first namespace as
 //! `nqn.2016-06.io.baton:pcie` on ADDR:PORT.
@@ -40,6 +45,8 @@ struct AnaArgs {
     ctl: Option<String>,
     pcie: Option<String>,
     auth: Vec<String>,
+    tls: Option<SocketAddr>,
+    tls_hosts: Vec<String>,
 }
 
 fn state(s: &str) -> AnaState {
@@ -65,6 +72,8 @@ fn ana_args(args: &[String]) -> AnaArgs {
             "--ctl" => a.ctl = Some(v.clone()),
             "--pcie" => a.pcie = Some(v.clone()),
             "--auth" => a.auth.push(v.clone()),
+            "--tls" => a.tls = Some(v.parse().expect("--tls ADDR:PORT")),
+            "--tls-host" => a.tls_hosts.push(v.clone()),
             _ => panic!("unknown option {k}"),
         }
     }
@@ -111,6 +120,34 @@ fn auth_subsystem(t: &Arc<Target>, addr: SocketAddr, mib: u64, hosts: &[String])
     }
     let a = t.add_listener(NQN, addr).expect("listener");
     println!("nvmf_tgt: {NQN} on {a}");
+}
+
+/// The TLS subsystem: only on a secure-channel listener, hosts admitted with their PSK.
+fn tls_subsystem(t: &Arc<Target>, addr: SocketAddr, mib: u64, hosts: &[String]) {
+    const NQN: &str = "nqn.2016-06.io.baton:tls";
+    let b = engine::bdev::malloc::create("MallocTls", mib * 256, 4096, Some(*b"baton-e2e-ns-tls")).expect("malloc");
+    engine::bdev::register(b).expect("register");
+    t.create_subsystem(SubsystemParams {
+        nqn: NQN.into(),
+        serial_number: Some("BATONTLS".into()),
+        model_number: Some("baton e2e".into()),
+        ..Default::default()
+    })
+    .expect("subsystem");
+    t.add_namespace(NQN, "MallocTls", None, None).expect("namespace");
+    for (i, h) in hosts.iter().enumerate() {
+        let (host, file) = h.split_once('=').expect("--tls-host HOSTNQN=KEYFILE");
+        let key = format!("psk{i}");
+        t.keyring
+            .add_file(&key, file)
+            .unwrap_or_else(|e| panic!("--tls-host {h}: {e}"));
+        t.add_host(NQN, host).expect("host");
+        t.set_host_psk(NQN, host, Some(key)).expect("psk");
+    }
+    let a = t
+        .add_listener_secure(NQN, addr, AnaState::Optimized, true)
+        .expect("secure listener");
+    println!("nvmf_tgt: {NQN} on {a} (TLS)");
 }
 
 /// The ANA subsystem: one namespace with a fixed identity, on `addr` and the extra listeners.
@@ -187,6 +224,8 @@ fn control(t: Arc<Target>, path: String) {
 }
 
 fn main() {
+    // Log lines (connections refused, TLS handshakes) to stderr; RUST_LOG overrides.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args: Vec<String> = std::env::args().collect();
     let addr = args
         .get(1)
@@ -238,6 +277,9 @@ fn main() {
     ana_subsystem(&t, addr, mib, &ana);
     if !ana.auth.is_empty() {
         auth_subsystem(&t, addr, mib, &ana.auth);
+    }
+    if let Some(a) = ana.tls {
+        tls_subsystem(&t, a, mib, &ana.tls_hosts);
     }
     if let Some(bdf) = &ana.pcie {
         pcie_subsystem(&t, addr, bdf);

@@ -615,7 +615,12 @@ impl Controller {
                 continue;
             }
             for addr in s.state().listeners.iter() {
-                entries.push(log_entry(*addr, logpage::SUBTYPE_NVME, not_required, &s.nqn, asqsz));
+                let mut e = log_entry(*addr, logpage::SUBTYPE_NVME, not_required, &s.nqn, asqsz);
+                if target.listener_secure(*addr) {
+                    e.treq = logpage::TREQ_SECURE_CHANNEL_REQUIRED;
+                    e.tsas[0] = logpage::TSAS_TCP_SECTYPE_TLS13;
+                }
+                entries.push(e);
             }
         }
         for r in target.referrals() {

@@ -1,8 +1,10 @@
-//! The target's keyring: named DH-HMAC-CHAP secrets read from files (SPDK's
-//! `keyring_file_add_key`), which host entries name (`nvmf_subsystem_add_host`'s
-//! `dhchap_key` / `dhchap_ctrlr_key`). Key bytes never leave this module except to the
-//! authentication code; listings give names and paths only.
+//! The target's keyring: named DH-HMAC-CHAP secrets and NVMe/TCP TLS PSKs read from files
+//! (SPDK's `keyring_file_add_key`), which host entries name (`nvmf_subsystem_add_host`'s
+//! `dhchap_key` / `dhchap_ctrlr_key` / `psk`). A file holding `NVMeTLSkey-1:...` is a TLS
+//! PSK, anything else must be a `DHHC-1` secret. Key bytes never leave this module except
+//! to the authentication and TLS code; listings give names and paths only.
 
+use super::tls::{ConfiguredPsk, PskError};
 use crate::spec::auth::{Secret, SecretError};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,6 +27,21 @@ pub enum KeyringError {
     Permissions(String),
     #[error("key file {path:?}: {err}")]
     Secret { path: String, err: SecretError },
+    #[error("key file {path:?}: {err}")]
+    Psk { path: String, err: PskError },
+    #[error("key {0:?} is not a DH-HMAC-CHAP secret")]
+    NotSecret(String),
+    #[error("key {0:?} is not a TLS PSK (NVMeTLSkey-1:...)")]
+    NotPsk(String),
+}
+
+/// What a key file holds.
+#[derive(Clone, Debug)]
+pub enum KeyMaterial {
+    /// A DH-HMAC-CHAP secret (`DHHC-1:...`).
+    Secret(Arc<Secret>),
+    /// An NVMe/TCP TLS PSK in interchange format (`NVMeTLSkey-1:...`).
+    TlsPsk(Arc<ConfiguredPsk>),
 }
 
 /// One key: its name, the file it came from and the parsed secret.
@@ -32,7 +49,25 @@ pub enum KeyringError {
 pub struct Key {
     pub name: String,
     pub path: String,
-    pub secret: Arc<Secret>,
+    pub material: KeyMaterial,
+}
+
+impl Key {
+    /// The DH-HMAC-CHAP secret, or an error naming the key.
+    pub fn secret(&self) -> Result<Arc<Secret>, KeyringError> {
+        match &self.material {
+            KeyMaterial::Secret(s) => Ok(s.clone()),
+            KeyMaterial::TlsPsk(_) => Err(KeyringError::NotSecret(self.name.clone())),
+        }
+    }
+
+    /// The TLS PSK, or an error naming the key.
+    pub fn tls_psk(&self) -> Result<Arc<ConfiguredPsk>, KeyringError> {
+        match &self.material {
+            KeyMaterial::TlsPsk(p) => Ok(p.clone()),
+            KeyMaterial::Secret(_) => Err(KeyringError::NotPsk(self.name.clone())),
+        }
+    }
 }
 
 /// Named keys.
@@ -76,10 +111,19 @@ impl Keyring {
             });
         }
         let text = std::fs::read_to_string(path).map_err(io)?;
-        let secret = Secret::parse(&text).map_err(|err| KeyringError::Secret {
-            path: path.to_string(),
-            err,
-        })?;
+        let material = if text.trim_start().starts_with("NVMeTLSkey-") {
+            let p = ConfiguredPsk::parse(&text).map_err(|err| KeyringError::Psk {
+                path: path.to_string(),
+                err,
+            })?;
+            KeyMaterial::TlsPsk(Arc::new(p))
+        } else {
+            let s = Secret::parse(&text).map_err(|err| KeyringError::Secret {
+                path: path.to_string(),
+                err,
+            })?;
+            KeyMaterial::Secret(Arc::new(s))
+        };
         let mut k = self.lock();
         if k.contains_key(name) {
             return Err(KeyringError::Exists(name.to_string()));
@@ -89,7 +133,7 @@ impl Keyring {
             Key {
                 name: name.to_string(),
                 path: path.to_string(),
-                secret: Arc::new(secret),
+                material,
             },
         );
         Ok(())

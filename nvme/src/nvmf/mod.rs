@@ -13,6 +13,7 @@ pub mod keepalive;
 pub mod keyring;
 pub mod restart;
 pub mod tcp;
+pub mod tls;
 
 use crate::spec::fabrics::DISCOVERY_NQN;
 use ana::{AnaState, ListenerAna, SubsysAna};
@@ -52,6 +53,8 @@ pub enum TargetError {
     NamespacesFull { nqn: String, max: u32 },
     #[error("subsystem {nqn} already listens on {addr}")]
     ListenerExists { nqn: String, addr: SocketAddr },
+    #[error("listener {addr} exists with secure_channel {secure}: one socket has one mode")]
+    ListenerMode { addr: SocketAddr, secure: bool },
     #[error("subsystem {nqn} does not listen on {addr}")]
     NoSuchListener { nqn: String, addr: SocketAddr },
     #[error("cannot listen on {addr}: {why}")]
@@ -133,6 +136,8 @@ pub struct SubsystemState {
     pub controllers: Vec<Weak<Controller>>,
     /// DH-HMAC-CHAP key names of the hosts that must authenticate (keyring names).
     pub host_keys: BTreeMap<String, HostKeyNames>,
+    /// NVMe/TCP TLS PSK (keyring name) per host (`nvmf_subsystem_add_host`'s `psk`).
+    pub host_psks: BTreeMap<String, String>,
 }
 
 /// The keyring names a host entry carries (`nvmf_subsystem_add_host`'s `dhchap_key` and
@@ -179,20 +184,17 @@ impl Subsystem {
     /// yes, but a key it names is gone from the keyring (authentication fails).
     pub fn auth_keys(&self, hostnqn: &str, ring: &keyring::Keyring) -> Option<Option<auth::HostKeys>> {
         let names = self.state().host_keys.get(hostnqn).cloned()?;
-        let Ok(host) = ring.get(&names.dhchap_key) else {
+        let Ok(host) = ring.get(&names.dhchap_key).and_then(|k| k.secret()) else {
             return Some(None);
         };
         let ctrl = match &names.dhchap_ctrlr_key {
             None => None,
-            Some(n) => match ring.get(n) {
-                Ok(k) => Some(k.secret),
+            Some(n) => match ring.get(n).and_then(|k| k.secret()) {
+                Ok(k) => Some(k),
                 Err(_) => return Some(None),
             },
         };
-        Some(Some(auth::HostKeys {
-            host: host.secret,
-            ctrl,
-        }))
+        Some(Some(auth::HostKeys { host, ctrl }))
     }
 
     /// The namespace with `nsid`, if any.
@@ -263,6 +265,8 @@ pub struct NsOptions {
 pub struct ListenerHandle {
     pub addr: SocketAddr,
     pub(crate) closed: Arc<AtomicBool>,
+    /// A secure channel (TLS 1.3 with a PSK) is required on this socket.
+    pub secure: bool,
 }
 
 /// The target: every subsystem, listener and the transport options.
@@ -351,6 +355,7 @@ impl Target {
                 ana: Vec::new(),
                 controllers: Vec::new(),
                 host_keys: BTreeMap::new(),
+                host_psks: BTreeMap::new(),
             }),
         };
         t.lock().subsystems.insert(DISCOVERY_NQN.to_string(), Arc::new(disc));
@@ -515,6 +520,7 @@ impl Target {
                 ana: Vec::new(),
                 controllers: Vec::new(),
                 host_keys: BTreeMap::new(),
+                host_psks: BTreeMap::new(),
             }),
         });
         st.subsystems.insert(p.nqn, s.clone());
@@ -635,9 +641,9 @@ impl Target {
         check_nqn(host)?;
         let s = self.nvme_subsystem(nqn)?;
         if let Some(k) = &keys {
-            self.keyring.get(&k.dhchap_key)?;
+            self.keyring.get(&k.dhchap_key)?.secret()?;
             if let Some(c) = &k.dhchap_ctrlr_key {
-                self.keyring.get(c)?;
+                self.keyring.get(c)?.secret()?;
             }
         }
         let mut st = s.state();
@@ -651,10 +657,31 @@ impl Target {
         Ok(())
     }
 
+    /// Sets (or clears) the TLS PSK (keyring name) `host` uses on secure listeners; the
+    /// host must be on the allow list already ([`Target::add_host_keys`]).
+    pub fn set_host_psk(&self, nqn: &str, host: &str, psk: Option<String>) -> Result<(), TargetError> {
+        let s = self.nvme_subsystem(nqn)?;
+        if let Some(name) = &psk {
+            self.keyring.get(name)?.tls_psk()?;
+        }
+        let mut st = s.state();
+        match psk {
+            Some(p) => st.host_psks.insert(host.to_string(), p),
+            None => st.host_psks.remove(host),
+        };
+        Ok(())
+    }
+
+    /// Whether the listener on `addr` requires TLS.
+    pub fn listener_secure(&self, addr: SocketAddr) -> bool {
+        self.lock().listeners.iter().any(|l| l.addr == addr && l.secure)
+    }
+
     /// Removes a host NQN (`nvmf_subsystem_remove_host`); its controllers are disconnected.
     pub fn remove_host(&self, nqn: &str, host: &str) -> Result<(), TargetError> {
         let s = self.nvme_subsystem(nqn)?;
         s.state().host_keys.remove(host);
+        s.state().host_psks.remove(host);
         if !s.state().hosts.remove(host) {
             return Err(TargetError::NoSuchHost {
                 nqn: nqn.to_string(),
@@ -691,13 +718,33 @@ impl Target {
         addr: SocketAddr,
         initial: AnaState,
     ) -> Result<SocketAddr, TargetError> {
+        self.add_listener_secure(nqn, addr, initial, false)
+    }
+
+    /// [`Target::add_listener_ana`]; `secure`: the socket accepts only TLS 1.3 with a PSK
+    /// (`secure_channel`). A socket shared by several subsystems has one mode.
+    pub fn add_listener_secure(
+        self: &Arc<Self>,
+        nqn: &str,
+        addr: SocketAddr,
+        initial: AnaState,
+        secure: bool,
+    ) -> Result<SocketAddr, TargetError> {
         let s = self.subsystem(nqn)?;
         let bound = {
-            let existing = self.lock().listeners.iter().find(|l| l.addr == addr).map(|l| l.addr);
+            let existing = self
+                .lock()
+                .listeners
+                .iter()
+                .find(|l| l.addr == addr)
+                .map(|l| (l.addr, l.secure));
             match existing {
-                Some(a) => a,
+                Some((a, sec)) if sec != secure => {
+                    return Err(TargetError::ListenerMode { addr: a, secure: sec });
+                }
+                Some((a, _)) => a,
                 None => {
-                    let h = tcp::start_listener(self.clone(), addr)?;
+                    let h = tcp::start_listener(self.clone(), addr, secure)?;
                     let a = h.addr;
                     self.lock().listeners.push(h);
                     a

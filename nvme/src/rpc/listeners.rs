@@ -72,9 +72,6 @@ pub struct ListenerParams {
 /// Returns the address actually bound (trsvcid "0" picks a free port).
 pub fn nvmf_subsystem_add_listener(t: &Arc<Target>, p: ListenerParams) -> Result<bool, RpcFailure> {
     check_tgt(&p.tgt_name)?;
-    if p.secure_channel == Some(true) {
-        return Err(invalid("secure_channel: TLS is not supported"));
-    }
     if p.sock_impl.as_deref().is_some_and(|s| s != "posix") {
         return Err(invalid(format!(
             "sock_impl: {:?}: only \"posix\" sockets",
@@ -91,7 +88,7 @@ pub fn nvmf_subsystem_add_listener(t: &Arc<Target>, p: ListenerParams) -> Result
         None => AnaState::Optimized,
         Some(s) => ana_state(s)?,
     };
-    t.add_listener_ana(&p.nqn, a, state)?;
+    t.add_listener_secure(&p.nqn, a, state, p.secure_channel.unwrap_or(false))?;
     Ok(true)
 }
 
@@ -144,9 +141,6 @@ pub struct HostParams {
 
 pub fn nvmf_subsystem_add_host(t: &Target, p: HostParams) -> Result<bool, RpcFailure> {
     check_tgt(&p.tgt_name)?;
-    if p.psk.is_some() {
-        return Err(invalid("psk: NVMe/TCP TLS is not supported"));
-    }
     let keys = match (p.dhchap_key, p.dhchap_ctrlr_key) {
         (None, None) => None,
         (None, Some(_)) => return Err(invalid("dhchap_ctrlr_key needs dhchap_key")),
@@ -155,7 +149,14 @@ pub fn nvmf_subsystem_add_host(t: &Target, p: HostParams) -> Result<bool, RpcFai
             dhchap_ctrlr_key: c,
         }),
     };
+    if let Some(name) = &p.psk {
+        t.keyring
+            .get(name)
+            .and_then(|k| k.tls_psk())
+            .map_err(crate::nvmf::TargetError::from)?;
+    }
     t.add_host_keys(&p.nqn, &p.host, keys)?;
+    t.set_host_psk(&p.nqn, &p.host, p.psk)?;
     Ok(true)
 }
 

@@ -159,7 +159,7 @@ pub fn register_rpcs_for(reg: &mut Registry, t: Arc<Target>) {
     );
     method!(
         "nvmf_subsystem_add_listener",
-        "Listen for a subsystem on a TCP address (nqn, listen_address {trtype, adrfam, traddr, trsvcid}; ana_state)",
+        "Listen for a subsystem on a TCP address (nqn, listen_address {trtype, adrfam, traddr, trsvcid}; ana_state; secure_channel: TLS 1.3 with a PSK only)",
         nvmf_subsystem_add_listener
     );
     method!(
@@ -174,7 +174,7 @@ pub fn register_rpcs_for(reg: &mut Registry, t: Arc<Target>) {
     );
     method!(
         "keyring_file_add_key",
-        "Add a key read from a file (name, path; the file holds a DHHC-1 secret, mode 0600)",
+        "Add a key read from a file (name, path; the file holds a DHHC-1 secret or an NVMeTLSkey-1 PSK, mode 0600)",
         keyring_file_add_key
     );
     method!(
@@ -189,7 +189,7 @@ pub fn register_rpcs_for(reg: &mut Registry, t: Arc<Target>) {
     );
     method!(
         "nvmf_subsystem_add_host",
-        "Allow a host NQN (nqn, host; dhchap_key, dhchap_ctrlr_key: keyring names for DH-HMAC-CHAP)",
+        "Allow a host NQN (nqn, host; dhchap_key, dhchap_ctrlr_key: keyring names for DH-HMAC-CHAP; psk: keyring name of its NVMe/TCP TLS PSK)",
         nvmf_subsystem_add_host
     );
     method!(
@@ -313,13 +313,17 @@ pub fn config_entries(t: &Target) -> Vec<(&'static str, Value)> {
                     "ana_reporting": s.ana.reporting, "min_cntlid": s.min_cntlid, "max_cntlid": s.max_cntlid }),
         ));
         for l in &st.ana {
-            v.push((
-                "nvmf_subsystem_add_listener",
-                json!({ "nqn": s.nqn, "listen_address": ListenAddress::of(&l.addr) }),
-            ));
+            let mut p = json!({ "nqn": s.nqn, "listen_address": ListenAddress::of(&l.addr) });
+            if t.listener_secure(l.addr) {
+                p["secure_channel"] = json!(true);
+            }
+            v.push(("nvmf_subsystem_add_listener", p));
         }
         for h in &st.hosts {
             let mut p = json!({ "nqn": s.nqn, "host": h });
+            if let Some(k) = st.host_psks.get(h) {
+                p["psk"] = json!(k);
+            }
             if let Some(k) = st.host_keys.get(h) {
                 p["dhchap_key"] = json!(k.dhchap_key);
                 if let Some(c) = &k.dhchap_ctrlr_key {

@@ -172,6 +172,9 @@ fn subsystem_json(s: &Subsystem) -> Value {
         "allow_any_host": st.allow_any_host,
         "hosts": st.hosts.iter().map(|h| {
             let mut e = json!({ "nqn": h });
+            if let Some(k) = st.host_psks.get(h) {
+                e["psk"] = json!(k);
+            }
             if let Some(k) = st.host_keys.get(h) {
                 e["dhchap_key"] = json!(k.dhchap_key);
                 if let Some(c) = &k.dhchap_ctrlr_key {

@@ -126,6 +126,8 @@ pub const SUBTYPE_NVME: u8 = 2;
 pub const TREQ_SECURE_CHANNEL_NOT_REQUIRED: u8 = 0x02;
 /// TREQ: a secure channel is required.
 pub const TREQ_SECURE_CHANNEL_REQUIRED: u8 = 0x01;
+/// TSAS of TCP, byte 0 (SECTYPE): TLS 1.3.
+pub const TSAS_TCP_SECTYPE_TLS13: u8 = 2;
 /// CNTLID meaning "dynamic controller model".
 pub const CNTLID_DYNAMIC: u16 = 0xFFFF;
 

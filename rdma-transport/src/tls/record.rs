@@ -52,8 +52,12 @@ impl Direction {
             ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (&aead::CHACHA20_POLY1305, key, iv),
             _ => return Err(TlsError::Suite),
         };
-        let key = UnboundKey::new(alg, key.as_ref()).map_err(|_| TlsError::Suite)?;
-        let iv: [u8; 12] = iv.as_ref().try_into().map_err(|_| TlsError::Suite)?;
+        Self::from_raw(seq, alg, key.as_ref(), iv.as_ref())
+    }
+
+    fn from_raw(seq: u64, alg: &'static aead::Algorithm, key: &[u8], iv: &[u8]) -> Result<Self, TlsError> {
+        let key = UnboundKey::new(alg, key).map_err(|_| TlsError::Suite)?;
+        let iv: [u8; 12] = iv.try_into().map_err(|_| TlsError::Suite)?;
         Ok(Self {
             key: LessSafeKey::new(key),
             iv,
@@ -92,16 +96,32 @@ impl RecordLayer {
         })
     }
 
+    /// From raw traffic keys and IVs (a handshake run outside rustls: the NVMe/TCP target's
+    /// external-PSK server in `baton-nvme`), both directions starting at sequence number 0.
+    /// `alg` is the suite's AEAD (`ring::aead::AES_128_GCM`, `AES_256_GCM`, ...).
+    pub fn from_keys(alg: &'static aead::Algorithm, tx: (&[u8], &[u8]), rx: (&[u8], &[u8])) -> Result<Self, TlsError> {
+        Ok(Self {
+            tx: Direction::from_raw(0, alg, tx.0, tx.1)?,
+            rx: Direction::from_raw(0, alg, rx.0, rx.1)?,
+        })
+    }
+
     /// Seals one application-data record in place. `rec[HEADER..HEADER + plain_len]` holds the
     /// plaintext; `rec` must have room for [`OVERHEAD`] more bytes. Returns the record's length.
     pub fn seal(&mut self, rec: &mut [u8], plain_len: usize) -> Result<usize, TlsError> {
+        self.seal_as(rec, plain_len, CT_APP)
+    }
+
+    /// [`RecordLayer::seal`] with the inner content type `ct` (handshake messages and alerts
+    /// under the handshake keys).
+    pub fn seal_as(&mut self, rec: &mut [u8], plain_len: usize, ct: u8) -> Result<usize, TlsError> {
         debug_assert!(plain_len <= PLAIN_MAX && rec.len() >= plain_len + OVERHEAD);
         let inner = plain_len + 1;
         let body = inner + TAG;
         rec[0] = CT_APP;
         rec[1..3].copy_from_slice(&[3, 3]);
         rec[3..5].copy_from_slice(&(body as u16).to_be_bytes());
-        rec[HEADER + plain_len] = CT_APP;
+        rec[HEADER + plain_len] = ct;
         let nonce = self.tx.nonce(plain_len)?;
         let (hdr, rest) = rec.split_at_mut(HEADER);
         let aad = Aad::from(<[u8; HEADER]>::try_from(&hdr[..]).unwrap_or_default());

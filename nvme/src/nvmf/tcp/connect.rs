@@ -69,6 +69,21 @@ impl Conn {
                 fabrics::connect_invalid_param_dw0(true, 512),
             ));
         }
+        if let Some(id) = self.tls_identity() {
+            // The TLS PSK was the one of (host, subsystem) in its identity: Connect must name
+            // the same pair.
+            let bound = crate::nvmf::tls::psk::parse_identity(id.as_bytes()).ok();
+            if bound.is_none_or(|b| b.hostnqn != hostnqn || b.subnqn != subnqn) {
+                log::warn!(
+                    "nvmf: {}: Connect as {hostnqn} to {subnqn} over TLS with PSK identity {id:?} of another host or subsystem",
+                    self.peer
+                );
+                return Err((
+                    Status::CONNECT_INVALID_HOST,
+                    fabrics::connect_invalid_param_dw0(true, 512),
+                ));
+            }
+        }
         let entries = u32::from(cmd.sqsize) + 1;
         let auth_keys = if subsys.kind == SubsystemKind::Nvme {
             subsys.auth_keys(&hostnqn, &self.target.keyring)

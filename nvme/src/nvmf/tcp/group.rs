@@ -44,7 +44,11 @@ pub(super) fn bump(a: &AtomicU64, d: i64) {
 }
 
 /// Binds `addr` and starts the accept poller on the first reactor. Management path.
-pub(crate) fn start_listener(target: Arc<Target>, addr: SocketAddr) -> Result<ListenerHandle, TargetError> {
+pub(crate) fn start_listener(
+    target: Arc<Target>,
+    addr: SocketAddr,
+    secure: bool,
+) -> Result<ListenerHandle, TargetError> {
     let cores = reactor::cores();
     if cores.is_empty() {
         return Err(TargetError::NoReactors(
@@ -86,7 +90,7 @@ pub(crate) fn start_listener(target: Arc<Target>, addr: SocketAddr) -> Result<Li
                     return PollStatus::Idle;
                 }
                 match l.as_ref() {
-                    Some(l) => accept_some(l, &target, &cores, bound),
+                    Some(l) => accept_some(l, &target, &cores, bound, secure),
                     None => PollStatus::Idle,
                 }
             },
@@ -94,11 +98,20 @@ pub(crate) fn start_listener(target: Arc<Target>, addr: SocketAddr) -> Result<Li
         id.set(Some(pid));
     })
     .map_err(|e| TargetError::NoReactors(format!("{e:?}")))?;
-    log::info!("nvmf: TCP listener on {bound}");
-    Ok(ListenerHandle { addr: bound, closed })
+    let tls = if secure {
+        " (secure channel: TLS 1.3 with a PSK required)"
+    } else {
+        ""
+    };
+    log::info!("nvmf: TCP listener on {bound}{tls}");
+    Ok(ListenerHandle {
+        addr: bound,
+        closed,
+        secure,
+    })
 }
 
-fn accept_some(l: &TcpListener, target: &Arc<Target>, cores: &[u32], listen: SocketAddr) -> PollStatus {
+fn accept_some(l: &TcpListener, target: &Arc<Target>, cores: &[u32], listen: SocketAddr, secure: bool) -> PollStatus {
     let mut status = PollStatus::Idle;
     for _ in 0..ACCEPTS_PER_POLL {
         match l.accept() {
@@ -110,7 +123,8 @@ fn accept_some(l: &TcpListener, target: &Arc<Target>, cores: &[u32], listen: Soc
                 let _ = sock.set_nodelay(true);
                 let i = target.next_core.fetch_add(1, Ordering::Relaxed) as usize % cores.len();
                 let t = target.clone();
-                if let Err(e) = reactor::send_msg(cores[i], move || group_add(Conn::new(t, sock, listen, peer))) {
+                if let Err(e) = reactor::send_msg(cores[i], move || group_add(Conn::new(t, sock, listen, peer, secure)))
+                {
                     log::warn!(
                         "nvmf: dropping connection from {peer}: reactor {} unreachable: {e:?}",
                         cores[i]

@@ -158,10 +158,12 @@ struct Conn {
     authenticated: bool,
     /// When a pending authentication times out (`engine::clock` ns).
     auth_deadline_ns: u64,
+    /// TLS (a secure-channel listener): the handshake, then the record layer.
+    tls: Option<Box<crate::nvmf::tls::TlsChannel>>,
 }
 
 impl Conn {
-    fn new(target: Arc<Target>, sock: TcpStream, listen: SocketAddr, peer: SocketAddr) -> Box<Conn> {
+    fn new(target: Arc<Target>, sock: TcpStream, listen: SocketAddr, peer: SocketAddr, secure: bool) -> Box<Conn> {
         let opts = target.transport_opts();
         let limits = RxLimits {
             in_capsule_data_bytes: opts.in_capsule_data_size,
@@ -205,7 +207,32 @@ impl Conn {
             auth: None,
             authenticated: false,
             auth_deadline_ns: 0,
+            tls: secure.then(|| crate::nvmf::tls::TlsChannel::new(peer)),
         })
+    }
+
+    /// Reads from the socket into `rx_buf`, through TLS on a secure channel.
+    fn sock_read(&mut self) -> std::io::Result<usize> {
+        match &mut self.tls {
+            None => self.sock.read(&mut self.rx_buf),
+            Some(tls) => {
+                let t = &self.target;
+                tls.read(&mut self.sock, &mut self.rx_buf, &mut |id| t.tls_psk_for(id))
+            }
+        }
+    }
+
+    /// Writes queued bytes from `tx_pos`, through TLS on a secure channel.
+    fn sock_write(&mut self) -> std::io::Result<usize> {
+        match &mut self.tls {
+            None => self.sock.write(&self.tx[self.tx_pos..]),
+            Some(tls) => tls.write(&mut self.sock, &self.tx[self.tx_pos..]),
+        }
+    }
+
+    /// The TLS session's PSK identity, on a secure channel.
+    fn tls_identity(&self) -> Option<&str> {
+        self.tls.as_ref()?.session.as_ref().map(|s| s.identity.as_str())
     }
 
     fn poll(&mut self, now: u64) -> ConnPoll {
@@ -219,7 +246,7 @@ impl Conn {
         }
         if self.tx.len() - self.tx_pos < TX_HIGH_WATER_BYTES {
             for _ in 0..RX_READS_PER_POLL {
-                match self.sock.read(&mut self.rx_buf) {
+                match self.sock_read() {
                     Ok(0) => {
                         self.close("peer closed the connection");
                         return ConnPoll::Busy;
@@ -239,6 +266,10 @@ impl Conn {
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == ErrorKind::InvalidData => {
+                        self.close("TLS refused");
+                        return ConnPoll::Busy;
+                    }
                     Err(e) => {
                         log::info!("nvmf: read from {} failed: {e}", self.peer);
                         self.close("socket error");
@@ -294,8 +325,20 @@ impl Conn {
     /// Writes queued bytes; returns whether any were written.
     fn flush(&mut self) -> bool {
         let mut wrote = false;
+        if let Some(tls) = &mut self.tls {
+            match tls.flush_out(&mut self.sock) {
+                Ok(w) => wrote = w,
+                Err(e) => {
+                    log::info!("nvmf: write to {} failed: {e}", self.peer);
+                    self.tx.clear();
+                    self.tx_pos = 0;
+                    self.close("socket error");
+                    return false;
+                }
+            }
+        }
         while self.tx_pos < self.tx.len() {
-            match self.sock.write(&self.tx[self.tx_pos..]) {
+            match self.sock_write() {
                 Ok(0) => break,
                 Ok(n) => {
                     self.tx_pos += n;
