@@ -54,6 +54,8 @@ pub struct SpdkNvmeBdev {
     stats: StatsSet,
     /// Some channel runs the admin poller.
     admin_polled: Arc<AtomicBool>,
+    /// As attached (for `save_config`).
+    opts: SpdkNvmeOpts,
 }
 
 /// Attaches the controller `trid` names (`trtype:TCP adrfam:IPv4 traddr:.. trsvcid:..
@@ -96,6 +98,7 @@ pub fn attach(name: &str, trid: &str, opts: &SpdkNvmeOpts) -> Result<Arc<SpdkNvm
         serial,
         stats: StatsSet::default(),
         admin_polled: Arc::new(AtomicBool::new(false)),
+        opts: opts.clone(),
     }))
 }
 
@@ -159,7 +162,14 @@ impl engine::bdev::Bdev for SpdkNvmeBdev {
         self.stats.sum()
     }
     fn config(&self) -> Option<(&'static str, serde_json::Value)> {
-        None
+        let p = super::rpc::AttachParams {
+            name: self.name.clone(),
+            trid: self.trid.clone(),
+            nsid: Some(self.ns.nsid),
+            io_queue_size: Some(self.opts.io_queue_size),
+            keep_alive_timeout_ms: Some(self.opts.keep_alive_ms),
+        };
+        Some(("bdev_spdk_nvme_attach", serde_json::to_value(p).ok()?))
     }
     fn driver_specific(&self) -> serde_json::Value {
         serde_json::json!({

@@ -5,7 +5,8 @@
 //! with one SPDK queue pair per reactor that uses it.
 //!
 //! - `ffi.rs`: every unsafe call into `spdk_sys` (env, controller, namespace, qpair);
-//! - `bdev.rs`: the bdev and its per-reactor channel.
+//! - `bdev.rs`: the bdev and its per-reactor channel;
+//! - `rpc.rs`: `bdev_spdk_nvme_attach`.
 //!
 //! SPDK's env runs on baton's DPDK env: the process must run with `--env dpdk`
 //! (`BATON_ENV=dpdk`), whose EAL start is followed by `spdk_env_dpdk_post_init`.
@@ -15,6 +16,7 @@
 
 mod bdev;
 mod ffi;
+pub mod rpc;
 
 pub use bdev::{attach, SpdkNvmeBdev, SpdkNvmeOpts};
 

@@ -29,3 +29,17 @@ fn trid_parse_goes_through_spdk() {
         Err(SpdkError::Trid(..))
     ));
 }
+
+#[test]
+fn attach_params_round_trip_and_default() {
+    let p: rpc::AttachParams = serde_json::from_value(serde_json::json!({
+        "name": "S0", "trid": "trtype:TCP traddr:127.0.0.1 trsvcid:4420", "nsid": 2
+    }))
+    .unwrap();
+    let o = p.opts();
+    assert_eq!((o.nsid, o.io_queue_size, o.keep_alive_ms), (Some(2), 256, 10_000));
+    let back: rpc::AttachParams = serde_json::from_value(serde_json::to_value(&p).unwrap()).unwrap();
+    assert_eq!(back, p);
+    let bad = serde_json::from_value::<rpc::AttachParams>(serde_json::json!({"name": "S0", "trid": "x", "colour": 1}));
+    assert!(bad.is_err(), "unknown parameters are refused");
+}
