@@ -39,6 +39,26 @@ fn fail(msg: &str) -> ! {
 fn main() {
     println!("cargo:rerun-if-changed=wrapper.h");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    let (libs, mut link_paths, include_paths) = probe_spdk();
+    link_spdk(&libs, &link_paths);
+    link_system_libs(&libs, &mut link_paths, &out);
+    // DEP_SPDK_NVME_RPATH for dependents: the `baton` binary's run path (root build.rs),
+    // so it finds ISA-L's shared libraries (in SPDK's tree) without LD_LIBRARY_PATH.
+    // System directories stay out: they come last anyway, and put first they would
+    // give an older system ISA-L precedence over SPDK's.
+    let rpath: Vec<String> = link_paths
+        .iter()
+        .filter(|p| !p.starts_with("/usr") && !p.starts_with("/lib"))
+        .map(|p| p.display().to_string())
+        .collect();
+    println!("cargo:rpath={}", rpath.join(":"));
+    generate(&include_paths, &out);
+}
+
+/// SPDK's modules through pkg-config: libraries, link and include directories.
+#[cfg(feature = "bindings")]
+fn probe_spdk() -> (Vec<String>, Vec<PathBuf>, Vec<PathBuf>) {
     let mut libs: Vec<String> = Vec::new();
     let mut link_paths: Vec<PathBuf> = Vec::new();
     let mut include_paths: Vec<PathBuf> = Vec::new();
@@ -63,7 +83,12 @@ fn main() {
             }
         }
     }
-    for p in &link_paths {
+    (libs, link_paths, include_paths)
+}
+
+#[cfg(feature = "bindings")]
+fn link_spdk(libs: &[String], link_paths: &[PathBuf]) {
+    for p in link_paths {
         println!("cargo:rustc-link-search=native={}", p.display());
     }
     // SPDK itself is linked from its static archives (built next to the shared ones, and
@@ -73,7 +98,7 @@ fn main() {
     // linker drops a library that only another shared library references. Archives
     // whose objects register themselves from constructors (NVMe transports, PCI drivers,
     // the POSIX socket module) are linked whole, or nothing would pull those objects in.
-    for lib in &libs {
+    for lib in libs {
         if WHOLE.contains(&lib.as_str()) {
             println!("cargo:rustc-link-lib=static:+whole-archive={lib}");
         } else if lib.starts_with("spdk_") {
@@ -82,6 +107,10 @@ fn main() {
             println!("cargo:rustc-link-lib=dylib={lib}");
         }
     }
+}
+
+#[cfg(feature = "bindings")]
+fn link_system_libs(libs: &[String], link_paths: &mut Vec<PathBuf>, out: &std::path::Path) {
     // SPDK's system libraries, as SPDK's own applications link them: spdk_syslibs lists
     // them (Libs.private, hence --static). The linker keeps those SPDK's objects use.
     let sys = match pkg_config::Config::new()
@@ -104,7 +133,6 @@ fn main() {
     // directories that precede it on the linker's path (DPDK's): those are linked through
     // a link of their own name in OUT_DIR, so the linker takes SPDK's. At run time the
     // binary's run path (or LD_LIBRARY_PATH) finds SPDK's first, by the same soname.
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     println!("cargo:rustc-link-search=native={}", out.display());
     for lib in &sys.libs {
         if libs.contains(lib) {
@@ -127,11 +155,11 @@ fn main() {
             None => println!("cargo:rustc-link-lib=dylib={lib}"),
         }
     }
-    // DEP_SPDK_NVME_RPATH for dependents: the `baton` binary's run path (root build.rs),
-    // so it finds ISA-L's shared libraries (in SPDK's tree) without LD_LIBRARY_PATH.
-    let rpath: Vec<String> = link_paths.iter().map(|p| p.display().to_string()).collect();
-    println!("cargo:rpath={}", rpath.join(":"));
+}
 
+/// Bindings for what `nvme::spdk` calls, from SPDK's headers.
+#[cfg(feature = "bindings")]
+fn generate(include_paths: &[PathBuf], out: &std::path::Path) {
     let clang_args: Vec<String> = include_paths.iter().map(|p| format!("-I{}", p.display())).collect();
     let bindings = bindgen::Builder::default()
         .header("wrapper.h")

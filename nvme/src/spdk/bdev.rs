@@ -237,16 +237,26 @@ impl ChannelBackend for SpdkChannel {
         if self.failed.len() == self.failed.capacity() {
             return Err(io);
         }
-        let Some(slot) = self.free.pop() else {
-            return Err(io);
-        };
         let cmd = match io.op {
             IoOp::Read => Cmd::Read(io.buf.as_mut().map_or(std::ptr::null_mut(), |b| b.as_mut_ptr())),
             IoOp::Write => Cmd::Write(io.buf.as_mut().map_or(std::ptr::null_mut(), |b| b.as_mut_ptr())),
             IoOp::Flush => Cmd::Flush,
             IoOp::WriteZeroes => Cmd::WriteZeroes,
-            // Not in the geometry: the channel wrapper refused it already.
-            IoOp::Unmap => Cmd::Flush,
+            IoOp::Unmap => {
+                // Not in the geometry, so the channel wrapper refuses it before this.
+                self.failed.push_back(IoCompletion {
+                    user_data: io.user_data,
+                    result: Err(BdevError::Unsupported {
+                        bdev: self.name.clone(),
+                        op: io.op.name(),
+                    }),
+                    buf: io.buf,
+                });
+                return Ok(());
+            }
+        };
+        let Some(slot) = self.free.pop() else {
+            return Err(io);
         };
         match self.qp.submit(slot, cmd, io.offset_blocks, io.num_blocks) {
             Ok(()) => {
