@@ -44,8 +44,11 @@ export PKG_CONFIG_PATH=$SPDK_DIR/build/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CON
 # SPDK's applications are linked to its shared libraries (baton links its archives).
 export LD_LIBRARY_PATH=$SPDK_DIR/build/lib:$SPDK_DIR/isa-l/.libs:$SPDK_DIR/isa-l-crypto/.libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-cargo build --release -q --features spdk --bin baton
-B=$CARGO_TARGET_DIR/release/baton
+# BATON=path: use that binary (built with --features spdk) instead of building one.
+if [ -z "${BATON:-}" ]; then
+  cargo build --release -q --features spdk --bin baton
+fi
+B=${BATON:-$CARGO_TARGET_DIR/release/baton}
 RPC=(python3 "$SPDK_DIR/scripts/rpc.py")
 WORK=$(mktemp -d /tmp/baton-vs-spdk.XXXXXX)
 SOCK=$WORK/tgt.sock

@@ -211,11 +211,14 @@ fn start_admin_poller(ctrlr: &Arc<Ctrlr>, flag: &Arc<AtomicBool>) -> Option<Poll
     ))
 }
 
+/// A request in flight: its user data and its buffer (held until the completion).
+type InFlight = (u64, Option<DmaBuf>);
+
 /// One reactor's queue pair and the requests in flight on it.
 struct SpdkChannel {
     qp: Qpair,
     /// In-flight requests by slot: their user data and buffer.
-    slots: Box<[Option<(u64, Option<DmaBuf>)>]>,
+    slots: Box<[Option<InFlight>]>,
     free: Vec<u32>,
     /// Requests SPDK refused at submission (not ENOMEM), completed by the next poll.
     failed: VecDeque<IoCompletion>,
