@@ -12,7 +12,9 @@ use engine::bdev::{
 };
 use engine::buf::DmaBuf;
 use engine::reactor::{self, PollStatus, PollerId};
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -185,30 +187,39 @@ impl engine::bdev::Bdev for SpdkNvmeBdev {
 }
 
 /// On a reactor, and when no other channel of the bdev does it yet: a poller running
-/// the controller's admin completions every [`ADMIN_POLL_PERIOD`].
-fn start_admin_poller(ctrlr: &Arc<Ctrlr>, flag: &Arc<AtomicBool>) -> Option<PollerId> {
+/// the controller's admin completions every [`ADMIN_POLL_PERIOD`]. It unregisters itself
+/// once the returned flag is set (the channel closing): a channel may be dropped while
+/// the reactor removes pollers, when unregistering another one is not possible.
+fn start_admin_poller(ctrlr: &Arc<Ctrlr>, flag: &Arc<AtomicBool>) -> Option<Rc<Cell<bool>>> {
     reactor::current_core()?;
     if flag.swap(true, Ordering::AcqRel) {
         return None;
     }
     let c = ctrlr.clone();
+    let stop = Rc::new(Cell::new(false));
+    let me: Rc<Cell<Option<PollerId>>> = Rc::new(Cell::new(None));
+    let (stop2, me2) = (stop.clone(), me.clone());
     let mut warned = false;
-    Some(reactor::register_poller(
-        "spdk_nvme_admin",
-        Some(ADMIN_POLL_PERIOD),
-        move || {
-            let rc = c.process_admin();
-            if rc < 0 && !warned {
-                warned = true;
-                log::warn!("spdk-nvme: admin queue failed (errno {})", -rc);
+    let id = reactor::register_poller("spdk_nvme_admin", Some(ADMIN_POLL_PERIOD), move || {
+        if stop2.get() {
+            if let Some(id) = me2.take() {
+                reactor::unregister_poller(id);
             }
-            if rc > 0 {
-                PollStatus::Busy
-            } else {
-                PollStatus::Idle
-            }
-        },
-    ))
+            return PollStatus::Idle;
+        }
+        let rc = c.process_admin();
+        if rc < 0 && !warned {
+            warned = true;
+            log::warn!("spdk-nvme: admin queue failed (errno {})", -rc);
+        }
+        if rc > 0 {
+            PollStatus::Busy
+        } else {
+            PollStatus::Idle
+        }
+    });
+    me.set(Some(id));
+    Some(stop)
 }
 
 /// A request in flight: its user data and its buffer (held until the completion).
@@ -222,7 +233,8 @@ struct SpdkChannel {
     free: Vec<u32>,
     /// Requests SPDK refused at submission (not ENOMEM), completed by the next poll.
     failed: VecDeque<IoCompletion>,
-    admin: Option<PollerId>,
+    /// Set to stop this channel's admin poller, if it runs one.
+    admin: Option<Rc<Cell<bool>>>,
     admin_polled: Arc<AtomicBool>,
     name: String,
     qpair_failed: bool,
@@ -318,8 +330,8 @@ impl ChannelBackend for SpdkChannel {
 
 impl Drop for SpdkChannel {
     fn drop(&mut self) {
-        if let Some(id) = self.admin.take() {
-            reactor::unregister_poller(id);
+        if let Some(stop) = self.admin.take() {
+            stop.set(true);
             self.admin_polled.store(false, Ordering::Release);
         }
     }

@@ -227,7 +227,8 @@ pub(crate) struct Qpair {
 }
 
 impl Qpair {
-    /// Allocates (and, over a fabric, connects) an I/O queue pair with `slots` commands.
+    /// Allocates an I/O queue pair with `slots` commands; over a fabric it connects
+    /// asynchronously, as the queue pair is polled.
     pub(crate) fn alloc(ctrlr: &std::sync::Arc<Ctrlr>, ns: Ns, slots: u32) -> Result<Qpair, SpdkError> {
         let mut opts = MaybeUninit::<sys::spdk_nvme_io_qpair_opts>::zeroed();
         let size = std::mem::size_of::<sys::spdk_nvme_io_qpair_opts>();
@@ -237,6 +238,11 @@ impl Qpair {
         let mut opts = unsafe { opts.assume_init() };
         // Large I/O is split into child requests: room for them beyond the slots.
         opts.io_queue_requests = opts.io_queue_requests.max(slots * 2);
+        // Connect without blocking: a reactor opening a channel must not wait for a
+        // fabric round trip (the target may be served by this very reactor). The
+        // connection advances in process_completions; I/O submitted before it is up
+        // is queued by SPDK and sent once it is.
+        opts.async_mode = true;
         // SAFETY: as above; SPDK copies opts.
         let p = unsafe { sys::spdk_nvme_ctrlr_alloc_io_qpair(ctrlr.ptr.as_ptr(), &opts, size) };
         let ptr = NonNull::new(p).ok_or(SpdkError::Qpair)?;
