@@ -154,7 +154,7 @@ seqwrite128k:write:32:131072"
       for row in $ROWS_B; do
         IFS=: read -r name rw qd size <<< "$row"
         read -r i p < <(nvme_perf "$rw" "$qd" "$size")
-        R[$tgt,$name,$round]="$i $p"
+        R[$tgt,$name,$qd,$round]="$i $p"
       done
       stop_target
     done
@@ -164,8 +164,8 @@ seqwrite128k:write:32:131072"
     IFS=: read -r name rw qd size <<< "$row"
     s=(); t=()
     for round in $(seq "$ROUNDS"); do
-      read -r i p <<< "${R[spdk,$name,$round]}"; if [ "$name" = randread-qd1-p50 ]; then s+=("$p"); else s+=("$i"); fi
-      read -r i p <<< "${R[baton,$name,$round]}"; if [ "$name" = randread-qd1-p50 ]; then t+=("$p"); else t+=("$i"); fi
+      read -r i p <<< "${R[spdk,$name,$qd,$round]}"; if [ "$name" = randread-qd1-p50 ]; then s+=("$p"); else s+=("$i"); fi
+      read -r i p <<< "${R[baton,$name,$qd,$round]}"; if [ "$name" = randread-qd1-p50 ]; then t+=("$p"); else t+=("$i"); fi
     done
     ms=$(mean "${s[@]}"); mt=$(mean "${t[@]}")
     unit=IOPS; [ "$name" = randread-qd1-p50 ] && unit="p50 us"
