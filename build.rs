@@ -13,4 +13,11 @@ fn main() {
     println!("cargo:rustc-env=BATON_GIT_COMMIT={commit}");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs/heads");
+    // Feature `spdk`: run SPDK's shared libraries from where pkg-config found them
+    // (baton-spdk-sys passes the directories), so `baton` needs no LD_LIBRARY_PATH.
+    if let Ok(dirs) = std::env::var("DEP_SPDK_NVME_RPATH") {
+        for d in dirs.split(':').filter(|d| !d.is_empty()) {
+            println!("cargo:rustc-link-arg-bins=-Wl,-rpath,{d}");
+        }
+    }
 }

@@ -141,6 +141,18 @@ struct RpcArgs {
     args: Vec<String>,
 }
 
+/// Bdev spec kinds of crates above the engine (`--bdev NAME=SPEC`, `baton perf --bdev`).
+fn register_bdev_kinds() {
+    #[cfg(feature = "spdk")]
+    nvme::spdk::register_spec_kind();
+    #[cfg(not(feature = "spdk"))]
+    engine::bdev::spec::register_kind("spdk-nvme", |_, _| {
+        Err(engine::bdev::spec::SpecError::Invalid(
+            "spdk-nvme: this baton was built without the `spdk` cargo feature (docs/spdk.md)".into(),
+        ))
+    });
+}
+
 fn main() -> ExitCode {
     // Without BATON_LOG the logger passes everything up to debug and the level is capped at
     // info, so `log_set_level DEBUG` (JSON-RPC) can raise it at run time.
@@ -152,6 +164,7 @@ fn main() -> ExitCode {
         log::set_max_level(log::LevelFilter::Info);
     }
     let cli = Cli::parse();
+    register_bdev_kinds();
     let r = match cli.cmd {
         Cmd::Demo(a) => demo::run(a),
         Cmd::Switchover(a) => switchover::run(a),

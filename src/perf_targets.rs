@@ -9,6 +9,7 @@
 //! ```text
 //! TARGET := TRID                         a transport ID: contains "trtype:" (spdk_nvme_perf -r)
 //!         | BDEV_SPEC[,replicate=N]      a local bdev, replicated over N relays when N > 0
+//!                                        (`spdk-nvme:TRID[,ns=N]` is one: SPDK's driver, docs/spdk.md)
 //!         | plain                        (--compare only) the first target without replication
 //!         | replicate=N                  (--compare only) the first target's base over N relays
 //! ```
@@ -65,7 +66,8 @@ fn parse_replicate(v: &str) -> Result<usize, String> {
 /// Parses a TARGET (not the `--compare`-only forms).
 pub fn parse_target(s: &str) -> Result<Target, String> {
     let s = s.trim();
-    if s.to_ascii_lowercase().contains("trtype") {
+    // `spdk-nvme:TRID` is a bdev spec (SPDK's driver), not baton's own NVMe/TCP host.
+    if s.to_ascii_lowercase().contains("trtype") && !s.starts_with("spdk-nvme:") {
         let t = TransportId::parse(s).map_err(|e| e.to_string())?;
         return Ok(Target {
             base: Base::Nvme(t),
@@ -403,6 +405,12 @@ mod tests {
         assert_eq!(t.replicate, 2);
         let t = parse_target("trtype:TCP traddr:127.0.0.1 trsvcid:4420").unwrap();
         assert!(matches!(t.base, Base::Nvme(_)));
+        // SPDK's driver is a bdev spec holding a transport ID, not baton's own host.
+        let t = parse_target("spdk-nvme:trtype:TCP traddr:127.0.0.1 trsvcid:4420,ns=1").unwrap();
+        assert_eq!(
+            t.base,
+            Base::Bdev("spdk-nvme:trtype:TCP traddr:127.0.0.1 trsvcid:4420,ns=1".into())
+        );
         assert!(parse_target("TrType:tcp traddr:1.2.3.4 bogus:1")
             .unwrap_err()
             .contains("bogus"));

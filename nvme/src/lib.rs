@@ -8,6 +8,7 @@
 //!   discovery service and the TCP transport polled by the engine's reactors.
 //! - [`host`]: the NVMe/TCP initiator: controllers, admin commands, polled I/O queue pairs.
 //! - `pcie` (feature `vfio`): the user-space NVMe driver over VFIO and its bdev.
+//! - `spdk` (feature `spdk`): SPDK's NVMe driver as the `spdk-nvme` bdev (`docs/spdk.md`).
 //! - [`rpc`]: the SPDK-named `nvmf_*` JSON-RPC methods and their `save_config` entries.
 
 pub mod host;
@@ -15,5 +16,7 @@ pub mod nvmf;
 #[cfg(feature = "vfio")]
 pub mod pcie;
 pub mod rpc;
+#[cfg(feature = "spdk")]
+pub mod spdk;
 pub mod spec;
 pub mod tcp;

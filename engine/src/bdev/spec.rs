@@ -7,9 +7,14 @@
 //!   or extends the file first (default: its current size)
 //!
 //! Sizes take K/M/G/T suffixes (powers of two).
+//!
+//! Crates above the engine add kinds of their own with [`register_kind`]
+//! (e.g. `spdk-nvme:TRID` from `nvme`, feature `spdk`): such a spec is
+//! `KIND:REST`, and `REST` (which may hold colons, spaces and commas) goes to
+//! the kind's constructor as it is.
 
 use super::{malloc, null, uring, Bdev, BdevError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 /// Why a bdev spec was refused.
@@ -50,9 +55,33 @@ pub fn parse_size(s: &str) -> Result<u64, SizeError> {
         .ok_or_else(|| SizeError(s.to_string()))
 }
 
+/// A constructor for a bdev kind registered by a crate above the engine:
+/// `(name, rest of the spec after "KIND:")`.
+pub type KindFn = fn(&str, &str) -> Result<Arc<dyn Bdev>, SpecError>;
+
+static KINDS: Mutex<Vec<(&'static str, KindFn)>> = Mutex::new(Vec::new());
+
+/// Adds (or replaces) the bdev kind `kind`, written `kind:REST` in a spec.
+/// Management path: process start-up.
+pub fn register_kind(kind: &'static str, f: KindFn) {
+    let mut k = KINDS.lock().unwrap_or_else(|e| e.into_inner());
+    k.retain(|(n, _)| *n != kind);
+    k.push((kind, f));
+}
+
+fn registered_kind(kind: &str) -> Option<KindFn> {
+    let k = KINDS.lock().unwrap_or_else(|e| e.into_inner());
+    k.iter().find(|(n, _)| *n == kind).map(|&(_, f)| f)
+}
+
 /// Creates (without registering) the bdev `spec` describes, named `name`.
 pub fn create_bdev(name: &str, spec: &str) -> Result<Arc<dyn Bdev>, SpecError> {
     let bad = SpecError::Invalid;
+    if let Some((kind, rest)) = spec.split_once(':') {
+        if let Some(f) = registered_kind(kind) {
+            return f(name, rest);
+        }
+    }
     let mut parts = spec.split(',');
     let head = parts.next().unwrap_or("");
     let (kind, path) = match head.split_once(':') {
@@ -127,5 +156,21 @@ mod tests {
         assert!(create_bdev("s3", "uring").is_err());
         assert!(create_bdev("s4", "floppy").is_err());
         assert!(create_bdev("s5", "malloc,colour=red").is_err());
+    }
+
+    #[test]
+    fn registered_kinds_get_the_rest_of_the_spec() {
+        fn kind(name: &str, rest: &str) -> Result<Arc<dyn Bdev>, SpecError> {
+            // The rest arrives whole, colons, spaces and commas included.
+            if rest != "a:b c,d=1" {
+                return Err(SpecError::Invalid(format!("rest {rest:?}")));
+            }
+            Ok(super::null::create(name, 8, 512, None)?)
+        }
+        register_kind("test-kind", kind);
+        let b = create_bdev("k1", "test-kind:a:b c,d=1").unwrap();
+        assert_eq!(b.num_blocks(), 8);
+        assert!(create_bdev("k2", "test-kind:other").is_err());
+        assert!(create_bdev("k3", "other-kind:a").is_err());
     }
 }

@@ -116,6 +116,8 @@ fn rpc_err(e: RpcFailure) -> RpcError {
 /// config provider (after "bdev": namespaces need their bdevs). Call once at start-up.
 pub fn register_rpcs(reg: &mut Registry) {
     register_rpcs_for(reg, global().clone());
+    #[cfg(feature = "spdk")]
+    crate::spdk::rpc::register_rpcs(reg);
 }
 
 /// Registers the `nvmf_*` methods acting on `t` (tests use their own target).

@@ -1,0 +1,338 @@
+//! The `spdk-nvme` bdev: one namespace of a controller attached with SPDK's NVMe driver,
+//! driven from baton's reactors. Each channel is one SPDK I/O queue pair, allocated on
+//! the reactor that opens it and used only there; the channel's `poll` (called by the
+//! channel's user from its reactor poller) runs `spdk_nvme_qpair_process_completions`.
+//! The first channel also registers a slow poller on its reactor for the controller's
+//! admin queue (keep-alive, events). No thread of its own, no lock on the I/O path.
+
+use super::ffi::{self, Cmd, Ctrlr, Ns, Qpair};
+use super::SpdkError;
+use engine::bdev::{
+    BdevChannel, BdevError, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, StatsSet, CHANNEL_QUEUE_DEPTH_MAX,
+};
+use engine::buf::DmaBuf;
+use engine::reactor::{self, PollStatus, PollerId};
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the admin poller runs.
+const ADMIN_POLL_PERIOD: Duration = Duration::from_millis(100);
+
+/// Options of an attach.
+#[derive(Debug, Clone)]
+pub struct SpdkNvmeOpts {
+    /// Namespace to expose (`None`: the first active one).
+    pub nsid: Option<u32>,
+    /// I/O queue entries asked of the controller (it may grant fewer).
+    pub io_queue_size: u32,
+    /// Keep-alive timeout asked for, ms (0: none). The admin poller sends them.
+    pub keep_alive_ms: u32,
+}
+
+impl Default for SpdkNvmeOpts {
+    fn default() -> Self {
+        SpdkNvmeOpts {
+            nsid: None,
+            io_queue_size: 256,
+            keep_alive_ms: 10_000,
+        }
+    }
+}
+
+/// One namespace of a controller attached through SPDK.
+pub struct SpdkNvmeBdev {
+    name: String,
+    trid: String,
+    ctrlr: Arc<Ctrlr>,
+    ns: Ns,
+    geometry: Geometry,
+    uuid: [u8; 16],
+    model: String,
+    serial: String,
+    stats: StatsSet,
+    /// Some channel runs the admin poller.
+    admin_polled: Arc<AtomicBool>,
+    /// As attached (for `save_config`).
+    opts: SpdkNvmeOpts,
+}
+
+/// Attaches the controller `trid` names (`trtype:TCP adrfam:IPv4 traddr:.. trsvcid:..
+/// subnqn:..` or `trtype:PCIe traddr:0000:04:00.0`) and makes bdev `name` of one of its
+/// namespaces. Management path: blocks while connecting.
+pub fn attach(name: &str, trid: &str, opts: &SpdkNvmeOpts) -> Result<Arc<SpdkNvmeBdev>, SpdkError> {
+    if name.is_empty() {
+        return Err(SpdkError::Param("name must not be empty".into()));
+    }
+    let ctrlr = Arc::new(Ctrlr::connect(trid, opts.io_queue_size, opts.keep_alive_ms)?);
+    let active = ctrlr.active_namespaces();
+    let nsid = match opts.nsid {
+        Some(n) => n,
+        None => *active
+            .first()
+            .ok_or_else(|| SpdkError::NoNamespace(trid.to_string(), 0))?,
+    };
+    let ns = ctrlr
+        .namespace(nsid)
+        .filter(|_| active.contains(&nsid))
+        .ok_or_else(|| SpdkError::NoNamespace(trid.to_string(), nsid))?;
+    let mut ops = vec![IoOp::Read, IoOp::Write];
+    if ns.supports_flush() {
+        ops.push(IoOp::Flush);
+    }
+    if ns.supports_write_zeroes() {
+        ops.push(IoOp::WriteZeroes);
+    }
+    // Dword alignment is all SPDK's PCIe PRP/SGL building needs; fabrics need none.
+    let geometry = Geometry::new(ns.block_size, ns.num_blocks, 4, &ops);
+    let (model, serial) = ctrlr.model_serial();
+    Ok(Arc::new(SpdkNvmeBdev {
+        name: name.to_string(),
+        trid: trid.to_string(),
+        uuid: ns.uuid.filter(|u| *u != [0; 16]).unwrap_or_else(engine::bdev::new_uuid),
+        ctrlr,
+        ns,
+        geometry,
+        model,
+        serial,
+        stats: StatsSet::default(),
+        admin_polled: Arc::new(AtomicBool::new(false)),
+        opts: opts.clone(),
+    }))
+}
+
+impl SpdkNvmeBdev {
+    pub fn nsid(&self) -> u32 {
+        self.ns.nsid
+    }
+    pub fn trid(&self) -> &str {
+        &self.trid
+    }
+    /// Largest transfer SPDK sends as one command (larger I/O is split by SPDK).
+    pub fn max_io_bytes(&self) -> u32 {
+        self.ns.max_xfer
+    }
+}
+
+impl engine::bdev::Bdev for SpdkNvmeBdev {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn product_name(&self) -> &str {
+        "SPDK NVMe disk"
+    }
+    fn driver(&self) -> &'static str {
+        "spdk_nvme"
+    }
+    fn uuid(&self) -> [u8; 16] {
+        self.uuid
+    }
+    fn block_size(&self) -> u32 {
+        self.geometry.block_size
+    }
+    fn num_blocks(&self) -> u64 {
+        self.geometry.num_blocks
+    }
+    fn supports(&self, op: IoOp) -> bool {
+        self.geometry.supports(op)
+    }
+    fn open_channel(&self) -> Result<BdevChannel, BdevError> {
+        let slots = CHANNEL_QUEUE_DEPTH_MAX as u32;
+        let qp = Qpair::alloc(&self.ctrlr, self.ns, slots).map_err(|e| BdevError::Channel(e.to_string()))?;
+        let admin = start_admin_poller(&self.ctrlr, &self.admin_polled);
+        let ch = SpdkChannel {
+            qp,
+            slots: (0..slots).map(|_| None).collect(),
+            free: (0..slots).rev().collect(),
+            failed: VecDeque::with_capacity(CHANNEL_QUEUE_DEPTH_MAX),
+            admin,
+            admin_polled: self.admin_polled.clone(),
+            name: self.name.clone(),
+            qpair_failed: false,
+        };
+        Ok(BdevChannel::new(
+            &self.name,
+            self.geometry,
+            self.stats.new_channel(),
+            Box::new(ch),
+        ))
+    }
+    fn io_stats(&self) -> engine::bdev::IoStats {
+        self.stats.sum()
+    }
+    fn config(&self) -> Option<(&'static str, serde_json::Value)> {
+        let p = super::rpc::AttachParams {
+            name: self.name.clone(),
+            trid: self.trid.clone(),
+            nsid: Some(self.ns.nsid),
+            io_queue_size: Some(self.opts.io_queue_size),
+            keep_alive_timeout_ms: Some(self.opts.keep_alive_ms),
+        };
+        Some(("bdev_spdk_nvme_attach", serde_json::to_value(p).ok()?))
+    }
+    fn driver_specific(&self) -> serde_json::Value {
+        serde_json::json!({
+            "spdk_nvme": {
+                "trid": self.trid,
+                "nsid": self.ns.nsid,
+                "model_number": self.model,
+                "serial_number": self.serial,
+                "max_io_xfer_size": self.ns.max_xfer,
+            }
+        })
+    }
+}
+
+/// On a reactor, and when no other channel of the bdev does it yet: a poller running
+/// the controller's admin completions every [`ADMIN_POLL_PERIOD`]. It unregisters itself
+/// once the returned flag is set (the channel closing): a channel may be dropped while
+/// the reactor removes pollers, when unregistering another one is not possible.
+fn start_admin_poller(ctrlr: &Arc<Ctrlr>, flag: &Arc<AtomicBool>) -> Option<Rc<Cell<bool>>> {
+    reactor::current_core()?;
+    if flag.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    let c = ctrlr.clone();
+    let stop = Rc::new(Cell::new(false));
+    let me: Rc<Cell<Option<PollerId>>> = Rc::new(Cell::new(None));
+    let (stop2, me2) = (stop.clone(), me.clone());
+    let mut warned = false;
+    let id = reactor::register_poller("spdk_nvme_admin", Some(ADMIN_POLL_PERIOD), move || {
+        if stop2.get() {
+            if let Some(id) = me2.take() {
+                reactor::unregister_poller(id);
+            }
+            return PollStatus::Idle;
+        }
+        let rc = c.process_admin();
+        if rc < 0 && !warned {
+            warned = true;
+            log::warn!("spdk-nvme: admin queue failed (errno {})", -rc);
+        }
+        if rc > 0 {
+            PollStatus::Busy
+        } else {
+            PollStatus::Idle
+        }
+    });
+    me.set(Some(id));
+    Some(stop)
+}
+
+/// A request in flight: its user data and its buffer (held until the completion).
+type InFlight = (u64, Option<DmaBuf>);
+
+/// One reactor's queue pair and the requests in flight on it.
+struct SpdkChannel {
+    qp: Qpair,
+    /// In-flight requests by slot: their user data and buffer.
+    slots: Box<[Option<InFlight>]>,
+    free: Vec<u32>,
+    /// Requests SPDK refused at submission (not ENOMEM), completed by the next poll.
+    failed: VecDeque<IoCompletion>,
+    /// Set to stop this channel's admin poller, if it runs one.
+    admin: Option<Rc<Cell<bool>>>,
+    admin_polled: Arc<AtomicBool>,
+    name: String,
+    qpair_failed: bool,
+}
+
+/// Whether a raw completion status (`status_raw`) is an error: SC (bits 1..9) or SCT
+/// (bits 9..12) non-zero.
+#[inline]
+fn status_is_error(status: u16) -> bool {
+    (status >> 1) & 0x7ff != 0
+}
+
+impl ChannelBackend for SpdkChannel {
+    fn submit(&mut self, mut io: IoRequest) -> Result<(), IoRequest> {
+        if self.failed.len() == self.failed.capacity() {
+            return Err(io);
+        }
+        let cmd = match io.op {
+            IoOp::Read => Cmd::Read(io.buf.as_mut().map_or(std::ptr::null_mut(), |b| b.as_mut_ptr())),
+            IoOp::Write => Cmd::Write(io.buf.as_mut().map_or(std::ptr::null_mut(), |b| b.as_mut_ptr())),
+            IoOp::Flush => Cmd::Flush,
+            IoOp::WriteZeroes => Cmd::WriteZeroes,
+            IoOp::Unmap => {
+                // Not in the geometry, so the channel wrapper refuses it before this.
+                self.failed.push_back(IoCompletion {
+                    user_data: io.user_data,
+                    result: Err(BdevError::Unsupported {
+                        bdev: self.name.clone(),
+                        op: io.op.name(),
+                    }),
+                    buf: io.buf,
+                });
+                return Ok(());
+            }
+        };
+        let Some(slot) = self.free.pop() else {
+            return Err(io);
+        };
+        match self.qp.submit(slot, cmd, io.offset_blocks, io.num_blocks) {
+            Ok(()) => {
+                self.slots[slot as usize] = Some((io.user_data, io.buf));
+                Ok(())
+            }
+            Err(libc::ENOMEM) => {
+                self.free.push(slot);
+                Err(io)
+            }
+            Err(errno) => {
+                self.free.push(slot);
+                self.failed.push_back(IoCompletion {
+                    user_data: io.user_data,
+                    result: Err(BdevError::Io(format!(
+                        "{}: SPDK refused the {} (errno {errno})",
+                        self.name,
+                        io.op.name()
+                    ))),
+                    buf: io.buf,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    #[inline]
+    fn poll(&mut self, f: &mut dyn FnMut(IoCompletion)) -> usize {
+        let mut n = 0;
+        while let Some(c) = self.failed.pop_front() {
+            n += 1;
+            f(c);
+        }
+        let (slots, free, name) = (&mut self.slots, &mut self.free, &self.name);
+        let rc = self.qp.poll(&mut |slot, status| {
+            let Some((user_data, buf)) = slots[slot as usize].take() else {
+                log::error!("{name}: completion for idle slot {slot}");
+                return;
+            };
+            free.push(slot);
+            let result = if status_is_error(status) {
+                Err(BdevError::Io(format!("{name}: {}", ffi::status_string(status))))
+            } else {
+                Ok(())
+            };
+            n += 1;
+            f(IoCompletion { user_data, result, buf });
+        });
+        if rc < 0 && !self.qpair_failed {
+            self.qpair_failed = true;
+            log::error!("{}: SPDK queue pair failed (errno {})", self.name, -rc);
+        }
+        n
+    }
+}
+
+impl Drop for SpdkChannel {
+    fn drop(&mut self) {
+        if let Some(stop) = self.admin.take() {
+            stop.set(true);
+            self.admin_polled.store(false, Ordering::Release);
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! `bdev_spdk_nvme_attach`: the `spdk-nvme` bdev over JSON-RPC (the same as a
+//! `--bdev NAME=spdk-nvme:TRID` spec). Listed by `bdev_get_bdevs` (driver `spdk_nvme`)
+//! and kept by `save_config`, like every registered bdev.
+
+use super::{attach, SpdkNvmeOpts};
+use engine::rpc::{Registry, RpcError};
+use serde::{Deserialize, Serialize};
+
+/// Parameters of `bdev_spdk_nvme_attach`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AttachParams {
+    /// The bdev's name.
+    pub name: String,
+    /// Transport ID in SPDK's syntax (`trtype:TCP adrfam:IPv4 traddr:.. trsvcid:.. subnqn:..`).
+    pub trid: String,
+    /// Namespace (default: the first active one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nsid: Option<u32>,
+    /// I/O queue entries asked of the controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_queue_size: Option<u32>,
+    /// Keep-alive timeout in ms (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_timeout_ms: Option<u32>,
+}
+
+impl AttachParams {
+    pub(crate) fn opts(&self) -> SpdkNvmeOpts {
+        let d = SpdkNvmeOpts::default();
+        SpdkNvmeOpts {
+            nsid: self.nsid,
+            io_queue_size: self.io_queue_size.unwrap_or(d.io_queue_size),
+            keep_alive_ms: self.keep_alive_timeout_ms.unwrap_or(d.keep_alive_ms),
+        }
+    }
+}
+
+fn attach_rpc(p: AttachParams) -> Result<String, RpcError> {
+    if engine::bdev::lookup(&p.name).is_some() {
+        return Err(RpcError::new(
+            -libc::EEXIST,
+            format!("bdev {:?} already exists", p.name),
+        ));
+    }
+    let b = attach(&p.name, &p.trid, &p.opts()).map_err(|e| RpcError::new(-libc::EIO, e.to_string()))?;
+    engine::bdev::register(b).map_err(|e| RpcError::new(e.errno(), e.to_string()))?;
+    Ok(p.name)
+}
+
+/// Registers `bdev_spdk_nvme_attach`.
+pub fn register_rpcs(reg: &mut Registry) {
+    reg.register(
+        "bdev_spdk_nvme_attach",
+        "Attach a controller with SPDK's NVMe driver and make a bdev of one namespace (name, trid; nsid, io_queue_size, keep_alive_timeout_ms)",
+        attach_rpc,
+    );
+}

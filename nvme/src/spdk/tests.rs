@@ -1,0 +1,45 @@
+use super::*;
+
+#[test]
+fn spec_parses_trid_and_options() {
+    let t = "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:nqn.2016-06.io.spdk:cnode1";
+    let (trid, o) = parse_spec(t).unwrap();
+    assert_eq!(trid, t);
+    assert_eq!((o.nsid, o.io_queue_size, o.keep_alive_ms), (None, 256, 10_000));
+    let (trid, o) = parse_spec(&format!("{t},ns=2,qsize=128,kato=0")).unwrap();
+    assert_eq!(trid, t);
+    assert_eq!((o.nsid, o.io_queue_size, o.keep_alive_ms), (Some(2), 128, 0));
+    let (trid, _) = parse_spec("trtype:PCIe traddr:0000:04:00.0").unwrap();
+    assert_eq!(trid, "trtype:PCIe traddr:0000:04:00.0");
+}
+
+#[test]
+fn spec_refuses_what_it_cannot_use() {
+    assert!(matches!(parse_spec("traddr:1.2.3.4"), Err(SpdkError::Param(_))));
+    assert!(matches!(parse_spec("trtype:TCP,ns=x"), Err(SpdkError::Param(_))));
+    assert!(matches!(parse_spec("trtype:TCP,colour=red"), Err(SpdkError::Param(_))));
+}
+
+#[test]
+fn trid_parse_goes_through_spdk() {
+    // SPDK's own parser, no env needed: a known transport parses, nonsense does not.
+    assert!(ffi::parse_trid("trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420").is_ok());
+    assert!(matches!(
+        ffi::parse_trid("trtype:TCP adrfam:bogus-family"),
+        Err(SpdkError::Trid(..))
+    ));
+}
+
+#[test]
+fn attach_params_round_trip_and_default() {
+    let p: rpc::AttachParams = serde_json::from_value(serde_json::json!({
+        "name": "S0", "trid": "trtype:TCP traddr:127.0.0.1 trsvcid:4420", "nsid": 2
+    }))
+    .unwrap();
+    let o = p.opts();
+    assert_eq!((o.nsid, o.io_queue_size, o.keep_alive_ms), (Some(2), 256, 10_000));
+    let back: rpc::AttachParams = serde_json::from_value(serde_json::to_value(&p).unwrap()).unwrap();
+    assert_eq!(back, p);
+    let bad = serde_json::from_value::<rpc::AttachParams>(serde_json::json!({"name": "S0", "trid": "x", "colour": 1}));
+    assert!(bad.is_err(), "unknown parameters are refused");
+}

@@ -1,0 +1,221 @@
+//! The `spdk-nvme` bdev (feature `spdk`) against baton's own NVMe/TCP target on loopback,
+//! and optionally against another target (SPDK's `nvmf_tgt`) named by
+//! `BATON_SPDK_TEST_TRID`. Needs an installed SPDK (the feature) and hugepages, so the
+//! tests are ignored by default; run them with (docs/spdk.md):
+//!
+//! ```sh
+//! BATON_ENV=dpdk LD_LIBRARY_PATH=$SPDK_DIR/build/lib PKG_CONFIG_PATH=$SPDK_DIR/build/lib/pkgconfig \
+//!   cargo test -p baton-nvme --features spdk --test spdk_nvme -- --ignored --test-threads 1
+//! ```
+#![cfg(feature = "spdk")]
+
+mod common;
+
+use common::*;
+use engine::bdev::{Bdev, BdevChannel, IoCompletion, IoOp, IoRequest};
+use engine::buf::DmaBuf;
+use nvme::spdk::{attach, SpdkError, SpdkNvmeOpts};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+fn dpdk_env() {
+    let o = engine::env::EnvOpts {
+        kind: engine::env::EnvKind::Dpdk,
+        ..engine::env::EnvOpts::default()
+    };
+    engine::env::init(o).expect("baton's DPDK env (hugepages reserved? see docs/spdk.md)");
+}
+
+/// Polls until `n` completions arrived; returns them by user data.
+fn reap(ch: &mut BdevChannel, n: usize) -> HashMap<u64, IoCompletion> {
+    let t0 = Instant::now();
+    let mut got = HashMap::new();
+    while got.len() < n {
+        assert!(t0.elapsed() < T, "{} of {n} completions within {T:?}", got.len());
+        ch.poll(&mut |c| {
+            assert!(got.insert(c.user_data, c).is_none(), "one completion per request");
+        });
+    }
+    got
+}
+
+/// Writes a pattern to `count` places at queue depth `count`, reads all back at the same
+/// depth, and compares; then checks the channel's refusals and the bdev's counters.
+/// Returns the channel (its queue pair stays connected).
+fn round_trip(b: &dyn Bdev, count: u64, nlb: u32) -> BdevChannel {
+    let bs = b.block_size() as usize;
+    let mut ch = b.open_channel().unwrap();
+    let lba = |i: u64| (i * 97) % (b.num_blocks() - nlb as u64);
+    let before = b.io_stats();
+    for i in 0..count {
+        let data = pattern(lba(i), 5, nlb as usize * bs);
+        let io = IoRequest {
+            op: IoOp::Write,
+            offset_blocks: lba(i),
+            num_blocks: nlb,
+            buf: Some(buf_from(&data)),
+            user_data: i,
+        };
+        ch.submit(io).expect("room for the writes");
+    }
+    for (_, c) in reap(&mut ch, count as usize) {
+        assert!(c.result.is_ok(), "write: {:?}", c.result);
+        assert_eq!(
+            c.buf.map(|b| b.len()),
+            Some(nlb as usize * bs),
+            "write hands its buffer back"
+        );
+    }
+    for i in 0..count {
+        let io = IoRequest {
+            op: IoOp::Read,
+            offset_blocks: lba(i),
+            num_blocks: nlb,
+            buf: Some(DmaBuf::alloc(nlb as usize * bs)),
+            user_data: i,
+        };
+        ch.submit(io).expect("room for the reads");
+    }
+    for (i, c) in reap(&mut ch, count as usize) {
+        assert!(c.result.is_ok(), "read: {:?}", c.result);
+        let got = c.buf.expect("read hands its buffer back");
+        assert!(
+            got[..] == pattern(lba(i), 5, nlb as usize * bs)[..],
+            "read {i} returns what was written"
+        );
+    }
+    // Out of range: refused by the channel wrapper, reported by the next poll.
+    let io = IoRequest {
+        op: IoOp::Read,
+        offset_blocks: b.num_blocks(),
+        num_blocks: 1,
+        buf: Some(DmaBuf::alloc(bs)),
+        user_data: 99,
+    };
+    ch.submit(io).unwrap();
+    assert!(reap(&mut ch, 1)[&99].result.is_err());
+    let st = b.io_stats();
+    assert_eq!(st.num_write_ops - before.num_write_ops, count);
+    assert_eq!(st.num_read_ops - before.num_read_ops, count);
+    assert_eq!(ch.outstanding(), 0);
+    ch
+}
+
+#[test]
+#[ignore = "needs SPDK, hugepages and BATON_ENV=dpdk: see docs/spdk.md"]
+fn spdk_nvme_over_tcp_to_baton_target() {
+    dpdk_env();
+    let f = fixture();
+    let trid = format!(
+        "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{} subnqn:{}",
+        f.addr.port(),
+        f.nqn
+    );
+    let b = attach("spdk0", &trid, &SpdkNvmeOpts::default()).unwrap();
+    assert_eq!((b.block_size(), b.num_blocks(), b.nsid()), (BLOCK, BLOCKS, 1));
+    // Kept open: a new queue pair right after closing one reuses its queue ID, and
+    // baton's target may refuse that Connect (sct 1, sc 0x82) until it has seen the
+    // old connection close.
+    let _ch = round_trip(&*b, 64, 8);
+    // What baton's target holds is what SPDK wrote: read it through the malloc bdev.
+    let m = engine::bdev::lookup(&f.bdev).unwrap();
+    let mut mch = m.open_channel().unwrap();
+    let io = IoRequest {
+        op: IoOp::Read,
+        offset_blocks: 97,
+        num_blocks: 8,
+        buf: Some(DmaBuf::alloc(8 * BLOCK as usize)),
+        user_data: 1,
+    };
+    mch.submit(io).unwrap();
+    let c = reap(&mut mch, 1).remove(&1).unwrap();
+    assert!(c.buf.unwrap()[..] == pattern(97, 5, 8 * BLOCK as usize)[..]);
+
+    // On a reactor: the first channel runs the admin poller, and closing it stops the
+    // poller (it unregisters itself on its next run).
+    let admin_pollers = || {
+        engine::reactor::stats()
+            .iter()
+            .flat_map(|r| r.pollers.iter())
+            .filter(|p| p.name == "spdk_nvme_admin")
+            .count()
+    };
+    // The I/O runs in a poller, as baton perf's workers do: a reactor must not be blocked
+    // (it may be the one serving this very connection in the target).
+    let b2 = b.clone();
+    let state = Arc::new(AtomicU8::new(0));
+    let st = state.clone();
+    let io_poller = engine::reactor::run_on(0, move || {
+        let mut ch = b2.open_channel().unwrap();
+        assert_eq!(
+            admin_pollers(),
+            1,
+            "the first channel on a reactor polls the admin queue"
+        );
+        let ch2 = b2.open_channel().unwrap();
+        assert_eq!(admin_pollers(), 1, "one admin poller per controller");
+        drop(ch2);
+        let mut submitted = false;
+        engine::reactor::register_poller("test-io", None, move || {
+            if !submitted {
+                let io = IoRequest {
+                    op: IoOp::Read,
+                    offset_blocks: 97,
+                    num_blocks: 8,
+                    buf: Some(DmaBuf::alloc(8 * BLOCK as usize)),
+                    user_data: 3,
+                };
+                submitted = ch.submit(io).is_ok();
+            }
+            ch.poll(&mut |c| {
+                let same = c.buf.is_some_and(|b| b[..] == pattern(97, 5, 8 * BLOCK as usize)[..]);
+                st.store(if c.result.is_ok() && same { 1 } else { 2 }, Ordering::Release);
+            });
+            engine::reactor::PollStatus::Busy
+        })
+    })
+    .unwrap();
+    let t0 = Instant::now();
+    while state.load(Ordering::Acquire) == 0 {
+        assert!(t0.elapsed() < T, "no completion on the reactor within {T:?}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        state.load(Ordering::Acquire),
+        1,
+        "read on a reactor returns what was written"
+    );
+    // Dropping the poller drops the channel while the reactor removes pollers.
+    engine::reactor::run_on(0, move || engine::reactor::unregister_poller(io_poller)).unwrap();
+    let t0 = Instant::now();
+    while admin_pollers() != 0 {
+        assert!(t0.elapsed() < T, "the admin poller outlived its channel");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+
+    // A namespace the subsystem lacks, and a port nobody listens on: typed errors.
+    let o = SpdkNvmeOpts {
+        nsid: Some(9),
+        ..SpdkNvmeOpts::default()
+    };
+    assert!(matches!(attach("spdk1", &trid, &o), Err(SpdkError::NoNamespace(_, 9))));
+    let closed = trid.replace(&format!("trsvcid:{}", f.addr.port()), "trsvcid:1");
+    assert!(matches!(
+        attach("spdk2", &closed, &SpdkNvmeOpts::default()),
+        Err(SpdkError::Connect(_))
+    ));
+}
+
+#[test]
+#[ignore = "needs SPDK, hugepages, BATON_ENV=dpdk and a target in BATON_SPDK_TEST_TRID: see docs/spdk.md"]
+fn spdk_nvme_over_tcp_to_other_target() {
+    let Ok(trid) = std::env::var("BATON_SPDK_TEST_TRID") else {
+        panic!("set BATON_SPDK_TEST_TRID to a target's transport ID (e.g. SPDK's nvmf_tgt; docs/spdk.md)");
+    };
+    dpdk_env();
+    let b = attach("spdk_other", &trid, &SpdkNvmeOpts::default()).unwrap();
+    let nlb = (4096 / b.block_size()).max(1);
+    drop(round_trip(&*b, 128, nlb));
+}
