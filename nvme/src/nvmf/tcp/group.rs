@@ -149,9 +149,11 @@ fn arm(conn: &Conn, watch: &mut Option<FdWatch>) {
         reactor::cannot_watch();
         return;
     };
-    let queued = conn.tx_pos < conn.tx.len();
+    let tls = conn.tls.as_deref();
+    let queued = conn.tx_pos < conn.tx.len() || tls.is_some_and(|t| t.pending_out());
     w.set_interest(if queued { Interest::BOTH } else { Interest::READABLE });
-    if !conn.retry.is_empty() {
+    // Bytes already taken off the socket wake nothing: nap, and read them next pass.
+    if !conn.retry.is_empty() || tls.is_some_and(|t| t.buffered_in()) {
         reactor::cannot_watch();
     }
 }

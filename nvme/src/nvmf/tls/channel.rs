@@ -257,6 +257,11 @@ impl TlsChannel {
         Ok(wrote)
     }
 
+    /// Received bytes not yet opened (a partial record, or whole ones a full `dst` left).
+    pub fn buffered_in(&self) -> bool {
+        self.cin_len > 0
+    }
+
     /// Whether sealed bytes wait for the socket.
     pub fn pending_out(&self) -> bool {
         self.cout_pos < self.cout.len()
