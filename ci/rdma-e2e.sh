@@ -30,7 +30,8 @@
 # MiB, 2048), RDMA_E2E_SKIP_CHAOS=1 (transport tests only: no baton build, no step d),
 # RDMA_E2E_TESTBIN / RDMA_E2E_LIBTESTBIN (already built device / unit test binaries, e.g. debug
 # ones, for quick iterations),
-# RDMA_E2E_STRACE=1 (run each device test under strace; a hung one shows its last calls).
+# RDMA_E2E_STRACE=1 (run each device test under strace; a hung one shows its last calls),
+# RDMA_E2E_SKIP_PERF=1 (no step c2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -69,7 +70,8 @@ cp /etc/libibverbs.d/rxe.driver "$IRD/etc/libibverbs.d/"
 cp -L /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so "$IRD/usr/lib/x86_64-linux-gnu/libibverbs/"
 guest_libs "$(ls /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so | head -1)"
 guest_modules crc32_generic rdma_rxe ib_uverbs rdma_ucm dummy
-printf 'ROUNDS=%d\nSKIP_CHAOS=%d\nSTRACE=%d\n' "$ROUNDS" "$SKIP_CHAOS" "${RDMA_E2E_STRACE:-0}" > "$IRD/etc/e2e.conf"
+printf 'ROUNDS=%d\nSKIP_CHAOS=%d\nSTRACE=%d\nSKIP_PERF=%d\n' "$ROUNDS" "$SKIP_CHAOS" "${RDMA_E2E_STRACE:-0}" \
+  "${RDMA_E2E_SKIP_PERF:-0}" > "$IRD/etc/e2e.conf"
 
 cat > "$IRD/init" <<'INIT'
 #!/bin/bash
@@ -161,7 +163,7 @@ perf_via() {
   cat "/tmp/perf-$name.log" "/tmp/relay-$name.log"
   [ $rc = 0 ] && grep -q '^Total' "/tmp/perf-$name.log" && ! grep -q ERRORS "/tmp/perf-$name.log"
 }
-if [ "$SKIP_CHAOS" != 1 ]; then
+if [ "$SKIP_CHAOS" != 1 ] && [ "$SKIP_PERF" != 1 ]; then
   check perf-relay-over-rdma perf_via rdma rdma://192.0.2.1:4530 rdma://192.0.2.1:4530
   check perf-relay-over-tcp perf_via tcp 127.0.0.1:4531 127.0.0.1:4531
   for n in rdma tcp; do
