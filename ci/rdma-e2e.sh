@@ -14,8 +14,6 @@
 #     wrapper's one-sided operations the NVMe/RDMA target needs (rdma/rw_tests.rs: RDMA READ
 #     / WRITE under a peer's rkey, WRITE-before-SEND order, an out-of-range access failing as
 #     a completion error, a reject carrying NVMe/RDMA private data);
-#  c2. `baton perf` on a volume replicated to one `baton relay` over RDMA, and the same over
-#     TCP to compare (RDMA-PERF lines, reported; a failed run fails the check);
 #  d. `baton chaos --rdma 192.0.2.1`: real processes, primary + two relays + standby, every
 #     replication link over RDMA (primary -> relays, relays -> standby), ack policy all, a
 #     self-checking writer over NVMe/TCP; each round kills one relay with SIGKILL under load,
@@ -23,6 +21,8 @@
 #     completed) and the standby applied a later restart point; after the last round the
 #     cluster fails over and the promoted volume is read back and compared block by block
 #     with the writer's record: nothing acknowledged may be lost (docs/chaos.md).
+#  e. `baton perf` on a volume replicated to one `baton relay` over RDMA, and the
+#     same over TCP to compare (RDMA-PERF lines, reported; a failed run fails the check).
 # Prints "rdma e2e: N passed, M failed" and "E2E-DONE fail=M".
 #
 # Needs root (apt-get) the first time; downloads only Debian packages. ci/test.sh runs it.
@@ -31,7 +31,7 @@
 # RDMA_E2E_TESTBIN / RDMA_E2E_LIBTESTBIN (already built device / unit test binaries, e.g. debug
 # ones, for quick iterations),
 # RDMA_E2E_STRACE=1 (run each device test under strace; a hung one shows its last calls),
-# RDMA_E2E_SKIP_PERF=1 (no step c2).
+# RDMA_E2E_SKIP_PERF=1 (no step e).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -147,7 +147,22 @@ grep -aE 'test result|RDMA frame|RDMA 64' /tmp/t.log | sed 's/^/E2E tests: /'
 grep -a 'RDMA frame ping-pong' /tmp/t.log | sed 's/^/RDMA-LAT /'
 grep -a 'RDMA 64 KiB' /tmp/t.log | sed 's/^/RDMA-BW /'
 
-# c2. baton perf on a volume replicated to a relay over RDMA, then over TCP (same guest).
+# d. Replication over RDMA with real processes; relays killed and restarted under load.
+phase chaos
+if [ "$SKIP_CHAOS" != 1 ]; then
+check chaos-relays-over-rdma bash -c "timeout -s KILL 2400 baton chaos --rdma 192.0.2.1 --roles relay1,relay2 --rounds $ROUNDS \
+  --qd 8 --io-kib 16 --rp-every 32 --vol-mib 16 --journal-mib 128 --wait-secs 240 --keep > /tmp/chaos.log 2>&1; rc=\$?; cat /tmp/chaos.log; exit \$rc"
+grep -aE 'round|verdict|pass|FAIL|lost|mismatch' /tmp/chaos.log | head -40 | sed 's/^/E2E chaos: /'
+# The links really were RDMA: the relays' status names their rdma:// listeners and the
+# primary's log its rdma:// relays.
+check chaos-used-rdma bash -c 'find /dev/shm -name "*.log" | xargs grep -l "rdma://192.0.2.1" | head -3 | grep .'
+if [ "$fail" != 0 ]; then
+  find /dev/shm -name '*.log' | while read -r f; do echo "== $f"; tail -15 "$f"; done 2>/dev/null | sed 's/^/E2E log: /' | head -300
+fi
+fi
+
+# e. baton perf on a volume replicated to a relay over RDMA, then over TCP (same guest); after
+#    the chaos step, so nothing it leaves behind can disturb that step's timing.
 phase perf
 perf_via() {
   local name=$1 listen=$2 relay_addr=$3 i
@@ -169,20 +184,6 @@ if [ "$SKIP_CHAOS" != 1 ] && [ "$SKIP_PERF" != 1 ]; then
   for n in rdma tcp; do
     awk -v n=$n '/^Total/ {print "RDMA-PERF relay over " n ": randwrite 4 KiB QD 8: " $2 " IOPS, avg " $4 " us, p50 " $6 " us, p99 " $7 " us"}' "/tmp/perf-$n.log"
   done
-fi
-
-# d. Replication over RDMA with real processes; relays killed and restarted under load.
-phase chaos
-if [ "$SKIP_CHAOS" != 1 ]; then
-check chaos-relays-over-rdma bash -c "timeout -s KILL 2400 baton chaos --rdma 192.0.2.1 --roles relay1,relay2 --rounds $ROUNDS \
-  --qd 8 --io-kib 16 --rp-every 32 --vol-mib 16 --journal-mib 128 --wait-secs 240 --keep > /tmp/chaos.log 2>&1; rc=\$?; cat /tmp/chaos.log; exit \$rc"
-grep -aE 'round|verdict|pass|FAIL|lost|mismatch' /tmp/chaos.log | head -40 | sed 's/^/E2E chaos: /'
-# The links really were RDMA: the relays' status names their rdma:// listeners and the
-# primary's log its rdma:// relays.
-check chaos-used-rdma bash -c 'find /dev/shm -name "*.log" | xargs grep -l "rdma://192.0.2.1" | head -3 | grep .'
-if [ "$fail" != 0 ]; then
-  find /dev/shm -name '*.log' | while read -r f; do echo "== $f"; tail -15 "$f"; done 2>/dev/null | sed 's/^/E2E log: /' | head -300
-fi
 fi
 
 phase end
