@@ -5,11 +5,15 @@
 # In the guest, with no network leaving it:
 #  a. rdma_rxe on a guest-only dummy interface d0 (192.0.2.1/24; rdma_cm does not work over
 #     127.0.0.1 on rxe), crc32_generic loaded first;
-#  b. baseline: perftest's ib_send_lat over rdma_cm (RDMA-BASE line, reported only);
+#  b. baseline: perftest's ib_send_lat and ib_write_lat over rdma_cm (RDMA-BASE lines,
+#     reported only);
 #  c. the transport's own device tests (rdma-transport/tests/rdma.rs): connect/accept,
 #     fragmented 1 MiB frames, flow control with tiny rings, peer close, refused connect,
 #     frame ping-pong latency and one-way throughput (RDMA-LAT / RDMA-BW lines); a test
-#     that prints SKIPPED fails the check (the device must be there);
+#     that prints SKIPPED fails the check (the device must be there); then the verbs
+#     wrapper's one-sided operations the NVMe/RDMA target needs (rdma/rw_tests.rs: RDMA READ
+#     / WRITE under a peer's rkey, WRITE-before-SEND order, an out-of-range access failing as
+#     a completion error, a reject carrying NVMe/RDMA private data);
 #  d. `baton chaos --rdma 192.0.2.1`: real processes, primary + two relays + standby, every
 #     replication link over RDMA (primary -> relays, relays -> standby), ack policy all, a
 #     self-checking writer over NVMe/TCP; each round kills one relay with SIGKILL under load,
@@ -17,13 +21,17 @@
 #     completed) and the standby applied a later restart point; after the last round the
 #     cluster fails over and the promoted volume is read back and compared block by block
 #     with the writer's record: nothing acknowledged may be lost (docs/chaos.md).
+#  e. `baton perf` on a volume replicated to one `baton relay` over RDMA, and the
+#     same over TCP to compare (RDMA-PERF lines, reported; a failed run fails the check).
 # Prints "rdma e2e: N passed, M failed" and "E2E-DONE fail=M".
 #
 # Needs root (apt-get) the first time; downloads only Debian packages. ci/test.sh runs it.
 # Knobs: E2E_WORK (work directory), RDMA_E2E_ROUNDS (chaos rounds, 2), RDMA_E2E_MEM (guest
 # MiB, 2048), RDMA_E2E_SKIP_CHAOS=1 (transport tests only: no baton build, no step d),
-# RDMA_E2E_TESTBIN (an already built test binary, e.g. a debug one, for quick iterations),
-# RDMA_E2E_STRACE=1 (run each device test under strace; a hung one shows its last calls).
+# RDMA_E2E_TESTBIN / RDMA_E2E_LIBTESTBIN (already built device / unit test binaries, e.g. debug
+# ones, for quick iterations),
+# RDMA_E2E_STRACE=1 (run each device test under strace; a hung one shows its last calls),
+# RDMA_E2E_SKIP_PERF=1 (no step e).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -46,19 +54,24 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 TESTBIN=${RDMA_E2E_TESTBIN:-$(cargo test --release -q -p baton-rdma-transport --features rdma --test rdma --no-run \
   --message-format=json 2>/dev/null | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)}
 [ -x "$TESTBIN" ] || { echo "rdma e2e: test binary not found" >&2; exit 1; }
+LIBTESTBIN=${RDMA_E2E_LIBTESTBIN:-$(cargo test --release -q -p baton-rdma-transport --features rdma --lib --no-run \
+  --message-format=json 2>/dev/null | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)}
+[ -x "$LIBTESTBIN" ] || { echo "rdma e2e: unit test binary not found" >&2; exit 1; }
 
 # Initramfs: busybox, bash, kmod, iproute2's ip and rdma, perftest, the verbs provider
 # (dlopen'ed by libibverbs, so ldd does not see it), baton and the test binary.
 guest_initrd_start
-guest_bins bash modprobe ip rdma ib_send_lat ibv_devices strace
+guest_bins bash modprobe ip rdma ib_send_lat ib_write_lat ibv_devices strace
 [ "$SKIP_CHAOS" = 1 ] || guest_file "$CARGO_TARGET_DIR/release/baton" baton
 guest_file "$TESTBIN" rdma-tests
+guest_file "$LIBTESTBIN" rdma-unit-tests
 mkdir -p "$IRD/etc/libibverbs.d" "$IRD/usr/lib/x86_64-linux-gnu/libibverbs"
 cp /etc/libibverbs.d/rxe.driver "$IRD/etc/libibverbs.d/"
 cp -L /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so "$IRD/usr/lib/x86_64-linux-gnu/libibverbs/"
 guest_libs "$(ls /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so | head -1)"
 guest_modules crc32_generic rdma_rxe ib_uverbs rdma_ucm dummy
-printf 'ROUNDS=%d\nSKIP_CHAOS=%d\nSTRACE=%d\n' "$ROUNDS" "$SKIP_CHAOS" "${RDMA_E2E_STRACE:-0}" > "$IRD/etc/e2e.conf"
+printf 'ROUNDS=%d\nSKIP_CHAOS=%d\nSTRACE=%d\nSKIP_PERF=%d\n' "$ROUNDS" "$SKIP_CHAOS" "${RDMA_E2E_STRACE:-0}" \
+  "${RDMA_E2E_SKIP_PERF:-0}" > "$IRD/etc/e2e.conf"
 
 cat > "$IRD/init" <<'INIT'
 #!/bin/bash
@@ -89,6 +102,13 @@ if ib_send_lat -R -n 2000 192.0.2.1 > /tmp/lat.log 2>&1; then
 else
   echo "E2E info ib_send_lat did not run:"; tail -3 /tmp/lat.log
 fi
+(ib_write_lat -R -n 2000 > /tmp/wlat-srv.log 2>&1 &)
+sleep 1
+if ib_write_lat -R -n 2000 192.0.2.1 > /tmp/wlat.log 2>&1; then
+  awk '/^ *2 +2000/ {print "RDMA-BASE ib_write_lat 2 B typical " $5 " us, p99 " $8 " us"}' /tmp/wlat.log
+else
+  echo "E2E info ib_write_lat did not run:"; tail -3 /tmp/wlat.log
+fi
 
 # c. The transport's device tests.
 phase transport-tests
@@ -96,11 +116,11 @@ export BATON_RDMA_ADDR=192.0.2.1
 # One test at a time, each bounded (a hung one shows where its threads wait), so a hang
 # names its test.
 one_test() {
-  local t=$1 pid i
+  local t=$1 bin=${2:-rdma-tests} pid i
   if [ "$STRACE" = 1 ]; then
-    strace -f -tt -o /tmp/strace.log rdma-tests --exact "$t" --nocapture > /tmp/t1.log 2>&1 &
+    strace -f -tt -o /tmp/strace.log "$bin" --exact "$t" --nocapture > /tmp/t1.log 2>&1 &
   else
-    rdma-tests --exact "$t" --nocapture > /tmp/t1.log 2>&1 &
+    "$bin" --exact "$t" --nocapture > /tmp/t1.log 2>&1 &
   fi
   pid=$!
   for i in $(seq 240); do kill -0 $pid 2>/dev/null || break; sleep 0.5; done
@@ -119,6 +139,10 @@ for t in $(rdma-tests --list 2>/dev/null | sed -n 's/: test$//p'); do
   check "transport-$t" one_test "$t"
   cat /tmp/t1.log >> /tmp/t.log
 done
+for t in $(rdma-unit-tests --list rdma::rw_tests 2>/dev/null | sed -n 's/: test$//p'); do
+  check "verbs-$t" one_test "$t" rdma-unit-tests
+  cat /tmp/t1.log >> /tmp/t.log
+done
 grep -aE 'test result|RDMA frame|RDMA 64' /tmp/t.log | sed 's/^/E2E tests: /'
 grep -a 'RDMA frame ping-pong' /tmp/t.log | sed 's/^/RDMA-LAT /'
 grep -a 'RDMA 64 KiB' /tmp/t.log | sed 's/^/RDMA-BW /'
@@ -135,6 +159,31 @@ check chaos-used-rdma bash -c 'find /dev/shm -name "*.log" | xargs grep -l "rdma
 if [ "$fail" != 0 ]; then
   find /dev/shm -name '*.log' | while read -r f; do echo "== $f"; tail -15 "$f"; done 2>/dev/null | sed 's/^/E2E log: /' | head -300
 fi
+fi
+
+# e. baton perf on a volume replicated to a relay over RDMA, then over TCP (same guest); after
+#    the chaos step, so nothing it leaves behind can disturb that step's timing.
+phase perf
+perf_via() {
+  local name=$1 listen=$2 relay_addr=$3 i
+  rm -rf "/dev/shm/perf-$name" && mkdir -p "/dev/shm/perf-$name"
+  baton relay -m 0x2 -r "/tmp/relay-$name.sock" --listen "$listen" --journal-dir "/dev/shm/perf-$name" \
+    --journal-bytes-max 256M --no-direct > "/tmp/relay-$name.log" 2>&1 &
+  local rpid=$!
+  for i in $(seq 100); do [ -S "/tmp/relay-$name.sock" ] && break; sleep 0.2; done
+  timeout -s KILL 300 baton perf --bdev malloc,size=64M --replicate 1 --relays "$relay_addr" -w randwrite \
+    -q 8 -o 4096 -t 5 --warmup 1 -m 0x1 -L > "/tmp/perf-$name.log" 2>&1
+  local rc=$?
+  kill "$rpid"; wait "$rpid" 2>/dev/null
+  cat "/tmp/perf-$name.log" "/tmp/relay-$name.log"
+  [ $rc = 0 ] && grep -q '^Total' "/tmp/perf-$name.log" && ! grep -q ERRORS "/tmp/perf-$name.log"
+}
+if [ "$SKIP_CHAOS" != 1 ] && [ "$SKIP_PERF" != 1 ]; then
+  check perf-relay-over-rdma perf_via rdma rdma://192.0.2.1:4530 rdma://192.0.2.1:4530
+  check perf-relay-over-tcp perf_via tcp 127.0.0.1:4531 127.0.0.1:4531
+  for n in rdma tcp; do
+    awk -v n=$n '/^Total/ {print "RDMA-PERF relay over " n ": randwrite 4 KiB QD 8: " $2 " IOPS, avg " $4 " us, p50 " $6 " us, p99 " $7 " us"}' "/tmp/perf-$n.log"
+  done
 fi
 
 phase end

@@ -11,6 +11,7 @@ pub mod ctrlr;
 pub mod io;
 pub mod keepalive;
 pub mod keyring;
+pub mod rdma_proto;
 pub mod restart;
 pub mod tcp;
 pub mod tls;

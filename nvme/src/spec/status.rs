@@ -32,6 +32,7 @@ statuses! {
     DATA_SGL_LENGTH_INVALID = (0, 0x0F, true);
     SGL_DESCRIPTOR_TYPE_INVALID = (0, 0x11, true);
     SGL_OFFSET_INVALID = (0, 0x16, true);
+    SGL_SUBTYPE_INVALID = (0, 0x17, true);
     TRANSIENT_TRANSPORT_ERROR = (0, 0x22, false);
     LBA_OUT_OF_RANGE = (0, 0x80, true);
     NAMESPACE_NOT_READY = (0, 0x82, false);

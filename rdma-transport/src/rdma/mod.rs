@@ -17,6 +17,8 @@
 //! allocates and registers everything once; the data path does neither, nor any system call
 //! except rdma_cm's event check every [`CM_POLL_PERIOD_NS`].
 
+#[cfg(test)]
+mod rw_tests;
 mod setup;
 pub mod verbs;
 

@@ -80,6 +80,7 @@ impl<B: Deref<Target = [u8]>> RdmaConnection<B> {
             send_bytes: cfg.send_slots as usize * msg,
             recv_bytes: cfg.recv_slots as usize * msg,
             ctl_bytes: CREDIT_SRC_OFF + CREDIT_WRITES_MAX * 8,
+            data_bytes: 0,
         };
         let mut qp = Qp::new(&self.id, sizes).map_err(rdma_err)?;
         for slot in 0..cfg.recv_slots as usize {

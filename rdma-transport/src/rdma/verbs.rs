@@ -248,6 +248,17 @@ impl CmId {
         unsafe { sys::rdma_reject(self.id, ptr::null(), 0) };
     }
 
+    // Used by the device tests (rw_tests.rs) only until the NVMe/RDMA target's data path
+    // (docs/nvme-rdma.md) calls it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    /// Refuses a connection request with private data telling the peer why (NVMe/RDMA
+    /// puts a record format and a status there); at most 56 bytes are sent.
+    pub(crate) fn reject_with(&self, private: &[u8]) {
+        let n = private.len().min(56) as u8;
+        // SAFETY: `self.id` is valid; `private` outlives the call, which copies `n` bytes.
+        unsafe { sys::rdma_reject(self.id, private.as_ptr() as *const _, n) };
+    }
+
     /// Starts an orderly disconnect (the peer sees DISCONNECTED); errors are ignored.
     pub(crate) fn disconnect(&self) {
         // SAFETY: `self.id` is valid.
@@ -290,6 +301,22 @@ pub(crate) enum Mem {
     Recv = 1,
     /// Control words (credit word, credit sources): remotely writable.
     Ctl = 2,
+    // Only the device tests (rw_tests.rs) register one until the NVMe/RDMA target does.
+    #[cfg_attr(not(test), allow(dead_code))]
+    /// Data the peer reads and writes by RDMA READ / WRITE under its rkey, and the local
+    /// side moves by RDMA READ / WRITE to and from the peer's memory (present when
+    /// `QpSizes::data_bytes` is not 0).
+    Data = 3,
+}
+
+#[cfg_attr(not(test), allow(dead_code))]
+/// An RDMA transfer between a local region and the peer's memory named by address and key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RdmaOp {
+    /// Peer memory into the local region.
+    Read,
+    /// The local region into peer memory.
+    Write,
 }
 
 /// A work completion, reduced to what the transport reads.
@@ -309,6 +336,8 @@ pub(crate) struct QpSizes {
     pub send_bytes: usize,
     pub recv_bytes: usize,
     pub ctl_bytes: usize,
+    /// The data region's bytes; 0: none.
+    pub data_bytes: usize,
 }
 
 /// A connection's verbs resources on its [`CmId`].
@@ -318,7 +347,7 @@ pub(crate) struct Qp {
     send_cq: *mut sys::ibv_cq,
     recv_cq: *mut sys::ibv_cq,
     qp: *mut sys::ibv_qp,
-    regions: ArrayVec<Region, 3>,
+    regions: ArrayVec<Region, 4>,
     wcs: [sys::ibv_wc; WC_BATCH],
 }
 
@@ -374,7 +403,13 @@ impl Qp {
         }
         let local = sys::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE.0;
         let remote = local | sys::ibv_access_flags::IBV_ACCESS_REMOTE_WRITE.0;
-        for (bytes, access) in [(s.send_bytes, local), (s.recv_bytes, local), (s.ctl_bytes, remote)] {
+        let remote_rw = remote | sys::ibv_access_flags::IBV_ACCESS_REMOTE_READ.0;
+        let mut want = ArrayVec::<(usize, u32), 4>::new();
+        want.extend([(s.send_bytes, local), (s.recv_bytes, local), (s.ctl_bytes, remote)]);
+        if s.data_bytes > 0 {
+            want.push((s.data_bytes, remote_rw));
+        }
+        for (bytes, access) in want {
             let mut buf = vec![0u8; bytes.max(64)].into_boxed_slice();
             // SAFETY: `buf` is live memory of that length; it stays allocated (and does not
             // move: a boxed slice) until the region is deregistered in `Drop for Qp`.
@@ -388,7 +423,9 @@ impl Qp {
     }
 
     fn sge(&self, m: Mem, off: usize, len: usize) -> Result<sys::ibv_sge, VerbsError> {
-        let r = &self.regions[m as usize];
+        let Some(r) = self.regions.get(m as usize) else {
+            return Err(("work request region", io::Error::from_raw_os_error(libc::EINVAL)));
+        };
         if off.checked_add(len).is_none_or(|end| end > r.buf.len()) || len > u32::MAX as usize {
             return Err(("work request bounds", io::Error::from_raw_os_error(libc::EINVAL)));
         }
@@ -467,6 +504,32 @@ impl Qp {
     pub(crate) fn post_send(&mut self, wr_id: u64, off: usize, len: usize, signalled: bool) -> Result<(), VerbsError> {
         let sge = self.sge(Mem::Send, off, len)?;
         self.post_send_wr(wr_id, sge, sys::ibv_wr_opcode::IBV_WR_SEND, None, signalled)
+    }
+
+    /// Posts an RDMA READ or WRITE of `len` bytes between `off` of the local region `m` and
+    /// the peer's memory at `remote` (address, rkey). The peer's memory is the peer's to
+    /// bound-check (its NIC refuses an access outside the registration with a completion
+    /// error); the local side is checked here.
+    // Used by the device tests (rw_tests.rs) only until the NVMe/RDMA target's data path
+    // (docs/nvme-rdma.md) calls it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn post_rdma(
+        &mut self,
+        wr_id: u64,
+        op: RdmaOp,
+        m: Mem,
+        off: usize,
+        len: usize,
+        remote: (u64, u32),
+        signalled: bool,
+    ) -> Result<(), VerbsError> {
+        let sge = self.sge(m, off, len)?;
+        let opcode = match op {
+            RdmaOp::Read => sys::ibv_wr_opcode::IBV_WR_RDMA_READ,
+            RdmaOp::Write => sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE,
+        };
+        self.post_send_wr(wr_id, sge, opcode, Some(remote), signalled)
     }
 
     /// Posts an RDMA WRITE of `len` bytes at `off` of the control region to the peer's
