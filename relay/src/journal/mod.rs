@@ -353,6 +353,13 @@ impl Journal {
     pub fn is_idle(&self) -> bool {
         self.order.is_empty() && self.mem_pending.is_none()
     }
+
+    /// True while [`Journal::poll`] or [`Journal::poll_reads`] has something to finish:
+    /// appends on their way to durable, or forwarding reads in flight. Its reactor must
+    /// not sleep then (their completions signal no descriptor it watches).
+    pub fn io_in_flight(&self) -> bool {
+        !self.is_idle() || self.reads.iter().any(Option::is_some)
+    }
 }
 
 impl Drop for Journal {

@@ -53,8 +53,8 @@ pub(super) const IDLE_TICK_NS: u64 = 10_000_000;
 
 impl RelayState {
     /// Puts in `out` every socket the relay waits on while idle (listeners, handshakes,
-    /// primaries, standby links); returns (every one could be watched, a connection has
-    /// whole frames buffered already).
+    /// primaries, standby links); returns (every one could be watched, there is work now:
+    /// a connection has whole frames buffered or a journal has I/O in flight).
     pub(super) fn wait_list(&self, out: &mut Vec<(RawFd, Interest)>) -> (bool, bool) {
         out.clear();
         let mut all = self.acceptor.wait_fds(out);
@@ -77,6 +77,10 @@ impl RelayState {
             }
             buffered |= c.has_buffered();
         }
+        buffered |= self
+            .volumes
+            .iter()
+            .any(|v| v.journal_failed.is_none() && v.journal.io_in_flight());
         (all, buffered)
     }
 
