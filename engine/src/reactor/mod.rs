@@ -671,8 +671,12 @@ fn run_reactor(set: Arc<SetShared>, index: usize) {
     let mut last_busy_ns = now_ns();
     let mut stop_since_ns: Option<u64> = None;
     let mut t0 = now_ns();
+    // Set after a sleep or a kick ([`wake`]): fd-driven timed pollers run on the next pass
+    // whatever their period (their period only paces them while the reactor is awake).
+    let mut woke = false;
     loop {
         let mut busy = false;
+        let run_fd_pollers = std::mem::take(&mut woke);
 
         let mut n = 0;
         while n < MSG_BATCH_MAX {
@@ -703,7 +707,7 @@ fn run_reactor(set: Arc<SetShared>, index: usize) {
                     blind |= !p.fd_driven;
                 }
                 Some(period) => {
-                    if now >= p.next_due_ns {
+                    if now >= p.next_due_ns || (run_fd_pollers && p.fd_driven) {
                         if (p.f)() == PollStatus::Busy {
                             busy = true;
                         }
@@ -782,6 +786,7 @@ fn run_reactor(set: Arc<SetShared>, index: usize) {
                         me.stats.sleeps.fetch_add(1, Ordering::Relaxed);
                         sleep::sleep(nap_ns);
                     }
+                    woke = true;
                     me.sleeping.store(false, Ordering::Relaxed);
                     me.wake.drain();
                     let t2 = now_ns();

@@ -270,6 +270,18 @@ pub struct ListenerHandle {
     pub secure: bool,
 }
 
+impl ListenerHandle {
+    /// Closes the listening socket: its accept poller drops it on its next pass. A
+    /// sleeping reactor is woken for that pass, so the port is free when this returns
+    /// plus one reactor iteration, not at the reactor's next timer.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        for core in engine::reactor::cores() {
+            engine::reactor::wake(core);
+        }
+    }
+}
+
 /// The target: every subsystem, listener and the transport options.
 pub struct Target {
     opts: Mutex<TransportOpts>,
@@ -797,8 +809,7 @@ impl Target {
         if !used {
             let mut st = self.lock();
             if let Some(i) = st.listeners.iter().position(|l| l.addr == addr) {
-                let l = st.listeners.swap_remove(i);
-                l.closed.store(true, Ordering::Release);
+                st.listeners.swap_remove(i).close();
             }
         }
     }
@@ -859,7 +870,7 @@ impl Target {
             }
         }
         for l in self.lock().listeners.drain(..) {
-            l.closed.store(true, Ordering::Release);
+            l.close();
         }
     }
 
