@@ -35,6 +35,19 @@ fn failover_done(sb: &StandbyProc) -> Value {
     )
 }
 
+/// Waits until the standby host's failure detector heard the primary, directly or from a
+/// relay.
+fn detector_armed(sb: &StandbyProc) {
+    wait_for(
+        "failure detector armed",
+        || {
+            let h = rpc(&sb.sock, "standby_host_get_status", None).ok()?;
+            (h["detector"]["armed"] == true).then_some(())
+        },
+        || format!("{:?}", rpc(&sb.sock, "standby_host_get_status", None)),
+    )
+}
+
 /// What one round saw, counted.
 #[derive(Default, Debug)]
 struct Fenced {
@@ -191,6 +204,12 @@ fn split_brain_round(net: &Net, i: usize) -> Fenced {
     let at_rp1 = m.img.clone();
     c.sb.wait_epoch("vold", 1);
     let mut f = Fenced::default();
+    if round.isolate_standby {
+        // Automatic failover needs a detector that heard the primary (a standby that never
+        // did must not promote itself): epoch 1 can reach the standby through the relays
+        // before the first 100 ms heartbeat does.
+        detector_armed(&c.sb);
+    }
     net.cut("p", "s");
     if round.isolate_standby {
         net.cut("r", "s");
