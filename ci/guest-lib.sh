@@ -1,4 +1,4 @@
-# Shared set-up of the QEMU/TCG guest tests (ci/nvme-tcp-e2e.sh, ci/nvme-pcie-e2e.sh):
+# Shared set-up of the QEMU/TCG guest tests (ci/*-e2e.sh, ci/netem-guest.sh):
 # Debian packages, Debian's own kernel unpacked (not installed), and an initramfs of
 # busybox, the real bash and kmod, host tools with their libraries and kernel modules.
 # Sourced, not run. The caller sets WORK (its own work directory) before calling these.
@@ -87,4 +87,28 @@ guest_modules() {
 guest_initrd_pack() {
   chmod +x "$IRD/init"
   (cd "$IRD" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initrd.gz"
+}
+
+# guest_run TIMEOUT_S MEM_MIB [QEMU-ARG...]: boots $WORK's kernel and initramfs under TCG,
+# 2 vCPUs, no network, console to $LOG (sets LOG, T1, T2). GUEST_MACHINE replaces the
+# machine type; GUEST_APPEND adds to the kernel command line; QEMU-ARGs add devices.
+guest_run() {
+  local tmo=$1 mem=$2
+  shift 2
+  LOG="$WORK/console.log"
+  T1=$(date +%s)
+  timeout "$tmo" qemu-system-x86_64 -machine "${GUEST_MACHINE:-q35,accel=tcg}" -cpu max -m "$mem" -smp 2 \
+    -nic none -nographic -no-reboot "$@" \
+    -kernel "$WORK/kernel/boot/vmlinuz-$KVER" -initrd "$WORK/initrd.gz" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=4${GUEST_APPEND:+ $GUEST_APPEND}" > "$LOG" 2>&1 || true
+  T2=$(date +%s)
+}
+
+# guest_verdict NAME PATTERN: prints the console lines matching PATTERN (from their first
+# "E2E" on, dropping the kernel's console prefix), the set-up and guest times, and
+# succeeds only when the guest's /init reported "E2E-DONE fail=0".
+guest_verdict() {
+  grep -aE "$2" "$LOG" | tr -d '\r' | awk '{ i = index($0, "E2E"); print (i > 1 ? substr($0, i) : $0) }' || true
+  echo "$1: set-up and build $((T1 - T0)) s, QEMU guest $((T2 - T1)) s"
+  grep -aq "E2E-DONE fail=0" "$LOG"
 }

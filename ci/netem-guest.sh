@@ -60,12 +60,7 @@ poweroff -f
 INIT
 guest_initrd_pack
 
-LOG="$WORK/console.log"
-T1=$(date +%s)
-timeout 1500 qemu-system-x86_64 -machine q35,accel=tcg -cpu max -m 2048 -smp 2 -nic none -nographic -no-reboot \
-  -kernel "$WORK/kernel/boot/vmlinuz-$KVER" -initrd "$WORK/initrd.gz" \
-  -append "console=ttyS0 panic=-1 quiet loglevel=4" > "$LOG" 2>&1 || true
-T2=$(date +%s)
+guest_run 1500 2048
 grep -a "^NETEM" "$LOG" | tr -d '\r' || true
 # libtest's own summary (the per-test lines interleave with the tests' output).
 summary=$(grep -a "^NETEM test result:" "$LOG" | tr -d '\r' | sed 's/^NETEM test result: //' || true)

@@ -233,15 +233,6 @@ rm -f "$IMG" && truncate -s 256M "$IMG"
 # remapping, without which vfio_iommu_type1 refuses the group; caching-mode=on makes the
 # guest report every mapping to QEMU (needed when QEMU's vfio sits below; harmless here).
 # kernel-irqchip=split only matters under KVM (intremap needs it there); TCG ignores it.
-LOG="$WORK/console.log"
-T1=$(date +%s)
-timeout 1800 qemu-system-x86_64 -machine "$MACHINE" -cpu max -m 1024 -smp 2 \
-  -nic none -nographic -no-reboot \
-  -device "$IOMMU" \
-  -drive file="$IMG",if=none,id=nvm,format=raw -device nvme,serial=batonpcie,drive=nvm \
-  -kernel "$WORK/kernel/boot/vmlinuz-$KVER" -initrd "$WORK/initrd.gz" \
-  -append "console=ttyS0 panic=-1 quiet loglevel=4 intel_iommu=on iommu=pt" > "$LOG" 2>&1 || true
-T2=$(date +%s)
-grep -aE "^(E2E|PCIE|pcie-check|VFIO-PROBE)|nvme-pcie e2e|nvme nvme|vfio|DMAR" "$LOG" | tr -d '\r' || true
-echo "nvme-pcie e2e: set-up and build $((T1 - T0)) s, QEMU guest $((T2 - T1)) s"
-grep -aq "E2E-DONE fail=0" "$LOG"
+GUEST_MACHINE=$MACHINE GUEST_APPEND="intel_iommu=on iommu=pt" guest_run 1800 1024 \
+  -device "$IOMMU" -drive file="$IMG",if=none,id=nvm,format=raw -device nvme,serial=batonpcie,drive=nvm
+guest_verdict "nvme-pcie e2e" "^(E2E|PCIE|pcie-check|VFIO-PROBE)|nvme-pcie e2e|nvme nvme|vfio|DMAR"

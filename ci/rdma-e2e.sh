@@ -194,13 +194,5 @@ poweroff -f
 INIT
 guest_initrd_pack
 
-LOG="$WORK/console.log"
-T1=$(date +%s)
-timeout 3000 qemu-system-x86_64 -machine q35,accel=tcg -cpu max -m "$MEM" -smp 2 \
-  -nic none -nographic -no-reboot \
-  -kernel "$WORK/kernel/boot/vmlinuz-$KVER" -initrd "$WORK/initrd.gz" \
-  -append "console=ttyS0 panic=-1 quiet loglevel=4" > "$LOG" 2>&1 || true
-T2=$(date +%s)
-grep -aE "^(E2E|RDMA)|rdma e2e" "$LOG" | tr -d '\r' || true
-echo "rdma e2e: set-up and build $((T1 - T0)) s, QEMU guest $((T2 - T1)) s"
-grep -aq "E2E-DONE fail=0" "$LOG"
+guest_run 3000 "$MEM"
+guest_verdict "rdma e2e" "^(E2E|RDMA)|rdma e2e"
