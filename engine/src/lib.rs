@@ -30,6 +30,7 @@ pub mod regionmap;
 pub mod ring;
 pub mod rpc;
 mod sys;
+pub mod testing;
 pub mod wait;
 /// Whether a file is on tmpfs/ramfs (see `sys`): the uring bdev and the relay journal copy inline there.
 pub use sys::is_memory_fs;

@@ -8,20 +8,7 @@ use std::time::{Duration, Instant};
 
 use relay::journal::{CutReason, Journal, JournalConfig, JournalError};
 
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(base: &str, name: &str) -> Self {
-        let p = PathBuf::from(base).join(format!("baton-jtest-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use engine::testing::TempDir;
 
 /// Deterministic payload of a record, so a reader can check every byte.
 fn payload(lsn: u64) -> Vec<u8> {

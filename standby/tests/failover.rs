@@ -122,7 +122,7 @@ fn make_standby(reg: &Registry, name: &str) {
         }
     })
     .unwrap();
-    wait_until("epoch 2 applied", || {
+    wait_until(WAIT, "epoch 2 applied", || {
         standby::rpc::with_standby(name, |v| v.applied().0).unwrap() >= 2
     });
 }
@@ -185,7 +185,7 @@ fn failover_end_to_end() {
         .unwrap()
         .send_to(b"not a heartbeat", hb_addr)
         .unwrap();
-    wait_until("heartbeats seen", || {
+    wait_until(WAIT, "heartbeats seen", || {
         let st = host.status();
         st.detector.volumes[0].heartbeats >= 3 && st.bad_datagrams == 1
     });
@@ -324,7 +324,7 @@ fn failover_end_to_end() {
     let mut reg2 = Registry::new();
     standby::host::register_rpcs_for(&mut reg2, h2.clone());
     h2.relay_report(relay, "qvol", 0, true);
-    wait_until("silence detected", || h2.status().detector.decided.is_some());
+    wait_until(WAIT, "silence detected", || h2.status().detector.decided.is_some());
     std::thread::sleep(Duration::from_millis(50));
     assert!(h2.status().failover.is_none(), "auto failover is off");
     call(&reg2, "standby_host_declare_failure", json!({"reason": "drill"})).unwrap();

@@ -79,7 +79,7 @@ fn a_syncing_standby_is_refused_unless_forced() {
         );
     })
     .unwrap();
-    wait_until("taken in", || {
+    wait_until(WAIT, "taken in", || {
         standby::rpc::with_standby("sy", |v| v.status().next_lsn).unwrap() == 5
     });
     let st = call(&reg, "standby_get_status", json!({"name": "sy"})).unwrap();
@@ -122,7 +122,7 @@ fn a_syncing_standby_is_refused_unless_forced() {
     // A second declaration without force is refused; with force it promotes, loudly.
     assert!(call(&reg, "standby_host_declare_failure", json!({})).is_err());
     call(&reg, "standby_host_declare_failure", json!({"force": true})).unwrap();
-    wait_until("forced failover done", || {
+    wait_until(WAIT, "forced failover done", || {
         host.status().failover.is_some_and(|r| r.state == FailoverState::Done)
     });
     let rep = host.status().failover.unwrap();

@@ -8,7 +8,7 @@ use standby::image::{
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// SplitMix64.
 struct Rng(u64);
@@ -65,14 +65,8 @@ fn restored(store: &ImageStore, app: &str, seq: u64, img: &[u8]) -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
 
-/// Waits (bounded) until `f` holds.
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < Duration::from_secs(20), "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+use engine::testing::wait_until;
+const WAIT: Duration = Duration::from_secs(20);
 
 /// Exact client bytes of a delta of `k` chunks sent in one Chunks frame:
 /// Propose frame (16 + 93), one Entries frame (16 + 4 + 36 k), one Chunks
@@ -399,11 +393,11 @@ fn disconnect_mid_transfer_leaves_no_visible_image_and_server_keeps_serving() {
         let parts: Vec<&[u8]> = img[..16 * 4096].chunks(4096).collect();
         wire::encode_chunks(o, &parts).unwrap();
     });
-    wait_until("chunks of the half transfer reach the server", || {
+    wait_until(WAIT, "chunks of the half transfer reach the server", || {
         store.stats("d").in_flight == 1
     });
     drop(raw);
-    wait_until("server drops the abandoned transfer", || {
+    wait_until(WAIT, "server drops the abandoned transfer", || {
         store.stats("d").in_flight == 0 && srv.connections() == 0
     });
     assert!(store.list("d").is_empty());
@@ -455,7 +449,7 @@ fn stop_during_a_transfer_leaves_no_visible_image() {
     assert_eq!(raw.need().len(), 8);
     raw.send(|o| wire::encode_chunks(o, &[&img[..4096]]).unwrap());
     let store = srv.store();
-    wait_until("transfer in flight", || store.stats("s").in_flight == 1);
+    wait_until(WAIT, "transfer in flight", || store.stats("s").in_flight == 1);
     srv.stop();
     assert!(raw.recv().is_none(), "server closed the connection");
     let reopened = ImageStore::open(&dir).unwrap();

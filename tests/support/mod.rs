@@ -33,12 +33,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub use common::{fill, wait_until, TempDir};
+pub use engine::testing::{free_port, WAIT};
 pub use nvme_io::*;
 pub use primary::*;
 pub use roles::*;
 
-/// How long any bounded wait of these tests lasts before it fails.
-pub const WAIT: Duration = Duration::from_secs(60);
 /// Blocks of each primary volume (4 KiB each).
 pub const BLOCKS: u64 = 1024;
 pub const BS: usize = 4096;
@@ -62,17 +61,9 @@ pub fn in_netns(ns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Comma
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A temporary directory under the system's (`$TMPDIR`, else /tmp), removed on drop.
 pub fn temp_dir(name: &str) -> TempDir {
-    TempDir::new(&std::env::temp_dir().to_string_lossy(), name)
+    TempDir::in_tmp(name)
 }
 
 /// `baton rpc -s SOCK METHOD [PARAMS]`: the JSON result, or the client's stderr.
@@ -98,21 +89,10 @@ pub fn wait_rpc(sock: &Path) {
     );
 }
 
-/// Polls `f` every 20 ms until it gives `Some`; panics naming `what` (and the last value
-/// `show` returns) after `WAIT`.
-pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>, show: impl Fn() -> String) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "{what}: not reached within {WAIT:?}; last: {}",
-            show()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Polls `f` until it gives `Some`; panics naming `what` (and the last value `show`
+/// returns) after [`WAIT`].
+pub fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>, show: impl Fn() -> String) -> T {
+    engine::testing::wait_for(WAIT, what, f, show)
 }
 
 /// Waits up to `within` for `child` to exit; `None` if it is still running then.

@@ -155,14 +155,8 @@ fn sleepy(sleep_us_max: u64) -> Reactors {
     .unwrap()
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..10_000 {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    panic!("timed out waiting for {what}");
+fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    crate::testing::wait_until(crate::testing::WAIT, what, f)
 }
 
 /// Whether reactor 0 comes to rest: a stretch in which it runs no loop at all. A reactor

@@ -5,21 +5,7 @@ use engine::buf::DmaBuf;
 use record::RecordKind;
 use std::time::{Duration, Instant};
 
-/// A fresh directory under `base`, removed on drop.
-pub(crate) struct TempDir(pub PathBuf);
-impl TempDir {
-    pub(crate) fn new(base: &str, name: &str) -> Self {
-        let p = PathBuf::from(base).join(format!("baton-journal-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub(crate) use engine::testing::TempDir;
 
 fn wait_durable(j: &mut Journal, lsn: u64) {
     let start = Instant::now();

@@ -454,33 +454,8 @@ pub fn collect(rx: &mpsc::Receiver<WriteResult>, n: u64, within: Duration, what:
     v
 }
 
-/// Polls `f` every 10 ms until it returns true; panics with `what` after `within`.
-pub fn wait_until(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < within, "{what}: not reached within {within:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A directory removed on drop, with the `<dir>.sock` RPC socket beside it that the
-/// end-to-end tests give the process using the directory (a process killed with -9
-/// cannot remove its socket itself).
-pub struct TempDir(pub std::path::PathBuf);
-impl TempDir {
-    pub fn new(base: &str, name: &str) -> Self {
-        let p = std::path::PathBuf::from(base).join(format!("baton-repl-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        let _ = std::fs::remove_file(self.0.with_extension("sock"));
-    }
-}
+#[allow(unused_imports)]
+pub use engine::testing::{wait_until, TempDir};
 
 /// Closed-loop 4 KiB random-ish writes at `qd` on `core` for `dur` (after `warmup`):
 /// (IOPS, p50 µs, p99 µs, errors). Latency per I/O from submit to completion.

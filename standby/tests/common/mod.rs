@@ -260,12 +260,8 @@ pub fn write(lsn: u64, off: u64, byte: u8) -> OwnedOp {
     }
 }
 
-/// Polls `f` every 2 ms until it is true; panics naming `what` after 30 s.
-pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let wait = std::time::Duration::from_secs(30);
-    let start = std::time::Instant::now();
-    while !f() {
-        assert!(start.elapsed() < wait, "{what}: not reached within {wait:?}");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-}
+#[allow(unused_imports)]
+pub use engine::testing::wait_until;
+
+/// The bound of these tests' waits.
+pub const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
