@@ -2,7 +2,7 @@
 //! in SPDK's shape (`docs/nvme-tcp.md`, `docs/rpc.md`).
 
 use super::{check_tgt, RpcFailure};
-use crate::nvmf::tcp::REQ_STATE_NAMES;
+use crate::nvmf::tcp::{REQ_STATE_NAMES, REQ_STATE_NEED_BUFFER};
 use crate::nvmf::Target;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -24,7 +24,7 @@ pub fn nvmf_get_stats(_t: &Target, p: Option<GetStats>) -> Result<Value, RpcFail
                 .zip(g.req_states.iter())
                 .map(|(n, c)| (n.to_string(), json!(c.load(Relaxed))))
                 .collect();
-            let need_buffer = g.req_states[1].load(Relaxed);
+            let need_buffer = g.req_states[REQ_STATE_NEED_BUFFER].load(Relaxed);
             json!({
                 "name": format!("nvmf_tgt_poll_group_{:03}", g.core),
                 "admin_qpairs": g.admin_qpairs.load(Relaxed),

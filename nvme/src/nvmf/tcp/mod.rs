@@ -44,7 +44,7 @@ mod transfer;
 pub use buffers::{PoolGeometry, DEFAULT_BUF_CACHE_SIZE, DEFAULT_NUM_SHARED_BUFFERS};
 pub(crate) use group::start_listener;
 pub use group::{group_stats, GroupStats};
-pub use request::REQ_STATE_NAMES;
+pub use request::{REQ_STATE_NAMES, REQ_STATE_NEED_BUFFER};
 
 use super::ctrlr::Controller;
 use super::keepalive::TrafficNote;

@@ -57,6 +57,8 @@ pub const REQ_STATE_NAMES: [&str; REQ_STATE_COUNTERS] = [
 ];
 /// How many request states are counted (all but Free).
 pub const REQ_STATE_COUNTERS: usize = 5;
+/// Index of the NeedBuffer count in `GroupStats::req_states` (`pending_data_buffer`).
+pub const REQ_STATE_NEED_BUFFER: usize = 1;
 
 impl ReqState {
     /// Index of this state's counter (`REQ_STATE_NAMES`); None for Free.
@@ -64,7 +66,7 @@ impl ReqState {
         match self {
             ReqState::Free => None,
             ReqState::RecvInCapsule => Some(0),
-            ReqState::NeedBuffer { .. } => Some(1),
+            ReqState::NeedBuffer { .. } => Some(REQ_STATE_NEED_BUFFER),
             ReqState::AwaitH2C { .. } => Some(2),
             ReqState::Executing { .. } => Some(3),
             ReqState::AwaitRestartPoint { .. } => Some(4),

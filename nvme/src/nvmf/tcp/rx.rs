@@ -29,7 +29,7 @@ pub(super) struct Fatal {
 /// header, of the field at fault (NVMe/TCP, PDU header layouts).
 pub(super) mod fei {
     /// PDU-Type, byte 0 of the common header: a PDU type the target never accepts.
-    pub const PDU_TYPE: u32 = 0;
+    pub use crate::tcp::pdu::fei::PDU_TYPE;
     /// ICReq HPDA (host PDU data alignment), byte 10.
     pub const ICREQ_HPDA: u32 = 10;
     /// H2CData CCCID (the command capsule's CID), bytes 8-9.
