@@ -45,16 +45,18 @@ impl Conn {
     /// whether any moved on.
     pub(super) fn retry_buffer_waits(&mut self) -> bool {
         let mut any = false;
-        while let Some(&slot) = self.buf_wait.front() {
+        // Off the queue while it moves on (a request that completes at once is released,
+        // and release removes its slot from the queue); back at the front if it still waits
+        // (no allocation: the room it had is still there).
+        while let Some(slot) = self.buf_wait.pop_front() {
             if !matches!(self.reqs[slot].state, ReqState::NeedBuffer { .. }) {
-                self.buf_wait.pop_front();
                 continue;
             }
             self.advance(slot);
             if matches!(self.reqs[slot].state, ReqState::NeedBuffer { .. }) {
+                self.buf_wait.push_front(slot);
                 break;
             }
-            self.buf_wait.pop_front();
             any = true;
         }
         any

@@ -201,3 +201,27 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_but_free_has_its_own_named_counter() {
+        let states = [
+            ReqState::RecvInCapsule,
+            ReqState::NeedBuffer { next: BufFor::H2C },
+            ReqState::AwaitH2C { received: 0, total: 1 },
+            ReqState::Executing { pending: 0 },
+            ReqState::AwaitRestartPoint { seq: 1 },
+        ];
+        assert_eq!(ReqState::Free.counter(), None);
+        let idx: Vec<usize> = states.iter().map(|s| s.counter().unwrap()).collect();
+        assert_eq!(idx, (0..REQ_STATE_COUNTERS).collect::<Vec<_>>());
+        assert_eq!(
+            ReqState::NeedBuffer { next: BufFor::Execute }.counter(),
+            Some(REQ_STATE_NEED_BUFFER)
+        );
+        assert_eq!(REQ_STATE_NAMES[REQ_STATE_NEED_BUFFER], "need_buffer");
+    }
+}
