@@ -6,6 +6,11 @@
 //! (keep-alive, status) may allocate, so an idle stretch of the same length is counted too
 //! and the I/O is charged only with the difference: a per-I/O allocation shows up as one
 //! or more per I/O.
+//!
+//! The pool-exhaustion case runs a fixed number of rounds, each with more large I/O in
+//! flight than the target's pools hold (`num_shared_buffers` 4): every I/O completes with
+//! its data, requests waited for buffers (`buffer_waits`), and the allocations are counted
+//! per operation over the rounds (no clock involved).
 
 mod common;
 
@@ -14,7 +19,13 @@ use engine::alloc_count::{allocations, CountingAllocator};
 use engine::bdev::{Bdev, BdevChannel, IoOp, IoRequest};
 use engine::buf::DmaBuf;
 use nvme::host::bdev::connect;
+use nvme::rpc::{nvmf_create_transport, nvmf_get_stats, CreateTransport};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// The tests of this file count the allocations of the whole process: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
@@ -62,6 +73,7 @@ fn run(ch: &mut BdevChannel, bufs: &mut Vec<DmaBuf>, qd: usize, dur: Duration) -
 
 #[test]
 fn nvme_tcp_io_allocates_nothing_per_io() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let f = fixture();
     let b = connect("na0", &trid(&f), &host_bdev_opts()).unwrap();
     b.preconnect(1).unwrap();
@@ -83,6 +95,119 @@ fn nvme_tcp_io_allocates_nothing_per_io() {
             per_io < 0.05,
             "QD {qd}: {per_io:.3} allocations per NVMe/TCP I/O ({busy} during {ios} I/O, {idle} idle)"
         );
+    }
+    drop(ch);
+}
+
+/// Fills `b` with the pattern of I/O `tag` (no allocation).
+fn fill(b: &mut [u8], tag: u64) {
+    for (i, x) in b.iter_mut().enumerate() {
+        *x = (i as u64).wrapping_mul(31).wrapping_add(tag.wrapping_mul(131)) as u8;
+    }
+}
+
+fn is_pattern(b: &[u8], tag: u64) -> bool {
+    b.iter()
+        .enumerate()
+        .all(|(i, x)| *x == (i as u64).wrapping_mul(31).wrapping_add(tag.wrapping_mul(131)) as u8)
+}
+
+/// Writes (then reads back and checks) `bufs.len()` I/O of `blocks` blocks each at once,
+/// I/O `i` at block `i * blocks`, tagged `round * 100 + i`; waits for all of each.
+fn burst(ch: &mut BdevChannel, bufs: &mut Vec<DmaBuf>, blocks: u32, round: u64) {
+    let n = bufs.len();
+    for op in [IoOp::Write, IoOp::Read] {
+        for i in 0..n {
+            let mut buf = bufs.pop().expect("buffer");
+            let tag = round * 100 + i as u64;
+            if op == IoOp::Write {
+                fill(&mut buf, tag);
+            } else {
+                buf.fill(0);
+            }
+            let io = IoRequest {
+                op,
+                offset_blocks: i as u64 * u64::from(blocks),
+                num_blocks: blocks,
+                buf: Some(buf),
+                user_data: tag,
+            };
+            assert!(ch.submit(io).is_ok(), "host queue full at {i} of {n}");
+        }
+        let mut done = 0;
+        while done < n {
+            ch.poll(&mut |c| {
+                assert!(c.result.is_ok(), "{op:?} {}: {:?}", c.user_data, c.result);
+                let b = c.buf.expect("buffer back");
+                if op == IoOp::Read {
+                    assert!(is_pattern(&b, c.user_data), "read {} returned other data", c.user_data);
+                }
+                bufs.push(b);
+                done += 1;
+            });
+        }
+    }
+}
+
+fn buffer_waits() -> u64 {
+    nvme::nvmf::tcp::group_stats()
+        .iter()
+        .map(|g| g.buffer_waits.load(Relaxed))
+        .sum()
+}
+
+#[test]
+fn exhausted_pools_make_io_wait_without_allocating() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture();
+    // 4 large (128 KiB) buffers and the minimum of 2 huge (1 MiB) ones.
+    let p: CreateTransport =
+        serde_json::from_value(serde_json::json!({"trtype": "TCP", "num_shared_buffers": 4})).unwrap();
+    assert!(nvmf_create_transport(&f.target, p).unwrap());
+    let b = connect("na1", &trid(&f), &host_bdev_opts()).unwrap();
+    b.preconnect(1).unwrap();
+    let mut ch = b.open_channel().unwrap();
+    // 16 x 64 KiB (large pool, 4 buffers) and 8 x 256 KiB (huge pool, 2 buffers) at once.
+    let cases: [(u32, usize); 2] = [(128, 16), (512, 8)];
+    let mut sets: Vec<Vec<DmaBuf>> = cases
+        .iter()
+        .map(|&(blocks, n)| {
+            (0..n)
+                .map(|_| DmaBuf::alloc(blocks as usize * BLOCK as usize))
+                .collect()
+        })
+        .collect();
+    // Warm-up: the first round may size queues and caches on either side.
+    for (i, &(blocks, _)) in cases.iter().enumerate() {
+        burst(&mut ch, &mut sets[i], blocks, 0);
+    }
+    const ROUNDS: u64 = 20;
+    let waits_before = buffer_waits();
+    let before = allocations();
+    for round in 1..=ROUNDS {
+        for (i, &(blocks, _)) in cases.iter().enumerate() {
+            burst(&mut ch, &mut sets[i], blocks, round);
+        }
+    }
+    let allocs = allocations() - before;
+    let waits = buffer_waits() - waits_before;
+    let ops = ROUNDS * 2 * cases.iter().map(|&(_, n)| n as u64).sum::<u64>();
+    let per_op = allocs as f64 / ops as f64;
+    println!("pool exhaustion: {ops} I/O, {waits} buffer waits, {allocs} allocations: {per_op:.4} per I/O");
+    assert!(waits > 0, "no request waited for a buffer");
+    assert!(per_op < 0.05, "{per_op:.3} allocations per I/O ({allocs} during {ops})");
+    // Nothing is left waiting or in flight; the stats show the counters.
+    let stats = nvmf_get_stats(&f.target, None).unwrap();
+    let groups = stats["poll_groups"].as_array().unwrap();
+    let total = |k: &str| -> u64 { groups.iter().map(|g| g["transports"][0][k].as_u64().unwrap()).sum() };
+    assert_eq!(total("pending_data_buffer"), 0);
+    assert!(total("buffer_waits") >= waits);
+    for g in groups {
+        let states = g["transports"][0]["request_states"].as_object().unwrap();
+        for n in nvme::nvmf::tcp::REQ_STATE_NAMES {
+            assert!(states.contains_key(n), "{n} missing from {states:?}");
+        }
+        assert_eq!(states["need_buffer"], 0);
     }
     drop(ch);
 }

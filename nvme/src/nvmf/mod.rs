@@ -36,6 +36,8 @@ pub const CNTLID_MAX: u16 = 0xFFEF;
 /// Errors of the management operations; each names the object and the value at fault.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum TargetError {
+    #[error("NVMe/TCP data buffer pools: {0}")]
+    BufferPools(String),
     #[error("subsystem {0} already exists")]
     SubsystemExists(String),
     #[error("no subsystem with NQN {0}")]
@@ -93,6 +95,12 @@ pub struct TransportOpts {
     pub io_unit_size: u32,
     /// Use the C2HData SUCCESS flag instead of a response capsule for successful reads.
     pub c2h_success: bool,
+    /// Large (128 KiB) data buffers shared by the poll groups; the huge pool
+    /// (`max_io_size` buffers) gets half their bytes (`nvmf/tcp/buffers.rs`).
+    pub num_shared_buffers: u32,
+    /// SPDK's per-poll-group buffer cache: accepted and reported; baton's pools size
+    /// their per-reactor caches themselves.
+    pub buf_cache_size: u32,
 }
 
 impl Default for TransportOpts {
@@ -105,6 +113,8 @@ impl Default for TransportOpts {
             max_io_size: tcp::DEFAULT_MAX_IO_BYTES,
             io_unit_size: tcp::MAXH2CDATA_BYTES,
             c2h_success: true,
+            num_shared_buffers: tcp::DEFAULT_NUM_SHARED_BUFFERS,
+            buf_cache_size: tcp::DEFAULT_BUF_CACHE_SIZE,
         }
     }
 }
@@ -440,6 +450,9 @@ impl Target {
                 ),
             );
         }
+        // The data buffer pools are made now (or found, made by an earlier transport of
+        // the same geometry), not at the first I/O.
+        tcp::make_pools(&o)?;
         *self.opts.lock().unwrap_or_else(|e| e.into_inner()) = o.clone();
         self.transport_created.store(true, Ordering::Relaxed);
         Ok(o)

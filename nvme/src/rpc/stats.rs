@@ -2,6 +2,7 @@
 //! in SPDK's shape (`docs/nvme-tcp.md`, `docs/rpc.md`).
 
 use super::{check_tgt, RpcFailure};
+use crate::nvmf::tcp::{REQ_STATE_NAMES, REQ_STATE_NEED_BUFFER};
 use crate::nvmf::Target;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -18,6 +19,12 @@ pub fn nvmf_get_stats(_t: &Target, p: Option<GetStats>) -> Result<Value, RpcFail
     let groups: Vec<Value> = crate::nvmf::tcp::group_stats()
         .iter()
         .map(|g| {
+            let states: serde_json::Map<String, Value> = REQ_STATE_NAMES
+                .iter()
+                .zip(g.req_states.iter())
+                .map(|(n, c)| (n.to_string(), json!(c.load(Relaxed))))
+                .collect();
+            let need_buffer = g.req_states[REQ_STATE_NEED_BUFFER].load(Relaxed);
             json!({
                 "name": format!("nvmf_tgt_poll_group_{:03}", g.core),
                 "admin_qpairs": g.admin_qpairs.load(Relaxed),
@@ -26,7 +33,14 @@ pub fn nvmf_get_stats(_t: &Target, p: Option<GetStats>) -> Result<Value, RpcFail
                 "current_io_qpairs": g.current_io_qpairs.load(Relaxed),
                 "pending_bdev_io": g.pending_bdev_io.load(Relaxed),
                 "completed_nvme_io": g.completed_nvme_io.load(Relaxed),
-                "transports": [{ "trtype": "TCP", "connections": g.connections.load(Relaxed), "term_reqs_sent": g.term_reqs_sent.load(Relaxed) }],
+                "transports": [{
+                    "trtype": "TCP",
+                    "connections": g.connections.load(Relaxed),
+                    "term_reqs_sent": g.term_reqs_sent.load(Relaxed),
+                    "buffer_waits": g.buffer_waits.load(Relaxed),
+                    "pending_data_buffer": need_buffer,
+                    "request_states": states,
+                }],
             })
         })
         .collect();

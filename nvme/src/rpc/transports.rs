@@ -79,6 +79,8 @@ pub fn nvmf_create_transport(t: &Target, p: CreateTransport) -> Result<bool, Rpc
         max_io_size: p.max_io_size.unwrap_or(d.max_io_size),
         io_unit_size: p.io_unit_size.unwrap_or(d.io_unit_size),
         c2h_success: p.c2h_success.unwrap_or(d.c2h_success),
+        num_shared_buffers: p.num_shared_buffers.unwrap_or(d.num_shared_buffers),
+        buf_cache_size: p.buf_cache_size.unwrap_or(d.buf_cache_size),
     };
     t.create_transport(o)?;
     Ok(true)
@@ -101,6 +103,8 @@ pub(super) fn transport_json(o: &TransportOpts) -> Value {
         "io_unit_size": o.io_unit_size,
         "max_aq_depth": o.max_aq_depth,
         "c2h_success": o.c2h_success,
+        "num_shared_buffers": o.num_shared_buffers,
+        "buf_cache_size": o.buf_cache_size,
         "dif_insert_or_strip": false,
     })
 }

@@ -3,7 +3,7 @@
 //! (`docs/nvme-tcp.md`).
 
 use super::request::ReqState;
-use super::{get_buf, Conn};
+use super::Conn;
 use crate::nvmf::io::{self, IoCmd};
 use crate::spec::Status;
 use engine::bdev::{IoCompletion, IoOp, IoRequest};
@@ -20,12 +20,13 @@ impl Conn {
         let ud = slot as u64;
         let mut ios: [Option<IoRequest>; 1] = [None];
         match r.cmd {
-            IoCmd::Read { slba, nlb, bytes } => {
+            IoCmd::Read { slba, nlb, .. } => {
                 ios[0] = Some(IoRequest {
                     op: IoOp::Read,
                     offset_blocks: slba,
                     num_blocks: nlb,
-                    buf: Some(get_buf(bytes)),
+                    // Taken before (`driver.rs`).
+                    buf: r.buf.take(),
                     user_data: ud,
                 });
             }
@@ -38,12 +39,12 @@ impl Conn {
                     user_data: ud,
                 });
             }
-            IoCmd::Compare { slba, nlb, bytes } => {
+            IoCmd::Compare { slba, nlb, .. } => {
                 ios[0] = Some(IoRequest {
                     op: IoOp::Read,
                     offset_blocks: slba,
                     num_blocks: nlb,
-                    buf: Some(get_buf(bytes)),
+                    buf: r.buf2.take(),
                     user_data: ud | UD_BUF2,
                 });
             }
@@ -79,7 +80,7 @@ impl Conn {
                 return self.execute_dsm(slot, ranges);
             }
         }
-        self.reqs[slot].state = ReqState::Executing { pending: 1 };
+        self.set_state(slot, ReqState::Executing { pending: 1 });
         if let Some(io) = ios[0].take() {
             self.submit(slot, io);
         }
@@ -94,14 +95,14 @@ impl Conn {
         let Some(geo) = geo else {
             return self.complete(slot, Status::INVALID_NAMESPACE, 0, 0);
         };
-        let data = r.buf.take();
-        let data = data.as_deref().unwrap_or(&[]);
-        for i in 0..ranges as usize {
+        // Put back below: the data may be the slot's own buffer.
+        let buf = r.buf.take();
+        let data = buf.as_deref().unwrap_or(&[]);
+        let checked = (0..ranges as usize).try_for_each(|i| {
             let (nlb, slba) = io::dsm_range(data, i);
-            if let Err(s) = io::check_dsm_range(nlb, slba, geo) {
-                return self.complete(slot, s, 0, 0);
-            }
-        }
+            io::check_dsm_range(nlb, slba, geo)
+        });
+        let ranges = if checked.is_ok() { ranges } else { 0 };
         let mut pending = 0;
         for i in 0..ranges as usize {
             let (nlb, slba) = io::dsm_range(data, i);
@@ -118,10 +119,14 @@ impl Conn {
             };
             self.submit(slot, io);
         }
+        self.reqs[slot].buf = buf;
+        if let Err(s) = checked {
+            return self.complete(slot, s, 0, 0);
+        }
         if pending == 0 {
             return self.complete(slot, Status::SUCCESS, 0, 0);
         }
-        self.reqs[slot].state = ReqState::Executing { pending };
+        self.set_state(slot, ReqState::Executing { pending });
     }
 
     pub(super) fn submit(&mut self, slot: usize, io: IoRequest) {
@@ -183,6 +188,7 @@ impl Conn {
             r.buf = cpl.buf;
         }
         let pending = pending.saturating_sub(1);
+        // Executing to Executing: the per-state counts do not change.
         r.state = ReqState::Executing { pending };
         if pending == 0 {
             self.finish(slot);

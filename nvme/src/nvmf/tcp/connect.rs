@@ -100,8 +100,9 @@ impl Conn {
         self.sq_entries = entries as u16;
         while self.reqs.len() < entries as usize {
             self.free.push(self.reqs.len());
-            self.reqs.push(Req::new());
+            self.reqs.push(Req::new(self.pools.slot_buf()));
         }
+        self.buf_wait.reserve(entries as usize);
         let mut limits = RxLimits {
             in_capsule_data_bytes: self.opts.in_capsule_data_size,
             h2c_data_bytes: self.opts.io_unit_size,

@@ -2,6 +2,7 @@
 //! socket to a reactor, whose poll group polls its connections; and the per-group counters
 //! `nvmf_get_stats` reports (`docs/nvme-tcp.md`).
 
+use super::request::REQ_STATE_COUNTERS;
 use super::{Conn, ConnPoll, ACCEPTS_PER_POLL, ACCEPT_POLL_PERIOD_US};
 use crate::nvmf::{ListenerHandle, Target, TargetError};
 use engine::reactor::{self, FdWatch, Interest, PollStatus, PollerId};
@@ -26,6 +27,10 @@ pub struct GroupStats {
     pub completed_nvme_io: AtomicU64,
     pub connections: AtomicU64,
     pub term_reqs_sent: AtomicU64,
+    /// Requests in each state now (`REQ_STATE_NAMES` order).
+    pub req_states: [AtomicU64; REQ_STATE_COUNTERS],
+    /// Times a request found its data buffer pool empty and waited (back-pressure).
+    pub buffer_waits: AtomicU64,
 }
 
 static GROUP_STATS: Mutex<Vec<Arc<GroupStats>>> = Mutex::new(Vec::new());
@@ -55,6 +60,9 @@ pub(crate) fn start_listener(
             "start reactors before adding a listener".into(),
         ));
     }
+    // The data buffer pools exist before the first connection (made with the transport,
+    // or here for a target that listens with the default options).
+    super::make_pools(&target.transport_opts())?;
     let err = |e: std::io::Error| TargetError::Listen {
         addr,
         why: e.to_string(),
@@ -123,8 +131,11 @@ fn accept_some(l: &TcpListener, target: &Arc<Target>, cores: &[u32], listen: Soc
                 let _ = sock.set_nodelay(true);
                 let i = target.next_core.fetch_add(1, Ordering::Relaxed) as usize % cores.len();
                 let t = target.clone();
-                if let Err(e) = reactor::send_msg(cores[i], move || group_add(Conn::new(t, sock, listen, peer, secure)))
-                {
+                let add = move || match Conn::new(t, sock, listen, peer, secure) {
+                    Ok(c) => group_add(c),
+                    Err(e) => log::warn!("nvmf: dropping connection from {peer}: {e}"),
+                };
+                if let Err(e) = reactor::send_msg(cores[i], add) {
                     log::warn!(
                         "nvmf: dropping connection from {peer}: reactor {} unreachable: {e:?}",
                         cores[i]

@@ -2,8 +2,9 @@
 //! and parsing a command against it before its data is fetched and it executes
 //! (`docs/nvme-tcp.md`).
 
+use super::request::BufFor;
 use super::Conn;
-use crate::nvmf::io::{self, NsGeometry};
+use crate::nvmf::io::{self, IoCmd, NsGeometry};
 use crate::nvmf::restart::{self, RestartPointSink};
 use crate::nvmf::Subsystem;
 use crate::spec::cmd::{admin_opc, io_opc};
@@ -117,12 +118,16 @@ impl Conn {
         r.chan = chan;
         let hb = cmd.host_bytes();
         if hb > 0 && r.in_capsule == 0 {
-            return self.request_h2c(slot, hb);
+            return self.need_buffers(slot, BufFor::H2C);
         }
         if hb > 0 {
             if let Some(b) = r.buf.as_mut() {
                 b.set_len(hb as usize);
             }
+        }
+        if matches!(cmd, IoCmd::Read { .. } | IoCmd::Compare { .. }) {
+            // The bdev reads into a buffer of the request's.
+            return self.need_buffers(slot, BufFor::Execute);
         }
         self.execute(slot);
     }

@@ -22,16 +22,18 @@
 //! - `connect.rs`: Fabrics Connect (a new controller, or an I/O queue joining one).
 //! - `admin.rs`: admin commands.
 //! - `io_queue.rs`: I/O commands and the queue's namespace / bdev channel table.
+//! - `driver.rs`: a request waiting for data buffers, and moving it on when it has them.
 //! - `bdev_io.rs`: submitting a command's bdev operations and completing it.
 //! - `transfer.rs`: data transfer (R2T, H2CData, C2HData).
 //! - `restart_point.rs`: the restart point command (`docs/restart-points.md`).
-//! - `buffers.rs`: the shared data buffer pools.
+//! - `buffers.rs`: the data buffer pools, made with the transport or listener.
 
 mod admin;
 mod auth;
 mod bdev_io;
 mod buffers;
 mod connect;
+mod driver;
 mod group;
 mod io_queue;
 mod request;
@@ -39,15 +41,17 @@ mod restart_point;
 mod rx;
 mod transfer;
 
-pub(crate) use buffers::get_buf;
+pub use buffers::{PoolGeometry, DEFAULT_BUF_CACHE_SIZE, DEFAULT_NUM_SHARED_BUFFERS};
 pub(crate) use group::start_listener;
 pub use group::{group_stats, GroupStats};
+pub use request::{REQ_STATE_NAMES, REQ_STATE_NEED_BUFFER};
 
 use super::ctrlr::Controller;
 use super::keepalive::TrafficNote;
-use super::{Target, TransportOpts};
+use super::{Target, TargetError, TransportOpts};
 use crate::spec::Status;
 use crate::tcp::pdu::{PduReceiver, RxLimits, Side, TxDigests};
+use buffers::TcpPools;
 use engine::bdev::{IoCompletion, IoRequest};
 use group::bump;
 use io_queue::{ChanEntry, NsEntry};
@@ -58,6 +62,12 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+/// Makes (or finds) the data buffer pools for transport options `o`: transport creation
+/// and listener start, so the first I/O finds them ready (`buffers.rs`).
+pub(crate) fn make_pools(o: &TransportOpts) -> Result<(), TargetError> {
+    buffers::pools_for(o).map(|_| ())
+}
 
 /// I/O queue entries (MQES + 1).
 pub const QUEUE_DEPTH_MAX: u16 = 128;
@@ -128,6 +138,11 @@ struct Conn {
     sqhd: u16,
     reqs: Vec<Req>,
     free: Vec<usize>,
+    /// The data buffer pools of this connection's transport options.
+    pools: &'static TcpPools,
+    /// Requests waiting for a data buffer (`ReqState::NeedBuffer`), oldest first; holds
+    /// room for every slot (sized at Connect), so a push never allocates.
+    buf_wait: VecDeque<usize>,
     /// Parked Asynchronous Event Requests (CIDs), admin queue only.
     aers: Vec<u16>,
     ns: Vec<NsEntry>,
@@ -163,15 +178,22 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(target: Arc<Target>, sock: TcpStream, listen: SocketAddr, peer: SocketAddr, secure: bool) -> Box<Conn> {
+    fn new(
+        target: Arc<Target>,
+        sock: TcpStream,
+        listen: SocketAddr,
+        peer: SocketAddr,
+        secure: bool,
+    ) -> Result<Box<Conn>, TargetError> {
         let opts = target.transport_opts();
+        let pools = buffers::pools_for(&opts)?;
         let limits = RxLimits {
             in_capsule_data_bytes: opts.in_capsule_data_size,
             h2c_data_bytes: opts.io_unit_size,
             c2h_data_bytes: 0,
         };
         log::debug!("nvmf: connection from {peer} on {listen}");
-        Box::new(Conn {
+        Ok(Box::new(Conn {
             target,
             opts,
             sock,
@@ -188,8 +210,11 @@ impl Conn {
             qid: 0,
             sq_entries: 1,
             sqhd: 0,
-            reqs: vec![Req::new()],
+            // The Connect command's slot (its data comes in-capsule).
+            reqs: vec![Req::new(pools.slot_buf())],
             free: vec![0],
+            pools,
+            buf_wait: VecDeque::with_capacity(1),
             aers: Vec::new(),
             ns: Vec::new(),
             ns_gen: 0,
@@ -208,7 +233,7 @@ impl Conn {
             authenticated: false,
             auth_deadline_ns: 0,
             tls: secure.then(|| crate::nvmf::tls::TlsChannel::new(peer)),
-        })
+        }))
     }
 
     /// Reads from the socket into `rx_buf`, through TLS on a secure channel.
@@ -295,6 +320,12 @@ impl Conn {
             }
         }
         busy |= self.poll_bdev();
+        if !self.buf_wait.is_empty() {
+            // Buffers come back with completions (here or on other reactors): a queue
+            // with waiting requests keeps its reactor polling.
+            self.retry_buffer_waits();
+            busy = true;
+        }
         if self.rp_pending > 0 {
             busy |= self.expire_restart_points(now);
         }
@@ -385,6 +416,7 @@ impl Conn {
         }
         self.retry.clear();
         self.aers.clear();
+        self.buf_wait.clear();
     }
 
     fn poll_closing(&mut self) -> ConnPoll {
@@ -397,6 +429,19 @@ impl Conn {
             ConnPoll::Dead
         } else {
             ConnPoll::Busy
+        }
+    }
+}
+
+impl Drop for Conn {
+    /// Takes the requests still in a state out of the poll group's per-state counts.
+    fn drop(&mut self) {
+        if let Some(s) = &self.stats {
+            for r in &self.reqs {
+                if let Some(i) = r.state.counter() {
+                    bump(&s.req_states[i], -1);
+                }
+            }
         }
     }
 }

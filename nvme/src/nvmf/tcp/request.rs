@@ -2,6 +2,8 @@
 //! complete to Connect, the admin or the I/O path, and sending its response capsule
 //! (`docs/nvme-tcp.md`).
 
+use super::buffers::SMALL_BUF_BYTES;
+use super::group::bump;
 use super::Conn;
 use crate::nvmf::io::IoCmd;
 use crate::spec::cmd::admin_opc;
@@ -10,20 +12,66 @@ use crate::spec::{Cqe, Sqe, Status};
 use crate::tcp::pdu;
 use engine::buf::DmaBuf;
 
-/// Lifecycle of one request (one command on this queue).
+/// Lifecycle of one request (one command on this queue). Every change goes through
+/// `Conn::set_state`, which keeps the poll group's per-state counts; `Conn::need_buffers`
+/// and `Conn::advance` drive a request that waits for data buffers. The steps SPDK names
+/// READY_TO_EXECUTE, EXECUTED, TRANSFERRING_CONTROLLER_TO_HOST and COMPLETED happen within
+/// one call here (the response and read data are queued on the socket at once), so they
+/// are not states a request can be seen in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ReqState {
     /// Slot unused.
     Free,
-    /// Command capsule received; its in-capsule data is arriving.
+    /// Command capsule received; its in-capsule data is arriving (SPDK's NEW).
     RecvInCapsule,
+    /// Parsed; waiting for data buffers (the pool was empty), then does `next`.
+    NeedBuffer { next: BufFor },
     /// R2T sent; `received` of `total` bytes have arrived in H2CData PDUs.
     AwaitH2C { received: u32, total: u32 },
-    /// Submitted to the bdev: `pending` bdev operations outstanding.
+    /// Submitted to the bdev: `pending` bdev operations outstanding (admin commands and
+    /// parked AERs are here with none).
     Executing { pending: u32 },
     /// Handed to the namespace's restart point sink; waiting for its answer number `seq`
     /// of this connection (a late answer for an earlier use of the slot is ignored).
     AwaitRestartPoint { seq: u64 },
+}
+
+/// What a request in `ReqState::NeedBuffer` does once it has its buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BufFor {
+    /// Send the R2T for the host's data (a Compare also takes its read buffer now, so
+    /// no request holds one buffer while waiting for another).
+    H2C,
+    /// Submit the bdev read (Read, Compare).
+    Execute,
+}
+
+/// Names of the counted request states in `nvmf_get_stats` (SPDK's TCP request state
+/// names, lower case), in `ReqState::counter` order.
+pub const REQ_STATE_NAMES: [&str; REQ_STATE_COUNTERS] = [
+    "new",
+    "need_buffer",
+    "transferring_host_to_controller",
+    "executing",
+    "awaiting_restart_point",
+];
+/// How many request states are counted (all but Free).
+pub const REQ_STATE_COUNTERS: usize = 5;
+/// Index of the NeedBuffer count in `GroupStats::req_states` (`pending_data_buffer`).
+pub const REQ_STATE_NEED_BUFFER: usize = 1;
+
+impl ReqState {
+    /// Index of this state's counter (`REQ_STATE_NAMES`); None for Free.
+    pub(super) fn counter(self) -> Option<usize> {
+        match self {
+            ReqState::Free => None,
+            ReqState::RecvInCapsule => Some(0),
+            ReqState::NeedBuffer { .. } => Some(REQ_STATE_NEED_BUFFER),
+            ReqState::AwaitH2C { .. } => Some(2),
+            ReqState::Executing { .. } => Some(3),
+            ReqState::AwaitRestartPoint { .. } => Some(4),
+        }
+    }
 }
 
 pub(super) struct Req {
@@ -35,6 +83,9 @@ pub(super) struct Req {
     pub(super) buf: Option<DmaBuf>,
     /// Compare: what the bdev read.
     pub(super) buf2: Option<DmaBuf>,
+    /// The slot's own small buffer while no command uses it: in-capsule data lands in it,
+    /// and transfers that fit use it instead of a pool buffer (`buffers.rs`).
+    pub(super) own: Option<DmaBuf>,
     pub(super) cmd: IoCmd,
     /// Index into the queue's channel table.
     pub(super) chan: usize,
@@ -45,17 +96,27 @@ pub(super) struct Req {
 }
 
 impl Req {
-    pub(super) fn new() -> Req {
+    /// A free slot owning `own`, a `SMALL_BUF_BYTES` buffer (set-up path).
+    pub(super) fn new(own: DmaBuf) -> Req {
         Req {
             state: ReqState::Free,
             sqe: Sqe::default(),
             in_capsule: 0,
             buf: None,
             buf2: None,
+            own: Some(own),
             cmd: IoCmd::Flush,
             chan: 0,
             status: Status::SUCCESS,
             deadline_ns: 0,
+        }
+    }
+
+    /// Keeps `b` as the slot's own buffer if it is one (the slot's buffer came back from
+    /// the bdev or was never used); other buffers go back to their pool when dropped.
+    pub(super) fn give_back(&mut self, b: DmaBuf) {
+        if self.own.is_none() && b.capacity() == SMALL_BUF_BYTES {
+            self.own = Some(b);
         }
     }
 }
@@ -109,12 +170,58 @@ impl Conn {
     }
 
     pub(super) fn release(&mut self, slot: usize) {
-        let r = &mut self.reqs[slot];
-        if r.state != ReqState::Free {
-            r.state = ReqState::Free;
-            r.buf = None;
-            r.buf2 = None;
-            self.free.push(slot);
+        let old = self.reqs[slot].state;
+        if old == ReqState::Free {
+            return;
         }
+        if matches!(old, ReqState::NeedBuffer { .. }) {
+            self.buf_wait.retain(|&s| s != slot);
+        }
+        self.set_state(slot, ReqState::Free);
+        let r = &mut self.reqs[slot];
+        for b in [r.buf.take(), r.buf2.take()].into_iter().flatten() {
+            r.give_back(b);
+        }
+        self.free.push(slot);
+    }
+
+    /// Moves the request in `slot` to `st`, keeping the poll group's per-state counts.
+    pub(super) fn set_state(&mut self, slot: usize, st: ReqState) {
+        let old = std::mem::replace(&mut self.reqs[slot].state, st);
+        let (from, to) = (old.counter(), st.counter());
+        if from != to {
+            if let Some(s) = &self.stats {
+                if let Some(i) = from {
+                    bump(&s.req_states[i], -1);
+                }
+                if let Some(i) = to {
+                    bump(&s.req_states[i], 1);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_but_free_has_its_own_named_counter() {
+        let states = [
+            ReqState::RecvInCapsule,
+            ReqState::NeedBuffer { next: BufFor::H2C },
+            ReqState::AwaitH2C { received: 0, total: 1 },
+            ReqState::Executing { pending: 0 },
+            ReqState::AwaitRestartPoint { seq: 1 },
+        ];
+        assert_eq!(ReqState::Free.counter(), None);
+        let idx: Vec<usize> = states.iter().map(|s| s.counter().unwrap()).collect();
+        assert_eq!(idx, (0..REQ_STATE_COUNTERS).collect::<Vec<_>>());
+        assert_eq!(
+            ReqState::NeedBuffer { next: BufFor::Execute }.counter(),
+            Some(REQ_STATE_NEED_BUFFER)
+        );
+        assert_eq!(REQ_STATE_NAMES[REQ_STATE_NEED_BUFFER], "need_buffer");
     }
 }

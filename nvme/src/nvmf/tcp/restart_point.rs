@@ -41,13 +41,13 @@ impl Conn {
         self.rp_seq += 1;
         self.rp_pending += 1;
         let seq = self.rp_seq;
-        let r = &mut self.reqs[slot];
-        let tag = r.buf.take();
-        let tag = tag.as_deref().unwrap_or(&[]);
+        // Put back below: the tag may be in the slot's own buffer.
+        let buf = self.reqs[slot].buf.take();
+        let tag = buf.as_deref().unwrap_or(&[]);
         let tag = &tag[..(tag_len as usize).min(tag.len())];
-        r.state = ReqState::AwaitRestartPoint { seq };
+        self.set_state(slot, ReqState::AwaitRestartPoint { seq });
         let timeout = u64::try_from(sink.timeout().as_nanos()).unwrap_or(u64::MAX);
-        r.deadline_ns = engine::clock::now_ns().saturating_add(timeout);
+        self.reqs[slot].deadline_ns = engine::clock::now_ns().saturating_add(timeout);
         let (core, conn) = (self.core, self.id);
         sink.declare(
             tag,
@@ -57,6 +57,7 @@ impl Conn {
                 }
             }),
         );
+        self.reqs[slot].buf = buf;
     }
 
     /// The sink answered restart point `seq` of `slot`.

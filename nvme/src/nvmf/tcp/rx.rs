@@ -4,7 +4,7 @@
 //! connection with a C2HTermReq (`docs/nvme-tcp.md`).
 
 use super::request::ReqState;
-use super::{get_buf, Conn, Phase};
+use super::{Conn, Phase};
 use crate::spec::{Sqe, Status};
 use crate::tcp::pdu::{self, fes, PduError, PduKind, RxEvent, Side, TxDigests};
 
@@ -29,7 +29,7 @@ pub(super) struct Fatal {
 /// header, of the field at fault (NVMe/TCP, PDU header layouts).
 pub(super) mod fei {
     /// PDU-Type, byte 0 of the common header: a PDU type the target never accepts.
-    pub const PDU_TYPE: u32 = 0;
+    pub use crate::tcp::pdu::fei::PDU_TYPE;
     /// ICReq HPDA (host PDU data alignment), byte 10.
     pub const ICREQ_HPDA: u32 = 10;
     /// H2CData CCCID (the command capsule's CID), bytes 8-9.
@@ -173,11 +173,25 @@ impl Conn {
         r.in_capsule = data_len;
         r.status = Status::SUCCESS;
         if data_len > 0 {
-            r.buf = Some(get_buf(data_len));
-            r.state = ReqState::RecvInCapsule;
+            // In-capsule data lands in the slot's own buffer (the receiver refuses more than
+            // the in-capsule limit, which it holds).
+            let b = self.take_buf(slot, data_len);
+            let r = &mut self.reqs[slot];
+            if b.is_none() {
+                // Only if the slot's buffer was lost and the pool is empty: the data is
+                // dropped and the host told to retry.
+                log::warn!(
+                    "nvmf: {}: no buffer for command {}'s in-capsule data",
+                    self.peer,
+                    sqe.cid
+                );
+                r.status = Status::TRANSIENT_TRANSPORT_ERROR;
+            }
+            r.buf = b;
+            self.set_state(slot, ReqState::RecvInCapsule);
             self.sink = RxSink::Capsule { slot, off: 0 };
         } else {
-            r.state = ReqState::Executing { pending: 0 };
+            self.set_state(slot, ReqState::Executing { pending: 0 });
             self.dispatch(slot);
         }
     }

@@ -1,25 +1,13 @@
-//! Data transfer of the NVMe/TCP target: asking for a write's data with an R2T, taking it
-//! in H2CData PDUs, and sending a read's data in C2HData PDUs (`docs/nvme-tcp.md`).
+//! Data transfer of the NVMe/TCP target: taking a write's data in H2CData PDUs (the R2T
+//! that asks for it is sent by `driver.rs` once the request has its buffer), and sending a read's data in C2HData PDUs (`docs/nvme-tcp.md`).
 
 use super::request::ReqState;
 use super::rx::{fei, Fatal, RxSink};
-use super::{get_buf, Conn, C2H_PDU_BYTES};
+use super::{Conn, C2H_PDU_BYTES};
 use crate::spec::Status;
 use crate::tcp::pdu::{self, fes};
 
 impl Conn {
-    /// Asks the host for the `bytes` of data the command in `slot` carries (an R2T whose
-    /// transfer tag is the slot), into a buffer of its own.
-    pub(super) fn request_h2c(&mut self, slot: usize, bytes: u32) {
-        let r = &mut self.reqs[slot];
-        r.buf = Some(get_buf(bytes));
-        r.state = ReqState::AwaitH2C {
-            received: 0,
-            total: bytes,
-        };
-        pdu::encode_r2t(&mut self.tx, r.sqe.cid, slot as u16, 0, bytes, self.dg);
-    }
-
     pub(super) fn on_h2c(&mut self, cccid: u16, ttag: u16, datao: u32, len: u32) -> Result<(), Fatal> {
         let slot = usize::from(ttag);
         let Some(r) = self.reqs.get(slot) else {
@@ -76,7 +64,7 @@ impl Conn {
             self.reqs[slot].status = Status::TRANSIENT_TRANSPORT_ERROR;
         }
         if let ReqState::AwaitH2C { total, .. } = self.reqs[slot].state {
-            self.reqs[slot].state = ReqState::AwaitH2C { received: off, total };
+            self.set_state(slot, ReqState::AwaitH2C { received: off, total });
             if off == total {
                 if self.reqs[slot].status.is_success() {
                     self.execute(slot);

@@ -157,7 +157,13 @@ fn every_pdu_round_trips_with_any_chunking_and_digests() {
         encode_capsule_cmd(&mut to_target, &sqe(3), &data[..4096], d);
         encode_capsule_cmd(&mut to_target, &sqe(4), &[], d);
         encode_h2c_data(&mut to_target, 4, 9, 0, &data, true, d);
-        encode_term_req(&mut to_target, Side::Host, fes::INVALID_HEADER_FIELD, 2, &data[..30]);
+        encode_term_req(
+            &mut to_target,
+            Side::Host,
+            fes::INVALID_HEADER_FIELD,
+            fei::HLEN,
+            &data[..30],
+        );
         let mut to_host = Vec::new();
         encode_capsule_resp(&mut to_host, &Cqe::new(3, Status::LBA_OUT_OF_RANGE, 0), d);
         encode_r2t(&mut to_host, 4, 9, 0, 5000, d);
@@ -185,7 +191,13 @@ fn every_pdu_round_trips_with_any_chunking_and_digests() {
                 }
             );
             assert_eq!(got[2].1, data);
-            assert_eq!(got[3].0.kind, PduKind::TermReq { fes: 1, fei: 2 });
+            assert_eq!(
+                got[3].0.kind,
+                PduKind::TermReq {
+                    fes: fes::INVALID_HEADER_FIELD,
+                    fei: fei::HLEN
+                }
+            );
             assert_eq!(got[3].1, &data[..30]);
             let got = collect(&mut ready(Side::Host, hd, dd), &to_host, chunk).unwrap();
             assert_eq!(got.len(), 3);
@@ -374,13 +386,13 @@ fn corpus(rng: &mut Rng) -> Vec<Vec<u8>> {
                 encode_capsule_resp(&mut b, &Cqe::new(1, Status::SUCCESS, 0), d);
                 encode_r2t(&mut b, 1, 2, 0, 4096, d);
                 encode_c2h_data(&mut b, 1, 0, &[7; 300], true, true, d);
-                encode_term_req(&mut b, Side::Target, 1, 0, &[0; 24]);
+                encode_term_req(&mut b, Side::Target, fes::INVALID_HEADER_FIELD, fei::PDU_TYPE, &[0; 24]);
             } else {
                 encode_ic_req(&mut b, 0, d.hdgst, d.ddgst, 0);
                 encode_capsule_cmd(&mut b, &sqe(1), &[3; 200], d);
                 encode_capsule_cmd(&mut b, &sqe(2), &[], d);
                 encode_h2c_data(&mut b, 2, 0, 0, &[4; 500], true, d);
-                encode_term_req(&mut b, Side::Host, 2, 0, &[0; 72]);
+                encode_term_req(&mut b, Side::Host, fes::PDU_SEQUENCE_ERROR, fei::NONE, &[0; 72]);
             }
             v.push(b);
         }
