@@ -387,6 +387,106 @@ impl<B: Deref<Target = [u8]>> TcpConnection<B> {
         }
         completed
     }
+
+    /// Delivers every whole frame already buffered (up to the per-poll cap, counted in
+    /// `delivered`); returns how many bytes the next frame needs buffered.
+    fn deliver_buffered(
+        &mut self,
+        on_frame: &mut dyn FnMut(Frame<'_>),
+        delivered: &mut usize,
+    ) -> Result<usize, TransportError> {
+        while *delivered < RECV_FRAMES_PER_POLL_MAX {
+            let avail = &self.rx[self.rx_start..self.rx_end];
+            let env = match wire::peek_envelope(avail) {
+                Ok(Some(env)) => env,
+                Ok(None) => break,
+                Err(e) => return Err(self.report(e.into())),
+            };
+            if env.frame_len > avail.len() {
+                return Ok(env.frame_len);
+            }
+            match wire::parse(&avail[..env.frame_len]) {
+                Ok(frame) => on_frame(frame),
+                Err(e) => return Err(self.report(e.into())),
+            }
+            self.rx_start += env.frame_len;
+            *delivered += 1;
+            self.stats.frames_received += 1;
+            self.stats.bytes_received += env.frame_len as u64;
+        }
+        Ok(ENVELOPE_BYTES)
+    }
+
+    /// Makes room to receive: the partial frame moves to the front when the next frame
+    /// (`need` bytes) or a whole TLS record would not fit behind it.
+    fn make_room(&mut self, need: usize) {
+        if self.rx_start == self.rx_end {
+            self.rx_start = 0;
+            self.rx_end = 0;
+        } else if self.rx.len() - self.rx_start < need
+            || self.rx_end == self.rx.len()
+            || (self.tls.is_some() && self.rx.len() - self.rx_end < crate::tls::record::PLAIN_MAX)
+        {
+            self.rx.copy_within(self.rx_start..self.rx_end, 0);
+            self.rx_end -= self.rx_start;
+            self.rx_start = 0;
+        }
+    }
+
+    /// One read from the socket (through TLS when the link has it) into the buffer's free
+    /// end: `Some(drained)` when bytes came (`drained`: the socket had no more), `None`
+    /// when it would block (or was interrupted with nothing read: the caller reads again).
+    /// End of stream and errors are reported, naming a frame cut in the middle.
+    fn read_more(&mut self, need: usize) -> Result<Option<bool>, TransportError> {
+        let Sock::Open(stream) = &mut self.sock else {
+            return Err(self.gone_error());
+        };
+        let space = self.rx.len() - self.rx_end;
+        self.stats.recv_calls += 1;
+        let closed = |have: usize| {
+            if have == 0 {
+                TransportError::PeerClosed
+            } else {
+                TransportError::PeerClosedMidFrame { have, need }
+            }
+        };
+        if let Some(tls) = self.tls.as_mut() {
+            return match tls.read_plain(stream, &mut self.rx[self.rx_end..]) {
+                Ok(ReadPlain::Data { n, short }) => {
+                    self.rx_end += n;
+                    Ok(Some(short || n == 0))
+                }
+                Ok(ReadPlain::WouldBlock) => Ok(None),
+                Ok(ReadPlain::Eof { partial }) => {
+                    let have = self.rx_end - self.rx_start + partial;
+                    Err(self.report(closed(have)))
+                }
+                Err(e) => Err(self.report(e)),
+            };
+        }
+        match stream.read(&mut self.rx[self.rx_end..]) {
+            Ok(0) => {
+                let have = self.rx_end - self.rx_start;
+                Err(self.report(closed(have)))
+            }
+            Ok(n) => {
+                self.rx_end += n;
+                // A short read means the socket is empty: deliver, then stop.
+                Ok(Some(n < space))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Some(false)),
+            Err(e) => {
+                let have = self.rx_end - self.rx_start;
+                let err = match e.kind() {
+                    io::ErrorKind::ConnectionReset if have == 0 => TransportError::PeerClosed,
+                    io::ErrorKind::ConnectionReset => TransportError::PeerClosedMidFrame { have, need },
+                    _ => TransportError::Io { op: "read", source: e },
+                };
+                Err(self.report(err))
+            }
+        }
+    }
 }
 
 impl<B: Deref<Target = [u8]>> Connection<B> for TcpConnection<B> {
@@ -462,100 +562,14 @@ impl<B: Deref<Target = [u8]>> Connection<B> for TcpConnection<B> {
         let mut delivered = 0;
         let mut drained = false;
         loop {
-            // Deliver every whole frame already buffered.
-            let mut need = ENVELOPE_BYTES;
-            while delivered < RECV_FRAMES_PER_POLL_MAX {
-                let avail = &self.rx[self.rx_start..self.rx_end];
-                let env = match wire::peek_envelope(avail) {
-                    Ok(Some(env)) => env,
-                    Ok(None) => break,
-                    Err(e) => return Err(self.report(e.into())),
-                };
-                if env.frame_len > avail.len() {
-                    need = env.frame_len;
-                    break;
-                }
-                let parsed = match wire::parse(&avail[..env.frame_len]) {
-                    Ok(frame) => {
-                        on_frame(frame);
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = parsed {
-                    return Err(self.report(e.into()));
-                }
-                self.rx_start += env.frame_len;
-                delivered += 1;
-                self.stats.frames_received += 1;
-                self.stats.bytes_received += env.frame_len as u64;
-            }
+            let need = self.deliver_buffered(on_frame, &mut delivered)?;
             if delivered >= RECV_FRAMES_PER_POLL_MAX || drained {
                 break;
             }
-            // Make room: the partial frame moves to the front when it would not fit.
-            if self.rx_start == self.rx_end {
-                self.rx_start = 0;
-                self.rx_end = 0;
-            } else if self.rx.len() - self.rx_start < need
-                || self.rx_end == self.rx.len()
-                || (self.tls.is_some() && self.rx.len() - self.rx_end < crate::tls::record::PLAIN_MAX)
-            {
-                self.rx.copy_within(self.rx_start..self.rx_end, 0);
-                self.rx_end -= self.rx_start;
-                self.rx_start = 0;
-            }
-            let Sock::Open(stream) = &mut self.sock else {
-                return Err(self.gone_error());
-            };
-            let space = self.rx.len() - self.rx_end;
-            self.stats.recv_calls += 1;
-            if let Some(tls) = self.tls.as_mut() {
-                match tls.read_plain(stream, &mut self.rx[self.rx_end..]) {
-                    Ok(ReadPlain::Data { n, short }) => {
-                        self.rx_end += n;
-                        drained = short || n == 0;
-                    }
-                    Ok(ReadPlain::WouldBlock) => break,
-                    Ok(ReadPlain::Eof { partial }) => {
-                        let have = self.rx_end - self.rx_start + partial;
-                        let e = if have == 0 {
-                            TransportError::PeerClosed
-                        } else {
-                            TransportError::PeerClosedMidFrame { have, need }
-                        };
-                        return Err(self.report(e));
-                    }
-                    Err(e) => return Err(self.report(e)),
-                }
-                continue;
-            }
-            match stream.read(&mut self.rx[self.rx_end..]) {
-                Ok(0) => {
-                    let have = self.rx_end - self.rx_start;
-                    let e = if have == 0 {
-                        TransportError::PeerClosed
-                    } else {
-                        TransportError::PeerClosedMidFrame { have, need }
-                    };
-                    return Err(self.report(e));
-                }
-                Ok(n) => {
-                    self.rx_end += n;
-                    // A short read means the socket is empty: deliver, then stop.
-                    drained = n < space;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let have = self.rx_end - self.rx_start;
-                    let err = match e.kind() {
-                        io::ErrorKind::ConnectionReset if have == 0 => TransportError::PeerClosed,
-                        io::ErrorKind::ConnectionReset => TransportError::PeerClosedMidFrame { have, need },
-                        _ => TransportError::Io { op: "read", source: e },
-                    };
-                    return Err(self.report(err));
-                }
+            self.make_room(need);
+            match self.read_more(need)? {
+                Some(d) => drained = d,
+                None => break,
             }
         }
         Ok(delivered)

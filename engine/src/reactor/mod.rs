@@ -666,21 +666,78 @@ fn run_reactor(set: Arc<SetShared>, index: usize) {
             index,
         })
     });
-    let me = &set.reactors[index];
-    let mut pollers: Vec<Poller> = Vec::with_capacity(64);
-    let mut last_busy_ns = now_ns();
-    let mut stop_since_ns: Option<u64> = None;
-    let mut t0 = now_ns();
-    // Set after a sleep or a kick ([`wake`]): fd-driven timed pollers run on the next pass
-    // whatever their period (their period only paces them while the reactor is awake).
-    let mut woke = false;
+    let mut lp = ReactorLoop::new(&set, index);
     loop {
-        let mut busy = false;
-        let run_fd_pollers = std::mem::take(&mut woke);
+        let mut busy = lp.run_messages();
+        let pass = lp.run_pollers();
+        busy |= pass.busy;
+        lp.apply_registrations();
+        let t1 = lp.account(busy);
+        if set.stop.load(Ordering::Relaxed) {
+            if lp.drained_for_stop(t1) {
+                break;
+            }
+            continue;
+        }
+        lp.maybe_sleep(busy, t1, &pass);
+    }
+    // Pollers own channels and sockets: drop them on this thread.
+    drop(lp);
+    sleep::reactor_stop();
+    NEW_POLLERS.with(|np| np.borrow_mut().clear());
+    set.reactors[index]
+        .pollers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    LOCAL.with(|l| *l.borrow_mut() = None);
+    CURRENT_CORE.with(|c| c.set(None));
+    log::debug!("reactor {core} stopped");
+}
 
+/// What one pass over the pollers found: whether any did work, and when the reactor must
+/// be awake again (its non-fd-driven timed pollers' next runs, or a nap bound when some
+/// poller gives no other way to know: `blind`).
+struct PollerPass {
+    busy: bool,
+    next_timer_ns: u64,
+    blind: bool,
+}
+
+/// The state of one reactor's loop, owned by its thread; each step of an iteration is a
+/// method (messages, pollers, registrations, accounting, stop, sleep).
+struct ReactorLoop<'a> {
+    set: &'a SetShared,
+    me: &'a ReactorShared,
+    pollers: Vec<Poller>,
+    last_busy_ns: u64,
+    stop_since_ns: Option<u64>,
+    /// Start of the current iteration's accounting interval.
+    t0: u64,
+    /// Set after a sleep or a kick ([`wake`]): fd-driven timed pollers run on the next
+    /// pass whatever their period (their period only paces them while the reactor is awake).
+    woke: bool,
+}
+
+impl<'a> ReactorLoop<'a> {
+    fn new(set: &'a SetShared, index: usize) -> ReactorLoop<'a> {
+        let now = now_ns();
+        ReactorLoop {
+            set,
+            me: &set.reactors[index],
+            pollers: Vec::with_capacity(64),
+            last_busy_ns: now,
+            stop_since_ns: None,
+            t0: now,
+            woke: false,
+        }
+    }
+
+    /// Runs up to [`MSG_BATCH_MAX`] messages; true when there were any.
+    fn run_messages(&mut self) -> bool {
         let mut n = 0;
         while n < MSG_BATCH_MAX {
-            match me.ring.pop() {
+            match self.me.ring.pop() {
                 Some(m) => {
                     m.run();
                     n += 1;
@@ -689,121 +746,131 @@ fn run_reactor(set: Arc<SetShared>, index: usize) {
             }
         }
         if n > 0 {
-            busy = true;
-            me.stats.msgs.fetch_add(n as u64, Ordering::Relaxed);
+            self.me.stats.msgs.fetch_add(n as u64, Ordering::Relaxed);
         }
+        n > 0
+    }
 
-        let mut now = t0;
-        // When the reactor must be awake again: its timed pollers' next runs, or a
-        // short nap while some poller gives no other way to know.
-        let mut next_timer_ns = u64::MAX;
-        let mut blind = false;
-        for p in pollers.iter_mut() {
+    /// Runs every poller that is due (all untimed ones; timed ones at their period, and
+    /// fd-driven timed ones at once after a wake-up).
+    fn run_pollers(&mut self) -> PollerPass {
+        let run_fd_pollers = std::mem::take(&mut self.woke);
+        let mut now = self.t0;
+        let mut pass = PollerPass {
+            busy: false,
+            next_timer_ns: u64::MAX,
+            blind: false,
+        };
+        for p in self.pollers.iter_mut() {
             match p.period_ns {
                 None => {
-                    if (p.f)() == PollStatus::Busy {
-                        busy = true;
-                    }
-                    blind |= !p.fd_driven;
+                    pass.busy |= (p.f)() == PollStatus::Busy;
+                    pass.blind |= !p.fd_driven;
                 }
                 Some(period) => {
                     if now >= p.next_due_ns || (run_fd_pollers && p.fd_driven) {
-                        if (p.f)() == PollStatus::Busy {
-                            busy = true;
-                        }
+                        pass.busy |= (p.f)() == PollStatus::Busy;
                         now = now_ns();
                         p.next_due_ns = now + period;
                     }
                     if !p.fd_driven {
-                        next_timer_ns = next_timer_ns.min(p.next_due_ns);
+                        pass.next_timer_ns = pass.next_timer_ns.min(p.next_due_ns);
                     }
                 }
             }
         }
         let (wake_by, cannot_watch) = sleep::take_hints();
-        next_timer_ns = next_timer_ns.min(wake_by);
-        blind |= cannot_watch;
+        pass.next_timer_ns = pass.next_timer_ns.min(wake_by);
+        pass.blind |= cannot_watch;
+        pass
+    }
 
-        // Apply registrations and removals made during this iteration.
-        NEW_POLLERS.with(|np| pollers.append(&mut np.borrow_mut()));
+    /// Applies the registrations and removals made during this iteration.
+    fn apply_registrations(&mut self) {
+        NEW_POLLERS.with(|np| self.pollers.append(&mut np.borrow_mut()));
         REMOVED_POLLERS.with(|rp| {
             let mut rp = rp.borrow_mut();
             if !rp.is_empty() {
-                pollers.retain(|p| !rp.contains(&p.id));
-                me.pollers
+                self.pollers.retain(|p| !rp.contains(&p.id));
+                self.me
+                    .pollers
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .retain(|p| !rp.contains(&PollerId(p.id)));
                 rp.clear();
             }
         });
+    }
 
+    /// Counts the iteration as busy or idle time; returns its end.
+    fn account(&mut self, busy: bool) -> u64 {
         let t1 = now_ns();
-        let dt = t1.saturating_sub(t0);
+        let dt = t1.saturating_sub(self.t0);
         if busy {
-            me.stats.busy_ns.fetch_add(dt, Ordering::Relaxed);
-            last_busy_ns = t1;
+            self.me.stats.busy_ns.fetch_add(dt, Ordering::Relaxed);
+            self.last_busy_ns = t1;
         } else {
-            me.stats.idle_ns.fetch_add(dt, Ordering::Relaxed);
+            self.me.stats.idle_ns.fetch_add(dt, Ordering::Relaxed);
         }
-        me.stats.loops.fetch_add(1, Ordering::Relaxed);
-        t0 = t1;
+        self.me.stats.loops.fetch_add(1, Ordering::Relaxed);
+        self.t0 = t1;
+        t1
+    }
 
-        if set.stop.load(Ordering::Relaxed) {
-            let since = *stop_since_ns.get_or_insert(t1);
-            let drained = io_outstanding() == 0 && me.ring.is_empty();
-            let expired = t1.saturating_sub(since) > SHUTDOWN_DRAIN_MS_MAX * 1_000_000;
-            if drained || expired {
-                if !drained {
-                    log::warn!(
-                        "reactor {core}: stopping with {} I/O still in flight after {SHUTDOWN_DRAIN_MS_MAX} ms",
-                        io_outstanding()
-                    );
-                }
-                break;
-            }
-            continue;
+    /// Asked to stop: true once no I/O is in flight and no message waits, or after
+    /// [`SHUTDOWN_DRAIN_MS_MAX`] (with a warning).
+    fn drained_for_stop(&mut self, t1: u64) -> bool {
+        let since = *self.stop_since_ns.get_or_insert(t1);
+        let drained = io_outstanding() == 0 && self.me.ring.is_empty();
+        let expired = t1.saturating_sub(since) > SHUTDOWN_DRAIN_MS_MAX * 1_000_000;
+        if !drained && expired {
+            log::warn!(
+                "reactor {}: stopping with {} I/O still in flight after {SHUTDOWN_DRAIN_MS_MAX} ms",
+                self.me.core,
+                io_outstanding()
+            );
         }
+        drained || expired
+    }
 
-        if let IdleMode::Adaptive {
+    /// In adaptive idle mode, after [`IdleMode::Adaptive`]'s quiet stretch with nothing in
+    /// flight: blocks until a message, a kick, a watched fd or the next timer (bounded by
+    /// the nap when some poller is blind).
+    fn maybe_sleep(&mut self, busy: bool, t1: u64, pass: &PollerPass) {
+        let IdleMode::Adaptive {
             idle_before_sleep_us,
             sleep_us_max,
-        } = set.idle
-        {
-            if !busy && io_outstanding() == 0 && t1.saturating_sub(last_busy_ns) >= idle_before_sleep_us * 1_000 {
-                let mut nap_ns = if blind { sleep_us_max * 1_000 } else { u64::MAX };
-                if next_timer_ns != u64::MAX {
-                    nap_ns = nap_ns.min(next_timer_ns.saturating_sub(t1));
-                }
-                if nap_ns > 0 {
-                    me.sleeping.store(true, Ordering::Relaxed);
-                    // Pairs with the fence in `SetShared::push`.
-                    fence(Ordering::SeqCst);
-                    if me.ring.is_empty()
-                        && !me.kick.swap(false, Ordering::Relaxed)
-                        && !set.stop.load(Ordering::Relaxed)
-                    {
-                        me.stats.sleeps.fetch_add(1, Ordering::Relaxed);
-                        sleep::sleep(nap_ns);
-                    }
-                    woke = true;
-                    me.sleeping.store(false, Ordering::Relaxed);
-                    me.wake.drain();
-                    let t2 = now_ns();
-                    me.stats.idle_ns.fetch_add(t2.saturating_sub(t0), Ordering::Relaxed);
-                    t0 = t2;
-                }
-            }
+        } = self.set.idle
+        else {
+            return;
+        };
+        if busy || io_outstanding() != 0 || t1.saturating_sub(self.last_busy_ns) < idle_before_sleep_us * 1_000 {
+            return;
         }
+        let mut nap_ns = if pass.blind { sleep_us_max * 1_000 } else { u64::MAX };
+        if pass.next_timer_ns != u64::MAX {
+            nap_ns = nap_ns.min(pass.next_timer_ns.saturating_sub(t1));
+        }
+        if nap_ns == 0 {
+            return;
+        }
+        let me = self.me;
+        me.sleeping.store(true, Ordering::Relaxed);
+        // Pairs with the fence in `SetShared::push`.
+        fence(Ordering::SeqCst);
+        if me.ring.is_empty() && !me.kick.swap(false, Ordering::Relaxed) && !self.set.stop.load(Ordering::Relaxed) {
+            me.stats.sleeps.fetch_add(1, Ordering::Relaxed);
+            sleep::sleep(nap_ns);
+        }
+        self.woke = true;
+        me.sleeping.store(false, Ordering::Relaxed);
+        me.wake.drain();
+        let t2 = now_ns();
+        me.stats
+            .idle_ns
+            .fetch_add(t2.saturating_sub(self.t0), Ordering::Relaxed);
+        self.t0 = t2;
     }
-    // Pollers own channels and sockets: drop them on this thread.
-    drop(pollers);
-    sleep::reactor_stop();
-    NEW_POLLERS.with(|np| np.borrow_mut().clear());
-    me.pollers.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    LOCAL.with(|l| *l.borrow_mut() = None);
-    CURRENT_CORE.with(|c| c.set(None));
-    log::debug!("reactor {core} stopped");
 }
 
 #[cfg(test)]

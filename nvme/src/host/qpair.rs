@@ -430,96 +430,21 @@ impl Qpair {
                     hdgst,
                     ddgst,
                     maxh2cdata,
-                } => {
-                    if maxh2cdata < 4096 || maxh2cdata % 4 != 0 {
-                        return Err(self.protocol("ICResp MAXH2CDATA below 4096 or unaligned"));
-                    }
-                    self.dg = TxDigests {
-                        hdgst,
-                        ddgst,
-                        data_align: (usize::from(cpda) + 1) * 4,
-                    };
-                    self.rx.set_digests(hdgst, ddgst);
-                    self.maxh2cdata = maxh2cdata;
-                    Ok(())
-                }
+                } => self.on_icresp(cpda, hdgst, ddgst, maxh2cdata),
                 PduKind::TermReq { fes, fei } => Err(HostError::Terminated { fes, fei }),
-                PduKind::CapsuleResp { cqe } => {
-                    let slot = usize::from(cqe.cid);
-                    match self.slots.get(slot).map(|s| s.state) {
-                        Some(SlotState::InFlight { .. }) => {}
-                        _ => return Err(self.protocol("response for a command not in flight")),
-                    }
-                    let mut cqe = cqe;
-                    if self.slots[slot].data_error && cqe.status().is_success() {
-                        cqe.status = Status::TRANSIENT_TRANSPORT_ERROR.to_field();
-                    }
-                    self.finish(slot, cqe);
-                    Ok(())
-                }
+                PduKind::CapsuleResp { cqe } => self.on_capsule_resp(cqe),
                 PduKind::C2HData {
                     cccid,
                     datao,
                     last,
                     success,
-                } => {
-                    let slot = usize::from(cccid);
-                    let Some(s) = self.slots.get(slot) else {
-                        return Err(self.protocol("C2HData for an unknown command"));
-                    };
-                    let SlotState::InFlight { c2h_received } = s.state else {
-                        return Err(self.protocol("C2HData for a command not in flight"));
-                    };
-                    if s.dir != Dir::FromCtrl {
-                        return Err(self.protocol("C2HData for a command that reads no data"));
-                    }
-                    let cap = s.buf.as_ref().map(|b| b.len() as u64).unwrap_or(0);
-                    if datao != c2h_received || u64::from(datao) + u64::from(p.data_len) > cap {
-                        return Err(self.protocol("C2HData outside the command's buffer"));
-                    }
-                    self.sink = Sink::C2H {
-                        slot,
-                        off: datao,
-                        success: success && last,
-                    };
-                    Ok(())
-                }
+                } => self.on_c2h_data(cccid, datao, p.data_len, success && last),
                 PduKind::R2T {
                     cccid,
                     ttag,
                     r2to,
                     r2tl,
-                } => {
-                    let slot = usize::from(cccid);
-                    let Some(s) = self.slots.get(slot) else {
-                        return Err(self.protocol("R2T for an unknown command"));
-                    };
-                    if !matches!(s.state, SlotState::InFlight { .. }) || s.dir != Dir::ToCtrl {
-                        return Err(self.protocol("R2T for a command with no data to send"));
-                    }
-                    let len = s.buf.as_ref().map(|b| b.len() as u64).unwrap_or(0);
-                    if r2tl == 0 || u64::from(r2to) + u64::from(r2tl) > len {
-                        return Err(self.protocol("R2T outside the command's data"));
-                    }
-                    let chunk = self.maxh2cdata.min(self.h2c_chunk).max(1);
-                    let mut off = r2to;
-                    let end = r2to + r2tl;
-                    while off < end {
-                        let n = chunk.min(end - off);
-                        let b = self.slots[slot].buf.as_deref().unwrap_or(&[]);
-                        pdu::encode_h2c_data(
-                            &mut self.tx,
-                            cccid,
-                            ttag,
-                            off,
-                            &b[off as usize..(off + n) as usize],
-                            off + n == end,
-                            self.dg,
-                        );
-                        off += n;
-                    }
-                    Ok(())
-                }
+                } => self.on_r2t(cccid, ttag, r2to, r2tl),
                 PduKind::IcReq { .. } | PduKind::CapsuleCmd { .. } | PduKind::H2CData { .. } => {
                     Err(self.protocol("controller-bound PDU received"))
                 }
@@ -535,31 +460,124 @@ impl Qpair {
                 Ok(())
             }
             RxEvent::DataEnd { digest_ok } => {
-                match std::mem::replace(&mut self.sink, Sink::None) {
-                    Sink::C2H { slot, off, success } => {
-                        if !digest_ok {
-                            self.slots[slot].data_error = true;
-                        }
-                        self.slots[slot].state = SlotState::InFlight { c2h_received: off };
-                        if success {
-                            let status = if self.slots[slot].data_error {
-                                Status::TRANSIENT_TRANSPORT_ERROR
-                            } else {
-                                Status::SUCCESS
-                            };
-                            let cqe = Cqe {
-                                cid: slot as u16,
-                                sqid: self.qid,
-                                status: status.to_field(),
-                                ..Cqe::default()
-                            };
-                            self.finish(slot, cqe);
-                        }
-                    }
-                    Sink::None => {}
-                }
+                self.on_data_end(digest_ok);
                 Ok(())
             }
+        }
+    }
+
+    /// ICResp: the controller's digests, data alignment and largest H2CData.
+    fn on_icresp(&mut self, cpda: u8, hdgst: bool, ddgst: bool, maxh2cdata: u32) -> Result<(), HostError> {
+        if maxh2cdata < 4096 || maxh2cdata % 4 != 0 {
+            return Err(self.protocol("ICResp MAXH2CDATA below 4096 or unaligned"));
+        }
+        self.dg = TxDigests {
+            hdgst,
+            ddgst,
+            data_align: (usize::from(cpda) + 1) * 4,
+        };
+        self.rx.set_digests(hdgst, ddgst);
+        self.maxh2cdata = maxh2cdata;
+        Ok(())
+    }
+
+    /// A response capsule completes its command (a data digest error seen on its C2HData
+    /// turns a success into a transient transport error).
+    fn on_capsule_resp(&mut self, mut cqe: Cqe) -> Result<(), HostError> {
+        let slot = usize::from(cqe.cid);
+        match self.slots.get(slot).map(|s| s.state) {
+            Some(SlotState::InFlight { .. }) => {}
+            _ => return Err(self.protocol("response for a command not in flight")),
+        }
+        if self.slots[slot].data_error && cqe.status().is_success() {
+            cqe.status = Status::TRANSIENT_TRANSPORT_ERROR.to_field();
+        }
+        self.finish(slot, cqe);
+        Ok(())
+    }
+
+    /// C2HData header: checks it continues the command's data in order and within its
+    /// buffer, and points the data that follows there.
+    fn on_c2h_data(&mut self, cccid: u16, datao: u32, data_len: u32, success: bool) -> Result<(), HostError> {
+        let slot = usize::from(cccid);
+        let Some(s) = self.slots.get(slot) else {
+            return Err(self.protocol("C2HData for an unknown command"));
+        };
+        let SlotState::InFlight { c2h_received } = s.state else {
+            return Err(self.protocol("C2HData for a command not in flight"));
+        };
+        if s.dir != Dir::FromCtrl {
+            return Err(self.protocol("C2HData for a command that reads no data"));
+        }
+        let cap = s.buf.as_ref().map(|b| b.len() as u64).unwrap_or(0);
+        if datao != c2h_received || u64::from(datao) + u64::from(data_len) > cap {
+            return Err(self.protocol("C2HData outside the command's buffer"));
+        }
+        self.sink = Sink::C2H {
+            slot,
+            off: datao,
+            success,
+        };
+        Ok(())
+    }
+
+    /// R2T: sends the requested range of the command's data as H2CData PDUs no larger than
+    /// the controller's MAXH2CDATA.
+    fn on_r2t(&mut self, cccid: u16, ttag: u16, r2to: u32, r2tl: u32) -> Result<(), HostError> {
+        let slot = usize::from(cccid);
+        let Some(s) = self.slots.get(slot) else {
+            return Err(self.protocol("R2T for an unknown command"));
+        };
+        if !matches!(s.state, SlotState::InFlight { .. }) || s.dir != Dir::ToCtrl {
+            return Err(self.protocol("R2T for a command with no data to send"));
+        }
+        let len = s.buf.as_ref().map(|b| b.len() as u64).unwrap_or(0);
+        if r2tl == 0 || u64::from(r2to) + u64::from(r2tl) > len {
+            return Err(self.protocol("R2T outside the command's data"));
+        }
+        let chunk = self.maxh2cdata.min(self.h2c_chunk).max(1);
+        let mut off = r2to;
+        let end = r2to + r2tl;
+        while off < end {
+            let n = chunk.min(end - off);
+            let b = self.slots[slot].buf.as_deref().unwrap_or(&[]);
+            pdu::encode_h2c_data(
+                &mut self.tx,
+                cccid,
+                ttag,
+                off,
+                &b[off as usize..(off + n) as usize],
+                off + n == end,
+                self.dg,
+            );
+            off += n;
+        }
+        Ok(())
+    }
+
+    /// The end of a C2HData PDU's data: records how far the command's data came and, when
+    /// the PDU had SUCCESS set (no response capsule follows), completes the command.
+    fn on_data_end(&mut self, digest_ok: bool) {
+        let Sink::C2H { slot, off, success } = std::mem::replace(&mut self.sink, Sink::None) else {
+            return;
+        };
+        if !digest_ok {
+            self.slots[slot].data_error = true;
+        }
+        self.slots[slot].state = SlotState::InFlight { c2h_received: off };
+        if success {
+            let status = if self.slots[slot].data_error {
+                Status::TRANSIENT_TRANSPORT_ERROR
+            } else {
+                Status::SUCCESS
+            };
+            let cqe = Cqe {
+                cid: slot as u16,
+                sqid: self.qid,
+                status: status.to_field(),
+                ..Cqe::default()
+            };
+            self.finish(slot, cqe);
         }
     }
 

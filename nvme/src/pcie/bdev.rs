@@ -244,6 +244,9 @@ impl PcieChannel {
     }
 
     /// Submits the next command of request `r`; false when out of command IDs or bounce.
+    // One piece: every arm fills the same SQE and command from the queue, the request and
+    // the bounce slots, borrowed at once from disjoint fields; split into methods each
+    // would have to take all of them apart again.
     fn submit_next(&mut self, r: usize) -> bool {
         let Some(q) = self.q.as_mut() else { return false };
         let Some(cid) = q.alloc_cid() else { return false };

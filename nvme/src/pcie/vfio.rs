@@ -109,29 +109,48 @@ unsafe impl Send for VfioDevice {}
 // SAFETY: as above; shared references only read or write registers volatilely.
 unsafe impl Sync for VfioDevice {}
 
+/// The IOMMU group of PCI function `bdf`, which must exist and be bound to `vfio-pci`.
+fn iommu_group(bdf: &str) -> Result<String, PcieError> {
+    let dev_dir = Path::new("/sys/bus/pci/devices").join(bdf);
+    if !dev_dir.exists() {
+        return Err(PcieError::NoDevice(bdf.to_string()));
+    }
+    let group_link = std::fs::read_link(dev_dir.join("iommu_group"))
+        .map_err(|e| PcieError::Vfio(format!("{bdf} has no IOMMU group (is the IOMMU on?): {e}")))?;
+    let group_id = group_link
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| PcieError::Vfio(format!("{bdf}: unreadable IOMMU group link")))?
+        .to_string();
+    let driver = std::fs::read_link(dev_dir.join("driver"))
+        .ok()
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()));
+    if driver.as_deref() != Some("vfio-pci") {
+        return Err(PcieError::Vfio(format!(
+            "{bdf} is not bound to vfio-pci (driver: {})",
+            driver.as_deref().unwrap_or("none")
+        )));
+    }
+    Ok(group_id)
+}
+
+/// The container's API version checked, the best type 1 IOMMU it offers (v2 first).
+fn container_iommu(container: &File) -> Result<libc::c_ulong, PcieError> {
+    if ioctl(container, "VFIO_GET_API_VERSION", VFIO_GET_API_VERSION, 0)? != VFIO_API_VERSION {
+        return Err(PcieError::Vfio("unknown VFIO API version".into()));
+    }
+    for iommu in [VFIO_TYPE1V2_IOMMU, VFIO_TYPE1_IOMMU] {
+        if ioctl(container, "VFIO_CHECK_EXTENSION", VFIO_CHECK_EXTENSION, iommu)? > 0 {
+            return Ok(iommu);
+        }
+    }
+    Err(PcieError::Vfio("the container offers no type 1 IOMMU".into()))
+}
+
 impl VfioDevice {
     /// Opens PCI function `bdf` (`0000:00:04.0`), which must be bound to `vfio-pci`.
     pub fn open(bdf: &str) -> Result<VfioDevice, PcieError> {
-        let dev_dir = Path::new("/sys/bus/pci/devices").join(bdf);
-        if !dev_dir.exists() {
-            return Err(PcieError::NoDevice(bdf.to_string()));
-        }
-        let group_link = std::fs::read_link(dev_dir.join("iommu_group"))
-            .map_err(|e| PcieError::Vfio(format!("{bdf} has no IOMMU group (is the IOMMU on?): {e}")))?;
-        let group_id = group_link
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| PcieError::Vfio(format!("{bdf}: unreadable IOMMU group link")))?
-            .to_string();
-        let driver = std::fs::read_link(dev_dir.join("driver"))
-            .ok()
-            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()));
-        if driver.as_deref() != Some("vfio-pci") {
-            return Err(PcieError::Vfio(format!(
-                "{bdf} is not bound to vfio-pci (driver: {})",
-                driver.as_deref().unwrap_or("none")
-            )));
-        }
+        let group_id = iommu_group(bdf)?;
         let rw = |p: &str| {
             OpenOptions::new()
                 .read(true)
@@ -140,28 +159,7 @@ impl VfioDevice {
                 .map_err(|e| os(&format!("open {p}"), e))
         };
         let container = rw("/dev/vfio/vfio")?;
-        if ioctl(&container, "VFIO_GET_API_VERSION", VFIO_GET_API_VERSION, 0)? != VFIO_API_VERSION {
-            return Err(PcieError::Vfio("unknown VFIO API version".into()));
-        }
-        let iommu = if ioctl(
-            &container,
-            "VFIO_CHECK_EXTENSION",
-            VFIO_CHECK_EXTENSION,
-            VFIO_TYPE1V2_IOMMU,
-        )? > 0
-        {
-            VFIO_TYPE1V2_IOMMU
-        } else if ioctl(
-            &container,
-            "VFIO_CHECK_EXTENSION",
-            VFIO_CHECK_EXTENSION,
-            VFIO_TYPE1_IOMMU,
-        )? > 0
-        {
-            VFIO_TYPE1_IOMMU
-        } else {
-            return Err(PcieError::Vfio("the container offers no type 1 IOMMU".into()));
-        };
+        let iommu = container_iommu(&container)?;
         let group = rw(&format!("/dev/vfio/{group_id}"))?;
         let mut status = GroupStatus {
             argsz: std::mem::size_of::<GroupStatus>() as u32,

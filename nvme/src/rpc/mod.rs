@@ -121,6 +121,7 @@ pub fn register_rpcs(reg: &mut Registry) {
 }
 
 /// Registers the `nvmf_*` methods acting on `t` (tests use their own target).
+// A flat list, one registration per method: long, but with no step to name.
 pub fn register_rpcs_for(reg: &mut Registry, t: Arc<Target>) {
     macro_rules! method {
         ($name:literal, $help:literal, $f:ident) => {{

@@ -98,33 +98,7 @@ impl RelayState {
         let expected = Role::Primary;
         let mut vi = self.volumes.iter().position(|v| v.meta.name == name);
         if vi.is_none() && hello.role == expected {
-            // First contact: create the volume's journal.
-            let spec = self
-                .shared
-                .specs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .find(|s| s.volume == name)
-                .cloned();
-            let dir = spec
-                .as_ref()
-                .and_then(|s| s.dir.clone())
-                .unwrap_or_else(|| self.cfg.journal_root.join(&name));
-            let meta = VolumeMeta {
-                name: name.clone(),
-                volume_id: hex16(&hello.volume_id),
-                block_size: hello.block_size,
-                generation: hello.generation,
-            };
-            let opened = VolumeJournal::open(&self.cfg, meta, dir, spec.as_ref(), true);
-            match opened {
-                Ok(v) => {
-                    self.volumes.push(v);
-                    vi = Some(self.volumes.len() - 1);
-                }
-                Err(e) => log::error!("relay: volume {name}: {e}"),
-            }
+            vi = self.open_volume(&hello, &name);
         }
         let local = vi.map(|i| self.volumes[i].local());
         let mut reply = answer_hello(&hello, expected, local.as_ref());
@@ -141,45 +115,7 @@ impl RelayState {
         let _ = pc.conn.send(OutFrame::control(wire::encode_hello_reply(&reply), 0));
         let _ = pc.conn.poll_send(&mut |_| {});
         match (reply, vi) {
-            (HelloReply::Accepted { resume_lsn, .. }, Some(i)) => {
-                let v = &mut self.volumes[i];
-                if hello.generation > v.meta.generation {
-                    v.meta.generation = hello.generation;
-                    if let Err(e) = v.meta.save(&v.dir) {
-                        log::error!("relay: volume {name}: {e}");
-                    }
-                }
-                if let Some(mut old) = v.primary.take() {
-                    log::warn!(
-                        "relay: volume {name}: new primary connection from {} replaces {}",
-                        pc.peer,
-                        old.peer
-                    );
-                    old.conn.close();
-                }
-                log::info!(
-                    "relay: volume {name}: primary {} (generation {}) resumes at LSN {resume_lsn}",
-                    pc.peer,
-                    hello.generation
-                );
-                v.primary_heard_ns = now_ns();
-                let token = self.next_token;
-                self.next_token += 1;
-                let watched = match (self.readiness.as_mut(), pc.conn.raw_fd()) {
-                    (Some(r), Some(fd)) => r.add(fd, token).is_ok(),
-                    _ => false,
-                };
-                v.primary = Some(PrimaryConn {
-                    conn: pc.conn,
-                    peer: pc.peer,
-                    stash: Vec::with_capacity(RX_BUF_BYTES),
-                    stashed: VecDeque::with_capacity(64),
-                    acked: resume_lsn - 1,
-                    token,
-                    watched,
-                    recv_ns: 0,
-                });
-            }
+            (HelloReply::Accepted { resume_lsn, .. }, Some(i)) => self.adopt_primary(i, pc, &hello, resume_lsn),
             (r, vi) => {
                 if let (
                     HelloReply::Refused {
@@ -195,5 +131,82 @@ impl RelayState {
                 pc.conn.close();
             }
         }
+    }
+
+    /// A primary's first contact for volume `name`: opens (creates) its journal, in the
+    /// directory its spec names or under the journal root. `None` (logged) if that fails.
+    fn open_volume(&mut self, hello: &Hello<'_>, name: &str) -> Option<usize> {
+        let spec = self
+            .shared
+            .specs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|s| s.volume == name)
+            .cloned();
+        let dir = spec
+            .as_ref()
+            .and_then(|s| s.dir.clone())
+            .unwrap_or_else(|| self.cfg.journal_root.join(name));
+        let meta = VolumeMeta {
+            name: name.to_string(),
+            volume_id: hex16(&hello.volume_id),
+            block_size: hello.block_size,
+            generation: hello.generation,
+        };
+        match VolumeJournal::open(&self.cfg, meta, dir, spec.as_ref(), true) {
+            Ok(v) => {
+                self.volumes.push(v);
+                Some(self.volumes.len() - 1)
+            }
+            Err(e) => {
+                log::error!("relay: volume {name}: {e}");
+                None
+            }
+        }
+    }
+
+    /// An accepted primary becomes volume `i`'s primary connection (replacing any older
+    /// one), at its Hello's generation (saved when newer), resuming at `resume_lsn`.
+    fn adopt_primary(&mut self, i: usize, pc: PendingConn, hello: &Hello<'_>, resume_lsn: u64) {
+        let v = &mut self.volumes[i];
+        let name = &v.meta.name;
+        if hello.generation > v.meta.generation {
+            v.meta.generation = hello.generation;
+            if let Err(e) = v.meta.save(&v.dir) {
+                log::error!("relay: volume {name}: {e}");
+            }
+        }
+        if let Some(mut old) = v.primary.take() {
+            log::warn!(
+                "relay: volume {name}: new primary connection from {} replaces {}",
+                pc.peer,
+                old.peer
+            );
+            old.conn.close();
+        }
+        log::info!(
+            "relay: volume {name}: primary {} (generation {}) resumes at LSN {resume_lsn}",
+            pc.peer,
+            hello.generation
+        );
+        v.primary_heard_ns = now_ns();
+        let token = self.next_token;
+        self.next_token += 1;
+        let watched = match (self.readiness.as_mut(), pc.conn.raw_fd()) {
+            (Some(r), Some(fd)) => r.add(fd, token).is_ok(),
+            _ => false,
+        };
+        let v = &mut self.volumes[i];
+        v.primary = Some(PrimaryConn {
+            conn: pc.conn,
+            peer: pc.peer,
+            stash: Vec::with_capacity(RX_BUF_BYTES),
+            stashed: VecDeque::with_capacity(64),
+            acked: resume_lsn - 1,
+            token,
+            watched,
+            recv_ns: 0,
+        });
     }
 }

@@ -66,6 +66,35 @@ impl VolChannel {
             self.free.push(slot);
         }
     }
+
+    /// Why a write cannot be taken now (the volume deleted, superseded by a newer
+    /// generation, demoted, or its acknowledgement policy unmet), or `None`. Only the
+    /// refused path builds a message.
+    fn refusal(&self) -> Option<String> {
+        let sh = &self.shared;
+        let newer = sh.superseded.load(Ordering::Acquire);
+        let (blocked, stopped, demoted) = (
+            sh.writes_blocked.load(Ordering::Acquire),
+            sh.stopped.load(Ordering::Acquire),
+            sh.demoted.load(Ordering::Acquire),
+        );
+        if !(blocked || stopped || demoted || newer != 0) {
+            return None;
+        }
+        Some(if stopped {
+            format!("volume {} deleted", sh.cfg.name)
+        } else if newer != 0 {
+            super::VolumeError::superseded(&sh.cfg.name, newer).to_string()
+        } else if demoted {
+            super::VolumeError::Demoted(sh.cfg.name.clone()).to_string()
+        } else {
+            let st = sh.status.try_lock().map(|s| relays_down(&s)).unwrap_or_default();
+            format!(
+                "volume {}: acknowledgement policy cannot be met, relays down: {st}",
+                sh.cfg.name
+            )
+        })
+    }
 }
 
 impl ChannelBackend for VolChannel {
@@ -93,31 +122,8 @@ impl ChannelBackend for VolChannel {
             IoOp::WriteZeroes => OpKind::WriteZeroes,
             IoOp::Unmap => OpKind::Deallocate,
         };
-        let newer = self.shared.superseded.load(Ordering::Acquire);
-        if self.shared.writes_blocked.load(Ordering::Acquire)
-            || self.shared.stopped.load(Ordering::Acquire)
-            || self.shared.demoted.load(Ordering::Acquire)
-            || newer != 0
-        {
+        if let Some(why) = self.refusal() {
             self.free.push(slot);
-            let why = if self.shared.stopped.load(Ordering::Acquire) {
-                format!("volume {} deleted", self.shared.cfg.name)
-            } else if newer != 0 {
-                super::VolumeError::superseded(&self.shared.cfg.name, newer).to_string()
-            } else if self.shared.demoted.load(Ordering::Acquire) {
-                super::VolumeError::Demoted(self.shared.cfg.name.clone()).to_string()
-            } else {
-                let st = self
-                    .shared
-                    .status
-                    .try_lock()
-                    .map(|s| relays_down(&s))
-                    .unwrap_or_default();
-                format!(
-                    "volume {}: acknowledgement policy cannot be met, relays down: {st}",
-                    self.shared.cfg.name
-                )
-            };
             self.ready.push_back(IoCompletion {
                 user_data,
                 result: Err(BdevError::Io(why)),

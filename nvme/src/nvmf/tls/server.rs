@@ -247,24 +247,7 @@ fn choose_psk(
 /// Handles the ClientHello: checks, binder, ServerHello and the server's encrypted flight.
 fn hello(msg: &[u8], out: &mut Vec<u8>, lookup: &mut dyn FnMut(&[u8]) -> PskAnswer) -> Result<State, HandshakeError> {
     let ch = parse_client_hello(msg)?;
-    if !ch.tls13 {
-        return Err(HandshakeError::new(
-            alert::PROTOCOL_VERSION,
-            "client does not offer TLS 1.3",
-        ));
-    }
-    let Some(modes) = ch.psk_modes else {
-        return Err(HandshakeError::new(
-            alert::MISSING_EXTENSION,
-            "client offers no PSK (no psk_key_exchange_modes / pre_shared_key): this listener needs TLS with a PSK",
-        ));
-    };
-    if ch.identities.is_empty() {
-        return Err(HandshakeError::new(
-            alert::MISSING_EXTENSION,
-            "client offers no PSK (no pre_shared_key): this listener needs TLS with a PSK",
-        ));
-    }
+    let modes = check_offer(&ch)?;
     let (idx, hash, psk) = choose_psk(&ch, lookup)?;
     if !ch.suites.contains(&hash.suite()) {
         return Err(HandshakeError::new(
@@ -275,17 +258,8 @@ fn hello(msg: &[u8], out: &mut Vec<u8>, lookup: &mut dyn FnMut(&[u8]) -> PskAnsw
             ),
         ));
     }
-    // Binder (RFC 8446 §4.2.11.2) over the ClientHello up to the binders list.
     let early = hash.extract(None, &psk);
-    let binder_key = hash.derive_secret(&early, b"ext binder", &hash.empty_hash());
-    let fk = hash.expand_label(&binder_key, b"finished", b"", hash.out_len());
-    let partial = digest::digest(hash.digest_alg(), &msg[..ch.binders_at]);
-    if !ct_eq(&hash.hmac(&fk, &[partial.as_ref()]), ch.binders[idx]) {
-        return Err(HandshakeError::new(
-            alert::DECRYPT_ERROR,
-            "PSK binder does not verify: the host's key differs from the one configured for it",
-        ));
-    }
+    verify_binder(msg, &ch, idx, hash, &early)?;
     let (kx, share, shared) = key_exchange(&ch, modes)?;
     let rng = SystemRandom::new();
     let mut random = [0u8; 32];
@@ -347,6 +321,44 @@ fn hello(msg: &[u8], out: &mut Vec<u8>, lookup: &mut dyn FnMut(&[u8]) -> PskAnsw
         identity: ch.identities[idx].to_vec(),
         kx,
     })
+}
+
+/// The ClientHello offers TLS 1.3 and a PSK: returns its PSK key exchange modes.
+fn check_offer<'a>(ch: &ClientHello<'a>) -> Result<&'a [u8], HandshakeError> {
+    if !ch.tls13 {
+        return Err(HandshakeError::new(
+            alert::PROTOCOL_VERSION,
+            "client does not offer TLS 1.3",
+        ));
+    }
+    let Some(modes) = ch.psk_modes else {
+        return Err(HandshakeError::new(
+            alert::MISSING_EXTENSION,
+            "client offers no PSK (no psk_key_exchange_modes / pre_shared_key): this listener needs TLS with a PSK",
+        ));
+    };
+    if ch.identities.is_empty() {
+        return Err(HandshakeError::new(
+            alert::MISSING_EXTENSION,
+            "client offers no PSK (no pre_shared_key): this listener needs TLS with a PSK",
+        ));
+    }
+    Ok(modes)
+}
+
+/// The binder of identity `idx` (RFC 8446 §4.2.11.2), over the ClientHello up to the
+/// binders list, proves the host holds the same PSK (`early`: its early secret).
+fn verify_binder(msg: &[u8], ch: &ClientHello<'_>, idx: usize, hash: Hash, early: &[u8]) -> Result<(), HandshakeError> {
+    let binder_key = hash.derive_secret(early, b"ext binder", &hash.empty_hash());
+    let fk = hash.expand_label(&binder_key, b"finished", b"", hash.out_len());
+    let partial = digest::digest(hash.digest_alg(), &msg[..ch.binders_at]);
+    if !ct_eq(&hash.hmac(&fk, &[partial.as_ref()]), ch.binders[idx]) {
+        return Err(HandshakeError::new(
+            alert::DECRYPT_ERROR,
+            "PSK binder does not verify: the host's key differs from the one configured for it",
+        ));
+    }
+    Ok(())
 }
 
 /// The server's key share and the shared secret: (name, (group, public key), secret).
