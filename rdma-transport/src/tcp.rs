@@ -405,9 +405,10 @@ impl<B: Deref<Target = [u8]>> TcpConnection<B> {
             if env.frame_len > avail.len() {
                 return Ok(env.frame_len);
             }
-            match wire::parse(&avail[..env.frame_len]) {
-                Ok(frame) => on_frame(frame),
-                Err(e) => return Err(self.report(e.into())),
+            // The frame borrows the buffer: report a parse error only once it is gone.
+            let parsed = wire::parse(&avail[..env.frame_len]).map(&mut *on_frame);
+            if let Err(e) = parsed {
+                return Err(self.report(e.into()));
             }
             self.rx_start += env.frame_len;
             *delivered += 1;

@@ -468,7 +468,7 @@ impl Qpair {
 
     /// ICResp: the controller's digests, data alignment and largest H2CData.
     fn on_icresp(&mut self, cpda: u8, hdgst: bool, ddgst: bool, maxh2cdata: u32) -> Result<(), HostError> {
-        if maxh2cdata < 4096 || maxh2cdata % 4 != 0 {
+        if maxh2cdata < 4096 || !maxh2cdata.is_multiple_of(4) {
             return Err(self.protocol("ICResp MAXH2CDATA below 4096 or unaligned"));
         }
         self.dg = TxDigests {
