@@ -115,6 +115,8 @@ pub(super) struct VReq {
     pub(super) result: Result<(), BdevError>,
     pub(super) stage: Stage,
     pub(super) is_read: bool,
+    /// A read of one run: the request's own buffer went to the data bdev.
+    pub(super) direct: bool,
 }
 
 /// A head channel's handles on the shared state and the metadata bdev.
@@ -237,7 +239,9 @@ impl VChannel {
         if let Err(e) = c.result {
             r.result = Err(e);
         }
-        if let (Some(sub), Some(dst)) = (c.buf, r.buf.as_mut()) {
+        if r.direct {
+            r.buf = c.buf;
+        } else if let (Some(sub), Some(dst)) = (c.buf, r.buf.as_mut()) {
             if r.is_read {
                 let at = off * bs;
                 if at + sub.len() <= dst.len() {
@@ -379,6 +383,15 @@ impl VChannel {
             }
             i += len;
         }
+        if let [(0, p, len)] = runs[..] {
+            if len == n {
+                // One run: the data bdev reads into the request's buffer.
+                self.req(slot).direct = true;
+                self.sub(IoOp::Read, slot, 0, p, len, Some(buf), false);
+                self.runs = runs;
+                return;
+            }
+        }
         self.req(slot).buf = Some(buf);
         for &(i, p, len) in &runs {
             let b = DmaBuf::recycled(len as usize * self.bs);
@@ -445,6 +458,7 @@ impl ChannelBackend for VChannel {
             result: Ok(()),
             stage: Stage::Io,
             is_read: io.op == IoOp::Read,
+            direct: false,
         });
         match io.op {
             IoOp::Read => self.submit_read(slot, io),
