@@ -16,7 +16,8 @@ mod common;
 
 use common::offer_wire;
 use engine::alloc_count::{thread_allocations, CountingAllocator};
-use engine::bdev::malloc;
+use engine::bdev::{malloc, BdevChannel, IoOp, IoRequest};
+use engine::buf::DmaBuf;
 use rdma_transport::wire::Op;
 use standby::delayed::DelayedOpts;
 use standby::snapshot::SnapshotOpts;
@@ -136,5 +137,89 @@ fn snapshot_mode_allocates_nothing_per_op() {
     assert!(
         (allocs as f64) < 0.5 * writes as f64,
         "snapshot mode: {allocs} allocations for {writes} writes in {epochs} epochs"
+    );
+}
+
+/// One request through `ch` with the caller's buffer, polled to completion; the
+/// buffer comes back for the next request.
+fn head_io(ch: &mut BdevChannel, op: IoOp, lba: u64, n: u32, buf: DmaBuf) -> DmaBuf {
+    ch.submit(IoRequest {
+        op,
+        offset_blocks: lba,
+        num_blocks: n,
+        buf: Some(buf),
+        user_data: lba,
+    })
+    .unwrap_or_else(|_| panic!("head channel full"));
+    let mut got = None;
+    while got.is_none() {
+        ch.poll(&mut |c| got = Some(c));
+    }
+    let c = got.unwrap();
+    c.result.unwrap();
+    c.buf.unwrap()
+}
+
+/// The promoted head (two channels on this thread): reads of 1-4 blocks (of the
+/// snapshot's blocks, the head's and never-written ones) and overwrites, alternating
+/// channels, count no allocation once every block has had its first write and the
+/// buffer caches are warm. First writes may allocate (a map leaf, the change list's
+/// growth); reads and overwrites must not.
+#[test]
+fn promoted_head_reads_and_overwrites_allocate_nothing() {
+    let mut v = StandbyVolume::open(StandbyConfig {
+        name: "na-head".into(),
+        mode: ModeConfig::Snapshot {
+            data: malloc::create("na-head-data", 16384, BS as u32, None).unwrap(),
+            metadata: malloc::create("na-head-meta", 2 + 2 * 2048, BS as u32, None).unwrap(),
+            volume_blocks: 4096,
+            opts: SnapshotOpts { keep_last: 2 },
+        },
+        format: true,
+    })
+    .unwrap();
+    let mut f = Feed {
+        lsn: 0,
+        epoch: 0,
+        x: 0x9e37_79b9_7f4a_7c15,
+        data: (0..4u8).map(|i| vec![i; 2 * BS]).collect(),
+    };
+    f.run(&mut v, 2);
+    let head = v.promote().unwrap();
+    let mut chans = [head.open_channel().unwrap(), head.open_channel().unwrap()];
+    let buf = DmaBuf::alloc(4 * BS);
+    let mut one = DmaBuf::alloc(BS);
+    // First writes of the overwritten set (blocks 2048..3072), through both channels.
+    for lba in 2048..3072u64 {
+        one = head_io(&mut chans[(lba % 2) as usize], IoOp::Write, lba, 1, one);
+    }
+    const OPS: u64 = 4000;
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut round = |chans: &mut [BdevChannel; 2], mut buf: DmaBuf, mut one: DmaBuf| {
+        for i in 0..OPS {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let ch = &mut chans[(i % 2) as usize];
+            if i % 2 == 0 {
+                let n = 1 + (x % 4) as u32;
+                // Snapshot blocks, head blocks and never-written blocks alike.
+                let lba = (x >> 8) % (4096 - 4);
+                buf.set_len(n as usize * BS);
+                buf = head_io(ch, IoOp::Read, lba, n, buf);
+            } else {
+                one = head_io(ch, IoOp::Write, 2048 + (x >> 8) % 1024, 1, one);
+            }
+        }
+        (buf, one)
+    };
+    let (b, o) = round(&mut chans, buf, one);
+    let before = thread_allocations();
+    let (_b, _o) = round(&mut chans, b, o);
+    let allocs = thread_allocations() - before;
+    println!("promoted head: {OPS} reads and overwrites over two channels, {allocs} allocations");
+    assert_eq!(
+        allocs, 0,
+        "promoted head: {allocs} allocations in {OPS} reads and overwrites"
     );
 }

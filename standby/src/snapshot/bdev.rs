@@ -1,6 +1,7 @@
 //! The bdevs over snapshots: a read-only snapshot export and the writable head of a
-//! promoted standby, whose channel redirects a block's first write to a new block and
-//! journals its map changes on flush (`docs/standby.md`, "Primary failure and promotion").
+//! promoted standby, whose channels (any number, on any reactors) redirect a block's
+//! first write to a new block and journal the map changes on flush through the head's
+//! shared state (`head.rs`; `docs/standby.md`, "Primary failure and promotion").
 
 use super::*;
 
@@ -10,7 +11,7 @@ pub(super) const VCHANNEL_DEPTH: usize = 256;
 /// A read-only bdev showing one snapshot (DR drills while replication goes
 /// on). The map is frozen at export; the snapshot is pinned (not deleted)
 /// while this bdev lives. Reads are split by physical run; each run reads
-/// into its own buffer (allocated: this is a drill path, not the data path).
+/// into its own recycled buffer (`DmaBuf::recycled`).
 pub struct SnapshotBdev {
     pub(super) name: String,
     pub(super) uuid: [u8; 16],
@@ -45,11 +46,7 @@ impl Bdev for SnapshotBdev {
         matches!(op, IoOp::Read | IoOp::Flush)
     }
     fn open_channel(&self) -> Result<BdevChannel, BdevError> {
-        let map = self.map.clone();
-        let lookup: MapFn = Box::new(move |lba| match map.binary_search_by_key(&lba, |e| e.0) {
-            Ok(i) => map[i].1,
-            Err(_) => ZERO_PBA,
-        });
+        let lookup = Lookup::Frozen(self.map.clone());
         Ok(BdevChannel::new(
             &self.name,
             Geometry::new(self.block_size, self.num_blocks, 1, &[IoOp::Read, IoOp::Flush]),
@@ -65,35 +62,99 @@ impl Bdev for SnapshotBdev {
     }
 }
 
-pub(super) type MapFn = Box<dyn Fn(u64) -> u64>;
+/// Where a channel looks blocks up.
+pub(super) enum Lookup {
+    /// A snapshot's map, frozen at export: sorted `(lba, pba)`.
+    Frozen(Arc<Vec<(u64, u64)>>),
+    /// The head's shared map.
+    Head(Arc<HeadShared>),
+}
+
+impl Lookup {
+    fn pba(&self, lba: u64) -> u64 {
+        match self {
+            Lookup::Frozen(map) => match map.binary_search_by_key(&lba, |e| e.0) {
+                Ok(i) => map[i].1,
+                Err(_) => ZERO_PBA,
+            },
+            Lookup::Head(h) => h.map.get(lba).pba,
+        }
+    }
+}
+
+/// What a request waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stage {
+    /// Reads, writes in place, unmaps: its sub-requests.
+    Io,
+    /// A write with new blocks: its data, then publishing them.
+    FreshWrite,
+    /// A write that lost a block to a concurrent first write: the copy into the winner's.
+    Rewrite,
+    /// A head flush: the data bdev's flush; then the map changes before `cut`.
+    FlushData {
+        cut: u64,
+    },
+    /// Another flush holds the journal; retried at each poll.
+    FlushWait {
+        cut: u64,
+    },
+    JournalWrite {
+        nblocks: u64,
+    },
+    JournalFlush {
+        nblocks: u64,
+    },
+}
 
 pub(super) struct VReq {
     pub(super) user_data: u64,
     pub(super) buf: Option<DmaBuf>,
+    pub(super) lba: u64,
     pub(super) remaining: usize,
     pub(super) result: Result<(), BdevError>,
-    /// Flush of the head: journal the dirty map after the data flush.
-    pub(super) flush_stage: u8,
+    pub(super) stage: Stage,
     pub(super) is_read: bool,
-    /// Head writes: new mappings, recorded for journaling only once the
-    /// request's data is on the data bdev.
-    pub(super) new_maps: Vec<(u64, u64)>,
-    /// Head flush: blocks freed by the mappings it journals, reusable once
-    /// the journal record is durable.
-    pub(super) release_after: Vec<u64>,
+    /// A read of one run: the request's own buffer went to the data bdev.
+    pub(super) direct: bool,
+}
+
+/// A head channel's handles on the shared state and the metadata bdev.
+pub(super) struct HeadCtx {
+    pub(super) meta: BdevChannel,
+    pub(super) shared: Arc<HeadShared>,
+    /// Next-fit cursor of this channel's allocations.
+    pub(super) cursor: u64,
+    /// Per slot: the new blocks of its write (capacity kept between requests).
+    pub(super) fresh: Vec<Vec<Fresh>>,
+    /// Blocks lost to concurrent first writes (scratch).
+    pub(super) lost: Vec<(u32, u64)>,
+    /// The journal record this channel is writing, if it holds the journal.
+    pub(super) entries: Vec<(u64, u64)>,
+    pub(super) release: Vec<u64>,
+    pub(super) record: Vec<u8>,
+    pub(super) holds_journal: Option<u64>,
+    /// Flushes waiting for the journal.
+    pub(super) waiting: VecDeque<usize>,
 }
 
 /// Channel of a snapshot or head bdev: splits block requests into runs on
-/// the data bdev and reassembles them.
+/// the data bdev and reassembles them. Nothing here allocates per read or per
+/// overwrite once warm: slots, queues and scratch lists keep their capacity, run
+/// buffers are recycled.
 pub(super) struct VChannel {
     pub(super) data: BdevChannel,
     pub(super) bs: usize,
-    pub(super) lookup: MapFn,
+    pub(super) lookup: Lookup,
     pub(super) head: Option<HeadCtx>,
     pub(super) reqs: Vec<Option<VReq>>,
     pub(super) free_slots: Vec<usize>,
     pub(super) backlog: VecDeque<IoRequest>,
     pub(super) done: VecDeque<IoCompletion>,
+    /// `(offset in request, pba, blocks)` of the request being split (scratch).
+    pub(super) runs: Vec<(u64, u64, u64)>,
+    /// Sub-request completions of one poll (scratch).
+    pub(super) subs: Vec<IoCompletion>,
 }
 
 /// Sub-request user data: slot in the high half, block offset in the request
@@ -101,7 +162,7 @@ pub(super) struct VChannel {
 pub(super) const SUB_META: u64 = 1 << 63;
 
 impl VChannel {
-    fn new(data: BdevChannel, bs: u32, lookup: MapFn, head: Option<HeadCtx>) -> VChannel {
+    fn new(data: BdevChannel, bs: u32, lookup: Lookup, head: Option<HeadCtx>) -> VChannel {
         VChannel {
             data,
             bs: bs as usize,
@@ -109,8 +170,10 @@ impl VChannel {
             head,
             reqs: (0..VCHANNEL_DEPTH).map(|_| None).collect(),
             free_slots: (0..VCHANNEL_DEPTH).rev().collect(),
-            backlog: VecDeque::new(),
-            done: VecDeque::new(),
+            backlog: VecDeque::with_capacity(VCHANNEL_DEPTH),
+            done: VecDeque::with_capacity(VCHANNEL_DEPTH),
+            runs: Vec::new(),
+            subs: Vec::with_capacity(VCHANNEL_DEPTH),
         }
     }
 
@@ -131,24 +194,13 @@ impl VChannel {
         }
     }
 
+    fn req(&mut self, slot: usize) -> &mut VReq {
+        self.reqs[slot].as_mut().expect("live slot")
+    }
+
     fn finish(&mut self, slot: usize) {
-        let mut r = self.reqs[slot].take().expect("live slot");
+        let r = self.reqs[slot].take().expect("live slot");
         self.free_slots.push(slot);
-        if let Some(h) = self.head.as_mut() {
-            if !r.new_maps.is_empty() || !r.release_after.is_empty() {
-                let mut st = h.state.take_state();
-                if r.result.is_ok() {
-                    st.dirty.append(&mut r.new_maps);
-                    for b in r.release_after.drain(..) {
-                        st.alloc.release(b);
-                    }
-                } else {
-                    // Not journaled: keep the blocks out of use until a later flush.
-                    st.limbo.append(&mut r.release_after);
-                }
-                h.state.put_state(st);
-            }
-        }
         self.done.push_back(IoCompletion {
             user_data: r.user_data,
             result: r.result,
@@ -158,7 +210,7 @@ impl VChannel {
 
     #[allow(clippy::too_many_arguments)]
     fn sub(&mut self, op: IoOp, slot: usize, off_in_req: u64, pba: u64, n: u64, buf: Option<DmaBuf>, meta: bool) {
-        self.reqs[slot].as_mut().expect("live slot").remaining += 1;
+        self.req(slot).remaining += 1;
         self.backlog.push_back(IoRequest {
             op,
             offset_blocks: pba,
@@ -168,82 +220,232 @@ impl VChannel {
         });
     }
 
+    /// A sub-request write of the request's blocks `[i, i + n)` to `pba`.
+    fn sub_write(&mut self, slot: usize, i: u64, pba: u64, n: u64) {
+        let bs = self.bs;
+        let mut b = DmaBuf::recycled(n as usize * bs);
+        if let Some(src) = self.req(slot).buf.as_ref() {
+            b.copy_from_slice(&src[i as usize * bs..(i + n) as usize * bs]);
+        }
+        self.sub(IoOp::Write, slot, i, pba, n, Some(b), false);
+    }
+
     fn on_sub(&mut self, c: IoCompletion) {
         let slot = ((c.user_data & !SUB_META) >> 32) as usize;
         let off = (c.user_data & 0xffff_ffff) as usize;
+        let bs = self.bs;
         let Some(r) = self.reqs[slot].as_mut() else { return };
         r.remaining -= 1;
         if let Err(e) = c.result {
             r.result = Err(e);
         }
-        if let (Some(sub), Some(dst)) = (c.buf, r.buf.as_mut()) {
+        if r.direct {
+            r.buf = c.buf;
+        } else if let (Some(sub), Some(dst)) = (c.buf, r.buf.as_mut()) {
             if r.is_read {
-                let at = off * self.bs;
+                let at = off * bs;
                 if at + sub.len() <= dst.len() {
                     dst[at..at + sub.len()].copy_from_slice(&sub);
                 }
             }
         }
         if r.remaining == 0 {
-            if r.flush_stage == 1 && r.result.is_ok() {
-                // Data flushed: now journal the head map and flush metadata.
-                r.flush_stage = 2;
-                self.journal_head(slot);
-                if self.reqs[slot].as_ref().is_some_and(|r| r.remaining > 0) {
-                    return;
-                }
+            self.next_stage(slot);
+        }
+    }
+
+    /// A request's sub-requests are all done: its next stage, or its completion.
+    fn next_stage(&mut self, slot: usize) {
+        let r = self.req(slot);
+        let ok = r.result.is_ok();
+        match r.stage {
+            Stage::FreshWrite => self.publish(slot),
+            Stage::FlushData { cut } if ok => self.journal(slot, cut),
+            Stage::JournalWrite { nblocks } if ok => {
+                self.req(slot).stage = Stage::JournalFlush { nblocks };
+                self.sub(IoOp::Flush, slot, 0, 0, 0, None, true);
             }
+            Stage::JournalWrite { nblocks } | Stage::JournalFlush { nblocks } => {
+                self.end_journal(ok, nblocks);
+                self.req(slot).stage = Stage::Io;
+            }
+            _ => {}
+        }
+        self.finish_if_idle(slot);
+    }
+
+    /// Completes a request with nothing in flight and nothing to wait for.
+    fn finish_if_idle(&mut self, slot: usize) {
+        if self.reqs[slot]
+            .as_ref()
+            .is_some_and(|r| r.remaining == 0 && !matches!(r.stage, Stage::FlushWait { .. }))
+        {
             self.finish(slot);
         }
     }
 
-    fn journal_head(&mut self, slot: usize) {
+    /// A first write's data is on the data bdev: its new blocks become visible to
+    /// every channel; a block lost to a concurrent first write is written again into
+    /// the winner's block.
+    fn publish(&mut self, slot: usize) {
+        let (lba, ok) = {
+            let r = self.req(slot);
+            r.stage = Stage::Rewrite;
+            (r.lba, r.result.is_ok())
+        };
+        let h = self.head.as_mut().expect("only the head writes");
+        let mut lost = std::mem::take(&mut h.lost);
+        if ok {
+            h.shared.publish(lba, &h.fresh[slot], &mut lost);
+        } else {
+            // Never visible: the blocks go back at once.
+            h.fresh[slot].iter().for_each(|f| h.shared.alloc.release(f.pba));
+        }
+        h.fresh[slot].clear();
+        for &(off, pba) in &lost {
+            self.sub_write(slot, off as u64, pba, 1);
+        }
+        lost.clear();
+        self.head.as_mut().expect("head").lost = lost;
+    }
+
+    /// A head flush's data is durable: journal the map changes before its cut.
+    fn journal(&mut self, slot: usize, cut: u64) {
         let bs = self.bs;
-        let Some(h) = self.head.as_mut() else { return };
-        let mut st = h.state.take_state();
-        if st.dirty.is_empty() {
-            h.state.put_state(st);
-            return;
-        }
-        let mut recs = Vec::new();
-        let mut entries = std::mem::take(&mut st.dirty);
-        // Last mapping of a block wins: stable sort keeps submission order.
-        entries.sort_by_key(|e| e.0);
-        let mut dedup: Vec<(u64, u64)> = Vec::with_capacity(entries.len());
-        for e in entries {
-            if dedup.last().is_some_and(|l| l.0 == e.0) {
-                dedup.pop();
+        let h = self.head.as_mut().expect("only the head flushes its map");
+        match h.shared.start_journal(cut, &mut h.entries, &mut h.release) {
+            JournalStart::Busy => {
+                h.waiting.push_back(slot);
+                self.req(slot).stage = Stage::FlushWait { cut };
             }
-            dedup.push(e);
+            JournalStart::Nothing => self.req(slot).stage = Stage::Io,
+            JournalStart::Full => {
+                self.req(slot).result = Err(BdevError::Io(
+                    "standby metadata area full: head map cannot be journaled".into(),
+                ));
+            }
+            JournalStart::Write { at, seq, nblocks } => {
+                h.holds_journal = Some(nblocks);
+                h.record.clear();
+                encode_head(&mut h.record, bs, seq, &h.entries);
+                let mut b = DmaBuf::recycled(h.record.len());
+                b.copy_from_slice(&h.record);
+                self.req(slot).stage = Stage::JournalWrite { nblocks };
+                // Write then flush: queue order on one channel is not completion
+                // order, so the flush waits for the write's completion.
+                self.sub(IoOp::Write, slot, 0, at, nblocks, Some(b), true);
+            }
         }
-        encode_head(&mut recs, bs, st.next_seq, &dedup);
-        let nblocks = (recs.len() / bs) as u64;
-        if st.log_pos + nblocks > st.area_blocks {
-            st.dirty = dedup;
-            h.state.put_state(st);
-            self.reqs[slot].as_mut().expect("live").result = Err(BdevError::Io(
-                "standby metadata area full: head map cannot be journaled".into(),
-            ));
-            return;
+    }
+
+    fn end_journal(&mut self, ok: bool, nblocks: u64) {
+        let h = self.head.as_mut().expect("head");
+        h.holds_journal = None;
+        h.shared.end_journal(ok, nblocks, &mut h.entries, &mut h.release);
+    }
+
+    /// Flushes waiting for the journal try again.
+    fn retry_waiting(&mut self) {
+        let n = self.head.as_ref().map_or(0, |h| h.waiting.len());
+        for _ in 0..n {
+            let Some(slot) = self.head.as_mut().and_then(|h| h.waiting.pop_front()) else {
+                break;
+            };
+            if let Some(Stage::FlushWait { cut }) = self.reqs[slot].as_ref().map(|r| r.stage) {
+                self.journal(slot, cut);
+                self.finish_if_idle(slot);
+            }
         }
-        let at = st.area_start + st.log_pos;
-        st.log_pos += nblocks;
-        st.next_seq += 1;
-        let release = std::mem::take(&mut st.limbo);
-        h.state.put_state(st);
-        self.reqs[slot].as_mut().expect("live").release_after = release;
-        let mut b = DmaBuf::recycled(recs.len());
-        b.copy_from_slice(&recs);
-        self.sub(IoOp::Write, slot, 0, at, nblocks, Some(b), true);
-        // Write then flush: queue order on one channel is not completion
-        // order, so the flush waits for the write's completion (stage 3).
-        self.reqs[slot].as_mut().expect("live").flush_stage = 3;
+    }
+
+    /// Splits a read into runs of the map; zero runs are filled here.
+    fn submit_read(&mut self, slot: usize, io: IoRequest) {
+        let mut buf = io.buf.expect("validated: reads carry a buffer");
+        let n = io.num_blocks as u64;
+        let mut runs = std::mem::take(&mut self.runs);
+        runs.clear();
+        let mut i = 0;
+        while i < n {
+            let p = self.lookup.pba(io.offset_blocks + i);
+            let mut len = 1;
+            while i + len < n {
+                let q = self.lookup.pba(io.offset_blocks + i + len);
+                let contiguous = if p == ZERO_PBA { q == ZERO_PBA } else { q == p + len };
+                if !contiguous {
+                    break;
+                }
+                len += 1;
+            }
+            if p == ZERO_PBA {
+                buf[i as usize * self.bs..(i + len) as usize * self.bs].fill(0);
+            } else {
+                runs.push((i, p, len));
+            }
+            i += len;
+        }
+        if let [(0, p, len)] = runs[..] {
+            if len == n {
+                // One run: the data bdev reads into the request's buffer.
+                self.req(slot).direct = true;
+                self.sub(IoOp::Read, slot, 0, p, len, Some(buf), false);
+                self.runs = runs;
+                return;
+            }
+        }
+        self.req(slot).buf = Some(buf);
+        for &(i, p, len) in &runs {
+            let b = DmaBuf::recycled(len as usize * self.bs);
+            self.sub(IoOp::Read, slot, i, p, len, Some(b), false);
+        }
+        self.runs = runs;
+    }
+
+    /// A head write: in place where the head owns the block, else into a new block
+    /// published when the data is written (`publish`). Contiguous blocks go as one run.
+    fn submit_write(&mut self, slot: usize, io: IoRequest) {
+        self.req(slot).buf = io.buf;
+        let n = io.num_blocks as u64;
+        let h = self.head.as_mut().expect("only the head accepts writes");
+        let mut runs = std::mem::take(&mut self.runs);
+        runs.clear();
+        let fresh = &mut h.fresh[slot];
+        fresh.clear();
+        let mut full = false;
+        for i in 0..n {
+            let pba = match h.shared.map.get(io.offset_blocks + i).in_place() {
+                Some(p) => p,
+                None => match h.shared.alloc.take(&mut h.cursor) {
+                    Some(p) => {
+                        fresh.push(Fresh { off: i as u32, pba: p });
+                        p
+                    }
+                    None => {
+                        full = true;
+                        break;
+                    }
+                },
+            };
+            match runs.last_mut() {
+                Some(r) if r.1 + r.2 == pba => r.2 += 1,
+                _ => runs.push((i, pba, 1)),
+            }
+        }
+        if full {
+            fresh.drain(..).for_each(|f| h.shared.alloc.release(f.pba));
+            self.req(slot).result = Err(BdevError::Io("standby data bdev is full".into()));
+        } else {
+            if !fresh.is_empty() {
+                self.req(slot).stage = Stage::FreshWrite;
+            }
+            for &(i, p, len) in &runs {
+                self.sub_write(slot, i, p, len);
+            }
+        }
+        self.runs = runs;
     }
 }
 
 impl ChannelBackend for VChannel {
-    // One piece on purpose: one dispatch over the I/O kinds on the data path, each arm the
-    // translation of that kind through the block map, all sharing the slot just taken.
     fn submit(&mut self, io: IoRequest) -> Result<(), IoRequest> {
         let Some(slot) = self.free_slots.pop() else {
             return Err(io);
@@ -251,149 +453,45 @@ impl ChannelBackend for VChannel {
         self.reqs[slot] = Some(VReq {
             user_data: io.user_data,
             buf: None,
+            lba: io.offset_blocks,
             remaining: 0,
             result: Ok(()),
-            flush_stage: 0,
+            stage: Stage::Io,
             is_read: io.op == IoOp::Read,
-            new_maps: Vec::new(),
-            release_after: Vec::new(),
+            direct: false,
         });
         match io.op {
-            IoOp::Read => {
-                let mut buf = io.buf.expect("validated: reads carry a buffer");
-                let n = io.num_blocks as u64;
-                let mut i = 0;
-                let mut subs = Vec::new();
-                while i < n {
-                    let p = (self.lookup)(io.offset_blocks + i);
-                    let mut len = 1;
-                    while i + len < n {
-                        let q = (self.lookup)(io.offset_blocks + i + len);
-                        let contiguous = if p == ZERO_PBA { q == ZERO_PBA } else { q == p + len };
-                        if !contiguous {
-                            break;
-                        }
-                        len += 1;
-                    }
-                    if p == ZERO_PBA {
-                        buf[i as usize * self.bs..(i + len) as usize * self.bs].fill(0);
-                    } else {
-                        subs.push((i, p, len));
-                    }
-                    i += len;
-                }
-                self.reqs[slot].as_mut().expect("just set").buf = Some(buf);
-                for (i, p, len) in subs {
-                    let b = DmaBuf::recycled(len as usize * self.bs);
-                    self.sub(IoOp::Read, slot, i, p, len, Some(b), false);
-                }
-            }
-            IoOp::Write => {
-                let buf = io.buf.expect("validated: writes carry a buffer");
-                let h = self.head.as_mut().expect("only the head accepts writes");
-                let mut st = h.state.take_state();
-                let n = io.num_blocks as u64;
-                let mut writes = Vec::new();
-                let mut new_maps = Vec::new();
-                let mut failed = false;
-                for i in 0..n {
-                    let lba = io.offset_blocks + i;
-                    let pba = match st.map.get(&lba) {
-                        Some(&(p, true)) if p != ZERO_PBA => p,
-                        _ => match st.alloc.run(1) {
-                            Some((p, _)) => {
-                                if let Some((old, true)) = st.map.insert(lba, (p, true)) {
-                                    if old != ZERO_PBA {
-                                        st.alloc.release(old);
-                                    }
-                                }
-                                new_maps.push((lba, p));
-                                p
-                            }
-                            None => {
-                                failed = true;
-                                break;
-                            }
-                        },
-                    };
-                    writes.push((i, pba));
-                }
-                h.state.put_state(st);
-                self.reqs[slot].as_mut().expect("live").new_maps = new_maps;
-                if failed {
-                    self.reqs[slot].as_mut().expect("live").result =
-                        Err(BdevError::Io("standby data bdev is full".into()));
-                } else {
-                    // Coalesce physically contiguous blocks into runs.
-                    let mut k = 0;
-                    while k < writes.len() {
-                        let (i0, p0) = writes[k];
-                        let mut len = 1;
-                        while k + (len as usize) < writes.len() && writes[k + len as usize].1 == p0 + len {
-                            len += 1;
-                        }
-                        let mut b = DmaBuf::recycled(len as usize * self.bs);
-                        b.copy_from_slice(&buf[i0 as usize * self.bs..(i0 + len) as usize * self.bs]);
-                        self.sub(IoOp::Write, slot, i0, p0, len, Some(b), false);
-                        k += len as usize;
-                    }
-                }
-                self.reqs[slot].as_mut().expect("live").buf = Some(buf);
-            }
+            IoOp::Read => self.submit_read(slot, io),
+            IoOp::Write => self.submit_write(slot, io),
             IoOp::WriteZeroes | IoOp::Unmap => {
-                let h = self.head.as_mut().expect("only the head accepts writes");
-                let mut st = h.state.take_state();
-                let mut new_maps = Vec::with_capacity(io.num_blocks as usize);
-                for i in 0..io.num_blocks as u64 {
-                    let lba = io.offset_blocks + i;
-                    if let Some((old, true)) = st.map.insert(lba, (ZERO_PBA, true)) {
-                        if old != ZERO_PBA {
-                            // The journal may still map lba to it: reusable
-                            // only once the zero mapping is journaled.
-                            st.limbo.push(old);
-                        }
-                    }
-                    new_maps.push((lba, ZERO_PBA));
-                }
-                h.state.put_state(st);
-                self.reqs[slot].as_mut().expect("live").new_maps = new_maps;
+                let h = self.head.as_ref().expect("only the head accepts writes");
+                h.shared.unmap(io.offset_blocks, io.num_blocks as u64);
             }
             IoOp::Flush => {
-                if self.head.is_some() {
-                    self.reqs[slot].as_mut().expect("live").flush_stage = 1;
+                if let Some(h) = self.head.as_ref() {
+                    let cut = h.shared.cut();
+                    self.req(slot).stage = Stage::FlushData { cut };
                     self.sub(IoOp::Flush, slot, 0, 0, 0, None, false);
                 }
             }
         }
-        if self.reqs[slot].as_ref().is_some_and(|r| r.remaining == 0) {
-            self.finish(slot);
-        }
+        self.finish_if_idle(slot);
         self.pump();
         Ok(())
     }
 
     fn poll(&mut self, f: &mut dyn FnMut(IoCompletion)) -> usize {
         self.pump();
-        let mut subs = Vec::new();
+        let mut subs = std::mem::take(&mut self.subs);
         self.data.poll(&mut |c| subs.push(c));
         if let Some(h) = self.head.as_mut() {
             h.meta.poll(&mut |c| subs.push(c));
         }
-        for c in subs {
-            let slot = ((c.user_data & !SUB_META) >> 32) as usize;
-            if self.reqs[slot].as_ref().is_some_and(|r| r.flush_stage == 3) {
-                // Head journal write done: flush the metadata bdev.
-                let r = self.reqs[slot].as_mut().expect("live");
-                r.remaining -= 1;
-                if let Err(e) = c.result {
-                    r.result = Err(e);
-                }
-                r.flush_stage = 4;
-                self.sub(IoOp::Flush, slot, 0, 0, 0, None, true);
-                continue;
-            }
+        for c in subs.drain(..) {
             self.on_sub(c);
         }
+        self.subs = subs;
+        self.retry_waiting();
         self.pump();
         let n = self.done.len();
         while let Some(c) = self.done.pop_front() {
@@ -403,37 +501,13 @@ impl ChannelBackend for VChannel {
     }
 }
 
-/// Head state: owned by the one open channel of the head (taken out of the
-/// bdev's mutex when the channel opens, put back when it closes), so the
-/// data path takes no lock.
-pub(super) struct HeadState {
-    /// lba -> (pba, owned by the head: may be overwritten in place).
-    pub(super) map: HashMap<u64, (u64, bool)>,
-    pub(super) alloc: Alloc,
-    /// Head mappings written but not yet journaled (journaled on flush).
-    pub(super) dirty: Vec<(u64, u64)>,
-    /// Blocks unmapped by a write-zeroes, reusable after the next journal flush.
-    pub(super) limbo: Vec<u64>,
-    pub(super) log_pos: u64,
-    pub(super) next_seq: u64,
-    pub(super) area_start: u64,
-    pub(super) area_blocks: u64,
-}
-
-pub(super) struct HeadCtx {
-    pub(super) meta: BdevChannel,
-    pub(super) state: StateCell,
-}
-
-/// The head state while a channel holds it.
-pub(super) struct StateCell(Option<HeadState>);
-
-impl StateCell {
-    fn take_state(&mut self) -> HeadState {
-        self.0.take().expect("head state present while the channel lives")
-    }
-    fn put_state(&mut self, s: HeadState) {
-        self.0 = Some(s);
+impl Drop for VChannel {
+    fn drop(&mut self) {
+        // A channel closed while its flush holds the journal gives it back (the
+        // record's fate is unknown: its changes go into the next record).
+        if let Some(nblocks) = self.head.as_ref().and_then(|h| h.holds_journal) {
+            self.end_journal(false, nblocks);
+        }
     }
 }
 
@@ -441,7 +515,7 @@ impl StateCell {
 /// with writes redirected to blocks no snapshot holds (allocate on first
 /// write, overwrite in place after), the map journaled on flush (volatile
 /// write cache semantics: what was written before a completed flush survives
-/// a crash). One channel at a time: the state moves into the channel.
+/// a crash). Any number of channels: they share [`HeadShared`].
 pub struct HeadBdev {
     pub(super) name: String,
     pub(super) uuid: [u8; 16],
@@ -449,13 +523,8 @@ pub struct HeadBdev {
     pub(super) num_blocks: u64,
     pub(super) data: Arc<dyn Bdev>,
     pub(super) meta: Arc<dyn Bdev>,
-    pub(super) state: Arc<Mutex<Option<HeadState>>>,
+    pub(super) shared: Arc<HeadShared>,
     pub(super) stats: StatsSet,
-}
-
-pub(super) struct HeadChannel {
-    pub(super) inner: VChannel,
-    pub(super) home: Arc<Mutex<Option<HeadState>>>,
 }
 
 impl Bdev for HeadBdev {
@@ -481,29 +550,29 @@ impl Bdev for HeadBdev {
         true
     }
     fn open_channel(&self) -> Result<BdevChannel, BdevError> {
-        let st = self
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| BdevError::Channel(format!("{}: only one channel may be open on a head", self.name)))?;
-        // Reads look blocks up in the state the channel owns (see
-        // HeadChannel::submit); the state goes home when the channel closes.
-        let home = self.state.clone();
+        let ctx = HeadCtx {
+            meta: self.meta.open_channel()?,
+            shared: self.shared.clone(),
+            cursor: self.shared.channel_cursor(),
+            fresh: (0..VCHANNEL_DEPTH).map(|_| Vec::new()).collect(),
+            lost: Vec::new(),
+            entries: Vec::new(),
+            release: Vec::new(),
+            record: Vec::new(),
+            holds_journal: None,
+            waiting: VecDeque::with_capacity(VCHANNEL_DEPTH),
+        };
         let inner = VChannel::new(
             self.data.open_channel()?,
             self.block_size,
-            Box::new(|_| ZERO_PBA),
-            Some(HeadCtx {
-                meta: self.meta.open_channel()?,
-                state: StateCell(Some(st)),
-            }),
+            Lookup::Head(self.shared.clone()),
+            Some(ctx),
         );
         Ok(BdevChannel::new(
             &self.name,
             Geometry::new(self.block_size, self.num_blocks, 1, &IoOp::ALL),
             self.stats.new_channel(),
-            Box::new(HeadChannel { inner, home }),
+            Box::new(inner),
         ))
     }
     fn io_stats(&self) -> IoStats {
@@ -511,34 +580,5 @@ impl Bdev for HeadBdev {
     }
     fn config(&self) -> Option<(&'static str, serde_json::Value)> {
         None
-    }
-}
-
-impl ChannelBackend for HeadChannel {
-    fn submit(&mut self, io: IoRequest) -> Result<(), IoRequest> {
-        if io.op == IoOp::Read {
-            // Reads look the block up in the head's own map.
-            let st = self.inner.head.as_mut().expect("head channel").state.take_state();
-            let snapshot: Vec<u64> = (0..io.num_blocks as u64)
-                .map(|i| st.map.get(&(io.offset_blocks + i)).map(|e| e.0).unwrap_or(ZERO_PBA))
-                .collect();
-            self.inner.head.as_mut().expect("head channel").state.put_state(st);
-            let base = io.offset_blocks;
-            self.inner.lookup = Box::new(move |lba| snapshot[(lba - base) as usize]);
-        }
-        self.inner.submit(io)
-    }
-    fn poll(&mut self, f: &mut dyn FnMut(IoCompletion)) -> usize {
-        self.inner.poll(f)
-    }
-}
-
-impl Drop for HeadChannel {
-    fn drop(&mut self) {
-        if let Some(h) = self.inner.head.as_mut() {
-            if let Some(st) = h.state.0.take() {
-                *self.home.lock().unwrap_or_else(|e| e.into_inner()) = Some(st);
-            }
-        }
     }
 }

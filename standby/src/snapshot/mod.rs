@@ -62,9 +62,11 @@ use std::sync::{Arc, Mutex};
 
 mod bdev;
 mod form;
+mod head;
 mod record;
 pub use bdev::SnapshotBdev;
 use bdev::*;
+use head::*;
 use record::*;
 
 /// Physical block number meaning "reads as zeroes, nothing stored".
@@ -701,25 +703,28 @@ impl Snapshot {
         }
         // The head starts as the latest snapshot plus the head versions
         // journaled since promotion.
-        let mut map: HashMap<u64, (u64, bool)> = HashMap::new();
+        let map = HeadMap::new(self.sb.volume_blocks);
+        let alloc = AtomicAlloc::from_alloc(&self.alloc);
+        self.alloc = Alloc::new_all_free(1);
+        let shared = HeadShared::new(
+            map,
+            alloc,
+            JournalPos {
+                log_pos: self.log_pos,
+                next_seq: self.next_seq,
+                area_start: META_AREA_START + self.sb.meta_area as u64 * self.area_blocks,
+                area_blocks: self.area_blocks,
+                bs: self.meta.block_size as usize,
+            },
+        );
         for (lba, pba) in self.frozen_map(self.formed_epoch) {
-            map.insert(lba, (pba, false));
+            shared.init(lba, Entry { pba, owned: false });
         }
         for (&(lba, e), &pba) in &self.versions {
             if e == HEAD_EPOCH {
-                map.insert(lba, (pba, true));
+                shared.init(lba, Entry { pba, owned: true });
             }
         }
-        let st = HeadState {
-            map,
-            alloc: std::mem::replace(&mut self.alloc, Alloc::new_all_free(1)),
-            dirty: Vec::new(),
-            limbo: Vec::new(),
-            log_pos: self.log_pos,
-            next_seq: self.next_seq,
-            area_start: META_AREA_START + self.sb.meta_area as u64 * self.area_blocks,
-            area_blocks: self.area_blocks,
-        };
         let h = Arc::new(HeadBdev {
             name: name.to_string(),
             uuid: engine::bdev::new_uuid(),
@@ -727,7 +732,7 @@ impl Snapshot {
             num_blocks: self.sb.volume_blocks,
             data: self.data.bdev.clone(),
             meta: self.meta.bdev.clone(),
-            state: Arc::new(Mutex::new(Some(st))),
+            shared: Arc::new(shared),
             stats: StatsSet::default(),
         });
         self.head = Some(h.clone());
@@ -735,12 +740,17 @@ impl Snapshot {
     }
 
     pub(crate) fn status(&self) -> SnapshotStatus {
+        // After promotion the head's allocator holds the data bdev's blocks.
+        let (blocks, free) = match &self.head {
+            Some(h) => (h.shared.alloc.blocks(), h.shared.alloc.free()),
+            None => (self.alloc.blocks, self.alloc.free),
+        };
         SnapshotStatus {
             block_size: self.data.block_size,
             volume_blocks: self.sb.volume_blocks,
-            data_blocks: self.alloc.blocks,
-            free_blocks: self.alloc.free,
-            used_blocks: self.alloc.blocks - self.alloc.free,
+            data_blocks: blocks,
+            free_blocks: free,
+            used_blocks: blocks - free.min(blocks),
             pending_blocks: self.pending.len() as u64,
             inflight_writes: self.inflight_writes,
             snapshots: self.snaps.range(..=self.formed_epoch).count(),
