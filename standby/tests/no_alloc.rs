@@ -38,6 +38,15 @@ struct Feed {
 }
 
 impl Feed {
+    fn new() -> Feed {
+        Feed {
+            lsn: 0,
+            epoch: 0,
+            x: 0x9e37_79b9_7f4a_7c15,
+            data: (0..4u8).map(|i| vec![i; 2 * BS]).collect(),
+        }
+    }
+
     /// `epochs` epochs of `EPOCH_WRITES` one-block writes (some two-block) each,
     /// over the working set, then waits until the last one is applied or formed.
     fn run(&mut self, v: &mut StandbyVolume, epochs: u64) -> u64 {
@@ -101,12 +110,7 @@ fn measure(delayed: bool) -> (u64, u64, u64) {
         format: true,
     })
     .unwrap();
-    let mut f = Feed {
-        lsn: 0,
-        epoch: 0,
-        x: 0x9e37_79b9_7f4a_7c15,
-        data: (0..4u8).map(|i| vec![i; 2 * BS]).collect(),
-    };
+    let mut f = Feed::new();
     // Warm up: every block of the working set written in every retained snapshot,
     // the recycling cache and every reserved queue at their working sizes.
     f.run(&mut v, 40);
@@ -178,12 +182,7 @@ fn promoted_head_reads_and_overwrites_allocate_nothing() {
         format: true,
     })
     .unwrap();
-    let mut f = Feed {
-        lsn: 0,
-        epoch: 0,
-        x: 0x9e37_79b9_7f4a_7c15,
-        data: (0..4u8).map(|i| vec![i; 2 * BS]).collect(),
-    };
+    let mut f = Feed::new();
     f.run(&mut v, 2);
     let head = v.promote().unwrap();
     let mut chans = [head.open_channel().unwrap(), head.open_channel().unwrap()];
