@@ -3,13 +3,17 @@
 //! same never-written block written through two channels at once (one block wins, the
 //! other is freed), a read racing a first write, and a flush on one channel making
 //! durable what other channels completed before it (checked by reopening the volume
-//! from its metadata). Over RAM bdevs, which complete at the next poll: every
-//! interleaving below is fixed by the order of submits and polls, none by timing.
+//! from its metadata), and a read or overwrite held in flight across an unmap, its
+//! journaling and a first write that could reuse the block (`Hold`). Over RAM bdevs,
+//! which complete at the next poll: every interleaving below is fixed by the order of
+//! submits and polls, none by timing.
 
 mod common;
 
 use common::{offer_wire, read_all};
-use engine::bdev::{malloc, Bdev, BdevChannel, IoCompletion, IoOp, IoRequest};
+use engine::bdev::{
+    malloc, Bdev, BdevChannel, BdevError, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, IoStats, StatsSet,
+};
 use engine::buf::DmaBuf;
 use rdma_transport::wire::Op;
 use standby::snapshot::SnapshotOpts;
@@ -29,10 +33,16 @@ struct Setup {
 /// A formatted snapshot-mode volume with one snapshot (blocks `0..SNAP_BLOCKS` hold
 /// `snap_block(lba)`), failed over and promoted.
 fn promoted(name: &str) -> (Setup, Arc<dyn Bdev>) {
+    let data = malloc::create(&format!("{name}-data"), 4 * VOLUME_BLOCKS, BS as u32, None).unwrap();
+    promoted_on(name, data)
+}
+
+/// [`promoted`] over a given data bdev.
+fn promoted_on(name: &str, data: Arc<dyn Bdev>) -> (Setup, Arc<dyn Bdev>) {
     let cfg = StandbyConfig {
         name: name.to_string(),
         mode: ModeConfig::Snapshot {
-            data: malloc::create(&format!("{name}-data"), 4 * VOLUME_BLOCKS, BS as u32, None).unwrap(),
+            data,
             metadata: malloc::create(&format!("{name}-meta"), 2 + 2 * 1024, BS as u32, None).unwrap(),
             volume_blocks: VOLUME_BLOCKS,
             opts: SnapshotOpts { keep_last: 2 },
@@ -381,4 +391,170 @@ fn a_flush_covers_only_changes_before_it() {
     assert_eq!(read_one(&mut ch, 30), pattern(30, 1, 0xa));
     assert_eq!(read_one(&mut ch, 31), snap_block(31));
     assert_eq!(read_one(&mut ch, 32), snap_block(32));
+}
+
+/// What a [`Hold`] bdev holds: once armed with an op, the next request of that op on
+/// any of its channels is kept (not run) until `release`.
+#[derive(Default)]
+struct HoldState {
+    arm: Option<IoOp>,
+    held: usize,
+    release: bool,
+}
+
+/// A data bdev over a RAM bdev whose completions the test controls (`HoldState`).
+struct Hold {
+    inner: Arc<dyn Bdev>,
+    state: Arc<Mutex<HoldState>>,
+    stats: StatsSet,
+}
+
+struct HoldChannel {
+    inner: BdevChannel,
+    state: Arc<Mutex<HoldState>>,
+    held: Vec<IoRequest>,
+}
+
+impl ChannelBackend for HoldChannel {
+    fn submit(&mut self, io: IoRequest) -> Result<(), IoRequest> {
+        let mut st = self.state.lock().unwrap();
+        if st.arm == Some(io.op) {
+            st.arm = None;
+            st.held += 1;
+            self.held.push(io);
+            return Ok(());
+        }
+        drop(st);
+        self.inner.submit(io)
+    }
+
+    fn poll(&mut self, f: &mut dyn FnMut(IoCompletion)) -> usize {
+        if self.state.lock().unwrap().release {
+            for io in self.held.drain(..) {
+                assert!(self.inner.submit(io).is_ok(), "RAM channel full");
+            }
+        }
+        self.inner.poll(f)
+    }
+}
+
+impl Bdev for Hold {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn product_name(&self) -> &str {
+        "Hold"
+    }
+    fn driver(&self) -> &'static str {
+        "hold"
+    }
+    fn uuid(&self) -> [u8; 16] {
+        self.inner.uuid()
+    }
+    fn block_size(&self) -> u32 {
+        self.inner.block_size()
+    }
+    fn num_blocks(&self) -> u64 {
+        self.inner.num_blocks()
+    }
+    fn supports(&self, op: IoOp) -> bool {
+        self.inner.supports(op)
+    }
+    fn open_channel(&self) -> Result<BdevChannel, BdevError> {
+        let inner = self.inner.open_channel()?;
+        let g: Geometry = inner.geometry();
+        Ok(BdevChannel::new(
+            self.name(),
+            g,
+            self.stats.new_channel(),
+            Box::new(HoldChannel {
+                inner,
+                state: self.state.clone(),
+                held: Vec::new(),
+            }),
+        ))
+    }
+    fn io_stats(&self) -> IoStats {
+        self.stats.sum()
+    }
+    fn config(&self) -> Option<(&'static str, serde_json::Value)> {
+        None
+    }
+}
+
+/// A read or an overwrite of block X held in flight on channel A while B unmaps X,
+/// flushes (the unmapping is durable) and first-writes Y with no other free block than
+/// X's old one: the held I/O must not land in (or read) Y's block. The head defers
+/// reusing X's block until the held I/O completes (its pin), then frees it.
+fn held_io_never_touches_a_reused_block(name: &str, op: IoOp) {
+    let state = Arc::new(Mutex::new(HoldState::default()));
+    let data = Arc::new(Hold {
+        inner: malloc::create(&format!("{name}-data"), 2 * SNAP_BLOCKS, BS as u32, None).unwrap(),
+        state: state.clone(),
+        stats: StatsSet::default(),
+    });
+    let (_s, head) = promoted_on(name, data);
+    let mut a = head.open_channel().unwrap();
+    let mut b = head.open_channel().unwrap();
+    let (x, y) = (SNAP_BLOCKS + 1, SNAP_BLOCKS + 2);
+    io(&mut a, IoOp::Write, x, Some(&pattern(x, 1, 0xa)), 1);
+    // First writes until the data bdev is full: X's block will be the only one freed.
+    let mut lba = SNAP_BLOCKS + 3;
+    loop {
+        assert!(lba < VOLUME_BLOCKS, "the data bdev never filled");
+        submit(&mut b, IoOp::Write, lba, Some(&pattern(lba, 1, 0xb)), 1, 0);
+        let mut got = Vec::new();
+        while got.is_empty() {
+            b.poll(&mut |c| got.push(c));
+        }
+        if got[0].result.is_err() {
+            break;
+        }
+        lba += 1;
+    }
+    io(&mut b, IoOp::Flush, 0, None, 0);
+    state.lock().unwrap().arm = Some(op);
+    let new_x = pattern(x, 2, 0xa);
+    submit(&mut a, op, x, (op == IoOp::Write).then_some(&new_x[..]), 1, 7);
+    assert_eq!(state.lock().unwrap().held, 1, "the I/O on X is held");
+    io(&mut b, IoOp::Unmap, x, None, 1);
+    io(&mut b, IoOp::Flush, 0, None, 0);
+    submit(&mut b, IoOp::Write, y, Some(&pattern(y, 1, 0xb)), 1, 0);
+    let mut got = Vec::new();
+    while got.is_empty() {
+        b.poll(&mut |c| got.push(c));
+    }
+    let y_written = got[0].result.is_ok();
+    state.lock().unwrap().release = true;
+    let held = complete(&mut a, 1).pop().unwrap();
+    if op == IoOp::Read {
+        let r = held.buf.unwrap().to_vec();
+        assert!(
+            r == pattern(x, 1, 0xa) || r == vec![0u8; BS],
+            "the held read of X returned another block's data"
+        );
+    }
+    if y_written {
+        assert_eq!(
+            read_one(&mut b, y),
+            pattern(y, 1, 0xb),
+            "Y's block was reused under X's I/O"
+        );
+    }
+    assert!(!y_written, "X's block was reused while an I/O on it was in flight");
+    assert_eq!(read_one(&mut b, x), vec![0u8; BS]);
+    // The held I/O completed: X's old block is free now, and Y takes it.
+    io(&mut b, IoOp::Write, y, Some(&pattern(y, 2, 0xb)), 1);
+    assert_eq!(read_one(&mut a, y), pattern(y, 2, 0xb));
+    assert_eq!(read_one(&mut a, x), vec![0u8; BS]);
+}
+
+#[test]
+fn a_held_overwrite_never_lands_in_a_reused_block() {
+    held_io_never_touches_a_reused_block("hc-held-write", IoOp::Write);
+}
+
+#[test]
+fn a_held_read_never_reads_a_reused_block() {
+    held_io_never_touches_a_reused_block("hc-held-read", IoOp::Read);
 }

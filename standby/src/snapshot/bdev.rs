@@ -71,14 +71,27 @@ pub(super) enum Lookup {
 }
 
 impl Lookup {
-    fn pba(&self, lba: u64) -> u64 {
+    /// The block of `lba` to read, and whether it came back pinned (a head block:
+    /// unpinned when the read completes).
+    fn pba(&self, lba: u64) -> (u64, bool) {
         match self {
             Lookup::Frozen(map) => match map.binary_search_by_key(&lba, |e| e.0) {
-                Ok(i) => map[i].1,
-                Err(_) => ZERO_PBA,
+                Ok(i) => (map[i].1, false),
+                Err(_) => (ZERO_PBA, false),
             },
-            Lookup::Head(h) => h.map.get(lba).pba,
+            Lookup::Head(h) => {
+                let e = h.get_pinned(lba);
+                (e.pba, e.in_place().is_some())
+            }
         }
+    }
+}
+
+/// Adds block `p` to a list of runs `(pba, blocks)`.
+fn push_run(runs: &mut Vec<(u64, u64)>, p: u64) {
+    match runs.last_mut() {
+        Some(r) if r.0 + r.1 == p => r.1 += 1,
+        _ => runs.push((p, 1)),
     }
 }
 
@@ -127,6 +140,9 @@ pub(super) struct HeadCtx {
     pub(super) cursor: u64,
     /// Per slot: the new blocks of its write (capacity kept between requests).
     pub(super) fresh: Vec<Vec<Fresh>>,
+    /// Per slot: runs `(pba, blocks)` its reads and writes in place pinned, unpinned
+    /// when its data I/O has completed (capacity kept between requests).
+    pub(super) pinned: Vec<Vec<(u64, u64)>>,
     /// Blocks lost to concurrent first writes (scratch).
     pub(super) lost: Vec<(u32, u64)>,
     /// The journal record this channel is writing, if it holds the journal.
@@ -250,7 +266,16 @@ impl VChannel {
             }
         }
         if r.remaining == 0 {
+            self.unpin(slot);
             self.next_stage(slot);
+        }
+    }
+
+    /// The request's data I/O has all completed (successfully or not): its blocks
+    /// may be reused once their unmapping is durable.
+    fn unpin(&mut self, slot: usize) {
+        if let Some(h) = self.head.as_mut() {
+            h.pinned[slot].drain(..).for_each(|(p, n)| h.shared.unpin(p, n));
         }
     }
 
@@ -303,6 +328,8 @@ impl VChannel {
         }
         h.fresh[slot].clear();
         for &(off, pba) in &lost {
+            // Pinned by `publish`: unpinned when this write completes.
+            push_run(&mut self.head.as_mut().expect("head").pinned[slot], pba);
             self.sub_write(slot, off as u64, pba, 1);
         }
         lost.clear();
@@ -358,33 +385,28 @@ impl VChannel {
         }
     }
 
-    /// Splits a read into runs of the map; zero runs are filled here.
+    /// Splits a read into runs of the map; zero runs are filled here. Head blocks are
+    /// pinned until the read completes (`Pins`).
     fn submit_read(&mut self, slot: usize, io: IoRequest) {
         let mut buf = io.buf.expect("validated: reads carry a buffer");
         let n = io.num_blocks as u64;
         let mut runs = std::mem::take(&mut self.runs);
         runs.clear();
-        let mut i = 0;
-        while i < n {
-            let p = self.lookup.pba(io.offset_blocks + i);
-            let mut len = 1;
-            while i + len < n {
-                let q = self.lookup.pba(io.offset_blocks + i + len);
-                let contiguous = if p == ZERO_PBA { q == ZERO_PBA } else { q == p + len };
-                if !contiguous {
-                    break;
+        for i in 0..n {
+            let (p, pinned) = self.lookup.pba(io.offset_blocks + i);
+            if pinned {
+                if let Some(h) = self.head.as_mut() {
+                    push_run(&mut h.pinned[slot], p);
                 }
-                len += 1;
             }
-            if p == ZERO_PBA {
-                buf[i as usize * self.bs..(i + len) as usize * self.bs].fill(0);
-            } else {
-                runs.push((i, p, len));
+            match runs.last_mut() {
+                Some(r) if r.1 == ZERO_PBA && p == ZERO_PBA => r.2 += 1,
+                Some(r) if r.1 != ZERO_PBA && p != ZERO_PBA && r.1 + r.2 == p => r.2 += 1,
+                _ => runs.push((i, p, 1)),
             }
-            i += len;
         }
         if let [(0, p, len)] = runs[..] {
-            if len == n {
+            if p != ZERO_PBA && len == n {
                 // One run: the data bdev reads into the request's buffer.
                 self.req(slot).direct = true;
                 self.sub(IoOp::Read, slot, 0, p, len, Some(buf), false);
@@ -392,10 +414,17 @@ impl VChannel {
                 return;
             }
         }
+        for &(i, p, len) in &runs {
+            if p == ZERO_PBA {
+                buf[i as usize * self.bs..(i + len) as usize * self.bs].fill(0);
+            }
+        }
         self.req(slot).buf = Some(buf);
         for &(i, p, len) in &runs {
-            let b = DmaBuf::recycled(len as usize * self.bs);
-            self.sub(IoOp::Read, slot, i, p, len, Some(b), false);
+            if p != ZERO_PBA {
+                let b = DmaBuf::recycled(len as usize * self.bs);
+                self.sub(IoOp::Read, slot, i, p, len, Some(b), false);
+            }
         }
         self.runs = runs;
     }
@@ -412,8 +441,11 @@ impl VChannel {
         fresh.clear();
         let mut full = false;
         for i in 0..n {
-            let pba = match h.shared.map.get(io.offset_blocks + i).in_place() {
-                Some(p) => p,
+            let pba = match h.shared.get_pinned(io.offset_blocks + i).in_place() {
+                Some(p) => {
+                    push_run(&mut h.pinned[slot], p);
+                    p
+                }
                 None => match h.shared.alloc.take(&mut h.cursor) {
                     Some(p) => {
                         fresh.push(Fresh { off: i as u32, pba: p });
@@ -432,6 +464,7 @@ impl VChannel {
         }
         if full {
             fresh.drain(..).for_each(|f| h.shared.alloc.release(f.pba));
+            h.pinned[slot].drain(..).for_each(|(p, n)| h.shared.unpin(p, n));
             self.req(slot).result = Err(BdevError::Io("standby data bdev is full".into()));
         } else {
             if !fresh.is_empty() {
@@ -491,6 +524,9 @@ impl ChannelBackend for VChannel {
             self.on_sub(c);
         }
         self.subs = subs;
+        if let Some(h) = self.head.as_ref() {
+            h.shared.retry_deferred();
+        }
         self.retry_waiting();
         self.pump();
         let n = self.done.len();
@@ -498,6 +534,17 @@ impl ChannelBackend for VChannel {
             f(c);
         }
         n
+    }
+}
+
+impl Drop for HeadCtx {
+    fn drop(&mut self) {
+        // Dropped after the channel's data channel (an earlier field of `VChannel`):
+        // a back end that runs I/O after submit waits for it on close (uring), RAM
+        // ran it at submit, so the pins of requests still open go now.
+        for runs in &mut self.pinned {
+            runs.drain(..).for_each(|(p, n)| self.shared.unpin(p, n));
+        }
     }
 }
 
@@ -555,6 +602,7 @@ impl Bdev for HeadBdev {
             shared: self.shared.clone(),
             cursor: self.shared.channel_cursor(),
             fresh: (0..VCHANNEL_DEPTH).map(|_| Vec::new()).collect(),
+            pinned: (0..VCHANNEL_DEPTH).map(|_| Vec::new()).collect(),
             lost: Vec::new(),
             entries: Vec::new(),
             release: Vec::new(),

@@ -1,17 +1,21 @@
 //! The shared state of a promoted head (`docs/standby.md`, "Primary failure and
 //! promotion"): the block map every channel reads without a lock, the allocator every
 //! channel takes blocks from without a lock, and the one place map *changes* go
-//! (`MapChanges`: publishing first writes, unmapping, journaling on flush).
+//! (`MapChanges`: publishing first writes, unmapping, journaling on flush), and the
+//! pins that keep a block from being reused while a read or an overwrite of it is in
+//! flight (`Pins`).
 
 use super::*;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{OnceLock, TryLockError};
 
 /// Blocks per leaf of the head map (a leaf is 32 KiB of entries).
 const LEAF_BITS: u32 = 12;
 const LEAF_BLOCKS: u64 = 1 << LEAF_BITS;
 /// Entry bit: the block belongs to the head (may be overwritten in place).
 const OWNED: u64 = 1 << 63;
+/// Pin stripes: `1 << PIN_BITS` counters (256 KiB), allocated with the head.
+const PIN_BITS: u32 = 16;
 
 /// One block's place as the head map stores it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,10 +65,13 @@ impl HeadMap {
             .leaves
             .get((lba >> LEAF_BITS) as usize)
             .and_then(|l| l.get())
-            .map_or(0, |l| l[(lba & (LEAF_BLOCKS - 1)) as usize].load(Ordering::Acquire));
+            .map_or(0, |l| l[(lba & (LEAF_BLOCKS - 1)) as usize].load(Ordering::SeqCst));
         decode(v)
     }
 
+    /// SeqCst, as `get`: a pin's recheck and the releaser's look at the pins are
+    /// ordered with it (`Pins`).
+    ///
     /// Only `MapChanges` (under its lock) and the head's construction call this, so a
     /// leaf is never initialized by two threads at once. `lba` is below the volume
     /// size (the channel checks requests against it); a larger one is ignored.
@@ -73,7 +80,7 @@ impl HeadMap {
             return;
         };
         let leaf = slot.get_or_init(|| (0..LEAF_BLOCKS).map(|_| AtomicU64::new(0)).collect());
-        leaf[(lba & (LEAF_BLOCKS - 1)) as usize].store(encode(e), Ordering::Release);
+        leaf[(lba & (LEAF_BLOCKS - 1)) as usize].store(encode(e), Ordering::SeqCst);
     }
 }
 
@@ -147,6 +154,41 @@ impl AtomicAlloc {
     }
 }
 
+/// Counts of reads and writes in place in flight per data block, striped: block `p`
+/// counts in stripe `hash(p)`, so a pin on another block of the stripe only delays a
+/// release (conservative, never unsafe). An I/O pins the block its map entry names,
+/// then loads the entry again: if it changed, it unpins and looks up again
+/// (`HeadShared::get_pinned`). An unmap stores the entry (SeqCst) before the releaser
+/// loads the pin (SeqCst), so either the I/O sees the new entry or the releaser sees
+/// its pin and defers the block. Atomics only, allocated once.
+pub(super) struct Pins {
+    counts: Box<[AtomicU32]>,
+}
+
+impl Pins {
+    fn new() -> Pins {
+        Pins {
+            counts: (0..1usize << PIN_BITS).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
+    fn stripe(&self, pba: u64) -> &AtomicU32 {
+        &self.counts[(pba.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - PIN_BITS)) as usize]
+    }
+
+    fn pin(&self, pba: u64) {
+        self.stripe(pba).fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn unpin(&self, pba: u64) {
+        self.stripe(pba).fetch_sub(1, Ordering::Release);
+    }
+
+    fn pinned(&self, pba: u64) -> bool {
+        self.stripe(pba).load(Ordering::SeqCst) != 0
+    }
+}
+
 /// A first write's new block, published once its data is on the data bdev.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Fresh {
@@ -181,6 +223,9 @@ pub(super) struct Journal {
     /// holding that change is durable.
     limbo: Vec<(u64, u64)>,
     retry_limbo: Vec<u64>,
+    /// Blocks whose unmapping is durable but whose stripe was pinned when they were
+    /// due: released at a later flush or poll, once unpinned.
+    deferred: Vec<u64>,
     log_pos: u64,
     next_seq: u64,
     area_start: u64,
@@ -203,6 +248,9 @@ pub(super) struct JournalPos {
 pub(super) struct HeadShared {
     pub(super) map: HeadMap,
     pub(super) alloc: AtomicAlloc,
+    pins: Pins,
+    /// `Journal::deferred` is not empty (checked at each poll without the lock).
+    has_deferred: AtomicBool,
     journal: Mutex<Journal>,
     /// One flush at a time writes a journal record: records must land in order.
     journaling: AtomicBool,
@@ -214,12 +262,15 @@ impl HeadShared {
         HeadShared {
             map,
             alloc,
+            pins: Pins::new(),
+            has_deferred: AtomicBool::new(false),
             journal: Mutex::new(Journal {
                 dirty: Vec::new(),
                 base: 0,
                 retry: Vec::new(),
                 limbo: Vec::new(),
                 retry_limbo: Vec::new(),
+                deferred: Vec::new(),
                 log_pos: pos.log_pos,
                 next_seq: pos.next_seq,
                 area_start: pos.area_start,
@@ -240,6 +291,62 @@ impl HeadShared {
         self.journal.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The entry of `lba`; a block the head owns (`Entry::in_place`) comes back
+    /// pinned: the caller unpins it (`unpin`) when the I/O on it has completed. The
+    /// entry is loaded again after pinning, so the pin covers a block still mapped
+    /// there: an unmap journaled later finds the pin and defers the block's release.
+    pub(super) fn get_pinned(&self, lba: u64) -> Entry {
+        loop {
+            let e = self.map.get(lba);
+            let Some(p) = e.in_place() else { return e };
+            self.pins.pin(p);
+            if self.map.get(lba) == e {
+                return e;
+            }
+            self.pins.unpin(p);
+        }
+    }
+
+    /// Unpins `n` blocks from `pba` (pinned by `get_pinned` or `publish`).
+    pub(super) fn unpin(&self, pba: u64, n: u64) {
+        (pba..pba.saturating_add(n)).for_each(|b| self.pins.unpin(b));
+    }
+
+    /// Hands blocks whose unmapping is durable to the allocator; a block whose stripe
+    /// is pinned (I/O may still be on it) waits in `deferred` instead.
+    fn release_durable(&self, j: &mut Journal, blocks: &mut Vec<u64>) {
+        j.deferred.append(blocks);
+        self.release_deferred(j);
+    }
+
+    fn release_deferred(&self, j: &mut Journal) {
+        if j.deferred.is_empty() {
+            return;
+        }
+        j.deferred.retain(|&b| {
+            let keep = self.pins.pinned(b);
+            if !keep {
+                self.alloc.release(b);
+            }
+            keep
+        });
+        self.has_deferred.store(!j.deferred.is_empty(), Ordering::Relaxed);
+    }
+
+    /// Releases deferred blocks no longer pinned (each poll: one relaxed load when
+    /// there are none; never waits for the lock).
+    pub(super) fn retry_deferred(&self) {
+        if !self.has_deferred.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut j = match self.journal.try_lock() {
+            Ok(j) => j,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        self.release_deferred(&mut j);
+    }
+
     /// Where a new channel's allocation cursor starts: channels spread over the
     /// data bdev so their first writes rarely contend for one bitmap word.
     pub(super) fn channel_cursor(&self) -> u64 {
@@ -250,12 +357,14 @@ impl HeadShared {
     /// Publishes the new blocks of a write whose data is on the data bdev. A block
     /// another channel published first (a concurrent first write of the same LBA)
     /// loses: its block is freed (nobody ever saw it) and `(off, winner)` is pushed on
-    /// `lost` for the caller to write its data there.
+    /// `lost` for the caller to write its data there, with `winner` pinned (under the
+    /// lock no unmap can change the entry; the caller unpins it after that write).
     pub(super) fn publish(&self, lba: u64, fresh: &[Fresh], lost: &mut Vec<(u32, u64)>) {
         let mut j = self.lock();
         for f in fresh {
             let at = lba + f.off as u64;
             if let Some(winner) = self.map.get(at).in_place() {
+                self.pins.pin(winner);
                 self.alloc.release(f.pba);
                 lost.push((f.off, winner));
                 continue;
@@ -320,6 +429,7 @@ impl HeadShared {
         }
         let mut j = self.lock();
         let j = &mut *j;
+        self.release_deferred(j);
         entries.clear();
         release.clear();
         let k = (cut.saturating_sub(j.base) as usize).min(j.dirty.len());
@@ -333,8 +443,7 @@ impl HeadShared {
         if entries.is_empty() {
             // Blocks in limbo with no change to journal cannot exist: a change
             // before the cut is taken with its limbo.
-            release.iter().for_each(|&b| self.alloc.release(b));
-            release.clear();
+            self.release_durable(j, release);
             self.journaling.store(false, Ordering::Release);
             return JournalStart::Nothing;
         }
@@ -358,7 +467,7 @@ impl HeadShared {
     pub(super) fn end_journal(&self, ok: bool, nblocks: u64, entries: &mut Vec<(u64, u64)>, release: &mut Vec<u64>) {
         let mut j = self.lock();
         if ok {
-            release.drain(..).for_each(|b| self.alloc.release(b));
+            self.release_durable(&mut j, release);
             entries.clear();
         } else {
             j.log_pos -= nblocks;
