@@ -2,9 +2,9 @@
 # End-to-end check of baton's NVMe/TCP TLS (secure channel, TLS 1.3 with a PSK) with the
 # Linux kernel's nvme-tcp initiator in a QEMU guest running Debian's 6.12 kernel (6.1 has
 # no NVMe/TCP TLS). The kernel hands the handshake to tlshd (ktls-utils) in user space,
-# which Debian 12 does not package: it is built here from source once and cached under
-# $WORK/tlshd (source: KTLS_UTILS_SRC, a git directory, or the tool library's mirror of
-# github.com/oracle/ktls-utils), then put into the guest's initramfs with its libraries.
+# which Debian 12 does not package: Debian 13's binary is fetched once from Debian's
+# archive with the libraries it needs (ci/debian-binary.sh), cached under $WORK/tlshd and
+# put into the guest's initramfs beside its own loader.
 #
 # Keys as an admin makes them: `nvme gen-tls-key` (interchange format) for baton's key
 # files. Debian 12's nvme-cli 2.3 can neither insert TLS keys (`check-tls-key --insert`)
@@ -28,37 +28,35 @@ T0=$(date +%s)
 . ci/guest-lib.sh
 guest_packages "nvme-tls e2e" qemu-system-x86 busybox-static kmod cpio nvme-cli fio xz-utils e2fsprogs \
   keyutils openssl xxd git libgnutls28-dev libkeyutils-dev libglib2.0-dev libnl-3-dev libnl-genl-3-dev \
-  autoconf automake libtool pkg-config make gcc
+  autoconf automake libtool pkg-config make gcc debian-archive-keyring
 # The 6.12 kernel tree the DH-HMAC-CHAP test unpacked, if it is there (saves a download).
 AUTH_WORK=${E2E_AUTH_WORK:-/tmp/baton-auth-e2e}
 [ -e "$WORK/kernel" ] || [ ! -d "$AUTH_WORK/kernel" ] || ln -s "$AUTH_WORK/kernel" "$WORK/kernel"
 guest_kernel "${TLS_KERNEL_PKG:-linux-image-6.12.100+deb12-amd64}"
 
-# tlshd, built once (ktls-utils 1.1.0: builds with Debian 12's GnuTLS 3.7). Its source is a
-# git directory: KTLS_UTILS_SRC, else the mirror of github.com/oracle/ktls-utils this
-# machine's tool library keeps. Debian ships it only as a binary for 13 (no source in the
-# registry reachable here), and nothing else outside the package registries may be
-# fetched, so without a source the test says SKIPPED and why, loudly, instead of failing.
-TLSHD=$WORK/tlshd/sbin/tlshd
-if [ ! -x "$TLSHD" ]; then
-  src=${KTLS_UTILS_SRC:-}
-  for cand in /work/.mirror/oracle+ktls-utils/repo; do
-    [ -n "$src" ] || [ ! -d "$cand" ] || src=$cand
-  done
-  if [ -z "$src" ]; then
-    echo "nvme-tls e2e: SKIPPED: no ktls-utils source for tlshd (set KTLS_UTILS_SRC to a git" >&2
-    echo "  directory of github.com/oracle/ktls-utils with tag ktls-utils-1.1.0)" >&2
-    exit 0
+# tlshd. Debian 12 does not package ktls-utils, and its source is in no package registry
+# reachable here, but Debian 13 ships it as a binary: that .deb and the Debian 13 libraries
+# it needs (its own glibc and GnuTLS 3.8 included) are downloaded once from Debian's
+# archive with a private apt configuration (the host's apt state is not touched), unpacked
+# under $WORK/tlshd, and run in the guest by Debian 13's own loader. KTLS_UTILS_SRC (a git
+# directory of github.com/oracle/ktls-utils with tag ktls-utils-1.1.0) builds it from
+# source instead.
+TLSHD_ROOT=$WORK/tlshd
+if [ ! -e "$TLSHD_ROOT/ready" ]; then
+  rm -rf "$TLSHD_ROOT" && mkdir -p "$TLSHD_ROOT"
+  if [ -n "${KTLS_UTILS_SRC:-}" ]; then
+    rm -rf "$WORK/ktls-src" && mkdir -p "$WORK/ktls-src"
+    git --git-dir="$KTLS_UTILS_SRC" archive ktls-utils-1.1.0 | tar -x -C "$WORK/ktls-src"
+    (cd "$WORK/ktls-src" && ./autogen.sh && ./configure --prefix="$TLSHD_ROOT/src" &&
+      make -j"$(nproc)" && make install) > "$WORK/tlshd-build.log" 2>&1 || {
+      tail -20 "$WORK/tlshd-build.log"
+      exit 1
+    }
+  else
+    ci/debian-binary.sh trixie "$TLSHD_ROOT/deb" ktls-utils
   fi
-  rm -rf "$WORK/ktls-src" && mkdir -p "$WORK/ktls-src"
-  git --git-dir="$src" archive ktls-utils-1.1.0 | tar -x -C "$WORK/ktls-src"
-  (cd "$WORK/ktls-src" && ./autogen.sh && ./configure --prefix="$WORK/tlshd" --sysconfdir="$WORK/tlshd/etc" &&
-    make -j"$(nproc)" && make install) > "$WORK/tlshd-build.log" 2>&1 || {
-    tail -20 "$WORK/tlshd-build.log"
-    exit 1
-  }
+  touch "$TLSHD_ROOT/ready"
 fi
-
 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target} cargo build --release -q -p baton-nvme --example nvmf_tgt
 TGT=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/nvmf_tgt
 
@@ -88,7 +86,17 @@ tls_psk() {
 guest_initrd_start
 guest_bins bash modprobe nvme fio keyctl mkfs.ext4 e2fsck cmp
 guest_file "$TGT" nvmf_tgt
-guest_file "$TLSHD" tlshd
+if [ -d "$TLSHD_ROOT/src" ]; then
+  guest_file "$TLSHD_ROOT/src/sbin/tlshd" tlshd
+else
+  # Debian 13's tlshd with its own loader and libraries, kept apart from the guest's.
+  mkdir -p "$IRD/opt/tlshd"
+  cp -a "$TLSHD_ROOT/deb/usr/sbin/tlshd" "$TLSHD_ROOT/deb/usr/lib/x86_64-linux-gnu" "$IRD/opt/tlshd/"
+  rm -rf "$IRD/opt/tlshd/x86_64-linux-gnu/gconv"
+  printf '#!/bin/bash\nexec /opt/tlshd/x86_64-linux-gnu/ld-linux-x86-64.so.2 --library-path /opt/tlshd/x86_64-linux-gnu /opt/tlshd/tlshd "$@"\n' \
+    > "$IRD/bin/tlshd"
+  chmod 755 "$IRD/bin/tlshd"
+fi
 # kTLS needs gcm(aes): the kernel would load these on demand through /sbin/modprobe.
 guest_modules nvme-tcp crc32c_generic tls ext4 gcm ghash-generic
 echo "$HOST1" > "$IRD/etc/nvme/hostnqn"
