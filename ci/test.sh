@@ -26,6 +26,13 @@ fi
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy 2>/dev/null || true
 
 export CARGO_TERM_COLOR=never
+# The suite links some 80 test binaries in release mode. Thin LTO across every crate at each
+# of those links, and full debug info, are what a benchmark wants, not a test run: the
+# release profile's LTO is off and debug info is line tables only for every cargo call
+# below (the guest scripts' builds included, so nothing is built twice). Benchmarks
+# (`baton perf`, ci/bench-*.sh) still build with the profile in Cargo.toml.
+export CARGO_PROFILE_RELEASE_LTO=${CARGO_PROFILE_RELEASE_LTO:-false}
+export CARGO_PROFILE_RELEASE_DEBUG=${CARGO_PROFILE_RELEASE_DEBUG:-line-tables-only}
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -15,6 +15,8 @@ use support::netns::{self, Cluster, Layout, Net};
 use support::*;
 
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 #[test]
 #[ignore]
@@ -142,6 +144,124 @@ fn promoted_standby_fences_a_live_primary() {
         next_seq: 0,
     };
     assert_image(&read_delayed(&sb), &want, "promoted volume");
+}
+
+/// Loopback, no partition: an operator fails over while the old primary keeps writing and
+/// declaring restart points through relays that reach both sites (ack `all`, `block`). The
+/// drain fences the relays before it takes their last ops, so every restart point the old
+/// primary saw acknowledged is on the promoted volume, and nothing is acknowledged after
+/// the fence (`docs/failover.md`, "Fencing before the drain").
+#[test]
+fn failover_under_load_keeps_every_acknowledged_restart_point() {
+    let sd = TempDir::new("/dev/shm", "sb-load-s");
+    let d1 = TempDir::new("/dev/shm", "sb-load-r1");
+    let d2 = TempDir::new("/dev/shm", "sb-load-r2");
+    let sb = StandbyProc::start_with(&sd.0, free_port(), &["--failover-volume", "vold", "--no-auto-failover"]);
+    let sa = sb.addr();
+    let r1 = RelayProc::for_standby(&d1.0, free_port(), sa, &[]);
+    let r2 = RelayProc::for_standby(&d2.0, free_port(), sa, &["--backup"]);
+    let env = [
+        ("BATON_SP_ACK", "all".to_string()),
+        ("BATON_SP_ON_DOWN", "block".into()),
+    ];
+    let mut p = Primary::start_with(&[r1.addr(), r2.addr()], &env, None);
+    let mut m = Model::new("vold");
+    m.write(&mut p, 32);
+    assert_eq!(m.restart_point(&mut p, "rp1"), 1);
+    // (epoch, image) of every acknowledged restart point; images of refused ones.
+    let mut acked = vec![(1, m.img.clone())];
+    let mut refused: Vec<Vec<u64>> = Vec::new();
+    sb.wait_epoch("vold", 1);
+    // The operator fails over once the application has three more restart points
+    // acknowledged, while it goes on writing and declaring them until it is told it is
+    // superseded: some are in flight when the drain starts.
+    let acked_n = Arc::new(AtomicU64::new(0));
+    let operator = {
+        let (n, sock) = (acked_n.clone(), sb.sock.clone());
+        std::thread::spawn(move || {
+            wait_for(
+                "three restart points acknowledged",
+                || (n.load(Ordering::Relaxed) >= 3).then_some(()),
+                || format!("{}", n.load(Ordering::Relaxed)),
+            );
+            rpc(&sock, "standby_host_declare_failure", Some(json!({"reason": "test"}))).unwrap();
+        })
+    };
+    wait_for(
+        "the old primary superseded",
+        || {
+            if m.try_write(&mut p, 4).is_ok() {
+                match m.try_restart_point(&mut p, "rp") {
+                    Ok(e) => {
+                        acked.push((e, m.img.clone()));
+                        acked_n.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => refused.push(m.img.clone()),
+                }
+            }
+            (p.state("vold").superseded_by != 0).then_some(())
+        },
+        || "writes and restart points still acknowledged".to_string(),
+    );
+    operator.join().unwrap();
+    let rep = failover_done(&sb);
+    assert_eq!(rep["state"], "done", "{rep}");
+    let gen = rep["volumes"][0]["generation"].as_u64().unwrap();
+    assert_eq!(gen, 2, "promoted at the fence's generation: {rep}");
+    // Fenced relays take nothing more, so the drain ends: without the fence it chases a
+    // primary that goes on writing until `drain_timeout_ms`.
+    let d = &rep["drain"][0];
+    assert_eq!(d["timed_out"], false, "{rep}");
+    assert_eq!(d["done"], true, "{rep}");
+    assert_eq!(d["fence_generation"], gen, "{rep}");
+    assert_eq!(d["relays_fenced"], 2, "{rep}");
+    let epoch = rep["volumes"][0]["epoch"].as_u64().unwrap();
+    let (last, _) = acked.last().unwrap();
+    assert!(
+        epoch >= *last,
+        "restart point {last} was acknowledged but the promoted volume is at {epoch}: {rep}"
+    );
+    let got = read_delayed(&sb);
+    let img = match acked.iter().find(|(e, _)| *e == epoch) {
+        Some((_, img)) => img.clone(),
+        // Journaled by every relay, its acknowledgement lost with the fence.
+        None => refused
+            .iter()
+            .find(|img| {
+                got == (Model {
+                    name: "vold",
+                    img: (*img).clone(),
+                    next_seq: 0,
+                })
+                .expected()
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("epoch {epoch} is no restart point the primary declared: {rep}")),
+    };
+    assert_image(
+        &got,
+        &Model {
+            name: "vold",
+            img,
+            next_seq: 0,
+        },
+        "promoted volume",
+    );
+    let relays = [r1, r2];
+    for r in &relays {
+        let v = r.volume_status("vold").unwrap();
+        assert!(
+            v["fenced_by_standby"].as_u64().unwrap() >= 1,
+            "the drain fenced it: {v}"
+        );
+    }
+    eprintln!(
+        "failover under load: {} restart points acknowledged after the first ({} after the operator was \
+         signalled), {} refused; promoted at epoch {epoch}",
+        acked.len() - 1,
+        acked.len().saturating_sub(4),
+        refused.len()
+    );
 }
 
 /// The sites of the partition rounds: primary, relay site (both relays), standby.

@@ -173,6 +173,9 @@ pub struct StandbyVolume {
     failing: bool,
     promoted: bool,
     generation: u64,
+    /// The generation a failover will promote to, fixed when its drain fenced the relays
+    /// with it (0: no drain yet).
+    fence_generation: u64,
     /// (epoch, arrival ns) of restart points received and not yet applied.
     rp_times: VecDeque<(u64, u64)>,
     now_ns: u64,
@@ -238,6 +241,7 @@ impl StandbyVolume {
             failing: false,
             promoted,
             generation,
+            fence_generation: 0,
             rp_times: VecDeque::new(),
             now_ns: 0,
             syncs_seen: VecDeque::with_capacity(SYNCS_SEEN_MAX),
@@ -553,7 +557,7 @@ impl StandbyVolume {
             return Err(StandbyError::Promoted("already promoted"));
         }
         self.fail_over_blocking()?;
-        let generation = self.generation.max(self.recv.generation()) + 1;
+        let generation = (self.generation() + 1).max(self.fence_generation);
         let inner_name = format!("{head_name}.inner");
         let inner = match &mut self.engine {
             Engine::Delayed(d) => d.promote(generation)?,
@@ -592,6 +596,16 @@ impl StandbyVolume {
 
     pub fn generation(&self) -> u64 {
         self.generation.max(self.recv.generation())
+    }
+
+    /// The generation a failover promotes this volume to, fixed at the first call: the
+    /// failover drain fences the relays off from the old primary with it before it takes
+    /// their last ops, and [`StandbyVolume::promote`] then uses it.
+    pub fn fence_generation(&mut self) -> u64 {
+        if self.fence_generation == 0 {
+            self.fence_generation = self.generation() + 1;
+        }
+        self.fence_generation
     }
 
     pub fn promoted(&self) -> bool {

@@ -146,6 +146,11 @@ impl Model {
         let l = p.cmd(&format!("RP {} {tag}", self.name));
         l.split_whitespace().nth(2).unwrap().parse().unwrap()
     }
+    /// Declares a restart point; its epoch, or the application's error.
+    pub fn try_restart_point(&mut self, p: &mut Primary, tag: &str) -> Result<u64, String> {
+        let l = p.try_cmd(&format!("RP {} {tag}", self.name))?;
+        Ok(l.split_whitespace().nth(2).unwrap().parse().unwrap())
+    }
     pub fn expected(&self) -> Vec<u8> {
         let mut out = vec![0u8; BLOCKS as usize * BS];
         for (b, &s) in self.img.iter().enumerate() {

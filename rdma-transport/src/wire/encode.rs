@@ -202,6 +202,15 @@ pub fn encode_base(b: &Base) -> HeaderBuf {
     control(FrameKind::Base, &body)
 }
 
+/// Encodes a Fence (order or reply).
+pub fn encode_fence(f: &Fence) -> HeaderBuf {
+    let mut b = [0u8; FENCE_BODY_BYTES];
+    b[0..8].copy_from_slice(&f.generation.to_le_bytes());
+    b[8..16].copy_from_slice(&f.journal_lsn.to_le_bytes());
+    b[16] = u8::from(f.is_reply);
+    control(FrameKind::Fence, &b)
+}
+
 /// Encodes a SafeUpTo.
 pub fn encode_safe_up_to(s: &SafeUpTo) -> HeaderBuf {
     let mut b = [0u8; SAFE_UP_TO_BODY_BYTES];

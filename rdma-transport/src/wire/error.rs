@@ -254,6 +254,15 @@ pub enum WireError {
         /// Value received.
         status: u8,
     },
+    /// Fence reply flag not 0 or 1.
+    #[error("fence reply flag {value} not 0 or 1")]
+    BadFenceFlag {
+        /// Value received.
+        value: u8,
+    },
+    /// A fence to generation 0 (generations start at 1).
+    #[error("fence to generation 0")]
+    BadFenceGeneration,
     /// Heartbeat reply flag not 0 or 1.
     #[error("heartbeat reply flag {value} not 0 or 1")]
     BadHeartbeatFlag {

@@ -47,6 +47,7 @@ pub(super) fn reencode_check(frame: &Frame<'_>, original: &[u8]) {
         Frame::GapRequest(g) => Some(encode_gap_request(g)),
         Frame::PrimaryLiveness(p) => Some(encode_primary_liveness(p)),
         Frame::Base(b) => Some(encode_base(b)),
+        Frame::Fence(f) => Some(encode_fence(f)),
         Frame::Ops(b) | Frame::Forward(b) | Frame::GapReply(GapReply { batch: b, .. }) => {
             let mut enc = match frame {
                 Frame::Ops(_) => BatchEncoder::ops(b.generation, b.block_size),

@@ -230,6 +230,10 @@ fn parse_body(kind: FrameKind, body: &[u8]) -> Result<Frame<'_>, WireError> {
             fixed_len(kind, body, GAP_REQUEST_BODY_BYTES)?;
             parse_gap_request(&mut r)
         }
+        FrameKind::Fence => {
+            fixed_len(kind, body, FENCE_BODY_BYTES)?;
+            parse_fence(&mut r)
+        }
     }
 }
 
@@ -331,6 +335,25 @@ fn parse_gap_reply<'a>(r: &mut Reader<'a>) -> Result<Frame<'a>, WireError> {
         request_id,
         status,
         batch,
+    }))
+}
+
+fn parse_fence<'a>(r: &mut Reader<'a>) -> Result<Frame<'a>, WireError> {
+    let generation = r.u64()?;
+    let journal_lsn = r.u64()?;
+    let is_reply = match r.u8()? {
+        0 => false,
+        1 => true,
+        value => return Err(WireError::BadFenceFlag { value }),
+    };
+    r.reserved_bytes::<7>("fence.rsv")?;
+    if generation == 0 {
+        return Err(WireError::BadFenceGeneration);
+    }
+    Ok(Frame::Fence(Fence {
+        generation,
+        journal_lsn,
+        is_reply,
     }))
 }
 

@@ -84,6 +84,22 @@ fn seeds() -> Vec<Vec<u8>> {
         ),
         whole(&encode_safe_up_to(&SafeUpTo { lsn: 77, generation: 3 }), &[]),
         whole(
+            &encode_fence(&Fence {
+                generation: 4,
+                journal_lsn: 0,
+                is_reply: false,
+            }),
+            &[],
+        ),
+        whole(
+            &encode_fence(&Fence {
+                generation: 4,
+                journal_lsn: 812,
+                is_reply: true,
+            }),
+            &[],
+        ),
+        whole(
             &encode_gap_request(&GapRequest {
                 request_id: 5,
                 lsn_first: 10,

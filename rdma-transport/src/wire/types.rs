@@ -48,6 +48,8 @@ pub const GAP_REQUEST_BODY_BYTES: usize = 24;
 pub const PRIMARY_LIVENESS_BODY_BYTES: usize = 24;
 /// See [`HELLO_BODY_BYTES`].
 pub const BASE_BODY_BYTES: usize = 16;
+/// Fence body: generation u64, journal LSN u64, flags u8, 7 reserved.
+pub const FENCE_BODY_BYTES: usize = 24;
 /// `primary_age_ms` of a [`PrimaryLiveness`] from a relay that never heard the primary.
 pub const PRIMARY_AGE_NEVER: u64 = u64::MAX;
 
@@ -119,6 +121,10 @@ pub enum FrameKind {
     /// Primary -> relay: the relay's history restarts at an LSN (it holds nothing between
     /// its journal's end and that LSN: resync, `docs/replication.md`).
     Base = 11,
+    /// Standby -> relay at the start of a failover drain: take this generation now and
+    /// fence the old primary off; relay -> standby, the same frame flagged as the reply,
+    /// once it has (`docs/failover.md`, "Fencing before the drain").
+    Fence = 12,
 }
 
 impl FrameKind {
@@ -135,6 +141,7 @@ impl FrameKind {
             9 => Self::GapReply,
             10 => Self::PrimaryLiveness,
             11 => Self::Base,
+            12 => Self::Fence,
             _ => return None,
         })
     }
@@ -500,6 +507,19 @@ pub struct Base {
     pub generation: u64,
 }
 
+/// Parsed fence order (standby -> relay) or its confirmation (relay -> standby).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    /// The generation the standby will be promoted to; the relay takes it as its own and
+    /// refuses the older primary from then on.
+    pub generation: u64,
+    /// On the reply: the highest LSN the relay has journaled (every op it ever
+    /// acknowledged is at or below it). 0 on the order.
+    pub journal_lsn: u64,
+    /// True on the relay's reply.
+    pub is_reply: bool,
+}
+
 /// Parsed standby confirmation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SafeUpTo {
@@ -556,6 +576,8 @@ pub enum Frame<'a> {
     PrimaryLiveness(PrimaryLiveness),
     /// See [`FrameKind::Base`].
     Base(Base),
+    /// See [`FrameKind::Fence`].
+    Fence(Fence),
 }
 
 impl Frame<'_> {
@@ -573,6 +595,7 @@ impl Frame<'_> {
             Frame::GapReply(_) => FrameKind::GapReply,
             Frame::PrimaryLiveness(_) => FrameKind::PrimaryLiveness,
             Frame::Base(_) => FrameKind::Base,
+            Frame::Fence(_) => FrameKind::Fence,
         }
     }
 }

@@ -153,6 +153,7 @@ impl RelayState {
             volume_id: hex16(&hello.volume_id),
             block_size: hello.block_size,
             generation: hello.generation,
+            fenced_below: 0,
         };
         match VolumeJournal::open(&self.cfg, meta, dir, spec.as_ref(), true) {
             Ok(v) => {

@@ -74,7 +74,7 @@ impl RelayState {
         }
         p.recv_ns = now;
         let mut events: ArrayVec<PrimaryEvent, 64> = ArrayVec::new();
-        let generation = v.meta.generation;
+        let generation = v.meta.generation.max(v.meta.fenced_below);
         let bs = v.meta.block_size;
         let mut intake = Intake {
             journal: &mut v.journal,

@@ -4,7 +4,7 @@
 
 use arrayvec::ArrayVec;
 use rdma_transport::wire::{
-    self, Frame, GapRequest, Heartbeat, Hello, HelloReply, RefuseReason, Role, FRAME_BYTES_MAX,
+    self, Fence, Frame, GapRequest, Heartbeat, Hello, HelloReply, RefuseReason, Role, FRAME_BYTES_MAX,
 };
 use rdma_transport::{AnyConnection, Endpoint};
 use rdma_transport::{ConnState, Connection, OutFrame};
@@ -92,6 +92,7 @@ fn receive_standby(v: &mut VolumeJournal, now: u64) -> (bool, Option<String>) {
                 Frame::SafeUpTo(s) => StandbyEvent::Safe(s.lsn),
                 Frame::GapRequest(g) => StandbyEvent::Gap(g),
                 Frame::Heartbeat(h) => StandbyEvent::Heartbeat(h),
+                Frame::Fence(f) if !f.is_reply => StandbyEvent::Fence(f.generation),
                 Frame::Ack(_) => StandbyEvent::Ignore,
                 other => StandbyEvent::Unexpected(other.kind() as u8),
             };
@@ -152,8 +153,37 @@ fn on_standby_event(v: &mut VolumeJournal, ev: StandbyEvent, now: u64, failed: &
                 }
             }
         }
+        StandbyEvent::Fence(generation) => fence(v, generation),
         StandbyEvent::Ignore => {}
         StandbyEvent::Unexpected(k) => *failed = Some(format!("unexpected frame kind {k} from standby")),
+    }
+}
+
+/// The standby starts a failover drain and fences the old primary off first: the relay
+/// takes `generation` (the one the standby will be promoted to) as its own, drops the
+/// primary, and answers with the highest LSN it journaled. From the answer on, this relay
+/// acknowledges nothing more of the old primary, so every op it ever acknowledged is at or
+/// below that LSN, and the drain that follows fetches all of it (`docs/failover.md`,
+/// "Fencing before the drain").
+fn fence(v: &mut VolumeJournal, generation: u64) {
+    if generation > v.primary_floor() {
+        log::warn!(
+            "relay: volume {}: the standby is failing over (to generation {generation}): primaries of \
+             generation {} and older are fenced off",
+            v.meta.name,
+            generation - 1
+        );
+        v.meta.fenced_below = generation;
+        save_and_drop_primary(v);
+    }
+    v.fenced_by_standby += 1;
+    let reply = Fence {
+        generation: v.primary_floor(),
+        journal_lsn: v.journal.appended_lsn(),
+        is_reply: true,
+    };
+    if let Some(c) = v.standby.as_mut() {
+        let _ = c.send(OutFrame::control(wire::encode_fence(&reply), 0));
     }
 }
 
@@ -175,11 +205,17 @@ pub(super) fn adopt_generation(v: &mut VolumeJournal, generation: u64) {
         v.meta.generation
     );
     v.meta.generation = generation;
+    v.generation_adopted += 1;
+    save_and_drop_primary(v);
+}
+
+/// After a fence: `volume.json` is saved (a restart keeps the fence) and the primary's
+/// connection dropped; its reconnect is refused by the Hello check.
+fn save_and_drop_primary(v: &mut VolumeJournal) {
     if let Err(e) = v.meta.save(&v.dir) {
         log::error!("relay: volume {}: {e}", v.meta.name);
         v.last_error = e.to_string();
     }
-    v.generation_adopted += 1;
     if let Some(mut p) = v.primary.take() {
         p.conn.close();
     }
@@ -224,6 +260,7 @@ enum StandbyEvent {
     Safe(u64),
     Gap(GapRequest),
     Heartbeat(Heartbeat),
+    Fence(u64),
     Ignore,
     Unexpected(u8),
 }

@@ -37,6 +37,8 @@ pub struct RelayVolumeStatus {
     /// Times the standby's refusal named a newer generation that this relay took as its own
     /// (the standby was promoted; the primary of the older generation is fenced off).
     pub generation_adopted: u64,
+    /// Fence orders taken from a standby starting a failover drain.
+    pub fenced_by_standby: u64,
     /// Hellos and Ops/Base frames of a primary of an older generation refused (fencing).
     pub stale_primary_refusals: u64,
     /// Highest LSN appended.
@@ -145,6 +147,7 @@ impl RelayState {
                         generation: v.meta.generation,
                         primary_connected: v.primary.is_some(),
                         generation_adopted: v.generation_adopted,
+                        fenced_by_standby: v.fenced_by_standby,
                         stale_primary_refusals: v.stale_primary_refusals,
                         appended_lsn: v.journal.appended_lsn(),
                         durable_lsn: durable,

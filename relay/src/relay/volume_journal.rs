@@ -30,6 +30,16 @@ pub struct VolumeMeta {
     pub block_size: u32,
     /// Newest generation seen.
     pub generation: u64,
+    /// A standby starting a failover drain fenced primaries of a generation below this off
+    /// (0: never). Kept apart from `generation`, which labels the ops this relay forwards:
+    /// the ops journaled before the fence are the old primary's and reach the draining
+    /// standby under its generation.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fenced_below: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 pub(super) fn hex16(id: &[u8; 16]) -> String {
@@ -131,6 +141,8 @@ pub(super) struct VolumeJournal {
     /// Times the standby's refusal named a newer generation this relay then took as its own
     /// (a promotion: the old primary is fenced off).
     pub(super) generation_adopted: u64,
+    /// Fence orders taken from a standby starting a failover drain.
+    pub(super) fenced_by_standby: u64,
     /// Hellos and Ops/Base frames of a primary of an older generation refused (fencing).
     pub(super) stale_primary_refusals: u64,
 }
@@ -219,16 +231,23 @@ impl VolumeJournal {
             liveness_sent_ns: 0,
             fwd_state: wire::ForwardState::Backup,
             generation_adopted: 0,
+            fenced_by_standby: 0,
             stale_primary_refusals: 0,
             meta,
         })
     }
 
+    /// The oldest generation of a primary this relay takes: its own, or a standby's fence.
+    pub(super) fn primary_floor(&self) -> u64 {
+        self.meta.generation.max(self.meta.fenced_below)
+    }
+
+    /// What a primary's Hello is answered against (generation: [`Self::primary_floor`]).
     pub(super) fn local(&self) -> LocalVolume {
         LocalVolume {
             volume_id: self.volume_id,
             block_size: self.meta.block_size,
-            generation: self.meta.generation,
+            generation: self.primary_floor(),
             durable_lsn: self.journal.durable_lsn(),
             frame_bytes_max: FRAME_BYTES_MAX as u32,
             recv_credits: 0,
@@ -251,9 +270,16 @@ mod tests {
             volume_id: hex16(&id),
             block_size: 4096,
             generation: 3,
+            fenced_below: 0,
         };
         m.save(&dir).unwrap();
         assert_eq!(VolumeMeta::load(&dir).unwrap(), m);
+        assert!(!std::fs::read_to_string(dir.join(VOLUME_META_FILE))
+            .unwrap()
+            .contains("fenced_below"));
+        let fenced = VolumeMeta { fenced_below: 4, ..m };
+        fenced.save(&dir).unwrap();
+        assert_eq!(VolumeMeta::load(&dir).unwrap(), fenced);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

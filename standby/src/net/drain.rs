@@ -12,6 +12,11 @@
 //! connected relay is drained. The caller (the standby host's failover thread) bounds it
 //! with its drain timeout and decides what no relay at all means.
 //!
+//! Fencing comes first: each link is sent a `Fence` with the generation the standby will be
+//! promoted to, and only a relay that confirmed it (it acknowledges nothing more of the old
+//! primary from then on) is asked for ops, so what the drain takes covers every op any
+//! fenced relay ever acknowledged (`docs/failover.md`, "Fencing before the drain").
+//!
 //! Both functions run on the volume's reactor (`crate::rpc::with_standby`).
 
 use super::{reactor_net, NET};
@@ -27,12 +32,18 @@ pub(super) struct Drain {
     expected: usize,
     lsn_start: u64,
     epoch_start: u64,
+    /// The generation the relays are fenced with (the one the standby will be promoted to).
+    generation: u64,
     active: bool,
 }
 
 impl Drain {
     pub(super) fn active(&self) -> bool {
         self.active
+    }
+
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
     }
 }
 
@@ -41,7 +52,13 @@ impl Drain {
 pub struct DrainProgress {
     /// Relay links connected now.
     pub relays: usize,
-    /// Of them, those that answered they hold nothing past the standby's next LSN.
+    /// Of them, those that confirmed the fence: they acknowledge nothing more of the old
+    /// primary.
+    pub relays_fenced: usize,
+    /// The generation the relays were fenced with (the one promotion takes).
+    pub fence_generation: u64,
+    /// Of them, those that answered they hold nothing past the standby's next LSN (asked
+    /// only once fenced).
     pub relays_drained: usize,
     /// Relay links connected at once within the 10 s before the drain (a relay that was
     /// reconnecting when the primary died is waited for, briefly).
@@ -62,12 +79,16 @@ pub struct DrainProgress {
     pub elapsed_us: u64,
 }
 
-/// Starts (or restarts) the drain of `v`'s relays.
-pub fn start_drain(v: &StandbyVolume) {
+/// Starts (or restarts) the drain of `v`'s relays, fencing them first with the generation
+/// `v` will be promoted to.
+pub fn start_drain(v: &mut StandbyVolume) {
+    let generation = v.fence_generation();
     let rn = reactor_net();
     let mut rn = rn.borrow_mut();
     let vn = rn.vols.entry(v.name().to_string()).or_default();
     for l in &mut vn.links {
+        l.fence_sent = false;
+        l.fence_reply = None;
         l.drained = false;
         l.drain_rescanned = false;
         l.drain_bytes0 = l.conn.stats().bytes_received;
@@ -87,10 +108,11 @@ pub fn start_drain(v: &StandbyVolume) {
         expected,
         lsn_start: v.next_lsn().saturating_sub(1),
         epoch_start: v.status().epoch_received_max,
+        generation,
         active: true,
     });
     log::info!(
-        "standby {}: draining {} relay link(s) from LSN {}",
+        "standby {}: fencing and draining {} relay link(s) from LSN {} (generation {generation})",
         v.name(),
         vn.links.len(),
         v.next_lsn()
@@ -111,9 +133,12 @@ pub fn drain_progress(v: &StandbyVolume, finish: bool) -> Option<DrainProgress> 
             d.active = false;
         }
         let relays = vn.links.len();
+        let relays_fenced = vn.links.iter().filter(|l| l.fenced(d.generation)).count();
         let relays_drained = vn.links.iter().filter(|l| l.drained).count();
         Some(DrainProgress {
             relays,
+            relays_fenced,
+            fence_generation: d.generation,
             relays_drained,
             relays_expected: d.expected,
             lsn_start: d.lsn_start,

@@ -35,6 +35,12 @@ pub(super) struct Link {
     pub(super) fwd: Option<(ForwardState, u64)>,
     /// Highest LSN the relay said it holds (its journal), from `PrimaryLiveness`.
     pub(super) held_lsn: u64,
+    /// Failover drain: the fence order went out on this link.
+    pub(super) fence_sent: bool,
+    /// Failover drain: the relay's answer to the fence (its generation now, the highest LSN
+    /// it journaled). Ops are asked for only after it: from then on the relay acknowledges
+    /// nothing more of the old primary.
+    pub(super) fence_reply: Option<(u64, u64)>,
     /// Failover drain: the relay answered that it holds nothing from the next LSN on.
     pub(super) drained: bool,
     /// This drain asked the relay again from the standby's next LSN after a `not_held`
@@ -102,6 +108,26 @@ impl Link {
             relay_held_lsn: self.held_lsn,
             last_error: self.close.clone().unwrap_or_default(),
         }
+    }
+
+    /// Queues the drain's fence order (once per drain); false when the send queue is full
+    /// or closed.
+    pub(super) fn fence(&mut self, generation: u64) -> bool {
+        let f = Fence {
+            generation,
+            journal_lsn: 0,
+            is_reply: false,
+        };
+        if self.conn.send(OutFrame::control(wire::encode_fence(&f), 0)).is_err() {
+            return false;
+        }
+        self.fence_sent = true;
+        true
+    }
+
+    /// The relay confirmed a fence at `generation` or newer.
+    pub(super) fn fenced(&self, generation: u64) -> bool {
+        self.fence_reply.is_some_and(|(g, _)| g >= generation)
     }
 
     /// Queues a GapRequest; false when the send queue is full or closed.
@@ -248,6 +274,7 @@ fn receive(name: &str, l: &mut Link, v: &mut StandbyVolume, now: u64, events: &m
         close,
         fwd,
         held_lsn,
+        fence_reply,
         ..
     } = l;
     let peer = *peer;
@@ -278,6 +305,10 @@ fn receive(name: &str, l: &mut Link, v: &mut StandbyVolume, now: u64, events: &m
                 match other {
                     Frame::Heartbeat(h) if !h.is_reply => events.push(Event::Echo(*h)),
                     Frame::Heartbeat(_) | Frame::Ack(_) => {}
+                    Frame::Fence(f) if f.is_reply => {
+                        *fence_reply = Some((f.generation, f.journal_lsn));
+                        *held_lsn = (*held_lsn).max(f.journal_lsn);
+                    }
                     // The relay says when it last heard the primary: the standby
                     // host's failure detector wants it (10 Hz per relay; a short
                     // uncontended lock, control frames only).

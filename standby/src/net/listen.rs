@@ -309,6 +309,8 @@ impl Link {
             close: None,
             fwd: None,
             held_lsn: 0,
+            fence_sent: false,
+            fence_reply: None,
             drained: false,
             drain_rescanned: false,
             drain_bytes0: 0,

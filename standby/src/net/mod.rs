@@ -66,7 +66,7 @@ use engine::clock::now_ns;
 use engine::reactor::{self, PollStatus};
 use rdma_transport::handshake::{answer_hello, refusal_for, LocalVolume};
 use rdma_transport::wire::{
-    self, Batch, ForwardState, Frame, GapRequest, GapStatus, Heartbeat, Hello, HelloReply, RefuseReason, Role,
+    self, Batch, Fence, ForwardState, Frame, GapRequest, GapStatus, Heartbeat, Hello, HelloReply, RefuseReason, Role,
     SafeUpTo, FRAME_BYTES_MAX, WIRE_VERSION,
 };
 use rdma_transport::{AnyAcceptor, AnyConnection, Endpoint};
@@ -373,14 +373,20 @@ impl VolNet {
         busy
     }
 
-    /// Failover drain: every relay not yet drained and without a request outstanding is
-    /// asked for what follows the next LSN, whatever its forward policy; replies that
-    /// carry ops are chained (one round trip per frame) until it answers `not_held`.
+    /// Failover drain: every relay is first fenced (told the generation the standby will
+    /// be promoted to; it drops the old primary and answers); then every relay fenced, not
+    /// yet drained and without a request outstanding is asked for what follows the next
+    /// LSN, whatever its forward policy; replies that carry ops are chained (one round
+    /// trip per frame) until it answers `not_held`.
     fn pull_drain(&mut self, v: &StandbyVolume, now: u64) -> bool {
         let first = v.next_lsn();
+        let generation = self.drain.as_ref().map_or(0, |d| d.generation());
         let mut busy = false;
         for i in 0..self.links.len() {
-            if self.links[i].drained || self.links[i].pull.is_some() {
+            if !self.links[i].fence_sent {
+                busy |= self.links[i].fence(generation);
+            }
+            if !self.links[i].fenced(generation) || self.links[i].drained || self.links[i].pull.is_some() {
                 continue;
             }
             let id = self.req_id();
