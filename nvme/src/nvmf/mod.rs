@@ -7,10 +7,14 @@
 
 pub mod ana;
 pub mod auth;
+pub(crate) mod connect;
 pub mod ctrlr;
 pub mod io;
 pub mod keepalive;
 pub mod keyring;
+#[cfg(feature = "rdma")]
+pub mod rdma;
+pub mod rdma_opts;
 pub mod rdma_proto;
 pub mod restart;
 pub mod tcp;
@@ -76,6 +80,10 @@ pub enum TargetError {
     NoSuchReferral { addr: SocketAddr, subnqn: String },
     #[error(transparent)]
     Keyring(#[from] keyring::KeyringError),
+    #[error("trtype RDMA: this build has no NVMe/RDMA transport (build baton with the `rdma` feature)")]
+    RdmaNotBuilt,
+    #[error("listener {addr} exists with another transport: one address has one transport")]
+    ListenerTransport { addr: SocketAddr },
 }
 
 /// Options of the TCP transport (SPDK's `nvmf_create_transport` names).
@@ -101,6 +109,9 @@ pub struct TransportOpts {
     /// SPDK's per-poll-group buffer cache: accepted and reported; baton's pools size
     /// their per-reactor caches themselves.
     pub buf_cache_size: u32,
+    /// The options are the RDMA transport's (the controller then advertises keyed SGLs).
+    #[serde(skip)]
+    pub rdma: bool,
 }
 
 impl Default for TransportOpts {
@@ -115,6 +126,7 @@ impl Default for TransportOpts {
             c2h_success: true,
             num_shared_buffers: tcp::DEFAULT_NUM_SHARED_BUFFERS,
             buf_cache_size: tcp::DEFAULT_BUF_CACHE_SIZE,
+            rdma: false,
         }
     }
 }
@@ -278,6 +290,8 @@ pub struct ListenerHandle {
     pub(crate) closed: Arc<AtomicBool>,
     /// A secure channel (TLS 1.3 with a PSK) is required on this socket.
     pub secure: bool,
+    /// An NVMe/RDMA listener (rdma_cm), not a TCP socket.
+    pub rdma: bool,
 }
 
 impl ListenerHandle {
@@ -295,6 +309,8 @@ impl ListenerHandle {
 /// The target: every subsystem, listener and the transport options.
 pub struct Target {
     opts: Mutex<TransportOpts>,
+    /// The RDMA transport's options, once `nvmf_create_transport` made it.
+    rdma_opts: Mutex<Option<TransportOpts>>,
     transport_created: AtomicBool,
     state: Mutex<TargetState>,
     /// Discovery log generation counter.
@@ -345,6 +361,7 @@ impl Target {
     pub fn new() -> Arc<Target> {
         let t = Target {
             opts: Mutex::new(TransportOpts::default()),
+            rdma_opts: Mutex::new(None),
             transport_created: AtomicBool::new(false),
             state: Mutex::new(TargetState {
                 subsystems: BTreeMap::new(),
@@ -756,6 +773,18 @@ impl Target {
         initial: AnaState,
         secure: bool,
     ) -> Result<SocketAddr, TargetError> {
+        self.add_listener_on(nqn, addr, initial, secure, false)
+    }
+
+    /// Adds a TCP (`rdma` false) or RDMA listener of `nqn` on `addr`.
+    fn add_listener_on(
+        self: &Arc<Self>,
+        nqn: &str,
+        addr: SocketAddr,
+        initial: AnaState,
+        secure: bool,
+        rdma: bool,
+    ) -> Result<SocketAddr, TargetError> {
         let s = self.subsystem(nqn)?;
         let bound = {
             let existing = self
@@ -763,14 +792,19 @@ impl Target {
                 .listeners
                 .iter()
                 .find(|l| l.addr == addr)
-                .map(|l| (l.addr, l.secure));
+                .map(|l| (l.addr, l.secure, l.rdma));
             match existing {
-                Some((a, sec)) if sec != secure => {
+                Some((a, _, r)) if r != rdma => return Err(TargetError::ListenerTransport { addr: a }),
+                Some((a, sec, _)) if sec != secure => {
                     return Err(TargetError::ListenerMode { addr: a, secure: sec });
                 }
-                Some((a, _)) => a,
+                Some((a, _, _)) => a,
                 None => {
-                    let h = tcp::start_listener(self.clone(), addr, secure)?;
+                    let h = if rdma {
+                        self.start_rdma_listener(addr)?
+                    } else {
+                        tcp::start_listener(self.clone(), addr, secure)?
+                    };
                     let a = h.addr;
                     self.lock().listeners.push(h);
                     a
