@@ -28,8 +28,10 @@ if [ -b /dev/nvme0n1 ]; then
     grep -E '^ *(write|read):' /tmp/fio-$f.log | sed "s/^ */NVMF-RDMA fio $f (QEMU TCG, Soft-RoCE): /"
   done
   check nvmf-rdma-mkfs mkfs.ext4 -F /dev/nvme0n1
-  check nvmf-rdma-fs-roundtrip bash -c "mount /dev/nvme0n1 /mnt && dd if=/dev/urandom of=/mnt/f bs=1M count=8 2>/dev/null && md5sum /mnt/f > /tmp/sum && umount /mnt && echo 3 > /proc/sys/vm/drop_caches && mount /dev/nvme0n1 /mnt && md5sum -c /tmp/sum; rc=\$?; umount /mnt; exit \$rc"
+  check nvmf-rdma-fs-roundtrip bash -c "mount /dev/nvme0n1 /mnt && dd if=/dev/urandom of=/mnt/f bs=1M count=8 2>/dev/null && md5sum /mnt/f > /tmp/sum && umount /mnt && echo 3 > /proc/sys/vm/drop_caches && mount /dev/nvme0n1 /mnt && md5sum -c /tmp/sum && fstrim -v /mnt; rc=\$?; umount /mnt; exit \$rc"
   check nvmf-rdma-fsck e2fsck -n -f /dev/nvme0n1
+  # Dataset Management (mkfs's and fstrim's discards) and every other command succeeded.
+  check nvmf-rdma-no-io-errors bash -c "! dmesg | grep -E 'nvme0.*I/O Error|I/O error, dev nvme0'"
   check nvmf-rdma-disconnect bash -c "nvme disconnect -n $NQN && gone_dev"
 else
   fail=$((fail+1)); echo "E2E FAIL nvmf-rdma-no-namespace"

@@ -399,7 +399,7 @@ impl Queue {
         }
         let mut pending = 0;
         for k in 0..ranges as usize {
-            let data = &self.reqs[i as usize].buf.as_deref().unwrap_or(&[])[..];
+            let data = self.reqs[i as usize].buf.as_deref().unwrap_or(&[]);
             let (nlb, slba) = io::dsm_range(data, k);
             if nlb == 0 {
                 continue;

@@ -144,7 +144,7 @@ fn accept_some(ch: &Channel, target: &Arc<Target>, cores: &[u32], listen: Socket
 
 /// One reactor's RDMA queues.
 struct PollGroup {
-    queues: Vec<Box<Queue>>,
+    queues: Vec<Queue>,
 }
 
 thread_local! {
@@ -160,7 +160,9 @@ fn group_add(mut q: Box<Queue>) {
         if g.is_none() {
             reactor::register_poller("nvmf_rdma_poll_group", None, group_poll);
         }
-        g.get_or_insert_with(|| PollGroup { queues: Vec::new() }).queues.push(q);
+        g.get_or_insert_with(|| PollGroup { queues: Vec::new() })
+            .queues
+            .push(*q);
     });
 }
 
