@@ -205,6 +205,44 @@ mod tests {
         assert_eq!(nvmf_get_transports(&t2, None).unwrap(), all);
     }
 
+    /// An RDMA listener: refused naming the feature without it; with it, it needs the
+    /// reactors (this test runs none), never TLS.
+    #[test]
+    fn rdma_listener_names_what_it_lacks() {
+        use crate::nvmf::SubsystemParams;
+        use crate::rpc::{nvmf_subsystem_add_listener, ListenAddress, ListenerParams};
+        let t = Target::new();
+        t.create_subsystem(SubsystemParams {
+            nqn: "nqn.2016-06.io.baton:r".into(),
+            allow_any_host: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let p = |secure| ListenerParams {
+            nqn: "nqn.2016-06.io.baton:r".into(),
+            listen_address: ListenAddress {
+                trtype: "rdma".into(),
+                adrfam: Some("ipv4".into()),
+                traddr: "192.0.2.1".into(),
+                trsvcid: Some("4420".into()),
+            },
+            secure_channel: secure,
+            ..Default::default()
+        };
+        let e = nvmf_subsystem_add_listener(&t, p(Some(true))).unwrap_err();
+        assert!(e.message.contains("secure_channel"), "{}", e.message);
+        let e = nvmf_subsystem_add_listener(&t, p(None)).unwrap_err();
+        if cfg!(feature = "rdma") {
+            // No reactors here, or (reactors of another test running) no RDMA device
+            // with that address on this machine.
+            let m = &e.message;
+            assert!(m.contains("no reactors") || m.contains("cannot listen"), "{m}");
+        } else {
+            assert!(e.message.contains("`rdma` feature"), "{}", e.message);
+        }
+        assert!(t.listen_addrs().is_empty());
+    }
+
     #[test]
     fn rdma_limits_are_refused_by_name_and_other_transports_too() {
         let t = Target::new();
