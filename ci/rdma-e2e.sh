@@ -23,6 +23,12 @@
 #     with the writer's record: nothing acknowledged may be lost (docs/chaos.md).
 #  e. `baton perf` on a volume replicated to one `baton relay` over RDMA, and the
 #     same over TCP to compare (RDMA-PERF lines, reported; a failed run fails the check).
+#  f. the NVMe/RDMA target (nvme/examples/nvmf_tgt built with `rdma`, docs/nvme-rdma.md)
+#     with the kernel's nvme-rdma initiator over the same Soft-RoCE device: nvme discover
+#     -t rdma (TRTYPE rdma in the log), connect, id-ctrl, fio randwrite 4 KiB and a 128 KiB
+#     sequential write with crc32c verify, mkfs.ext4 / mount / write / drop caches / read
+#     back / e2fsck, disconnect, a connect to a subsystem that does not admit the host
+#     refused, the target still alive (NVMF-RDMA lines carry fio's figures).
 # Prints "rdma e2e: N passed, M failed" and "E2E-DONE fail=M".
 #
 # Needs root (apt-get) the first time; downloads only Debian packages. ci/test.sh runs it.
@@ -31,7 +37,7 @@
 # RDMA_E2E_TESTBIN / RDMA_E2E_LIBTESTBIN (already built device / unit test binaries, e.g. debug
 # ones, for quick iterations),
 # RDMA_E2E_STRACE=1 (run each device test under strace; a hung one shows its last calls),
-# RDMA_E2E_SKIP_PERF=1 (no step e).
+# RDMA_E2E_SKIP_PERF=1 (no step e), RDMA_E2E_SKIP_NVMF=1 (no step f).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -39,18 +45,20 @@ WORK=${E2E_WORK:-/tmp/baton-rdma-e2e}
 ROUNDS=${RDMA_E2E_ROUNDS:-2}
 MEM=${RDMA_E2E_MEM:-2048}
 SKIP_CHAOS=${RDMA_E2E_SKIP_CHAOS:-0}
+SKIP_NVMF=${RDMA_E2E_SKIP_NVMF:-0}
 mkdir -p "$WORK"
 T0=$(date +%s)
 
 # shellcheck source=ci/guest-lib.sh
 . ci/guest-lib.sh
 guest_packages "rdma e2e" qemu-system-x86 busybox-static kmod cpio iproute2 rdma-core ibverbs-providers \
-  ibverbs-utils rdmacm-utils perftest libibverbs-dev librdmacm-dev libclang-dev pkg-config
+  ibverbs-utils rdmacm-utils perftest libibverbs-dev librdmacm-dev libclang-dev pkg-config nvme-cli fio e2fsprogs
 guest_kernel
 
 # baton and the transport's device tests, for generic x86-64 (TCG has no AVX-512).
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 [ "$SKIP_CHAOS" = 1 ] || cargo build --release -q -p baton --features rdma
+[ "$SKIP_NVMF" = 1 ] || cargo build --release -q -p baton-nvme --features rdma --example nvmf_tgt
 TESTBIN=${RDMA_E2E_TESTBIN:-$(cargo test --release -q -p baton-rdma-transport --features rdma --test rdma --no-run \
   --message-format=json 2>/dev/null | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)}
 [ -x "$TESTBIN" ] || { echo "rdma e2e: test binary not found" >&2; exit 1; }
@@ -62,6 +70,14 @@ LIBTESTBIN=${RDMA_E2E_LIBTESTBIN:-$(cargo test --release -q -p baton-rdma-transp
 # (dlopen'ed by libibverbs, so ldd does not see it), baton and the test binary.
 guest_initrd_start
 guest_bins bash modprobe ip rdma ib_send_lat ib_write_lat ibv_devices strace
+if [ "$SKIP_NVMF" != 1 ]; then
+  guest_bins nvme fio mkfs.ext4 e2fsck md5sum
+  guest_file "$CARGO_TARGET_DIR/release/examples/nvmf_tgt" nvmf_tgt
+  guest_modules nvme-rdma ext4 crc32c_generic
+  mkdir -p "$IRD/etc/nvme"
+  echo "nqn.2014-08.org.nvmexpress:uuid:baton-e2e-host" > "$IRD/etc/nvme/hostnqn"
+  echo "7b3b3e6a-1f2d-4c55-9b8e-ba7000e2e001" > "$IRD/etc/nvme/hostid"
+fi
 [ "$SKIP_CHAOS" = 1 ] || guest_file "$CARGO_TARGET_DIR/release/baton" baton
 guest_file "$TESTBIN" rdma-tests
 guest_file "$LIBTESTBIN" rdma-unit-tests
@@ -70,8 +86,8 @@ cp /etc/libibverbs.d/rxe.driver "$IRD/etc/libibverbs.d/"
 cp -L /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so "$IRD/usr/lib/x86_64-linux-gnu/libibverbs/"
 guest_libs "$(ls /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so | head -1)"
 guest_modules crc32_generic rdma_rxe ib_uverbs rdma_ucm dummy
-printf 'ROUNDS=%d\nSKIP_CHAOS=%d\nSTRACE=%d\nSKIP_PERF=%d\n' "$ROUNDS" "$SKIP_CHAOS" "${RDMA_E2E_STRACE:-0}" \
-  "${RDMA_E2E_SKIP_PERF:-0}" > "$IRD/etc/e2e.conf"
+printf 'ROUNDS=%d\nSKIP_CHAOS=%d\nSTRACE=%d\nSKIP_PERF=%d\nSKIP_NVMF=%d\n' "$ROUNDS" "$SKIP_CHAOS" "${RDMA_E2E_STRACE:-0}" \
+  "${RDMA_E2E_SKIP_PERF:-0}" "$SKIP_NVMF" > "$IRD/etc/e2e.conf"
 
 cat > "$IRD/init" <<'INIT'
 #!/bin/bash
@@ -186,13 +202,20 @@ if [ "$SKIP_CHAOS" != 1 ] && [ "$SKIP_PERF" != 1 ]; then
   done
 fi
 
+# f. The NVMe/RDMA target with the kernel's nvme-rdma initiator.
+phase nvme-rdma
+if [ "$SKIP_NVMF" != 1 ]; then
+  . /etc/nvmf-rdma.sh
+fi
+
 phase end
 echo "rdma e2e: $pass passed, $fail failed"
 echo "E2E guest seconds: $(( $(cut -d. -f1 /proc/uptime) - G0 ))"
 echo "E2E-DONE fail=$fail"
 poweroff -f
 INIT
+cp ci/nvmf-rdma-guest.sh "$IRD/etc/nvmf-rdma.sh"
 guest_initrd_pack
 
 guest_run 3000 "$MEM"
-guest_verdict "rdma e2e" "^(E2E|RDMA)|rdma e2e"
+guest_verdict "rdma e2e" "^(E2E|RDMA|NVMF-RDMA)|rdma e2e|nvme nvme|nvme0"

@@ -24,6 +24,10 @@
 //! only), admitting each HOSTNQN with the PSK in KEYFILE (`NVMeTLSkey-1:...`, mode 0600;
 //! `docs/security.md`, "NVMe/TCP TLS").
 //!
+//! `--rdma ADDR:PORT` (feature `rdma`): the e2e and restricted subsystems also listen over
+//! NVMe/RDMA at ADDR:PORT (an address of an RDMA device, e.g. Soft-RoCE's;
+//! `docs/nvme-rdma.md`), with the RDMA transport's default options.
+//!
 //! `--pcie BDF` (feature `vfio`): attaches the NVMe controller at BDF (bound to vfio-pci)
 //! with baton's user-space driver and exports its first namespace as
 //! `nqn.2016-06.io.baton:pcie` on ADDR:PORT.
@@ -47,6 +51,7 @@ struct AnaArgs {
     auth: Vec<String>,
     tls: Option<SocketAddr>,
     tls_hosts: Vec<String>,
+    rdma: Option<SocketAddr>,
 }
 
 fn state(s: &str) -> AnaState {
@@ -74,6 +79,7 @@ fn ana_args(args: &[String]) -> AnaArgs {
             "--auth" => a.auth.push(v.clone()),
             "--tls" => a.tls = Some(v.parse().expect("--tls ADDR:PORT")),
             "--tls-host" => a.tls_hosts.push(v.clone()),
+            "--rdma" => a.rdma = Some(v.parse().expect("--rdma ADDR:PORT")),
             _ => panic!("unknown option {k}"),
         }
     }
@@ -273,6 +279,12 @@ fn main() {
         }
         let a = t.add_listener(nqn, addr).expect("listener");
         println!("nvmf_tgt: {nqn} on {a}");
+        if let Some(ra) = ana.rdma {
+            let a = t
+                .add_listener_rdma(nqn, ra, AnaState::Optimized)
+                .unwrap_or_else(|e| panic!("--rdma {ra}: {e}"));
+            println!("nvmf_tgt: {nqn} on RDMA {a}");
+        }
     }
     ana_subsystem(&t, addr, mib, &ana);
     if !ana.auth.is_empty() {

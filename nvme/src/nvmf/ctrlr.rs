@@ -462,7 +462,9 @@ impl Controller {
         c.maxcmd = self.opts.max_queue_depth;
         c.icdoff = 0;
         c.msdbd = 1;
-        c.sgls = 0x1 | (1 << 20);
+        // SGLs with the offset data block; RDMA adds keyed data blocks (bit 2), which the
+        // Linux nvme-rdma host requires.
+        c.sgls = 0x1 | (1 << 20) | if self.opts.rdma { 1 << 2 } else { 0 };
         c.iorcsz = 1;
         c.ioccsz = (64 + self.opts.in_capsule_data_size.min(IN_CAPSULE_DATA_BYTES)) / 16;
         put_str(&mut c.subnqn, &s.nqn, 0);
@@ -616,6 +618,10 @@ impl Controller {
             }
             for addr in s.state().listeners.iter() {
                 let mut e = log_entry(*addr, logpage::SUBTYPE_NVME, not_required, &s.nqn, asqsz);
+                if target.listener_rdma(*addr) {
+                    e.trtype = super::rdma_proto::TRTYPE_RDMA;
+                    e.tsas = super::rdma_proto::rdma_tsas();
+                }
                 if target.listener_secure(*addr) {
                     e.treq = logpage::TREQ_SECURE_CHANNEL_REQUIRED;
                     e.tsas[0] = logpage::TSAS_TCP_SECTYPE_TLS13;

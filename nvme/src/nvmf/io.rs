@@ -76,6 +76,17 @@ fn check_range(slba: u64, nlb: u32, g: NsGeometry) -> Result<(), Status> {
 /// Parses an I/O command against namespace geometry `g`. `in_capsule` is the number of
 /// in-capsule data bytes that came with it. `max_io_bytes` is the MDTS limit.
 pub fn parse_io(sqe: &Sqe, g: NsGeometry, in_capsule: u32, max_io_bytes: u32) -> Result<IoCmd, Status> {
+    let cmd = parse_io_cmd(sqe, g, max_io_bytes)?;
+    match cmd {
+        IoCmd::RestartPoint { tag_len } => check_tag_sgl(sqe, tag_len, in_capsule)?,
+        _ => check_sgl(sqe, &cmd, in_capsule)?,
+    }
+    Ok(cmd)
+}
+
+/// [`parse_io`] without the NVMe/TCP data descriptor checks: the command and its range
+/// only (NVMe/RDMA checks its descriptors with `rdma_proto::parse_sgl`).
+pub fn parse_io_cmd(sqe: &Sqe, g: NsGeometry, max_io_bytes: u32) -> Result<IoCmd, Status> {
     let data_cmd = |opc: u8| -> Result<IoCmd, Status> {
         let nlb = sqe.nlb();
         let bytes = u64::from(nlb) * u64::from(g.block_size);
@@ -107,13 +118,10 @@ pub fn parse_io(sqe: &Sqe, g: NsGeometry, in_capsule: u32, max_io_bytes: u32) ->
             if sqe.cdw10 > RESTART_TAG_BYTES_MAX {
                 return Err(Status::INVALID_FIELD);
             }
-            let cmd = IoCmd::RestartPoint { tag_len: sqe.cdw10 };
-            check_tag_sgl(sqe, sqe.cdw10, in_capsule)?;
-            return Ok(cmd);
+            IoCmd::RestartPoint { tag_len: sqe.cdw10 }
         }
         _ => return Err(Status::INVALID_OPCODE),
     };
-    check_sgl(sqe, &cmd, in_capsule)?;
     Ok(cmd)
 }
 

@@ -7,17 +7,22 @@
 
 pub mod ana;
 pub mod auth;
+pub(crate) mod connect;
 pub mod ctrlr;
 pub mod io;
 pub mod keepalive;
 pub mod keyring;
+mod listeners;
+#[cfg(feature = "rdma")]
+pub mod rdma;
+pub mod rdma_opts;
 pub mod rdma_proto;
 pub mod restart;
 pub mod tcp;
 pub mod tls;
 
 use crate::spec::fabrics::DISCOVERY_NQN;
-use ana::{AnaState, ListenerAna, SubsysAna};
+use ana::{ListenerAna, SubsysAna};
 use ctrlr::Controller;
 use engine::bdev::Bdev;
 use std::collections::{BTreeMap, BTreeSet};
@@ -76,6 +81,10 @@ pub enum TargetError {
     NoSuchReferral { addr: SocketAddr, subnqn: String },
     #[error(transparent)]
     Keyring(#[from] keyring::KeyringError),
+    #[error("trtype RDMA: this build has no NVMe/RDMA transport (build baton with the `rdma` feature)")]
+    RdmaNotBuilt,
+    #[error("listener {addr} exists with another transport: one address has one transport")]
+    ListenerTransport { addr: SocketAddr },
 }
 
 /// Options of the TCP transport (SPDK's `nvmf_create_transport` names).
@@ -101,6 +110,9 @@ pub struct TransportOpts {
     /// SPDK's per-poll-group buffer cache: accepted and reported; baton's pools size
     /// their per-reactor caches themselves.
     pub buf_cache_size: u32,
+    /// The options are the RDMA transport's (the controller then advertises keyed SGLs).
+    #[serde(skip)]
+    pub rdma: bool,
 }
 
 impl Default for TransportOpts {
@@ -115,6 +127,7 @@ impl Default for TransportOpts {
             c2h_success: true,
             num_shared_buffers: tcp::DEFAULT_NUM_SHARED_BUFFERS,
             buf_cache_size: tcp::DEFAULT_BUF_CACHE_SIZE,
+            rdma: false,
         }
     }
 }
@@ -278,6 +291,8 @@ pub struct ListenerHandle {
     pub(crate) closed: Arc<AtomicBool>,
     /// A secure channel (TLS 1.3 with a PSK) is required on this socket.
     pub secure: bool,
+    /// An NVMe/RDMA listener (rdma_cm), not a TCP socket.
+    pub rdma: bool,
 }
 
 impl ListenerHandle {
@@ -295,6 +310,8 @@ impl ListenerHandle {
 /// The target: every subsystem, listener and the transport options.
 pub struct Target {
     opts: Mutex<TransportOpts>,
+    /// The RDMA transport's options, once `nvmf_create_transport` made it.
+    rdma_opts: Mutex<Option<TransportOpts>>,
     transport_created: AtomicBool,
     state: Mutex<TargetState>,
     /// Discovery log generation counter.
@@ -345,6 +362,7 @@ impl Target {
     pub fn new() -> Arc<Target> {
         let t = Target {
             opts: Mutex::new(TransportOpts::default()),
+            rdma_opts: Mutex::new(None),
             transport_created: AtomicBool::new(false),
             state: Mutex::new(TargetState {
                 subsystems: BTreeMap::new(),
@@ -728,103 +746,6 @@ impl Target {
         self.nvme_subsystem(nqn)?.state().allow_any_host = allow;
         self.bump_genctr();
         Ok(())
-    }
-
-    /// Makes `nqn` reachable on `addr` (`nvmf_subsystem_add_listener`), starting a TCP
-    /// listener if none exists on that address. Port 0 picks a free port; the address
-    /// actually bound is returned. Needs running reactors (the accept poller runs on one).
-    pub fn add_listener(self: &Arc<Self>, nqn: &str, addr: SocketAddr) -> Result<SocketAddr, TargetError> {
-        self.add_listener_ana(nqn, addr, AnaState::Optimized)
-    }
-
-    /// [`Target::add_listener`] with the ANA state every group starts in on this listener.
-    pub fn add_listener_ana(
-        self: &Arc<Self>,
-        nqn: &str,
-        addr: SocketAddr,
-        initial: AnaState,
-    ) -> Result<SocketAddr, TargetError> {
-        self.add_listener_secure(nqn, addr, initial, false)
-    }
-
-    /// [`Target::add_listener_ana`]; `secure`: the socket accepts only TLS 1.3 with a PSK
-    /// (`secure_channel`). A socket shared by several subsystems has one mode.
-    pub fn add_listener_secure(
-        self: &Arc<Self>,
-        nqn: &str,
-        addr: SocketAddr,
-        initial: AnaState,
-        secure: bool,
-    ) -> Result<SocketAddr, TargetError> {
-        let s = self.subsystem(nqn)?;
-        let bound = {
-            let existing = self
-                .lock()
-                .listeners
-                .iter()
-                .find(|l| l.addr == addr)
-                .map(|l| (l.addr, l.secure));
-            match existing {
-                Some((a, sec)) if sec != secure => {
-                    return Err(TargetError::ListenerMode { addr: a, secure: sec });
-                }
-                Some((a, _)) => a,
-                None => {
-                    let h = tcp::start_listener(self.clone(), addr, secure)?;
-                    let a = h.addr;
-                    self.lock().listeners.push(h);
-                    a
-                }
-            }
-        };
-        let mut st = s.state();
-        if st.listeners.contains(&bound) {
-            return Err(TargetError::ListenerExists {
-                nqn: nqn.to_string(),
-                addr: bound,
-            });
-        }
-        st.listeners.push(bound);
-        st.ana
-            .push(Arc::new(ListenerAna::new(bound, s.max_namespaces, initial)));
-        drop(st);
-        self.bump_genctr();
-        Ok(bound)
-    }
-
-    /// Stops `nqn` listening on `addr` (`nvmf_subsystem_remove_listener`); the socket closes
-    /// when no subsystem uses it any more. Existing connections stay.
-    pub fn remove_listener(&self, nqn: &str, addr: SocketAddr) -> Result<(), TargetError> {
-        let s = self.subsystem(nqn)?;
-        {
-            let mut st = s.state();
-            let before = st.listeners.len();
-            st.listeners.retain(|a| *a != addr);
-            st.ana.retain(|a| a.addr != addr);
-            if st.listeners.len() == before {
-                return Err(TargetError::NoSuchListener {
-                    nqn: nqn.to_string(),
-                    addr,
-                });
-            }
-        }
-        self.release_listener(addr);
-        self.bump_genctr();
-        Ok(())
-    }
-
-    fn release_listener(&self, addr: SocketAddr) {
-        let used = self
-            .lock()
-            .subsystems
-            .values()
-            .any(|s| s.state().listeners.contains(&addr));
-        if !used {
-            let mut st = self.lock();
-            if let Some(i) = st.listeners.iter().position(|l| l.addr == addr) {
-                st.listeners.swap_remove(i).close();
-            }
-        }
     }
 
     /// Adds a discovery referral; `subnqn` None means the discovery NQN.

@@ -250,12 +250,15 @@ pub fn parse_sgl(sqe: &Sqe, need: u32, dir: Dir, in_capsule: u32, l: SglLimits) 
             if end.is_none_or(|e| e > u64::from(l.in_capsule_max) || e > u64::from(in_capsule)) {
                 return Err(Status::SGL_OFFSET_INVALID);
             }
-            if len != need {
+            if len < need {
                 return Err(Status::DATA_SGL_LENGTH_INVALID);
             }
+            // Longer than the command needs is accepted, as for keyed buffers and on
+            // NVMe/TCP: Linux sends Dataset Management with room for 256 ranges whatever
+            // the number of ranges. Only the needed bytes are used.
             Ok(DataDesc::InCapsule {
                 offset: sqe.sgl.addr as u32,
-                len,
+                len: need,
             })
         }
         sgl::TYPE_KEYED_DATA_BLOCK => {

@@ -2,7 +2,7 @@
 //! `remove_listener` (SPDK's `listen_address` object), `nvmf_subsystem_add_host` /
 //! `remove_host` and `nvmf_subsystem_allow_any_host` (`docs/nvme-tcp.md`, `docs/rpc.md`).
 
-use super::{check_tgt, check_trtype, invalid, RpcFailure};
+use super::{check_tgt, invalid, trtype_is_rdma, RpcFailure};
 use crate::nvmf::ana::AnaState;
 use crate::nvmf::{HostKeyNames, Target};
 use serde::{Deserialize, Serialize};
@@ -20,8 +20,13 @@ pub struct ListenAddress {
 }
 
 impl ListenAddress {
+    /// Whether the address is an RDMA one (other than TCP and RDMA is an error).
+    pub(crate) fn is_rdma(&self) -> Result<bool, RpcFailure> {
+        trtype_is_rdma(&self.trtype)
+    }
+
     pub(crate) fn socket_addr(&self) -> Result<SocketAddr, RpcFailure> {
-        check_trtype(&self.trtype)?;
+        self.is_rdma()?;
         let ip: IpAddr = self
             .traddr
             .parse()
@@ -43,6 +48,15 @@ impl ListenAddress {
                 .map_err(|_| invalid(format!("listen_address.trsvcid {s:?} is not a port number")))?,
         };
         Ok(SocketAddr::new(ip, port))
+    }
+
+    /// `a` as the target lists it: RDMA when its listener there is an RDMA one.
+    pub(crate) fn on(t: &Target, a: &SocketAddr) -> ListenAddress {
+        let mut l = ListenAddress::of(a);
+        if t.listener_rdma(*a) {
+            l.trtype = "RDMA".into();
+        }
+        l
     }
 
     pub(crate) fn of(a: &SocketAddr) -> ListenAddress {
@@ -88,7 +102,14 @@ pub fn nvmf_subsystem_add_listener(t: &Arc<Target>, p: ListenerParams) -> Result
         None => AnaState::Optimized,
         Some(s) => ana_state(s)?,
     };
-    t.add_listener_secure(&p.nqn, a, state, p.secure_channel.unwrap_or(false))?;
+    if p.listen_address.is_rdma()? {
+        if p.secure_channel == Some(true) {
+            return Err(invalid("secure_channel: TLS is a TCP transport feature, not RDMA's"));
+        }
+        t.add_listener_rdma(&p.nqn, a, state)?;
+    } else {
+        t.add_listener_secure(&p.nqn, a, state, p.secure_channel.unwrap_or(false))?;
+    }
     Ok(true)
 }
 

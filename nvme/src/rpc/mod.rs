@@ -100,11 +100,15 @@ fn check_tgt(t: &Option<String>) -> Result<(), RpcFailure> {
     }
 }
 
-fn check_trtype(t: &str) -> Result<(), RpcFailure> {
+/// TCP (false) or RDMA (true); other transports are refused. RDMA is understood in every
+/// build; without the `rdma` feature the target refuses it by name when asked to act.
+fn trtype_is_rdma(t: &str) -> Result<bool, RpcFailure> {
     if t.eq_ignore_ascii_case("tcp") {
-        Ok(())
+        Ok(false)
+    } else if t.eq_ignore_ascii_case("rdma") {
+        Ok(true)
     } else {
-        Err(invalid(format!("trtype {t:?}: only TCP is supported")))
+        Err(invalid(format!("trtype {t:?}: only TCP and RDMA are supported")))
     }
 }
 
@@ -298,6 +302,13 @@ pub fn config_entries(t: &Target) -> Vec<(&'static str, Value)> {
         }
         v.push(("nvmf_create_transport", tr));
     }
+    if let Some(o) = t.rdma_transport() {
+        let mut tr = transport_json(&o);
+        if let Some(o) = tr.as_object_mut() {
+            o.remove("dif_insert_or_strip");
+        }
+        v.push(("nvmf_create_transport", tr));
+    }
     for r in t.referrals() {
         v.push((
             "nvmf_discovery_add_referral",
@@ -316,7 +327,7 @@ pub fn config_entries(t: &Target) -> Vec<(&'static str, Value)> {
                     "ana_reporting": s.ana.reporting, "min_cntlid": s.min_cntlid, "max_cntlid": s.max_cntlid }),
         ));
         for l in &st.ana {
-            let mut p = json!({ "nqn": s.nqn, "listen_address": ListenAddress::of(&l.addr) });
+            let mut p = json!({ "nqn": s.nqn, "listen_address": ListenAddress::on(t, &l.addr) });
             if t.listener_secure(l.addr) {
                 p["secure_channel"] = json!(true);
             }
@@ -431,12 +442,12 @@ mod tests {
             "127.0.0.1:4420".parse().unwrap()
         );
         let bad = ListenAddress {
-            trtype: "RDMA".into(),
+            trtype: "FC".into(),
             adrfam: None,
             traddr: "127.0.0.1".into(),
             trsvcid: None,
         };
-        assert!(bad.socket_addr().unwrap_err().message.contains("RDMA"));
+        assert!(bad.socket_addr().unwrap_err().message.contains("FC"));
         let bad = ListenAddress {
             trtype: "TCP".into(),
             adrfam: Some("IPv6".into()),

@@ -67,7 +67,7 @@ pub fn nvmf_subsystem_get_qpairs(t: &Target, p: SubsystemQuery) -> Result<Vec<Va
                 "state": "enabled",
                 "thread": format!("nvmf_tgt_poll_group_{:03}", q.core),
                 "hostnqn": c.hostnqn,
-                "listen_address": ListenAddress::of(&q.listen),
+                "listen_address": ListenAddress::on(t, &q.listen),
                 "peer_address": ListenAddress::of(&q.peer),
             }));
         }
@@ -84,7 +84,7 @@ pub fn nvmf_subsystem_get_listeners(t: &Target, p: SubsystemQuery) -> Result<Vec
         return Ok(t
             .listen_addrs()
             .iter()
-            .map(|a| json!({ "address": ListenAddress::of(a) }))
+            .map(|a| json!({ "address": ListenAddress::on(t, a) }))
             .collect());
     }
     let st = s.state();
@@ -97,7 +97,7 @@ pub fn nvmf_subsystem_get_listeners(t: &Target, p: SubsystemQuery) -> Result<Vec
                 .iter()
                 .map(|&g| json!({ "ana_group": g, "ana_state": l.state(g).name() }))
                 .collect();
-            json!({ "address": ListenAddress::of(&l.addr), "ana_states": states })
+            json!({ "address": ListenAddress::on(t, &l.addr), "ana_states": states })
         })
         .collect())
 }
@@ -116,6 +116,9 @@ fn referral_addr(p: &ReferralParams) -> Result<std::net::SocketAddr, RpcFailure>
     check_tgt(&p.tgt_name)?;
     if p.address.trsvcid.as_deref().is_none_or(str::is_empty) {
         return Err(invalid("address.trsvcid: the service ID (port) is required"));
+    }
+    if p.address.is_rdma()? {
+        return Err(invalid("address.trtype RDMA: referrals name TCP addresses only"));
     }
     p.address.socket_addr()
 }

@@ -1,6 +1,6 @@
 //! The only code that calls `rdma-sys`: a small safe wrapper over rdma_cm and verbs, shaped
-//! for one connection owned by one reactor. Every `unsafe` block of the RDMA transport is
-//! here.
+//! for one connection owned by one reactor. Every `unsafe` block of the RDMA transport, and
+//! of the NVMe/RDMA target built on it (`baton-nvme`'s `rdma` feature), is here.
 //!
 //! - [`Channel`]: an rdma_cm event channel with its descriptor made non-blocking, so
 //!   [`Channel::poll`] answers at once; events are copied out and acknowledged at once.
@@ -20,9 +20,9 @@ use arrayvec::ArrayVec;
 use rdma_sys as sys;
 
 /// Bytes of a peer's private data kept from an event.
-pub(crate) const EVENT_PRIV_BYTES_MAX: usize = 64;
+pub const EVENT_PRIV_BYTES_MAX: usize = 64;
 /// Work completions read per `ibv_poll_cq` call.
-pub(crate) const WC_BATCH: usize = 32;
+pub const WC_BATCH: usize = 32;
 
 fn last_err(op: &'static str) -> (&'static str, io::Error) {
     (op, io::Error::last_os_error())
@@ -40,7 +40,7 @@ fn check(op: &'static str, rc: i32) -> Result<(), (&'static str, io::Error)> {
 }
 
 /// An error from a verbs or rdma_cm call: the call's name and the OS error.
-pub(crate) type VerbsError = (&'static str, io::Error);
+pub type VerbsError = (&'static str, io::Error);
 
 /// True when the kernel lists at least one RDMA device (Soft-RoCE included).
 pub fn rdma_device_present() -> bool {
@@ -50,7 +50,7 @@ pub fn rdma_device_present() -> bool {
 }
 
 /// A connection-manager event, copied out of rdma_cm and already acknowledged.
-pub(crate) struct CmEvent {
+pub struct CmEvent {
     /// `rdma_cm_event_type`.
     pub kind: u32,
     /// The event's status (a negative errno on errors, a reject reason on REJECTED).
@@ -61,10 +61,10 @@ pub(crate) struct CmEvent {
     pub private: ArrayVec<u8, EVENT_PRIV_BYTES_MAX>,
 }
 
-pub(crate) use sys::rdma_cm_event_type as cm_event;
+pub use sys::rdma_cm_event_type as cm_event;
 
 /// An rdma_cm event channel, non-blocking.
-pub(crate) struct Channel {
+pub struct Channel {
     ch: *mut sys::rdma_event_channel,
 }
 
@@ -74,7 +74,7 @@ unsafe impl Send for Channel {}
 
 impl Channel {
     /// Creates the channel and makes its descriptor non-blocking.
-    pub(crate) fn new() -> Result<Channel, VerbsError> {
+    pub fn new() -> Result<Channel, VerbsError> {
         // SAFETY: no arguments; the result is checked for null.
         let ch = unsafe { sys::rdma_create_event_channel() };
         if ch.is_null() {
@@ -93,7 +93,7 @@ impl Channel {
     }
 
     /// The next event, if one is waiting; never blocks.
-    pub(crate) fn poll(&self) -> Result<Option<CmEvent>, VerbsError> {
+    pub fn poll(&self) -> Result<Option<CmEvent>, VerbsError> {
         let mut ev: *mut sys::rdma_cm_event = ptr::null_mut();
         // SAFETY: `self.ch` is valid; `ev` receives a pointer owned by rdma_cm until acked.
         let rc = unsafe { sys::rdma_get_cm_event(self.ch, &mut ev) };
@@ -139,7 +139,7 @@ impl Drop for Channel {
 }
 
 /// An rdma_cm identifier.
-pub(crate) struct CmId {
+pub struct CmId {
     id: *mut sys::rdma_cm_id,
 }
 
@@ -172,7 +172,7 @@ fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
 
 impl CmId {
     /// A new identifier on `ch` for reliable connections (RDMA_PS_TCP).
-    pub(crate) fn new(ch: &Channel) -> Result<CmId, VerbsError> {
+    pub fn new(ch: &Channel) -> Result<CmId, VerbsError> {
         let mut id = ptr::null_mut();
         // SAFETY: `ch.ch` is valid; `id` receives the new identifier.
         let rc = unsafe { sys::rdma_create_id(ch.ch, &mut id, ptr::null_mut(), sys::rdma_port_space::RDMA_PS_TCP) };
@@ -181,7 +181,7 @@ impl CmId {
     }
 
     /// Starts resolving `dst` to a device and address (event ADDR_RESOLVED follows).
-    pub(crate) fn resolve_addr(&self, dst: SocketAddr, timeout_ms: i32) -> Result<(), VerbsError> {
+    pub fn resolve_addr(&self, dst: SocketAddr, timeout_ms: i32) -> Result<(), VerbsError> {
         let sa = to_sockaddr(dst);
         // SAFETY: `sa` outlives the call, which copies it; `self.id` is valid.
         let rc = unsafe { sys::rdma_resolve_addr(self.id, ptr::null_mut(), sa.as_ptr() as *mut _, timeout_ms) };
@@ -189,7 +189,7 @@ impl CmId {
     }
 
     /// Starts resolving the route (event ROUTE_RESOLVED follows).
-    pub(crate) fn resolve_route(&self, timeout_ms: i32) -> Result<(), VerbsError> {
+    pub fn resolve_route(&self, timeout_ms: i32) -> Result<(), VerbsError> {
         // SAFETY: `self.id` is valid.
         check("rdma_resolve_route", unsafe {
             sys::rdma_resolve_route(self.id, timeout_ms)
@@ -197,7 +197,7 @@ impl CmId {
     }
 
     /// Binds to `addr` and listens.
-    pub(crate) fn listen(&self, addr: SocketAddr, backlog: i32) -> Result<(), VerbsError> {
+    pub fn listen(&self, addr: SocketAddr, backlog: i32) -> Result<(), VerbsError> {
         let sa = to_sockaddr(addr);
         // SAFETY: `sa` outlives the call, which copies it; `self.id` is valid.
         check("rdma_bind_addr", unsafe {
@@ -208,7 +208,7 @@ impl CmId {
     }
 
     /// Moves the identifier's events to `ch` (an accepted connection gets its own channel).
-    pub(crate) fn migrate(&self, ch: &Channel) -> Result<(), VerbsError> {
+    pub fn migrate(&self, ch: &Channel) -> Result<(), VerbsError> {
         // SAFETY: both are valid; every event of this id was acknowledged (Channel::poll
         // acknowledges at once), so rdma_migrate_id does not wait.
         check("rdma_migrate_id", unsafe { sys::rdma_migrate_id(self.id, ch.ch) })
@@ -229,50 +229,47 @@ impl CmId {
     }
 
     /// Connects (active side, after ROUTE_RESOLVED and `Qp::new`); ESTABLISHED follows.
-    pub(crate) fn connect(&self, private: &[u8]) -> Result<(), VerbsError> {
+    pub fn connect(&self, private: &[u8]) -> Result<(), VerbsError> {
         let mut p = Self::conn_param(private);
         // SAFETY: `p` and the private data it points at outlive the call, which copies them.
         check("rdma_connect", unsafe { sys::rdma_connect(self.id, &mut p) })
     }
 
     /// Accepts (passive side, after `Qp::new`); ESTABLISHED follows.
-    pub(crate) fn accept(&self, private: &[u8]) -> Result<(), VerbsError> {
+    pub fn accept(&self, private: &[u8]) -> Result<(), VerbsError> {
         let mut p = Self::conn_param(private);
         // SAFETY: as in `connect`.
         check("rdma_accept", unsafe { sys::rdma_accept(self.id, &mut p) })
     }
 
     /// Refuses a connection request.
-    pub(crate) fn reject(&self) {
+    pub fn reject(&self) {
         // SAFETY: `self.id` is valid; no private data.
         unsafe { sys::rdma_reject(self.id, ptr::null(), 0) };
     }
 
-    // Used by the device tests (rw_tests.rs) only until the NVMe/RDMA target's data path
-    // (docs/nvme-rdma.md) calls it.
-    #[cfg_attr(not(test), allow(dead_code))]
     /// Refuses a connection request with private data telling the peer why (NVMe/RDMA
     /// puts a record format and a status there); at most 56 bytes are sent.
-    pub(crate) fn reject_with(&self, private: &[u8]) {
+    pub fn reject_with(&self, private: &[u8]) {
         let n = private.len().min(56) as u8;
         // SAFETY: `self.id` is valid; `private` outlives the call, which copies `n` bytes.
         unsafe { sys::rdma_reject(self.id, private.as_ptr() as *const _, n) };
     }
 
     /// Starts an orderly disconnect (the peer sees DISCONNECTED); errors are ignored.
-    pub(crate) fn disconnect(&self) {
+    pub fn disconnect(&self) {
         // SAFETY: `self.id` is valid.
         unsafe { sys::rdma_disconnect(self.id) };
     }
 
     /// Local address (bound or resolved).
-    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
+    pub fn local_addr(&self) -> Option<SocketAddr> {
         // SAFETY: `self.id` is valid; the route's address storage is plain data.
         from_storage(unsafe { &(*self.id).route.addr.src_addr_union.src_storage })
     }
 
     /// Peer address (resolved or of an accepted request).
-    pub(crate) fn peer_addr(&self) -> Option<SocketAddr> {
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
         // SAFETY: as in `local_addr`.
         from_storage(unsafe { &(*self.id).route.addr.dst_addr_union.dst_storage })
     }
@@ -294,25 +291,22 @@ struct Region {
 
 /// Which of a [`Qp`]'s regions a work request names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mem {
+pub enum Mem {
     /// The send staging ring.
     Send = 0,
     /// The receive ring.
     Recv = 1,
     /// Control words (credit word, credit sources): remotely writable.
     Ctl = 2,
-    // Only the device tests (rw_tests.rs) register one until the NVMe/RDMA target does.
-    #[cfg_attr(not(test), allow(dead_code))]
     /// Data the peer reads and writes by RDMA READ / WRITE under its rkey, and the local
     /// side moves by RDMA READ / WRITE to and from the peer's memory (present when
     /// `QpSizes::data_bytes` is not 0).
     Data = 3,
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
 /// An RDMA transfer between a local region and the peer's memory named by address and key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RdmaOp {
+pub enum RdmaOp {
     /// Peer memory into the local region.
     Read,
     /// The local region into peer memory.
@@ -321,7 +315,7 @@ pub(crate) enum RdmaOp {
 
 /// A work completion, reduced to what the transport reads.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Wc {
+pub struct Wc {
     pub wr_id: u64,
     pub ok: bool,
     pub status: u32,
@@ -330,7 +324,7 @@ pub(crate) struct Wc {
 
 /// Sizes of a connection's queues and regions.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct QpSizes {
+pub struct QpSizes {
     pub send_wr: u32,
     pub recv_wr: u32,
     pub send_bytes: usize,
@@ -341,7 +335,7 @@ pub(crate) struct QpSizes {
 }
 
 /// A connection's verbs resources on its [`CmId`].
-pub(crate) struct Qp {
+pub struct Qp {
     id: *mut sys::rdma_cm_id,
     pd: *mut sys::ibv_pd,
     send_cq: *mut sys::ibv_cq,
@@ -358,7 +352,7 @@ unsafe impl Send for Qp {}
 impl Qp {
     /// Creates PD, CQs, the RC queue pair on `id` and registers the three regions. `id` must
     /// have a device (address resolved, or a connection request) and must outlive the `Qp`.
-    pub(crate) fn new(id: &CmId, s: QpSizes) -> Result<Qp, VerbsError> {
+    pub fn new(id: &CmId, s: QpSizes) -> Result<Qp, VerbsError> {
         // SAFETY: `id.id` is valid; `verbs` is its device context once resolved.
         let verbs = unsafe { (*id.id).verbs };
         if verbs.is_null() {
@@ -439,7 +433,7 @@ impl Qp {
     }
 
     /// Address and remote key of `off` in a region (advertised to the peer).
-    pub(crate) fn remote_ref(&self, m: Mem, off: usize) -> (u64, u32) {
+    pub fn remote_ref(&self, m: Mem, off: usize) -> (u64, u32) {
         let r = &self.regions[m as usize];
         // SAFETY: `r.mr` is a live registration of `r.buf`.
         let rkey = unsafe { (*r.mr).rkey };
@@ -447,18 +441,18 @@ impl Qp {
     }
 
     /// A region's bytes, for reading completed receives and writing unposted send slots.
-    pub(crate) fn mem(&self, m: Mem) -> &[u8] {
+    pub fn mem(&self, m: Mem) -> &[u8] {
         &self.regions[m as usize].buf
     }
 
     /// As [`Qp::mem`], writable (the send ring's free slots, credit sources).
-    pub(crate) fn mem_mut(&mut self, m: Mem) -> &mut [u8] {
+    pub fn mem_mut(&mut self, m: Mem) -> &mut [u8] {
         &mut self.regions[m as usize].buf
     }
 
     /// Reads a little-endian u64 the peer writes by RDMA WRITE (volatile: the NIC changes
     /// it behind the compiler's back).
-    pub(crate) fn read_remote_written_u64(&self, off: usize) -> u64 {
+    pub fn read_remote_written_u64(&self, off: usize) -> u64 {
         let b = &self.regions[Mem::Ctl as usize].buf;
         let w: &[u8; 8] = b[off..off + 8].try_into().unwrap_or(&[0; 8]);
         // SAFETY: `w` is a valid, initialised 8-byte array (alignment 1) borrowed from the
@@ -501,7 +495,7 @@ impl Qp {
     }
 
     /// Posts a SEND of `len` bytes at `off` of the send region.
-    pub(crate) fn post_send(&mut self, wr_id: u64, off: usize, len: usize, signalled: bool) -> Result<(), VerbsError> {
+    pub fn post_send(&mut self, wr_id: u64, off: usize, len: usize, signalled: bool) -> Result<(), VerbsError> {
         let sge = self.sge(Mem::Send, off, len)?;
         self.post_send_wr(wr_id, sge, sys::ibv_wr_opcode::IBV_WR_SEND, None, signalled)
     }
@@ -510,11 +504,8 @@ impl Qp {
     /// the peer's memory at `remote` (address, rkey). The peer's memory is the peer's to
     /// bound-check (its NIC refuses an access outside the registration with a completion
     /// error); the local side is checked here.
-    // Used by the device tests (rw_tests.rs) only until the NVMe/RDMA target's data path
-    // (docs/nvme-rdma.md) calls it.
-    #[cfg_attr(not(test), allow(dead_code))]
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn post_rdma(
+    pub fn post_rdma(
         &mut self,
         wr_id: u64,
         op: RdmaOp,
@@ -534,7 +525,7 @@ impl Qp {
 
     /// Posts an RDMA WRITE of `len` bytes at `off` of the control region to the peer's
     /// `remote` (address, rkey).
-    pub(crate) fn post_write_ctl(
+    pub fn post_write_ctl(
         &mut self,
         wr_id: u64,
         off: usize,
@@ -553,7 +544,7 @@ impl Qp {
     }
 
     /// Posts a receive of up to `len` bytes into `off` of the receive region.
-    pub(crate) fn post_recv(&mut self, wr_id: u64, off: usize, len: usize) -> Result<(), VerbsError> {
+    pub fn post_recv(&mut self, wr_id: u64, off: usize, len: usize) -> Result<(), VerbsError> {
         let mut sge = self.sge(Mem::Recv, off, len)?;
         let mut wr = sys::ibv_recv_wr {
             wr_id,
@@ -586,12 +577,12 @@ impl Qp {
     }
 
     /// Reads up to [`WC_BATCH`] send completions.
-    pub(crate) fn poll_send_cq(&mut self, out: &mut dyn FnMut(Wc)) -> Result<usize, VerbsError> {
+    pub fn poll_send_cq(&mut self, out: &mut dyn FnMut(Wc)) -> Result<usize, VerbsError> {
         self.poll(true, out)
     }
 
     /// Reads up to [`WC_BATCH`] receive completions.
-    pub(crate) fn poll_recv_cq(&mut self, out: &mut dyn FnMut(Wc)) -> Result<usize, VerbsError> {
+    pub fn poll_recv_cq(&mut self, out: &mut dyn FnMut(Wc)) -> Result<usize, VerbsError> {
         self.poll(false, out)
     }
 }
@@ -622,7 +613,7 @@ impl Drop for Qp {
 }
 
 /// Human text of a work completion status.
-pub(crate) fn wc_status_str(status: u32) -> &'static str {
+pub fn wc_status_str(status: u32) -> &'static str {
     // SAFETY: ibv_wc_status_str returns a static string for any value.
     let p = unsafe { sys::ibv_wc_status_str(status) };
     if p.is_null() {

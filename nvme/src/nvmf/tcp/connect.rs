@@ -4,15 +4,14 @@
 use super::request::Req;
 use super::{Conn, IN_CAPSULE_DATA_BYTES};
 use crate::nvmf::auth::Session;
-use crate::nvmf::ctrlr::{Controller, QueueInfo};
-use crate::nvmf::{Subsystem, SubsystemKind};
+use crate::nvmf::connect;
+use crate::nvmf::ctrlr::QueueInfo;
+use crate::nvmf::SubsystemKind;
 use crate::spec::auth;
 use crate::spec::cmd::sgl_type;
-use crate::spec::fabrics::{self, ConnectCmd, ConnectData};
-use crate::spec::{get_str, Plain, Status};
+use crate::spec::fabrics::{self, ConnectCmd};
+use crate::spec::Status;
 use crate::tcp::pdu::RxLimits;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 /// How long a host has to authenticate a queue when its controller has no KATO.
 const AUTH_TIMEOUT_NO_KATO_MS: u64 = 120_000;
@@ -28,47 +27,15 @@ impl Conn {
     /// Connect: Ok carries the response's DW0 (CNTLID, and AUTHREQ.ATR when the host must
     /// authenticate this queue).
     pub(super) fn try_connect(&mut self, slot: usize) -> Result<u32, (Status, u32)> {
-        let invalid = |in_data, off| {
-            (
-                Status::CONNECT_INVALID_PARAMETERS,
-                fabrics::connect_invalid_param_dw0(in_data, off),
-            )
-        };
         let r = &self.reqs[slot];
-        let cmd = ConnectCmd::from_sqe(&r.sqe);
-        if cmd.recfmt != 0 {
-            return Err((Status::CONNECT_INCOMPATIBLE_FORMAT, 0));
-        }
+        let cmd = connect::connect_cmd(&r.sqe)?;
         if r.sqe.sgl.sgl_type != sgl_type::DATA_BLOCK_OFFSET {
             // Connect data must come in-capsule (it always fits).
             return Err((Status::SGL_DESCRIPTOR_TYPE_INVALID, 0));
         }
-        let data =
-            ConnectData::read_from(r.buf.as_deref().unwrap_or(&[])).ok_or((Status::DATA_SGL_LENGTH_INVALID, 0))?;
-        let subnqn = get_str(&data.subnqn);
-        let hostnqn = get_str(&data.hostnqn);
-        let subsys: Arc<Subsystem> = match self.target.subsystem(&subnqn) {
-            Ok(s) if !s.deleted.load(Ordering::Acquire) => s,
-            _ => {
-                log::info!("nvmf: {}: Connect to unknown subsystem {subnqn:?}", self.peer);
-                return Err(invalid(true, 256));
-            }
-        };
-        if subsys.kind == SubsystemKind::Nvme && !subsys.state().listeners.contains(&self.listen) {
-            log::info!(
-                "nvmf: {}: subsystem {subnqn} does not listen on {}",
-                self.peer,
-                self.listen
-            );
-            return Err(invalid(true, 256));
-        }
-        if !subsys.host_allowed(&hostnqn) {
-            log::info!("nvmf: {}: host {hostnqn:?} not allowed on {subnqn}", self.peer);
-            return Err((
-                Status::CONNECT_INVALID_HOST,
-                fabrics::connect_invalid_param_dw0(true, 512),
-            ));
-        }
+        let checked = connect::check_data(&self.target, r.buf.as_deref().unwrap_or(&[]), self.listen, self.peer)?;
+        let (subsys, hostnqn) = (checked.subsys.clone(), checked.hostnqn.clone());
+        let subnqn = subsys.nqn.clone();
         if let Some(id) = self.tls_identity() {
             // The TLS PSK was the one of (host, subsystem) in its identity: Connect must name
             // the same pair.
@@ -92,9 +59,9 @@ impl Conn {
         };
         let auth_session = auth_keys.map(|k| Box::new(Session::new(k, &hostnqn, &subsys.nqn)));
         if cmd.qid == 0 {
-            self.connect_admin(&subsys, &cmd, &data, hostnqn)?;
+            self.connect_admin(&checked, &cmd)?;
         } else {
-            self.connect_io(&subsys, &cmd, &data, &hostnqn)?;
+            self.connect_io(&checked, &cmd)?;
         }
         // Size the request table to the queue (setup path: allocates once).
         self.sq_entries = entries as u16;
@@ -137,53 +104,8 @@ impl Conn {
     }
 
     /// Admin queue Connect: a new controller.
-    pub(super) fn connect_admin(
-        &mut self,
-        subsys: &Arc<Subsystem>,
-        cmd: &ConnectCmd,
-        data: &ConnectData,
-        hostnqn: String,
-    ) -> Result<(), (Status, u32)> {
-        let invalid = |in_data, off| {
-            (
-                Status::CONNECT_INVALID_PARAMETERS,
-                fabrics::connect_invalid_param_dw0(in_data, off),
-            )
-        };
-        if cmd.sqsize == 0 || u32::from(cmd.sqsize) + 1 > u32::from(self.opts.max_aq_depth) {
-            return Err(invalid(false, 44));
-        }
-        if data.cntlid != 0xFFFF {
-            return Err(invalid(true, 16));
-        }
-        let Some(cntlid) = subsys.alloc_cntlid() else {
-            log::warn!(
-                "nvmf: {}: every controller ID of {} ({}..={}) is in use",
-                self.peer,
-                subsys.nqn,
-                subsys.min_cntlid,
-                subsys.max_cntlid
-            );
-            return Err((Status::CONNECT_CONTROLLER_BUSY, 0));
-        };
-        let c = Arc::new(Controller::new(
-            cntlid,
-            subsys.clone(),
-            hostnqn,
-            data.hostid,
-            cmd.kato_ms,
-            self.opts.clone(),
-            subsys.listener_ana(self.listen),
-        ));
-        subsys.state().controllers.push(Arc::downgrade(&c));
-        log::info!(
-            "nvmf: {}: controller {} of {} for host {} (KATO {} ms)",
-            self.peer,
-            c.cntlid,
-            subsys.nqn,
-            c.hostnqn,
-            cmd.kato_ms
-        );
+    fn connect_admin(&mut self, checked: &connect::Checked, cmd: &ConnectCmd) -> Result<(), (Status, u32)> {
+        let c = connect::new_controller(checked, cmd, &self.opts, self.listen, self.peer)?;
         self.stat(|s| &s.admin_qpairs, 1);
         self.stat(|s| &s.current_admin_qpairs, 1);
         self.ctrlr = Some(c);
@@ -192,39 +114,13 @@ impl Conn {
     }
 
     /// I/O queue Connect: joins the live controller the Connect data names.
-    pub(super) fn connect_io(
-        &mut self,
-        subsys: &Arc<Subsystem>,
-        cmd: &ConnectCmd,
-        data: &ConnectData,
-        hostnqn: &str,
-    ) -> Result<(), (Status, u32)> {
-        let invalid = |in_data, off| {
-            (
-                Status::CONNECT_INVALID_PARAMETERS,
-                fabrics::connect_invalid_param_dw0(in_data, off),
-            )
-        };
-        // A controller that failed (keep-alive timeout, ...) is gone for new queues.
-        let c = subsys
-            .state()
-            .controllers
-            .iter()
-            .filter_map(std::sync::Weak::upgrade)
-            .find(|c| c.cntlid == data.cntlid && c.hostnqn == hostnqn && !c.failed())
-            .ok_or(invalid(true, 16))?;
-        if !c.ready() {
-            return Err((Status::COMMAND_SEQUENCE_ERROR, 0));
-        }
-        if cmd.sqsize == 0 || u32::from(cmd.sqsize) + 1 > u32::from(self.opts.max_queue_depth) {
-            return Err(invalid(false, 44));
-        }
-        c.claim_io_qid(cmd.qid).map_err(|_| invalid(false, 42))?;
+    fn connect_io(&mut self, checked: &connect::Checked, cmd: &ConnectCmd) -> Result<(), (Status, u32)> {
+        let c = connect::join_controller(checked, cmd, &self.opts)?;
         self.stat(|s| &s.io_qpairs, 1);
         self.stat(|s| &s.current_io_qpairs, 1);
         self.qid = cmd.qid;
         self.ctrlr = Some(c);
-        self.refresh_ns(subsys);
+        self.refresh_ns(&checked.subsys);
         Ok(())
     }
 }

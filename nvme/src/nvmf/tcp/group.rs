@@ -116,6 +116,7 @@ pub(crate) fn start_listener(
         addr: bound,
         closed,
         secure,
+        rdma: false,
     })
 }
 

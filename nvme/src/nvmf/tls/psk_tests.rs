@@ -117,7 +117,7 @@ fn identities() {
 #[test]
 fn base64_round_trip() {
     for n in 0..10 {
-        let d: Vec<u8> = (0..n).map(|i| i * 37 + 1).collect();
+        let d: Vec<u8> = (0..n).map(|i: u32| (i * 37 + 1) as u8).collect();
         assert_eq!(base64_decode(&base64_encode(&d)).unwrap(), d);
     }
     assert_eq!(base64_decode("abc"), None);
