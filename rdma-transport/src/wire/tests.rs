@@ -84,22 +84,6 @@ fn seeds() -> Vec<Vec<u8>> {
         ),
         whole(&encode_safe_up_to(&SafeUpTo { lsn: 77, generation: 3 }), &[]),
         whole(
-            &encode_fence(&Fence {
-                generation: 4,
-                journal_lsn: 0,
-                is_reply: false,
-            }),
-            &[],
-        ),
-        whole(
-            &encode_fence(&Fence {
-                generation: 4,
-                journal_lsn: 812,
-                is_reply: true,
-            }),
-            &[],
-        ),
-        whole(
             &encode_gap_request(&GapRequest {
                 request_id: 5,
                 lsn_first: 10,
@@ -124,6 +108,14 @@ fn seeds() -> Vec<Vec<u8>> {
         }),
         &[],
     ));
+    for (generation, journal_lsn, is_reply) in [(4, 0, false), (4, 812, true)] {
+        let f = Fence {
+            generation,
+            journal_lsn,
+            is_reply,
+        };
+        v.push(whole(&encode_fence(&f), &[]));
+    }
     v.push(whole(
         &encode_base(&Base {
             lsn: 2005,
@@ -344,6 +336,26 @@ fn reply_and_control_rejections() {
         parse(&edited(hb, 20, |b| *b = 2)),
         Err(WireError::ReservedNonZero { .. })
     ));
+    let fence = whole(
+        &encode_fence(&Fence {
+            generation: 4,
+            journal_lsn: 9,
+            is_reply: true,
+        }),
+        &[],
+    );
+    assert_eq!(
+        parse(&edited(&fence, 16, |b| *b = 2)),
+        Err(WireError::BadFenceFlag { value: 2 })
+    );
+    assert!(matches!(
+        parse(&edited(&fence, 17, |b| *b = 1)),
+        Err(WireError::ReservedNonZero { .. })
+    ));
+    assert_eq!(
+        parse(&edited(&fence, 0, |b| *b = 0)),
+        Err(WireError::BadFenceGeneration)
+    );
     // lsn_first (body 8..16) raised above lsn_last.
     assert!(matches!(
         parse(&edited(gap, 15, |b| *b = 1)),
