@@ -12,7 +12,7 @@
 //! connected relay is drained. The caller (the standby host's failover thread) bounds it
 //! with its drain timeout and decides what no relay at all means.
 //!
-//! Both functions run on the volume's reactor (`crate::rpc::with_standby`).
+//! Both functions run on the volume's reactor (`crate::registry::with_standby`).
 
 use super::{reactor_net, NET};
 use crate::StandbyVolume;
