@@ -17,6 +17,14 @@ use std::sync::Arc;
 /// How long a host has to authenticate a queue when its controller has no KATO.
 const AUTH_TIMEOUT_NO_KATO_MS: u64 = 120_000;
 
+/// Connect Invalid Parameters, naming the field at byte `off` of the command or its data.
+fn invalid(in_data: bool, off: u16) -> (Status, u32) {
+    (
+        Status::CONNECT_INVALID_PARAMETERS,
+        fabrics::connect_invalid_param_dw0(in_data, off),
+    )
+}
+
 impl Conn {
     pub(super) fn connect(&mut self, slot: usize) {
         match self.try_connect(slot) {
@@ -26,14 +34,33 @@ impl Conn {
     }
 
     /// Connect: Ok carries the response's DW0 (CNTLID, and AUTHREQ.ATR when the host must
-    /// authenticate this queue).
+    /// authenticate this queue). The steps: read the command and its data, admit the host
+    /// to the subsystem, create or join the controller, size the queue, arm authentication.
     pub(super) fn try_connect(&mut self, slot: usize) -> Result<u32, (Status, u32)> {
-        let invalid = |in_data, off| {
-            (
-                Status::CONNECT_INVALID_PARAMETERS,
-                fabrics::connect_invalid_param_dw0(in_data, off),
-            )
+        let (cmd, data) = self.connect_command(slot)?;
+        let hostnqn = get_str(&data.hostnqn);
+        let subsys = self.admit(&get_str(&data.subnqn), &hostnqn)?;
+        let auth_keys = if subsys.kind == SubsystemKind::Nvme {
+            subsys.auth_keys(&hostnqn, &self.target.keyring)
+        } else {
+            None
         };
+        let auth_session = auth_keys.map(|k| Box::new(Session::new(k, &hostnqn, &subsys.nqn)));
+        if cmd.qid == 0 {
+            self.connect_admin(&subsys, &cmd, &data, hostnqn)?;
+        } else {
+            self.connect_io(&subsys, &cmd, &data, &hostnqn)?;
+        }
+        self.size_queue(u32::from(cmd.sqsize) + 1);
+        let dw0 = u32::from(self.ctrlr.as_ref().map(|c| c.cntlid).unwrap_or(0));
+        Ok(match auth_session {
+            Some(a) => self.arm_auth(a, dw0),
+            None => dw0,
+        })
+    }
+
+    /// The Connect command of `slot` and its in-capsule data.
+    fn connect_command(&self, slot: usize) -> Result<(ConnectCmd, ConnectData), (Status, u32)> {
         let r = &self.reqs[slot];
         let cmd = ConnectCmd::from_sqe(&r.sqe);
         if cmd.recfmt != 0 {
@@ -45,9 +72,13 @@ impl Conn {
         }
         let data =
             ConnectData::read_from(r.buf.as_deref().unwrap_or(&[])).ok_or((Status::DATA_SGL_LENGTH_INVALID, 0))?;
-        let subnqn = get_str(&data.subnqn);
-        let hostnqn = get_str(&data.hostnqn);
-        let subsys: Arc<Subsystem> = match self.target.subsystem(&subnqn) {
+        Ok((cmd, data))
+    }
+
+    /// The subsystem `subnqn` if it exists, listens where this connection came in, allows
+    /// `hostnqn`, and (over TLS) is the one the PSK identity names.
+    fn admit(&self, subnqn: &str, hostnqn: &str) -> Result<Arc<Subsystem>, (Status, u32)> {
+        let subsys: Arc<Subsystem> = match self.target.subsystem(subnqn) {
             Ok(s) if !s.deleted.load(Ordering::Acquire) => s,
             _ => {
                 log::info!("nvmf: {}: Connect to unknown subsystem {subnqn:?}", self.peer);
@@ -62,12 +93,13 @@ impl Conn {
             );
             return Err(invalid(true, 256));
         }
-        if !subsys.host_allowed(&hostnqn) {
+        let invalid_host = (
+            Status::CONNECT_INVALID_HOST,
+            fabrics::connect_invalid_param_dw0(true, 512),
+        );
+        if !subsys.host_allowed(hostnqn) {
             log::info!("nvmf: {}: host {hostnqn:?} not allowed on {subnqn}", self.peer);
-            return Err((
-                Status::CONNECT_INVALID_HOST,
-                fabrics::connect_invalid_param_dw0(true, 512),
-            ));
+            return Err(invalid_host);
         }
         if let Some(id) = self.tls_identity() {
             // The TLS PSK was the one of (host, subsystem) in its identity: Connect must name
@@ -78,25 +110,15 @@ impl Conn {
                     "nvmf: {}: Connect as {hostnqn} to {subnqn} over TLS with PSK identity {id:?} of another host or subsystem",
                     self.peer
                 );
-                return Err((
-                    Status::CONNECT_INVALID_HOST,
-                    fabrics::connect_invalid_param_dw0(true, 512),
-                ));
+                return Err(invalid_host);
             }
         }
-        let entries = u32::from(cmd.sqsize) + 1;
-        let auth_keys = if subsys.kind == SubsystemKind::Nvme {
-            subsys.auth_keys(&hostnqn, &self.target.keyring)
-        } else {
-            None
-        };
-        let auth_session = auth_keys.map(|k| Box::new(Session::new(k, &hostnqn, &subsys.nqn)));
-        if cmd.qid == 0 {
-            self.connect_admin(&subsys, &cmd, &data, hostnqn)?;
-        } else {
-            self.connect_io(&subsys, &cmd, &data, &hostnqn)?;
-        }
-        // Size the request table to the queue (setup path: allocates once).
+        Ok(subsys)
+    }
+
+    /// Sizes the request table and the receive limits to the connected queue, and tells
+    /// the controller about it (setup path: allocates once).
+    fn size_queue(&mut self, entries: u32) {
         self.sq_entries = entries as u16;
         while self.reqs.len() < entries as usize {
             self.free.push(self.reqs.len());
@@ -120,20 +142,21 @@ impl Conn {
                 core: self.core,
             });
         }
-        let mut dw0 = u32::from(self.ctrlr.as_ref().map(|c| c.cntlid).unwrap_or(0));
-        if let Some(a) = auth_session {
-            // Authentication must finish within KATO (120 s without one), as SPDK does.
-            let kato = self.ctrlr.as_ref().map(|c| c.kato_ms()).unwrap_or(0);
-            let ms = if kato == 0 {
-                AUTH_TIMEOUT_NO_KATO_MS
-            } else {
-                u64::from(kato)
-            };
-            self.auth_deadline_ns = engine::clock::now_ns() + ms * 1_000_000;
-            self.auth = Some(a);
-            dw0 |= auth::CONNECT_AUTHREQ_ATR;
-        }
-        Ok(dw0)
+    }
+
+    /// The queue must authenticate before anything else: arms the session and its deadline
+    /// and returns `dw0` with AUTHREQ.ATR set.
+    fn arm_auth(&mut self, session: Box<Session>, dw0: u32) -> u32 {
+        // Authentication must finish within KATO (120 s without one), as SPDK does.
+        let kato = self.ctrlr.as_ref().map(|c| c.kato_ms()).unwrap_or(0);
+        let ms = if kato == 0 {
+            AUTH_TIMEOUT_NO_KATO_MS
+        } else {
+            u64::from(kato)
+        };
+        self.auth_deadline_ns = engine::clock::now_ns() + ms * 1_000_000;
+        self.auth = Some(session);
+        dw0 | auth::CONNECT_AUTHREQ_ATR
     }
 
     /// Admin queue Connect: a new controller.
@@ -144,12 +167,6 @@ impl Conn {
         data: &ConnectData,
         hostnqn: String,
     ) -> Result<(), (Status, u32)> {
-        let invalid = |in_data, off| {
-            (
-                Status::CONNECT_INVALID_PARAMETERS,
-                fabrics::connect_invalid_param_dw0(in_data, off),
-            )
-        };
         if cmd.sqsize == 0 || u32::from(cmd.sqsize) + 1 > u32::from(self.opts.max_aq_depth) {
             return Err(invalid(false, 44));
         }
@@ -199,12 +216,6 @@ impl Conn {
         data: &ConnectData,
         hostnqn: &str,
     ) -> Result<(), (Status, u32)> {
-        let invalid = |in_data, off| {
-            (
-                Status::CONNECT_INVALID_PARAMETERS,
-                fabrics::connect_invalid_param_dw0(in_data, off),
-            )
-        };
         // A controller that failed (keep-alive timeout, ...) is gone for new queues.
         let c = subsys
             .state()
