@@ -2,7 +2,8 @@
 //! mode, and its JSON agrees with its table.
 
 use engine::bdev::{
-    self, Bdev, BdevChannel, BdevError, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, IoStats, StatsSet,
+    self, Bdev, BdevChannel, BdevError, BdevInfo, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, IoStats,
+    StatsSet,
 };
 use engine::reactor::{IdleMode, ReactorOpts, Reactors};
 use perf::report::Report;
@@ -63,10 +64,26 @@ fn warmup_is_excluded() {
 /// A bdev that sends every `every`-th write one I/O further than asked, and from the
 /// `swallow_from`-th write on takes writes and never completes them.
 struct Misplacing {
+    info: BdevInfo,
     inner: Arc<dyn Bdev>,
     every: u64,
     swallow_from: u64,
     stats: StatsSet,
+}
+
+impl Misplacing {
+    fn new(inner: Arc<dyn Bdev>, every: u64, swallow_from: u64) -> Misplacing {
+        Misplacing {
+            info: BdevInfo {
+                uuid: [0; 16],
+                ..BdevInfo::wrapping(&*inner, "misplacing", "test", "test")
+            },
+            inner,
+            every,
+            swallow_from,
+            stats: StatsSet::default(),
+        }
+    }
 }
 
 struct MisplacingChannel {
@@ -98,26 +115,8 @@ impl ChannelBackend for MisplacingChannel {
 }
 
 impl Bdev for Misplacing {
-    fn name(&self) -> &str {
-        "misplacing"
-    }
-    fn product_name(&self) -> &str {
-        "test"
-    }
-    fn driver(&self) -> &'static str {
-        "test"
-    }
-    fn uuid(&self) -> [u8; 16] {
-        [0; 16]
-    }
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
-    }
-    fn num_blocks(&self) -> u64 {
-        self.inner.num_blocks()
-    }
-    fn supports(&self, op: IoOp) -> bool {
-        self.inner.supports(op)
+    fn info(&self) -> &BdevInfo {
+        &self.info
     }
     fn open_channel(&self) -> Result<BdevChannel, BdevError> {
         Ok(BdevChannel::new(
@@ -137,9 +136,6 @@ impl Bdev for Misplacing {
     fn io_stats(&self) -> IoStats {
         self.stats.sum()
     }
-    fn config(&self) -> Option<(&'static str, serde_json::Value)> {
-        None
-    }
 }
 
 #[test]
@@ -147,12 +143,7 @@ fn verify_catches_a_misplaced_write() {
     let r = reactors(1);
     // Small device so reads revisit written regions often.
     let inner = bdev::malloc::create("h-mis-inner", 2048, 512, None).unwrap();
-    let b: Arc<dyn Bdev> = Arc::new(Misplacing {
-        inner,
-        every: 500,
-        swallow_from: u64::MAX,
-        stats: StatsSet::default(),
-    });
+    let b: Arc<dyn Bdev> = Arc::new(Misplacing::new(inner, 500, u64::MAX));
     let mut o = opts(Pattern::RandRw, 8, 500);
     o.verify = true;
     let res = perf::run_bdev(&r, b, &o, Arc::new(AtomicBool::new(false)), |_, _| {}).unwrap();
@@ -173,12 +164,7 @@ fn verify_catches_a_misplaced_write() {
 fn a_target_that_stops_completing_fails_the_run_instead_of_hanging() {
     let r = reactors(1);
     let inner = bdev::malloc::create("h-stall-inner", 2048, 512, None).unwrap();
-    let b: Arc<dyn Bdev> = Arc::new(Misplacing {
-        inner,
-        every: u64::MAX,
-        swallow_from: 1000,
-        stats: StatsSet::default(),
-    });
+    let b: Arc<dyn Bdev> = Arc::new(Misplacing::new(inner, u64::MAX, 1000));
     let mut o = opts(Pattern::RandWrite, 4, 200);
     o.drain_timeout = Duration::from_millis(300);
     let Err(e) = perf::run_bdev(&r, b, &o, Arc::new(AtomicBool::new(false)), |_, _| {}) else {

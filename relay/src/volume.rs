@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use arrayvec::ArrayVec;
 use engine::bdev::{
-    Bdev, BdevChannel, BdevError, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, IoStats, StatsSet,
+    Bdev, BdevChannel, BdevError, BdevInfo, ChannelBackend, IoCompletion, IoOp, IoRequest, IoStats, StatsSet,
 };
 use engine::buf::DmaBuf;
 use engine::clock::now_ns;
@@ -208,6 +208,8 @@ struct Shared {
 
 /// The replicated volume bdev. See the module docs.
 pub struct ReplicatedVolume {
+    /// The base bdev's size and operations under the volume's name and id.
+    info: BdevInfo,
     shared: Arc<Shared>,
     /// Direct heartbeats to the standby host (`standby_heartbeat`).
     heartbeat: Mutex<Option<HeartbeatSender>>,
@@ -336,6 +338,10 @@ impl ReplicatedVolume {
         let token = rp_sinks::register(&shared.cfg.name, Arc::new(VolumeSink(shared.clone())));
         *shared.sink_token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token);
         Ok(Arc::new(ReplicatedVolume {
+            info: BdevInfo {
+                uuid: shared.volume_id,
+                ..BdevInfo::wrapping(&*shared.base, &shared.cfg.name, "Replicated volume", "replicated")
+            },
             shared,
             heartbeat: Mutex::new(heartbeat),
             dirty_flusher: Mutex::new(dirty_flusher),
@@ -595,31 +601,12 @@ fn start_heartbeat(shared: &Arc<Shared>, addr: SocketAddr) -> std::io::Result<He
 }
 
 impl Bdev for ReplicatedVolume {
-    fn name(&self) -> &str {
-        &self.shared.cfg.name
-    }
-    fn product_name(&self) -> &str {
-        "Replicated volume"
-    }
-    fn driver(&self) -> &'static str {
-        "replicated"
-    }
-    fn uuid(&self) -> [u8; 16] {
-        self.shared.volume_id
-    }
-    fn block_size(&self) -> u32 {
-        self.shared.base.block_size()
-    }
-    fn num_blocks(&self) -> u64 {
-        self.shared.base.num_blocks()
-    }
-    fn supports(&self, op: IoOp) -> bool {
-        self.shared.base.supports(op)
+    fn info(&self) -> &BdevInfo {
+        &self.info
     }
     fn open_channel(&self) -> Result<BdevChannel, BdevError> {
         let base = self.shared.base.open_channel()?;
-        let ops: Vec<IoOp> = IoOp::ALL.into_iter().filter(|&o| self.supports(o)).collect();
-        let geo = base.geometry();
+        let geometry = self.info.geometry(base.geometry().buf_align);
         let me = Arc::new(ChanShared {
             done: Ring::new(CHANNEL_SLOTS),
             busy: (0..CHANNEL_SLOTS).map(|_| AtomicU64::new(0)).collect(),
@@ -631,7 +618,7 @@ impl Bdev for ReplicatedVolume {
         }
         Ok(BdevChannel::new(
             self.name(),
-            Geometry::new(geo.block_size, geo.num_blocks, geo.buf_align, &ops),
+            geometry,
             self.shared.stats.new_channel(),
             Box::new(VolChannel {
                 shared: self.shared.clone(),

@@ -234,7 +234,7 @@ impl ImagePruner {
             let _ended = ended_tx;
             let mut pruned_below = 0;
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(PRUNE_PERIOD) {
-                let Ok(tag) = standby::rpc::with_standby(&volume, |sv| sv.applied().3) else {
+                let Ok(tag) = standby::registry::with_standby(&volume, |sv| sv.applied().3) else {
                     continue;
                 };
                 if let Some((seq, _)) = standby::image::parse_restart_tag(&tag) {

@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use engine::bdev::{
-    Bdev, BdevChannel, BdevError, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, IoStats, StatsSet,
+    Bdev, BdevChannel, BdevError, BdevInfo, ChannelBackend, IoCompletion, IoOp, IoRequest, IoStats, StatsSet,
     CHANNEL_QUEUE_DEPTH_MAX,
 };
 use engine::regionmap::IntentMap;
@@ -46,7 +46,7 @@ impl ChangedStatus {
 
 /// The promoted bdev, recording what it writes.
 pub struct ChangedBdev {
-    name: String,
+    info: BdevInfo,
     inner: Arc<dyn Bdev>,
     map: Arc<IntentMap>,
     stats: StatsSet,
@@ -55,7 +55,7 @@ pub struct ChangedBdev {
 impl ChangedBdev {
     pub fn new(name: &str, inner: Arc<dyn Bdev>, map: Arc<IntentMap>) -> ChangedBdev {
         ChangedBdev {
-            name: name.to_string(),
+            info: BdevInfo::wrapping(&*inner, name, "Promoted standby volume", "standby_promoted"),
             inner,
             map,
             stats: StatsSet::default(),
@@ -64,34 +64,14 @@ impl ChangedBdev {
 }
 
 impl Bdev for ChangedBdev {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn product_name(&self) -> &str {
-        "Promoted standby volume"
-    }
-    fn driver(&self) -> &'static str {
-        "standby_promoted"
-    }
-    fn uuid(&self) -> [u8; 16] {
-        self.inner.uuid()
-    }
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
-    }
-    fn num_blocks(&self) -> u64 {
-        self.inner.num_blocks()
-    }
-    fn supports(&self, op: IoOp) -> bool {
-        self.inner.supports(op)
+    fn info(&self) -> &BdevInfo {
+        &self.info
     }
     fn open_channel(&self) -> Result<BdevChannel, BdevError> {
         let inner = self.inner.open_channel()?;
-        let geo = inner.geometry();
-        let ops: Vec<IoOp> = IoOp::ALL.into_iter().filter(|&o| self.supports(o)).collect();
         Ok(BdevChannel::new(
-            &self.name,
-            Geometry::new(geo.block_size, geo.num_blocks, geo.buf_align, &ops),
+            &self.info.name,
+            self.info.geometry(inner.geometry().buf_align),
             self.stats.new_channel(),
             Box::new(ChangedChannel {
                 inner,
@@ -102,9 +82,6 @@ impl Bdev for ChangedBdev {
     }
     fn io_stats(&self) -> IoStats {
         self.stats.sum()
-    }
-    fn config(&self) -> Option<(&'static str, serde_json::Value)> {
-        None
     }
     fn driver_specific(&self) -> serde_json::Value {
         serde_json::to_value(ChangedStatus::of(&self.map)).unwrap_or_default()

@@ -18,7 +18,9 @@
 //! - [`volume`]: [`StandbyVolume`], the one object the network side drives.
 //! - [`sync_skip`]: skipping a hole no relay holds when a block sync covers it.
 //! - [`net`]: the network receive side (relay links: Hello, SafeUpTo, GapRequest).
-//! - [`rpc`]: typed JSON-RPC handlers and the process's standby registry.
+//! - [`registry`]: the process's standby registry: which reactor owns each volume, and
+//!   how it was created.
+//! - [`rpc`]: typed JSON-RPC handlers.
 //! - [`failover`]: the primary-failure detector (pure logic).
 //! - [`host`]: the standby host: heartbeat listener, failover sequence, its RPC.
 //! - [`image`]: execution images: transfer from the primary host, store, restore.
@@ -36,6 +38,7 @@ mod io;
 mod le;
 pub mod net;
 pub mod receive;
+pub mod registry;
 pub mod rpc;
 pub mod snapshot;
 pub mod superblock;

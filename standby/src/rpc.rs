@@ -1,4 +1,5 @@
-//! JSON-RPC methods of the standby role, and the process's standby registry.
+//! JSON-RPC methods of the standby role: parse the parameters, reach the volume through
+//! the process's standby registry ([`crate::registry`]), answer.
 //!
 //! Threading: handlers run on the management thread. Each standby volume
 //! lives on one reactor (chosen at creation, `core`), in that reactor's
@@ -15,67 +16,20 @@
 //! (replays `standby_create`, which recovers instead of formatting).
 
 use crate::delayed::DelayedOpts;
+use crate::registry::{self, owner};
 use crate::snapshot::SnapshotOpts;
 use crate::{ModeConfig, StandbyConfig, StandbyError, StandbyVolume};
 use engine::bdev;
-use engine::reactor::{self, PollStatus, PollerId};
+use engine::reactor::{self, PollStatus};
 use engine::rpc::registry::{ConfigEntry, Registry, Reply, RpcResult};
 use engine::rpc::RpcError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::mpsc;
-use std::sync::Mutex;
 
-/// Mode of a standby volume.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ModeParam {
-    Delayed,
-    Snapshot,
-}
-
-/// `standby_create` parameters.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateParams {
-    /// Name of the standby volume (unique in the process).
-    pub name: String,
-    pub mode: ModeParam,
-    /// Delayed mode: the bdev that holds the last applied restart point.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub volume_bdev: Option<String>,
-    /// Delayed mode: the staging bdev (superblock + staging log).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub staging_bdev: Option<String>,
-    /// Delayed mode: MiB of staged data kept in memory for apply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache_mb: Option<u64>,
-    /// Snapshot mode: the bdev data blocks are allocated on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_bdev: Option<String>,
-    /// Snapshot mode: the bdev holding superblock and metadata journal.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata_bdev: Option<String>,
-    /// Snapshot mode: logical size of the volume in blocks (default: the data bdev's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub volume_blocks: Option<u64>,
-    /// Snapshot mode: snapshots kept (retention, default 8).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keep_last: Option<usize>,
-    /// Reactor core that owns the volume (default: the first core).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub core: Option<u32>,
-    /// Format even if the bdevs hold a standby (default false: recover it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub format: Option<bool>,
-    /// File persisting the record of blocks changed since promotion (what a failback
-    /// sends, `docs/failback.md`); default: memory only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub changed_map: Option<String>,
-}
+pub use crate::registry::{CreateParams, ModeParam};
 
 /// Parameters naming one standby.
 #[derive(Debug, Clone, Deserialize)]
@@ -125,18 +79,6 @@ pub struct PromoteParams {
     pub force: bool,
 }
 
-/// Which core owns each standby, and how it was created (for save_config).
-static OWNERS: Mutex<BTreeMap<String, (u32, CreateParams)>> = Mutex::new(BTreeMap::new());
-
-struct Owned {
-    vol: Rc<RefCell<StandbyVolume>>,
-    poller: PollerId,
-}
-
-thread_local! {
-    static VOLUMES: RefCell<BTreeMap<String, Owned>> = const { RefCell::new(BTreeMap::new()) };
-}
-
 fn err(e: StandbyError) -> RpcError {
     let errno = match &e {
         StandbyError::NoSnapshot(_) => libc::ENOENT,
@@ -148,25 +90,6 @@ fn err(e: StandbyError) -> RpcError {
     RpcError::errno_detail(errno, e)
 }
 
-fn owner(name: &str) -> Result<u32, RpcError> {
-    OWNERS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(name)
-        .map(|o| o.0)
-        .ok_or_else(|| RpcError::errno_detail(libc::ENODEV, format!("no standby named {name:?}")))
-}
-
-/// The core that owns standby `name`, if it exists (any thread).
-pub(crate) fn owner_core(name: &str) -> Option<u32> {
-    OWNERS.lock().unwrap_or_else(|e| e.into_inner()).get(name).map(|o| o.0)
-}
-
-/// The standby `name` if the calling reactor owns it.
-pub(crate) fn local_volume(name: &str) -> Option<Rc<RefCell<StandbyVolume>>> {
-    VOLUMES.with(|v| v.borrow().get(name).map(|o| o.vol.clone()))
-}
-
 /// Runs `f` on the standby's reactor; the answer comes back through the server's poll.
 fn on_volume(name: &str, f: impl FnOnce(&mut StandbyVolume) -> RpcResult + Send + 'static) -> Reply {
     let core = match owner(name) {
@@ -176,10 +99,7 @@ fn on_volume(name: &str, f: impl FnOnce(&mut StandbyVolume) -> RpcResult + Send 
     let (tx, rx) = mpsc::channel();
     let n = name.to_string();
     let sent = reactor::send_msg(core, move || {
-        let r = VOLUMES.with(|v| match v.borrow().get(&n) {
-            Some(o) => f(&mut o.vol.borrow_mut()),
-            None => Err(RpcError::errno_detail(libc::ENODEV, format!("no standby named {n:?}"))),
-        });
+        let r = registry::with_local(&n, f).unwrap_or_else(|| Err(registry::no_standby(&n)));
         let _ = tx.send(r);
     });
     if let Err(e) = sent {
@@ -190,22 +110,6 @@ fn on_volume(name: &str, f: impl FnOnce(&mut StandbyVolume) -> RpcResult + Send 
         Err(mpsc::TryRecvError::Empty) => None,
         Err(mpsc::TryRecvError::Disconnected) => Some(Err(RpcError::internal("the reactor dropped the request"))),
     }))
-}
-
-/// Runs `f` on the reactor that owns standby `name` and waits for its result.
-/// Blocks: management threads only (the network side uses it to hand a volume
-/// its connections; tests use it to feed ops).
-pub fn with_standby<R: Send + 'static>(
-    name: &str,
-    f: impl FnOnce(&mut StandbyVolume) -> R + Send + 'static,
-) -> Result<R, RpcError> {
-    let core = owner(name)?;
-    let n = name.to_string();
-    reactor::run_on(core, move || {
-        VOLUMES.with(|v| v.borrow().get(&n).map(|o| f(&mut o.vol.borrow_mut())))
-    })
-    .map_err(|e| RpcError::errno_detail(libc::EAGAIN, e))?
-    .ok_or_else(|| RpcError::errno_detail(libc::ENODEV, format!("no standby named {name:?}")))
 }
 
 fn lookup(name: &Option<String>, param: &str) -> Result<std::sync::Arc<dyn bdev::Bdev>, RpcError> {
@@ -266,18 +170,12 @@ fn create(p: CreateParams) -> Reply {
             None => return Reply::Ready(Err(RpcError::errno_detail(libc::EAGAIN, "no reactor is running"))),
         },
     };
-    {
-        let mut owners = OWNERS.lock().unwrap_or_else(|e| e.into_inner());
-        if owners.contains_key(&p.name) {
-            return Reply::Ready(Err(RpcError::errno_detail(
-                libc::EEXIST,
-                format!("standby {:?}", p.name),
-            )));
-        }
-        // Reserve the name; removed again if the open fails.
-        let mut saved = p.clone();
-        saved.format = None;
-        owners.insert(p.name.clone(), (core, saved));
+    // Reserve the name; released again if the open fails.
+    if !registry::reserve(&p, core) {
+        return Reply::Ready(Err(RpcError::errno_detail(
+            libc::EEXIST,
+            format!("standby {:?}", p.name),
+        )));
     }
     let (tx, rx) = mpsc::channel();
     let name = p.name.clone();
@@ -297,24 +195,24 @@ fn create(p: CreateParams) -> Reply {
                     Err(_) => PollStatus::Idle,
                 }
             });
-            VOLUMES.with(|t| t.borrow_mut().insert(name.clone(), Owned { vol, poller }));
+            registry::install(name.clone(), vol, poller);
         });
         let _ = tx.send(r);
     });
     if let Err(e) = sent {
-        OWNERS.lock().unwrap_or_else(|e| e.into_inner()).remove(&p.name);
+        registry::release(&p.name);
         return Reply::Ready(Err(RpcError::errno_detail(libc::EAGAIN, e)));
     }
     let name = p.name;
     Reply::Later(Box::new(move || match rx.try_recv() {
         Ok(Ok(())) => Some(Ok(Value::String(name.clone()))),
         Ok(Err(e)) => {
-            OWNERS.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+            registry::release(&name);
             Some(Err(err(e)))
         }
         Err(mpsc::TryRecvError::Empty) => None,
         Err(mpsc::TryRecvError::Disconnected) => {
-            OWNERS.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+            registry::release(&name);
             Some(Err(RpcError::internal("the reactor dropped the request")))
         }
     }))
@@ -328,10 +226,7 @@ fn delete(p: NameParams) -> Reply {
     let (tx, rx) = mpsc::channel();
     let n = p.name.clone();
     let sent = reactor::send_msg(core, move || {
-        let gone = VOLUMES.with(|t| t.borrow_mut().remove(&n));
-        if let Some(o) = gone {
-            reactor::unregister_poller(o.poller);
-        }
+        registry::uninstall(&n);
         let _ = tx.send(());
     });
     if let Err(e) = sent {
@@ -340,7 +235,7 @@ fn delete(p: NameParams) -> Reply {
     let name = p.name;
     Reply::Later(Box::new(move || match rx.try_recv() {
         Ok(()) | Err(mpsc::TryRecvError::Disconnected) => {
-            OWNERS.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+            registry::release(&name);
             Some(Ok(Value::Bool(true)))
         }
         Err(mpsc::TryRecvError::Empty) => None,
@@ -354,12 +249,7 @@ fn to_value<T: Serialize>(v: T) -> RpcResult {
 fn status(p: StatusParams) -> Reply {
     let names: Vec<String> = match p.name {
         Some(n) => vec![n],
-        None => OWNERS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect(),
+        None => registry::names(),
     };
     // One request per volume, gathered in order.
     let mut pending: Vec<Reply> = names
@@ -485,18 +375,11 @@ pub fn register_rpcs(reg: &mut Registry) {
 
 /// The calls that recreate every standby (recovering, not formatting).
 pub fn standby_config() -> Vec<ConfigEntry> {
-    OWNERS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .values()
-        .map(|(core, p)| {
-            let mut p = p.clone();
-            p.core = Some(*core);
-            p.format = None;
-            ConfigEntry {
-                method: "standby_create".into(),
-                params: serde_json::to_value(p).ok(),
-            }
+    registry::saved_params()
+        .into_iter()
+        .map(|p| ConfigEntry {
+            method: "standby_create".into(),
+            params: serde_json::to_value(p).ok(),
         })
         .collect()
 }

@@ -110,7 +110,7 @@ fn make_standby(reg: &Registry, name: &str) {
     .unwrap();
     // Epoch 1: block 3 = 0xaa. Epoch 2: block 4 = 0xbb. Then half of epoch 3 (block 3 =
     // 0xcc, no restart point yet): must be rolled back.
-    standby::rpc::with_standby(name, |v| {
+    standby::registry::with_standby(name, |v| {
         for op in [
             write(1, 3, 0xaa),
             rp(2, 1, 1),
@@ -123,7 +123,7 @@ fn make_standby(reg: &Registry, name: &str) {
     })
     .unwrap();
     wait_until(WAIT, "epoch 2 applied", || {
-        standby::rpc::with_standby(name, |v| v.applied().0).unwrap() >= 2
+        standby::registry::with_standby(name, |v| v.applied().0).unwrap() >= 2
     });
 }
 
@@ -241,7 +241,7 @@ fn failover_end_to_end() {
     );
     assert!(t1 <= t2 && t2 <= t3 && t3 <= t4 && t4 <= t5, "steps in order");
     assert_eq!(rep.rto_us, Some(t5));
-    let st = standby::rpc::with_standby("sa", |v| (v.promoted(), v.generation())).unwrap();
+    let st = standby::registry::with_standby("sa", |v| (v.promoted(), v.generation())).unwrap();
     assert_eq!(st, (true, 2));
 
     // Exported: the data of restart point 2, not the rolled-back write of epoch 3.

@@ -53,7 +53,7 @@ fn a_syncing_standby_is_refused_unless_forced() {
     .unwrap();
     // An initial sync under way: the marker, two chunks, a restart point (dropped: the
     // image is not the primary's yet).
-    standby::rpc::with_standby("sy", |v| {
+    standby::registry::with_standby("sy", |v| {
         v.offer_owned(
             op(
                 1,
@@ -80,7 +80,7 @@ fn a_syncing_standby_is_refused_unless_forced() {
     })
     .unwrap();
     wait_until(WAIT, "taken in", || {
-        standby::rpc::with_standby("sy", |v| v.status().next_lsn).unwrap() == 5
+        standby::registry::with_standby("sy", |v| v.status().next_lsn).unwrap() == 5
     });
     let st = call(&reg, "standby_get_status", json!({"name": "sy"})).unwrap();
     assert_eq!(st[0]["failover_target"], "not_valid", "{st}");
@@ -118,7 +118,7 @@ fn a_syncing_standby_is_refused_unless_forced() {
     );
     // Refused before anything was rolled back: the standby still takes the stream in.
     assert!(rep.rolled_back_us.is_none(), "{rep:?}");
-    assert!(!standby::rpc::with_standby("sy", |v| v.promoted()).unwrap());
+    assert!(!standby::registry::with_standby("sy", |v| v.promoted()).unwrap());
     // A second declaration without force is refused; with force it promotes, loudly.
     assert!(call(&reg, "standby_host_declare_failure", json!({})).is_err());
     call(&reg, "standby_host_declare_failure", json!({"force": true})).unwrap();
@@ -127,5 +127,5 @@ fn a_syncing_standby_is_refused_unless_forced() {
     });
     let rep = host.status().failover.unwrap();
     assert!(rep.warnings.iter().any(|w| w.contains("promoted anyway")), "{rep:?}");
-    assert!(standby::rpc::with_standby("sy", |v| v.promoted()).unwrap());
+    assert!(standby::registry::with_standby("sy", |v| v.promoted()).unwrap());
 }

@@ -12,7 +12,8 @@ mod common;
 
 use common::{offer_wire, read_all};
 use engine::bdev::{
-    malloc, Bdev, BdevChannel, BdevError, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, IoStats, StatsSet,
+    malloc, Bdev, BdevChannel, BdevError, BdevInfo, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, IoStats,
+    StatsSet,
 };
 use engine::buf::DmaBuf;
 use rdma_transport::wire::Op;
@@ -404,6 +405,7 @@ struct HoldState {
 
 /// A data bdev over a RAM bdev whose completions the test controls (`HoldState`).
 struct Hold {
+    info: BdevInfo,
     inner: Arc<dyn Bdev>,
     state: Arc<Mutex<HoldState>>,
     stats: StatsSet,
@@ -439,26 +441,8 @@ impl ChannelBackend for HoldChannel {
 }
 
 impl Bdev for Hold {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn product_name(&self) -> &str {
-        "Hold"
-    }
-    fn driver(&self) -> &'static str {
-        "hold"
-    }
-    fn uuid(&self) -> [u8; 16] {
-        self.inner.uuid()
-    }
-    fn block_size(&self) -> u32 {
-        self.inner.block_size()
-    }
-    fn num_blocks(&self) -> u64 {
-        self.inner.num_blocks()
-    }
-    fn supports(&self, op: IoOp) -> bool {
-        self.inner.supports(op)
+    fn info(&self) -> &BdevInfo {
+        &self.info
     }
     fn open_channel(&self) -> Result<BdevChannel, BdevError> {
         let inner = self.inner.open_channel()?;
@@ -477,9 +461,6 @@ impl Bdev for Hold {
     fn io_stats(&self) -> IoStats {
         self.stats.sum()
     }
-    fn config(&self) -> Option<(&'static str, serde_json::Value)> {
-        None
-    }
 }
 
 /// A read or an overwrite of block X held in flight on channel A while B unmaps X,
@@ -488,8 +469,10 @@ impl Bdev for Hold {
 /// reusing X's block until the held I/O completes (its pin), then frees it.
 fn held_io_never_touches_a_reused_block(name: &str, op: IoOp) {
     let state = Arc::new(Mutex::new(HoldState::default()));
+    let inner = malloc::create(&format!("{name}-data"), 2 * SNAP_BLOCKS, BS as u32, None).unwrap();
     let data = Arc::new(Hold {
-        inner: malloc::create(&format!("{name}-data"), 2 * SNAP_BLOCKS, BS as u32, None).unwrap(),
+        info: BdevInfo::wrapping(&*inner, inner.name(), "Hold", "hold"),
+        inner,
         state: state.clone(),
         stats: StatsSet::default(),
     });

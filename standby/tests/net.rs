@@ -253,11 +253,11 @@ fn relay_links_handshake_safe_gaps_bad_frames_reconnect() {
     a.send(&FakeRelay::frame(&[13], Some((14, 4, 13)), None));
     a.until_safe(14);
     let start = Instant::now();
-    while standby::rpc::with_standby(VOL, |v| v.applied().0).unwrap() < 4 {
+    while standby::registry::with_standby(VOL, |v| v.applied().0).unwrap() < 4 {
         assert!(start.elapsed() < Duration::from_secs(20), "epoch 4 not applied");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let dups = standby::rpc::with_standby(VOL, |v| v.status().duplicates).unwrap();
+    let dups = standby::registry::with_standby(VOL, |v| v.status().duplicates).unwrap();
     assert!(dups >= 3, "the resent ops were counted as duplicates: {dups}");
 
     // A newer generation is adopted; from then on the older one is refused.

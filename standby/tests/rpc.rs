@@ -26,7 +26,7 @@ fn rp(lsn: u64, epoch: u64, last_lsn: u64) -> OwnedOp {
 
 fn wait_epoch(name: &str, epoch: u64) {
     for _ in 0..100_000 {
-        let e = standby::rpc::with_standby(name, |v| v.applied().0).unwrap();
+        let e = standby::registry::with_standby(name, |v| v.applied().0).unwrap();
         if e >= epoch {
             return;
         }
@@ -97,7 +97,7 @@ fn standby_methods() {
     )
     .unwrap_err();
     assert_eq!(e.code, -17, "{}", e.message);
-    standby::rpc::with_standby("sd", |v| {
+    standby::registry::with_standby("sd", |v| {
         for op in [write(1, 3, 0xaa), rp(2, 1, 1), write(3, 3, 0xbb)] {
             v.offer_owned(op, 0);
         }
@@ -113,7 +113,7 @@ fn standby_methods() {
 
     // Snapshot standby.
     call(&reg, "standby_create", json!({"name": "ss", "mode": "snapshot", "data_bdev": "r_data", "metadata_bdev": "r_meta", "volume_blocks": 64, "keep_last": 2, "format": true})).unwrap();
-    standby::rpc::with_standby("ss", |v| {
+    standby::registry::with_standby("ss", |v| {
         let mut lsn = 0;
         for epoch in 1..=4u64 {
             lsn += 1;

@@ -7,17 +7,14 @@
 //! zeroes (what NVMe's DLFEAT "reads return zeroes" promises).
 
 use super::{
-    check_geometry, Bdev, BdevChannel, BdevError, ChannelBackend, DoneQueue, Geometry, IoCompletion, IoOp, IoRequest,
+    check_geometry, Bdev, BdevChannel, BdevError, BdevInfo, ChannelBackend, DoneQueue, IoCompletion, IoOp, IoRequest,
     IoStats, StatsSet,
 };
 use crate::sys::Mapping;
 use std::sync::Arc;
 
 pub struct MallocBdev {
-    name: String,
-    uuid: [u8; 16],
-    block_size: u32,
-    num_blocks: u64,
+    info: BdevInfo,
     mem: Arc<Mapping>,
     stats: StatsSet,
 }
@@ -49,10 +46,15 @@ pub fn create(
     // SAFETY: the mapping is `bytes` long, freshly created and not yet shared.
     unsafe { std::ptr::write_bytes(mem.as_ptr(), 0, bytes as usize) };
     Ok(Arc::new(MallocBdev {
-        name: name.to_string(),
-        uuid: uuid.unwrap_or_else(super::new_uuid),
-        block_size,
-        num_blocks,
+        info: BdevInfo::new(
+            name,
+            "Malloc disk",
+            "malloc",
+            uuid.unwrap_or_else(super::new_uuid),
+            block_size,
+            num_blocks,
+            &OPS,
+        ),
         mem: Arc::new(mem),
         stats: StatsSet::default(),
     }))
@@ -61,35 +63,17 @@ pub fn create(
 const OPS: [IoOp; 5] = IoOp::ALL;
 
 impl Bdev for MallocBdev {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn product_name(&self) -> &str {
-        "Malloc disk"
-    }
-    fn driver(&self) -> &'static str {
-        "malloc"
-    }
-    fn uuid(&self) -> [u8; 16] {
-        self.uuid
-    }
-    fn block_size(&self) -> u32 {
-        self.block_size
-    }
-    fn num_blocks(&self) -> u64 {
-        self.num_blocks
-    }
-    fn supports(&self, op: IoOp) -> bool {
-        OPS.contains(&op)
+    fn info(&self) -> &BdevInfo {
+        &self.info
     }
     fn open_channel(&self) -> Result<BdevChannel, BdevError> {
         Ok(BdevChannel::new(
-            &self.name,
-            Geometry::new(self.block_size, self.num_blocks, 1, &OPS),
+            &self.info.name,
+            self.info.geometry(1),
             self.stats.new_channel(),
             Box::new(MallocChannel {
                 mem: self.mem.clone(),
-                block_size: self.block_size as usize,
+                block_size: self.info.block_size as usize,
                 done: DoneQueue::default(),
             }),
         ))
@@ -101,10 +85,10 @@ impl Bdev for MallocBdev {
         Some((
             "bdev_malloc_create",
             serde_json::json!({
-                "name": self.name,
-                "num_blocks": self.num_blocks,
-                "block_size": self.block_size,
-                "uuid": super::uuid_to_string(&self.uuid),
+                "name": self.info.name,
+                "num_blocks": self.info.num_blocks,
+                "block_size": self.info.block_size,
+                "uuid": super::uuid_to_string(&self.info.uuid),
             }),
         ))
     }

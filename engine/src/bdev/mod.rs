@@ -283,23 +283,107 @@ impl Geometry {
     }
 }
 
+/// What a bdev says about itself: identity, size and the operations it takes. Fixed when
+/// the bdev is made; an implementation keeps one and returns it from [`Bdev::info`], and
+/// the trait's accessors read it.
+#[derive(Debug, Clone)]
+pub struct BdevInfo {
+    pub name: String,
+    /// SPDK's `product_name` ("Malloc disk", "Null disk", "URING bdev").
+    pub product_name: &'static str,
+    /// Back end name as used in `bdev_<driver>_create`.
+    pub driver: &'static str,
+    pub uuid: [u8; 16],
+    pub block_size: u32,
+    pub num_blocks: u64,
+    /// Bit `op as usize` set when the op is supported (as in [`Geometry`]).
+    pub ops: u8,
+}
+
+impl BdevInfo {
+    pub fn new(
+        name: &str,
+        product_name: &'static str,
+        driver: &'static str,
+        uuid: [u8; 16],
+        block_size: u32,
+        num_blocks: u64,
+        ops: &[IoOp],
+    ) -> BdevInfo {
+        BdevInfo {
+            name: name.to_string(),
+            product_name,
+            driver,
+            uuid,
+            block_size,
+            num_blocks,
+            ops: Geometry::new(block_size, num_blocks, 1, ops).ops,
+        }
+    }
+
+    /// A bdev wrapping `inner` under its own name, product and driver: `inner`'s uuid, size
+    /// and operations.
+    pub fn wrapping(inner: &dyn Bdev, name: &str, product_name: &'static str, driver: &'static str) -> BdevInfo {
+        let i = inner.info();
+        BdevInfo {
+            name: name.to_string(),
+            product_name,
+            driver,
+            ..i.clone()
+        }
+    }
+
+    pub fn supports(&self, op: IoOp) -> bool {
+        self.ops & (1 << op as u8) != 0
+    }
+
+    /// The geometry a channel of this bdev validates against, for buffers aligned to
+    /// `buf_align`.
+    pub fn geometry(&self, buf_align: usize) -> Geometry {
+        Geometry {
+            block_size: self.block_size,
+            num_blocks: self.num_blocks,
+            buf_align,
+            ops: self.ops,
+        }
+    }
+}
+
 /// A block device. Shared by all reactors; see the module docs.
 pub trait Bdev: Send + Sync {
-    fn name(&self) -> &str;
+    /// Name, product, driver, uuid, size and operations: what the accessors below read.
+    fn info(&self) -> &BdevInfo;
+    fn name(&self) -> &str {
+        &self.info().name
+    }
     /// SPDK's `product_name` ("Malloc disk", "Null disk", "URING bdev").
-    fn product_name(&self) -> &str;
+    fn product_name(&self) -> &str {
+        self.info().product_name
+    }
     /// Back end name as used in `bdev_<driver>_create`.
-    fn driver(&self) -> &'static str;
-    fn uuid(&self) -> [u8; 16];
-    fn block_size(&self) -> u32;
-    fn num_blocks(&self) -> u64;
-    fn supports(&self, op: IoOp) -> bool;
+    fn driver(&self) -> &'static str {
+        self.info().driver
+    }
+    fn uuid(&self) -> [u8; 16] {
+        self.info().uuid
+    }
+    fn block_size(&self) -> u32 {
+        self.info().block_size
+    }
+    fn num_blocks(&self) -> u64 {
+        self.info().num_blocks
+    }
+    fn supports(&self, op: IoOp) -> bool {
+        self.info().supports(op)
+    }
     /// Opens a channel for the calling reactor.
     fn open_channel(&self) -> Result<BdevChannel, BdevError>;
     fn io_stats(&self) -> IoStats;
     /// The JSON-RPC method and parameters that recreate this bdev, for
-    /// `save_config`; `None` for bdevs created by something else.
-    fn config(&self) -> Option<(&'static str, serde_json::Value)>;
+    /// `save_config`; `None` (the default) for bdevs created by something else.
+    fn config(&self) -> Option<(&'static str, serde_json::Value)> {
+        None
+    }
     /// Every call that recreates this bdev, in replay order, for `save_config` (default: the
     /// one of [`Bdev::config`]). A bdev made by several calls (a controller attached through
     /// several paths) lists them all.

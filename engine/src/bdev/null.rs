@@ -3,16 +3,13 @@
 //! above the device (SPDK's null bdev does the same).
 
 use super::{
-    check_geometry, Bdev, BdevChannel, BdevError, ChannelBackend, DoneQueue, Geometry, IoCompletion, IoOp, IoRequest,
+    check_geometry, Bdev, BdevChannel, BdevError, BdevInfo, ChannelBackend, DoneQueue, IoCompletion, IoOp, IoRequest,
     IoStats, StatsSet,
 };
 use std::sync::Arc;
 
 pub struct NullBdev {
-    name: String,
-    uuid: [u8; 16],
-    block_size: u32,
-    num_blocks: u64,
+    info: BdevInfo,
     stats: StatsSet,
 }
 
@@ -25,10 +22,15 @@ pub fn create(
 ) -> Result<Arc<dyn Bdev>, BdevError> {
     check_geometry(name, block_size, num_blocks)?;
     Ok(Arc::new(NullBdev {
-        name: name.to_string(),
-        uuid: uuid.unwrap_or_else(super::new_uuid),
-        block_size,
-        num_blocks,
+        info: BdevInfo::new(
+            name,
+            "Null disk",
+            "null",
+            uuid.unwrap_or_else(super::new_uuid),
+            block_size,
+            num_blocks,
+            &OPS,
+        ),
         stats: StatsSet::default(),
     }))
 }
@@ -36,31 +38,13 @@ pub fn create(
 const OPS: [IoOp; 5] = IoOp::ALL;
 
 impl Bdev for NullBdev {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn product_name(&self) -> &str {
-        "Null disk"
-    }
-    fn driver(&self) -> &'static str {
-        "null"
-    }
-    fn uuid(&self) -> [u8; 16] {
-        self.uuid
-    }
-    fn block_size(&self) -> u32 {
-        self.block_size
-    }
-    fn num_blocks(&self) -> u64 {
-        self.num_blocks
-    }
-    fn supports(&self, op: IoOp) -> bool {
-        OPS.contains(&op)
+    fn info(&self) -> &BdevInfo {
+        &self.info
     }
     fn open_channel(&self) -> Result<BdevChannel, BdevError> {
         Ok(BdevChannel::new(
-            &self.name,
-            Geometry::new(self.block_size, self.num_blocks, 1, &OPS),
+            &self.info.name,
+            self.info.geometry(1),
             self.stats.new_channel(),
             Box::new(NullChannel {
                 done: DoneQueue::default(),
@@ -74,10 +58,10 @@ impl Bdev for NullBdev {
         Some((
             "bdev_null_create",
             serde_json::json!({
-                "name": self.name,
-                "num_blocks": self.num_blocks,
-                "block_size": self.block_size,
-                "uuid": super::uuid_to_string(&self.uuid),
+                "name": self.info.name,
+                "num_blocks": self.info.num_blocks,
+                "block_size": self.info.block_size,
+                "uuid": super::uuid_to_string(&self.info.uuid),
             }),
         ))
     }

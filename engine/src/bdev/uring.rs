@@ -28,7 +28,7 @@
 //! each request at its next poll, on the submitting reactor as always.
 
 use super::{
-    check_geometry, Bdev, BdevChannel, BdevError, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, IoStats,
+    check_geometry, Bdev, BdevChannel, BdevError, BdevInfo, ChannelBackend, IoCompletion, IoOp, IoRequest, IoStats,
     StatsSet,
 };
 use crate::buf::DmaBuf;
@@ -48,11 +48,8 @@ const FALLOC_FL_KEEP_SIZE: i32 = 0x01;
 const FALLOC_FL_PUNCH_HOLE: i32 = 0x02;
 
 pub struct UringBdev {
-    name: String,
-    uuid: [u8; 16],
+    info: BdevInfo,
     path: PathBuf,
-    block_size: u32,
-    num_blocks: u64,
     block_size_given: bool,
     direct: bool,
     /// On tmpfs/ramfs: inline copies instead of io_uring (module docs).
@@ -159,11 +156,16 @@ fn open(
         e => e,
     })?;
     Ok(Arc::new(UringBdev {
-        name: name.to_string(),
-        uuid: uuid.unwrap_or_else(super::new_uuid),
+        info: BdevInfo::new(
+            name,
+            if aio { "AIO disk" } else { "URING bdev" },
+            if aio { "aio" } else { "uring" },
+            uuid.unwrap_or_else(super::new_uuid),
+            bs,
+            num_blocks,
+            &OPS,
+        ),
         path: filename.to_path_buf(),
-        block_size: bs,
-        num_blocks,
         block_size_given: block_size.is_some(),
         direct,
         memory,
@@ -176,45 +178,19 @@ fn open(
 const OPS: [IoOp; 5] = IoOp::ALL;
 
 impl Bdev for UringBdev {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn product_name(&self) -> &str {
-        if self.aio {
-            "AIO disk"
-        } else {
-            "URING bdev"
-        }
-    }
-    fn driver(&self) -> &'static str {
-        if self.aio {
-            "aio"
-        } else {
-            "uring"
-        }
-    }
-    fn uuid(&self) -> [u8; 16] {
-        self.uuid
-    }
-    fn block_size(&self) -> u32 {
-        self.block_size
-    }
-    fn num_blocks(&self) -> u64 {
-        self.num_blocks
-    }
-    fn supports(&self, op: IoOp) -> bool {
-        OPS.contains(&op)
+    fn info(&self) -> &BdevInfo {
+        &self.info
     }
     fn open_channel(&self) -> Result<BdevChannel, BdevError> {
-        let align = if self.direct { self.block_size as usize } else { 1 };
-        let geometry = Geometry::new(self.block_size, self.num_blocks, align, &OPS);
+        let align = if self.direct { self.info.block_size as usize } else { 1 };
+        let geometry = self.info.geometry(align);
         let backend: Box<dyn ChannelBackend> = if self.memory {
-            Box::new(MemoryFileChannel::new(self.file.clone(), self.block_size as usize))
+            Box::new(MemoryFileChannel::new(self.file.clone(), self.info.block_size as usize))
         } else {
-            Box::new(UringChannel::new(self.file.clone(), self.block_size as usize)?)
+            Box::new(UringChannel::new(self.file.clone(), self.info.block_size as usize)?)
         };
         Ok(BdevChannel::new(
-            &self.name,
+            &self.info.name,
             geometry,
             self.stats.new_channel(),
             backend,
@@ -225,12 +201,12 @@ impl Bdev for UringBdev {
     }
     fn config(&self) -> Option<(&'static str, serde_json::Value)> {
         let mut p = serde_json::json!({
-            "name": self.name,
+            "name": self.info.name,
             "filename": self.path.display().to_string(),
-            "uuid": super::uuid_to_string(&self.uuid),
+            "uuid": super::uuid_to_string(&self.info.uuid),
         });
         if self.block_size_given {
-            p["block_size"] = self.block_size.into();
+            p["block_size"] = self.info.block_size.into();
         }
         Some((
             if self.aio {

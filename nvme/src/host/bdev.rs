@@ -28,7 +28,7 @@ use super::channel::HostChannel;
 pub use super::reconnect::ReconnectOpts;
 use super::trid::TransportId;
 use super::HostError;
-use engine::bdev::{Bdev, BdevChannel, BdevError, Geometry, IoOp, IoStats, StatsSet};
+use engine::bdev::{Bdev, BdevChannel, BdevError, BdevInfo, IoOp, IoStats, StatsSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,11 +37,8 @@ const OPS: [IoOp; 5] = IoOp::ALL;
 
 /// One namespace of an attached controller as a bdev. See the module docs.
 pub struct NvmeHostBdev {
-    name: String,
-    uuid: [u8; 16],
+    info: BdevInfo,
     nsid: u32,
-    block_size: u32,
-    num_blocks: u64,
     ctrlr: Arc<NvmeCtrlr>,
     stats: StatsSet,
     /// This bdev carries its controller's attach calls in `save_config` (one per controller).
@@ -95,11 +92,16 @@ impl NvmeCtrlr {
         }
         drop(nsids);
         Ok(Arc::new(NvmeHostBdev {
-            name: name.to_string(),
-            uuid,
+            info: BdevInfo::new(
+                name,
+                "NVMe/TCP namespace",
+                "nvme_tcp_host",
+                uuid,
+                1 << lbads,
+                ns.nsze,
+                &OPS,
+            ),
             nsid,
-            block_size: 1 << lbads,
-            num_blocks: ns.nsze,
             ctrlr: self.clone(),
             stats: StatsSet::default(),
             saves_config: AtomicBool::new(false),
@@ -169,26 +171,8 @@ impl NvmeHostBdev {
 }
 
 impl Bdev for NvmeHostBdev {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn product_name(&self) -> &str {
-        "NVMe/TCP namespace"
-    }
-    fn driver(&self) -> &'static str {
-        "nvme_tcp_host"
-    }
-    fn uuid(&self) -> [u8; 16] {
-        self.uuid
-    }
-    fn block_size(&self) -> u32 {
-        self.block_size
-    }
-    fn num_blocks(&self) -> u64 {
-        self.num_blocks
-    }
-    fn supports(&self, op: IoOp) -> bool {
-        OPS.contains(&op)
+    fn info(&self) -> &BdevInfo {
+        &self.info
     }
     fn open_channel(&self) -> Result<BdevChannel, BdevError> {
         let core = &self.ctrlr.core;
@@ -196,7 +180,7 @@ impl Bdev for NvmeHostBdev {
         let q = match spare {
             Some(q) => Some(q),
             None => {
-                log::info!("bdev {}: connecting an I/O queue pair inline", self.name);
+                log::info!("bdev {}: connecting an I/O queue pair inline", self.info.name);
                 match core.new_qpair() {
                     Ok(q) => Some(q),
                     // Reconnecting: the channel waits for a queue pair from the keep-alive thread.
@@ -206,8 +190,8 @@ impl Bdev for NvmeHostBdev {
             }
         };
         Ok(BdevChannel::new(
-            &self.name,
-            Geometry::new(self.block_size, self.num_blocks, 1, &OPS),
+            &self.info.name,
+            self.info.geometry(1),
             self.stats.new_channel(),
             Box::new(HostChannel::new(
                 q,
@@ -219,9 +203,6 @@ impl Bdev for NvmeHostBdev {
     }
     fn io_stats(&self) -> IoStats {
         self.stats.sum()
-    }
-    fn config(&self) -> Option<(&'static str, serde_json::Value)> {
-        None
     }
     fn config_entries(&self) -> Vec<(&'static str, serde_json::Value)> {
         if !self.saves_config.load(Ordering::Acquire) {

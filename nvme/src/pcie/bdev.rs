@@ -18,7 +18,7 @@ use super::queue::QueuePair;
 use crate::spec::cmd::io_opc;
 use crate::spec::{Cqe, Sqe};
 use engine::bdev::{
-    Bdev, BdevChannel, BdevError, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, IoStats, StatsSet,
+    Bdev, BdevChannel, BdevError, BdevInfo, ChannelBackend, IoCompletion, IoOp, IoRequest, IoStats, StatsSet,
     CHANNEL_QUEUE_DEPTH_MAX,
 };
 use engine::buf::DmaBuf;
@@ -39,9 +39,8 @@ const TIMEOUT_SCAN_NS: u64 = 100_000_000;
 
 /// A namespace of a PCIe controller as a bdev.
 pub struct PcieBdev {
-    name: String,
+    info: BdevInfo,
     ns: NsInfo,
-    uuid: [u8; 16],
     ctrlr: Arc<PcieCtrlr>,
     stats: StatsSet,
     /// Totals over the bdev's channels (management queries).
@@ -63,9 +62,8 @@ impl PcieBdev {
             ns.nguid
         };
         Ok(Arc::new(PcieBdev {
-            name: name.to_string(),
+            info: BdevInfo::new(name, "NVMe disk", "nvme_pcie", uuid, ns.block_size, ns.num_blocks, &OPS),
             ns,
-            uuid,
             ctrlr: ctrlr.clone(),
             stats: StatsSet::default(),
             bounced: Arc::new(AtomicU64::new(0)),
@@ -88,38 +86,20 @@ impl PcieBdev {
 }
 
 impl Bdev for PcieBdev {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn product_name(&self) -> &str {
-        "NVMe disk"
-    }
-    fn driver(&self) -> &'static str {
-        "nvme_pcie"
-    }
-    fn uuid(&self) -> [u8; 16] {
-        self.uuid
-    }
-    fn block_size(&self) -> u32 {
-        self.ns.block_size
-    }
-    fn num_blocks(&self) -> u64 {
-        self.ns.num_blocks
-    }
-    fn supports(&self, op: IoOp) -> bool {
-        OPS.contains(&op)
+    fn info(&self) -> &BdevInfo {
+        &self.info
     }
     fn open_channel(&self) -> Result<BdevChannel, BdevError> {
         let q = self
             .ctrlr
             .create_io_qpair()
-            .map_err(|e| BdevError::Channel(format!("{}: {e}", self.name)))?;
+            .map_err(|e| BdevError::Channel(format!("{}: {e}", self.info.name)))?;
         let bounce = DmaMem::new(&self.ctrlr.dev, &self.ctrlr.iova, BOUNCE_SLOT * BOUNCE_SLOTS)
-            .map_err(|e| BdevError::Channel(format!("{}: {e}", self.name)))?;
+            .map_err(|e| BdevError::Channel(format!("{}: {e}", self.info.name)))?;
         let backend = PcieChannel::new(self.ctrlr.clone(), q, self.ns, bounce, self.bounced.clone());
         Ok(BdevChannel::new(
-            &self.name,
-            Geometry::new(self.ns.block_size, self.ns.num_blocks, PAGE, &OPS),
+            &self.info.name,
+            self.info.geometry(PAGE),
             self.stats.new_channel(),
             Box::new(backend),
         ))
@@ -127,17 +107,15 @@ impl Bdev for PcieBdev {
     fn io_stats(&self) -> IoStats {
         self.stats.sum()
     }
-    fn config(&self) -> Option<(&'static str, serde_json::Value)> {
-        None
-    }
     fn config_entries(&self) -> Vec<(&'static str, serde_json::Value)> {
         if !self.saves_config.load(Ordering::Acquire) {
             return Vec::new();
         }
         let name = self
+            .info
             .name
             .strip_suffix(&format!("n{}", self.ns.nsid))
-            .unwrap_or(&self.name);
+            .unwrap_or(&self.info.name);
         vec![(
             "bdev_nvme_attach_controller",
             serde_json::json!({ "name": name, "trtype": "PCIe", "traddr": self.ctrlr.bdf }),

@@ -8,7 +8,8 @@
 use super::ffi::{self, Cmd, Ctrlr, Ns, Qpair};
 use super::SpdkError;
 use engine::bdev::{
-    BdevChannel, BdevError, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, StatsSet, CHANNEL_QUEUE_DEPTH_MAX,
+    BdevChannel, BdevError, BdevInfo, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, StatsSet,
+    CHANNEL_QUEUE_DEPTH_MAX,
 };
 use engine::buf::DmaBuf;
 use engine::reactor::{self, PollStatus, PollerId};
@@ -45,12 +46,12 @@ impl Default for SpdkNvmeOpts {
 
 /// One namespace of a controller attached through SPDK.
 pub struct SpdkNvmeBdev {
-    name: String,
+    info: BdevInfo,
     trid: String,
     ctrlr: Arc<Ctrlr>,
     ns: Ns,
+    /// What its channels validate against (dword-aligned buffers).
     geometry: Geometry,
-    uuid: [u8; 16],
     model: String,
     serial: String,
     stats: StatsSet,
@@ -89,10 +90,18 @@ pub fn attach(name: &str, trid: &str, opts: &SpdkNvmeOpts) -> Result<Arc<SpdkNvm
     // Dword alignment is all SPDK's PCIe PRP/SGL building needs; fabrics need none.
     let geometry = Geometry::new(ns.block_size, ns.num_blocks, 4, &ops);
     let (model, serial) = ctrlr.model_serial();
+    let uuid = ns.uuid.filter(|u| *u != [0; 16]).unwrap_or_else(engine::bdev::new_uuid);
     Ok(Arc::new(SpdkNvmeBdev {
-        name: name.to_string(),
+        info: BdevInfo::new(
+            name,
+            "SPDK NVMe disk",
+            "spdk_nvme",
+            uuid,
+            ns.block_size,
+            ns.num_blocks,
+            &ops,
+        ),
         trid: trid.to_string(),
-        uuid: ns.uuid.filter(|u| *u != [0; 16]).unwrap_or_else(engine::bdev::new_uuid),
         ctrlr,
         ns,
         geometry,
@@ -118,26 +127,8 @@ impl SpdkNvmeBdev {
 }
 
 impl engine::bdev::Bdev for SpdkNvmeBdev {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn product_name(&self) -> &str {
-        "SPDK NVMe disk"
-    }
-    fn driver(&self) -> &'static str {
-        "spdk_nvme"
-    }
-    fn uuid(&self) -> [u8; 16] {
-        self.uuid
-    }
-    fn block_size(&self) -> u32 {
-        self.geometry.block_size
-    }
-    fn num_blocks(&self) -> u64 {
-        self.geometry.num_blocks
-    }
-    fn supports(&self, op: IoOp) -> bool {
-        self.geometry.supports(op)
+    fn info(&self) -> &BdevInfo {
+        &self.info
     }
     fn open_channel(&self) -> Result<BdevChannel, BdevError> {
         let slots = CHANNEL_QUEUE_DEPTH_MAX as u32;
@@ -150,11 +141,11 @@ impl engine::bdev::Bdev for SpdkNvmeBdev {
             failed: VecDeque::with_capacity(CHANNEL_QUEUE_DEPTH_MAX),
             admin,
             admin_polled: self.admin_polled.clone(),
-            name: self.name.clone(),
+            name: self.info.name.clone(),
             qpair_failed: false,
         };
         Ok(BdevChannel::new(
-            &self.name,
+            &self.info.name,
             self.geometry,
             self.stats.new_channel(),
             Box::new(ch),
@@ -165,7 +156,7 @@ impl engine::bdev::Bdev for SpdkNvmeBdev {
     }
     fn config(&self) -> Option<(&'static str, serde_json::Value)> {
         let p = super::rpc::AttachParams {
-            name: self.name.clone(),
+            name: self.info.name.clone(),
             trid: self.trid.clone(),
             nsid: Some(self.ns.nsid),
             io_queue_size: Some(self.opts.io_queue_size),

@@ -45,7 +45,7 @@ impl StandbyHost {
             why,
         };
         for v in &self.cfg.volumes {
-            crate::rpc::with_standby(&v.standby, |s| {
+            crate::registry::with_standby(&v.standby, |s| {
                 if s.intake_open() {
                     start_drain(s)
                 }
@@ -62,7 +62,7 @@ impl StandbyHost {
                 if out[i].is_some() {
                     continue;
                 }
-                let p = crate::rpc::with_standby(&v.standby, |s| drain_progress(s, false))
+                let p = crate::registry::with_standby(&v.standby, |s| drain_progress(s, false))
                     .map_err(|e| vol_err(&v.standby, e.message))?;
                 let Some(p) = p else {
                     // Intake already closed (a restarted host, a volume failed over before).
@@ -74,7 +74,7 @@ impl StandbyHost {
                 let present_drained = p.relays > 0 && p.relays_drained == p.relays && elapsed >= grace;
                 let timed_out = !p.done && !present_drained && elapsed >= timeout;
                 if p.done || present_drained || unreachable || timed_out {
-                    let p = crate::rpc::with_standby(&v.standby, |s| drain_progress(s, true))
+                    let p = crate::registry::with_standby(&v.standby, |s| drain_progress(s, true))
                         .map_err(|e| vol_err(&v.standby, e.message))?
                         .unwrap_or(p);
                     out[i] = Some(finished(&v.standby, p, timed_out && !unreachable, unreachable));

@@ -10,8 +10,8 @@
 //! - `failover`: polls the detector every [`MONITOR_PERIOD`], runs the failover when it
 //!   decides (or when an operator declares failure), then watches the application.
 //!
-//! The standby volumes live on reactors ([`crate::rpc`]); the failover thread reaches them
-//! with [`crate::rpc::with_standby`], which blocks this thread, never a reactor for longer
+//! The standby volumes live on reactors ([`crate::registry`]); the failover thread reaches
+//! them with [`crate::registry::with_standby`], which blocks this thread, never a reactor for longer
 //! than the promotion's own synchronous I/O.
 //!
 //! The relays' `PrimaryLiveness` reports arrive on the standby's relay connections (the

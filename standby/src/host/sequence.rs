@@ -91,11 +91,12 @@ impl StandbyHost {
     fn check_readiness(&self) -> Result<(), HostError> {
         let force = lock(&self.state).force_syncing;
         for v in &self.cfg.volumes {
-            let r =
-                crate::rpc::with_standby(&v.standby, |s| s.failover_readiness()).map_err(|e| HostError::Volume {
+            let r = crate::registry::with_standby(&v.standby, |s| s.failover_readiness()).map_err(|e| {
+                HostError::Volume {
                     standby: v.standby.clone(),
                     why: e.message,
-                })?;
+                }
+            })?;
             match r {
                 crate::Readiness::Valid => {}
                 crate::Readiness::Stale(why) => self.update(|rep| rep.warnings.push(format!("{}: {why}", v.standby))),
@@ -210,14 +211,14 @@ impl StandbyHost {
     /// `rollback_timeout_ms`) until each has rolled back to its last restart point.
     fn roll_back(&self) -> Result<(), HostError> {
         for v in &self.cfg.volumes {
-            crate::rpc::with_standby(&v.standby, |s| s.declare_failure())
+            crate::registry::with_standby(&v.standby, |s| s.declare_failure())
                 .map_err(|e| vol_err(&v.standby, e.message))?;
         }
         let deadline = Instant::now() + Duration::from_millis(self.cfg.rollback_timeout_ms);
         for v in &self.cfg.volumes {
             loop {
                 let (done, err) =
-                    crate::rpc::with_standby(&v.standby, |s| (s.failed_over(), s.error().map(str::to_string)))
+                    crate::registry::with_standby(&v.standby, |s| (s.failed_over(), s.error().map(str::to_string)))
                         .map_err(|e| vol_err(&v.standby, e.message))?;
                 if let Some(e) = err {
                     return Err(vol_err(&v.standby, format!("stopped on an error: {e}")));
@@ -243,7 +244,7 @@ impl StandbyHost {
         let mut promoted = Vec::new();
         for v in &self.cfg.volumes {
             let head = v.head_bdev.clone().unwrap_or_else(|| format!("{}_head", v.standby));
-            let r = crate::rpc::with_standby(&v.standby, move |s| -> Result<_, String> {
+            let r = crate::registry::with_standby(&v.standby, move |s| -> Result<_, String> {
                 let b = if s.promoted() {
                     s.promoted_bdev()
                 } else {

@@ -17,7 +17,7 @@
 //! primary from then on) is asked for ops, so what the drain takes covers every op any
 //! fenced relay ever acknowledged (`docs/failover.md`, "Fencing before the drain").
 //!
-//! Both functions run on the volume's reactor (`crate::rpc::with_standby`).
+//! Both functions run on the volume's reactor (`crate::registry::with_standby`).
 
 use super::{reactor_net, NET};
 use crate::StandbyVolume;

@@ -174,7 +174,7 @@ fn hand_off(mut pc: Pending, h: HelloOwned) {
             .send_last(wire::encode_hello_reply(&refused(RefuseReason::Role, 0)));
         return;
     }
-    let Some(core) = rpc::owner_core(&h.name) else {
+    let Some(core) = registry::owner_core(&h.name) else {
         log::warn!(
             "standby: relay {} asks for volume {:?}: no such standby volume",
             pc.peer,
@@ -194,7 +194,7 @@ fn hand_off(mut pc: Pending, h: HelloOwned) {
 pub(super) fn adopt(mut conn: Conn, peer: SocketAddr, h: HelloOwned, now: u64) {
     let rn = reactor_net();
     let mut rn = rn.borrow_mut();
-    let Some(vol) = rpc::local_volume(&h.name) else {
+    let Some(vol) = registry::local_volume(&h.name) else {
         log::warn!(
             "standby: relay {peer} asks for volume {:?}: no such standby volume",
             h.name

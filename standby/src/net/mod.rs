@@ -60,7 +60,7 @@ use listen::Listener;
 
 pub use drain::{drain_progress, start_drain, DrainProgress};
 
-use crate::rpc;
+use crate::registry;
 use crate::{Offer, OwnedOp, StandbyVolume};
 use engine::clock::now_ns;
 use engine::reactor::{self, PollStatus};
@@ -527,7 +527,7 @@ impl ReactorNet {
         let mut busy = false;
         let mut gone: Vec<String> = Vec::new();
         for (name, vn) in self.vols.iter_mut() {
-            let Some(vol) = rpc::local_volume(name) else {
+            let Some(vol) = registry::local_volume(name) else {
                 gone.push(name.clone());
                 continue;
             };

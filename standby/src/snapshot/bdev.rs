@@ -13,10 +13,7 @@ pub(super) const VCHANNEL_DEPTH: usize = 256;
 /// while this bdev lives. Reads are split by physical run; each run reads
 /// into its own recycled buffer (`DmaBuf::recycled`).
 pub struct SnapshotBdev {
-    pub(super) name: String,
-    pub(super) uuid: [u8; 16],
-    pub(super) block_size: u32,
-    pub(super) num_blocks: u64,
+    pub(super) info: BdevInfo,
     pub(super) data: Arc<dyn Bdev>,
     pub(super) map: Arc<Vec<(u64, u64)>>,
     pub(super) _pin: Arc<()>,
@@ -24,41 +21,25 @@ pub struct SnapshotBdev {
 }
 
 impl Bdev for SnapshotBdev {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn product_name(&self) -> &str {
-        "Standby snapshot"
-    }
-    fn driver(&self) -> &'static str {
-        "standby_snapshot"
-    }
-    fn uuid(&self) -> [u8; 16] {
-        self.uuid
-    }
-    fn block_size(&self) -> u32 {
-        self.block_size
-    }
-    fn num_blocks(&self) -> u64 {
-        self.num_blocks
-    }
-    fn supports(&self, op: IoOp) -> bool {
-        matches!(op, IoOp::Read | IoOp::Flush)
+    fn info(&self) -> &BdevInfo {
+        &self.info
     }
     fn open_channel(&self) -> Result<BdevChannel, BdevError> {
         let lookup = Lookup::Frozen(self.map.clone());
         Ok(BdevChannel::new(
-            &self.name,
-            Geometry::new(self.block_size, self.num_blocks, 1, &[IoOp::Read, IoOp::Flush]),
+            &self.info.name,
+            self.info.geometry(1),
             self.stats.new_channel(),
-            Box::new(VChannel::new(self.data.open_channel()?, self.block_size, lookup, None)),
+            Box::new(VChannel::new(
+                self.data.open_channel()?,
+                self.info.block_size,
+                lookup,
+                None,
+            )),
         ))
     }
     fn io_stats(&self) -> IoStats {
         self.stats.sum()
-    }
-    fn config(&self) -> Option<(&'static str, serde_json::Value)> {
-        None
     }
 }
 
@@ -564,10 +545,7 @@ impl Drop for VChannel {
 /// write cache semantics: what was written before a completed flush survives
 /// a crash). Any number of channels: they share [`HeadShared`].
 pub struct HeadBdev {
-    pub(super) name: String,
-    pub(super) uuid: [u8; 16],
-    pub(super) block_size: u32,
-    pub(super) num_blocks: u64,
+    pub(super) info: BdevInfo,
     pub(super) data: Arc<dyn Bdev>,
     pub(super) meta: Arc<dyn Bdev>,
     pub(super) shared: Arc<HeadShared>,
@@ -575,26 +553,8 @@ pub struct HeadBdev {
 }
 
 impl Bdev for HeadBdev {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn product_name(&self) -> &str {
-        "Standby promoted head"
-    }
-    fn driver(&self) -> &'static str {
-        "standby_head"
-    }
-    fn uuid(&self) -> [u8; 16] {
-        self.uuid
-    }
-    fn block_size(&self) -> u32 {
-        self.block_size
-    }
-    fn num_blocks(&self) -> u64 {
-        self.num_blocks
-    }
-    fn supports(&self, _op: IoOp) -> bool {
-        true
+    fn info(&self) -> &BdevInfo {
+        &self.info
     }
     fn open_channel(&self) -> Result<BdevChannel, BdevError> {
         let ctx = HeadCtx {
@@ -612,21 +572,18 @@ impl Bdev for HeadBdev {
         };
         let inner = VChannel::new(
             self.data.open_channel()?,
-            self.block_size,
+            self.info.block_size,
             Lookup::Head(self.shared.clone()),
             Some(ctx),
         );
         Ok(BdevChannel::new(
-            &self.name,
-            Geometry::new(self.block_size, self.num_blocks, 1, &IoOp::ALL),
+            &self.info.name,
+            self.info.geometry(1),
             self.stats.new_channel(),
             Box::new(inner),
         ))
     }
     fn io_stats(&self) -> IoStats {
         self.stats.sum()
-    }
-    fn config(&self) -> Option<(&'static str, serde_json::Value)> {
-        None
     }
 }

@@ -54,7 +54,7 @@ use crate::superblock::{Mode, Superblock};
 use crate::sync_skip::{self, SyncSkip};
 use crate::StandbyError;
 use engine::bdev::{
-    Bdev, BdevChannel, BdevError, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, IoStats, StatsSet,
+    Bdev, BdevChannel, BdevError, BdevInfo, ChannelBackend, IoCompletion, IoOp, IoRequest, IoStats, StatsSet,
 };
 use engine::buf::DmaBuf;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -666,10 +666,15 @@ impl Snapshot {
         let pin = s.pin.clone();
         let map = Arc::new(self.frozen_map(epoch));
         Ok(Arc::new(SnapshotBdev {
-            name: name.to_string(),
-            uuid: engine::bdev::new_uuid(),
-            block_size: self.data.block_size,
-            num_blocks: self.sb.volume_blocks,
+            info: BdevInfo::new(
+                name,
+                "Standby snapshot",
+                "standby_snapshot",
+                engine::bdev::new_uuid(),
+                self.data.block_size,
+                self.sb.volume_blocks,
+                &[IoOp::Read, IoOp::Flush],
+            ),
             data: self.data.bdev.clone(),
             map,
             _pin: pin,
@@ -726,10 +731,15 @@ impl Snapshot {
             }
         }
         let h = Arc::new(HeadBdev {
-            name: name.to_string(),
-            uuid: engine::bdev::new_uuid(),
-            block_size: self.data.block_size,
-            num_blocks: self.sb.volume_blocks,
+            info: BdevInfo::new(
+                name,
+                "Standby promoted head",
+                "standby_head",
+                engine::bdev::new_uuid(),
+                self.data.block_size,
+                self.sb.volume_blocks,
+                &IoOp::ALL,
+            ),
             data: self.data.bdev.clone(),
             meta: self.meta.bdev.clone(),
             shared: Arc::new(shared),

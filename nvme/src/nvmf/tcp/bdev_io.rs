@@ -187,15 +187,15 @@ impl Conn {
         } else if cpl.buf.is_some() {
             r.buf = cpl.buf;
         }
-        let pending = pending.saturating_sub(1);
-        // Executing to Executing: the per-state counts do not change.
-        r.state = ReqState::Executing { pending };
-        if pending == 0 {
-            self.finish(slot);
-        }
+        // Executing to Executing or Executed: the per-state counts do not change.
+        r.state = match pending.saturating_sub(1) {
+            0 => ReqState::Executed,
+            pending => ReqState::Executing { pending },
+        };
+        self.advance(slot);
     }
 
-    /// Every bdev operation of the request finished: send data and the response.
+    /// executed: every bdev operation of the request finished: send data and the response.
     pub(super) fn finish(&mut self, slot: usize) {
         let r = &self.reqs[slot];
         let status = r.status;

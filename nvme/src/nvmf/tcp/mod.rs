@@ -439,7 +439,7 @@ impl Drop for Conn {
         if let Some(s) = &self.stats {
             for r in &self.reqs {
                 if let Some(i) = r.state.counter() {
-                    bump(&s.req_states[i], -1);
+                    driver::add_own(&s.req_states[i], -1);
                 }
             }
         }

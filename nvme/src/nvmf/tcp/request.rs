@@ -3,7 +3,6 @@
 //! (`docs/nvme-tcp.md`).
 
 use super::buffers::SMALL_BUF_BYTES;
-use super::group::bump;
 use super::Conn;
 use crate::nvmf::io::IoCmd;
 use crate::spec::cmd::admin_opc;
@@ -12,12 +11,12 @@ use crate::spec::{Cqe, Sqe, Status};
 use crate::tcp::pdu;
 use engine::buf::DmaBuf;
 
-/// Lifecycle of one request (one command on this queue). Every change goes through
-/// `Conn::set_state`, which keeps the poll group's per-state counts; `Conn::need_buffers`
-/// and `Conn::advance` drive a request that waits for data buffers. The steps SPDK names
-/// READY_TO_EXECUTE, EXECUTED, TRANSFERRING_CONTROLLER_TO_HOST and COMPLETED happen within
-/// one call here (the response and read data are queued on the socket at once), so they
-/// are not states a request can be seen in.
+/// Lifecycle of one request (one command on this queue). `Conn::advance` (`driver.rs`)
+/// moves a request from each state to the next; every change goes through
+/// `Conn::set_state`, which keeps the poll group's per-state counts. The steps SPDK names
+/// READY_TO_EXECUTE, TRANSFERRING_CONTROLLER_TO_HOST and COMPLETED happen within one call
+/// here (the response and read data are queued on the socket at once), and EXECUTED is
+/// left in the same call it is entered, so no request is seen in them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ReqState {
     /// Slot unused.
@@ -28,9 +27,12 @@ pub(super) enum ReqState {
     NeedBuffer { next: BufFor },
     /// R2T sent; `received` of `total` bytes have arrived in H2CData PDUs.
     AwaitH2C { received: u32, total: u32 },
-    /// Submitted to the bdev: `pending` bdev operations outstanding (admin commands and
-    /// parked AERs are here with none).
+    /// Submitted to the bdev: `pending` bdev operations outstanding (admin, Connect and
+    /// authentication commands are here with none while they execute).
     Executing { pending: u32 },
+    /// The last bdev operation is done: the data and the response are sent next (SPDK's
+    /// EXECUTED; counted as executing).
+    Executed,
     /// Handed to the namespace's restart point sink; waiting for its answer number `seq`
     /// of this connection (a late answer for an earlier use of the slot is ignored).
     AwaitRestartPoint { seq: u64 },
@@ -68,7 +70,7 @@ impl ReqState {
             ReqState::RecvInCapsule => Some(0),
             ReqState::NeedBuffer { .. } => Some(REQ_STATE_NEED_BUFFER),
             ReqState::AwaitH2C { .. } => Some(2),
-            ReqState::Executing { .. } => Some(3),
+            ReqState::Executing { .. } | ReqState::Executed => Some(3),
             ReqState::AwaitRestartPoint { .. } => Some(4),
         }
     }
@@ -122,20 +124,25 @@ impl Req {
 }
 
 impl Conn {
-    /// A command with all its in-capsule data: route it by queue.
+    /// new: a command with all its in-capsule data: route it by queue.
     pub(super) fn dispatch(&mut self, slot: usize) {
         let sqe = self.reqs[slot].sqe;
         if !self.reqs[slot].status.is_success() {
             let s = self.reqs[slot].status;
             return self.complete(slot, s, 0, 0);
         }
+        // Connect, authentication and admin commands execute in this call (with no bdev
+        // operation); an I/O command's parsing moves it on (`io_queue.rs`).
+        let executing = ReqState::Executing { pending: 0 };
         if self.ctrlr.is_none() {
             if sqe.opc == admin_opc::FABRICS && sqe.fctype() == fctype::CONNECT {
+                self.set_state(slot, executing);
                 return self.connect(slot);
             }
             return self.complete(slot, Status::COMMAND_SEQUENCE_ERROR, 0, 0);
         }
         if sqe.opc == admin_opc::FABRICS && matches!(sqe.fctype(), fctype::AUTH_SEND | fctype::AUTH_RECV) {
+            self.set_state(slot, executing);
             return self.auth_cmd(slot);
         }
         if self.auth.is_some() && !self.authenticated {
@@ -144,6 +151,7 @@ impl Conn {
             return self.complete(slot, Status::AUTH_REQUIRED, 0, 0);
         }
         if self.qid == 0 {
+            self.set_state(slot, executing);
             self.admin_cmd(slot)
         } else {
             self.io_cmd(slot)
@@ -184,22 +192,6 @@ impl Conn {
         }
         self.free.push(slot);
     }
-
-    /// Moves the request in `slot` to `st`, keeping the poll group's per-state counts.
-    pub(super) fn set_state(&mut self, slot: usize, st: ReqState) {
-        let old = std::mem::replace(&mut self.reqs[slot].state, st);
-        let (from, to) = (old.counter(), st.counter());
-        if from != to {
-            if let Some(s) = &self.stats {
-                if let Some(i) = from {
-                    bump(&s.req_states[i], -1);
-                }
-                if let Some(i) = to {
-                    bump(&s.req_states[i], 1);
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -223,5 +215,9 @@ mod tests {
             Some(REQ_STATE_NEED_BUFFER)
         );
         assert_eq!(REQ_STATE_NAMES[REQ_STATE_NEED_BUFFER], "need_buffer");
+        assert_eq!(
+            ReqState::Executed.counter(),
+            ReqState::Executing { pending: 0 }.counter()
+        );
     }
 }

@@ -141,7 +141,7 @@ impl Conn {
                         if !digest_ok {
                             self.reqs[slot].status = Status::TRANSIENT_TRANSPORT_ERROR;
                         }
-                        self.dispatch(slot);
+                        self.advance(slot);
                     }
                     RxSink::H2C { slot, off } => self.on_h2c_end(slot, off, digest_ok),
                     RxSink::Discard | RxSink::None => {}
@@ -191,8 +191,8 @@ impl Conn {
             self.set_state(slot, ReqState::RecvInCapsule);
             self.sink = RxSink::Capsule { slot, off: 0 };
         } else {
-            self.set_state(slot, ReqState::Executing { pending: 0 });
-            self.dispatch(slot);
+            self.set_state(slot, ReqState::RecvInCapsule);
+            self.advance(slot);
         }
     }
 

@@ -57,22 +57,25 @@ impl Conn {
     }
 
     /// The data of an H2CData PDU for `slot` has arrived (`off` bytes of the transfer so
-    /// far): once the whole transfer is in, execute the command, or fail it if a data digest
-    /// did not match.
+    /// far): the driver moves the request on once the whole transfer is in.
     pub(super) fn on_h2c_end(&mut self, slot: usize, off: u32, digest_ok: bool) {
         if !digest_ok {
             self.reqs[slot].status = Status::TRANSIENT_TRANSPORT_ERROR;
         }
         if let ReqState::AwaitH2C { total, .. } = self.reqs[slot].state {
             self.set_state(slot, ReqState::AwaitH2C { received: off, total });
-            if off == total {
-                if self.reqs[slot].status.is_success() {
-                    self.execute(slot);
-                } else {
-                    let s = self.reqs[slot].status;
-                    self.complete(slot, s, 0, 0);
-                }
-            }
+            self.advance(slot);
+        }
+    }
+
+    /// transferring_host_to_controller, all data in: execute the command, or fail it if a
+    /// data digest did not match.
+    pub(super) fn host_data_in(&mut self, slot: usize) {
+        let status = self.reqs[slot].status;
+        if status.is_success() {
+            self.execute(slot);
+        } else {
+            self.complete(slot, status, 0, 0);
         }
     }
 
