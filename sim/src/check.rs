@@ -8,7 +8,9 @@
 //!    had received in order.
 //! 4. An acknowledged restart point is not lost while a relay counted for its
 //!    acknowledgement was reachable (otherwise the loss comes with the "unreachable"
-//!    warning, not silently).
+//!    warning, not silently): every one acknowledged before promotion, the old primary
+//!    still alive meanwhile (with the drain's fence; without it, those acknowledged at the
+//!    decision).
 //! 5. No stall pull while the forwarder holds by policy and said so (a fresh report saying
 //!    it holds what the standby lacks) for longer than the report freshness.
 //!
@@ -44,6 +46,9 @@ pub struct Failover {
     pub fenced_offers: u64,
     pub relabelled_accepted: u64,
     pub missed_reconnecting: bool,
+    /// The promoted epoch, and which relays were reachable through the failover.
+    pub promoted_epoch: u64,
+    pub reachable: Vec<bool>,
 }
 
 pub fn after_step(w: &mut World) {
@@ -137,7 +142,12 @@ pub fn at_promotion(w: &mut World) {
         ));
         return;
     }
-    let acked = w.fo.acked_rp;
+    // With the fence, every restart point acknowledged until promotion counts: a fenced
+    // relay acknowledges nothing more and the drain took what it had. Without it, only
+    // those acknowledged at the decision (the old window).
+    w.fo.promoted_epoch = promoted;
+    w.fo.reachable = reachable.clone();
+    let acked = if w.cfg.drain { w.p.acked_rp } else { w.fo.acked_rp };
     if promoted < acked {
         let rp = w.p.rp_lsn[acked as usize];
         if let Some(i) = (0..w.r.len()).find(|&i| reachable[i] && w.p.must_hold[i] >= rp) {
@@ -180,8 +190,30 @@ pub fn offer_after_promotion(w: &mut World, f: &Frame<'_>, now: u64) {
     }
 }
 
+/// Invariant 4 once more at the end, after a failover with a drain: the old primary lives
+/// on for a while after the decision; no restart point may have been acknowledged to it
+/// after promotion counting a relay the drain reached (that relay was fenced before it
+/// was drained), and then lost.
+fn acknowledged_after_promotion(w: &mut World) {
+    if w.fail.is_some() || w.fo.promoted_at.is_none() || !w.cfg.drain {
+        return;
+    }
+    let (acked, promoted) = (w.p.acked_rp, w.fo.promoted_epoch);
+    if acked <= promoted {
+        return;
+    }
+    let rp = w.p.rp_lsn[acked as usize];
+    let counted = (0..w.r.len()).find(|&i| w.fo.reachable.get(i) == Some(&true) && w.p.must_hold[i] >= rp);
+    if let Some(i) = counted {
+        w.fail = Some(format!(
+            "invariant 4: restart point {acked} acknowledged to the old primary after promotion at {promoted}, counting relay {i}, which the drain reached"
+        ));
+    }
+}
+
 /// Liveness of a run without failover.
 pub fn at_end(w: &mut World) {
+    acknowledged_after_promotion(w);
     if w.fail.is_some() || w.par.kill_at.is_some() {
         return;
     }

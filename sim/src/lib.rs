@@ -50,6 +50,10 @@ pub use world::{Params, World};
 pub struct SimConfig {
     /// The standby host drains the relays before rolling back (the real default).
     pub drain: bool,
+    /// The drain fences every relay first (`Fence`) and pulls only from fenced ones (the
+    /// real code; off replays the window in which relays went on acknowledging the old
+    /// primary during and after the drain).
+    pub fence: bool,
     /// Relays release their journal below the standby's resume point on its HelloReply, as
     /// the real relay does (`drive_standby`).
     pub release_on_resume: bool,
@@ -70,6 +74,7 @@ impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
             drain: true,
+            fence: true,
             release_on_resume: true,
             reorder_in_link: false,
             drain_drops_stale_pulls: true,

@@ -1,5 +1,6 @@
 //! `baton-sim`: replay one seed (`--seed N`) or soak (`--soak --seeds N [--from N]`).
-//! `--no-drain` runs without the failover drain.
+//! `--no-drain` runs without the failover drain, `--no-fence` with a drain that does not
+//! fence the relays first.
 
 use baton_sim::{run, SimConfig};
 use std::process::ExitCode;
@@ -14,6 +15,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cfg = SimConfig {
         drain: !args.iter().any(|a| a == "--no-drain"),
+        fence: !args.iter().any(|a| a == "--no-fence"),
         reorder_in_link: args.iter().any(|a| a == "--reorder-in-link"),
         ..SimConfig::default()
     };
@@ -21,7 +23,9 @@ fn main() -> ExitCode {
         return soak(&args, cfg);
     }
     let Some(seed) = arg(&args, "--seed") else {
-        eprintln!("usage: baton-sim --seed N | --soak --seeds N [--from N] [--max-failures N] [--no-drain]");
+        eprintln!(
+            "usage: baton-sim --seed N | --soak --seeds N [--from N] [--max-failures N] [--no-drain] [--no-fence]"
+        );
         return ExitCode::from(2);
     };
     let w = baton_sim::World::new(seed, cfg);

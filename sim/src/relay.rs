@@ -7,7 +7,7 @@ use crate::ops::{self, JOp};
 use crate::rng::Rng;
 use rdma_transport::handshake::{answer_hello, LocalVolume};
 use rdma_transport::wire::{
-    self, Ack, BatchEncoder, ForwardState, GapRequest, GapStatus, Hello, HelloReply, PrimaryLiveness, Role,
+    self, Ack, BatchEncoder, Fence, ForwardState, GapRequest, GapStatus, Hello, HelloReply, PrimaryLiveness, Role,
     FRAME_BYTES_MAX, FRAME_DATA_BYTES_MAX, OPS_PER_FRAME_MAX,
 };
 use std::collections::VecDeque;
@@ -37,6 +37,9 @@ pub struct Relay {
     pub policy: FwdPolicy,
     /// Newest generation seen (`volume.json`, survives crashes).
     pub gen: u64,
+    /// `VolumeMeta::fenced_below`: a draining standby's fence (kept across crashes, as
+    /// `volume.json` is).
+    pub fenced_below: u64,
     /// Journal: contiguous ops, the first is `released + 1` (or later after a resume
     /// release past the end).
     pub ops: VecDeque<JOp>,
@@ -112,6 +115,7 @@ impl Relay {
             holding_since: None,
             liveness_sent: 0,
             torn_tails: 0,
+            fenced_below: 0,
             fenced_frames: 0,
             relabelled: 0,
         }
@@ -165,7 +169,7 @@ impl Relay {
         LocalVolume {
             volume_id: crate::primary::VOLUME_ID,
             block_size: ops::BLOCK as u32,
-            generation: self.gen,
+            generation: self.gen.max(self.fenced_below),
             durable_lsn,
             frame_bytes_max: FRAME_BYTES_MAX as u32,
             recv_credits: 0,
@@ -187,9 +191,27 @@ impl Relay {
             .push(wire::encode_hello_reply(&reply).as_bytes().to_vec());
     }
 
+    /// `fence`: a draining standby's order. Older primaries are refused from now on and the
+    /// primary's connection closes; the answer names the journal's end.
+    pub fn on_fence(&mut self, generation: u64, out: &mut Out) {
+        if generation > self.gen.max(self.fenced_below) {
+            self.fenced_below = generation;
+            if self.primary_connected {
+                self.primary_connected = false;
+                out.close_primary = true;
+            }
+        }
+        let f = Fence {
+            generation: self.gen.max(self.fenced_below),
+            journal_lsn: self.appended,
+            is_reply: true,
+        };
+        out.to_standby.push(wire::encode_fence(&f).as_bytes().to_vec());
+    }
+
     /// An Ops frame: journal the ops not held yet as one record.
     pub fn on_ops(&mut self, batch: &wire::Batch<'_>, now: u64, out: &mut Out) {
-        if batch.generation < self.gen {
+        if batch.generation < self.gen.max(self.fenced_below) {
             self.fenced_frames += 1;
             self.primary_connected = false;
             out.close_primary = true;

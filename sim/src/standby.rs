@@ -19,6 +19,8 @@ pub struct SVol {
     pub alive: bool,
     pub recv: Receiver,
     pub gen: u64,
+    /// `StandbyVolume::fence_generation` (0: no drain fenced yet).
+    pub fence_gen: u64,
     pub image: Vec<u64>,
     pub applied_epoch: u64,
     pub applied_rp_lsn: u64,
@@ -41,6 +43,7 @@ impl SVol {
             alive: true,
             recv: Receiver::with_limits(1, 1, WINDOW_OPS, WINDOW_BYTES, GAP_AGE_NS),
             gen: 1,
+            fence_gen: 0,
             image: vec![0; blocks],
             applied_epoch: 0,
             applied_rp_lsn: 0,
@@ -131,9 +134,18 @@ impl SVol {
         self.staged_durable = self.applied_rp_lsn;
     }
 
-    /// `promote`: generation `max(seen) + 1`; older ops are refused from now on.
+    /// `fence_generation`: the generation promotion will take, fixed at the first call.
+    pub fn fence_generation(&mut self) -> u64 {
+        if self.fence_gen == 0 {
+            self.fence_gen = self.gen.max(self.recv.generation()) + 1;
+        }
+        self.fence_gen
+    }
+
+    /// `promote`: generation `max(seen) + 1`, or the drain's fence; older ops are refused
+    /// from now on.
     pub fn promote(&mut self) -> u64 {
-        self.gen = self.gen.max(self.recv.generation()) + 1;
+        self.gen = (self.gen.max(self.recv.generation()) + 1).max(self.fence_gen);
         self.recv.set_generation(self.gen);
         self.promoted = true;
         self.gen

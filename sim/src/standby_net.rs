@@ -8,8 +8,8 @@ use crate::ops;
 use crate::standby::SVol;
 use rdma_transport::handshake::{answer_hello, LocalVolume};
 use rdma_transport::wire::{
-    self, Batch, ForwardState, GapRequest, GapStatus, Hello, HelloReply, RefuseReason, Role, SafeUpTo, FRAME_BYTES_MAX,
-    WIRE_VERSION,
+    self, Batch, Fence, ForwardState, GapRequest, GapStatus, Hello, HelloReply, RefuseReason, Role, SafeUpTo,
+    FRAME_BYTES_MAX, WIRE_VERSION,
 };
 use standby::net::pull::{self, ReplyStep, StallVerdict};
 use standby::net::{
@@ -36,6 +36,9 @@ pub struct SLink {
     pub fwd: Option<(ForwardState, u64)>,
     pub held_lsn: u64,
     pub pull: Option<Pull>,
+    /// `Link::fence_sent` / `fence_reply` (the relay's generation in its answer).
+    pub fence_sent: bool,
+    pub fence_reply: Option<u64>,
     pub drained: bool,
     pub drain_rescanned: bool,
     pub forward_frames: u64,
@@ -81,6 +84,8 @@ pub struct SNet {
     peak_ns: u64,
     /// `Drain::expected`, set by `start_drain`.
     pub expected: usize,
+    /// `Drain::generation`: the fence's generation (0: the drain does not fence).
+    pub fence_gen: u64,
     /// Frames to send: (relay, bytes).
     pub out: Vec<(usize, Vec<u8>)>,
     /// Stall pulls sent this poll (for the checker).
@@ -276,14 +281,34 @@ impl SNet {
         closed
     }
 
-    /// `pull_drain`.
+    /// `pull_drain`: fence every link first, pull only from those that answered.
     fn pull_drain(&mut self, v: &SVol, now: u64) {
         let first = v.next_lsn();
+        let g = self.fence_gen;
         for i in 0..self.links.len() {
-            if self.links[i].as_ref().is_some_and(|l| !l.drained && l.pull.is_none()) {
+            let Some(l) = self.links[i].as_mut() else { continue };
+            if g != 0 && !l.fence_sent {
+                l.fence_sent = true;
+                let f = Fence {
+                    generation: g,
+                    journal_lsn: 0,
+                    is_reply: false,
+                };
+                self.out.push((i, wire::encode_fence(&f).as_bytes().to_vec()));
+            }
+            let fenced = g == 0 || l.fence_reply.is_some_and(|r| r >= g);
+            if fenced && !l.drained && l.pull.is_none() {
                 let id = self.req_id();
                 self.request(i, id, first, first + PULL_SPAN_LSN - 1, true, now);
             }
+        }
+    }
+
+    /// A relay's answer to the fence (`receive`, `Frame::Fence` reply).
+    pub fn on_fence_reply(&mut self, i: usize, generation: u64, journal_lsn: u64) {
+        if let Some(l) = self.links[i].as_mut() {
+            l.fence_reply = Some(generation);
+            l.held_lsn = l.held_lsn.max(journal_lsn);
         }
     }
 
@@ -374,9 +399,10 @@ impl SNet {
         }
     }
 
-    /// `start_drain`.
-    pub fn start_drain(&mut self, drop_stale_pulls: bool, now: u64) {
+    /// `start_drain`; `fence_gen` 0 drains without fencing (`SimConfig::fence` off).
+    pub fn start_drain(&mut self, drop_stale_pulls: bool, fence_gen: u64, now: u64) {
         self.draining = true;
+        self.fence_gen = fence_gen;
         let n = self.links.iter().flatten().count();
         self.expected = if now.saturating_sub(self.peak_ns) <= PEAK_LINKS_WINDOW_NS {
             self.peak_links.max(n)
@@ -384,6 +410,8 @@ impl SNet {
             n
         };
         for l in self.links.iter_mut().flatten() {
+            l.fence_sent = false;
+            l.fence_reply = None;
             l.drained = false;
             l.drain_rescanned = false;
             if drop_stale_pulls {

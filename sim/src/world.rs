@@ -671,7 +671,8 @@ impl World {
             self.q.after(dt, Ev::KillPrimary);
         }
         if self.cfg.drain {
-            self.sn.start_drain(self.cfg.drain_drops_stale_pulls, now);
+            let fence_gen = if self.cfg.fence { self.sv.fence_generation() } else { 0 };
+            self.sn.start_drain(self.cfg.drain_drops_stale_pulls, fence_gen, now);
         } else {
             self.promote(now);
         }
@@ -764,6 +765,7 @@ impl World {
                 self.r[i].on_standby_reply(r, self.cfg.release_on_resume, &mut out)
             }
             Frame::SafeUpTo(s) => self.r[i].release(s.lsn),
+            Frame::Fence(f) if !f.is_reply => self.r[i].on_fence(f.generation, &mut out),
             Frame::GapRequest(g) if self.r[i].gaps.len() < crate::relay::GAP_QUEUE_MAX => {
                 self.r[i].gaps.push_back(*g);
             }
@@ -819,6 +821,7 @@ impl World {
                 self.sn
                     .on_reply(i, &self.sv, g.request_id, g.status, g.batch.lsn_last(), now);
             }
+            Frame::Fence(f) if f.is_reply => self.sn.on_fence_reply(i, f.generation, f.journal_lsn),
             Frame::PrimaryLiveness(p) => {
                 if let Some(l) = self.sn.links[i].as_mut() {
                     l.fwd = Some((p.forward, now));
