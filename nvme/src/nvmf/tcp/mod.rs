@@ -39,6 +39,7 @@ mod io_queue;
 mod request;
 mod restart_point;
 mod rx;
+mod sock;
 mod transfer;
 
 pub use buffers::{PoolGeometry, DEFAULT_BUF_CACHE_SIZE, DEFAULT_NUM_SHARED_BUFFERS};
@@ -58,7 +59,7 @@ use io_queue::{ChanEntry, NsEntry};
 use request::Req;
 use rx::RxSink;
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -131,6 +132,8 @@ struct Conn {
     sink: RxSink,
     tx: Vec<u8>,
     tx_pos: usize,
+    /// Large read data sent from its own buffer, placed between the bytes of `tx`.
+    tx_data: sock::TxData,
     dg: TxDigests,
     ctrlr: Option<Arc<Controller>>,
     qid: u16,
@@ -205,6 +208,7 @@ impl Conn {
             sink: RxSink::None,
             tx: Vec::with_capacity(TX_INITIAL_BYTES),
             tx_pos: 0,
+            tx_data: sock::TxData::new(),
             dg: TxDigests::default(),
             ctrlr: None,
             qid: 0,
@@ -236,25 +240,6 @@ impl Conn {
         }))
     }
 
-    /// Reads from the socket into `rx_buf`, through TLS on a secure channel.
-    fn sock_read(&mut self) -> std::io::Result<usize> {
-        match &mut self.tls {
-            None => self.sock.read(&mut self.rx_buf),
-            Some(tls) => {
-                let t = &self.target;
-                tls.read(&mut self.sock, &mut self.rx_buf, &mut |id| t.tls_psk_for(id))
-            }
-        }
-    }
-
-    /// Writes queued bytes from `tx_pos`, through TLS on a secure channel.
-    fn sock_write(&mut self) -> std::io::Result<usize> {
-        match &mut self.tls {
-            None => self.sock.write(&self.tx[self.tx_pos..]),
-            Some(tls) => tls.write(&mut self.sock, &self.tx[self.tx_pos..]),
-        }
-    }
-
     /// The TLS session's PSK identity, on a secure channel.
     fn tls_identity(&self) -> Option<&str> {
         self.tls.as_ref()?.session.as_ref().map(|s| s.identity.as_str())
@@ -271,21 +256,21 @@ impl Conn {
         }
         if self.tx.len() - self.tx_pos < TX_HIGH_WATER_BYTES {
             for _ in 0..RX_READS_PER_POLL {
-                match self.sock_read() {
-                    Ok(0) => {
+                match self.read_some() {
+                    Ok(got) if got.read == 0 => {
                         self.close("peer closed the connection");
                         return ConnPoll::Busy;
                     }
-                    Ok(n) => {
+                    Ok(got) => {
                         busy = true;
-                        if let Err(f) = self.process(n) {
+                        if let Err(f) = self.process(got.buffered) {
                             self.terminate(f);
                             return ConnPoll::Busy;
                         }
                         if self.phase == Phase::Closing {
                             return ConnPoll::Busy;
                         }
-                        if n < self.rx_buf.len() {
+                        if !got.more {
                             break;
                         }
                     }
@@ -353,49 +338,6 @@ impl Conn {
         }
     }
 
-    /// Writes queued bytes; returns whether any were written.
-    fn flush(&mut self) -> bool {
-        let mut wrote = false;
-        if let Some(tls) = &mut self.tls {
-            match tls.flush_out(&mut self.sock) {
-                Ok(w) => wrote = w,
-                Err(e) => {
-                    log::info!("nvmf: write to {} failed: {e}", self.peer);
-                    self.tx.clear();
-                    self.tx_pos = 0;
-                    self.close("socket error");
-                    return false;
-                }
-            }
-        }
-        while self.tx_pos < self.tx.len() {
-            match self.sock_write() {
-                Ok(0) => break,
-                Ok(n) => {
-                    self.tx_pos += n;
-                    wrote = true;
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::info!("nvmf: write to {} failed: {e}", self.peer);
-                    self.tx.clear();
-                    self.tx_pos = 0;
-                    self.close("socket error");
-                    return wrote;
-                }
-            }
-        }
-        if self.tx_pos == self.tx.len() {
-            self.tx.clear();
-            self.tx_pos = 0;
-        } else if self.tx_pos > TX_INITIAL_BYTES {
-            self.tx.drain(..self.tx_pos);
-            self.tx_pos = 0;
-        }
-        wrote
-    }
-
     fn close(&mut self, why: &str) {
         if self.phase == Phase::Closing {
             return;
@@ -404,6 +346,7 @@ impl Conn {
         self.phase = Phase::Closing;
         self.flush();
         let _ = self.sock.shutdown(Shutdown::Both);
+        self.tx_data.clear();
         if let Some(c) = &self.ctrlr {
             c.remove_queue(self.qid, self.peer);
             if self.qid == 0 {

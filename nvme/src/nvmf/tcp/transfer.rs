@@ -82,6 +82,10 @@ impl Conn {
     /// Queues the first `bytes` of the read data of `slot` in C2HData PDUs, the last one
     /// flagged SUCCESS when `success` (the host then gets no response capsule).
     pub(super) fn send_c2h(&mut self, slot: usize, bytes: u32, success: bool) {
+        // Large reads leave from their own buffer (`sock.rs`); the rest is copied.
+        if self.send_c2h_pinned(slot, bytes as usize, C2H_PDU_BYTES, success) {
+            return;
+        }
         let cid = self.reqs[slot].sqe.cid;
         if let Some(b) = self.reqs[slot].buf.as_deref() {
             // One C2HData PDU per 128 KiB: hosts size their receive limits for

@@ -18,8 +18,8 @@ mod tx;
 pub use header::{CapsuleCmdHdr, CapsuleRespHdr, CommonHeader, DataHdr, IcReqHdr, IcRespHdr, TermReqHdr};
 pub use rx::{fuzz_pdu, PduReceiver};
 pub use tx::{
-    encode_c2h_data, encode_capsule_cmd, encode_capsule_resp, encode_h2c_data, encode_ic_req, encode_ic_resp,
-    encode_r2t, encode_term_req, TxDigests,
+    encode_c2h_data, encode_c2h_data_header, encode_capsule_cmd, encode_capsule_resp, encode_h2c_data, encode_ic_req,
+    encode_ic_resp, encode_r2t, encode_term_req, TxDigests,
 };
 
 use crate::spec::{Cqe, Sqe};

@@ -25,6 +25,20 @@ enum RxState {
     Failed,
 }
 
+/// The state after `chunk`, the next data bytes of a PDU with `remaining` data bytes left:
+/// more data, the data digest, or the end of the PDU.
+fn data_step(remaining: u32, digest: bool, crc: u32, chunk: &[u8]) -> RxState {
+    let crc = if digest { crc32c::crc32c_append(crc, chunk) } else { crc };
+    let remaining = remaining - chunk.len() as u32;
+    if remaining > 0 {
+        RxState::Data { remaining, digest, crc }
+    } else if digest {
+        RxState::DataDigest { crc, have: 0 }
+    } else {
+        RxState::DataEnd { digest_ok: true }
+    }
+}
+
 /// Streaming PDU receiver for one connection. Owned by the connection (one reactor);
 /// no allocation after construction.
 pub struct PduReceiver {
@@ -122,15 +136,7 @@ impl PduReceiver {
                     }
                     let n = (remaining as usize).min(rest.len());
                     let chunk = &rest[..n];
-                    let crc = if digest { crc32c::crc32c_append(crc, chunk) } else { crc };
-                    let remaining = remaining - n as u32;
-                    self.state = if remaining > 0 {
-                        RxState::Data { remaining, digest, crc }
-                    } else if digest {
-                        RxState::DataDigest { crc, have: 0 }
-                    } else {
-                        RxState::DataEnd { digest_ok: true }
-                    };
+                    self.state = data_step(remaining, digest, crc, chunk);
                     return Ok((used + n, Some(RxEvent::Data(chunk))));
                 }
                 RxState::DataDigest { crc, have } => {
@@ -150,6 +156,28 @@ impl PduReceiver {
                     };
                 }
             }
+        }
+    }
+
+    /// Data bytes of the current PDU still to come while the receiver is in the middle of
+    /// its data, else 0. The caller may read them from the socket straight into where they
+    /// belong and account for them with [`consume_data`](Self::consume_data) instead of
+    /// passing them through `advance` (no copy through a receive buffer).
+    pub fn data_remaining(&self) -> u32 {
+        match self.state {
+            RxState::Data { remaining, .. } => remaining,
+            _ => 0,
+        }
+    }
+
+    /// Accounts for `data`, the next bytes of the current PDU's data that the caller read
+    /// into place itself: the data digest covers them and the PDU ends after them as if
+    /// `advance` had delivered them. Bytes beyond [`data_remaining`](Self::data_remaining)
+    /// are not data of this PDU and are ignored (the caller never reads them this way).
+    pub fn consume_data(&mut self, data: &[u8]) {
+        if let RxState::Data { remaining, digest, crc } = self.state {
+            let n = data.len().min(remaining as usize);
+            self.state = data_step(remaining, digest, crc, &data[..n]);
         }
     }
 

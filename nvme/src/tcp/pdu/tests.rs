@@ -438,3 +438,58 @@ fn fuzz_pdu_survives_100k_mutations() {
         fuzz_pdu(&b);
     }
 }
+
+#[test]
+fn c2h_header_without_data_splices_to_the_copied_pdu() {
+    let data: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+    for (hdgst, ddgst, data_align) in [
+        (false, false, 0),
+        (true, true, 0),
+        (true, false, 32),
+        (false, true, 128),
+    ] {
+        let d = TxDigests {
+            hdgst,
+            ddgst,
+            data_align,
+        };
+        for (last, success) in [(false, false), (true, false), (true, true)] {
+            let mut whole = vec![0xee];
+            encode_c2h_data(&mut whole, 9, 4096, &data, last, success, d);
+            let mut split = vec![0xee];
+            let at = encode_c2h_data_header(&mut split, 9, 4096, &data, last, success, d);
+            split.splice(at..at, data.iter().copied());
+            assert_eq!(split, whole, "hdgst {hdgst} ddgst {ddgst} align {data_align}");
+        }
+    }
+}
+
+#[test]
+fn data_consumed_in_place_ends_the_pdu_and_checks_its_digest() {
+    let payload: Vec<u8> = (0..20000u32).map(|i| (i % 251) as u8).collect();
+    for corrupt in [false, true] {
+        let mut b = Vec::new();
+        encode_h2c_data(&mut b, 3, 4, 0, &payload, true, DG);
+        let mut rx = ready(Side::Target, true, true);
+        // The header through `advance`; the data read "into place" by the caller.
+        let (n, ev) = rx.advance(&b).unwrap();
+        assert!(matches!(ev, Some(RxEvent::Header(_))));
+        assert_eq!(rx.data_remaining(), payload.len() as u32);
+        let mut placed = b[n..n + payload.len()].to_vec();
+        if corrupt {
+            placed[777] ^= 1;
+        }
+        rx.consume_data(&placed[..1000]);
+        assert_eq!(rx.data_remaining(), payload.len() as u32 - 1000);
+        rx.consume_data(&placed[1000..]);
+        assert_eq!(rx.data_remaining(), 0);
+        // The digest through `advance`, then the end of the PDU.
+        let rest = &b[n + payload.len()..];
+        let (used, ev) = rx.advance(rest).unwrap();
+        assert_eq!(used, rest.len());
+        match ev {
+            Some(RxEvent::DataEnd { digest_ok }) => assert_eq!(digest_ok, !corrupt),
+            other => panic!("expected DataEnd, got {other:?}"),
+        }
+    }
+}

@@ -20,6 +20,12 @@ pub struct TxDigests {
 /// Appends one PDU whose header (common header type and type-specific fields already set)
 /// is `hdr`, with `data` as payload. Fills in flags, HLEN, PDO, PLEN and the digests.
 fn encode(out: &mut Vec<u8>, hdr: &mut [u8], extra_flags: u8, data: &[u8], d: TxDigests) {
+    encode_parts(out, hdr, extra_flags, data, d, true);
+}
+
+/// `encode`, copying `data` into `out` only when `copy`; returns where in `out` the data
+/// starts (where it belongs when not copied: the data digest, if any, follows there).
+fn encode_parts(out: &mut Vec<u8>, hdr: &mut [u8], extra_flags: u8, data: &[u8], d: TxDigests, copy: bool) -> usize {
     let ty = hdr[0];
     let hlen = hdr.len();
     let hd = d.hdgst && has_hdgst(ty);
@@ -57,11 +63,17 @@ fn encode(out: &mut Vec<u8>, hdr: &mut [u8], extra_flags: u8, data: &[u8], d: Tx
     }
     if !data.is_empty() {
         out.resize(out.len() + (data_start - hdr_len), 0);
-        out.extend_from_slice(data);
+    }
+    let at = out.len();
+    if !data.is_empty() {
+        if copy {
+            out.extend_from_slice(data);
+        }
         if dd {
             out.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
         }
     }
+    at
 }
 
 fn ch(ty: u8) -> CommonHeader {
@@ -156,19 +168,43 @@ pub fn encode_c2h_data(
     success: bool,
     d: TxDigests,
 ) {
-    let mut p = DataHdr {
+    let mut p = c2h_hdr(cccid, datao, data.len());
+    encode(out, p.as_bytes_mut(), c2h_flags(last, success), data, d);
+}
+
+/// Appends a C2HData PDU as `encode_c2h_data` does, but without copying `data`: returns the
+/// offset in `out` where the data belongs. The caller sends `out[..at]`, then `data`, then
+/// `out[at..]` (the data digest, when negotiated, is already there).
+pub fn encode_c2h_data_header(
+    out: &mut Vec<u8>,
+    cccid: u16,
+    datao: u32,
+    data: &[u8],
+    last: bool,
+    success: bool,
+    d: TxDigests,
+) -> usize {
+    let mut p = c2h_hdr(cccid, datao, data.len());
+    encode_parts(out, p.as_bytes_mut(), c2h_flags(last, success), data, d, false)
+}
+
+fn c2h_hdr(cccid: u16, datao: u32, len: usize) -> DataHdr {
+    DataHdr {
         ch: ch(pdu_type::C2H_DATA),
         cccid,
         ttag: 0,
         offset: datao,
-        length: data.len() as u32,
+        length: len as u32,
         rsvd: [0; 4],
-    };
+    }
+}
+
+fn c2h_flags(last: bool, success: bool) -> u8 {
     let mut f = if last { flags::LAST_PDU } else { 0 };
     if success && last {
         f |= flags::SUCCESS;
     }
-    encode(out, p.as_bytes_mut(), f, data, d);
+    f
 }
 
 /// Appends an R2T asking for `r2tl` bytes at offset `r2to` of command `cccid`.
