@@ -7,20 +7,21 @@
 #     then against `baton target`.
 #  B. Targets under one initiator: SPDK's spdk_nvme_perf (core 1) against SPDK's
 #     nvmf_tgt and against `baton target` (core 0), one target at a time, ROUNDS rounds,
-#     with the baton/SPDK ratio of the round means.
+#     with the baton/SPDK ratio of the round medians. BATON_BASE=path adds a third
+#     target, another baton binary (e.g. the previous commit's), run in the same rounds.
 #
 # Every target serves a 64 MiB RAM bdev (4 KiB blocks) over NVMe/TCP on 127.0.0.1,
 # set up with SPDK's scripts/rpc.py (baton's target speaks the same JSON-RPC).
 # Workloads: 4 KiB randread/randwrite at QD 1, 32, 128 and 128 KiB sequential
 # read/write at QD 32.
 #
-#   SPDK_DIR=/path/to/spdk ci/bench-vs-spdk.sh [seconds-per-run]     (ROUNDS=2, PARTS="A B")
+#   SPDK_DIR=/path/to/spdk ci/bench-vs-spdk.sh [seconds-per-run]     (ROUNDS=3, PARTS="A B")
 #
 # Skips (exit 0) with a message when SPDK is not found. Needs root for hugepages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${1:-5}
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-3}
 PARTS=${PARTS:-A B}
 SPDK_DIR=${SPDK_DIR:-/var/tmp/spdk/src}
 for f in build/bin/nvmf_tgt build/bin/spdk_nvme_perf build/examples/bdevperf scripts/rpc.py \
@@ -68,6 +69,7 @@ start_target() {
   case $1 in
     spdk) "$SPDK_DIR/build/bin/nvmf_tgt" -m 0x1 -r "$SOCK" > "$WORK/tgt-$1.log" 2>&1 & ;;
     baton) "$B" target -m 0x1 --busy-poll -r "$SOCK" > "$WORK/tgt-$1.log" 2>&1 & ;;
+    base) "$BATON_BASE" target -m 0x1 --busy-poll -r "$SOCK" > "$WORK/tgt-$1.log" 2>&1 & ;;
   esac
   TPID=$!
   for _ in $(seq 400); do [ -S "$SOCK" ] && break; sleep 0.05; done
@@ -117,7 +119,7 @@ nvme_perf() {
 }
 
 ratio() { python3 -c "a,b=float('$1'),float('$2');print(f'{a/b:.2f}' if b else '-')"; }
-mean() { python3 -c "import sys;v=[float(x) for x in sys.argv[1:]];print(round(sum(v)/len(v),2))" "$@"; }
+median() { python3 -c "import sys,statistics;print(round(statistics.median(float(x) for x in sys.argv[1:]),2))" "$@"; }
 
 if [[ " $PARTS " == *" A "* ]]; then
   echo
@@ -132,9 +134,9 @@ if [[ " $PARTS " == *" A "* ]]; then
         read -r i l < <(baton_perf "$rw" "$qd" "$size"); a+=("$i"); al+=("$l")
         read -r i l < <(bdevperf "$rw" "$qd" "$size"); b+=("$i"); bl+=("$l")
       done
-      ma=$(mean "${a[@]}"); mb=$(mean "${b[@]}")
+      ma=$(median "${a[@]}"); mb=$(median "${b[@]}")
       printf "%-8s %-13s %5s %10.0f %8s %10.0f %8s %7s   (rounds: %s | %s)\n" $tgt "$name" "$qd" "$ma" \
-        "$(mean "${al[@]}")" "$mb" "$(mean "${bl[@]}")" "$(ratio "$ma" "$mb")" "${a[*]}" "${b[*]}"
+        "$(median "${al[@]}")" "$mb" "$(median "${bl[@]}")" "$(ratio "$ma" "$mb")" "${a[*]}" "${b[*]}"
       al=(); bl=()
     done
     stop_target
@@ -148,8 +150,9 @@ if [[ " $PARTS " == *" B "* ]]; then
 randwrite:randwrite:32:4096 randwrite:randwrite:128:4096 seqread128k:read:32:131072
 seqwrite128k:write:32:131072"
   declare -A R
+  TGTS="spdk baton"; [ -n "${BATON_BASE:-}" ] && TGTS="spdk baton base"
   for round in $(seq "$ROUNDS"); do
-    for tgt in spdk baton; do
+    for tgt in $TGTS; do
       start_target $tgt
       for row in $ROWS_B; do
         IFS=: read -r name rw qd size <<< "$row"
@@ -159,16 +162,21 @@ seqwrite128k:write:32:131072"
       stop_target
     done
   done
-  printf "%-18s %5s %-24s %-24s %7s\n" row qd "nvmf_tgt (per round)" "baton target (per round)" "baton/SPDK"
+  printf "%-18s %5s %-24s %-24s %7s" row qd "nvmf_tgt (per round)" "baton target (per round)" "baton/SPDK"
+  [ -n "${BATON_BASE:-}" ] && printf " %-24s %9s" "base (per round)" "baton/base"
+  echo
+  pick() { read -r i p <<< "${R[$1,$name,$qd,$2]}"; if [ "$name" = randread-qd1-p50 ]; then echo "$p"; else echo "$i"; fi; }
   for row in $ROWS_B; do
     IFS=: read -r name rw qd size <<< "$row"
-    s=(); t=()
+    s=(); t=(); u=()
     for round in $(seq "$ROUNDS"); do
-      read -r i p <<< "${R[spdk,$name,$qd,$round]}"; if [ "$name" = randread-qd1-p50 ]; then s+=("$p"); else s+=("$i"); fi
-      read -r i p <<< "${R[baton,$name,$qd,$round]}"; if [ "$name" = randread-qd1-p50 ]; then t+=("$p"); else t+=("$i"); fi
+      s+=("$(pick spdk "$round")"); t+=("$(pick baton "$round")")
+      [ -n "${BATON_BASE:-}" ] && u+=("$(pick base "$round")")
     done
-    ms=$(mean "${s[@]}"); mt=$(mean "${t[@]}")
+    ms=$(median "${s[@]}"); mt=$(median "${t[@]}")
     unit=IOPS; [ "$name" = randread-qd1-p50 ] && unit="p50 us"
-    printf "%-18s %5s %-24s %-24s %7s  (%s)\n" "$name" "$qd" "${s[*]}" "${t[*]}" "$(ratio "$mt" "$ms")" "$unit"
+    printf "%-18s %5s %-24s %-24s %7s" "$name" "$qd" "${s[*]}" "${t[*]}" "$(ratio "$mt" "$ms")"
+    [ -n "${BATON_BASE:-}" ] && printf " %-24s %9s" "${u[*]}" "$(ratio "$mt" "$(median "${u[@]}")")"
+    echo "  ($unit)"
   done
 fi
