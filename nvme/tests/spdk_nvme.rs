@@ -195,6 +195,16 @@ fn spdk_nvme_over_tcp_to_baton_target() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 
+    // Detach by RPC: gone from the registry; the controller goes with the last user.
+    engine::bdev::register(b.clone()).unwrap();
+    assert_eq!(
+        nvme::spdk::rpc::detach_rpc(nvme::spdk::rpc::DetachParams { name: "spdk0".into() }),
+        Ok(true)
+    );
+    assert!(engine::bdev::lookup("spdk0").is_none());
+    drop(_ch);
+    drop(b);
+
     // A namespace the subsystem lacks, and a port nobody listens on: typed errors.
     let o = SpdkNvmeOpts {
         nsid: Some(9),

@@ -48,8 +48,36 @@ fn attach_rpc(p: AttachParams) -> Result<String, RpcError> {
     Ok(p.name)
 }
 
-/// Registers `bdev_spdk_nvme_attach`.
+/// Parameters of `bdev_spdk_nvme_detach`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DetachParams {
+    /// The bdev's name.
+    pub name: String,
+}
+
+/// Removes the bdev from the registry; SPDK detaches the controller when the last user
+/// of the bdev lets go of it (open channels keep working until they close).
+pub fn detach_rpc(p: DetachParams) -> Result<bool, RpcError> {
+    let b = engine::bdev::lookup(&p.name)
+        .ok_or_else(|| RpcError::new(-libc::ENODEV, format!("no bdev named {:?}", p.name)))?;
+    if b.driver() != "spdk_nvme" {
+        return Err(RpcError::new(
+            -libc::ENODEV,
+            format!("bdev {:?} is a {} bdev, not spdk_nvme", p.name, b.driver()),
+        ));
+    }
+    engine::bdev::unregister(&p.name).map_err(|e| RpcError::new(e.errno(), e.to_string()))?;
+    Ok(true)
+}
+
+/// Registers `bdev_spdk_nvme_attach` and `bdev_spdk_nvme_detach`.
 pub fn register_rpcs(reg: &mut Registry) {
+    reg.register(
+        "bdev_spdk_nvme_detach",
+        "Remove an spdk-nvme bdev (name); its controller is detached once no channel uses it",
+        detach_rpc,
+    );
     reg.register(
         "bdev_spdk_nvme_attach",
         "Attach a controller with SPDK's NVMe driver and make a bdev of one namespace (name, trid; nsid, io_queue_size, keep_alive_timeout_ms)",

@@ -43,3 +43,18 @@ fn attach_params_round_trip_and_default() {
     let bad = serde_json::from_value::<rpc::AttachParams>(serde_json::json!({"name": "S0", "trid": "x", "colour": 1}));
     assert!(bad.is_err(), "unknown parameters are refused");
 }
+
+#[test]
+fn detach_refuses_unknown_names_and_other_drivers() {
+    let e = rpc::detach_rpc(rpc::DetachParams { name: "no-such".into() }).unwrap_err();
+    assert!(e.message.contains("no bdev named"), "{}", e.message);
+    let m = engine::bdev::malloc::create("spdk-detach-test-m", 8, 512, None).unwrap();
+    engine::bdev::register(m).unwrap();
+    let e = rpc::detach_rpc(rpc::DetachParams {
+        name: "spdk-detach-test-m".into(),
+    })
+    .unwrap_err();
+    assert!(e.message.contains("not spdk_nvme"), "{}", e.message);
+    assert!(engine::bdev::lookup("spdk-detach-test-m").is_some(), "left in place");
+    engine::bdev::unregister("spdk-detach-test-m").unwrap();
+}
