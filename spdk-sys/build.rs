@@ -172,6 +172,8 @@ fn generate(include_paths: &[PathBuf], out: &std::path::Path) {
         .allowlist_function("spdk_nvme_ctrlr_get_data|spdk_nvme_ctrlr_get_ns|spdk_nvme_ctrlr_get_num_ns")
         .allowlist_function("spdk_nvme_ctrlr_get_first_active_ns|spdk_nvme_ctrlr_get_next_active_ns")
         .allowlist_function("spdk_nvme_ctrlr_process_admin_completions|spdk_nvme_ctrlr_is_failed")
+        .allowlist_function("spdk_nvme_ctrlr_disconnect|spdk_nvme_ctrlr_reconnect_async")
+        .allowlist_function("spdk_nvme_ctrlr_reconnect_poll_async|spdk_nvme_ctrlr_reconnect_io_qpair")
         .allowlist_function("spdk_nvme_ctrlr_get_default_io_qpair_opts|spdk_nvme_ctrlr_alloc_io_qpair")
         .allowlist_function("spdk_nvme_ctrlr_free_io_qpair|spdk_nvme_qpair_process_completions")
         .allowlist_function("spdk_nvme_ns_get_sector_size|spdk_nvme_ns_get_num_sectors|spdk_nvme_ns_get_flags")

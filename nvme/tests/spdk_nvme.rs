@@ -229,3 +229,86 @@ fn spdk_nvme_over_tcp_to_other_target() {
     let nlb = (4096 / b.block_size()).max(1);
     drop(round_trip(&*b, 128, nlb));
 }
+
+/// A new target on the fixture's address with the same subsystem and namespace (bdev).
+fn restart(f: &Fixture) -> Arc<nvme::nvmf::Target> {
+    let t = nvme::nvmf::Target::new();
+    t.create_subsystem(nvme::nvmf::SubsystemParams {
+        nqn: f.nqn.clone(),
+        allow_any_host: true,
+        ..Default::default()
+    })
+    .unwrap();
+    t.add_namespace(&f.nqn, &f.bdev, None, None).unwrap();
+    let t0 = Instant::now();
+    while let Err(e) = t.add_listener(&f.nqn, f.addr) {
+        assert!(t0.elapsed() < T, "cannot listen on {} again: {e}", f.addr);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    t
+}
+
+/// One read of 8 blocks at `lba`; its completion.
+fn read_once(ch: &mut BdevChannel, lba: u64, user: u64) -> IoCompletion {
+    let io = IoRequest {
+        op: IoOp::Read,
+        offset_blocks: lba,
+        num_blocks: 8,
+        buf: Some(DmaBuf::alloc(8 * BLOCK as usize)),
+        user_data: user,
+    };
+    ch.submit(io).expect("room for a read");
+    reap(ch, 1).remove(&user).unwrap()
+}
+
+#[test]
+#[ignore = "needs SPDK, hugepages and BATON_ENV=dpdk: see docs/spdk.md"]
+fn spdk_nvme_reconnects_after_the_target_restarts() {
+    dpdk_env();
+    let f = fixture();
+    let trid = format!(
+        "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{} subnqn:{}",
+        f.addr.port(),
+        f.nqn
+    );
+    let b = attach("spdk_rc", &trid, &SpdkNvmeOpts::default()).unwrap();
+    let mut ch = round_trip(&*b, 16, 8);
+    assert_eq!(b.recovery().resets, 0);
+
+    // The target goes away: I/O fails at once (not held), with the transport's error.
+    f.target.shutdown();
+    let t0 = Instant::now();
+    let mut failed = 0u64;
+    while read_once(&mut ch, 97, 1000 + failed).result.is_ok() {
+        assert!(t0.elapsed() < T, "the loss was not noticed");
+        failed += 1;
+    }
+
+    // It comes back on the same address: the channel's polls reset the controller and
+    // reconnect the queue pair; reads then return what was written before the loss.
+    let _t2 = restart(&f);
+    let t0 = Instant::now();
+    let mut attempts = 0u64;
+    let c = loop {
+        let c = read_once(&mut ch, 97, 2000 + attempts);
+        if c.result.is_ok() {
+            break c;
+        }
+        attempts += 1;
+        assert!(
+            t0.elapsed() < T,
+            "no reconnect after {attempts} reads: {:?}, {:?}",
+            c.result,
+            b.recovery()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(c.buf.unwrap()[..] == pattern(97, 5, 8 * BLOCK as usize)[..]);
+    let r = b.recovery();
+    assert!(r.resets >= 1, "the controller was reset: {r:?}");
+    assert!(r.qpair_reconnects >= 1, "the queue pair was reconnected: {r:?}");
+    assert!(!r.resetting);
+    let info = b.driver_specific();
+    assert_eq!(info["spdk_nvme"]["recovery"]["resets"], r.resets);
+    drop(ch);
+}

@@ -6,6 +6,7 @@
 //! admin queue (keep-alive, events). No thread of its own, no lock on the I/O path.
 
 use super::ffi::{self, Cmd, Ctrlr, Ns, Qpair};
+use super::recover::{Recovery, QPAIR_RETRY_NS};
 use super::SpdkError;
 use engine::bdev::{
     BdevChannel, BdevError, BdevInfo, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, StatsSet,
@@ -57,6 +58,8 @@ pub struct SpdkNvmeBdev {
     stats: StatsSet,
     /// Some channel runs the admin poller.
     admin_polled: Arc<AtomicBool>,
+    /// Controller resets after a loss (`recover.rs`).
+    recovery: Arc<Recovery>,
     /// As attached (for `save_config`).
     opts: SpdkNvmeOpts,
 }
@@ -109,6 +112,7 @@ pub fn attach(name: &str, trid: &str, opts: &SpdkNvmeOpts) -> Result<Arc<SpdkNvm
         serial,
         stats: StatsSet::default(),
         admin_polled: Arc::new(AtomicBool::new(false)),
+        recovery: Arc::new(Recovery::default()),
         opts: opts.clone(),
     }))
 }
@@ -124,6 +128,10 @@ impl SpdkNvmeBdev {
     pub fn max_io_bytes(&self) -> u32 {
         self.ns.max_xfer
     }
+    /// Controller resets and queue pair reconnects so far.
+    pub fn recovery(&self) -> super::recover::RecoveryStats {
+        self.recovery.stats()
+    }
 }
 
 impl engine::bdev::Bdev for SpdkNvmeBdev {
@@ -133,9 +141,14 @@ impl engine::bdev::Bdev for SpdkNvmeBdev {
     fn open_channel(&self) -> Result<BdevChannel, BdevError> {
         let slots = CHANNEL_QUEUE_DEPTH_MAX as u32;
         let qp = Qpair::alloc(&self.ctrlr, self.ns, slots).map_err(|e| BdevError::Channel(e.to_string()))?;
-        let admin = start_admin_poller(&self.ctrlr, &self.admin_polled);
+        let admin = start_admin_poller(&self.ctrlr, &self.admin_polled, &self.recovery, &self.info.name);
         let ch = SpdkChannel {
             qp,
+            ctrlr: self.ctrlr.clone(),
+            recovery: self.recovery.clone(),
+            next_try_ns: 0,
+            unproven: false,
+            reset_gen: 0,
             slots: (0..slots).map(|_| None).collect(),
             free: (0..slots).rev().collect(),
             failed: VecDeque::with_capacity(CHANNEL_QUEUE_DEPTH_MAX),
@@ -165,6 +178,7 @@ impl engine::bdev::Bdev for SpdkNvmeBdev {
         Some(("bdev_spdk_nvme_attach", serde_json::to_value(p).ok()?))
     }
     fn driver_specific(&self) -> serde_json::Value {
+        let r = self.recovery.stats();
         serde_json::json!({
             "spdk_nvme": {
                 "trid": self.trid,
@@ -172,6 +186,12 @@ impl engine::bdev::Bdev for SpdkNvmeBdev {
                 "model_number": self.model,
                 "serial_number": self.serial,
                 "max_io_xfer_size": self.ns.max_xfer,
+                "recovery": {
+                    "resets": r.resets,
+                    "reset_failures": r.reset_failures,
+                    "qpair_reconnects": r.qpair_reconnects,
+                    "resetting": r.resetting,
+                },
             }
         })
     }
@@ -181,12 +201,17 @@ impl engine::bdev::Bdev for SpdkNvmeBdev {
 /// the controller's admin completions every [`ADMIN_POLL_PERIOD`]. It unregisters itself
 /// once the returned flag is set (the channel closing): a channel may be dropped while
 /// the reactor removes pollers, when unregistering another one is not possible.
-fn start_admin_poller(ctrlr: &Arc<Ctrlr>, flag: &Arc<AtomicBool>) -> Option<Rc<Cell<bool>>> {
+fn start_admin_poller(
+    ctrlr: &Arc<Ctrlr>,
+    flag: &Arc<AtomicBool>,
+    recovery: &Arc<Recovery>,
+    name: &str,
+) -> Option<Rc<Cell<bool>>> {
     reactor::current_core()?;
     if flag.swap(true, Ordering::AcqRel) {
         return None;
     }
-    let c = ctrlr.clone();
+    let (c, rec, name) = (ctrlr.clone(), recovery.clone(), name.to_string());
     let stop = Rc::new(Cell::new(false));
     let me: Rc<Cell<Option<PollerId>>> = Rc::new(Cell::new(None));
     let (stop2, me2) = (stop.clone(), me.clone());
@@ -198,11 +223,24 @@ fn start_admin_poller(ctrlr: &Arc<Ctrlr>, flag: &Arc<AtomicBool>) -> Option<Rc<C
             }
             return PollStatus::Idle;
         }
-        let rc = c.process_admin();
-        if rc < 0 && !warned {
-            warned = true;
-            log::warn!("spdk-nvme: admin queue failed (errno {})", -rc);
+        let now = engine::clock::now_ns();
+        if rec.resetting() {
+            rec.step(&c, &name, now);
+            return PollStatus::Idle;
         }
+        // Skipped while a channel runs a reset step: never wait for it.
+        let Some(rc) = rec.exclusive(|| c.process_admin()) else {
+            return PollStatus::Idle;
+        };
+        if rc < 0 || c.is_failed() {
+            if !warned {
+                warned = true;
+                log::warn!("{name}: admin queue failed (errno {})", -rc);
+            }
+            rec.step(&c, &name, now);
+            return PollStatus::Idle;
+        }
+        warned = false;
         if rc > 0 {
             PollStatus::Busy
         } else {
@@ -229,6 +267,14 @@ struct SpdkChannel {
     admin_polled: Arc<AtomicBool>,
     name: String,
     qpair_failed: bool,
+    ctrlr: Arc<Ctrlr>,
+    recovery: Arc<Recovery>,
+    /// While the queue pair is failed: when to try reconnecting it next.
+    next_try_ns: u64,
+    /// Reconnected (or tried to) and no I/O has succeeded on it since.
+    unproven: bool,
+    /// `Recovery::generation` at the last reconnect.
+    reset_gen: u64,
 }
 
 /// Whether a raw completion status (`status_raw`) is an error: SC (bits 1..9) or SCT
@@ -274,6 +320,11 @@ impl ChannelBackend for SpdkChannel {
                 Err(io)
             }
             Err(errno) => {
+                // ENXIO: the queue pair failed (its poll may not have said so yet).
+                if errno == libc::ENXIO && !self.qpair_failed {
+                    self.qpair_failed = true;
+                    self.next_try_ns = 0;
+                }
                 self.free.push(slot);
                 self.failed.push_back(IoCompletion {
                     user_data: io.user_data,
@@ -296,7 +347,7 @@ impl ChannelBackend for SpdkChannel {
             n += 1;
             f(c);
         }
-        let (slots, free, name) = (&mut self.slots, &mut self.free, &self.name);
+        let (slots, free, name, unproven) = (&mut self.slots, &mut self.free, &self.name, &mut self.unproven);
         let rc = self.qp.poll(&mut |slot, status| {
             let Some((user_data, buf)) = slots[slot as usize].take() else {
                 log::error!("{name}: completion for idle slot {slot}");
@@ -306,6 +357,7 @@ impl ChannelBackend for SpdkChannel {
             let result = if status_is_error(status) {
                 Err(BdevError::Io(format!("{name}: {}", ffi::status_string(status))))
             } else {
+                *unproven = false;
                 Ok(())
             };
             n += 1;
@@ -313,9 +365,47 @@ impl ChannelBackend for SpdkChannel {
         });
         if rc < 0 && !self.qpair_failed {
             self.qpair_failed = true;
+            self.next_try_ns = 0;
             log::error!("{}: SPDK queue pair failed (errno {})", self.name, -rc);
         }
+        if self.qpair_failed {
+            self.try_reconnect();
+        }
         n
+    }
+}
+
+impl SpdkChannel {
+    /// A failed queue pair: reconnect it (what was in flight came back aborted through
+    /// the completions). A plain reconnect is tried first (only the I/O connection may
+    /// have dropped); when the queue pair fails again before any I/O succeeded on it, and
+    /// no one reset the controller meanwhile, the controller is reset first (the target
+    /// may have lost it: a restarted target refuses the old controller ID). At most every
+    /// [`QPAIR_RETRY_NS`]; resets are rate-limited in `Recovery`.
+    fn try_reconnect(&mut self) {
+        let now = engine::clock::now_ns();
+        if now < self.next_try_ns {
+            return;
+        }
+        self.next_try_ns = now + QPAIR_RETRY_NS;
+        let needs_reset = self.unproven && self.recovery.generation() == self.reset_gen;
+        if (self.recovery.resetting() || needs_reset) && !self.recovery.step(&self.ctrlr, &self.name, now) {
+            return;
+        }
+        self.reset_gen = self.recovery.generation();
+        match self.qp.reconnect() {
+            Ok(()) => {
+                self.qpair_failed = false;
+                self.unproven = true;
+                self.recovery.qpair_reconnected();
+                log::info!("{}: queue pair reconnecting", self.name);
+            }
+            // Not now, or the controller needs a reset: the next try resets it.
+            Err(e) => {
+                self.unproven = true;
+                log::debug!("{}: queue pair reconnect refused (errno {e})", self.name);
+            }
+        }
     }
 }
 

@@ -150,6 +150,44 @@ impl Ctrlr {
     }
 }
 
+/// A controller reset in SPDK's asynchronous steps (the caller serialises them, and every
+/// other call on the controller's admin side, with [`super::recover::Recovery`]).
+impl Ctrlr {
+    /// Whether SPDK marked the controller failed.
+    pub(crate) fn is_failed(&self) -> bool {
+        // SAFETY: the controller is attached; SPDK reads a flag under its lock.
+        unsafe { sys::spdk_nvme_ctrlr_is_failed(self.ptr.as_ptr()) }
+    }
+
+    /// First step of a reset: starts disconnecting the controller (its I/O queue pairs
+    /// fail with it). The disconnect is done when [`process_admin`](Self::process_admin)
+    /// returns an error. `Err(errno)`: EBUSY, a reset is running; ENXIO, removed.
+    pub(crate) fn disconnect(&self) -> Result<(), i32> {
+        // SAFETY: the controller is attached; the caller serialises reset steps.
+        match unsafe { sys::spdk_nvme_ctrlr_disconnect(self.ptr.as_ptr()) } {
+            0 => Ok(()),
+            rc => Err(-rc),
+        }
+    }
+
+    /// Second step, once disconnected: starts reconnecting (then `reset_poll`).
+    pub(crate) fn reconnect_start(&self) {
+        // SAFETY: the controller is attached and disconnected; the caller serialises.
+        unsafe { sys::spdk_nvme_ctrlr_reconnect_async(self.ptr.as_ptr()) };
+    }
+
+    /// Advances a started reset without blocking: `Ok(true)` the controller is enabled
+    /// again, `Ok(false)` still connecting, `Err(errno)` this attempt failed.
+    pub(crate) fn reset_poll(&self) -> Result<bool, i32> {
+        // SAFETY: the controller is attached and `reconnect_start` ran.
+        match unsafe { sys::spdk_nvme_ctrlr_reconnect_poll_async(self.ptr.as_ptr()) } {
+            0 => Ok(true),
+            rc if rc == -libc::EAGAIN => Ok(false),
+            rc => Err(-rc),
+        }
+    }
+}
+
 impl Drop for Ctrlr {
     fn drop(&mut self) {
         // SAFETY: last owner: every queue pair (which holds an Arc of this) is freed.
@@ -296,6 +334,21 @@ impl Qpair {
             f(slot, status);
         }
         rc
+    }
+}
+
+impl Qpair {
+    /// Reconnects a failed queue pair (what was in flight was aborted back through the
+    /// completions). `Err(errno)`: EAGAIN, not now (the controller is resetting or did not
+    /// answer); ENXIO, the controller needs a reset; ENODEV, it is gone.
+    pub(crate) fn reconnect(&mut self) -> Result<(), i32> {
+        // SAFETY: this reactor is the qpair's only user (SPDK requires the thread that
+        // processes its completions); callbacks of aborted commands push into the done
+        // list through its raw pointer, and no reference to it is live during the call.
+        match unsafe { sys::spdk_nvme_ctrlr_reconnect_io_qpair(self.ptr.as_ptr()) } {
+            0 => Ok(()),
+            rc => Err(-rc),
+        }
     }
 }
 

@@ -16,9 +16,11 @@
 
 mod bdev;
 mod ffi;
+mod recover;
 pub mod rpc;
 
 pub use bdev::{attach, SpdkNvmeBdev, SpdkNvmeOpts};
+pub use recover::RecoveryStats;
 
 use engine::bdev::spec::SpecError;
 use engine::bdev::Bdev;
