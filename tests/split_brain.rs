@@ -103,47 +103,73 @@ fn assert_fenced(p: &mut Primary, m: &mut Model, relays: &[RelayProc], gen: u64,
     }
 }
 
-/// Loopback, no partition: an operator fails over while the primary runs (degraded mode,
-/// ack policy `any`: the primary would go on alone). The relays must fence it.
-#[test]
-fn promoted_standby_fences_a_live_primary() {
-    let sd = TempDir::new("/dev/shm", "sb-live-s");
-    let d1 = TempDir::new("/dev/shm", "sb-live-r1");
-    let d2 = TempDir::new("/dev/shm", "sb-live-r2");
+/// A loopback cluster (no partition): a standby that fails `vold` over on the operator's
+/// word only, two relays reporting to it (the second a backup), and a primary replicating
+/// through both with ack policy `ack` and relay-down policy `on_down`. Field order is drop
+/// order: the primary first, the directories last.
+struct LoopbackCluster {
+    p: Primary,
+    relays: [RelayProc; 2],
+    sb: StandbyProc,
+    _dirs: [TempDir; 3],
+}
+
+/// Starts a [`LoopbackCluster`] in directories under /dev/shm named after `tag`.
+fn loopback_cluster(tag: &str, ack: &str, on_down: &str) -> LoopbackCluster {
+    let dir = |d: &str| TempDir::new("/dev/shm", &format!("{tag}-{d}"));
+    let (sd, d1, d2) = (dir("s"), dir("r1"), dir("r2"));
     let sb = StandbyProc::start_with(&sd.0, free_port(), &["--failover-volume", "vold", "--no-auto-failover"]);
     let sa = sb.addr();
     let r1 = RelayProc::for_standby(&d1.0, free_port(), sa, &[]);
     let r2 = RelayProc::for_standby(&d2.0, free_port(), sa, &["--backup"]);
-    let env = [
-        ("BATON_SP_ACK", "any".to_string()),
-        ("BATON_SP_ON_DOWN", "degraded".into()),
-    ];
-    let mut p = Primary::start_with(&[r1.addr(), r2.addr()], &env, None);
+    let env = [("BATON_SP_ACK", ack.to_string()), ("BATON_SP_ON_DOWN", on_down.into())];
+    let p = Primary::start_with(&[r1.addr(), r2.addr()], &env, None);
+    LoopbackCluster {
+        p,
+        relays: [r1, r2],
+        sb,
+        _dirs: [sd, d1, d2],
+    }
+}
+
+impl LoopbackCluster {
+    /// Writes `blocks` blocks of `m` through the primary, declares restart point `rp1`
+    /// (epoch 1) and waits until the standby has it.
+    fn first_restart_point(&mut self, m: &mut Model, blocks: u64) {
+        m.write(&mut self.p, blocks);
+        assert_eq!(m.restart_point(&mut self.p, "rp1"), 1);
+        self.sb.wait_epoch("vold", 1);
+    }
+}
+
+/// Loopback, no partition: an operator fails over while the primary runs (degraded mode,
+/// ack policy `any`: the primary would go on alone). The relays must fence it.
+#[test]
+fn promoted_standby_fences_a_live_primary() {
+    let mut c = loopback_cluster("sb-live", "any", "degraded");
     let mut m = Model::new("vold");
-    m.write(&mut p, 64);
-    assert_eq!(m.restart_point(&mut p, "rp1"), 1);
+    c.first_restart_point(&mut m, 64);
     let at_rp1 = m.img.clone();
-    sb.wait_epoch("vold", 1);
+    let (p, sb) = (&mut c.p, &c.sb);
     rpc(
         &sb.sock,
         "standby_host_declare_failure",
         Some(json!({"reason": "test"})),
     )
     .unwrap();
-    let rep = failover_done(&sb);
+    let rep = failover_done(sb);
     assert_eq!(rep["state"], "done", "{rep}");
     let gen = rep["volumes"][0]["generation"].as_u64().unwrap();
     assert_eq!(gen, 2, "{rep}");
-    let relays = [r1, r2];
     let mut f = Fenced::default();
-    assert_fenced(&mut p, &mut m, &relays, gen, &mut f);
+    assert_fenced(p, &mut m, &c.relays, gen, &mut f);
     assert!(f.refusals >= 1, "the old primary's reconnect was refused: {f:?}");
     let want = Model {
         name: "vold",
         img: at_rp1,
         next_seq: 0,
     };
-    assert_image(&read_delayed(&sb), &want, "promoted volume");
+    assert_image(&read_delayed(sb), &want, "promoted volume");
 }
 
 /// Loopback, no partition: an operator fails over while the old primary keeps writing and
@@ -153,25 +179,13 @@ fn promoted_standby_fences_a_live_primary() {
 /// the fence (`docs/failover.md`, "Fencing before the drain").
 #[test]
 fn failover_under_load_keeps_every_acknowledged_restart_point() {
-    let sd = TempDir::new("/dev/shm", "sb-load-s");
-    let d1 = TempDir::new("/dev/shm", "sb-load-r1");
-    let d2 = TempDir::new("/dev/shm", "sb-load-r2");
-    let sb = StandbyProc::start_with(&sd.0, free_port(), &["--failover-volume", "vold", "--no-auto-failover"]);
-    let sa = sb.addr();
-    let r1 = RelayProc::for_standby(&d1.0, free_port(), sa, &[]);
-    let r2 = RelayProc::for_standby(&d2.0, free_port(), sa, &["--backup"]);
-    let env = [
-        ("BATON_SP_ACK", "all".to_string()),
-        ("BATON_SP_ON_DOWN", "block".into()),
-    ];
-    let mut p = Primary::start_with(&[r1.addr(), r2.addr()], &env, None);
+    let mut c = loopback_cluster("sb-load", "all", "block");
     let mut m = Model::new("vold");
-    m.write(&mut p, 32);
-    assert_eq!(m.restart_point(&mut p, "rp1"), 1);
+    c.first_restart_point(&mut m, 32);
+    let (p, sb) = (&mut c.p, &c.sb);
     // (epoch, image) of every acknowledged restart point; images of refused ones.
     let mut acked = vec![(1, m.img.clone())];
     let mut refused: Vec<Vec<u64>> = Vec::new();
-    sb.wait_epoch("vold", 1);
     // The operator fails over once the application has three more restart points
     // acknowledged, while it goes on writing and declaring them until it is told it is
     // superseded: some are in flight when the drain starts.
@@ -190,8 +204,8 @@ fn failover_under_load_keeps_every_acknowledged_restart_point() {
     wait_for(
         "the old primary superseded",
         || {
-            if m.try_write(&mut p, 4).is_ok() {
-                match m.try_restart_point(&mut p, "rp") {
+            if m.try_write(p, 4).is_ok() {
+                match m.try_restart_point(p, "rp") {
                     Ok(e) => {
                         acked.push((e, m.img.clone()));
                         acked_n.fetch_add(1, Ordering::Relaxed);
@@ -204,7 +218,7 @@ fn failover_under_load_keeps_every_acknowledged_restart_point() {
         || "writes and restart points still acknowledged".to_string(),
     );
     operator.join().unwrap();
-    let rep = failover_done(&sb);
+    let rep = failover_done(sb);
     assert_eq!(rep["state"], "done", "{rep}");
     let gen = rep["volumes"][0]["generation"].as_u64().unwrap();
     assert_eq!(gen, 2, "promoted at the fence's generation: {rep}");
@@ -221,7 +235,7 @@ fn failover_under_load_keeps_every_acknowledged_restart_point() {
         epoch >= *last,
         "restart point {last} was acknowledged but the promoted volume is at {epoch}: {rep}"
     );
-    let got = read_delayed(&sb);
+    let got = read_delayed(sb);
     let img = match acked.iter().find(|(e, _)| *e == epoch) {
         Some((_, img)) => img.clone(),
         // Journaled by every relay, its acknowledgement lost with the fence.
@@ -247,8 +261,7 @@ fn failover_under_load_keeps_every_acknowledged_restart_point() {
         },
         "promoted volume",
     );
-    let relays = [r1, r2];
-    for r in &relays {
+    for r in &c.relays {
         let v = r.volume_status("vold").unwrap();
         assert!(
             v["fenced_by_standby"].as_u64().unwrap() >= 1,

@@ -60,7 +60,7 @@ impl IoCmd {
 }
 
 /// The namespace facts validation needs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NsGeometry {
     pub block_size: u32,
     pub num_blocks: u64,

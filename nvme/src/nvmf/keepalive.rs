@@ -99,6 +99,27 @@ impl TrafficNote {
     }
 }
 
+/// A queue's keep-alive duty once per poll, after it read what arrived (commands that
+/// waited count before the timer is judged): publishes the poll's traffic (and clears
+/// `traffic`) and, on the admin queue (`admin`), fails controller `c` if its timer expired.
+/// True then: the caller closes the queue.
+pub(crate) fn queue_poll(
+    c: &super::ctrlr::Controller,
+    note: &mut TrafficNote,
+    traffic: &mut bool,
+    admin: bool,
+    now_ns: u64,
+) -> bool {
+    if std::mem::take(traffic) {
+        note.note(&c.ka, now_ns);
+    }
+    if admin && c.keep_alive_expired(now_ns) {
+        c.fail("keep alive timeout (KATO + grace without a command)");
+        return true;
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +184,30 @@ mod tests {
         assert_eq!(ka.last_alive_ns(), 500 * MS);
         ka.set_kato(3000, 600 * MS);
         assert_eq!(ka.deadline_ns(), Some(600 * MS + 6000 * MS));
+    }
+
+    #[test]
+    fn queue_poll_publishes_traffic_and_only_the_admin_queue_expires() {
+        use crate::nvmf::{SubsystemParams, Target, TransportOpts};
+        let t = Target::new();
+        let nqn = "nqn.2016-06.io.baton:keepalive-queue-poll";
+        let s = t
+            .create_subsystem(SubsystemParams {
+                nqn: nqn.into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let c = crate::nvmf::ctrlr::Controller::new(1, s, "h".into(), [0; 16], 1000, TransportOpts::default(), None);
+        let start = c.last_alive_ns();
+        let (mut note, mut traffic) = (TrafficNote::default(), true);
+        assert!(!queue_poll(&c, &mut note, &mut traffic, true, start + MS));
+        assert!(!traffic, "taken");
+        assert_eq!(c.last_alive_ns(), start + MS);
+        // KATO 1 s + 1 s grace later: an I/O queue only publishes, the admin queue fails it.
+        let late = start + MS + 2000 * MS + 1;
+        assert!(!queue_poll(&c, &mut note, &mut traffic, false, late));
+        assert!(!c.failed());
+        assert!(queue_poll(&c, &mut note, &mut traffic, true, late));
+        assert!(c.failed());
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod ana;
 pub mod auth;
+pub(crate) mod channels;
 pub(crate) mod connect;
 pub mod ctrlr;
 pub mod io;

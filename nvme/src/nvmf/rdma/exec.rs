@@ -4,19 +4,18 @@
 //! bdev), then data to the host by RDMA WRITE and the response by SEND
 //! (`docs/nvme-rdma.md`).
 
-use super::queue::{ChanEntry, NsEntry, Queue, Req, St, CQE_BYTES, WR_READ, WR_SEND, WR_WRITE};
+use super::queue::{Queue, Req, St, CQE_BYTES, WR_READ, WR_SEND, WR_WRITE};
+use crate::nvmf::channels::QueueChannels;
 use crate::nvmf::connect;
 use crate::nvmf::ctrlr::{AdminResult, QueueInfo, AER_MAX};
-use crate::nvmf::io::{self, IoCmd, NsGeometry};
+use crate::nvmf::io::{self, IoCmd};
 use crate::nvmf::rdma_proto::{self, DataDesc, Dir, SglLimits};
-use crate::nvmf::{Subsystem, SubsystemKind};
+use crate::nvmf::SubsystemKind;
 use crate::spec::cmd::admin_opc;
 use crate::spec::fabrics::fctype;
 use crate::spec::{Cqe, Plain, Status};
 use engine::bdev::{IoCompletion, IoOp, IoRequest};
 use rdma_transport::rdma::verbs::{Mem, RdmaOp};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 /// Data direction of an admin or Fabrics command from its opcode's (or FCTYPE's) low bits.
 fn admin_dir(code: u8) -> Option<Dir> {
@@ -73,19 +72,8 @@ impl Queue {
         let Some(c) = self.ctrlr.clone() else {
             return Err(Status::COMMAND_SEQUENCE_ERROR);
         };
-        if c.subsys.ns_generation.load(Ordering::Acquire) != self.ns_gen {
-            self.refresh_ns(&c.subsys);
-        }
         let sqe = self.reqs[i as usize].sqe;
-        let ns = self
-            .ns
-            .iter()
-            .find(|n| n.nsid == sqe.nsid)
-            .ok_or(Status::INVALID_NAMESPACE)?;
-        let (geo, chan) = (ns.geo, ns.chan);
-        if let Some(s) = c.ana_state(ns.anagrpid).io_status() {
-            return Err(s);
-        }
+        let (geo, chan) = self.io.namespace(&c, sqe.nsid)?;
         let cmd = io::parse_io_cmd(&sqe, geo, self.opts.max_io_size)?;
         if matches!(cmd, IoCmd::Compare { .. } | IoCmd::RestartPoint { .. }) {
             // Not on this transport yet (docs/nvme-rdma.md).
@@ -219,7 +207,7 @@ impl Queue {
         } else {
             let c = connect::join_controller(&checked, &cmd, &self.opts)?;
             self.ctrlr = Some(c.clone());
-            self.refresh_ns(&checked.subsys);
+            self.io.refresh(&checked.subsys);
             c
         };
         c.add_queue(QueueInfo {
@@ -231,41 +219,6 @@ impl Queue {
         let cntlid = c.cntlid;
         self.ctrlr = Some(c);
         Ok(u32::from(cntlid))
-    }
-
-    /// Rebuilds the namespace table (connect and after a namespace change); keeps channels
-    /// already open (their indexes stay valid for requests in flight).
-    pub(super) fn refresh_ns(&mut self, subsys: &Subsystem) {
-        self.ns_gen = subsys.ns_generation.load(Ordering::Acquire);
-        let nss: Vec<_> = subsys.state().namespaces.values().cloned().collect();
-        self.ns.clear();
-        for ns in nss {
-            let idx = match self.chans.iter().position(|c| Arc::ptr_eq(&c.bdev, &ns.bdev)) {
-                Some(i) => i,
-                None => match ns.bdev.open_channel() {
-                    Ok(chan) => {
-                        self.chans.push(ChanEntry {
-                            bdev: ns.bdev.clone(),
-                            chan,
-                        });
-                        self.chans.len() - 1
-                    }
-                    Err(e) => {
-                        log::warn!("nvmf: cannot open a channel to bdev {}: {e}", ns.bdev.name());
-                        continue;
-                    }
-                },
-            };
-            self.ns.push(NsEntry {
-                nsid: ns.nsid,
-                anagrpid: ns.anagrpid,
-                geo: NsGeometry {
-                    block_size: ns.bdev.block_size(),
-                    num_blocks: ns.bdev.num_blocks(),
-                },
-                chan: idx,
-            });
-        }
     }
 
     /// An admin command, handed to the shared controller; its data goes to the host by
@@ -352,7 +305,8 @@ impl Queue {
     /// An I/O command with its data in: submit its bdev operation.
     fn execute(&mut self, i: u32) {
         let r = &mut self.reqs[i as usize];
-        let supports = |op| self.chans[r.chan].bdev.supports(op);
+        let (io, chan) = (&self.io, r.chan);
+        let supports = |op| io.supports(chan, op);
         let ud = u64::from(i);
         let (op, slba, nlb, buf) = match r.cmd {
             IoCmd::Read { slba, nlb, bytes } => {
@@ -386,71 +340,30 @@ impl Queue {
     /// Dataset Management with Deallocate: one Unmap per range, after all are checked.
     fn execute_dsm(&mut self, i: u32, ranges: u32) {
         let r = &self.reqs[i as usize];
-        let Some(geo) = self.ns.iter().find(|n| n.chan == r.chan).map(|n| n.geo) else {
-            return self.complete(i, Status::INVALID_NAMESPACE, 0, 0);
-        };
         let data = &r.buf.as_deref().unwrap_or(&[])[..r.in_len as usize];
-        let checked = (0..ranges as usize).try_for_each(|k| {
-            let (nlb, slba) = io::dsm_range(data, k);
-            io::check_dsm_range(nlb, slba, geo)
-        });
-        if let Err(s) = checked {
-            return self.complete(i, s, 0, 0);
+        match self.io.unmap_ranges(r.chan, data, ranges, u64::from(i)) {
+            Err(s) => self.complete(i, s, 0, 0),
+            Ok(n) if n.pending == 0 => self.complete(i, Status::SUCCESS, 0, 0),
+            Ok(n) => self.reqs[i as usize].st = St::Executing { pending: n.pending },
         }
-        let mut pending = 0;
-        for k in 0..ranges as usize {
-            let data = self.reqs[i as usize].buf.as_deref().unwrap_or(&[]);
-            let (nlb, slba) = io::dsm_range(data, k);
-            if nlb == 0 {
-                continue;
-            }
-            pending += 1;
-            let io = IoRequest {
-                op: IoOp::Unmap,
-                offset_blocks: slba,
-                num_blocks: nlb,
-                buf: None,
-                user_data: u64::from(i),
-            };
-            self.submit(i, io);
-        }
-        if pending == 0 {
-            return self.complete(i, Status::SUCCESS, 0, 0);
-        }
-        self.reqs[i as usize].st = St::Executing { pending };
     }
 
     fn submit(&mut self, i: u32, io: IoRequest) {
         let chan = self.reqs[i as usize].chan;
-        if !self.retry.is_empty() {
-            self.retry.push_back((chan, io));
-            return;
-        }
-        if let Err(io) = self.chans[chan].chan.submit(io) {
-            self.retry.push_back((chan, io));
-        }
+        self.io.submit(chan, io);
     }
 
     /// Reaps bdev completions and resubmits what a full channel handed back.
     pub(super) fn poll_bdev(&mut self) -> bool {
-        let mut done = std::mem::take(&mut self.done);
-        for c in self.chans.iter_mut() {
-            if c.chan.outstanding() > 0 {
-                c.chan.poll(&mut |cpl| done.push(cpl));
-            }
-        }
-        let busy = !done.is_empty();
-        for cpl in done.drain(..) {
-            self.on_bdev_done(cpl);
-        }
-        self.done = done;
-        while let Some((chan, io)) = self.retry.pop_front() {
-            if let Err(io) = self.chans[chan].chan.submit(io) {
-                self.retry.push_front((chan, io));
-                break;
-            }
-        }
-        busy
+        QueueChannels::poll(
+            self,
+            |q| &mut q.io,
+            |q, done| {
+                for cpl in done.drain(..) {
+                    q.on_bdev_done(cpl);
+                }
+            },
+        )
     }
 
     fn on_bdev_done(&mut self, cpl: IoCompletion) {

@@ -11,13 +11,13 @@
 //! Each request also owns one `DmaBuf` of `max_io_size` made at accept, which the bdev
 //! reads into and writes from: data is copied once between it and the registered slot.
 
+use super::super::channels::QueueChannels;
 use super::super::ctrlr::Controller;
-use super::super::io::{IoCmd, NsGeometry};
-use super::super::keepalive::TrafficNote;
+use super::super::io::IoCmd;
+use super::super::keepalive::{self, TrafficNote};
 use super::super::rdma_proto::{self, DataDesc, QueueParams};
 use super::super::{Target, TargetError, TransportOpts};
 use crate::spec::{Plain, Sqe, Status};
-use engine::bdev::{Bdev, BdevChannel, IoCompletion, IoRequest};
 use engine::buf::DmaBuf;
 use rdma_transport::rdma::verbs::{cm_event, wc_status_str, Channel, CmId, Qp, QpSizes, Wc};
 use std::collections::VecDeque;
@@ -78,18 +78,6 @@ pub(super) struct Req {
     pub(super) buf: Option<DmaBuf>,
 }
 
-pub(super) struct NsEntry {
-    pub(super) nsid: u32,
-    pub(super) anagrpid: u32,
-    pub(super) geo: NsGeometry,
-    pub(super) chan: usize,
-}
-
-pub(super) struct ChanEntry {
-    pub(super) bdev: Arc<dyn Bdev>,
-    pub(super) chan: BdevChannel,
-}
-
 /// One NVMe queue over one RC queue pair. Field order is drop order: the queue pair goes
 /// before its rdma_cm id, the id before its event channel.
 pub(crate) struct Queue {
@@ -115,11 +103,8 @@ pub(crate) struct Queue {
     pub(super) qid: u16,
     pub(super) sqhd: u16,
     pub(super) aers: Vec<u32>,
-    pub(super) ns: Vec<NsEntry>,
-    pub(super) ns_gen: u64,
-    pub(super) chans: Vec<ChanEntry>,
-    pub(super) retry: VecDeque<(usize, IoRequest)>,
-    pub(super) done: Vec<IoCompletion>,
+    /// Namespaces, bdev channels and the bdev retry queue (`nvmf::channels`).
+    pub(super) io: QueueChannels,
     pub(super) traffic: bool,
     ka_note: TrafficNote,
     pub(super) core: u32,
@@ -193,11 +178,7 @@ impl Queue {
             qid: params.qid,
             sqhd: 0,
             aers: Vec::with_capacity(n),
-            ns: Vec::new(),
-            ns_gen: 0,
-            chans: Vec::new(),
-            retry: VecDeque::with_capacity(n),
-            done: Vec::with_capacity(n),
+            io: QueueChannels::new(n),
             traffic: false,
             ka_note: TrafficNote::default(),
             core: 0,
@@ -228,11 +209,7 @@ impl Queue {
             return QueuePoll::Busy;
         }
         if let Some(c) = &self.ctrlr {
-            if std::mem::take(&mut self.traffic) {
-                self.ka_note.note(&c.ka, now);
-            }
-            if self.qid == 0 && c.keep_alive_expired(now) {
-                c.fail("keep alive timeout (KATO + grace without a command)");
+            if keepalive::queue_poll(c, &mut self.ka_note, &mut self.traffic, self.qid == 0, now) {
                 self.close("keep alive timeout");
                 return QueuePoll::Busy;
             }
@@ -430,16 +407,13 @@ impl Queue {
                 c.release_io_qid(self.qid);
             }
         }
-        self.retry.clear();
+        self.io.close();
         self.aers.clear();
         self.backlog.clear();
     }
 
     fn poll_closing(&mut self) -> QueuePoll {
-        for c in self.chans.iter_mut() {
-            c.chan.poll(&mut |_| {});
-        }
-        if self.chans.iter().all(|c| c.chan.outstanding() == 0) {
+        if self.io.drain().1 {
             QueuePoll::Dead
         } else {
             QueuePoll::Busy

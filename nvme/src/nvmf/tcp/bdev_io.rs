@@ -4,6 +4,7 @@
 
 use super::request::ReqState;
 use super::Conn;
+use crate::nvmf::channels::{QueueChannels, Submitted};
 use crate::nvmf::io::{self, IoCmd};
 use crate::spec::Status;
 use engine::bdev::{IoCompletion, IoOp, IoRequest};
@@ -15,8 +16,8 @@ impl Conn {
     /// All data is here: submit the command's bdev operations.
     pub(super) fn execute(&mut self, slot: usize) {
         let r = &mut self.reqs[slot];
-        let ch = &self.chans[r.chan];
-        let supports = |op| ch.bdev.supports(op);
+        let (io, chan) = (&self.io, r.chan);
+        let supports = |op| io.supports(chan, op);
         let ud = slot as u64;
         let mut ios: [Option<IoRequest>; 1] = [None];
         match r.cmd {
@@ -89,78 +90,41 @@ impl Conn {
     /// Dataset Management with Deallocate: one Unmap per range of the request's data, after
     /// every range is checked against the namespace.
     fn execute_dsm(&mut self, slot: usize, ranges: u32) {
-        let r = &mut self.reqs[slot];
-        let ud = slot as u64;
-        let geo = self.ns.iter().find(|n| n.chan == r.chan).map(|n| n.geo);
-        let Some(geo) = geo else {
-            return self.complete(slot, Status::INVALID_NAMESPACE, 0, 0);
-        };
-        // Put back below: the data may be the slot's own buffer.
-        let buf = r.buf.take();
-        let data = buf.as_deref().unwrap_or(&[]);
-        let checked = (0..ranges as usize).try_for_each(|i| {
-            let (nlb, slba) = io::dsm_range(data, i);
-            io::check_dsm_range(nlb, slba, geo)
-        });
-        let ranges = if checked.is_ok() { ranges } else { 0 };
-        let mut pending = 0;
-        for i in 0..ranges as usize {
-            let (nlb, slba) = io::dsm_range(data, i);
-            if nlb == 0 {
-                continue;
+        let r = &self.reqs[slot];
+        let data = r.buf.as_deref().unwrap_or(&[]);
+        match self.io.unmap_ranges(r.chan, data, ranges, slot as u64) {
+            Err(s) => self.complete(slot, s, 0, 0),
+            Ok(n) => {
+                self.stat(|s| &s.pending_bdev_io, i64::from(n.tried));
+                if n.pending == 0 {
+                    return self.complete(slot, Status::SUCCESS, 0, 0);
+                }
+                self.set_state(slot, ReqState::Executing { pending: n.pending });
             }
-            pending += 1;
-            let io = IoRequest {
-                op: IoOp::Unmap,
-                offset_blocks: slba,
-                num_blocks: nlb,
-                buf: None,
-                user_data: ud,
-            };
-            self.submit(slot, io);
         }
-        self.reqs[slot].buf = buf;
-        if let Err(s) = checked {
-            return self.complete(slot, s, 0, 0);
-        }
-        if pending == 0 {
-            return self.complete(slot, Status::SUCCESS, 0, 0);
-        }
-        self.set_state(slot, ReqState::Executing { pending });
     }
 
     pub(super) fn submit(&mut self, slot: usize, io: IoRequest) {
         let chan = self.reqs[slot].chan;
-        if !self.retry.is_empty() {
-            self.retry.push_back((chan, io));
-            return;
+        // Counted when tried on the channel (taken or handed back), as before the table
+        // was shared; one queued behind earlier retries is not.
+        if self.io.submit(chan, io) != Submitted::Queued {
+            self.stat(|s| &s.pending_bdev_io, 1);
         }
-        if let Err(io) = self.chans[chan].chan.submit(io) {
-            self.retry.push_back((chan, io));
-        }
-        self.stat(|s| &s.pending_bdev_io, 1);
     }
 
+    /// Reaps bdev completions, finishes their requests, resubmits retried operations.
     pub(super) fn poll_bdev(&mut self) -> bool {
-        let mut done = std::mem::take(&mut self.done);
-        for c in self.chans.iter_mut() {
-            if c.chan.outstanding() > 0 {
-                c.chan.poll(&mut |cpl| done.push(cpl));
-            }
-        }
-        let busy = !done.is_empty();
-        self.stat(|s| &s.pending_bdev_io, -(done.len() as i64));
-        for cpl in done.drain(..) {
-            self.on_bdev_done(cpl);
-        }
-        self.done = done;
-        while let Some((chan, io)) = self.retry.pop_front() {
-            if let Err(io) = self.chans[chan].chan.submit(io) {
-                self.retry.push_front((chan, io));
-                break;
-            }
-        }
-        busy
+        QueueChannels::poll(
+            self,
+            |c| &mut c.io,
+            |c, done| {
+                c.stat(|s| &s.pending_bdev_io, -(done.len() as i64));
+                for cpl in done.drain(..) {
+                    c.on_bdev_done(cpl);
+                }
+            },
+        )
     }
 
     pub(super) fn on_bdev_done(&mut self, cpl: IoCompletion) {
@@ -231,11 +195,7 @@ impl Conn {
     /// sink makes Flush a restart point, declare one with an empty tag first.
     pub(super) fn flush_done(&mut self, slot: usize) {
         let chan = self.reqs[slot].chan;
-        if self.chans[chan]
-            .sink
-            .as_ref()
-            .is_some_and(|s| s.flush_is_restart_point())
-        {
+        if self.io.sink(chan).is_some_and(|s| s.flush_is_restart_point()) {
             return self.start_restart_point(slot, 0);
         }
         self.stat(|s| &s.completed_nvme_io, 1);

@@ -120,7 +120,7 @@ impl Conn {
         self.stat(|s| &s.current_io_qpairs, 1);
         self.qid = cmd.qid;
         self.ctrlr = Some(c);
-        self.refresh_ns(&checked.subsys);
+        self.io.refresh(&checked.subsys);
         Ok(())
     }
 }

@@ -165,7 +165,7 @@ fn arm(conn: &Conn, watch: &mut Option<FdWatch>) {
     let queued = conn.tx_pos < conn.tx.len() || tls.is_some_and(|t| t.pending_out());
     w.set_interest(if queued { Interest::BOTH } else { Interest::READABLE });
     // Bytes already taken off the socket wake nothing: nap, and read them next pass.
-    if !conn.retry.is_empty() || tls.is_some_and(|t| t.buffered_in()) {
+    if conn.io.retry_pending() || tls.is_some_and(|t| t.buffered_in()) {
         reactor::cannot_watch();
     }
 }

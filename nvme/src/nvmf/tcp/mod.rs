@@ -47,15 +47,14 @@ pub(crate) use group::start_listener;
 pub use group::{group_stats, GroupStats};
 pub use request::{REQ_STATE_NAMES, REQ_STATE_NEED_BUFFER};
 
+use super::channels::QueueChannels;
 use super::ctrlr::Controller;
-use super::keepalive::TrafficNote;
+use super::keepalive::{self, TrafficNote};
 use super::{Target, TargetError, TransportOpts};
 use crate::spec::Status;
 use crate::tcp::pdu::{PduReceiver, RxLimits, Side, TxDigests};
 use buffers::TcpPools;
-use engine::bdev::{IoCompletion, IoRequest};
 use group::bump;
-use io_queue::{ChanEntry, NsEntry};
 use request::Req;
 use rx::RxSink;
 use std::collections::VecDeque;
@@ -148,12 +147,8 @@ struct Conn {
     buf_wait: VecDeque<usize>,
     /// Parked Asynchronous Event Requests (CIDs), admin queue only.
     aers: Vec<u16>,
-    ns: Vec<NsEntry>,
-    ns_gen: u64,
-    chans: Vec<ChanEntry>,
-    /// Requests the bdev channel handed back as full, resubmitted after the next poll.
-    retry: VecDeque<(usize, IoRequest)>,
-    done: Vec<IoCompletion>,
+    /// Namespaces, bdev channels and the bdev retry queue (`nvmf::channels`).
+    io: QueueChannels,
     stats: Option<Arc<GroupStats>>,
     /// Unique per process: restart point answers come back to it by message.
     id: u64,
@@ -163,8 +158,6 @@ struct Conn {
     rp_seq: u64,
     /// Requests in AwaitRestartPoint.
     rp_pending: u32,
-    /// `restart::generation()` the channels' sinks were looked up at.
-    sink_gen: u64,
     /// Commands arrived since the last poll (traffic-based keep-alive).
     traffic: bool,
     /// When this queue last restarted its controller's keep-alive timer.
@@ -220,17 +213,12 @@ impl Conn {
             pools,
             buf_wait: VecDeque::with_capacity(1),
             aers: Vec::new(),
-            ns: Vec::new(),
-            ns_gen: 0,
-            chans: Vec::new(),
-            retry: VecDeque::new(),
-            done: Vec::with_capacity(usize::from(QUEUE_DEPTH_MAX)),
+            io: QueueChannels::new(usize::from(QUEUE_DEPTH_MAX)),
             stats: None,
             id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
             core: 0,
             rp_seq: 0,
             rp_pending: 0,
-            sink_gen: 0,
             traffic: false,
             ka_note: TrafficNote::default(),
             auth: None,
@@ -295,11 +283,7 @@ impl Conn {
         // Keep-alive after reading: commands (a Keep Alive among them) that waited in the
         // socket while this process was not scheduled count before the timer is judged.
         if let Some(c) = &self.ctrlr {
-            if std::mem::take(&mut self.traffic) {
-                self.ka_note.note(&c.ka, now);
-            }
-            if self.qid == 0 && c.keep_alive_expired(now) {
-                c.fail("keep alive timeout (KATO + grace without a command)");
+            if keepalive::queue_poll(c, &mut self.ka_note, &mut self.traffic, self.qid == 0, now) {
                 self.close("keep alive timeout");
                 return ConnPoll::Busy;
             }
@@ -357,18 +341,15 @@ impl Conn {
                 self.stat(|s| &s.current_io_qpairs, -1);
             }
         }
-        self.retry.clear();
+        self.io.close();
         self.aers.clear();
         self.buf_wait.clear();
     }
 
     fn poll_closing(&mut self) -> ConnPoll {
-        let mut n = 0;
-        for c in self.chans.iter_mut() {
-            n += c.chan.poll(&mut |_| {});
-        }
+        let (n, idle) = self.io.drain();
         self.stat(|s| &s.pending_bdev_io, -(n as i64));
-        if self.chans.iter().all(|c| c.chan.outstanding() == 0) {
+        if idle {
             ConnPoll::Dead
         } else {
             ConnPoll::Busy

@@ -35,7 +35,7 @@ impl Conn {
     /// NVMe orders no outstanding commands.
     pub(super) fn start_restart_point(&mut self, slot: usize, tag_len: u32) {
         let chan = self.reqs[slot].chan;
-        let Some(sink) = self.chans[chan].sink.clone() else {
+        let Some(sink) = self.io.sink(chan).cloned() else {
             return self.complete(slot, Status::INVALID_OPCODE, 0, 0);
         };
         self.rp_seq += 1;
