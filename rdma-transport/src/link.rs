@@ -10,6 +10,16 @@
 //! nanoseconds, so tests count events instead of waiting.
 
 use std::fmt;
+use std::ops::Deref;
+
+use crate::transport::OutFrame;
+use crate::wire::{self, Heartbeat};
+
+/// The answer every link gives a peer's heartbeat: the same heartbeat marked as the reply
+/// (nonce and time echoed). `None` for a reply, which is not answered.
+pub fn heartbeat_echo<B: Deref<Target = [u8]>>(h: &Heartbeat) -> Option<OutFrame<B>> {
+    (!h.is_reply).then(|| OutFrame::control(wire::encode_heartbeat(&Heartbeat { is_reply: true, ..*h }), 0))
+}
 
 /// Where a link stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -401,6 +411,21 @@ mod tests {
         assert_eq!(r.phase(), Phase::Down);
         assert_eq!(r.next_attempt_ns(), 2_100 * MS);
         assert_eq!(r.failures(), 2);
+    }
+
+    #[test]
+    fn heartbeats_are_echoed_and_replies_are_not() {
+        let h = Heartbeat {
+            nonce: 7,
+            time_ns: 9,
+            is_reply: false,
+        };
+        let f: OutFrame<Vec<u8>> = heartbeat_echo(&h).expect("a request is answered");
+        assert_eq!(
+            f.header.as_bytes(),
+            wire::encode_heartbeat(&Heartbeat { is_reply: true, ..h }).as_bytes()
+        );
+        assert!(heartbeat_echo::<Vec<u8>>(&Heartbeat { is_reply: true, ..h }).is_none());
     }
 
     #[test]

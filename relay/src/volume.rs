@@ -43,7 +43,7 @@ use engine::buf::DmaBuf;
 use engine::clock::now_ns;
 use engine::reactor::{self, PollStatus};
 use engine::ring::Ring;
-use rdma_transport::link::{Backoff, Reconnect, Schedule};
+use rdma_transport::link::{heartbeat_echo, Backoff, Reconnect, Schedule};
 use rdma_transport::readiness::{Readiness, READY_EVENTS_MAX};
 use rdma_transport::wire::{
     self, BatchEncoder, Frame, Heartbeat, Hello, HelloReply, OpKind, RefuseReason, Role, FRAME_BYTES_MAX,

@@ -3,6 +3,7 @@
 //! and reconnecting a failed link (`docs/replication.md`, `docs/failover.md`).
 
 use arrayvec::ArrayVec;
+use rdma_transport::link::heartbeat_echo;
 use rdma_transport::wire::{
     self, Fence, Frame, GapRequest, Heartbeat, Hello, HelloReply, RefuseReason, Role, FRAME_BYTES_MAX,
 };
@@ -146,13 +147,8 @@ fn on_standby_event(v: &mut VolumeJournal, ev: StandbyEvent, now: u64, failed: &
             }
         }
         StandbyEvent::Heartbeat(h) => {
-            if !h.is_reply {
-                if let Some(c) = v.standby.as_mut() {
-                    let _ = c.send(OutFrame::control(
-                        wire::encode_heartbeat(&Heartbeat { is_reply: true, ..h }),
-                        0,
-                    ));
-                }
+            if let (Some(c), Some(f)) = (v.standby.as_mut(), heartbeat_echo(&h)) {
+                let _ = c.send(f);
             }
         }
         StandbyEvent::Fence(generation) => fence(v, generation),

@@ -320,13 +320,8 @@ impl LinkState {
                 }
             }
             RxEvent::Heartbeat(h) => {
-                if !h.is_reply {
-                    if let Some(c) = l.conn.as_mut() {
-                        let _ = c.send(OutFrame::control(
-                            wire::encode_heartbeat(&Heartbeat { is_reply: true, ..h }),
-                            0,
-                        ));
-                    }
+                if let (Some(c), Some(f)) = (l.conn.as_mut(), heartbeat_echo(&h)) {
+                    let _ = c.send(f);
                 }
             }
             RxEvent::Unexpected(k) => {

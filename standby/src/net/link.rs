@@ -3,7 +3,7 @@
 //! replies followed (`docs/standby.md`).
 
 use super::*;
-use rdma_transport::link::Reconnect;
+use rdma_transport::link::{heartbeat_echo, Reconnect};
 
 pub(super) struct Pull {
     pub(super) id: u64,
@@ -343,10 +343,9 @@ fn receive(name: &str, l: &mut Link, v: &mut StandbyVolume, now: u64, events: &m
 fn on_event(l: &mut Link, v: &mut StandbyVolume, ev: Event, now: u64) {
     match ev {
         Event::Echo(h) => {
-            let _ = l.conn.send(OutFrame::control(
-                wire::encode_heartbeat(&Heartbeat { is_reply: true, ..h }),
-                0,
-            ));
+            if let Some(f) = heartbeat_echo(&h) {
+                let _ = l.conn.send(f);
+            }
         }
         Event::Reply {
             id,
