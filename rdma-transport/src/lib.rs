@@ -6,6 +6,7 @@
 //! - [`tcp`]: its implementation over non-blocking TCP sockets.
 //! - [`tls`]: TLS 1.3 on TCP links: rustls handshake, allocation-free record layer.
 //! - [`inproc`]: its in-process implementation over lock-free rings, with fault injection.
+//! - [`link`]: the lifecycle every link shares (connect, Hello, up, reconnect with back-off).
 //! - [`liveness`]: the direct primary -> standby-host heartbeat datagram.
 //! - [`endpoint`]: `HOST:PORT` / `rdma://HOST:PORT` addresses.
 //! - [`any`]: one connection and one acceptor type over TCP and (feature `rdma`) RDMA.
@@ -18,6 +19,7 @@ pub mod crc;
 pub mod endpoint;
 pub mod handshake;
 pub mod inproc;
+pub mod link;
 pub mod liveness;
 #[cfg(feature = "rdma")]
 pub mod rdma;

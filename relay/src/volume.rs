@@ -43,6 +43,7 @@ use engine::buf::DmaBuf;
 use engine::clock::now_ns;
 use engine::reactor::{self, PollStatus};
 use engine::ring::Ring;
+use rdma_transport::link::{heartbeat_echo, Backoff, Reconnect, Schedule};
 use rdma_transport::readiness::{Readiness, READY_EVENTS_MAX};
 use rdma_transport::wire::{
     self, BatchEncoder, Frame, Heartbeat, Hello, HelloReply, OpKind, RefuseReason, Role, FRAME_BYTES_MAX,
@@ -91,6 +92,12 @@ pub const RELAY_DOWN_TIMEOUT_MS_DEFAULT: u64 = 3_000;
 pub const RECONNECT_DELAY_MS: u64 = 100;
 /// Pause before a relay that refused the Hello is asked again.
 pub const REFUSED_RETRY_MS: u64 = 1_000;
+/// A relay link's schedule: a fixed [`RECONNECT_DELAY_MS`] between attempts,
+/// [`REFUSED_RETRY_MS`] after a refused Hello.
+pub const RELAY_LINK_SCHEDULE: Schedule = Schedule {
+    backoff: Backoff::fixed_ms(RECONNECT_DELAY_MS),
+    refused_retry_ns: REFUSED_RETRY_MS * 1_000_000,
+};
 /// Frames sent to one relay and not yet acknowledged that the link tracks.
 pub const LINK_FRAMES_IN_FLIGHT_MAX: usize = 1024;
 /// Data bytes after which `pump` closes a frame (a frame holds at least one op, so larger

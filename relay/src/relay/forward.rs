@@ -7,7 +7,7 @@ use rdma_transport::wire::{self, BatchEncoder, Frame, Op, FRAME_DATA_BYTES_MAX, 
 use rdma_transport::{Connection, OutFrame};
 
 use super::state::RelayState;
-use super::volume_journal::{StandbyPhase, VolumeJournal};
+use super::volume_journal::VolumeJournal;
 use super::{ForwardPolicy, FWD_BUFS_MAX};
 use crate::journal::{JournalError, ReadCursor, ReadDone};
 
@@ -49,7 +49,7 @@ impl RelayState {
     /// LSN, a read buffer free and the policy's gate open. Notes since when it is behind and
     /// whether the policy holds it back (reported in `PrimaryLiveness`).
     fn forward_open(&mut self, i: usize, now: u64) -> bool {
-        if self.volumes[i].standby_phase == StandbyPhase::Up && self.cfg.forwarder {
+        if self.volumes[i].standby_up() && self.cfg.forwarder {
             let durable = self.volumes[i].journal.durable_lsn();
             let behind = self.volumes[i].fwd_next <= durable;
             let v = &mut self.volumes[i];

@@ -84,6 +84,12 @@ pub const GAP_QUEUE_MAX: usize = 16;
 pub const FWD_BUFS_MAX: usize = 64;
 /// Pause between reconnect attempts to the standby.
 pub const STANDBY_RECONNECT_MS: u64 = 200;
+/// The standby link's schedule: a fixed [`STANDBY_RECONNECT_MS`] between attempts, five
+/// times that after a refused Hello.
+pub const STANDBY_SCHEDULE: rdma_transport::link::Schedule = rdma_transport::link::Schedule {
+    backoff: rdma_transport::link::Backoff::fixed_ms(STANDBY_RECONNECT_MS),
+    refused_retry_ns: 5 * STANDBY_RECONNECT_MS * 1_000_000,
+};
 /// How often a relay tells the standby when it last heard each volume's primary
 /// (`PrimaryLiveness`, `docs/failover.md`).
 pub const LIVENESS_REPORT_MS: u64 = 100;

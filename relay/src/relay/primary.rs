@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use arrayvec::ArrayVec;
 use engine::clock::now_ns;
+use rdma_transport::link::heartbeat_echo;
 use rdma_transport::wire::{self, Ack, Base, Batch, BatchEncoder, Frame, Heartbeat, Op, OPS_PER_FRAME_MAX};
 use rdma_transport::{ConnState, Connection, OutFrame};
 
@@ -228,13 +229,11 @@ fn on_primary_events(p: &mut PrimaryConn, meta: &VolumeMeta, events: &mut ArrayV
     let mut close = false;
     for ev in events.drain(..) {
         match ev {
-            PrimaryEvent::Heartbeat(h) if !h.is_reply => {
-                let _ = p.conn.send(OutFrame::control(
-                    wire::encode_heartbeat(&Heartbeat { is_reply: true, ..h }),
-                    0,
-                ));
+            PrimaryEvent::Heartbeat(h) => {
+                if let Some(f) = heartbeat_echo(&h) {
+                    let _ = p.conn.send(f);
+                }
             }
-            PrimaryEvent::Heartbeat(_) => {}
             PrimaryEvent::Fenced(g) => {
                 log::error!(
                     "relay: volume {}: ops of stale generation {g} (volume is at {}): primary fenced off",

@@ -3,6 +3,7 @@
 //! and reconnecting a failed link (`docs/replication.md`, `docs/failover.md`).
 
 use arrayvec::ArrayVec;
+use rdma_transport::link::heartbeat_echo;
 use rdma_transport::wire::{
     self, Fence, Frame, GapRequest, Heartbeat, Hello, HelloReply, RefuseReason, Role, FRAME_BYTES_MAX,
 };
@@ -11,8 +12,8 @@ use rdma_transport::{ConnState, Connection, OutFrame};
 
 use super::gap::serve_gap;
 use super::state::RelayState;
-use super::volume_journal::{StandbyPhase, VolumeJournal};
-use super::{GAP_QUEUE_MAX, LIVENESS_REPORT_MS, STANDBY_RECONNECT_MS};
+use super::volume_journal::VolumeJournal;
+use super::{GAP_QUEUE_MAX, LIVENESS_REPORT_MS};
 
 impl RelayState {
     /// Drives volume `i`'s link to the standby, in order: (re)connect, take the standby's
@@ -31,7 +32,7 @@ impl RelayState {
         }
         let (received, failed) = receive_standby(v, now);
         busy |= received;
-        if v.standby_phase == StandbyPhase::Up {
+        if v.standby_up() {
             busy |= serve_gap(v);
             busy |= report_liveness(v, now);
         }
@@ -42,37 +43,37 @@ impl RelayState {
 }
 
 /// Connects to the standby at `standby_addr` and sends the Hello, when the link is down
-/// and its retry time has come; a failed connect sets the next retry.
+/// (or refused) and its retry time has come; a failed connect sets the next retry.
 fn connect_standby(v: &mut VolumeJournal, standby_addr: Endpoint, now: u64) {
-    match v.standby_phase {
-        StandbyPhase::Disconnected { retry_at_ns } | StandbyPhase::Refused { retry_at_ns } if now >= retry_at_ns => {
-            match AnyConnection::connect_as(standby_addr, rdma_transport::tls::Role::Standby) {
-                Ok(mut c) => {
-                    let hello = Hello {
-                        role: Role::Relay,
-                        block_size: v.meta.block_size,
-                        volume_id: v.volume_id,
-                        volume_name: &v.meta.name,
-                        generation: v.meta.generation,
-                        resume_lsn: v.recovery.lsn_first.max(1),
-                        frame_bytes_max: FRAME_BYTES_MAX as u32,
-                        recv_credits: 0,
-                    };
-                    if let Ok(h) = wire::encode_hello(&hello) {
-                        let _ = c.send(OutFrame::control(h, 0));
-                    }
-                    v.standby = Some(c);
-                    v.standby_phase = StandbyPhase::Handshake;
-                }
-                Err(e) => {
-                    v.last_error = e.to_string();
-                    v.standby_phase = StandbyPhase::Disconnected {
-                        retry_at_ns: now + STANDBY_RECONNECT_MS * 1_000_000,
-                    };
-                }
+    let Some(link) = v.standby_link.as_mut() else {
+        return;
+    };
+    if !link.should_connect(now) {
+        return;
+    }
+    link.connecting();
+    match AnyConnection::connect_as(standby_addr, rdma_transport::tls::Role::Standby) {
+        Ok(mut c) => {
+            let hello = Hello {
+                role: Role::Relay,
+                block_size: v.meta.block_size,
+                volume_id: v.volume_id,
+                volume_name: &v.meta.name,
+                generation: v.meta.generation,
+                resume_lsn: v.recovery.lsn_first.max(1),
+                frame_bytes_max: FRAME_BYTES_MAX as u32,
+                recv_credits: 0,
+            };
+            if let Ok(h) = wire::encode_hello(&hello) {
+                let _ = c.send(OutFrame::control(h, 0));
             }
+            v.standby = Some(c);
+            link.hello_sent();
         }
-        _ => {}
+        Err(e) => {
+            v.last_error = e.to_string();
+            link.connect_failed(&v.last_error, now);
+        }
     }
 }
 
@@ -114,7 +115,9 @@ fn receive_standby(v: &mut VolumeJournal, now: u64) -> (bool, Option<String>) {
 fn on_standby_event(v: &mut VolumeJournal, ev: StandbyEvent, now: u64, failed: &mut Option<String>) {
     match ev {
         StandbyEvent::Reply(HelloReply::Accepted { resume_lsn, .. }) => {
-            v.standby_phase = StandbyPhase::Up;
+            if let Some(l) = v.standby_link.as_mut() {
+                l.up();
+            }
             v.fwd_next = resume_lsn.max(1);
             v.fwd_cursor = None;
             v.safe_lsn = v.safe_lsn.max(resume_lsn.saturating_sub(1));
@@ -127,9 +130,9 @@ fn on_standby_event(v: &mut VolumeJournal, ev: StandbyEvent, now: u64, failed: &
             if reason == RefuseReason::StaleGeneration {
                 adopt_generation(v, generation);
             }
-            v.standby_phase = StandbyPhase::Refused {
-                retry_at_ns: now + 5 * STANDBY_RECONNECT_MS * 1_000_000,
-            };
+            if let Some(l) = v.standby_link.as_mut() {
+                l.refused(&v.last_error, now);
+            }
             *failed = Some(String::new());
         }
         StandbyEvent::Safe(lsn) => {
@@ -144,13 +147,8 @@ fn on_standby_event(v: &mut VolumeJournal, ev: StandbyEvent, now: u64, failed: &
             }
         }
         StandbyEvent::Heartbeat(h) => {
-            if !h.is_reply {
-                if let Some(c) = v.standby.as_mut() {
-                    let _ = c.send(OutFrame::control(
-                        wire::encode_heartbeat(&Heartbeat { is_reply: true, ..h }),
-                        0,
-                    ));
-                }
+            if let (Some(c), Some(f)) = (v.standby.as_mut(), heartbeat_echo(&h)) {
+                let _ = c.send(f);
             }
         }
         StandbyEvent::Fence(generation) => fence(v, generation),
@@ -242,14 +240,13 @@ fn flush_standby(v: &mut VolumeJournal, failed: Option<String>, now: u64) -> boo
         let bufs = &mut v.fwd_bufs;
         let _ = c.poll_send(&mut |d| bufs.extend(d.data));
     }
+    if let Some(l) = v.standby_link.as_mut() {
+        // A refused link keeps its (longer) retry time.
+        l.down(&why, now);
+    }
     if !why.is_empty() {
         log::warn!("relay: volume {}: standby: {why}", v.meta.name);
         v.last_error = why;
-    }
-    if !matches!(v.standby_phase, StandbyPhase::Refused { .. }) {
-        v.standby_phase = StandbyPhase::Disconnected {
-            retry_at_ns: now + STANDBY_RECONNECT_MS * 1_000_000,
-        };
     }
     v.gaps.clear();
     true

@@ -5,7 +5,6 @@ use engine::clock::now_ns;
 use serde::Serialize;
 
 use super::state::RelayState;
-use super::volume_journal::StandbyPhase;
 use super::ForwardPolicy;
 
 /// A torn tail recovery cut, as reported.
@@ -165,14 +164,7 @@ impl RelayState {
                         journal_full_events: v.journal.stats().full,
                         backpressure: v.primary.as_ref().is_some_and(|p| !p.stashed.is_empty()),
                         primary_late_reads: v.primary_late_reads,
-                        standby: match v.standby_phase {
-                            StandbyPhase::None => "none",
-                            StandbyPhase::Disconnected { .. } => "connecting",
-                            StandbyPhase::Handshake => "handshake",
-                            StandbyPhase::Up => "up",
-                            StandbyPhase::Refused { .. } => "refused",
-                        }
-                        .to_string(),
+                        standby: v.standby_link.as_ref().map_or("none", |l| l.state_name()).to_string(),
                         forwarded_lsn: fwd,
                         safe_lsn: v.safe_lsn,
                         forward_lag_lsn: if self.cfg.forwarder {

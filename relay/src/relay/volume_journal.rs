@@ -9,12 +9,13 @@ use std::path::PathBuf;
 use engine::buf::DmaBuf;
 use engine::clock::now_ns;
 use rdma_transport::handshake::LocalVolume;
+use rdma_transport::link::Reconnect;
 use rdma_transport::wire::{self, GapRequest, FRAME_BYTES_MAX};
 use serde::{Deserialize, Serialize};
 
 use super::primary::PrimaryConn;
 use super::state::Conn;
-use super::{JournalSpec, RelayConfig, RelayError, FWD_BUFS_MAX, GAP_QUEUE_MAX, VOLUME_META_FILE};
+use super::{JournalSpec, RelayConfig, RelayError, FWD_BUFS_MAX, GAP_QUEUE_MAX, STANDBY_SCHEDULE, VOLUME_META_FILE};
 use crate::forward_policy::ForwardGate;
 use crate::journal::{Journal, JournalConfig, ReadCursor, RecoveryReport, READ_BUF_BYTES_MIN};
 
@@ -91,15 +92,6 @@ impl VolumeMeta {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum StandbyPhase {
-    None,
-    Disconnected { retry_at_ns: u64 },
-    Handshake,
-    Up,
-    Refused { retry_at_ns: u64 },
-}
-
 pub(super) struct VolumeJournal {
     pub(super) meta: VolumeMeta,
     pub(super) volume_id: [u8; 16],
@@ -108,7 +100,8 @@ pub(super) struct VolumeJournal {
     pub(super) recovery: RecoveryReport,
     pub(super) primary: Option<PrimaryConn>,
     pub(super) standby: Option<Conn>,
-    pub(super) standby_phase: StandbyPhase,
+    /// The standby link's lifecycle (`None`: no standby configured).
+    pub(super) standby_link: Option<Reconnect>,
     /// Next LSN to forward.
     pub(super) fwd_next: u64,
     pub(super) fwd_cursor: Option<ReadCursor>,
@@ -158,6 +151,11 @@ pub(super) fn fail_journal(failed: &mut Option<String>, last_error: &mut String,
 }
 
 impl VolumeJournal {
+    /// The standby link is up (its Hello accepted).
+    pub(super) fn standby_up(&self) -> bool {
+        self.standby_link.as_ref().is_some_and(Reconnect::is_up)
+    }
+
     /// Opens (recovers) the volume's journal; `save_meta`: a new volume, whose
     /// `volume.json` is written once the journal (and so the directory's lock) is open.
     pub(super) fn open(
@@ -208,11 +206,7 @@ impl VolumeJournal {
             recovery,
             primary: None,
             standby: None,
-            standby_phase: if cfg.standby.is_some() {
-                StandbyPhase::Disconnected { retry_at_ns: 0 }
-            } else {
-                StandbyPhase::None
-            },
+            standby_link: cfg.standby.map(|_| Reconnect::new(STANDBY_SCHEDULE, 0)),
             fwd_cursor: None,
             read_buf: Some(DmaBuf::alloc(READ_BUF_BYTES_MIN)),
             fwd_bufs: Vec::with_capacity(FWD_BUFS_MAX),

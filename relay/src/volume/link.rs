@@ -215,7 +215,7 @@ impl LinkState {
             // New ops go out before the readiness check: at QD 1 the write the last Ack
             // released is on the wire one epoll_wait sooner.
             for i in 0..self.links.len() {
-                if self.links[i].phase == LinkPhase::Up && self.pump(i) {
+                if self.links[i].is_up() && self.pump(i) {
                     self.flush_link(i, now);
                 }
             }
@@ -255,10 +255,7 @@ impl LinkState {
     /// Sets the first LSN once every relay answered its first Hello or the down timeout
     /// passed: a primary that restarts resumes after the highest LSN any relay holds.
     pub(super) fn try_start(&mut self, now: u64) {
-        let answered = self
-            .links
-            .iter()
-            .all(|l| l.phase == LinkPhase::Up || l.phase == LinkPhase::Refused);
+        let answered = self.links.iter().all(|l| l.is_up() || l.life.is_refused());
         if answered || now.saturating_sub(self.created_ns) >= self.timeout_ns() {
             let resume = self.links.iter().map(|l| l.acked_lsn).max().unwrap_or(0);
             self.next_lsn = resume + 1;
@@ -286,7 +283,7 @@ impl LinkState {
             for i in 0..self.links.len() {
                 let l = &mut self.links[i];
                 l.sent_lsn = l.sent_lsn.max(resume);
-                if l.phase == LinkPhase::Up && l.acked_lsn < resume {
+                if l.is_up() && l.acked_lsn < resume {
                     // This relay missed LSNs an earlier incarnation sent to others.
                     let why = format!("relay holds up to LSN {} but others hold up to {resume}", l.acked_lsn);
                     self.start_resync(i, resume + 1, &why, now);
@@ -510,14 +507,14 @@ impl LinkState {
             let lacking = self
                 .links
                 .iter()
-                .any(|l| !l.removed && l.phase != LinkPhase::NeedsResync && l.acked_lsn < lsn);
+                .any(|l| !l.removed && !l.needs_resync && l.acked_lsn < lsn);
             if lacking {
                 let op = front.op;
                 let (ok, dropped) = self.retention.push(&op);
                 if dropped != 0 || !ok {
                     let upto = if ok { dropped } else { lsn };
                     for l in &mut self.links {
-                        if !l.removed && l.phase != LinkPhase::NeedsResync && l.acked_lsn < upto {
+                        if !l.removed && !l.needs_resync && l.acked_lsn < upto {
                             let why = format!(
                                 "retention ring ({} bytes) overflowed: LSN {upto} dropped before the relay had it",
                                 self.s.cfg.retain_bytes_max
@@ -545,7 +542,7 @@ impl LinkState {
         let min_acked = self
             .links
             .iter()
-            .filter(|l| !l.removed && l.phase != LinkPhase::NeedsResync)
+            .filter(|l| !l.removed && !l.needs_resync)
             .map(|l| l.acked_lsn)
             .min()
             .unwrap_or(u64::MAX);
@@ -573,7 +570,7 @@ impl LinkState {
             let live = self
                 .links
                 .iter()
-                .filter(|l| !l.removed && !l.down && l.phase != LinkPhase::NeedsResync)
+                .filter(|l| !l.removed && !l.down && !l.needs_resync)
                 .count();
             let counting = self.links.iter().filter(|l| !l.removed).count();
             live < self.needed(counting)
@@ -628,7 +625,7 @@ impl LinkState {
                 .map(|l| RelayStatus {
                     addr: l.addr.to_string(),
                     state: l.phase_name().to_string(),
-                    connected: l.phase == LinkPhase::Up,
+                    connected: l.is_up(),
                     down: l.down,
                     acked_lsn: l.acked_lsn,
                     sent_lsn: l.sent_lsn,
@@ -636,7 +633,7 @@ impl LinkState {
                     lag_lsn: self.next_lsn.saturating_sub(1).saturating_sub(l.acked_lsn),
                     frames_sent: l.frames_sent,
                     late_reads: l.late_reads,
-                    last_error: l.last_error.clone(),
+                    last_error: l.life.last_error().to_string(),
                     resync: l.resync.map(|r| r.status(l.acked_lsn)),
                     resyncs: l.resyncs,
                     resyncs_done: l.resyncs_done,

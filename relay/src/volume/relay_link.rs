@@ -5,24 +5,14 @@
 
 use super::*;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum LinkPhase {
-    /// No connection; next attempt at `retry_at_ns`.
-    Disconnected { retry_at_ns: u64 },
-    /// Hello queued, waiting for the HelloReply.
-    Handshake,
-    /// Accepted: ops flow.
-    Up,
-    /// Refused by the relay (stale generation, unknown volume, ...): retried after a pause.
-    Refused,
-    /// The relay lacks ops the primary no longer holds: it needs a full resync.
-    NeedsResync,
-}
-
 pub(super) struct Link {
     pub(super) addr: Endpoint,
     pub(super) conn: Option<AnyConnection<SegRef>>,
-    pub(super) phase: LinkPhase,
+    /// Connect, Hello, up, reconnect (refused by the relay: retried after a longer pause).
+    pub(super) life: Reconnect,
+    /// The relay holds LSNs beyond this primary's: it needs a full resync, and the link is
+    /// neither used nor redialled.
+    pub(super) needs_resync: bool,
     /// Marked down (timeout).
     pub(super) down: bool,
     pub(super) removed: bool,
@@ -36,7 +26,6 @@ pub(super) struct Link {
     /// Last heartbeat sent.
     pub(super) hb_sent_ns: u64,
     pub(super) frames_sent: u64,
-    pub(super) last_error: String,
     /// Readiness token of this link's socket.
     pub(super) token: u64,
     /// The socket is in the link reactor's readiness set.
@@ -45,8 +34,6 @@ pub(super) struct Link {
     pub(super) recv_ns: u64,
     /// See [`RelayStatus::late_reads`].
     pub(super) late_reads: u64,
-    /// `now_ns()` of the last refusal of this link's Hello (for the slow retry).
-    pub(super) refused_ns: u64,
     /// Resync in progress (`volume/resync.rs`).
     pub(super) resync: Option<resync::Resync>,
     pub(super) resyncs: u64,
@@ -66,14 +53,14 @@ impl Link {
             watched: false,
             recv_ns: 0,
             late_reads: 0,
-            refused_ns: 0,
             resync: None,
             resyncs: 0,
             resyncs_done: 0,
             beyond_retention: false,
             hole_from: None,
             conn: None,
-            phase: LinkPhase::Disconnected { retry_at_ns: now },
+            life: Reconnect::new(RELAY_LINK_SCHEDULE, now),
+            needs_resync: false,
             down: false,
             removed: false,
             acked_lsn: 0,
@@ -83,21 +70,23 @@ impl Link {
             heard_ns: now,
             hb_sent_ns: now,
             frames_sent: 0,
-            last_error: String::new(),
         }
     }
     pub(super) fn phase_name(&self) -> &'static str {
-        match self.phase {
-            LinkPhase::Disconnected { .. } => "connecting",
-            LinkPhase::Handshake => "handshake",
-            LinkPhase::Up if self.resync.is_some() => "resyncing",
-            LinkPhase::Up => "up",
-            LinkPhase::Refused => "refused",
-            LinkPhase::NeedsResync => "needs_resync",
+        if self.needs_resync {
+            "needs_resync"
+        } else if self.life.is_up() && self.resync.is_some() {
+            "resyncing"
+        } else {
+            self.life.state_name()
         }
     }
+    /// Up and usable: the Hello accepted and the relay not beyond this primary.
+    pub(super) fn is_up(&self) -> bool {
+        self.life.is_up() && !self.needs_resync
+    }
     pub(super) fn counts(&self, degraded: bool) -> bool {
-        !self.removed && !(degraded && (self.down || self.phase == LinkPhase::NeedsResync || self.resyncing()))
+        !self.removed && !(degraded && (self.down || self.needs_resync || self.resyncing()))
     }
 }
 
@@ -138,14 +127,9 @@ impl LinkState {
             }
         }
         let l = &mut self.links[i];
-        if !why.is_empty() && l.phase != LinkPhase::Refused {
+        // A refused link keeps its refusal (and its slower retry).
+        if l.life.down(&why, now) {
             log::warn!("volume {}: relay {}: {why}", self.s.cfg.name, l.addr);
-            l.last_error = why;
-        }
-        if l.phase != LinkPhase::NeedsResync && l.phase != LinkPhase::Refused {
-            l.phase = LinkPhase::Disconnected {
-                retry_at_ns: now + RECONNECT_DELAY_MS * 1_000_000,
-            };
         }
         l.frames.clear();
         l.bytes_in_flight = 0;
@@ -175,12 +159,11 @@ impl LinkState {
                 return true;
             }
         }
-        if self.links[i].phase == LinkPhase::Refused {
+        if self.links[i].life.is_refused() {
             self.link_failed(i, String::new(), now);
-            self.links[i].phase = LinkPhase::Refused;
             return true;
         }
-        if self.links[i].phase == LinkPhase::Up && self.next_lsn != 0 {
+        if self.links[i].is_up() && self.next_lsn != 0 {
             busy |= self.pump(i);
             self.send_heartbeat_if_due(i, now, timeout);
         }
@@ -191,7 +174,7 @@ impl LinkState {
     fn detect_down(&mut self, i: usize, now: u64, timeout: u64) {
         let l = &mut self.links[i];
         let silent = now.saturating_sub(l.heard_ns) >= timeout;
-        if silent && !l.down && l.phase != LinkPhase::Up {
+        if silent && !l.down && !l.is_up() {
             l.down = true;
             log::warn!(
                 "volume {}: relay {} marked down ({})",
@@ -200,7 +183,7 @@ impl LinkState {
                 l.phase_name()
             );
         }
-        if self.links[i].phase == LinkPhase::Up && now.saturating_sub(self.links[i].heard_ns) >= timeout {
+        if self.links[i].is_up() && now.saturating_sub(self.links[i].heard_ns) >= timeout {
             self.links[i].down = true;
             let why = format!("no answer for {} ms: marked down", self.s.cfg.relay_down_timeout_ms);
             self.link_failed(i, why, now);
@@ -214,16 +197,14 @@ impl LinkState {
             // Fenced for good: nothing to say to any relay any more.
             return false;
         }
-        let due = match self.links[i].phase {
-            LinkPhase::Disconnected { retry_at_ns } => now >= retry_at_ns,
-            // Refusals (stale generation, unknown volume) are retried slowly.
-            LinkPhase::Refused => now >= self.links[i].refused_ns + REFUSED_RETRY_MS * 1_000_000,
-            _ => false,
-        };
-        if !due {
+        // Refusals (stale generation, unknown volume) are retried slowly; a relay beyond
+        // this primary is not redialled.
+        let l = &mut self.links[i];
+        if l.needs_resync || !l.life.should_connect(now) {
             return false;
         }
-        let addr = self.links[i].addr;
+        l.life.connecting();
+        let addr = l.addr;
         match AnyConnection::connect_as(addr, rdma_transport::tls::Role::Relay) {
             Ok(mut c) => {
                 let hello = Hello {
@@ -244,17 +225,12 @@ impl LinkState {
                             l.watched = r.add(fd, l.token).is_ok();
                         }
                         self.links[i].conn = Some(c);
-                        self.links[i].phase = LinkPhase::Handshake;
+                        self.links[i].life.hello_sent();
                     }
-                    Err(e) => self.links[i].last_error = e.to_string(),
+                    Err(e) => self.links[i].life.connect_failed(e, now),
                 }
             }
-            Err(e) => {
-                self.links[i].last_error = e.to_string();
-                self.links[i].phase = LinkPhase::Disconnected {
-                    retry_at_ns: now + RECONNECT_DELAY_MS * 1_000_000,
-                };
-            }
+            Err(e) => self.links[i].life.connect_failed(e, now),
         }
         true
     }
@@ -263,10 +239,11 @@ impl LinkState {
     /// (or bytes wait in the buffer), and every RECV_UNREADY_PERIOD_NS regardless.
     fn receive(&mut self, i: usize, now: u64, frames: &mut ArrayVec<RxEvent, 64>) -> Received {
         let l = &mut self.links[i];
+        let up = l.is_up();
         let Some(conn) = l.conn.as_mut() else {
             return Received::NoConnection;
         };
-        let expected = !l.watched || l.phase != LinkPhase::Up || self.ready.contains(&l.token) || conn.has_buffered();
+        let expected = !l.watched || !up || self.ready.contains(&l.token) || conn.has_buffered();
         let read = expected || now.saturating_sub(l.recv_ns) >= RECV_UNREADY_PERIOD_NS;
         if read {
             l.recv_ns = now;
@@ -298,11 +275,9 @@ impl LinkState {
     /// resync could not start): nothing more is done with it this round.
     fn on_event(&mut self, i: usize, ev: RxEvent, now: u64) -> bool {
         let l = &mut self.links[i];
-        if matches!(ev, RxEvent::Reply(HelloReply::Refused { .. })) {
-            // A relay that refuses this volume holds none of its writes: not an answer
-            // for down detection, so the volume's policy applies once the timeout passes.
-            l.refused_ns = now;
-        } else {
+        // A relay that refuses this volume holds none of its writes: not an answer for down
+        // detection, so the volume's policy applies once the timeout passes.
+        if !matches!(ev, RxEvent::Reply(HelloReply::Refused { .. })) {
             l.heard_ns = now;
             if l.down {
                 log::info!("volume {}: relay {} answers again", self.s.cfg.name, l.addr);
@@ -316,9 +291,9 @@ impl LinkState {
                 }
             }
             RxEvent::Reply(HelloReply::Refused { reason, generation, .. }) => {
-                l.last_error = format!("refused: {reason:?} (relay generation {generation})");
-                log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
-                l.phase = LinkPhase::Refused;
+                l.life
+                    .refused(format_args!("refused: {reason:?} (relay generation {generation})"), now);
+                log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.life.last_error());
                 if reason == RefuseReason::StaleGeneration {
                     let addr = l.addr;
                     self.note_generation(generation, addr);
@@ -345,13 +320,8 @@ impl LinkState {
                 }
             }
             RxEvent::Heartbeat(h) => {
-                if !h.is_reply {
-                    if let Some(c) = l.conn.as_mut() {
-                        let _ = c.send(OutFrame::control(
-                            wire::encode_heartbeat(&Heartbeat { is_reply: true, ..h }),
-                            0,
-                        ));
-                    }
+                if let (Some(c), Some(f)) = (l.conn.as_mut(), heartbeat_echo(&h)) {
+                    let _ = c.send(f);
                 }
             }
             RxEvent::Unexpected(k) => {
@@ -374,8 +344,7 @@ impl LinkState {
         l.acked_lsn = have;
         l.beyond_retention = false;
         l.sent_lsn = l.acked_lsn;
-        l.phase = LinkPhase::Up;
-        l.last_error.clear();
+        l.life.up();
         let oldest = self.oldest_held();
         let l = &mut self.links[i];
         if self.next_lsn != 0 && have + 1 < oldest && have < self.completed_lsn {
@@ -385,9 +354,12 @@ impl LinkState {
             ));
         }
         if self.next_lsn != 0 && have >= self.next_lsn {
-            l.phase = LinkPhase::NeedsResync;
-            l.last_error = format!("relay holds LSN {have}, beyond this primary's {}", self.next_lsn - 1);
-            log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.last_error);
+            l.needs_resync = true;
+            l.life.set_error(format_args!(
+                "relay holds LSN {have}, beyond this primary's {}",
+                self.next_lsn - 1
+            ));
+            log::error!("volume {}: relay {}: {}", self.s.cfg.name, l.addr, l.life.last_error());
         } else {
             log::info!(
                 "volume {}: relay {} up, resumes at LSN {resume_lsn}",
@@ -497,7 +469,7 @@ impl LinkState {
                 // The next LSN is neither in flight nor retained: the relay cannot be
                 // caught up by this primary.
                 let l = &mut self.links[i];
-                if l.phase == LinkPhase::Up && l.sent_lsn + 1 < self.next_lsn {
+                if l.is_up() && l.sent_lsn + 1 < self.next_lsn {
                     let why = format!("LSN {} no longer held by the primary", l.sent_lsn + 1);
                     l.lost_history(why, &self.s.cfg.name);
                 }

@@ -21,7 +21,7 @@ use rdma_transport::wire;
 use rdma_transport::{Connection, OutFrame};
 use serde::Serialize;
 
-use super::{Link, LinkPhase, LinkState};
+use super::{Link, LinkState};
 
 /// A resync in progress on one link.
 #[derive(Debug, Clone, Copy)]
@@ -103,7 +103,7 @@ impl Link {
             );
             self.resync = None;
             self.resyncs_done += 1;
-            self.last_error.clear();
+            self.life.clear_error();
         }
     }
 
@@ -121,7 +121,7 @@ impl Link {
         }
         self.beyond_retention = true;
         log::warn!("volume {volume}: relay {}: {why}; it will be resynced", self.addr);
-        self.last_error = why;
+        self.life.set_error(why);
         if let Some(c) = self.conn.as_mut() {
             c.close();
         }
@@ -165,12 +165,12 @@ impl LinkState {
             "volume {name}: relay {}: {why}; resync: its history restarts at LSN {base} (done at {target})",
             l.addr
         );
-        l.phase = LinkPhase::Up;
+        l.needs_resync = false;
         l.sent_lsn = base - 1;
         l.beyond_retention = false;
         l.hole_from = Some(l.hole_from.map_or(from + 1, |h| h.min(from + 1)));
         l.resyncs += 1;
-        l.last_error = format!("resyncing from LSN {base}: {why}");
+        l.life.set_error(format_args!("resyncing from LSN {base}: {why}"));
         l.resync = Some(Resync {
             base,
             from,
@@ -192,7 +192,7 @@ impl LinkState {
         let covered = self.links.iter().enumerate().any(|(j, l)| {
             j != i
                 && !l.removed
-                && l.phase == LinkPhase::Up
+                && l.is_up()
                 && l.resync.is_none()
                 && l.acked_lsn + 1 >= base
                 && l.hole_from.is_none_or(|h| h >= base)

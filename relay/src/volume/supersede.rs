@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 
 use engine::bdev::BdevError;
 
-use super::{LinkPhase, LinkState, VolumeError};
+use super::{LinkState, VolumeError};
 
 impl VolumeError {
     /// The error of a write or restart point refused by a superseded primary.
@@ -66,13 +66,10 @@ impl LinkState {
         }
         let mut busy = false;
         for i in 0..self.links.len() {
-            if self.links[i].conn.is_some() || self.links[i].phase != LinkPhase::Refused {
+            if self.links[i].conn.is_some() || !self.links[i].life.is_refused() {
                 let why = format!("superseded by generation {newer}");
                 self.link_failed(i, why.clone(), now);
-                let l = &mut self.links[i];
-                l.phase = LinkPhase::Refused;
-                l.refused_ns = now;
-                l.last_error = why;
+                self.links[i].life.refused(why, now);
                 busy = true;
             }
         }

@@ -3,6 +3,7 @@
 //! replies followed (`docs/standby.md`).
 
 use super::*;
+use rdma_transport::link::{heartbeat_echo, Reconnect};
 
 pub(super) struct Pull {
     pub(super) id: u64,
@@ -30,7 +31,11 @@ pub(super) struct Link {
     /// Ops refused with `Full`, offered again before the link is read again.
     pub(super) held: VecDeque<OwnedOp>,
     pub(super) pull: Option<Pull>,
+    /// Why the link must close (the first reason wins); it closes at the end of the poll.
     pub(super) close: Option<String>,
+    /// The link's lifecycle: accepted (the relay dialled, its Hello answered), then down
+    /// with the reason it closed. The relay redials, as a new link.
+    pub(super) life: Reconnect,
     /// The relay's last `PrimaryLiveness` forward state and when it arrived.
     pub(super) fwd: Option<(ForwardState, u64)>,
     /// Highest LSN the relay said it holds (its journal), from `PrimaryLiveness`.
@@ -86,11 +91,11 @@ impl Link {
             .map(|(f, _)| f)
     }
 
-    pub(super) fn status(&self, durable: u64, now: u64, connected: bool) -> LinkStatus {
+    pub(super) fn status(&self, durable: u64, now: u64) -> LinkStatus {
         let st = self.conn.stats();
         LinkStatus {
             addr: self.peer.to_string(),
-            connected,
+            connected: self.life.is_up(),
             role: self.role(),
             generation: self.generation,
             connected_seconds: now.saturating_sub(self.since_ns) as f64 / 1e9,
@@ -106,7 +111,7 @@ impl Link {
             held_ops: self.held.len(),
             forward_state: forward_state_name(self.fresh_fwd(now)),
             relay_held_lsn: self.held_lsn,
-            last_error: self.close.clone().unwrap_or_default(),
+            last_error: self.life.last_error().to_string(),
         }
     }
 
@@ -338,10 +343,9 @@ fn receive(name: &str, l: &mut Link, v: &mut StandbyVolume, now: u64, events: &m
 fn on_event(l: &mut Link, v: &mut StandbyVolume, ev: Event, now: u64) {
     match ev {
         Event::Echo(h) => {
-            let _ = l.conn.send(OutFrame::control(
-                wire::encode_heartbeat(&Heartbeat { is_reply: true, ..h }),
-                0,
-            ));
+            if let Some(f) = heartbeat_echo(&h) {
+                let _ = l.conn.send(f);
+            }
         }
         Event::Reply {
             id,

@@ -307,6 +307,7 @@ impl Link {
             held: VecDeque::new(),
             pull: None,
             close: None,
+            life: rdma_transport::link::Reconnect::accepted(),
             fwd: None,
             held_lsn: 0,
             fence_sent: false,

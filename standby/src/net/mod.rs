@@ -308,6 +308,7 @@ impl VolNet {
             if let Some(why) = self.links[i].close.clone() {
                 let mut l = self.links.swap_remove(i);
                 log::warn!("standby {name}: relay {}: link closed: {why}", l.peer);
+                l.life.down(&why, now);
                 if v.promoted() {
                     // Say why, with the new generation: the relay takes it as its own and
                     // fences the old primary off now, not at its next reconnect.
@@ -317,7 +318,7 @@ impl VolNet {
                     l.conn.close();
                 }
                 let _ = l.conn.poll_send(&mut |_| {});
-                self.remember_closed(l.status(durable, now, false));
+                self.remember_closed(l.status(durable, now));
                 busy = true;
                 continue;
             }
@@ -600,7 +601,7 @@ pub fn link_status(volume: &str, durable_lsn: u64) -> Vec<LinkStatus> {
         };
         vn.links
             .iter()
-            .map(|l| l.status(durable_lsn, now, true))
+            .map(|l| l.status(durable_lsn, now))
             .chain(vn.closed.iter().cloned())
             .collect()
     })
