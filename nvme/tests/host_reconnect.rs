@@ -10,7 +10,7 @@ use engine::bdev::{Bdev, BdevChannel, IoCompletion, IoOp, IoRequest};
 use engine::buf::DmaBuf;
 use nvme::host::bdev::{connect, HostBdevOpts, NvmeHostBdev, ReconnectOpts};
 use nvme::host::HostError;
-use nvme::nvmf::{SubsystemParams, Target};
+use nvme::nvmf::Target;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,24 +57,6 @@ fn kill(f: &Fixture, b: &NvmeHostBdev, ch: &mut BdevChannel) {
         ch.poll(&mut |_| panic!("no I/O was outstanding"));
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// A new target on the same address with the same subsystem and namespace (bdev).
-fn restart(f: &Fixture) -> Arc<Target> {
-    let t = Target::new();
-    t.create_subsystem(SubsystemParams {
-        nqn: f.nqn.clone(),
-        allow_any_host: true,
-        ..Default::default()
-    })
-    .unwrap();
-    t.add_namespace(&f.nqn, &f.bdev, None, None).unwrap();
-    let t0 = Instant::now();
-    while let Err(e) = t.add_listener(&f.nqn, f.addr) {
-        assert!(t0.elapsed() < T, "cannot listen on {} again: {e}", f.addr);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    t
 }
 
 #[test]

@@ -28,6 +28,15 @@ fn dpdk_env() {
     engine::env::init(o).expect("baton's DPDK env (hugepages reserved? see docs/spdk.md)");
 }
 
+/// The fixture's subsystem as an SPDK transport ID.
+fn spdk_trid(f: &Fixture) -> String {
+    format!(
+        "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{} subnqn:{}",
+        f.addr.port(),
+        f.nqn
+    )
+}
+
 /// Polls until `n` completions arrived; returns them by user data.
 fn reap(ch: &mut BdevChannel, n: usize) -> HashMap<u64, IoCompletion> {
     let t0 = Instant::now();
@@ -108,11 +117,7 @@ fn round_trip(b: &dyn Bdev, count: u64, nlb: u32) -> BdevChannel {
 fn spdk_nvme_over_tcp_to_baton_target() {
     dpdk_env();
     let f = fixture();
-    let trid = format!(
-        "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{} subnqn:{}",
-        f.addr.port(),
-        f.nqn
-    );
+    let trid = spdk_trid(&f);
     let b = attach("spdk0", &trid, &SpdkNvmeOpts::default()).unwrap();
     assert_eq!((b.block_size(), b.num_blocks(), b.nsid()), (BLOCK, BLOCKS, 1));
     // Kept open: a new queue pair right after closing one reuses its queue ID, and
@@ -230,24 +235,6 @@ fn spdk_nvme_over_tcp_to_other_target() {
     drop(round_trip(&*b, 128, nlb));
 }
 
-/// A new target on the fixture's address with the same subsystem and namespace (bdev).
-fn restart(f: &Fixture) -> Arc<nvme::nvmf::Target> {
-    let t = nvme::nvmf::Target::new();
-    t.create_subsystem(nvme::nvmf::SubsystemParams {
-        nqn: f.nqn.clone(),
-        allow_any_host: true,
-        ..Default::default()
-    })
-    .unwrap();
-    t.add_namespace(&f.nqn, &f.bdev, None, None).unwrap();
-    let t0 = Instant::now();
-    while let Err(e) = t.add_listener(&f.nqn, f.addr) {
-        assert!(t0.elapsed() < T, "cannot listen on {} again: {e}", f.addr);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    t
-}
-
 /// One read of 8 blocks at `lba`; its completion.
 fn read_once(ch: &mut BdevChannel, lba: u64, user: u64) -> IoCompletion {
     let io = IoRequest {
@@ -266,11 +253,7 @@ fn read_once(ch: &mut BdevChannel, lba: u64, user: u64) -> IoCompletion {
 fn spdk_nvme_reconnects_after_the_target_restarts() {
     dpdk_env();
     let f = fixture();
-    let trid = format!(
-        "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{} subnqn:{}",
-        f.addr.port(),
-        f.nqn
-    );
+    let trid = spdk_trid(&f);
     let b = attach("spdk_rc", &trid, &SpdkNvmeOpts::default()).unwrap();
     let mut ch = round_trip(&*b, 16, 8);
     assert_eq!(b.recovery().resets, 0);

@@ -77,6 +77,25 @@ pub fn fixture_with(allow_any_host: bool) -> Fixture {
     }
 }
 
+/// A new target on the fixture's address with the same subsystem and namespace (bdev):
+/// the target "restarted" after `f.target.shutdown()`.
+pub fn restart(f: &Fixture) -> Arc<Target> {
+    let t = Target::new();
+    t.create_subsystem(SubsystemParams {
+        nqn: f.nqn.clone(),
+        allow_any_host: true,
+        ..Default::default()
+    })
+    .unwrap();
+    t.add_namespace(&f.nqn, &f.bdev, None, None).unwrap();
+    let t0 = std::time::Instant::now();
+    while let Err(e) = t.add_listener(&f.nqn, f.addr) {
+        assert!(t0.elapsed() < T, "cannot listen on {} again: {e}", f.addr);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t
+}
+
 /// The fixture's namespace 1 as a transport ID (what `baton perf -r` takes).
 pub fn trid(f: &Fixture) -> nvme::host::TransportId {
     nvme::host::TransportId::parse(&format!(

@@ -168,8 +168,7 @@ pub fn encode_c2h_data(
     success: bool,
     d: TxDigests,
 ) {
-    let mut p = c2h_hdr(cccid, datao, data.len());
-    encode(out, p.as_bytes_mut(), c2h_flags(last, success), data, d);
+    encode_c2h(out, (cccid, datao, last, success), data, d, true);
 }
 
 /// Appends a C2HData PDU as `encode_c2h_data` does, but without copying `data`: returns the
@@ -184,8 +183,14 @@ pub fn encode_c2h_data_header(
     success: bool,
     d: TxDigests,
 ) -> usize {
+    encode_c2h(out, (cccid, datao, last, success), data, d, false)
+}
+
+/// A C2HData PDU for (CCCID, DATAO, last, success), its data copied when `copy`.
+fn encode_c2h(out: &mut Vec<u8>, f: (u16, u32, bool, bool), data: &[u8], d: TxDigests, copy: bool) -> usize {
+    let (cccid, datao, last, success) = f;
     let mut p = c2h_hdr(cccid, datao, data.len());
-    encode_parts(out, p.as_bytes_mut(), c2h_flags(last, success), data, d, false)
+    encode_parts(out, p.as_bytes_mut(), c2h_flags(last, success), data, d, copy)
 }
 
 fn c2h_hdr(cccid: u16, datao: u32, len: usize) -> DataHdr {
