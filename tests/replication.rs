@@ -384,6 +384,18 @@ fn a_second_relay_on_a_live_journal_dir_refuses_to_start_and_the_first_keeps_ser
     let v = r1.volume_status("vol").expect("the live relay still answers");
     assert_eq!(v["journal_failed"], false, "{v}");
     p.kill9();
+    // Let the relay journal what was in flight when the primary died: a SIGKILL in the
+    // middle of a record would leave a torn tail, which this test is not about.
+    let mut last = None;
+    for _ in 0..100 {
+        let v = r1.volume_status("vol").expect("the live relay still answers");
+        let now = (v["appended_lsn"].as_u64(), v["durable_lsn"].as_u64());
+        if now.0 == now.1 && last == Some(now) {
+            break;
+        }
+        last = Some(now);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     r1.kill9();
     assert!(
         p.failed.is_empty(),

@@ -96,6 +96,7 @@ fn model_input(proxies: &[DelayProxy], probed: &[Probed], case: &Case, local_wri
 }
 
 #[test]
+#[ignore = "compares the model with measured latencies, so it passes or fails by how loaded the machine is: run it by hand (docs/planning.md)"]
 fn model_matches_measured_replicated_latency() {
     // Reactors nap when idle: the test must not spin both cores of a shared machine for
     // its whole run, and a nap of at most 100 µs is noise against milliseconds of delay.
