@@ -259,6 +259,7 @@ pub fn build(
     cfg.ack_policy = ro.ack;
     cfg.core = Some(ro.link_core);
     let v = ReplicatedVolume::create(cfg, base.clone())?;
+    wait_relays_up(&v, ro.ack, RELAYS_UP_TIMEOUT)?;
     let ack = match ro.ack {
         AckPolicy::Quorum(k) => format!("quorum:{k}"),
         a => a.name().to_string(),
@@ -278,6 +279,46 @@ pub fn build(
         relay_addrs: addrs,
         journal_dirs,
     })
+}
+
+/// How long a replicated target's relays have to come up before the run starts.
+const RELAYS_UP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Waits until as many relays of `v` are up as the ack policy needs, so the run measures
+/// replication and not a handshake: a relay that opens a large journal on a loaded
+/// machine can miss the volume's handshake timeout, be marked down and come back seconds
+/// later, and the writes of that span fail (a run of errors, not of I/O).
+fn wait_relays_up(v: &ReplicatedVolume, ack: AckPolicy, timeout: Duration) -> Result<(), AnyErr> {
+    let started = Instant::now();
+    loop {
+        let st = v.status();
+        let needed = match ack {
+            AckPolicy::All => st.relays.len(),
+            AckPolicy::Quorum(k) => k as usize,
+            AckPolicy::Any => 1,
+        };
+        let up = st.relays.iter().filter(|r| r.state == "up").count();
+        if !st.relays.is_empty() && up >= needed {
+            log::info!(
+                "{}: {up} of {} relays up in {:.2} s",
+                st.name,
+                st.relays.len(),
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            let states: Vec<String> = st.relays.iter().map(|r| format!("{} {}", r.addr, r.state)).collect();
+            return Err(format!(
+                "{}: relays not up after {} s ({}): the run would measure failed writes",
+                st.name,
+                timeout.as_secs(),
+                states.join(", ")
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_nanos(relay::relay::STATUS_PERIOD_NS));
+    }
 }
 
 /// Opens the journal relay `c` will give volume `vname` (its default directory) once

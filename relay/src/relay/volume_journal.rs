@@ -223,7 +223,14 @@ impl VolumeJournal {
             journal_failed: None,
             primary_heard_ns: 0,
             liveness_sent_ns: 0,
-            fwd_state: wire::ForwardState::Backup,
+            // A forwarder says so from its first report on: reports go out as soon as the
+            // standby connection exists, before the link is up and the policy first runs,
+            // and a standby told "backup" by every relay would fetch around the forwarder.
+            fwd_state: if cfg.forwarder {
+                wire::ForwardState::Forwarding
+            } else {
+                wire::ForwardState::Backup
+            },
             generation_adopted: 0,
             fenced_by_standby: 0,
             stale_primary_refusals: 0,

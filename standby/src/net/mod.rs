@@ -431,6 +431,7 @@ impl VolNet {
             .map(|l| pull::RelayReport {
                 forward: l.fresh_fwd(now),
                 held_lsn: l.held_lsn,
+                first_due: l.fwd.is_none() && now.saturating_sub(l.since_ns) < REPORT_FRESH_NS,
             })
             .collect();
         let verdict = pull::stall_pull_wanted(&reports, v.next_lsn(), now.saturating_sub(self.progress_ns));

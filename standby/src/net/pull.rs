@@ -19,6 +19,9 @@ pub struct RelayReport {
     pub forward: Option<ForwardState>,
     /// Highest LSN the relay holds (0 before its first report).
     pub held_lsn: u64,
+    /// No report yet, but the link is younger than a report's freshness: its first report
+    /// is on its way (a relay reports every 100 ms), so it is not silent yet.
+    pub first_due: bool,
 }
 
 /// What to do about a stalled next LSN.
@@ -39,15 +42,20 @@ pub const FORWARDER_STALL_NS: u64 = 1_000_000_000;
 
 /// The verdict for relays `relays` when the standby's next LSN is `next` and has not moved
 /// for `stalled_ns`.
+///
+/// Reports are taken by each relay at its own moment, 100 ms apart: a forwarder's report
+/// may show less than a backup's only because it is older, and the primary feeds every
+/// relay. So a forwarder that reports gets [`FORWARDER_STALL_NS`] whether or not its last
+/// report already shows what is missing; and a link whose first report is still due is
+/// waited for, not taken for an older relay that never reports.
 pub fn stall_pull_wanted(relays: &[RelayReport], next: u64, stalled_ns: u64) -> StallVerdict {
-    let silent = relays.iter().any(|r| r.forward.is_none());
+    let silent = relays.iter().any(|r| r.forward.is_none() && !r.first_due);
     let has_more = |r: &&RelayReport| r.forward.is_some() && r.held_lsn >= next;
-    let forwarders = || {
-        relays
-            .iter()
-            .filter(|r| matches!(r.forward, Some(ForwardState::Forwarding | ForwardState::Holding)))
-    };
-    if forwarders()
+    let mut forwarders = relays
+        .iter()
+        .filter(|r| matches!(r.forward, Some(ForwardState::Forwarding | ForwardState::Holding)));
+    if forwarders
+        .clone()
         .filter(has_more)
         .any(|r| r.forward == Some(ForwardState::Holding))
     {
@@ -58,10 +66,13 @@ pub fn stall_pull_wanted(relays: &[RelayReport], next: u64, stalled_ns: u64) -> 
         // behaviour before reports existed.
         return StallVerdict::Pull;
     }
+    if relays.iter().any(|r| r.first_due) && stalled_ns < FORWARDER_STALL_NS {
+        return StallVerdict::Wait;
+    }
     if !relays.iter().any(|r| has_more(&r)) {
         return StallVerdict::NothingMore;
     }
-    if forwarders().find(has_more).is_some() && stalled_ns < FORWARDER_STALL_NS {
+    if forwarders.next().is_some() && stalled_ns < FORWARDER_STALL_NS {
         return StallVerdict::Wait;
     }
     StallVerdict::Pull
@@ -145,6 +156,15 @@ mod tests {
         RelayReport {
             forward: f,
             held_lsn: held,
+            first_due: false,
+        }
+    }
+
+    fn due() -> RelayReport {
+        RelayReport {
+            forward: None,
+            held_lsn: 0,
+            first_due: true,
         }
     }
     use ForwardState::*;
@@ -165,9 +185,27 @@ mod tests {
     }
 
     #[test]
-    fn a_holding_forwarder_without_what_is_missing_does_not_block_a_pull() {
-        // The forwarder holds back only what the standby already has; a backup holds more.
-        let relays = [r(Some(Holding), 99), r(Some(Backup), 500)];
+    fn a_forwarder_whose_report_shows_less_than_a_backups_gets_its_time() {
+        // The forwarder's last report shows less than the backup's (taken earlier, or the
+        // primary reached it later): it is waited for as a delivering forwarder is, then
+        // fetched around.
+        for f in [Holding, Forwarding] {
+            let relays = [r(Some(f), 99), r(Some(Backup), 500)];
+            assert_eq!(stall_pull_wanted(&relays, 100, 300_000_000), StallVerdict::Wait);
+            assert_eq!(stall_pull_wanted(&relays, 100, FORWARDER_STALL_NS), StallVerdict::Pull);
+        }
+    }
+
+    #[test]
+    fn a_new_link_gets_its_first_report_before_it_counts_as_silent() {
+        let relays = [due(), r(Some(Backup), 500)];
+        assert_eq!(stall_pull_wanted(&relays, 100, 300_000_000), StallVerdict::Wait);
+        assert_eq!(stall_pull_wanted(&relays, 100, FORWARDER_STALL_NS), StallVerdict::Pull);
+        // A forwarder holding by policy still says why, whoever else is due.
+        let relays = [due(), r(Some(Holding), 500)];
+        assert_eq!(stall_pull_wanted(&relays, 100, 300_000_000), StallVerdict::PolicyHold);
+        // Past its freshness a link without a report is silent: pull as before reports.
+        let relays = [r(None, 0), r(Some(Forwarding), 500)];
         assert_eq!(stall_pull_wanted(&relays, 100, 300_000_000), StallVerdict::Pull);
     }
 
