@@ -54,10 +54,8 @@ pub(crate) enum Submitted {
 /// The Unmaps [`QueueChannels::unmap_ranges`] submitted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Unmaps {
-    /// How many (each completes once).
+    /// How many (each completes once, or is dropped by [`QueueChannels::close`]).
     pub(crate) pending: u32,
-    /// How many were tried on the channel (not [`Submitted::Queued`]).
-    pub(crate) tried: u32,
 }
 
 /// A queue's namespaces, bdev channels and bdev retry queue.
@@ -228,9 +226,7 @@ impl QueueChannels {
                 user_data,
             };
             n.pending += 1;
-            if self.submit(chan, io) != Submitted::Queued {
-                n.tried += 1;
-            }
+            self.submit(chan, io);
         }
         Ok(n)
     }
@@ -277,8 +273,11 @@ impl QueueChannels {
     }
 
     /// The queue is closing: drops the operations never submitted (they never complete).
-    pub(crate) fn close(&mut self) {
+    /// Returns how many, so whoever counts operations in flight can take them off.
+    pub(crate) fn close(&mut self) -> usize {
+        let n = self.retry.len();
         self.retry.clear();
+        n
     }
 
     /// While closing: reaps (and drops) completions. Returns how many, and whether no

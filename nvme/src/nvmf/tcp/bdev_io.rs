@@ -4,7 +4,7 @@
 
 use super::request::ReqState;
 use super::Conn;
-use crate::nvmf::channels::{QueueChannels, Submitted};
+use crate::nvmf::channels::QueueChannels;
 use crate::nvmf::io::{self, IoCmd};
 use crate::spec::Status;
 use engine::bdev::{IoCompletion, IoOp, IoRequest};
@@ -95,7 +95,7 @@ impl Conn {
         match self.io.unmap_ranges(r.chan, data, ranges, slot as u64) {
             Err(s) => self.complete(slot, s, 0, 0),
             Ok(n) => {
-                self.stat(|s| &s.pending_bdev_io, i64::from(n.tried));
+                self.stat(|s| &s.pending_bdev_io, i64::from(n.pending));
                 if n.pending == 0 {
                     return self.complete(slot, Status::SUCCESS, 0, 0);
                 }
@@ -106,11 +106,11 @@ impl Conn {
 
     pub(super) fn submit(&mut self, slot: usize, io: IoRequest) {
         let chan = self.reqs[slot].chan;
-        // Counted when tried on the channel (taken or handed back), as before the table
-        // was shared; one queued behind earlier retries is not.
-        if self.io.submit(chan, io) != Submitted::Queued {
-            self.stat(|s| &s.pending_bdev_io, 1);
-        }
+        // Counted whatever the channel did with it: every operation submitted completes
+        // once through `poll_bdev` (or `poll_closing`), or is dropped by `close`, and each
+        // of those takes it off again.
+        self.io.submit(chan, io);
+        self.stat(|s| &s.pending_bdev_io, 1);
     }
 
     /// Reaps bdev completions, finishes their requests, resubmits retried operations.

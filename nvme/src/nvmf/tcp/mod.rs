@@ -341,7 +341,8 @@ impl Conn {
                 self.stat(|s| &s.current_io_qpairs, -1);
             }
         }
-        self.io.close();
+        let dropped = self.io.close();
+        self.stat(|s| &s.pending_bdev_io, -(dropped as i64));
         self.aers.clear();
         self.buf_wait.clear();
     }
