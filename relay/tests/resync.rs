@@ -485,6 +485,16 @@ fn resync_scenarios() {
     });
     let l = link(&v1, r1_addr);
     assert_eq!(l.resyncs, 1, "{l:?}");
+    // The restart shows in the link's lifetime counters, though it is up again.
+    assert!(
+        l.link.ups >= 2 && l.link.reconnects >= 1 && l.link.failures >= 1,
+        "r1's restart in its link counters: {l:?}"
+    );
+    let r2_standby = journal_status(&r2, "rs1").standby_link;
+    assert!(
+        r2_standby.is_some_and(|c| c.ups >= 1 && c.connects >= 1),
+        "{r2_standby:?}"
+    );
     write_n(&v1, 100, "rs1 writes after the resync");
     wait_until(WAIT, "r1 shows its base", || journal_status(&r1, "rs1").base_lsn != 0);
     let j = journal_status(&r1, "rs1");

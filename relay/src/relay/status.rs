@@ -77,6 +77,8 @@ pub struct RelayVolumeStatus {
     pub primary_late_reads: u64,
     /// Standby link state: `none`, `connecting`, `handshake`, `up`, `refused`.
     pub standby: String,
+    /// The standby link's lifetime counters (none without a standby).
+    pub standby_link: Option<crate::volume::LinkCounters>,
     /// Highest LSN forwarded.
     pub forwarded_lsn: u64,
     /// Highest LSN the standby confirmed safe.
@@ -165,6 +167,7 @@ impl RelayState {
                         backpressure: v.primary.as_ref().is_some_and(|p| !p.stashed.is_empty()),
                         primary_late_reads: v.primary_late_reads,
                         standby: v.standby_link.as_ref().map_or("none", |l| l.state_name()).to_string(),
+                        standby_link: v.standby_link.as_ref().map(crate::volume::LinkCounters::from),
                         forwarded_lsn: fwd,
                         safe_lsn: v.safe_lsn,
                         forward_lag_lsn: if self.cfg.forwarder {

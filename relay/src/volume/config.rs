@@ -175,6 +175,32 @@ pub struct RestartPoint {
     pub last_lsn: u64,
 }
 
+/// A replication link's lifetime counters (`rdma_transport::link::Reconnect`), as the
+/// status RPCs report them: a link that flaps shows it here even when it is up as the
+/// status is read.
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq, Eq)]
+pub struct LinkCounters {
+    /// Connection attempts started.
+    pub connects: u64,
+    /// Attempts started after the link had been up (it was lost and redialled).
+    pub reconnects: u64,
+    /// Failed attempts, lost links and refusals.
+    pub failures: u64,
+    /// Hellos accepted (times the link came up).
+    pub ups: u64,
+}
+
+impl From<&rdma_transport::link::Reconnect> for LinkCounters {
+    fn from(r: &rdma_transport::link::Reconnect) -> Self {
+        LinkCounters {
+            connects: r.connects(),
+            reconnects: r.reconnects(),
+            failures: r.failures(),
+            ups: r.ups(),
+        }
+    }
+}
+
 /// Per-relay state, as `replication_get_volumes` reports it.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct RelayStatus {
@@ -202,6 +228,8 @@ pub struct RelayStatus {
     pub late_reads: u64,
     /// Last error seen on the link.
     pub last_error: String,
+    /// The link's lifetime counters.
+    pub link: LinkCounters,
     /// The resync in progress (state `resyncing`), with its progress.
     pub resync: Option<ResyncStatus>,
     /// Resyncs started and completed on this link.

@@ -634,6 +634,7 @@ impl LinkState {
                     frames_sent: l.frames_sent,
                     late_reads: l.late_reads,
                     last_error: l.life.last_error().to_string(),
+                    link: LinkCounters::from(&l.life),
                     resync: l.resync.map(|r| r.status(l.acked_lsn)),
                     resyncs: l.resyncs,
                     resyncs_done: l.resyncs_done,
