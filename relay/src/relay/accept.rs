@@ -1,8 +1,14 @@
 //! New connections to the relay: accepted, given [`HELLO_TIMEOUT_MS`] to send their Hello,
 //! then answered; a primary's first Hello for a volume creates its journal
 //! (`docs/replication-wire.md`, handshake).
+//!
+//! Opening a journal (recovery scans its segments, preallocation writes spare ones) can
+//! take seconds, so it runs on a thread of its own and the Hello waits for it, parked:
+//! the reactor goes on serving every other volume meanwhile, whose primaries would
+//! otherwise see no Ack for as long and could mark this relay down.
 
 use std::collections::VecDeque;
+use std::sync::mpsc::{self, TryRecvError};
 
 use engine::clock::now_ns;
 use rdma_transport::handshake::{answer_hello, refusal_for};
@@ -11,7 +17,7 @@ use rdma_transport::wire::{self, Frame, Hello, HelloReply, RefuseReason, Role, W
 use rdma_transport::{Connection, OutFrame};
 
 use super::primary::PrimaryConn;
-use super::state::{PendingConn, RelayState};
+use super::state::{Opening, PendingConn, RelayState};
 use super::volume_journal::{hex16, VolumeJournal, VolumeMeta};
 use super::{HELLO_TIMEOUT_MS, PENDING_CONNS_MAX};
 
@@ -90,16 +96,23 @@ impl RelayState {
         busy
     }
 
-    pub(super) fn on_hello(&mut self, mut pc: PendingConn, h: Hello<'static>, name: String) {
-        let hello = Hello {
-            volume_name: &name,
-            ..h
-        };
-        let expected = Role::Primary;
-        let mut vi = self.volumes.iter().position(|v| v.meta.name == name);
-        if vi.is_none() && hello.role == expected {
-            vi = self.open_volume(&hello, &name);
+    pub(super) fn on_hello(&mut self, pc: PendingConn, h: Hello<'static>, name: String) {
+        let vi = self.volumes.iter().position(|v| v.meta.name == name);
+        if vi.is_none() && h.role == Role::Primary {
+            // A new volume: its journal opens off the reactor; the Hello waits for it.
+            match self.opening.iter_mut().find(|o| o.name == name) {
+                Some(o) => o.waiting.push((pc, h)),
+                None => self.open_volume(pc, h, name),
+            }
+            return;
         }
+        self.answer_hello(pc, h, &name, vi);
+    }
+
+    /// Answers a Hello for volume `name` (`vi`: its index, `None`: no such volume here).
+    fn answer_hello(&mut self, mut pc: PendingConn, h: Hello<'static>, name: &str, vi: Option<usize>) {
+        let hello = Hello { volume_name: name, ..h };
+        let expected = Role::Primary;
         let local = vi.map(|i| self.volumes[i].local());
         let mut reply = answer_hello(&hello, expected, local.as_ref());
         if let (HelloReply::Accepted { generation, .. }, Some(i)) = (&reply, vi) {
@@ -134,8 +147,9 @@ impl RelayState {
     }
 
     /// A primary's first contact for volume `name`: opens (creates) its journal, in the
-    /// directory its spec names or under the journal root. `None` (logged) if that fails.
-    fn open_volume(&mut self, hello: &Hello<'_>, name: &str) -> Option<usize> {
+    /// directory its spec names or under the journal root, on a thread of its own; the
+    /// Hello is answered by [`Self::poll_opening`] once it is open (or failed, logged).
+    fn open_volume(&mut self, pc: PendingConn, h: Hello<'static>, name: String) {
         let spec = self
             .shared
             .specs
@@ -147,24 +161,67 @@ impl RelayState {
         let dir = spec
             .as_ref()
             .and_then(|s| s.dir.clone())
-            .unwrap_or_else(|| self.cfg.journal_root.join(name));
+            .unwrap_or_else(|| self.cfg.journal_root.join(&name));
         let meta = VolumeMeta {
-            name: name.to_string(),
-            volume_id: hex16(&hello.volume_id),
-            block_size: hello.block_size,
-            generation: hello.generation,
+            name: name.clone(),
+            volume_id: hex16(&h.volume_id),
+            block_size: h.block_size,
+            generation: h.generation,
             fenced_below: 0,
         };
-        match VolumeJournal::open(&self.cfg, meta, dir, spec.as_ref(), true) {
-            Ok(v) => {
-                self.volumes.push(v);
-                Some(self.volumes.len() - 1)
+        let cfg = self.cfg.clone();
+        let (tx, rx) = mpsc::channel();
+        let job = move || {
+            if let Some(hook) = &cfg.journal_open_hook {
+                (hook.0)(&meta.name);
             }
-            Err(e) => {
-                log::error!("relay: volume {name}: {e}");
-                None
+            let r = VolumeJournal::open(&cfg, meta, dir, spec.as_ref(), true).map_err(|e| e.to_string());
+            let _ = tx.send(r);
+        };
+        if let Err(e) = std::thread::Builder::new().name("journal-open".into()).spawn(job) {
+            log::error!("relay: volume {name}: cannot start a thread to open its journal: {e}");
+            self.answer_hello(pc, h, &name, None);
+            return;
+        }
+        log::info!("relay: volume {name}: opening its journal for primary {}", pc.peer);
+        self.opening.push(Opening {
+            name,
+            rx,
+            waiting: vec![(pc, h)],
+        });
+    }
+
+    /// Journals opened since the last poll join the relay's volumes, and the Hellos that
+    /// waited for them are answered. True if any finished.
+    pub(super) fn poll_opening(&mut self) -> bool {
+        let mut busy = false;
+        let mut i = 0;
+        while i < self.opening.len() {
+            let r = match self.opening[i].rx.try_recv() {
+                Err(TryRecvError::Empty) => {
+                    i += 1;
+                    continue;
+                }
+                Ok(r) => r,
+                Err(TryRecvError::Disconnected) => Err("the thread opening it ended without an answer".to_string()),
+            };
+            busy = true;
+            let o = self.opening.swap_remove(i);
+            let vi = match r {
+                Ok(v) => {
+                    self.volumes.push(v);
+                    Some(self.volumes.len() - 1)
+                }
+                Err(e) => {
+                    log::error!("relay: volume {}: {e}", o.name);
+                    None
+                }
+            };
+            for (pc, h) in o.waiting {
+                self.answer_hello(pc, h, &o.name, vi);
             }
         }
+        busy
     }
 
     /// An accepted primary becomes volume `i`'s primary connection (replacing any older

@@ -127,6 +127,19 @@ pub struct RelayConfig {
     pub forwarder: bool,
     /// Reactor to run on (`None`: the first).
     pub core: Option<u32>,
+    /// Called with the volume's name on the thread that opens a new volume's journal,
+    /// before it opens it (tests hold an open there; `None` in service).
+    pub journal_open_hook: Option<JournalOpenHook>,
+}
+
+/// See [`RelayConfig::journal_open_hook`].
+#[derive(Clone)]
+pub struct JournalOpenHook(pub Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for JournalOpenHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JournalOpenHook")
+    }
 }
 
 impl RelayConfig {
@@ -145,6 +158,7 @@ impl RelayConfig {
             forward: ForwardPolicy::Immediate,
             forwarder: true,
             core: None,
+            journal_open_hook: None,
         }
     }
 }
@@ -281,6 +295,7 @@ impl Relay {
             acceptor,
             pending: Vec::with_capacity(PENDING_CONNS_MAX),
             volumes,
+            opening: Vec::new(),
             status_ns: 0,
             poller: None,
             stopped: false,

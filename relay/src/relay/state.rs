@@ -26,12 +26,21 @@ pub(super) struct PendingConn {
     pub(super) since_ns: u64,
 }
 
+/// A journal being opened off the reactor (`accept.rs`), and the Hellos waiting for it.
+pub(super) struct Opening {
+    pub(super) name: String,
+    pub(super) rx: std::sync::mpsc::Receiver<Result<VolumeJournal, String>>,
+    pub(super) waiting: Vec<(PendingConn, rdma_transport::wire::Hello<'static>)>,
+}
+
 pub(super) struct RelayState {
     pub(super) cfg: RelayConfig,
     pub(super) shared: Arc<RelayShared>,
     pub(super) acceptor: AnyAcceptor,
     pub(super) pending: Vec<PendingConn>,
     pub(super) volumes: Vec<VolumeJournal>,
+    /// Journals being opened for a primary's first Hello.
+    pub(super) opening: Vec<Opening>,
     pub(super) status_ns: u64,
     pub(super) poller: Option<reactor::PollerId>,
     pub(super) stopped: bool,
@@ -50,6 +59,9 @@ pub(super) struct RelayState {
 /// openings, `PrimaryLiveness` to the standby (every 100 ms), handshake and gap time-outs
 /// and the status are timers of this poller (`docs/architecture.md`, "Idle reactors").
 pub(super) const IDLE_TICK_NS: u64 = 10_000_000;
+
+/// How often a relay with a journal being opened looks whether it is open.
+const OPENING_POLL_NS: u64 = 1_000_000;
 
 impl RelayState {
     /// Puts in `out` every socket the relay waits on while idle (listeners, handshakes,
@@ -108,6 +120,7 @@ impl RelayState {
                         }
                     }
                     self.volumes.clear();
+                    self.opening.clear();
                     self.root_lock = None;
                     self.pending.clear();
                     if let Some(id) = self.poller.take() {
@@ -120,6 +133,11 @@ impl RelayState {
         }
         busy |= self.accept(now);
         busy |= self.handshakes(now);
+        if !self.opening.is_empty() {
+            busy |= self.poll_opening();
+            // Look again soon: nothing the reactor watches says when a journal is open.
+            reactor::wake_by(now + OPENING_POLL_NS);
+        }
         self.ready.clear();
         if let Some(r) = self.readiness.as_mut() {
             if let Err(e) = r.poll(&mut self.ready) {

@@ -120,6 +120,9 @@ pub struct RelayStatus {
     pub forward_policy: Option<ForwardPolicy>,
     /// Volumes.
     pub volumes: Vec<RelayVolumeStatus>,
+    /// Volumes whose journal is being opened for a primary's first Hello (off the
+    /// reactor; the Hello is answered once it is open).
+    pub journals_opening: Vec<String>,
 }
 
 impl RelayState {
@@ -192,6 +195,7 @@ impl RelayState {
                     }
                 })
                 .collect(),
+            journals_opening: self.opening.iter().map(|o| o.name.clone()).collect(),
         };
         if let Ok(mut s) = self.shared.status.try_lock() {
             *s = st;
