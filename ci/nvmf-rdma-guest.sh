@@ -9,7 +9,8 @@ for m in crc32c_generic nvme-rdma ext4; do modprobe "$m" || echo "E2E: modprobe 
 NQN=nqn.2016-06.io.baton:e2e
 RA=192.0.2.1
 # The target: its e2e and restricted subsystems on TCP (loopback) and on RDMA at $RA:4420.
-nvmf_tgt 127.0.0.1:4420 128 --rdma $RA:4420 --rp-sink > /tmp/tgt-rdma.log 2>&1 &
+mkfifo /tmp/tgt-ctl
+nvmf_tgt 127.0.0.1:4420 128 --rdma $RA:4420 --rp-sink --ctl /tmp/tgt-ctl > /tmp/tgt-rdma.log 2>&1 &
 NVMF_PID=$!
 for i in $(seq 100); do grep -q ready /tmp/tgt-rdma.log && break; sleep 0.2; done
 wait_dev() { for i in $(seq 300); do [ -b /dev/nvme0n1 ] && return 0; sleep 0.1; done; return 1; }
@@ -23,7 +24,8 @@ rp() {
   out=$(nvme io-passthru /dev/nvme0n1 --opcode=0x81 --namespace-id=1 --cdw10=${#1} --data-len=${#1} \
     --write --input-file=/tmp/tag 2>&1) || { echo "$out" >&2; return 1; }
   echo "$out" >&2
-  echo $((16#$(echo "$out" | sed -n 's/.*result: *\([0-9a-fA-F]*\).*/\1/p')))
+  # nvme-cli prints "... is Success and result: 0x00000015" (older ones without 0x).
+  echo $((16#$(echo "$out" | sed -n 's/.*result: *\(0x\)\{0,1\}\([0-9a-fA-F]*\).*/\2/p')))
 }
 # The epoch of tag $1 came back to the host and is the one the sink gave that tag.
 rp_check() { local e; e=$(rp "$1") && [ "$e" -gt 0 ] && grep -q "restart point $e tag '$1'" /tmp/tgt-rdma.log; }
@@ -71,6 +73,10 @@ if [ -b /dev/nvme0n1 ]; then
   check nvmf-rdma-compare-8k nvme compare /dev/nvme0n1 -n 1 -s 100 -c 1 -z 8192 -d /tmp/cmp
   cp /tmp/cmp /tmp/cmp2; printf 'X' | dd of=/tmp/cmp2 bs=1 seek=5000 conv=notrunc 2>/dev/null
   check nvmf-rdma-miscompare bash -c "nvme compare /dev/nvme0n1 -n 1 -s 100 -c 1 -z 8192 -d /tmp/cmp2 > /tmp/c 2>&1; rc=\$?; cat /tmp/c; [ \$rc != 0 ] && grep -qiE 'compare|0x285' /tmp/c"
+  # nvmf_get_stats while connected: the RDMA poll group's counters moved (capsules taken,
+  # work completions, one restart point timed out, one I/O queue pair or more now).
+  check nvmf-rdma-stats bash -c "echo stats > /tmp/tgt-ctl; for i in \$(seq 50); do grep -q 'nvmf_tgt: stats' /tmp/tgt-rdma.log && break; sleep 0.1; done; grep 'nvmf_tgt: stats' /tmp/tgt-rdma.log | tail -1 | tee /dev/stderr | grep '\"trtype\":\"RDMA\"' | grep -q '\"restart_point_timeouts\":1' && grep 'nvmf_tgt: stats' /tmp/tgt-rdma.log | tail -1 | grep -qE '\"requests\":[1-9]'"
+  grep 'nvmf_tgt: stats' /tmp/tgt-rdma.log | tail -1 | sed 's/^/NVMF-RDMA /'
   # The host leaves while a restart point is pending; its answer comes after the queue
   # closed and completes nothing (the target stays up: checked below).
   (rp late > /tmp/late.log 2>&1 &)

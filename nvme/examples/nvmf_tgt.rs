@@ -12,7 +12,8 @@
 //! - `--cntlid MIN-MAX`: its controller ID range (two processes exporting it as two paths
 //!   must not overlap);
 //! - `--ctl FIFO`: reads lines `ana ADDR:PORT STATE` from FIFO (made with `mkfifo`) and
-//!   sets that listener's ANA state, as `nvmf_subsystem_listener_set_ana_state` does.
+//!   sets that listener's ANA state, as `nvmf_subsystem_listener_set_ana_state` does, and
+//!   `stats`, which prints `nvmf_get_stats`'s answer on one line (`nvmf_tgt: stats {...}`).
 //!
 //! `--auth HOSTNQN=KEYFILE[,CTRLKEYFILE]` (repeatable): subsystem `nqn.2016-06.io.baton:auth`
 //! on ADDR:PORT admits HOSTNQN only after DH-HMAC-CHAP with the secret in KEYFILE (a
@@ -273,6 +274,9 @@ fn control(t: Arc<Target>, path: String) {
                     (Ok(a), Some(s)) => t.set_ana_state(ANA_NQN, a, s, None).map_err(|e| e.to_string()),
                     _ => Err("bad address or state".into()),
                 },
+                ["stats"] => nvme::rpc::nvmf_get_stats(&t, None)
+                    .map(|v| println!("nvmf_tgt: stats {v}"))
+                    .map_err(|e| format!("{e:?}")),
                 _ => Err("unknown command".into()),
             };
             match r {
