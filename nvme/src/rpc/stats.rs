@@ -55,10 +55,12 @@ fn tcp_transport(g: &GroupStats) -> Value {
 
 /// Each transport's poll groups: (core, the group's counters, its transport entry).
 fn transport_groups() -> Vec<(u32, [u64; 6], Value)> {
-    let mut v: Vec<(u32, [u64; 6], Value)> = crate::nvmf::tcp::group_stats()
+    let v: Vec<(u32, [u64; 6], Value)> = crate::nvmf::tcp::group_stats()
         .iter()
         .map(|g| (g.core, tcp_counters(g), tcp_transport(g)))
         .collect();
+    #[cfg(feature = "rdma")]
+    let mut v = v;
     #[cfg(feature = "rdma")]
     v.extend(crate::nvmf::rdma::group_stats().iter().map(|g| {
         let c = [

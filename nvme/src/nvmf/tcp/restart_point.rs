@@ -63,6 +63,9 @@ impl Conn {
 
     /// Completes restart points whose sink did not answer in time.
     pub(super) fn expire_restart_points(&mut self, now: u64) -> bool {
+        if self.rp.pending() == 0 {
+            return false;
+        }
         let mut rp = std::mem::take(&mut self.rp);
         let any = rp.expire(now, |slot| {
             log::warn!(
