@@ -94,3 +94,61 @@ if [ "$fail" != 0 ]; then
   dmesg | grep -iE 'nvme|rdma' | tail -30 | sed 's/^/E2E dmesg: /'
 fi
 kill $NVMF_PID 2>/dev/null; wait $NVMF_PID 2>/dev/null
+
+# Restart points from the kernel host over NVMe/RDMA into a replicated volume, when baton
+# is in the guest (not with RDMA_E2E_SKIP_CHAOS=1): `baton target` exports the volume on
+# RDMA, one relay and a delayed-mode standby take the replication over TCP (loopback). The
+# host writes, declares a restart point with io-passthru, and the standby applies it (its
+# status names the tag); then a Flush (the volume's flush_is_restart_point) is applied as
+# the next epoch.
+if command -v baton > /dev/null; then
+  D=/dev/shm/rdma-dr; mkdir -p $D/r1
+  DRNQN=nqn.2016-06.io.baton:rdma-dr
+  wait_sock() { for i in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.2; done; return 1; }
+  baton standby -m 0x1 -r $D/sb.sock --listen 127.0.0.1:4672 --bdev vol=malloc,size=64M \
+    --bdev stg=malloc,size=64M > $D/sb.log 2>&1 &
+  SB=$!
+  baton relay -m 0x2 -r $D/r1.sock --listen 127.0.0.1:4573 --journal-dir $D/r1 --journal-bytes-max 64M \
+    --standby 127.0.0.1:4672 --no-direct > $D/r1.log 2>&1 &
+  R1=$!
+  baton target -m 0x1 -r $D/p.sock --bdev base=malloc,size=64M > $D/p.log 2>&1 &
+  P=$!
+  SBR="baton rpc -s $D/sb.sock"; PR="baton rpc -s $D/p.sock"
+  export SBR DRNQN
+  dr_setup() {
+    wait_sock $D/sb.sock && wait_sock $D/r1.sock && wait_sock $D/p.sock &&
+    $SBR standby_create --name v0 --mode delayed --volume_bdev vol --staging_bdev stg --format true &&
+    $PR replication_create_volume --name v0 --base_bdev base --relays '["127.0.0.1:4573"]' --flush_is_restart_point true &&
+    $PR nvmf_create_transport --trtype RDMA &&
+    $PR nvmf_create_subsystem --nqn $DRNQN --allow_any_host true &&
+    $PR nvmf_subsystem_add_ns --nqn $DRNQN --namespace '{"bdev_name":"v0"}' &&
+    $PR nvmf_subsystem_add_listener --nqn $DRNQN \
+      --listen_address "{\"trtype\":\"RDMA\",\"adrfam\":\"IPv4\",\"traddr\":\"$RA\",\"trsvcid\":\"4421\"}"
+  }
+  # The standby's applied epoch and tag reach $1 / $2 within 60 s.
+  dr_applied() {
+    local i st
+    for i in $(seq 300); do
+      st=$($SBR standby_get_status 2>/dev/null | tr -d ' \n')
+      if echo "$st" | grep -qE "\"applied_epoch\":$1[,}]" && echo "$st" | grep -q "\"applied_tag\":\"$2\""; then
+        echo "$st"; return 0
+      fi
+      sleep 0.2
+    done
+    echo "$st"; return 1
+  }
+  export -f dr_applied wait_sock
+  check nvmf-rdma-dr-setup dr_setup
+  check nvmf-rdma-dr-connect bash -c "nvme connect -t rdma -n $DRNQN -a $RA -s 4421 && wait_dev"
+  if [ -b /dev/nvme0n1 ]; then
+    check nvmf-rdma-dr-write dd if=/dev/urandom of=/dev/nvme0n1 bs=64k count=16 oflag=direct
+    check nvmf-rdma-dr-restart-point bash -c "e=\$(rp rdma-dr-1) && echo epoch \$e && dr_applied \$e rdma-dr-1"
+    check nvmf-rdma-dr-flush bash -c "e=\$(\$SBR standby_get_status | tr -d ' \n' | grep -oE '\"applied_epoch\":[0-9]+' | cut -d: -f2) && nvme flush /dev/nvme0n1 -n 1 && dr_applied \$((e+1)) ''"
+    check nvmf-rdma-dr-disconnect bash -c "nvme disconnect -n $DRNQN && gone_dev"
+  fi
+  check nvmf-rdma-dr-alive kill -0 $P $R1 $SB
+  if [ "$fail" != 0 ]; then
+    for f in p r1 sb; do tail -15 $D/$f.log | sed "s/^/E2E dr $f: /"; done
+  fi
+  kill $P $R1 $SB 2>/dev/null; wait $P $R1 $SB 2>/dev/null
+fi
