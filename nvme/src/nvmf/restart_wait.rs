@@ -95,21 +95,17 @@ impl RestartWaits {
         true
     }
 
-    /// Ends every wait whose deadline passed, calling `expired(slot)` for each.
-    pub(crate) fn expire(&mut self, now_ns: u64, mut expired: impl FnMut(usize)) -> bool {
+    /// Ends the first wait whose deadline passed and returns its slot; None if none did.
+    /// The caller completes that command (and may close its queue, which clears the rest)
+    /// before asking for the next.
+    pub(crate) fn next_expired(&mut self, now_ns: u64) -> Option<usize> {
         if self.pending == 0 {
-            return false;
+            return None;
         }
-        let mut any = false;
-        for (slot, w) in self.slots.iter_mut().enumerate() {
-            if w.seq != 0 && now_ns >= w.deadline_ns {
-                *w = Wait::default();
-                self.pending -= 1;
-                expired(slot);
-                any = true;
-            }
-        }
-        any
+        let slot = self.slots.iter().position(|w| w.seq != 0 && now_ns >= w.deadline_ns)?;
+        self.slots[slot] = Wait::default();
+        self.pending -= 1;
+        Some(slot)
     }
 
     /// The queue closed: no wait completes any more (answers still in flight find none).
@@ -186,10 +182,9 @@ mod tests {
         let mut w = RestartWaits::new(3);
         let a = w.begin(0, 100, 0).unwrap();
         let b = w.begin(1, 500, 0).unwrap();
-        let mut hit = Vec::new();
-        assert!(!w.expire(99, |s| hit.push(s)));
-        assert!(w.expire(100, |s| hit.push(s)));
-        assert_eq!(hit, [0]);
+        assert_eq!(w.next_expired(99), None);
+        assert_eq!(w.next_expired(100), Some(0));
+        assert_eq!(w.next_expired(100), None);
         assert!(!w.answer(0, a), "timed out already");
         // The slot is reused: the old answer still does not match.
         let c = w.begin(0, 100, 200).unwrap();
@@ -198,7 +193,7 @@ mod tests {
         assert!(w.answer(1, b));
         assert!(w.answer(0, c));
         assert_eq!(w.pending(), 0);
-        assert!(!w.expire(u64::MAX, |_| panic!("nothing waits")));
+        assert_eq!(w.next_expired(u64::MAX), None, "nothing waits");
     }
 
     #[test]
@@ -209,7 +204,7 @@ mod tests {
         w.clear();
         assert_eq!(w.pending(), 0);
         assert!(!w.answer(0, a));
-        assert!(!w.expire(u64::MAX, |_| panic!("cleared")));
+        assert_eq!(w.next_expired(u64::MAX), None, "cleared");
     }
 
     #[test]

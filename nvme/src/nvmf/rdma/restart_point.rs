@@ -66,11 +66,9 @@ impl Queue {
 
     /// Completes restart points whose sink did not answer in time (Namespace Not Ready).
     pub(super) fn expire_restart_points(&mut self, now: u64) -> bool {
-        if self.rp.pending() == 0 {
-            return false;
-        }
-        let mut rp = std::mem::take(&mut self.rp);
-        let any = rp.expire(now, |slot| {
+        let mut any = false;
+        while self.phase != Phase::Closing {
+            let Some(slot) = self.rp.next_expired(now) else { break };
             log::warn!(
                 "nvmf: RDMA queue from {}: restart point (command {}) not replicated in time",
                 self.peer,
@@ -79,8 +77,8 @@ impl Queue {
             self.stat(|s| &s.awaiting_restart_point, -1);
             self.stat(|s| &s.restart_point_timeouts, 1);
             self.complete(slot as u32, restart_wait::EXPIRED, 0, 0);
-        });
-        self.rp = rp;
+            any = true;
+        }
         any
     }
 

@@ -63,11 +63,9 @@ impl Conn {
 
     /// Completes restart points whose sink did not answer in time.
     pub(super) fn expire_restart_points(&mut self, now: u64) -> bool {
-        if self.rp.pending() == 0 {
-            return false;
-        }
-        let mut rp = std::mem::take(&mut self.rp);
-        let any = rp.expire(now, |slot| {
+        let mut any = false;
+        while self.phase != Phase::Closing {
+            let Some(slot) = self.rp.next_expired(now) else { break };
             log::warn!(
                 "nvmf: {}: restart point (command {}) not replicated in time",
                 self.peer,
@@ -75,8 +73,8 @@ impl Conn {
             );
             self.stat(|s| &s.completed_nvme_io, 1);
             self.complete(slot, restart_wait::EXPIRED, 0, 0);
-        });
-        self.rp = rp;
+            any = true;
+        }
         any
     }
 }
