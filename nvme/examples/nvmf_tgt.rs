@@ -12,7 +12,8 @@
 //! - `--cntlid MIN-MAX`: its controller ID range (two processes exporting it as two paths
 //!   must not overlap);
 //! - `--ctl FIFO`: reads lines `ana ADDR:PORT STATE` from FIFO (made with `mkfifo`) and
-//!   sets that listener's ANA state, as `nvmf_subsystem_listener_set_ana_state` does.
+//!   sets that listener's ANA state, as `nvmf_subsystem_listener_set_ana_state` does, and
+//!   `stats`, which prints `nvmf_get_stats`'s answer on one line (`nvmf_tgt: stats {...}`).
 //!
 //! `--auth HOSTNQN=KEYFILE[,CTRLKEYFILE]` (repeatable): subsystem `nqn.2016-06.io.baton:auth`
 //! on ADDR:PORT admits HOSTNQN only after DH-HMAC-CHAP with the secret in KEYFILE (a
@@ -28,16 +29,25 @@
 //! NVMe/RDMA at ADDR:PORT (an address of an RDMA device, e.g. Soft-RoCE's;
 //! `docs/nvme-rdma.md`), with the RDMA transport's default options.
 //!
+//! `--rp-sink`: the e2e subsystem's namespace takes restart points (`docs/restart-points.md`)
+//! through a test sink: each tag is answered with the next epoch (1, 2, ...) and printed as
+//! `nvmf_tgt: restart point EPOCH tag 'TAG'`; Flush is a restart point too (empty tag); the
+//! tag `hold` is never answered (the command times out after 3 s), the tag `late` is
+//! answered after 2 s from another thread (for a host that disconnects meanwhile).
+//!
 //! `--pcie BDF` (feature `vfio`): attaches the NVMe controller at BDF (bound to vfio-pci)
 //! with baton's user-space driver and exports its first namespace as
 //! `nqn.2016-06.io.baton:pcie` on ADDR:PORT.
 
 use engine::reactor::{IdleMode, ReactorOpts, Reactors};
 use nvme::nvmf::ana::AnaState;
+use nvme::nvmf::restart::{self, RestartPointDone, RestartPointSink};
 use nvme::nvmf::{SubsystemParams, Target};
 use std::io::BufRead;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 const ANA_NQN: &str = "nqn.2016-06.io.baton:ana";
 
@@ -52,6 +62,47 @@ struct AnaArgs {
     tls: Option<SocketAddr>,
     tls_hosts: Vec<String>,
     rdma: Option<SocketAddr>,
+    rp_sink: bool,
+}
+
+/// The `--rp-sink` restart point sink (test code: a mutex and a thread are fine here).
+#[derive(Default)]
+struct TestSink {
+    epoch: AtomicU64,
+    held: Mutex<Vec<RestartPointDone>>,
+}
+
+impl RestartPointSink for TestSink {
+    fn declare(&self, tag: &[u8], done: RestartPointDone) {
+        let tag = String::from_utf8_lossy(tag).into_owned();
+        match tag.as_str() {
+            "hold" => {
+                println!("nvmf_tgt: restart point held tag 'hold'");
+                self.held.lock().unwrap_or_else(|e| e.into_inner()).push(done);
+            }
+            _ => {
+                let e = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
+                println!("nvmf_tgt: restart point {e} tag '{tag}'");
+                if tag == "late" {
+                    std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_secs(2));
+                        println!("nvmf_tgt: restart point {e} answered late");
+                        done(Ok(e));
+                    });
+                } else {
+                    done(Ok(e));
+                }
+            }
+        }
+    }
+
+    fn flush_is_restart_point(&self) -> bool {
+        true
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(3)
+    }
 }
 
 fn state(s: &str) -> AnaState {
@@ -62,6 +113,10 @@ fn ana_args(args: &[String]) -> AnaArgs {
     let mut a = AnaArgs::default();
     let mut it = args.iter();
     while let Some(k) = it.next() {
+        if k == "--rp-sink" {
+            a.rp_sink = true;
+            continue;
+        }
         let v = it.next().unwrap_or_else(|| panic!("{k} needs a value"));
         match k.as_str() {
             "--ana-listen" => {
@@ -219,6 +274,9 @@ fn control(t: Arc<Target>, path: String) {
                     (Ok(a), Some(s)) => t.set_ana_state(ANA_NQN, a, s, None).map_err(|e| e.to_string()),
                     _ => Err("bad address or state".into()),
                 },
+                ["stats"] => nvme::rpc::nvmf_get_stats(&t, None)
+                    .map(|v| println!("nvmf_tgt: stats {v}"))
+                    .map_err(|e| format!("{e:?}")),
                 _ => Err("unknown command".into()),
             };
             match r {
@@ -285,6 +343,11 @@ fn main() {
                 .unwrap_or_else(|e| panic!("--rdma {ra}: {e}"));
             println!("nvmf_tgt: {nqn} on RDMA {a}");
         }
+    }
+    if ana.rp_sink {
+        // Kept registered for the life of the process.
+        restart::register("Malloc0", Arc::new(TestSink::default()));
+        println!("nvmf_tgt: restart points on Malloc0");
     }
     ana_subsystem(&t, addr, mib, &ana);
     if !ana.auth.is_empty() {

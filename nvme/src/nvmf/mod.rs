@@ -19,6 +19,7 @@ pub mod rdma;
 pub mod rdma_opts;
 pub mod rdma_proto;
 pub mod restart;
+pub(crate) mod restart_wait;
 pub mod tcp;
 pub mod tls;
 

@@ -5,7 +5,7 @@
 //! (`docs/nvme-rdma.md`).
 
 use super::queue::{Queue, Req, St, CQE_BYTES, WR_READ, WR_SEND, WR_WRITE};
-use crate::nvmf::channels::QueueChannels;
+use crate::nvmf::channels::{QueueChannels, Submitted};
 use crate::nvmf::connect;
 use crate::nvmf::ctrlr::{AdminResult, QueueInfo, AER_MAX};
 use crate::nvmf::io::{self, IoCmd};
@@ -75,10 +75,6 @@ impl Queue {
         let sqe = self.reqs[i as usize].sqe;
         let (geo, chan) = self.io.namespace(&c, sqe.nsid)?;
         let cmd = io::parse_io_cmd(&sqe, geo, self.opts.max_io_size)?;
-        if matches!(cmd, IoCmd::Compare { .. } | IoCmd::RestartPoint { .. }) {
-            // Not on this transport yet (docs/nvme-rdma.md).
-            return Err(Status::INVALID_OPCODE);
-        }
         let r = &mut self.reqs[i as usize];
         r.cmd = cmd;
         r.chan = chan;
@@ -107,6 +103,8 @@ impl Queue {
             return self.dispatch(i);
         };
         self.reqs[i as usize].st = St::Reading;
+        self.stat(|s| &s.pending_rdma_read, 1);
+        self.stat(|s| &s.total_send_wrs, 1);
         let off = i as usize * self.slot_bytes;
         let posted = self.qp.post_rdma(
             WR_READ | u64::from(i),
@@ -129,6 +127,9 @@ impl Queue {
         if r.st != St::Reading {
             return;
         }
+        r.st = St::Executing { pending: 0 };
+        self.stat(|s| &s.pending_rdma_read, -1);
+        let r = &mut self.reqs[i as usize];
         let DataDesc::Keyed { len, .. } = r.desc else { return };
         let off = i as usize * self.slot_bytes;
         let mem = self.qp.mem(Mem::Data);
@@ -137,7 +138,6 @@ impl Queue {
             b.copy_from_slice(&mem[off..off + len as usize]);
         }
         r.in_len = len;
-        r.st = St::Executing { pending: 0 };
         self.dispatch(i);
     }
 
@@ -218,6 +218,13 @@ impl Queue {
         });
         let cntlid = c.cntlid;
         self.ctrlr = Some(c);
+        if self.qid == 0 {
+            self.stat(|s| &s.admin_qpairs, 1);
+            self.stat(|s| &s.current_admin_qpairs, 1);
+        } else {
+            self.stat(|s| &s.io_qpairs, 1);
+            self.stat(|s| &s.current_io_qpairs, 1);
+        }
         Ok(u32::from(cntlid))
     }
 
@@ -264,6 +271,8 @@ impl Queue {
             return true;
         }
         let off = i as usize * self.slot_bytes;
+        self.stat(|s| &s.rdma_writes, 1);
+        self.stat(|s| &s.total_send_wrs, 1);
         let posted = self.qp.post_rdma(
             WR_WRITE | u64::from(i),
             RdmaOp::Write,
@@ -296,6 +305,10 @@ impl Queue {
         let off = i as usize * CQE_BYTES;
         self.qp.mem_mut(Mem::Send)[off..off + CQE_BYTES].copy_from_slice(cqe.as_bytes());
         self.reqs[i as usize].st = St::Sending;
+        if self.qid != 0 && self.reqs[i as usize].sqe.opc != admin_opc::FABRICS {
+            self.stat(|s| &s.completed_nvme_io, 1);
+        }
+        self.stat(|s| &s.total_send_wrs, 1);
         if let Err((op, e)) = self.qp.post_send(WR_SEND | u64::from(i), off, CQE_BYTES, true) {
             log::info!("nvmf: RDMA queue from {}: {op}: {e}", self.peer);
             self.close("cannot post a SEND");
@@ -316,7 +329,23 @@ impl Queue {
                 (IoOp::Read, slba, nlb, r.buf.take())
             }
             IoCmd::Write { slba, nlb, .. } => (IoOp::Write, slba, nlb, r.buf.take()),
+            IoCmd::Compare { slba, nlb, bytes } => {
+                // The host's data waits in the registered data slot (a keyed transfer left
+                // it there; in-capsule data is put there) while the bdev reads into the
+                // request's buffer beside it.
+                let (off, n) = (i as usize * self.slot_bytes, bytes as usize);
+                if let (Some(b), false) = (r.buf.as_mut(), matches!(r.desc, DataDesc::Keyed { .. })) {
+                    let m = n.min(b.len());
+                    self.qp.mem_mut(Mem::Data)[off..off + m].copy_from_slice(&b[..m]);
+                }
+                if let Some(b) = r.buf.as_mut() {
+                    b.set_len(n);
+                }
+                (IoOp::Read, slba, nlb, r.buf.take())
+            }
+            IoCmd::RestartPoint { tag_len } => return self.start_restart_point(i, tag_len),
             IoCmd::Flush if supports(IoOp::Flush) => (IoOp::Flush, 0, 0, None),
+            IoCmd::Flush => return self.flush_done(i),
             IoCmd::WriteZeroes { slba, nlb } if supports(IoOp::WriteZeroes) => (IoOp::WriteZeroes, slba, nlb, None),
             IoCmd::WriteZeroes { .. } => return self.complete(i, Status::INVALID_OPCODE, 0, 0),
             IoCmd::Dsm { ranges, deallocate } if deallocate && supports(IoOp::Unmap) => {
@@ -343,14 +372,22 @@ impl Queue {
         let data = &r.buf.as_deref().unwrap_or(&[])[..r.in_len as usize];
         match self.io.unmap_ranges(r.chan, data, ranges, u64::from(i)) {
             Err(s) => self.complete(i, s, 0, 0),
-            Ok(n) if n.pending == 0 => self.complete(i, Status::SUCCESS, 0, 0),
-            Ok(n) => self.reqs[i as usize].st = St::Executing { pending: n.pending },
+            Ok(n) => {
+                self.stat(|s| &s.pending_bdev_io, i64::from(n.tried));
+                if n.pending == 0 {
+                    return self.complete(i, Status::SUCCESS, 0, 0);
+                }
+                self.reqs[i as usize].st = St::Executing { pending: n.pending };
+            }
         }
     }
 
     fn submit(&mut self, i: u32, io: IoRequest) {
         let chan = self.reqs[i as usize].chan;
-        self.io.submit(chan, io);
+        // Counted when tried on the channel (taken or handed back), as on TCP.
+        if self.io.submit(chan, io) != Submitted::Queued {
+            self.stat(|s| &s.pending_bdev_io, 1);
+        }
     }
 
     /// Reaps bdev completions and resubmits what a full channel handed back.
@@ -359,6 +396,7 @@ impl Queue {
             self,
             |q| &mut q.io,
             |q, done| {
+                q.stat(|s| &s.pending_bdev_io, -(done.len() as i64));
                 for cpl in done.drain(..) {
                     q.on_bdev_done(cpl);
                 }
@@ -375,7 +413,7 @@ impl Queue {
         }
         if let Err(e) = &cpl.result {
             let op = match r.cmd {
-                IoCmd::Read { .. } => IoOp::Read,
+                IoCmd::Read { .. } | IoCmd::Compare { .. } => IoOp::Read,
                 IoCmd::WriteZeroes { .. } => IoOp::WriteZeroes,
                 IoCmd::Dsm { .. } => IoOp::Unmap,
                 IoCmd::Flush => IoOp::Flush,
@@ -392,16 +430,30 @@ impl Queue {
             return;
         }
         let status = r.status;
-        if let (true, IoCmd::Read { bytes, .. }) = (status.is_success(), r.cmd) {
-            let off = i as usize * self.slot_bytes;
-            let n = bytes as usize;
-            if let Some(b) = r.buf.as_deref() {
-                self.qp.mem_mut(Mem::Data)[off..off + n].copy_from_slice(&b[..n]);
-            }
-            if !self.write_to_host(i, n) {
-                return;
-            }
+        if !status.is_success() {
+            return self.complete(i, status, 0, 0);
         }
-        self.complete(i, status, 0, 0);
+        let off = i as usize * self.slot_bytes;
+        match r.cmd {
+            IoCmd::Read { bytes, .. } => {
+                let n = bytes as usize;
+                if let Some(b) = r.buf.as_deref() {
+                    self.qp.mem_mut(Mem::Data)[off..off + n].copy_from_slice(&b[..n]);
+                }
+                if !self.write_to_host(i, n) {
+                    return;
+                }
+                self.complete(i, status, 0, 0);
+            }
+            IoCmd::Compare { bytes, .. } => {
+                let n = bytes as usize;
+                let host = &self.qp.mem(Mem::Data)[off..off + n];
+                let same = r.buf.as_deref().is_some_and(|b| b.len() >= n && b[..n] == *host);
+                let st = if same { Status::SUCCESS } else { Status::COMPARE_FAILURE };
+                self.complete(i, st, 0, 0);
+            }
+            IoCmd::Flush => self.flush_done(i),
+            _ => self.complete(i, status, 0, 0),
+        }
     }
 }

@@ -18,6 +18,10 @@
 
 mod exec;
 mod queue;
+mod restart_point;
+mod stats;
+
+pub use stats::{group_stats, RdmaGroupStats};
 
 use super::rdma_proto::{self, CmLimits};
 use super::{ListenerHandle, Target, TargetError};
@@ -145,6 +149,7 @@ fn accept_some(ch: &Channel, target: &Arc<Target>, cores: &[u32], listen: Socket
 /// One reactor's RDMA queues.
 struct PollGroup {
     queues: Vec<Queue>,
+    stats: Arc<RdmaGroupStats>,
 }
 
 thread_local! {
@@ -154,15 +159,18 @@ thread_local! {
 /// Adds an accepted queue to the calling reactor's poll group (creating the group and its
 /// poller on first use). Runs on the reactor, from a message.
 fn group_add(mut q: Box<Queue>) {
-    q.set_core(reactor::current_core().unwrap_or(0));
+    let core = reactor::current_core().unwrap_or(0);
     GROUP.with(|g| {
         let mut g = g.borrow_mut();
         if g.is_none() {
             reactor::register_poller("nvmf_rdma_poll_group", None, group_poll);
         }
-        g.get_or_insert_with(|| PollGroup { queues: Vec::new() })
-            .queues
-            .push(*q);
+        let g = g.get_or_insert_with(|| PollGroup {
+            queues: Vec::new(),
+            stats: stats::register(core),
+        });
+        q.join_group(core, g.stats.clone());
+        g.queues.push(*q);
     });
 }
 
@@ -191,9 +199,11 @@ fn group_poll() -> PollStatus {
                 }
             }
         }
+        stats::bump(&g.stats.polls, 1);
         if busy {
             PollStatus::Busy
         } else {
+            stats::bump(&g.stats.idle_polls, 1);
             PollStatus::Idle
         }
     })

@@ -16,12 +16,15 @@ use super::super::ctrlr::Controller;
 use super::super::io::IoCmd;
 use super::super::keepalive::{self, TrafficNote};
 use super::super::rdma_proto::{self, DataDesc, QueueParams};
+use super::super::restart_wait::{next_queue_id, RestartWaits};
 use super::super::{Target, TargetError, TransportOpts};
+use super::stats::{bump, RdmaGroupStats};
 use crate::spec::{Plain, Sqe, Status};
 use engine::buf::DmaBuf;
 use rdma_transport::rdma::verbs::{cm_event, wc_status_str, Channel, CmId, Qp, QpSizes, Wc};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 /// Work request id kinds (bits 32..; the low 32 bits are a slot or request index).
@@ -61,6 +64,9 @@ pub(super) enum St {
     },
     /// An Asynchronous Event Request waiting for an event.
     Parked,
+    /// Handed to the namespace's restart point sink; waiting for its answer or its
+    /// deadline (`Queue::rp`).
+    AwaitRestartPoint,
     /// Response SEND posted; free when it completes.
     Sending,
 }
@@ -108,6 +114,12 @@ pub(crate) struct Queue {
     pub(super) traffic: bool,
     ka_note: TrafficNote,
     pub(super) core: u32,
+    /// Unique per process: restart point answers find the queue by it.
+    pub(super) uid: u64,
+    /// Requests in AwaitRestartPoint: their answers' numbers and deadlines.
+    pub(super) rp: RestartWaits,
+    /// The poll group's counters (set when the queue joins its group).
+    stats: Option<Arc<RdmaGroupStats>>,
 }
 
 impl Queue {
@@ -182,6 +194,9 @@ impl Queue {
             traffic: false,
             ka_note: TrafficNote::default(),
             core: 0,
+            uid: next_queue_id(),
+            rp: RestartWaits::new(n),
+            stats: None,
         });
         let accept = rdma_proto::encode_accept(params.sq_entries);
         q.id.accept(&accept).map_err(|(op, e)| TargetError::Listen {
@@ -192,8 +207,18 @@ impl Queue {
         Ok(q)
     }
 
-    pub(super) fn set_core(&mut self, core: u32) {
+    /// The queue joins the poll group of reactor `core`.
+    pub(super) fn join_group(&mut self, core: u32, stats: Arc<RdmaGroupStats>) {
         self.core = core;
+        self.stats = Some(stats);
+        self.stat(|s| &s.total_recv_wrs, i64::from(self.params.sq_entries));
+    }
+
+    /// Adds `d` to one of the poll group's counters.
+    pub(super) fn stat(&self, f: impl Fn(&RdmaGroupStats) -> &AtomicU64, d: i64) {
+        if let Some(s) = &self.stats {
+            bump(f(s), d);
+        }
     }
 
     pub(crate) fn poll(&mut self, now: u64) -> QueuePoll {
@@ -215,6 +240,7 @@ impl Queue {
             }
         }
         busy |= self.poll_bdev();
+        busy |= self.expire_restart_points(now);
         busy |= self.deliver_events();
         if busy {
             QueuePoll::Busy
@@ -274,6 +300,7 @@ impl Queue {
                 return true;
             }
             busy |= n > 0;
+            self.stat(|s| &s.completions, n as i64);
             for wc in &wcs[..n] {
                 if self.phase == Phase::Closing {
                     return true;
@@ -311,6 +338,7 @@ impl Queue {
     fn on_capsule(&mut self, slot: u32, len: u32) {
         self.traffic = true;
         if self.free.is_empty() || !self.backlog.is_empty() {
+            self.stat(|s| &s.pending_free_request, 1);
             self.backlog.push_back((slot, len));
             return;
         }
@@ -321,6 +349,7 @@ impl Queue {
     /// receive, and starts the command.
     fn take_capsule(&mut self, slot: u32, len: u32) {
         let Some(i) = self.free.pop() else { return };
+        self.stat(|s| &s.requests, 1);
         let off = slot as usize * self.capsule_bytes;
         let len = (len as usize).min(self.capsule_bytes);
         let mem = self.qp.mem(rdma_transport::rdma::verbs::Mem::Recv);
@@ -345,6 +374,7 @@ impl Queue {
             r.in_len = n;
         }
         self.sqhd = (self.sqhd + 1) % self.params.sq_entries.max(1);
+        self.stat(|s| &s.total_recv_wrs, 1);
         if let Err((op, e)) = self.qp.post_recv(WR_RECV | u64::from(slot), off, self.capsule_bytes) {
             log::info!("nvmf: RDMA queue from {}: {op}: {e}", self.peer);
             self.close("cannot re-post a receive");
@@ -370,6 +400,7 @@ impl Queue {
         r.st = St::Free;
         self.free.push(i);
         if let Some((slot, len)) = self.backlog.pop_front() {
+            self.stat(|s| &s.pending_free_request, -1);
             self.take_capsule(slot, len);
         }
     }
@@ -409,11 +440,27 @@ impl Queue {
         }
         self.io.close();
         self.aers.clear();
+        // Work and waits that will never complete leave the group's counts now; a
+        // restart point answer still in flight finds no wait and completes nothing.
+        let reading = self.reqs.iter().filter(|r| r.st == St::Reading).count();
+        self.stat(|s| &s.pending_rdma_read, -(reading as i64));
+        self.stat(|s| &s.awaiting_restart_point, -i64::from(self.rp.pending()));
+        self.rp.clear();
+        self.stat(|s| &s.pending_free_request, -(self.backlog.len() as i64));
         self.backlog.clear();
+        if self.ctrlr.is_some() {
+            if self.qid == 0 {
+                self.stat(|s| &s.current_admin_qpairs, -1);
+            } else {
+                self.stat(|s| &s.current_io_qpairs, -1);
+            }
+        }
     }
 
     fn poll_closing(&mut self) -> QueuePoll {
-        if self.io.drain().1 {
+        let (n, idle) = self.io.drain();
+        self.stat(|s| &s.pending_bdev_io, -(n as i64));
+        if idle {
             QueuePoll::Dead
         } else {
             QueuePoll::Busy

@@ -6,6 +6,7 @@ use super::{Conn, IN_CAPSULE_DATA_BYTES};
 use crate::nvmf::auth::Session;
 use crate::nvmf::connect;
 use crate::nvmf::ctrlr::QueueInfo;
+use crate::nvmf::restart_wait::RestartWaits;
 use crate::nvmf::SubsystemKind;
 use crate::spec::auth;
 use crate::spec::cmd::sgl_type;
@@ -70,6 +71,7 @@ impl Conn {
             self.reqs.push(Req::new(self.pools.slot_buf()));
         }
         self.buf_wait.reserve(entries as usize);
+        self.rp = RestartWaits::new(entries as usize);
         let mut limits = RxLimits {
             in_capsule_data_bytes: self.opts.in_capsule_data_size,
             h2c_data_bytes: self.opts.io_unit_size,

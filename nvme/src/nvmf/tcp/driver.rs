@@ -35,7 +35,7 @@ impl Conn {
     /// Completing queues the response (and a read's data) and frees the slot.
     pub(super) fn advance(&mut self, slot: usize) {
         match self.reqs[slot].state {
-            ReqState::Free | ReqState::Executing { .. } | ReqState::AwaitRestartPoint { .. } => {}
+            ReqState::Free | ReqState::Executing { .. } | ReqState::AwaitRestartPoint => {}
             ReqState::RecvInCapsule => self.dispatch(slot),
             ReqState::NeedBuffer { next } => self.take_buffers(slot, next),
             ReqState::AwaitH2C { received, total } if received == total => self.host_data_in(slot),

@@ -50,6 +50,7 @@ pub use request::{REQ_STATE_NAMES, REQ_STATE_NEED_BUFFER};
 use super::channels::QueueChannels;
 use super::ctrlr::Controller;
 use super::keepalive::{self, TrafficNote};
+use super::restart_wait::{next_queue_id, RestartWaits};
 use super::{Target, TargetError, TransportOpts};
 use crate::spec::Status;
 use crate::tcp::pdu::{PduReceiver, RxLimits, Side, TxDigests};
@@ -60,7 +61,7 @@ use rx::RxSink;
 use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 /// Makes (or finds) the data buffer pools for transport options `o`: transport creation
@@ -116,9 +117,6 @@ enum ConnPoll {
     Dead,
 }
 
-/// Connection identities (restart point answers find their connection by it).
-static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
-
 struct Conn {
     target: Arc<Target>,
     opts: TransportOpts,
@@ -154,10 +152,8 @@ struct Conn {
     id: u64,
     /// The reactor running this connection (set when it joins a poll group).
     core: u32,
-    /// Restart points handed out so far (tags the answers).
-    rp_seq: u64,
-    /// Requests in AwaitRestartPoint.
-    rp_pending: u32,
+    /// Requests in AwaitRestartPoint: their answers' numbers and deadlines.
+    rp: RestartWaits,
     /// Commands arrived since the last poll (traffic-based keep-alive).
     traffic: bool,
     /// When this queue last restarted its controller's keep-alive timer.
@@ -215,10 +211,9 @@ impl Conn {
             aers: Vec::new(),
             io: QueueChannels::new(usize::from(QUEUE_DEPTH_MAX)),
             stats: None,
-            id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+            id: next_queue_id(),
             core: 0,
-            rp_seq: 0,
-            rp_pending: 0,
+            rp: RestartWaits::default(),
             traffic: false,
             ka_note: TrafficNote::default(),
             auth: None,
@@ -295,9 +290,7 @@ impl Conn {
             self.retry_buffer_waits();
             busy = true;
         }
-        if self.rp_pending > 0 {
-            busy |= self.expire_restart_points(now);
-        }
+        busy |= self.expire_restart_points(now);
         if !self.aers.is_empty() {
             if let Some(c) = self.ctrlr.clone() {
                 while !self.aers.is_empty() {
@@ -343,6 +336,7 @@ impl Conn {
         }
         let dropped = self.io.close();
         self.stat(|s| &s.pending_bdev_io, -(dropped as i64));
+        self.rp.clear();
         self.aers.clear();
         self.buf_wait.clear();
     }

@@ -33,9 +33,9 @@ pub(super) enum ReqState {
     /// The last bdev operation is done: the data and the response are sent next (SPDK's
     /// EXECUTED; counted as executing).
     Executed,
-    /// Handed to the namespace's restart point sink; waiting for its answer number `seq`
-    /// of this connection (a late answer for an earlier use of the slot is ignored).
-    AwaitRestartPoint { seq: u64 },
+    /// Handed to the namespace's restart point sink; waiting for its answer (the wait's
+    /// number and deadline are the connection's `RestartWaits`).
+    AwaitRestartPoint,
 }
 
 /// What a request in `ReqState::NeedBuffer` does once it has its buffers.
@@ -71,7 +71,7 @@ impl ReqState {
             ReqState::NeedBuffer { .. } => Some(REQ_STATE_NEED_BUFFER),
             ReqState::AwaitH2C { .. } => Some(2),
             ReqState::Executing { .. } | ReqState::Executed => Some(3),
-            ReqState::AwaitRestartPoint { .. } => Some(4),
+            ReqState::AwaitRestartPoint => Some(4),
         }
     }
 }
@@ -93,8 +93,6 @@ pub(super) struct Req {
     pub(super) chan: usize,
     /// First error seen (data digest, bdev error).
     pub(super) status: Status,
-    /// AwaitRestartPoint: when the command gives up waiting (`engine::clock` ns).
-    pub(super) deadline_ns: u64,
 }
 
 impl Req {
@@ -110,7 +108,6 @@ impl Req {
             cmd: IoCmd::Flush,
             chan: 0,
             status: Status::SUCCESS,
-            deadline_ns: 0,
         }
     }
 
@@ -205,7 +202,7 @@ mod tests {
             ReqState::NeedBuffer { next: BufFor::H2C },
             ReqState::AwaitH2C { received: 0, total: 1 },
             ReqState::Executing { pending: 0 },
-            ReqState::AwaitRestartPoint { seq: 1 },
+            ReqState::AwaitRestartPoint,
         ];
         assert_eq!(ReqState::Free.counter(), None);
         let idx: Vec<usize> = states.iter().map(|s| s.counter().unwrap()).collect();
