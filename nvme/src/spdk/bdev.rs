@@ -326,15 +326,13 @@ impl ChannelBackend for SpdkChannel {
             n += 1;
             f(c);
         }
-        let now = engine::clock::now_ns();
-        // Aborted by a lost connection while I/O may wait for the reconnect: it waits.
-        let hold = !self.recovery.fail_io(now);
-        let (slots, free, name, unproven, held) = (
+        let (slots, free, name, unproven, held, recovery) = (
             &mut self.slots,
             &mut self.free,
             &self.name,
             &mut self.unproven,
             &mut self.held,
+            &self.recovery,
         );
         let rc = self.qp.poll(&mut |slot, status| {
             let Some(io) = slots[slot as usize].take() else {
@@ -343,8 +341,10 @@ impl ChannelBackend for SpdkChannel {
             };
             free.push(slot);
             let result = if status_is_error(status) {
-                if hold && status_is_retryable(status) {
-                    // Room: `held` holds as many as there are slots.
+                // Aborted by a lost connection while I/O may wait for the reconnect: it
+                // waits (the clock is read on errors only, not on the I/O path).
+                if status_is_retryable(status) && !recovery.fail_io(engine::clock::now_ns()) {
+                    // Room: `held` holds twice as many as there are slots.
                     held.push_back(io);
                     return;
                 }
@@ -363,13 +363,17 @@ impl ChannelBackend for SpdkChannel {
         if rc < 0 && !self.qpair_failed {
             self.qpair_failed = true;
             self.next_try_ns = 0;
-            self.recovery.lost(now);
+            self.recovery.lost(engine::clock::now_ns());
             log::error!("{}: SPDK queue pair failed (errno {})", self.name, -rc);
         }
         if self.qpair_failed {
             self.try_reconnect();
         }
-        n + self.drain_held(now, f)
+        if self.held.is_empty() {
+            n
+        } else {
+            n + self.drain_held(engine::clock::now_ns(), f)
+        }
     }
 }
 
@@ -463,9 +467,6 @@ impl SpdkChannel {
     /// `Recovery::fail_io` says so (fast_io_fail_timeout_sec or the loss timeout passed).
     fn drain_held(&mut self, now: u64, f: &mut dyn FnMut(IoCompletion)) -> usize {
         let mut n = 0;
-        if self.held.is_empty() {
-            return 0;
-        }
         if !self.qpair_failed && !self.recovery.given_up() {
             for _ in 0..self.held.len() {
                 let Some(io) = self.held.pop_front() else { break };
