@@ -114,6 +114,10 @@ pub(crate) struct PerfArgs {
     /// side-by-side runs; `dpdk` needs a build with the `dpdk` feature).
     #[arg(long)]
     env: Option<engine::env::EnvKind>,
+    /// PCI functions DPDK may probe (`--env dpdk`; repeat or separate with commas): the
+    /// controller of an `spdk-nvme:trtype:PCIe traddr:BDF` bdev (docs/spdk.md).
+    #[arg(long = "pci-allow", value_delimiter = ',')]
+    pci_allow: Vec<String>,
     /// TLS on the replication links. In-process relays share this process's identity, so
     /// with them use --tls-psk; certificates (naming primary.<site>) suit --relays.
     #[command(flatten)]
@@ -121,7 +125,7 @@ pub(crate) struct PerfArgs {
 }
 
 pub(crate) fn perf_cmd(a: PerfArgs) -> Result<(), AnyErr> {
-    crate::role::init_env(a.env)?;
+    crate::role::init_env(a.env, &a.pci_allow)?;
     rdma_transport::tls::set_process_role(rdma_transport::tls::Role::Primary);
     a.tls.install(rdma_transport::tls::Role::Primary)?;
     let opts = workload_opts(&a)?;

@@ -295,3 +295,81 @@ fn spdk_nvme_reconnects_after_the_target_restarts() {
     assert_eq!(info["spdk_nvme"]["recovery"]["resets"], r.resets);
     drop(ch);
 }
+
+/// Submits one read of 8 blocks at `lba` without waiting for it.
+fn submit_read(ch: &mut BdevChannel, lba: u64, user: u64) {
+    let io = IoRequest {
+        op: IoOp::Read,
+        offset_blocks: lba,
+        num_blocks: 8,
+        buf: Some(DmaBuf::alloc(8 * BLOCK as usize)),
+        user_data: user,
+    };
+    ch.submit(io).expect("room for a read");
+}
+
+#[test]
+#[ignore = "needs SPDK, hugepages and BATON_ENV=dpdk: see docs/spdk.md"]
+fn spdk_nvme_holds_io_for_the_reconnect_then_gives_up_after_the_loss_timeout() {
+    dpdk_env();
+    // Reconnect forever every second, I/O waits (SPDK: fast_io_fail_timeout_sec 0).
+    let f = fixture();
+    let trid = spdk_trid(&f);
+    let o = SpdkNvmeOpts {
+        reconnect: Some(nvme::host::reconnect::ReconnectOpts {
+            ctrlr_loss_timeout_sec: -1,
+            reconnect_delay_sec: 1,
+            fast_io_fail_timeout_sec: 0,
+        }),
+        ..SpdkNvmeOpts::default()
+    };
+    let b = attach("spdk_hold", &trid, &o).unwrap();
+    let mut ch = round_trip(&*b, 16, 8);
+    f.target.shutdown();
+    // Reads while the target is away: none completes, with success or failure, until
+    // it is back (polled until at least two resets have failed).
+    submit_read(&mut ch, 97, 1);
+    let t0 = Instant::now();
+    let mut polls = 0u64;
+    while b.recovery().reset_failures < 2 {
+        assert!(t0.elapsed() < T, "no failed reset seen: {:?}", b.recovery());
+        ch.poll(&mut |c| panic!("completed while the target was away: {:?}", c.result));
+        polls += 1;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(!b.recovery().given_up);
+    submit_read(&mut ch, 97, 2);
+    let _t2 = restart(&f);
+    let got = reap(&mut ch, 2);
+    for (user, c) in got {
+        assert!(c.result.is_ok(), "read {user} after the reconnect: {:?}", c.result);
+        assert!(c.buf.unwrap()[..] == pattern(97, 5, 8 * BLOCK as usize)[..]);
+    }
+    let r = b.recovery();
+    assert!(r.resets >= 1 && r.reset_failures >= 2, "{r:?} after {polls} polls");
+    drop(ch);
+
+    // Reconnect for at most 2 s, a try a second: the waiting read fails once that passed
+    // (given up), and so does every read after.
+    let f = fixture();
+    let trid = spdk_trid(&f);
+    let o = SpdkNvmeOpts {
+        reconnect: Some(nvme::host::reconnect::ReconnectOpts {
+            ctrlr_loss_timeout_sec: 2,
+            reconnect_delay_sec: 1,
+            fast_io_fail_timeout_sec: 0,
+        }),
+        ..SpdkNvmeOpts::default()
+    };
+    let b = attach("spdk_giveup", &trid, &o).unwrap();
+    let mut ch = round_trip(&*b, 16, 8);
+    f.target.shutdown();
+    submit_read(&mut ch, 97, 3);
+    let c = reap(&mut ch, 1).remove(&3).unwrap();
+    let e = c.result.unwrap_err().to_string();
+    assert!(e.contains("ctrlr_loss_timeout_sec"), "{e}");
+    let r = b.recovery();
+    assert!(r.given_up && r.reset_failures >= 1, "{r:?}");
+    assert!(read_once(&mut ch, 97, 4).result.is_err(), "given up is final");
+    drop(ch);
+}

@@ -43,15 +43,22 @@ pub(crate) struct RoleArgs {
     /// with the `dpdk` feature; docs/dpdk.md).
     #[arg(long)]
     env: Option<engine::env::EnvKind>,
+    /// PCI functions DPDK may probe (`--env dpdk` only; repeat or separate with commas),
+    /// e.g. an NVMe controller bound to vfio-pci for the spdk-nvme bdev. Without it DPDK
+    /// sees no PCI device (docs/spdk.md). Adds to BATON_DPDK_PCI_ALLOW.
+    #[arg(long = "pci-allow", value_delimiter = ',')]
+    pci_allow: Vec<String>,
     #[command(flatten)]
     tls: TlsArgs,
 }
 
-/// `--env`: chooses the engine's environment before any reactor or pool exists.
-pub(crate) fn init_env(kind: Option<engine::env::EnvKind>) -> Result<(), AnyErr> {
-    if let Some(kind) = kind {
+/// `--env` and `--pci-allow`: chooses the engine's environment before any reactor or
+/// pool exists.
+pub(crate) fn init_env(kind: Option<engine::env::EnvKind>, pci_allow: &[String]) -> Result<(), AnyErr> {
+    if kind.is_some() || !pci_allow.is_empty() {
         let mut o = engine::env::EnvOpts::from_env()?;
-        o.kind = kind;
+        o.kind = kind.unwrap_or(o.kind);
+        o.allow_pci(pci_allow)?;
         engine::env::init(o)?;
     }
     Ok(())
@@ -132,7 +139,7 @@ pub(crate) fn serve<R: Role>(o: &RoleOpts, start: impl FnOnce() -> Result<R, Any
     } else {
         IdleMode::default()
     };
-    init_env(o.role.env)?;
+    init_env(o.role.env, &o.role.pci_allow)?;
     rdma_transport::tls::set_process_role(R::TLS_ROLE);
     o.role.tls.install(R::TLS_ROLE)?;
     let reactors = start_reactors(&o.role.cpumask, idle)?;

@@ -16,6 +16,8 @@ static EAL: OnceLock<Result<(), EnvError>> = OnceLock::new();
 static NEXT_NAME: AtomicU64 = AtomicU64::new(0);
 /// Whether EAL was started on hugepages.
 static EAL_HUGE: AtomicBool = AtomicBool::new(false);
+/// The PCI functions EAL was started with (`-a`), set once it runs.
+static EAL_PCI: OnceLock<Vec<String>> = OnceLock::new();
 
 fn rte_error(what: impl Into<String>) -> EnvError {
     // SAFETY: reads the calling thread's rte_errno through the C shim.
@@ -37,15 +39,34 @@ fn unique_name(prefix: &str) -> CString {
 }
 
 /// The EAL arguments for `opts` on this machine.
-pub(crate) fn eal_args(opts: &EnvOpts) -> Vec<String> {
+pub(crate) fn eal_args(opts: &EnvOpts) -> Result<Vec<String>, EnvError> {
     // The main lcore is the first CPU this process may run on.
     let first_cpu = core_affinity::get_core_ids()
         .and_then(|c| c.first().map(|c| c.id))
         .unwrap_or(0);
-    let mut a: Vec<String> = vec!["baton".into(), "-l".into(), first_cpu.to_string(), "--no-pci".into()];
+    eal_args_for(opts, first_cpu, crate::sys::hugepages_reserved())
+}
+
+/// The EAL arguments for `opts` with main lcore `first_cpu` and `hugepages` reserved.
+/// PCI: `--no-pci` unless `opts` allows PCI functions, then `-a BDF` for each (DPDK
+/// probes those only) and hugepages are required (VFIO DMA needs pinned memory).
+fn eal_args_for(opts: &EnvOpts, first_cpu: usize, hugepages: u64) -> Result<Vec<String>, EnvError> {
+    let mut a: Vec<String> = vec!["baton".into(), "-l".into(), first_cpu.to_string()];
+    if opts.dpdk_pci_allow.is_empty() {
+        a.push("--no-pci".into());
+    } else {
+        if hugepages == 0 {
+            return Err(EnvError::PciNeedsHugepages(opts.dpdk_pci_allow.join(" ")));
+        }
+        for bdf in &opts.dpdk_pci_allow {
+            // Canonical already when set through `allow_pci`; checked again for a
+            // hand-built EnvOpts, since EAL would take anything here.
+            a.extend(["-a".into(), super::pci_addr(bdf)?]);
+        }
+    }
     a.push("--no-telemetry".into());
     a.push("--log-level=lib.eal:warning".into());
-    if crate::sys::hugepages_reserved() > 0 {
+    if hugepages > 0 {
         match &opts.dpdk_file_prefix {
             Some(p) => a.extend(["--file-prefix".into(), p.clone()]),
             None => a.push("--in-memory".into()),
@@ -54,13 +75,19 @@ pub(crate) fn eal_args(opts: &EnvOpts) -> Vec<String> {
         a.extend(["--no-huge".into(), "-m".into(), opts.dpdk_mem_mb.to_string()]);
     }
     a.extend(opts.dpdk_extra_args.iter().cloned());
-    a
+    Ok(a)
+}
+
+/// The PCI functions the running EAL was started with (`-a`); empty when EAL runs with
+/// `--no-pci` or is not running.
+pub(crate) fn eal_pci_allowed() -> &'static [String] {
+    EAL_PCI.get().map(Vec::as_slice).unwrap_or(&[])
 }
 
 /// Starts DPDK's EAL once per process (later calls return the first result).
 pub(crate) fn eal_init(opts: &EnvOpts) -> Result<(), EnvError> {
     EAL.get_or_init(|| {
-        let args = eal_args(opts);
+        let args = eal_args(opts)?;
         let shown = args.join(" ");
         let cargs: Vec<CString> = args
             .iter()
@@ -93,6 +120,8 @@ pub(crate) fn eal_init(opts: &EnvOpts) -> Result<(), EnvError> {
             return Err(EnvError::Eal { args: shown, reason });
         }
         EAL_HUGE.store(!args.iter().any(|a| a == "--no-huge"), Ordering::Relaxed);
+        let pci: Vec<String> = args.windows(2).filter(|w| w[0] == "-a").map(|w| w[1].clone()).collect();
+        EAL_PCI.get_or_init(|| pci);
         log::info!("DPDK EAL started in {:?}: {shown}", t0.elapsed());
         Ok(())
     })
@@ -389,5 +418,48 @@ impl DpdkPool {
     /// Whether DPDK backs its memory with hugepages (it was started with them).
     pub(crate) fn hugepages(&self) -> bool {
         EAL_HUGE.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_pci(addrs: &[&str]) -> EnvOpts {
+        let mut o = EnvOpts {
+            kind: super::super::EnvKind::Dpdk,
+            ..EnvOpts::default()
+        };
+        o.allow_pci(addrs).unwrap();
+        o
+    }
+
+    #[test]
+    fn no_pci_unless_asked() {
+        let a = eal_args_for(&EnvOpts::default(), 0, 0).unwrap();
+        assert!(a.iter().any(|x| x == "--no-pci"));
+        assert!(a.iter().any(|x| x == "--no-huge"));
+        let a = eal_args_for(&EnvOpts::default(), 1, 64).unwrap();
+        assert!(a.iter().any(|x| x == "--no-pci") && a.iter().any(|x| x == "--in-memory"));
+        assert!(!a.iter().any(|x| x == "-a"));
+    }
+
+    #[test]
+    fn pci_allow_list_replaces_no_pci_and_needs_hugepages() {
+        let o = with_pci(&["00:04.0", "0000:00:05.0"]);
+        let a = eal_args_for(&o, 0, 64).unwrap();
+        assert!(!a.iter().any(|x| x == "--no-pci" || x == "--no-huge"), "{a:?}");
+        let allowed: Vec<&str> = a.windows(2).filter(|w| w[0] == "-a").map(|w| w[1].as_str()).collect();
+        assert_eq!(allowed, ["0000:00:04.0", "0000:00:05.0"]);
+        assert_eq!(
+            eal_args_for(&o, 0, 0),
+            Err(EnvError::PciNeedsHugepages("0000:00:04.0 0000:00:05.0".into()))
+        );
+        let mut hand_built = EnvOpts::default();
+        hand_built.dpdk_pci_allow.push("--no-huge".into());
+        assert!(matches!(
+            eal_args_for(&hand_built, 0, 64),
+            Err(EnvError::BadPciAddr(..))
+        ));
     }
 }

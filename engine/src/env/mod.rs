@@ -12,6 +12,12 @@
 //! environment variable (`baton` or `dpdk`; see [`EnvOpts::from_env`]), which
 //! is how the engine's test suite runs in both modes unchanged. Everything
 //! above this module sees the same `Ring` and `BufPool` in either mode.
+//!
+//! PCI: DPDK's EAL is started with `--no-pci` unless PCI devices are asked for
+//! ([`EnvOpts::dpdk_pci_allow`], `BATON_DPDK_PCI_ALLOW`, `--pci-allow`); then only
+//! those functions are visible to DPDK (an allow-list), on hugepages (VFIO maps
+//! pinned memory for the device's DMA). [`pci_allowed`] tells a driver (SPDK's NVMe
+//! driver over PCIe) whether its device can be reached in this process.
 
 #[cfg(feature = "dpdk")]
 pub(crate) mod dpdk;
@@ -67,6 +73,11 @@ pub struct EnvOpts {
     pub dpdk_file_prefix: Option<String>,
     /// DPDK only: more EAL arguments, appended last.
     pub dpdk_extra_args: Vec<String>,
+    /// DPDK only: the PCI functions (canonical `DDDD:BB:DD.F`, see [`pci_addr`]) DPDK
+    /// may probe, for a PCIe driver running on DPDK (SPDK's NVMe driver). Empty (the
+    /// default): EAL runs with `--no-pci`. Not empty: EAL gets one `-a BDF` each instead
+    /// and must run on hugepages.
+    pub dpdk_pci_allow: Vec<String>,
 }
 
 impl Default for EnvOpts {
@@ -76,6 +87,7 @@ impl Default for EnvOpts {
             dpdk_mem_mb: 2048,
             dpdk_file_prefix: None,
             dpdk_extra_args: Vec::new(),
+            dpdk_pci_allow: Vec::new(),
         }
     }
 }
@@ -83,7 +95,8 @@ impl Default for EnvOpts {
 impl EnvOpts {
     /// Options from the process environment: `BATON_ENV` (`baton`|`dpdk`),
     /// `BATON_DPDK_MEM_MB`, `BATON_DPDK_FILE_PREFIX`, `BATON_DPDK_EAL_ARGS`
-    /// (space-separated).
+    /// (space-separated), `BATON_DPDK_PCI_ALLOW` (PCI addresses, separated by commas or
+    /// spaces).
     pub fn from_env() -> Result<EnvOpts, EnvError> {
         let mut o = EnvOpts {
             kind: std::env::var("BATON_ENV").unwrap_or_default().parse()?,
@@ -96,8 +109,67 @@ impl EnvOpts {
         if let Ok(v) = std::env::var("BATON_DPDK_EAL_ARGS") {
             o.dpdk_extra_args = v.split_whitespace().map(str::to_string).collect();
         }
+        if let Ok(v) = std::env::var("BATON_DPDK_PCI_ALLOW") {
+            o.allow_pci(v.split([',', ' ', '\t']).filter(|s| !s.is_empty()))?;
+        }
         Ok(o)
     }
+
+    /// Adds PCI functions to [`EnvOpts::dpdk_pci_allow`] (checked and made canonical,
+    /// duplicates dropped).
+    pub fn allow_pci<S: AsRef<str>>(&mut self, addrs: impl IntoIterator<Item = S>) -> Result<(), EnvError> {
+        for a in addrs {
+            let a = pci_addr(a.as_ref())?;
+            if !self.dpdk_pci_allow.contains(&a) {
+                self.dpdk_pci_allow.push(a);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A PCI function address in canonical form, `DDDD:BB:DD.F` in lower-case hex (domain
+/// 0000 when `s` has none, as `lspci` prints it): what DPDK's `-a` and SPDK's PCIe
+/// `traddr` take. Bus 00–ff, device 00–1f, function 0–7.
+pub fn pci_addr(s: &str) -> Result<String, EnvError> {
+    let bad = |why: &str| EnvError::BadPciAddr(s.to_string(), why.to_string());
+    let t = s.trim();
+    let (rest, func) = t.rsplit_once('.').ok_or_else(|| bad("no .function"))?;
+    let parts: Vec<&str> = rest.split(':').collect();
+    let (dom, bus, dev) = match parts.as_slice() {
+        [b, d] => ("0", *b, *d),
+        [x, b, d] => (*x, *b, *d),
+        _ => return Err(bad("expected [DOMAIN:]BUS:DEVICE.FUNCTION")),
+    };
+    let hex = |v: &str, max: u32, what: &str| {
+        if v.is_empty() || v.len() > 8 || !v.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(bad(&format!("{what} {v:?} is not hexadecimal")));
+        }
+        let n = u32::from_str_radix(v, 16).map_err(|_| bad(&format!("{what} {v:?} is not hexadecimal")))?;
+        if n > max {
+            return Err(bad(&format!("{what} {v} is above {max:x}")));
+        }
+        Ok(n)
+    };
+    let (dom, bus, dev, func) = (
+        hex(dom, 0xffff, "domain")?,
+        hex(bus, 0xff, "bus")?,
+        hex(dev, 0x1f, "device")?,
+        hex(func, 7, "function")?,
+    );
+    Ok(format!("{dom:04x}:{bus:02x}:{dev:02x}.{func:x}"))
+}
+
+/// PCI functions DPDK was allowed to probe when its EAL started in this process
+/// (empty: none, or DPDK is not running).
+static PCI_ALLOWED: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Whether the PCI function `addr` (any form [`pci_addr`] takes) is on the allow-list
+/// this process's DPDK EAL was started with; false when EAL runs with `--no-pci` or
+/// is not running.
+pub fn pci_allowed(addr: &str) -> bool {
+    let Ok(a) = pci_addr(addr) else { return false };
+    PCI_ALLOWED.get().is_some_and(|l| l.contains(&a))
 }
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -114,6 +186,12 @@ pub enum EnvError {
     Eal { args: String, reason: String },
     #[error("DPDK: {what}: {reason}")]
     Dpdk { what: String, reason: String },
+    #[error("bad PCI address {0:?}: {1}")]
+    BadPciAddr(String, String),
+    #[error("PCI devices ({0}) were asked for, but the env is not dpdk: PCI devices are probed by DPDK only (run with --env dpdk or BATON_ENV=dpdk)")]
+    PciNeedsDpdk(String),
+    #[error("PCI devices ({0}) were asked for, but no hugepages are reserved: VFIO maps pinned memory for DMA (echo N > /proc/sys/vm/nr_hugepages)")]
+    PciNeedsHugepages(String),
 }
 
 static CURRENT: OnceLock<Result<EnvKind, EnvError>> = OnceLock::new();
@@ -139,6 +217,9 @@ pub fn current() -> Result<EnvKind, EnvError> {
 }
 
 fn start(opts: &EnvOpts) -> Result<EnvKind, EnvError> {
+    if !opts.dpdk_pci_allow.is_empty() && opts.kind != EnvKind::Dpdk {
+        return Err(EnvError::PciNeedsDpdk(opts.dpdk_pci_allow.join(" ")));
+    }
     match opts.kind {
         EnvKind::Baton => Ok(EnvKind::Baton),
         EnvKind::Dpdk => {
@@ -156,7 +237,11 @@ pub fn ensure(kind: EnvKind, opts: &EnvOpts) -> Result<(), EnvError> {
     match kind {
         EnvKind::Baton => Ok(()),
         #[cfg(feature = "dpdk")]
-        EnvKind::Dpdk => dpdk::eal_init(opts),
+        EnvKind::Dpdk => {
+            dpdk::eal_init(opts)?;
+            PCI_ALLOWED.get_or_init(|| dpdk::eal_pci_allowed().to_vec());
+            Ok(())
+        }
         #[cfg(not(feature = "dpdk"))]
         EnvKind::Dpdk => {
             let _ = opts;
@@ -202,6 +287,40 @@ mod tests {
         assert_eq!("".parse::<EnvKind>(), Ok(EnvKind::Baton));
         assert_eq!("DPDK".parse::<EnvKind>(), Ok(EnvKind::Dpdk));
         assert!("spdk".parse::<EnvKind>().is_err());
+    }
+
+    #[test]
+    fn pci_addresses_are_checked_and_made_canonical() {
+        assert_eq!(pci_addr("0000:00:04.0").unwrap(), "0000:00:04.0");
+        assert_eq!(pci_addr(" 00:1F.7 ").unwrap(), "0000:00:1f.7");
+        assert_eq!(pci_addr("1:af:00.1").unwrap(), "0001:af:00.1");
+        for bad in [
+            "",
+            "00:04",
+            "0000:00:20.0",
+            "00:04.8",
+            "0000:100:00.0",
+            "x:00:04.0",
+            "0:0:0:0.0",
+            "00:04.-1",
+        ] {
+            assert!(
+                matches!(pci_addr(bad), Err(EnvError::BadPciAddr(..))),
+                "{bad:?} accepted"
+            );
+        }
+        let mut o = EnvOpts::default();
+        o.allow_pci(["00:04.0", "0000:00:04.0", "0000:00:05.0"]).unwrap();
+        assert_eq!(o.dpdk_pci_allow, ["0000:00:04.0", "0000:00:05.0"]);
+        assert!(o.allow_pci(["04.0"]).is_err());
+    }
+
+    #[test]
+    fn pci_needs_the_dpdk_env() {
+        let mut o = EnvOpts::default();
+        o.allow_pci(["00:04.0"]).unwrap();
+        assert_eq!(start(&o), Err(EnvError::PciNeedsDpdk("0000:00:04.0".into())));
+        assert!(!pci_allowed("00:04.0"), "nothing is allowed before EAL starts with it");
     }
 
     /// The env the suite was asked to run in is the one it runs in: a CI run

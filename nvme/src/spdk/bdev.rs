@@ -8,11 +8,11 @@
 use super::ffi::{self, Cmd, Ctrlr, Ns, Qpair};
 use super::recover::{Recovery, QPAIR_RETRY_NS};
 use super::SpdkError;
+use crate::host::reconnect::ReconnectOpts;
 use engine::bdev::{
     BdevChannel, BdevError, BdevInfo, ChannelBackend, Geometry, IoCompletion, IoOp, IoRequest, StatsSet,
     CHANNEL_QUEUE_DEPTH_MAX,
 };
-use engine::buf::DmaBuf;
 use engine::reactor::{self, PollStatus, PollerId};
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -33,6 +33,9 @@ pub struct SpdkNvmeOpts {
     pub io_queue_size: u32,
     /// Keep-alive timeout asked for, ms (0: none). The admin poller sends them.
     pub keep_alive_ms: u32,
+    /// SPDK's I/O error resiliency options (`recover.rs`); None: reconnect forever and
+    /// fail I/O at once while the controller is down.
+    pub reconnect: Option<ReconnectOpts>,
 }
 
 impl Default for SpdkNvmeOpts {
@@ -41,6 +44,7 @@ impl Default for SpdkNvmeOpts {
             nsid: None,
             io_queue_size: 256,
             keep_alive_ms: 10_000,
+            reconnect: None,
         }
     }
 }
@@ -70,6 +74,9 @@ pub struct SpdkNvmeBdev {
 pub fn attach(name: &str, trid: &str, opts: &SpdkNvmeOpts) -> Result<Arc<SpdkNvmeBdev>, SpdkError> {
     if name.is_empty() {
         return Err(SpdkError::Param("name must not be empty".into()));
+    }
+    if let Some(r) = &opts.reconnect {
+        r.validate().map_err(|e| SpdkError::Param(e.to_string()))?;
     }
     let ctrlr = Arc::new(Ctrlr::connect(trid, opts.io_queue_size, opts.keep_alive_ms)?);
     let active = ctrlr.active_namespaces();
@@ -112,7 +119,7 @@ pub fn attach(name: &str, trid: &str, opts: &SpdkNvmeOpts) -> Result<Arc<SpdkNvm
         serial,
         stats: StatsSet::default(),
         admin_polled: Arc::new(AtomicBool::new(false)),
-        recovery: Arc::new(Recovery::default()),
+        recovery: Arc::new(Recovery::new(opts.reconnect)),
         opts: opts.clone(),
     }))
 }
@@ -152,6 +159,9 @@ impl engine::bdev::Bdev for SpdkNvmeBdev {
             slots: (0..slots).map(|_| None).collect(),
             free: (0..slots).rev().collect(),
             failed: VecDeque::with_capacity(CHANNEL_QUEUE_DEPTH_MAX),
+            // Requests held from submission (at most `slots`) plus those in flight when
+            // the connection dropped (at most `slots`): never grows on the I/O path.
+            held: VecDeque::with_capacity(2 * slots as usize),
             admin,
             admin_polled: self.admin_polled.clone(),
             name: self.info.name.clone(),
@@ -174,6 +184,9 @@ impl engine::bdev::Bdev for SpdkNvmeBdev {
             nsid: Some(self.ns.nsid),
             io_queue_size: Some(self.opts.io_queue_size),
             keep_alive_timeout_ms: Some(self.opts.keep_alive_ms),
+            ctrlr_loss_timeout_sec: self.opts.reconnect.map(|r| r.ctrlr_loss_timeout_sec),
+            reconnect_delay_sec: self.opts.reconnect.map(|r| r.reconnect_delay_sec),
+            fast_io_fail_timeout_sec: self.opts.reconnect.map(|r| r.fast_io_fail_timeout_sec),
         };
         Some(("bdev_spdk_nvme_attach", serde_json::to_value(p).ok()?))
     }
@@ -191,6 +204,7 @@ impl engine::bdev::Bdev for SpdkNvmeBdev {
                     "reset_failures": r.reset_failures,
                     "qpair_reconnects": r.qpair_reconnects,
                     "resetting": r.resetting,
+                    "given_up": r.given_up,
                 },
             }
         })
@@ -251,8 +265,9 @@ fn start_admin_poller(
     Some(stop)
 }
 
-/// A request in flight: its user data and its buffer (held until the completion).
-type InFlight = (u64, Option<DmaBuf>);
+/// A request in flight (its buffer held until the completion; the rest kept so the
+/// request can wait for a reconnect and go out again).
+type InFlight = IoRequest;
 
 /// One reactor's queue pair and the requests in flight on it.
 struct SpdkChannel {
@@ -262,6 +277,9 @@ struct SpdkChannel {
     free: Vec<u32>,
     /// Requests SPDK refused at submission (not ENOMEM), completed by the next poll.
     failed: VecDeque<IoCompletion>,
+    /// Requests waiting for the controller to come back (SPDK's resiliency options:
+    /// `Recovery::fail_io` says no yet); room for every slot, preallocated.
+    held: VecDeque<IoRequest>,
     /// Set to stop this channel's admin poller, if it runs one.
     admin: Option<Rc<Cell<bool>>>,
     admin_polled: Arc<AtomicBool>,
@@ -284,10 +302,110 @@ fn status_is_error(status: u16) -> bool {
     (status >> 1) & 0x7ff != 0
 }
 
+/// Whether a failed command may go out again after a reconnect, as SPDK's `bdev_nvme`
+/// retries: aborted because its queue was deleted (what SPDK completes in-flight
+/// commands of a failed queue pair with) or a path error, and Do Not Retry (bit 15) clear.
+#[inline]
+fn status_is_retryable(status: u16) -> bool {
+    const SCT_GENERIC: u16 = 0;
+    const SCT_PATH: u16 = 3;
+    const SC_ABORTED_SQ_DELETION: u16 = 0x08;
+    let (sc, sct, dnr) = ((status >> 1) & 0xff, (status >> 9) & 0x7, status >> 15 != 0);
+    !dnr && (sct == SCT_PATH || (sct == SCT_GENERIC && sc == SC_ABORTED_SQ_DELETION))
+}
+
 impl ChannelBackend for SpdkChannel {
-    fn submit(&mut self, mut io: IoRequest) -> Result<(), IoRequest> {
+    fn submit(&mut self, io: IoRequest) -> Result<(), IoRequest> {
+        self.submit_inner(io, false)
+    }
+
+    #[inline]
+    fn poll(&mut self, f: &mut dyn FnMut(IoCompletion)) -> usize {
+        let mut n = 0;
+        while let Some(c) = self.failed.pop_front() {
+            n += 1;
+            f(c);
+        }
+        let (slots, free, name, unproven, held, recovery) = (
+            &mut self.slots,
+            &mut self.free,
+            &self.name,
+            &mut self.unproven,
+            &mut self.held,
+            &self.recovery,
+        );
+        let rc = self.qp.poll(&mut |slot, status| {
+            let Some(io) = slots[slot as usize].take() else {
+                log::error!("{name}: completion for idle slot {slot}");
+                return;
+            };
+            free.push(slot);
+            let result = if status_is_error(status) {
+                // Aborted by a lost connection while I/O may wait for the reconnect: it
+                // waits (the clock is read on errors only, not on the I/O path).
+                if status_is_retryable(status) && !recovery.fail_io(engine::clock::now_ns()) {
+                    // Room: `held` holds twice as many as there are slots.
+                    held.push_back(io);
+                    return;
+                }
+                Err(BdevError::Io(format!("{name}: {}", ffi::status_string(status))))
+            } else {
+                *unproven = false;
+                Ok(())
+            };
+            n += 1;
+            f(IoCompletion {
+                user_data: io.user_data,
+                result,
+                buf: io.buf,
+            });
+        });
+        if rc < 0 && !self.qpair_failed {
+            self.qpair_failed = true;
+            self.next_try_ns = 0;
+            self.recovery.lost(engine::clock::now_ns());
+            log::error!("{}: SPDK queue pair failed (errno {})", self.name, -rc);
+        }
+        if self.qpair_failed {
+            self.try_reconnect();
+        }
+        if self.held.is_empty() {
+            n
+        } else {
+            n + self.drain_held(engine::clock::now_ns(), f)
+        }
+    }
+}
+
+impl SpdkChannel {
+    /// Submits `io`, or holds it while the controller is down and I/O may wait for it
+    /// (`from_held`: it comes from `held`, so it does not queue behind it again).
+    fn submit_inner(&mut self, mut io: IoRequest, from_held: bool) -> Result<(), IoRequest> {
         if self.failed.len() == self.failed.capacity() {
             return Err(io);
+        }
+        if self.qpair_failed || (!from_held && !self.held.is_empty()) || self.recovery.given_up() {
+            let now = engine::clock::now_ns();
+            if !self.recovery.fail_io(now) {
+                // Waits for the reconnect (in order behind what already waits).
+                return if self.held.len() < self.slots.len() {
+                    self.held.push_back(io);
+                    Ok(())
+                } else {
+                    Err(io)
+                };
+            }
+            if self.recovery.given_up() {
+                self.failed.push_back(IoCompletion {
+                    user_data: io.user_data,
+                    result: Err(BdevError::Io(format!(
+                        "{}: controller lost: ctrlr_loss_timeout_sec passed",
+                        self.name
+                    ))),
+                    buf: io.buf,
+                });
+                return Ok(());
+            }
         }
         let cmd = match io.op {
             IoOp::Read => Cmd::Read(io.buf.as_mut().map_or(std::ptr::null_mut(), |b| b.as_mut_ptr())),
@@ -312,7 +430,7 @@ impl ChannelBackend for SpdkChannel {
         };
         match self.qp.submit(slot, cmd, io.offset_blocks, io.num_blocks) {
             Ok(()) => {
-                self.slots[slot as usize] = Some((io.user_data, io.buf));
+                self.slots[slot as usize] = Some(io);
                 Ok(())
             }
             Err(libc::ENOMEM) => {
@@ -324,8 +442,13 @@ impl ChannelBackend for SpdkChannel {
                 if errno == libc::ENXIO && !self.qpair_failed {
                     self.qpair_failed = true;
                     self.next_try_ns = 0;
+                    self.recovery.lost(engine::clock::now_ns());
                 }
                 self.free.push(slot);
+                if errno == libc::ENXIO && !self.recovery.fail_io(engine::clock::now_ns()) {
+                    self.held.push_back(io);
+                    return Ok(());
+                }
                 self.failed.push_back(IoCompletion {
                     user_data: io.user_data,
                     result: Err(BdevError::Io(format!(
@@ -340,42 +463,37 @@ impl ChannelBackend for SpdkChannel {
         }
     }
 
-    #[inline]
-    fn poll(&mut self, f: &mut dyn FnMut(IoCompletion)) -> usize {
+    /// Held requests: out again once the queue pair is back; failed once
+    /// `Recovery::fail_io` says so (fast_io_fail_timeout_sec or the loss timeout passed).
+    fn drain_held(&mut self, now: u64, f: &mut dyn FnMut(IoCompletion)) -> usize {
         let mut n = 0;
-        while let Some(c) = self.failed.pop_front() {
-            n += 1;
-            f(c);
-        }
-        let (slots, free, name, unproven) = (&mut self.slots, &mut self.free, &self.name, &mut self.unproven);
-        let rc = self.qp.poll(&mut |slot, status| {
-            let Some((user_data, buf)) = slots[slot as usize].take() else {
-                log::error!("{name}: completion for idle slot {slot}");
-                return;
-            };
-            free.push(slot);
-            let result = if status_is_error(status) {
-                Err(BdevError::Io(format!("{name}: {}", ffi::status_string(status))))
+        if !self.qpair_failed && !self.recovery.given_up() {
+            for _ in 0..self.held.len() {
+                let Some(io) = self.held.pop_front() else { break };
+                if let Err(io) = self.submit_inner(io, true) {
+                    self.held.push_front(io);
+                    break;
+                }
+            }
+        } else if self.recovery.fail_io(now) {
+            let why = if self.recovery.given_up() {
+                "controller lost: ctrlr_loss_timeout_sec passed"
             } else {
-                *unproven = false;
-                Ok(())
+                "controller reconnecting: fast_io_fail_timeout_sec passed"
             };
-            n += 1;
-            f(IoCompletion { user_data, result, buf });
-        });
-        if rc < 0 && !self.qpair_failed {
-            self.qpair_failed = true;
-            self.next_try_ns = 0;
-            log::error!("{}: SPDK queue pair failed (errno {})", self.name, -rc);
+            while let Some(io) = self.held.pop_front() {
+                n += 1;
+                f(IoCompletion {
+                    user_data: io.user_data,
+                    result: Err(BdevError::Io(format!("{}: {why}", self.name))),
+                    buf: io.buf,
+                });
+            }
         }
-        if self.qpair_failed {
-            self.try_reconnect();
-        }
+        // Failures of the resubmission come back through `failed` at the next poll.
         n
     }
-}
 
-impl SpdkChannel {
     /// A failed queue pair: reconnect it (what was in flight came back aborted through
     /// the completions). A plain reconnect is tried first (only the I/O connection may
     /// have dropped); when the queue pair fails again before any I/O succeeded on it, and
@@ -384,7 +502,8 @@ impl SpdkChannel {
     /// [`QPAIR_RETRY_NS`]; resets are rate-limited in `Recovery`.
     fn try_reconnect(&mut self) {
         let now = engine::clock::now_ns();
-        if now < self.next_try_ns {
+        // Given up (ctrlr_loss_timeout_sec passed): final, as a deleted controller is in SPDK.
+        if now < self.next_try_ns || self.recovery.given_up() {
             return;
         }
         self.next_try_ns = now + QPAIR_RETRY_NS;

@@ -72,6 +72,13 @@ impl Ctrlr {
     pub(crate) fn connect(trid_str: &str, io_queue_size: u32, keep_alive_ms: u32) -> Result<Ctrlr, SpdkError> {
         env_init()?;
         let trid = parse_trid(trid_str)?;
+        // A PCIe controller DPDK may not probe would fail inside SPDK with nothing but a
+        // log line; say what is missing instead.
+        if let Some(bdf) = super::pcie_traddr(trid_str)? {
+            if !engine::env::pci_allowed(&bdf) {
+                return Err(SpdkError::PciNotAllowed(bdf));
+            }
+        }
         let mut opts = MaybeUninit::<sys::spdk_nvme_ctrlr_opts>::zeroed();
         let size = std::mem::size_of::<sys::spdk_nvme_ctrlr_opts>();
         // SAFETY: opts is writable memory of `size` bytes, which SPDK fills with defaults.

@@ -12,7 +12,9 @@
 //! (`BATON_ENV=dpdk`), whose EAL start is followed by `spdk_env_dpdk_post_init`.
 //!
 //! Bdev spec (`--bdev NAME=SPEC`, `baton perf --bdev SPEC`):
-//! `spdk-nvme:TRID[,ns=N][,qsize=N][,kato=MS]`, the TRID in `spdk_nvme_perf -r` syntax.
+//! `spdk-nvme:TRID[,ns=N][,qsize=N][,kato=MS][,ctrlr_loss_timeout_sec=N]
+//! [,reconnect_delay_sec=N][,fast_io_fail_timeout_sec=N]`, the TRID in `spdk_nvme_perf -r`
+//! syntax.
 
 mod bdev;
 mod ffi;
@@ -47,9 +49,42 @@ pub enum SpdkError {
     Qpair,
     #[error("invalid spdk-nvme parameter: {0}")]
     Param(String),
+    #[error("PCI function {0} is not on the DPDK env's allow-list: start baton with --pci-allow {0} (or BATON_DPDK_PCI_ALLOW={0}), its controller bound to vfio-pci and hugepages reserved (docs/spdk.md)")]
+    PciNotAllowed(String),
 }
 
-/// Parses the part of a spec after `spdk-nvme:`: `TRID[,ns=N][,qsize=N][,kato=MS]`.
+/// The PCI function a `trtype:PCIe` transport ID names, in canonical form; None for
+/// other transports. SPDK's syntax: `key:value` or `key=value` pairs separated by
+/// white space, keys and the transport type in any case.
+pub(crate) fn pcie_traddr(trid: &str) -> Result<Option<String>, SpdkError> {
+    let mut pcie = false;
+    let mut traddr = None;
+    for pair in trid.split_whitespace() {
+        let Some(i) = pair.find([':', '=']) else { continue };
+        let (k, v) = (&pair[..i], &pair[i + 1..]);
+        if k.eq_ignore_ascii_case("trtype") {
+            pcie = v.eq_ignore_ascii_case("pcie");
+        } else if k.eq_ignore_ascii_case("traddr") {
+            traddr = Some(v);
+        }
+    }
+    if !pcie {
+        return Ok(None);
+    }
+    let a = traddr.ok_or_else(|| {
+        SpdkError::Trid(
+            trid.to_string(),
+            "trtype:PCIe needs traddr:BDF (the controller's PCI address)".into(),
+        )
+    })?;
+    engine::env::pci_addr(a)
+        .map(Some)
+        .map_err(|e| SpdkError::Trid(trid.to_string(), e.to_string()))
+}
+
+/// Parses the part of a spec after `spdk-nvme:`: `TRID[,ns=N][,qsize=N][,kato=MS]`
+/// and SPDK's three resiliency options (`ctrlr_loss_timeout_sec=N` etc.; any of them
+/// turns SPDK's rules on, the others defaulting to 0).
 pub fn parse_spec(rest: &str) -> Result<(String, SpdkNvmeOpts), SpdkError> {
     let mut parts = rest.split(',');
     let trid = parts.next().unwrap_or("").trim().to_string();
@@ -70,12 +105,31 @@ pub fn parse_spec(rest: &str) -> Result<(String, SpdkNvmeOpts), SpdkError> {
             Some(("ns", v)) => o.nsid = Some(num(v)?).filter(|&n| n > 0),
             Some(("qsize", v)) => o.io_queue_size = num(v)?,
             Some(("kato", v)) => o.keep_alive_ms = num(v)?,
+            Some(("ctrlr_loss_timeout_sec", v)) => {
+                let n = v
+                    .trim()
+                    .parse::<i32>()
+                    .map_err(|_| SpdkError::Param(format!("{p:?}: {v:?} is not a number")))?;
+                o.reconnect.get_or_insert_with(Default::default).ctrlr_loss_timeout_sec = n;
+            }
+            Some(("reconnect_delay_sec", v)) => {
+                o.reconnect.get_or_insert_with(Default::default).reconnect_delay_sec = num(v)?;
+            }
+            Some(("fast_io_fail_timeout_sec", v)) => {
+                o.reconnect
+                    .get_or_insert_with(Default::default)
+                    .fast_io_fail_timeout_sec = num(v)?;
+            }
             _ => {
                 return Err(SpdkError::Param(format!(
-                    "unknown part {p:?} (expected ns=N, qsize=N or kato=MS)"
+                    "unknown part {p:?} (expected ns=N, qsize=N, kato=MS, ctrlr_loss_timeout_sec=N, \
+                     reconnect_delay_sec=N or fast_io_fail_timeout_sec=N)"
                 )))
             }
         }
+    }
+    if let Some(r) = &o.reconnect {
+        r.validate().map_err(|e| SpdkError::Param(e.to_string()))?;
     }
     Ok((trid, o))
 }

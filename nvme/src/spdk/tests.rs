@@ -14,10 +14,89 @@ fn spec_parses_trid_and_options() {
 }
 
 #[test]
+fn spec_and_rpc_take_spdks_resiliency_options() {
+    let t = "trtype:TCP traddr:127.0.0.1 trsvcid:4420";
+    let (_, o) = parse_spec(t).unwrap();
+    assert_eq!(o.reconnect, None, "none given: the default behaviour");
+    let (_, o) = parse_spec(&format!("{t},ctrlr_loss_timeout_sec=-1,reconnect_delay_sec=2")).unwrap();
+    let r = o.reconnect.unwrap();
+    assert_eq!(
+        (
+            r.ctrlr_loss_timeout_sec,
+            r.reconnect_delay_sec,
+            r.fast_io_fail_timeout_sec
+        ),
+        (-1, 2, 0)
+    );
+    // SPDK's rules for the combination: a delay needs a loss timeout, fast-fail at most
+    // the loss timeout.
+    assert!(matches!(
+        parse_spec(&format!("{t},reconnect_delay_sec=2")),
+        Err(SpdkError::Param(_))
+    ));
+    assert!(matches!(
+        parse_spec(&format!(
+            "{t},ctrlr_loss_timeout_sec=10,reconnect_delay_sec=2,fast_io_fail_timeout_sec=20"
+        )),
+        Err(SpdkError::Param(_))
+    ));
+    assert!(matches!(
+        parse_spec(&format!("{t},ctrlr_loss_timeout_sec=x")),
+        Err(SpdkError::Param(_))
+    ));
+    let p: rpc::AttachParams = serde_json::from_value(serde_json::json!({
+        "name": "S0", "trid": t, "ctrlr_loss_timeout_sec": 30, "reconnect_delay_sec": 2, "fast_io_fail_timeout_sec": 10
+    }))
+    .unwrap();
+    let r = p.opts().reconnect.unwrap();
+    assert_eq!(
+        (
+            r.ctrlr_loss_timeout_sec,
+            r.reconnect_delay_sec,
+            r.fast_io_fail_timeout_sec
+        ),
+        (30, 2, 10)
+    );
+    // An invalid combination by RPC is refused before anything connects.
+    let bad = rpc::AttachParams {
+        fast_io_fail_timeout_sec: Some(1),
+        ..p.clone()
+    };
+    match super::attach("S1", t, &bad.opts()) {
+        Err(SpdkError::Param(m)) => assert!(m.contains("fast_io_fail_timeout_sec"), "{m}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("attached with an invalid combination"),
+    }
+}
+
+#[test]
 fn spec_refuses_what_it_cannot_use() {
     assert!(matches!(parse_spec("traddr:1.2.3.4"), Err(SpdkError::Param(_))));
     assert!(matches!(parse_spec("trtype:TCP,ns=x"), Err(SpdkError::Param(_))));
     assert!(matches!(parse_spec("trtype:TCP,colour=red"), Err(SpdkError::Param(_))));
+}
+
+#[test]
+fn pcie_traddr_is_found_and_checked() {
+    assert_eq!(
+        pcie_traddr("trtype:PCIe traddr:0000:00:04.0").unwrap().as_deref(),
+        Some("0000:00:04.0")
+    );
+    assert_eq!(
+        pcie_traddr("TRADDR=00:04.0 trtype=pcie").unwrap().as_deref(),
+        Some("0000:00:04.0")
+    );
+    assert_eq!(
+        pcie_traddr("trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420").unwrap(),
+        None
+    );
+    assert!(matches!(pcie_traddr("trtype:PCIe"), Err(SpdkError::Trid(..))));
+    assert!(matches!(
+        pcie_traddr("trtype:PCIe traddr:00:40.0"),
+        Err(SpdkError::Trid(..))
+    ));
+    // Nothing is on the allow-list in a process whose EAL runs with --no-pci.
+    assert!(!engine::env::pci_allowed("0000:00:04.0"));
 }
 
 #[test]
