@@ -33,6 +33,8 @@ pub struct Pull {
 /// The standby's side of one relay connection (`Link`).
 #[derive(Default)]
 pub struct SLink {
+    /// When the link was accepted (`Link::since_ns`).
+    pub since_ns: u64,
     pub fwd: Option<(ForwardState, u64)>,
     pub held_lsn: u64,
     pub pull: Option<Pull>,
@@ -101,7 +103,7 @@ impl SNet {
     }
 
     /// `adopt`: answers a relay's Hello; an accepted relay becomes a link.
-    pub fn on_hello(&mut self, i: usize, h: &Hello<'_>, v: &SVol, resume_at_durable: bool) -> Vec<u8> {
+    pub fn on_hello(&mut self, i: usize, h: &Hello<'_>, v: &SVol, resume_at_durable: bool, now: u64) -> Vec<u8> {
         let received = v.next_lsn().saturating_sub(1);
         let local = LocalVolume {
             volume_id: crate::primary::VOLUME_ID,
@@ -124,7 +126,10 @@ impl SNet {
             };
         }
         if matches!(reply, HelloReply::Accepted { .. }) {
-            self.links[i] = Some(SLink::default());
+            self.links[i] = Some(SLink {
+                since_ns: now,
+                ..SLink::default()
+            });
         }
         wire::encode_hello_reply(&reply).as_bytes().to_vec()
     }
@@ -352,6 +357,7 @@ impl SNet {
             .map(|l| pull::RelayReport {
                 forward: l.fresh_fwd(now),
                 held_lsn: l.held_lsn,
+                first_due: l.fwd.is_none() && now.saturating_sub(l.since_ns) < REPORT_FRESH_NS,
             })
             .collect();
         match pull::stall_pull_wanted(&reports, v.next_lsn(), now.saturating_sub(self.progress_ns)) {

@@ -806,7 +806,7 @@ impl World {
         }
         match f {
             Frame::Hello(h) => {
-                let reply = self.sn.on_hello(i, h, &self.sv, self.cfg.resume_at_durable);
+                let reply = self.sn.on_hello(i, h, &self.sv, self.cfg.resume_at_durable, now);
                 self.send(i, Side::Standby, false, reply);
             }
             Frame::Forward(b) => {

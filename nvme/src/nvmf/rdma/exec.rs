@@ -5,7 +5,7 @@
 //! (`docs/nvme-rdma.md`).
 
 use super::queue::{Queue, Req, St, CQE_BYTES, WR_READ, WR_SEND, WR_WRITE};
-use crate::nvmf::channels::{QueueChannels, Submitted};
+use crate::nvmf::channels::QueueChannels;
 use crate::nvmf::connect;
 use crate::nvmf::ctrlr::{AdminResult, QueueInfo, AER_MAX};
 use crate::nvmf::io::{self, IoCmd};
@@ -373,7 +373,7 @@ impl Queue {
         match self.io.unmap_ranges(r.chan, data, ranges, u64::from(i)) {
             Err(s) => self.complete(i, s, 0, 0),
             Ok(n) => {
-                self.stat(|s| &s.pending_bdev_io, i64::from(n.tried));
+                self.stat(|s| &s.pending_bdev_io, i64::from(n.pending));
                 if n.pending == 0 {
                     return self.complete(i, Status::SUCCESS, 0, 0);
                 }
@@ -384,10 +384,10 @@ impl Queue {
 
     fn submit(&mut self, i: u32, io: IoRequest) {
         let chan = self.reqs[i as usize].chan;
-        // Counted when tried on the channel (taken or handed back), as on TCP.
-        if self.io.submit(chan, io) != Submitted::Queued {
-            self.stat(|s| &s.pending_bdev_io, 1);
-        }
+        // Counted whatever the channel did with it, as on TCP: it completes once through
+        // `poll_bdev` or `poll_closing`, or `close` drops it, and each takes it off.
+        self.io.submit(chan, io);
+        self.stat(|s| &s.pending_bdev_io, 1);
     }
 
     /// Reaps bdev completions and resubmits what a full channel handed back.

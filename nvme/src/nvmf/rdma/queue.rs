@@ -438,7 +438,8 @@ impl Queue {
                 c.release_io_qid(self.qid);
             }
         }
-        self.io.close();
+        let dropped = self.io.close();
+        self.stat(|s| &s.pending_bdev_io, -(dropped as i64));
         self.aers.clear();
         // Work and waits that will never complete leave the group's counts now; a
         // restart point answer still in flight finds no wait and completes nothing.
