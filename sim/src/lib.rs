@@ -68,6 +68,10 @@ pub struct SimConfig {
     /// `adopt` resumes a relay after the standby's durable LSN, not its received one (the
     /// real code; off replays what the relays released before the fix).
     pub resume_at_durable: bool,
+    /// A stall waits for a new link's first report and gives a reporting forwarder its
+    /// second even when its last report shows less than a backup's (the real code; off
+    /// replays the earlier rule, which pulled at once in both cases, as seed 551013 ran).
+    pub stall_waits_for_reports: bool,
 }
 
 impl Default for SimConfig {
@@ -79,6 +83,7 @@ impl Default for SimConfig {
             reorder_in_link: false,
             drain_drops_stale_pulls: true,
             resume_at_durable: true,
+            stall_waits_for_reports: true,
         }
     }
 }

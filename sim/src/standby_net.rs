@@ -84,6 +84,8 @@ pub struct SNet {
     /// `VolNet::peak_links` / `peak_ns`: most links at once lately.
     peak_links: usize,
     peak_ns: u64,
+    /// `SimConfig::stall_waits_for_reports` off: the earlier stall rule.
+    pub old_stall_rule: bool,
     /// `Drain::expected`, set by `start_drain`.
     pub expected: usize,
     /// `Drain::generation`: the fence's generation (0: the drain does not fence).
@@ -95,9 +97,10 @@ pub struct SNet {
 }
 
 impl SNet {
-    pub fn new(relays: usize) -> SNet {
+    pub fn new(relays: usize, old_stall_rule: bool) -> SNet {
         SNet {
             links: (0..relays).map(|_| None).collect(),
+            old_stall_rule,
             ..SNet::default()
         }
     }
@@ -357,10 +360,21 @@ impl SNet {
             .map(|l| pull::RelayReport {
                 forward: l.fresh_fwd(now),
                 held_lsn: l.held_lsn,
-                first_due: l.fwd.is_none() && now.saturating_sub(l.since_ns) < REPORT_FRESH_NS,
+                first_due: !self.old_stall_rule && l.fwd.is_none() && now.saturating_sub(l.since_ns) < REPORT_FRESH_NS,
             })
             .collect();
-        match pull::stall_pull_wanted(&reports, v.next_lsn(), now.saturating_sub(self.progress_ns)) {
+        let mut verdict = pull::stall_pull_wanted(&reports, v.next_lsn(), now.saturating_sub(self.progress_ns));
+        if self.old_stall_rule && verdict == StallVerdict::Wait {
+            // The earlier rule waited only for a forwarder whose report held what is missing.
+            let next = v.next_lsn();
+            let fwd_has_more = reports.iter().any(|r| {
+                matches!(r.forward, Some(ForwardState::Forwarding | ForwardState::Holding)) && r.held_lsn >= next
+            });
+            if !fwd_has_more {
+                verdict = StallVerdict::Pull;
+            }
+        }
+        match verdict {
             StallVerdict::Pull => {}
             verdict => {
                 if verdict == StallVerdict::PolicyHold {

@@ -190,7 +190,7 @@ impl World {
             pr: vec![Link::default(); n],
             rs: vec![Link::default(); n],
             sv: SVol::new(blocks),
-            sn: SNet::new(n),
+            sn: SNet::new(n, !cfg.stall_waits_for_reports),
             det,
             fo: Failover::default(),
             step: 0,
@@ -351,7 +351,7 @@ impl World {
             Ev::StandbyRestart => {
                 if !self.sv.alive {
                     self.sv.restart();
-                    self.sn = SNet::new(self.par.relays);
+                    self.sn = SNet::new(self.par.relays, !self.cfg.stall_waits_for_reports);
                     for i in 0..self.par.relays {
                         self.reconnect_later(i, Side::Standby, RECONNECT_NS);
                     }
