@@ -77,6 +77,11 @@ if [ -b /dev/nvme0n1 ]; then
   # work completions, one restart point timed out, one I/O queue pair or more now).
   check nvmf-rdma-stats bash -c "echo stats > /tmp/tgt-ctl; for i in \$(seq 50); do grep -q 'nvmf_tgt: stats' /tmp/tgt-rdma.log && break; sleep 0.1; done; grep 'nvmf_tgt: stats' /tmp/tgt-rdma.log | tail -1 | tee /dev/stderr | grep '\"trtype\":\"RDMA\"' | grep -q '\"restart_point_timeouts\":1' && grep 'nvmf_tgt: stats' /tmp/tgt-rdma.log | tail -1 | grep -qE '\"requests\":[1-9]'"
   grep 'nvmf_tgt: stats' /tmp/tgt-rdma.log | tail -1 | sed 's/^/NVMF-RDMA /'
+  # The kernel host registers its data buffers and asks for their keys to be invalidated
+  # with the response: the target answered with SEND with Invalidate (rxe can), and the
+  # host found each invalidated key to be the one it expected.
+  check nvmf-rdma-send-with-invalidate bash -c "grep 'nvmf_tgt: stats' /tmp/tgt-rdma.log | tail -1 | grep -qE '\"send_with_invalidate\":[1-9]'"
+  check nvmf-rdma-no-bogus-invalidation bash -c "! dmesg | grep -i 'bogus remote invalidation'"
   # The host leaves while a restart point is pending; its answer comes after the queue
   # closed and completes nothing (the target stays up: checked below).
   (rp late > /tmp/late.log 2>&1 &)

@@ -343,6 +343,8 @@ pub struct Qp {
     qp: *mut sys::ibv_qp,
     regions: ArrayVec<Region, 4>,
     wcs: [sys::ibv_wc; WC_BATCH],
+    /// The device can invalidate a remote key with a SEND (memory management extensions).
+    send_inv: bool,
 }
 
 // SAFETY: all of it is used by one thread at a time (the owning reactor); verbs objects are
@@ -367,7 +369,16 @@ impl Qp {
             regions: ArrayVec::new(),
             // SAFETY: ibv_wc is plain old data; all-zero is a valid value.
             wcs: unsafe { core::mem::zeroed() },
+            send_inv: false,
         };
+        // SAFETY: ibv_device_attr is plain old data (all-zero valid); `verbs` is a valid
+        // device context and `attr` outlives the call.
+        let caps = unsafe {
+            let mut attr: sys::ibv_device_attr = core::mem::zeroed();
+            (sys::ibv_query_device(verbs, &mut attr) == 0).then_some(attr.device_cap_flags)
+        };
+        let mem_mgt = sys::ibv_device_cap_flags::IBV_DEVICE_MEM_MGT_EXTENSIONS.0;
+        q.send_inv = caps.is_some_and(|c| c & mem_mgt != 0);
         // SAFETY: `verbs` is a valid device context; results are checked for null and freed
         // by `Drop for Qp` in reverse order.
         unsafe {
@@ -468,6 +479,18 @@ impl Qp {
         remote: Option<(u64, u32)>,
         signalled: bool,
     ) -> Result<(), VerbsError> {
+        self.post_send_wr_inv(wr_id, sge, opcode, remote, signalled, 0)
+    }
+
+    fn post_send_wr_inv(
+        &mut self,
+        wr_id: u64,
+        sge: sys::ibv_sge,
+        opcode: u32,
+        remote: Option<(u64, u32)>,
+        signalled: bool,
+        invalidate_rkey: u32,
+    ) -> Result<(), VerbsError> {
         let mut sge = sge;
         // SAFETY: ibv_send_wr is plain old data; all-zero is a valid value.
         let mut wr: sys::ibv_send_wr = unsafe { core::mem::zeroed() };
@@ -486,6 +509,11 @@ impl Qp {
                 rkey,
             };
         }
+        if opcode == sys::ibv_wr_opcode::IBV_WR_SEND_WITH_INV {
+            wr.imm_data_invalidated_rkey_union = sys::imm_data_invalidated_rkey_union_t {
+                invalidated_rkey: invalidate_rkey,
+            };
+        }
         let mut bad = ptr::null_mut();
         // SAFETY: `wr` and `sge` live across the call (the provider copies them); the sge
         // names memory inside a registered region this Qp owns, bounds-checked by `sge`,
@@ -498,6 +526,32 @@ impl Qp {
     pub fn post_send(&mut self, wr_id: u64, off: usize, len: usize, signalled: bool) -> Result<(), VerbsError> {
         let sge = self.sge(Mem::Send, off, len)?;
         self.post_send_wr(wr_id, sge, sys::ibv_wr_opcode::IBV_WR_SEND, None, signalled)
+    }
+
+    /// Whether the device can invalidate a remote key with a SEND ([`Qp::post_send_inv`]).
+    pub fn can_send_with_invalidate(&self) -> bool {
+        self.send_inv
+    }
+
+    /// Posts a SEND of `len` bytes at `off` of the send region that also invalidates the
+    /// peer's remote key `rkey` (SEND with Invalidate), or a plain SEND when the device
+    /// cannot ([`Qp::can_send_with_invalidate`]). Returns whether it invalidates.
+    pub fn post_send_inv(
+        &mut self,
+        wr_id: u64,
+        off: usize,
+        len: usize,
+        signalled: bool,
+        rkey: u32,
+    ) -> Result<bool, VerbsError> {
+        let sge = self.sge(Mem::Send, off, len)?;
+        if !self.send_inv {
+            self.post_send_wr(wr_id, sge, sys::ibv_wr_opcode::IBV_WR_SEND, None, signalled)?;
+            return Ok(false);
+        }
+        let op = sys::ibv_wr_opcode::IBV_WR_SEND_WITH_INV;
+        self.post_send_wr_inv(wr_id, sge, op, None, signalled, rkey)?;
+        Ok(true)
     }
 
     /// Posts an RDMA READ or WRITE of `len` bytes between `off` of the local region `m` and

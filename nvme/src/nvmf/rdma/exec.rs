@@ -291,8 +291,9 @@ impl Queue {
     }
 
     /// Sends the response for request `i` (a SEND of its CQE); the request frees when the
-    /// SEND completes. A plain SEND also for keyed descriptors that asked for invalidation:
-    /// the host then invalidates its key itself (docs/nvme-rdma.md).
+    /// SEND completes. A keyed descriptor that asked for its key to be invalidated gets a
+    /// SEND with Invalidate of that key where the device can (the host then skips its own
+    /// local invalidation), else a plain SEND (docs/nvme-rdma.md).
     pub(super) fn complete(&mut self, i: u32, status: Status, dw0: u32, dw1: u32) {
         let cqe = Cqe {
             dw0,
@@ -309,9 +310,20 @@ impl Queue {
             self.stat(|s| &s.completed_nvme_io, 1);
         }
         self.stat(|s| &s.total_send_wrs, 1);
-        if let Err((op, e)) = self.qp.post_send(WR_SEND | u64::from(i), off, CQE_BYTES, true) {
-            log::info!("nvmf: RDMA queue from {}: {op}: {e}", self.peer);
-            self.close("cannot post a SEND");
+        let wr = WR_SEND | u64::from(i);
+        let posted = match self.reqs[i as usize].desc {
+            DataDesc::Keyed {
+                key, invalidate: true, ..
+            } => self.qp.post_send_inv(wr, off, CQE_BYTES, true, key),
+            _ => self.qp.post_send(wr, off, CQE_BYTES, true).map(|()| false),
+        };
+        match posted {
+            Ok(true) => self.stat(|s| &s.send_with_invalidate, 1),
+            Ok(false) => {}
+            Err((op, e)) => {
+                log::info!("nvmf: RDMA queue from {}: {op}: {e}", self.peer);
+                self.close("cannot post a SEND");
+            }
         }
     }
 

@@ -37,6 +37,9 @@ pub struct RdmaGroupStats {
     /// Send-queue work requests posted (SEND, RDMA READ, RDMA WRITE) and receives posted.
     pub total_send_wrs: AtomicU64,
     pub total_recv_wrs: AtomicU64,
+    /// Responses sent as SEND with Invalidate (the host's keyed descriptor asked for its
+    /// key to be invalidated and the device can).
+    pub send_with_invalidate: AtomicU64,
     /// Restart points waiting now for their sink's answer, and those that timed out.
     pub awaiting_restart_point: AtomicU64,
     pub restart_point_timeouts: AtomicU64,
@@ -88,6 +91,7 @@ impl RdmaGroupStats {
                 "rdma_writes": l(&self.rdma_writes),
                 "total_send_wrs": l(&self.total_send_wrs),
                 "total_recv_wrs": l(&self.total_recv_wrs),
+                "send_with_invalidate": l(&self.send_with_invalidate),
             }],
             "awaiting_restart_point": l(&self.awaiting_restart_point),
             "restart_point_timeouts": l(&self.restart_point_timeouts),
@@ -116,6 +120,7 @@ mod tests {
             "requests",
             "pending_free_request",
             "total_send_wrs",
+            "send_with_invalidate",
         ] {
             assert!(d.get(k).is_some(), "{k}");
         }
