@@ -471,18 +471,9 @@ impl Qp {
         u64::from_le_bytes(unsafe { ptr::read_volatile(w) })
     }
 
+    /// Posts one send-queue work request; `invalidate_rkey` is used by SEND with
+    /// Invalidate only.
     fn post_send_wr(
-        &mut self,
-        wr_id: u64,
-        sge: sys::ibv_sge,
-        opcode: u32,
-        remote: Option<(u64, u32)>,
-        signalled: bool,
-    ) -> Result<(), VerbsError> {
-        self.post_send_wr_inv(wr_id, sge, opcode, remote, signalled, 0)
-    }
-
-    fn post_send_wr_inv(
         &mut self,
         wr_id: u64,
         sge: sys::ibv_sge,
@@ -525,7 +516,7 @@ impl Qp {
     /// Posts a SEND of `len` bytes at `off` of the send region.
     pub fn post_send(&mut self, wr_id: u64, off: usize, len: usize, signalled: bool) -> Result<(), VerbsError> {
         let sge = self.sge(Mem::Send, off, len)?;
-        self.post_send_wr(wr_id, sge, sys::ibv_wr_opcode::IBV_WR_SEND, None, signalled)
+        self.post_send_wr(wr_id, sge, sys::ibv_wr_opcode::IBV_WR_SEND, None, signalled, 0)
     }
 
     /// Whether the device can invalidate a remote key with a SEND ([`Qp::post_send_inv`]).
@@ -546,11 +537,11 @@ impl Qp {
     ) -> Result<bool, VerbsError> {
         let sge = self.sge(Mem::Send, off, len)?;
         if !self.send_inv {
-            self.post_send_wr(wr_id, sge, sys::ibv_wr_opcode::IBV_WR_SEND, None, signalled)?;
+            self.post_send_wr(wr_id, sge, sys::ibv_wr_opcode::IBV_WR_SEND, None, signalled, 0)?;
             return Ok(false);
         }
         let op = sys::ibv_wr_opcode::IBV_WR_SEND_WITH_INV;
-        self.post_send_wr_inv(wr_id, sge, op, None, signalled, rkey)?;
+        self.post_send_wr(wr_id, sge, op, None, signalled, rkey)?;
         Ok(true)
     }
 
@@ -574,7 +565,7 @@ impl Qp {
             RdmaOp::Read => sys::ibv_wr_opcode::IBV_WR_RDMA_READ,
             RdmaOp::Write => sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE,
         };
-        self.post_send_wr(wr_id, sge, opcode, Some(remote), signalled)
+        self.post_send_wr(wr_id, sge, opcode, Some(remote), signalled, 0)
     }
 
     /// Posts an RDMA WRITE of `len` bytes at `off` of the control region to the peer's
@@ -594,6 +585,7 @@ impl Qp {
             sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE,
             Some(remote),
             signalled,
+            0,
         )
     }
 

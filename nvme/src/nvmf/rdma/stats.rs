@@ -62,14 +62,7 @@ pub fn group_stats() -> Vec<Arc<RdmaGroupStats>> {
     GROUPS.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-/// Adds `d` (which may be negative) to a counter.
-pub(super) fn bump(a: &AtomicU64, d: i64) {
-    if d >= 0 {
-        a.fetch_add(d as u64, Ordering::Relaxed);
-    } else {
-        a.fetch_sub(d.unsigned_abs(), Ordering::Relaxed);
-    }
-}
+pub(super) use crate::nvmf::tcp::bump;
 
 impl RdmaGroupStats {
     /// The transport's entry of `nvmf_get_stats` for this group.

@@ -40,7 +40,8 @@ pub fn group_stats() -> Vec<Arc<GroupStats>> {
     GROUP_STATS.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-pub(super) fn bump(a: &AtomicU64, d: i64) {
+/// Adds `d` (which may be negative) to a poll group counter (both transports' groups).
+pub(crate) fn bump(a: &AtomicU64, d: i64) {
     if d >= 0 {
         a.fetch_add(d as u64, Ordering::Relaxed);
     } else {

@@ -55,7 +55,7 @@ use super::{Target, TargetError, TransportOpts};
 use crate::spec::Status;
 use crate::tcp::pdu::{PduReceiver, RxLimits, Side, TxDigests};
 use buffers::TcpPools;
-use group::bump;
+pub(crate) use group::bump;
 use request::Req;
 use rx::RxSink;
 use std::collections::VecDeque;
