@@ -244,6 +244,9 @@ struct Worker {
     start_ns: u64,
     measure_start_ns: u64,
     measure_end_ns: u64,
+    /// The harness thread's CPU time over the measured phase, taken when it ends (0 until
+    /// then): the drain after it, which can wait out a stuck device, is not in it.
+    cpu_measured_ns: u64,
     cpu_start_ns: u64,
     ios: u64,
     reads: u64,
@@ -414,6 +417,7 @@ impl Worker {
             {
                 self.phase = Phase::Drain;
                 self.measure_end_ns = now;
+                self.cpu_measured_ns = crate::sys::thread_cpu_ns().saturating_sub(self.cpu_start_ns);
             }
             Phase::Drain if self.free.len() == self.slots.len() => {
                 self.phase = Phase::Done;
@@ -495,7 +499,7 @@ impl Worker {
             verify_failures: self.verify_failures,
             first_error: self.first_error.clone(),
             elapsed_ns: elapsed,
-            harness_cpu_ns: crate::sys::thread_cpu_ns().saturating_sub(self.cpu_start_ns),
+            harness_cpu_ns: self.cpu_measured_ns,
             hist: self.hist.clone(),
         }
     }
@@ -663,6 +667,7 @@ impl Worker {
             start_ns: now,
             measure_start_ns: now,
             measure_end_ns: now,
+            cpu_measured_ns: 0,
             cpu_start_ns: crate::sys::thread_cpu_ns(),
             ios: 0,
             reads: 0,
