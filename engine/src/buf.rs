@@ -102,6 +102,9 @@ enum Backing {
 }
 
 static POOLS: Mutex<Vec<&'static BufPool>> = Mutex::new(Vec::new());
+/// `POOLS.len()`, readable without the lock (a transport that registers every pool with
+/// its device checks it on its polls to notice pools made after it started).
+static POOL_COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl BufPool {
     /// Creates a pool of `count` buffers of `buf_size` bytes. Management path:
@@ -190,6 +193,7 @@ impl BufPool {
             pool.env()
         );
         pools.push(pool);
+        POOL_COUNT.store(pools.len(), Ordering::Release);
         Ok(pool)
     }
 
@@ -312,6 +316,12 @@ impl BufPool {
 /// Every pool created so far, in id order (for fixed-buffer registration).
 pub fn pools() -> Vec<&'static BufPool> {
     POOLS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// How many pools exist: one atomic load, no lock, no allocation (unlike [`pools`]).
+#[inline]
+pub fn pool_count() -> usize {
+    POOL_COUNT.load(Ordering::Acquire)
 }
 
 /// How many of a pool's `count` buffers one reactor may keep idle: none below

@@ -206,6 +206,12 @@ pub struct ConnStats {
     pub recv_calls: u64,
     /// `send` calls refused with `Full`.
     pub send_full: u64,
+    /// Data-segment (payload) bytes the transport copied into its own send buffers (RDMA:
+    /// the registered staging ring; 0 on TCP and in-process, which do not count it).
+    pub payload_bytes_copied: u64,
+    /// Data-segment bytes sent straight from the caller's buffers (RDMA: segments inside a
+    /// registered engine buffer pool, posted as scatter/gather entries).
+    pub payload_bytes_zero_copy: u64,
 }
 
 // The frame comes back by value in `SendError` so a refused send loses no buffer and

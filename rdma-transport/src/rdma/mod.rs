@@ -6,11 +6,17 @@
 //! the way bytes move differs.
 //!
 //! Sending: `send` queues the frame (bounded queue, as TCP); `poll_send` reaps send
-//! completions (freeing staging slots), reads the credit word the peer writes, then copies
-//! queued frames into the registered staging ring, message by message ([`rdma_proto::place`])
-//! and posts a SEND per full (or last) message while credits last. Only every
-//! [`SIGNAL_EVERY`]-th work request asks for a completion. A frame is handed back as soon
-//! as its bytes are in the staging ring. Receiving: `poll_recv` reads receive completions
+//! completions (freeing staging slots), reads the credit word the peer writes, then lays
+//! queued frames out message by message ([`rdma_proto::place`]) and posts a SEND per full
+//! (or last) message while credits last. A message is a gather list: headers and data
+//! segments outside the engine's buffer pools are copied into the registered staging ring;
+//! data segments inside a pool (registered once per connection) are named in place by a
+//! scatter/gather entry, no copy (zero-copy). Only every [`SIGNAL_EVERY`]-th work request
+//! asks for a completion, and the last SEND of a burst when it carries zero-copy data. A
+//! frame that was only copied is handed back as soon as its bytes are in the staging ring;
+//! a frame with zero-copy bytes is held until the SEND carrying its last byte is known
+//! complete (a send completion, never a receive: an Ack for it may arrive first).
+//! Receiving: `poll_recv` reads receive completions
 //! into a ready list, hands frames to the caller (in place in the receive buffer, or from
 //! the reassembly buffer for a frame that spans messages), re-posts each buffer once its
 //! frames are delivered and returns credits by RDMA WRITE. Setup (`connect`, the acceptor)
@@ -27,9 +33,10 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use crate::rdma_proto::{self, ConnParams, Reassembler, RecvCredits, SendCredits, Step};
-use crate::transport::{ConnState, ConnStats, Connection, OutFrame, SendCompletion, SendError, TransportError};
+use crate::transport::{ConnState, ConnStats, Connection, OutFrame, Segs, SendCompletion, SendError, TransportError};
 use crate::wire::{self, Frame, HeaderBuf};
-use verbs::{Channel, CmId, Mem, Qp, Wc};
+use arrayvec::ArrayVec;
+use verbs::{Channel, CmId, Mem, Qp, Sge, Wc, SEND_SGE_MAX};
 
 pub use setup::RdmaAcceptor;
 pub use verbs::rdma_device_present;
@@ -50,6 +57,9 @@ pub const SIGNAL_EVERY: u64 = 8;
 pub const CM_POLL_PERIOD_NS: u64 = 1_000_000;
 /// Most frames delivered per `poll_recv` (as TCP).
 pub const RECV_FRAMES_PER_POLL_MAX: usize = 64;
+/// Scatter/gather entries asked for per SEND (the device may grant fewer; with 1 every
+/// byte is copied). Bounds the zero-copy segments of one message.
+pub const ZC_SGE_WANT: u32 = 8;
 /// Offset of the credit word (the peer writes its grant total here) in the control region.
 const CREDIT_WORD_OFF: usize = 0;
 /// Offset of the credit-return source words in the control region.
@@ -112,6 +122,23 @@ enum WrKind {
     CreditWrite,
 }
 
+/// A piece of the open message: bytes of the staging slot, or a pool segment in place.
+#[derive(Clone, Copy)]
+enum Piece {
+    /// `len` bytes at `off` of the send region.
+    Staging { off: usize, len: usize },
+    /// Bytes of a registered engine pool.
+    Pool(Sge),
+}
+
+/// A sent frame whose data is still read by the device: its buffers go back once message
+/// `msg` (the one with its last byte) is known complete.
+struct Held<B> {
+    msg: u64,
+    user_data: u64,
+    data: Segs<B>,
+}
+
 /// One RDMA replication connection. Owned by one reactor (see [`Connection`]).
 pub struct RdmaConnection<B> {
     // Field order is drop order: the queue pair before its id, the id before its channel.
@@ -128,13 +155,32 @@ pub struct RdmaConnection<B> {
     /// Message size in use: min of both sides'.
     msg: usize,
     sendq: VecDeque<OutFrame<B>>,
-    /// Bytes of the head frame already copied to staging.
+    /// Bytes of the head frame already laid out in messages.
     head_copied: usize,
+    /// The head frame has zero-copy pieces (posted or in the open message).
+    head_zc: bool,
+    /// Sent frames whose zero-copy bytes the device may still read, in send order.
+    held: VecDeque<Held<B>>,
+    /// Bound of `held` (it never reaches it; see `held_max`).
+    held_max: usize,
+    /// A frame was held since the last signalled work request: the last SEND of a burst
+    /// must ask for a completion, or the frame would wait for the next burst.
+    zc_unsignalled: bool,
+    /// Pieces of the open message (at most `sge_cap`).
+    pieces: ArrayVec<Piece, SEND_SGE_MAX>,
+    /// Scatter/gather entries per SEND the queue pair allows.
+    sge_cap: usize,
+    /// Bytes used in the open staging slot (`fill` minus zero-copy bytes).
+    stage_fill: usize,
+    /// Pool registrations that failed (their buffers are copied).
+    pool_reg_failures: u64,
     credits: SendCredits,
     /// Messages posted so far; the open slot is `tx_next % send_slots`.
     tx_next: u64,
     /// Posted SENDs not yet known complete.
     tx_inflight: usize,
+    /// SENDs known complete (messages below this number).
+    tx_retired: u64,
     /// Bytes in the open slot.
     fill: usize,
     /// Work requests posted so far (the next one's id).
@@ -158,6 +204,14 @@ pub struct RdmaConnection<B> {
     stats: ConnStats,
 }
 
+/// Most frames held at once. A held frame's last byte is in an incomplete message (at most
+/// `send_slots` posted, plus the open one), and each message ends at most one held frame
+/// per zero-copy piece plus one that started earlier: `(send_slots + 1) * (sge + 1)`.
+/// Frames of completed messages are released before any new one is laid out.
+fn held_max(cfg: &RdmaConfig) -> usize {
+    (cfg.send_slots as usize + 1) * (ZC_SGE_WANT as usize + 1)
+}
+
 fn rdma_err((op, source): verbs::VerbsError) -> TransportError {
     TransportError::Rdma { op, source }
 }
@@ -178,9 +232,18 @@ impl<B: Deref<Target = [u8]>> RdmaConnection<B> {
             msg: cfg.msg_bytes as usize,
             sendq: VecDeque::with_capacity(cfg.send_queue_frames),
             head_copied: 0,
+            head_zc: false,
+            held: VecDeque::with_capacity(held_max(&cfg)),
+            held_max: held_max(&cfg),
+            zc_unsignalled: false,
+            pieces: ArrayVec::new(),
+            sge_cap: 1,
+            stage_fill: 0,
+            pool_reg_failures: 0,
             credits: SendCredits::new(0),
             tx_next: 0,
             tx_inflight: 0,
+            tx_retired: 0,
             fill: 0,
             wr_seq: 0,
             wr_retired: 0,
@@ -215,6 +278,26 @@ impl<B: Deref<Target = [u8]>> RdmaConnection<B> {
     /// Message size in use (valid once open).
     pub fn msg_bytes(&self) -> usize {
         self.msg
+    }
+
+    /// Engine buffer pools registered with this connection's protection domain, and the
+    /// registrations that failed (those pools' buffers are copied).
+    pub fn pools_registered(&self) -> (usize, u64) {
+        (
+            self.qp.as_ref().map_or(0, |q| q.pools_registered()),
+            self.pool_reg_failures,
+        )
+    }
+
+    /// Scatter/gather entries per SEND granted by the device (1: zero-copy is off).
+    pub fn send_sge(&self) -> usize {
+        self.sge_cap
+    }
+
+    /// Sent frames whose buffers the device may still read (returned on a later
+    /// `poll_send`, once their SEND is known complete).
+    pub fn held_frames(&self) -> usize {
+        self.held.len()
     }
 
     /// Credits the peer granted that are not used yet.
@@ -264,8 +347,18 @@ impl<B: Deref<Target = [u8]>> RdmaConnection<B> {
     }
 
     fn drain_unsent(&mut self, done: &mut dyn FnMut(SendCompletion<B>)) -> usize {
+        // Posted frames the device may still read: the connection is failed or closed and
+        // its queue pair going to the error state. Their bytes went out (or never will).
+        while let Some(h) = self.held.pop_front() {
+            done(SendCompletion {
+                user_data: h.user_data,
+                data: h.data,
+                sent: true,
+            });
+        }
         let n = self.sendq.len();
         self.head_copied = 0;
+        self.head_zc = false;
         while let Some(f) = self.sendq.pop_front() {
             done(SendCompletion {
                 user_data: f.user_data,
@@ -281,7 +374,10 @@ impl<B: Deref<Target = [u8]>> RdmaConnection<B> {
         let depth = self.wr_kinds.len() as u64;
         while self.wr_retired <= wr_id && self.wr_retired < self.wr_seq {
             match self.wr_kinds[(self.wr_retired % depth) as usize] {
-                WrKind::Send => self.tx_inflight -= 1,
+                WrKind::Send => {
+                    self.tx_inflight -= 1;
+                    self.tx_retired += 1;
+                }
                 WrKind::CreditWrite => self.writes_inflight -= 1,
             }
             self.wr_retired += 1;
@@ -334,89 +430,206 @@ impl<B: Deref<Target = [u8]>> RdmaConnection<B> {
         }
     }
 
-    /// Posts the open slot as one SEND. False when there is no credit or no queue room.
-    fn flush(&mut self) -> Result<bool, TransportError> {
+    /// Posts the open message as one SEND. False when there is no credit or no queue room.
+    /// `tail`: nothing more follows in this poll, so a SEND after a held frame asks for a
+    /// completion even off the every-[`SIGNAL_EVERY`] rule.
+    fn flush(&mut self, tail: bool) -> Result<bool, TransportError> {
         if self.fill == 0 {
             return Ok(true);
         }
         if !self.wr_room() || self.credits.available() == 0 {
             return Ok(false);
         }
+        let Some(qp) = self.qp.as_ref() else {
+            return Err(TransportError::Closed);
+        };
+        let mut sges = ArrayVec::<Sge, SEND_SGE_MAX>::new();
+        for p in &self.pieces {
+            sges.push(match *p {
+                Piece::Staging { off, len } => qp.staging_sge(off, len).map_err(rdma_err)?,
+                Piece::Pool(sge) => sge,
+            });
+        }
         self.credits.take();
-        let slot = (self.tx_next % self.cfg.send_slots as u64) as usize;
-        let (id, signalled) = self.next_wr(WrKind::Send);
-        let off = slot * self.cfg.msg_bytes as usize;
-        let len = self.fill;
+        let (id, every_n) = self.next_wr(WrKind::Send);
+        let signalled = every_n || (tail && self.zc_unsignalled);
         let Some(qp) = self.qp.as_mut() else {
             return Err(TransportError::Closed);
         };
-        qp.post_send(id, off, len, signalled).map_err(rdma_err)?;
+        qp.post_send_sges(id, &sges, signalled).map_err(rdma_err)?;
+        if signalled {
+            self.zc_unsignalled = false;
+        }
         self.stats.send_calls += 1;
         self.tx_next += 1;
         self.tx_inflight += 1;
         self.fill = 0;
+        self.stage_fill = 0;
+        self.pieces.clear();
         Ok(true)
     }
 
-    /// Copies as much of the head frame as fits into the open slot. Returns bytes copied.
-    fn copy_head(&mut self) -> usize {
+    /// Appends `b` to the open staging slot as a piece of the open message (the caller
+    /// checked the room).
+    fn stage(&mut self, b: &[u8]) {
+        let Some(qp) = self.qp.as_mut() else { return };
+        let base = (self.tx_next % self.cfg.send_slots as u64) as usize * self.cfg.msg_bytes as usize;
+        let off = base + self.stage_fill;
+        qp.mem_mut(Mem::Send)[off..off + b.len()].copy_from_slice(b);
+        match self.pieces.last_mut() {
+            Some(Piece::Staging { len, .. }) => *len += b.len(),
+            _ => self.pieces.push(Piece::Staging { off, len: b.len() }),
+        }
+        self.stage_fill += b.len();
+        self.fill += b.len();
+    }
+
+    /// Scatter/gather entries `f` needs when laid out whole in one message (an upper bound:
+    /// its header may join the staging piece before it).
+    fn pieces_needed(&self, f: &OutFrame<B>) -> usize {
+        let Some(qp) = self.qp.as_ref() else { return 1 };
+        let mut n = 1;
+        let mut last_staging = true;
+        for d in &f.data {
+            if self.sge_cap > 1 && qp.pool_sge(d).is_some() {
+                n += 1;
+                last_staging = false;
+            } else if !last_staging {
+                n += 1;
+                last_staging = true;
+            }
+        }
+        n
+    }
+
+    /// Lays out as much of the head frame as fits in the open message: header and data
+    /// outside the pools copied into staging, pool data as entries of its own. Stops when
+    /// the message is full or out of entries. Returns bytes laid out.
+    fn place_head(&mut self) -> usize {
         let Some(f) = self.sendq.front() else { return 0 };
         let Some(qp) = self.qp.as_mut() else { return 0 };
-        let slot = (self.tx_next % self.cfg.send_slots as u64) as usize;
-        let base = slot * self.cfg.msg_bytes as usize;
-        let dst = &mut qp.mem_mut(Mem::Send)[base + self.fill..base + self.msg];
+        let base = (self.tx_next % self.cfg.send_slots as u64) as usize * self.cfg.msg_bytes as usize;
         let mut skip = self.head_copied;
         let mut n = 0;
-        for seg in core::iter::once(f.header.as_bytes()).chain(f.data.iter().map(|d| &**d)) {
+        for (i, seg) in core::iter::once(f.header.as_bytes())
+            .chain(f.data.iter().map(|d| &**d))
+            .enumerate()
+        {
             if skip >= seg.len() {
                 skip -= seg.len();
                 continue;
             }
-            let take = (seg.len() - skip).min(dst.len() - n);
-            dst[n..n + take].copy_from_slice(&seg[skip..skip + take]);
-            n += take;
-            skip = 0;
-            if n == dst.len() {
+            let room = self.msg - self.fill;
+            if room == 0 {
                 break;
             }
+            let take = (seg.len() - skip).min(room);
+            let part = &seg[skip..skip + take];
+            skip = 0;
+            let zc = if i > 0 && self.sge_cap > 1 {
+                qp.pool_sge(part)
+            } else {
+                None
+            };
+            if let Some(sge) = zc {
+                if self.pieces.len() >= self.sge_cap {
+                    break;
+                }
+                self.pieces.push(Piece::Pool(sge));
+                self.fill += take;
+                self.head_zc = true;
+                self.stats.payload_bytes_zero_copy += take as u64;
+            } else {
+                let joins = matches!(self.pieces.last(), Some(Piece::Staging { .. }));
+                if !joins && self.pieces.len() >= self.sge_cap {
+                    break;
+                }
+                let off = base + self.stage_fill;
+                qp.mem_mut(Mem::Send)[off..off + take].copy_from_slice(part);
+                match self.pieces.last_mut() {
+                    Some(Piece::Staging { len, .. }) => *len += take,
+                    _ => self.pieces.push(Piece::Staging { off, len: take }),
+                }
+                self.stage_fill += take;
+                self.fill += take;
+                if i > 0 {
+                    self.stats.payload_bytes_copied += take as u64;
+                }
+            }
+            n += take;
         }
-        self.fill += n;
         self.head_copied += n;
         n
     }
 
-    /// Moves queued frames into staging and posts SENDs. Returns frames completed.
+    /// Hands back held frames whose last message is known complete.
+    fn release_held(&mut self, done: &mut dyn FnMut(SendCompletion<B>)) -> usize {
+        let mut n = 0;
+        while self.held.front().is_some_and(|h| h.msg < self.tx_retired) {
+            if let Some(h) = self.held.pop_front() {
+                n += 1;
+                done(SendCompletion {
+                    user_data: h.user_data,
+                    data: h.data,
+                    sent: true,
+                });
+            }
+        }
+        n
+    }
+
+    /// Lays queued frames out in messages and posts SENDs. Returns frames completed.
     fn push_frames(&mut self, done: &mut dyn FnMut(SendCompletion<B>)) -> Result<usize, TransportError> {
-        let mut completed = 0;
+        // First, so `held` only holds frames of incomplete messages (its bound).
+        let mut completed = self.release_held(done);
         while let Some(f) = self.sendq.front() {
-            let len = f.wire_len();
-            let fresh =
-                self.head_copied == 0 && rdma_proto::place(self.fill, len, self.msg) == rdma_proto::Place::FreshMessage;
-            if fresh && !self.flush()? {
+            if self.held.len() >= self.held_max {
+                debug_assert!(false, "held frames beyond their bound");
                 break;
+            }
+            let len = f.wire_len();
+            if self.head_copied == 0 {
+                let fresh = rdma_proto::place(self.fill, len, self.msg) == rdma_proto::Place::FreshMessage || {
+                    // Fits in a whole message but not in the entries left in this one.
+                    let need = self.pieces_needed(f);
+                    self.fill > 0 && len <= self.msg && need <= self.sge_cap && need > self.sge_cap - self.pieces.len()
+                };
+                if fresh && !self.flush(false)? {
+                    break;
+                }
             }
             if self.tx_inflight >= self.cfg.send_slots as usize {
                 break;
             }
-            self.copy_head();
+            self.place_head();
             if self.head_copied == len {
                 if let Some(f) = self.sendq.pop_front() {
                     self.head_copied = 0;
                     self.stats.frames_sent += 1;
                     self.stats.bytes_sent += len as u64;
-                    completed += 1;
-                    done(SendCompletion {
-                        user_data: f.user_data,
-                        data: f.data,
-                        sent: true,
-                    });
+                    if core::mem::take(&mut self.head_zc) {
+                        // Its last byte is in the open message, posted as `tx_next`.
+                        self.held.push_back(Held {
+                            msg: self.tx_next,
+                            user_data: f.user_data,
+                            data: f.data,
+                        });
+                        self.zc_unsignalled = true;
+                    } else {
+                        completed += 1;
+                        done(SendCompletion {
+                            user_data: f.user_data,
+                            data: f.data,
+                            sent: true,
+                        });
+                    }
                 }
-            }
-            if self.fill == self.msg && !self.flush()? {
+            } else if !self.flush(false)? {
+                // The message is full (bytes or entries) and the frame goes on in the next.
                 break;
             }
         }
-        self.flush()?;
+        self.flush(true)?;
         Ok(completed)
     }
 
@@ -573,9 +786,12 @@ impl<B: Deref<Target = [u8]>> Connection<B> for RdmaConnection<B> {
             }
         }
         let r = self.reap_send_cq().and_then(|()| {
-            let Some(qp) = self.qp.as_ref() else {
+            let Some(qp) = self.qp.as_mut() else {
                 return Err(TransportError::Closed);
             };
+            // One atomic load per poll; a system call only when a pool was made since the
+            // last look (once per new pool per connection, not per I/O).
+            self.pool_reg_failures += qp.register_new_pools() as u64;
             let granted = qp.read_remote_written_u64(CREDIT_WORD_OFF);
             self.credits.observe(granted)?;
             self.push_frames(done)
@@ -630,14 +846,9 @@ impl<B: Deref<Target = [u8]>> Connection<B> for RdmaConnection<B> {
         // Only between frames, into an empty open slot, with a credit: else give up.
         if self.phase == Phase::Open && self.head_copied == 0 && self.fill == 0 && b.len() <= self.msg {
             let _ = self.reap_send_cq();
-            if self.tx_inflight < self.cfg.send_slots as usize {
-                let slot = (self.tx_next % self.cfg.send_slots as u64) as usize;
-                let base = slot * self.cfg.msg_bytes as usize;
-                if let Some(qp) = self.qp.as_mut() {
-                    qp.mem_mut(Mem::Send)[base..base + b.len()].copy_from_slice(b);
-                    self.fill = b.len();
-                    sent = matches!(self.flush(), Ok(true));
-                }
+            if self.tx_inflight < self.cfg.send_slots as usize && self.qp.is_some() {
+                self.stage(b);
+                sent = matches!(self.flush(true), Ok(true));
             }
         }
         // Leave the queue pair up until drop so the SEND can leave (best effort, as TCP).

@@ -39,6 +39,7 @@ fn sizes() -> QpSizes {
         recv_bytes: 16 * MSG,
         ctl_bytes: 64,
         data_bytes: DATA,
+        send_sge: 1,
     }
 }
 

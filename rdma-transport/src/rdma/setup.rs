@@ -81,8 +81,13 @@ impl<B: Deref<Target = [u8]>> RdmaConnection<B> {
             recv_bytes: cfg.recv_slots as usize * msg,
             ctl_bytes: CREDIT_SRC_OFF + CREDIT_WRITES_MAX * 8,
             data_bytes: 0,
+            send_sge: super::ZC_SGE_WANT,
         };
         let mut qp = Qp::new(&self.id, sizes).map_err(rdma_err)?;
+        // Once per connection (per protection domain): the pools that exist now; later ones
+        // when `poll_send` first sees the pool count change.
+        self.pool_reg_failures += qp.register_new_pools() as u64;
+        self.sge_cap = qp.send_sge();
         for slot in 0..cfg.recv_slots as usize {
             qp.post_recv(slot as u64, slot * msg, msg).map_err(rdma_err)?;
         }

@@ -11,6 +11,10 @@
 //!   ([`Region`]s). Work requests can only point into that memory, bounds-checked, so no
 //!   posted request can outlive the memory it names: dropping a `Qp` destroys the queue
 //!   pair before it deregisters and frees the regions.
+//! - The engine's buffer pools ([`engine::buf::pools`]), registered with a [`Qp`]'s
+//!   protection domain once each ([`Qp::register_new_pools`]), so a SEND can name a pool
+//!   buffer's bytes directly ([`Qp::pool_sge`]) instead of a copy of them. Pools live for
+//!   the whole process, so an [`Sge`] into one can never outlive its memory.
 
 use core::ptr;
 use std::io;
@@ -283,6 +287,34 @@ impl Drop for CmId {
     }
 }
 
+/// Most scatter/gather entries a SEND of [`Qp::post_send_sges`] may carry.
+pub const SEND_SGE_MAX: usize = 16;
+
+/// One scatter/gather entry of a SEND, made only by [`Qp::staging_sge`] (bounds-checked
+/// in the send region) or [`Qp::pool_sge`] (inside a registered engine pool).
+#[derive(Clone, Copy)]
+pub struct Sge(sys::ibv_sge);
+
+impl Sge {
+    /// Bytes this entry names.
+    pub fn len(&self) -> usize {
+        self.0.length as usize
+    }
+    /// True for an entry of no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.0.length == 0
+    }
+}
+
+/// An engine buffer pool registered with a [`Qp`]'s protection domain: its address range
+/// and local key.
+struct PoolMr {
+    start: usize,
+    len: usize,
+    lkey: u32,
+    mr: *mut sys::ibv_mr,
+}
+
 /// Memory registered with the protection domain, owned by a [`Qp`].
 struct Region {
     buf: Box<[u8]>,
@@ -332,6 +364,9 @@ pub struct QpSizes {
     pub ctl_bytes: usize,
     /// The data region's bytes; 0: none.
     pub data_bytes: usize,
+    /// Scatter/gather entries wanted per SEND (at least 1); the queue pair gets the
+    /// smaller of this, [`SEND_SGE_MAX`] and the device's limit ([`Qp::send_sge`]).
+    pub send_sge: u32,
 }
 
 /// A connection's verbs resources on its [`CmId`].
@@ -342,6 +377,11 @@ pub struct Qp {
     recv_cq: *mut sys::ibv_cq,
     qp: *mut sys::ibv_qp,
     regions: ArrayVec<Region, 4>,
+    /// Engine pools registered so far (address range → lkey), by pool id order.
+    pools: ArrayVec<PoolMr, { engine::buf::POOLS_MAX }>,
+    /// Pools looked at so far (registered or failed): `engine::buf::pools()[..pools_seen]`.
+    pools_seen: usize,
+    send_sge: u32,
     wcs: [sys::ibv_wc; WC_BATCH],
     /// The device can invalidate a remote key with a SEND (memory management extensions).
     send_inv: bool,
@@ -367,18 +407,23 @@ impl Qp {
             recv_cq: ptr::null_mut(),
             qp: ptr::null_mut(),
             regions: ArrayVec::new(),
+            pools: ArrayVec::new(),
+            pools_seen: 0,
+            send_sge: 1,
             // SAFETY: ibv_wc is plain old data; all-zero is a valid value.
             wcs: unsafe { core::mem::zeroed() },
             send_inv: false,
         };
         // SAFETY: ibv_device_attr is plain old data (all-zero valid); `verbs` is a valid
         // device context and `attr` outlives the call.
-        let caps = unsafe {
+        let attr = unsafe {
             let mut attr: sys::ibv_device_attr = core::mem::zeroed();
-            (sys::ibv_query_device(verbs, &mut attr) == 0).then_some(attr.device_cap_flags)
+            (sys::ibv_query_device(verbs, &mut attr) == 0).then_some(attr)
         };
         let mem_mgt = sys::ibv_device_cap_flags::IBV_DEVICE_MEM_MGT_EXTENSIONS.0;
-        q.send_inv = caps.is_some_and(|c| c & mem_mgt != 0);
+        q.send_inv = attr.is_some_and(|a| a.device_cap_flags & mem_mgt != 0);
+        let want_sge = s.send_sge.clamp(1, SEND_SGE_MAX as u32);
+        q.send_sge = attr.map_or(1, |a| want_sge.min(a.max_sge.max(1) as u32));
         // SAFETY: `verbs` is a valid device context; results are checked for null and freed
         // by `Drop for Qp` in reverse order.
         unsafe {
@@ -401,7 +446,7 @@ impl Qp {
             attr.sq_sig_all = 0;
             attr.cap.max_send_wr = s.send_wr;
             attr.cap.max_recv_wr = s.recv_wr;
-            attr.cap.max_send_sge = 1;
+            attr.cap.max_send_sge = q.send_sge;
             attr.cap.max_recv_sge = 1;
             check("rdma_create_qp", sys::rdma_create_qp(id.id, q.pd, &mut attr))?;
             q.qp = (*id.id).qp;
@@ -443,6 +488,96 @@ impl Qp {
         })
     }
 
+    /// Scatter/gather entries a SEND may carry on this queue pair.
+    pub fn send_sge(&self) -> usize {
+        self.send_sge as usize
+    }
+
+    /// Registers every engine buffer pool made since the last call (all of them the first
+    /// time) with this protection domain, once each: `ibv_reg_mr` pins the pool and is a
+    /// system call, so call it at setup and when [`engine::buf::pool_count`] changes, not
+    /// per I/O. A pool whose registration fails (e.g. `RLIMIT_MEMLOCK`) is not retried; its
+    /// buffers are copied. Returns how many registrations failed.
+    pub fn register_new_pools(&mut self) -> usize {
+        if self.pools_seen >= engine::buf::pool_count() {
+            return 0;
+        }
+        let mut failed = 0;
+        for p in engine::buf::pools().into_iter().skip(self.pools_seen) {
+            self.pools_seen += 1;
+            let (ptr, len) = p.region();
+            // Read-only for the device: SEND sources need no access flags.
+            // SAFETY: the pool's region is mapped for the whole process (pools are never
+            // freed), so it outlives the registration, which `Drop for Qp` removes.
+            let mr = unsafe { sys::ibv_reg_mr(self.pd, ptr as *mut _, len, 0) };
+            if mr.is_null() || self.pools.is_full() {
+                failed += 1;
+                continue;
+            }
+            // SAFETY: `mr` is a live registration just made.
+            let lkey = unsafe { (*mr).lkey };
+            self.pools.push(PoolMr {
+                start: ptr as usize,
+                len,
+                lkey,
+                mr,
+            });
+        }
+        failed
+    }
+
+    /// Engine pools registered with this queue pair's protection domain.
+    pub fn pools_registered(&self) -> usize {
+        self.pools.len()
+    }
+
+    /// An entry naming `bytes` in place when they lie inside a registered engine pool (a
+    /// scan of at most [`engine::buf::POOLS_MAX`] ranges); `None` otherwise (copy them).
+    #[inline]
+    pub fn pool_sge(&self, bytes: &[u8]) -> Option<Sge> {
+        let a = bytes.as_ptr() as usize;
+        let len = bytes.len();
+        if len == 0 || len > u32::MAX as usize {
+            return None;
+        }
+        let p = self
+            .pools
+            .iter()
+            .find(|p| a >= p.start && a.checked_add(len).is_some_and(|end| end <= p.start + p.len))?;
+        Some(Sge(sys::ibv_sge {
+            addr: a as u64,
+            length: len as u32,
+            lkey: p.lkey,
+        }))
+    }
+
+    /// An entry naming `len` bytes at `off` of the send staging region (bounds-checked).
+    pub fn staging_sge(&self, off: usize, len: usize) -> Result<Sge, VerbsError> {
+        self.sge(Mem::Send, off, len).map(Sge)
+    }
+
+    /// Posts one SEND gathering `sges` in order (at most [`Qp::send_sge`] of them). The
+    /// caller keeps the bytes they name unchanged until the SEND is known complete.
+    pub fn post_send_sges(&mut self, wr_id: u64, sges: &[Sge], signalled: bool) -> Result<(), VerbsError> {
+        if sges.is_empty() || sges.len() > self.send_sge as usize {
+            return Err(("send sge count", io::Error::from_raw_os_error(libc::EINVAL)));
+        }
+        let mut list = [sys::ibv_sge {
+            addr: 0,
+            length: 0,
+            lkey: 0,
+        }; SEND_SGE_MAX];
+        for (d, s) in list.iter_mut().zip(sges) {
+            *d = s.0;
+        }
+        // Each entry was made by `staging_sge` (inside the send region, which outlives the
+        // queue pair) or `pool_sge` (inside an engine pool, mapped for the whole process).
+        // An entry made by another `Qp` carries a key of another protection domain: the
+        // device refuses it with an error completion, it never reads through it.
+        let op = sys::ibv_wr_opcode::IBV_WR_SEND;
+        self.post_send_wr(wr_id, &mut list[..sges.len()], op, None, signalled, 0)
+    }
+
     /// Address and remote key of `off` in a region (advertised to the peer).
     pub fn remote_ref(&self, m: Mem, off: usize) -> (u64, u32) {
         let r = &self.regions[m as usize];
@@ -476,18 +611,17 @@ impl Qp {
     fn post_send_wr(
         &mut self,
         wr_id: u64,
-        sge: sys::ibv_sge,
+        sges: &mut [sys::ibv_sge],
         opcode: u32,
         remote: Option<(u64, u32)>,
         signalled: bool,
         invalidate_rkey: u32,
     ) -> Result<(), VerbsError> {
-        let mut sge = sge;
         // SAFETY: ibv_send_wr is plain old data; all-zero is a valid value.
         let mut wr: sys::ibv_send_wr = unsafe { core::mem::zeroed() };
         wr.wr_id = wr_id;
-        wr.sg_list = &mut sge;
-        wr.num_sge = 1;
+        wr.sg_list = sges.as_mut_ptr();
+        wr.num_sge = sges.len() as i32;
         wr.opcode = opcode;
         wr.send_flags = if signalled {
             sys::ibv_send_flags::IBV_SEND_SIGNALED.0
@@ -506,9 +640,10 @@ impl Qp {
             };
         }
         let mut bad = ptr::null_mut();
-        // SAFETY: `wr` and `sge` live across the call (the provider copies them); the sge
-        // names memory inside a registered region this Qp owns, bounds-checked by `sge`,
-        // which outlives the queue pair (Drop order).
+        // SAFETY: `wr` and `sges` live across the call (the provider copies them); each
+        // entry names registered memory that outlives the queue pair (a region this Qp owns,
+        // bounds-checked by `sge`, or an engine pool, see `post_send_sges`), and `num_sge`
+        // is within the queue pair's `max_send_sge` (callers post one entry or check it).
         let rc = unsafe { sys::ibv_post_send(self.qp, &mut wr, &mut bad) };
         check("ibv_post_send", rc)
     }
@@ -516,7 +651,7 @@ impl Qp {
     /// Posts a SEND of `len` bytes at `off` of the send region.
     pub fn post_send(&mut self, wr_id: u64, off: usize, len: usize, signalled: bool) -> Result<(), VerbsError> {
         let sge = self.sge(Mem::Send, off, len)?;
-        self.post_send_wr(wr_id, sge, sys::ibv_wr_opcode::IBV_WR_SEND, None, signalled, 0)
+        self.post_send_wr(wr_id, &mut [sge], sys::ibv_wr_opcode::IBV_WR_SEND, None, signalled, 0)
     }
 
     /// Whether the device can invalidate a remote key with a SEND ([`Qp::post_send_inv`]).
@@ -537,11 +672,11 @@ impl Qp {
     ) -> Result<bool, VerbsError> {
         let sge = self.sge(Mem::Send, off, len)?;
         if !self.send_inv {
-            self.post_send_wr(wr_id, sge, sys::ibv_wr_opcode::IBV_WR_SEND, None, signalled, 0)?;
+            self.post_send_wr(wr_id, &mut [sge], sys::ibv_wr_opcode::IBV_WR_SEND, None, signalled, 0)?;
             return Ok(false);
         }
         let op = sys::ibv_wr_opcode::IBV_WR_SEND_WITH_INV;
-        self.post_send_wr(wr_id, sge, op, None, signalled, rkey)?;
+        self.post_send_wr(wr_id, &mut [sge], op, None, signalled, rkey)?;
         Ok(true)
     }
 
@@ -565,7 +700,7 @@ impl Qp {
             RdmaOp::Read => sys::ibv_wr_opcode::IBV_WR_RDMA_READ,
             RdmaOp::Write => sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE,
         };
-        self.post_send_wr(wr_id, sge, opcode, Some(remote), signalled, 0)
+        self.post_send_wr(wr_id, &mut [sge], opcode, Some(remote), signalled, 0)
     }
 
     /// Posts an RDMA WRITE of `len` bytes at `off` of the control region to the peer's
@@ -581,7 +716,7 @@ impl Qp {
         let sge = self.sge(Mem::Ctl, off, len)?;
         self.post_send_wr(
             wr_id,
-            sge,
+            &mut [sge],
             sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE,
             Some(remote),
             signalled,
@@ -644,6 +779,9 @@ impl Drop for Qp {
             for r in self.regions.drain(..) {
                 sys::ibv_dereg_mr(r.mr);
                 drop(r.buf);
+            }
+            for p in self.pools.drain(..) {
+                sys::ibv_dereg_mr(p.mr);
             }
             if !self.recv_cq.is_null() {
                 sys::ibv_destroy_cq(self.recv_cq);

@@ -153,6 +153,7 @@ impl Queue {
             recv_bytes: n * capsule_bytes,
             ctl_bytes: 0,
             data_bytes: n * slot_bytes,
+            send_sge: 1,
         };
         let mut qp = Qp::new(&id, sizes).map_err(|e| fail(&id, e))?;
         for s in 0..n {
