@@ -14,12 +14,17 @@ use std::net::SocketAddr;
 use std::ops::Deref;
 use std::time::{Duration, Instant};
 
+use engine::alloc_count::{thread_allocations, CountingAllocator};
 use engine::buf::{BufPool, DmaBuf};
 use rdma_transport::rdma::{rdma_device_present, RdmaAcceptor, RdmaConfig, RdmaConnection};
 use rdma_transport::wire::{self, Frame, Heartbeat, Op};
 use rdma_transport::{ConnState, Connection, OutFrame, SendError, TransportError};
 
 type Conn = RdmaConnection<Vec<u8>>;
+
+/// Counts heap allocations per thread, for the sender's no-allocation check.
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -114,6 +119,17 @@ fn pump<B: Deref<Target = [u8]>>(
     b: &mut RdmaConnection<B>,
     frames: Vec<OutFrame<B>>,
 ) -> Vec<u64> {
+    pump_counting(a, b, frames).0
+}
+
+/// [`pump`], also returning the heap allocations made inside `a.send` and `a.poll_send`.
+fn pump_counting<B: Deref<Target = [u8]>>(
+    a: &mut RdmaConnection<B>,
+    b: &mut RdmaConnection<B>,
+    frames: Vec<OutFrame<B>>,
+) -> (Vec<u64>, u64) {
+    let mut send_allocs = 0;
+    let mut back = Vec::with_capacity(frames.len());
     let n = frames.len();
     let mut pending: std::collections::VecDeque<_> = frames.into();
     let mut got = Vec::new();
@@ -131,7 +147,10 @@ fn pump<B: Deref<Target = [u8]>>(
             b.stats()
         );
         while let Some(f) = pending.pop_front() {
-            match a.send(f) {
+            let before = thread_allocations();
+            let r = a.send(f);
+            send_allocs += thread_allocations() - before;
+            match r {
                 Ok(()) => {}
                 Err(SendError::Full(f)) => {
                     pending.push_front(f);
@@ -140,11 +159,17 @@ fn pump<B: Deref<Target = [u8]>>(
                 Err(e) => panic!("send: {e:?}"),
             }
         }
-        a.poll_send(&mut |c| {
+        let before = thread_allocations();
+        // Handed-back buffers are dropped after the count: returning them is not the
+        // transport's allocation.
+        let r = a.poll_send(&mut |c| {
             assert!(c.sent);
             completed += 1;
-        })
-        .unwrap();
+            back.push(c);
+        });
+        send_allocs += thread_allocations() - before;
+        r.unwrap();
+        back.clear();
         b.poll_recv(&mut |f| {
             if let Frame::Ops(batch) = f {
                 frames_got += 1;
@@ -159,7 +184,7 @@ fn pump<B: Deref<Target = [u8]>>(
         })
         .unwrap();
         if frames_got == n && completed == n {
-            return got;
+            return (got, send_allocs);
         }
         std::thread::yield_now();
     }
@@ -359,8 +384,9 @@ fn pool_buffer_frames_are_sent_without_copying() {
     }
     let ops = lsn - 1;
     // `pump` checks every write's bytes; `wire::parse` checked each frame's body CRC.
-    let got = pump(&mut c, &mut s, frames);
+    let (got, allocs) = pump_counting(&mut c, &mut s, frames);
     assert_eq!(got, (1..=ops).collect::<Vec<_>>());
+    assert_eq!(allocs, 0, "the sender allocated while sending");
     let st = c.stats();
     assert_eq!(st.payload_bytes_copied, 0, "{st:?}");
     assert_eq!(st.payload_bytes_zero_copy, payload, "{st:?}");
@@ -391,8 +417,9 @@ fn pool_buffer_frames_are_sent_without_copying() {
             })
         })
         .collect();
-    let got = pump(&mut c, &mut s, frames);
+    let (got, allocs) = pump_counting(&mut c, &mut s, frames);
     assert_eq!(got.len(), 20);
+    assert_eq!(allocs, 0, "the sender allocated while sending");
     let st = c.stats();
     assert_eq!(st.payload_bytes_copied, 10 * 4096, "{st:?}");
     assert_eq!(
