@@ -655,6 +655,20 @@ mod tests {
     }
 
     #[test]
+    fn pool_count_follows_pools_without_the_lock() {
+        // Other tests make pools concurrently: the count only grows and covers this one.
+        let before = pool_count();
+        let pool = BufPool::new("t-count", 4, 4096).unwrap();
+        let after = pool_count();
+        assert!(
+            after > before && after > pool.id(),
+            "{before} -> {after}, id {}",
+            pool.id()
+        );
+        assert!(pools().len() >= after);
+    }
+
+    #[test]
     fn bad_geometry_is_an_error() {
         assert!(BufPool::new("t-bad", 0, 4096).is_err());
         assert!(BufPool::new("t-bad", 4, 1000).is_err());
