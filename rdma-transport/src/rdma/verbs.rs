@@ -448,7 +448,18 @@ impl Qp {
             attr.cap.max_recv_wr = s.recv_wr;
             attr.cap.max_send_sge = q.send_sge;
             attr.cap.max_recv_sge = 1;
-            check("rdma_create_qp", sys::rdma_create_qp(id.id, q.pd, &mut attr))?;
+            let mut rc = sys::rdma_create_qp(id.id, q.pd, &mut attr);
+            if rc != 0 && q.send_sge > 1 {
+                // A device whose send queues take fewer entries than its `max_sge` says:
+                // one entry, every byte copied, rather than no connection.
+                q.send_sge = 1;
+                attr.cap.max_send_sge = 1;
+                attr.cap.max_send_wr = s.send_wr;
+                attr.cap.max_recv_wr = s.recv_wr;
+                attr.cap.max_recv_sge = 1;
+                rc = sys::rdma_create_qp(id.id, q.pd, &mut attr);
+            }
+            check("rdma_create_qp", rc)?;
             q.qp = (*id.id).qp;
         }
         let local = sys::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE.0;
