@@ -37,6 +37,8 @@ pub enum CmRejectStatus {
     InvalidHrqsize = 0x05,
     #[error("no resources for the queue")]
     NoResources = 0x06,
+    #[error("the host serves no RDMA READs (responder resources 0)")]
+    InvalidIrd = 0x07,
 }
 
 /// A host's connection request, decoded but not yet checked.
@@ -131,6 +133,19 @@ pub fn check_request(r: &CmRequest, l: CmLimits) -> Result<QueueParams, CmReject
         sq_entries: sq_entries as u16,
         host_recv: r.hrqsize,
     })
+}
+
+/// The RDMA READ depth the target takes on a queue: the READs the host serves at once
+/// (`host_ird`, its responder resources as the connection request carries them), the
+/// device's limit per queue pair, and no more than the queue has commands (each command
+/// reads its data with one READ). A host that serves none is refused: the target fetches
+/// keyed write data by READ.
+pub fn read_depth(host_ird: u8, device_max: u8, sq_entries: u16) -> Result<u8, CmRejectStatus> {
+    if host_ird == 0 {
+        return Err(CmRejectStatus::InvalidIrd);
+    }
+    let by_queue = u8::try_from(sq_entries.max(1)).unwrap_or(u8::MAX);
+    Ok(host_ird.min(device_max.max(1)).min(by_queue))
 }
 
 /// Decodes and checks a connection request's private data in one step.

@@ -226,3 +226,14 @@ fn fuzz_body_survives_100k_mutations() {
         fuzz_rdma(&d);
     }
 }
+
+#[test]
+fn read_depth_is_the_least_of_host_device_and_queue() {
+    assert_eq!(read_depth(0, 128, 32), Err(CmRejectStatus::InvalidIrd));
+    assert_eq!(read_depth(128, 128, 32), Ok(32));
+    assert_eq!(read_depth(16, 128, 32), Ok(16));
+    assert_eq!(read_depth(255, 4, 1024), Ok(4));
+    assert_eq!(read_depth(255, 255, 1024), Ok(255));
+    assert_eq!(read_depth(8, 0, 32), Ok(1), "a device that says 0 still gets one");
+    assert_eq!(encode_reject(CmRejectStatus::InvalidIrd), [0, 0, 7, 0]);
+}

@@ -63,9 +63,31 @@ pub struct CmEvent {
     pub new_id: Option<CmId>,
     /// The peer's private data (CONNECT_REQUEST, ESTABLISHED on the active side).
     pub private: ArrayVec<u8, EVENT_PRIV_BYTES_MAX>,
+    /// CONNECT_REQUEST: how many RDMA READs the requester lets us have outstanding
+    /// towards it (its responder resources, as rdma_cm reports them to the recipient);
+    /// 0 when it serves none.
+    pub initiator_depth: u8,
 }
 
 pub use sys::rdma_cm_event_type as cm_event;
+
+/// The RDMA READ depths a connection negotiates (rdma_cm's connection parameters; the
+/// queue pair's `max_dest_rd_atomic` and `max_rd_atomic` follow from them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadDepth {
+    /// READs the peer may have outstanding towards us (we answer them).
+    pub responder_resources: u8,
+    /// READs we may have outstanding towards the peer.
+    pub initiator_depth: u8,
+}
+
+impl ReadDepth {
+    /// One each way: enough for a protocol that reads nothing (replication frames).
+    pub const ONE: ReadDepth = ReadDepth {
+        responder_resources: 1,
+        initiator_depth: 1,
+    };
+}
 
 /// An rdma_cm event channel, non-blocking.
 pub struct Channel {
@@ -127,6 +149,7 @@ impl Channel {
                 status: e.status,
                 new_id,
                 private,
+                initiator_depth: conn.initiator_depth,
             }
         };
         // SAFETY: `ev` came from rdma_get_cm_event and is acknowledged exactly once.
@@ -218,12 +241,12 @@ impl CmId {
         check("rdma_migrate_id", unsafe { sys::rdma_migrate_id(self.id, ch.ch) })
     }
 
-    fn conn_param(private: &[u8]) -> sys::rdma_conn_param {
+    fn conn_param(private: &[u8], depth: ReadDepth) -> sys::rdma_conn_param {
         sys::rdma_conn_param {
             private_data: private.as_ptr() as *const _,
             private_data_len: private.len().min(56) as u8,
-            responder_resources: 1,
-            initiator_depth: 1,
+            responder_resources: depth.responder_resources,
+            initiator_depth: depth.initiator_depth,
             flow_control: 0,
             retry_count: 7,
             rnr_retry_count: 7,
@@ -234,14 +257,25 @@ impl CmId {
 
     /// Connects (active side, after ROUTE_RESOLVED and `Qp::new`); ESTABLISHED follows.
     pub fn connect(&self, private: &[u8]) -> Result<(), VerbsError> {
-        let mut p = Self::conn_param(private);
+        self.connect_with(private, ReadDepth::ONE)
+    }
+
+    /// As [`CmId::connect`], with the RDMA READ depths to negotiate.
+    pub fn connect_with(&self, private: &[u8], depth: ReadDepth) -> Result<(), VerbsError> {
+        let mut p = Self::conn_param(private, depth);
         // SAFETY: `p` and the private data it points at outlive the call, which copies them.
         check("rdma_connect", unsafe { sys::rdma_connect(self.id, &mut p) })
     }
 
     /// Accepts (passive side, after `Qp::new`); ESTABLISHED follows.
     pub fn accept(&self, private: &[u8]) -> Result<(), VerbsError> {
-        let mut p = Self::conn_param(private);
+        self.accept_with(private, ReadDepth::ONE)
+    }
+
+    /// As [`CmId::accept`], with the RDMA READ depths to grant: `initiator_depth` at most
+    /// the request's [`CmEvent::initiator_depth`] and the device's [`Qp::max_init_rd_atom`].
+    pub fn accept_with(&self, private: &[u8], depth: ReadDepth) -> Result<(), VerbsError> {
+        let mut p = Self::conn_param(private, depth);
         // SAFETY: as in `connect`.
         check("rdma_accept", unsafe { sys::rdma_accept(self.id, &mut p) })
     }
@@ -385,6 +419,9 @@ pub struct Qp {
     wcs: [sys::ibv_wc; WC_BATCH],
     /// The device can invalidate a remote key with a SEND (memory management extensions).
     send_inv: bool,
+    /// The device's `max_qp_init_rd_atom` (RDMA READs one queue pair may have outstanding),
+    /// at most 255; 1 when the device could not be asked.
+    max_init_rd_atom: u8,
 }
 
 // SAFETY: all of it is used by one thread at a time (the owning reactor); verbs objects are
@@ -413,6 +450,7 @@ impl Qp {
             // SAFETY: ibv_wc is plain old data; all-zero is a valid value.
             wcs: unsafe { core::mem::zeroed() },
             send_inv: false,
+            max_init_rd_atom: 1,
         };
         // SAFETY: ibv_device_attr is plain old data (all-zero valid); `verbs` is a valid
         // device context and `attr` outlives the call.
@@ -424,6 +462,7 @@ impl Qp {
         q.send_inv = attr.is_some_and(|a| a.device_cap_flags & mem_mgt != 0);
         let want_sge = s.send_sge.clamp(1, SEND_SGE_MAX as u32);
         q.send_sge = attr.map_or(1, |a| want_sge.min(a.max_sge.max(1) as u32));
+        q.max_init_rd_atom = attr.map_or(1, |a| a.max_qp_init_rd_atom.clamp(1, 255) as u8);
         // SAFETY: `verbs` is a valid device context; results are checked for null and freed
         // by `Drop for Qp` in reverse order.
         unsafe {
@@ -663,6 +702,12 @@ impl Qp {
     pub fn post_send(&mut self, wr_id: u64, off: usize, len: usize, signalled: bool) -> Result<(), VerbsError> {
         let sge = self.sge(Mem::Send, off, len)?;
         self.post_send_wr(wr_id, &mut [sge], sys::ibv_wr_opcode::IBV_WR_SEND, None, signalled, 0)
+    }
+
+    /// RDMA READs this queue pair's device lets one queue pair have outstanding (at most
+    /// 255, the connection parameters' width).
+    pub fn max_init_rd_atom(&self) -> u8 {
+        self.max_init_rd_atom
     }
 
     /// Whether the device can invalidate a remote key with a SEND ([`Qp::post_send_inv`]).

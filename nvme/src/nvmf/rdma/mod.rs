@@ -126,7 +126,9 @@ fn accept_some(ch: &Channel, target: &Arc<Target>, cores: &[u32], listen: Socket
             max_io_qpairs: opts.max_io_qpairs_per_ctrlr,
         };
         let peer = id.peer_addr();
-        let params = match rdma_proto::accept_request(&ev.private, limits) {
+        let checked = rdma_proto::accept_request(&ev.private, limits)
+            .and_then(|p| rdma_proto::read_depth(ev.initiator_depth, u8::MAX, p.sq_entries).map(|_| p));
+        let params = match checked {
             Ok(p) => p,
             Err(sts) => {
                 log::info!("nvmf: RDMA connection request from {peer:?} refused: {sts:?}");
@@ -136,7 +138,8 @@ fn accept_some(ch: &Channel, target: &Arc<Target>, cores: &[u32], listen: Socket
         };
         let i = target.next_core.fetch_add(1, Ordering::Relaxed) as usize % cores.len();
         let t = target.clone();
-        let add = move || match Queue::accept(t, id, params, opts, listen) {
+        let host_ird = ev.initiator_depth;
+        let add = move || match Queue::accept(t, id, params, host_ird, opts, listen) {
             Ok(q) => group_add(q),
             Err(e) => log::warn!("nvmf: RDMA connection from {peer:?} not accepted: {e}"),
         };

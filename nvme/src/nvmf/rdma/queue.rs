@@ -21,7 +21,7 @@ use super::super::{Target, TargetError, TransportOpts};
 use super::stats::{bump, RdmaGroupStats};
 use crate::spec::{Plain, Sqe, Status};
 use engine::buf::DmaBuf;
-use rdma_transport::rdma::verbs::{cm_event, wc_status_str, Channel, CmId, Qp, QpSizes, Wc};
+use rdma_transport::rdma::verbs::{cm_event, wc_status_str, Channel, CmId, Qp, QpSizes, ReadDepth, Wc};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -123,12 +123,15 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
-    /// Makes the queue pair for an accepted request, posts every receive and accepts.
-    /// Runs on the reactor that will poll the queue. Setup path: allocates.
+    /// Makes the queue pair for an accepted request, posts every receive and accepts,
+    /// taking as many outstanding RDMA READs as the host (`host_ird`), the device and the
+    /// queue allow ([`rdma_proto::read_depth`]). Runs on the reactor that will poll the
+    /// queue. Setup path: allocates.
     pub(crate) fn accept(
         target: Arc<Target>,
         id: CmId,
         params: QueueParams,
+        host_ird: u8,
         opts: TransportOpts,
         listen: SocketAddr,
     ) -> Result<Box<Queue>, TargetError> {
@@ -200,11 +203,22 @@ impl Queue {
             stats: None,
         });
         let accept = rdma_proto::encode_accept(params.sq_entries);
-        q.id.accept(&accept).map_err(|(op, e)| TargetError::Listen {
-            addr: listen,
-            why: format!("{op}: {e}"),
-        })?;
-        log::debug!("nvmf: RDMA queue {} from {peer} on {listen}: {n} entries", params.qid);
+        // The listener refused a host that serves no READs, so this is at least 1.
+        let reads = rdma_proto::read_depth(host_ird, q.qp.max_init_rd_atom(), params.sq_entries).unwrap_or(1);
+        let depth = ReadDepth {
+            // The host reads nothing from the target.
+            responder_resources: 0,
+            initiator_depth: reads,
+        };
+        q.id.accept_with(&accept, depth)
+            .map_err(|(op, e)| TargetError::Listen {
+                addr: listen,
+                why: format!("{op}: {e}"),
+            })?;
+        log::debug!(
+            "nvmf: RDMA queue {} from {peer} on {listen}: {n} entries, {reads} READs outstanding at most",
+            params.qid
+        );
         Ok(q)
     }
 
