@@ -18,7 +18,7 @@
 //! `--auth HOSTNQN=KEYFILE[,CTRLKEYFILE]` (repeatable): subsystem `nqn.2016-06.io.baton:auth`
 //! on ADDR:PORT admits HOSTNQN only after DH-HMAC-CHAP with the secret in KEYFILE (a
 //! `DHHC-1` secret, mode 0600), bidirectional with CTRLKEYFILE (`docs/nvme-tcp.md`,
-//! "In-band authentication").
+//! "In-band authentication"); with `--rdma`, on the RDMA address too.
 //!
 //! `--tls ADDR:PORT` with `--tls-host HOSTNQN=KEYFILE` (repeatable): subsystem
 //! `nqn.2016-06.io.baton:tls` on a secure-channel listener at ADDR:PORT (TLS 1.3 with a PSK
@@ -141,8 +141,9 @@ fn ana_args(args: &[String]) -> AnaArgs {
     a
 }
 
-/// The authentication subsystem: hosts admitted only with DH-HMAC-CHAP, keys from files.
-fn auth_subsystem(t: &Arc<Target>, addr: SocketAddr, mib: u64, hosts: &[String]) {
+/// The authentication subsystem: hosts admitted only with DH-HMAC-CHAP, keys from files;
+/// on TCP, and on RDMA too with `--rdma`.
+fn auth_subsystem(t: &Arc<Target>, addr: SocketAddr, rdma: Option<SocketAddr>, mib: u64, hosts: &[String]) {
     const NQN: &str = "nqn.2016-06.io.baton:auth";
     let b = engine::bdev::malloc::create("MallocAuth", mib * 256, 4096, Some(*b"baton-e2e-ns-ath")).expect("malloc");
     engine::bdev::register(b).expect("register");
@@ -181,6 +182,12 @@ fn auth_subsystem(t: &Arc<Target>, addr: SocketAddr, mib: u64, hosts: &[String])
     }
     let a = t.add_listener(NQN, addr).expect("listener");
     println!("nvmf_tgt: {NQN} on {a}");
+    if let Some(ra) = rdma {
+        let a = t
+            .add_listener_rdma(NQN, ra, AnaState::Optimized)
+            .unwrap_or_else(|e| panic!("--rdma {ra}: {e}"));
+        println!("nvmf_tgt: {NQN} on RDMA {a}");
+    }
 }
 
 /// The TLS subsystem: only on a secure-channel listener, hosts admitted with their PSK.
@@ -351,7 +358,7 @@ fn main() {
     }
     ana_subsystem(&t, addr, mib, &ana);
     if !ana.auth.is_empty() {
-        auth_subsystem(&t, addr, mib, &ana.auth);
+        auth_subsystem(&t, addr, ana.rdma, mib, &ana.auth);
     }
     if let Some(a) = ana.tls {
         tls_subsystem(&t, a, mib, &ana.tls_hosts);

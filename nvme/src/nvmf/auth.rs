@@ -79,6 +79,20 @@ fn random(buf: &mut [u8]) -> bool {
     SystemRandom::new().fill(buf).is_ok()
 }
 
+/// How long a host has to authenticate a queue when its controller has no KATO.
+pub const AUTH_TIMEOUT_NO_KATO_MS: u64 = 120_000;
+
+/// When a queue whose Connect asked for authentication must be authenticated by: the
+/// controller's KATO after `now_ns`, or [`AUTH_TIMEOUT_NO_KATO_MS`] without one (as SPDK).
+pub fn deadline_ns(now_ns: u64, kato_ms: u32) -> u64 {
+    let ms = if kato_ms == 0 {
+        AUTH_TIMEOUT_NO_KATO_MS
+    } else {
+        u64::from(kato_ms)
+    };
+    now_ns + ms * 1_000_000
+}
+
 impl Session {
     pub fn new(keys: Option<HostKeys>, hostnqn: &str, subnqn: &str) -> Session {
         Session {

@@ -5,6 +5,7 @@
 //! (`docs/nvme-rdma.md`).
 
 use super::queue::{Queue, Req, St, CQE_BYTES, WR_READ, WR_SEND, WR_WRITE};
+use crate::nvmf::auth::{self, Session};
 use crate::nvmf::channels::QueueChannels;
 use crate::nvmf::connect;
 use crate::nvmf::ctrlr::{AdminResult, QueueInfo, AER_MAX};
@@ -151,9 +152,11 @@ impl Queue {
             return self.complete(i, Status::COMMAND_SEQUENCE_ERROR, 0, 0);
         }
         if sqe.opc == admin_opc::FABRICS && matches!(sqe.fctype(), fctype::AUTH_SEND | fctype::AUTH_RECV) {
-            // In-band authentication is not offered on RDMA queues (Connect refuses hosts
-            // that need it).
-            return self.complete(i, Status::INVALID_OPCODE, 0, 0);
+            return self.auth_cmd(i);
+        }
+        if self.auth.is_some() && !self.authenticated {
+            // Not authenticated yet: only authentication commands.
+            return self.complete(i, Status::AUTH_REQUIRED, 0, 0);
         }
         if self.qid == 0 {
             self.admin(i)
@@ -186,22 +189,11 @@ impl Queue {
         }
         let data = &r.buf.as_deref().unwrap_or(&[])[..r.in_len as usize];
         let checked = connect::check_data(&self.target, data, self.listen, self.peer)?;
-        if checked.subsys.kind == SubsystemKind::Nvme
-            && checked
-                .subsys
-                .auth_keys(&checked.hostnqn, &self.target.keyring)
-                .is_some()
-        {
-            log::warn!(
-                "nvmf: {}: host {} needs in-band authentication, which NVMe/RDMA queues do not offer yet",
-                self.peer,
-                checked.hostnqn
-            );
-            return Err((
-                Status::CONNECT_INVALID_HOST,
-                crate::spec::fabrics::connect_invalid_param_dw0(true, 512),
-            ));
-        }
+        let auth_keys = if checked.subsys.kind == SubsystemKind::Nvme {
+            checked.subsys.auth_keys(&checked.hostnqn, &self.target.keyring)
+        } else {
+            None
+        };
         let c = if cmd.qid == 0 {
             connect::new_controller(&checked, &cmd, &self.opts, self.listen, self.peer)?
         } else {
@@ -216,7 +208,13 @@ impl Queue {
             peer: self.peer,
             core: self.core,
         });
-        let cntlid = c.cntlid;
+        let mut dw0 = u32::from(c.cntlid);
+        if let Some(keys) = auth_keys {
+            // Authentication must finish within KATO (120 s without one), as on TCP.
+            self.auth = Some(Box::new(Session::new(keys, &checked.hostnqn, &checked.subsys.nqn)));
+            self.auth_deadline_ns = auth::deadline_ns(engine::clock::now_ns(), c.kato_ms());
+            dw0 |= crate::spec::auth::CONNECT_AUTHREQ_ATR;
+        }
         self.ctrlr = Some(c);
         if self.qid == 0 {
             self.stat(|s| &s.admin_qpairs, 1);
@@ -225,7 +223,7 @@ impl Queue {
             self.stat(|s| &s.io_qpairs, 1);
             self.stat(|s| &s.current_io_qpairs, 1);
         }
-        Ok(u32::from(cntlid))
+        Ok(dw0)
     }
 
     /// An admin command, handed to the shared controller; its data goes to the host by

@@ -16,6 +16,7 @@
 //! is registered when a queue is accepted, never per I/O; nothing on the I/O path
 //! allocates, locks or blocks.
 
+mod auth;
 mod exec;
 mod queue;
 mod restart_point;

@@ -11,6 +11,7 @@
 //! Each request also owns one `DmaBuf` of `max_io_size` made at accept, which the bdev
 //! reads into and writes from: data is copied once between it and the registered slot.
 
+use super::super::auth::Session;
 use super::super::channels::QueueChannels;
 use super::super::ctrlr::Controller;
 use super::super::io::IoCmd;
@@ -120,6 +121,12 @@ pub(crate) struct Queue {
     pub(super) rp: RestartWaits,
     /// The poll group's counters (set when the queue joins its group).
     stats: Option<Arc<RdmaGroupStats>>,
+    /// The DH-HMAC-CHAP transaction of a queue whose Connect asked for one.
+    pub(super) auth: Option<Box<Session>>,
+    /// The queue authenticated (a re-authentication keeps it so while it runs).
+    pub(super) authenticated: bool,
+    /// Authentication must be done by then (`engine::clock::now_ns`).
+    pub(super) auth_deadline_ns: u64,
 }
 
 impl Queue {
@@ -201,6 +208,9 @@ impl Queue {
             uid: next_queue_id(),
             rp: RestartWaits::new(n),
             stats: None,
+            auth: None,
+            authenticated: false,
+            auth_deadline_ns: 0,
         });
         let accept = rdma_proto::encode_accept(params.sq_entries);
         // The listener refused a host that serves no READs, so this is at least 1.
@@ -246,6 +256,9 @@ impl Queue {
         }
         busy |= self.poll_cqs();
         if self.phase == Phase::Closing {
+            return QueuePoll::Busy;
+        }
+        if self.auth_expired(now) {
             return QueuePoll::Busy;
         }
         if let Some(c) = &self.ctrlr {

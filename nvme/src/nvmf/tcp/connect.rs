@@ -14,9 +14,6 @@ use crate::spec::fabrics::{self, ConnectCmd};
 use crate::spec::Status;
 use crate::tcp::pdu::RxLimits;
 
-/// How long a host has to authenticate a queue when its controller has no KATO.
-const AUTH_TIMEOUT_NO_KATO_MS: u64 = 120_000;
-
 impl Conn {
     pub(super) fn connect(&mut self, slot: usize) {
         match self.try_connect(slot) {
@@ -93,12 +90,7 @@ impl Conn {
         if let Some(a) = auth_session {
             // Authentication must finish within KATO (120 s without one), as SPDK does.
             let kato = self.ctrlr.as_ref().map(|c| c.kato_ms()).unwrap_or(0);
-            let ms = if kato == 0 {
-                AUTH_TIMEOUT_NO_KATO_MS
-            } else {
-                u64::from(kato)
-            };
-            self.auth_deadline_ns = engine::clock::now_ns() + ms * 1_000_000;
+            self.auth_deadline_ns = crate::nvmf::auth::deadline_ns(engine::clock::now_ns(), kato);
             self.auth = Some(a);
             dw0 |= auth::CONNECT_AUTHREQ_ATR;
         }
