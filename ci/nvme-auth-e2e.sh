@@ -9,7 +9,10 @@
 # one with a host key (unidirectional), one with host and controller keys (bidirectional).
 # Checks: connect with the right secret, fio with crc32c verify, disconnect, connect again
 # (reconnect after disconnect), a wrong secret and no secret refused, bidirectional connect
-# with dd read-back, a wrong controller secret refused by the host. Prints
+# with dd read-back, a wrong controller secret refused by the host. Then the same
+# subsystem over NVMe/RDMA (the target built with `rdma`, Soft-RoCE on a guest-only dummy
+# device as in ci/rdma-e2e.sh, the kernel's nvme-rdma host): no secret and a wrong secret
+# refused, one-way and bidirectional authentication with data read back. Prints
 # "nvme-auth e2e: N passed, M failed" and the guest's run time.
 #
 # Needs root (apt-get) the first time; downloads only Debian packages. ci/test.sh runs it.
@@ -22,11 +25,14 @@ T0=$(date +%s)
 
 # shellcheck source=ci/guest-lib.sh
 . ci/guest-lib.sh
-guest_packages "nvme-auth e2e" qemu-system-x86 busybox-static kmod cpio nvme-cli fio xz-utils
+guest_packages "nvme-auth e2e" qemu-system-x86 busybox-static kmod cpio nvme-cli fio xz-utils iproute2 \
+  rdma-core ibverbs-providers
 guest_kernel "${AUTH_KERNEL_PKG:-linux-image-6.12.100+deb12-amd64}"
 
 # The target, built for generic x86-64 (TCG has no AVX-512).
-CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target} cargo build --release -q -p baton-nvme --example nvmf_tgt
+# With the NVMe/RDMA target (feature `rdma`: libibverbs-dev, librdmacm-dev, libclang-dev, as
+# ci/test.sh installs them before this runs).
+CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target} cargo build --release -q -p baton-nvme --features rdma --example nvmf_tgt
 TGT=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/nvmf_tgt
 
 HOST1=nqn.2014-08.org.nvmexpress:uuid:baton-e2e-host
@@ -38,9 +44,14 @@ CKEY2=$(nvme gen-dhchap-key --hmac=2 --key-length=48 --nqn="$HOST2")
 CWRONG=$(nvme gen-dhchap-key --hmac=2 --key-length=48 --nqn="$HOST2")
 
 guest_initrd_start
-guest_bins bash modprobe nvme fio dd cmp
+guest_bins bash modprobe nvme fio dd cmp ip rdma
 guest_file "$TGT" nvmf_tgt
-guest_modules nvme-tcp crc32c_generic
+guest_modules nvme-tcp crc32c_generic nvme-rdma crc32_generic rdma_rxe ib_uverbs rdma_ucm dummy
+# Soft-RoCE's verbs provider (dlopen'ed by libibverbs, so ldd does not see it).
+mkdir -p "$IRD/etc/libibverbs.d" "$IRD/usr/lib/x86_64-linux-gnu/libibverbs"
+cp /etc/libibverbs.d/rxe.driver "$IRD/etc/libibverbs.d/"
+cp -L /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so "$IRD/usr/lib/x86_64-linux-gnu/libibverbs/"
+guest_libs "$(ls /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so | head -1)"
 echo "$HOST1" > "$IRD/etc/nvme/hostnqn"
 echo "7b3b3e6a-1f2d-4c55-9b8e-ba7000e2e002" > "$IRD/etc/nvme/hostid"
 mkdir -p "$IRD/etc/keys"
@@ -63,7 +74,17 @@ cat > "$IRD/init" <<'INIT'
 export PATH=/bin:/sbin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
-for m in crc32c_generic nvme-tcp; do modprobe "$m" || echo "E2E: modprobe $m failed"; done
+for m in crc32c_generic nvme-tcp crc32_generic rdma_rxe ib_uverbs rdma_ucm dummy nvme-rdma; do
+  modprobe "$m" || echo "E2E: modprobe $m failed"
+done
+# Soft-RoCE on a guest-only dummy interface (rdma_cm does not work over 127.0.0.1 on rxe).
+RA=192.0.2.1
+RDMA_ARGS=()
+if ip link add d0 type dummy && ip addr add $RA/24 dev d0 && ip link set d0 up && rdma link add rxe0 type rxe netdev d0; then
+  RDMA_ARGS=(--rdma $RA:4420)
+else
+  echo "E2E: Soft-RoCE setup failed"
+fi
 . /etc/keys/env
 export HOST1 HOST2 KEY1 WRONG KEY2 CKEY2 CWRONG
 pass=0; fail=0
@@ -71,7 +92,8 @@ G0=$(cut -d. -f1 /proc/uptime)
 check() { local name=$1; shift; if "$@" > /tmp/out 2>&1; then pass=$((pass+1)); echo "E2E ok   $name"; else fail=$((fail+1)); echo "E2E FAIL $name"; head -5 /tmp/out; tail -8 /tmp/out; fi; }
 NQN=nqn.2016-06.io.baton:auth
 export NQN
-nvmf_tgt 127.0.0.1:4420 64 --auth "$HOST1=/etc/keys/host1.key" --auth "$HOST2=/etc/keys/host2.key,/etc/keys/ctrl2.key" > /tmp/tgt.log 2>&1 &
+nvmf_tgt 127.0.0.1:4420 64 --auth "$HOST1=/etc/keys/host1.key" --auth "$HOST2=/etc/keys/host2.key,/etc/keys/ctrl2.key" \
+  "${RDMA_ARGS[@]}" > /tmp/tgt.log 2>&1 &
 TGT_PID=$!
 for i in $(seq 50); do grep -q ready /tmp/tgt.log && break; sleep 0.2; done
 dev() { ls /dev/nvme*n1 2>/dev/null | head -1; }
@@ -93,6 +115,25 @@ check bidirectional-connect bash -c 'conn --hostnqn=$HOST2 --dhchap-secret="$KEY
 check bidirectional-io bash -c 'dd if=/dev/urandom of=/tmp/w bs=1M count=4 2>/dev/null && dd if=/tmp/w of=$(dev) bs=1M oflag=direct 2>/dev/null && dd if=$(dev) of=/tmp/r bs=1M count=4 iflag=direct 2>/dev/null && cmp /tmp/w /tmp/r'
 check bidirectional-disconnect bash -c 'nvme disconnect -n $NQN && gone_dev'
 check wrong-ctrl-secret-refused bash -c '! conn --hostnqn=$HOST2 --dhchap-secret="$KEY2" --dhchap-ctrl-secret="$CWRONG"; gone_dev'
+# The same subsystem over NVMe/RDMA (Soft-RoCE): the transaction's messages travel by
+# RDMA READ and WRITE instead of in PDUs.
+if [ ${#RDMA_ARGS[@]} -gt 0 ]; then
+  export RA
+  rconn() { nvme connect -t rdma -n $NQN -a $RA -s 4420 --ctrl-loss-tmo=5 --reconnect-delay=1 "$@"; }
+  rio() { dd if=/dev/urandom of=/tmp/w bs=64k count=16 2>/dev/null && dd if=/tmp/w of=$(dev) bs=64k oflag=direct 2>/dev/null &&
+    dd if=$(dev) of=/tmp/r bs=64k count=16 iflag=direct 2>/dev/null && cmp /tmp/w /tmp/r; }
+  export -f rconn rio
+  AUTHED=$(dmesg | grep -c "qid 0: authenticated"); export AUTHED
+  check rdma-connect-good-secret bash -c 'rconn --dhchap-secret="$KEY1" && wait_dev && grep -qx rdma /sys/class/nvme/*/transport'
+  check rdma-kernel-says-authenticated bash -c '[ "$(dmesg | grep -c "qid 0: authenticated")" -gt "$AUTHED" ]'
+  check rdma-io rio
+  check rdma-disconnect bash -c 'nvme disconnect -n $NQN && gone_dev'
+  check rdma-wrong-secret-refused bash -c '! rconn --dhchap-secret="$WRONG"; gone_dev'
+  check rdma-no-secret-refused bash -c '! rconn; gone_dev'
+  check rdma-bidirectional bash -c 'rconn --hostnqn=$HOST2 --dhchap-secret="$KEY2" --dhchap-ctrl-secret="$CKEY2" && wait_dev && rio && nvme disconnect -n $NQN && gone_dev'
+else
+  fail=$((fail+1)); echo "E2E FAIL rdma-soft-roce-setup"
+fi
 check target-alive kill -0 $TGT_PID
 dmesg | grep -E "nvme|auth" | tail -15 | sed 's/^/E2E dmesg /'
 tail -5 /tmp/tgt.log | sed 's/^/E2E tgt /'

@@ -82,15 +82,6 @@ if [ "$SKIP_NVMF" != 1 ]; then
   mkdir -p "$IRD/etc/nvme"
   echo "nqn.2014-08.org.nvmexpress:uuid:baton-e2e-host" > "$IRD/etc/nvme/hostnqn"
   echo "7b3b3e6a-1f2d-4c55-9b8e-ba7000e2e001" > "$IRD/etc/nvme/hostid"
-  # DH-HMAC-CHAP secrets for step f's authenticated subsystem (nvme-cli on this machine):
-  # host 1 one way, host 2 both ways, and a wrong one.
-  mkdir -p "$IRD/etc/keys"
-  nvme gen-dhchap-key --hmac=1 --nqn=nqn.2014-08.org.nvmexpress:uuid:baton-e2e-host > "$IRD/etc/keys/host1.key"
-  nvme gen-dhchap-key --hmac=1 --nqn=nqn.2014-08.org.nvmexpress:uuid:baton-e2e-host > "$IRD/etc/keys/wrong.key"
-  nvme gen-dhchap-key --hmac=3 --nqn=nqn.2014-08.org.nvmexpress:uuid:baton-e2e-host2 > "$IRD/etc/keys/host2.key"
-  nvme gen-dhchap-key --hmac=2 --key-length=48 --nqn=nqn.2014-08.org.nvmexpress:uuid:baton-e2e-host2 \
-    > "$IRD/etc/keys/ctrl2.key"
-  chmod 600 "$IRD"/etc/keys/*.key
 fi
 [ "$SKIP_CHAOS" = 1 ] || guest_file "$CARGO_TARGET_DIR/release/baton" baton
 guest_file "$TESTBIN" rdma-tests
