@@ -36,7 +36,11 @@ check rdma-host-unknown-subsystem bash -c "timeout -s KILL 60 baton perf -r 'trt
 (sleep 3; kill -9 "$TGT") &
 check rdma-host-target-killed-mid-io bash -c "timeout -s KILL 120 baton perf -r '$BT' -w randrw -o 4096 -q 8 -t 10 --warmup 0 -m 0x1 > /tmp/hp-kill.log 2>&1; rc=\$?; tail -20 /tmp/hp-kill.log; [ \$rc != 0 ] && [ \$rc != 137 ] && ! grep -q panicked /tmp/hp-kill.log"
 wait "$TGT" 2>/dev/null
-grep -h '^Total' /tmp/hp-b4k.log /tmp/hp-b128k.log 2>/dev/null | sed 's/^/NVMF-RDMA host vs baton target: /'
+# The figures (columns: IOPS, MiB/s, avg, min, p50, p99, max µs, cpu %) and the errors the
+# host gave for the bad cases, on the console.
+for f in b4k b128k; do grep -h '^Total' "/tmp/hp-$f.log" | sed "s/^/NVMF-RDMA host vs baton target $f: /"; done
+grep -iE 'error|refused|failed' /tmp/hp-bad.log | head -3 | sed 's/^/NVMF-RDMA host, unknown subsystem: /'
+grep -iE 'error|failed|abort' /tmp/hp-kill.log | head -3 | sed 's/^/NVMF-RDMA host, target killed: /'
 
 # The Linux kernel target (nvmet-rdma), namespaces in files on tmpfs (buffered: tmpfs has
 # no O_DIRECT on this kernel), one per run.
@@ -61,7 +65,7 @@ if modprobe nvmet && modprobe nvmet-rdma; then
   check rdma-host-kernel-tgt-4k host_perf k4k "$KT ns:1" 4096
   check rdma-host-kernel-tgt-128k host_perf k128k "$KT ns:2" 131072
   check rdma-host-kernel-no-errors bash -c "! dmesg | grep -iE 'nvmet.*(error|invalid|bogus)'"
-  grep -h '^Total' /tmp/hp-k4k.log /tmp/hp-k128k.log 2>/dev/null | sed 's/^/NVMF-RDMA host vs kernel target: /'
+  for f in k4k k128k; do grep -h '^Total' "/tmp/hp-$f.log" | sed "s/^/NVMF-RDMA host vs kernel target $f: /"; done
   if [ "$fail" != 0 ]; then dmesg | grep -iE 'nvmet|rdma' | tail -20 | sed 's/^/E2E dmesg: /'; fi
 else
   echo "E2E: no nvmet-rdma in the guest kernel: the kernel target checks are skipped"
