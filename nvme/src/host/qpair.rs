@@ -69,10 +69,47 @@ pub(crate) trait Link {
     fn take_done(&mut self, cid: u16, user: u64) -> Option<HostCompletion>;
 }
 
-/// Takes the finished command `cid` submitted with token `user` out of `done`.
-pub(crate) fn take_done(done: &mut Vec<HostCompletion>, cid: u16, user: u64) -> Option<HostCompletion> {
-    let i = done.iter().position(|c| c.cqe.cid == cid && c.user == user)?;
-    Some(done.remove(i))
+/// What both transports' queue pairs keep alike: the free CIDs (slot = CID), the finished
+/// commands not yet reported and the error that ended the queue pair.
+pub(crate) struct Cids {
+    depth: usize,
+    pub(crate) free: Vec<usize>,
+    pub(crate) done: Vec<HostCompletion>,
+    pub(crate) failed: Option<HostError>,
+}
+
+impl Cids {
+    pub(crate) fn new(depth: usize) -> Cids {
+        Cids {
+            depth,
+            free: (0..depth).rev().collect(),
+            done: Vec::with_capacity(depth),
+            failed: None,
+        }
+    }
+
+    /// Records the first error that ends the queue pair; returns `e`.
+    pub(crate) fn fail(&mut self, e: HostError) -> HostError {
+        if self.failed.is_none() {
+            self.failed = Some(e.clone());
+        }
+        e
+    }
+
+    /// Reports the finished commands through `f`; returns how many.
+    pub(crate) fn report(&mut self, f: &mut dyn FnMut(HostCompletion)) -> usize {
+        let n = self.done.len();
+        for c in self.done.drain(..) {
+            f(c);
+        }
+        n
+    }
+
+    /// Takes the finished command `cid` submitted with token `user`, if it finished.
+    pub(crate) fn take(&mut self, cid: u16, user: u64) -> Option<HostCompletion> {
+        let i = self.done.iter().position(|c| c.cqe.cid == cid && c.user == user)?;
+        Some(self.done.remove(i))
+    }
 }
 
 /// Submits one command and polls until it completes (other completions stay for the next
@@ -119,16 +156,23 @@ pub(crate) fn connect_capsule(subnqn: &str, qid: u16, entries: u16, cntlid: u16,
     (sqe, b)
 }
 
+/// Which queue a transport connects, and how (the arguments of [`Qpair::connect`]).
+#[derive(Clone, Copy)]
+pub(crate) struct QueueSpec<'a> {
+    pub addr: SocketAddr,
+    pub subnqn: &'a str,
+    pub qid: u16,
+    /// Entries (at least 2).
+    pub entries: u16,
+    /// 0xFFFF for an admin queue, the controller's ID for an I/O queue.
+    pub cntlid: u16,
+    /// Largest write carried in the command capsule.
+    pub in_capsule_max: u32,
+}
+
 /// Runs Fabrics Connect on a connected transport queue; returns the controller ID.
-pub(crate) fn connect_fabrics(
-    q: &mut dyn Link,
-    subnqn: &str,
-    qid: u16,
-    entries: u16,
-    cntlid: u16,
-    opts: &HostOpts,
-) -> Result<u16, HostError> {
-    let (sqe, b) = connect_capsule(subnqn, qid, entries, cntlid, opts);
+pub(crate) fn connect_fabrics(q: &mut dyn Link, s: &QueueSpec<'_>, opts: &HostOpts) -> Result<u16, HostError> {
+    let (sqe, b) = connect_capsule(s.subnqn, s.qid, s.entries, s.cntlid, opts);
     let c = sync_on(q, sqe, Data::ToCtrl(b), opts.timeout)?;
     if !c.status().is_success() {
         return Err(HostError::Connect {
@@ -173,13 +217,18 @@ impl Qpair {
         in_capsule_max: u32,
         opts: &HostOpts,
     ) -> Result<Qpair, HostError> {
+        let spec = QueueSpec {
+            addr,
+            subnqn,
+            qid,
+            entries: entries.max(2),
+            cntlid,
+            in_capsule_max,
+        };
         match opts.trtype {
-            Trtype::Tcp => TcpQpair::connect(addr, subnqn, qid, entries, cntlid, in_capsule_max, opts).map(Qpair::Tcp),
+            Trtype::Tcp => TcpQpair::connect(&spec, opts).map(Qpair::Tcp),
             #[cfg(feature = "rdma")]
-            Trtype::Rdma => {
-                super::rdma_qpair::RdmaQpair::connect(addr, subnqn, qid, entries, cntlid, in_capsule_max, opts)
-                    .map(|q| Qpair::Rdma(Box::new(q)))
-            }
+            Trtype::Rdma => super::rdma_qpair::RdmaQpair::connect(&spec, opts).map(|q| Qpair::Rdma(Box::new(q))),
             #[cfg(not(feature = "rdma"))]
             Trtype::Rdma => Err(HostError::Invalid(super::trid::RDMA_FEATURE_MISSING.into())),
         }
@@ -211,12 +260,12 @@ impl Qpair {
 
     /// Commands that can be in flight.
     pub fn depth(&self) -> usize {
-        each!(self, q => q.depth())
+        each!(self, q => q.cids.depth)
     }
 
     /// Commands in flight.
     pub fn outstanding(&self) -> usize {
-        each!(self, q => q.outstanding())
+        each!(self, q => q.cids.depth - q.cids.free.len())
     }
 
     /// Largest in-capsule data this queue sends; larger writes go through R2T (TCP) or a
@@ -243,7 +292,7 @@ impl Qpair {
 
     /// The error that ended this queue pair, if any.
     pub fn failure(&self) -> Option<&HostError> {
-        each!(self, q => q.failure())
+        each!(self, q => q.cids.failed.as_ref())
     }
 
     /// Queues a command. Sets its CID and data descriptor; `data`'s buffer length is the

@@ -14,7 +14,7 @@
 //! the two completion queues are not ordered against each other. Completion queues are
 //! polled by the owner (no completion channel, no thread).
 
-use super::qpair::{connect_fabrics, take_done, Data, HostCompletion, Link};
+use super::qpair::{connect_fabrics, Cids, Data, HostCompletion, Link, QueueSpec};
 use super::rdma_wire::{parse_response, rdma_sgl};
 use super::{HostError, HostOpts};
 use crate::nvmf::rdma_proto::{self, decode_reject, CmRequest};
@@ -61,9 +61,7 @@ pub struct RdmaQpair {
     in_capsule_max: u32,
     capsule_bytes: usize,
     slots: Vec<Slot>,
-    free: Vec<usize>,
-    done: Vec<HostCompletion>,
-    failed: Option<HostError>,
+    pub(crate) cids: Cids,
     /// Work completions of one batch (capacity [`WC_BATCH`], made at connect).
     wcs: Vec<Wc>,
 }
@@ -116,16 +114,15 @@ impl RdmaQpair {
     /// every receive and runs Fabrics Connect. The admin queue sends no in-capsule data (the
     /// Linux target gives the admin queue none); I/O queues up to `in_capsule_max`. Blocks
     /// up to `opts.timeout`; management threads only.
-    pub fn connect(
-        addr: SocketAddr,
-        subnqn: &str,
-        qid: u16,
-        entries: u16,
-        cntlid: u16,
-        in_capsule_max: u32,
-        opts: &HostOpts,
-    ) -> Result<RdmaQpair, HostError> {
-        let entries = entries.max(2);
+    pub(crate) fn connect(spec: &QueueSpec<'_>, opts: &HostOpts) -> Result<RdmaQpair, HostError> {
+        let QueueSpec {
+            addr,
+            qid,
+            entries,
+            cntlid,
+            in_capsule_max,
+            ..
+        } = *spec;
         let n = usize::from(entries);
         let in_capsule_max = if qid == 0 { 0 } else { in_capsule_max.min(8192) };
         let capsule_bytes = 64 + in_capsule_max as usize;
@@ -180,12 +177,10 @@ impl RdmaQpair {
                     buf: None,
                 })
                 .collect(),
-            free: (0..n).rev().collect(),
-            done: Vec::with_capacity(n),
-            failed: None,
+            cids: Cids::new(usize::from(entries)),
             wcs: Vec::with_capacity(WC_BATCH),
         };
-        q.cntlid = connect_fabrics(&mut q, subnqn, qid, entries, cntlid, opts)?;
+        q.cntlid = connect_fabrics(&mut q, spec, opts)?;
         Ok(q)
     }
 
@@ -194,37 +189,15 @@ impl RdmaQpair {
         self.peer
     }
 
-    /// Commands that can be in flight.
-    pub fn depth(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Commands in flight (including those answered whose SEND completion is not yet seen).
-    pub fn outstanding(&self) -> usize {
-        self.slots.len() - self.free.len()
-    }
-
     /// Largest in-capsule data this queue sends, capped by what its send slots hold.
     pub fn set_in_capsule_max(&mut self, bytes: u32) {
         self.in_capsule_max = bytes.min((self.capsule_bytes - 64) as u32);
     }
 
-    /// The error that ended this queue pair, if any.
-    pub fn failure(&self) -> Option<&HostError> {
-        self.failed.as_ref()
-    }
-
-    fn fail(&mut self, e: HostError) -> HostError {
-        if self.failed.is_none() {
-            self.failed = Some(e.clone());
-        }
-        e
-    }
-
     /// Posts a command capsule. Sets its CID and data descriptor; `data`'s buffer length is
     /// the transfer length (at most [`DATA_SLOT_BYTES`]). Never blocks, never allocates.
     pub fn submit(&mut self, mut sqe: Sqe, data: Data, user: u64) -> Result<u16, (HostError, Data)> {
-        if let Some(e) = &self.failed {
+        if let Some(e) = &self.cids.failed {
             return Err((e.clone(), data));
         }
         let (to_ctrl, from_ctrl, len) = match &data {
@@ -238,7 +211,7 @@ impl RdmaQpair {
             ));
             return Err((e, data));
         }
-        let Some(slot) = self.free.pop() else {
+        let Some(slot) = self.cids.free.pop() else {
             return Err((HostError::QueueFull, data));
         };
         sqe.cid = slot as u16;
@@ -264,8 +237,8 @@ impl RdmaQpair {
         }
         self.qp.mem_mut(Mem::Send)[off..off + 64].copy_from_slice(sqe.as_bytes());
         if let Err(e) = self.qp.post_send(slot as u64, off, send_len, true) {
-            self.free.push(slot);
-            let e = self.fail(verbs_err(self.peer)(e));
+            self.cids.free.push(slot);
+            let e = self.cids.fail(verbs_err(self.peer)(e));
             let data = match buf {
                 None => Data::None,
                 Some(b) if from_ctrl => Data::FromCtrl(b),
@@ -289,19 +262,15 @@ impl RdmaQpair {
     /// many. Never blocks. An error is fatal to the queue pair.
     pub fn poll(&mut self, f: &mut dyn FnMut(HostCompletion)) -> Result<usize, HostError> {
         self.poll_cqs()?;
-        let n = self.done.len();
-        for c in self.done.drain(..) {
-            f(c);
-        }
-        Ok(n)
+        Ok(self.cids.report(f))
     }
 
     fn poll_cqs(&mut self) -> Result<(), HostError> {
-        if let Some(e) = &self.failed {
+        if let Some(e) = &self.cids.failed {
             return Err(e.clone());
         }
         let r = self.reap(false).and_then(|_| self.reap(true));
-        r.map_err(|e| self.fail(e))
+        r.map_err(|e| self.cids.fail(e))
     }
 
     /// One batch of receive (`send` false) or send completions.
@@ -381,7 +350,7 @@ impl RdmaQpair {
                 b.copy_from_slice(&self.qp.mem(Mem::Data)[d..d + n]);
             }
         }
-        self.done.push(HostCompletion { user: s.user, cqe, buf });
+        self.cids.done.push(HostCompletion { user: s.user, cqe, buf });
         if sent {
             self.release(slot);
         } else {
@@ -395,7 +364,7 @@ impl RdmaQpair {
 
     fn release(&mut self, slot: usize) {
         self.slots[slot].state = SlotState::Free;
-        self.free.push(slot);
+        self.cids.free.push(slot);
     }
 
     /// Ends every unanswered command with Aborted - SQ Deletion and reports it through `f`
@@ -414,7 +383,7 @@ impl RdmaQpair {
                     ..Cqe::default()
                 };
                 let s = &mut self.slots[slot];
-                self.done.push(HostCompletion {
+                self.cids.done.push(HostCompletion {
                     user: s.user,
                     cqe,
                     buf: s.buf.take(),
@@ -422,11 +391,7 @@ impl RdmaQpair {
             }
             self.release(slot);
         }
-        let n = self.done.len();
-        for c in self.done.drain(..) {
-            f(c);
-        }
-        n
+        self.cids.report(f)
     }
 
     /// Disconnects; the queue pair, its memory and the id go when dropped.
@@ -443,6 +408,6 @@ impl Link for RdmaQpair {
         self.poll_cqs()
     }
     fn take_done(&mut self, cid: u16, user: u64) -> Option<HostCompletion> {
-        take_done(&mut self.done, cid, user)
+        self.cids.take(cid, user)
     }
 }

@@ -8,7 +8,7 @@
 //! thread (it may be a reactor) and is not shared. Buffers move in with `submit` and come back
 //! in the [`HostCompletion`].
 
-use super::qpair::{connect_fabrics, sync_on, take_done, Data, HostCompletion, Link};
+use super::qpair::{connect_fabrics, sync_on, Cids, Data, HostCompletion, Link, QueueSpec};
 use super::{HostError, HostOpts};
 use crate::spec::cmd::sgl_type;
 use crate::spec::{Cqe, Sgl, Sqe, Status};
@@ -71,25 +71,22 @@ pub struct TcpQpair {
     h2c_chunk: u32,
     in_capsule_max: u32,
     slots: Vec<Slot>,
-    free: Vec<usize>,
     sink: Sink,
-    done: Vec<HostCompletion>,
-    failed: Option<HostError>,
+    pub(crate) cids: Cids,
 }
 
 impl TcpQpair {
     /// Opens a TCP connection, runs ICReq/ICResp and Fabrics Connect for queue `qid` with
     /// `entries` slots. `cntlid` is 0xFFFF for an admin queue, the admin queue's controller
     /// ID for an I/O queue. Blocks up to `opts.timeout`; management threads only.
-    pub fn connect(
-        addr: SocketAddr,
-        subnqn: &str,
-        qid: u16,
-        entries: u16,
-        cntlid: u16,
-        in_capsule_max: u32,
-        opts: &HostOpts,
-    ) -> Result<TcpQpair, HostError> {
+    pub(crate) fn connect(spec: &QueueSpec<'_>, opts: &HostOpts) -> Result<TcpQpair, HostError> {
+        let QueueSpec {
+            addr,
+            qid,
+            entries,
+            in_capsule_max,
+            ..
+        } = *spec;
         let io = |e: std::io::Error| HostError::Io(format!("{addr}: {e}"));
         let sock = TcpStream::connect_timeout(&addr, opts.timeout).map_err(io)?;
         sock.set_nodelay(true).map_err(io)?;
@@ -99,7 +96,6 @@ impl TcpQpair {
             h2c_data_bytes: 0,
             c2h_data_bytes: C2H_DATA_MAX_BYTES,
         };
-        let entries = entries.max(2);
         let mut q = TcpQpair {
             sock,
             peer: addr,
@@ -122,10 +118,8 @@ impl TcpQpair {
                     data_error: false,
                 })
                 .collect(),
-            free: (0..usize::from(entries)).rev().collect(),
             sink: Sink::None,
-            done: Vec::with_capacity(usize::from(entries)),
-            failed: None,
+            cids: Cids::new(usize::from(entries)),
         };
         pdu::encode_ic_req(&mut q.tx, 0, opts.hdgst, opts.ddgst, 0);
         let deadline = Instant::now() + opts.timeout;
@@ -138,7 +132,7 @@ impl TcpQpair {
         }
         // Connect data always travels in-capsule (targets may refuse it through R2T).
         q.in_capsule_max = in_capsule_max.max(1024);
-        q.cntlid = connect_fabrics(&mut q, subnqn, qid, entries, cntlid, opts)?;
+        q.cntlid = connect_fabrics(&mut q, spec, opts)?;
         q.in_capsule_max = in_capsule_max;
         Ok(q)
     }
@@ -146,16 +140,6 @@ impl TcpQpair {
     /// The target's address.
     pub fn peer(&self) -> SocketAddr {
         self.peer
-    }
-
-    /// Commands that can be in flight.
-    pub fn depth(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Commands in flight.
-    pub fn outstanding(&self) -> usize {
-        self.slots.len() - self.free.len()
     }
 
     /// Largest in-capsule data this queue sends; larger writes go through R2T.
@@ -173,19 +157,14 @@ impl TcpQpair {
         self.tx.extend_from_slice(bytes);
     }
 
-    /// The error that ended this queue pair, if any.
-    pub fn failure(&self) -> Option<&HostError> {
-        self.failed.as_ref()
-    }
-
     /// Queues a command. Sets its CID and data descriptor; `data`'s buffer length is the
     /// transfer length. Never blocks; the capsule goes out on the next `poll`. On error the
     /// data is handed back.
     pub fn submit(&mut self, mut sqe: Sqe, data: Data, user: u64) -> Result<u16, (HostError, Data)> {
-        if let Some(e) = &self.failed {
+        if let Some(e) = &self.cids.failed {
             return Err((e.clone(), data));
         }
-        let Some(slot) = self.free.pop() else {
+        let Some(slot) = self.cids.free.pop() else {
             return Err((HostError::QueueFull, data));
         };
         sqe.cid = slot as u16;
@@ -224,11 +203,7 @@ impl TcpQpair {
     /// broke the protocol, or the socket failed); commands in flight are lost.
     pub fn poll(&mut self, f: &mut dyn FnMut(HostCompletion)) -> Result<usize, HostError> {
         self.poll_io()?;
-        let n = self.done.len();
-        for c in self.done.drain(..) {
-            f(c);
-        }
-        Ok(n)
+        Ok(self.cids.report(f))
     }
 
     /// Submits one command and polls until it completes (other completions are kept for the
@@ -253,11 +228,7 @@ impl TcpQpair {
                 self.finish(slot, cqe);
             }
         }
-        let n = self.done.len();
-        for c in self.done.drain(..) {
-            f(c);
-        }
-        n
+        self.cids.report(f)
     }
 
     /// Closes the connection.
@@ -265,21 +236,14 @@ impl TcpQpair {
         let _ = self.sock.shutdown(Shutdown::Both);
     }
 
-    fn fail(&mut self, e: HostError) -> HostError {
-        if self.failed.is_none() {
-            self.failed = Some(e.clone());
-        }
-        e
-    }
-
     pub(crate) fn poll_io(&mut self) -> Result<(), HostError> {
-        if let Some(e) = &self.failed {
+        if let Some(e) = &self.cids.failed {
             return Err(e.clone());
         }
         self.flush()?;
         loop {
             match self.sock.read(&mut self.rx_buf) {
-                Ok(0) => return Err(self.fail(HostError::Closed)),
+                Ok(0) => return Err(self.cids.fail(HostError::Closed)),
                 Ok(n) => {
                     self.process(n)?;
                     if n < self.rx_buf.len() {
@@ -288,7 +252,7 @@ impl TcpQpair {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.fail(HostError::Io(e.to_string()))),
+                Err(e) => return Err(self.cids.fail(HostError::Io(e.to_string()))),
             }
         }
         self.flush()
@@ -300,7 +264,7 @@ impl TcpQpair {
                 Ok(n) => self.tx_pos += n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.fail(HostError::Io(e.to_string()))),
+                Err(e) => return Err(self.cids.fail(HostError::Io(e.to_string()))),
             }
         }
         if self.tx_pos == self.tx.len() {
@@ -338,7 +302,7 @@ impl TcpQpair {
             }
         };
         self.rx_buf = buf;
-        res.map_err(|e| self.fail(e))
+        res.map_err(|e| self.cids.fail(e))
     }
 
     fn protocol(&self, what: &'static str) -> HostError {
@@ -508,8 +472,8 @@ impl TcpQpair {
         let s = &mut self.slots[slot];
         s.state = SlotState::Free;
         let buf = s.buf.take();
-        self.done.push(HostCompletion { user: s.user, cqe, buf });
-        self.free.push(slot);
+        self.cids.done.push(HostCompletion { user: s.user, cqe, buf });
+        self.cids.free.push(slot);
     }
 }
 
@@ -521,6 +485,6 @@ impl Link for TcpQpair {
         TcpQpair::poll_io(self)
     }
     fn take_done(&mut self, cid: u16, user: u64) -> Option<HostCompletion> {
-        take_done(&mut self.done, cid, user)
+        self.cids.take(cid, user)
     }
 }
