@@ -149,3 +149,19 @@ mod tests {
         );
     }
 }
+
+/// Without the `rdma` feature an RDMA queue pair is refused by name: an error, not a panic.
+#[cfg(all(test, not(feature = "rdma")))]
+#[test]
+fn rdma_queue_without_the_feature_names_it() {
+    use super::{HostOpts, Qpair, Trtype};
+    let opts = HostOpts {
+        trtype: Trtype::Rdma,
+        ..HostOpts::default()
+    };
+    let addr = "192.0.2.1:4420".parse().expect("address");
+    let e = Qpair::connect(addr, "nqn.x", 0, 32, 0xFFFF, 0, &opts)
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("`rdma` cargo feature"), "{e}");
+}

@@ -438,3 +438,40 @@ pub fn bdev_nvme_get_controllers(p: Option<GetControllers>) -> Result<Vec<Value>
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rdma_attach() -> AttachController {
+        AttachController {
+            name: "rdma0".into(),
+            trtype: "rdma".into(),
+            traddr: "192.0.2.1".into(),
+            trsvcid: Some("4420".into()),
+            subnqn: Some("nqn.2016-06.io.baton:e2e".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn trtype_rdma_is_recognised() {
+        assert_eq!(
+            trtype_of(&rdma_attach()).ok(),
+            cfg!(feature = "rdma").then_some(Trtype::Rdma)
+        );
+        let odd = AttachController {
+            trtype: "FC".into(),
+            ..rdma_attach()
+        };
+        assert!(trtype_of(&odd).unwrap_err().message.contains("TCP, RDMA or PCIe"));
+    }
+
+    /// Without the `rdma` feature an RDMA attach is refused by name, before connecting.
+    #[cfg(not(feature = "rdma"))]
+    #[test]
+    fn rdma_attach_without_the_feature_names_it() {
+        let e = bdev_nvme_attach_controller(rdma_attach()).unwrap_err();
+        assert!(e.message.contains("`rdma` cargo feature"), "{}", e.message);
+    }
+}
