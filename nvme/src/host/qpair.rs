@@ -285,8 +285,10 @@ impl Qpair {
 
     /// Queues raw bytes on the socket (NVMe/TCP negative tests; ignored over RDMA).
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        if let Qpair::Tcp(q) = self {
-            q.send_raw(bytes);
+        match self {
+            Qpair::Tcp(q) => q.send_raw(bytes),
+            #[cfg(feature = "rdma")]
+            Qpair::Rdma(_) => {}
         }
     }
 
