@@ -32,6 +32,22 @@ tgt_stop; tgt_start 4425
 check rdma-host-baton-tgt-128k host_perf b128k "$BT" 131072
 # Bad input: an unknown subsystem is refused by Connect with a clear error (no panic).
 check rdma-host-unknown-subsystem bash -c "timeout -s KILL 60 baton perf -r 'trtype:RDMA traddr:$RA trsvcid:4425 subnqn:nqn.2016-06.io.baton:none' -t 1 -m 0x1 > /tmp/hp-bad.log 2>&1; rc=\$?; cat /tmp/hp-bad.log; [ \$rc != 0 ] && [ \$rc != 137 ] && grep -qi 'connect' /tmp/hp-bad.log && ! grep -q panicked /tmp/hp-bad.log"
+# bdev_nvme_attach_controller with trtype RDMA (SPDK's parameters) in a `baton target`:
+# the namespace's bdev appears and bdev_nvme_get_controllers names the transport.
+rpc_attach() {
+  baton target -m 0x1 -r /tmp/ha.sock > /tmp/ha.log 2>&1 &
+  local p=$! i out g rc
+  for i in $(seq 100); do [ -S /tmp/ha.sock ] && break; sleep 0.2; done
+  out=$(baton rpc -s /tmp/ha.sock bdev_nvme_attach_controller --name r0 --trtype '"rdma"' --adrfam '"IPv4"' \
+    --traddr "\"$RA\"" --trsvcid '"4425"' --subnqn "\"$NQN\"" 2>&1); rc=$?
+  g=$(baton rpc -s /tmp/ha.sock bdev_nvme_get_controllers 2>&1)
+  echo "$out"; echo "$g"
+  kill $p; wait $p 2>/dev/null
+  [ $rc = 0 ] && echo "$out" | grep -q r0n1 && echo "$g" | grep -q '"RDMA"'
+}
+export -f rpc_attach
+export RA NQN
+check rdma-host-rpc-attach rpc_attach
 # The target dies mid-I/O: the run ends with I/O errors, never a hang or a panic.
 (sleep 3; kill -9 "$TGT") &
 check rdma-host-target-killed-mid-io bash -c "timeout -s KILL 120 baton perf -r '$BT' -w randrw -o 4096 -q 8 -t 10 --warmup 0 -m 0x1 > /tmp/hp-kill.log 2>&1; rc=\$?; tail -20 /tmp/hp-kill.log; [ \$rc != 0 ] && [ \$rc != 137 ] && ! grep -q panicked /tmp/hp-kill.log"
