@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 pub const DATA_SLOT_BYTES: usize = 128 * 1024;
 /// Receive slot bytes: room beyond the CQE so a longer capsule is seen and refused.
 const RECV_SLOT_BYTES: usize = 64;
+/// How often an idle queue pair reads its rdma_cm events (a disconnect), ns.
+const CM_CHECK_PERIOD_NS: u64 = 1_000_000;
 /// rdma_cm resolution timeout.
 const RESOLVE_TIMEOUT_MS: i32 = 2000;
 
@@ -53,7 +55,7 @@ pub struct RdmaQpair {
     // Field order is drop order: the queue pair and its memory, then the id, then its channel.
     qp: Qp,
     id: CmId,
-    _ch: Channel,
+    ch: Channel,
     peer: SocketAddr,
     pub qid: u16,
     /// Controller ID this queue belongs to.
@@ -64,6 +66,7 @@ pub struct RdmaQpair {
     pub(crate) cids: Cids,
     /// Work completions of one batch (capacity [`WC_BATCH`], made at connect).
     wcs: Vec<Wc>,
+    next_cm_check_ns: u64,
 }
 
 fn verbs_err(peer: SocketAddr) -> impl Fn((&'static str, std::io::Error)) -> HostError {
@@ -163,7 +166,7 @@ impl RdmaQpair {
         let mut q = RdmaQpair {
             qp,
             id,
-            _ch: ch,
+            ch,
             peer: addr,
             qid,
             cntlid: 0,
@@ -179,6 +182,7 @@ impl RdmaQpair {
                 .collect(),
             cids: Cids::new(usize::from(entries)),
             wcs: Vec::with_capacity(WC_BATCH),
+            next_cm_check_ns: 0,
         };
         q.cntlid = connect_fabrics(&mut q, spec, opts)?;
         Ok(q)
@@ -269,12 +273,43 @@ impl RdmaQpair {
         if let Some(e) = &self.cids.failed {
             return Err(e.clone());
         }
-        let r = self.reap(false).and_then(|_| self.reap(true));
+        let r = self.reap(false).and_then(|r| Ok(r + self.reap(true)?));
+        let r = match r {
+            Ok(0) => self.check_cm(),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
         r.map_err(|e| self.cids.fail(e))
     }
 
-    /// One batch of receive (`send` false) or send completions.
-    fn reap(&mut self, send: bool) -> Result<(), HostError> {
+    /// When a poll found nothing, at most once per [`CM_CHECK_PERIOD_NS`]: reads the
+    /// connection's rdma_cm events. A target that went away (its process killed) leaves
+    /// commands that will never be answered and, with nothing to send, no work completion
+    /// to say so; rdma_cm's DISCONNECTED does. A management read, never one per I/O.
+    fn check_cm(&mut self) -> Result<(), HostError> {
+        let now = engine::clock::now_ns();
+        if now < self.next_cm_check_ns {
+            return Ok(());
+        }
+        self.next_cm_check_ns = now + CM_CHECK_PERIOD_NS;
+        while let Some(ev) = self.ch.poll().map_err(verbs_err(self.peer))? {
+            if matches!(
+                ev.kind,
+                cm_event::RDMA_CM_EVENT_DISCONNECTED | cm_event::RDMA_CM_EVENT_DEVICE_REMOVAL
+            ) {
+                // Moves the queue pair to the error state: posted work is flushed.
+                self.id.disconnect();
+                return Err(HostError::Io(format!(
+                    "{}: NVMe/RDMA queue {}: the target disconnected (rdma_cm event {})",
+                    self.peer, self.qid, ev.kind
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// One batch of receive (`send` false) or send completions; returns how many.
+    fn reap(&mut self, send: bool) -> Result<usize, HostError> {
         let mut wcs = std::mem::take(&mut self.wcs);
         wcs.clear();
         let mut push = |wc: Wc| {
@@ -306,8 +341,9 @@ impl RdmaQpair {
                 self.on_response(wc.wr_id as usize, wc.byte_len)
             };
         }
+        let n = wcs.len();
         self.wcs = wcs;
-        res
+        res.map(|_| n)
     }
 
     fn on_sent(&mut self, slot: usize) -> Result<(), HostError> {
