@@ -71,7 +71,7 @@ grep -E '^(Total|ERRORS)' /tmp/hp-kill.log | sed 's/^/NVMF-RDMA host, target kil
 # The Linux kernel target (nvmet-rdma), namespaces in files on tmpfs (buffered: tmpfs has
 # no O_DIRECT on this kernel), one per run.
 if modprobe nvmet && modprobe nvmet-rdma; then
-  mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
+  grep -q " /sys/kernel/config configfs" /proc/mounts || mount -t configfs none /sys/kernel/config
   K=/sys/kernel/config/nvmet
   KNQN=nqn.2016-06.io.baton:kernel-tgt
   ktgt_setup() {
