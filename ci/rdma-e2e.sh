@@ -33,6 +33,10 @@
 #     against nvmf_tgt's test sink, its RDMA counters by nvmf_get_stats; with baton in the
 #     guest, restart points from the kernel host over RDMA into a replicated volume, applied
 #     by a standby (ci/nvmf-rdma-guest.sh).
+#  g. with baton in the guest, baton's NVMe/RDMA host: `baton perf -r 'trtype:RDMA …'
+#     --verify` (randrw 4 KiB and 128 KiB) against nvmf_tgt and against the Linux kernel
+#     target (nvmet-rdma, configfs), an unknown subsystem refused, the target killed
+#     mid-I/O ending the run with errors, not a hang (ci/nvme-rdma-host-guest.sh).
 # Prints "rdma e2e: N passed, M failed" and "E2E-DONE fail=M".
 #
 # Needs root (apt-get) the first time; downloads only Debian packages. ci/test.sh runs it.
@@ -42,7 +46,7 @@
 # RDMA_E2E_TESTBIN / RDMA_E2E_LIBTESTBIN (already built device / unit test binaries, e.g. debug
 # ones, for quick iterations),
 # RDMA_E2E_STRACE=1 (run each device test under strace; a hung one shows its last calls),
-# RDMA_E2E_SKIP_PERF=1 (no step e), RDMA_E2E_SKIP_NVMF=1 (no step f).
+# RDMA_E2E_SKIP_PERF=1 (no step e), RDMA_E2E_SKIP_NVMF=1 (no steps f and g).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -78,7 +82,7 @@ guest_bins bash modprobe ip rdma ib_send_lat ib_write_lat ibv_devices strace
 if [ "$SKIP_NVMF" != 1 ]; then
   guest_bins nvme fio mkfs.ext4 e2fsck md5sum
   guest_file "$CARGO_TARGET_DIR/release/examples/nvmf_tgt" nvmf_tgt
-  guest_modules nvme-rdma ext4 crc32c_generic
+  guest_modules nvme-rdma ext4 crc32c_generic nvmet nvmet-rdma
   mkdir -p "$IRD/etc/nvme"
   echo "nqn.2014-08.org.nvmexpress:uuid:baton-e2e-host" > "$IRD/etc/nvme/hostnqn"
   echo "7b3b3e6a-1f2d-4c55-9b8e-ba7000e2e001" > "$IRD/etc/nvme/hostid"
@@ -214,6 +218,12 @@ if [ "$SKIP_NVMF" != 1 ]; then
   . /etc/nvmf-rdma.sh
 fi
 
+# g. baton's NVMe/RDMA host against baton's target and the Linux kernel target.
+phase nvme-rdma-host
+if [ "$SKIP_NVMF" != 1 ] && command -v baton > /dev/null; then
+  . /etc/nvme-rdma-host.sh
+fi
+
 phase end
 echo "rdma e2e: $pass passed, $fail failed"
 echo "E2E guest seconds: $(( $(cut -d. -f1 /proc/uptime) - G0 ))"
@@ -221,6 +231,7 @@ echo "E2E-DONE fail=$fail"
 poweroff -f
 INIT
 cp ci/nvmf-rdma-guest.sh "$IRD/etc/nvmf-rdma.sh"
+cp ci/nvme-rdma-host-guest.sh "$IRD/etc/nvme-rdma-host.sh"
 guest_initrd_pack
 
 guest_run 3000 "$MEM"

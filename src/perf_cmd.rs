@@ -21,8 +21,9 @@ pub(crate) struct PerfArgs {
     /// optionally with ,replicate=N (see docs/perf.md).
     #[arg(long, default_value = "malloc,size=256M", value_parser = parse_target)]
     bdev: perf_targets::Target,
-    /// Drive a remote NVMe/TCP namespace instead of --bdev: a transport ID as
-    /// spdk_nvme_perf takes it, 'trtype:TCP adrfam:IPv4 traddr:IP trsvcid:PORT [subnqn:NQN] [ns:N]'.
+    /// Drive a remote NVMe/TCP or NVMe/RDMA namespace instead of --bdev: a transport ID as
+    /// spdk_nvme_perf takes it, 'trtype:TCP adrfam:IPv4 traddr:IP trsvcid:PORT [subnqn:NQN] [ns:N]'
+    /// (trtype:RDMA needs the `rdma` cargo feature).
     #[arg(short = 'r', long = "transport-id", conflicts_with = "bdev", value_parser = parse_target)]
     trid: Option<perf_targets::Target>,
     /// Replicate the target (--bdev or -r) over N relays.

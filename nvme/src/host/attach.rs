@@ -348,6 +348,7 @@ impl NvmeCtrlr {
         if let Some(h) = &trid.hostnqn {
             host.hostnqn = h.clone();
         }
+        host.trtype = trid.trtype;
         let addr = trid.socket_addr().map_err(|e| HostError::Invalid(e.to_string()))?;
         let (addr, subnqn) = match &trid.subnqn {
             Some(n) => (addr, n.clone()),
@@ -441,6 +442,10 @@ impl NvmeCtrlr {
     }
     pub fn subnqn(&self) -> &str {
         &self.core.subnqn
+    }
+    /// The transport of every queue pair of this controller.
+    pub fn trtype(&self) -> super::Trtype {
+        self.core.host.trtype
     }
     pub fn hostnqn(&self) -> &str {
         &self.core.host.hostnqn

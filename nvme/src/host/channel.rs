@@ -178,7 +178,7 @@ impl HostChannel {
     /// requeued commands stay outstanding.
     fn lost(&mut self, e: &HostError) {
         let Some(mut q) = self.q.take() else { return };
-        log::warn!("NVMe/TCP queue pair {} failed: {e}", q.qid);
+        log::warn!("NVMe/{} queue pair {} failed: {e}", q.trtype().as_str(), q.qid());
         let (held, inflight, waiting, errors) =
             (&mut self.held, &mut self.inflight, &mut self.waiting, &mut self.errors);
         let reconnect = self.reconnect;

@@ -1,6 +1,6 @@
-//! The NVMe/TCP host library (initiator): connect to a controller (optionally through the
-//! discovery service), run admin commands, open several I/O queue pairs and drive reads and
-//! writes on them by polling.
+//! The NVMe-oF host library (initiator), over NVMe/TCP or (feature `rdma`) NVMe/RDMA:
+//! connect to a controller (optionally through the discovery service), run admin commands,
+//! open several I/O queue pairs and drive reads and writes on them by polling.
 //!
 //! Used by the tests, the perf harness and the primary host. Connecting and the `*_sync`
 //! helpers block (management threads); [`Qpair::submit`] / [`Qpair::poll`] never do.
@@ -9,12 +9,16 @@ pub mod attach;
 pub mod bdev;
 mod channel;
 pub mod qpair;
+#[cfg(feature = "rdma")]
+pub mod rdma_qpair;
+pub mod rdma_wire;
 pub mod reconnect;
+pub mod tcp_qpair;
 pub mod trid;
 
 pub use attach::{HostBdevOpts, NvmeCtrlr};
 pub use qpair::{Data, HostCompletion, Qpair};
-pub use trid::{TransportId, TridError};
+pub use trid::{TransportId, TridError, Trtype};
 
 use crate::spec::cmd::{admin_opc, io_opc};
 use crate::spec::fabrics::{self, cc, csts, fctype, fid, prop, PropertyCmd, DISCOVERY_NQN};
@@ -57,6 +61,8 @@ pub enum HostError {
 pub struct HostOpts {
     pub hostnqn: String,
     pub hostid: [u8; 16],
+    /// Transport of every queue pair (RDMA needs the `rdma` feature).
+    pub trtype: Trtype,
     pub hdgst: bool,
     pub ddgst: bool,
     /// Keep alive timeout sent in the admin Connect, ms (0 = none).
@@ -79,6 +85,7 @@ impl Default for HostOpts {
         HostOpts {
             hostnqn: "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-0000000ba70e".into(),
             hostid: *b"baton-host-id-01",
+            trtype: Trtype::Tcp,
             hdgst: false,
             ddgst: false,
             kato_ms: 10_000,
@@ -224,7 +231,7 @@ impl Controller {
 
     /// The controller ID the target assigned.
     pub fn cntlid(&self) -> u16 {
-        self.admin.cntlid
+        self.admin.cntlid()
     }
 
     /// Runs an admin command and waits for it.
@@ -397,15 +404,12 @@ impl Controller {
             .opts
             .in_capsule_max
             .unwrap_or_else(|| (self.id.ioccsz * 16).saturating_sub(64));
-        Qpair::connect(
-            self.addr,
-            &self.subnqn,
-            qid,
-            self.opts.io_queue_entries,
-            self.cntlid(),
-            icd,
-            &self.opts,
-        )
+        let mut entries = self.opts.io_queue_entries;
+        if self.opts.trtype == Trtype::Rdma {
+            // An NVMe/RDMA target refuses a queue above CAP.MQES + 1 at connection time.
+            entries = entries.min(((self.cap & 0xFFFF) as u16).saturating_add(1));
+        }
+        Qpair::connect(self.addr, &self.subnqn, qid, entries, self.cntlid(), icd, &self.opts)
     }
 
     /// Orderly shutdown: CC.SHN = normal, then close.

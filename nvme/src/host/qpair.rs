@@ -1,27 +1,27 @@
-//! One NVMe/TCP queue pair of the host (initiator): a socket, a PDU receiver and a table of
-//! commands in flight.
+//! A queue pair of the host (initiator), whatever the transport: NVMe/TCP
+//! ([`super::tcp_qpair`]) or NVMe/RDMA ([`super::rdma_qpair`], feature `rdma`), chosen by
+//! [`HostOpts::trtype`]. The controller bring-up, the bdev channels and the tools use only
+//! this type.
 //!
 //! Set-up (`connect`) blocks; it is management work. After it the queue pair never blocks:
-//! [`Qpair::submit`] queues a command capsule (with in-capsule data when it fits),
-//! [`Qpair::poll`] writes what is queued, reads what arrived, answers R2Ts with H2CData, copies
-//! C2HData into the command's buffer and reports completions. A queue pair is owned by one
-//! thread (it may be a reactor) and is not shared. Buffers move in with `submit` and come back
-//! in the [`HostCompletion`].
+//! [`Qpair::submit`] queues a command, [`Qpair::poll`] moves what the transport has and
+//! reports completions. A queue pair is owned by one thread (it may be a reactor) and is not
+//! shared. Buffers move in with `submit` and come back in the [`HostCompletion`].
+//!
+//! What both transports share is here: the command's data ([`Data`]), its completion, the
+//! Fabrics Connect exchange and the blocking `sync` loop.
 
+use super::tcp_qpair::TcpQpair;
+use super::trid::Trtype;
 use super::{HostError, HostOpts};
-use crate::spec::cmd::{admin_opc, sgl_type};
+use crate::spec::cmd::admin_opc;
 use crate::spec::fabrics::{fctype, ConnectCmd, ConnectData};
-use crate::spec::{put_str, Cqe, Plain, Sgl, Sqe, Status};
-use crate::tcp::pdu::{self, PduKind, PduReceiver, RxEvent, RxLimits, Side, TxDigests};
+use crate::spec::{put_str, Cqe, Plain, Sqe, Status};
+use crate::tcp::pdu::TxDigests;
 use engine::buf::DmaBuf;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// Bytes read from the socket per call.
-const RX_BUF_BYTES: usize = 256 * 1024;
-/// Largest C2HData payload accepted, bytes.
-const C2H_DATA_MAX_BYTES: u32 = 1024 * 1024;
 /// In-capsule data the admin queue may carry (NVMe/TCP: 8 KiB on the admin queue).
 pub const ADMIN_IN_CAPSULE_BYTES: u32 = 8192;
 
@@ -36,7 +36,7 @@ pub enum Data {
 }
 
 impl Data {
-    fn into_buf(self) -> Option<DmaBuf> {
+    pub(crate) fn into_buf(self) -> Option<DmaBuf> {
         match self {
             Data::None => None,
             Data::ToCtrl(b) | Data::FromCtrl(b) => Some(b),
@@ -60,64 +60,154 @@ impl HostCompletion {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dir {
-    None,
-    ToCtrl,
-    FromCtrl,
+/// What the shared steps need of a transport's queue pair.
+pub(crate) trait Link {
+    fn submit(&mut self, sqe: Sqe, data: Data, user: u64) -> Result<u16, (HostError, Data)>;
+    /// Moves what can move without blocking; finished commands wait for `take_done`/`poll`.
+    fn poll_io(&mut self) -> Result<(), HostError>;
+    /// Takes the finished command `cid` submitted with token `user`, if it finished.
+    fn take_done(&mut self, cid: u16, user: u64) -> Option<HostCompletion>;
 }
 
-/// Lifecycle of one command slot (the slot index is the CID).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SlotState {
-    Free,
-    /// Capsule queued or sent; waiting for R2T / C2HData / response.
-    InFlight {
-        c2h_received: u32,
-    },
+/// What both transports' queue pairs keep alike: the free CIDs (slot = CID), the finished
+/// commands not yet reported and the error that ended the queue pair.
+pub(crate) struct Cids {
+    depth: usize,
+    pub(crate) free: Vec<usize>,
+    pub(crate) done: Vec<HostCompletion>,
+    pub(crate) failed: Option<HostError>,
 }
 
-struct Slot {
-    state: SlotState,
-    dir: Dir,
-    user: u64,
-    buf: Option<DmaBuf>,
-    /// Data digest failed on C2HData: report a transport error even if the target succeeded.
-    data_error: bool,
+impl Cids {
+    pub(crate) fn new(depth: usize) -> Cids {
+        Cids {
+            depth,
+            free: (0..depth).rev().collect(),
+            done: Vec::with_capacity(depth),
+            failed: None,
+        }
+    }
+
+    /// Records the first error that ends the queue pair; returns `e`.
+    pub(crate) fn fail(&mut self, e: HostError) -> HostError {
+        if self.failed.is_none() {
+            self.failed = Some(e.clone());
+        }
+        e
+    }
+
+    /// Reports the finished commands through `f`; returns how many.
+    pub(crate) fn report(&mut self, f: &mut dyn FnMut(HostCompletion)) -> usize {
+        let n = self.done.len();
+        for c in self.done.drain(..) {
+            f(c);
+        }
+        n
+    }
+
+    /// Takes the finished command `cid` submitted with token `user`, if it finished.
+    pub(crate) fn take(&mut self, cid: u16, user: u64) -> Option<HostCompletion> {
+        let i = self.done.iter().position(|c| c.cqe.cid == cid && c.user == user)?;
+        Some(self.done.remove(i))
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sink {
-    None,
-    C2H { slot: usize, off: u32, success: bool },
+/// Submits one command and polls until it completes (other completions stay for the next
+/// poll). Blocks up to `timeout`: not for reactor threads.
+pub(crate) fn sync_on(q: &mut dyn Link, sqe: Sqe, data: Data, timeout: Duration) -> Result<HostCompletion, HostError> {
+    const SYNC_TOKEN: u64 = u64::MAX - 7;
+    let cid = q.submit(sqe, data, SYNC_TOKEN).map_err(|(e, _)| e)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        q.poll_io()?;
+        if let Some(c) = q.take_done(cid, SYNC_TOKEN) {
+            return Ok(c);
+        }
+        if Instant::now() > deadline {
+            return Err(HostError::Timeout("command completion"));
+        }
+        std::thread::yield_now();
+    }
 }
 
-/// One queue pair. See the module docs.
-pub struct Qpair {
-    sock: TcpStream,
-    peer: SocketAddr,
-    rx: PduReceiver,
-    rx_buf: Box<[u8]>,
-    tx: Vec<u8>,
-    tx_pos: usize,
-    dg: TxDigests,
+/// The Fabrics Connect command and its 1024 bytes of data for queue `qid` of `entries`
+/// slots; `cntlid` is 0xFFFF for an admin queue, the controller's ID for an I/O queue.
+pub(crate) fn connect_capsule(subnqn: &str, qid: u16, entries: u16, cntlid: u16, opts: &HostOpts) -> (Sqe, DmaBuf) {
+    let mut sqe = Sqe {
+        opc: admin_opc::FABRICS,
+        nsid: u32::from(fctype::CONNECT),
+        ..Sqe::default()
+    };
+    ConnectCmd {
+        recfmt: 0,
+        qid,
+        sqsize: entries - 1,
+        cattr: 0,
+        kato_ms: if qid == 0 { opts.kato_ms } else { 0 },
+    }
+    .to_sqe(&mut sqe);
+    let mut cd = ConnectData::zeroed();
+    cd.hostid = opts.hostid;
+    cd.cntlid = cntlid;
+    put_str(&mut cd.subnqn, subnqn, 0);
+    put_str(&mut cd.hostnqn, &opts.hostnqn, 0);
+    let mut b = DmaBuf::alloc(1024);
+    b.copy_from_slice(cd.as_bytes());
+    (sqe, b)
+}
+
+/// Which queue a transport connects, and how (the arguments of [`Qpair::connect`]).
+#[derive(Clone, Copy)]
+pub(crate) struct QueueSpec<'a> {
+    pub addr: SocketAddr,
+    pub subnqn: &'a str,
     pub qid: u16,
-    /// Controller ID this queue belongs to.
+    /// Entries (at least 2).
+    pub entries: u16,
+    /// 0xFFFF for an admin queue, the controller's ID for an I/O queue.
     pub cntlid: u16,
-    maxh2cdata: u32,
-    h2c_chunk: u32,
-    in_capsule_max: u32,
-    slots: Vec<Slot>,
-    free: Vec<usize>,
-    sink: Sink,
-    done: Vec<HostCompletion>,
-    failed: Option<HostError>,
+    /// Largest write carried in the command capsule.
+    pub in_capsule_max: u32,
+}
+
+/// Runs Fabrics Connect on a connected transport queue; returns the controller ID.
+pub(crate) fn connect_fabrics(q: &mut dyn Link, s: &QueueSpec<'_>, opts: &HostOpts) -> Result<u16, HostError> {
+    let (sqe, b) = connect_capsule(s.subnqn, s.qid, s.entries, s.cntlid, opts);
+    let c = sync_on(q, sqe, Data::ToCtrl(b), opts.timeout)?;
+    if !c.status().is_success() {
+        return Err(HostError::Connect {
+            status: c.status(),
+            dw0: c.cqe.dw0,
+        });
+    }
+    Ok(c.cqe.dw0 as u16)
+}
+
+/// One queue pair over the transport its [`HostOpts::trtype`] named. (The RDMA one is
+/// boxed: its verbs state is large; a queue pair is made once, at connect.)
+#[allow(clippy::large_enum_variant)]
+pub enum Qpair {
+    Tcp(TcpQpair),
+    #[cfg(feature = "rdma")]
+    Rdma(Box<super::rdma_qpair::RdmaQpair>),
+}
+
+/// Runs `$e` on the transport's queue pair `$q`.
+macro_rules! each {
+    ($s:expr, $q:ident => $e:expr) => {
+        match $s {
+            Qpair::Tcp($q) => $e,
+            #[cfg(feature = "rdma")]
+            Qpair::Rdma($q) => $e,
+        }
+    };
 }
 
 impl Qpair {
-    /// Opens a TCP connection, runs ICReq/ICResp and Fabrics Connect for queue `qid` with
-    /// `entries` slots. `cntlid` is 0xFFFF for an admin queue, the admin queue's controller
-    /// ID for an I/O queue. Blocks up to `opts.timeout`; management threads only.
+    /// Connects queue `qid` with `entries` slots over `opts.trtype` and runs Fabrics Connect.
+    /// `cntlid` is 0xFFFF for an admin queue, the admin queue's controller ID for an I/O
+    /// queue; `in_capsule_max` is the largest write carried in the command capsule. Blocks up
+    /// to `opts.timeout`; management threads only.
     pub fn connect(
         addr: SocketAddr,
         subnqn: &str,
@@ -127,465 +217,131 @@ impl Qpair {
         in_capsule_max: u32,
         opts: &HostOpts,
     ) -> Result<Qpair, HostError> {
-        let io = |e: std::io::Error| HostError::Io(format!("{addr}: {e}"));
-        let sock = TcpStream::connect_timeout(&addr, opts.timeout).map_err(io)?;
-        sock.set_nodelay(true).map_err(io)?;
-        sock.set_nonblocking(true).map_err(io)?;
-        let limits = RxLimits {
-            in_capsule_data_bytes: 0,
-            h2c_data_bytes: 0,
-            c2h_data_bytes: C2H_DATA_MAX_BYTES,
-        };
-        let entries = entries.max(2);
-        let mut q = Qpair {
-            sock,
-            peer: addr,
-            rx: PduReceiver::new(Side::Host, limits),
-            rx_buf: vec![0u8; RX_BUF_BYTES].into_boxed_slice(),
-            tx: Vec::with_capacity(256 * 1024),
-            tx_pos: 0,
-            dg: TxDigests::default(),
+        let spec = QueueSpec {
+            addr,
+            subnqn,
             qid,
-            cntlid: 0,
-            maxh2cdata: 0,
-            h2c_chunk: opts.h2c_chunk_bytes.unwrap_or(u32::MAX),
+            entries: entries.max(2),
+            cntlid,
             in_capsule_max,
-            slots: (0..entries)
-                .map(|_| Slot {
-                    state: SlotState::Free,
-                    dir: Dir::None,
-                    user: 0,
-                    buf: None,
-                    data_error: false,
-                })
-                .collect(),
-            free: (0..usize::from(entries)).rev().collect(),
-            sink: Sink::None,
-            done: Vec::with_capacity(usize::from(entries)),
-            failed: None,
         };
-        pdu::encode_ic_req(&mut q.tx, 0, opts.hdgst, opts.ddgst, 0);
-        let deadline = Instant::now() + opts.timeout;
-        while q.maxh2cdata == 0 {
-            q.poll_io()?;
-            if Instant::now() > deadline {
-                return Err(HostError::Timeout("ICResp"));
-            }
-            std::thread::yield_now();
+        match opts.trtype {
+            Trtype::Tcp => TcpQpair::connect(&spec, opts).map(Qpair::Tcp),
+            #[cfg(feature = "rdma")]
+            Trtype::Rdma => super::rdma_qpair::RdmaQpair::connect(&spec, opts).map(|q| Qpair::Rdma(Box::new(q))),
+            #[cfg(not(feature = "rdma"))]
+            Trtype::Rdma => Err(HostError::Invalid(super::trid::RDMA_FEATURE_MISSING.into())),
         }
-        // Fabrics Connect.
-        let mut sqe = Sqe {
-            opc: admin_opc::FABRICS,
-            nsid: u32::from(fctype::CONNECT),
-            ..Sqe::default()
-        };
-        ConnectCmd {
-            recfmt: 0,
-            qid,
-            sqsize: entries - 1,
-            cattr: 0,
-            kato_ms: if qid == 0 { opts.kato_ms } else { 0 },
+    }
+
+    /// The queue ID.
+    pub fn qid(&self) -> u16 {
+        each!(self, q => q.qid)
+    }
+
+    /// Controller ID this queue belongs to.
+    pub fn cntlid(&self) -> u16 {
+        each!(self, q => q.cntlid)
+    }
+
+    /// The transport of this queue pair.
+    pub fn trtype(&self) -> Trtype {
+        match self {
+            Qpair::Tcp(_) => Trtype::Tcp,
+            #[cfg(feature = "rdma")]
+            Qpair::Rdma(_) => Trtype::Rdma,
         }
-        .to_sqe(&mut sqe);
-        let mut cd = ConnectData::zeroed();
-        cd.hostid = opts.hostid;
-        cd.cntlid = cntlid;
-        put_str(&mut cd.subnqn, subnqn, 0);
-        put_str(&mut cd.hostnqn, &opts.hostnqn, 0);
-        let mut b = DmaBuf::alloc(1024);
-        b.copy_from_slice(cd.as_bytes());
-        // Connect data always travels in-capsule (targets may refuse it through R2T).
-        q.in_capsule_max = in_capsule_max.max(1024);
-        let c = q.sync(sqe, Data::ToCtrl(b), opts.timeout)?;
-        q.in_capsule_max = in_capsule_max;
-        if !c.status().is_success() {
-            return Err(HostError::Connect {
-                status: c.status(),
-                dw0: c.cqe.dw0,
-            });
-        }
-        q.cntlid = c.cqe.dw0 as u16;
-        Ok(q)
     }
 
     /// The target's address.
     pub fn peer(&self) -> SocketAddr {
-        self.peer
+        each!(self, q => q.peer())
     }
 
     /// Commands that can be in flight.
     pub fn depth(&self) -> usize {
-        self.slots.len()
+        each!(self, q => q.cids.depth)
     }
 
     /// Commands in flight.
     pub fn outstanding(&self) -> usize {
-        self.slots.len() - self.free.len()
+        each!(self, q => q.cids.depth - q.cids.free.len())
     }
 
-    /// Largest in-capsule data this queue sends; larger writes go through R2T.
+    /// Largest in-capsule data this queue sends; larger writes go through R2T (TCP) or a
+    /// keyed data block the target reads (RDMA).
     pub fn set_in_capsule_max(&mut self, bytes: u32) {
-        self.in_capsule_max = bytes;
+        each!(self, q => q.set_in_capsule_max(bytes))
     }
 
-    /// The digests negotiated (for tests that write raw PDUs with `send_raw`).
+    /// The digests negotiated (NVMe/TCP; for tests that write raw PDUs with `send_raw`).
     pub fn digests(&self) -> TxDigests {
-        self.dg
+        match self {
+            Qpair::Tcp(q) => q.digests(),
+            #[cfg(feature = "rdma")]
+            Qpair::Rdma(_) => TxDigests::default(),
+        }
     }
 
-    /// Queues raw bytes on the socket (negative tests).
+    /// Queues raw bytes on the socket (NVMe/TCP negative tests; ignored over RDMA).
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.tx.extend_from_slice(bytes);
+        match self {
+            Qpair::Tcp(q) => q.send_raw(bytes),
+            #[cfg(feature = "rdma")]
+            Qpair::Rdma(_) => {}
+        }
     }
 
     /// The error that ended this queue pair, if any.
     pub fn failure(&self) -> Option<&HostError> {
-        self.failed.as_ref()
+        each!(self, q => q.cids.failed.as_ref())
     }
 
     /// Queues a command. Sets its CID and data descriptor; `data`'s buffer length is the
-    /// transfer length. Never blocks; the capsule goes out on the next `poll`. On error the
-    /// data is handed back.
-    pub fn submit(&mut self, mut sqe: Sqe, data: Data, user: u64) -> Result<u16, (HostError, Data)> {
-        if let Some(e) = &self.failed {
-            return Err((e.clone(), data));
-        }
-        let Some(slot) = self.free.pop() else {
-            return Err((HostError::QueueFull, data));
-        };
-        sqe.cid = slot as u16;
-        sqe.set_sgl_psdt();
-        let (dir, len) = match &data {
-            Data::None => (Dir::None, 0),
-            Data::ToCtrl(b) => (Dir::ToCtrl, b.len() as u32),
-            Data::FromCtrl(b) => (Dir::FromCtrl, b.len() as u32),
-        };
-        let in_capsule = dir == Dir::ToCtrl && len <= self.in_capsule_max && len > 0;
-        sqe.sgl = Sgl {
-            addr: 0,
-            length: len,
-            rsvd: [0; 3],
-            sgl_type: if in_capsule {
-                sgl_type::DATA_BLOCK_OFFSET
-            } else {
-                sgl_type::TRANSPORT_DATA_BLOCK
-            },
-        };
-        let buf = data.into_buf();
-        let payload: &[u8] = if in_capsule { buf.as_deref().unwrap_or(&[]) } else { &[] };
-        pdu::encode_capsule_cmd(&mut self.tx, &sqe, payload, self.dg);
-        self.slots[slot] = Slot {
-            state: SlotState::InFlight { c2h_received: 0 },
-            dir,
-            user,
-            buf,
-            data_error: false,
-        };
-        Ok(slot as u16)
+    /// transfer length. Never blocks. On error the data is handed back.
+    pub fn submit(&mut self, sqe: Sqe, data: Data, user: u64) -> Result<u16, (HostError, Data)> {
+        each!(self, q => q.submit(sqe, data, user))
     }
 
-    /// Moves bytes both ways and reports finished commands through `f`; returns how many.
-    /// Never blocks. An error is fatal to the queue pair (the target terminated it, or it
-    /// broke the protocol, or the socket failed); commands in flight are lost.
+    /// Moves what the transport has and reports finished commands through `f`; returns how
+    /// many. Never blocks. An error is fatal to the queue pair; commands in flight are lost
+    /// (see [`Qpair::abort_outstanding`]).
     pub fn poll(&mut self, f: &mut dyn FnMut(HostCompletion)) -> Result<usize, HostError> {
-        self.poll_io()?;
-        let n = self.done.len();
-        for c in self.done.drain(..) {
-            f(c);
-        }
-        Ok(n)
+        each!(self, q => q.poll(f))
     }
 
     /// Submits one command and polls until it completes (other completions are kept for the
     /// next `poll`). Blocks up to `timeout`: not for reactor threads.
     pub fn sync(&mut self, sqe: Sqe, data: Data, timeout: Duration) -> Result<HostCompletion, HostError> {
-        const SYNC_TOKEN: u64 = u64::MAX - 7;
-        let cid = self.submit(sqe, data, SYNC_TOKEN).map_err(|(e, _)| e)?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            self.poll_io()?;
-            if let Some(i) = self.done.iter().position(|c| c.cqe.cid == cid && c.user == SYNC_TOKEN) {
-                return Ok(self.done.remove(i));
-            }
-            if Instant::now() > deadline {
-                return Err(HostError::Timeout("command completion"));
-            }
-            std::thread::yield_now();
-        }
+        each!(self, q => sync_on(q.link(), sqe, data, timeout))
     }
 
     /// Ends every command in flight with Aborted - SQ Deletion and reports it through `f`
-    /// with its buffer, after the queue pair failed (the target will never answer them).
-    /// Commands that finished but were not yet reported are reported too. Returns how many
-    /// completions `f` saw.
+    /// with its buffer, after the queue pair failed. Returns how many completions `f` saw.
     pub fn abort_outstanding(&mut self, f: &mut dyn FnMut(HostCompletion)) -> usize {
-        for slot in 0..self.slots.len() {
-            if matches!(self.slots[slot].state, SlotState::InFlight { .. }) {
-                let cqe = Cqe {
-                    cid: slot as u16,
-                    sqid: self.qid,
-                    status: Status::ABORTED_SQ_DELETION.to_field(),
-                    ..Cqe::default()
-                };
-                self.finish(slot, cqe);
-            }
-        }
-        let n = self.done.len();
-        for c in self.done.drain(..) {
-            f(c);
-        }
-        n
+        each!(self, q => q.abort_outstanding(f))
     }
 
     /// Closes the connection.
     pub fn close(self) {
-        let _ = self.sock.shutdown(Shutdown::Both);
+        each!(self, q => q.close())
     }
+}
 
-    fn fail(&mut self, e: HostError) -> HostError {
-        if self.failed.is_none() {
-            self.failed = Some(e.clone());
-        }
-        e
+/// `link` for both arms of [`each!`]: the TCP queue pair itself, the boxed RDMA one.
+trait AsLink {
+    fn link(&mut self) -> &mut dyn Link;
+}
+
+impl AsLink for TcpQpair {
+    fn link(&mut self) -> &mut dyn Link {
+        self
     }
+}
 
-    fn poll_io(&mut self) -> Result<(), HostError> {
-        if let Some(e) = &self.failed {
-            return Err(e.clone());
-        }
-        self.flush()?;
-        loop {
-            match self.sock.read(&mut self.rx_buf) {
-                Ok(0) => return Err(self.fail(HostError::Closed)),
-                Ok(n) => {
-                    self.process(n)?;
-                    if n < self.rx_buf.len() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.fail(HostError::Io(e.to_string()))),
-            }
-        }
-        self.flush()
-    }
-
-    fn flush(&mut self) -> Result<(), HostError> {
-        while self.tx_pos < self.tx.len() {
-            match self.sock.write(&self.tx[self.tx_pos..]) {
-                Ok(n) => self.tx_pos += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.fail(HostError::Io(e.to_string()))),
-            }
-        }
-        if self.tx_pos == self.tx.len() {
-            self.tx.clear();
-            self.tx_pos = 0;
-        } else if self.tx_pos > 256 * 1024 {
-            self.tx.drain(..self.tx_pos);
-            self.tx_pos = 0;
-        }
-        Ok(())
-    }
-
-    fn process(&mut self, n: usize) -> Result<(), HostError> {
-        let buf = std::mem::take(&mut self.rx_buf);
-        let mut input = &buf[..n];
-        let res = loop {
-            match self.rx.advance(input) {
-                Err(e) => {
-                    let hdr = self.rx.header_bytes().to_vec();
-                    pdu::encode_term_req(&mut self.tx, Side::Host, e.fes(), e.fei(), &hdr);
-                    let _ = self.flush();
-                    break Err(HostError::Pdu(e));
-                }
-                Ok((used, ev)) => {
-                    input = &input[used..];
-                    match ev {
-                        None => break Ok(()),
-                        Some(ev) => {
-                            if let Err(e) = self.on_event(ev) {
-                                break Err(e);
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        self.rx_buf = buf;
-        res.map_err(|e| self.fail(e))
-    }
-
-    fn protocol(&self, what: &'static str) -> HostError {
-        HostError::Protocol(what)
-    }
-
-    fn on_event(&mut self, ev: RxEvent<'_>) -> Result<(), HostError> {
-        match ev {
-            RxEvent::Header(p) => match p.kind {
-                PduKind::IcResp {
-                    cpda,
-                    hdgst,
-                    ddgst,
-                    maxh2cdata,
-                } => self.on_icresp(cpda, hdgst, ddgst, maxh2cdata),
-                PduKind::TermReq { fes, fei } => Err(HostError::Terminated { fes, fei }),
-                PduKind::CapsuleResp { cqe } => self.on_capsule_resp(cqe),
-                PduKind::C2HData {
-                    cccid,
-                    datao,
-                    last,
-                    success,
-                } => self.on_c2h_data(cccid, datao, p.data_len, success && last),
-                PduKind::R2T {
-                    cccid,
-                    ttag,
-                    r2to,
-                    r2tl,
-                } => self.on_r2t(cccid, ttag, r2to, r2tl),
-                PduKind::IcReq { .. } | PduKind::CapsuleCmd { .. } | PduKind::H2CData { .. } => {
-                    Err(self.protocol("controller-bound PDU received"))
-                }
-            },
-            RxEvent::Data(d) => {
-                if let Sink::C2H { slot, off, .. } = &mut self.sink {
-                    let o = *off as usize;
-                    if let Some(b) = self.slots[*slot].buf.as_mut() {
-                        b[o..o + d.len()].copy_from_slice(d);
-                    }
-                    *off += d.len() as u32;
-                }
-                Ok(())
-            }
-            RxEvent::DataEnd { digest_ok } => {
-                self.on_data_end(digest_ok);
-                Ok(())
-            }
-        }
-    }
-
-    /// ICResp: the controller's digests, data alignment and largest H2CData.
-    fn on_icresp(&mut self, cpda: u8, hdgst: bool, ddgst: bool, maxh2cdata: u32) -> Result<(), HostError> {
-        if maxh2cdata < 4096 || !maxh2cdata.is_multiple_of(4) {
-            return Err(self.protocol("ICResp MAXH2CDATA below 4096 or unaligned"));
-        }
-        self.dg = TxDigests {
-            hdgst,
-            ddgst,
-            data_align: (usize::from(cpda) + 1) * 4,
-        };
-        self.rx.set_digests(hdgst, ddgst);
-        self.maxh2cdata = maxh2cdata;
-        Ok(())
-    }
-
-    /// A response capsule completes its command (a data digest error seen on its C2HData
-    /// turns a success into a transient transport error).
-    fn on_capsule_resp(&mut self, mut cqe: Cqe) -> Result<(), HostError> {
-        let slot = usize::from(cqe.cid);
-        match self.slots.get(slot).map(|s| s.state) {
-            Some(SlotState::InFlight { .. }) => {}
-            _ => return Err(self.protocol("response for a command not in flight")),
-        }
-        if self.slots[slot].data_error && cqe.status().is_success() {
-            cqe.status = Status::TRANSIENT_TRANSPORT_ERROR.to_field();
-        }
-        self.finish(slot, cqe);
-        Ok(())
-    }
-
-    /// C2HData header: checks it continues the command's data in order and within its
-    /// buffer, and points the data that follows there.
-    fn on_c2h_data(&mut self, cccid: u16, datao: u32, data_len: u32, success: bool) -> Result<(), HostError> {
-        let slot = usize::from(cccid);
-        let Some(s) = self.slots.get(slot) else {
-            return Err(self.protocol("C2HData for an unknown command"));
-        };
-        let SlotState::InFlight { c2h_received } = s.state else {
-            return Err(self.protocol("C2HData for a command not in flight"));
-        };
-        if s.dir != Dir::FromCtrl {
-            return Err(self.protocol("C2HData for a command that reads no data"));
-        }
-        let cap = s.buf.as_ref().map(|b| b.len() as u64).unwrap_or(0);
-        if datao != c2h_received || u64::from(datao) + u64::from(data_len) > cap {
-            return Err(self.protocol("C2HData outside the command's buffer"));
-        }
-        self.sink = Sink::C2H {
-            slot,
-            off: datao,
-            success,
-        };
-        Ok(())
-    }
-
-    /// R2T: sends the requested range of the command's data as H2CData PDUs no larger than
-    /// the controller's MAXH2CDATA.
-    fn on_r2t(&mut self, cccid: u16, ttag: u16, r2to: u32, r2tl: u32) -> Result<(), HostError> {
-        let slot = usize::from(cccid);
-        let Some(s) = self.slots.get(slot) else {
-            return Err(self.protocol("R2T for an unknown command"));
-        };
-        if !matches!(s.state, SlotState::InFlight { .. }) || s.dir != Dir::ToCtrl {
-            return Err(self.protocol("R2T for a command with no data to send"));
-        }
-        let len = s.buf.as_ref().map(|b| b.len() as u64).unwrap_or(0);
-        if r2tl == 0 || u64::from(r2to) + u64::from(r2tl) > len {
-            return Err(self.protocol("R2T outside the command's data"));
-        }
-        let chunk = self.maxh2cdata.min(self.h2c_chunk).max(1);
-        let mut off = r2to;
-        let end = r2to + r2tl;
-        while off < end {
-            let n = chunk.min(end - off);
-            let b = self.slots[slot].buf.as_deref().unwrap_or(&[]);
-            pdu::encode_h2c_data(
-                &mut self.tx,
-                cccid,
-                ttag,
-                off,
-                &b[off as usize..(off + n) as usize],
-                off + n == end,
-                self.dg,
-            );
-            off += n;
-        }
-        Ok(())
-    }
-
-    /// The end of a C2HData PDU's data: records how far the command's data came and, when
-    /// the PDU had SUCCESS set (no response capsule follows), completes the command.
-    fn on_data_end(&mut self, digest_ok: bool) {
-        let Sink::C2H { slot, off, success } = std::mem::replace(&mut self.sink, Sink::None) else {
-            return;
-        };
-        if !digest_ok {
-            self.slots[slot].data_error = true;
-        }
-        self.slots[slot].state = SlotState::InFlight { c2h_received: off };
-        if success {
-            let status = if self.slots[slot].data_error {
-                Status::TRANSIENT_TRANSPORT_ERROR
-            } else {
-                Status::SUCCESS
-            };
-            let cqe = Cqe {
-                cid: slot as u16,
-                sqid: self.qid,
-                status: status.to_field(),
-                ..Cqe::default()
-            };
-            self.finish(slot, cqe);
-        }
-    }
-
-    fn finish(&mut self, slot: usize, cqe: Cqe) {
-        let s = &mut self.slots[slot];
-        s.state = SlotState::Free;
-        let buf = s.buf.take();
-        self.done.push(HostCompletion { user: s.user, cqe, buf });
-        self.free.push(slot);
+#[cfg(feature = "rdma")]
+impl AsLink for Box<super::rdma_qpair::RdmaQpair> {
+    fn link(&mut self) -> &mut dyn Link {
+        &mut **self
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! | key | meaning | default |
 //! |---|---|---|
-//! | `trtype` | transport; baton's host speaks `TCP` | required |
+//! | `trtype` | transport: `TCP`, or `RDMA` (needs the `rdma` cargo feature to connect) | required |
 //! | `adrfam` | `IPv4` or `IPv6` | from `traddr` |
 //! | `traddr` | address (IP literal or host name) | required |
 //! | `trsvcid` | port | 4420 |
@@ -45,10 +45,43 @@ pub enum TridError {
     Missing(&'static str),
     #[error("transport ID {key}: {why}")]
     BadValue { key: &'static str, why: String },
-    #[error("trtype {0:?} is not supported by baton's host (only TCP)")]
+    #[error("trtype {0:?} is not supported by baton's host (TCP or RDMA)")]
     Unsupported(String),
     #[error("cannot resolve traddr {addr:?}: {why}")]
     Resolve { addr: String, why: String },
+}
+
+/// What connecting an RDMA queue pair says in a build without the `rdma` feature.
+pub const RDMA_FEATURE_MISSING: &str =
+    "trtype RDMA: this build has no NVMe/RDMA host (build baton with the `rdma` cargo feature)";
+
+/// The transport of a transport ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Trtype {
+    #[default]
+    Tcp,
+    Rdma,
+}
+
+impl Trtype {
+    /// SPDK's spelling (`TCP`, `RDMA`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trtype::Tcp => "TCP",
+            Trtype::Rdma => "RDMA",
+        }
+    }
+
+    /// Parses SPDK's spelling, case-insensitively.
+    pub fn parse(v: &str) -> Option<Trtype> {
+        if v.eq_ignore_ascii_case("tcp") {
+            Some(Trtype::Tcp)
+        } else if v.eq_ignore_ascii_case("rdma") {
+            Some(Trtype::Rdma)
+        } else {
+            None
+        }
+    }
 }
 
 /// Address family.
@@ -58,9 +91,10 @@ pub enum Adrfam {
     IPv6,
 }
 
-/// A parsed transport ID (TCP only).
+/// A parsed transport ID.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransportId {
+    pub trtype: Trtype,
     pub adrfam: Option<Adrfam>,
     pub traddr: String,
     pub trsvcid: u16,
@@ -95,6 +129,7 @@ impl TransportId {
         let mut seen: Vec<String> = Vec::new();
         let mut trtype = None;
         let mut t = TransportId {
+            trtype: Trtype::Tcp,
             adrfam: None,
             traddr: String::new(),
             trsvcid: TRSVCID_DEFAULT,
@@ -117,9 +152,7 @@ impl TransportId {
             seen.push(key.clone());
             match key.as_str() {
                 "trtype" => {
-                    if !v.eq_ignore_ascii_case("tcp") {
-                        return Err(TridError::Unsupported(v.to_string()));
-                    }
+                    t.trtype = Trtype::parse(v).ok_or_else(|| TridError::Unsupported(v.to_string()))?;
                     trtype = Some(());
                 }
                 "adrfam" => {
@@ -200,7 +233,7 @@ impl TransportId {
 
 impl std::fmt::Display for TransportId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "trtype:TCP")?;
+        write!(f, "trtype:{}", self.trtype.as_str())?;
         match self.adrfam {
             Some(Adrfam::IPv4) => write!(f, " adrfam:IPv4")?,
             Some(Adrfam::IPv6) => write!(f, " adrfam:IPv6")?,
@@ -258,10 +291,14 @@ mod tests {
         assert_eq!(p("trtype:TCP trsvcid:4420"), Err(TridError::Missing("traddr")));
         assert!(p("trtype:TCP trsvcid:4420").unwrap_err().to_string().contains("traddr"));
         assert_eq!(p("traddr:127.0.0.1"), Err(TridError::Missing("trtype")));
+        assert_eq!(p("trtype:FC traddr:1.2.3.4"), Err(TridError::Unsupported("FC".into())));
+        let r = p("trtype:rdma adrfam:IPv4 traddr:192.0.2.1 trsvcid:4420 subnqn:nqn.x").unwrap();
+        assert_eq!(r.trtype, Trtype::Rdma);
         assert_eq!(
-            p("trtype:RDMA traddr:1.2.3.4"),
-            Err(TridError::Unsupported("RDMA".into()))
+            r.to_string(),
+            "trtype:RDMA adrfam:IPv4 traddr:192.0.2.1 trsvcid:4420 subnqn:nqn.x"
         );
+        assert_eq!(TransportId::parse(&r.to_string()), Ok(r));
         assert_eq!(p(""), Err(TridError::Empty));
         assert_eq!(
             p("trtype:TCP traddr:1.2.3.4 traddr:1.2.3.5"),

@@ -175,6 +175,25 @@ pub fn encode_reject(sts: CmRejectStatus) -> [u8; CM_REJECT_BYTES] {
     b
 }
 
+/// Decodes reject private data (the host side): the target's `sts`, if it is one of the
+/// statuses NVMe/RDMA defines.
+pub fn decode_reject(b: &[u8]) -> Option<CmRejectStatus> {
+    if b.len() < CM_REJECT_BYTES || le16(b, 0) != RECFMT {
+        return None;
+    }
+    use CmRejectStatus::*;
+    [
+        InvalidLength,
+        InvalidRecfmt,
+        InvalidQid,
+        InvalidHsqsize,
+        InvalidHrqsize,
+        NoResources,
+    ]
+    .into_iter()
+    .find(|s| *s as u16 == le16(b, 2))
+}
+
 /// SGL descriptor type byte values over RDMA (type in bits 7:4, subtype in bits 3:0).
 pub mod sgl {
     /// Data Block descriptor type (unkeyed): with subtype Offset, in-capsule data.

@@ -5,7 +5,7 @@
 
 use super::{invalid, RpcFailure};
 use crate::host::bdev::ReconnectOpts;
-use crate::host::{HostBdevOpts, HostOpts, NvmeCtrlr, TransportId};
+use crate::host::{HostBdevOpts, HostOpts, NvmeCtrlr, TransportId, Trtype};
 use engine::bdev::Bdev;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -92,13 +92,20 @@ fn refuse_unsupported(p: &AttachController) -> Result<(), RpcFailure> {
     Ok(())
 }
 
-fn addr_of(p: &AttachController) -> Result<SocketAddr, RpcFailure> {
-    if !p.trtype.eq_ignore_ascii_case("tcp") {
-        return Err(invalid(format!(
-            "trtype {:?}: TCP or PCIe controllers can be attached (no RDMA driver in this build)",
+/// The transport of a TCP or RDMA attach; RDMA only in a build with the `rdma` feature.
+fn trtype_of(p: &AttachController) -> Result<Trtype, RpcFailure> {
+    match Trtype::parse(&p.trtype) {
+        Some(Trtype::Rdma) if !cfg!(feature = "rdma") => Err(invalid(crate::host::trid::RDMA_FEATURE_MISSING)),
+        Some(t) => Ok(t),
+        None => Err(invalid(format!(
+            "trtype {:?}: TCP, RDMA or PCIe controllers can be attached",
             p.trtype
-        )));
+        ))),
     }
+}
+
+fn addr_of(p: &AttachController) -> Result<SocketAddr, RpcFailure> {
+    trtype_of(p)?;
     let ip: IpAddr = p
         .traddr
         .parse()
@@ -114,6 +121,7 @@ fn addr_of(p: &AttachController) -> Result<SocketAddr, RpcFailure> {
 
 fn opts_of(p: &AttachController) -> HostBdevOpts {
     let mut host = HostOpts {
+        trtype: trtype_of(p).unwrap_or_default(),
         hdgst: p.hdgst.unwrap_or(false),
         ddgst: p.ddgst.unwrap_or(false),
         ..HostOpts::default()
@@ -179,6 +187,7 @@ pub fn bdev_nvme_attach_controller(p: AttachController) -> Result<Vec<String>, R
         return Err(invalid(format!("bdev {}n1 already exists", p.name)));
     }
     let trid = TransportId {
+        trtype: trtype_of(&p)?,
         adrfam: None,
         traddr: addr.ip().to_string(),
         trsvcid: addr.port(),
@@ -291,6 +300,13 @@ fn add_path(
             p.subnqn.as_deref().unwrap_or_default()
         )));
     }
+    if trtype_of(p)? != c.trtype() {
+        return Err(invalid(format!(
+            "controller {} runs over {}: every path uses the same transport",
+            p.name,
+            c.trtype().as_str()
+        )));
+    }
     if p.hostnqn.as_deref().is_some_and(|h| h != c.hostnqn()) {
         return Err(invalid(format!("controller {} uses host NQN {}", p.name, c.hostnqn())));
     }
@@ -357,9 +373,9 @@ pub struct GetControllers {
     pub name: Option<String>,
 }
 
-fn trid_json(a: SocketAddr, subnqn: &str) -> Value {
+fn trid_json(a: SocketAddr, subnqn: &str, t: Trtype) -> Value {
     json!({
-        "trtype": "TCP",
+        "trtype": t.as_str(),
         "adrfam": if a.is_ipv4() { "IPv4" } else { "IPv6" },
         "traddr": a.ip().to_string(),
         "trsvcid": a.port().to_string(),
@@ -373,13 +389,13 @@ fn tcp_json(n: &str, c: &NvmeCtrlr, bdevs: &[String]) -> Value {
         .paths()
         .into_iter()
         .filter(|x| *x != active)
-        .map(|x| trid_json(x, c.subnqn()))
+        .map(|x| trid_json(x, c.subnqn(), c.trtype()))
         .collect();
     json!({
         "name": n,
         "ctrlrs": [{
             "state": if c.connected() { "enabled" } else { "resetting" },
-            "trid": trid_json(active, c.subnqn()),
+            "trid": trid_json(active, c.subnqn(), c.trtype()),
             "cntlid": c.cntlid(),
             "host": { "nqn": c.hostnqn() },
             "alternate_trids": alternates,
@@ -421,4 +437,41 @@ pub fn bdev_nvme_get_controllers(p: Option<GetControllers>) -> Result<Vec<Value>
             }),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rdma_attach() -> AttachController {
+        AttachController {
+            name: "rdma0".into(),
+            trtype: "rdma".into(),
+            traddr: "192.0.2.1".into(),
+            trsvcid: Some("4420".into()),
+            subnqn: Some("nqn.2016-06.io.baton:e2e".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn trtype_rdma_is_recognised() {
+        assert_eq!(
+            trtype_of(&rdma_attach()).ok(),
+            cfg!(feature = "rdma").then_some(Trtype::Rdma)
+        );
+        let odd = AttachController {
+            trtype: "FC".into(),
+            ..rdma_attach()
+        };
+        assert!(trtype_of(&odd).unwrap_err().message.contains("TCP, RDMA or PCIe"));
+    }
+
+    /// Without the `rdma` feature an RDMA attach is refused by name, before connecting.
+    #[cfg(not(feature = "rdma"))]
+    #[test]
+    fn rdma_attach_without_the_feature_names_it() {
+        let e = bdev_nvme_attach_controller(rdma_attach()).unwrap_err();
+        assert!(e.message.contains("`rdma` cargo feature"), "{}", e.message);
+    }
 }
