@@ -20,7 +20,7 @@ use super::{HostError, HostOpts};
 use crate::nvmf::rdma_proto::{self, decode_reject, CmRequest};
 use crate::spec::{Cqe, Plain, Sqe, Status};
 use engine::buf::DmaBuf;
-use rdma_transport::rdma::verbs::{cm_event, wc_status_str, Channel, CmId, Mem, Qp, QpSizes, Wc, WC_BATCH};
+use rdma_transport::rdma::verbs::{cm_event, wc_status_str, Channel, CmId, Mem, Qp, QpSizes, ReadDepth, Wc, WC_BATCH};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -144,6 +144,7 @@ impl RdmaQpair {
             recv_bytes: n * RECV_SLOT_BYTES,
             ctl_bytes: 64,
             data_bytes: n * DATA_SLOT_BYTES,
+            send_sge: 1,
         };
         let mut qp = Qp::new(&id, sizes).map_err(&err)?;
         for i in 0..n {
@@ -158,7 +159,14 @@ impl RdmaQpair {
             cntlid,
         }
         .encode();
-        id.connect(&private).map_err(&err)?;
+        // The target fetches write data by RDMA READ from the data slots: serve as many at
+        // once as the device can (it takes the least of this, its device and the queue);
+        // the host itself reads nothing.
+        let depth = ReadDepth {
+            responder_resources: qp.max_rd_atom(),
+            initiator_depth: 0,
+        };
+        id.connect_with(&private, depth).map_err(&err)?;
         let accept = wait_event(&ch, cm_event::RDMA_CM_EVENT_ESTABLISHED, addr, deadline)?;
         if let Some(crqsize) = rdma_proto::decode_accept(&accept) {
             log::debug!("{addr}: NVMe/RDMA queue {qid} established, crqsize {crqsize}");

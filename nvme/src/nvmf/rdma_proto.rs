@@ -189,6 +189,7 @@ pub fn decode_reject(b: &[u8]) -> Option<CmRejectStatus> {
         InvalidHsqsize,
         InvalidHrqsize,
         NoResources,
+        InvalidIrd,
     ]
     .into_iter()
     .find(|s| *s as u16 == le16(b, 2))

@@ -236,4 +236,7 @@ fn read_depth_is_the_least_of_host_device_and_queue() {
     assert_eq!(read_depth(255, 255, 1024), Ok(255));
     assert_eq!(read_depth(8, 0, 32), Ok(1), "a device that says 0 still gets one");
     assert_eq!(encode_reject(CmRejectStatus::InvalidIrd), [0, 0, 7, 0]);
+    let mut b = [0u8; CM_REJECT_BYTES];
+    b[..4].copy_from_slice(&encode_reject(CmRejectStatus::InvalidIrd));
+    assert_eq!(decode_reject(&b), Some(CmRejectStatus::InvalidIrd));
 }

@@ -422,6 +422,9 @@ pub struct Qp {
     /// The device's `max_qp_init_rd_atom` (RDMA READs one queue pair may have outstanding),
     /// at most 255; 1 when the device could not be asked.
     max_init_rd_atom: u8,
+    /// The device's `max_qp_rd_atom` (RDMA READs one queue pair may serve at once), as
+    /// above.
+    max_rd_atom: u8,
 }
 
 // SAFETY: all of it is used by one thread at a time (the owning reactor); verbs objects are
@@ -451,6 +454,7 @@ impl Qp {
             wcs: unsafe { core::mem::zeroed() },
             send_inv: false,
             max_init_rd_atom: 1,
+            max_rd_atom: 1,
         };
         // SAFETY: ibv_device_attr is plain old data (all-zero valid); `verbs` is a valid
         // device context and `attr` outlives the call.
@@ -463,6 +467,7 @@ impl Qp {
         let want_sge = s.send_sge.clamp(1, SEND_SGE_MAX as u32);
         q.send_sge = attr.map_or(1, |a| want_sge.min(a.max_sge.max(1) as u32));
         q.max_init_rd_atom = attr.map_or(1, |a| a.max_qp_init_rd_atom.clamp(1, 255) as u8);
+        q.max_rd_atom = attr.map_or(1, |a| a.max_qp_rd_atom.clamp(1, 255) as u8);
         // SAFETY: `verbs` is a valid device context; results are checked for null and freed
         // by `Drop for Qp` in reverse order.
         unsafe {
@@ -708,6 +713,12 @@ impl Qp {
     /// 255, the connection parameters' width).
     pub fn max_init_rd_atom(&self) -> u8 {
         self.max_init_rd_atom
+    }
+
+    /// RDMA READs this queue pair's device serves at once for one queue pair (its
+    /// responder resources; at most 255).
+    pub fn max_rd_atom(&self) -> u8 {
+        self.max_rd_atom
     }
 
     /// Whether the device can invalidate a remote key with a SEND ([`Qp::post_send_inv`]).
