@@ -93,6 +93,29 @@ pub fn deadline_ns(now_ns: u64, kato_ms: u32) -> u64 {
     now_ns + ms * 1_000_000
 }
 
+/// What a queue does with a transaction's [`Outcome`]: marks itself authenticated (logged
+/// the first time) and says whether the transaction failed, in which case the caller ends
+/// the queue (and, for the admin queue, its controller).
+pub fn apply_outcome(
+    outcome: Outcome,
+    authenticated: &mut bool,
+    peer: std::net::SocketAddr,
+    qid: u16,
+    cntlid: u16,
+) -> bool {
+    match outcome {
+        Outcome::Pending => false,
+        Outcome::Authenticated => {
+            if !*authenticated {
+                log::info!("nvmf: {peer}: queue {qid} of controller {cntlid} authenticated");
+            }
+            *authenticated = true;
+            false
+        }
+        Outcome::Failed => true,
+    }
+}
+
 impl Session {
     pub fn new(keys: Option<HostKeys>, hostnqn: &str, subnqn: &str) -> Session {
         Session {

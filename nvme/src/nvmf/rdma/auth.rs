@@ -6,12 +6,11 @@
 //! (`docs/nvme-rdma.md`, "In-band authentication").
 
 use super::queue::Queue;
-use crate::nvmf::auth::Outcome;
+use crate::nvmf::auth::{self, Outcome};
 use crate::nvmf::rdma_proto::DataDesc;
 use crate::spec::auth::AuthCmd;
 use crate::spec::fabrics::fctype;
 use crate::spec::Status;
-use rdma_transport::rdma::verbs::Mem;
 
 impl Queue {
     /// An Authentication Send or Receive on a queue whose Connect asked for it.
@@ -32,10 +31,7 @@ impl Queue {
             let (mut status, data, outcome) = a.recv(&cmd);
             if status.is_success() && !data.is_empty() {
                 if let DataDesc::Keyed { .. } = self.reqs[i as usize].desc {
-                    let off = i as usize * self.slot_bytes;
-                    let n = data.len().min(self.slot_bytes);
-                    self.qp.mem_mut(Mem::Data)[off..off + n].copy_from_slice(&data[..n]);
-                    if !self.write_to_host(i, n) {
+                    if !self.reply_to_host(i, &data) {
                         return;
                     }
                 } else {
@@ -50,20 +46,9 @@ impl Queue {
     }
 
     fn auth_outcome(&mut self, outcome: Outcome) {
-        match outcome {
-            Outcome::Pending => {}
-            Outcome::Authenticated => {
-                if !self.authenticated {
-                    log::info!(
-                        "nvmf: {}: RDMA queue {} of controller {} authenticated",
-                        self.peer,
-                        self.qid,
-                        self.ctrlr.as_ref().map_or(0, |c| c.cntlid)
-                    );
-                }
-                self.authenticated = true;
-            }
-            Outcome::Failed => self.auth_failed("authentication failed"),
+        let cntlid = self.ctrlr.as_ref().map_or(0, |c| c.cntlid);
+        if auth::apply_outcome(outcome, &mut self.authenticated, self.peer, self.qid, cntlid) {
+            self.auth_failed("authentication failed");
         }
     }
 

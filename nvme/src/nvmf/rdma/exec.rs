@@ -244,10 +244,7 @@ impl Queue {
             AdminResult::Reply { status, dw0, dw1, data } => {
                 if status.is_success() && !data.is_empty() {
                     if let DataDesc::Keyed { .. } = self.reqs[i as usize].desc {
-                        let off = i as usize * self.slot_bytes;
-                        let n = data.len().min(self.slot_bytes);
-                        self.qp.mem_mut(Mem::Data)[off..off + n].copy_from_slice(&data[..n]);
-                        if !self.write_to_host(i, n) {
+                        if !self.reply_to_host(i, &data) {
                             return;
                         }
                     }
@@ -255,6 +252,15 @@ impl Queue {
                 self.complete(i, status, dw0, dw1)
             }
         }
+    }
+
+    /// Copies `data` (at most a slot) into request `i`'s data slot and writes it to the
+    /// host's keyed buffer ([`Queue::write_to_host`]). False if the queue closed.
+    pub(super) fn reply_to_host(&mut self, i: u32, data: &[u8]) -> bool {
+        let off = i as usize * self.slot_bytes;
+        let n = data.len().min(self.slot_bytes);
+        self.qp.mem_mut(Mem::Data)[off..off + n].copy_from_slice(&data[..n]);
+        self.write_to_host(i, n)
     }
 
     /// Posts the RDMA WRITE of `n` bytes of request `i`'s data slot to the host's keyed

@@ -4,7 +4,7 @@
 //! controller (`docs/nvme-tcp.md`, "In-band authentication").
 
 use super::Conn;
-use crate::nvmf::auth::Outcome;
+use crate::nvmf::auth::{self, Outcome};
 use crate::nvmf::ctrlr::data_out_len;
 use crate::spec::auth::AuthCmd;
 use crate::spec::fabrics::fctype;
@@ -49,20 +49,9 @@ impl Conn {
     }
 
     fn auth_outcome(&mut self, outcome: Outcome) {
-        match outcome {
-            Outcome::Pending => {}
-            Outcome::Authenticated => {
-                if !self.authenticated {
-                    log::info!(
-                        "nvmf: {}: queue {} of controller {} authenticated",
-                        self.peer,
-                        self.qid,
-                        self.ctrlr.as_ref().map_or(0, |c| c.cntlid)
-                    );
-                }
-                self.authenticated = true;
-            }
-            Outcome::Failed => self.auth_failed("authentication failed"),
+        let cntlid = self.ctrlr.as_ref().map_or(0, |c| c.cntlid);
+        if auth::apply_outcome(outcome, &mut self.authenticated, self.peer, self.qid, cntlid) {
+            self.auth_failed("authentication failed");
         }
     }
 
