@@ -22,7 +22,8 @@
 #     cluster fails over and the promoted volume is read back and compared block by block
 #     with the writer's record: nothing acknowledged may be lost (docs/chaos.md).
 #  e. `baton perf` on a volume replicated to one `baton relay` over RDMA, and the
-#     same over TCP to compare (RDMA-PERF lines, reported; a failed run fails the check).
+#     same over TCP to compare (RDMA-PERF lines, reported; a failed run fails the check);
+#     the RDMA run's primary copied no write payload (RDMA-ZC-PERF line).
 #  f. the NVMe/RDMA target (nvme/examples/nvmf_tgt built with `rdma`, docs/nvme-rdma.md)
 #     with the kernel's nvme-rdma initiator over the same Soft-RoCE device: nvme discover
 #     -t rdma (TRTYPE rdma in the log), connect, id-ctrl, fio randwrite 4 KiB and a 128 KiB
@@ -206,6 +207,10 @@ perf_via() {
 }
 if [ "$SKIP_CHAOS" != 1 ] && [ "$SKIP_PERF" != 1 ]; then
   check perf-relay-over-rdma perf_via rdma rdma://192.0.2.1:4530 rdma://192.0.2.1:4530
+  # Live writes leave the primary from the harness's pool buffers as RDMA scatter/gather
+  # entries: no payload byte copied (docs/rdma.md, "Zero-copy sends").
+  check perf-relay-over-rdma-zero-copy grep -qE '^relay [^ ]+: [1-9][0-9]* frames sent; write payload bytes copied 0, sent in place [1-9]' /tmp/perf-rdma.log
+  grep '^relay ' /tmp/perf-rdma.log | sed 's/^/RDMA-ZC-PERF /'
   check perf-relay-over-tcp perf_via tcp 127.0.0.1:4531 127.0.0.1:4531
   for n in rdma tcp; do
     awk -v n=$n '/^Total/ {print "RDMA-PERF relay over " n ": randwrite 4 KiB QD 8: " $2 " IOPS, avg " $4 " us, p50 " $6 " us, p99 " $7 " us"}' "/tmp/perf-$n.log"

@@ -321,6 +321,23 @@ fn measure(
     Ok((reports, infos))
 }
 
+/// One line per relay of a replicated target: frames sent and how the write payloads
+/// left (copied into the transport's buffers, or sent from the write's own buffer).
+fn relay_lines(info: &serde_json::Value) {
+    let Some(relays) = info["replication"]["relays"].as_array() else {
+        return;
+    };
+    for r in relays {
+        println!(
+            "relay {}: {} frames sent; write payload bytes copied {}, sent in place {}",
+            r["addr"].as_str().unwrap_or("?"),
+            r["frames_sent"].as_u64().unwrap_or(0),
+            r["payload_bytes_copied"].as_u64().unwrap_or(0),
+            r["payload_bytes_zero_copy"].as_u64().unwrap_or(0)
+        );
+    }
+}
+
 /// The reports as JSON (`--json`, each with its target) or as tables (`-L`, `-LL`), with
 /// the comparison of two.
 fn print_reports(a: &PerfArgs, reports: &[Report], infos: &[serde_json::Value]) -> Result<(), AnyErr> {
@@ -341,6 +358,9 @@ fn print_reports(a: &PerfArgs, reports: &[Report], infos: &[serde_json::Value]) 
     } else {
         for r in reports {
             println!("{}", r.table(a.latency >= 1, a.latency >= 2));
+        }
+        for info in infos {
+            relay_lines(info);
         }
         if reports.len() == 2 {
             println!("{}", compare_table(&reports[0], &reports[1]));

@@ -383,6 +383,9 @@ impl Built {
                 "completed_lsn": st.completed_lsn,
                 "relays": st.relays.iter().map(|r| serde_json::json!({
                     "addr": r.addr, "acked_lsn": r.acked_lsn, "state": r.state,
+                    "frames_sent": r.frames_sent,
+                    "payload_bytes_copied": r.payload_bytes_copied,
+                    "payload_bytes_zero_copy": r.payload_bytes_zero_copy,
                 })).collect::<Vec<_>>(),
                 "relay_addrs": self.relay_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                 "in_process_relays": self.relays.iter().map(|r| {

@@ -222,6 +222,12 @@ pub struct RelayStatus {
     pub lag_lsn: u64,
     /// Frames sent.
     pub frames_sent: u64,
+    /// Write payload bytes the current connection copied into its transport's own send
+    /// buffers, and those it sent straight from the write's buffer (RDMA sends from a
+    /// registered engine pool: zero-copy). Both 0 on TCP, which does not count them.
+    pub payload_bytes_copied: u64,
+    /// See `payload_bytes_copied`.
+    pub payload_bytes_zero_copy: u64,
     /// Receives that found frames although readiness had not reported the socket (the
     /// 1 ms safety net caught them): a handful from races, many would mean readiness is
     /// broken and every Ack waits up to a millisecond.

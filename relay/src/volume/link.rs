@@ -622,7 +622,8 @@ impl LinkState {
                 .links
                 .iter()
                 .filter(|l| !l.removed)
-                .map(|l| RelayStatus {
+                .map(|l| (l, l.conn.as_ref().map(|c| c.stats()).unwrap_or_default()))
+                .map(|(l, cs)| RelayStatus {
                     addr: l.addr.to_string(),
                     state: l.phase_name().to_string(),
                     connected: l.is_up(),
@@ -632,6 +633,8 @@ impl LinkState {
                     bytes_in_flight: l.bytes_in_flight,
                     lag_lsn: self.next_lsn.saturating_sub(1).saturating_sub(l.acked_lsn),
                     frames_sent: l.frames_sent,
+                    payload_bytes_copied: cs.payload_bytes_copied,
+                    payload_bytes_zero_copy: cs.payload_bytes_zero_copy,
                     late_reads: l.late_reads,
                     last_error: l.life.last_error().to_string(),
                     link: LinkCounters::from(&l.life),
