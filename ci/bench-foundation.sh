@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Foundation benchmark (issue 2 §8): 4 KiB random read and write at QD 1, 32
+# Foundation benchmark: 4 KiB random read and write at QD 1, 32
 # and 128 on malloc, null and uring (a file on /dev/shm and one on the root
 # file system), one reactor pinned to core 0, and side by side in the same
 # run the references: fio io_uring on the same files and core, and a 4 KiB

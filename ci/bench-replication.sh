@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5's replication figures with `baton perf`: 4 KiB randwrite at QD1 and QD32 on a
+# Replication figures with `baton perf`: 4 KiB randwrite at QD1 and QD32 on a
 # RAM bdev, unreplicated and replicated over 1, 2 and 3 in-process relays on loopback TCP,
 # journals on /dev/shm (tmpfs) and /var/tmp (the root file system, O_DIRECT), ack policy all.
 #

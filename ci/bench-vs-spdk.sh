@@ -146,9 +146,9 @@ fi
 if [[ " $PARTS " == *" B "* ]]; then
   echo
   echo "== B: targets under one initiator: spdk_nvme_perf (core 1) -> nvmf_tgt / baton target (core 0), ${T}s each"
-  ROWS_B="randread-qd1-p50:randread:1:4096 randread:randread:32:4096 randread:randread:128:4096
+  ROWS_B=${ROWS_B:-"randread-qd1-p50:randread:1:4096 randread:randread:32:4096 randread:randread:128:4096
 randwrite:randwrite:32:4096 randwrite:randwrite:128:4096 seqread128k:read:32:131072
-seqwrite128k:write:32:131072"
+seqwrite128k:write:32:131072"}
   declare -A R
   TGTS="spdk baton"; [ -n "${BATON_BASE:-}" ] && TGTS="spdk baton base"
   for round in $(seq "$ROUNDS"); do

@@ -1,4 +1,4 @@
-//! The demo application: a bank ledger on a volume reached over NVMe/TCP (issue 7, R15-R19).
+//! The demo application: a bank ledger on a volume reached over NVMe/TCP (R15-R19).
 //!
 //! State (in memory, and that state is the application's execution image):
 //! - `accounts` balances (u64 each; money only moves, the sum never changes);

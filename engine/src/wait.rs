@@ -75,6 +75,13 @@ impl AsRawFd for EventFd {
     }
 }
 
+/// One readiness report of [`Epoll::ready`] (the kernel's `epoll_event`): the watch's
+/// token is its `u64` field.
+pub type ReadyEvent = libc::epoll_event;
+
+/// An empty [`ReadyEvent`], to fill the arrays [`Epoll::ready`] writes into.
+pub const NO_EVENT: ReadyEvent = libc::epoll_event { events: 0, u64: 0 };
+
 /// An `epoll` set, level-triggered: a descriptor stays ready until its owner reads
 /// (or writes) it, so a wake-up is never lost between two waits.
 #[derive(Debug)]
@@ -121,6 +128,11 @@ impl Epoll {
 
     pub fn modify(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_MOD, fd, fd as u64, interest)
+    }
+
+    /// [`Epoll::modify`] of a watch added with [`Epoll::add_token`]: `token` from now on.
+    pub fn modify_token(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, interest)
     }
 
     /// Stops watching `fd`; an fd that was never added or is already closed is fine.

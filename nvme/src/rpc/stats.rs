@@ -48,6 +48,7 @@ fn tcp_transport(g: &GroupStats) -> Value {
         "connections": g.connections.load(Relaxed),
         "term_reqs_sent": g.term_reqs_sent.load(Relaxed),
         "buffer_waits": g.buffer_waits.load(Relaxed),
+        "empty_reads": g.empty_reads.load(Relaxed),
         "pending_data_buffer": g.req_states[REQ_STATE_NEED_BUFFER].load(Relaxed),
         "request_states": states,
     })
