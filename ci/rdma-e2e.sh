@@ -169,7 +169,7 @@ for t in $(rdma-unit-tests --list rdma::rw_tests 2>/dev/null | sed -n 's/: test$
   check "verbs-$t" one_test "$t" rdma-unit-tests
   cat /tmp/t1.log >> /tmp/t.log
 done
-grep -aE 'test result|RDMA frame|RDMA 64|RDMA zero-copy' /tmp/t.log | sed 's/^/E2E tests: /'
+grep -aE 'test result|RDMA frame|RDMA 64|RDMA zero-copy|RDMA-PD' /tmp/t.log | sed 's/^/E2E tests: /'
 grep -a 'RDMA frame ping-pong' /tmp/t.log | sed 's/^/RDMA-LAT /'
 grep -a 'RDMA 64 KiB' /tmp/t.log | sed 's/^/RDMA-BW /'
 grep -a 'RDMA zero-copy' /tmp/t.log | sed 's/^/RDMA-ZC /'

@@ -76,6 +76,11 @@ fn connected_pair<B: Deref<Target = [u8]>>(
     cfg: RdmaConfig,
 ) -> (RdmaConnection<B>, RdmaConnection<B>) {
     let acc = RdmaAcceptor::bind(addr, cfg).unwrap();
+    pair_on(&acc, cfg)
+}
+
+/// A client connected to `acc` and the accepted end, both open.
+fn pair_on<B: Deref<Target = [u8]>>(acc: &RdmaAcceptor, cfg: RdmaConfig) -> (RdmaConnection<B>, RdmaConnection<B>) {
     let mut client = RdmaConnection::<B>::connect(acc.local_addr(), cfg).unwrap();
     let mut server: Option<RdmaConnection<B>> = None;
     until("accept and establish", || {
@@ -466,22 +471,7 @@ fn connections_on_one_device_share_one_protection_domain() {
         send_slots: 8,
     };
     let acc = RdmaAcceptor::bind(addr, cfg).unwrap();
-    let mut pairs: Vec<(RdmaConnection<DmaBuf>, RdmaConnection<DmaBuf>)> = Vec::new();
-    for _ in 0..3 {
-        let mut client = RdmaConnection::<DmaBuf>::connect(acc.local_addr(), cfg).unwrap();
-        let mut server: Option<RdmaConnection<DmaBuf>> = None;
-        until("accept and establish", || {
-            if server.is_none() {
-                server = acc.poll_accept().unwrap().map(|(c, _)| c);
-            }
-            let _ = client.poll_send(&mut |_| {});
-            if let Some(s) = server.as_mut() {
-                let _ = s.poll_recv(&mut |_| {});
-            }
-            server.as_ref().is_some_and(|s| s.state() == ConnState::Open) && client.state() == ConnState::Open
-        });
-        pairs.push((client, server.unwrap()));
-    }
+    let mut pairs: Vec<(RdmaConnection<DmaBuf>, RdmaConnection<DmaBuf>)> = (0..3).map(|_| pair_on(&acc, cfg)).collect();
     let pools = engine::buf::pool_count();
     let st = pd_stats();
     eprintln!("RDMA-PD three connections: {st:?} ({pools} engine pools)");
