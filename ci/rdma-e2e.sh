@@ -9,7 +9,9 @@
 #     reported only);
 #  c. the transport's own device tests (rdma-transport/tests/rdma.rs): connect/accept,
 #     fragmented 1 MiB frames, flow control with tiny rings, peer close, refused connect,
-#     frame ping-pong latency and one-way throughput (RDMA-LAT / RDMA-BW lines); a test
+#     frame ping-pong latency and one-way throughput (RDMA-LAT / RDMA-BW lines), three
+#     connections on one device sharing one protection domain and one registration of the
+#     engine pools (RDMA-PD lines); a test
 #     that prints SKIPPED fails the check (the device must be there); then the verbs
 #     wrapper's one-sided operations the NVMe/RDMA target needs (rdma/rw_tests.rs: RDMA READ
 #     / WRITE under a peer's rkey, WRITE-before-SEND order, an out-of-range access failing as

@@ -341,6 +341,14 @@ fn write_frame_in(lsn: u64, blocks: &[u32], mut buf: impl FnMut(usize) -> DmaBuf
     f
 }
 
+/// Rings small enough that 16 KiB-and-up frames span messages and credits run out.
+const SMALL_RINGS: RdmaConfig = RdmaConfig {
+    send_queue_frames: 32,
+    msg_bytes: 16 * 1024,
+    recv_slots: 8,
+    send_slots: 8,
+};
+
 fn pool_buf(pool: &'static BufPool, len: usize) -> DmaBuf {
     let mut b = pool.get().expect("test pool has a free buffer");
     b.set_len(len);
@@ -355,12 +363,7 @@ fn pool_buffer_frames_are_sent_without_copying() {
     // Made before the connection: registered at setup.
     let early = BufPool::new("rdma-zc-early", 192, 64 * 1024).unwrap();
     // Small rings so frames span messages and credits run out; 64 KiB pool buffers.
-    let cfg = RdmaConfig {
-        send_queue_frames: 32,
-        msg_bytes: 16 * 1024,
-        recv_slots: 8,
-        send_slots: 8,
-    };
+    let cfg = SMALL_RINGS;
     let (mut c, mut s) = connected_pair::<DmaBuf>(addr, cfg);
     if c.send_sge() < 2 {
         skip(
@@ -464,12 +467,7 @@ fn connections_on_one_device_share_one_protection_domain() {
         pd_stats()
     );
     let early = BufPool::new("rdma-pd-early", 64, 64 * 1024).unwrap();
-    let cfg = RdmaConfig {
-        send_queue_frames: 32,
-        msg_bytes: 16 * 1024,
-        recv_slots: 8,
-        send_slots: 8,
-    };
+    let cfg = SMALL_RINGS;
     let acc = RdmaAcceptor::bind(addr, cfg).unwrap();
     let mut pairs: Vec<(RdmaConnection<DmaBuf>, RdmaConnection<DmaBuf>)> = (0..3).map(|_| pair_on(&acc, cfg)).collect();
     let pools = engine::buf::pool_count();
