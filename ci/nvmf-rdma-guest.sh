@@ -77,6 +77,9 @@ if [ -b /dev/nvme0n1 ]; then
   # work completions, one restart point timed out, one I/O queue pair or more now).
   check nvmf-rdma-stats bash -c "echo stats > /tmp/tgt-ctl; for i in \$(seq 50); do grep -q 'nvmf_tgt: stats' /tmp/tgt-rdma.log && break; sleep 0.1; done; grep 'nvmf_tgt: stats' /tmp/tgt-rdma.log | tail -1 | tee /dev/stderr | grep '\"trtype\":\"RDMA\"' | grep -q '\"restart_point_timeouts\":1' && grep 'nvmf_tgt: stats' /tmp/tgt-rdma.log | tail -1 | grep -qE '\"requests\":[1-9]'"
   grep 'nvmf_tgt: stats' /tmp/tgt-rdma.log | tail -1 | sed 's/^/NVMF-RDMA /'
+  # The host's admin and I/O queue pairs share the device's one protection domain (docs/rdma.md,
+  # "One protection domain per device").
+  check nvmf-rdma-one-protection-domain bash -c "grep 'nvmf_tgt: stats' /tmp/tgt-rdma.log | tail -1 | grep -qE '\"protection_domains\":1[,}]' && grep 'nvmf_tgt: stats' /tmp/tgt-rdma.log | tail -1 | grep -qE '\"protection_domain_users\":([2-9]|[1-9][0-9]+)[,}]'"
   # The kernel host registers its data buffers and asks for their keys to be invalidated
   # with the response: the target answered with SEND with Invalidate (rxe can), and the
   # host found each invalidated key to be the one it expected.

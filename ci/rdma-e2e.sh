@@ -9,7 +9,9 @@
 #     reported only);
 #  c. the transport's own device tests (rdma-transport/tests/rdma.rs): connect/accept,
 #     fragmented 1 MiB frames, flow control with tiny rings, peer close, refused connect,
-#     frame ping-pong latency and one-way throughput (RDMA-LAT / RDMA-BW lines); a test
+#     frame ping-pong latency and one-way throughput (RDMA-LAT / RDMA-BW lines), three
+#     connections on one device sharing one protection domain and one registration of the
+#     engine pools (RDMA-PD lines); a test
 #     that prints SKIPPED fails the check (the device must be there); then the verbs
 #     wrapper's one-sided operations the NVMe/RDMA target needs (rdma/rw_tests.rs: RDMA READ
 #     / WRITE under a peer's rkey, WRITE-before-SEND order, an out-of-range access failing as
@@ -169,7 +171,7 @@ for t in $(rdma-unit-tests --list rdma::rw_tests 2>/dev/null | sed -n 's/: test$
   check "verbs-$t" one_test "$t" rdma-unit-tests
   cat /tmp/t1.log >> /tmp/t.log
 done
-grep -aE 'test result|RDMA frame|RDMA 64|RDMA zero-copy' /tmp/t.log | sed 's/^/E2E tests: /'
+grep -aE 'test result|RDMA frame|RDMA 64|RDMA zero-copy|RDMA-PD' /tmp/t.log | sed 's/^/E2E tests: /'
 grep -a 'RDMA frame ping-pong' /tmp/t.log | sed 's/^/RDMA-LAT /'
 grep -a 'RDMA 64 KiB' /tmp/t.log | sed 's/^/RDMA-BW /'
 grep -a 'RDMA zero-copy' /tmp/t.log | sed 's/^/RDMA-ZC /'

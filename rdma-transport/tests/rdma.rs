@@ -1,8 +1,9 @@
 //! RDMA transport behaviour over a real (or Soft-RoCE) device: connect and accept through
 //! rdma_cm, round trips both ways, frames larger than a message (fragmented and
 //! reassembled), many more frames than credits (flow control), back-pressure, peer
-//! disconnect, refused connect, a ping-pong latency figure, and frames whose data lies in
-//! the engine's buffer pools sent without a copy (zero-copy).
+//! disconnect, refused connect, a ping-pong latency figure, frames whose data lies in
+//! the engine's buffer pools sent without a copy (zero-copy), and several connections on one
+//! device sharing one protection domain and one registration of the pools.
 //!
 //! Needs the `rdma` feature, an RDMA device, and an IP address on an RDMA-capable
 //! interface in `BATON_RDMA_ADDR` (rdma_cm does not work over 127.0.0.1 on Soft-RoCE;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use engine::alloc_count::{thread_allocations, CountingAllocator};
 use engine::buf::{BufPool, DmaBuf};
-use rdma_transport::rdma::{rdma_device_present, RdmaAcceptor, RdmaConfig, RdmaConnection};
+use rdma_transport::rdma::{pd_stats, rdma_device_present, PdStats, RdmaAcceptor, RdmaConfig, RdmaConnection};
 use rdma_transport::wire::{self, Frame, Heartbeat, Op};
 use rdma_transport::{ConnState, Connection, OutFrame, SendError, TransportError};
 
@@ -75,6 +76,11 @@ fn connected_pair<B: Deref<Target = [u8]>>(
     cfg: RdmaConfig,
 ) -> (RdmaConnection<B>, RdmaConnection<B>) {
     let acc = RdmaAcceptor::bind(addr, cfg).unwrap();
+    pair_on(&acc, cfg)
+}
+
+/// A client connected to `acc` and the accepted end, both open.
+fn pair_on<B: Deref<Target = [u8]>>(acc: &RdmaAcceptor, cfg: RdmaConfig) -> (RdmaConnection<B>, RdmaConnection<B>) {
     let mut client = RdmaConnection::<B>::connect(acc.local_addr(), cfg).unwrap();
     let mut server: Option<RdmaConnection<B>> = None;
     until("accept and establish", || {
@@ -335,6 +341,14 @@ fn write_frame_in(lsn: u64, blocks: &[u32], mut buf: impl FnMut(usize) -> DmaBuf
     f
 }
 
+/// Rings small enough that 16 KiB-and-up frames span messages and credits run out.
+const SMALL_RINGS: RdmaConfig = RdmaConfig {
+    send_queue_frames: 32,
+    msg_bytes: 16 * 1024,
+    recv_slots: 8,
+    send_slots: 8,
+};
+
 fn pool_buf(pool: &'static BufPool, len: usize) -> DmaBuf {
     let mut b = pool.get().expect("test pool has a free buffer");
     b.set_len(len);
@@ -349,12 +363,7 @@ fn pool_buffer_frames_are_sent_without_copying() {
     // Made before the connection: registered at setup.
     let early = BufPool::new("rdma-zc-early", 192, 64 * 1024).unwrap();
     // Small rings so frames span messages and credits run out; 64 KiB pool buffers.
-    let cfg = RdmaConfig {
-        send_queue_frames: 32,
-        msg_bytes: 16 * 1024,
-        recv_slots: 8,
-        send_slots: 8,
-    };
+    let cfg = SMALL_RINGS;
     let (mut c, mut s) = connected_pair::<DmaBuf>(addr, cfg);
     if c.send_sge() < 2 {
         skip(
@@ -434,4 +443,119 @@ fn pool_buffer_frames_are_sent_without_copying() {
         st.payload_bytes_copied,
         c.send_sge()
     );
+}
+
+/// Bytes of every engine pool in the process (what registering each once pins).
+fn all_pool_bytes() -> u64 {
+    engine::buf::pools().iter().map(|p| p.region().1 as u64).sum()
+}
+
+/// Three connections (six queue pairs: both ends are in this process) on one device share
+/// one protection domain and register the engine pools once, a pool made later once too;
+/// closing one connection leaves the others working; the protection domain and the pool
+/// registrations go with the last queue pair. Reads process-wide counters: run it alone in
+/// its process (`ci/rdma-e2e.sh` runs each device test by itself).
+#[test]
+fn connections_on_one_device_share_one_protection_domain() {
+    let Some(addr) = test_addr("connections_on_one_device_share_one_protection_domain") else {
+        return;
+    };
+    assert_eq!(
+        pd_stats().pds,
+        0,
+        "another test's connections are alive: {:?}",
+        pd_stats()
+    );
+    let early = BufPool::new("rdma-pd-early", 64, 64 * 1024).unwrap();
+    let cfg = SMALL_RINGS;
+    let acc = RdmaAcceptor::bind(addr, cfg).unwrap();
+    let mut pairs: Vec<(RdmaConnection<DmaBuf>, RdmaConnection<DmaBuf>)> = (0..3).map(|_| pair_on(&acc, cfg)).collect();
+    let pools = engine::buf::pool_count();
+    let st = pd_stats();
+    eprintln!("RDMA-PD three connections: {st:?} ({pools} engine pools)");
+    assert_eq!(st.pds, 1, "one protection domain for the device: {st:?}");
+    assert_eq!(st.users, 6, "six queue pairs on it: {st:?}");
+    assert_eq!(st.pool_registrations, pools, "each pool registered once: {st:?}");
+    assert_eq!(st.pool_registrations_total, pools as u64, "and never again: {st:?}");
+    assert_eq!(st.pool_bytes_pinned, all_pool_bytes(), "{st:?}");
+    for (c, _) in &pairs {
+        assert_eq!(c.pools_registered(), (pools, 0));
+    }
+
+    // Every connection sends pool buffers under the shared keys (in place when the device
+    // grants more than one entry per SEND), bytes checked by `pump`.
+    let zero_copy = pairs[0].0.send_sge() >= 2;
+    let mut lsn = 1;
+    for (c, s) in pairs.iter_mut() {
+        let frames: Vec<_> = (0..12u64)
+            .map(|i| write_frame_in(lsn + i, &[4], |len| pool_buf(early, len)))
+            .collect();
+        assert_eq!(pump(c, s, frames), (lsn..lsn + 12).collect::<Vec<_>>());
+        if zero_copy {
+            assert_eq!(c.stats().payload_bytes_copied, 0, "{:?}", c.stats());
+        }
+        lsn += 12;
+    }
+
+    // A pool made now is registered once, when the first connection sees it.
+    let late = BufPool::new("rdma-pd-late", 16, 64 * 1024).unwrap();
+    for (c, s) in pairs.iter_mut() {
+        let frames: Vec<_> = (0..4u64)
+            .map(|i| write_frame_in(lsn + i, &[2], |len| pool_buf(late, len)))
+            .collect();
+        assert_eq!(pump(c, s, frames), (lsn..lsn + 4).collect::<Vec<_>>());
+        lsn += 4;
+    }
+    let st = pd_stats();
+    eprintln!("RDMA-PD after a new pool: {st:?}");
+    assert_eq!(st.pds, 1, "{st:?}");
+    assert_eq!(st.pool_registrations, pools + 1, "{st:?}");
+    assert_eq!(
+        st.pool_registrations_total,
+        pools as u64 + 1,
+        "the new pool once: {st:?}"
+    );
+    assert_eq!(st.pool_bytes_pinned, all_pool_bytes(), "{st:?}");
+
+    // One connection closes: the others keep the protection domain and keep working.
+    let (c0, s0) = pairs.remove(0);
+    drop(c0);
+    drop(s0);
+    let st = pd_stats();
+    eprintln!("RDMA-PD one connection closed: {st:?}");
+    assert_eq!((st.pds, st.users, st.pool_registrations), (1, 4, pools + 1), "{st:?}");
+    for (c, s) in pairs.iter_mut() {
+        let frames: Vec<_> = (0..12u64)
+            .map(|i| {
+                write_frame_in(lsn + 2 * i, &[1, 3], |len| {
+                    pool_buf(if len == 4096 { early } else { late }, len)
+                })
+            })
+            .collect();
+        let got = pump(c, s, frames);
+        assert_eq!(
+            got,
+            (lsn..lsn + 24).collect::<Vec<_>>(),
+            "after another connection closed"
+        );
+        lsn += 24;
+        if zero_copy {
+            assert_eq!(c.stats().payload_bytes_copied, 0, "{:?}", c.stats());
+        }
+    }
+    assert_eq!(early.free(), early.len());
+    assert_eq!(late.free(), late.len());
+
+    // The last queue pair takes the protection domain and the pool registrations with it.
+    drop(pairs);
+    let st = pd_stats();
+    eprintln!("RDMA-PD all connections closed: {st:?}");
+    assert_eq!(
+        st,
+        PdStats {
+            pool_registrations_total: pools as u64 + 1,
+            ..PdStats::default()
+        }
+    );
+    drop(acc);
 }

@@ -39,7 +39,7 @@ use arrayvec::ArrayVec;
 use verbs::{Channel, CmId, Mem, Qp, Sge, Wc, SEND_SGE_MAX};
 
 pub use setup::RdmaAcceptor;
-pub use verbs::rdma_device_present;
+pub use verbs::{pd_stats, rdma_device_present, PdStats};
 
 /// Default bound of the send queue, in frames (as TCP).
 pub const SEND_QUEUE_FRAMES_DEFAULT: usize = 256;

@@ -6,19 +6,28 @@
 //!   [`Channel::poll`] answers at once; events are copied out and acknowledged at once.
 //! - [`CmId`]: an rdma_cm identifier (a connection end or a listener), destroyed on drop.
 //! - [`Qp`]: what one RC connection needs from verbs, made on a [`CmId`] once its device is
-//!   known: protection domain, send and receive completion queues (no completion channel:
-//!   the owner polls them), the queue pair, and the memory it owns and registered once
-//!   ([`Region`]s). Work requests can only point into that memory, bounds-checked, so no
-//!   posted request can outlive the memory it names: dropping a `Qp` destroys the queue
-//!   pair before it deregisters and frees the regions.
-//! - The engine's buffer pools ([`engine::buf::pools`]), registered with a [`Qp`]'s
-//!   protection domain once each ([`Qp::register_new_pools`]), so a SEND can name a pool
-//!   buffer's bytes directly ([`Qp::pool_sge`]) instead of a copy of them. Pools live for
-//!   the whole process, so an [`Sge`] into one can never outlive its memory.
+//!   known: send and receive completion queues (no completion channel: the owner polls
+//!   them), the queue pair, and the memory it owns and registered once ([`Region`]s), all
+//!   on its device's shared protection domain. Work requests can only point into that
+//!   memory, bounds-checked, so no posted request can outlive the memory it names: dropping
+//!   a `Qp` destroys the queue pair before it deregisters and frees the regions.
+//! - One protection domain per device (per `ibv_context`), shared by every [`Qp`] on it
+//!   whatever reactor owns them: made by the first, reference-counted in a process-wide
+//!   registry (a mutex taken on the setup path only), deallocated when the last `Qp` on
+//!   the device is gone, after its queue pairs and registrations. [`pd_stats`] counts them.
+//! - The engine's buffer pools ([`engine::buf::pools`]), registered once each per
+//!   protection domain, so once per device, not per connection
+//!   ([`Qp::register_new_pools`]), so a SEND can name a pool buffer's bytes directly
+//!   ([`Qp::pool_sge`]) instead of a copy of them. The keys are published as an immutable
+//!   table each `Qp` holds an `Arc` of: the per-I/O lookup takes no lock and allocates
+//!   nothing. Pools live for the whole process, so an [`Sge`] into one can never outlive its
+//!   memory.
 
 use core::ptr;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arrayvec::ArrayVec;
 use rdma_sys as sys;
@@ -340,13 +349,174 @@ impl Sge {
     }
 }
 
-/// An engine buffer pool registered with a [`Qp`]'s protection domain: its address range
-/// and local key.
-struct PoolMr {
+/// An engine buffer pool registered with a device's shared protection domain: the pool's
+/// id, its address range and local key.
+#[derive(Clone, Copy)]
+struct PoolKey {
+    pool: usize,
     start: usize,
     len: usize,
     lkey: u32,
-    mr: *mut sys::ibv_mr,
+}
+
+/// The engine pools a protection domain has looked at, published whole and never changed
+/// afterwards (a new pool publishes a new table): what [`Qp::pool_sge`] reads, lock-free.
+#[derive(Default)]
+struct PoolTable {
+    /// Pools registered, by pool id order.
+    keys: ArrayVec<PoolKey, { engine::buf::POOLS_MAX }>,
+    /// Pools looked at (registered or failed): `engine::buf::pools()[..seen]`.
+    seen: usize,
+}
+
+/// One device's shared protection domain, in [`DEVICES`].
+struct DevicePd {
+    /// The device context (rdma_cm's `cm_id->verbs`, one per device per process).
+    verbs: *mut sys::ibv_context,
+    pd: *mut sys::ibv_pd,
+    /// [`Qp`]s on this protection domain.
+    users: usize,
+    /// The pool registrations, deregistered with the protection domain.
+    mrs: ArrayVec<*mut sys::ibv_mr, { engine::buf::POOLS_MAX }>,
+    /// Bytes those registrations pin.
+    pinned: u64,
+    table: Arc<PoolTable>,
+}
+
+// SAFETY: the pointers are verbs objects, not tied to a thread; the registry's mutex
+// serialises every use of them but `pd` (and the keys), which verbs lets any thread use.
+unsafe impl Send for DevicePd {}
+
+/// Every device's protection domain in use: touched when a connection is set up or torn
+/// down, when a new pool is first seen, and by [`pd_stats`]; never per I/O.
+static DEVICES: Mutex<Vec<DevicePd>> = Mutex::new(Vec::new());
+
+/// Engine pool registrations made since the process started (each pool once per
+/// protection domain made).
+static POOL_REGS_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+fn devices() -> std::sync::MutexGuard<'static, Vec<DevicePd>> {
+    DEVICES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The shared protection domains of this process, for status and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PdStats {
+    /// Protection domains alive: one per device in use.
+    pub pds: usize,
+    /// Queue pairs (connections) on them.
+    pub users: usize,
+    /// Engine pool registrations alive: each pool once per protection domain.
+    pub pool_registrations: usize,
+    /// Bytes those registrations pin (count against `RLIMIT_MEMLOCK`).
+    pub pool_bytes_pinned: u64,
+    /// Engine pool registrations made since the process started.
+    pub pool_registrations_total: u64,
+}
+
+/// Counts the protection domains alive and their pool registrations (management path: takes
+/// the registry's lock).
+pub fn pd_stats() -> PdStats {
+    let d = devices();
+    PdStats {
+        pds: d.len(),
+        users: d.iter().map(|p| p.users).sum(),
+        pool_registrations: d.iter().map(|p| p.mrs.len()).sum(),
+        pool_bytes_pinned: d.iter().map(|p| p.pinned).sum(),
+        pool_registrations_total: POOL_REGS_TOTAL.load(Ordering::Relaxed),
+    }
+}
+
+/// The shared protection domain of `verbs` and its pool table, made on first use; one more
+/// user until [`pd_release`].
+fn pd_acquire(verbs: *mut sys::ibv_context) -> Result<(*mut sys::ibv_pd, Arc<PoolTable>), VerbsError> {
+    let mut d = devices();
+    if let Some(p) = d.iter_mut().find(|p| p.verbs == verbs) {
+        p.users += 1;
+        return Ok((p.pd, p.table.clone()));
+    }
+    // SAFETY: `verbs` is a valid device context (checked non-null by the caller, owned by
+    // rdma_cm for as long as a cm_id on the device lives, which outlives every `Qp`); the
+    // result is checked for null and deallocated by `pd_release`.
+    let pd = unsafe { sys::ibv_alloc_pd(verbs) };
+    if pd.is_null() {
+        return Err(last_err("ibv_alloc_pd"));
+    }
+    let table = Arc::new(PoolTable::default());
+    d.push(DevicePd {
+        verbs,
+        pd,
+        users: 1,
+        mrs: ArrayVec::new(),
+        pinned: 0,
+        table: table.clone(),
+    });
+    Ok((pd, table))
+}
+
+/// One user of `verbs`'s protection domain fewer; the last one deregisters the pools and
+/// deallocates it. Every queue pair and region of the leaving user must be gone.
+fn pd_release(verbs: *mut sys::ibv_context) {
+    let mut d = devices();
+    let Some(i) = d.iter().position(|p| p.verbs == verbs) else {
+        return;
+    };
+    d[i].users -= 1;
+    if d[i].users > 0 {
+        return;
+    }
+    let mut p = d.swap_remove(i);
+    // SAFETY: no `Qp` uses the protection domain any more (each destroyed its queue pair and
+    // regions before releasing it), so no work request can name a pool key: the pool
+    // registrations, then the protection domain, are freed once, here.
+    unsafe {
+        for mr in p.mrs.drain(..) {
+            sys::ibv_dereg_mr(mr);
+        }
+        sys::ibv_dealloc_pd(p.pd);
+    }
+}
+
+/// Registers with `verbs`'s protection domain every engine pool it has not looked at yet
+/// and publishes the new table (or the current one when another connection already did).
+fn pd_register_pools(verbs: *mut sys::ibv_context) -> Option<Arc<PoolTable>> {
+    let mut d = devices();
+    let p = d.iter_mut().find(|p| p.verbs == verbs)?;
+    if p.table.seen >= engine::buf::pool_count() {
+        return Some(p.table.clone());
+    }
+    let mut t = PoolTable {
+        keys: p.table.keys.clone(),
+        seen: p.table.seen,
+    };
+    for pool in engine::buf::pools().into_iter().skip(t.seen) {
+        t.seen += 1;
+        let (ptr, len) = pool.region();
+        if p.mrs.is_full() {
+            continue;
+        }
+        // Read-only for the device: SEND sources need no access flags.
+        // SAFETY: `p.pd` is live (it has a user: the caller); the pool's region is mapped for
+        // the whole process (pools are never freed), so it outlives the registration, which
+        // `pd_release` removes with the protection domain.
+        let mr = unsafe { sys::ibv_reg_mr(p.pd, ptr as *mut _, len, 0) };
+        if mr.is_null() {
+            continue;
+        }
+        POOL_REGS_TOTAL.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: `mr` is a live registration just made.
+        let lkey = unsafe { (*mr).lkey };
+        p.mrs.push(mr);
+        p.pinned += len as u64;
+        t.keys.push(PoolKey {
+            pool: pool.id(),
+            start: ptr as usize,
+            len,
+            lkey,
+        });
+    }
+    p.table = Arc::new(t);
+    Some(p.table.clone())
 }
 
 /// Memory registered with the protection domain, owned by a [`Qp`].
@@ -406,15 +576,16 @@ pub struct QpSizes {
 /// A connection's verbs resources on its [`CmId`].
 pub struct Qp {
     id: *mut sys::rdma_cm_id,
+    /// The device, the key of its shared protection domain.
+    verbs: *mut sys::ibv_context,
+    /// The device's shared protection domain (null until acquired).
     pd: *mut sys::ibv_pd,
     send_cq: *mut sys::ibv_cq,
     recv_cq: *mut sys::ibv_cq,
     qp: *mut sys::ibv_qp,
     regions: ArrayVec<Region, 4>,
-    /// Engine pools registered so far (address range → lkey), by pool id order.
-    pools: ArrayVec<PoolMr, { engine::buf::POOLS_MAX }>,
-    /// Pools looked at so far (registered or failed): `engine::buf::pools()[..pools_seen]`.
-    pools_seen: usize,
+    /// The device's engine pool keys as last published (address range → lkey).
+    pools: Arc<PoolTable>,
     send_sge: u32,
     wcs: [sys::ibv_wc; WC_BATCH],
     /// The device can invalidate a remote key with a SEND (memory management extensions).
@@ -432,8 +603,9 @@ pub struct Qp {
 unsafe impl Send for Qp {}
 
 impl Qp {
-    /// Creates PD, CQs, the RC queue pair on `id` and registers the three regions. `id` must
-    /// have a device (address resolved, or a connection request) and must outlive the `Qp`.
+    /// Takes the device's shared protection domain (made by the first `Qp` on the device),
+    /// creates CQs and the RC queue pair on `id` and registers the regions. `id` must have a
+    /// device (address resolved, or a connection request) and must outlive the `Qp`.
     pub fn new(id: &CmId, s: QpSizes) -> Result<Qp, VerbsError> {
         // SAFETY: `id.id` is valid; `verbs` is its device context once resolved.
         let verbs = unsafe { (*id.id).verbs };
@@ -442,13 +614,13 @@ impl Qp {
         }
         let mut q = Qp {
             id: id.id,
+            verbs,
             pd: ptr::null_mut(),
             send_cq: ptr::null_mut(),
             recv_cq: ptr::null_mut(),
             qp: ptr::null_mut(),
             regions: ArrayVec::new(),
-            pools: ArrayVec::new(),
-            pools_seen: 0,
+            pools: Arc::default(),
             send_sge: 1,
             // SAFETY: ibv_wc is plain old data; all-zero is a valid value.
             wcs: unsafe { core::mem::zeroed() },
@@ -468,13 +640,11 @@ impl Qp {
         q.send_sge = attr.map_or(1, |a| want_sge.min(a.max_sge.max(1) as u32));
         q.max_init_rd_atom = attr.map_or(1, |a| a.max_qp_init_rd_atom.clamp(1, 255) as u8);
         q.max_rd_atom = attr.map_or(1, |a| a.max_qp_rd_atom.clamp(1, 255) as u8);
-        // SAFETY: `verbs` is a valid device context; results are checked for null and freed
-        // by `Drop for Qp` in reverse order.
+        // Released by `Drop for Qp` (after the queue pair and regions), also on failure below.
+        (q.pd, q.pools) = pd_acquire(verbs)?;
+        // SAFETY: `verbs` is a valid device context and `q.pd` its live protection domain;
+        // results are checked for null and freed by `Drop for Qp` in reverse order.
         unsafe {
-            q.pd = sys::ibv_alloc_pd(verbs);
-            if q.pd.is_null() {
-                return Err(last_err("ibv_alloc_pd"));
-            }
             q.send_cq = sys::ibv_create_cq(verbs, s.send_wr as i32, ptr::null_mut(), ptr::null_mut(), 0);
             if q.send_cq.is_null() {
                 return Err(last_err("ibv_create_cq(send)"));
@@ -548,42 +718,29 @@ impl Qp {
         self.send_sge as usize
     }
 
-    /// Registers every engine buffer pool made since the last call (all of them the first
-    /// time) with this protection domain, once each: `ibv_reg_mr` pins the pool and is a
-    /// system call, so call it at setup and when [`engine::buf::pool_count`] changes, not
-    /// per I/O. A pool whose registration fails (e.g. `RLIMIT_MEMLOCK`) is not retried; its
-    /// buffers are copied. Returns how many registrations failed.
+    /// Registers every engine buffer pool made since the last look with the device's
+    /// shared protection domain, once per device (a pool another connection on the device
+    /// registered already is only looked up): `ibv_reg_mr` pins the pool and is a system
+    /// call, so call it at setup and when [`engine::buf::pool_count`] changes, not per I/O
+    /// (without a new pool it is one atomic load). A pool whose registration fails (e.g.
+    /// `RLIMIT_MEMLOCK`) is not retried; its buffers are copied. Returns how many of the
+    /// pools new to this `Qp` are not registered.
     pub fn register_new_pools(&mut self) -> usize {
-        if self.pools_seen >= engine::buf::pool_count() {
+        let before = self.pools.seen;
+        if before >= engine::buf::pool_count() || self.pd.is_null() {
             return 0;
         }
-        let mut failed = 0;
-        for p in engine::buf::pools().into_iter().skip(self.pools_seen) {
-            self.pools_seen += 1;
-            let (ptr, len) = p.region();
-            // Read-only for the device: SEND sources need no access flags.
-            // SAFETY: the pool's region is mapped for the whole process (pools are never
-            // freed), so it outlives the registration, which `Drop for Qp` removes.
-            let mr = unsafe { sys::ibv_reg_mr(self.pd, ptr as *mut _, len, 0) };
-            if mr.is_null() || self.pools.is_full() {
-                failed += 1;
-                continue;
-            }
-            // SAFETY: `mr` is a live registration just made.
-            let lkey = unsafe { (*mr).lkey };
-            self.pools.push(PoolMr {
-                start: ptr as usize,
-                len,
-                lkey,
-                mr,
-            });
+        if let Some(t) = pd_register_pools(self.verbs) {
+            self.pools = t;
         }
-        failed
+        let t = &self.pools;
+        let registered = t.keys.iter().filter(|k| k.pool >= before && k.pool < t.seen).count();
+        t.seen.saturating_sub(before) - registered
     }
 
-    /// Engine pools registered with this queue pair's protection domain.
+    /// Engine pools registered with this queue pair's (shared) protection domain.
     pub fn pools_registered(&self) -> usize {
-        self.pools.len()
+        self.pools.keys.len()
     }
 
     /// An entry naming `bytes` in place when they lie inside a registered engine pool (a
@@ -597,6 +754,7 @@ impl Qp {
         }
         let p = self
             .pools
+            .keys
             .iter()
             .find(|p| a >= p.start && a.checked_add(len).is_some_and(|end| end <= p.start + p.len))?;
         Some(Sge(sys::ibv_sge {
@@ -627,8 +785,10 @@ impl Qp {
         }
         // Each entry was made by `staging_sge` (inside the send region, which outlives the
         // queue pair) or `pool_sge` (inside an engine pool, mapped for the whole process).
-        // An entry made by another `Qp` carries a key of another protection domain: the
-        // device refuses it with an error completion, it never reads through it.
+        // Pool keys belong to the device's shared protection domain, so an entry made by
+        // another `Qp` on the same device is as good; one made on another device carries a
+        // key of another protection domain: the device refuses it with an error completion,
+        // it never reads through it.
         let op = sys::ibv_wr_opcode::IBV_WR_SEND;
         self.post_send_wr(wr_id, &mut list[..sges.len()], op, None, signalled, 0)
     }
@@ -847,18 +1007,17 @@ impl Drop for Qp {
                 sys::ibv_dereg_mr(r.mr);
                 drop(r.buf);
             }
-            for p in self.pools.drain(..) {
-                sys::ibv_dereg_mr(p.mr);
-            }
             if !self.recv_cq.is_null() {
                 sys::ibv_destroy_cq(self.recv_cq);
             }
             if !self.send_cq.is_null() {
                 sys::ibv_destroy_cq(self.send_cq);
             }
-            if !self.pd.is_null() {
-                sys::ibv_dealloc_pd(self.pd);
-            }
+        }
+        // Nothing of ours is on the protection domain any more: the last user frees it (and
+        // the device's pool registrations).
+        if !self.pd.is_null() {
+            pd_release(self.verbs);
         }
     }
 }

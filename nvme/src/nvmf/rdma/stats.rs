@@ -1,7 +1,9 @@
 //! Counters of the NVMe/RDMA poll groups, reported by `nvmf_get_stats` in the shape of
 //! SPDK's RDMA transport (a poll group's queue pairs and completed commands, and per
 //! device: polls, idle polls, work completions, requests, requests waiting for a free
-//! request, RDMA READs and WRITEs in flight, work requests posted). One device per poll
+//! request, RDMA READs and WRITEs in flight, work requests posted; and the process's shared
+//! protection domains: how many, their queue pairs, the engine pool registrations on them
+//! and the bytes those pin). One device per poll
 //! group here: the queues of a group may sit on different devices, and the counters are
 //! the group's. Written by the group's reactor only (relaxed atomics, no locks on the
 //! I/O path); the list of groups is touched when a group is made (setup path) and by the
@@ -65,9 +67,12 @@ pub fn group_stats() -> Vec<Arc<RdmaGroupStats>> {
 pub(super) use crate::nvmf::tcp::bump;
 
 impl RdmaGroupStats {
-    /// The transport's entry of `nvmf_get_stats` for this group.
+    /// The transport's entry of `nvmf_get_stats` for this group. The protection domain
+    /// figures are the process's (one shared protection domain per device, whatever group
+    /// its queues are in), the same in every group's entry.
     pub fn transport_json(&self) -> serde_json::Value {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let pd = rdma_transport::rdma::pd_stats();
         serde_json::json!({
             "trtype": "RDMA",
             "pending_data_buffer": 0,
@@ -85,6 +90,10 @@ impl RdmaGroupStats {
                 "total_send_wrs": l(&self.total_send_wrs),
                 "total_recv_wrs": l(&self.total_recv_wrs),
                 "send_with_invalidate": l(&self.send_with_invalidate),
+                "protection_domains": pd.pds,
+                "protection_domain_users": pd.users,
+                "pool_registrations": pd.pool_registrations,
+                "pool_bytes_pinned": pd.pool_bytes_pinned,
             }],
             "awaiting_restart_point": l(&self.awaiting_restart_point),
             "restart_point_timeouts": l(&self.restart_point_timeouts),
@@ -114,6 +123,8 @@ mod tests {
             "pending_free_request",
             "total_send_wrs",
             "send_with_invalidate",
+            "protection_domains",
+            "pool_registrations",
         ] {
             assert!(d.get(k).is_some(), "{k}");
         }
