@@ -23,6 +23,7 @@
 //! allocates and registers everything once; the data path does neither, nor any system call
 //! except rdma_cm's event check every [`CM_POLL_PERIOD_NS`].
 
+mod pd;
 #[cfg(test)]
 mod rw_tests;
 mod setup;
